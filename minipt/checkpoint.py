@@ -1,0 +1,295 @@
+"""The one loader: official checkpoints in, official checkpoints out.
+
+Every minipt model loads and saves through this module. A model class says
+three things about itself (a ``config_class``, a ``keymap(config)`` and, where
+the checkpoint decides part of the architecture, ``adapt_config``); this
+module does the rest:
+
+- find the files (``minipt.hub.resolve``);
+- read ``config.json`` and the tensors' names and shapes without reading data
+  (``model.safetensors`` through ``safe_open``, sharded safetensors through
+  their index, ``pytorch_model.bin``/``.pth`` through
+  ``torch.load(weights_only=True)``, never full unpickling);
+- build the model on the meta device, so no memory is spent on weights that
+  are about to be replaced;
+- translate names with the key map, check them strictly (one error lists every
+  missing, unexpected and mis-shaped tensor) and hand each tensor to the model
+  as it is read (memory-mapped, cast only when ``dtype`` asks for it);
+- write the official layout back: ``config.json`` + ``model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError, CheckpointNotFoundError, ConfigError, KeyMismatchError
+from .hub import resolve
+from .keymap import KeyMap
+
+SAFETENSORS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PYTORCH_BIN = "pytorch_model.bin"
+CONFIG = "config.json"
+_SHOWN = 12  # entries per kind of problem in a key mismatch error
+
+
+# -- reading -----------------------------------------------------------------
+def read_config(directory: Path) -> dict[str, Any]:
+    path = Path(directory) / CONFIG
+    if not path.is_file():
+        raise ConfigError(f"{directory} has no {CONFIG}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path} is not valid JSON: {err}") from err
+
+
+def weight_files(path: Path) -> list[Path]:
+    """The weight files of a checkpoint directory (or the file itself)."""
+    if path.is_file():
+        return [path]
+    if (path / SAFETENSORS).is_file():
+        return [path / SAFETENSORS]
+    if (path / SAFETENSORS_INDEX).is_file():
+        index = json.loads((path / SAFETENSORS_INDEX).read_text())
+        return [path / name for name in sorted(set(index["weight_map"].values()))]
+    if (path / PYTORCH_BIN).is_file():
+        return [path / PYTORCH_BIN]
+    raise CheckpointNotFoundError(f"{path} holds no weights: expected {SAFETENSORS}, {SAFETENSORS_INDEX} or {PYTORCH_BIN}")
+
+
+class Checkpoint:
+    """The tensors of a checkpoint: names and shapes up front, data read on demand."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        self._where: dict[str, Any] = {}  # key -> open safetensors handle, or the loaded state dict
+        for file in weight_files(self.path):
+            if file.suffix == ".safetensors":
+                self._open_safetensors(file)
+            else:
+                self._open_pickle(file)
+
+    def _open_safetensors(self, file: Path) -> None:
+        from safetensors import safe_open
+
+        if not file.is_file():
+            raise CheckpointNotFoundError(f"{file} is listed in the checkpoint index but does not exist")
+        try:
+            handle = safe_open(str(file), framework="pt")
+            for key in handle.keys():
+                self._shapes[key] = tuple(handle.get_slice(key).get_shape())
+                self._where[key] = handle
+        except Exception as err:  # safetensors raises SafetensorError from Rust for every kind of damage
+            raise CheckpointError(f"{file} is truncated or corrupted ({err}); it is not a readable safetensors file") from err
+
+    def _open_pickle(self, file: Path) -> None:
+        try:
+            try:
+                state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as err:
+                if "mmap" not in str(err):
+                    raise
+                state = torch.load(file, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+        except Exception as err:
+            if "weights_only" in str(err) or "Unsupported global" in str(err):
+                raise CheckpointError(f"{file} holds objects other than tensors; minipt only loads with weights_only=True") from err
+            raise CheckpointError(f"{file} is truncated or corrupted ({type(err).__name__}: {err})") from err
+        for wrapper in ("state_dict", "model"):  # {"state_dict": {...}, "epoch": ...}
+            if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+                state = state[wrapper]
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{file} does not hold a state dict (found {type(state).__name__})")
+        for key, value in state.items():
+            if not isinstance(value, torch.Tensor):
+                raise CheckpointError(f"{file}: entry {key!r} is a {type(value).__name__}, not a tensor")
+            self._shapes[key] = tuple(value.shape)
+            self._where[key] = state
+
+    def keys(self) -> list[str]:
+        return list(self._shapes)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._shapes[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._shapes
+
+    def get(self, key: str) -> torch.Tensor:
+        source = self._where[key]
+        if isinstance(source, dict):
+            return source[key]
+        try:
+            return source.get_tensor(key)
+        except Exception as err:
+            raise CheckpointError(f"{self.path}: tensor {key!r} cannot be read ({err}); the file is truncated or corrupted") from err
+
+
+# -- matching names ----------------------------------------------------------
+def model_keys(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """A model's tensors by name with their shapes; a tied tensor counts once (first name)."""
+    seen: set[int] = set()
+    keys = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            keys[name] = tuple(tensor.shape)
+    return keys
+
+
+def match(checkpoint: Checkpoint, keymap: KeyMap, expected: dict[str, tuple], owner: str) -> dict[str, str]:
+    """Map every minipt key to the checkpoint key that fills it, or raise one error naming every problem."""
+    sources: dict[str, str] = {}
+    unexpected, wrong_shape, duplicate = [], [], []
+    for file_key in checkpoint.keys():
+        official = keymap.canonical(file_key)
+        target = keymap.to_minipt(official)
+        if target is None or target[0] not in expected:
+            if not keymap.is_ignored(official):
+                unexpected.append(f"{file_key} {checkpoint.shape(file_key)}")
+            continue
+        key, transform = target
+        shape = checkpoint.shape(file_key)
+        if transform is not None:
+            shape = transform.minipt_shape(shape)
+        if key in sources:
+            duplicate.append(f"{sources[key]} and {file_key} both fill {key}")
+        elif shape != expected[key]:
+            wrong_shape.append(f"{file_key}: checkpoint has {checkpoint.shape(file_key)}, {owner} expects {_official_shape(keymap, key, expected[key])}")
+        sources[key] = file_key
+    missing = [f"{_official_name(keymap, key)} {_official_shape(keymap, key, shape)}" for key, shape in expected.items() if key not in sources]
+    if missing or unexpected or wrong_shape or duplicate:
+        raise KeyMismatchError(_mismatch_message(checkpoint.path, owner, missing, unexpected, wrong_shape, duplicate))
+    return sources
+
+
+def _official_name(keymap: KeyMap, key: str) -> str:
+    found = keymap.to_official(key)
+    return found[0] if found else f"(no official name for {key})"
+
+
+def _official_shape(keymap: KeyMap, key: str, shape: tuple) -> tuple:
+    found = keymap.to_official(key)
+    transform = found[1] if found else None
+    return transform.minipt_shape(shape) if transform is not None else shape  # layout transforms are involutions
+
+
+def _mismatch_message(path, owner, missing, unexpected, wrong_shape, duplicate) -> str:
+    lines = [f"checkpoint {path} does not fit {owner}:"]
+    for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape), ("duplicate", duplicate)):
+        if items:
+            lines.append(f"  {title} ({len(items)}):")
+            lines += [f"    {item}" for item in items[:_SHOWN]]
+            if len(items) > _SHOWN:
+                lines.append(f"    ... and {len(items) - _SHOWN} more")
+    return "\n".join(lines)
+
+
+# -- loading and saving --------------------------------------------------------
+def load_weights(
+    model: nn.Module,
+    checkpoint: Checkpoint,
+    keymap: KeyMap,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> nn.Module:
+    """Fill a (meta-device) model from a checkpoint, strictly, one tensor at a time."""
+    sources = match(checkpoint, keymap, model_keys(model), type(model).__name__)
+    state = {}
+    for key, file_key in sources.items():
+        tensor = checkpoint.get(file_key)
+        transform = keymap.to_minipt(keymap.canonical(file_key))[1]
+        if transform is not None:
+            tensor = transform.to_minipt(tensor)
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        if device is not None:
+            tensor = tensor.to(device)
+        state[key] = tensor
+    model.load_state_dict(state, strict=False, assign=True)
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()  # assign=True replaced the tied parameter; share it again
+    left_on_meta = [name for name, t in model.state_dict(keep_vars=True).items() if t.is_meta]
+    if left_on_meta:
+        raise CheckpointError(f"{type(model).__name__} has tensors no checkpoint key fills: {left_on_meta}")
+    return model
+
+
+def official_state_dict(model: nn.Module, keymap: KeyMap) -> dict[str, torch.Tensor]:
+    """The model's tensors under their official names and in the official layout."""
+    state = {}
+    for key in model_keys(model):
+        found = keymap.to_official(key)
+        if found is None:
+            raise KeyMismatchError(f"{type(model).__name__}.{key} has no official name in the key map")
+        official, transform = found
+        tensor = _tensor(model, key)
+        state[official] = transform.to_official(tensor) if transform is not None else tensor
+    return state
+
+
+def _tensor(model: nn.Module, key: str) -> torch.Tensor:
+    module_name, _, name = key.rpartition(".")
+    module = model.get_submodule(module_name) if module_name else model
+    return getattr(module, name).detach()
+
+
+def save_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    storages, ready = set(), {}
+    for key, tensor in state.items():
+        tensor = tensor.detach().to("cpu").contiguous()
+        ptr = tensor.untyped_storage().data_ptr()
+        ready[key] = tensor.clone() if ptr in storages else tensor  # safetensors refuses shared storage
+        storages.add(ptr)
+    save_file(ready, str(path), metadata={"format": "pt"})
+
+
+class Pretrained:
+    """``from_pretrained`` / ``save_pretrained`` for a model class.
+
+    The class provides ``config_class`` (with ``from_dict``/``to_dict``),
+    ``keymap(config)`` and optionally ``adapt_config(config, checkpoint)`` for
+    what the checkpoint itself decides (a pooler present or not, a depth).
+    """
+
+    config_class: type
+
+    @classmethod
+    def keymap(cls, config) -> KeyMap:  # pragma: no cover - every model defines it
+        raise NotImplementedError
+
+    @classmethod
+    def adapt_config(cls, config, checkpoint: Checkpoint):
+        return config
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, *, dtype: torch.dtype | None = None, device=None, **config_overrides):
+        """Load official weights from a local path, a catalogued name or a hub repo id (eval mode)."""
+        path = resolve(name_or_path)
+        directory = path if path.is_dir() else path.parent
+        config = cls.config_class.from_dict(read_config(directory), **config_overrides)
+        checkpoint = Checkpoint(path)
+        config = cls.adapt_config(config, checkpoint)
+        with torch.device("meta"):
+            model = cls(config)
+        load_weights(model, checkpoint, cls.keymap(config), dtype=dtype, device=device)
+        return model.eval()
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` with the official key names."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / CONFIG).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        save_safetensors(official_state_dict(self, self.keymap(self.config)), directory / SAFETENSORS)
+        return directory
+

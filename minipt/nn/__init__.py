@@ -1,0 +1,18 @@
+"""minipt's hand-written building blocks."""
+
+from .attention import MultiHeadAttention, attention_bias, scaled_dot_product_attention
+from .backend import BACKENDS, get_backend, set_backend, use_backend
+from .layers import GELU, LayerNorm, activation
+
+__all__ = [
+    "BACKENDS",
+    "GELU",
+    "LayerNorm",
+    "MultiHeadAttention",
+    "activation",
+    "attention_bias",
+    "get_backend",
+    "scaled_dot_product_attention",
+    "set_backend",
+    "use_backend",
+]

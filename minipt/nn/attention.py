@@ -1,0 +1,130 @@
+"""Multi-head scaled dot-product attention (Vaswani et al., 2017), written out.
+
+    Attention(Q, K, V) = softmax(Q K^T / sqrt(d) + bias) V
+
+``bias`` is an additive mask: 0 where a query may look at a key, a very large
+negative number where it may not (padding, the future). ``attention_bias``
+builds it once per forward pass from the padding mask a tokenizer returns
+and/or a causal flag, and every layer reuses it.
+
+A query row whose every key is masked (a sequence made only of padding) has
+no defined softmax; minipt gives it zero probabilities and a zero output, on
+every backend, instead of NaN.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InputError
+from .backend import get_backend
+
+
+def attention_bias(
+    attention_mask: torch.Tensor | None,
+    query_len: int,
+    key_len: int,
+    *,
+    causal: bool = False,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | None = None,
+) -> torch.Tensor | None:
+    """An additive mask broadcastable to ``(B, heads, T, S)``, or None when nothing is masked.
+
+    ``attention_mask`` is either a padding mask ``(B, S)`` of bools or 0/1
+    integers (True/1 = a real token, the tokenizer's convention), or an
+    additive float mask broadcastable to ``(B, heads, T, S)`` (0 = attend,
+    -inf or very negative = masked). ``causal`` masks keys after each query,
+    aligned bottom-right so that it stays right when keys include a cache.
+    """
+    lowest = torch.finfo(dtype).min
+    bias = None
+    if attention_mask is not None:
+        if attention_mask.is_floating_point():
+            bias = attention_mask.to(dtype).clamp(min=lowest)  # -inf would make fully masked rows NaN
+            while bias.dim() < 4:
+                bias = bias.unsqueeze(1)  # (B, S) -> (B, 1, 1, S)
+        else:
+            if attention_mask.dim() != 2 or attention_mask.shape[-1] != key_len:
+                raise InputError(f"padding mask must have shape (batch, {key_len}), got {tuple(attention_mask.shape)}")
+            keep = attention_mask.bool()
+            if not causal and bool(keep.all()):
+                return None  # nothing to mask: lets sdpa use its fastest kernel
+            bias = torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, lowest)
+            bias = bias[:, None, None, :]  # (B, 1, 1, S)
+        device = bias.device
+    if causal:
+        future = torch.ones(query_len, key_len, dtype=torch.bool, device=device).triu(key_len - query_len + 1)
+        causal_bias = torch.zeros(query_len, key_len, dtype=dtype, device=device).masked_fill(future, lowest)
+        bias = causal_bias if bias is None else (bias + causal_bias).clamp(min=lowest)  # (B, 1, T, S)
+    return bias
+
+
+def scaled_dot_product_attention(
+    q: torch.Tensor,  # (B, heads, T, D)
+    k: torch.Tensor,  # (B, heads, S, D)
+    v: torch.Tensor,  # (B, heads, S, D)
+    bias: torch.Tensor | None = None,
+    *,
+    dropout: float = 0.0,
+    backend: str = "sdpa",
+    need_weights: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``softmax(q k^T / sqrt(D) + bias) v``; probabilities too when asked (always on the math path)."""
+    attends = None  # (B, 1|heads, T, 1): 0 for query rows that may look at no key
+    if bias is not None:
+        attends = (bias > torch.finfo(bias.dtype).min).any(-1, keepdim=True)
+    if backend == "math" or need_weights:
+        scores = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, heads, T, S)
+        if bias is not None:
+            scores = scores + bias
+        attn_probs = scores.softmax(dim=-1)
+        if attends is not None:
+            attn_probs = attn_probs * attends
+        out = torch.matmul(F.dropout(attn_probs, dropout, training=dropout > 0), v)  # (B, heads, T, D)
+        return out, attn_probs
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)  # (B, heads, T, D)
+    if attends is not None:
+        out = out * attends
+    return out, None
+
+
+class MultiHeadAttention(nn.Module):
+    """Self-attention with ``num_heads`` heads: project to Q, K, V, attend per head, project back."""
+
+    def __init__(self, dim: int, num_heads: int, *, dropout: float = 0.0, bias: bool = True):
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"hidden size {dim} is not a multiple of the number of heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.dropout = dropout  # on the attention probabilities, in training only
+        self.q_proj = nn.Linear(dim, dim, bias=bias)
+        self.k_proj = nn.Linear(dim, dim, bias=bias)
+        self.v_proj = nn.Linear(dim, dim, bias=bias)
+        self.out_proj = nn.Linear(dim, dim, bias=bias)
+        self.backend: str | None = None
+
+    def forward(
+        self,
+        hidden: torch.Tensor,  # (B, T, C)
+        bias: torch.Tensor | None = None,  # from attention_bias(): (B|1, 1, T, T)
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, T, C = hidden.shape
+        split_heads = lambda x: x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # noqa: E731
+        q = split_heads(self.q_proj(hidden))  # (B, heads, T, head_dim)
+        k = split_heads(self.k_proj(hidden))
+        v = split_heads(self.v_proj(hidden))
+        out, attn_probs = scaled_dot_product_attention(
+            q, k, v, bias,
+            dropout=self.dropout if self.training else 0.0,
+            backend=get_backend(self.backend),
+            need_weights=need_weights,
+        )
+        out = out.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
+        return self.out_proj(out), attn_probs
