@@ -9,7 +9,8 @@ module does the rest:
 - read ``config.json`` and the tensors' names and shapes without reading data
   (``model.safetensors`` through ``safe_open``, sharded safetensors through
   their index, ``pytorch_model.bin``/``.pth`` through
-  ``torch.load(weights_only=True)``, never full unpickling);
+  ``torch.load(weights_only=True)``, never full unpickling; numpy ``.npz``
+  archives with ``allow_pickle=False``);
 - build the model on the meta device, so no memory is spent on weights that
   are about to be replaced;
 - translate names with the key map, check them strictly (one error lists every
@@ -74,6 +75,8 @@ class Checkpoint:
         for file in weight_files(self.path):
             if file.suffix == ".safetensors":
                 self._open_safetensors(file)
+            elif file.suffix == ".npz":
+                self._open_npz(file)
             else:
                 self._open_pickle(file)
 
@@ -110,6 +113,20 @@ class Checkpoint:
         for key, value in state.items():
             if not isinstance(value, torch.Tensor):
                 raise CheckpointError(f"{file}: entry {key!r} is a {type(value).__name__}, not a tensor")
+            self._shapes[key] = tuple(value.shape)
+            self._where[key] = state
+
+    def _open_npz(self, file: Path) -> None:
+        import numpy as np
+
+        try:
+            with np.load(file, allow_pickle=False) as arrays:  # arrays only: a pickled object is refused
+                state = {key: torch.from_numpy(arrays[key]) for key in arrays.files}
+        except Exception as err:
+            if "allow_pickle" in str(err):
+                raise CheckpointError(f"{file} holds objects other than arrays; minipt only loads numeric arrays") from err
+            raise CheckpointError(f"{file} is truncated or corrupted ({type(err).__name__}: {err})") from err
+        for key, value in state.items():
             self._shapes[key] = tuple(value.shape)
             self._where[key] = state
 
