@@ -161,8 +161,11 @@ def model_keys(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return keys
 
 
-def match(checkpoint: Checkpoint, keymap: KeyMap, expected: dict[str, tuple], owner: str) -> dict[str, str]:
-    """Map every minipt key to the checkpoint key that fills it, or raise one error naming every problem."""
+def match(checkpoint: Checkpoint, keymap: KeyMap, expected: dict[str, tuple], owner: str, init_missing=()) -> dict[str, str]:
+    """Map every minipt key to the checkpoint key that fills it, or raise one error naming every problem.
+
+    Keys under the module names in ``init_missing`` may be absent (a new head to train).
+    """
     sources: dict[str, str] = {}
     unexpected, wrong_shape, duplicate = [], [], []
     for file_key in checkpoint.keys():
@@ -181,7 +184,12 @@ def match(checkpoint: Checkpoint, keymap: KeyMap, expected: dict[str, tuple], ow
         elif shape != expected[key]:
             wrong_shape.append(f"{file_key}: checkpoint has {checkpoint.shape(file_key)}, {owner} expects {_official_shape(keymap, key, expected[key])}")
         sources[key] = file_key
-    missing = [f"{_official_name(keymap, key)} {_official_shape(keymap, key, shape)}" for key, shape in expected.items() if key not in sources]
+    fresh = tuple(name + "." for name in init_missing)
+    missing = [
+        f"{_official_name(keymap, key)} {_official_shape(keymap, key, shape)}"
+        for key, shape in expected.items()
+        if key not in sources and not key.startswith(fresh)
+    ]
     if missing or unexpected or wrong_shape or duplicate:
         raise KeyMismatchError(_mismatch_message(checkpoint.path, owner, missing, unexpected, wrong_shape, duplicate))
     return sources
@@ -217,9 +225,14 @@ def load_weights(
     *,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
+    init_missing: tuple[str, ...] = (),
 ) -> nn.Module:
-    """Fill a (meta-device) model from a checkpoint, strictly, one tensor at a time."""
-    sources = match(checkpoint, keymap, model_keys(model), type(model).__name__)
+    """Fill a (meta-device) model from a checkpoint, strictly, one tensor at a time.
+
+    The submodules named in ``init_missing`` (say ``("classifier",)`` for a new
+    head) may be absent from the checkpoint; they are freshly initialised.
+    """
+    sources = match(checkpoint, keymap, model_keys(model), type(model).__name__, init_missing)
     state = {}
     for key, file_key in sources.items():
         tensor = checkpoint.get(file_key)
@@ -232,12 +245,24 @@ def load_weights(
             tensor = tensor.to(device)
         state[key] = tensor
     model.load_state_dict(state, strict=False, assign=True)
+    for name in init_missing:
+        module = model.get_submodule(name)
+        if any(t.is_meta for t in module.state_dict().values()):
+            module.to_empty(device=device or "cpu")
+            module.apply(getattr(model, "init_weights", _reset_parameters))
+            if dtype is not None:
+                module.to(dtype)
     if hasattr(model, "tie_weights"):
         model.tie_weights()  # assign=True replaced the tied parameter; share it again
     left_on_meta = [name for name, t in model.state_dict(keep_vars=True).items() if t.is_meta]
     if left_on_meta:
         raise CheckpointError(f"{type(model).__name__} has tensors no checkpoint key fills: {left_on_meta}")
     return model
+
+
+def _reset_parameters(module: nn.Module) -> None:
+    if hasattr(module, "reset_parameters"):
+        module.reset_parameters()
 
 
 def official_state_dict(model: nn.Module, keymap: KeyMap) -> dict[str, torch.Tensor]:
@@ -290,8 +315,14 @@ class Pretrained:
         return config
 
     @classmethod
-    def from_pretrained(cls, name_or_path, *, dtype: torch.dtype | None = None, device=None, **config_overrides):
-        """Load official weights from a local path, a catalogued name or a hub repo id (eval mode)."""
+    def from_pretrained(cls, name_or_path, *, dtype: torch.dtype | None = None, device=None, init_missing=(), **config_overrides):
+        """Load official weights from a local path, a catalogued name or a hub repo id (eval mode).
+
+        ``init_missing`` names submodules the checkpoint may lack and that are
+        initialised afresh (a classifier head on a pre-trained encoder);
+        every other missing tensor is an error. ``config_overrides`` replace
+        fields of the checkpoint's config (``num_labels=3``).
+        """
         path = resolve(name_or_path)
         directory = path if path.is_dir() else path.parent
         config = cls.config_class.from_dict(read_config(directory), **config_overrides)
@@ -299,14 +330,15 @@ class Pretrained:
         config = cls.adapt_config(config, checkpoint)
         with torch.device("meta"):
             model = cls(config)
-        load_weights(model, checkpoint, cls.keymap(config), dtype=dtype, device=device)
+        load_weights(model, checkpoint, cls.keymap(config), dtype=dtype, device=device, init_missing=tuple(init_missing))
         return model.eval()
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` and ``model.safetensors`` with the official key names."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / CONFIG).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        config = {"architectures": [type(self).__name__], **self.config.to_dict()}
+        (directory / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         save_safetensors(official_state_dict(self, self.keymap(self.config)), directory / SAFETENSORS)
         return directory
 

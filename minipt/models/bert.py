@@ -1,0 +1,372 @@
+"""BERT (Devlin et al., 2019): a stack of post-LayerNorm Transformer encoder layers.
+
+    tokens -> embeddings (token + segment + position, LayerNorm)
+           -> N x [ self-attention -> add & LayerNorm -> feed-forward -> add & LayerNorm ]
+           -> last_hidden_state (B, T, H)  -> pooler: tanh(W h_[CLS])  (B, H)
+
+Reads and writes the official Hugging Face layout (``config.json`` +
+``model.safetensors``, names like ``encoder.layer.0.attention.self.query.weight``)
+through the key map at the bottom of this file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..checkpoint import Checkpoint, Pretrained
+from ..errors import ConfigError, InputError
+from ..keymap import KeyMap
+from ..nn import LayerNorm, MultiHeadAttention, activation, attention_bias, set_backend
+from ..nn.layers import ACTIVATIONS
+
+
+@dataclass
+class BertConfig:
+    """The fields of a Hugging Face BERT ``config.json`` (unknown fields are ignored)."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072  # the feed-forward's inner width, usually 4 x hidden
+    hidden_act: str = "gelu"  # the exact (erf) GELU; "gelu_new" is the tanh approximation
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512  # the longest input, in tokens
+    type_vocab_size: int = 2  # segments: sentence A / sentence B
+    layer_norm_eps: float = 1e-12  # BERT's, not torch's 1e-5
+    initializer_range: float = 0.02
+    pad_token_id: int = 0
+    position_embedding_type: str = "absolute"
+    tie_word_embeddings: bool = True  # the MLM decoder reuses the token embedding matrix
+    # classification heads
+    num_labels: int = 2
+    id2label: dict | None = None
+    classifier_dropout: float | None = None  # None: hidden_dropout_prob
+    problem_type: str | None = None  # regression / single_label_classification / multi_label_classification
+    # minipt's own, not written to config.json
+    add_pooling_layer: bool = field(default=True, metadata={"minipt": True})  # decided by the checkpoint
+    backend: str | None = field(default=None, metadata={"minipt": True})  # see minipt.nn.backend
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}")
+        if self.position_embedding_type != "absolute":
+            raise ConfigError(f"position_embedding_type {self.position_embedding_type!r} is not supported (only 'absolute')")
+        if self.hidden_act not in ACTIVATIONS:
+            raise ConfigError(f"hidden_act {self.hidden_act!r} is not supported; supported: {', '.join(ACTIVATIONS)}")
+        if self.id2label is not None:
+            self.id2label = {int(k): v for k, v in self.id2label.items()}
+            self.num_labels = len(self.id2label)
+
+    @classmethod
+    def from_dict(cls, config: dict, **overrides) -> "BertConfig":
+        model_type = config.get("model_type", "bert")
+        if model_type != "bert":
+            raise ConfigError(f"config.json describes a {model_type!r} model, not 'bert'")
+        for flag in ("is_decoder", "add_cross_attention"):
+            if config.get(flag):
+                raise ConfigError(f"config.json sets {flag}: BERT as a decoder is not supported")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ConfigError(f"unknown BertConfig fields: {', '.join(unknown)}")
+        values = {k: v for k, v in config.items() if k in names}
+        if "num_labels" in overrides:
+            values.pop("id2label", None)
+        return cls(**{**values, **overrides})
+
+    def to_dict(self) -> dict:
+        values = {f.name: getattr(self, f.name) for f in fields(self) if not f.metadata.get("minipt")}
+        if values["id2label"] is None:
+            values["id2label"] = {i: f"LABEL_{i}" for i in range(self.num_labels)}
+        values["label2id"] = {label: i for i, label in values["id2label"].items()}
+        del values["num_labels"]  # implied by id2label
+        return {"model_type": "bert", **values}
+
+
+@dataclass
+class BertOutput:
+    last_hidden_state: torch.Tensor  # (B, T, H)
+    pooler_output: torch.Tensor | None = None  # (B, H); None for a checkpoint saved without the pooler
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # embeddings + each layer's output: L + 1 x (B, T, H)
+    attentions: tuple[torch.Tensor, ...] | None = None  # each layer's attention probabilities: L x (B, heads, T, T)
+
+
+@dataclass
+class BertHeadOutput:
+    logits: torch.Tensor  # (B, T, vocab) for masked LM, (B, num_labels) for classification
+    loss: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+class BertEmbeddings(nn.Module):
+    """Token + segment + learned absolute position embeddings, then LayerNorm and dropout."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.token = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (T,)
+        hidden = self.token(input_ids) + self.token_type(token_type_ids) + self.position(positions)  # (B, T, H)
+        return self.dropout(self.norm(hidden))
+
+
+class BertLayer(nn.Module):
+    """One encoder layer. Post-LN: each sub-layer's output is added to its input, then normalised."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.attn = MultiHeadAttention(config.hidden_size, config.num_attention_heads, dropout=config.attention_probs_dropout_prob)
+        self.attn_norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.ffn_up = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = activation(config.hidden_act)
+        self.ffn_down = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.ffn_norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden: torch.Tensor, bias: torch.Tensor | None, need_weights: bool = False):
+        attn_out, attn_probs = self.attn(hidden, bias, need_weights)
+        hidden = self.attn_norm(hidden + self.dropout(attn_out))  # (B, T, H)
+        ffn_out = self.ffn_down(self.act(self.ffn_up(hidden)))  # (B, T, I) inside, (B, T, H) out
+        hidden = self.ffn_norm(hidden + self.dropout(ffn_out))
+        return hidden, attn_probs
+
+
+class BertPooler(nn.Module):
+    """A dense layer with tanh on the first ([CLS]) token: the sentence-level summary."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden[:, 0]))  # (B, H)
+
+
+class _BertPretrained(Pretrained, nn.Module):
+    config_class = BertConfig
+
+    def set_backend(self, name: str | None) -> None:
+        """Run this model's attention, LayerNorm and GELU on ``"math"`` or ``"sdpa"`` (None: the global choice)."""
+        set_backend(name, module=self)
+
+    @torch.no_grad()
+    def init_weights(self, module: nn.Module) -> None:
+        """BERT's initialisation: N(0, initializer_range) weights, zero biases, unit LayerNorm."""
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.normal_(0.0, std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.zero_()
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            module.weight[module.padding_idx].zero_()
+        if isinstance(module, LayerNorm):
+            module.weight.fill_(1.0)
+            module.bias.zero_()
+
+    @classmethod
+    def adapt_config(cls, config: BertConfig, checkpoint: Checkpoint) -> BertConfig:
+        # Sentence encoders are often saved without the pooler: then the model has none.
+        keymap = cls.keymap(config)
+        pooler = keymap.to_official(cls._pooler_key)[0]
+        config.add_pooling_layer = any(keymap.canonical(k) == pooler for k in checkpoint.keys())
+        return config
+
+
+class BertModel(_BertPretrained):
+    """The BERT encoder: ``model(input_ids, attention_mask, token_type_ids) -> BertOutput``."""
+
+    _pooler_key = "pooler.dense.weight"
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = BertEmbeddings(config)
+        self.layers = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+        self.pooler = BertPooler(config) if config.add_pooling_layer else None
+        self.apply(self.init_weights)
+        if config.backend is not None:
+            self.set_backend(config.backend)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (B, T) token ids
+        attention_mask: torch.Tensor | None = None,  # (B, T): 1 for tokens, 0 for padding
+        token_type_ids: torch.Tensor | None = None,  # (B, T): 0 for sentence A, 1 for sentence B
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> BertOutput:
+        self._check_inputs(input_ids, attention_mask, token_type_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        hidden = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
+        T = input_ids.shape[1]
+        bias = attention_bias(attention_mask, T, T, dtype=hidden.dtype)  # (B, 1, 1, T) or None
+        all_hidden, all_attn = [hidden], []
+        for layer in self.layers:
+            hidden, attn_probs = layer(hidden, bias, need_weights=output_attentions)
+            all_hidden.append(hidden)
+            all_attn.append(attn_probs)
+        return BertOutput(
+            last_hidden_state=hidden,
+            pooler_output=self.pooler(hidden) if self.pooler is not None else None,
+            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            attentions=tuple(all_attn) if output_attentions else None,
+        )
+
+    def _check_inputs(self, input_ids, attention_mask, token_type_ids) -> None:
+        config = self.config
+        if input_ids.dim() != 2 or input_ids.is_floating_point():
+            raise InputError(f"input_ids must be integer token ids of shape (batch, seq_len), got {input_ids.dtype} {tuple(input_ids.shape)}")
+        B, T = input_ids.shape
+        if T > config.max_position_embeddings:
+            raise InputError(f"sequence length {T} exceeds the position table ({config.max_position_embeddings} positions); truncate the input")
+        _check_ids("input_ids", input_ids, config.vocab_size)
+        if token_type_ids is not None:
+            if token_type_ids.shape != input_ids.shape:
+                raise InputError(f"token_type_ids has shape {tuple(token_type_ids.shape)}, input_ids {tuple(input_ids.shape)}")
+            _check_ids("token_type_ids", token_type_ids, config.type_vocab_size)
+        if attention_mask is not None and not attention_mask.is_floating_point() and attention_mask.shape != input_ids.shape:
+            raise InputError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(input_ids.shape)}")
+
+    @classmethod
+    def keymap(cls, config: BertConfig) -> KeyMap:
+        # Pre-training heads (cls.*) in a checkpoint are known and not used by the bare encoder.
+        return bert_keymap() + KeyMap([], ignore=["cls.{*}"], optional_prefix="bert.")
+
+
+def _check_ids(name: str, ids: torch.Tensor, size: int) -> None:
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= size):
+        bad = ids[(ids < 0) | (ids >= size)][0].item()
+        raise InputError(f"{name} holds {bad}, outside the table of {size} entries (valid: 0..{size - 1})")
+
+
+class MaskedLMHead(nn.Module):
+    """dense -> activation -> LayerNorm -> decoder to vocabulary logits (decoder weight tied to the token embedding)."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = activation(config.hidden_act)
+        self.norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.norm(self.act(self.dense(hidden))))  # (B, T, vocab)
+
+
+class BertForMaskedLM(_BertPretrained):
+    """BERT with the masked-language-model head: logits over the vocabulary at every position."""
+
+    _pooler_key = "bert.pooler.dense.weight"
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config)
+        self.head = MaskedLMHead(config)
+        self.apply(self.init_weights)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.head.decoder.weight = self.bert.embeddings.token.weight
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False, output_attentions=False):
+        """``labels`` (B, T): the token to predict at masked positions, -100 elsewhere."""
+        out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions)
+        logits = self.head(out.last_hidden_state)  # (B, T, vocab)
+        loss = None if labels is None else F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        return BertHeadOutput(logits, loss, out.hidden_states, out.attentions)
+
+    @classmethod
+    def keymap(cls, config: BertConfig) -> KeyMap:
+        decoder = ("cls.predictions.decoder.weight", "bert.embeddings.word_embeddings.weight")
+        return bert_keymap().prefixed("bert.", "bert.") + KeyMap(
+            [
+                ("cls.predictions.transform.dense.{p}", "head.dense.{p}"),
+                ("cls.predictions.transform.LayerNorm.{p}", "head.norm.{p}"),
+                ("cls.predictions.bias", "head.decoder.bias"),
+                *([] if config.tie_word_embeddings else [decoder[:1] + ("head.decoder.weight",)]),
+            ],
+            renames=LEGACY_NAMES,
+            ignore=["cls.seq_relationship.{*}"],  # the next-sentence head of pre-training checkpoints
+            # the decoder's bias is stored once, as cls.predictions.bias; its weight is the token embedding
+            tied=[("cls.predictions.decoder.bias", "cls.predictions.bias"), *([decoder] if config.tie_word_embeddings else [])],
+        )
+
+
+class BertForSequenceClassification(_BertPretrained):
+    """BERT with a linear classifier (or regressor, for num_labels = 1) on the pooled output."""
+
+    _pooler_key = "bert.pooler.dense.weight"
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config)
+        if self.bert.pooler is None:
+            raise ConfigError("sequence classification needs the pooler, and the checkpoint has none")
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.apply(self.init_weights)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False, output_attentions=False):
+        out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions)
+        logits = self.classifier(self.dropout(out.pooler_output))  # (B, num_labels)
+        loss = None if labels is None else self._loss(logits, labels)
+        return BertHeadOutput(logits, loss, out.hidden_states, out.attentions)
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        problem = self.config.problem_type
+        if problem is None:
+            problem = "regression" if self.config.num_labels == 1 else "single_label_classification" if not labels.is_floating_point() else "multi_label_classification"
+        if problem == "regression":
+            return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).view(-1)) if self.config.num_labels == 1 else F.mse_loss(logits, labels)
+        if problem == "single_label_classification":
+            return F.cross_entropy(logits, labels.view(-1))
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+    @classmethod
+    def keymap(cls, config: BertConfig) -> KeyMap:
+        return bert_keymap().prefixed("bert.", "bert.") + KeyMap([("classifier.{p}", "classifier.{p}")])
+
+
+# -- the official names ------------------------------------------------------------
+# Old TensorFlow-converted checkpoints spell LayerNorm's parameters gamma/beta.
+LEGACY_NAMES = [("{*}.LayerNorm.gamma", "{*}.LayerNorm.weight"), ("{*}.LayerNorm.beta", "{*}.LayerNorm.bias")]
+
+
+def bert_keymap() -> KeyMap:
+    """Hugging Face's BertModel names -> minipt's, for the encoder and pooler."""
+    return KeyMap(
+        [
+            ("embeddings.word_embeddings.{p}", "embeddings.token.{p}"),
+            ("embeddings.position_embeddings.{p}", "embeddings.position.{p}"),
+            ("embeddings.token_type_embeddings.{p}", "embeddings.token_type.{p}"),
+            ("embeddings.LayerNorm.{p}", "embeddings.norm.{p}"),
+            ("encoder.layer.{i}.attention.self.query.{p}", "layers.{i}.attn.q_proj.{p}"),
+            ("encoder.layer.{i}.attention.self.key.{p}", "layers.{i}.attn.k_proj.{p}"),
+            ("encoder.layer.{i}.attention.self.value.{p}", "layers.{i}.attn.v_proj.{p}"),
+            ("encoder.layer.{i}.attention.output.dense.{p}", "layers.{i}.attn.out_proj.{p}"),
+            ("encoder.layer.{i}.attention.output.LayerNorm.{p}", "layers.{i}.attn_norm.{p}"),
+            ("encoder.layer.{i}.intermediate.dense.{p}", "layers.{i}.ffn_up.{p}"),
+            ("encoder.layer.{i}.output.dense.{p}", "layers.{i}.ffn_down.{p}"),
+            ("encoder.layer.{i}.output.LayerNorm.{p}", "layers.{i}.ffn_norm.{p}"),
+            ("pooler.dense.{p}", "pooler.dense.{p}"),
+        ],
+        renames=LEGACY_NAMES,
+        ignore=["embeddings.position_ids"],  # a buffer (0, 1, 2, ...) that older files carry
+    )

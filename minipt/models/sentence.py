@@ -1,0 +1,112 @@
+"""Sentence embeddings in the sentence-transformers layout: encoder -> pooling -> (normalise).
+
+A sentence-transformers snapshot holds a BERT checkpoint plus a few small
+files that say how to turn token vectors into one vector per sentence:
+
+- ``modules.json``: the pipeline (Transformer, Pooling, optionally Normalize);
+- ``1_Pooling/config.json`` (the Pooling module's folder): which pooling;
+- ``sentence_bert_config.json``: ``max_seq_length``, the truncation length.
+
+    encoder = SentenceEncoder.from_pretrained("all-MiniLM-L6-v2")
+    vectors = encoder.encode(["A man is eating food.", "A man is riding a horse."])  # (2, 384)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from ..hub import resolve
+from ..tokenizer import Tokenizer
+from .bert import BertModel
+
+# pooling mode -> its flag in a sentence-transformers Pooling config
+POOLING_FLAGS = {
+    "cls": "pooling_mode_cls_token",
+    "mean": "pooling_mode_mean_tokens",
+    "max": "pooling_mode_max_tokens",
+    "mean_sqrt_len": "pooling_mode_mean_sqrt_len_tokens",
+}
+POOLING_MODES = tuple(POOLING_FLAGS)
+
+
+def pool(token_vectors: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """One vector per sentence from (B, T, H) token vectors, ignoring padding."""
+    mask = attention_mask.unsqueeze(-1).to(token_vectors.dtype)  # (B, T, 1)
+    if mode == "cls":
+        return token_vectors[:, 0]
+    if mode == "max":
+        return token_vectors.masked_fill(mask == 0, -1e9).amax(dim=1)
+    summed = (token_vectors * mask).sum(dim=1)  # (B, H)
+    counts = mask.sum(dim=1).clamp(min=1e-9)  # (B, 1)
+    return summed / (counts if mode == "mean" else counts.sqrt())
+
+
+class SentenceEncoder(nn.Module):
+    def __init__(self, encoder: BertModel, tokenizer: Tokenizer, *, pooling: str = "mean", normalize: bool = True, max_seq_length: int | None = None):
+        super().__init__()
+        if pooling not in POOLING_MODES:
+            raise ConfigError(f"pooling {pooling!r} is not supported; supported: {', '.join(POOLING_MODES)}")
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.pooling = pooling
+        self.normalize = normalize
+        self.max_seq_length = max_seq_length or encoder.config.max_position_embeddings
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, *, dtype: torch.dtype | None = None, device=None) -> "SentenceEncoder":
+        path = resolve(name_or_path)
+        modules = _read_json(path / "modules.json", default=[])
+        kinds = {m["type"].rsplit(".", 1)[-1]: m for m in modules}
+        pooling = "mean"
+        if "Pooling" in kinds:
+            pooling = _pooling_mode(_read_json(path / kinds["Pooling"]["path"] / "config.json", default={}))
+        normalize = "Normalize" in kinds
+        settings = _read_json(path / "sentence_bert_config.json", default={})
+        encoder = BertModel.from_pretrained(path, dtype=dtype, device=device)
+        tokenizer = Tokenizer.from_pretrained(path)
+        return cls(encoder, tokenizer, pooling=pooling, normalize=normalize, max_seq_length=settings.get("max_seq_length")).eval()
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None, normalize: bool | None = None) -> torch.Tensor:
+        token_vectors = self.encoder(input_ids, attention_mask, token_type_ids).last_hidden_state  # (B, T, H)
+        sentence = pool(token_vectors, attention_mask, self.pooling)  # (B, H)
+        normalize = self.normalize if normalize is None else normalize
+        return F.normalize(sentence, p=2, dim=-1) if normalize else sentence
+
+    @torch.inference_mode()
+    def encode(self, sentences: str | Sequence[str], *, batch_size: int = 32, normalize: bool | None = None) -> torch.Tensor:
+        """Embed sentences: (N, H) on the CPU (a single string gives (H,)).
+
+        Sentences are sorted by length before batching, so each batch pads little;
+        the result is in the input order.
+        """
+        single = isinstance(sentences, str)
+        sentences = [sentences] if single else list(sentences)
+        device = next(self.encoder.parameters()).device
+        order = sorted(range(len(sentences)), key=lambda i: -len(sentences[i]))
+        out = [None] * len(sentences)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            batch = self.tokenizer([sentences[i] for i in chunk], max_length=self.max_seq_length)
+            vectors = self(**{k: v.to(device) for k, v in batch.items()}, normalize=normalize).float().cpu()
+            for i, vector in zip(chunk, vectors):
+                out[i] = vector
+        embeddings = torch.stack(out) if out else torch.empty(0, self.encoder.config.hidden_size)
+        return embeddings[0] if single else embeddings
+
+
+def _pooling_mode(config: dict) -> str:
+    chosen = [mode for mode, flag in POOLING_FLAGS.items() if config.get(flag)]
+    if len(chosen) != 1:
+        raise ConfigError(f"pooling config {config} selects {chosen or 'no'} mode; minipt supports exactly one of {POOLING_MODES}")
+    return chosen[0]
+
+
+def _read_json(path: Path, default):
+    return json.loads(path.read_text()) if path.is_file() else default
