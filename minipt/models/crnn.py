@@ -1,0 +1,248 @@
+"""CRNN: a convolutional recurrent network that reads a line of text (Shi et al., 2015).
+
+The network here is EasyOCR's English recogniser ("english_g2"), built from
+minipt parts and loaded from the official file:
+
+    image (B, 1, 64, W), grayscale in [-1, 1]
+      -> VGG-style convolutions          (B, 256, 3, W/4 - 1)
+      -> average over the height         (B, T, 256)      T = W/4 - 1 columns
+      -> BiLSTM(256) + Linear(512->256), twice
+      -> Linear(256 -> 97)               (B, T, 97) per-column class scores
+      -> greedy CTC decoding: best class per column, repeats merged, blanks (0) dropped
+
+    >>> from minipt.models.crnn import read_text
+    >>> read_text("line.png")
+    'Hello World 2024'
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..checkpoint import Checkpoint, load_weights
+from ..errors import ConfigError, InputError
+from ..hub import resolve
+from ..keymap import KeyMap
+try:
+    from ..nn import LSTM
+except ImportError:  # TEMPORARY fallback until minipt.nn.LSTM lands; to be removed
+    from torch.nn import LSTM
+
+# EasyOCR's English character set, in the order of the classifier's outputs 1..96
+# (output 0 is the CTC blank): digits, ASCII punctuation, space, euro sign, letters.
+ENGLISH_CHARSET = string.digits + string.punctuation + " €" + string.ascii_uppercase + string.ascii_lowercase
+
+
+@dataclass
+class CRNNConfig:
+    in_channels: int = 1  # grayscale
+    channels: tuple[int, int, int, int] = (32, 64, 128, 256)  # width of the four convolution stages
+    hidden_size: int = 256  # per direction in each BiLSTM; also the width of its output projection
+    charset: str = ENGLISH_CHARSET
+    image_height: int = 64  # the convolutions reduce 64 rows to 3, averaged into one feature column
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.charset) + 1  # + the CTC blank
+
+    def __post_init__(self):
+        self.channels = tuple(self.channels)
+        if len(self.channels) != 4:
+            raise ConfigError(f"CRNNConfig.channels needs 4 stage widths, got {self.channels}")
+        if len(set(self.charset)) != len(self.charset):
+            raise ConfigError("CRNNConfig.charset repeats a character")
+
+
+def conv3x3(in_channels: int, out_channels: int, bias: bool = True) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=bias)
+
+
+class VGGFeatures(nn.Module):
+    """Seven convolutions; the last two pools halve only the height, keeping horizontal resolution."""
+
+    def __init__(self, in_channels: int, channels: tuple[int, int, int, int]):
+        super().__init__()
+        c1, c2, c3, c4 = channels
+        self.conv1 = conv3x3(in_channels, c1)
+        self.conv2 = conv3x3(c1, c2)
+        self.conv3 = conv3x3(c2, c3)
+        self.conv4 = conv3x3(c3, c3)
+        self.conv5 = conv3x3(c3, c4, bias=False)  # followed by BatchNorm, so no bias
+        self.bn5 = nn.BatchNorm2d(c4)
+        self.conv6 = conv3x3(c4, c4, bias=False)
+        self.bn6 = nn.BatchNorm2d(c4)
+        self.conv7 = nn.Conv2d(c4, c4, kernel_size=2)  # 2x2, no padding: height 4 -> 3, width w -> w - 1
+        self.pool = nn.MaxPool2d(2, 2)
+        self.pool_rows = nn.MaxPool2d((2, 1), (2, 1))  # halves the height only
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, 64, W)
+        relu = torch.relu
+        x = self.pool(relu(self.conv1(x)))  # (B, 32, 32, W/2)
+        x = self.pool(relu(self.conv2(x)))  # (B, 64, 16, W/4)
+        x = relu(self.conv3(x))
+        x = self.pool_rows(relu(self.conv4(x)))  # (B, 128, 8, W/4)
+        x = relu(self.bn5(self.conv5(x)))
+        x = self.pool_rows(relu(self.bn6(self.conv6(x))))  # (B, 256, 4, W/4)
+        return relu(self.conv7(x))  # (B, 256, 3, W/4 - 1)
+
+
+class BidirectionalLSTM(nn.Module):
+    """One bidirectional LSTM layer whose two directions are projected back to ``out_size``."""
+
+    def __init__(self, in_size: int, hidden_size: int, out_size: int):
+        super().__init__()
+        self.lstm = LSTM(in_size, hidden_size, bidirectional=True, batch_first=True)
+        self.proj = nn.Linear(2 * hidden_size, out_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, in)
+        hidden, _ = self.lstm(x)  # (B, T, 2 * hidden): forward and backward halves
+        return self.proj(hidden)  # (B, T, out)
+
+
+class CRNN(nn.Module):
+    def __init__(self, config: CRNNConfig | None = None):
+        super().__init__()
+        self.config = config = config or CRNNConfig()
+        width, hidden = config.channels[-1], config.hidden_size
+        self.features = VGGFeatures(config.in_channels, config.channels)
+        self.sequence = nn.Sequential(
+            BidirectionalLSTM(width, hidden, hidden),
+            BidirectionalLSTM(hidden, hidden, hidden),
+        )
+        self.classifier = nn.Linear(hidden, config.num_classes)
+
+    def check_input(self, images: torch.Tensor) -> None:
+        c = self.config
+        if not isinstance(images, torch.Tensor):
+            raise InputError(f"CRNN expects a tensor of images (B, {c.in_channels}, {c.image_height}, W), got {type(images).__name__}")
+        if images.dim() != 4:
+            raise InputError(f"CRNN expects images of rank 4 (B, {c.in_channels}, {c.image_height}, W), got shape {tuple(images.shape)}")
+        _, channels, height, width = images.shape
+        if channels != c.in_channels or height != c.image_height:
+            raise InputError(
+                f"CRNN expects (B, {c.in_channels}, {c.image_height}, W) images, got shape {tuple(images.shape)}: "
+                f"{channels} channel(s) of height {height}; resize lines to height {c.image_height} (see preprocess())"
+            )
+        if width < 8:
+            raise InputError(f"CRNN needs images at least 8 pixels wide (one output column per 4 pixels), got width {width}")
+        if not images.is_floating_point():
+            raise InputError(f"CRNN expects float images normalised to [-1, 1], got dtype {images.dtype}; see preprocess()")
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-column class scores (B, T, num_classes) for images (B, 1, 64, W) in [-1, 1]."""
+        self.check_input(images)
+        features = self.features(images)  # (B, C, 3, T)
+        columns = features.mean(dim=2).transpose(1, 2)  # (B, T, C): each column averaged over its rows
+        return self.classifier(self.sequence(columns))  # (B, T, num_classes)
+
+    def decode(self, logits: torch.Tensor) -> list[str]:
+        """Greedy CTC decoding: the best class per column, repeats merged, blanks dropped."""
+        best = logits.argmax(dim=-1)  # (B, T)
+        texts = []
+        for row in best.tolist():
+            chars, previous = [], 0
+            for index in row:
+                if index != previous and index != 0:
+                    chars.append(self.config.charset[index - 1])
+                previous = index
+            texts.append("".join(chars))
+        return texts
+
+    @torch.no_grad()
+    def read(self, images) -> list[str]:
+        """Text of each image: PIL images, paths or a preprocessed (B, 1, 64, W) tensor."""
+        if not isinstance(images, torch.Tensor):
+            images = images if isinstance(images, (list, tuple)) else [images]
+            if not images:
+                raise InputError("CRNN.read got no images")
+            return [self.decode(self(preprocess(image, self.config.image_height)))[0] for image in images]
+        return self.decode(self(images))
+
+    # -- official weights --------------------------------------------------
+    @classmethod
+    def keymap(cls, config: CRNNConfig | None = None) -> KeyMap:
+        return KEYMAP
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike = "easyocr-english-g2", *, device=None) -> "CRNN":
+        """EasyOCR's recogniser from its official ``.pth`` (a file, its folder, or a catalogue name), in eval mode."""
+        path = resolve(name_or_path)
+        if path.is_dir():
+            path = path / OFFICIAL_FILE
+        config = CRNNConfig()
+        with torch.device("meta"):
+            model = cls(config)
+        load_weights(model, Checkpoint(path), cls.keymap(config), device=device)
+        return model.eval()
+
+
+OFFICIAL_FILE = "english_g2.pth"
+
+# EasyOCR's names (an nn.Sequential numbered by position, ReLUs and pools included)
+# -> minipt's. Files saved from nn.DataParallel carry "module." before every key.
+KEYMAP = KeyMap(
+    [
+        ("FeatureExtraction.ConvNet.0.{p}", "features.conv1.{p}"),
+        ("FeatureExtraction.ConvNet.3.{p}", "features.conv2.{p}"),
+        ("FeatureExtraction.ConvNet.6.{p}", "features.conv3.{p}"),
+        ("FeatureExtraction.ConvNet.8.{p}", "features.conv4.{p}"),
+        ("FeatureExtraction.ConvNet.11.{p}", "features.conv5.{p}"),
+        ("FeatureExtraction.ConvNet.12.{p}", "features.bn5.{p}"),
+        ("FeatureExtraction.ConvNet.14.{p}", "features.conv6.{p}"),
+        ("FeatureExtraction.ConvNet.15.{p}", "features.bn6.{p}"),
+        ("FeatureExtraction.ConvNet.18.{p}", "features.conv7.{p}"),
+        ("SequenceModeling.{i}.rnn.{p}", "sequence.{i}.lstm.{p}"),
+        ("SequenceModeling.{i}.linear.{p}", "sequence.{i}.proj.{p}"),
+        ("Prediction.{p}", "classifier.{p}"),
+    ],
+    optional_prefix="module.",
+)
+
+
+# -- images in -----------------------------------------------------------------
+def preprocess(image, height: int = 64) -> torch.Tensor:
+    """A PIL image, a path, or a 2-D uint8 array/tensor -> (1, 1, height, W) floats in [-1, 1].
+
+    The line is converted to grayscale and resized to ``height`` rows keeping its
+    aspect ratio (bicubic, as EasyOCR does), then scaled ``(x / 255 - 0.5) / 0.5``.
+    """
+    from PIL import Image  # pillow decodes and resizes images; the model itself does not need it
+
+    if isinstance(image, (str, os.PathLike)):
+        if not Path(image).is_file():
+            raise InputError(f"{image}: no such image file")
+        image = Image.open(image)
+    elif isinstance(image, torch.Tensor) or type(image).__module__ == "numpy":
+        array = torch.as_tensor(image)
+        if array.dim() != 2 or array.dtype != torch.uint8:
+            raise InputError(f"preprocess expects a 2-D uint8 grayscale array (H, W), got shape {tuple(array.shape)} of {array.dtype}")
+        image = Image.fromarray(array.numpy())
+    elif not isinstance(image, Image.Image):
+        raise InputError(f"preprocess expects a PIL image, a path or a 2-D uint8 array, got {type(image).__name__}")
+    gray = image.convert("L")
+    w, h = gray.size
+    if w == 0 or h == 0:
+        raise InputError(f"empty image ({w}x{h} pixels)")
+    width = max(8, math.ceil(height * w / h))
+    gray = gray.resize((width, height), Image.BICUBIC)
+    pixels = torch.frombuffer(bytearray(gray.tobytes()), dtype=torch.uint8).view(1, 1, height, width)
+    return (pixels.float() / 255 - 0.5) / 0.5
+
+
+@functools.cache
+def english_g2() -> CRNN:
+    """EasyOCR's English recogniser, loaded once."""
+    return CRNN.from_pretrained("easyocr-english-g2")
+
+
+def read_text(image) -> str:
+    """The text in one image of a single line (PIL image or path), read by EasyOCR's English recogniser."""
+    return english_g2().read(image)[0]
