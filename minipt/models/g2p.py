@@ -1,0 +1,206 @@
+"""Grapheme-to-phoneme: a GRU encoder-decoder from letters to ARPAbet phonemes.
+
+The model is g2p-en's (Park & Kim), loaded from its official ``checkpoint20.npz``:
+
+    letters + </s>  -> embedding (256) -> GRU encoder   -> final hidden state h
+    <s>             -> embedding (256) -> GRU decoder (starting from h)
+                                       -> Linear(256 -> 74) -> best phoneme, fed back
+    ... until </s>, or 20 phonemes.
+
+    >>> from minipt.models.g2p import G2P
+    >>> G2P.from_pretrained().phonemize("hello")
+    ['HH', 'EH1', 'L', 'OW0']
+
+The vocabularies live in g2p-en's ``g2p.py`` as two list expressions; they are
+read from its text with ``ast`` (importing g2p_en would download NLTK data).
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..checkpoint import Checkpoint, load_weights
+from ..errors import CheckpointError, ConfigError, InputError
+from ..hub import resolve
+from ..keymap import KeyMap
+
+try:
+    from ..nn import GRU
+except ImportError:  # TEMPORARY fallback until minipt.nn.GRU lands; to be removed
+    from torch.nn import GRU
+
+PAD, UNK = "<pad>", "<unk>"
+BOS, EOS = "<s>", "</s>"
+
+
+@dataclass
+class G2PConfig:
+    graphemes: list[str] = field(default_factory=list)  # input vocabulary: <pad> <unk> </s> a..z
+    phonemes: list[str] = field(default_factory=list)  # output vocabulary: <pad> <unk> <s> </s> AA0 ... ZH
+    embed_size: int = 256
+    hidden_size: int = 256
+    max_phonemes: int = 20  # greedy decoding stops here if </s> never comes
+
+    def __post_init__(self):
+        for name, vocab, needed in (("graphemes", self.graphemes, (EOS,)), ("phonemes", self.phonemes, (BOS, EOS))):
+            missing = [t for t in needed if t not in vocab]
+            if missing:
+                raise ConfigError(f"G2PConfig.{name} lacks the special token(s) {missing}")
+
+
+class G2P(nn.Module):
+    def __init__(self, config: G2PConfig):
+        super().__init__()
+        self.config = config
+        self.letter_embedding = nn.Embedding(len(config.graphemes), config.embed_size)
+        self.encoder = GRU(config.embed_size, config.hidden_size, batch_first=True)
+        self.phoneme_embedding = nn.Embedding(len(config.phonemes), config.embed_size)
+        self.decoder = GRU(config.embed_size, config.hidden_size, batch_first=True)
+        self.classifier = nn.Linear(config.hidden_size, len(config.phonemes))
+        self.letter_index = {g: i for i, g in enumerate(config.graphemes)}
+
+    def encode_letters(self, word: str) -> torch.Tensor:
+        """Letter ids of one word followed by </s>: (T + 1,)."""
+        if not isinstance(word, str) or not word:
+            raise InputError(f"G2P expects a non-empty word, got {word!r}")
+        letters = word.lower()
+        unknown = sorted({ch for ch in letters if ch not in self.letter_index})
+        if unknown:
+            known = "".join(g for g in self.config.graphemes if not g.startswith("<"))
+            raise InputError(f"G2P cannot spell {word!r}: characters {unknown} are not among its letters {known!r}")
+        return torch.tensor([self.letter_index[ch] for ch in letters] + [self.letter_index[EOS]])
+
+    def encode(self, letter_ids: torch.Tensor) -> torch.Tensor:
+        """The encoder's final hidden state (1, B, hidden) for letter ids (B, T)."""
+        _, hidden = self.encoder(self.letter_embedding(letter_ids))  # (1, B, hidden)
+        return hidden
+
+    def decode_step(self, phoneme_ids: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One decoder step: previous phonemes (B,) and state (1, B, hidden) -> logits (B, P), new state."""
+        output, hidden = self.decoder(self.phoneme_embedding(phoneme_ids)[:, None], hidden)  # (B, 1, hidden)
+        return self.classifier(output[:, 0]), hidden
+
+    @torch.no_grad()
+    def phonemize(self, word: str) -> list[str]:
+        """ARPAbet phonemes of one word by greedy decoding."""
+        phonemes = self.config.phonemes
+        bos, eos = phonemes.index(BOS), phonemes.index(EOS)
+        device = self.classifier.weight.device
+        hidden = self.encode(self.encode_letters(word)[None].to(device))
+        previous = torch.tensor([bos], device=device)
+        out = []
+        for _ in range(self.config.max_phonemes):
+            logits, hidden = self.decode_step(previous, hidden)  # the state carries the prefix
+            previous = logits.argmax(dim=-1)
+            if previous.item() == eos:
+                break
+            out.append(phonemes[previous.item()])
+        return out
+
+    def forward(self, letter_ids: torch.Tensor, phoneme_ids: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits (B, S, P): letters (B, T) with </s>, decoder inputs (B, S) starting with <s>."""
+        for name, ids, vocab in (("letter_ids", letter_ids, self.config.graphemes), ("phoneme_ids", phoneme_ids, self.config.phonemes)):
+            if ids.dim() != 2 or ids.dtype not in (torch.int32, torch.int64):
+                raise InputError(f"G2P.forward expects {name} as integer ids (B, T), got shape {tuple(ids.shape)} of {ids.dtype}")
+            if ids.numel() and (ids.min() < 0 or ids.max() >= len(vocab)):
+                raise InputError(f"G2P.forward: {name} must lie in [0, {len(vocab)}), got values in [{ids.min().item()}, {ids.max().item()}]")
+        if letter_ids.shape[0] != phoneme_ids.shape[0]:
+            raise InputError(f"G2P.forward: {letter_ids.shape[0]} letter sequences but {phoneme_ids.shape[0]} phoneme sequences")
+        hidden = self.encode(letter_ids)
+        output, _ = self.decoder(self.phoneme_embedding(phoneme_ids), hidden)  # (B, S, hidden)
+        return self.classifier(output)
+
+    # -- official weights --------------------------------------------------
+    @classmethod
+    def keymap(cls, config: G2PConfig | None = None) -> KeyMap:
+        return KEYMAP
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike = "g2p-en", *, device=None) -> "G2P":
+        """g2p-en's model from its folder (``checkpoint20.npz`` + ``g2p.py``) or a catalogue name, in eval mode."""
+        folder = resolve(name_or_path)
+        if folder.is_file():
+            folder = folder.parent
+        graphemes, phonemes = read_vocabularies(folder / VOCAB_FILE)
+        config = G2PConfig(graphemes=graphemes, phonemes=phonemes)
+        with torch.device("meta"):
+            model = cls(config)
+        load_weights(model, Checkpoint(folder / OFFICIAL_FILE), cls.keymap(config), device=device)
+        return model.eval()
+
+
+OFFICIAL_FILE = "checkpoint20.npz"
+VOCAB_FILE = "g2p.py"
+
+# g2p-en's array names -> minipt's; the GRU weights keep torch.nn.GRU's layout (gates r, z, n).
+KEYMAP = KeyMap(
+    [
+        ("enc_emb", "letter_embedding.weight"),
+        ("enc_w_ih", "encoder.weight_ih_l0"),
+        ("enc_w_hh", "encoder.weight_hh_l0"),
+        ("enc_b_ih", "encoder.bias_ih_l0"),
+        ("enc_b_hh", "encoder.bias_hh_l0"),
+        ("dec_emb", "phoneme_embedding.weight"),
+        ("dec_w_ih", "decoder.weight_ih_l0"),
+        ("dec_w_hh", "decoder.weight_hh_l0"),
+        ("dec_b_ih", "decoder.bias_ih_l0"),
+        ("dec_b_hh", "decoder.bias_hh_l0"),
+        ("fc_w", "classifier.weight"),
+        ("fc_b", "classifier.bias"),
+    ]
+)
+
+
+# -- vocabularies from g2p-en's source text ----------------------------------------
+def read_vocabularies(path: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """The ``graphemes`` and ``phonemes`` lists assigned in g2p-en's ``g2p.py``, read without running it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: g2p-en's g2p.py (which holds the vocabularies) is missing")
+    with warnings.catch_warnings():  # the file's own regexes have escapes newer Pythons warn about
+        warnings.simplefilter("ignore", (SyntaxWarning, DeprecationWarning))
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Attribute) and target.attr in ("graphemes", "phonemes"):
+                    found[target.attr] = _list_value(node.value, path)
+    missing = [name for name in ("graphemes", "phonemes") if name not in found]
+    if missing:
+        raise CheckpointError(f"{path} assigns no {' or '.join(missing)} list")
+    return found["graphemes"], found["phonemes"]
+
+
+def _list_value(node: ast.expr, path: Path) -> list[str]:
+    """A list of strings written as literals, ``list("abc")`` and ``+``; nothing is executed."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        return _list_value(node.left, path) + _list_value(node.right, path)
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "list" and len(node.args) == 1:
+        return list(ast.literal_eval(node.args[0]))
+    try:
+        value = ast.literal_eval(node)
+    except ValueError as err:
+        raise CheckpointError(f"{path}: a vocabulary is not a literal list ({ast.unparse(node)[:60]}...)") from err
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise CheckpointError(f"{path}: a vocabulary is not a list of strings")
+    return value
+
+
+@functools.cache
+def g2p_en() -> G2P:
+    """g2p-en's model, loaded once."""
+    return G2P.from_pretrained("g2p-en")
+
+
+def phonemize(word: str) -> list[str]:
+    """ARPAbet phonemes of one English word, spelt with the letters a-z."""
+    return g2p_en().phonemize(word)

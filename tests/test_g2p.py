@@ -1,0 +1,135 @@
+"""The grapheme-to-phoneme GRU encoder-decoder on g2p-en's official checkpoint.
+
+References: torch.nn.GRU loaded with the same arrays (the GRUs themselves and a
+greedy decoder built on them), and two pronunciations produced by g2p-en's own
+``G2p.predict`` (documented in the project's data notes, /work/shared/DATA.md).
+"""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from minipt.checkpoint import official_state_dict
+from minipt.errors import CheckpointError, InputError, KeyMismatchError
+from minipt.hub import resolve
+from minipt.models.g2p import G2P, OFFICIAL_FILE, g2p_en, phonemize, read_vocabularies
+
+WORDS = ["activationist", "hello", "recurrent", "phoneme", "tensor", "Zyzzyva", "a", "supercalifragilistic"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return g2p_en()
+
+
+@pytest.fixture(scope="module")
+def arrays():
+    with np.load(resolve("g2p-en") / OFFICIAL_FILE, allow_pickle=False) as npz:
+        return {k: torch.from_numpy(npz[k]) for k in npz.files}
+
+
+def _torch_gru(arrays, side: str) -> nn.GRU:
+    gru = nn.GRU(256, 256, batch_first=True)
+    names = {"weight_ih_l0": "w_ih", "weight_hh_l0": "w_hh", "bias_ih_l0": "b_ih", "bias_hh_l0": "b_hh"}
+    gru.load_state_dict({torch_name: arrays[f"{side}_{name}"] for torch_name, name in names.items()})
+    return gru.eval()
+
+
+def test_reference_pronunciations():
+    # Produced by g2p-en 2.1.0's reference implementation (G2p.predict, greedy), as recorded in DATA.md.
+    assert phonemize("activationist") == "AE2 K T IH0 V EY1 SH AH0 N IH0 S T".split()
+    assert phonemize("hello") == "HH EH1 L OW0".split()
+
+
+def test_vocabularies_read_from_the_source_text():
+    graphemes, phonemes = read_vocabularies(resolve("g2p-en") / "g2p.py")
+    assert graphemes == ["<pad>", "<unk>", "</s>"] + list("abcdefghijklmnopqrstuvwxyz")
+    assert len(phonemes) == 74 and phonemes[:4] == ["<pad>", "<unk>", "<s>", "</s>"] and phonemes[-1] == "ZH"
+
+
+@torch.no_grad()
+def test_grus_match_torch_nn_on_the_official_weights(model, arrays):
+    letters = torch.stack([model.encode_letters(w) for w in ("recurrent", "Phonetics", "baltimore")])  # (3, 10)
+    x = model.letter_embedding(letters)
+    h0 = torch.randn(1, 3, 256)
+    for ours, side in ((model.encoder, "enc"), (model.decoder, "dec")):
+        reference = _torch_gru(arrays, side)
+        for state in (None, h0):
+            out, h = ours(x, state)
+            ref_out, ref_h = reference(x, state)
+            assert (out - ref_out).abs().max().item() <= 1e-5, side
+            assert (h - ref_h).abs().max().item() <= 1e-5, side
+
+
+@torch.no_grad()
+def _reference_phonemize(arrays, phonemes, letter_ids: torch.Tensor) -> list[str]:
+    """Greedy decoding with torch.nn.GRU/Embedding/Linear on the official arrays."""
+    encoder, decoder = _torch_gru(arrays, "enc"), _torch_gru(arrays, "dec")
+    _, hidden = encoder(arrays["enc_emb"][letter_ids][None])
+    previous, out = phonemes.index("<s>"), []
+    for _ in range(20):
+        output, hidden = decoder(arrays["dec_emb"][[previous]][None], hidden)
+        previous = int((output[0, -1] @ arrays["fc_w"].T + arrays["fc_b"]).argmax())
+        if phonemes[previous] == "</s>":
+            break
+        out.append(phonemes[previous])
+    return out
+
+
+@pytest.mark.parametrize("word", WORDS)
+def test_words_match_a_torch_nn_decoder(model, arrays, word):
+    assert model.phonemize(word) == _reference_phonemize(arrays, model.config.phonemes, model.encode_letters(word))
+
+
+@torch.no_grad()
+def test_teacher_forcing_equals_step_by_step(model):
+    letters = model.encode_letters("activationist")[None]
+    phonemes = model.config.phonemes
+    inputs = torch.tensor([[phonemes.index(p) for p in ["<s>"] + phonemize("activationist")]])
+    logits = model(letters, inputs)  # (1, S, 74)
+    hidden = model.encode(letters)
+    for t in range(inputs.shape[1]):
+        step, hidden = model.decode_step(inputs[:, t], hidden)
+        assert (step - logits[:, t]).abs().max().item() <= 1e-5
+
+
+def test_official_names_round_trip(model, arrays):
+    state = official_state_dict(model, G2P.keymap())
+    assert set(state) == set(arrays)
+    assert all(torch.equal(state[k], arrays[k]) for k in arrays)
+
+
+@pytest.mark.parametrize("word, message", [("don't", r"\"'\""), ("R2D2", r"'2'"), ("", "non-empty"), ("café", "é"), (None, "non-empty")])
+def test_words_with_unknown_characters_are_refused(model, word, message):
+    with pytest.raises(InputError, match=message):
+        model.phonemize(word)
+
+
+def test_bad_ids_are_named(model):
+    with pytest.raises(InputError, match=r"letter_ids as integer ids \(B, T\), got shape \(5,\)"):
+        model(torch.zeros(5, dtype=torch.long), torch.zeros(1, 2, dtype=torch.long))
+    with pytest.raises(InputError, match=r"phoneme_ids must lie in \[0, 74\)"):
+        model(torch.zeros(1, 5, dtype=torch.long), torch.full((1, 2), 74))
+    with pytest.raises(InputError, match="2 letter sequences but 1 phoneme"):
+        model(torch.zeros(2, 5, dtype=torch.long), torch.zeros(1, 2, dtype=torch.long))
+
+
+def test_another_checkpoint_is_refused(tmp_path, arrays):
+    folder = tmp_path / "g2p"
+    folder.mkdir()
+    (folder / "g2p.py").write_text((resolve("g2p-en") / "g2p.py").read_text())
+    other = {k: v.numpy() for k, v in arrays.items() if k != "fc_b"}
+    other["enc_w_hh"] = np.zeros((384, 128), np.float32)  # a hidden-128 model
+    np.savez(folder / OFFICIAL_FILE, **other)
+    with pytest.raises(KeyMismatchError) as err:
+        G2P.from_pretrained(folder)
+    assert "fc_b" in str(err.value) and "enc_w_hh: checkpoint has (384, 128)" in str(err.value)
+
+
+def test_vocabulary_file_problems_are_named(tmp_path):
+    with pytest.raises(CheckpointError, match="g2p.py"):
+        read_vocabularies(tmp_path / "g2p.py")
+    (tmp_path / "g2p.py").write_text("class G2p:\n    def __init__(self):\n        self.graphemes = ['a']\n")
+    with pytest.raises(CheckpointError, match="no phonemes"):
+        read_vocabularies(tmp_path / "g2p.py")
