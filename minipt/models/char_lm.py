@@ -1,0 +1,202 @@
+"""A byte-level LSTM language model: the classic recurrent text generator (Karpathy's char-rnn).
+
+Text is read as UTF-8 bytes, so every string can be encoded and the vocabulary
+is fixed at 256 symbols:
+
+    bytes (B, T) -> embedding (B, T, E) -> LSTM x num_layers (B, T, H) -> Linear -> logits (B, T, 256)
+
+Generation feeds the prompt once and then one byte at a time, carrying the
+LSTM's ``(h, c)`` state forward, so the prefix is never recomputed.
+
+    >>> model = CharLM(CharLMConfig(hidden_size=256))
+    >>> ... train (examples/train_char_lm.py) ...
+    >>> model.save_pretrained("char_lm")             # config.json + model.safetensors
+    >>> CharLM.from_pretrained("char_lm").generate("The ", 200, temperature=0.8, top_k=20, seed=0)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+from ..checkpoint import Pretrained
+from ..errors import ConfigError, InputError
+from ..keymap import KeyMap
+
+try:
+    from ..nn import LSTM
+except ImportError:  # TEMPORARY fallback until minipt.nn.LSTM lands; to be removed
+    from torch.nn import LSTM
+
+State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (num_layers, B, hidden_size)
+
+
+@dataclass
+class CharLMConfig:
+    vocab_size: int = 256  # one symbol per byte value
+    embed_size: int = 64
+    hidden_size: int = 512
+    num_layers: int = 2
+    dropout: float = 0.1  # between LSTM layers and before the output layer, in training only
+
+    def __post_init__(self):
+        for name in ("vocab_size", "embed_size", "hidden_size", "num_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"CharLMConfig.{name} must be a positive integer, got {value!r}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"CharLMConfig.dropout must lie in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict, **overrides) -> "CharLMConfig":
+        values = {k: v for k, v in {**values, **overrides}.items() if k != "architectures"}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"CharLMConfig has no field(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+class CharLM(nn.Module, Pretrained):
+    config_class = CharLMConfig
+
+    def __init__(self, config: CharLMConfig | None = None):
+        super().__init__()
+        self.config = config = config or CharLMConfig()
+        self.embedding = nn.Embedding(config.vocab_size, config.embed_size)
+        self.lstm = LSTM(
+            config.embed_size,
+            config.hidden_size,
+            num_layers=config.num_layers,
+            dropout=config.dropout if config.num_layers > 1 else 0.0,
+            batch_first=True,
+        )
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.hidden_size, config.vocab_size)
+
+    def forward(self, ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """Next-byte logits (B, T, vocab) for byte ids (B, T), and the LSTM state after the last step."""
+        self.check_ids(ids)
+        hidden, state = self.lstm(self.embedding(ids), state)  # (B, T, H)
+        return self.head(self.dropout(hidden)), state
+
+    def check_ids(self, ids: torch.Tensor) -> None:
+        vocab = self.config.vocab_size
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype not in (torch.int32, torch.int64):
+            shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
+            raise InputError(f"CharLM expects integer byte ids of shape (B, T), got {shape}")
+        if ids.shape[1] == 0:
+            raise InputError("CharLM got an empty sequence (T = 0)")
+        if ids.min() < 0 or ids.max() >= vocab:
+            raise InputError(f"CharLM ids must lie in [0, {vocab}), got values in [{ids.min().item()}, {ids.max().item()}]")
+
+    # -- text in and out -------------------------------------------------------
+    @staticmethod
+    def encode(text: str) -> torch.Tensor:
+        """UTF-8 bytes of ``text`` as ids (T,)."""
+        if not isinstance(text, str):
+            raise InputError(f"CharLM encodes text (str), got {type(text).__name__}")
+        return torch.tensor(list(text.encode("utf-8")), dtype=torch.long)
+
+    @staticmethod
+    def decode(ids) -> str:
+        """Text of byte ids; a byte sequence cut inside a character shows as U+FFFD."""
+        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+
+    # -- generation --------------------------------------------------------------
+    @torch.no_grad()
+    def generate_ids(
+        self,
+        ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+        return_logits: bool = False,
+    ):
+        """Continue byte ids (B, T) by ``max_new_tokens`` sampled bytes -> (B, T + max_new_tokens).
+
+        The prompt is run once; each new byte is one LSTM step from the carried
+        state. ``temperature=0`` picks the most likely byte; ``top_k`` samples
+        among the k most likely. With ``return_logits`` the (B, N, vocab) logits
+        each new byte was drawn from come back too.
+        """
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise InputError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+        if not temperature >= 0:
+            raise InputError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        vocab = self.config.vocab_size
+        if top_k is not None and not (isinstance(top_k, int) and 1 <= top_k <= vocab):
+            raise InputError(f"top_k must be an integer in [1, {vocab}] or None, got {top_k!r}")
+        logits, state = self(ids)  # the whole prompt, once
+        logits = logits[:, -1]  # (B, vocab): the distribution of the first new byte
+        out, seen = [ids], []
+        for _ in range(max_new_tokens):
+            seen.append(logits)
+            next_id = sample(logits, temperature, top_k, generator)  # (B, 1)
+            out.append(next_id)
+            logits, state = self(next_id, state)  # one step from the carried state
+            logits = logits[:, -1]
+        ids = torch.cat(out, dim=1)
+        if return_logits:
+            return ids, (torch.stack(seen, dim=1) if seen else logits.new_zeros(ids.shape[0], 0, vocab))
+        return ids
+
+    def generate(
+        self,
+        prompt: str = "",
+        max_new_tokens: int = 200,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        *,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> str:
+        """``prompt`` continued by ``max_new_tokens`` sampled bytes, as text (an empty prompt starts a new line).
+
+        ``seed`` (or an explicit ``generator``) makes sampling reproducible.
+        """
+        ids = self.encode(prompt or "\n")[None].to(self.head.weight.device)  # (1, T)
+        if generator is None and seed is not None:
+            generator = torch.Generator(device=ids.device).manual_seed(seed)
+        was_training = self.training
+        self.eval()
+        try:
+            ids = self.generate_ids(ids, max_new_tokens, temperature, top_k, generator)
+        finally:
+            self.train(was_training)
+        new = ids[0, ids.shape[1] - max_new_tokens :].tolist() if max_new_tokens else []
+        return prompt + self.decode(new)
+
+    # -- saving and loading (config.json + model.safetensors) -----------------------
+    @classmethod
+    def keymap(cls, config: CharLMConfig | None = None) -> KeyMap:
+        return KEYMAP
+
+
+# The saved names are minipt's own, the LSTM's in torch.nn's layout (weight_ih_l0 ...),
+# so a torch.nn.LSTM of the same shape can read them too.
+KEYMAP = KeyMap(
+    [
+        ("embedding.weight", "embedding.weight"),
+        ("lstm.{p}", "lstm.{p}"),
+        ("head.{p}", "head.{p}"),
+    ]
+)
+
+
+def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One id per row of ``logits`` (B, V) -> (B, 1): greedy at temperature 0, else softmax(logits / T) over the top k."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1): the k-th largest
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits.float(), dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)

@@ -1,0 +1,145 @@
+"""The byte-level LSTM language model: training, generation with a carried state, saving."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from minipt.errors import ConfigError, InputError, KeyMismatchError
+from minipt.models.char_lm import CharLM, CharLMConfig, sample
+
+TEXT = (
+    "The cat sat on the mat. The dog sat on the log. "
+    "A cat and a dog sat on a mat and a log. The end. "
+) * 4
+
+
+def tiny(**overrides) -> CharLM:
+    return CharLM(CharLMConfig(**{"embed_size": 16, "hidden_size": 32, "num_layers": 2, "dropout": 0.0, **overrides}))
+
+
+def test_training_lowers_the_loss():
+    model = tiny()
+    data = CharLM.encode(TEXT)
+    rows = (len(data) - 1) // 4
+    inputs, targets = data[: 4 * rows].view(4, rows), data[1 : 4 * rows + 1].view(4, rows)  # 4 windows of ~100 bytes
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        logits, _ = model(inputs)
+        loss = F.cross_entropy(logits.reshape(-1, 256), targets.reshape(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[0] > 5.0  # about ln(256) at initialisation
+    assert losses[-1] < 0.6 * losses[0], losses
+
+
+def test_sampling_is_reproducible_under_a_seed():
+    model = tiny().eval()
+    first = model.generate("The ", 40, temperature=1.0, top_k=10, seed=123)
+    again = model.generate("The ", 40, temperature=1.0, top_k=10, seed=123)
+    other = model.generate("The ", 40, temperature=1.0, top_k=10, seed=124)
+    assert first == again and first.startswith("The ")
+    assert other != first  # 40 draws among 10 bytes from an untrained model: a coincidence is ~impossible
+    torch.manual_seed(5)
+    a = model.generate("x", 20)
+    torch.manual_seed(5)
+    assert model.generate("x", 20) == a  # the global seed works too
+
+
+@pytest.mark.parametrize("temperature, top_k", [(1.0, None), (0.7, 5), (0.0, None)])
+def test_carried_state_equals_recomputing_the_prefix(temperature, top_k):
+    model = tiny().eval()
+    prompt = torch.stack([CharLM.encode("Hello, wor"), CharLM.encode("The cat sa")])  # (2, 10)
+    ids, step_logits = model.generate_ids(prompt, 12, temperature, top_k, torch.Generator().manual_seed(0), return_logits=True)
+    assert ids.shape == (2, 22) and step_logits.shape == (2, 12, 256)
+    assert torch.equal(ids[:, :10], prompt)
+    with torch.no_grad():
+        full, _ = model(ids[:, :-1])  # the whole prefix recomputed at once: (2, 21, 256)
+    diff = (full[:, 9:] - step_logits).abs().max().item()
+    assert diff <= 1e-5, diff
+
+
+def test_greedy_is_top_k_1():
+    model = tiny().eval()
+    assert model.generate("ab", 15, temperature=0) == model.generate("ab", 15, temperature=1.0, top_k=1, seed=0)
+
+
+def test_top_k_only_draws_from_the_k_best():
+    logits = torch.tensor([[0.0, 5.0, 4.0, -1.0, 3.0]])
+    drawn = {sample(logits, 2.0, top_k=2, generator=torch.Generator().manual_seed(i)).item() for i in range(50)}
+    assert drawn == {1, 2}
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = tiny(num_layers=1).eval()
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["hidden_size"] == 32 and (tmp_path / "model.safetensors").is_file()
+    loaded = CharLM.from_pretrained(tmp_path)
+    assert loaded.config == model.config
+    ids = CharLM.encode("round trip")[None]
+    with torch.no_grad():
+        assert torch.equal(loaded(ids)[0], model(ids)[0])
+    assert loaded.generate("ab", 10, seed=1) == model.generate("ab", 10, seed=1)
+    from safetensors.torch import load_file
+
+    assert "lstm.weight_ih_l0" in load_file(tmp_path / "model.safetensors")  # torch.nn.LSTM's own names
+
+
+def test_weights_of_another_size_are_named(tmp_path):
+    tiny(hidden_size=48).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["hidden_size"] = 32
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(KeyMismatchError, match=r"lstm.weight_hh_l0: checkpoint has \(192, 48\), CharLM expects \(128, 32\)"):
+        CharLM.from_pretrained(tmp_path)
+
+
+def test_bad_configs_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="hidden_size must be a positive integer"):
+        CharLMConfig(hidden_size=0)
+    with pytest.raises(ConfigError, match="dropout"):
+        CharLMConfig(dropout=1.5)
+    with pytest.raises(ConfigError, match=r"no field\(s\) \['hiden_size'\]"):
+        CharLMConfig.from_dict({"hiden_size": 3})
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda m: m(torch.zeros(5, dtype=torch.long)), r"shape \(B, T\), got \(5,\)"),
+        (lambda m: m(torch.zeros(1, 3)), r"integer byte ids"),
+        (lambda m: m(torch.full((1, 3), 256)), r"\[0, 256\), got values in \[256, 256\]"),
+        (lambda m: m(torch.zeros(1, 0, dtype=torch.long)), "empty sequence"),
+        (lambda m: m.generate("a", 5, temperature=-1), "temperature must be >= 0"),
+        (lambda m: m.generate("a", 5, top_k=0), r"top_k must be an integer in \[1, 256\]"),
+        (lambda m: m.generate("a", -1), "max_new_tokens"),
+        (lambda m: m.generate(b"bytes", 5), "encodes text"),
+    ],
+)
+def test_bad_input_is_named(call, message):
+    with pytest.raises(InputError, match=message):
+        call(tiny())
+
+
+def test_unicode_prompts_round_trip():
+    text = "naïve café ☕"
+    assert CharLM.decode(CharLM.encode(text)) == text
+    assert tiny().generate(text, 0) == text
+
+
+def test_training_example_runs(tmp_path):
+    spec = importlib.util.spec_from_file_location("train_char_lm", Path(__file__).parent.parent / "examples" / "train_char_lm.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    argv = ["--steps", "4", "--batch-size", "4", "--seq-len", "16", "--hidden-size", "16", "--num-layers", "1"]
+    assert example.main(argv + ["--eval-every", "2", "--sample-length", "20", "--out", str(tmp_path)]) == 0
+    for name in ("config.json", "model.safetensors", "loss.png", "samples.txt"):
+        assert (tmp_path / name).is_file(), name
+    assert CharLM.from_pretrained(tmp_path).config.hidden_size == 16
