@@ -1,0 +1,414 @@
+"""ResNet (He et al., 2015, "Deep Residual Learning for Image Recognition"), on torchvision's format.
+
+    stem:    7x7 conv, stride 2 -> BatchNorm -> ReLU -> 3x3 max pool, stride 2     # (B, 64, H/4, W/4)
+    stages:  four stages of residual blocks; stages 2-4 halve the resolution        # (B, C, H/32, W/32)
+    head:    global average pool -> linear classifier                               # (B, num_classes)
+
+Two residual blocks: ``BasicBlock`` (two 3x3 convs, ResNet-18/34) and
+``Bottleneck`` (1x1 reduce, 3x3, 1x1 expand by 4, ResNet-50/101/152).
+``groups`` and ``width_per_group`` widen the bottleneck's 3x3 conv: 32 groups
+of width 4 is ResNeXt-50 32x4d, width 128 is Wide ResNet-50-2.
+
+Checkpoints use torchvision's key names (``conv1``, ``layer1.0.downsample.0``,
+``fc``; timm's ResNets share them); ``KEYMAP`` translates them both ways to
+minipt's names (``stem.conv``, ``stages.0.0.shortcut.conv``, ``head``). The
+torchvision format has no config file, so ``ResNet.from_pretrained`` reads the
+architecture off the tensors' names and shapes.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..checkpoint import SAFETENSORS, Checkpoint, load_weights, official_state_dict, save_safetensors
+from ..errors import ConfigError, InputError, KeyMismatchError
+from ..hub import resolve
+from ..keymap import KeyMap
+
+
+# -- configuration -------------------------------------------------------------
+@dataclass
+class ResNetConfig:
+    block: str = "bottleneck"  # "basic" (ResNet-18/34) or "bottleneck" (ResNet-50 and deeper)
+    layers: tuple[int, ...] = (3, 4, 6, 3)  # residual blocks per stage
+    num_classes: int = 1000
+    groups: int = 1  # groups of the bottleneck's 3x3 conv (ResNeXt: 32)
+    width_per_group: int = 64  # channels per group at stage 1 (ResNeXt 32x4d: 4; Wide ResNet-50-2: 128)
+    in_channels: int = 3
+    zero_init_residual: bool = False  # start each residual branch at zero (Goyal et al., 2017)
+
+    def __post_init__(self):
+        self.layers = tuple(self.layers)
+        if self.block not in BLOCKS:
+            raise ConfigError(f"ResNet block must be one of {sorted(BLOCKS)}, not {self.block!r}")
+        if len(self.layers) != 4 or min(self.layers) < 1:
+            raise ConfigError(f"ResNet needs four stages of at least one block each, not layers={self.layers}")
+        if self.block == "basic" and (self.groups != 1 or self.width_per_group != 64):
+            raise ConfigError("BasicBlock supports only groups=1 and width_per_group=64 (use a Bottleneck ResNet for ResNeXt/wide)")
+
+    @property
+    def depth(self) -> int:
+        """The number in the name: weighted layers (convs of the residual branches, the stem conv and the classifier)."""
+        return BLOCKS[self.block].convs * sum(self.layers) + 2
+
+    def describe(self) -> str:
+        """The builder's name when there is one (``resnet50``, ``resnext50_32x4d``), with the layout."""
+        name = NAMES.get((self.block, self.layers, self.groups, self.width_per_group))
+        if name is None:
+            name = f"a {self.depth}-layer ResNet with groups={self.groups}, width_per_group={self.width_per_group}"
+        return f"{name} ({self.block} blocks {'-'.join(map(str, self.layers))}, {self.num_classes} classes)"
+
+
+# -- building blocks -----------------------------------------------------------
+def conv3x3(in_channels: int, out_channels: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, groups=groups, bias=False)
+
+
+def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False)
+
+
+class Shortcut(nn.Module):
+    """The projection on the identity path when a block changes resolution or width: 1x1 conv -> BatchNorm."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.conv = conv1x1(in_channels, out_channels, stride)
+        self.bn = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+
+class BasicBlock(nn.Module):
+    """relu(x + bn(conv3x3(relu(bn(conv3x3(x))))))."""
+
+    expansion = 1  # output channels = planes * expansion
+    convs = 2  # convolutions on the residual branch
+
+    def __init__(self, in_channels: int, planes: int, stride: int = 1, groups: int = 1, width_per_group: int = 64):
+        super().__init__()
+        out_channels = planes * self.expansion
+        self.conv1 = conv3x3(in_channels, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = Shortcut(in_channels, out_channels, stride) if stride != 1 or in_channels != out_channels else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.shortcut is None else self.shortcut(x)
+        hidden = self.relu(self.bn1(self.conv1(x)))
+        hidden = self.bn2(self.conv2(hidden))
+        return self.relu(hidden + identity)
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn2
+
+
+class Bottleneck(nn.Module):
+    """relu(x + bn(conv1x1(relu(bn(conv3x3(relu(bn(conv1x1(x)))))))), 4x wider out than in the middle."""
+
+    expansion = 4
+    convs = 3
+
+    def __init__(self, in_channels: int, planes: int, stride: int = 1, groups: int = 1, width_per_group: int = 64):
+        super().__init__()
+        width = int(planes * (width_per_group / 64.0)) * groups  # channels of the 3x3 conv
+        out_channels = planes * self.expansion
+        self.conv1 = conv1x1(in_channels, width)
+        self.bn1 = nn.BatchNorm2d(width)
+        # "V1.5": the stride sits on the 3x3 conv, not on the first 1x1 conv as in the paper (torchvision's layout;
+        # a checkpoint trained the other way loads without error here and gives wrong outputs).
+        self.conv2 = conv3x3(width, width, stride, groups)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = conv1x1(width, out_channels)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = Shortcut(in_channels, out_channels, stride) if stride != 1 or in_channels != out_channels else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.shortcut is None else self.shortcut(x)
+        hidden = self.relu(self.bn1(self.conv1(x)))  # (B, width, H, W)
+        hidden = self.relu(self.bn2(self.conv2(hidden)))  # (B, width, H/stride, W/stride)
+        hidden = self.bn3(self.conv3(hidden))  # (B, 4 * planes, H/stride, W/stride)
+        return self.relu(hidden + identity)
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn3
+
+
+BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
+STAGE_PLANES = (64, 128, 256, 512)
+DEPTHS = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+}
+VARIANTS = {  # name -> (depth, groups, width_per_group)
+    **{f"resnet{depth}": (depth, 1, 64) for depth in DEPTHS},
+    "resnext50_32x4d": (50, 32, 4),
+    "resnext101_32x8d": (101, 32, 8),
+    "resnext101_64x4d": (101, 64, 4),
+    "wide_resnet50_2": (50, 1, 128),
+    "wide_resnet101_2": (101, 1, 128),
+}
+NAMES = {(*DEPTHS[depth], groups, width): name for name, (depth, groups, width) in VARIANTS.items()}
+
+
+class Stem(nn.Module):
+    """7x7 conv with stride 2, BatchNorm, ReLU, 3x3 max pool with stride 2: a quarter of the resolution."""
+
+    def __init__(self, in_channels: int, out_channels: int = 64):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.relu(self.bn(self.conv(x))))
+
+
+# -- the model -------------------------------------------------------------------
+class ResNet(nn.Module):
+    def __init__(self, config: ResNetConfig):
+        super().__init__()
+        self.config = config
+        self.fused = False
+        block = BLOCKS[config.block]
+        self.stem = Stem(config.in_channels)
+        stages, in_channels = [], 64
+        for index, (planes, count) in enumerate(zip(STAGE_PLANES, config.layers)):
+            stride = 1 if index == 0 else 2  # stages 2-4 halve the resolution in their first block
+            blocks = []
+            for b in range(count):
+                blocks.append(block(in_channels, planes, stride if b == 0 else 1, config.groups, config.width_per_group))
+                in_channels = planes * block.expansion
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.ModuleList(stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(in_channels, config.num_classes)
+        self.num_features = in_channels
+        if not any(p.is_meta for p in self.parameters()):
+            self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """torchvision's initialisation: He-normal convs (fan out), BatchNorm at identity."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            if isinstance(module, (BasicBlock, Bottleneck)) and self.config.zero_init_residual:
+                nn.init.zeros_(module.last_bn().weight)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        channels = self.config.in_channels
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise InputError(f"ResNet expects images shaped (batch, {channels}, height, width); got {shape}")
+        if x.shape[1] != channels:
+            raise InputError(f"ResNet expects {channels} input channels; got a tensor of shape {tuple(x.shape)} with {x.shape[1]} (is it channels-last in memory order? permute to (B, C, H, W))")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features before the classifier: (B, C, H, W) -> (B, num_features)."""
+        self._check_input(x)
+        hidden = self.stem(x)  # (B, 64, H/4, W/4)
+        for stage in self.stages:
+            hidden = stage(hidden)  # (B, C, H/32, W/32) after the last stage
+        return torch.flatten(self.pool(hidden), 1)  # (B, num_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(x))  # (B, num_classes) logits
+
+    # -- inference copy --------------------------------------------------------
+    def fuse(self) -> "ResNet":
+        """An inference copy with every BatchNorm folded into the convolution before it (eval mode)."""
+        fused = copy.deepcopy(self).eval()
+        for module in fused.modules():
+            for conv_name, bn_name in _CONV_BN_PAIRS.get(type(module), ()):
+                setattr(module, conv_name, fold_batchnorm(getattr(module, conv_name), getattr(module, bn_name)))
+                setattr(module, bn_name, nn.Identity())
+        fused.fused = True
+        return fused
+
+    # -- loading and saving ----------------------------------------------------
+    @classmethod
+    def keymap(cls, config: ResNetConfig | None = None) -> KeyMap:
+        return KEYMAP
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, *, dtype: torch.dtype | None = None, device=None, **overrides) -> "ResNet":
+        """Load a torchvision-format checkpoint (.pth, .safetensors or a folder); the architecture is read from it (eval mode)."""
+        checkpoint = _open(name_or_path)
+        config = infer_config(checkpoint, **overrides)
+        return cls._load(config, checkpoint, dtype=dtype, device=device)
+
+    @classmethod
+    def _load(cls, config: ResNetConfig, checkpoint: Checkpoint, *, dtype=None, device=None) -> "ResNet":
+        with torch.device("meta"):
+            model = cls(config)
+        try:
+            load_weights(model, checkpoint, KEYMAP, dtype=dtype, device=device)
+        except KeyMismatchError as err:
+            raise KeyMismatchError(f"{err}\n{_looks_like(checkpoint, config)}") from None
+        return model.eval()
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``model.safetensors`` with torchvision's key names (torchvision loads it with strict=True)."""
+        if self.fused:
+            raise ConfigError("a fused ResNet has no BatchNorm layers left and cannot be saved in torchvision's format; save the model before fuse()")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_safetensors(official_state_dict(self, KEYMAP), directory / SAFETENSORS)
+        return directory
+
+
+def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """conv followed by an eval-mode BatchNorm as one conv: W' = W * s, b' = beta + (b - mean) * s, s = gamma / sqrt(var + eps)."""
+    scale = bn.weight.detach() * torch.rsqrt(bn.running_var + bn.eps)  # (out,)
+    bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    fused = nn.Conv2d(
+        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups,
+        bias=True, padding_mode=conv.padding_mode, device="meta",
+    )
+    fused.weight = nn.Parameter(conv.weight.detach() * scale.view(-1, 1, 1, 1))  # keeps conv's memory format
+    fused.bias = nn.Parameter(bn.bias.detach() + (bias - bn.running_mean) * scale)
+    return fused
+
+
+_CONV_BN_PAIRS = {
+    Stem: (("conv", "bn"),),
+    Shortcut: (("conv", "bn"),),
+    BasicBlock: (("conv1", "bn1"), ("conv2", "bn2")),
+    Bottleneck: (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
+}
+
+
+# -- torchvision's names ---------------------------------------------------------
+# torchvision counts stages from 1 (layer1..layer4), minipt from 0, so each stage has its own rows.
+KEYMAP = KeyMap(
+    [
+        ("conv1.weight", "stem.conv.weight"),
+        ("bn1.{p}", "stem.bn.{p}"),
+        *[
+            row
+            for stage in range(4)
+            for row in (
+                (f"layer{stage + 1}.{{b}}.downsample.0.weight", f"stages.{stage}.{{b}}.shortcut.conv.weight"),
+                (f"layer{stage + 1}.{{b}}.downsample.1.{{p}}", f"stages.{stage}.{{b}}.shortcut.bn.{{p}}"),
+                (f"layer{stage + 1}.{{b}}.{{layer}}.{{p}}", f"stages.{stage}.{{b}}.{{layer}}.{{p}}"),  # conv1-3, bn1-3
+            )
+        ],
+        ("fc.{p}", "head.{p}"),
+    ],
+    optional_prefix="module.",  # checkpoints saved from DataParallel/DDP
+)
+
+
+def infer_config(checkpoint: Checkpoint, **overrides) -> ResNetConfig:
+    """Read a ResNet's architecture off a torchvision-format checkpoint's names and shapes."""
+    shapes = {KEYMAP.canonical(key): checkpoint.shape(key) for key in checkpoint.keys()}
+    needed = ["conv1.weight", "layer1.0.conv1.weight", "layer1.0.conv2.weight", "fc.weight"]
+    absent = [key for key in needed if key not in shapes]
+    if absent:
+        first = ", ".join(f"{k} {s}" for k, s in list(shapes.items())[:5])
+        raise KeyMismatchError(f"checkpoint {checkpoint.path} is not a torchvision-format ResNet: it has no {', '.join(absent)} (its first keys: {first})")
+    layers = []
+    for stage in range(1, 5):
+        blocks = {key.split(".")[1] for key in shapes if key.startswith(f"layer{stage}.")}
+        layers.append(len(blocks))
+    block = "bottleneck" if "layer1.0.conv3.weight" in shapes else "basic"
+    groups, width_per_group = 1, 64
+    if block == "bottleneck":
+        width, per_group = shapes["layer1.0.conv2.weight"][:2]  # (width, width / groups, 3, 3)
+        groups = width // per_group
+        width_per_group = width // groups
+    values = dict(
+        block=block, layers=tuple(layers), num_classes=shapes["fc.weight"][0], groups=groups,
+        width_per_group=width_per_group, in_channels=shapes["conv1.weight"][1],
+    )
+    values.update(overrides)
+    try:
+        return ResNetConfig(**values)
+    except ConfigError as err:
+        raise KeyMismatchError(f"checkpoint {checkpoint.path} does not describe a ResNet torchvision can build: {err}") from None
+
+
+def _looks_like(checkpoint: Checkpoint, wanted: ResNetConfig) -> str:
+    try:
+        found = infer_config(checkpoint)
+    except KeyMismatchError:
+        return "it does not look like a torchvision-format ResNet at all"
+    return f"asked for {wanted.describe()}; the checkpoint looks like {found.describe()}: load it with ResNet.from_pretrained(path)"
+
+
+def _open(name_or_path) -> Checkpoint:
+    path = resolve(name_or_path)
+    if path.is_dir() and not (path / SAFETENSORS).is_file():
+        files = sorted(path.glob("*.pth")) + sorted(path.glob("*.safetensors"))
+        if len(files) == 1:
+            path = files[0]
+    return Checkpoint(path)
+
+
+# -- builders ----------------------------------------------------------------------
+def _resnet(depth: int, weights, num_classes: int | None, **options) -> ResNet:
+    block, layers = DEPTHS[depth]
+    if weights is None:
+        return ResNet(ResNetConfig(block, layers, num_classes=num_classes or 1000, **options))
+    checkpoint = _open(weights)
+    if num_classes is None:  # the checkpoint decides, as torchvision's weights enums do
+        classifier = [key for key in checkpoint.keys() if KEYMAP.canonical(key) == "fc.weight"]
+        num_classes = checkpoint.shape(classifier[0])[0] if classifier else 1000
+    return ResNet._load(ResNetConfig(block, layers, num_classes=num_classes, **options), checkpoint)
+
+
+def resnet18(*, weights=None, num_classes: int | None = None, **options) -> ResNet:
+    return _resnet(18, weights, num_classes, **options)
+
+
+def resnet34(*, weights=None, num_classes: int | None = None, **options) -> ResNet:
+    return _resnet(34, weights, num_classes, **options)
+
+
+def resnet50(*, weights=None, num_classes: int | None = None, **options) -> ResNet:
+    return _resnet(50, weights, num_classes, **options)
+
+
+def resnet101(*, weights=None, num_classes: int | None = None, **options) -> ResNet:
+    return _resnet(101, weights, num_classes, **options)
+
+
+def resnet152(*, weights=None, num_classes: int | None = None, **options) -> ResNet:
+    return _resnet(152, weights, num_classes, **options)
+
+
+def resnext50_32x4d(*, weights=None, num_classes: int | None = None, **options) -> ResNet:
+    return _resnet(50, weights, num_classes, groups=32, width_per_group=4, **options)
+
+
+def resnext101_32x8d(*, weights=None, num_classes: int | None = None, **options) -> ResNet:
+    return _resnet(101, weights, num_classes, groups=32, width_per_group=8, **options)
+
+
+def resnext101_64x4d(*, weights=None, num_classes: int | None = None, **options) -> ResNet:
+    return _resnet(101, weights, num_classes, groups=64, width_per_group=4, **options)
+
+
+def wide_resnet50_2(*, weights=None, num_classes: int | None = None, **options) -> ResNet:
+    return _resnet(50, weights, num_classes, width_per_group=128, **options)
+
+
+def wide_resnet101_2(*, weights=None, num_classes: int | None = None, **options) -> ResNet:
+    return _resnet(101, weights, num_classes, width_per_group=128, **options)

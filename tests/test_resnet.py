@@ -1,0 +1,265 @@
+"""ResNet against torchvision's own ResNet code, on the same randomised weights and BatchNorm statistics.
+
+Every variant is built by torchvision, given random BatchNorm affine parameters
+and running statistics, saved as a torchvision ``.pth`` and loaded by minipt's
+builder through the production key map. Tolerance (fp32): relative max abs
+difference <= 1e-5 (``max|a - b| / max|b|``).
+"""
+
+import copy
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file, save_file
+
+from minipt.checkpoint import official_state_dict
+from minipt.errors import ConfigError, InputError, KeyMismatchError
+from minipt.models import resnet as mr
+
+torchvision_resnet = pytest.importorskip("torchvision.models.resnet")
+
+VARIANTS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "wide_resnet50_2"]
+RTOL = 1e-5
+
+
+def rel_diff(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-12)).item()
+
+
+def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random BatchNorm affine parameters and running statistics (the convs keep their random He init)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                n = module.num_features
+                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.bias.copy_(torch.randn(n, generator=generator) * 0.1)
+                module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
+                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.num_batches_tracked.fill_(int(torch.randint(0, 1000, (1,), generator=generator)))
+            elif isinstance(module, torch.nn.Linear):
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * 0.05)
+                module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.05)
+    return model
+
+
+def images(batch=2, size=64, seed=1):
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module", params=VARIANTS)
+def pair(request, tmp_path_factory):
+    """(name, torchvision model, minipt model loaded from torchvision's .pth, the .pth path), both in eval mode."""
+    torch.manual_seed(0)
+    name = request.param
+    reference = randomise(getattr(torchvision_resnet, name)()).eval()
+    path = tmp_path_factory.mktemp(name) / f"{name}.pth"
+    torch.save(reference.state_dict(), path)
+    model = getattr(mr, name)(weights=path)
+    return name, reference, model, path
+
+
+def test_eval_parity(pair):
+    name, reference, model, _ = pair
+    assert not model.training
+    x = images()
+    with torch.no_grad():
+        assert rel_diff(model(x), reference(x)) <= RTOL
+
+
+def test_from_pretrained_infers_the_architecture(pair):
+    name, reference, model, path = pair
+    loaded = mr.ResNet.from_pretrained(path)
+    assert loaded.config == model.config
+    assert loaded.config.describe().startswith(name + " ")
+    x = images(seed=2)
+    with torch.no_grad():
+        assert rel_diff(loaded(x), reference(x)) <= RTOL
+
+
+def test_train_step_parity(pair):
+    """Train-mode outputs, gradients, running statistics and parameters after one SGD step."""
+    _, reference, model, _ = pair
+    reference, model = copy.deepcopy(reference).train(), copy.deepcopy(model).train()
+    x, target = images(batch=2, seed=3), torch.randint(0, 1000, (2,))
+    results = []
+    for net in (reference, model):
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+        logits = net(x)
+        loss = torch.nn.functional.cross_entropy(logits, target)
+        loss.backward()
+        grads = {name: p.grad.clone() for name, p in net.named_parameters()}
+        optimizer.step()
+        results.append((logits.detach(), grads))
+    (ref_logits, ref_grads), (logits, grads) = results
+    assert rel_diff(logits, ref_logits) <= RTOL
+    for name, grad in grads.items():
+        official = mr.KEYMAP.to_official(name)[0]
+        assert rel_diff(grad, ref_grads[official]) <= RTOL, official
+    after, ref_after = official_state_dict(model, mr.KEYMAP), reference.state_dict()
+    assert after.keys() == ref_after.keys()
+    for key, tensor in ref_after.items():  # parameters after the step, running_mean/var, num_batches_tracked
+        if tensor.is_floating_point():
+            assert rel_diff(after[key], tensor) <= RTOL, key
+        else:
+            assert torch.equal(after[key], tensor), key
+
+
+def test_fused_model(pair):
+    _, reference, model, _ = pair
+    fused = model.fuse()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    x = images(seed=4)
+    with torch.no_grad():
+        assert rel_diff(fused(x), reference(x)) <= RTOL
+
+
+def test_save_load_round_trip(pair, tmp_path):
+    name, reference, model, _ = pair
+    directory = model.save_pretrained(tmp_path / name)
+    state = load_file(directory / "model.safetensors")
+    assert state.keys() == reference.state_dict().keys()
+    fresh = getattr(torchvision_resnet, name)()
+    fresh.load_state_dict(state, strict=True)  # torchvision reads minipt's file as its own
+    reloaded = mr.ResNet.from_pretrained(directory)
+    x = images(seed=5)
+    with torch.no_grad():
+        expected = reference(x)
+        assert rel_diff(fresh.eval()(x), expected) == 0.0
+        assert rel_diff(reloaded(x), expected) == 0.0
+
+
+# -- one architecture, more checks ---------------------------------------------------
+@pytest.fixture(scope="module")
+def resnet50_pair(tmp_path_factory):
+    torch.manual_seed(0)
+    reference = randomise(torchvision_resnet.resnet50(), seed=7).eval()
+    path = tmp_path_factory.mktemp("r50") / "resnet50.pth"
+    torch.save(reference.state_dict(), path)
+    return reference, path
+
+
+def test_stride_sits_on_the_3x3_conv():
+    model = mr.resnet50()
+    first = model.stages[1][0]
+    assert first.conv1.stride == (1, 1) and first.conv2.stride == (2, 2) and first.shortcut.conv.stride == (2, 2)
+
+
+def test_safetensors_weights_and_module_prefix(resnet50_pair, tmp_path):
+    reference, _ = resnet50_pair
+    state = {k: v.contiguous() for k, v in reference.state_dict().items()}
+    save_file(state, str(tmp_path / "r50.safetensors"))
+    torch.save({"state_dict": {"module." + k: v for k, v in state.items()}}, tmp_path / "ddp.pth")
+    x = images(seed=6)
+    with torch.no_grad():
+        expected = reference(x)
+        for path in (tmp_path / "r50.safetensors", tmp_path / "ddp.pth"):
+            assert rel_diff(mr.resnet50(weights=path)(x), expected) <= RTOL
+
+
+def test_forward_features_are_the_pooled_features(resnet50_pair):
+    reference, path = resnet50_pair
+    model = mr.resnet50(weights=path)
+    trunk = copy.deepcopy(reference)
+    trunk.fc = torch.nn.Identity()
+    x = images(seed=8)
+    with torch.no_grad():
+        features = model.forward_features(x)
+        assert features.shape == (2, 2048) and model.num_features == 2048
+        assert rel_diff(features, trunk(x)) <= RTOL
+
+
+def test_channels_last(resnet50_pair):
+    reference, path = resnet50_pair
+    model = mr.resnet50(weights=path).to(memory_format=torch.channels_last)
+    x = images(seed=9)
+    with torch.no_grad():
+        expected = reference(x)
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        assert rel_diff(model(x_cl), expected) <= RTOL
+        fused = model.fuse()
+        assert fused.stem.conv.weight.is_contiguous(memory_format=torch.channels_last)
+        assert rel_diff(fused(x_cl), expected) <= RTOL
+
+
+def test_num_classes_from_checkpoint_and_override(tmp_path):
+    reference = torchvision_resnet.resnet18(num_classes=10)
+    torch.save(reference.state_dict(), tmp_path / "r18.pth")
+    assert mr.resnet18(weights=tmp_path / "r18.pth").head.out_features == 10
+    assert mr.resnet18(num_classes=7).head.out_features == 7
+    with pytest.raises(KeyMismatchError, match=r"fc.weight: checkpoint has \(10, 512\), ResNet expects \(1000, 512\)"):
+        mr.resnet18(weights=tmp_path / "r18.pth", num_classes=1000)
+
+
+@pytest.fixture(scope="module")
+def small_pair():
+    torch.manual_seed(0)
+    reference = randomise(torchvision_resnet.resnet18(num_classes=5), seed=1).eval()
+    model = mr.ResNet(mr.ResNetConfig("basic", (2, 2, 2, 2), num_classes=5))
+    model.load_state_dict({mr.KEYMAP.to_minipt(k)[0]: v for k, v in reference.state_dict().items()})
+    return reference, model
+
+
+@settings(max_examples=8, deadline=None)
+@given(batch=st.integers(1, 3), height=st.integers(17, 80), width=st.integers(17, 80))
+def test_any_image_size(small_pair, batch, height, width):
+    reference, model = small_pair
+    x = torch.randn(batch, 3, height, width)
+    with torch.no_grad():
+        assert rel_diff(model.eval()(x), reference(x)) <= RTOL
+
+
+# -- bad input ------------------------------------------------------------------------
+def test_checkpoint_of_another_depth(resnet50_pair):
+    _, path = resnet50_pair
+    with pytest.raises(KeyMismatchError) as err:
+        mr.resnet18(weights=path)
+    message = str(err.value)
+    assert "layer1.0.conv1.weight: checkpoint has (64, 64, 1, 1), ResNet expects (64, 64, 3, 3)" in message
+    assert "unexpected" in message and "layer1.0.conv3.weight (256, 64, 1, 1)" in message
+    assert "looks like resnet50 (bottleneck blocks 3-4-6-3" in message
+
+
+def test_resnext_checkpoint_into_plain_resnet50(tmp_path):
+    torch.save(torchvision_resnet.resnext50_32x4d().state_dict(), tmp_path / "x.pth")
+    with pytest.raises(KeyMismatchError, match=r"(?s)layer1.0.conv1.weight: checkpoint has \(128, 64, 1, 1\).*looks like resnext50_32x4d"):
+        mr.resnet50(weights=tmp_path / "x.pth")
+
+
+def test_checkpoint_of_another_architecture(tmp_path):
+    torch.save({"_conv_stem.weight": torch.zeros(32, 3, 3, 3), "_fc.weight": torch.zeros(1000, 1280)}, tmp_path / "effnet.pth")
+    with pytest.raises(KeyMismatchError, match=r"not a torchvision-format ResNet: it has no conv1.weight.*_conv_stem.weight \(32, 3, 3, 3\)"):
+        mr.ResNet.from_pretrained(tmp_path / "effnet.pth")
+    with pytest.raises(KeyMismatchError, match="does not look like a torchvision-format ResNet"):
+        mr.resnet18(weights=tmp_path / "effnet.pth")
+
+
+@pytest.mark.parametrize(
+    "shape, message",
+    [((3, 32, 32), r"shaped \(batch, 3, height, width\); got \(3, 32, 32\)"),
+     ((2, 1, 32, 32), r"3 input channels; got a tensor of shape \(2, 1, 32, 32\) with 1"),
+     ((2, 32, 32, 3), r"3 input channels; got a tensor of shape \(2, 32, 32, 3\)"),
+     ((1, 2, 3, 32, 32), r"got \(1, 2, 3, 32, 32\)")],
+)
+def test_bad_input_shape(shape, message):
+    model = mr.resnet18().eval()
+    with pytest.raises(InputError, match=message):
+        model(torch.zeros(shape))
+    with pytest.raises(InputError, match=message):
+        model.forward_features(torch.zeros(shape))
+
+
+def test_fused_model_cannot_be_saved(tmp_path):
+    with pytest.raises(ConfigError, match="fused"):
+        mr.resnet18().fuse().save_pretrained(tmp_path)
+
+
+def test_bad_config():
+    with pytest.raises(ConfigError, match="BasicBlock supports only groups=1"):
+        mr.resnet18(groups=32)
+    with pytest.raises(ConfigError, match="four stages"):
+        mr.ResNet(mr.ResNetConfig("basic", (2, 2, 2)))
