@@ -312,7 +312,14 @@ class Pretrained:
 
     @classmethod
     def adapt_config(cls, config, checkpoint: Checkpoint):
+        """What the checkpoint decides about the architecture (default: nothing)."""
         return config
+
+    @classmethod
+    def load_config(cls, path: Path, checkpoint: Checkpoint, **overrides):
+        """The config of the checkpoint at ``path``: its ``config.json``, adapted to the tensors it holds."""
+        directory = path if path.is_dir() else path.parent
+        return cls.adapt_config(cls.config_class.from_dict(read_config(directory), **overrides), checkpoint)
 
     @classmethod
     def from_pretrained(cls, name_or_path, *, dtype: torch.dtype | None = None, device=None, init_missing=(), **config_overrides):
@@ -324,10 +331,8 @@ class Pretrained:
         fields of the checkpoint's config (``num_labels=3``).
         """
         path = resolve(name_or_path)
-        directory = path if path.is_dir() else path.parent
-        config = cls.config_class.from_dict(read_config(directory), **config_overrides)
         checkpoint = Checkpoint(path)
-        config = cls.adapt_config(config, checkpoint)
+        config = cls.load_config(path, checkpoint, **config_overrides)
         with torch.device("meta"):
             model = cls(config)
         load_weights(model, checkpoint, cls.keymap(config), dtype=dtype, device=device, init_missing=tuple(init_missing))

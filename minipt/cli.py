@@ -3,6 +3,7 @@
     minipt demo                  sentence embeddings from real pretrained weights
     minipt embed TEXT...         print or save embeddings (--out file.npy)
     minipt inspect PATH          module tree, parameter counts and the key map of a checkpoint
+    minipt diff PATH TEXT...     per-layer differences against transformers on the same weights
     minipt fetch NAME|--all      place a catalogued checkpoint under weights/ and verify it
 
 Each command is a function ``cmd_<name>(args)``; ``COMMANDS`` lists them with
@@ -15,6 +16,107 @@ import argparse
 import sys
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+DEMO_SENTENCES = [
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "A man is riding a horse.",
+    "A man is riding a white horse on an enclosed ground.",
+    "The girl is carrying a baby.",
+    "A monkey is playing drums.",
+]
+
+
+def cmd_demo(args) -> int:
+    import time
+
+    from .models.sentence import SentenceEncoder
+    from .reference import import_transformers, layer_diffs
+
+    start = time.perf_counter()
+    encoder = SentenceEncoder.from_pretrained(args.model)
+    print(f"loaded {args.model} ({_count(encoder.encoder):,} parameters) in {time.perf_counter() - start:.2f} s")
+    embeddings = encoder.encode(DEMO_SENTENCES)
+    similarity = embeddings @ embeddings.T  # unit vectors: dot product = cosine similarity
+    print(f"\ncosine similarity of {len(DEMO_SENTENCES)} sentences ({embeddings.shape[1]}-dimensional embeddings):\n")
+    for i, sentence in enumerate(DEMO_SENTENCES):
+        print(f"  [{i}] {sentence}")
+    print("\n      " + "".join(f"[{j}]   " for j in range(len(DEMO_SENTENCES))))
+    for i, row in enumerate(similarity.tolist()):
+        print(f"  [{i}] " + " ".join(f"{v:5.2f}" for v in row))
+    if import_transformers() is None:
+        print("\n(install transformers to compare against the reference implementation)")
+        return 0
+    batch = encoder.tokenizer(DEMO_SENTENCES)
+    print("\nmax abs difference against transformers' BertModel on the same weights and batch:")
+    for place, diff in layer_diffs(encoder.encoder, args.model, batch):
+        print(f"  {place:<11} {diff:.2e}")
+    return 0
+
+
+def cmd_embed(args) -> int:
+    from .models.sentence import SentenceEncoder
+
+    encoder = SentenceEncoder.from_pretrained(args.model)
+    embeddings = encoder.encode(args.texts, batch_size=args.batch_size, normalize=False if args.no_normalize else None)
+    if args.out:
+        import numpy as np
+
+        np.save(args.out, embeddings.numpy())
+        print(f"saved {tuple(embeddings.shape)} embeddings to {args.out}")
+        return 0
+    for text, vector in zip(args.texts, embeddings.tolist()):
+        print(f"{text!r}: [{', '.join(f'{v:.4f}' for v in vector[:6])}, ...] ({len(vector)} values)")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    import torch
+
+    from .checkpoint import Checkpoint, read_config
+    from .hub import resolve
+    from .models import model_class
+
+    path = resolve(args.path)
+    directory = path if path.is_dir() else path.parent
+    cls = model_class(read_config(directory))
+    checkpoint = Checkpoint(path)  # reads names and shapes only
+    config = cls.load_config(path, checkpoint)
+    with torch.device("meta"):
+        model = cls(config)
+    print(f"{cls.__name__} from {path}\n\n{model}\n\nparameters:")
+    for name, child in model.named_children():
+        print(f"  {name:<20} {_count(child):>14,}")
+    print(f"  {'total':<20} {_count(model):>14,}")
+    keymap = cls.keymap(config)
+    print(f"\nkey map ({len(checkpoint.keys())} tensors in the checkpoint):")
+    for key in checkpoint.keys():
+        official = keymap.canonical(key)
+        target = keymap.to_minipt(official)
+        if target is not None:
+            minipt_key, transform = target
+            note = f"  [{transform.name}]" if transform else ""
+        else:
+            minipt_key, note = "-", ("  (tied: " + keymap.tied[official] + ")") if official in keymap.tied else "  (ignored)" if keymap.is_ignored(official) else "  (UNEXPECTED)"
+        shown = key if key == official else f"{key} (= {official})"
+        print(f"  {shown} {tuple(checkpoint.shape(key))} -> {minipt_key}{note}")
+    return 0
+
+
+def cmd_diff(args) -> int:
+    from .models.bert import BertModel
+    from .reference import layer_diffs
+    from .tokenizer import Tokenizer
+
+    model = BertModel.from_pretrained(args.path)
+    batch = Tokenizer.from_pretrained(args.path)(args.texts or DEMO_SENTENCES)
+    print("place        max abs difference (minipt - transformers)")
+    for place, diff in layer_diffs(model, args.path, batch):
+        print(f"  {place:<11} {diff:.2e}")
+    return 0
+
+
+def _count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
 
 
 def cmd_fetch(args) -> int:
@@ -31,6 +133,32 @@ def cmd_fetch(args) -> int:
 
 # name -> (function, help, argument adder)
 COMMANDS: dict = {
+    "demo": (
+        cmd_demo,
+        "embed a few sentences with all-MiniLM-L6-v2 and compare with transformers",
+        lambda p: p.add_argument("--model", default=DEFAULT_MODEL),
+    ),
+    "embed": (
+        cmd_embed,
+        "print or save sentence embeddings",
+        lambda p: (
+            p.add_argument("texts", nargs="+"),
+            p.add_argument("--model", default=DEFAULT_MODEL),
+            p.add_argument("--out", help="save the embeddings as a .npy file"),
+            p.add_argument("--batch-size", type=int, default=32),
+            p.add_argument("--no-normalize", action="store_true"),
+        ),
+    ),
+    "inspect": (
+        cmd_inspect,
+        "module tree, parameter counts and the official -> minipt key map of a checkpoint",
+        lambda p: p.add_argument("path"),
+    ),
+    "diff": (
+        cmd_diff,
+        "per-layer max abs difference against transformers on the same weights",
+        lambda p: (p.add_argument("path"), p.add_argument("texts", nargs="*")),
+    ),
     "fetch": (
         cmd_fetch,
         "place catalogued checkpoints under weights/ and verify their sha256",

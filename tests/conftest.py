@@ -7,31 +7,13 @@ for it too), so ``from torchvision.models.resnet import resnet50`` works as the
 test reference.
 """
 
-import importlib.machinery
-import importlib.util
 import os
-import sys
-import types
 
 import pytest
 
+from minipt.reference import bare_torchvision
 
-def _bare_torchvision() -> None:
-    if "torchvision" in sys.modules:
-        return
-    spec = importlib.util.find_spec("torchvision")
-    if spec is None or not spec.submodule_search_locations:
-        return
-    location = list(spec.submodule_search_locations)[0]
-    module = types.ModuleType("torchvision")
-    module.__path__ = [location]
-    module.__file__ = os.path.join(location, "__init__.py")
-    module.__spec__ = importlib.machinery.ModuleSpec("torchvision", None, is_package=True)
-    module.__spec__.submodule_search_locations = [location]
-    sys.modules["torchvision"] = module
-
-
-_bare_torchvision()
+bare_torchvision()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the network
 
 

@@ -292,18 +292,25 @@ class BertForMaskedLM(_BertPretrained):
 
     @classmethod
     def keymap(cls, config: BertConfig) -> KeyMap:
-        decoder = ("cls.predictions.decoder.weight", "bert.embeddings.word_embeddings.weight")
+        head = [
+            ("cls.predictions.transform.dense.{p}", "head.dense.{p}"),
+            ("cls.predictions.transform.LayerNorm.{p}", "head.norm.{p}"),
+        ]
+        if config.tie_word_embeddings:
+            # The decoder's weight is the token embedding, and its bias is stored once, as cls.predictions.bias.
+            head.append(("cls.predictions.bias", "head.decoder.bias"))
+            tied = [
+                ("cls.predictions.decoder.weight", "bert.embeddings.word_embeddings.weight"),
+                ("cls.predictions.decoder.bias", "cls.predictions.bias"),
+            ]
+        else:  # an untied decoder keeps its own weight and bias; cls.predictions.bias then goes unused
+            head.append(("cls.predictions.decoder.{p}", "head.decoder.{p}"))
+            tied = [("cls.predictions.bias", "cls.predictions.decoder.bias")]
         return bert_keymap().prefixed("bert.", "bert.") + KeyMap(
-            [
-                ("cls.predictions.transform.dense.{p}", "head.dense.{p}"),
-                ("cls.predictions.transform.LayerNorm.{p}", "head.norm.{p}"),
-                ("cls.predictions.bias", "head.decoder.bias"),
-                *([] if config.tie_word_embeddings else [decoder[:1] + ("head.decoder.weight",)]),
-            ],
+            head,
             renames=LEGACY_NAMES,
             ignore=["cls.seq_relationship.{*}"],  # the next-sentence head of pre-training checkpoints
-            # the decoder's bias is stored once, as cls.predictions.bias; its weight is the token embedding
-            tied=[("cls.predictions.decoder.bias", "cls.predictions.bias"), *([decoder] if config.tie_word_embeddings else [])],
+            tied=tied,
         )
 
 
