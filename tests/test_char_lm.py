@@ -22,10 +22,10 @@ def tiny(**overrides) -> CharLM:
 
 
 def test_training_lowers_the_loss():
-    model = tiny()
+    model = tiny(num_layers=1)
     data = CharLM.encode(TEXT)
-    rows = (len(data) - 1) // 4
-    inputs, targets = data[: 4 * rows].view(4, rows), data[1 : 4 * rows + 1].view(4, rows)  # 4 windows of ~100 bytes
+    cols = (len(data) - 1) // 8
+    inputs, targets = data[: 8 * cols].view(8, cols), data[1 : 8 * cols + 1].view(8, cols)  # 8 windows of ~50 bytes
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
     for _ in range(30):
@@ -83,9 +83,11 @@ def test_save_and_load_round_trip(tmp_path):
     assert config["hidden_size"] == 32 and (tmp_path / "model.safetensors").is_file()
     loaded = CharLM.from_pretrained(tmp_path)
     assert loaded.config == model.config
+    for (name, saved), reloaded in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(saved, reloaded), name
     ids = CharLM.encode("round trip")[None]
-    with torch.no_grad():
-        assert torch.equal(loaded(ids)[0], model(ids)[0])
+    with torch.no_grad():  # same weights; memory-mapped tensors may take another BLAS path: fp32 rounding only
+        assert (loaded(ids)[0] - model(ids)[0]).abs().max().item() <= 1e-6
     assert loaded.generate("ab", 10, seed=1) == model.generate("ab", 10, seed=1)
     from safetensors.torch import load_file
 
