@@ -4,6 +4,7 @@
     minipt embed TEXT...         print or save embeddings (--out file.npy)
     minipt inspect PATH          module tree, parameter counts and the key map of a checkpoint
     minipt diff PATH TEXT...     per-layer differences against transformers on the same weights
+    minipt classify IMAGE...     top-5 ImageNet classes with EfficientNet-Lite0 (--model)
     minipt fetch NAME|--all      place a catalogued checkpoint under weights/ and verify it
 
 Each command is a function ``cmd_<name>(args)``; ``COMMANDS`` lists them with
@@ -131,6 +132,17 @@ def cmd_fetch(args) -> int:
     return 0
 
 
+def cmd_classify(args) -> int:
+    from .models.efficientnet import classify
+
+    results = classify(args.images, model=args.model, top=args.top)
+    for image, classes in zip(args.images, results):
+        print(image)
+        for name, probability in classes:
+            print(f"  {probability:7.2%}  {name}")
+    return 0
+
+
 # name -> (function, help, argument adder)
 COMMANDS: dict = {
     "demo": (
@@ -158,6 +170,15 @@ COMMANDS: dict = {
         cmd_diff,
         "per-layer max abs difference against transformers on the same weights",
         lambda p: (p.add_argument("path"), p.add_argument("texts", nargs="*")),
+    ),
+    "classify": (
+        cmd_classify,
+        "top ImageNet classes of images with EfficientNet-Lite0's official weights",
+        lambda p: (
+            p.add_argument("images", nargs="+"),
+            p.add_argument("--model", default="efficientnet_lite0", help="catalogue name or path of EfficientNet-Lite weights"),
+            p.add_argument("--top", type=int, default=5),
+        ),
     ),
     "fetch": (
         cmd_fetch,

@@ -239,18 +239,18 @@ def test_checkpoint_of_another_architecture(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "shape, message",
-    [((3, 32, 32), r"shaped \(batch, 3, height, width\); got \(3, 32, 32\)"),
-     ((2, 1, 32, 32), r"3 input channels; got a tensor of shape \(2, 1, 32, 32\) with 1"),
-     ((2, 32, 32, 3), r"3 input channels; got a tensor of shape \(2, 32, 32, 3\)"),
-     ((1, 2, 3, 32, 32), r"got \(1, 2, 3, 32, 32\)")],
+    "shape, dtype, message",
+    [((3, 32, 32), torch.float32, r"shaped \(batch, 3, height, width\); got \(3, 32, 32\)"),
+     ((2, 1, 32, 32), torch.float32, r"3 input channels; got a tensor of shape \(2, 1, 32, 32\) with 1"),
+     ((2, 32, 32, 3), torch.float32, r"3 input channels; got a tensor of shape \(2, 32, 32, 3\)"),
+     ((1, 2, 3, 32, 32), torch.float32, r"got \(1, 2, 3, 32, 32\)"),
+     ((2, 3, 32, 32), torch.uint8, "floating-point images, got torch.uint8")],
 )
-def test_bad_input_shape(shape, message):
+def test_bad_input(shape, dtype, message):
     model = mr.resnet18().eval()
-    with pytest.raises(InputError, match=message):
-        model(torch.zeros(shape))
-    with pytest.raises(InputError, match=message):
-        model.forward_features(torch.zeros(shape))
+    for entry in (model, model.forward_features, model.fuse()):
+        with pytest.raises(InputError, match=message):
+            entry(torch.zeros(shape, dtype=dtype))
 
 
 def test_fused_model_cannot_be_saved(tmp_path):

