@@ -7,7 +7,8 @@ right when loading and right to left when saving, so the two can never drift
 apart. Around the rules the map declares, by name, everything else an official
 file may hold:
 
-- ``renames``: legacy spellings accepted on load (``LayerNorm.gamma``);
+- ``renames``: other spellings accepted on load (legacy ``LayerNorm.gamma``,
+  a missing prefix), applied in order;
 - ``ignore``: tensors deliberately not loaded (buffers, heads the model lacks);
 - ``tied``: tensors that repeat another one (an output layer tied to the
   input embedding); accepted on load, never written;
@@ -116,10 +117,10 @@ class KeyMap:
         """The official spelling of a key as found in a file (prefix and legacy names resolved)."""
         if self.optional_prefix and key.startswith(self.optional_prefix):
             key = key[len(self.optional_prefix) :]
-        for legacy, official in self._renames:
+        for legacy, official in self._renames:  # in order, each applied at most once
             m = legacy.match(key)
             if m:
-                return _fill(official, m.groupdict())
+                key = _fill(official, m.groupdict())
         return key
 
     def is_ignored(self, official_key: str) -> bool:

@@ -308,7 +308,7 @@ class BertForMaskedLM(_BertPretrained):
             tied = [("cls.predictions.bias", "cls.predictions.decoder.bias")]
         return bert_keymap().prefixed("bert.", "bert.") + KeyMap(
             head,
-            renames=LEGACY_NAMES,
+            renames=ENCODER_WITHOUT_PREFIX + LEGACY_NAMES,
             ignore=["cls.seq_relationship.{*}"],  # the next-sentence head of pre-training checkpoints
             tied=tied,
         )
@@ -348,12 +348,18 @@ class BertForSequenceClassification(_BertPretrained):
 
     @classmethod
     def keymap(cls, config: BertConfig) -> KeyMap:
-        return bert_keymap().prefixed("bert.", "bert.") + KeyMap([("classifier.{p}", "classifier.{p}")])
+        return bert_keymap().prefixed("bert.", "bert.") + KeyMap(
+            [("classifier.{p}", "classifier.{p}")],
+            renames=ENCODER_WITHOUT_PREFIX + LEGACY_NAMES,
+        )
 
 
 # -- the official names ------------------------------------------------------------
 # Old TensorFlow-converted checkpoints spell LayerNorm's parameters gamma/beta.
 LEGACY_NAMES = [("{*}.LayerNorm.gamma", "{*}.LayerNorm.weight"), ("{*}.LayerNorm.beta", "{*}.LayerNorm.bias")]
+# A bare encoder's checkpoint (sentence encoders, BertModel saves) has no bert. prefix;
+# a model with a head accepts it, to start from it.
+ENCODER_WITHOUT_PREFIX = [(f"{part}.{{*}}", f"bert.{part}.{{*}}") for part in ("embeddings", "encoder", "pooler")]
 
 
 def bert_keymap() -> KeyMap:

@@ -1,0 +1,200 @@
+"""The variants of the official BERT format found in the wild, and where checkpoints come from."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from bert_reference import ATOL, MINILM, max_diff, minilm_path, random_batch, randomize, tiny_hf_config, transformers
+from minipt.checkpoint import Checkpoint
+from minipt.errors import CheckpointError, CheckpointNotFoundError, KeyMismatchError
+from minipt.hub import resolve
+from minipt.models.bert import BertForMaskedLM, BertForSequenceClassification, BertModel
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A random transformers BertModel, its config and its state dict (official names)."""
+    config = tiny_hf_config()
+    reference = randomize(transformers.BertModel(config)).eval()
+    return config, reference, {k: v.clone() for k, v in reference.state_dict().items()}
+
+
+def write_checkpoint(directory, config, state, fmt="safetensors"):
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(config.to_json_string())
+    if fmt == "safetensors":
+        save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        torch.save(state, directory / "pytorch_model.bin")
+    return directory
+
+
+def assert_same_outputs(model, reference, config):
+    batch = random_batch(config)
+    with torch.no_grad():
+        ours, theirs = model(**batch), reference(**batch)
+    assert max_diff(ours.last_hidden_state, theirs.last_hidden_state) <= ATOL
+    if ours.pooler_output is not None:
+        assert max_diff(ours.pooler_output, theirs.pooler_output) <= ATOL
+
+
+def test_keys_with_the_bert_prefix(tmp_path, tiny):
+    config, reference, state = tiny
+    path = write_checkpoint(tmp_path, config, {f"bert.{k}": v for k, v in state.items()})
+    assert_same_outputs(BertModel.from_pretrained(path), reference, config)
+
+
+def test_legacy_gamma_beta_names_in_a_pytorch_bin(tmp_path, tiny):
+    config, reference, state = tiny
+    legacy = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v for k, v in state.items()}
+    assert any(k.endswith("gamma") for k in legacy)
+    path = write_checkpoint(tmp_path, config, legacy, fmt="bin")
+    assert_same_outputs(BertModel.from_pretrained(path), reference, config)
+
+
+def test_stored_position_ids_buffer(tmp_path, tiny):
+    config, reference, state = tiny
+    with_buffer = {**state, "embeddings.position_ids": torch.arange(config.max_position_embeddings)[None]}
+    path = write_checkpoint(tmp_path, config, with_buffer)
+    assert_same_outputs(BertModel.from_pretrained(path), reference, config)
+
+
+def test_checkpoint_without_pooler(tmp_path):
+    config = tiny_hf_config()
+    reference = randomize(transformers.BertModel(config, add_pooling_layer=False)).eval()
+    reference.save_pretrained(tmp_path)
+    model = BertModel.from_pretrained(tmp_path)
+    assert model.pooler is None
+    out = model(**random_batch(config))
+    assert out.pooler_output is None
+    assert_same_outputs(model, reference, config)
+    with pytest.raises(Exception, match="pooler"):
+        BertForSequenceClassification.from_pretrained(tmp_path, init_missing=("classifier",))
+
+
+def test_old_masked_lm_file_with_decoder_bias_and_weight_stored(tmp_path):
+    """Older files carry cls.predictions.decoder.{weight,bias} beside cls.predictions.bias: declared as tied."""
+    config = tiny_hf_config()
+    reference = randomize(transformers.BertForMaskedLM(config)).eval()
+    state = dict(reference.state_dict())
+    state["cls.predictions.decoder.weight"] = state["bert.embeddings.word_embeddings.weight"].clone()
+    state["cls.predictions.decoder.bias"] = state["cls.predictions.bias"].clone()
+    state["cls.seq_relationship.weight"] = torch.randn(2, config.hidden_size)  # a pre-training checkpoint's NSP head
+    path = write_checkpoint(tmp_path, config, state, fmt="bin")
+    model = BertForMaskedLM.from_pretrained(path)
+    batch = random_batch(config)
+    with torch.no_grad():
+        assert max_diff(model(**batch).logits, reference(**batch).logits) <= ATOL
+    # the bare encoder loads the same file, leaving the declared heads aside
+    encoder = BertModel.from_pretrained(path)
+    with torch.no_grad():
+        assert max_diff(encoder(**batch).last_hidden_state, reference.bert(**batch).last_hidden_state) <= ATOL
+
+
+def test_sharded_safetensors(tmp_path, tiny):
+    config, reference, state = tiny
+    keys = sorted(state)
+    halves = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2], "model-00002-of-00002.safetensors": keys[len(keys) // 2 :]}
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "config.json").write_text(config.to_json_string())
+    for name, part in halves.items():
+        save_file({k: state[k] for k in part}, str(tmp_path / name), metadata={"format": "pt"})
+    index = {"metadata": {}, "weight_map": {k: name for name, part in halves.items() for k in part}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert_same_outputs(BertModel.from_pretrained(tmp_path), reference, config)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_dtype_and_device(tmp_path, tiny, dtype):
+    config, reference, state = tiny
+    path = write_checkpoint(tmp_path, config, state)
+    model = BertModel.from_pretrained(path, dtype=dtype, device="cpu")
+    assert {p.dtype for p in model.parameters()} == {dtype}
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    torch.testing.assert_close(model.embeddings.token.weight, state["embeddings.word_embeddings.weight"].to(dtype))
+
+
+def test_weights_are_memory_mapped_not_copied(tmp_path, tiny):
+    """Loading in the checkpoint's dtype hands the memory-mapped tensors to the model: no second copy."""
+    config, _, state = tiny
+    path = write_checkpoint(tmp_path, config, state)
+    model = BertModel.from_pretrained(path)
+    size = (path / "model.safetensors").stat().st_size
+    weight = model.embeddings.token.weight
+    assert not weight.untyped_storage().resizable()  # storage is a view of the file mapping, not an allocation
+    assert weight.untyped_storage().nbytes() <= size
+
+
+def test_fresh_head_on_a_pretrained_encoder(tmp_path, tiny):
+    config, reference, state = tiny
+    path = write_checkpoint(tmp_path, config, state)
+    with pytest.raises(KeyMismatchError, match=r"classifier\.weight"):
+        BertForSequenceClassification.from_pretrained(path)
+    model = BertForSequenceClassification.from_pretrained(path, init_missing=("classifier",), num_labels=5)
+    assert model.classifier.weight.shape == (5, config.hidden_size)
+    assert not model.classifier.weight.is_meta and torch.isfinite(model.classifier.weight).all()
+    assert_same_outputs(model.bert, reference, config)
+
+
+def test_torch_load_is_weights_only(tmp_path, tiny):
+    config, _, state = tiny
+    # any class outside torch's allow-list: full unpickling would import and build it
+    path = write_checkpoint(tmp_path, config, {**state, "extra": argparse.Namespace(epoch=3)}, fmt="bin")
+    with pytest.raises(CheckpointError, match="weights_only"):
+        Checkpoint(path)
+
+
+def test_hub_repo_id_through_the_offline_cache(tmp_path, tiny):
+    """A repo id resolves through huggingface_hub's cache layout with HF_HUB_OFFLINE=1."""
+    config, reference, state = tiny
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--minipt-test--tiny-bert"
+    write_checkpoint(repo / "snapshots" / revision, config, state)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    script = (
+        "import torch; from minipt.models.bert import BertModel\n"
+        "m = BertModel.from_pretrained('minipt-test/tiny-bert')\n"
+        "print(m.embeddings.token.weight.sum().item())\n"
+        "from minipt.hub import resolve\n"
+        "try:\n    resolve('minipt-test/not-cached')\nexcept Exception as e:\n    print(type(e).__name__, e)\n"
+    )
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    total, error = result.stdout.strip().splitlines()
+    assert abs(float(total) - state["embeddings.word_embeddings.weight"].sum().item()) < 1e-3
+    assert error.startswith("CheckpointNotFoundError") and "HF_HUB_OFFLINE" in error and "minipt-test/not-cached" in error
+
+
+def test_catalogue_name_resolves_and_is_verified(tmp_path, monkeypatch):
+    real = minilm_path()
+    assert resolve(MINILM) == real
+    assert resolve("sentence-transformers/all-MiniLM-L6-v2") == real  # the hub id of a catalogued checkpoint
+    # a snapshot whose config.json differs from the catalogued one is refused, naming the file
+    snapshot = tmp_path / MINILM
+    snapshot.mkdir()
+    for item in real.iterdir():
+        if item.name != "config.json":
+            (snapshot / item.name).symlink_to(item)
+    config = json.loads((real / "config.json").read_text())
+    config["num_hidden_layers"] = 5
+    (snapshot / "config.json").write_text(json.dumps(config))
+    monkeypatch.setenv("MINIPT_WEIGHTS", str(tmp_path))
+    with pytest.raises(CheckpointError, match=r"config\.json.*does not match the catalogue"):
+        resolve(MINILM)
+    with pytest.raises(CheckpointError, match="does not match the catalogue"):
+        BertModel.from_pretrained(snapshot)  # named by its path, a catalogued snapshot is verified too
+
+
+def test_unknown_name_is_not_found():
+    with pytest.raises(CheckpointNotFoundError, match="no-such-model"):
+        resolve("no-such-model")
