@@ -3,12 +3,16 @@
 from .attention import MultiHeadAttention, attention_bias, scaled_dot_product_attention
 from .backend import BACKENDS, get_backend, set_backend, use_backend
 from .layers import GELU, LayerNorm, activation
+from .rnn import GRU, LSTM, RNN
 
 __all__ = [
     "BACKENDS",
     "GELU",
+    "GRU",
+    "LSTM",
     "LayerNorm",
     "MultiHeadAttention",
+    "RNN",
     "activation",
     "attention_bias",
     "get_backend",
