@@ -1,0 +1,157 @@
+"""Attention, LayerNorm and GELU against torch's own implementations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minipt.errors import ConfigError, InputError
+from minipt.nn import GELU, LayerNorm, MultiHeadAttention, attention_bias, get_backend, scaled_dot_product_attention, set_backend, use_backend
+
+ATOL = 1e-5
+
+
+def _qkv(B=2, H=3, T=5, S=7, D=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(B, H, n, D, generator=g) for n in (T, S, S))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    batch=st.integers(1, 3), heads=st.integers(1, 4), head_dim=st.integers(1, 8), length=st.integers(1, 9),
+    causal=st.booleans(), padded=st.booleans(), seed=st.integers(0, 1000),
+)
+def test_against_torch_multihead_attention(batch, heads, head_dim, length, causal, padded, seed):
+    """Same weights in torch.nn.MultiheadAttention, an independent implementation."""
+    torch.manual_seed(seed)
+    dim = heads * head_dim
+    ours = MultiHeadAttention(dim, heads).eval()
+    theirs = torch.nn.MultiheadAttention(dim, heads, batch_first=True).eval()
+    with torch.no_grad():
+        theirs.in_proj_weight.copy_(torch.cat([ours.q_proj.weight, ours.k_proj.weight, ours.v_proj.weight]))
+        theirs.in_proj_bias.copy_(torch.cat([ours.q_proj.bias, ours.k_proj.bias, ours.v_proj.bias]))
+        theirs.out_proj.weight.copy_(ours.out_proj.weight)
+        theirs.out_proj.bias.copy_(ours.out_proj.bias)
+    hidden = torch.randn(batch, length, dim)
+    keep = torch.ones(batch, length, dtype=torch.bool)
+    if padded:
+        keep[:, length // 2 + 1 :] = False  # the first key always stays, so no row is fully masked
+    bias = attention_bias(keep if padded else None, length, length, causal=causal)
+    future = torch.ones(length, length, dtype=torch.bool).triu(1) if causal else None
+    expected, expected_probs = theirs(hidden, hidden, hidden, key_padding_mask=~keep if padded else None, attn_mask=future, average_attn_weights=False)
+    for backend in ("math", "sdpa"):
+        with torch.no_grad(), use_backend(backend):
+            out, probs = ours(hidden, bias, need_weights=True)
+            out_fast, _ = ours(hidden, bias)
+        assert (out - expected).abs().max() <= ATOL
+        assert (out_fast - expected).abs().max() <= ATOL
+        assert (probs - expected_probs).abs().max() <= ATOL
+
+
+@pytest.mark.parametrize("backend", ["math", "sdpa"])
+def test_fully_masked_rows_give_zeros_not_nan(backend):
+    q, k, v = (t.requires_grad_() for t in _qkv())
+    keep = torch.ones(2, 7, dtype=torch.bool)
+    keep[1] = False  # the second sequence is all padding
+    bias = attention_bias(keep, 5, 7)
+    out, probs = scaled_dot_product_attention(q, k, v, bias, backend=backend, need_weights=backend == "math")
+    assert torch.isfinite(out).all()
+    assert (out[1] == 0).all() and (out[0] != 0).any()
+    if probs is not None:
+        assert (probs[1] == 0).all() and torch.allclose(probs[0].sum(-1), torch.ones(()))
+    out.sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+def test_additive_minus_inf_mask_gives_no_nan():
+    q, k, v = _qkv()
+    additive = torch.zeros(2, 1, 1, 7)
+    additive[0] = float("-inf")
+    for backend in ("math", "sdpa"):
+        out, _ = scaled_dot_product_attention(q, k, v, attention_bias(additive, 5, 7), backend=backend)
+        assert torch.isfinite(out).all() and (out[0] == 0).all()
+
+
+def test_causal_mask_is_aligned_bottom_right_with_a_cache():
+    """3 new queries over 7 keys (4 cached): query i sees keys 0 .. 4 + i."""
+    bias = attention_bias(None, 3, 7, causal=True)
+    allowed = bias == 0
+    expected = torch.tensor([[j <= 4 + i for j in range(7)] for i in range(3)])
+    assert torch.equal(allowed, expected)
+
+
+def test_padding_mask_that_masks_nothing_is_dropped():
+    assert attention_bias(torch.ones(2, 5, dtype=torch.long), 5, 5) is None
+    with pytest.raises(InputError, match=r"padding mask must have shape \(batch, 5\), got \(2, 4\)"):
+        attention_bias(torch.ones(2, 4, dtype=torch.long), 5, 5)
+
+
+def test_attention_dropout_only_in_training():
+    attention = MultiHeadAttention(8, 2, dropout=0.5)
+    hidden = torch.randn(2, 6, 8)
+    attention.eval()
+    a, _ = attention(hidden)
+    b, _ = attention(hidden)
+    assert torch.equal(a, b)
+    attention.train()
+    with use_backend("math"):
+        c, _ = attention(hidden)
+    assert not torch.allclose(a, c)
+
+
+# -- LayerNorm and GELU: the written-out equations ------------------------------------
+def _error(value, exact):
+    return (value.double() - exact).abs().max().item()
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3000), (3, 7, 256), (1, 1, 1023), (4096, 384)])
+def test_layer_norm_equation_is_as_accurate_as_torch(shape):
+    torch.manual_seed(0)
+    x = torch.randn(shape) * 3 + 1
+    norm = LayerNorm(shape[-1], eps=1e-12)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    exact = F.layer_norm(x.double(), shape[-1:], norm.weight.double(), norm.bias.double(), 1e-12)
+    with torch.no_grad(), use_backend("math"):
+        ours = norm(x)
+    torch_error = _error(F.layer_norm(x, shape[-1:], norm.weight, norm.bias, 1e-12), exact)
+    assert _error(ours, exact) <= 2 * torch_error + 1e-7  # at most twice torch's own rounding error
+    with use_backend("sdpa"):
+        assert torch.equal(norm(x), F.layer_norm(x, shape[-1:], norm.weight, norm.bias, 1e-12))
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_equation_is_as_accurate_as_torch(approximate):
+    x = torch.linspace(-12, 12, 100_001)
+    exact = F.gelu(x.double(), approximate=approximate)
+    with use_backend("math"):
+        ours = GELU(approximate)(x)
+    assert _error(ours, exact) <= 2 * _error(F.gelu(x, approximate=approximate), exact) + 1e-7
+
+
+def test_layer_norm_is_a_state_dict_drop_in_for_torch():
+    theirs = torch.nn.LayerNorm(10)
+    ours = LayerNorm(10)
+    ours.load_state_dict(theirs.state_dict())
+
+
+def test_backend_switch():
+    assert get_backend() == "sdpa"
+    with use_backend("math"):
+        assert get_backend() == "math"
+        with pytest.raises(RuntimeError):
+            with use_backend("sdpa"):
+                raise RuntimeError
+        assert get_backend() == "math"  # restored after an exception
+    assert get_backend() == "sdpa"
+    set_backend("math")
+    try:
+        assert get_backend() == "math"
+    finally:
+        set_backend("sdpa")
+    with pytest.raises(ConfigError):
+        set_backend(None)

@@ -1,0 +1,48 @@
+"""The minipt command line on the real snapshot."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import torch
+
+from bert_reference import minilm_path, transformers  # noqa: F401  (sets up the reference stack)
+from minipt import SentenceEncoder, cli
+
+
+def test_demo_prints_similarities_and_matches_transformers(capsys):
+    assert cli.main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "cosine similarity of 6 sentences" in out
+    rows = re.findall(r"^  \[(\d)\] ((?: *-?\d\.\d\d){6})$", out, flags=re.M)
+    table = np.array([[float(v) for v in row.split()] for _, row in rows])
+    assert table.shape == (6, 6) and np.allclose(np.diag(table), 1.0)
+    assert table[0, 1] > 0.5 and table[0, 4] < 0.2  # two sentences about eating are close; eating vs a baby is not
+    diffs = [float(v) for v in re.findall(r"^  (?:embeddings|layer \d|pooler) +(\S+)$", out, flags=re.M)]
+    assert len(diffs) == 8 and max(diffs) <= 1e-5
+
+
+def test_embed_to_npy(tmp_path, capsys):
+    out = tmp_path / "e.npy"
+    assert cli.main(["embed", "hello world", "good morning", "--out", str(out)]) == 0
+    saved = torch.from_numpy(np.load(out))
+    expected = SentenceEncoder.from_pretrained(minilm_path()).encode(["hello world", "good morning"])
+    assert saved.shape == (2, 384) and torch.allclose(saved, expected, atol=1e-6)
+    assert cli.main(["embed", "hello world"]) == 0
+    assert "'hello world': [" in capsys.readouterr().out
+
+
+def test_inspect_shows_tree_counts_and_key_map(capsys):
+    assert cli.main(["inspect", str(minilm_path())]) == 0
+    out = capsys.readouterr().out
+    assert "BertModel from" in out and "(attn): MultiHeadAttention" in out
+    assert re.search(r"total +22,713,216", out)
+    assert "encoder.layer.0.attention.self.query.weight (384, 384) -> layers.0.attn.q_proj.weight" in out
+    assert "embeddings.word_embeddings.weight (30522, 384) -> embeddings.token.weight" in out
+
+
+def test_diff(capsys):
+    assert cli.main(["diff", str(minilm_path()), "one sentence", "and another, longer one"]) == 0
+    diffs = [float(v) for v in re.findall(r"^  (?:embeddings|layer \d|pooler) +(\S+)$", capsys.readouterr().out, flags=re.M)]
+    assert len(diffs) == 8 and max(diffs) <= 1e-5
