@@ -107,8 +107,10 @@ def reference_layer(mode: str, x: Tensor, state: Tuple[Tensor, ...], weights: Tu
         else:
             new = (rnn_cell(x[t], state[0], w_ih, w_hh, b_ih, b_hh, "tanh" if mode == "RNN_TANH" else "relu"),)
         outputs[t] = new[0]
-        # a sequence of a packed batch that has ended (or not begun) keeps its state
-        state = new if mask is None else tuple(torch.where(mask[t], n, s) for n, s in zip(new, state))
+        if mask is not None:  # a sequence of a packed batch that has ended (or not begun) keeps its state
+            outputs[t] = new[0].masked_fill(~mask[t], 0.0)  # and outputs zeros, as padding
+            new = tuple(torch.where(mask[t], n, s) for n, s in zip(new, state))
+        state = new
     return torch.stack(outputs), state
 
 
@@ -132,6 +134,7 @@ def _rnn_forward(x_proj: Tensor, h0: Tensor, w_hh: Tensor, relu: bool, mask: Opt
             h_new.tanh_()
         if mask is not None:
             h = torch.where(mask[t], h_new, h)
+            h_new.masked_fill_(~mask[t], 0.0)  # padding outputs zeros
             if keep:
                 states[t] = h
         else:
@@ -192,6 +195,7 @@ def _lstm_forward(
         if mask is not None:
             h = torch.where(mask[t], h_new, h)
             c = torch.where(mask[t], c_new, c)
+            h_new.masked_fill_(~mask[t], 0.0)  # padding outputs zeros
             if keep:
                 states_h[t] = h
         else:
@@ -277,6 +281,7 @@ def _gru_forward(
         h_new = torch.addcmul(n, z, h - n, out=out[t])  # (1 - z) * n + z * h
         if mask is not None:
             h = torch.where(mask[t], h_new, h)
+            h_new.masked_fill_(~mask[t], 0.0)  # padding outputs zeros
             if keep:
                 states[t] = h
         else:
@@ -634,8 +639,9 @@ class _RNNBase(nn.Module):
                 raise InputError(f"{name}: initial state {label} must be a tensor, got {type(state).__name__}")
             expected = shape if batched else (shape[0], shape[2])
             if tuple(state.shape) != expected:
-                layout = "(num_layers * num_directions, batch, size)" if batched else "(num_layers * num_directions, size) for unbatched input"
-                raise InputError(f"{name}: initial state {label} must have shape {layout} = {expected}, got {tuple(state.shape)}")
+                layout = "(num_layers * num_directions, batch, size)" if batched else "(num_layers * num_directions, size)"
+                unbatched = "" if batched else " for unbatched (2-D) input"
+                raise InputError(f"{name}: initial state {label} must have shape {layout} = {expected}{unbatched}, got {tuple(state.shape)}")
             if state.dtype != x.dtype:
                 raise InputError(f"{name}: initial state {label} has dtype {state.dtype}, the input {x.dtype}")
             state = state if batched else state.unsqueeze(1)
