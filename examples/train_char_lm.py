@@ -111,7 +111,7 @@ def plot(losses: list[float], evals: list[tuple[int, float]], path: Path) -> Non
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small model and few steps: a couple of minutes on 2 cores")
-    parser.add_argument("--steps", type=int, help="training steps (default 400 with --quick, else 3000)")
+    parser.add_argument("--steps", type=int, help="training steps (default 300 with --quick, else 3000)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seq-len", type=int, help="bytes per training window (default 96 with --quick, else 192)")
     parser.add_argument("--hidden-size", type=int, help="LSTM width (default 256 with --quick, else 512)")
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     parser.add_argument("--top-k", type=int, default=20)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
-    steps = args.steps or (400 if args.quick else 3000)
+    steps = args.steps or (300 if args.quick else 3000)
     seq_len = args.seq_len or (96 if args.quick else 192)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -21,6 +21,12 @@ def tiny(**overrides) -> CharLM:
     return CharLM(CharLMConfig(**{"embed_size": 16, "hidden_size": 32, "num_layers": 2, "dropout": 0.0, **overrides}))
 
 
+def test_the_lstm_is_minipts():
+    import minipt.nn
+
+    assert type(tiny().lstm) is minipt.nn.LSTM and not isinstance(tiny().lstm, torch.nn.LSTM)
+
+
 def test_training_lowers_the_loss():
     model = tiny(num_layers=1)
     data = CharLM.encode(TEXT)

@@ -68,6 +68,13 @@ def _torch_lstm(official: dict, layer: int) -> nn.LSTM:
     return lstm.eval()
 
 
+def test_the_recurrent_layers_are_minipts(model):
+    import minipt.nn
+
+    for block in model.sequence:
+        assert type(block.lstm) is minipt.nn.LSTM and not isinstance(block.lstm, nn.LSTM)
+
+
 @torch.no_grad()
 def test_lstms_match_torch_nn_on_the_official_weights(model, official):
     images = torch.cat([preprocess(render("Hello World 2024").resize((280, 64))), preprocess(render("minipt 0.1.0!").resize((280, 64)))])

@@ -48,6 +48,13 @@ def test_vocabularies_read_from_the_source_text():
     assert len(phonemes) == 74 and phonemes[:4] == ["<pad>", "<unk>", "<s>", "</s>"] and phonemes[-1] == "ZH"
 
 
+def test_the_recurrent_layers_are_minipts(model):
+    import minipt.nn
+
+    for gru in (model.encoder, model.decoder):
+        assert type(gru) is minipt.nn.GRU and not isinstance(gru, nn.GRU)
+
+
 @torch.no_grad()
 def test_grus_match_torch_nn_on_the_official_weights(model, arrays):
     letters = torch.stack([model.encode_letters(w) for w in ("recurrent", "Phonetics", "baltimore")])  # (3, 10)

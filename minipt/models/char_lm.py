@@ -25,10 +25,7 @@ from ..checkpoint import Pretrained
 from ..errors import ConfigError, InputError
 from ..keymap import KeyMap
 
-try:
-    from ..nn import LSTM
-except ImportError:  # TEMPORARY fallback until minipt.nn.LSTM lands; to be removed
-    from torch.nn import LSTM
+from ..nn import LSTM
 
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (num_layers, B, hidden_size)
 

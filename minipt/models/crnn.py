@@ -31,10 +31,7 @@ from ..checkpoint import Checkpoint, load_weights
 from ..errors import ConfigError, InputError
 from ..hub import resolve
 from ..keymap import KeyMap
-try:
-    from ..nn import LSTM
-except ImportError:  # TEMPORARY fallback until minipt.nn.LSTM lands; to be removed
-    from torch.nn import LSTM
+from ..nn import LSTM
 
 # EasyOCR's English character set, in the order of the classifier's outputs 1..96
 # (output 0 is the CTC blank): digits, ASCII punctuation, space, euro sign, letters.

@@ -32,10 +32,7 @@ from ..errors import CheckpointError, ConfigError, InputError
 from ..hub import resolve
 from ..keymap import KeyMap
 
-try:
-    from ..nn import GRU
-except ImportError:  # TEMPORARY fallback until minipt.nn.GRU lands; to be removed
-    from torch.nn import GRU
+from ..nn import GRU
 
 PAD, UNK = "<pad>", "<unk>"
 BOS, EOS = "<s>", "</s>"
