@@ -10,6 +10,7 @@ parameter, in float32 with max abs difference <= 1e-5.
 
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from torch.nn.utils.rnn import pack_padded_sequence, pack_sequence
 
 import minipt.nn
+from minipt.nn import rnn
 from minipt.nn import use_backend
 from minipt.nn.rnn import _GRULayer, _LSTMLayer, _RNNLayer, fused_layer, gru_cell, lstm_cell, reference_layer, rnn_cell
 
@@ -87,8 +89,20 @@ def configs(draw):
         lengths = draw(st.lists(st.integers(1, steps), min_size=batch, max_size=batch))
         lengths[draw(st.integers(0, batch - 1))] = steps
     with_state = draw(st.booleans())
-    backend = draw(st.sampled_from(BACKENDS))
+    backend = draw(st.sampled_from(BACKENDS + ["fused-onednn"]))
     return kind, config, layout, batch, steps, lengths, with_state, backend
+
+
+@contextmanager
+def matmuls(backend):
+    """``fused-onednn``: the fused path with oneDNN's prepacked matmul even for tiny batches (it applies
+    from ``_ONEDNN_MIN_ROWS`` steps x batch on CPU in float32); ``fused``: with plain addmm."""
+    saved = rnn._ONEDNN_MIN_ROWS
+    rnn._ONEDNN_MIN_ROWS = 0 if backend == "fused-onednn" else 10**9
+    try:
+        yield
+    finally:
+        rnn._ONEDNN_MIN_ROWS = saved
 
 
 def make_inputs(kind, config, layout, batch, steps, with_state):
@@ -118,7 +132,8 @@ def test_matches_torch_nn(case):
     x, hx = make_inputs(kind, config, layout, batch, steps, with_state)
     lengths = torch.tensor(lengths) if lengths is not None else None
     expected, expected_grads, cotangents = forward_and_grads(reference, backend, x, hx, lengths, config["batch_first"])
-    got, got_grads, _ = forward_and_grads(ours, backend, x, hx, lengths, config["batch_first"], cotangents)
+    with matmuls(backend):
+        got, got_grads, _ = forward_and_grads(ours, backend, x, hx, lengths, config["batch_first"], cotangents)
     assert max_diff(expected, got) <= ATOL, "outputs or final states differ"
     assert max_diff(expected_grads, got_grads) <= ATOL, "gradients differ"
 
@@ -126,29 +141,34 @@ def test_matches_torch_nn(case):
 @settings(max_examples=30, deadline=None)
 @given(configs())
 def test_fused_path_equals_reference_cells(case):
-    kind, config, layout, batch, steps, lengths, with_state, _ = case
+    kind, config, layout, batch, steps, lengths, with_state, backend = case
+    backend = "fused" if backend == "math" else backend
     _, ours = build(kind, **config)
     x, hx = make_inputs(kind, config, layout, batch, steps, with_state)
     lengths = torch.tensor(lengths) if lengths is not None else None
     reference, reference_grads, cotangents = forward_and_grads(ours, "math", x, hx, lengths, config["batch_first"])
-    fused, fused_grads, _ = forward_and_grads(ours, "fused", x, hx, lengths, config["batch_first"], cotangents)
+    with matmuls(backend):
+        fused, fused_grads, _ = forward_and_grads(ours, "fused", x, hx, lengths, config["batch_first"], cotangents)
     assert max_diff(reference, fused) <= ATOL
     assert max_diff(reference_grads, fused_grads) <= ATOL
 
 
+@pytest.mark.parametrize("matmul", ["fused", "fused-onednn"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_inference_without_grad_matches_torch(kind):
+def test_inference_without_grad_matches_torch(kind, matmul):
     """The no-grad fused loop (gate math in place, nothing kept for backward)."""
     reference, ours = build(kind, input_size=5, hidden_size=8, num_layers=2, bidirectional=True)
     x = torch.randn(7, 3, 5)
     packed = pack_padded_sequence(x, torch.tensor([4, 7, 2]), enforce_sorted=False)
-    with torch.no_grad():
+    with torch.no_grad(), matmuls(matmul):
         for inputs in (x, packed):
             expected, got = reference(inputs), ours(inputs)
             flat = lambda out: [out[0].data if isinstance(out[0], torch.nn.utils.rnn.PackedSequence) else out[0]] + (  # noqa: E731
                 list(out[1]) if isinstance(out[1], tuple) else [out[1]]
             )
             assert max_diff(flat(expected), flat(got)) <= ATOL
+    if matmul == "fused-onednn" and torch.backends.mkldnn.is_available():
+        assert rnn._onednn_ok  # the prepacked oneDNN matmul really ran
 
 
 def test_packed_output_keeps_the_packing():

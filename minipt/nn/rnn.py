@@ -117,9 +117,27 @@ def reference_layer(mode: str, x: Tensor, state: Tuple[Tensor, ...], weights: Tu
 # -- the fused path: time loops compiled with TorchScript, hand-written backward ----------------
 # Each loop takes ``x_proj`` (T, B, G), the input projection W_ih x + b of every
 # step computed beforehand in one matrix multiply, and runs the recurrence with
-# one addmm per step writing into preallocated buffers. With ``keep`` the
-# activated gates and states of every step are kept for the backward pass.
-def _rnn_forward(x_proj: Tensor, h0: Tensor, w_hh: Tensor, relu: bool, mask: Optional[Tensor], reverse: bool, keep: bool) -> Tuple[Tensor, Tensor, Tensor]:
+# one matrix multiply per step, the gate math writing into preallocated buffers.
+# With ``keep`` the activated gates and states of every step are kept for the
+# backward pass. ``w_packed`` is W_hh prepacked for oneDNN's matmul on CPU (see
+# ``_onednn_weight``), or None for a plain addmm with W_hh.
+def _recurrent(x_t: Tensor, h: Tensor, w_hh_t: Tensor, w_packed: Optional[Tensor]) -> Tensor:
+    """x_t + h @ W_hh^T: the input projection of this step plus the recurrent one."""
+    if w_packed is not None:
+        return torch.ops.mkldnn._linear_pointwise(h, x_t, w_packed, None, "add")
+    return torch.addmm(x_t, h, w_hh_t)
+
+
+def _times(d: Tensor, w: Tensor, w_packed: Optional[Tensor]) -> Tensor:
+    """d @ w, with ``w_packed`` holding w^T prepacked for oneDNN (or None)."""
+    if w_packed is not None:
+        return torch.ops.mkldnn._linear_pointwise(d, w_packed, None, "none", [], "")
+    return torch.mm(d, w)
+
+
+def _rnn_forward(
+    x_proj: Tensor, h0: Tensor, w_hh: Tensor, w_packed: Optional[Tensor], relu: bool, mask: Optional[Tensor], reverse: bool, keep: bool
+) -> Tuple[Tensor, Tensor, Tensor]:
     T = x_proj.shape[0]
     w_hh_t = w_hh.t()
     out = x_proj.new_empty(x_proj.shape)  # (T, B, H): h' of every step
@@ -127,7 +145,8 @@ def _rnn_forward(x_proj: Tensor, h0: Tensor, w_hh: Tensor, relu: bool, mask: Opt
     h = h0
     for s in range(T):
         t = T - 1 - s if reverse else s
-        h_new = torch.addmm(x_proj[t], h, w_hh_t, out=out[t])  # W_ih x + b_ih + b_hh + W_hh h
+        h_new = out[t]
+        h_new.copy_(_recurrent(x_proj[t], h, w_hh_t, w_packed))  # W_ih x + b_ih + b_hh + W_hh h
         if relu:
             h_new.relu_()
         else:
@@ -143,7 +162,7 @@ def _rnn_forward(x_proj: Tensor, h0: Tensor, w_hh: Tensor, relu: bool, mask: Opt
 
 
 def _rnn_backward(
-    d_out: Tensor, d_h: Tensor, h0: Tensor, w_hh: Tensor, relu: bool, mask: Optional[Tensor], reverse: bool, out: Tensor, states: Tensor
+    d_out: Tensor, d_h: Tensor, h0: Tensor, w_hh: Tensor, w_packed_t: Optional[Tensor], relu: bool, mask: Optional[Tensor], reverse: bool, out: Tensor, states: Tensor
 ) -> Tuple[Tensor, Tensor, Tensor]:
     T = out.shape[0]
     d_pre = torch.empty_like(out)  # (T, B, H): gradient of W_ih x + b + W_hh h
@@ -160,7 +179,7 @@ def _rnn_backward(
             torch.mul(d_new, h_new > 0, out=d_pre[t])
         else:
             torch.mul(d_new, 1 - h_new * h_new, out=d_pre[t])
-        d_h = torch.mm(d_pre[t], w_hh)
+        d_h = _times(d_pre[t], w_hh, w_packed_t)
         if mask is not None:
             d_h = d_h + d_keep
     h_prev = _previous_states(states, h0, reverse)
@@ -169,7 +188,8 @@ def _rnn_backward(
 
 
 def _lstm_forward(
-    x_proj: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor], mask: Optional[Tensor], reverse: bool, keep: bool
+    x_proj: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_packed: Optional[Tensor], w_hr: Optional[Tensor],
+    mask: Optional[Tensor], reverse: bool, keep: bool,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     T, B = x_proj.shape[0], x_proj.shape[1]
     H = c0.shape[1]
@@ -181,11 +201,11 @@ def _lstm_forward(
     h, c = h0, c0
     for s in range(T):
         t = T - 1 - s if reverse else s
+        pre = _recurrent(x_proj[t], h, w_hh_t, w_packed)  # W_ih x + b_ih + b_hh + W_hh h, (B, 4H)
         gates = gates_all[t if keep else 0]
-        torch.addmm(x_proj[t], h, w_hh_t, out=gates)  # W_ih x + b_ih + b_hh + W_hh h, (B, 4H)
-        gates[:, : 2 * H].sigmoid_()  # i, f
-        gates[:, 2 * H : 3 * H].tanh_()  # g
-        gates[:, 3 * H :].sigmoid_()  # o
+        torch.sigmoid(pre[:, : 2 * H], out=gates[:, : 2 * H])  # i, f
+        torch.tanh(pre[:, 2 * H : 3 * H], out=gates[:, 2 * H : 3 * H])  # g
+        torch.sigmoid(pre[:, 3 * H :], out=gates[:, 3 * H :])  # o
         i, f, g, o = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H : 3 * H], gates[:, 3 * H :]
         c_new = torch.addcmul(f * c, i, g)  # f * c + i * g
         if w_hr is not None:
@@ -206,7 +226,7 @@ def _lstm_forward(
 
 
 def _lstm_backward(
-    d_out: Tensor, d_h: Tensor, d_c: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor],
+    d_out: Tensor, d_h: Tensor, d_c: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_packed_t: Optional[Tensor], w_hr: Optional[Tensor],
     mask: Optional[Tensor], reverse: bool, states_h: Tensor, states_c: Tensor, gates_all: Tensor,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Optional[Tensor]]:
     T = gates_all.shape[0]
@@ -240,7 +260,7 @@ def _lstm_backward(
         torch.mul(d_c_new * i, 1 - g * g, out=d_gates[:, 2 * H : 3 * H])
         torch.mul(d_m * tanh_c, o * (1 - o), out=d_gates[:, 3 * H :])
         d_c = d_c_new * f
-        d_h = torch.mm(d_gates, w_hh)  # (B, 4H) @ (4H, P)
+        d_h = _times(d_gates, w_hh, w_packed_t)  # (B, 4H) @ (4H, P)
         if mask is not None:
             d_h = d_h + d_h_keep
             d_c = d_c + d_c_keep
@@ -254,7 +274,7 @@ def _lstm_backward(
 
 
 def _gru_forward(
-    x_proj: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], mask: Optional[Tensor], reverse: bool, keep: bool
+    x_proj: Tensor, h0: Tensor, w_hh: Tensor, w_packed: Optional[Tensor], b_hh: Optional[Tensor], mask: Optional[Tensor], reverse: bool, keep: bool
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     T, B = x_proj.shape[0], x_proj.shape[1]
     H = h0.shape[1]
@@ -263,15 +283,16 @@ def _gru_forward(
     states = out if mask is None else x_proj.new_empty(out.shape)
     gates_all = x_proj.new_empty([T if keep else 1, B, 3 * H])  # activated r, z, n
     hn_all = x_proj.new_empty([T, B, H]) if keep else x_proj.new_empty([0])  # W_hn h + b_hn
-    hidden = x_proj.new_empty([B, 3 * H])  # W_h* h + b_h*
     h = h0
     for s in range(T):
         t = T - 1 - s if reverse else s
         gates = gates_all[t if keep else 0]
-        if b_hh is not None:
-            torch.addmm(b_hh, h, w_hh_t, out=hidden)
+        if w_packed is not None:
+            hidden = torch.ops.mkldnn._linear_pointwise(h, w_packed, b_hh, "none", [], "")  # W_h* h + b_h*, (B, 3H)
+        elif b_hh is not None:
+            hidden = torch.addmm(b_hh, h, w_hh_t)
         else:
-            torch.mm(h, w_hh_t, out=hidden)
+            hidden = torch.mm(h, w_hh_t)
         x_t = x_proj[t]
         torch.add(x_t[:, : 2 * H], hidden[:, : 2 * H], out=gates[:, : 2 * H]).sigmoid_()  # r, z
         r, z, n = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H :]
@@ -290,7 +311,8 @@ def _gru_forward(
 
 
 def _gru_backward(
-    d_out: Tensor, d_h: Tensor, h0: Tensor, w_hh: Tensor, mask: Optional[Tensor], reverse: bool, states: Tensor, gates_all: Tensor, hn_all: Tensor
+    d_out: Tensor, d_h: Tensor, h0: Tensor, w_hh: Tensor, w_packed_t: Optional[Tensor], mask: Optional[Tensor], reverse: bool,
+    states: Tensor, gates_all: Tensor, hn_all: Tensor,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     T = gates_all.shape[0]
     H = h0.shape[1]
@@ -314,7 +336,7 @@ def _gru_backward(
         d_x[:, 2 * H :] = d_n_pre
         d_hidden[:, : 2 * H] = d_x[:, : 2 * H]
         torch.mul(d_n_pre, r, out=d_hidden[:, 2 * H :])
-        d_h = torch.addcmul(torch.mm(d_hidden, w_hh), d_h_new, z)
+        d_h = torch.addcmul(_times(d_hidden, w_hh, w_packed_t), d_h_new, z)
         if mask is not None:
             d_h = d_h + d_h_keep
     h_prev_all = _previous_states(states, h0, reverse)
@@ -347,10 +369,36 @@ def _compiled(fn: Callable) -> Callable:
     return _COMPILED[fn]
 
 
+# oneDNN's matmul with a prepacked weight is markedly faster than a plain addmm
+# for the small per-step products on CPU (and it is what torch.nn's own CPU
+# kernels use). Weights are packed once per call, never cached, so an in-place
+# update of a parameter can never leave a stale copy behind.
+_ONEDNN_MIN_ROWS = 64  # steps x batch below which packing costs more than it saves
+_onednn_ok: Optional[bool] = None
+
+
+def _onednn_weight(weight: Tensor, batch: int, rows: int) -> Optional[Tensor]:
+    """``weight`` (out, in) packed for ``torch.ops.mkldnn._linear_pointwise``, or None where that does not apply."""
+    global _onednn_ok
+    if weight.device.type != "cpu" or weight.dtype != torch.float32 or rows < _ONEDNN_MIN_ROWS:
+        return None
+    if _onednn_ok is None:  # probed once, on first use
+        try:
+            probe = torch.ops.mkldnn._reorder_linear_weight(torch.ones(2, 3), 1)
+            _onednn_ok = torch.backends.mkldnn.is_available() and bool(
+                torch.ops.mkldnn._linear_pointwise(torch.ones(1, 3), probe, None, "none", [], "").eq(3).all()
+            )
+        except (AttributeError, RuntimeError):
+            _onednn_ok = False
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), batch) if _onednn_ok else None
+
+
 class _RNNLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_proj, h0, w_hh, relu, mask, reverse):
-        out, states, h = _compiled(_rnn_forward)(x_proj, h0, w_hh, relu, mask, reverse, True)
+        rows = x_proj.shape[0] * x_proj.shape[1]
+        w_packed = _onednn_weight(w_hh, x_proj.shape[1], rows)
+        out, states, h = _compiled(_rnn_forward)(x_proj, h0, w_hh, w_packed, relu, mask, reverse, True)
         ctx.save_for_backward(h0, w_hh, mask, out, states)
         ctx.relu, ctx.reverse = relu, reverse
         return out, h
@@ -359,14 +407,16 @@ class _RNNLayer(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_out, d_h):
         h0, w_hh, mask, out, states = ctx.saved_tensors
-        d_x_proj, d_h0, d_w_hh = _compiled(_rnn_backward)(d_out, d_h, h0, w_hh, ctx.relu, mask, ctx.reverse, out, states)
+        w_packed_t = _onednn_weight(w_hh.t().contiguous(), out.shape[1], out.shape[0] * out.shape[1])
+        d_x_proj, d_h0, d_w_hh = _compiled(_rnn_backward)(d_out, d_h, h0, w_hh, w_packed_t, ctx.relu, mask, ctx.reverse, out, states)
         return d_x_proj, d_h0, d_w_hh, None, None, None
 
 
 class _LSTMLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_proj, h0, c0, w_hh, w_hr, mask, reverse):
-        out, states_h, states_c, gates, h, c = _compiled(_lstm_forward)(x_proj, h0, c0, w_hh, w_hr, mask, reverse, True)
+        w_packed = _onednn_weight(w_hh, x_proj.shape[1], x_proj.shape[0] * x_proj.shape[1])
+        out, states_h, states_c, gates, h, c = _compiled(_lstm_forward)(x_proj, h0, c0, w_hh, w_packed, w_hr, mask, reverse, True)
         ctx.save_for_backward(h0, c0, w_hh, w_hr, mask, states_h, states_c, gates)
         ctx.reverse = reverse
         return out, h, c
@@ -375,8 +425,9 @@ class _LSTMLayer(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_out, d_h, d_c):
         h0, c0, w_hh, w_hr, mask, states_h, states_c, gates = ctx.saved_tensors
+        w_packed_t = _onednn_weight(w_hh.t().contiguous(), gates.shape[1], gates.shape[0] * gates.shape[1])
         d_x_proj, d_h0, d_c0, d_w_hh, d_w_hr = _compiled(_lstm_backward)(
-            d_out, d_h, d_c, h0, c0, w_hh, w_hr, mask, ctx.reverse, states_h, states_c, gates
+            d_out, d_h, d_c, h0, c0, w_hh, w_packed_t, w_hr, mask, ctx.reverse, states_h, states_c, gates
         )
         return d_x_proj, d_h0, d_c0, d_w_hh, d_w_hr, None, None
 
@@ -384,7 +435,8 @@ class _LSTMLayer(torch.autograd.Function):
 class _GRULayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_proj, h0, w_hh, b_hh, mask, reverse):
-        out, states, gates, hn, h = _compiled(_gru_forward)(x_proj, h0, w_hh, b_hh, mask, reverse, True)
+        w_packed = _onednn_weight(w_hh, x_proj.shape[1], x_proj.shape[0] * x_proj.shape[1])
+        out, states, gates, hn, h = _compiled(_gru_forward)(x_proj, h0, w_hh, w_packed, b_hh, mask, reverse, True)
         ctx.save_for_backward(h0, w_hh, mask, states, gates, hn)
         ctx.reverse, ctx.has_bias = reverse, b_hh is not None
         return out, h
@@ -393,7 +445,8 @@ class _GRULayer(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_out, d_h):
         h0, w_hh, mask, states, gates, hn = ctx.saved_tensors
-        d_x_proj, d_hidden, d_h0, d_w_hh = _compiled(_gru_backward)(d_out, d_h, h0, w_hh, mask, ctx.reverse, states, gates, hn)
+        w_packed_t = _onednn_weight(w_hh.t().contiguous(), gates.shape[1], gates.shape[0] * gates.shape[1])
+        d_x_proj, d_hidden, d_h0, d_w_hh = _compiled(_gru_backward)(d_out, d_h, h0, w_hh, w_packed_t, mask, ctx.reverse, states, gates, hn)
         d_b_hh = d_hidden.sum((0, 1)) if ctx.has_bias else None
         return d_x_proj, d_h0, d_w_hh, d_b_hh, None, None
 
@@ -405,26 +458,36 @@ def fused_layer(mode: str, x: Tensor, state: Tuple[Tensor, ...], weights: Tuple[
     # the input projection of every step at once: one matrix multiply, (T*B, I) @ (I, G)
     bias = b_ih if mode == "GRU" else _sum_biases(b_ih, b_hh)  # GRU keeps b_hn inside r * (.)
     x_flat = x.reshape(T * B, x.shape[2])
-    x_proj = (torch.addmm(bias, x_flat, w_ih.t()) if bias is not None else torch.mm(x_flat, w_ih.t())).view(T, B, -1)
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x_proj, w_hh, b_hh, w_hr) + state)
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x,) + weights + state)
+    w_ih_packed = None if grad else _onednn_weight(w_ih, T * B, T * B)  # no autograd through oneDNN's op
+    if w_ih_packed is not None:
+        x_proj = torch.ops.mkldnn._linear_pointwise(x_flat, w_ih_packed, bias, "none", [], "")
+    elif bias is not None:
+        x_proj = torch.addmm(bias, x_flat, w_ih.t())
+    else:
+        x_proj = torch.mm(x_flat, w_ih.t())
+    x_proj = x_proj.view(T, B, -1)  # (T, B, G)
     if mode == "LSTM":
         h0, c0 = state
         if grad:
             out, h, c = _LSTMLayer.apply(x_proj, h0, c0, w_hh, w_hr, mask, reverse)
         else:
-            out, _, _, _, h, c = _compiled(_lstm_forward)(x_proj, h0, c0, w_hh, w_hr, mask, reverse, False)
+            w_packed = _onednn_weight(w_hh, B, T * B)
+            out, _, _, _, h, c = _compiled(_lstm_forward)(x_proj, h0, c0, w_hh, w_packed, w_hr, mask, reverse, False)
         return out, (h, c)
     if mode == "GRU":
         if grad:
             out, h = _GRULayer.apply(x_proj, state[0], w_hh, b_hh, mask, reverse)
         else:
-            out, _, _, _, h = _compiled(_gru_forward)(x_proj, state[0], w_hh, b_hh, mask, reverse, False)
+            w_packed = _onednn_weight(w_hh, B, T * B)
+            out, _, _, _, h = _compiled(_gru_forward)(x_proj, state[0], w_hh, w_packed, b_hh, mask, reverse, False)
         return out, (h,)
     relu = mode == "RNN_RELU"
     if grad:
         out, h = _RNNLayer.apply(x_proj, state[0], w_hh, relu, mask, reverse)
     else:
-        out, _, h = _compiled(_rnn_forward)(x_proj, state[0], w_hh, relu, mask, reverse, False)
+        w_packed = _onednn_weight(w_hh, B, T * B)
+        out, _, h = _compiled(_rnn_forward)(x_proj, state[0], w_hh, w_packed, relu, mask, reverse, False)
     return out, (h,)
 
 
