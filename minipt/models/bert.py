@@ -247,8 +247,12 @@ class BertModel(_BertPretrained):
 
 
 def _check_ids(name: str, ids: torch.Tensor, size: int) -> None:
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= size):
-        bad = ids[(ids < 0) | (ids >= size)][0].item()
+    """An id outside an embedding table would index out of bounds deep inside torch: name it here."""
+    if ids.numel() == 0:
+        return
+    low, high = torch.aminmax(ids)
+    if int(low) < 0 or int(high) >= size:
+        bad = int(low) if int(low) < 0 else int(high)
         raise InputError(f"{name} holds {bad}, outside the table of {size} entries (valid: 0..{size - 1})")
 
 

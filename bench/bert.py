@@ -1,0 +1,196 @@
+"""minipt's BERT against transformers' (sdpa attention) on the same all-MiniLM-L6-v2 weights.
+
+    python bench/bert.py [--repeats N] [--quick]
+
+Everything is measured in this one run, side by side: median latency of
+inference (inference_mode) at batch x length = 1x16, 32x128 and 8x512 and of
+a 16x128 training step (forward, backward, SGD update, dropout on), the
+import time each library adds to ``import torch`` (fresh interpreters), and
+the peak resident memory while loading the checkpoint, against its size.
+Ratios are minipt / transformers: below 1 means minipt is faster or smaller.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from minipt.hub import resolve  # noqa: E402
+from minipt.models.bert import BertModel  # noqa: E402
+from minipt.reference import import_transformers  # noqa: E402
+
+MODEL = "all-MiniLM-L6-v2"
+TARGETS = {"1x16": 0.6, "32x128": 0.9, "8x512": 0.9, "train 16x128": 0.9}
+
+
+def median_time(fn, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def batch(vocab: int, size: int, length: int) -> dict:
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(1000, vocab, (size, length), generator=generator)
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "token_type_ids": torch.zeros_like(input_ids)}
+
+
+def interleaved(fns: dict, repeats: int) -> dict:
+    """Median of each function, measured in alternation so drifts in machine speed hit both."""
+    for fn in fns.values():
+        fn()
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def inference_rows(ours, theirs, repeats: int, quick: bool):
+    rows = []
+    for size, length, n in ((1, 16, repeats * 10), (32, 128, repeats), (8, 512, max(3, repeats // 2))):
+        inputs = batch(ours.config.vocab_size, size, length)
+        with torch.inference_mode():
+            t = interleaved({"minipt": lambda: ours(**inputs), "transformers": lambda: theirs(**inputs)}, 3 if quick else n)
+        rows.append((f"{size}x{length}", t["minipt"], t["transformers"], size * length))
+    return rows
+
+
+def training_row(path, transformers, repeats: int, quick: bool):
+    inputs = batch(30522, 16, 128)
+    models = {"minipt": BertModel.from_pretrained(path).train(), "transformers": transformers.BertModel.from_pretrained(str(path), attn_implementation="sdpa").train()}
+    optimizers = {name: torch.optim.SGD(m.parameters(), lr=1e-4) for name, m in models.items()}
+
+    def step(name):
+        def run():
+            optimizers[name].zero_grad(set_to_none=True)
+            loss = models[name](**inputs).last_hidden_state.pow(2).mean()
+            loss.backward()
+            optimizers[name].step()
+
+        return run
+
+    t = interleaved({name: step(name) for name in models}, 2 if quick else max(3, repeats // 2))
+    return ("train 16x128", t["minipt"], t["transformers"], 16 * 128)
+
+
+def fresh_interpreter(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}).stdout.strip()
+
+
+def import_times(repeats: int) -> dict:
+    probe = (
+        "import time; import torch\n"
+        "start = time.perf_counter()\n"
+        "{stmt}\n"
+        "print(time.perf_counter() - start)"
+    )
+    statements = {
+        "import minipt": "import minipt",
+        "minipt BertModel": "from minipt.models.bert import BertModel",
+        "import transformers": "from minipt.reference import bare_torchvision; bare_torchvision(); import transformers",
+        "transformers BertModel": "from minipt.reference import bare_torchvision; bare_torchvision(); from transformers import BertModel",
+    }
+    return {name: statistics.median(float(fresh_interpreter(probe.format(stmt=stmt))) for _ in range(repeats)) for name, stmt in statements.items()}
+
+
+def loading_memory(path: Path, tiny: Path) -> dict:
+    """Resident memory added by loading the checkpoint, then by a first forward pass, in fresh interpreters.
+
+    Each interpreter first loads a tiny checkpoint, so that paging in library
+    code on first use is not counted; then the Linux high-water mark (VmHWM)
+    is reset and the real checkpoint loaded.
+    """
+    probe = (
+        "import torch\n"
+        "{setup}\n"
+        "def status(field):\n"
+        "    return int(next(l for l in open('/proc/self/status') if l.startswith(field)).split()[1]) * 1024\n"
+        "BertModel.from_pretrained({tiny!r})\n"
+        "open('/proc/self/clear_refs', 'w').write('5')  # high-water mark := current RSS\n"
+        "before = status('VmRSS')\n"
+        "model = BertModel.from_pretrained({path!r})\n"
+        "loading = status('VmHWM') - before\n"
+        "with torch.inference_mode():\n"
+        "    model(torch.randint(1000, 30000, (8, 128)))\n"
+        "print(loading, status('VmHWM') - before)"
+    )
+    setups = {
+        "minipt": "from minipt.models.bert import BertModel",
+        "transformers": "from minipt.reference import bare_torchvision; bare_torchvision(); from transformers import BertModel",
+    }
+    results = {}
+    for name, setup in setups.items():
+        loading, first_forward = fresh_interpreter(probe.format(setup=setup, tiny=str(tiny), path=str(path))).split()
+        results[name] = (int(loading), int(first_forward))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="few repetitions: a smoke run, not numbers to report")
+    args = parser.parse_args()
+    transformers = import_transformers()
+    if transformers is None:
+        sys.exit("bench/bert.py compares with transformers: pip install transformers")
+    path = resolve(MODEL)
+    torch.manual_seed(0)
+    ours = BertModel.from_pretrained(path).eval()
+    theirs = transformers.BertModel.from_pretrained(str(path), attn_implementation="sdpa").eval()
+    print(f"{MODEL} on {torch.get_num_threads()} CPU threads, torch {torch.__version__}, transformers {transformers.__version__}\n")
+
+    rows = inference_rows(ours, theirs, args.repeats, args.quick)
+    del ours, theirs
+    gc.collect()
+    rows.append(training_row(path, transformers, args.repeats, args.quick))
+    print("| case | minipt (ms) | transformers (ms) | minipt tokens/s | ratio | target |")
+    print("|---|---|---|---|---|---|")
+    for name, ours_s, theirs_s, tokens in rows:
+        ratio = ours_s / theirs_s
+        verdict = "met" if ratio <= TARGETS[name] else "missed"
+        print(f"| {name} | {ours_s * 1e3:.1f} | {theirs_s * 1e3:.1f} | {tokens / ours_s:,.0f} | {ratio:.2f} | <= {TARGETS[name]} ({verdict}) |")
+
+    imports = import_times(3 if args.quick else 5)
+    print("\n| import (after `import torch`) | seconds |")
+    print("|---|---|")
+    for name, seconds in imports.items():
+        print(f"| `{name}` | {seconds:.3f} |")
+    verdict = "met" if imports["import minipt"] <= 0.15 else "missed"
+    print(f"\n`import minipt` adds {imports['import minipt']:.3f} s to `import torch` (target <= 0.15 s: {verdict}).")
+
+    size = (path / "model.safetensors").stat().st_size
+    with tempfile.TemporaryDirectory() as tiny:
+        from minipt.models.bert import BertConfig
+
+        BertModel(BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8)).save_pretrained(tiny)
+        memory = loading_memory(path, Path(tiny))
+    print(f"\n| peak memory added ({size / 2**20:.0f} MiB checkpoint) | loading: MiB | x checkpoint | loading + first forward 8x128: MiB |")
+    print("|---|---|---|---|")
+    for name, (loading, first_forward) in memory.items():
+        print(f"| {name} | {loading / 2**20:.0f} | {loading / size:.2f} | {first_forward / 2**20:.0f} |")
+    verdict = "met" if memory["minipt"][0] <= 1.2 * size else "missed"
+    print(f"\nminipt's peak while loading is {memory['minipt'][0] / size:.2f}x the checkpoint (target <= 1.2x: {verdict}); "
+          "the weights are memory-mapped, so pages are read on first use and shared with the page cache.")
+
+if __name__ == "__main__":
+    main()
