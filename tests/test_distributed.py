@@ -1,0 +1,69 @@
+"""Models are plain nn.Modules: they wrap in torch.distributed's DDP and FSDP as they are."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+
+from minipt.models.bert import BertConfig, BertForSequenceClassification
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def process_group():
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def _model_and_batch():
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, num_labels=3, max_position_embeddings=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(config)
+    ids = torch.randint(0, 50, (4, 8))
+    return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([0, 1, 2, 0])}
+
+
+def _grads(model):
+    return {k.removeprefix("module."): p.grad.clone() for k, p in model.named_parameters()}
+
+
+def test_ddp(process_group):
+    model, batch = _model_and_batch()
+    plain = BertForSequenceClassification(model.config)
+    plain.load_state_dict(model.state_dict())
+    wrapped = torch.nn.parallel.DistributedDataParallel(model)
+    wrapped(**batch).loss.backward()
+    plain(**batch).loss.backward()
+    expected = _grads(plain)
+    for key, grad in _grads(wrapped).items():
+        torch.testing.assert_close(grad, expected[key], atol=1e-6, rtol=0)
+
+
+def test_fsdp(process_group):
+    model, batch = _model_and_batch()
+    plain = BertForSequenceClassification(model.config)
+    plain.load_state_dict(model.state_dict())
+    for layer in model.bert.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    loss = model(**batch).loss
+    loss.backward()
+    plain_loss = plain(**batch).loss
+    plain_loss.backward()
+    assert abs(loss.item() - plain_loss.item()) < 1e-6
+    expected = _grads(plain)
+    for key, param in model.named_parameters():
+        grad = param.grad.full_tensor() if hasattr(param.grad, "full_tensor") else param.grad
+        torch.testing.assert_close(grad, expected[key], atol=1e-6, rtol=0)
