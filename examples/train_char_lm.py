@@ -111,12 +111,12 @@ def plot(losses: list[float], evals: list[tuple[int, float]], path: Path) -> Non
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small model and few steps: a couple of minutes on 2 cores")
-    parser.add_argument("--steps", type=int, help="training steps (default 300 with --quick, else 3000)")
+    parser.add_argument("--steps", type=int, help="training steps (default 400 with --quick, else 3000)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seq-len", type=int, help="bytes per training window (default 96 with --quick, else 192)")
     parser.add_argument("--hidden-size", type=int, help="LSTM width (default 256 with --quick, else 512)")
     parser.add_argument("--num-layers", type=int, help="LSTM layers (default 1 with --quick, else 2)")
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--lr", type=float, help="peak learning rate (default 1e-2 with --quick, else 4e-3)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--out", default="runs/char_lm", help="where the model, loss.png and samples.txt go")
@@ -124,12 +124,16 @@ def main(argv=None) -> int:
     parser.add_argument("--sample-length", type=int, default=300)
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--top-k", type=int, default=20)
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default 1 with --quick, else torch's choice)")
     args = parser.parse_args(argv)
-    steps = args.steps or (300 if args.quick else 3000)
+    steps = args.steps or (400 if args.quick else 3000)
     seq_len = args.seq_len or (96 if args.quick else 192)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    lr = args.lr or (1e-2 if args.quick else 4e-3)
+    # A small LSTM multiplies small matrices at every time step; there one thread is
+    # faster than two, which spend the step synchronising (and stall when the CPU is shared).
+    threads = args.threads or (1 if args.quick else None)
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(args.seed)
 
     path = corpus_path()
@@ -145,8 +149,8 @@ def main(argv=None) -> int:
     )
     model = CharLM(config)
     print(f"model: {config} ({sum(p.numel() for p in model.parameters()):,} parameters)")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps, pct_start=0.05)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.05)
     windows = batches(train, args.batch_size, seq_len, torch.Generator().manual_seed(args.seed))
 
     losses, evals = [], [(0, evaluate(model, held_out, seq_len))]

@@ -11,6 +11,15 @@ from torch.nn import functional as F
 from minipt.errors import ConfigError, InputError, KeyMismatchError
 from minipt.models.char_lm import CharLM, CharLMConfig, sample
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small per-time-step matrices: one torch thread is faster than two, and does not stall on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 TEXT = (
     "The cat sat on the mat. The dog sat on the log. "
     "A cat and a dog sat on a mat and a log. The end. "
@@ -146,7 +155,7 @@ def test_training_example_runs(tmp_path):
     spec = importlib.util.spec_from_file_location("train_char_lm", Path(__file__).parent.parent / "examples" / "train_char_lm.py")
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    argv = ["--steps", "4", "--batch-size", "4", "--seq-len", "16", "--hidden-size", "16", "--num-layers", "1"]
+    argv = ["--steps", "4", "--batch-size", "4", "--seq-len", "16", "--hidden-size", "16", "--num-layers", "1", "--threads", "1"]
     assert example.main(argv + ["--eval-every", "2", "--sample-length", "20", "--out", str(tmp_path)]) == 0
     for name in ("config.json", "model.safetensors", "loss.png", "samples.txt"):
         assert (tmp_path / name).is_file(), name

@@ -9,11 +9,20 @@ import pytest
 import torch
 from torch import nn
 
-from minipt.checkpoint import Checkpoint, official_state_dict
+from minipt.checkpoint import official_state_dict
 from minipt.errors import InputError, KeyMismatchError
 from minipt.hub import resolve
 from minipt.models.crnn import CRNN, ENGLISH_CHARSET, OFFICIAL_FILE, english_g2, preprocess, read_text
 from PIL import Image, ImageDraw, ImageFont  # pillow renders the test images (a test dependency)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small per-time-step matrices: one torch thread is faster than two, and does not stall on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def render(text: str, size: int | None = None, margin: int = 4) -> Image.Image:

@@ -18,6 +18,15 @@ from minipt.models.g2p import G2P, OFFICIAL_FILE, g2p_en, phonemize, read_vocabu
 WORDS = ["activationist", "hello", "recurrent", "phoneme", "tensor", "Zyzzyva", "a", "supercalifragilistic"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small per-time-step matrices: one torch thread is faster than two, and does not stall on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def model():
     return g2p_en()
