@@ -1,8 +1,8 @@
 """The grapheme-to-phoneme GRU encoder-decoder on g2p-en's official checkpoint.
 
-References: torch.nn.GRU loaded with the same arrays (the GRUs themselves and a
-greedy decoder built on them), and two pronunciations produced by g2p-en's own
-``G2p.predict`` (documented in the project's data notes, /work/shared/DATA.md).
+References on the same arrays: g2p-en's own numpy decoder (its ``G2p.predict``,
+run from its source by g2p_en_reference.py without importing the package),
+torch.nn.GRU (the GRUs themselves and a greedy decoder built on them).
 """
 
 import numpy as np
@@ -14,6 +14,8 @@ from minipt.checkpoint import official_state_dict
 from minipt.errors import CheckpointError, InputError, KeyMismatchError
 from minipt.hub import resolve
 from minipt.models.g2p import G2P, OFFICIAL_FILE, g2p_en, phonemize, read_vocabularies
+
+from g2p_en_reference import reference_g2p
 
 WORDS = ["activationist", "hello", "recurrent", "phoneme", "tensor", "Zyzzyva", "a", "supercalifragilistic"]
 
@@ -45,10 +47,21 @@ def _torch_gru(arrays, side: str) -> nn.GRU:
     return gru.eval()
 
 
+@pytest.fixture(scope="module")
+def reference():
+    return reference_g2p()
+
+
 def test_reference_pronunciations():
-    # Produced by g2p-en 2.1.0's reference implementation (G2p.predict, greedy), as recorded in DATA.md.
+    # Produced by g2p-en 2.1.0's own decoder (G2p.predict, greedy): `python tests/g2p_en_reference.py`;
+    # the same two are recorded in the project's data notes.
     assert phonemize("activationist") == "AE2 K T IH0 V EY1 SH AH0 N IH0 S T".split()
     assert phonemize("hello") == "HH EH1 L OW0".split()
+
+
+@pytest.mark.parametrize("word", WORDS + ["pytorch", "minipt", "grapheme", "x", "qwertyuiopasdfghjklzxcvbnm"])
+def test_words_match_g2p_ens_own_decoder(model, reference, word):
+    assert model.phonemize(word) == reference.predict(word.lower())
 
 
 def test_vocabularies_read_from_the_source_text():
