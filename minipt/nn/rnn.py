@@ -293,12 +293,14 @@ def _gru_forward(
             hidden = torch.addmm(b_hh, h, w_hh_t)
         else:
             hidden = torch.mm(h, w_hh_t)
-        x_t = x_proj[t]
-        torch.add(x_t[:, : 2 * H], hidden[:, : 2 * H], out=gates[:, : 2 * H]).sigmoid_()  # r, z
-        r, z, n = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H :]
-        torch.addcmul(x_t[:, 2 * H :], r, hidden[:, 2 * H :], out=n).tanh_()  # n = tanh(x_n + r * (W_hn h + b_hn))
+        x_rz, x_n = x_proj[t].split([2 * H, H], 1)
+        h_rz, h_n = hidden.split([2 * H, H], 1)
+        rz, n = gates.split([2 * H, H], 1)
+        torch.add(x_rz, h_rz, out=rz).sigmoid_()  # r, z
+        r, z = rz.chunk(2, 1)
+        torch.addcmul(x_n, r, h_n, out=n).tanh_()  # n = tanh(x_n + r * (W_hn h + b_hn))
         if keep:
-            hn_all[t] = hidden[:, 2 * H :]
+            hn_all[t] = h_n
         h_new = torch.addcmul(n, z, h - n, out=out[t])  # (1 - z) * n + z * h
         if mask is not None:
             h = torch.where(mask[t], h_new, h)
