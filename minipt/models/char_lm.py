@@ -24,7 +24,6 @@ from torch import nn
 from ..checkpoint import Pretrained
 from ..errors import ConfigError, InputError
 from ..keymap import KeyMap
-
 from ..nn import LSTM
 
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (num_layers, B, hidden_size)

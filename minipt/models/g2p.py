@@ -31,10 +31,8 @@ from ..checkpoint import Checkpoint, load_weights
 from ..errors import CheckpointError, ConfigError, InputError
 from ..hub import resolve
 from ..keymap import KeyMap
-
 from ..nn import GRU
 
-PAD, UNK = "<pad>", "<unk>"
 BOS, EOS = "<s>", "</s>"
 
 
