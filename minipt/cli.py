@@ -46,12 +46,50 @@ def cmd_demo(args) -> int:
         print(f"  [{i}] " + " ".join(f"{v:5.2f}" for v in row))
     if import_transformers() is None:
         print("\n(install transformers to compare against the reference implementation)")
-        return 0
-    batch = encoder.tokenizer(DEMO_SENTENCES)
-    print("\nmax abs difference against transformers' BertModel on the same weights and batch:")
-    for place, diff in layer_diffs(encoder.encoder, args.model, batch):
-        print(f"  {place:<11} {diff:.2e}")
+    else:
+        batch = encoder.tokenizer(DEMO_SENTENCES)
+        print("\nmax abs difference against transformers' BertModel on the same weights and batch:")
+        for place, diff in layer_diffs(encoder.encoder, args.model, batch):
+            print(f"  {place:<11} {diff:.2e}")
+    _demo_photos()
     return 0
+
+
+# Photos with known ImageNet classes that ship inside common wheels: (package, path inside it).
+DEMO_PHOTOS = [
+    ("skimage", "data/chelsea.png"),
+    ("skimage", "data/coffee.png"),
+    ("skimage", "data/rocket.jpg"),
+    ("sklearn", "datasets/images/china.jpg"),
+    ("sklearn", "datasets/images/flower.jpg"),
+]
+
+
+def _demo_photos() -> None:
+    import importlib.util
+    from pathlib import Path
+
+    from .errors import CheckpointNotFoundError
+    from .models.efficientnet import classify
+
+    photos = []
+    for package, relpath in DEMO_PHOTOS:
+        spec = importlib.util.find_spec(package)  # finds the package without importing it
+        if spec is not None and spec.submodule_search_locations:
+            path = Path(list(spec.submodule_search_locations)[0]) / relpath
+            if path.is_file():
+                photos.append(path)
+    if not photos or importlib.util.find_spec("PIL") is None:
+        print("\n(install pillow and scikit-image to see EfficientNet-Lite0 classify real photos)")
+        return
+    try:
+        results = classify(photos, top=3)
+    except CheckpointNotFoundError as err:
+        print(f"\n(no EfficientNet-Lite0 weights: {err})")
+        return
+    print("\nEfficientNet-Lite0 on the official ImageNet weights, top 3 classes:\n")
+    for path, classes in zip(photos, results):
+        print(f"  {path.parent.parent.name}/{path.parent.name}/{path.name}: " + ", ".join(f"{name} {p:.0%}" for name, p in classes))
 
 
 def cmd_embed(args) -> int:
@@ -147,7 +185,7 @@ def cmd_classify(args) -> int:
 COMMANDS: dict = {
     "demo": (
         cmd_demo,
-        "embed a few sentences with all-MiniLM-L6-v2 and compare with transformers",
+        "embed sentences with all-MiniLM-L6-v2 (compared with transformers) and classify photos with EfficientNet-Lite0",
         lambda p: p.add_argument("--model", default=DEFAULT_MODEL),
     ),
     "embed": (

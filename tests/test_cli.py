@@ -21,6 +21,7 @@ def test_demo_prints_similarities_and_matches_transformers(capsys):
     assert table[0, 1] > 0.5 and table[0, 4] < 0.2  # two sentences about eating are close; eating vs a baby is not
     diffs = [float(v) for v in re.findall(r"^  (?:embeddings|layer \d|pooler) +(\S+)$", out, flags=re.M)]
     assert len(diffs) == 8 and max(diffs) <= 1e-5
+    assert re.search(r"coffee\.png: espresso \d+%", out) and re.search(r"flower\.jpg: daisy \d+%", out)
 
 
 def test_embed_to_npy(tmp_path, capsys):
