@@ -31,11 +31,13 @@ Two implementations of the same equations:
   time in plain Python; autograd differentiates them.
 - the fused path (default): the input projection ``W_ih x + b`` of every time
   step is one matrix multiply per layer and direction; the time loop of a
-  layer (one ``addmm`` with ``W_hh`` per step and the gate math done in place)
-  is compiled with TorchScript on first use, and training runs a hand-written
-  backward pass through time (``_LSTMLayer`` and friends) whose weight
-  gradients are again one matrix multiply over all steps. Tests check both
-  against torch.nn and against each other.
+  layer (one matrix multiply with ``W_hh`` per step, the gate math written
+  into preallocated buffers) is compiled with TorchScript on first use, and
+  training runs a hand-written backward pass through time (``_LSTMLayer`` and
+  friends) whose weight gradients are again one matrix multiply over all
+  steps. On CPU in float32 the matrix multiplies go through oneDNN with the
+  weight prepacked once per call (what torch.nn's own CPU kernels use).
+  Tests check both paths against torch.nn and against each other.
 
 Packed batches (``torch.nn.utils.rnn.PackedSequence``) run as a padded batch
 in the packing's length-sorted order with a mask: a sequence that has ended
@@ -392,7 +394,7 @@ def _onednn_weight(weight: Tensor, batch: int, rows: int) -> Optional[Tensor]:
             )
         except (AttributeError, RuntimeError):
             _onednn_ok = False
-    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), batch) if _onednn_ok else None
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), batch) if _onednn_ok else None
 
 
 class _RNNLayer(torch.autograd.Function):
