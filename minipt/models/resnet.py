@@ -107,7 +107,8 @@ class BasicBlock(nn.Module):
         identity = x if self.shortcut is None else self.shortcut(x)
         hidden = self.relu(self.bn1(self.conv1(x)))
         hidden = self.bn2(self.conv2(hidden))
-        return self.relu(hidden + identity)
+        hidden += identity  # in place, as torchvision: no extra (B, C, H, W) buffer
+        return self.relu(hidden)
 
     def last_bn(self) -> nn.BatchNorm2d:
         return self.bn2
@@ -139,7 +140,8 @@ class Bottleneck(nn.Module):
         hidden = self.relu(self.bn1(self.conv1(x)))  # (B, width, H, W)
         hidden = self.relu(self.bn2(self.conv2(hidden)))  # (B, width, H/stride, W/stride)
         hidden = self.bn3(self.conv3(hidden))  # (B, 4 * planes, H/stride, W/stride)
-        return self.relu(hidden + identity)
+        hidden += identity  # in place, as torchvision: no extra (B, C, H, W) buffer
+        return self.relu(hidden)
 
     def last_bn(self) -> nn.BatchNorm2d:
         return self.bn3
@@ -352,7 +354,33 @@ def _open(name_or_path) -> Checkpoint:
         files = sorted(path.glob("*.pth")) + sorted(path.glob("*.safetensors"))
         if len(files) == 1:
             path = files[0]
-    return Checkpoint(path)
+    checkpoint = Checkpoint(path)
+    legacy = _BatchCountsAtZero(checkpoint)
+    return legacy if legacy.added else checkpoint
+
+
+class _BatchCountsAtZero:
+    """A checkpoint saved before PyTorch 0.4.1 (torchvision's original ImageNet files) has no BatchNorm
+    ``num_batches_tracked``; torch.nn starts the count at 0 for such files, and so does this view of it."""
+
+    def __init__(self, checkpoint: Checkpoint):
+        self.checkpoint, self.path = checkpoint, checkpoint.path
+        keys = set(checkpoint.keys())
+        norms = {key.rpartition(".")[0] for key in keys if key.endswith((".running_mean", ".running_var"))}
+        counts = {norm + ".num_batches_tracked" for norm in norms}
+        self.added = sorted(counts) if not counts & keys else []  # only when the file has none at all
+
+    def keys(self) -> list[str]:
+        return self.checkpoint.keys() + self.added
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return () if key in self.added else self.checkpoint.shape(key)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.added or key in self.checkpoint
+
+    def get(self, key: str) -> torch.Tensor:
+        return torch.tensor(0, dtype=torch.long) if key in self.added else self.checkpoint.get(key)
 
 
 # -- builders ----------------------------------------------------------------------
