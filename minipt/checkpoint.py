@@ -62,7 +62,14 @@ def weight_files(path: Path) -> list[Path]:
         return [path / name for name in sorted(set(index["weight_map"].values()))]
     if (path / PYTORCH_BIN).is_file():
         return [path / PYTORCH_BIN]
-    raise CheckpointNotFoundError(f"{path} holds no weights: expected {SAFETENSORS}, {SAFETENSORS_INDEX} or {PYTORCH_BIN}")
+    # a folder holding one weights file under another name (torchvision's resnet50-0676ba61.pth, ...)
+    single = [f for pattern in ("*.safetensors", "*.pth", "*.pt", "*.bin", "*.npz") for f in sorted(path.glob(pattern))]
+    if len(single) == 1:
+        return single
+    raise CheckpointNotFoundError(
+        f"{path} holds no weights: expected {SAFETENSORS}, {SAFETENSORS_INDEX}, {PYTORCH_BIN} or a single weights file"
+        + (f" (found several: {', '.join(f.name for f in single)})" if single else "")
+    )
 
 
 class Checkpoint:

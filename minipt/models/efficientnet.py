@@ -287,12 +287,7 @@ def infer_config(checkpoint: Checkpoint) -> EfficientNetConfig:
 
 
 def _open(name_or_path) -> Checkpoint:
-    path = resolve(name_or_path)
-    if path.is_dir() and not (path / SAFETENSORS).is_file():
-        files = sorted(path.glob("*.pth")) + sorted(path.glob("*.safetensors"))
-        if len(files) == 1:
-            path = files[0]
-    return Checkpoint(path)
+    return Checkpoint(resolve(name_or_path))
 
 
 # -- images in, classes out --------------------------------------------------------

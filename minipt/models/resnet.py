@@ -349,12 +349,7 @@ def _looks_like(checkpoint: Checkpoint, wanted: ResNetConfig) -> str:
 
 
 def _open(name_or_path) -> Checkpoint:
-    path = resolve(name_or_path)
-    if path.is_dir() and not (path / SAFETENSORS).is_file():
-        files = sorted(path.glob("*.pth")) + sorted(path.glob("*.safetensors"))
-        if len(files) == 1:
-            path = files[0]
-    checkpoint = Checkpoint(path)
+    checkpoint = Checkpoint(resolve(name_or_path))
     legacy = _BatchCountsAtZero(checkpoint)
     return legacy if legacy.added else checkpoint
 
