@@ -122,7 +122,9 @@ def randomise_bn(model, seed=0):
 
 @pytest.fixture(scope="module")
 def timm():
-    return pytest.importorskip("timm", reason="timm's tf_efficientnet_lite* models are the EfficientNet-Lite reference (pip install timm)")
+    import timm  # the reference: timm's tf_efficientnet_lite* models (part of the test extra)
+
+    return timm
 
 
 def test_official_weights_match_timm(timm, lite0, official_path):

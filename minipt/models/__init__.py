@@ -15,6 +15,7 @@ ARCHITECTURES = {
     "BertModel": "minipt.models.bert:BertModel",
     "BertForMaskedLM": "minipt.models.bert:BertForMaskedLM",
     "BertForSequenceClassification": "minipt.models.bert:BertForSequenceClassification",
+    "CharLM": "minipt.models.char_lm:CharLM",
 }
 MODEL_TYPES = {
     "bert": "minipt.models.bert:BertModel",
