@@ -22,13 +22,10 @@ Targets: eager <= 1.0, fused + channels-last <= 0.7, compiled minipt < 1.0.
 from __future__ import annotations
 
 import argparse
-import importlib.machinery
-import importlib.util
 import os
 import statistics
 import sys
 import time
-import types
 from pathlib import Path
 
 import torch
@@ -36,23 +33,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def _bare_torchvision() -> None:
-    """torchvision's wheel is a CUDA build whose compiled extension does not load here; its model code does."""
-    if "torchvision" in sys.modules:
-        return
-    spec = importlib.util.find_spec("torchvision")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("torchvision is not installed: pip install torchvision (it is the reference)")
-    location = list(spec.submodule_search_locations)[0]
-    module = types.ModuleType("torchvision")
-    module.__path__ = [location]
-    module.__file__ = os.path.join(location, "__init__.py")
-    module.__spec__ = importlib.machinery.ModuleSpec("torchvision", None, is_package=True)
-    module.__spec__.submodule_search_locations = [location]
-    sys.modules["torchvision"] = module
+from minipt.reference import bare_torchvision  # noqa: E402
 
-
-_bare_torchvision()
+bare_torchvision()  # torchvision's wheel is a CUDA build: its model code imports, its extension does not
 
 from torchvision.models import resnet as tv_resnet  # noqa: E402
 

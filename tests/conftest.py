@@ -17,6 +17,18 @@ bare_torchvision()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the network
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: recurrent models step through small matrices, where one
+    thread is faster than two and does not stall when the CPU is shared."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     import torch

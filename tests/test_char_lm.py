@@ -12,14 +12,7 @@ from minipt.errors import ConfigError, InputError, KeyMismatchError
 from minipt.models.char_lm import CharLM, CharLMConfig, sample
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small per-time-step matrices: one torch thread is faster than two, and does not stall on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 TEXT = (
     "The cat sat on the mat. The dog sat on the log. "
     "A cat and a dog sat on a mat and a log. The end. "

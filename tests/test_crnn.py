@@ -16,14 +16,7 @@ from minipt.models.crnn import CRNN, ENGLISH_CHARSET, OFFICIAL_FILE, english_g2,
 from PIL import Image, ImageDraw, ImageFont  # pillow renders the test images (a test dependency)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small per-time-step matrices: one torch thread is faster than two, and does not stall on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def render(text: str, size: int | None = None, margin: int = 4) -> Image.Image:
     font = ImageFont.load_default() if size is None else ImageFont.load_default(size=size)

@@ -20,14 +20,7 @@ from g2p_en_reference import reference_g2p
 WORDS = ["activationist", "hello", "recurrent", "phoneme", "tensor", "Zyzzyva", "a", "supercalifragilistic"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small per-time-step matrices: one torch thread is faster than two, and does not stall on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def model():
