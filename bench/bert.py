@@ -52,13 +52,16 @@ def batch(vocab: int, size: int, length: int) -> dict:
 
 
 def interleaved(fns: dict, repeats: int) -> dict:
-    """Median of each function, measured in alternation so drifts in machine speed hit both."""
+    """Median of each function, measured in alternation so drifts in machine speed hit both alike."""
     for fn in fns.values():
         fn()
         fn()
     times = {name: [] for name in fns}
+    order = list(fns)
     for _ in range(repeats):
-        for name, fn in fns.items():
+        order.reverse()  # alternate who goes first: the second run of a pair finds warmer caches
+        for name in order:
+            fn = fns[name]
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
