@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import Checkpoint, load_weights
+from ..checkpoint import Checkpoint, Pretrained
 from ..errors import ConfigError, InputError
 from ..hub import resolve
 from ..keymap import KeyMap
@@ -104,7 +104,7 @@ class BidirectionalLSTM(nn.Module):
         return self.proj(hidden)  # (B, T, out)
 
 
-class CRNN(nn.Module):
+class CRNN(Pretrained, nn.Module):
     def __init__(self, config: CRNNConfig | None = None):
         super().__init__()
         self.config = config = config or CRNNConfig()
@@ -168,17 +168,17 @@ class CRNN(nn.Module):
     def keymap(cls, config: CRNNConfig | None = None) -> KeyMap:
         return KEYMAP
 
+    config_class = CRNNConfig
+
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike = "easyocr-english-g2", *, device=None) -> "CRNN":
+    def load_config(cls, path, checkpoint: Checkpoint, **overrides) -> CRNNConfig:
+        return CRNNConfig(**overrides)  # EasyOCR's file has no config: the architecture is fixed
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike = "easyocr-english-g2", **kwargs) -> "CRNN":
         """EasyOCR's recogniser from its official ``.pth`` (a file, its folder, or a catalogue name), in eval mode."""
-        path = resolve(name_or_path)
-        if path.is_dir():
-            path = path / OFFICIAL_FILE
-        config = CRNNConfig()
-        with torch.device("meta"):
-            model = cls(config)
-        load_weights(model, Checkpoint(path), cls.keymap(config), device=device)
-        return model.eval()
+        path = resolve(name_or_path)  # EasyOCR's own folder also holds its text detector: pick the recogniser
+        return super().from_pretrained(path / OFFICIAL_FILE if path.is_dir() else path, **kwargs)
 
 
 OFFICIAL_FILE = "english_g2.pth"

@@ -27,9 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import Checkpoint, load_weights
+from ..checkpoint import Checkpoint, Pretrained
 from ..errors import CheckpointError, ConfigError, InputError
-from ..hub import resolve
 from ..keymap import KeyMap
 from ..nn import GRU
 
@@ -51,7 +50,7 @@ class G2PConfig:
                 raise ConfigError(f"G2PConfig.{name} lacks the special token(s) {missing}")
 
 
-class G2P(nn.Module):
+class G2P(Pretrained, nn.Module):
     def __init__(self, config: G2PConfig):
         super().__init__()
         self.config = config
@@ -118,18 +117,19 @@ class G2P(nn.Module):
     def keymap(cls, config: G2PConfig | None = None) -> KeyMap:
         return KEYMAP
 
+    config_class = G2PConfig
+
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike = "g2p-en", *, device=None) -> "G2P":
-        """g2p-en's model from its folder (``checkpoint20.npz`` + ``g2p.py``) or a catalogue name, in eval mode."""
-        folder = resolve(name_or_path)
-        if folder.is_file():
-            folder = folder.parent
+    def load_config(cls, path, checkpoint: Checkpoint, **overrides) -> G2PConfig:
+        """The vocabularies live in g2p-en's source beside the arrays, read as text."""
+        folder = path if path.is_dir() else path.parent
         graphemes, phonemes = read_vocabularies(folder / VOCAB_FILE)
-        config = G2PConfig(graphemes=graphemes, phonemes=phonemes)
-        with torch.device("meta"):
-            model = cls(config)
-        load_weights(model, Checkpoint(folder / OFFICIAL_FILE), cls.keymap(config), device=device)
-        return model.eval()
+        return G2PConfig(graphemes=graphemes, phonemes=phonemes, **overrides)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike = "g2p-en", **kwargs) -> "G2P":
+        """g2p-en's model from its folder (``checkpoint20.npz`` + ``g2p.py``) or a catalogue name, in eval mode."""
+        return super().from_pretrained(name_or_path, **kwargs)
 
 
 OFFICIAL_FILE = "checkpoint20.npz"
