@@ -306,9 +306,10 @@ def save_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
 class Pretrained:
     """``from_pretrained`` / ``save_pretrained`` for a model class.
 
-    The class provides ``config_class`` (with ``from_dict``/``to_dict``),
-    ``keymap(config)`` and optionally ``adapt_config(config, checkpoint)`` for
-    what the checkpoint itself decides (a pooler present or not, a depth).
+    The class provides ``config_class`` (with ``from_dict``/``to_dict``) and
+    ``keymap(config)``; optionally ``adapt_config(config, checkpoint)`` for
+    what the checkpoint itself decides (a pooler present or not), or a whole
+    ``load_config(path, checkpoint)`` for formats without a ``config.json``.
     """
 
     config_class: type
