@@ -111,14 +111,13 @@ def cmd_embed(args) -> int:
 def cmd_inspect(args) -> int:
     import torch
 
-    from .checkpoint import Checkpoint, read_config
+    from .checkpoint import Checkpoint
     from .hub import resolve
-    from .models import model_class
+    from .models import model_class_for
 
     path = resolve(args.path)
-    directory = path if path.is_dir() else path.parent
-    cls = model_class(read_config(directory))
     checkpoint = Checkpoint(path)  # reads names and shapes only
+    cls = model_class_for(path, checkpoint)
     config = cls.load_config(path, checkpoint)
     with torch.device("meta"):
         model = cls(config)

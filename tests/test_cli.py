@@ -47,3 +47,19 @@ def test_diff(capsys):
     assert cli.main(["diff", str(minilm_path()), "one sentence", "and another, longer one"]) == 0
     diffs = [float(v) for v in re.findall(r"^  (?:embeddings|layer \d|pooler) +(\S+)$", capsys.readouterr().out, flags=re.M)]
     assert len(diffs) == 8 and max(diffs) <= 1e-5
+
+
+def test_inspect_config_less_formats(tmp_path, capsys):
+    from safetensors.torch import save_file
+    from torchvision.models.resnet import resnet18
+
+    torch.save(resnet18().state_dict(), tmp_path / "resnet18.pth")
+    assert cli.main(["inspect", str(tmp_path / "resnet18.pth")]) == 0
+    out = capsys.readouterr().out
+    assert "ResNet from" in out and re.search(r"total +11,689,512", out)
+    assert "conv1.weight (64, 3, 7, 7) -> stem.conv.weight" in out
+    assert cli.main(["inspect", "efficientnet_lite0"]) == 0
+    assert "_blocks.15._project_conv.weight (320, 1152, 1, 1) -> " in capsys.readouterr().out
+    save_file({"mystery.weight": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    assert cli.main(["inspect", str(tmp_path / "other.safetensors")]) == 1
+    assert "match none of minipt's config-less formats" in capsys.readouterr().err

@@ -22,6 +22,15 @@ MODEL_TYPES = {
 }
 
 
+# Official formats without a config.json, told apart by a tensor only they hold.
+SIGNATURES = {
+    "layer1.0.conv1.weight": "minipt.models.resnet:ResNet",
+    "_conv_stem.weight": "minipt.models.efficientnet:EfficientNet",
+    "FeatureExtraction.ConvNet.0.weight": "minipt.models.crnn:CRNN",
+    "enc_emb": "minipt.models.g2p:G2P",
+}
+
+
 def _load(target: str) -> type:
     module, _, name = target.partition(":")
     return getattr(import_module(module), name)
@@ -36,3 +45,17 @@ def model_class(config: dict) -> type:
     if model_type in MODEL_TYPES:
         return _load(MODEL_TYPES[model_type])
     raise ConfigError(f"no minipt model for model_type {model_type!r} (architectures {config.get('architectures')}); supported: {', '.join(MODEL_TYPES)}")
+
+
+def model_class_for(path, checkpoint) -> type:
+    """The minipt class for a checkpoint: from its ``config.json``, or from the tensors it holds."""
+    from ..checkpoint import CONFIG, read_config
+
+    directory = path if path.is_dir() else path.parent
+    if (directory / CONFIG).is_file():
+        return model_class(read_config(directory))
+    keys = {key.removeprefix("module.") for key in checkpoint.keys()}
+    for key, target in SIGNATURES.items():
+        if key in keys:
+            return _load(target)
+    raise ConfigError(f"{path} has no {CONFIG}, and its tensors match none of minipt's config-less formats ({', '.join(SIGNATURES)})")

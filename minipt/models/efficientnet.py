@@ -223,6 +223,11 @@ class EfficientNet(nn.Module):
         return KEYMAP
 
     @classmethod
+    def load_config(cls, path, checkpoint: Checkpoint) -> EfficientNetConfig:
+        """The official file has no config: the Lite variant is read off the tensors' shapes."""
+        return infer_config(checkpoint)
+
+    @classmethod
     def from_pretrained(cls, name_or_path="efficientnet_lite0", *, variant: str | None = None, dtype=None, device=None) -> "EfficientNet":
         """Load official-format weights (catalogue name, .pth, .safetensors or folder); the Lite variant is read from the shapes (eval mode)."""
         checkpoint = _open(name_or_path)

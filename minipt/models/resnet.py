@@ -243,6 +243,11 @@ class ResNet(nn.Module):
         return KEYMAP
 
     @classmethod
+    def load_config(cls, path, checkpoint: Checkpoint, **overrides) -> ResNetConfig:
+        """torchvision's format has no config: the architecture is read off the tensors."""
+        return infer_config(checkpoint, **overrides)
+
+    @classmethod
     def from_pretrained(cls, name_or_path, *, dtype: torch.dtype | None = None, device=None, **overrides) -> "ResNet":
         """Load a torchvision-format checkpoint (.pth, .safetensors or a folder); the architecture is read from it (eval mode)."""
         checkpoint = _open(name_or_path)
