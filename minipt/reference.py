@@ -48,6 +48,7 @@ def import_transformers():
     bare_torchvision()
     import transformers  # reference-only
 
+    transformers.utils.logging.disable_progress_bar()  # its loading bar would break the tables minipt prints
     return transformers
 
 
