@@ -223,18 +223,19 @@ class EfficientNet(nn.Module):
         return KEYMAP
 
     @classmethod
-    def load_config(cls, path, checkpoint: Checkpoint) -> EfficientNetConfig:
-        """The official file has no config: the Lite variant is read off the tensors' shapes."""
-        return infer_config(checkpoint)
+    def load_config(cls, path, checkpoint: Checkpoint, variant: str | None = None) -> EfficientNetConfig:
+        """The official file has no config: the Lite variant and the classes are read off the tensors' shapes."""
+        config = EfficientNetConfig.lite(variant) if variant else infer_config(checkpoint)
+        fc = [k for k in checkpoint.keys() if KEYMAP.canonical(k) == "_fc.weight"]
+        if fc:
+            config.num_classes = checkpoint.shape(fc[0])[0]
+        return config
 
     @classmethod
     def from_pretrained(cls, name_or_path="efficientnet_lite0", *, variant: str | None = None, dtype=None, device=None) -> "EfficientNet":
         """Load official-format weights (catalogue name, .pth, .safetensors or folder); the Lite variant is read from the shapes (eval mode)."""
         checkpoint = _open(name_or_path)
-        config = EfficientNetConfig.lite(variant) if variant else infer_config(checkpoint)
-        fc = [k for k in checkpoint.keys() if KEYMAP.canonical(k) == "_fc.weight"]
-        if fc:
-            config.num_classes = checkpoint.shape(fc[0])[0]
+        config = cls.load_config(checkpoint.path, checkpoint, variant)
         with torch.device("meta"):
             model = cls(config)
         load_weights(model, checkpoint, KEYMAP, dtype=dtype, device=device)

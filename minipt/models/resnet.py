@@ -251,8 +251,7 @@ class ResNet(nn.Module):
     def from_pretrained(cls, name_or_path, *, dtype: torch.dtype | None = None, device=None, **overrides) -> "ResNet":
         """Load a torchvision-format checkpoint (.pth, .safetensors or a folder); the architecture is read from it (eval mode)."""
         checkpoint = _open(name_or_path)
-        config = infer_config(checkpoint, **overrides)
-        return cls._load(config, checkpoint, dtype=dtype, device=device)
+        return cls._load(cls.load_config(checkpoint.path, checkpoint, **overrides), checkpoint, dtype=dtype, device=device)
 
     @classmethod
     def _load(cls, config: ResNetConfig, checkpoint: Checkpoint, *, dtype=None, device=None) -> "ResNet":
