@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CheckpointError, CheckpointNotFoundError, ConfigError, KeyMismatchError
+from .errors import CheckpointError, CheckpointNotFoundError, ConfigError, InputError, KeyMismatchError
 from .hub import resolve
 from .keymap import KeyMap
 
@@ -46,9 +46,14 @@ def read_config(directory: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{directory} has no {CONFIG}")
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path} is not valid JSON: {err}") from err
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise ConfigError(f"{path} is not valid JSON: {err}") from None
+    except OSError as err:
+        raise ConfigError(f"{path} cannot be read: {err}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} holds a JSON {type(values).__name__}, not an object of config fields")
+    return values
 
 
 def weight_files(path: Path) -> list[Path]:
@@ -159,21 +164,26 @@ class Checkpoint:
 # -- matching names ----------------------------------------------------------
 def model_keys(model: nn.Module) -> dict[str, tuple[int, ...]]:
     """A model's tensors by name with their shapes; a tied tensor counts once (first name)."""
+    return {name: tuple(tensor.shape) for name, tensor in _model_tensors(model).items()}
+
+
+def _model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     seen: set[int] = set()
-    keys = {}
+    tensors = {}
     for name, tensor in model.state_dict(keep_vars=True).items():
         if id(tensor) not in seen:
             seen.add(id(tensor))
-            keys[name] = tuple(tensor.shape)
-    return keys
+            tensors[name] = tensor
+    return tensors
 
 
-def match(checkpoint: Checkpoint, keymap: KeyMap, expected: dict[str, tuple], owner: str, init_missing=()) -> dict[str, str]:
-    """Map every minipt key to the checkpoint key that fills it, or raise one error naming every problem.
+def match(checkpoint: Checkpoint, keymap: KeyMap, expected: dict[str, tuple], owner: str, init_missing=()) -> dict[str, str | torch.Tensor]:
+    """Map every minipt key to the checkpoint key that fills it (or the key map's default for a
+    tensor the format may lack), or raise one error naming every problem.
 
     Keys under the module names in ``init_missing`` may be absent (a new head to train).
     """
-    sources: dict[str, str] = {}
+    sources: dict[str, str | torch.Tensor] = {}
     unexpected, wrong_shape, duplicate = [], [], []
     for file_key in checkpoint.keys():
         official = keymap.canonical(file_key)
@@ -192,11 +202,15 @@ def match(checkpoint: Checkpoint, keymap: KeyMap, expected: dict[str, tuple], ow
             wrong_shape.append(f"{file_key}: checkpoint has {checkpoint.shape(file_key)}, {owner} expects {_official_shape(keymap, key, expected[key])}")
         sources[key] = file_key
     fresh = tuple(name + "." for name in init_missing)
-    missing = [
-        f"{_official_name(keymap, key)} {_official_shape(keymap, key, shape)}"
-        for key, shape in expected.items()
-        if key not in sources and not key.startswith(fresh)
-    ]
+    missing = []
+    for key, shape in expected.items():
+        if key in sources or key.startswith(fresh):
+            continue
+        default = keymap.default(_official_name(keymap, key))
+        if default is not None and tuple(default.shape) == shape:
+            sources[key] = default
+        else:
+            missing.append(f"{_official_name(keymap, key)} {_official_shape(keymap, key, shape)}")
     if missing or unexpected or wrong_shape or duplicate:
         raise KeyMismatchError(_mismatch_message(checkpoint.path, owner, missing, unexpected, wrong_shape, duplicate))
     return sources
@@ -239,13 +253,18 @@ def load_weights(
     The submodules named in ``init_missing`` (say ``("classifier",)`` for a new
     head) may be absent from the checkpoint; they are freshly initialised.
     """
-    sources = match(checkpoint, keymap, model_keys(model), type(model).__name__, init_missing)
+    targets = _model_tensors(model)
+    sources = match(checkpoint, keymap, {k: tuple(t.shape) for k, t in targets.items()}, type(model).__name__, init_missing)
     state = {}
     for key, file_key in sources.items():
-        tensor = checkpoint.get(file_key)
-        transform = keymap.to_minipt(keymap.canonical(file_key))[1]
-        if transform is not None:
-            tensor = transform.to_minipt(tensor)
+        if isinstance(file_key, torch.Tensor):  # the key map's default for a tensor the format may lack
+            tensor = file_key
+        else:
+            tensor = checkpoint.get(file_key)
+            transform = keymap.to_minipt(keymap.canonical(file_key))[1]
+            if transform is not None:
+                tensor = transform.to_minipt(tensor)
+        tensor = _fit_kind(tensor, targets[key], checkpoint.path, file_key)
         if dtype is not None and tensor.is_floating_point():
             tensor = tensor.to(dtype)
         if device is not None:
@@ -265,6 +284,21 @@ def load_weights(
     if left_on_meta:
         raise CheckpointError(f"{type(model).__name__} has tensors no checkpoint key fills: {left_on_meta}")
     return model
+
+
+def _fit_kind(tensor: torch.Tensor, target: torch.Tensor, path, file_key) -> torch.Tensor:
+    """A tensor of the right kind for its place: floating for weights, integer for counters.
+
+    A header that says int32 where a weight is stored would otherwise load
+    integers into a float parameter without a word.
+    """
+    if target.is_floating_point():
+        if not tensor.is_floating_point():
+            raise CheckpointError(f"{path}: tensor {file_key!r} has dtype {tensor.dtype}, but the model keeps floating-point values there")
+        return tensor
+    if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
+        raise CheckpointError(f"{path}: tensor {file_key!r} has dtype {tensor.dtype}, but the model keeps {target.dtype} values there")
+    return tensor.to(target.dtype)
 
 
 def _reset_parameters(module: nn.Module) -> None:
@@ -304,19 +338,41 @@ def save_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
 
 
 class Pretrained:
-    """``from_pretrained`` / ``save_pretrained`` for a model class.
+    """``from_pretrained`` / ``save_pretrained``: the one loading protocol every minipt model follows.
 
-    The class provides ``config_class`` (with ``from_dict``/``to_dict``) and
-    ``keymap(config)``; optionally ``adapt_config(config, checkpoint)`` for
-    what the checkpoint itself decides (a pooler present or not), or a whole
-    ``load_config(path, checkpoint)`` for formats without a ``config.json``.
+    A model class declares:
+
+    - ``config_class``: its ``minipt.config.Config`` dataclass;
+    - ``keymap(config)``: the official names of its tensors;
+    - ``checkpoint_fields``: what the checkpoint's tensors fix in the config,
+      ``{field: (minipt key, dim)}`` for a size and ``{field: "prefix."}`` for
+      the number of numbered blocks under a prefix; checked before any module
+      is built, so an inconsistent config is refused without allocating;
+    - for an official format without a ``config.json`` (torchvision, EfficientNet-Lite,
+      EasyOCR, g2p-en): ``config_from_checkpoint(path, checkpoint)``, the
+      config read off the tensors (and the files beside them);
+    - optionally ``weights_file`` (the file to read in a folder that holds
+      several) and ``adapt_config`` (what the checkpoint decides, such as a
+      pooler present or not).
+
+    ``save_pretrained`` writes ``config.json`` (every config writes itself)
+    and ``model.safetensors`` under the official names; ``from_pretrained``
+    reads that back, and the official files too.
     """
 
     config_class: type
+    checkpoint_fields: dict = {}
+    weights_file: str | None = None
+    default_checkpoint: str | None = None  # what from_pretrained() loads when given no name
 
     @classmethod
     def keymap(cls, config) -> KeyMap:  # pragma: no cover - every model defines it
         raise NotImplementedError
+
+    @classmethod
+    def config_from_checkpoint(cls, path: Path, checkpoint: Checkpoint):
+        """The config of an official file that comes without ``config.json``; None: the format has one."""
+        return None
 
     @classmethod
     def adapt_config(cls, config, checkpoint: Checkpoint):
@@ -324,22 +380,71 @@ class Pretrained:
         return config
 
     @classmethod
-    def load_config(cls, path: Path, checkpoint: Checkpoint, **overrides):
-        """The config of the checkpoint at ``path``: its ``config.json``, adapted to the tensors it holds."""
-        directory = path if path.is_dir() else path.parent
-        return cls.adapt_config(cls.config_class.from_dict(read_config(directory), **overrides), checkpoint)
+    def open_checkpoint(cls, path: Path) -> Checkpoint:
+        if path.is_dir() and cls.weights_file and (path / cls.weights_file).is_file():
+            path = path / cls.weights_file
+        return Checkpoint(path)
 
     @classmethod
-    def from_pretrained(cls, name_or_path, *, dtype: torch.dtype | None = None, device=None, init_missing=(), **config_overrides):
+    def load_config(cls, path: Path, checkpoint: Checkpoint, **overrides):
+        """The config for the checkpoint at ``path``, checked against its tensors' names and shapes."""
+        directory = path if path.is_dir() else path.parent
+        if (directory / CONFIG).is_file():
+            config = cls.config_class.from_dict(read_config(directory), source=directory / CONFIG, **overrides)
+        else:
+            found = cls.config_from_checkpoint(path, checkpoint)
+            if found is None:
+                from .models import describe
+
+                raise ConfigError(f"{path} has no {CONFIG}, which {cls.__name__} needs; {describe(path, checkpoint)}")
+            config = found.replace(source=f"the config read off {path}", **overrides)
+        config = cls.adapt_config(config, checkpoint)
+        cls.check_config(config, checkpoint)
+        return config
+
+    @classmethod
+    def check_config(cls, config, checkpoint: Checkpoint) -> None:
+        """Refuse a config that disagrees with the checkpoint's tensors, naming each field (no module is built)."""
+        keymap = cls.keymap(config)
+        found: dict[str, tuple[str, tuple]] = {}  # minipt key -> (file key, shape in minipt's layout)
+        for file_key in checkpoint.keys():
+            target = keymap.to_minipt(keymap.canonical(file_key))
+            if target is not None:
+                shape = checkpoint.shape(file_key)
+                found[target[0]] = (file_key, target[1].minipt_shape(shape) if target[1] is not None else shape)
+        problems = []
+        for name, where in cls.checkpoint_fields.items():
+            value = getattr(config, name)
+            if isinstance(where, str):  # a count of numbered blocks
+                under = [file_key for key, (file_key, _) in found.items() if key.startswith(where)]
+                held = len({key[len(where) :].split(".")[0] for key in found if key.startswith(where)})
+                if value != held:
+                    example = f" (such as {under[0]})" if under else ""
+                    problems.append(f"{name} = {value!r}, but the checkpoint holds {held}{example}")
+            elif where[0] in found:  # a size
+                file_key, shape = found[where[0]]
+                if len(shape) <= where[1] or shape[where[1]] != value:
+                    problems.append(f"{name} = {value!r}, but {file_key} has shape {checkpoint.shape(file_key)}")
+        if problems:
+            raise ConfigError(f"the config of {cls.__name__} does not match the checkpoint {checkpoint.path}: " + "; ".join(problems))
+
+    @classmethod
+    def from_pretrained(cls, name_or_path=None, *, dtype: torch.dtype | str | None = None, device=None, init_missing=(), **config_overrides):
         """Load official weights from a local path, a catalogued name or a hub repo id (eval mode).
 
-        ``init_missing`` names submodules the checkpoint may lack and that are
-        initialised afresh (a classifier head on a pre-trained encoder);
-        every other missing tensor is an error. ``config_overrides`` replace
-        fields of the checkpoint's config (``num_labels=3``).
+        ``dtype`` (a floating-point dtype) and ``device`` cast the tensors on
+        the way in. ``init_missing`` names submodules the checkpoint may lack
+        and that are initialised afresh (a classifier head on a pre-trained
+        encoder); every other missing tensor is an error. ``config_overrides``
+        replace fields of the checkpoint's config (``num_labels=3``).
         """
+        dtype, device = check_dtype(dtype), check_device(device)
+        if name_or_path is None:
+            if cls.default_checkpoint is None:
+                raise CheckpointNotFoundError(f"{cls.__name__}.from_pretrained needs a path, catalogue name or hub repo id")
+            name_or_path = cls.default_checkpoint
         path = resolve(name_or_path)
-        checkpoint = Checkpoint(path)
+        checkpoint = cls.open_checkpoint(path)
         config = cls.load_config(path, checkpoint, **config_overrides)
         with torch.device("meta"):
             model = cls(config)
@@ -348,6 +453,11 @@ class Pretrained:
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` and ``model.safetensors`` with the official key names."""
+        if getattr(self, "fused", False):
+            raise ConfigError(
+                f"a fused {type(self).__name__} has its BatchNorm folded into the convolutions and cannot be saved in the official format; "
+                "save the model before fuse()"
+            )
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         config = {"architectures": [type(self).__name__], **self.config.to_dict()}
@@ -355,3 +465,34 @@ class Pretrained:
         save_safetensors(official_state_dict(self, self.keymap(self.config)), directory / SAFETENSORS)
         return directory
 
+
+def check_dtype(dtype) -> torch.dtype | None:
+    """A floating-point torch dtype (``torch.float16`` or ``"float16"``), or None."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype.removeprefix("torch."), dtype)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise InputError(f"dtype must be a floating-point torch dtype (torch.float32, torch.bfloat16, ...), got {dtype!r}")
+    return dtype
+
+
+def check_device(device) -> torch.device | None:
+    """A device this machine has, or None."""
+    if device is None:
+        return None
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise InputError(f"device {device!r} is not a torch device: {err}") from None
+    if device.type == "meta":
+        raise InputError("device 'meta' holds no data; load to 'cpu' or an accelerator")
+    if device.type != "cpu":
+        backend = getattr(torch, device.type, None)
+        available = backend is not None and hasattr(backend, "is_available") and backend.is_available()
+        if not available:
+            raise InputError(f"device {str(device)!r} is not available on this machine (torch.{device.type}.is_available() is False)")
+        count = backend.device_count() if hasattr(backend, "device_count") else 1
+        if device.index is not None and device.index >= count:
+            raise InputError(f"device {str(device)!r} does not exist: this machine has {count} {device.type} device(s)")
+    return device

@@ -12,7 +12,10 @@ file may hold:
 - ``ignore``: tensors deliberately not loaded (buffers, heads the model lacks);
 - ``tied``: tensors that repeat another one (an output layer tied to the
   input embedding); accepted on load, never written;
-- ``optional_prefix``: a prefix some files put before every key.
+- ``optional_prefix``: a prefix some files put before every key;
+- ``defaults``: tensors a format may lack, with the value they take then
+  (BatchNorm's ``num_batches_tracked``, absent from files saved before
+  PyTorch 0.4.1, starts at 0 as torch.nn itself does).
 
 ``{*}`` (only in ``renames`` and ``ignore``) stands for any run of segments.
 A rule may carry a ``Transform`` for tensors stored in another layout.
@@ -84,6 +87,7 @@ class KeyMap:
         ignore: Iterable[str] = (),
         tied: Iterable[tuple[str, str]] = (),
         optional_prefix: str = "",
+        defaults: dict[str, torch.Tensor] | None = None,
     ):
         self.rules: list[Rule] = [r if isinstance(r, Rule) else Rule(*r) for r in rules]
         self.renames = [(legacy, official) for legacy, official in renames]
@@ -92,6 +96,8 @@ class KeyMap:
         self.optional_prefix = optional_prefix
         self._renames = [(_compile(legacy), official) for legacy, official in self.renames]
         self._ignore = [_compile(p) for p in self.ignore]
+        self.defaults = dict(defaults or {})  # official pattern -> the tensor it is when the file lacks it
+        self._defaults = [(_compile(p), value) for p, value in self.defaults.items()]
 
     # -- composing maps ---------------------------------------------------
     def prefixed(self, official: str, minipt: str) -> "KeyMap":
@@ -101,6 +107,7 @@ class KeyMap:
             renames=[(official + a, official + b) for a, b in self.renames],
             ignore=[official + p for p in self.ignore],
             tied={official + k: official + v for k, v in self.tied.items()},
+            defaults={official + k: v for k, v in self.defaults.items()},
         )
 
     def __add__(self, other: "KeyMap") -> "KeyMap":
@@ -110,6 +117,7 @@ class KeyMap:
             ignore=self.ignore + other.ignore,
             tied={**self.tied, **other.tied},
             optional_prefix=self.optional_prefix or other.optional_prefix,
+            defaults={**self.defaults, **other.defaults},
         )
 
     # -- one key at a time ------------------------------------------------
@@ -125,6 +133,13 @@ class KeyMap:
 
     def is_ignored(self, official_key: str) -> bool:
         return official_key in self.tied or any(p.match(official_key) for p in self._ignore)
+
+    def default(self, official_key: str) -> torch.Tensor | None:
+        """The value a tensor takes when the file lacks it, if the format allows that."""
+        for pattern, value in self._defaults:
+            if pattern.match(official_key):
+                return value.clone()  # each module gets its own (BatchNorm counts in place)
+        return None
 
     def to_minipt(self, official_key: str) -> tuple[str, Transform | None] | None:
         for rule in self.rules:

@@ -57,15 +57,15 @@ def test_config_of_another_architecture(saved, tmp_path):
 
 
 def test_unsupported_config_values():
-    with pytest.raises(ConfigError, match="not a multiple"):
+    with pytest.raises(ConfigError, match="num_attention_heads = 4: expected a divisor of hidden_size 30"):
         BertConfig(hidden_size=30, num_attention_heads=4)
-    with pytest.raises(ConfigError, match="relative_key"):
+    with pytest.raises(ConfigError, match="position_embedding_type = 'relative_key': expected one of 'absolute'"):
         BertConfig(position_embedding_type="relative_key")
-    with pytest.raises(ConfigError, match="hidden_act 'mish'"):
+    with pytest.raises(ConfigError, match="hidden_act = 'mish': expected one of 'gelu'"):
         BertConfig(hidden_act="mish")
     with pytest.raises(ConfigError, match="is_decoder"):
         BertConfig.from_dict({"model_type": "bert", "is_decoder": True})
-    with pytest.raises(ConfigError, match="unknown BertConfig fields: hidden_sise"):
+    with pytest.raises(ConfigError, match=r"unknown BertConfig field\(s\): hidden_sise"):
         BertConfig.from_dict({}, hidden_sise=3)
 
 
@@ -90,7 +90,8 @@ def test_checkpoint_of_a_bigger_model(saved, tmp_path):
     config = tiny_hf_config(num_hidden_layers=3)
     transformers.BertModel(config).save_pretrained(tmp_path)
     (tmp_path / "config.json").write_text((saved / "config.json").read_text())  # config says 2 layers
-    with pytest.raises(KeyMismatchError, match=r"unexpected \(16\):\n    encoder\.layer\.2\."):
+    # refused from the names and shapes alone, before any module is built
+    with pytest.raises(ConfigError, match=r"num_hidden_layers = 2, but the checkpoint holds 3 \(such as embeddings|num_hidden_layers = 2, but the checkpoint holds 3 \(such as encoder\.layer\.0\."):
         BertModel.from_pretrained(tmp_path)
 
 

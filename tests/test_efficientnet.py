@@ -201,13 +201,16 @@ def test_resnet_checkpoint_is_refused(tmp_path):
     from minipt.models.resnet import resnet18
 
     resnet18().save_pretrained(tmp_path / "r18")
+    with pytest.raises(ConfigError, match=r"describes a 'resnet' model, not 'efficientnet-lite': load it with minipt.models.resnet.ResNet"):
+        en.EfficientNet.from_pretrained(tmp_path / "r18")
+    (tmp_path / "r18" / "config.json").unlink()  # the bare torchvision-format file
     with pytest.raises(KeyMismatchError, match=r"not an official-format EfficientNet: it has no _conv_stem.weight \(its first keys: "):
         en.EfficientNet.from_pretrained(tmp_path / "r18")
 
 
 def test_wrong_variant(official_path):
-    with pytest.raises(KeyMismatchError, match=r"(?s)wrong shape.*_blocks.1._expand_conv.weight"):
-        en.EfficientNet.from_pretrained(official_path, variant="lite4")
+    with pytest.raises(ConfigError, match=r"num_blocks = 30, but the checkpoint holds 16 \(such as _blocks.0"):
+        en.EfficientNet.from_pretrained(official_path, **en.LITE["lite4"])
     with pytest.raises(ConfigError, match="unknown EfficientNet-Lite variant 'lite9'"):
         en.EfficientNetConfig.lite("lite9")
 

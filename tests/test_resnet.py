@@ -210,7 +210,7 @@ def test_num_classes_from_checkpoint_and_override(tmp_path):
     torch.save(reference.state_dict(), tmp_path / "r18.pth")
     assert mr.resnet18(weights=tmp_path / "r18.pth").head.out_features == 10
     assert mr.resnet18(num_classes=7).head.out_features == 7
-    with pytest.raises(KeyMismatchError, match=r"fc.weight: checkpoint has \(10, 512\), ResNet expects \(1000, 512\)"):
+    with pytest.raises(KeyMismatchError, match=r"does not fit resnet18 \(basic blocks 2-2-2-2, 1000 classes\): the checkpoint looks like resnet18 \(basic blocks 2-2-2-2, 10 classes\)"):
         mr.resnet18(weights=tmp_path / "r18.pth", num_classes=1000)
 
 
@@ -237,15 +237,13 @@ def test_checkpoint_of_another_depth(resnet50_pair):
     _, path = resnet50_pair
     with pytest.raises(KeyMismatchError) as err:
         mr.resnet18(weights=path)
-    message = str(err.value)
-    assert "layer1.0.conv1.weight: checkpoint has (64, 64, 1, 1), ResNet expects (64, 64, 3, 3)" in message
-    assert "unexpected" in message and "layer1.0.conv3.weight (256, 64, 1, 1)" in message
-    assert "looks like resnet50 (bottleneck blocks 3-4-6-3" in message
+    message = str(err.value)  # refused from the names and shapes alone, before any module is built
+    assert "does not fit resnet18 (basic blocks 2-2-2-2, 1000 classes): the checkpoint looks like resnet50 (bottleneck blocks 3-4-6-3" in message
 
 
 def test_resnext_checkpoint_into_plain_resnet50(tmp_path):
     torch.save(torchvision_resnet.resnext50_32x4d().state_dict(), tmp_path / "x.pth")
-    with pytest.raises(KeyMismatchError, match=r"(?s)layer1.0.conv1.weight: checkpoint has \(128, 64, 1, 1\).*looks like resnext50_32x4d"):
+    with pytest.raises(KeyMismatchError, match=r"does not fit resnet50 \(bottleneck blocks 3-4-6-3, 1000 classes\): the checkpoint looks like resnext50_32x4d"):
         mr.resnet50(weights=tmp_path / "x.pth")
 
 
@@ -253,7 +251,7 @@ def test_checkpoint_of_another_architecture(tmp_path):
     torch.save({"_conv_stem.weight": torch.zeros(32, 3, 3, 3), "_fc.weight": torch.zeros(1000, 1280)}, tmp_path / "effnet.pth")
     with pytest.raises(KeyMismatchError, match=r"not a torchvision-format ResNet: it has no conv1.weight.*_conv_stem.weight \(32, 3, 3, 3\)"):
         mr.ResNet.from_pretrained(tmp_path / "effnet.pth")
-    with pytest.raises(KeyMismatchError, match="does not look like a torchvision-format ResNet"):
+    with pytest.raises(KeyMismatchError, match="not a torchvision-format ResNet"):
         mr.resnet18(weights=tmp_path / "effnet.pth")
 
 
@@ -278,7 +276,7 @@ def test_fused_model_cannot_be_saved(tmp_path):
 
 
 def test_bad_config():
-    with pytest.raises(ConfigError, match="BasicBlock supports only groups=1"):
+    with pytest.raises(ConfigError, match=r"groups/width_per_group = \(32, 64\): expected \(1, 64\) for BasicBlock"):
         mr.resnet18(groups=32)
     with pytest.raises(ConfigError, match="four stages"):
         mr.ResNet(mr.ResNetConfig("basic", (2, 2, 2)))

@@ -11,82 +11,86 @@ through the key map at the bottom of this file.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import Checkpoint, Pretrained
+from ..config import Config, count, epsilon, flag, minipt_only, one_of, probability, real, require, token_id
 from ..errors import ConfigError, InputError
 from ..keymap import KeyMap
 from ..nn import LayerNorm, MultiHeadAttention, activation, attention_bias, set_backend
+from ..nn.backend import check_backend
 from ..nn.layers import ACTIVATIONS
+
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
 
 @dataclass
-class BertConfig:
-    """The fields of a Hugging Face BERT ``config.json`` (unknown fields are ignored)."""
+class BertConfig(Config):
+    """The fields of a Hugging Face BERT ``config.json`` (unknown fields are ignored), checked when built."""
 
-    vocab_size: int = 30522
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072  # the feed-forward's inner width, usually 4 x hidden
-    hidden_act: str = "gelu"  # the exact (erf) GELU; "gelu_new" is the tanh approximation
-    hidden_dropout_prob: float = 0.1
-    attention_probs_dropout_prob: float = 0.1
-    max_position_embeddings: int = 512  # the longest input, in tokens
-    type_vocab_size: int = 2  # segments: sentence A / sentence B
-    layer_norm_eps: float = 1e-12  # BERT's, not torch's 1e-5
-    initializer_range: float = 0.02
-    pad_token_id: int = 0
-    position_embedding_type: str = "absolute"
-    tie_word_embeddings: bool = True  # the MLM decoder reuses the token embedding matrix
+    vocab_size: int = count(30522)
+    hidden_size: int = count(768)
+    num_hidden_layers: int = count(12)
+    num_attention_heads: int = count(12)
+    intermediate_size: int = count(3072)  # the feed-forward's inner width, usually 4 x hidden
+    hidden_act: str = one_of("gelu", ACTIVATIONS)  # the exact (erf) GELU; "gelu_new" is the tanh approximation
+    hidden_dropout_prob: float = probability(0.1)
+    attention_probs_dropout_prob: float = probability(0.1)
+    max_position_embeddings: int = count(512)  # the longest input, in tokens
+    type_vocab_size: int = count(2)  # segments: sentence A / sentence B
+    layer_norm_eps: float = epsilon(1e-12)  # BERT's, not torch's 1e-5
+    initializer_range: float = real(0.02)
+    pad_token_id: int | None = token_id(0)
+    position_embedding_type: str = one_of("absolute", ("absolute",))  # relative positions are not supported
+    tie_word_embeddings: bool = flag(True)  # the MLM decoder reuses the token embedding matrix
     # classification heads
-    num_labels: int = 2
+    num_labels: int = count(2)
     id2label: dict | None = None
-    classifier_dropout: float | None = None  # None: hidden_dropout_prob
-    problem_type: str | None = None  # regression / single_label_classification / multi_label_classification
+    classifier_dropout: float | None = probability(None, optional=True)  # None: hidden_dropout_prob
+    problem_type: str | None = one_of(None, PROBLEM_TYPES, optional=True)
     # minipt's own, not written to config.json
-    add_pooling_layer: bool = field(default=True, metadata={"minipt": True})  # decided by the checkpoint
-    backend: str | None = field(default=None, metadata={"minipt": True})  # see minipt.nn.backend
+    add_pooling_layer: bool = flag(True, minipt_only=True)  # decided by the checkpoint
+    backend: str | None = minipt_only(None)  # see minipt.nn.backend
 
-    def __post_init__(self):
-        if self.hidden_size % self.num_attention_heads:
-            raise ConfigError(f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}")
-        if self.position_embedding_type != "absolute":
-            raise ConfigError(f"position_embedding_type {self.position_embedding_type!r} is not supported (only 'absolute')")
-        if self.hidden_act not in ACTIVATIONS:
-            raise ConfigError(f"hidden_act {self.hidden_act!r} is not supported; supported: {', '.join(ACTIVATIONS)}")
+    def check(self):
+        require(self.hidden_size % self.num_attention_heads == 0, "num_attention_heads", self.num_attention_heads, f"a divisor of hidden_size {self.hidden_size}")
+        require(self.pad_token_id is None or self.pad_token_id < self.vocab_size, "pad_token_id", self.pad_token_id, f"an id below vocab_size {self.vocab_size}")
         if self.id2label is not None:
-            self.id2label = {int(k): v for k, v in self.id2label.items()}
-            self.num_labels = len(self.id2label)
+            require(isinstance(self.id2label, dict) and len(self.id2label) > 0, "id2label", self.id2label, "a non-empty object of label names by class index")
+            try:
+                labels = {int(k): v for k, v in self.id2label.items()}
+            except (TypeError, ValueError):
+                labels = None
+            require(labels is not None and sorted(labels) == list(range(len(labels))), "id2label", self.id2label, "keys 0..num_labels-1")
+            self.id2label, self.num_labels = labels, len(labels)
+        check_backend(self.backend)
+
+    model_type = "bert"
 
     @classmethod
-    def from_dict(cls, config: dict, **overrides) -> "BertConfig":
-        model_type = config.get("model_type", "bert")
-        if model_type != "bert":
-            raise ConfigError(f"config.json describes a {model_type!r} model, not 'bert'")
-        for flag in ("is_decoder", "add_cross_attention"):
-            if config.get(flag):
-                raise ConfigError(f"config.json sets {flag}: BERT as a decoder is not supported")
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise ConfigError(f"unknown BertConfig fields: {', '.join(unknown)}")
-        values = {k: v for k, v in config.items() if k in names}
-        if "num_labels" in overrides:
-            values.pop("id2label", None)
-        return cls(**{**values, **overrides})
+    def prepare(cls, values: dict) -> dict:
+        for flag_name in ("is_decoder", "add_cross_attention"):
+            if values.get(flag_name):
+                raise ConfigError(f"sets {flag_name}: BERT as a decoder is not supported")
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict, *, source=None, **overrides) -> "BertConfig":
+        if "num_labels" in overrides and isinstance(values, dict):
+            values = {k: v for k, v in values.items() if k not in ("id2label", "label2id")}  # the new head decides
+        return super().from_dict(values, source=source, **overrides)
 
     def to_dict(self) -> dict:
-        values = {f.name: getattr(self, f.name) for f in fields(self) if not f.metadata.get("minipt")}
+        values = super().to_dict()
         if values["id2label"] is None:
             values["id2label"] = {i: f"LABEL_{i}" for i in range(self.num_labels)}
         values["label2id"] = {label: i for i, label in values["id2label"].items()}
         del values["num_labels"]  # implied by id2label
-        return {"model_type": "bert", **values}
+        return values
 
 
 @dataclass
@@ -154,6 +158,18 @@ class BertPooler(nn.Module):
         return torch.tanh(self.dense(hidden[:, 0]))  # (B, H)
 
 
+# What a BERT checkpoint's tensors fix in its config (checked before the model is built).
+ENCODER_FIELDS = {
+    "vocab_size": ("embeddings.token.weight", 0),
+    "hidden_size": ("embeddings.token.weight", 1),
+    "max_position_embeddings": ("embeddings.position.weight", 0),
+    "type_vocab_size": ("embeddings.token_type.weight", 0),
+    "intermediate_size": ("layers.0.ffn_up.weight", 0),
+    "num_hidden_layers": "layers.",
+}
+UNDER_BERT = {name: "bert." + where if isinstance(where, str) else ("bert." + where[0], where[1]) for name, where in ENCODER_FIELDS.items()}
+
+
 class _BertPretrained(Pretrained, nn.Module):
     config_class = BertConfig
 
@@ -188,6 +204,7 @@ class BertModel(_BertPretrained):
     """The BERT encoder: ``model(input_ids, attention_mask, token_type_ids) -> BertOutput``."""
 
     _pooler_key = "pooler.dense.weight"
+    checkpoint_fields = ENCODER_FIELDS
 
     def __init__(self, config: BertConfig):
         super().__init__()
@@ -274,6 +291,7 @@ class BertForMaskedLM(_BertPretrained):
     """BERT with the masked-language-model head: logits over the vocabulary at every position."""
 
     _pooler_key = "bert.pooler.dense.weight"
+    checkpoint_fields = UNDER_BERT
 
     def __init__(self, config: BertConfig):
         super().__init__()
@@ -322,6 +340,7 @@ class BertForSequenceClassification(_BertPretrained):
     """BERT with a linear classifier (or regressor, for num_labels = 1) on the pooled output."""
 
     _pooler_key = "bert.pooler.dense.weight"
+    checkpoint_fields = {**UNDER_BERT, "num_labels": ("classifier.weight", 0)}
 
     def __init__(self, config: BertConfig):
         super().__init__()

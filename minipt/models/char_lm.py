@@ -16,13 +16,14 @@ LSTM's ``(h, c)`` state forward, so the prefix is never recomputed.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..checkpoint import Pretrained
-from ..errors import ConfigError, InputError
+from ..config import Config, count, probability, require
+from ..errors import InputError
 from ..keymap import KeyMap
 from ..nn import LSTM
 
@@ -30,36 +31,27 @@ State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (num_layers, B, hidden
 
 
 @dataclass
-class CharLMConfig:
-    vocab_size: int = 256  # one symbol per byte value
-    embed_size: int = 64
-    hidden_size: int = 512
-    num_layers: int = 2
-    dropout: float = 0.1  # between LSTM layers and before the output layer, in training only
+class CharLMConfig(Config):
+    vocab_size: int = count(256)  # one symbol per byte value
+    embed_size: int = count(64)
+    hidden_size: int = count(512)
+    num_layers: int = count(2)
+    dropout: float = probability(0.1)  # between LSTM layers and before the output layer, in training only
 
-    def __post_init__(self):
-        for name in ("vocab_size", "embed_size", "hidden_size", "num_layers"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"CharLMConfig.{name} must be a positive integer, got {value!r}")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"CharLMConfig.dropout must lie in [0, 1), got {self.dropout}")
+    model_type = "char-lm"
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict, **overrides) -> "CharLMConfig":
-        values = {k: v for k, v in {**values, **overrides}.items() if k != "architectures"}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"CharLMConfig has no field(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
+    def check(self):
+        require(self.dropout < 1, "dropout", self.dropout, "a probability below 1 (1 would drop everything)")
 
 
-class CharLM(nn.Module, Pretrained):
+class CharLM(Pretrained, nn.Module):
     config_class = CharLMConfig
+    checkpoint_fields = {
+        "vocab_size": ("embedding.weight", 0),
+        "embed_size": ("embedding.weight", 1),
+        "hidden_size": ("head.weight", 1),
+        "num_layers": "lstm.weight_ih_l",
+    }
 
     def __init__(self, config: CharLMConfig | None = None):
         super().__init__()

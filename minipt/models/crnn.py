@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from ..checkpoint import Checkpoint, Pretrained
-from ..errors import ConfigError, InputError
-from ..hub import resolve
+from ..config import Config, count, require, text
+from ..errors import InputError
 from ..keymap import KeyMap
 from ..nn import LSTM
 
@@ -39,23 +39,25 @@ ENGLISH_CHARSET = string.digits + string.punctuation + " €" + string.ascii_upp
 
 
 @dataclass
-class CRNNConfig:
-    in_channels: int = 1  # grayscale
+class CRNNConfig(Config):
+    in_channels: int = count(1)  # grayscale
     channels: tuple[int, int, int, int] = (32, 64, 128, 256)  # width of the four convolution stages
-    hidden_size: int = 256  # per direction in each BiLSTM; also the width of its output projection
-    charset: str = ENGLISH_CHARSET
-    image_height: int = 64  # the convolutions reduce 64 rows to 3, averaged into one feature column
+    hidden_size: int = count(256)  # per direction in each BiLSTM; also the width of its output projection
+    charset: str = text(ENGLISH_CHARSET)
+    image_height: int = count(64)  # the convolutions reduce 64 rows to 3, averaged into one feature column
+
+    model_type = "crnn"
 
     @property
     def num_classes(self) -> int:
         return len(self.charset) + 1  # + the CTC blank
 
-    def __post_init__(self):
+    def check(self):
+        valid = isinstance(self.channels, (list, tuple)) and len(self.channels) == 4 and all(type(c) is int and c >= 1 for c in self.channels)
+        require(valid, "channels", self.channels, "4 stage widths, positive integers")
         self.channels = tuple(self.channels)
-        if len(self.channels) != 4:
-            raise ConfigError(f"CRNNConfig.channels needs 4 stage widths, got {self.channels}")
-        if len(set(self.charset)) != len(self.charset):
-            raise ConfigError("CRNNConfig.charset repeats a character")
+        require(len(self.charset) > 0 and len(set(self.charset)) == len(self.charset), "charset", self.charset, "distinct characters, at least one")
+        require(self.image_height >= 16, "image_height", self.image_height, "at least 16 rows (the convolutions halve it four times)")
 
 
 def conv3x3(in_channels: int, out_channels: int, bias: bool = True) -> nn.Conv2d:
@@ -105,6 +107,15 @@ class BidirectionalLSTM(nn.Module):
 
 
 class CRNN(Pretrained, nn.Module):
+    config_class = CRNNConfig
+    default_checkpoint = "easyocr-english-g2"
+    weights_file = "english_g2.pth"  # EasyOCR's folder also holds its text detector
+    checkpoint_fields = {
+        "in_channels": ("features.conv1.weight", 1),
+        "hidden_size": ("sequence.0.lstm.weight_hh_l0", 1),
+        "num_classes": ("classifier.weight", 0),
+    }
+
     def __init__(self, config: CRNNConfig | None = None):
         super().__init__()
         self.config = config = config or CRNNConfig()
@@ -168,20 +179,18 @@ class CRNN(Pretrained, nn.Module):
     def keymap(cls, config: CRNNConfig | None = None) -> KeyMap:
         return KEYMAP
 
-    config_class = CRNNConfig
-
     @classmethod
-    def load_config(cls, path, checkpoint: Checkpoint, **overrides) -> CRNNConfig:
-        return CRNNConfig(**overrides)  # EasyOCR's file has no config: the architecture is fixed
+    def config_from_checkpoint(cls, path, checkpoint: Checkpoint) -> CRNNConfig:
+        """EasyOCR's file has no config: the widths are read off the tensors; the charset is EasyOCR's English one."""
+        shapes = {KEYMAP.canonical(key): checkpoint.shape(key) for key in checkpoint.keys()}
+        conv = [shapes.get(f"FeatureExtraction.ConvNet.{i}.weight", ()) for i in (0, 3, 6, 11)]
+        hidden = shapes.get("SequenceModeling.0.rnn.weight_hh_l0", ())
+        if any(len(s) != 4 for s in conv) or len(hidden) != 2:
+            return CRNNConfig()  # not EasyOCR's layout: the loader names every difference
+        return CRNNConfig(in_channels=conv[0][1], channels=tuple(s[0] for s in conv), hidden_size=hidden[1])
 
-    @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike = "easyocr-english-g2", **kwargs) -> "CRNN":
-        """EasyOCR's recogniser from its official ``.pth`` (a file, its folder, or a catalogue name), in eval mode."""
-        path = resolve(name_or_path)  # EasyOCR's own folder also holds its text detector: pick the recogniser
-        return super().from_pretrained(path / OFFICIAL_FILE if path.is_dir() else path, **kwargs)
 
-
-OFFICIAL_FILE = "english_g2.pth"
+OFFICIAL_FILE = CRNN.weights_file
 
 # EasyOCR's names (an nn.Sequential numbered by position, ReLUs and pools included)
 # -> minipt's. Files saved from nn.DataParallel carry "module." before every key.

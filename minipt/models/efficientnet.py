@@ -25,16 +25,15 @@ import functools
 import math
 import os
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import SAFETENSORS, Checkpoint, load_weights, model_keys, official_state_dict, save_safetensors
+from ..checkpoint import Checkpoint, Pretrained, load_weights, model_keys
+from ..config import Config, count, epsilon, probability, real, require
 from ..errors import ConfigError, KeyMismatchError
-from ..hub import resolve
 from ..keymap import KeyMap
 from ..vision import check_images, image_batch
 
@@ -63,18 +62,36 @@ BASE_STAGES = (
 
 
 @dataclass
-class EfficientNetConfig:
-    width: float = 1.0  # channel multiplier
-    depth: float = 1.0  # repeat multiplier
-    resolution: int = 224  # training (and evaluation) image size
-    dropout: float = 0.2  # before the classifier
-    drop_connect: float = 0.2  # stochastic depth of the last block; earlier blocks drop proportionally less
-    num_classes: int = 1000
-    stem_channels: int = 32  # not scaled in the Lite family
-    head_channels: int = 1280  # not scaled in the Lite family
-    bn_eps: float = 1e-3  # TensorFlow's default
-    bn_momentum: float = 0.01  # TensorFlow's decay 0.99 in PyTorch's convention
+class EfficientNetConfig(Config):
+    width: float = real(1.0, exclusive=True)  # channel multiplier
+    depth: float = real(1.0, exclusive=True)  # repeat multiplier
+    resolution: int = count(224)  # training (and evaluation) image size
+    dropout: float = probability(0.2)  # before the classifier
+    drop_connect: float = probability(0.2)  # stochastic depth of the last block; earlier blocks drop proportionally less
+    num_classes: int = count(1000)
+    stem_channels: int = count(32)  # not scaled in the Lite family
+    head_channels: int = count(1280)  # not scaled in the Lite family
+    bn_eps: float = epsilon(1e-3)  # TensorFlow's default
+    bn_momentum: float = probability(0.01)  # TensorFlow's decay 0.99 in PyTorch's convention
     stages: tuple[Stage, ...] = field(default_factory=lambda: BASE_STAGES)
+
+    model_type = "efficientnet-lite"
+
+    def check(self):
+        stage_ok = lambda s: isinstance(s, Stage) and all(type(v) is int and v >= 1 for v in vars(s).values()) and s.stride <= 2  # noqa: E731
+        require(isinstance(self.stages, tuple) and len(self.stages) > 0 and all(map(stage_ok, self.stages)), "stages", self.stages,
+                "a non-empty tuple of Stage(repeats, kernel, stride 1 or 2, expand, in_channels, out_channels) of positive integers")
+        require(self.num_blocks <= 1000, "depth", self.depth, f"a repeat multiplier giving at most 1000 blocks (gives {self.num_blocks})")
+
+    @classmethod
+    def prepare(cls, values: dict) -> dict:
+        if isinstance(values.get("stages"), list):  # config.json writes each stage as an object
+            values["stages"] = tuple(Stage(**s) if isinstance(s, dict) else s for s in values["stages"])
+        return values
+
+    @property
+    def num_blocks(self) -> int:
+        return sum(stage.repeats for stage in self.scaled_stages())
 
     @classmethod
     def lite(cls, name: str, **overrides) -> "EfficientNetConfig":
@@ -185,7 +202,17 @@ def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
 
 
 # -- the model -------------------------------------------------------------------
-class EfficientNet(nn.Module):
+class EfficientNet(Pretrained, nn.Module):
+    config_class = EfficientNetConfig
+    default_checkpoint = "efficientnet_lite0"
+    # What the official file's tensors fix in the config, checked before the model is built.
+    checkpoint_fields = {
+        "num_blocks": "blocks.",
+        "stem_channels": ("stem.conv.weight", 0),
+        "head_channels": ("head.conv.weight", 0),
+        "num_classes": ("classifier.weight", 0),
+    }
+
     def __init__(self, config: EfficientNetConfig | None = None):
         super().__init__()
         self.config = config = config or EfficientNetConfig()
@@ -223,30 +250,9 @@ class EfficientNet(nn.Module):
         return KEYMAP
 
     @classmethod
-    def load_config(cls, path, checkpoint: Checkpoint, variant: str | None = None) -> EfficientNetConfig:
+    def config_from_checkpoint(cls, path, checkpoint: Checkpoint) -> EfficientNetConfig:
         """The official file has no config: the Lite variant and the classes are read off the tensors' shapes."""
-        config = EfficientNetConfig.lite(variant) if variant else infer_config(checkpoint)
-        fc = [k for k in checkpoint.keys() if KEYMAP.canonical(k) == "_fc.weight"]
-        if fc:
-            config.num_classes = checkpoint.shape(fc[0])[0]
-        return config
-
-    @classmethod
-    def from_pretrained(cls, name_or_path="efficientnet_lite0", *, variant: str | None = None, dtype=None, device=None) -> "EfficientNet":
-        """Load official-format weights (catalogue name, .pth, .safetensors or folder); the Lite variant is read from the shapes (eval mode)."""
-        checkpoint = _open(name_or_path)
-        config = cls.load_config(checkpoint.path, checkpoint, variant)
-        with torch.device("meta"):
-            model = cls(config)
-        load_weights(model, checkpoint, KEYMAP, dtype=dtype, device=device)
-        return model.eval()
-
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``model.safetensors`` with the official key names."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_safetensors(official_state_dict(self, KEYMAP), directory / SAFETENSORS)
-        return directory
+        return infer_config(checkpoint)
 
 
 # -- official names ----------------------------------------------------------------
@@ -271,7 +277,8 @@ KEYMAP = KeyMap(
 def infer_config(checkpoint: Checkpoint) -> EfficientNetConfig:
     """The Lite variant whose tensor names and shapes are exactly the checkpoint's."""
     found = {KEYMAP.canonical(k): checkpoint.shape(k) for k in checkpoint.keys()}
-    classes = found.get("_fc.weight", (1000,))[0]
+    classifier = found.get("_fc.weight", ())
+    classes = classifier[0] if len(classifier) == 2 and classifier[0] >= 1 else 1000  # else the loader names the odd shape
     for name in LITE:
         config = EfficientNetConfig.lite(name, num_classes=classes)
         with torch.device("meta"):
@@ -290,10 +297,6 @@ def infer_config(checkpoint: Checkpoint) -> EfficientNetConfig:
     except KeyMismatchError as err:
         raise KeyMismatchError(f"{err}\nthe checkpoint ({blocks} blocks) matches no EfficientNet-Lite variant ({', '.join(LITE)}); compared with lite0 above") from None
     return config
-
-
-def _open(name_or_path) -> Checkpoint:
-    return Checkpoint(resolve(name_or_path))
 
 
 # -- images in, classes out --------------------------------------------------------

@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from ..checkpoint import Checkpoint, Pretrained
-from ..errors import CheckpointError, ConfigError, InputError
+from ..config import Config, count, require
+from ..errors import CheckpointError, InputError
 from ..keymap import KeyMap
 from ..nn import GRU
 
@@ -36,21 +37,42 @@ BOS, EOS = "<s>", "</s>"
 
 
 @dataclass
-class G2PConfig:
+class G2PConfig(Config):
     graphemes: list[str] = field(default_factory=list)  # input vocabulary: <pad> <unk> </s> a..z
     phonemes: list[str] = field(default_factory=list)  # output vocabulary: <pad> <unk> <s> </s> AA0 ... ZH
-    embed_size: int = 256
-    hidden_size: int = 256
-    max_phonemes: int = 20  # greedy decoding stops here if </s> never comes
+    embed_size: int = count(256)
+    hidden_size: int = count(256)
+    max_phonemes: int = count(20)  # greedy decoding stops here if </s> never comes
 
-    def __post_init__(self):
+    model_type = "g2p"
+
+    def check(self):
         for name, vocab, needed in (("graphemes", self.graphemes, (EOS,)), ("phonemes", self.phonemes, (BOS, EOS))):
+            valid = isinstance(vocab, list) and all(isinstance(t, str) for t in vocab) and len(set(vocab)) == len(vocab)
+            require(valid, name, vocab, "a list of distinct strings")
             missing = [t for t in needed if t not in vocab]
-            if missing:
-                raise ConfigError(f"G2PConfig.{name} lacks the special token(s) {missing}")
+            require(not missing, name, vocab, f"a vocabulary holding the special token(s) {needed}")
+
+    @property
+    def num_graphemes(self) -> int:
+        return len(self.graphemes)
+
+    @property
+    def num_phonemes(self) -> int:
+        return len(self.phonemes)
 
 
 class G2P(Pretrained, nn.Module):
+    config_class = G2PConfig
+    default_checkpoint = "g2p-en"
+    weights_file = "checkpoint20.npz"
+    checkpoint_fields = {
+        "num_graphemes": ("letter_embedding.weight", 0),
+        "embed_size": ("letter_embedding.weight", 1),
+        "num_phonemes": ("phoneme_embedding.weight", 0),
+        "hidden_size": ("encoder.weight_hh_l0", 1),
+    }
+
     def __init__(self, config: G2PConfig):
         super().__init__()
         self.config = config
@@ -117,22 +139,17 @@ class G2P(Pretrained, nn.Module):
     def keymap(cls, config: G2PConfig | None = None) -> KeyMap:
         return KEYMAP
 
-    config_class = G2PConfig
-
     @classmethod
-    def load_config(cls, path, checkpoint: Checkpoint, **overrides) -> G2PConfig:
-        """The vocabularies live in g2p-en's source beside the arrays, read as text."""
+    def config_from_checkpoint(cls, path, checkpoint: Checkpoint) -> G2PConfig:
+        """The vocabularies live in g2p-en's source beside the arrays, read as text; the sizes come from the arrays."""
         folder = path if path.is_dir() else path.parent
         graphemes, phonemes = read_vocabularies(folder / VOCAB_FILE)
-        return G2PConfig(graphemes=graphemes, phonemes=phonemes, **overrides)
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike = "g2p-en", **kwargs) -> "G2P":
-        """g2p-en's model from its folder (``checkpoint20.npz`` + ``g2p.py``) or a catalogue name, in eval mode."""
-        return super().from_pretrained(name_or_path, **kwargs)
+        embedding = checkpoint.shape("enc_emb") if "enc_emb" in checkpoint else ()
+        sizes = dict(embed_size=embedding[1]) if len(embedding) == 2 and embedding[1] >= 1 else {}
+        return G2PConfig(graphemes=graphemes, phonemes=phonemes, **sizes)
 
 
-OFFICIAL_FILE = "checkpoint20.npz"
+OFFICIAL_FILE = G2P.weights_file
 VOCAB_FILE = "g2p.py"
 
 # g2p-en's array names -> minipt's; the GRU weights keep torch.nn.GRU's layout (gates r, z, n).

@@ -19,39 +19,38 @@ architecture off the tensors' names and shapes.
 from __future__ import annotations
 
 import copy
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..checkpoint import SAFETENSORS, Checkpoint, load_weights, official_state_dict, save_safetensors
+from ..checkpoint import Checkpoint, Pretrained
+from ..config import Config, count, flag, one_of, require
 from ..errors import ConfigError, KeyMismatchError
-from ..hub import resolve
 from ..keymap import KeyMap
 from ..vision import check_images
 
 
 # -- configuration -------------------------------------------------------------
 @dataclass
-class ResNetConfig:
-    block: str = "bottleneck"  # "basic" (ResNet-18/34) or "bottleneck" (ResNet-50 and deeper)
+class ResNetConfig(Config):
+    block: str = one_of("bottleneck", ("basic", "bottleneck"))  # "basic" (ResNet-18/34) or "bottleneck" (ResNet-50 and deeper)
     layers: tuple[int, ...] = (3, 4, 6, 3)  # residual blocks per stage
-    num_classes: int = 1000
-    groups: int = 1  # groups of the bottleneck's 3x3 conv (ResNeXt: 32)
-    width_per_group: int = 64  # channels per group at stage 1 (ResNeXt 32x4d: 4; Wide ResNet-50-2: 128)
-    in_channels: int = 3
-    zero_init_residual: bool = False  # start each residual branch at zero (Goyal et al., 2017)
+    num_classes: int = count(1000)
+    groups: int = count(1)  # groups of the bottleneck's 3x3 conv (ResNeXt: 32)
+    width_per_group: int = count(64)  # channels per group at stage 1 (ResNeXt 32x4d: 4; Wide ResNet-50-2: 128)
+    in_channels: int = count(3)
+    zero_init_residual: bool = flag(False)  # start each residual branch at zero (Goyal et al., 2017)
 
-    def __post_init__(self):
+    model_type = "resnet"
+
+    def check(self):
+        valid = isinstance(self.layers, (list, tuple)) and len(self.layers) == 4 and all(type(n) is int and n >= 1 for n in self.layers)
+        require(valid, "layers", self.layers, "four stages of at least one block each")
         self.layers = tuple(self.layers)
-        if self.block not in BLOCKS:
-            raise ConfigError(f"ResNet block must be one of {sorted(BLOCKS)}, not {self.block!r}")
-        if len(self.layers) != 4 or min(self.layers) < 1:
-            raise ConfigError(f"ResNet needs four stages of at least one block each, not layers={self.layers}")
-        if self.block == "basic" and (self.groups != 1 or self.width_per_group != 64):
-            raise ConfigError("BasicBlock supports only groups=1 and width_per_group=64 (use a Bottleneck ResNet for ResNeXt/wide)")
+        if self.block == "basic":
+            require(self.groups == 1 and self.width_per_group == 64, "groups/width_per_group", (self.groups, self.width_per_group),
+                    "(1, 64) for BasicBlock (use a Bottleneck ResNet for ResNeXt/wide)")
 
     @property
     def depth(self) -> int:
@@ -182,7 +181,9 @@ class Stem(nn.Module):
 
 
 # -- the model -------------------------------------------------------------------
-class ResNet(nn.Module):
+class ResNet(Pretrained, nn.Module):
+    config_class = ResNetConfig
+
     def __init__(self, config: ResNetConfig):
         super().__init__()
         self.config = config
@@ -238,39 +239,22 @@ class ResNet(nn.Module):
         return fused
 
     # -- loading and saving ----------------------------------------------------
+    # torchvision's format has no config: the architecture is read off the tensors' names and shapes.
     @classmethod
     def keymap(cls, config: ResNetConfig | None = None) -> KeyMap:
         return KEYMAP
 
     @classmethod
-    def load_config(cls, path, checkpoint: Checkpoint, **overrides) -> ResNetConfig:
-        """torchvision's format has no config: the architecture is read off the tensors."""
-        return infer_config(checkpoint, **overrides)
+    def config_from_checkpoint(cls, path, checkpoint: Checkpoint) -> ResNetConfig:
+        return infer_config(checkpoint)
 
     @classmethod
-    def from_pretrained(cls, name_or_path, *, dtype: torch.dtype | None = None, device=None, **overrides) -> "ResNet":
-        """Load a torchvision-format checkpoint (.pth, .safetensors or a folder); the architecture is read from it (eval mode)."""
-        checkpoint = _open(name_or_path)
-        return cls._load(cls.load_config(checkpoint.path, checkpoint, **overrides), checkpoint, dtype=dtype, device=device)
-
-    @classmethod
-    def _load(cls, config: ResNetConfig, checkpoint: Checkpoint, *, dtype=None, device=None) -> "ResNet":
-        with torch.device("meta"):
-            model = cls(config)
-        try:
-            load_weights(model, checkpoint, KEYMAP, dtype=dtype, device=device)
-        except KeyMismatchError as err:
-            raise KeyMismatchError(f"{err}\n{_looks_like(checkpoint, config)}") from None
-        return model.eval()
-
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``model.safetensors`` with torchvision's key names (torchvision loads it with strict=True)."""
-        if self.fused:
-            raise ConfigError("a fused ResNet has no BatchNorm layers left and cannot be saved in torchvision's format; save the model before fuse()")
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_safetensors(official_state_dict(self, KEYMAP), directory / SAFETENSORS)
-        return directory
+    def check_config(cls, config: ResNetConfig, checkpoint: Checkpoint) -> None:
+        """A config of another depth or width than the checkpoint's is refused, saying what the checkpoint is."""
+        found = infer_config(checkpoint)
+        fields = ("block", "layers", "groups", "width_per_group", "num_classes", "in_channels")
+        if any(getattr(found, f) != getattr(config, f) for f in fields):
+            raise KeyMismatchError(f"checkpoint {checkpoint.path} does not fit {config.describe()}: {_looks_like(found)}")
 
 
 def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
@@ -312,10 +296,13 @@ KEYMAP = KeyMap(
         ("fc.{p}", "head.{p}"),
     ],
     optional_prefix="module.",  # checkpoints saved from DataParallel/DDP
+    # torchvision's original ImageNet files were saved before PyTorch 0.4.1 added BatchNorm's
+    # batch counter; torch.nn starts it at 0 for such files, and so does this.
+    defaults={"{*}.num_batches_tracked": torch.tensor(0)},
 )
 
 
-def infer_config(checkpoint: Checkpoint, **overrides) -> ResNetConfig:
+def infer_config(checkpoint: Checkpoint) -> ResNetConfig:
     """Read a ResNet's architecture off a torchvision-format checkpoint's names and shapes."""
     shapes = {KEYMAP.canonical(key): checkpoint.shape(key) for key in checkpoint.keys()}
     needed = ["conv1.weight", "layer1.0.conv1.weight", "layer1.0.conv2.weight", "fc.weight"]
@@ -323,6 +310,9 @@ def infer_config(checkpoint: Checkpoint, **overrides) -> ResNetConfig:
     if absent:
         first = ", ".join(f"{k} {s}" for k, s in list(shapes.items())[:5])
         raise KeyMismatchError(f"checkpoint {checkpoint.path} is not a torchvision-format ResNet: it has no {', '.join(absent)} (its first keys: {first})")
+    odd = [f"{key} {shapes[key]}" for key in needed if len(shapes[key]) < 2 or min(shapes[key]) < 1]
+    if odd:
+        raise KeyMismatchError(f"checkpoint {checkpoint.path} does not describe a ResNet: {', '.join(odd)} is not a weight matrix or kernel")
     layers = []
     for stage in range(1, 5):
         blocks = {key.split(".")[1] for key in shapes if key.startswith(f"layer{stage}.")}
@@ -331,55 +321,20 @@ def infer_config(checkpoint: Checkpoint, **overrides) -> ResNetConfig:
     groups, width_per_group = 1, 64
     if block == "bottleneck":
         width, per_group = shapes["layer1.0.conv2.weight"][:2]  # (width, width / groups, 3, 3)
-        groups = width // per_group
-        width_per_group = width // groups
+        groups = max(1, width // per_group)
+        width_per_group = max(1, width // groups)
     values = dict(
         block=block, layers=tuple(layers), num_classes=shapes["fc.weight"][0], groups=groups,
         width_per_group=width_per_group, in_channels=shapes["conv1.weight"][1],
     )
-    values.update(overrides)
     try:
         return ResNetConfig(**values)
     except ConfigError as err:
         raise KeyMismatchError(f"checkpoint {checkpoint.path} does not describe a ResNet torchvision can build: {err}") from None
 
 
-def _looks_like(checkpoint: Checkpoint, wanted: ResNetConfig) -> str:
-    try:
-        found = infer_config(checkpoint)
-    except KeyMismatchError:
-        return "it does not look like a torchvision-format ResNet at all"
-    return f"asked for {wanted.describe()}; the checkpoint looks like {found.describe()}: load it with ResNet.from_pretrained(path)"
-
-
-def _open(name_or_path) -> Checkpoint:
-    checkpoint = Checkpoint(resolve(name_or_path))
-    legacy = _BatchCountsAtZero(checkpoint)
-    return legacy if legacy.added else checkpoint
-
-
-class _BatchCountsAtZero:
-    """A checkpoint saved before PyTorch 0.4.1 (torchvision's original ImageNet files) has no BatchNorm
-    ``num_batches_tracked``; torch.nn starts the count at 0 for such files, and so does this view of it."""
-
-    def __init__(self, checkpoint: Checkpoint):
-        self.checkpoint, self.path = checkpoint, checkpoint.path
-        keys = set(checkpoint.keys())
-        norms = {key.rpartition(".")[0] for key in keys if key.endswith((".running_mean", ".running_var"))}
-        counts = {norm + ".num_batches_tracked" for norm in norms}
-        self.added = sorted(counts) if not counts & keys else []  # only when the file has none at all
-
-    def keys(self) -> list[str]:
-        return self.checkpoint.keys() + self.added
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        return () if key in self.added else self.checkpoint.shape(key)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.added or key in self.checkpoint
-
-    def get(self, key: str) -> torch.Tensor:
-        return torch.tensor(0, dtype=torch.long) if key in self.added else self.checkpoint.get(key)
+def _looks_like(found: ResNetConfig) -> str:
+    return f"the checkpoint looks like {found.describe()}: load it with ResNet.from_pretrained(path)"
 
 
 # -- builders ----------------------------------------------------------------------
@@ -387,11 +342,10 @@ def _resnet(depth: int, weights, num_classes: int | None, **options) -> ResNet:
     block, layers = DEPTHS[depth]
     if weights is None:
         return ResNet(ResNetConfig(block, layers, num_classes=num_classes or 1000, **options))
-    checkpoint = _open(weights)
-    if num_classes is None:  # the checkpoint decides, as torchvision's weights enums do
-        classifier = [key for key in checkpoint.keys() if KEYMAP.canonical(key) == "fc.weight"]
-        num_classes = checkpoint.shape(classifier[0])[0] if classifier else 1000
-    return ResNet._load(ResNetConfig(block, layers, num_classes=num_classes, **options), checkpoint)
+    if num_classes is not None:  # else the checkpoint decides, as torchvision's weights enums do
+        options["num_classes"] = num_classes
+    options = {"groups": 1, "width_per_group": 64, **options}  # the builder's architecture, whatever the file holds
+    return ResNet.from_pretrained(weights, block=block, layers=layers, **options)
 
 
 def resnet18(*, weights=None, num_classes: int | None = None, **options) -> ResNet:
