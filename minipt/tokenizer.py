@@ -119,6 +119,15 @@ class Tokenizer:
             return {k: np.asarray(v, dtype=np.int64) for k, v in batch.items()}
         raise InputError(f"return_tensors must be 'pt', 'np' or None, not {return_tensors!r}")
 
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``tokenizer.json`` and ``tokenizer_config.json`` (the length limit and special tokens)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.backend.save(str(directory / TOKENIZER_FILE))
+        settings = {**self.special_tokens, **({"model_max_length": self.model_max_length} if self.model_max_length else {})}
+        (directory / "tokenizer_config.json").write_text(json.dumps(settings, indent=2) + "\n")
+        return directory
+
     def _enable_padding(self, length: int | None) -> None:
         if self.pad_token_id is None:
             raise InputError(f"tokenizer {self.name} has no padding token")

@@ -86,8 +86,9 @@ class BertConfig(Config):
 
     def to_dict(self) -> dict:
         values = super().to_dict()
-        if values["id2label"] is None:
-            values["id2label"] = {i: f"LABEL_{i}" for i in range(self.num_labels)}
+        if values["id2label"] is None:  # transformers names the labels LABEL_0 ... from num_labels
+            del values["id2label"]
+            return values
         values["label2id"] = {label: i for i, label in values["id2label"].items()}
         del values["num_labels"]  # implied by id2label
         return values

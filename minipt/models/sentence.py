@@ -73,6 +73,26 @@ class SentenceEncoder(nn.Module):
         tokenizer = Tokenizer.from_pretrained(path)
         return cls(encoder, tokenizer, pooling=pooling, normalize=normalize, max_seq_length=settings.get("max_seq_length")).eval()
 
+    def save_pretrained(self, directory) -> Path:
+        """Write the sentence-transformers layout: the BERT checkpoint, the tokenizer and the pipeline files."""
+        directory = self.encoder.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        modules = [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        ]
+        if self.normalize:
+            modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        pooling = {"word_embedding_dimension": self.encoder.config.hidden_size, **{flag: mode == self.pooling for mode, flag in POOLING_FLAGS.items()}}
+        (directory / "1_Pooling").mkdir(exist_ok=True)
+        for path, value in (
+            ("modules.json", modules),
+            ("1_Pooling/config.json", pooling),
+            ("sentence_bert_config.json", {"max_seq_length": self.max_seq_length, "do_lower_case": False}),
+        ):
+            (directory / path).write_text(json.dumps(value, indent=2) + "\n")
+        return directory
+
     def forward(self, input_ids, attention_mask, token_type_ids=None, normalize: bool | None = None) -> torch.Tensor:
         token_vectors = self.encoder(input_ids, attention_mask, token_type_ids).last_hidden_state  # (B, T, H)
         sentence = pool(token_vectors, attention_mask, self.pooling)  # (B, H)
