@@ -96,10 +96,10 @@ class Tokenizer:
         to ``max_length`` (default: the model's limit from tokenizer_config.json),
         the longer of a pair first. ``return_tensors``: "pt", "np" or None (lists).
         """
-        texts, single = _texts("text", text)
+        texts, single = as_texts("text", text)
         inputs = texts
         if text_pair is not None:
-            pairs, single_pair = _texts("text_pair", text_pair)
+            pairs, single_pair = as_texts("text_pair", text_pair)
             if single != single_pair:
                 raise InputError(f"text is {_kind(single)} but text_pair is {_kind(single_pair)}; pass both as strings or both as lists")
             if len(pairs) != len(texts):
@@ -182,7 +182,7 @@ class Tokenizer:
         return [self.decode(ids, skip_special_tokens) for ids in batch]
 
 
-def _texts(argument: str, value) -> tuple[list[str], bool]:
+def as_texts(argument: str, value) -> tuple[list[str], bool]:
     """The texts of a ``text``/``text_pair`` argument and whether it was one string; names any item that is not a string."""
     if isinstance(value, str):
         return [value], True

@@ -80,5 +80,7 @@ def check_images(x: Any, channels: int, owner: str) -> None:
             f"{owner} expects {channels} input channels; got a tensor of shape {tuple(x.shape)} with {x.shape[1]} "
             "(channels-last data must be permuted to (B, C, H, W); memory format does not matter)"
         )
+    if x.shape[2] == 0 or x.shape[3] == 0:  # an empty batch (B = 0) is fine; an image without pixels is not
+        raise InputError(f"{owner} got images of shape {tuple(x.shape)}: height and width must be at least 1 pixel")
     if not x.is_floating_point():
         raise InputError(f"{owner} expects floating-point images, got {x.dtype} (convert pixels with .float() and normalise them)")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from minipt import Tokenizer
-from minipt.errors import CheckpointError, InputError, MiniptError
+from minipt.errors import CheckpointError, InputError
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "hello", "world", "a", "b", "##s"]
 
@@ -169,3 +169,190 @@ def test_decode_names_bad_ids(tok, ids, problem):
 def test_decode_accepts_tensors_arrays_and_lists(tok):
     assert tok.decode(torch.tensor([2, 4, 5, 3])) == tok.decode(np.array([2, 4, 5, 3])) == tok.decode([2, 4, 5, 3]) == "hello world"
     assert tok.batch_decode(torch.tensor([[4], [5]])) == ["hello", "world"]
+
+
+# -- zero-length sequences and empty batches in every model --------------------------------
+def tiny_bert_config(**overrides):
+    from minipt.models.bert import BertConfig
+
+    values = dict(vocab_size=len(VOCAB), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, max_position_embeddings=16)
+    return BertConfig(**{**values, **overrides})
+
+
+def bert_models():
+    from minipt.models.bert import BertForMaskedLM, BertForSequenceClassification, BertModel
+
+    return [cls(tiny_bert_config()).eval() for cls in (BertModel, BertForMaskedLM, BertForSequenceClassification)]
+
+
+@pytest.mark.parametrize("shape", [(2, 0), (0, 0)])
+def test_bert_sequences_without_tokens_are_named(shape):
+    ids = torch.zeros(shape, dtype=torch.long)
+    for model in bert_models():
+        for mask in (None, torch.ones(shape, dtype=torch.long)):
+            with pytest.raises(InputError, match=rf"input_ids of shape \({shape[0]}, 0\) hold sequences of no tokens"):
+                model(ids, mask)
+
+
+def test_bert_empty_batch_gives_empty_outputs():
+    model, mlm, classifier = bert_models()
+    ids = torch.zeros(0, 5, dtype=torch.long)
+    out = model(ids, torch.ones(0, 5, dtype=torch.long), output_hidden_states=True, output_attentions=True)
+    assert out.last_hidden_state.shape == (0, 5, 16) and out.pooler_output.shape == (0, 16)
+    assert out.attentions[0].shape == (0, 2, 5, 5)
+    assert mlm(ids).logits.shape == (0, 5, len(VOCAB))
+    assert classifier(ids).logits.shape == (0, 2)
+
+
+def test_bert_non_tensor_inputs_and_bad_labels_are_named():
+    model, mlm, classifier = bert_models()
+    ids = torch.tensor([[2, 4, 3]])
+    with pytest.raises(InputError, match="input_ids must be a tensor, got list"):
+        model([[2, 4, 3]])
+    with pytest.raises(InputError, match="attention_mask must be a tensor, got list"):
+        model(ids, [[1, 1, 1]])
+    with pytest.raises(InputError, match=r"labels must have the shape of input_ids \(1, 3\).*got \(1, 2\)"):
+        mlm(ids, labels=torch.tensor([[4, 5]]))
+    with pytest.raises(InputError, match=r"labels must hold one entry per sequence \(1 for input_ids \(1, 3\)\), got \(2,\)"):
+        classifier(ids, labels=torch.tensor([0, 1]))
+    with pytest.raises(InputError, match="labels must hold one entry per sequence .* got list"):
+        classifier(ids, labels=[0])
+
+
+@pytest.fixture(scope="module")
+def sentence_encoder(tok):
+    from minipt.models.bert import BertModel
+    from minipt.models.sentence import SentenceEncoder
+
+    return SentenceEncoder(BertModel(tiny_bert_config()).eval(), tok).eval()
+
+
+def test_sentence_encoder_empty_list_and_empty_text(sentence_encoder):
+    empty = sentence_encoder.encode([])
+    assert empty.shape == (0, 16) and empty.dtype == torch.float32
+    blank = sentence_encoder.encode([""])
+    assert blank.shape == (1, 16) and torch.isfinite(blank).all()
+    assert torch.allclose(blank.norm(dim=-1), torch.ones(1))  # normalised like any other sentence
+    assert torch.equal(sentence_encoder.encode(""), blank[0])
+    both = sentence_encoder.encode(["hello world", ""])
+    assert torch.allclose(both[1], blank[0], atol=1e-6)  # padding in a batch does not change it
+
+
+@pytest.mark.parametrize(
+    "sentences, problem",
+    [
+        (None, "sentences must be a string or a list of strings, got NoneType"),
+        ([3], r"sentences\[0\] must be a string, got int"),
+        (["a", b"b"], r"sentences\[1\] must be a string, got bytes"),
+        (b"a", "got bytes; decode it first"),
+    ],
+)
+def test_sentence_encoder_non_text_is_named(sentence_encoder, sentences, problem):
+    with pytest.raises(InputError, match=problem):
+        sentence_encoder.encode(sentences)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 1.5, None])
+def test_sentence_encoder_bad_batch_size(sentence_encoder, batch_size):
+    with pytest.raises(InputError, match="batch_size must be a positive integer"):
+        sentence_encoder.encode(["a"], batch_size=batch_size)
+
+
+def image_models():
+    from minipt.models.efficientnet import EfficientNet
+    from minipt.models.resnet import ResNet, ResNetConfig
+
+    return [ResNet(ResNetConfig(block="basic", layers=(1, 1, 1, 1), num_classes=10)).eval(), EfficientNet().eval()]
+
+
+def test_image_models_on_an_empty_batch():
+    for model in image_models():
+        logits = model(torch.zeros(0, 3, 224, 224))
+        assert logits.shape == (0, model.config.num_classes)
+        assert model.forward_features(torch.zeros(0, 3, 64, 64)).shape == (0, model.num_features)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 0, 64), (2, 3, 64, 0), (1, 3, 0, 0), (0, 3, 0, 0)])
+def test_image_models_name_images_without_pixels(shape):
+    for model in image_models():
+        with pytest.raises(InputError, match=rf"{type(model).__name__} got images of shape \({', '.join(map(str, shape))}\): height and width must be at least 1"):
+            model(torch.zeros(shape))
+
+
+def test_image_models_on_one_pixel_images():
+    for model in image_models():
+        assert torch.isfinite(model(torch.zeros(2, 3, 1, 1))).all()
+
+
+def test_crnn_empty_batch_and_narrow_images():
+    from minipt.models.crnn import CRNN, CRNNConfig
+
+    model = CRNN(CRNNConfig(channels=(4, 4, 8, 8), hidden_size=8)).eval()
+    assert model(torch.zeros(0, 1, 64, 32)).shape == (0, 7, model.config.num_classes)
+    assert model.read(torch.zeros(0, 1, 64, 32)) == []
+    with pytest.raises(InputError, match="got width 0"):
+        model(torch.zeros(2, 1, 64, 0))
+    with pytest.raises(InputError, match="CRNN.read got no images"):
+        model.read([])
+
+
+def test_char_lm_empty_batch_and_empty_sequences():
+    from minipt.models.char_lm import CharLM, CharLMConfig
+
+    model = CharLM(CharLMConfig(embed_size=8, hidden_size=16, num_layers=2)).eval()
+    logits, (h, c) = model(torch.zeros(0, 5, dtype=torch.long))
+    assert logits.shape == (0, 5, 256) and h.shape == c.shape == (2, 0, 16)
+    assert model.generate_ids(torch.zeros(0, 3, dtype=torch.long), 4).shape == (0, 7)
+    for shape in [(2, 0), (0, 0)]:
+        with pytest.raises(InputError, match=r"CharLM got an empty sequence \(T = 0\)"):
+            model(torch.zeros(shape, dtype=torch.long))
+    assert isinstance(model.generate("", 3, seed=0), str)  # an empty prompt starts from a newline
+
+
+def test_g2p_empty_batch_and_empty_sequences():
+    from minipt.models.g2p import G2P, G2PConfig
+
+    config = G2PConfig(graphemes=["<pad>", "<unk>", "</s>", "a", "b"], phonemes=["<pad>", "<unk>", "<s>", "</s>", "AA0"], embed_size=8, hidden_size=8)
+    model = G2P(config).eval()
+    assert model(torch.zeros(0, 3, dtype=torch.long), torch.zeros(0, 2, dtype=torch.long)).shape == (0, 2, 5)
+    with pytest.raises(InputError, match=r"letter_ids of shape \(2, 0\) hold sequences of no tokens"):
+        model(torch.zeros(2, 0, dtype=torch.long), torch.zeros(2, 2, dtype=torch.long))
+    with pytest.raises(InputError, match=r"phoneme_ids of shape \(2, 0\) hold sequences of no tokens"):
+        model(torch.full((2, 3), 2), torch.zeros(2, 0, dtype=torch.long))
+    with pytest.raises(InputError, match="letter_ids as a tensor of integer ids .* got list"):
+        model([[3, 2]], torch.zeros(1, 1, dtype=torch.long))
+    for word in ("", None):
+        with pytest.raises(InputError, match="G2P expects a non-empty word"):
+            model.phonemize(word)
+
+
+@pytest.mark.parametrize("backend", ["math", "sdpa"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_recurrent_layers_on_an_empty_batch_match_torch_nn(kind, backend):
+    import minipt.nn
+
+    for batch_first in (True, False):
+        ours = getattr(minipt.nn, kind)(4, 3, num_layers=2, bidirectional=True, batch_first=batch_first)
+        minipt.nn.set_backend(backend, module=ours)
+        theirs = getattr(torch.nn, kind)(4, 3, num_layers=2, bidirectional=True, batch_first=batch_first)
+        x = torch.zeros((0, 5, 4) if batch_first else (5, 0, 4), requires_grad=True)
+        out, state = ours(x)
+        ref_out, ref_state = theirs(x.detach())
+        assert out.shape == ref_out.shape
+        states = state if kind == "LSTM" else (state,)
+        ref_states = ref_state if kind == "LSTM" else (ref_state,)
+        assert [s.shape for s in states] == [s.shape for s in ref_states]
+        out.sum().backward()  # the backward of the fused path runs on an empty batch too
+        assert x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_recurrent_layers_name_zero_length_sequences(kind):
+    import minipt.nn
+
+    # torch.nn raises "Expected sequence length to be larger than 0"; minipt names the shape
+    for batch_first, shape in ((True, (2, 0, 4)), (False, (0, 2, 4)), (False, (0, 4))):
+        layer = getattr(minipt.nn, kind)(4, 3, batch_first=batch_first)
+        with pytest.raises(InputError, match=rf"{kind} got an empty sequence \(seq_len 0"):
+            layer(torch.zeros(shape))
+
