@@ -111,7 +111,7 @@ def cmd_embed(args) -> int:
 def cmd_inspect(args) -> int:
     import torch
 
-    from .checkpoint import Checkpoint
+    from .checkpoint import Checkpoint, model_keys
     from .hub import resolve
     from .models import model_class_for
 
@@ -127,16 +127,16 @@ def cmd_inspect(args) -> int:
     print(f"  {'total':<20} {_count(model):>14,}")
     keymap = cls.keymap(config)
     print(f"\nkey map ({len(checkpoint.keys())} tensors in the checkpoint):")
-    for key in checkpoint.keys():
-        official = keymap.canonical(key)
-        target = keymap.to_minipt(official)
-        if target is not None:
-            minipt_key, transform = target
-            note = f"  [{transform.name}]" if transform else ""
+    for row in keymap.table(list(model_keys(model)), checkpoint.keys()):
+        if row.status == "missing":
+            print(f"  {row.official or '(no official name)'} (absent) -> {row.minipt}  (MISSING)")
+            continue
+        shown = row.file_key if row.file_key == row.official else f"{row.file_key} (= {row.official})"
+        if row.status == "mapped":
+            note = f"  [{row.transform}]" if row.transform else ""
         else:
-            minipt_key, note = "-", ("  (tied: " + keymap.tied[official] + ")") if official in keymap.tied else "  (ignored)" if keymap.is_ignored(official) else "  (UNEXPECTED)"
-        shown = key if key == official else f"{key} (= {official})"
-        print(f"  {shown} {tuple(checkpoint.shape(key))} -> {minipt_key}{note}")
+            note = f"  (tied: {keymap.tied[row.official]})" if row.status == "tied" else f"  ({row.status.upper() if row.status == 'unexpected' else row.status})"
+        print(f"  {shown} {tuple(checkpoint.shape(row.file_key))} -> {row.minipt or '-'}{note}")
     return 0
 
 
