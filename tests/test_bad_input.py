@@ -356,3 +356,101 @@ def test_recurrent_layers_name_zero_length_sequences(kind):
         with pytest.raises(InputError, match=rf"{kind} got an empty sequence \(seq_len 0"):
             layer(torch.zeros(shape))
 
+
+
+# -- the command line: a bad path or file is one line on stderr and a non-zero exit ------------
+def one_line_error(capsys, *argv: str) -> str:
+    from minipt import cli
+
+    code = cli.main(list(argv))
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"minipt {argv[0]}: ")
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    """A text file, a truncated safetensors file, a folder with a config but no weights, an empty folder, a CharLM checkpoint."""
+    from safetensors.torch import save_file
+
+    from minipt.models.char_lm import CharLM, CharLMConfig
+
+    root = tmp_path_factory.mktemp("bad")
+    (root / "notes.txt").write_text("not weights, not an image\n")
+    save_file({"embeddings.word_embeddings.weight": torch.zeros(64, 64)}, str(root / "whole.safetensors"))
+    (root / "cut.safetensors").write_bytes((root / "whole.safetensors").read_bytes()[:100])
+    (root / "no-weights").mkdir()
+    (root / "no-weights" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    (root / "empty").mkdir()
+    CharLM(CharLMConfig(embed_size=4, hidden_size=8, num_layers=1)).save_pretrained(root / "char-lm")
+    return root
+
+
+def test_cli_inspect_bad_paths(capsys, bad_files):
+    assert "/no/such: no such file or directory" in one_line_error(capsys, "inspect", "/no/such")
+    assert str(bad_files / "notes.txt") in one_line_error(capsys, "inspect", str(bad_files / "notes.txt"))
+    line = one_line_error(capsys, "inspect", str(bad_files / "cut.safetensors"))
+    assert str(bad_files / "cut.safetensors") in line and "truncated or corrupted" in line
+    for folder in ("no-weights", "empty"):
+        assert f"{bad_files / folder} holds no weights" in one_line_error(capsys, "inspect", str(bad_files / folder))
+
+
+def test_cli_diff_bad_paths(capsys, bad_files):
+    assert "/no/such: no such file or directory" in one_line_error(capsys, "diff", "/no/such")
+    assert f"{bad_files / 'char-lm'} holds a CharLM checkpoint; minipt diff compares BERT" in one_line_error(capsys, "diff", str(bad_files / "char-lm"))
+    assert str(bad_files / "notes.txt") in one_line_error(capsys, "diff", str(bad_files / "notes.txt"))
+
+
+def test_cli_embed_bad_model(capsys, bad_files):
+    assert "/bad: no such file or directory" in one_line_error(capsys, "embed", "hello", "--model", "/bad")
+    assert str(bad_files / "cut.safetensors") in one_line_error(capsys, "embed", "hello", "--model", str(bad_files / "cut.safetensors"))
+
+
+def test_cli_embed_unwritable_output(capsys, bad_files):
+    from minipt.errors import CheckpointNotFoundError
+    from minipt.hub import resolve
+
+    try:
+        resolve("all-MiniLM-L6-v2")
+    except CheckpointNotFoundError as err:
+        pytest.skip(f"needs the catalogued all-MiniLM-L6-v2 weights: {err}")
+    line = one_line_error(capsys, "embed", "hello", "--out", str(bad_files / "no" / "such" / "e.npy"))
+    assert f"--out {bad_files / 'no' / 'such' / 'e.npy'}: cannot write it" in line
+
+
+def test_cli_classify_bad_model_and_images(capsys, bad_files):
+    from minipt.errors import CheckpointNotFoundError
+    from minipt.hub import resolve
+
+    assert "/bad: no such file or directory" in one_line_error(capsys, "classify", str(bad_files / "notes.txt"), "--model", "/bad")
+    assert str(bad_files / "notes.txt") in one_line_error(capsys, "classify", "x.png", "--model", str(bad_files / "notes.txt"))
+    try:
+        resolve("efficientnet_lite0")
+    except CheckpointNotFoundError as err:
+        pytest.skip(f"the image checks need the catalogued efficientnet_lite0 weights: {err}")
+    assert "/no/such.jpg: no such image file" in one_line_error(capsys, "classify", "/no/such.jpg")
+    line = one_line_error(capsys, "classify", str(bad_files / "notes.txt"))
+    assert f"{bad_files / 'notes.txt'} cannot be decoded as an image" in line
+    assert f"{bad_files} is a directory, not an image file" in one_line_error(capsys, "classify", str(bad_files))
+
+
+def test_cli_fetch_unknown_name(capsys):
+    assert "nosuchname is not in the catalogue; known: " in one_line_error(capsys, "fetch", "nosuchname")
+    assert "name a catalogued checkpoint or pass --all" in one_line_error(capsys, "fetch")
+
+
+def test_cli_error_in_a_real_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "MINIPT_CACHE": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "minipt.cli", "inspect", str(tmp_path / "missing")], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode == 1 and done.stdout == ""
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [f"minipt inspect: {tmp_path / 'missing'}: no such file or directory, and not a catalogued name or a hub repo id"]

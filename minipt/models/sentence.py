@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError, InputError
+from ..errors import CheckpointError, ConfigError, InputError
 from ..hub import resolve
 from ..tokenizer import Tokenizer, as_texts
 from .bert import BertModel
@@ -112,4 +112,13 @@ def _pooling_mode(config: dict) -> str:
 
 
 def _read_json(path: Path, default):
-    return json.loads(path.read_text()) if path.is_file() else default
+    """The JSON value in a file, of the same type as ``default`` (returned for an absent file); else a CheckpointError naming the file."""
+    if not path.is_file():
+        return default
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # ValueError: not JSON, or not UTF-8
+        raise CheckpointError(f"{path} is not a readable JSON file: {err}") from err
+    if not isinstance(value, type(default)):
+        raise CheckpointError(f"{path} holds a JSON {type(value).__name__}, expected a {type(default).__name__}")
+    return value
