@@ -252,8 +252,11 @@ class BertModel(_BertPretrained):
 
 
 def _check_ids(name: str, ids: torch.Tensor, size: int) -> None:
-    """An id outside an embedding table would index out of bounds deep inside torch: name it here."""
-    if ids.numel() == 0:
+    """An id outside an embedding table would index out of bounds deep inside torch: name it here.
+
+    A check of values, not shapes: skipped while torch.compile traces, where it would break the graph.
+    """
+    if ids.numel() == 0 or torch.compiler.is_compiling():
         return
     low, high = torch.aminmax(ids)
     if int(low) < 0 or int(high) >= size:
