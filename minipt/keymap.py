@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 import torch
 
@@ -60,6 +60,16 @@ def _compile(pattern: str) -> re.Pattern:
 
 def _fill(pattern: str, values: dict[str, str]) -> str:
     return _PLACEHOLDER.sub(lambda m: values["_star" if m.group(1) == "*" else m.group(1)], pattern)
+
+
+class KeyRow(NamedTuple):
+    """One line of a key map made concrete (``KeyMap.table``)."""
+
+    official: str  # the official name ("" for a model tensor the map gives none)
+    minipt: str  # minipt's name ("" for a file tensor that fills none)
+    transform: str = ""  # the layout transform's name, if any
+    file_key: str = ""  # the name as the file spells it (prefix, legacy spelling), for rows read off a file
+    status: str = "mapped"  # mapped / tied (repeats ``KeyMap.tied[official]``) / ignored / unexpected / missing
 
 
 @dataclass(frozen=True)
@@ -155,12 +165,35 @@ class KeyMap:
                 return _fill(rule.official, m.groupdict()), rule.transform
         return None
 
-    def table(self, minipt_keys: Sequence[str]) -> list[tuple[str, str, str]]:
-        """``(official, minipt, transform)`` for each of a model's keys: the map made concrete."""
-        rows = []
+    def table(self, minipt_keys: Sequence[str], file_keys: Iterable[str] | None = None) -> list[KeyRow]:
+        """The map made concrete for a model's keys: one ``KeyRow(official, minipt, transform)`` per key it names.
+
+        With the ``file_keys`` of a checkpoint, one row per file key in file order
+        (mapped into the model, tied, ignored or unexpected: no rule, or a rule
+        to a tensor the model lacks), then one ``missing`` row per model key that
+        no file key fills.
+        """
+        if file_keys is None:
+            rows = []
+            for key in minipt_keys:
+                found = self.to_official(key)
+                if found is not None:
+                    official, transform = found
+                    rows.append(KeyRow(official, key, transform.name if transform else ""))
+            return rows
+        wanted, filled, rows = set(minipt_keys), set(), []
+        for file_key in file_keys:
+            official = self.canonical(file_key)
+            target = self.to_minipt(official)
+            if target is not None and target[0] in wanted:
+                key, transform = target
+                filled.add(key)
+                rows.append(KeyRow(official, key, transform.name if transform else "", file_key))
+            else:
+                status = "tied" if official in self.tied else "ignored" if self.is_ignored(official) else "unexpected"
+                rows.append(KeyRow(official, "", "", file_key, status))
         for key in minipt_keys:
-            found = self.to_official(key)
-            if found is not None:
-                official, transform = found
-                rows.append((official, key, transform.name if transform else ""))
+            if key not in filled:
+                found = self.to_official(key)
+                rows.append(KeyRow(found[0] if found else "", key, found[1].name if found and found[1] else "", "", "missing"))
         return rows

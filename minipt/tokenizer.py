@@ -9,20 +9,34 @@
 from __future__ import annotations
 
 import json
+import numbers
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from .errors import CheckpointNotFoundError, InputError
+from .errors import CheckpointError, CheckpointNotFoundError, InputError
 from .hub import resolve
 
 TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+PADDING = (True, False, "longest", "max_length")
+RETURN_TENSORS = ("pt", "np", None)
+# what Tokenizer calls on its backend (a tokenizers.Tokenizer)
+_BACKEND_METHODS = (
+    "encode", "encode_batch", "decode", "token_to_id", "id_to_token", "get_vocab_size", "num_special_tokens_to_add",
+    "enable_padding", "no_padding", "enable_truncation", "no_truncation",
+)
 
 
 class Tokenizer:
     def __init__(self, backend, *, model_max_length: int | None = None, special_tokens: dict | None = None, name: str = ""):
+        lacking = [m for m in _BACKEND_METHODS if not callable(getattr(backend, m, None))]
+        if lacking:
+            which = "" if len(lacking) == len(_BACKEND_METHODS) else f", which lacks {', '.join(lacking)}"
+            raise InputError(f"Tokenizer wraps a tokenizers.Tokenizer (or use Tokenizer.from_pretrained); got {type(backend).__name__}{which}")
         self.backend = backend  # a tokenizers.Tokenizer
         self.model_max_length = model_max_length  # the default truncation length
         self.special_tokens = special_tokens or {}  # {"pad_token": "[PAD]", ...} from tokenizer_config.json
@@ -36,16 +50,22 @@ class Tokenizer:
 
         path = resolve(name_or_path)
         directory = path if path.is_dir() else path.parent
-        if not (directory / TOKENIZER_FILE).is_file():
+        file = directory / TOKENIZER_FILE
+        if not file.is_file():
             raise CheckpointNotFoundError(f"{directory} has no {TOKENIZER_FILE}")
-        backend = Backend.from_file(str(directory / TOKENIZER_FILE))
+        try:
+            backend = Backend.from_file(str(file))
+        except Exception as err:  # the tokenizers library raises a bare Exception for every kind of bad file
+            if "model" not in _read_json(file):  # raises itself for a file that is empty, not JSON or not an object
+                raise CheckpointError(f"{file} has no \"model\" entry (WordPiece, BPE, ...): not a tokenizers tokenizer file") from err
+            raise CheckpointError(f"{file} is not a valid tokenizers tokenizer file: {err}") from err
         backend.no_padding()  # the file may carry its own settings; each call sets them
         backend.no_truncation()
-        settings = _read_json(directory / "tokenizer_config.json")
+        settings = _read_json(directory / TOKENIZER_CONFIG)
         max_length = settings.get("model_max_length")
         if not isinstance(max_length, int) or max_length > 1_000_000:  # HF writes 1e30 for "no limit"
             max_length = None
-        special = {k: v for k, v in settings.items() if k.endswith("_token") and isinstance(v, str)}
+        special = {k: _token_text(v) for k, v in settings.items() if k.endswith("_token") and _token_text(v) is not None}
         return cls(backend, model_max_length=max_length, special_tokens=special, name=str(name_or_path))
 
     def _special_id(self, field: str, *candidates: str) -> int | None:
@@ -76,19 +96,28 @@ class Tokenizer:
         to ``max_length`` (default: the model's limit from tokenizer_config.json),
         the longer of a pair first. ``return_tensors``: "pt", "np" or None (lists).
         """
-        single = isinstance(text, str)
-        texts = [text] if single else list(text)
+        texts, single = as_texts("text", text)
+        inputs = texts
         if text_pair is not None:
-            pairs = [text_pair] if isinstance(text_pair, str) else list(text_pair)
+            pairs, single_pair = as_texts("text_pair", text_pair)
+            if single != single_pair:
+                raise InputError(f"text is {_kind(single)} but text_pair is {_kind(single_pair)}; pass both as strings or both as lists")
             if len(pairs) != len(texts):
                 raise InputError(f"{len(texts)} texts but {len(pairs)} text pairs")
             inputs = list(zip(texts, pairs))
-        else:
-            inputs = texts
-        if not all(isinstance(t, str) for t in texts):
-            raise InputError("texts must be strings")
+        if padding not in PADDING or not isinstance(padding, (bool, str)):  # 1 == True, so check the type as well
+            raise InputError(f"padding must be one of {', '.join(map(repr, PADDING))}, not {padding!r}")
+        if not isinstance(truncation, bool):
+            raise InputError(f"truncation must be True or False, not {truncation!r}")
+        if return_tensors not in RETURN_TENSORS:
+            raise InputError(f"return_tensors must be 'pt', 'np' or None, not {return_tensors!r}")
+        if max_length is not None and (not isinstance(max_length, int) or isinstance(max_length, bool) or max_length <= 0):
+            raise InputError(f"max_length must be a positive integer, not {max_length!r}")
         limit = max_length if max_length is not None else self.model_max_length
         if truncation and limit is not None:
+            specials = self.backend.num_special_tokens_to_add(text_pair is not None) if add_special_tokens else 0
+            if limit < specials:
+                raise InputError(f"max_length {limit} leaves no room for the {specials} special tokens each {'pair' if text_pair is not None else 'text'} gets")
             self.backend.enable_truncation(limit, strategy="longest_first")
         else:
             self.backend.no_truncation()
@@ -111,13 +140,12 @@ class Tokenizer:
         lengths = {len(ids) for ids in batch["input_ids"]}
         if len(lengths) > 1:
             raise InputError(f"sequences have different lengths {sorted(lengths)}; pass padding=True to make a tensor")
+        width = len(batch["input_ids"][0]) if texts else limit if padding == "max_length" else 0  # an empty batch: (0, width)
         if return_tensors == "pt":
-            return {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
-        if return_tensors == "np":
-            import numpy as np
+            return {k: torch.tensor(v, dtype=torch.long).reshape(len(v), width) for k, v in batch.items()}
+        import numpy as np
 
-            return {k: np.asarray(v, dtype=np.int64) for k, v in batch.items()}
-        raise InputError(f"return_tensors must be 'pt', 'np' or None, not {return_tensors!r}")
+        return {k: np.asarray(v, dtype=np.int64).reshape(len(v), width) for k, v in batch.items()}
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``tokenizer.json`` and ``tokenizer_config.json`` (the length limit and special tokens)."""
@@ -140,13 +168,70 @@ class Tokenizer:
         return [self.backend.token_to_id(t) for t in tokens]
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
-        if isinstance(ids, torch.Tensor):
+        """Text of one sequence of token ids (a list, or a 1-D tensor or array)."""
+        return self.backend.decode(self._check_ids(ids), skip_special_tokens=skip_special_tokens)
+
+    def _check_ids(self, ids) -> list[int]:
+        if hasattr(ids, "tolist") and hasattr(ids, "shape"):  # a tensor or a numpy array
+            if len(ids.shape) != 1:
+                raise InputError(f"decode takes one sequence of ids (1-D), got shape {tuple(ids.shape)}; use batch_decode for a batch")
             ids = ids.tolist()
-        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        if isinstance(ids, (str, bytes, Mapping)) or not hasattr(ids, "__iter__"):
+            raise InputError(f"decode takes a sequence of token ids, got {type(ids).__name__}")
+        ids = list(ids)
+        size = self.vocab_size
+        for i, token_id in enumerate(ids):
+            if not isinstance(token_id, numbers.Integral) or isinstance(token_id, bool):
+                raise InputError(f"ids[{i}] must be an integer token id, got {type(token_id).__name__}: {token_id!r:.60}")
+            if not 0 <= token_id < size:
+                raise InputError(f"ids[{i}] is {token_id}, outside the vocabulary (valid: 0..{size - 1})")
+        return [int(token_id) for token_id in ids]
 
     def batch_decode(self, batch, skip_special_tokens: bool = True) -> list[str]:
         return [self.decode(ids, skip_special_tokens) for ids in batch]
 
 
+def as_texts(argument: str, value) -> tuple[list[str], bool]:
+    """The texts of a ``text``/``text_pair`` argument and whether it was one string; names any item that is not a string."""
+    if isinstance(value, str):
+        return [value], True
+    if isinstance(value, (bytes, bytearray)):
+        raise InputError(f"{argument} must be a string or a list of strings, got {type(value).__name__}; decode it first (value.decode('utf-8'))")
+    if isinstance(value, Mapping) or not hasattr(value, "__iter__"):
+        raise InputError(f"{argument} must be a string or a list of strings, got {type(value).__name__}")
+    texts = list(value)
+    for i, item in enumerate(texts):
+        if not isinstance(item, str):
+            hint = " (one list of strings per call; nested lists are not a batch)" if isinstance(item, (list, tuple)) else ""
+            raise InputError(f"{argument}[{i}] must be a string, got {type(item).__name__}: {item!r:.60}{hint}")
+    return texts, False
+
+
+def _token_text(value) -> str | None:
+    """A special token as tokenizer_config.json writes it: a string, or an added-token object with its "content"."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _kind(single: bool) -> str:
+    return "one string" if single else "a list"
+
+
 def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """The JSON object in a file ({} for an absent file); a file that holds none is a CheckpointError naming it."""
+    if not path.is_file():
+        return {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} cannot be read as UTF-8 text: {err}") from err
+    if not text.strip():
+        raise CheckpointError(f"{path} is empty ({path.stat().st_size} bytes); expected a JSON object")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(value).__name__}, expected an object")
+    return value

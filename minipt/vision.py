@@ -31,6 +31,8 @@ def load_image(image: Any) -> Any:
     if not isinstance(image, (str, os.PathLike)):
         raise InputError(f"expected an image file path or a PIL image, got {type(image).__name__}")
     path = Path(image)
+    if path.is_dir():
+        raise InputError(f"{path} is a directory, not an image file")
     if not path.is_file():
         raise InputError(f"{path}: no such image file")
     try:
@@ -80,5 +82,7 @@ def check_images(x: Any, channels: int, owner: str) -> None:
             f"{owner} expects {channels} input channels; got a tensor of shape {tuple(x.shape)} with {x.shape[1]} "
             "(channels-last data must be permuted to (B, C, H, W); memory format does not matter)"
         )
+    if x.shape[2] == 0 or x.shape[3] == 0:  # an empty batch (B = 0) is fine; an image without pixels is not
+        raise InputError(f"{owner} got images of shape {tuple(x.shape)}: height and width must be at least 1 pixel")
     if not x.is_floating_point():
         raise InputError(f"{owner} expects floating-point images, got {x.dtype} (convert pixels with .float() and normalise them)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minipt.keymap import TRANSPOSE, KeyMap, Rule
+from minipt.keymap import TRANSPOSE, KeyMap, KeyRow, Rule
 
 MAP = KeyMap(
     [
@@ -58,6 +58,30 @@ def test_rule_placeholders_must_agree():
 def test_table():
     rows = MAP.table(["layers.0.attn.q_proj.weight", "blocks.1.attn.qkv.weight", "unmapped"])
     assert rows == [
-        ("encoder.layer.0.attention.self.query.weight", "layers.0.attn.q_proj.weight", ""),
-        ("h.1.attn.c_attn.weight", "blocks.1.attn.qkv.weight", "transpose"),
+        KeyRow("encoder.layer.0.attention.self.query.weight", "layers.0.attn.q_proj.weight", ""),
+        KeyRow("h.1.attn.c_attn.weight", "blocks.1.attn.qkv.weight", "transpose"),
+    ]
+    assert rows[1][:3] == ("h.1.attn.c_attn.weight", "blocks.1.attn.qkv.weight", "transpose")
+
+
+def test_table_of_a_checkpoint_names_every_kind_of_key():
+    model = ["layers.0.attn.q_proj.weight", "layers.0.attn.q_proj.bias", "blocks.1.attn.qkv.weight"]
+    files = [
+        "bert.encoder.layer.0.attention.self.query.weight",  # prefixed
+        "h.1.attn.c_attn.weight",  # transposed
+        "lm_head.weight",  # tied
+        "embeddings.position_ids",  # ignored
+        "cls.predictions.bias",  # ignored by a {*} pattern
+        "encoder.layer.5.attention.self.query.weight",  # a rule, but a tensor the model lacks
+        "mystery",  # no rule
+    ]
+    assert MAP.table(model, files) == [
+        KeyRow("encoder.layer.0.attention.self.query.weight", "layers.0.attn.q_proj.weight", "", files[0]),
+        KeyRow("h.1.attn.c_attn.weight", "blocks.1.attn.qkv.weight", "transpose", files[1]),
+        KeyRow("lm_head.weight", "", "", files[2], "tied"),
+        KeyRow("embeddings.position_ids", "", "", files[3], "ignored"),
+        KeyRow("cls.predictions.bias", "", "", files[4], "ignored"),
+        KeyRow("encoder.layer.5.attention.self.query.weight", "", "", files[5], "unexpected"),
+        KeyRow("mystery", "", "", files[6], "unexpected"),
+        KeyRow("encoder.layer.0.attention.self.query.bias", "layers.0.attn.q_proj.bias", "", "", "missing"),
     ]

@@ -245,9 +245,14 @@ class BertModel(_BertPretrained):
 
     def _check_inputs(self, input_ids, attention_mask, token_type_ids) -> None:
         config = self.config
+        for name, value in (("input_ids", input_ids), ("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+            if value is not None and not isinstance(value, torch.Tensor):
+                raise InputError(f"{name} must be a tensor, got {type(value).__name__} (the tokenizer returns tensors with return_tensors='pt')")
         if input_ids.dim() != 2 or input_ids.is_floating_point():
             raise InputError(f"input_ids must be integer token ids of shape (batch, seq_len), got {input_ids.dtype} {tuple(input_ids.shape)}")
         B, T = input_ids.shape
+        if T == 0:  # an empty batch (B = 0) is fine; a sequence without tokens has no [CLS] to pool
+            raise InputError(f"input_ids of shape {tuple(input_ids.shape)} hold sequences of no tokens; each needs at least one ([CLS])")
         if T > config.max_position_embeddings:
             raise InputError(f"sequence length {T} exceeds the position table ({config.max_position_embeddings} positions); truncate the input")
         _check_ids("input_ids", input_ids, config.vocab_size)
@@ -265,8 +270,11 @@ class BertModel(_BertPretrained):
 
 
 def _check_ids(name: str, ids: torch.Tensor, size: int) -> None:
-    """An id outside an embedding table would index out of bounds deep inside torch: name it here."""
-    if ids.numel() == 0:
+    """An id outside an embedding table would index out of bounds deep inside torch: name it here.
+
+    A check of values, not shapes: skipped while torch.compile traces, where it would break the graph.
+    """
+    if ids.numel() == 0 or torch.compiler.is_compiling():
         return
     low, high = torch.aminmax(ids)
     if int(low) < 0 or int(high) >= size:
@@ -309,6 +317,9 @@ class BertForMaskedLM(_BertPretrained):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False, output_attentions=False):
         """``labels`` (B, T): the token to predict at masked positions, -100 elsewhere."""
         out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions)
+        if labels is not None and (not isinstance(labels, torch.Tensor) or labels.shape != input_ids.shape):
+            shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+            raise InputError(f"labels must have the shape of input_ids {tuple(input_ids.shape)} (-100 where nothing is predicted), got {shape}")
         logits = self.head(out.last_hidden_state)  # (B, T, vocab)
         loss = None if labels is None else F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
         return BertHeadOutput(logits, loss, out.hidden_states, out.attentions)
@@ -355,7 +366,11 @@ class BertForSequenceClassification(_BertPretrained):
         self.apply(self.init_weights)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False, output_attentions=False):
+        """``labels``: class ids (B,), or targets (B,) / (B, num_labels) for regression and multi-label problems."""
         out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions)
+        if labels is not None and (not isinstance(labels, torch.Tensor) or labels.dim() == 0 or labels.shape[0] != input_ids.shape[0]):
+            shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+            raise InputError(f"labels must hold one entry per sequence ({input_ids.shape[0]} for input_ids {tuple(input_ids.shape)}), got {shape}")
         logits = self.classifier(self.dropout(out.pooler_output))  # (B, num_labels)
         loss = None if labels is None else self._loss(logits, labels)
         return BertHeadOutput(logits, loss, out.hidden_states, out.attentions)

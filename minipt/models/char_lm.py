@@ -80,7 +80,7 @@ class CharLM(Pretrained, nn.Module):
             raise InputError(f"CharLM expects integer byte ids of shape (B, T), got {shape}")
         if ids.shape[1] == 0:
             raise InputError("CharLM got an empty sequence (T = 0)")
-        if ids.min() < 0 or ids.max() >= vocab:
+        if ids.numel() and (ids.min() < 0 or ids.max() >= vocab):  # an empty batch (B = 0) has no ids to check
             raise InputError(f"CharLM ids must lie in [0, {vocab}), got values in [{ids.min().item()}, {ids.max().item()}]")
 
     # -- text in and out -------------------------------------------------------

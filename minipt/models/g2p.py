@@ -124,8 +124,12 @@ class G2P(Pretrained, nn.Module):
     def forward(self, letter_ids: torch.Tensor, phoneme_ids: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits (B, S, P): letters (B, T) with </s>, decoder inputs (B, S) starting with <s>."""
         for name, ids, vocab in (("letter_ids", letter_ids, self.config.graphemes), ("phoneme_ids", phoneme_ids, self.config.phonemes)):
+            if not isinstance(ids, torch.Tensor):
+                raise InputError(f"G2P.forward expects {name} as a tensor of integer ids (B, T), got {type(ids).__name__}")
             if ids.dim() != 2 or ids.dtype not in (torch.int32, torch.int64):
                 raise InputError(f"G2P.forward expects {name} as integer ids (B, T), got shape {tuple(ids.shape)} of {ids.dtype}")
+            if ids.shape[1] == 0:  # an empty batch (B = 0) is fine
+                raise InputError(f"G2P.forward: {name} of shape {tuple(ids.shape)} hold sequences of no tokens; each needs at least one (</s> or <s>)")
             if ids.numel() and (ids.min() < 0 or ids.max() >= len(vocab)):
                 raise InputError(f"G2P.forward: {name} must lie in [0, {len(vocab)}), got values in [{ids.min().item()}, {ids.max().item()}]")
         if letter_ids.shape[0] != phoneme_ids.shape[0]:

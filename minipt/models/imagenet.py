@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import InputError
+
 _NAMES = Path(__file__).resolve().parent / "imagenet_classes.txt"
 
 
@@ -25,6 +27,8 @@ def imagenet_classes() -> tuple[str, ...]:
 
 def top_classes(logits: torch.Tensor, top: int = 5) -> list[list[tuple[str, float]]]:
     """The ``top`` most probable classes of each row of ``logits`` (B, 1000), as (name, probability) pairs."""
+    if not isinstance(top, int) or isinstance(top, bool) or not 1 <= top <= logits.shape[-1]:
+        raise InputError(f"top must be an integer from 1 to {logits.shape[-1]} (the number of classes), got {top!r}")
     probs = torch.softmax(logits.float(), dim=-1)  # (B, 1000)
     values, indices = probs.topk(top, dim=-1)  # (B, top)
     names = imagenet_classes()

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError, InputError
 from ..hub import resolve
-from ..tokenizer import Tokenizer
+from ..tokenizer import Tokenizer, as_texts
 from .bert import BertModel
 
 # pooling mode -> its flag in a sentence-transformers Pooling config
@@ -101,13 +101,16 @@ class SentenceEncoder(nn.Module):
 
     @torch.inference_mode()
     def encode(self, sentences: str | Sequence[str], *, batch_size: int = 32, normalize: bool | None = None) -> torch.Tensor:
-        """Embed sentences: (N, H) on the CPU (a single string gives (H,)).
+        """Embed sentences: (N, H) float32 on the CPU (a single string gives (H,)).
 
         Sentences are sorted by length before batching, so each batch pads little;
-        the result is in the input order.
+        the result is in the input order. An empty list gives a (0, H) tensor, so
+        code that embeds whatever a filter left keeps working; an empty string is
+        embedded like any text (its vector comes from the [CLS] and [SEP] tokens).
         """
-        single = isinstance(sentences, str)
-        sentences = [sentences] if single else list(sentences)
+        sentences, single = as_texts("sentences", sentences)
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         device = next(self.encoder.parameters()).device
         order = sorted(range(len(sentences)), key=lambda i: -len(sentences[i]))
         out = [None] * len(sentences)
@@ -129,4 +132,13 @@ def _pooling_mode(config: dict) -> str:
 
 
 def _read_json(path: Path, default):
-    return json.loads(path.read_text()) if path.is_file() else default
+    """The JSON value in a file, of the same type as ``default`` (returned for an absent file); else a CheckpointError naming the file."""
+    if not path.is_file():
+        return default
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # ValueError: not JSON, or not UTF-8
+        raise CheckpointError(f"{path} is not a readable JSON file: {err}") from err
+    if not isinstance(value, type(default)):
+        raise CheckpointError(f"{path} holds a JSON {type(value).__name__}, expected a {type(default).__name__}")
+    return value

@@ -476,7 +476,7 @@ def fused_layer(mode: str, x: Tensor, state: Tuple[Tensor, ...], weights: Tuple[
         x_proj = torch.addmm(bias, x_flat, w_ih.t())
     else:
         x_proj = torch.mm(x_flat, w_ih.t())
-    x_proj = x_proj.view(T, B, -1)  # (T, B, G)
+    x_proj = x_proj.view(T, B, x_proj.shape[1])  # (T, B, G); G spelled out: -1 is ambiguous for an empty batch
     if mode == "LSTM":
         h0, c0 = state
         if grad:
