@@ -63,8 +63,15 @@ def weight_files(path: Path) -> list[Path]:
     if (path / SAFETENSORS).is_file():
         return [path / SAFETENSORS]
     if (path / SAFETENSORS_INDEX).is_file():
-        index = json.loads((path / SAFETENSORS_INDEX).read_text())
-        return [path / name for name in sorted(set(index["weight_map"].values()))]
+        index_path = path / SAFETENSORS_INDEX
+        try:
+            weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+            names = sorted(set(weight_map.values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
+            raise CheckpointError(f"{index_path} is not a readable index of weight files (a JSON object with a weight_map of file names): {type(err).__name__}: {err}") from None
+        if not names or not all(isinstance(n, str) and n and "/" not in n and "\\" not in n and n not in (".", "..") for n in names):
+            raise CheckpointError(f"{index_path}: weight_map must name files in {path}, found {names[:5]}")
+        return [path / name for name in names]
     if (path / PYTORCH_BIN).is_file():
         return [path / PYTORCH_BIN]
     # a folder holding one weights file under another name (torchvision's resnet50-0676ba61.pth, ...)

@@ -137,7 +137,7 @@ class Config:
         if not isinstance(values, dict):
             raise ConfigError(f"{where}expected a JSON object of config fields, found {type(values).__name__}")
         names = cls._check_names(overrides)
-        found_type = values.get("model_type", cls.model_type)
+        found_type = values.get("model_type", _family_of(values) or cls.model_type)
         if cls.model_type is not None and found_type != cls.model_type:
             raise ConfigError(f"{where}describes a {found_type!r} model, not {cls.model_type!r}{_who_loads(values)}")
         try:
@@ -176,6 +176,18 @@ class Config:
             if f.init and not f.metadata.get(_MINIPT_ONLY):
                 values[f.name] = _json_value(getattr(self, f.name))
         return values
+
+
+def _family_of(values: dict) -> str | None:
+    """The model_type of a config.json that names only its architecture (older minipt saves)."""
+    from .models import model_class
+
+    if not values.get("architectures"):
+        return None
+    try:
+        return getattr(model_class(values).config_class, "model_type", None)
+    except ConfigError:
+        return None
 
 
 def _who_loads(values: dict) -> str:

@@ -48,11 +48,12 @@ def _load(target: str) -> type:
 
 def model_class(config: dict) -> type:
     """The minipt class for an official ``config.json``: its architecture if minipt has it, else its family's base model."""
-    for architecture in config.get("architectures") or ():
-        if architecture in ARCHITECTURES:
+    architectures = config.get("architectures")
+    for architecture in architectures if isinstance(architectures, list) else ():
+        if isinstance(architecture, str) and architecture in ARCHITECTURES:
             return _load(ARCHITECTURES[architecture])
     model_type = config.get("model_type")
-    if model_type in MODEL_TYPES:
+    if isinstance(model_type, str) and model_type in MODEL_TYPES:
         return _load(MODEL_TYPES[model_type])
     raise ConfigError(f"no minipt model for model_type {model_type!r} (architectures {config.get('architectures')}); supported: {', '.join(MODEL_TYPES)}")
 

@@ -63,10 +63,12 @@ class SentenceEncoder(nn.Module):
     def from_pretrained(cls, name_or_path, *, dtype: torch.dtype | None = None, device=None) -> "SentenceEncoder":
         path = resolve(name_or_path)
         modules = _read_json(path / "modules.json", default=[])
+        if not isinstance(modules, list) or not all(isinstance(m, dict) and isinstance(m.get("type"), str) and isinstance(m.get("path", ""), str) for m in modules):
+            raise ConfigError(f"{path / 'modules.json'} must be a list of objects with a 'type' and a 'path', found {str(modules)[:80]}")
         kinds = {m["type"].rsplit(".", 1)[-1]: m for m in modules}
         pooling = "mean"
         if "Pooling" in kinds:
-            pooling = _pooling_mode(_read_json(path / kinds["Pooling"]["path"] / "config.json", default={}))
+            pooling = _pooling_mode(_read_json(path / kinds["Pooling"].get("path", "") / "config.json", default={}))
         normalize = "Normalize" in kinds
         settings = _read_json(path / "sentence_bert_config.json", default={})
         encoder = BertModel.from_pretrained(path, dtype=dtype, device=device)
