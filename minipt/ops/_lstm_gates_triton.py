@@ -80,7 +80,8 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 def forward(gates, c):
     gates, c = _rows(gates), _rows(c)
     B, H = c.shape
-    h_new, c_new = torch.empty_like(c, memory_format=torch.contiguous_format), torch.empty_like(c, memory_format=torch.contiguous_format)
+    h_new = torch.empty((B, H), dtype=c.dtype, device=c.device)
+    c_new = torch.empty((B, H), dtype=c.dtype, device=c.device)
     blocks = _blocks(c, B, H)
     grid = (triton.cdiv(B, blocks["BLOCK_B"]), triton.cdiv(H, blocks["BLOCK_H"]))
     lstm_gates_forward_kernel[grid](gates, c, h_new, c_new, B, H, gates.stride(0), c.stride(0), **blocks)

@@ -28,7 +28,3 @@ def exact_dot(tensor) -> bool:
     import torch
 
     return tensor.dtype == torch.float32 or not tensor.is_cuda
-
-
-def next_power_of_2(n: int) -> int:
-    return triton.next_power_of_2(n)
