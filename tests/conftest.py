@@ -10,11 +10,18 @@ test reference.
 import os
 
 import pytest
+import torch
 
 from minipt.reference import bare_torchvision
 
 bare_torchvision()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the network
+
+if not torch.cuda.is_available():
+    # minipt.ops' Triton kernels run on CPU tensors through Triton's interpreter. The variable is
+    # read when a kernel module is imported (lazily, by the first test that launches a kernel),
+    # so setting it here does not import triton.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,7 @@ def test_against_torch_multihead_attention(batch, heads, head_dim, length, causa
     bias = attention_bias(keep if padded else None, length, length, causal=causal)
     future = torch.ones(length, length, dtype=torch.bool).triu(1) if causal else None
     expected, expected_probs = theirs(hidden, hidden, hidden, key_padding_mask=~keep if padded else None, attn_mask=future, average_attn_weights=False)
-    for backend in ("math", "sdpa"):
+    for backend in ("math", "torch"):
         with torch.no_grad(), use_backend(backend):
             out, probs = ours(hidden, bias, need_weights=True)
             out_fast, _ = ours(hidden, bias)
@@ -51,7 +51,7 @@ def test_against_torch_multihead_attention(batch, heads, head_dim, length, causa
         assert (probs - expected_probs).abs().max() <= ATOL
 
 
-@pytest.mark.parametrize("backend", ["math", "sdpa"])
+@pytest.mark.parametrize("backend", ["math", "torch"])
 def test_fully_masked_rows_give_zeros_not_nan(backend):
     q, k, v = (t.requires_grad_() for t in _qkv())
     keep = torch.ones(2, 7, dtype=torch.bool)
@@ -70,7 +70,7 @@ def test_additive_minus_inf_mask_gives_no_nan():
     q, k, v = _qkv()
     additive = torch.zeros(2, 1, 1, 7)
     additive[0] = float("-inf")
-    for backend in ("math", "sdpa"):
+    for backend in ("math", "torch"):
         out, _ = scaled_dot_product_attention(q, k, v, attention_bias(additive, 5, 7), backend=backend)
         assert torch.isfinite(out).all() and (out[0] == 0).all()
 
@@ -120,7 +120,7 @@ def test_layer_norm_equation_is_as_accurate_as_torch(shape):
         ours = norm(x)
     torch_error = _error(F.layer_norm(x, shape[-1:], norm.weight, norm.bias, 1e-12), exact)
     assert _error(ours, exact) <= 2 * torch_error + 1e-7  # at most twice torch's own rounding error
-    with use_backend("sdpa"):
+    with use_backend("torch"):
         assert torch.equal(norm(x), F.layer_norm(x, shape[-1:], norm.weight, norm.bias, 1e-12))
 
 
@@ -140,18 +140,18 @@ def test_layer_norm_is_a_state_dict_drop_in_for_torch():
 
 
 def test_backend_switch():
-    assert get_backend() == "sdpa"
+    assert get_backend() == "torch"
     with use_backend("math"):
         assert get_backend() == "math"
         with pytest.raises(RuntimeError):
-            with use_backend("sdpa"):
+            with use_backend("torch"):
                 raise RuntimeError
         assert get_backend() == "math"  # restored after an exception
-    assert get_backend() == "sdpa"
+    assert get_backend() == "torch"
     set_backend("math")
     try:
         assert get_backend() == "math"
     finally:
-        set_backend("sdpa")
+        set_backend("torch")
     with pytest.raises(ConfigError):
         set_backend(None)

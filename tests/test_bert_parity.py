@@ -1,6 +1,6 @@
 """minipt's BERT against transformers' on the same weights.
 
-Tolerances. The ``sdpa`` backend runs the same torch kernels as transformers
+Tolerances. The ``torch`` backend runs the same torch kernels as transformers
 with its sdpa attention: fp32 max abs difference <= 1e-5 on every output;
 asked for attention maps it runs the attention written out, exactly like
 transformers' eager attention, and is held to the same 1e-5 against it. The ``math`` backend writes
@@ -84,8 +84,8 @@ def _run(model, batch, attentions):
 @pytest.fixture(scope="module")
 def parity(minilm, reference, reference_sdpa, reference64):
     def check(batch, backend, attentions=True):
-        if backend == "sdpa":
-            with use_backend("sdpa"):
+        if backend == "torch":
+            with use_backend("torch"):
                 ours = _run(minilm, batch, False)
                 ours_with_maps = _run(minilm, batch, True) if attentions else {}
             theirs = _run(reference_sdpa, batch, False)
@@ -105,21 +105,21 @@ def parity(minilm, reference, reference_sdpa, reference64):
     return check
 
 
-@pytest.mark.parametrize("backend", ["math", "sdpa"])
+@pytest.mark.parametrize("backend", ["math", "torch"])
 def test_real_weights_padded_batch(parity, tokenizer, backend):
     batch = tokenizer(SENTENCES)
     assert (batch["attention_mask"] == 0).any()  # the batch really has padding
     parity(batch, backend)
 
 
-@pytest.mark.parametrize("backend", ["math", "sdpa"])
+@pytest.mark.parametrize("backend", ["math", "torch"])
 def test_real_weights_sentence_pairs(parity, tokenizer, backend):
     batch = tokenizer(SENTENCES[:2], SENTENCES[2:])
     assert (batch["token_type_ids"] == 1).any()
     parity(batch, backend)
 
 
-@pytest.mark.parametrize("backend", ["math", "sdpa"])
+@pytest.mark.parametrize("backend", ["math", "torch"])
 def test_real_weights_up_to_the_position_limit(parity, tokenizer, backend):
     text = " ".join(["transformers"] * 600)
     batch = tokenizer([text, "short"], max_length=512)
@@ -129,7 +129,7 @@ def test_real_weights_up_to_the_position_limit(parity, tokenizer, backend):
 
 def test_sdpa_output_attentions_falls_back_to_math(minilm, tokenizer):
     batch = tokenizer(SENTENCES)
-    with torch.no_grad(), use_backend("sdpa"):
+    with torch.no_grad(), use_backend("torch"):
         ours = minilm(**batch, output_attentions=True)
     assert all(a is not None for a in ours.attentions)
     assert torch.allclose(ours.attentions[0].sum(-1), torch.ones(()), atol=1e-5)
@@ -140,17 +140,17 @@ def test_per_model_backend_overrides_global(minilm, tokenizer):
     with torch.no_grad():
         with use_backend("math"):
             written_out = minilm(**batch).last_hidden_state
-        with use_backend("sdpa"):
+        with use_backend("torch"):
             fused = minilm(**batch).last_hidden_state
         assert not torch.equal(written_out, fused)  # the two backends really run different code
         minilm.set_backend("math")
         try:
-            with use_backend("sdpa"):
+            with use_backend("torch"):
                 assert all(m.backend == "math" for m in minilm.modules() if hasattr(m, "backend"))
                 assert torch.equal(minilm(**batch).last_hidden_state, written_out)
         finally:
             minilm.set_backend(None)
-        with use_backend("sdpa"):
+        with use_backend("torch"):
             assert torch.equal(minilm(**batch).last_hidden_state, fused)
 
 
@@ -181,7 +181,7 @@ def test_random_configs(tmp_path_factory, config, length, batch, seed):
     inputs = random_batch(config, batch, length, seed=seed)
     inputs["token_type_ids"] %= config.type_vocab_size
     with torch.no_grad():
-        for backend in ("math", "sdpa"):
+        for backend in ("math", "torch"):
             with use_backend(backend):
                 a = ours(**inputs, output_hidden_states=True)
             b = reference(**inputs, output_hidden_states=True)
@@ -254,7 +254,7 @@ def test_save_pretrained_of_the_real_checkpoint_round_trips(tmp_path, minilm, re
 
 
 # -- training ------------------------------------------------------------------
-@pytest.mark.parametrize("backend", ["math", "sdpa"])
+@pytest.mark.parametrize("backend", ["math", "torch"])
 def test_training_step_gradients_match(tmp_path, backend):
     config = tiny_hf_config(num_labels=3)
     reference = randomize(transformers.BertForSequenceClassification(config))

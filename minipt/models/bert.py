@@ -21,7 +21,7 @@ from ..checkpoint import Checkpoint, Pretrained
 from ..config import Config, count, epsilon, flag, minipt_only, one_of, probability, real, require, token_id
 from ..errors import ConfigError, InputError
 from ..keymap import KeyMap
-from ..nn import LayerNorm, MultiHeadAttention, activation, attention_bias, set_backend
+from ..nn import LayerNorm, MultiHeadAttention, activation, attention_bias, linear_then_activation, set_backend
 from ..nn.backend import check_backend
 from ..nn.layers import ACTIVATIONS
 
@@ -142,9 +142,9 @@ class BertLayer(nn.Module):
 
     def forward(self, hidden: torch.Tensor, bias: torch.Tensor | None, need_weights: bool = False):
         attn_out, attn_probs = self.attn(hidden, bias, need_weights)
-        hidden = self.attn_norm(hidden + self.dropout(attn_out))  # (B, T, H)
-        ffn_out = self.ffn_down(self.act(self.ffn_up(hidden)))  # (B, T, I) inside, (B, T, H) out
-        hidden = self.ffn_norm(hidden + self.dropout(ffn_out))
+        hidden = self.attn_norm(self.dropout(attn_out), residual=hidden)  # LN(hidden + attn_out): (B, T, H)
+        ffn_out = self.ffn_down(linear_then_activation(self.ffn_up, self.act, hidden))  # (B, T, I) inside, (B, T, H) out
+        hidden = self.ffn_norm(self.dropout(ffn_out), residual=hidden)
         return hidden, attn_probs
 
 
@@ -175,7 +175,7 @@ class _BertPretrained(Pretrained, nn.Module):
     config_class = BertConfig
 
     def set_backend(self, name: str | None) -> None:
-        """Run this model's attention, LayerNorm and GELU on ``"math"`` or ``"sdpa"`` (None: the global choice)."""
+        """Run this model's attention, LayerNorm and GELU on ``"math"``, ``"torch"`` or ``"fused"`` (None: the global choice)."""
         set_backend(name, module=self)
 
     @torch.no_grad()

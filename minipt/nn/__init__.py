@@ -2,7 +2,7 @@
 
 from .attention import MultiHeadAttention, attention_bias, scaled_dot_product_attention
 from .backend import BACKENDS, get_backend, set_backend, use_backend
-from .layers import GELU, LayerNorm, activation
+from .layers import GELU, LayerNorm, activation, linear_then_activation
 from .rnn import GRU, LSTM, RNN
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "activation",
     "attention_bias",
     "get_backend",
+    "linear_then_activation",
     "scaled_dot_product_attention",
     "set_backend",
     "use_backend",

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import ops
 from ..errors import InputError
 from .backend import get_backend
 
@@ -71,10 +72,21 @@ def scaled_dot_product_attention(
     bias: torch.Tensor | None = None,
     *,
     dropout: float = 0.0,
-    backend: str = "sdpa",
+    backend: str = "torch",
     need_weights: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``softmax(q k^T / sqrt(D) + bias) v``; probabilities too when asked (always on the math path)."""
+    """``softmax(q k^T / sqrt(D) + bias) v``; probabilities too when asked (always on the math path).
+
+    ``fused`` runs ``minipt.ops.attention`` when the bias only masks padded keys ((B, 1, 1, S),
+    as ``attention_bias`` builds it for a padding mask) or is None; with attention dropout or any
+    other mask it runs ``torch``.
+    """
+    if backend == "fused" and not need_weights and dropout == 0.0:
+        if bias is None:
+            return ops.attention(q, k, v), None
+        if bias.dim() == 4 and bias.shape[1] == bias.shape[2] == 1 and bias.shape[0] == q.shape[0]:
+            keep = bias[:, 0, 0, :] > torch.finfo(bias.dtype).min  # (B, S): True = a real key
+            return ops.attention(q, k, v, keep), None
     attends = None  # (B, 1|heads, T, 1): 0 for query rows that may look at no key
     if bias is not None:
         attends = (bias > torch.finfo(bias.dtype).min).any(-1, keepdim=True)

@@ -1,4 +1,5 @@
-"""LayerNorm and activations, with their equations written out (the ``math`` backend)."""
+"""LayerNorm and activations, with their equations written out (the ``math`` backend),
+torch's kernels (``torch``) or minipt's ops (``fused``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import ops
 from ..errors import ConfigError
 from .backend import get_backend
 
@@ -22,8 +24,16 @@ class LayerNorm(nn.Module):
         self.eps = eps
         self.backend: str | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if get_backend(self.backend) != "math":
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """LN(x), or LN(x + residual): a post-LN block's residual step, one op on ``fused``."""
+        backend = get_backend(self.backend)
+        if backend == "fused":
+            if residual is None:
+                return ops.layer_norm(x, self.weight, self.bias, self.eps)
+            return ops.add_layer_norm(x, residual, self.weight, self.bias, self.eps)
+        if residual is not None:
+            x = x + residual
+        if backend == "torch":
             return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
         mean = x.mean(-1, keepdim=True)
         var = (x - mean).pow(2).mean(-1, keepdim=True)  # biased variance, as in the paper
@@ -43,8 +53,14 @@ class GELU(nn.Module):
         self.approximate = approximate
         self.backend: str | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if get_backend(self.backend) != "math":
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """gelu(x), or gelu(x + bias) for a bias (N,) the Linear before left out (``linear_then_activation``)."""
+        backend = get_backend(self.backend)
+        if backend == "fused":
+            return ops.bias_gelu(x, bias if bias is not None else x.new_zeros(x.shape[-1]), self.approximate)
+        if bias is not None:
+            x = x + bias
+        if backend == "torch":
             return F.gelu(x, approximate=self.approximate)
         if self.approximate == "tanh":
             return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
@@ -64,6 +80,14 @@ ACTIVATIONS = {
     "swish": nn.SiLU,
     "tanh": nn.Tanh,
 }
+
+
+def linear_then_activation(linear: nn.Linear, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``act(linear(x))``. A GELU on the ``fused`` backend takes the Linear's bias itself, so that
+    the biased pre-activation is never written to memory (``minipt.ops.bias_gelu``)."""
+    if isinstance(act, GELU) and linear.bias is not None and get_backend(act.backend) == "fused":
+        return act(F.linear(x, linear.weight), linear.bias)
+    return act(linear(x))
 
 
 def activation(name: str) -> nn.Module:

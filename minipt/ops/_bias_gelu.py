@@ -1,0 +1,110 @@
+"""Bias add + GELU (Hendrycks & Gimpel, 2016) as one torch op, ``minipt::bias_gelu``.
+
+    out = gelu(x + bias)      x (..., N), bias (N,)
+
+The feed-forward block's first Linear is run without its bias and this op adds it, so that the
+sum x + bias is never written to memory. ``approximate`` is "none" (the exact erf form, BERT) or
+"tanh" (GPT-2's "gelu_new").
+
+- everywhere but CUDA: ``bias_gelu_reference`` (torch's gelu on the sum, in float32 at least);
+- CUDA: ``_bias_gelu_triton``. The backward, ``minipt::bias_gelu_backward``, is split the same way.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import InputError
+
+
+def bias_gelu_reference(x, bias, approximate):
+    compute = torch.promote_types(x.dtype, torch.float32)
+    return F.gelu(x.to(compute) + bias.to(compute), approximate=approximate).to(x.dtype)
+
+
+def gelu_grad(y: Tensor, approximate: str) -> Tensor:
+    """d gelu(y) / dy, written out."""
+    if approximate == "tanh":
+        k = math.sqrt(2.0 / math.pi)
+        t = torch.tanh(k * (y + 0.044715 * y.pow(3)))
+        return 0.5 * (1.0 + t) + 0.5 * y * (1.0 - t * t) * k * (1.0 + 3.0 * 0.044715 * y * y)
+    cdf = 0.5 * (1.0 + torch.erf(y / math.sqrt(2.0)))  # Phi(y)
+    return cdf + y * torch.exp(-0.5 * y * y) / math.sqrt(2.0 * math.pi)  # + y phi(y)
+
+
+def bias_gelu_backward_reference(grad, x, bias, approximate):
+    compute = torch.promote_types(x.dtype, torch.float32)
+    y = x.to(compute) + bias.to(compute)
+    grad_x = grad.to(compute) * gelu_grad(y, approximate)
+    return grad_x.to(x.dtype), grad_x.reshape(-1, x.shape[-1]).sum(0).to(bias.dtype)
+
+
+@torch.library.custom_op("minipt::bias_gelu", mutates_args=())
+def bias_gelu_op(x: Tensor, bias: Tensor, approximate: str) -> Tensor:
+    return bias_gelu_reference(x, bias, approximate)
+
+
+@bias_gelu_op.register_kernel("cuda")
+def bias_gelu_triton(x, bias, approximate):
+    """Launches the Triton forward; runs on CPU tensors too under TRITON_INTERPRET=1."""
+    if x.dtype == torch.float64:  # the kernels compute in float32
+        return bias_gelu_reference(x, bias, approximate)
+    from . import _bias_gelu_triton
+
+    return _bias_gelu_triton.forward(x, bias, approximate)
+
+
+@bias_gelu_op.register_fake
+def _(x, bias, approximate):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("minipt::bias_gelu_backward", mutates_args=())
+def bias_gelu_backward_op(grad: Tensor, x: Tensor, bias: Tensor, approximate: str) -> tuple[Tensor, Tensor]:
+    return bias_gelu_backward_reference(grad, x, bias, approximate)
+
+
+@bias_gelu_backward_op.register_kernel("cuda")
+def bias_gelu_backward_triton(grad, x, bias, approximate):
+    """Launches the Triton backward; runs on CPU tensors too under TRITON_INTERPRET=1."""
+    if x.dtype == torch.float64:
+        return bias_gelu_backward_reference(grad, x, bias, approximate)
+    from . import _bias_gelu_triton
+
+    return _bias_gelu_triton.backward(grad, x, bias, approximate)
+
+
+@bias_gelu_backward_op.register_fake
+def _(grad, x, bias, approximate):
+    return torch.empty_like(x), torch.empty_like(bias)
+
+
+def _setup_context(ctx, inputs, output):
+    x, bias, approximate = inputs
+    ctx.save_for_backward(x, bias)
+    ctx.approximate = approximate
+
+
+def _backward(ctx, grad):
+    x, bias = ctx.saved_tensors
+    grad_x, grad_bias = bias_gelu_backward_op(grad, x, bias, ctx.approximate)
+    return grad_x, grad_bias, None
+
+
+bias_gelu_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def bias_gelu(x: Tensor, bias: Tensor, approximate: str = "none") -> Tensor:
+    """``gelu(x + bias)``: x (..., N), bias (N,)."""
+    if approximate not in ("none", "tanh"):
+        raise InputError(f"GELU approximation must be 'none' or 'tanh', not {approximate!r}")
+    if bias.dim() != 1 or x.dim() == 0 or bias.shape[0] != x.shape[-1]:
+        raise InputError(f"bias must have shape ({x.shape[-1] if x.dim() else '?'},) to add to x {tuple(x.shape)}; "
+                         f"got {tuple(bias.shape)}")
+    if x.dtype != bias.dtype or not x.is_floating_point():
+        raise InputError(f"x and bias must share one floating dtype; got {x.dtype} and {bias.dtype}")
+    return bias_gelu_op(x, bias, approximate)

@@ -1,0 +1,107 @@
+"""One LSTM step's gate math (Hochreiter & Schmidhuber, 1997) after the matrix multiplies, as one
+torch op, ``minipt::lstm_gates``:
+
+    gates = x W_ih^T + b_ih + h W_hh^T + b_hh        (B, 4H), torch.nn's order i, f, g, o
+    i, f, o = sigmoid(gates_i, gates_f, gates_o),  g = tanh(gates_g)
+    c' = f c + i g,   h' = o tanh(c')                 -> (h', c'), each (B, H)
+
+Fusing it leaves one read of the gates and c and one write of h' and c' per step, instead of
+a dozen elementwise kernels.
+
+- everywhere but CUDA: ``lstm_gates_reference`` (float32 at least);
+- CUDA: ``_lstm_gates_triton``. The backward, ``minipt::lstm_gates_backward``, is split the same way.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..errors import InputError
+
+
+def lstm_gates_reference(gates, c):
+    compute = torch.promote_types(gates.dtype, torch.float32)
+    i, f, g, o = gates.to(compute).chunk(4, dim=1)  # each (B, H)
+    c_new = torch.sigmoid(f) * c.to(compute) + torch.sigmoid(i) * torch.tanh(g)
+    h_new = torch.sigmoid(o) * torch.tanh(c_new)
+    return h_new.to(c.dtype), c_new.to(c.dtype)
+
+
+def lstm_gates_backward_reference(grad_h, grad_c, gates, c):
+    compute = torch.promote_types(gates.dtype, torch.float32)
+    i, f, g, o = gates.to(compute).chunk(4, dim=1)
+    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+    c = c.to(compute)
+    tanh_c = torch.tanh(f * c + i * g)
+    grad_h = grad_h.to(compute)
+    grad_c = grad_c.to(compute) + grad_h * o * (1 - tanh_c * tanh_c)  # c' reaches h' through tanh
+    grad_gates = torch.cat([
+        grad_c * g * i * (1 - i),
+        grad_c * c * f * (1 - f),
+        grad_c * i * (1 - g * g),
+        grad_h * tanh_c * o * (1 - o),
+    ], dim=1)  # (B, 4H)
+    return grad_gates.to(gates.dtype), (grad_c * f).to(gates.dtype)
+
+
+@torch.library.custom_op("minipt::lstm_gates", mutates_args=())
+def lstm_gates_op(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    return lstm_gates_reference(gates, c)
+
+
+@lstm_gates_op.register_kernel("cuda")
+def lstm_gates_triton(gates, c):
+    """Launches the Triton forward; runs on CPU tensors too under TRITON_INTERPRET=1."""
+    if gates.dtype == torch.float64:  # the kernels compute in float32
+        return lstm_gates_reference(gates, c)
+    from . import _lstm_gates_triton
+
+    return _lstm_gates_triton.forward(gates, c)
+
+
+@lstm_gates_op.register_fake
+def _(gates, c):
+    return torch.empty_like(c), torch.empty_like(c)
+
+
+@torch.library.custom_op("minipt::lstm_gates_backward", mutates_args=())
+def lstm_gates_backward_op(grad_h: Tensor, grad_c: Tensor, gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    return lstm_gates_backward_reference(grad_h, grad_c, gates, c)
+
+
+@lstm_gates_backward_op.register_kernel("cuda")
+def lstm_gates_backward_triton(grad_h, grad_c, gates, c):
+    """Launches the Triton backward; runs on CPU tensors too under TRITON_INTERPRET=1."""
+    if gates.dtype == torch.float64:
+        return lstm_gates_backward_reference(grad_h, grad_c, gates, c)
+    from . import _lstm_gates_triton
+
+    return _lstm_gates_triton.backward(grad_h, grad_c, gates, c)
+
+
+@lstm_gates_backward_op.register_fake
+def _(grad_h, grad_c, gates, c):
+    return torch.empty_like(gates), torch.empty_like(c)
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, grad_h, grad_c):
+    gates, c = ctx.saved_tensors
+    return lstm_gates_backward_op(grad_h, grad_c, gates, c)
+
+
+lstm_gates_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def lstm_gates(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """(h', c') of one LSTM step from the pre-activation gates (B, 4H) and the cell state c (B, H)."""
+    if c.dim() != 2 or gates.dim() != 2 or gates.shape != (c.shape[0], 4 * c.shape[1]):
+        raise InputError(f"gates must have shape (batch, 4 * hidden) for c (batch, hidden); "
+                         f"got gates {tuple(gates.shape)} and c {tuple(c.shape)}")
+    if gates.dtype != c.dtype or not c.is_floating_point():
+        raise InputError(f"gates and c must share one floating dtype; got {gates.dtype} and {c.dtype}")
+    return lstm_gates_op(gates, c)

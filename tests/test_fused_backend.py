@@ -1,0 +1,104 @@
+"""The backend vocabulary ("math", "torch", "fused") and minipt.nn's blocks on "fused", which
+runs minipt.ops (on CPU: the ops' plain-torch references; their Triton kernels are checked in
+test_ops_kernels.py).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import minipt.ops as ops
+from bert_reference import minilm_path
+from minipt import Tokenizer
+from minipt.errors import ConfigError
+from minipt.models.bert import BertModel
+from minipt.nn import (GELU, LayerNorm, MultiHeadAttention, attention_bias, get_backend, linear_then_activation,
+                       scaled_dot_product_attention, set_backend, use_backend)
+
+
+def test_sdpa_is_a_deprecated_alias_of_torch():
+    with pytest.warns(DeprecationWarning, match="'torch'"):
+        with use_backend("sdpa"):
+            assert get_backend() == "torch"
+    norm = LayerNorm(4)
+    with pytest.warns(DeprecationWarning):
+        set_backend("sdpa", module=norm)
+    assert norm.backend == "torch"
+    with pytest.raises(ConfigError, match="unknown backend 'flash'"):
+        set_backend("flash")
+
+
+def test_fused_blocks_equal_math():
+    torch.manual_seed(0)
+    x, residual = torch.randn(3, 7, 16), torch.randn(3, 7, 16)
+    norm = LayerNorm(16, eps=1e-12)
+    linear, act = torch.nn.Linear(16, 24), GELU()
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    for run in (lambda: norm(x), lambda: norm(x, residual=residual), lambda: linear_then_activation(linear, act, x),
+                lambda: GELU("tanh")(x)):
+        with use_backend("math"):
+            expected = run()
+        with use_backend("fused"):
+            assert torch.allclose(run(), expected, atol=1e-5)
+
+
+def test_fused_attention_uses_the_op_for_padding_masks_only(monkeypatch):
+    calls = []
+    monkeypatch.setattr(ops, "attention", lambda *a, **k: calls.append(1) or ops._attention.attention(*a, **k))
+    q, k, v = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 5, 8), torch.randn(2, 3, 5, 8)
+    keep = torch.tensor([[True] * 5, [True, True, False, False, False]])
+    for bias in (None, attention_bias(keep, 5, 5), attention_bias(keep, 5, 5, causal=True)):
+        expected, _ = scaled_dot_product_attention(q, k, v, bias, backend="math")
+        out, _ = scaled_dot_product_attention(q, k, v, bias, backend="fused")
+        assert torch.allclose(out, expected, atol=1e-5)
+    assert len(calls) == 2  # the causal bias is not a padding mask: it runs on torch
+    attention = MultiHeadAttention(8, 2, dropout=0.5).train()
+    with use_backend("fused"):
+        attention(torch.randn(2, 4, 8))  # attention dropout: torch's kernel
+    assert len(calls) == 2
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return BertModel.from_pretrained(minilm_path()).eval()
+
+
+def _forward_and_grads(model, batch, backend, cotangent):
+    model.zero_grad()
+    with use_backend(backend):
+        out = model(**batch).last_hidden_state  # (B, T, H)
+    (out * cotangent.to(out.dtype)).sum().backward()
+    return out.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]  # the pooler gets none
+
+
+def test_bert_fused_equals_math_on_real_weights(minilm, monkeypatch):
+    """all-MiniLM-L6-v2 on a padded batch, outputs and every parameter's gradient: "fused" in
+    float32 against "math" in float64 may err at most twice as much as torch's own float32
+    kernels (the "torch" backend) do, plus a floor. Seen on CPU: fused 2.5e-5 (outputs) and
+    4.6e-3 (gradients), torch 6.4e-5 and 2.5e-2, math in float32 6.0e-6 and 1.1e-3."""
+    called = set()
+    for name in ("attention", "layer_norm", "add_layer_norm", "bias_gelu"):
+        op = getattr(ops, name)
+        monkeypatch.setattr(ops, name, lambda *a, _op=op, _name=name, **k: called.add(_name) or _op(*a, **k))
+    tokenizer = Tokenizer.from_pretrained(minilm_path())
+    batch = tokenizer(["Fused kernels, with references.", "Short."])
+    assert not batch["attention_mask"].bool().all()
+    cotangent = torch.randn(*batch["input_ids"].shape, minilm.config.hidden_size)
+
+    out64, grads64 = _forward_and_grads(copy.deepcopy(minilm).double(), batch, "math", cotangent)
+    out_fused, grads_fused = _forward_and_grads(minilm, batch, "fused", cotangent)
+    assert called == {"attention", "layer_norm", "add_layer_norm", "bias_gelu"}
+    out_torch, grads_torch = _forward_and_grads(minilm, batch, "torch", cotangent)
+
+    def error(values, exact):
+        return max((a.double() - b).abs().max().item() for a, b in zip(values, exact))
+
+    floor = 1e-6 * max(g.abs().max().item() for g in [out64, *grads64])
+    assert error([out_fused], [out64]) <= 2 * error([out_torch], [out64]) + floor
+    assert error(grads_fused, grads64) <= 2 * error(grads_torch, grads64) + floor
