@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import Checkpoint, Pretrained
+from ..checks import check_ids
 from ..config import Config, count, epsilon, flag, minipt_only, one_of, probability, real, require, token_id
 from ..errors import ConfigError, InputError
 from ..keymap import KeyMap
@@ -67,7 +68,7 @@ class BertConfig(Config):
                 labels = None
             require(labels is not None and sorted(labels) == list(range(len(labels))), "id2label", self.id2label, "keys 0..num_labels-1")
             self.id2label, self.num_labels = labels, len(labels)
-        check_backend(self.backend)
+        self.backend = check_backend(self.backend)
 
     model_type = "bert"
 
@@ -108,6 +109,11 @@ class BertHeadOutput:
     loss: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
+
+
+# Outputs are pytrees, so torch.export and torch.compile see the tensors inside them.
+torch.export.register_dataclass(BertOutput)
+torch.export.register_dataclass(BertHeadOutput)
 
 
 class BertEmbeddings(nn.Module):
@@ -255,11 +261,11 @@ class BertModel(_BertPretrained):
             raise InputError(f"input_ids of shape {tuple(input_ids.shape)} hold sequences of no tokens; each needs at least one ([CLS])")
         if T > config.max_position_embeddings:
             raise InputError(f"sequence length {T} exceeds the position table ({config.max_position_embeddings} positions); truncate the input")
-        _check_ids("input_ids", input_ids, config.vocab_size)
+        check_ids("input_ids", input_ids, config.vocab_size)
         if token_type_ids is not None:
             if token_type_ids.shape != input_ids.shape:
                 raise InputError(f"token_type_ids has shape {tuple(token_type_ids.shape)}, input_ids {tuple(input_ids.shape)}")
-            _check_ids("token_type_ids", token_type_ids, config.type_vocab_size)
+            check_ids("token_type_ids", token_type_ids, config.type_vocab_size)
         if attention_mask is not None and not attention_mask.is_floating_point() and attention_mask.shape != input_ids.shape:
             raise InputError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(input_ids.shape)}")
 
@@ -267,19 +273,6 @@ class BertModel(_BertPretrained):
     def keymap(cls, config: BertConfig) -> KeyMap:
         # Pre-training heads (cls.*) in a checkpoint are known and not used by the bare encoder.
         return bert_keymap() + KeyMap([], ignore=["cls.{*}"], optional_prefix="bert.")
-
-
-def _check_ids(name: str, ids: torch.Tensor, size: int) -> None:
-    """An id outside an embedding table would index out of bounds deep inside torch: name it here.
-
-    A check of values, not shapes: skipped while torch.compile traces, where it would break the graph.
-    """
-    if ids.numel() == 0 or torch.compiler.is_compiling():
-        return
-    low, high = torch.aminmax(ids)
-    if int(low) < 0 or int(high) >= size:
-        bad = int(low) if int(low) < 0 else int(high)
-        raise InputError(f"{name} holds {bad}, outside the table of {size} entries (valid: 0..{size - 1})")
 
 
 class MaskedLMHead(nn.Module):

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import Pretrained
+from ..checks import check_ids
 from ..config import Config, count, probability, require
 from ..errors import InputError
 from ..keymap import KeyMap
@@ -80,8 +81,7 @@ class CharLM(Pretrained, nn.Module):
             raise InputError(f"CharLM expects integer byte ids of shape (B, T), got {shape}")
         if ids.shape[1] == 0:
             raise InputError("CharLM got an empty sequence (T = 0)")
-        if ids.numel() and (ids.min() < 0 or ids.max() >= vocab):  # an empty batch (B = 0) has no ids to check
-            raise InputError(f"CharLM ids must lie in [0, {vocab}), got values in [{ids.min().item()}, {ids.max().item()}]")
+        check_ids("CharLM ids", ids, vocab)
 
     # -- text in and out -------------------------------------------------------
     @staticmethod

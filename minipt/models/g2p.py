@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import Checkpoint, Pretrained
+from ..checks import check_ids
 from ..config import Config, count, require
 from ..errors import CheckpointError, InputError
 from ..keymap import KeyMap
@@ -130,8 +131,7 @@ class G2P(Pretrained, nn.Module):
                 raise InputError(f"G2P.forward expects {name} as integer ids (B, T), got shape {tuple(ids.shape)} of {ids.dtype}")
             if ids.shape[1] == 0:  # an empty batch (B = 0) is fine
                 raise InputError(f"G2P.forward: {name} of shape {tuple(ids.shape)} hold sequences of no tokens; each needs at least one (</s> or <s>)")
-            if ids.numel() and (ids.min() < 0 or ids.max() >= len(vocab)):
-                raise InputError(f"G2P.forward: {name} must lie in [0, {len(vocab)}), got values in [{ids.min().item()}, {ids.max().item()}]")
+            check_ids(f"G2P.forward: {name}", ids, len(vocab))
         if letter_ids.shape[0] != phoneme_ids.shape[0]:
             raise InputError(f"G2P.forward: {letter_ids.shape[0]} letter sequences but {phoneme_ids.shape[0]} phoneme sequences")
         hidden = self.encode(letter_ids)

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
+from ._layout import contiguous, empty_like
 
 
 def allowed_keys(key_padding_mask: Tensor | None, T: int, S: int, causal: bool, device) -> Tensor | None:
@@ -79,14 +80,14 @@ def attention_backward_reference(grad_out, q, k, v, key_padding_mask, out, lse, 
 def attention_op(
     q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, causal: bool, scale: float
 ) -> tuple[Tensor, Tensor]:
-    return attention_reference(q, k, v, key_padding_mask, causal, scale)
+    return contiguous(attention_reference(q, k, v, key_padding_mask, causal, scale))
 
 
 @attention_op.register_kernel("cuda")
 def attention_triton(q, k, v, key_padding_mask, causal, scale):
     """Launches the flash-attention forward; runs on CPU tensors too under TRITON_INTERPRET=1."""
     if q.dtype == torch.float64:  # the kernels compute in float32
-        return attention_reference(q, k, v, key_padding_mask, causal, scale)
+        return contiguous(attention_reference(q, k, v, key_padding_mask, causal, scale))
     from . import _attention_triton
 
     return _attention_triton.forward(q, k, v, key_padding_mask, causal, scale)
@@ -95,7 +96,7 @@ def attention_triton(q, k, v, key_padding_mask, causal, scale):
 @attention_op.register_fake
 def _(q, k, v, key_padding_mask, causal, scale):
     lse = q.new_empty(q.shape[:-1], dtype=torch.promote_types(q.dtype, torch.float32))  # (B, H, T)
-    return torch.empty_like(q), lse
+    return empty_like(q), lse
 
 
 @torch.library.custom_op("minipt::attention_backward", mutates_args=())
@@ -103,14 +104,14 @@ def attention_backward_op(
     grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None,
     out: Tensor, lse: Tensor, causal: bool, scale: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    return attention_backward_reference(grad_out, q, k, v, key_padding_mask, out, lse, causal, scale)
+    return contiguous(attention_backward_reference(grad_out, q, k, v, key_padding_mask, out, lse, causal, scale))
 
 
 @attention_backward_op.register_kernel("cuda")
 def attention_backward_triton(grad_out, q, k, v, key_padding_mask, out, lse, causal, scale):
     """Launches the flash-attention backward; runs on CPU tensors too under TRITON_INTERPRET=1."""
     if q.dtype == torch.float64:
-        return attention_backward_reference(grad_out, q, k, v, key_padding_mask, out, lse, causal, scale)
+        return contiguous(attention_backward_reference(grad_out, q, k, v, key_padding_mask, out, lse, causal, scale))
     from . import _attention_triton
 
     return _attention_triton.backward(grad_out, q, k, v, key_padding_mask, out, lse, causal, scale)
@@ -118,7 +119,7 @@ def attention_backward_triton(grad_out, q, k, v, key_padding_mask, out, lse, cau
 
 @attention_backward_op.register_fake
 def _(grad_out, q, k, v, key_padding_mask, out, lse, causal, scale):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return empty_like(q), empty_like(k), empty_like(v)
 
 
 def _setup_context(ctx, inputs, output):

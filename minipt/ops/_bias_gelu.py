@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InputError
+from ._layout import contiguous, empty_like
 
 
 def bias_gelu_reference(x, bias, approximate):
@@ -45,14 +46,14 @@ def bias_gelu_backward_reference(grad, x, bias, approximate):
 
 @torch.library.custom_op("minipt::bias_gelu", mutates_args=())
 def bias_gelu_op(x: Tensor, bias: Tensor, approximate: str) -> Tensor:
-    return bias_gelu_reference(x, bias, approximate)
+    return contiguous(bias_gelu_reference(x, bias, approximate))
 
 
 @bias_gelu_op.register_kernel("cuda")
 def bias_gelu_triton(x, bias, approximate):
     """Launches the Triton forward; runs on CPU tensors too under TRITON_INTERPRET=1."""
     if x.dtype == torch.float64:  # the kernels compute in float32
-        return bias_gelu_reference(x, bias, approximate)
+        return contiguous(bias_gelu_reference(x, bias, approximate))
     from . import _bias_gelu_triton
 
     return _bias_gelu_triton.forward(x, bias, approximate)
@@ -60,19 +61,19 @@ def bias_gelu_triton(x, bias, approximate):
 
 @bias_gelu_op.register_fake
 def _(x, bias, approximate):
-    return torch.empty_like(x)
+    return empty_like(x)
 
 
 @torch.library.custom_op("minipt::bias_gelu_backward", mutates_args=())
 def bias_gelu_backward_op(grad: Tensor, x: Tensor, bias: Tensor, approximate: str) -> tuple[Tensor, Tensor]:
-    return bias_gelu_backward_reference(grad, x, bias, approximate)
+    return contiguous(bias_gelu_backward_reference(grad, x, bias, approximate))
 
 
 @bias_gelu_backward_op.register_kernel("cuda")
 def bias_gelu_backward_triton(grad, x, bias, approximate):
     """Launches the Triton backward; runs on CPU tensors too under TRITON_INTERPRET=1."""
     if x.dtype == torch.float64:
-        return bias_gelu_backward_reference(grad, x, bias, approximate)
+        return contiguous(bias_gelu_backward_reference(grad, x, bias, approximate))
     from . import _bias_gelu_triton
 
     return _bias_gelu_triton.backward(grad, x, bias, approximate)
@@ -80,7 +81,7 @@ def bias_gelu_backward_triton(grad, x, bias, approximate):
 
 @bias_gelu_backward_op.register_fake
 def _(grad, x, bias, approximate):
-    return torch.empty_like(x), torch.empty_like(bias)
+    return empty_like(x), empty_like(bias)
 
 
 def _setup_context(ctx, inputs, output):

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
+from ._layout import contiguous, empty_like
 
 
 def gru_gates_reference(gi, gh, h):
@@ -46,14 +47,14 @@ def gru_gates_backward_reference(grad, gi, gh, h):
 
 @torch.library.custom_op("minipt::gru_gates", mutates_args=())
 def gru_gates_op(gi: Tensor, gh: Tensor, h: Tensor) -> Tensor:
-    return gru_gates_reference(gi, gh, h)
+    return contiguous(gru_gates_reference(gi, gh, h))
 
 
 @gru_gates_op.register_kernel("cuda")
 def gru_gates_triton(gi, gh, h):
     """Launches the Triton forward; runs on CPU tensors too under TRITON_INTERPRET=1."""
     if h.dtype == torch.float64:  # the kernels compute in float32
-        return gru_gates_reference(gi, gh, h)
+        return contiguous(gru_gates_reference(gi, gh, h))
     from . import _gru_gates_triton
 
     return _gru_gates_triton.forward(gi, gh, h)
@@ -61,19 +62,19 @@ def gru_gates_triton(gi, gh, h):
 
 @gru_gates_op.register_fake
 def _(gi, gh, h):
-    return torch.empty_like(h)
+    return empty_like(h)
 
 
 @torch.library.custom_op("minipt::gru_gates_backward", mutates_args=())
 def gru_gates_backward_op(grad: Tensor, gi: Tensor, gh: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    return gru_gates_backward_reference(grad, gi, gh, h)
+    return contiguous(gru_gates_backward_reference(grad, gi, gh, h))
 
 
 @gru_gates_backward_op.register_kernel("cuda")
 def gru_gates_backward_triton(grad, gi, gh, h):
     """Launches the Triton backward; runs on CPU tensors too under TRITON_INTERPRET=1."""
     if h.dtype == torch.float64:
-        return gru_gates_backward_reference(grad, gi, gh, h)
+        return contiguous(gru_gates_backward_reference(grad, gi, gh, h))
     from . import _gru_gates_triton
 
     return _gru_gates_triton.backward(grad, gi, gh, h)
@@ -81,7 +82,7 @@ def gru_gates_backward_triton(grad, gi, gh, h):
 
 @gru_gates_backward_op.register_fake
 def _(grad, gi, gh, h):
-    return torch.empty_like(gi), torch.empty_like(gh), torch.empty_like(h)
+    return empty_like(gi), empty_like(gh), empty_like(h)
 
 
 def _setup_context(ctx, inputs, output):

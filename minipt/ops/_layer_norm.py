@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InputError
+from ._layout import contiguous, empty_like
 
 
 def layer_norm_reference(x, residual, weight, bias, eps):
@@ -57,18 +58,18 @@ def _triton_or_reference(x, function_name, reference, *args):
 
 @torch.library.custom_op("minipt::layer_norm", mutates_args=())
 def layer_norm_op(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
-    return layer_norm_reference(x, None, weight, bias, eps)
+    return contiguous(layer_norm_reference(x, None, weight, bias, eps))
 
 
 @layer_norm_op.register_kernel("cuda")
 def layer_norm_triton(x, weight, bias, eps):
     """Launches the Triton forward; runs on CPU tensors too under TRITON_INTERPRET=1."""
-    return _triton_or_reference(x, "forward", layer_norm_reference, x, None, weight, bias, eps)
+    return contiguous(_triton_or_reference(x, "forward", layer_norm_reference, x, None, weight, bias, eps))
 
 
 @layer_norm_op.register_fake
 def _(x, weight, bias, eps):
-    return torch.empty_like(x)
+    return empty_like(x)
 
 
 # ---- minipt::add_layer_norm -----------------------------------------------------------------------
@@ -76,18 +77,18 @@ def _(x, weight, bias, eps):
 
 @torch.library.custom_op("minipt::add_layer_norm", mutates_args=())
 def add_layer_norm_op(x: Tensor, residual: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
-    return layer_norm_reference(x, residual, weight, bias, eps)
+    return contiguous(layer_norm_reference(x, residual, weight, bias, eps))
 
 
 @add_layer_norm_op.register_kernel("cuda")
 def add_layer_norm_triton(x, residual, weight, bias, eps):
     """Launches the Triton forward; runs on CPU tensors too under TRITON_INTERPRET=1."""
-    return _triton_or_reference(x, "forward", layer_norm_reference, x, residual, weight, bias, eps)
+    return contiguous(_triton_or_reference(x, "forward", layer_norm_reference, x, residual, weight, bias, eps))
 
 
 @add_layer_norm_op.register_fake
 def _(x, residual, weight, bias, eps):
-    return torch.empty_like(x)
+    return empty_like(x)
 
 
 # ---- the shared backward --------------------------------------------------------------------------
@@ -97,18 +98,18 @@ def _(x, residual, weight, bias, eps):
 def layer_norm_backward_op(
     grad: Tensor, x: Tensor, residual: Tensor | None, weight: Tensor, eps: float
 ) -> tuple[Tensor, Tensor, Tensor]:
-    return layer_norm_backward_reference(grad, x, residual, weight, eps)
+    return contiguous(layer_norm_backward_reference(grad, x, residual, weight, eps))
 
 
 @layer_norm_backward_op.register_kernel("cuda")
 def layer_norm_backward_triton(grad, x, residual, weight, eps):
     """Launches the Triton backward; runs on CPU tensors too under TRITON_INTERPRET=1."""
-    return _triton_or_reference(x, "backward", layer_norm_backward_reference, grad, x, residual, weight, eps)
+    return contiguous(_triton_or_reference(x, "backward", layer_norm_backward_reference, grad, x, residual, weight, eps))
 
 
 @layer_norm_backward_op.register_fake
 def _(grad, x, residual, weight, eps):
-    return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(weight)
+    return empty_like(x), empty_like(weight), empty_like(weight)
 
 
 def _setup_layer_norm(ctx, inputs, output):

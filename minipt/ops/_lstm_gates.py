@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
+from ._layout import contiguous, empty_like
 
 
 def lstm_gates_reference(gates, c):
@@ -47,14 +48,14 @@ def lstm_gates_backward_reference(grad_h, grad_c, gates, c):
 
 @torch.library.custom_op("minipt::lstm_gates", mutates_args=())
 def lstm_gates_op(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-    return lstm_gates_reference(gates, c)
+    return contiguous(lstm_gates_reference(gates, c))
 
 
 @lstm_gates_op.register_kernel("cuda")
 def lstm_gates_triton(gates, c):
     """Launches the Triton forward; runs on CPU tensors too under TRITON_INTERPRET=1."""
     if gates.dtype == torch.float64:  # the kernels compute in float32
-        return lstm_gates_reference(gates, c)
+        return contiguous(lstm_gates_reference(gates, c))
     from . import _lstm_gates_triton
 
     return _lstm_gates_triton.forward(gates, c)
@@ -62,19 +63,19 @@ def lstm_gates_triton(gates, c):
 
 @lstm_gates_op.register_fake
 def _(gates, c):
-    return torch.empty_like(c), torch.empty_like(c)
+    return empty_like(c), empty_like(c)
 
 
 @torch.library.custom_op("minipt::lstm_gates_backward", mutates_args=())
 def lstm_gates_backward_op(grad_h: Tensor, grad_c: Tensor, gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-    return lstm_gates_backward_reference(grad_h, grad_c, gates, c)
+    return contiguous(lstm_gates_backward_reference(grad_h, grad_c, gates, c))
 
 
 @lstm_gates_backward_op.register_kernel("cuda")
 def lstm_gates_backward_triton(grad_h, grad_c, gates, c):
     """Launches the Triton backward; runs on CPU tensors too under TRITON_INTERPRET=1."""
     if gates.dtype == torch.float64:
-        return lstm_gates_backward_reference(grad_h, grad_c, gates, c)
+        return contiguous(lstm_gates_backward_reference(grad_h, grad_c, gates, c))
     from . import _lstm_gates_triton
 
     return _lstm_gates_triton.backward(grad_h, grad_c, gates, c)
@@ -82,7 +83,7 @@ def lstm_gates_backward_triton(grad_h, grad_c, gates, c):
 
 @lstm_gates_backward_op.register_fake
 def _(grad_h, grad_c, gates, c):
-    return torch.empty_like(gates), torch.empty_like(c)
+    return empty_like(gates), empty_like(c)
 
 
 def _setup_context(ctx, inputs, output):
