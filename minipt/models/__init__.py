@@ -16,9 +16,12 @@ ARCHITECTURES = {
     "BertForMaskedLM": "minipt.models.bert:BertForMaskedLM",
     "BertForSequenceClassification": "minipt.models.bert:BertForSequenceClassification",
     "CharLM": "minipt.models.char_lm:CharLM",
+    "GPT2Model": "minipt.models.gpt2:GPT2Model",
+    "GPT2LMHeadModel": "minipt.models.gpt2:GPT2LMHeadModel",
 }
 MODEL_TYPES = {
     "bert": "minipt.models.bert:BertModel",
+    "gpt2": "minipt.models.gpt2:GPT2LMHeadModel",
 }
 
 

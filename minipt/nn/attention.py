@@ -73,13 +73,15 @@ def scaled_dot_product_attention(
     dropout: float = 0.0,
     backend: str = "sdpa",
     need_weights: bool = False,
+    scale: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``softmax(q k^T / sqrt(D) + bias) v``; probabilities too when asked (always on the math path)."""
+    """``softmax(q k^T * scale + bias) v``, ``scale`` = 1/sqrt(D) unless given; probabilities too when asked (always on the math path)."""
     attends = None  # (B, 1|heads, T, 1): 0 for query rows that may look at no key
     if bias is not None:
         attends = (bias > torch.finfo(bias.dtype).min).any(-1, keepdim=True)
     if backend == "math" or need_weights:
-        scores = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, heads, T, S)
+        scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+        scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (B, heads, T, S)
         if bias is not None:
             scores = scores + bias
         attn_probs = scores.softmax(dim=-1)
@@ -87,7 +89,7 @@ def scaled_dot_product_attention(
             attn_probs = attn_probs * attends
         out = torch.matmul(F.dropout(attn_probs, dropout, training=dropout > 0), v)  # (B, heads, T, D)
         return out, attn_probs
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)  # (B, heads, T, D)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=scale)  # (B, heads, T, D)
     if attends is not None:
         out = out * attends
     return out, None
