@@ -21,7 +21,7 @@ ARCHITECTURES = {
 }
 MODEL_TYPES = {
     "bert": "minipt.models.bert:BertModel",
-    "gpt2": "minipt.models.gpt2:GPT2LMHeadModel",
+    "gpt2": "minipt.models.gpt2:GPT2Model",
 }
 
 
