@@ -391,3 +391,27 @@ def test_right_padded_prompts_are_refused(pair):
     ids = torch.tensor([[1, 2, 3], [4, 5, 0]])
     with pytest.raises(InputError, match="left-padded"):
         model.generate(ids, 2, attention_mask=torch.tensor([[1, 1, 1], [1, 1, 0]]))
+
+
+# -- the command line -------------------------------------------------------------------
+def test_cli_generate_streams_the_greedy_continuation(tmp_path, capsys):
+    import shutil
+
+    from test_gpt2_tokenizer import tiny_tiktoken
+
+    from minipt import Tokenizer
+    from minipt.cli import main
+    from minipt.tokenizer import ENDOFTEXT, build_bpe_files, read_tiktoken
+
+    build_bpe_files(read_tiktoken(tiny_tiktoken([b"he", b"ll", b"hell", b"hello", b" w", b" wo", b"or"])), {ENDOFTEXT: 263}, tmp_path)
+    reference = reference_model(hf_config(vocab_size=264, eos_token_id=263, bos_token_id=263))
+    save_reference(reference, tmp_path)
+    assert main(["generate", "--model", str(tmp_path), "hello world", "--max-new-tokens", "12"]) == 0
+    out = capsys.readouterr().out
+    tokenizer = Tokenizer.from_pretrained(tmp_path)
+    prompt = tokenizer("hello world", padding=False)["input_ids"]
+    expected = reference.generate(prompt, max_new_tokens=12, do_sample=False, eos_token_id=263, pad_token_id=263)[0, prompt.shape[1] :]
+    expected = expected[expected != 263]
+    assert out == "hello world" + tokenizer.decode(expected) + "\n"
+    assert main(["generate", "--model", str(tmp_path), "hello", "--top-p", "1.5"]) == 1
+    assert "top_p must be in (0, 1]" in capsys.readouterr().err
