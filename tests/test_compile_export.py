@@ -24,10 +24,12 @@ INPUTS = {
     "CRNN": lambda: ((_images(2, 1, 64, 32),), {}),
     "G2P": lambda: ((_ids(2, 3, high=5), _ids(2, 2, high=6)), {}),
     "CharLM": lambda: ((_ids(2, 5, high=256),), {}),
+    "GPT2Model": lambda: ((_ids(2, 5), torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]])), {}),
+    "GPT2LMHeadModel": lambda: ((_ids(2, 5),), {}),
 }
 PIPELINES = {"SentenceEncoder"}  # tokenizer + model: its model part (BertModel) is covered
 BACKENDS = ("math", "torch", "fused")
-HAS_BACKENDS = {"BertModel", "BertForMaskedLM", "BertForSequenceClassification", "CRNN", "G2P", "CharLM"}
+HAS_BACKENDS = {"BertModel", "BertForMaskedLM", "BertForSequenceClassification", "CRNN", "G2P", "CharLM", "GPT2Model", "GPT2LMHeadModel"}
 
 
 def test_every_model_has_example_inputs():

@@ -21,9 +21,11 @@ from minipt.models.char_lm import CharLM, CharLMConfig
 from minipt.models.crnn import CRNN, CRNNConfig
 from minipt.models.efficientnet import EfficientNet, EfficientNetConfig, Stage
 from minipt.models.g2p import G2P, G2PConfig
+from minipt.models.gpt2 import GPT2Config, GPT2LMHeadModel, GPT2Model
 from minipt.models.resnet import ResNet, ResNetConfig
 from minipt.models.sentence import SentenceEncoder
 
+TINY_GPT2 = dict(vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0)
 TINY_BERT = dict(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, max_position_embeddings=20)
 
 
@@ -58,6 +60,8 @@ TINY = {
         lambda: G2P(G2PConfig(graphemes=["<pad>", "<unk>", "</s>", "a", "b"], phonemes=["<pad>", "<unk>", "<s>", "</s>", "A", "B"], embed_size=8, hidden_size=8)),
         lambda m: m(_ids(1, 3, high=5), _ids(1, 2, high=6)),
     ),
+    "GPT2Model": (lambda: GPT2Model(GPT2Config(**TINY_GPT2)), lambda m: m(_ids(2, 5), torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]])).last_hidden_state),
+    "GPT2LMHeadModel": (lambda: GPT2LMHeadModel(GPT2Config(**TINY_GPT2)), lambda m: m(_ids(2, 5)).logits),
     "CharLM": (lambda: CharLM(CharLMConfig(embed_size=8, hidden_size=16, num_layers=2)), lambda m: m(_ids(1, 5, high=256))[0]),
     "SentenceEncoder": (_sentence_encoder, lambda m: m.encode(["hello world", "a longer second sentence"])),
 }

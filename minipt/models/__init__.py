@@ -20,6 +20,8 @@ ARCHITECTURES = {
     "EfficientNet": "minipt.models.efficientnet:EfficientNet",
     "CRNN": "minipt.models.crnn:CRNN",
     "G2P": "minipt.models.g2p:G2P",
+    "GPT2Model": "minipt.models.gpt2:GPT2Model",
+    "GPT2LMHeadModel": "minipt.models.gpt2:GPT2LMHeadModel",
 }
 MODEL_TYPES = {  # model_type in config.json -> the family's base class
     "bert": "minipt.models.bert:BertModel",
@@ -28,6 +30,7 @@ MODEL_TYPES = {  # model_type in config.json -> the family's base class
     "crnn": "minipt.models.crnn:CRNN",
     "g2p": "minipt.models.g2p:G2P",
     "char-lm": "minipt.models.char_lm:CharLM",
+    "gpt2": "minipt.models.gpt2:GPT2Model",
 }
 
 

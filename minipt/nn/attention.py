@@ -75,8 +75,9 @@ def scaled_dot_product_attention(
     dropout: float = 0.0,
     backend: str = "torch",
     need_weights: bool = False,
+    scale: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``softmax(q k^T / sqrt(D) + bias) v``; probabilities too when asked (always on the math path).
+    """``softmax(q k^T * scale + bias) v``, ``scale`` = 1/sqrt(D) unless given; probabilities too when asked (always on the math path).
 
     ``fused`` runs ``minipt.ops.attention`` when the bias only masks padded keys ((B, 1, 1, S),
     as ``attention_bias`` builds it for a padding mask) or is None; with attention dropout or any
@@ -84,15 +85,16 @@ def scaled_dot_product_attention(
     """
     if backend == "fused" and not need_weights and dropout == 0.0:
         if bias is None:
-            return ops.attention(q, k, v), None
+            return ops.attention(q, k, v, scale=scale), None
         if bias.dim() == 4 and bias.shape[1] == bias.shape[2] == 1 and bias.shape[0] == q.shape[0]:
             keep = bias[:, 0, 0, :] > torch.finfo(bias.dtype).min  # (B, S): True = a real key
-            return ops.attention(q, k, v, keep), None
+            return ops.attention(q, k, v, keep, scale=scale), None
     attends = None  # (B, 1|heads, T, 1): 0 for query rows that may look at no key
     if bias is not None:
         attends = (bias > torch.finfo(bias.dtype).min).any(-1, keepdim=True)
     if backend == "math" or need_weights:
-        scores = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, heads, T, S)
+        scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+        scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (B, heads, T, S)
         if bias is not None:
             scores = scores + bias
         attn_probs = scores.softmax(dim=-1)
@@ -100,7 +102,7 @@ def scaled_dot_product_attention(
             attn_probs = attn_probs * attends
         out = torch.matmul(F.dropout(attn_probs, dropout, training=dropout > 0), v)  # (B, heads, T, D)
         return out, attn_probs
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)  # (B, heads, T, D)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=scale)  # (B, heads, T, D)
     if attends is not None:
         out = out * attends
     return out, None

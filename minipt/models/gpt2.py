@@ -1,0 +1,470 @@
+"""GPT-2 (Radford et al., 2019): a stack of pre-LayerNorm causal Transformer decoder blocks.
+
+    tokens -> token embedding + learned position embedding         (B, T, C)
+           -> N x [ x + attn(LN(x)) ; x + mlp(LN(x)) ]               (B, T, C)
+           -> final LayerNorm -> lm_head (tied to the token table)  (B, T, vocab)
+
+Every attention layer is causal: a token sees itself and the tokens before
+it. Generation runs the prompt once ("prefill"), keeping each layer's keys and
+values in a preallocated cache, then feeds one new token per step.
+
+Reads and writes the official Hugging Face layout (``config.json`` +
+``model.safetensors``, names like ``h.0.attn.c_attn.weight``, with or without
+a ``transformer.`` prefix) through the key map at the bottom of this file.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..checkpoint import Pretrained
+from ..checks import check_ids, tracing
+from ..config import Config, count, epsilon, flag, one_of, probability, real, require, token_id
+from ..errors import ConfigError, InputError
+from ..keymap import TRANSPOSE, KeyMap
+from ..nn import LayerNorm, activation, attention_bias, get_backend, scaled_dot_product_attention, set_backend
+from ..nn.layers import ACTIVATIONS
+
+
+@dataclass
+class GPT2Config(Config):
+    """The fields of a Hugging Face GPT-2 ``config.json`` (unknown fields are ignored), checked when built."""
+
+    vocab_size: int = count(50257)  # 256 bytes + 50000 merges + <|endoftext|>
+    n_positions: int = count(1024)  # the context: the longest prompt + generation, in tokens
+    n_embd: int = count(768)
+    n_layer: int = count(12)
+    n_head: int = count(12)
+    n_inner: int | None = count(None, optional=True)  # the MLP's inner width; None: 4 x n_embd
+    activation_function: str = one_of("gelu_new", ACTIVATIONS)  # GELU's tanh approximation, as in the original TensorFlow code
+    resid_pdrop: float = probability(0.1)  # dropout on each block's two residual branches
+    embd_pdrop: float = probability(0.1)  # dropout on the summed embeddings
+    attn_pdrop: float = probability(0.1)  # dropout on the attention probabilities
+    layer_norm_epsilon: float = epsilon(1e-5)
+    initializer_range: float = real(0.02)
+    scale_attn_weights: bool = flag(True)  # scores / sqrt(head_dim); False leaves them unscaled
+    scale_attn_by_inverse_layer_idx: bool = flag(False)  # scores further / (layer index + 1) (some GPT-2 descendants)
+    reorder_and_upcast_attn: bool = flag(False)  # a mixed-precision trick of the reference; the same math in fp32
+    bos_token_id: int | None = token_id(50256)
+    eos_token_id: int | None = token_id(50256)
+    pad_token_id: int | None = token_id(None)  # GPT-2 has none; generation pads finished rows with eos
+    tie_word_embeddings: bool = flag(True)  # lm_head reuses the token embedding matrix
+
+    model_type = "gpt2"
+
+    def check(self):
+        if self.n_inner is None:
+            self.n_inner = 4 * self.n_embd
+        require(self.n_embd % self.n_head == 0, "n_head", self.n_head, f"a divisor of n_embd {self.n_embd}")
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            value = getattr(self, name)
+            require(value is None or value < self.vocab_size, name, value, f"an id below vocab_size {self.vocab_size}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @classmethod
+    def prepare(cls, values: dict) -> dict:
+        if values.get("add_cross_attention"):
+            raise ConfigError("sets add_cross_attention: GPT-2 with cross-attention is not supported")
+        if isinstance(values.get("eos_token_id"), list):  # a list of stop ids: generation stops on the first
+            values["eos_token_id"] = values["eos_token_id"][0] if values["eos_token_id"] else None
+        return values
+
+
+# -- the key/value cache ------------------------------------------------------------
+class KVCache:
+    """Every layer's keys and values, preallocated: ``(layers, B, heads, max_len, head_dim)``.
+
+    ``length`` positions are filled. A forward pass writes the new tokens'
+    keys and values after them, and attention reads the filled part; nothing
+    is reallocated or concatenated while generating.
+    """
+
+    def __init__(self, config: GPT2Config, batch_size: int, max_len: int, *, dtype=torch.float32, device=None):
+        if max_len > config.n_positions:
+            raise InputError(f"a cache of {max_len} positions is longer than the context ({config.n_positions} positions)")
+        shape = (config.n_layer, batch_size, config.n_head, max_len, config.head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.length = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.keys.shape[1]
+
+    @property
+    def max_len(self) -> int:
+        return self.keys.shape[3]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new keys/values ``(B, heads, T, D)`` of one layer; return all so far ``(B, heads, length + T, D)``."""
+        end = self.length + k.shape[2]
+        self.keys[layer, :, :, self.length : end] = k
+        self.values[layer, :, :, self.length : end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+
+# -- the blocks -------------------------------------------------------------------
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention; Q, K and V come from one fused projection (GPT-2's ``c_attn``)."""
+
+    def __init__(self, config: GPT2Config, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx  # its slot in the cache
+        self.num_heads = config.n_head
+        self.head_dim = config.head_dim
+        self.scale = 1.0 / math.sqrt(self.head_dim) if config.scale_attn_weights else 1.0
+        if config.scale_attn_by_inverse_layer_idx:
+            self.scale /= layer_idx + 1
+        self.dropout = config.attn_pdrop
+        self.qkv_proj = nn.Linear(config.n_embd, 3 * config.n_embd)
+        self.out_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.backend: str | None = None
+
+    def forward(self, hidden: torch.Tensor, bias: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
+        B, T, C = hidden.shape
+        q, k, v = self.qkv_proj(hidden).split(C, dim=2)  # 3 x (B, T, C)
+        q, k, v = (x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2) for x in (q, k, v))  # (B, heads, T, D)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)  # (B, heads, S, D): the cached positions, then these T
+        out, _ = scaled_dot_product_attention(
+            q, k, v, bias,
+            dropout=self.dropout if self.training else 0.0,
+            backend=get_backend(self.backend),
+            scale=self.scale,
+        )
+        out = out.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
+        return self.out_proj(out)
+
+
+class GPT2Block(nn.Module):
+    """One decoder block. Pre-LN: each sub-layer normalises its input and adds its output to the residual stream."""
+
+    def __init__(self, config: GPT2Config, layer_idx: int):
+        super().__init__()
+        self.attn_norm = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.ffn_norm = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.ffn_up = nn.Linear(config.n_embd, config.n_inner)
+        self.act = activation(config.activation_function)
+        self.ffn_down = nn.Linear(config.n_inner, config.n_embd)
+        self.dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, hidden: torch.Tensor, bias: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
+        hidden = hidden + self.dropout(self.attn(self.attn_norm(hidden), bias, cache))  # (B, T, C)
+        ffn_out = self.ffn_down(self.act(self.ffn_up(self.ffn_norm(hidden))))  # (B, T, 4C) inside, (B, T, C) out
+        return hidden + self.dropout(ffn_out)
+
+
+@dataclass
+class GPT2Output:
+    last_hidden_state: torch.Tensor  # (B, T, C), after the final LayerNorm
+    past_key_values: KVCache | None = None  # with use_cache (or a cache passed in): filled up to the new length
+
+
+@dataclass
+class GPT2LMOutput:
+    logits: torch.Tensor  # (B, T, vocab)
+    loss: torch.Tensor | None = None  # next-token cross-entropy, with labels
+    past_key_values: KVCache | None = None
+
+
+# Outputs are pytrees, so torch.export and torch.compile see the tensors inside them.
+torch.export.register_dataclass(GPT2Output)
+torch.export.register_dataclass(GPT2LMOutput)
+
+# What a GPT-2 checkpoint's tensors fix in its config (checked before the model is built).
+STACK_FIELDS = {
+    "vocab_size": ("token.weight", 0),
+    "n_embd": ("token.weight", 1),
+    "n_positions": ("position.weight", 0),
+    "n_inner": ("layers.0.ffn_up.weight", 0),
+    "n_layer": "layers.",
+}
+
+
+class _GPT2Pretrained(Pretrained, nn.Module):
+    config_class = GPT2Config
+
+    def set_backend(self, name: str | None) -> None:
+        """Run this model's attention, LayerNorm and GELU on ``"math"``, ``"torch"`` or ``"fused"`` (None: the global choice)."""
+        set_backend(name, module=self)
+
+    @torch.no_grad()
+    def init_weights(self, module: nn.Module) -> None:
+        """GPT-2's initialisation: N(0, initializer_range), the residual projections scaled by 1/sqrt(2 n_layer)."""
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.normal_(0.0, std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.zero_()
+        if isinstance(module, LayerNorm):
+            module.weight.fill_(1.0)
+            module.bias.zero_()
+        if isinstance(module, GPT2Block):  # each block adds two branches to the residual stream
+            residual_std = std / math.sqrt(2 * self.config.n_layer)
+            module.attn.out_proj.weight.normal_(0.0, residual_std)
+            module.ffn_down.weight.normal_(0.0, residual_std)
+
+
+class GPT2Model(_GPT2Pretrained):
+    """The GPT-2 decoder stack: ``model(input_ids, attention_mask, past_key_values, use_cache) -> GPT2Output``."""
+
+    checkpoint_fields = STACK_FIELDS
+
+    def __init__(self, config: GPT2Config):
+        super().__init__()
+        self.config = config
+        self.token = nn.Embedding(config.vocab_size, config.n_embd)
+        self.position = nn.Embedding(config.n_positions, config.n_embd)
+        self.dropout = nn.Dropout(config.embd_pdrop)
+        self.layers = nn.ModuleList(GPT2Block(config, i) for i in range(config.n_layer))
+        self.final_norm = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.apply(self.init_weights)
+
+    def allocate_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty cache for ``batch_size`` sequences of up to ``max_len`` tokens (default: the whole context)."""
+        weight = self.token.weight
+        return KVCache(self.config, batch_size, max_len or self.config.n_positions, dtype=weight.dtype, device=weight.device)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (B, T) token ids: the new tokens only, when a cache holds the earlier ones
+        attention_mask: torch.Tensor | None = None,  # (B, cached + T): 1 for tokens, 0 for (left) padding
+        past_key_values: KVCache | None = None,
+        use_cache: bool = False,
+        position_ids: torch.Tensor | None = None,  # (B, T); default: counted from the attention mask
+    ) -> GPT2Output:
+        cache = past_key_values
+        if cache is None and use_cache:
+            cache = self.allocate_cache(input_ids.shape[0])
+        past = cache.length if cache is not None else 0
+        self._check_inputs(input_ids, attention_mask, cache, position_ids)
+        B, T = input_ids.shape
+        if position_ids is None:
+            position_ids = _positions(attention_mask, past, T, input_ids.device)  # (B|1, T)
+        hidden = self.dropout(self.token(input_ids) + self.position(position_ids))  # (B, T, C)
+        bias = _causal_bias(attention_mask, T, past + T, hidden.dtype, hidden.device)  # (B|1, 1, T, S) or None
+        for layer in self.layers:
+            hidden = layer(hidden, bias, cache)
+        if cache is not None:
+            cache.length += T
+        return GPT2Output(self.final_norm(hidden), cache if (use_cache or past_key_values is not None) else None)
+
+    def _check_inputs(self, input_ids, attention_mask, cache, position_ids) -> None:
+        config = self.config
+        if input_ids.dim() != 2 or input_ids.is_floating_point():
+            raise InputError(f"input_ids must be integer token ids of shape (batch, seq_len), got {input_ids.dtype} {tuple(input_ids.shape)}")
+        B, T = input_ids.shape
+        past = cache.length if cache is not None else 0
+        if past + T > config.n_positions:
+            raise InputError(f"{past} cached + {T} new tokens exceed the context of {config.n_positions} positions; shorten the input")
+        if cache is not None:
+            if not isinstance(cache, KVCache):
+                raise InputError(f"past_key_values must be a minipt KVCache (model.allocate_cache), not {type(cache).__name__}")
+            expected = (config.n_layer, config.n_head, config.head_dim)
+            found = (cache.keys.shape[0], cache.keys.shape[2], cache.keys.shape[4])
+            if found != expected:
+                raise InputError(f"the cache holds (layers, heads, head_dim) {found}, this model has {expected}")
+            if cache.batch_size != B:
+                raise InputError(f"the cache was allocated for batch size {cache.batch_size}, input_ids has {B} sequences")
+            if past + T > cache.max_len:
+                raise InputError(f"the cache holds {cache.max_len} positions: {past} cached + {T} new tokens do not fit")
+        check_ids("input_ids", input_ids, config.vocab_size)
+        if attention_mask is not None and attention_mask.shape != (B, past + T):
+            raise InputError(f"attention_mask must cover the cached and the new tokens, shape ({B}, {past + T}); got {tuple(attention_mask.shape)}")
+        if position_ids is not None:
+            if position_ids.shape[-1] != T or position_ids.dim() != 2 or position_ids.shape[0] not in (1, B):
+                raise InputError(f"position_ids must have shape ({B}, {T}), got {tuple(position_ids.shape)}")
+            check_ids("position_ids", position_ids, config.n_positions)
+
+    @classmethod
+    def keymap(cls, config: GPT2Config) -> KeyMap:
+        # A GPT2LMHeadModel file holds the stack under transformer.; its head is not used here.
+        return gpt2_keymap() + KeyMap([], ignore=["lm_head.weight"], optional_prefix="transformer.")
+
+
+def _positions(attention_mask: torch.Tensor | None, past: int, T: int, device) -> torch.Tensor:
+    """Each new token's position: how many real tokens precede it, so left-padded rows start at 0."""
+    if attention_mask is None:
+        return torch.arange(past, past + T, device=device)[None]  # (1, T)
+    positions = attention_mask.long().cumsum(-1) - 1  # (B, S): padding before the first token gets -1
+    return positions[:, past:].clamp(min=0)  # (B, T)
+
+
+def _causal_bias(attention_mask, T: int, S: int, dtype, device) -> torch.Tensor | None:
+    if T == 1 and (attention_mask is None or (not tracing() and bool(attention_mask.all()))):
+        return None  # one new token sees every cached one: nothing to mask
+    # the causal part is aligned bottom-right: the T new queries are the last T of the S keys
+    return attention_bias(attention_mask, T, S, causal=True, dtype=dtype, device=device)
+
+
+# -- the language model and generation ---------------------------------------------
+class GPT2LMHeadModel(_GPT2Pretrained):
+    """GPT-2 with its language-model head: next-token logits at every position, and ``generate``."""
+
+    checkpoint_fields = {name: "transformer." + where if isinstance(where, str) else ("transformer." + where[0], where[1]) for name, where in STACK_FIELDS.items()}
+
+    def __init__(self, config: GPT2Config):
+        super().__init__()
+        self.config = config
+        self.transformer = GPT2Model(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.apply(self.init_weights)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.transformer.token.weight
+
+    def allocate_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        return self.transformer.allocate_cache(batch_size, max_len)
+
+    def forward(self, input_ids, attention_mask=None, past_key_values=None, use_cache=False, position_ids=None, labels=None) -> GPT2LMOutput:
+        """``labels`` (B, T): the input ids themselves (shifted here), -100 where no loss is taken."""
+        out = self.transformer(input_ids, attention_mask, past_key_values, use_cache, position_ids)
+        logits = self.lm_head(out.last_hidden_state)  # (B, T, vocab)
+        loss = None
+        if labels is not None:  # position t predicts token t + 1
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+        return GPT2LMOutput(logits, loss, out.past_key_values)
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        input_ids: torch.Tensor,  # (B, T) prompts, left-padded to one length
+        max_new_tokens: int,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token_id: int | None = None,
+        attention_mask: torch.Tensor | None = None,  # (B, T): 0 on the left padding
+        generator: torch.Generator | None = None,
+        streamer: Callable[[torch.Tensor], None] | None = None,  # called with each new (B, 1) token batch
+    ) -> torch.Tensor:
+        """Prompts followed by up to ``max_new_tokens`` tokens, ``(B, T + new)``.
+
+        Greedy unless ``do_sample``. A row that produced ``eos_token_id`` is
+        padded from then on (``pad_token_id``, else eos); generation ends early
+        once every row has.
+        """
+        new_tokens = []
+        for tokens in self.generate_stream(input_ids, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id, attention_mask, generator):
+            new_tokens.append(tokens)
+            if streamer is not None:
+                streamer(tokens)
+        return torch.cat([input_ids, *new_tokens], dim=1)
+
+    @torch.inference_mode()
+    def generate_stream(
+        self, input_ids, max_new_tokens, do_sample=False, temperature=1.0, top_k=None, top_p=None,
+        eos_token_id=None, attention_mask=None, generator=None,
+    ) -> Iterator[torch.Tensor]:
+        """``generate`` as an iterator: yields each new ``(B, 1)`` token batch as soon as it is chosen."""
+        self._check_generation(input_ids, max_new_tokens, temperature, top_k, top_p, attention_mask)
+        B, T = input_ids.shape
+        pad_token_id = self.config.pad_token_id if self.config.pad_token_id is not None else eos_token_id
+        cache = self.allocate_cache(B, T + max_new_tokens)
+        # the padding mask of the whole run: the prompt's, then 1 for every generated token
+        mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            mask = torch.ones(B, T + max_new_tokens, dtype=torch.long, device=input_ids.device)
+            mask[:, :T] = attention_mask
+        finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+        tokens = input_ids
+        for step in range(max_new_tokens):
+            out = self.transformer(tokens, None if mask is None else mask[:, : T + step], cache)  # mask: cached + new
+            logits = self.lm_head(out.last_hidden_state[:, -1]).float()  # (B, vocab): only the last position's
+            next_token = _choose(logits, do_sample, temperature, top_k, top_p, generator)  # (B,)
+            if eos_token_id is not None:
+                next_token = next_token.masked_fill(finished, pad_token_id)
+                finished |= next_token == eos_token_id
+            tokens = next_token[:, None]  # (B, 1)
+            yield tokens
+            if bool(finished.all()):
+                return
+
+    def _check_generation(self, input_ids, max_new_tokens, temperature, top_k, top_p, attention_mask) -> None:
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            raise InputError(f"input_ids must be prompts of shape (batch, seq_len) with seq_len >= 1, got {tuple(input_ids.shape)}")
+        T, context = input_ids.shape[1], self.config.n_positions
+        if T > context:
+            raise InputError(f"the prompt has {T} tokens, more than the context of {context} positions")
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        if T + max_new_tokens > context:
+            raise InputError(f"{T} prompt tokens + max_new_tokens {max_new_tokens} exceed the context of {context} positions; at most {context - T} new tokens fit")
+        if not temperature > 0:
+            raise InputError(f"temperature must be > 0, got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise InputError(f"top_k must be at least 1, got {top_k}")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise InputError(f"top_p must be in (0, 1], got {top_p}")
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise InputError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(input_ids.shape)}")
+        if attention_mask is not None and not bool(attention_mask[:, -1].bool().all()):
+            raise InputError("the prompts must be left-padded: every row's last token must be real (attention_mask 1)")
+
+    @classmethod
+    def keymap(cls, config: GPT2Config) -> KeyMap:
+        if config.tie_word_embeddings:
+            head, tied = [], [("lm_head.weight", "transformer.wte.weight")]
+        else:
+            head, tied = [("lm_head.weight", "lm_head.weight")], []
+        return gpt2_keymap().prefixed("transformer.", "transformer.") + KeyMap(head, renames=STACK_WITHOUT_PREFIX, tied=tied)
+
+
+def _choose(logits: torch.Tensor, do_sample: bool, temperature: float, top_k, top_p, generator) -> torch.Tensor:
+    """The next token of each row from its logits (B, vocab): the most likely, or a sample."""
+    if not do_sample:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]  # (B, 1): the k-th largest
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        # nucleus: the smallest set of most likely tokens whose probability reaches top_p
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        before = probs.cumsum(-1) - probs  # probability of the tokens ranked above each one
+        sorted_logits = sorted_logits.masked_fill(before >= top_p, float("-inf"))  # the top token always stays
+        logits = logits.scatter(-1, order, sorted_logits)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+
+
+# -- the official names ------------------------------------------------------------
+# The official GPT-2 files (and GPT2Model saves) have no transformer. prefix; a model
+# with the head accepts them.
+STACK_WITHOUT_PREFIX = [(f"{part}.{{*}}", f"transformer.{part}.{{*}}") for part in ("wte", "wpe", "h", "ln_f")]
+
+
+def gpt2_keymap() -> KeyMap:
+    """Hugging Face's GPT2Model names -> minipt's. The projections are Conv1D, stored (in, out): transposed."""
+    return KeyMap(
+        [
+            ("wte.{p}", "token.{p}"),
+            ("wpe.{p}", "position.{p}"),
+            ("h.{i}.ln_1.{p}", "layers.{i}.attn_norm.{p}"),
+            ("h.{i}.attn.c_attn.weight", "layers.{i}.attn.qkv_proj.weight", TRANSPOSE),
+            ("h.{i}.attn.c_attn.bias", "layers.{i}.attn.qkv_proj.bias"),
+            ("h.{i}.attn.c_proj.weight", "layers.{i}.attn.out_proj.weight", TRANSPOSE),
+            ("h.{i}.attn.c_proj.bias", "layers.{i}.attn.out_proj.bias"),
+            ("h.{i}.ln_2.{p}", "layers.{i}.ffn_norm.{p}"),
+            ("h.{i}.mlp.c_fc.weight", "layers.{i}.ffn_up.weight", TRANSPOSE),
+            ("h.{i}.mlp.c_fc.bias", "layers.{i}.ffn_up.bias"),
+            ("h.{i}.mlp.c_proj.weight", "layers.{i}.ffn_down.weight", TRANSPOSE),
+            ("h.{i}.mlp.c_proj.bias", "layers.{i}.ffn_down.bias"),
+            ("ln_f.{p}", "final_norm.{p}"),
+        ],
+        # older files carry the causal mask as buffers: attn.bias (1, 1, n_ctx, n_ctx) and attn.masked_bias (a scalar)
+        ignore=["h.{i}.attn.bias", "h.{i}.attn.masked_bias"],
+    )

