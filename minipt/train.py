@@ -231,7 +231,7 @@ def save_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, *, e
         "format": FORMAT,
         "model": type(model).__name__,
         "epoch": epoch,
-        "extra": extra or {},
+        "extra": _split(extra or {}, "extra", tensors),
         "model_state": _split(model.state_dict(), "model", tensors),
     }
     if optimizer is not None:
@@ -300,4 +300,4 @@ def load_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None) -> d
         _set_rng_state(_join(skeleton["rng"], tensors))
     if scheduler is not None:
         scheduler.load_state_dict(_join(skeleton["scheduler_state"], tensors))
-    return {"epoch": skeleton["epoch"], **skeleton["extra"]}
+    return {"epoch": skeleton["epoch"], **_join(skeleton["extra"], tensors)}
