@@ -15,6 +15,8 @@ from .errors import (
     InputError,
     KeyMismatchError,
     MiniptError,
+    StageError,
+    TrainingError,
 )
 
 __version__ = "0.1.0"
@@ -28,7 +30,7 @@ _LAZY = {
 def __getattr__(name):
     if name in _LAZY:
         return getattr(import_module(_LAZY[name]), name)
-    if name in ("nn", "models", "hub", "checkpoint", "keymap"):
+    if name in ("nn", "models", "hub", "checkpoint", "keymap", "transfer", "train"):
         return import_module(f"minipt.{name}")
     raise AttributeError(f"module 'minipt' has no attribute {name!r}")
 
@@ -40,6 +42,8 @@ __all__ = [
     "InputError",
     "KeyMismatchError",
     "MiniptError",
+    "StageError",
+    "TrainingError",
     "SentenceEncoder",
     "Tokenizer",
 ]

@@ -30,3 +30,15 @@ class KeyMismatchError(MiniptError, KeyError):
 
 class InputError(MiniptError, ValueError):
     """Model input that does not fit the model: ids out of range, too long, wrong shape."""
+
+
+class TrainingError(MiniptError, ValueError):
+    """A training set-up that cannot do what was asked: labels outside the head, optimizer groups
+    that miss or repeat a parameter, a quantised model to train, a checkpoint of another run."""
+
+
+class StageError(TrainingError, KeyError):
+    """A stage name the model does not declare (the message lists the ones it does)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0] if self.args else ""

@@ -67,3 +67,62 @@ def test_fsdp(process_group):
     for key, param in model.named_parameters():
         grad = param.grad.full_tensor() if hasattr(param.grad, "full_tensor") else param.grad
         torch.testing.assert_close(grad, expected[key], atol=1e-6, rtol=0)
+
+
+# -- two processes: the same weights as one process with the same global batch ------------
+GLOBAL_BATCH, WORLD = 8, 2
+
+
+def _tiny_run(world: int, rank: int, kind: str):
+    """Two epochs of fit() on a tiny BERT classifier, ``world`` processes sharing each global batch of 8."""
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+    from minipt.train import fit
+
+    model, _ = _model_and_batch()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 50, (32, 8), generator=g)
+    data = TensorDataset(ids, torch.randint(0, 3, (32,), generator=g))
+    if kind == "ddp":
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    elif kind == "fsdp":
+        for layer in model.bert.layers:
+            fully_shard(layer)
+        fully_shard(model)
+    # DistributedSampler without shuffling deals rank r the samples r, r + world, ...: together one global batch.
+    sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
+    loader = DataLoader(data, batch_size=GLOBAL_BATCH // world, sampler=sampler)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    fit(model, optimizer, loader, loss=lambda m, b: m(input_ids=b[0], labels=b[1]).loss, epochs=2, progress=False)
+    state = model.module.state_dict() if kind == "ddp" else model.state_dict()
+    return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone() for k, v in state.items()}
+
+
+def _worker(rank: int, port: int, kind: str, out: str):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        state = _tiny_run(WORLD, rank, kind)
+        if rank == 0:
+            torch.save(state, out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("kind", ["ddp", "fsdp"])
+def test_two_processes_train_like_one(kind, tmp_path):
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "weights.pt"
+    mp.spawn(_worker, args=(_free_port(), kind, str(out)), nprocs=WORLD, join=True)
+    distributed = torch.load(out, weights_only=True)
+    single = _tiny_run(1, 0, "single")
+    assert distributed.keys() == single.keys()
+    moved = 0
+    initial, _ = _model_and_batch()
+    for key, value in single.items():
+        # the same sums in another order (all-reduce): float32 rounding, far below the training's own steps
+        torch.testing.assert_close(distributed[key], value, atol=1e-5, rtol=1e-5, msg=key)
+        moved += not torch.equal(value, initial.state_dict()[key])
+    assert moved > len(single) // 2  # training changed the weights, so the comparison means something

@@ -212,6 +212,7 @@ class BertModel(_BertPretrained):
 
     _pooler_key = "pooler.dense.weight"
     checkpoint_fields = ENCODER_FIELDS
+    transfer_stages = {"embeddings": "embeddings", "layers.{i}": "layers.{i}", "pooler": "pooler"}  # see minipt.transfer
 
     def __init__(self, config: BertConfig):
         super().__init__()
@@ -294,6 +295,8 @@ class BertForMaskedLM(_BertPretrained):
 
     _pooler_key = "bert.pooler.dense.weight"
     checkpoint_fields = UNDER_BERT
+    # the decoder's weight is the token embedding: it counts in (and freezes with) "embeddings"
+    transfer_stages = {"embeddings": "bert.embeddings", "layers.{i}": "bert.layers.{i}", "pooler": "bert.pooler", "head": "head"}
 
     def __init__(self, config: BertConfig):
         super().__init__()
@@ -346,6 +349,8 @@ class BertForSequenceClassification(_BertPretrained):
 
     _pooler_key = "bert.pooler.dense.weight"
     checkpoint_fields = {**UNDER_BERT, "num_labels": ("classifier.weight", 0)}
+    transfer_stages = {"embeddings": "bert.embeddings", "layers.{i}": "bert.layers.{i}", "pooler": "bert.pooler", "head": "classifier"}
+    transfer_head = ("classifier", "num_labels")  # the module minipt.transfer.reset_classifier replaces, and its size
 
     def __init__(self, config: BertConfig):
         super().__init__()

@@ -53,6 +53,8 @@ class CharLM(Pretrained, nn.Module):
         "hidden_size": ("head.weight", 1),
         "num_layers": "lstm.weight_ih_l",
     }
+    # The LSTM's layers share one module (torch.nn.LSTM's layout), so they form one stage; no task head to replace.
+    transfer_stages = {"embedding": "embedding", "lstm": "lstm", "head": "head"}  # see minipt.transfer
 
     def __init__(self, config: CharLMConfig | None = None):
         super().__init__()

@@ -115,6 +115,8 @@ class CRNN(Pretrained, nn.Module):
         "hidden_size": ("sequence.0.lstm.weight_hh_l0", 1),
         "num_classes": ("classifier.weight", 0),
     }
+    transfer_stages = {"features": "features", "sequence.{i}": "sequence.{i}", "classifier": "classifier"}  # see minipt.transfer
+    transfer_head = ("classifier", "num_classes")  # sized by the charset: reset_classifier(model, charset="...")
 
     def __init__(self, config: CRNNConfig | None = None):
         super().__init__()

@@ -232,6 +232,17 @@ class EfficientNet(Pretrained, nn.Module):
         self.classifier = nn.Linear(config.head_channels, config.num_classes)
         self.num_features = config.head_channels
 
+    transfer_head = ("classifier", "num_classes")  # see minipt.transfer
+
+    @property
+    def transfer_stages(self) -> dict:
+        """The flat list of blocks grouped into the paper's stages: stem, stages.0..6, head (1x1 conv), classifier."""
+        stages, first = {"stem": "stem"}, 0
+        for index, stage in enumerate(self.config.scaled_stages()):
+            stages[f"stages.{index}"] = tuple(f"blocks.{b}" for b in range(first, first + stage.repeats))
+            first += stage.repeats
+        return {**stages, "head": "head", "classifier": "classifier"}
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features before the classifier: (B, 3, H, W) normalised pixels -> (B, 1280)."""
         check_images(x, 3, "EfficientNet")

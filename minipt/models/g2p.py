@@ -73,6 +73,7 @@ class G2P(Pretrained, nn.Module):
         "num_phonemes": ("phoneme_embedding.weight", 0),
         "hidden_size": ("encoder.weight_hh_l0", 1),
     }
+    transfer_stages = {"encoder": ("letter_embedding", "encoder"), "decoder": ("phoneme_embedding", "decoder"), "head": "classifier"}
 
     def __init__(self, config: G2PConfig):
         super().__init__()

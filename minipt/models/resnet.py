@@ -183,6 +183,8 @@ class Stem(nn.Module):
 # -- the model -------------------------------------------------------------------
 class ResNet(Pretrained, nn.Module):
     config_class = ResNetConfig
+    transfer_stages = {"stem": "stem", "stages.{i}": "stages.{i}", "head": "head"}  # see minipt.transfer
+    transfer_head = ("head", "num_classes")
 
     def __init__(self, config: ResNetConfig):
         super().__init__()

@@ -49,6 +49,8 @@ def pool(token_vectors: torch.Tensor, attention_mask: torch.Tensor, mode: str) -
 
 
 class SentenceEncoder(nn.Module):
+    transfer_stages = {"embeddings": "encoder.embeddings", "layers.{i}": "encoder.layers.{i}", "pooler": "encoder.pooler"}  # see minipt.transfer
+
     def __init__(self, encoder: BertModel, tokenizer: Tokenizer, *, pooling: str = "mean", normalize: bool = True, max_seq_length: int | None = None):
         super().__init__()
         if pooling not in POOLING_MODES:

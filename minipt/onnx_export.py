@@ -1,0 +1,63 @@
+"""ONNX export of the classifiers (BERT, ResNet, EfficientNet), for runtimes outside Python.
+
+    export_onnx(model, "bert.onnx")              # inputs named as in minipt, batch (and length) dynamic
+    onnxruntime.InferenceSession("bert.onnx").run(None, {"input_ids": ..., "attention_mask": ...})
+
+It runs ``torch.onnx.export`` with ``dynamo=False``, the tracing exporter:
+torch 2.13 keeps it beside the newer torch.export-based one (``dynamo=True``,
+which also needs onnxscript), and it exports BERT today, while torch.export
+still stops at the input checks that read the ids' values (``_check_ids``).
+Once ``torch.export`` takes every minipt model, ``dynamo=True`` is the
+one-line switch. Needs the ``onnx`` extra (onnx; onnxruntime to run the file).
+The graph returns the logits, one tensor. BERT's padding mask enters as 0/1 integers and
+is turned into the additive float mask inside the graph, so the exported graph
+has no branch on the data (minipt skips the mask when nothing is padded; a
+graph cannot).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import InputError
+
+
+class _BertLogits(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        additive = (1.0 - attention_mask.to(torch.float32)) * torch.finfo(torch.float32).min  # (B, T): 0 keep, lowest mask
+        return self.model(input_ids, additive).logits  # (B, num_labels)
+
+
+def _graph(model: nn.Module, batch: int, length: int, image_size: int):
+    """The module to export, example inputs, their names and dynamic dimensions."""
+    from .models.bert import BertForSequenceClassification
+    from .models.efficientnet import EfficientNet
+    from .models.resnet import ResNet
+
+    if isinstance(model, BertForSequenceClassification):
+        ids = torch.randint(0, model.config.vocab_size, (batch, length))
+        mask = torch.ones(batch, length, dtype=torch.long)
+        mask[0, length // 2 :] = 0  # padding in the example, so the graph masks
+        return _BertLogits(model).eval(), (ids, mask), ["input_ids", "attention_mask"], {name: {0: "batch", 1: "length"} for name in ("input_ids", "attention_mask")}
+    if isinstance(model, (ResNet, EfficientNet)):
+        channels = getattr(model.config, "in_channels", 3)
+        return model, (torch.randn(batch, channels, image_size, image_size),), ["x"], {"x": {0: "batch"}}
+    raise InputError(f"export_onnx handles BertForSequenceClassification, ResNet and EfficientNet, not {type(model).__name__}")
+
+
+def export_onnx(model: nn.Module, path, *, batch: int = 2, length: int = 16, image_size: int = 224) -> Path:
+    """Write ``model`` (in eval mode) as an ONNX file whose one output, ``logits``, is the model's."""
+    path = Path(path)
+    module, example, names, dynamic = _graph(model.eval(), batch, length, image_size)
+    with warnings.catch_warnings(), torch.no_grad():  # the tracer's notes on Python values it fixes (input checks)
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, example, str(path), dynamo=False, input_names=names, output_names=["logits"], dynamic_axes=dynamic)
+    return path

@@ -1,0 +1,353 @@
+"""Transfer learning: freeze, unfreeze and re-head a pretrained model by the names of its stages.
+
+Each model class declares its stages in data-flow order, as data:
+
+    class ResNet(...):
+        transfer_stages = {"stem": "stem", "stages.{i}": "stages.{i}", "head": "head"}
+        transfer_head = ("head", "num_classes")   # the task head and the config field of its size
+
+A stage is one module path or a tuple of them; ``{i}`` runs over the children
+of a numbered container (``nn.ModuleList``/``nn.Sequential``), giving
+``stages.0``, ``stages.1``, ... A model whose grouping depends on its config
+(EfficientNet groups its flat list of blocks into the paper's stages) computes
+the same dict in a property. Every parameter belongs to exactly one stage; a
+tied parameter (a language-model head that reuses the token embedding) counts
+in the first stage that holds it.
+
+The four ways to adapt a pretrained model are then a few lines each:
+
+    freeze_up_to(model, "layers.5")        # feature extraction: only the head trains
+    freeze_up_to(model, "layers.3")        # partial fine-tuning: the top blocks and the head
+    unfreeze(model)                        # full fine-tuning, with
+    torch.optim.AdamW(param_groups(model, lr=2e-5, layer_decay=0.8))   # smaller steps lower down
+
+A frozen stage also keeps its BatchNorm statistics and dropout fixed: its
+modules ignore ``train(True)`` and stay in eval mode until ``unfreeze`` (the
+default ``bn="eval"``; ``bn="train"`` lets them follow the model's mode). This
+is done by replacing ``train`` on the frozen modules themselves, so
+``model.train()``, ``DistributedDataParallel.train()`` and ``module.training``
+all agree with what the forward pass does.
+"""
+
+from __future__ import annotations
+
+import types
+from collections import namedtuple
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from .errors import StageError, TrainingError
+
+BN_MODES = ("eval", "train")
+
+
+# -- the declared stages ---------------------------------------------------------
+def _declared(model: nn.Module) -> dict:
+    found = getattr(model, "transfer_stages", None)
+    if not isinstance(found, dict) or not found:
+        raise TrainingError(f"{type(model).__name__} declares no transfer_stages (a dict of stage name -> module path)")
+    return found
+
+
+def _resolve(model: nn.Module) -> dict[str, list[nn.Module]]:
+    """Stage name -> its modules, in data-flow order; a path that holds None (no pooler) gives no stage."""
+    resolved: dict[str, list[nn.Module]] = {}
+    for name, paths in _declared(model).items():
+        paths = (paths,) if isinstance(paths, str) else tuple(paths)
+        if "{i}" in name:  # one stage per child of a numbered container
+            (path,) = paths
+            container = _module(model, path.split(".{i}")[0])
+            for index in range(len(container)):
+                resolved[name.format(i=index)] = [_module(model, path.format(i=index))]
+            continue
+        modules = [m for m in (_module(model, p) for p in paths) if m is not None]
+        if modules:
+            resolved[name] = modules
+    return resolved
+
+
+def _module(model: nn.Module, path: str) -> nn.Module | None:
+    module = model
+    for part in path.split("."):
+        module = getattr(module, part, None) if not part.isdigit() else module[int(part)]
+        if module is None:
+            return None
+    return module
+
+
+def stage_parameters(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
+    """Stage name -> its (parameter name, parameter) pairs; every parameter of the model in exactly one stage."""
+    stage_of = {}
+    for stage, modules in _resolve(model).items():
+        for module in modules:
+            for param in module.parameters():
+                stage_of.setdefault(id(param), stage)  # a tied parameter stays with the first stage
+    params: dict[str, list] = {stage: [] for stage in _resolve(model)}
+    left_out = []
+    for name, param in model.named_parameters():  # named_parameters lists a tied parameter once
+        if id(param) in stage_of:
+            params[stage_of[id(param)]].append((name, param))
+        else:
+            left_out.append(name)
+    if left_out:
+        raise TrainingError(f"{type(model).__name__}.transfer_stages leaves parameters in no stage: {', '.join(left_out[:8])}")
+    return params
+
+
+def stages(model: nn.Module) -> list[str]:
+    """The model's stage names, input first: ``["embeddings", "layers.0", ..., "pooler", "head"]``."""
+    return list(_resolve(model))
+
+
+def _check_names(model: nn.Module, names: Iterable[str]) -> list[str]:
+    known = stages(model)
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise StageError(f"{type(model).__name__} has no stage {', '.join(map(repr, unknown))}; its stages: {', '.join(known)}")
+    return list(names)
+
+
+# -- freezing ----------------------------------------------------------------------
+def freeze(model: nn.Module, *names: str, bn: str = "eval") -> nn.Module:
+    """Stop training the named stages (all stages if none are named).
+
+    ``bn="eval"`` (default) also keeps the stages' BatchNorm statistics and
+    dropout as in evaluation, whatever ``model.train()`` says later;
+    ``bn="train"`` lets them follow the model's mode.
+    """
+    if bn not in BN_MODES:
+        raise TrainingError(f"bn={bn!r}: expected one of {BN_MODES}")
+    _refuse_quantized(model, "freeze")
+    resolved = _resolve(model)
+    for name in _check_names(model, names) if names else list(resolved):
+        for module in resolved[name]:
+            module.requires_grad_(False)
+            if bn == "eval":
+                _hold_in_eval(module)
+            else:
+                _release(module, model.training)
+    return model
+
+
+def unfreeze(model: nn.Module, *names: str) -> nn.Module:
+    """Train the named stages again (all stages if none are named), in the model's current mode."""
+    _refuse_quantized(model, "unfreeze")
+    resolved = _resolve(model)
+    for name in _check_names(model, names) if names else list(resolved):
+        for module in resolved[name]:
+            module.requires_grad_(True)
+            _release(module, model.training)
+    return model
+
+
+def freeze_up_to(model: nn.Module, name: str, *, bn: str = "eval") -> nn.Module:
+    """Freeze every stage from the input up to and including ``name``; the stages above it train.
+
+    Calling it again with a lower stage unfreezes the stages in between (gradual unfreezing).
+    """
+    _check_names(model, [name])
+    order = stages(model)
+    cut = order.index(name) + 1
+    freeze(model, *order[:cut], bn=bn)
+    if cut < len(order):
+        unfreeze(model, *order[cut:])
+    return model
+
+
+def _frozen_train(self: nn.Module, mode: bool = True) -> nn.Module:
+    return type(self).train(self, False)  # a frozen stage stays in eval mode, and so do its children
+
+
+def _hold_in_eval(module: nn.Module) -> None:
+    for sub in module.modules():
+        sub.train = types.MethodType(_frozen_train, sub)
+    module.eval()
+
+
+def _release(module: nn.Module, mode: bool) -> None:
+    for sub in module.modules():
+        sub.__dict__.pop("train", None)  # back to the class's train()
+    module.train(mode)
+
+
+def is_held_in_eval(module: nn.Module) -> bool:
+    return "train" in module.__dict__
+
+
+# -- a new task head -----------------------------------------------------------------
+def reset_classifier(model: nn.Module, num_classes: int | None = None, **config_fields) -> nn.Module:
+    """Replace the task head by a freshly initialised one for ``num_classes`` classes (timm's convention).
+
+    The model's config is updated through its own checks. A head whose size
+    follows another field is re-sized through that field:
+    ``reset_classifier(crnn, charset="0123456789")``.
+    """
+    _refuse_quantized(model, "reset_classifier")
+    declared = getattr(model, "transfer_head", None)
+    if declared is None:
+        raise TrainingError(f"{type(model).__name__} declares no task head to replace (its output is not a set of classes)")
+    path, size_field = declared
+    config = model.config
+    if num_classes is not None:
+        if size_field not in {f for f in type(config).__dataclass_fields__}:
+            raise TrainingError(f"{type(model).__name__}'s number of classes follows its config; pass the field that decides it (such as charset=...)")
+        config_fields[size_field] = num_classes
+    if not config_fields:
+        raise TrainingError("reset_classifier needs num_classes (or the config field that sets the head's size)")
+    if "id2label" in type(config).__dataclass_fields__ and "id2label" not in config_fields:
+        config_fields["id2label"] = None  # the old head's label names do not describe the new one
+    config = config.replace(**config_fields)
+    old = _module(model, path)
+    new = nn.Linear(old.in_features, getattr(config, size_field), bias=old.bias is not None, device=old.weight.device, dtype=old.weight.dtype)
+    if hasattr(model, "init_weights"):
+        model.init_weights(new)
+    parent, _, attr = path.rpartition(".")
+    setattr(_module(model, parent) if parent else model, attr, new)
+    model.config = config
+    return model
+
+
+def num_classes(model: nn.Module) -> int:
+    declared = getattr(model, "transfer_head", None)
+    if declared is None:
+        raise TrainingError(f"{type(model).__name__} declares no classification head")
+    return int(getattr(model.config, declared[1]))
+
+
+def check_labels(model: nn.Module, labels) -> None:
+    """Refuse labels the head cannot predict (before training, not as an index error deep in the loss)."""
+    labels = torch.as_tensor(labels)
+    classes = num_classes(model)
+    if labels.numel() == 0:
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= classes:
+        field = getattr(model, "transfer_head")[1]
+        raise TrainingError(
+            f"labels run from {low} to {high}, but {type(model).__name__}'s head predicts {classes} classes (0..{classes - 1}); "
+            f"call reset_classifier(model, {high + 1}) or fix the labels ({field} = {classes})"
+        )
+
+
+# -- optimiser groups ------------------------------------------------------------------
+def param_groups(model: nn.Module, lr: float, *, layer_decay: float = 1.0, weight_decay: float | None = None) -> list[dict]:
+    """One optimiser group per stage that has trainable parameters, with layer-wise learning-rate decay.
+
+    The last stage gets ``lr``, the one below ``lr * layer_decay``, and so on
+    down to the input (Clark et al., 2020; layer_decay=1 is one rate for all).
+    Each group carries its stage's name under ``"stage"``.
+    """
+    _refuse_quantized(model, "param_groups")
+    if not 0 < layer_decay <= 1:
+        raise TrainingError(f"layer_decay = {layer_decay!r}: expected a number in (0, 1]")
+    by_stage = stage_parameters(model)
+    order = list(by_stage)
+    groups = []
+    for depth, stage in enumerate(reversed(order)):
+        params = [p for _, p in by_stage[stage] if p.requires_grad]
+        if params:
+            group = {"params": params, "lr": lr * layer_decay**depth, "stage": stage}
+            if weight_decay is not None:
+                group["weight_decay"] = weight_decay
+            groups.append(group)
+    if not groups:
+        raise TrainingError(f"every parameter of {type(model).__name__} is frozen: nothing to train")
+    check_param_groups(model, groups[::-1])
+    return groups[::-1]  # input first, like stages()
+
+
+def check_param_groups(model: nn.Module, groups_or_optimizer) -> None:
+    """Every trainable parameter of the model in the optimiser exactly once, and nothing from elsewhere."""
+    groups = groups_or_optimizer.param_groups if isinstance(groups_or_optimizer, torch.optim.Optimizer) else list(groups_or_optimizer)
+    names = {id(p): n for n, p in model.named_parameters()}
+    seen: dict[int, int] = {}
+    foreign = 0
+    for group in groups:
+        params = group["params"] if isinstance(group, dict) else [group]
+        for param in [params] if isinstance(params, torch.Tensor) else params:
+            seen[id(param)] = seen.get(id(param), 0) + 1
+            foreign += id(param) not in names
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in seen]
+    twice = [names[i] for i, count in seen.items() if count > 1 and i in names]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} trainable parameter(s) in no group: {', '.join(missing[:8])}")
+    if twice:
+        problems.append(f"{len(twice)} parameter(s) in more than one group: {', '.join(twice[:8])}")
+    if foreign:
+        problems.append(f"{foreign} parameter(s) that are not {type(model).__name__}'s")
+    if problems:
+        raise TrainingError("the optimiser groups do not cover the model: " + "; ".join(problems))
+
+
+# -- what trains ------------------------------------------------------------------------
+Row = namedtuple("Row", "stage trainable frozen mode")
+
+
+class Summary(list):
+    """Rows of (stage, trainable parameters, frozen parameters, mode); ``print`` shows a table."""
+
+    def __str__(self) -> str:
+        total = Row("total", sum(r.trainable for r in self), sum(r.frozen for r in self), "")
+        width = max(len(r.stage) for r in [*self, total])
+        line = lambda stage, trainable, frozen, mode: f"{stage:<{width}}  {trainable:>11}  {frozen:>11}  {mode}".rstrip()  # noqa: E731
+        rule = "-" * (width + 40)
+        body = [line(r.stage, f"{r.trainable:,}", f"{r.frozen:,}", r.mode) for r in self]
+        return "\n".join([line("stage", "trainable", "frozen", "mode"), rule, *body, rule, line("total", f"{total.trainable:,}", f"{total.frozen:,}", "")])
+
+
+def summary(model: nn.Module) -> Summary:
+    """Trainable and frozen parameter counts per stage, and whether the stage is held in eval mode."""
+    resolved = _resolve(model)
+    rows = Summary()
+    for stage, params in stage_parameters(model).items():
+        trainable = sum(p.numel() for _, p in params if p.requires_grad)
+        frozen = sum(p.numel() for _, p in params if not p.requires_grad)
+        held = all(is_held_in_eval(m) for m in resolved[stage])
+        rows.append(Row(stage, trainable, frozen, "eval (held)" if held else "train" if model.training else "eval"))
+    return rows
+
+
+def trainable_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# -- quantised models ------------------------------------------------------------------
+def is_quantized(model: nn.Module) -> bool:
+    """True if any module is a quantised (int8) kernel: its weights are packed and cannot be trained."""
+    return any(type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.nn.quantized")) for m in model.modules())
+
+
+def _refuse_quantized(model: nn.Module, what: str) -> None:
+    if is_quantized(model):
+        raise TrainingError(
+            f"{type(model).__name__} is quantised (int8 weights, packed for inference); {what} needs a float model: "
+            "train the float model and quantise it afterwards"
+        )
+
+
+def check_trainable(model: nn.Module) -> None:
+    """Refuse a model that cannot be trained: quantised, or with every parameter frozen."""
+    _refuse_quantized(model, "training")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise TrainingError(f"every parameter of {type(model).__name__} is frozen: nothing to train")
+
+
+__all__ = [
+    "check_labels",
+    "check_param_groups",
+    "check_trainable",
+    "freeze",
+    "freeze_up_to",
+    "is_quantized",
+    "num_classes",
+    "param_groups",
+    "reset_classifier",
+    "stage_parameters",
+    "stages",
+    "summary",
+    "trainable_parameters",
+    "unfreeze",
+]

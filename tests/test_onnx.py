@@ -1,0 +1,52 @@
+"""ONNX export of BERT, ResNet and EfficientNet, run by onnxruntime and compared with minipt's own outputs."""
+
+import pytest
+import torch
+
+from minipt.errors import InputError
+from minipt.onnx_export import export_onnx
+from test_protocol import TINY
+
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'minipt[onnx]')")
+pytest.importorskip("onnx", reason="onnx is not installed (pip install 'minipt[onnx]')")
+
+
+def _close(onnx_out, minipt_out):
+    """onnxruntime and torch run different kernels: bound the error by the outputs' magnitude."""
+    reference = minipt_out.detach().numpy()
+    error = abs(onnx_out - reference).max()
+    assert error <= 1e-5 * max(abs(reference).max(), 1e-3), f"max error {error}, outputs up to {abs(reference).max()}"
+
+
+def test_bert_with_padding_and_other_sizes(tmp_path):
+    model = TINY["BertForSequenceClassification"][0]()
+    session = ort.InferenceSession(str(export_onnx(model, tmp_path / "bert.onnx", length=16)))
+    assert not model.training  # the export leaves the model as it found it, in eval mode
+    for batch, length in ((2, 16), (3, 9)):  # batch and length are dynamic
+        ids = torch.randint(0, 50, (batch, length))
+        mask = torch.ones(batch, length, dtype=torch.long)
+        mask[1, length // 2 :] = 0
+        (logits,) = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+        with torch.no_grad():
+            _close(logits, model(ids, mask).logits)
+    padded = torch.ones(1, 12, dtype=torch.long)
+    padded[0, 6:] = 0
+    ids = torch.randint(0, 50, (1, 12))
+    masked = session.run(None, {"input_ids": ids.numpy(), "attention_mask": padded.numpy()})[0]
+    unmasked = session.run(None, {"input_ids": ids.numpy(), "attention_mask": torch.ones_like(padded).numpy()})[0]
+    assert abs(masked - unmasked).max() > 1e-6  # the graph does mask
+
+
+@pytest.mark.parametrize("name", ["ResNet", "EfficientNet"])
+def test_convnets(name, tmp_path):
+    model = TINY[name][0]()
+    session = ort.InferenceSession(str(export_onnx(model, tmp_path / f"{name}.onnx", image_size=32)))
+    images = torch.randn(3, 3, 32, 32)
+    (logits,) = session.run(None, {"x": images.numpy()})
+    with torch.no_grad():
+        _close(logits, model(images))
+
+
+def test_other_models_are_named():
+    with pytest.raises(InputError, match="not CharLM"):
+        export_onnx(TINY["CharLM"][0](), "unused.onnx")

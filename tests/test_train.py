@@ -1,0 +1,135 @@
+"""minipt.train.fit: checkpoints that resume to exactly the weights of an uninterrupted run, early stopping, refusals."""
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from minipt import transfer
+from minipt.errors import CheckpointError, TrainingError
+from minipt.train import BEST, LAST, fit, load_checkpoint, save_checkpoint
+
+
+class Tiny(nn.Module):
+    """Dropout and BatchNorm, so random numbers and running statistics must resume too."""
+
+    transfer_stages = {"body": ("linear", "norm"), "head": "head"}
+
+    def __init__(self, width=8):
+        super().__init__()
+        self.linear = nn.Linear(4, width)
+        self.norm = nn.BatchNorm1d(width)
+        self.dropout = nn.Dropout(0.3)
+        self.head = nn.Linear(width, 3)
+
+    def forward(self, x):
+        return self.head(self.dropout(torch.relu(self.norm(self.linear(x)))))
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(48, 4, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+    return TensorDataset(x, y)
+
+
+def _run(tmp_path, epochs, resume=False, optimizer_class=torch.optim.AdamW, **kwargs):
+    torch.manual_seed(0)
+    model = Tiny()
+    optimizer = optimizer_class(transfer.param_groups(model, 1e-2, layer_decay=0.5))
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=5, gamma=0.5)
+    loader = DataLoader(_data(), batch_size=8, shuffle=True)
+    x, y = _data().tensors
+    history = fit(
+        model, optimizer, loader, loss=lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]), epochs=epochs,
+        evaluate=lambda m: (m(x).argmax(-1) == y).float().mean(), scheduler=scheduler, checkpoint_dir=tmp_path,
+        resume=resume, restore_best=False, progress=False, **kwargs,
+    )
+    return model, optimizer, history
+
+
+def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path):
+    straight, straight_opt, history = _run(tmp_path / "straight", epochs=4)
+    _run(tmp_path / "stopped", epochs=2)
+    torch.manual_seed(123)  # whatever happened in between is overwritten by the checkpoint's RNG states
+    resumed, resumed_opt, resumed_history = _run(tmp_path / "stopped", epochs=4, resume=True)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert [e.train_loss for e in history] == [e.train_loss for e in resumed_history]
+    assert straight_opt.param_groups[0]["lr"] == resumed_opt.param_groups[0]["lr"]
+    assert len(resumed_history) == 4
+
+
+def test_the_checkpoint_is_one_safetensors_file(tmp_path):
+    from safetensors import safe_open
+
+    _run(tmp_path, epochs=1)
+    with safe_open(str(tmp_path / LAST), framework="pt") as handle:
+        keys = set(handle.keys())
+        assert "minipt" in handle.metadata()
+    assert {"model/linear.weight", "rng/torch", "optimizer/state/0/exp_avg"} <= keys
+    assert (tmp_path / BEST).is_file()
+
+
+def test_resume_from_another_model_or_optimiser(tmp_path):
+    _run(tmp_path, epochs=1)
+    torch.manual_seed(0)
+    wider = Tiny(width=16)
+    with pytest.raises(TrainingError, match=r"does not fit this Tiny: linear.weight: checkpoint \(8, 4\), model \(16, 4\)"):
+        load_checkpoint(tmp_path / LAST, wider)
+    other = nn.Linear(4, 3)
+    with pytest.raises(TrainingError, match="checkpoint of a Tiny, not of this Linear"):
+        load_checkpoint(tmp_path / LAST, other)
+    with pytest.raises(TrainingError, match="optimizer AdamW, not SGD"):
+        _run(tmp_path, epochs=2, resume=True, optimizer_class=lambda groups: torch.optim.SGD(groups, lr=0.1))
+    model = Tiny()
+    transfer.freeze(model, "body")
+    optimizer = torch.optim.AdamW(transfer.param_groups(model, 1e-2))
+    with pytest.raises(TrainingError, match="parameter groups of sizes"):
+        load_checkpoint(tmp_path / LAST, model, optimizer)
+    with pytest.raises(TrainingError, match="holds no optimizer state"):
+        load_checkpoint(tmp_path / BEST, Tiny(), torch.optim.AdamW(Tiny().parameters()))
+    (tmp_path / "broken.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "broken.safetensors", Tiny())
+
+
+def test_early_stopping_and_best_weights(tmp_path):
+    torch.manual_seed(0)
+    model = Tiny()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scores = iter([0.5, 0.7, 0.6, 0.6, 0.9])
+    seen = []
+
+    def evaluate(m):
+        seen.append({k: v.clone() for k, v in m.state_dict().items()})
+        return next(scores)
+
+    loader = DataLoader(_data(), batch_size=8)
+    history = fit(model, optimizer, loader, loss=lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]), epochs=5,
+                  evaluate=evaluate, patience=2, checkpoint_dir=tmp_path, progress=False)
+    assert [e.score for e in history] == [0.5, 0.7, 0.6, 0.6]  # two epochs without improvement: stop
+    for key, value in model.state_dict().items():  # the weights of epoch 2 are back
+        assert torch.equal(value, seen[1][key]), key
+
+
+def test_fit_refuses_what_cannot_train(tmp_path):
+    from minipt.quantize import quantize_int8
+
+    model = Tiny()
+    loader = DataLoader(_data(), batch_size=8)
+    step = lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1])  # noqa: E731
+    with pytest.raises(TrainingError, match="in no group: norm.weight, norm.bias, head.weight, head.bias"):
+        fit(model, torch.optim.SGD(model.linear.parameters(), lr=0.1), loader, loss=step, epochs=1, progress=False)
+    with pytest.raises(TrainingError, match="needs an evaluate"):
+        fit(model, torch.optim.SGD(model.parameters(), lr=0.1), loader, loss=step, epochs=1, patience=1, progress=False)
+    quantized = quantize_int8(model)
+    with pytest.raises(TrainingError, match="quantised"):
+        fit(quantized, torch.optim.SGD(model.parameters(), lr=0.1), loader, loss=step, epochs=1, progress=False)
+
+
+def test_save_checkpoint_names_what_it_cannot_store(tmp_path):
+    model = Tiny()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TrainingError, match="cannot store a object"):
+        save_checkpoint(tmp_path / "x.safetensors", model, optimizer, epoch=1, extra={"odd": object()})

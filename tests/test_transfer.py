@@ -1,0 +1,221 @@
+"""minipt.transfer: stages by name, freezing (BatchNorm and dropout included), new heads, optimiser groups, errors."""
+
+import pytest
+import torch
+from torch import nn
+
+from minipt import transfer
+from minipt.errors import MiniptError, StageError, TrainingError
+from minipt.models.bert import BertConfig, BertForMaskedLM, BertForSequenceClassification
+from minipt.models.char_lm import CharLM, CharLMConfig
+from minipt.models.crnn import CRNN, CRNNConfig
+from minipt.models.efficientnet import EfficientNet, EfficientNetConfig, Stage
+from minipt.models.resnet import ResNet, ResNetConfig
+from test_protocol import TINY, TINY_BERT, model_classes
+
+
+def _resnet():
+    return ResNet(ResNetConfig("basic", (1, 1, 1, 1), num_classes=5))
+
+
+def _bert(**fields):
+    return BertForSequenceClassification(BertConfig(**{**TINY_BERT, "num_labels": 3, **fields}))
+
+
+# -- the declared stages -----------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_stages_cover_every_parameter_once(name):
+    model = TINY[name][0]()
+    by_stage = transfer.stage_parameters(model)
+    listed = [id(p) for params in by_stage.values() for _, p in params]
+    assert len(listed) == len(set(listed)) == len(list(model.parameters()))
+    assert all(by_stage.values()), f"a stage of {name} holds no parameters"
+    assert list(by_stage) == transfer.stages(model)
+
+
+def test_every_model_class_declares_stages():
+    missing = [name for name, cls in model_classes().items() if not hasattr(cls, "transfer_stages")]
+    assert not missing, f"declare transfer_stages on {missing} (see minipt.transfer)"
+
+
+def test_stage_names_follow_the_data_flow():
+    assert transfer.stages(_bert()) == ["embeddings", "layers.0", "layers.1", "pooler", "head"]
+    assert transfer.stages(_resnet()) == ["stem", "stages.0", "stages.1", "stages.2", "stages.3", "head"]
+    with torch.device("meta"):
+        lite0 = EfficientNet(EfficientNetConfig.lite("lite0"))
+    names = transfer.stages(lite0)
+    assert names == ["stem", *[f"stages.{i}" for i in range(7)], "head", "classifier"]
+    blocks = lite0.transfer_stages["stages.5"]  # (4, 5, 2, 6, 112 -> 192): after 1 + 2 + 2 + 3 + 3 blocks
+    assert blocks == ("blocks.11", "blocks.12", "blocks.13", "blocks.14")
+
+
+def test_a_tied_parameter_freezes_with_its_first_stage():
+    model = BertForMaskedLM(BertConfig(**TINY_BERT))
+    assert model.head.decoder.weight is model.bert.embeddings.token.weight
+    transfer.freeze(model, "embeddings")
+    assert not model.head.decoder.weight.requires_grad and model.head.decoder.bias.requires_grad
+
+
+# -- freezing ----------------------------------------------------------------------
+def test_freeze_up_to_and_unfreeze():
+    model = _bert()
+    transfer.freeze_up_to(model, "layers.0")
+    trainable = {row.stage for row in transfer.summary(model) if row.trainable}
+    assert trainable == {"layers.1", "pooler", "head"}
+    transfer.freeze_up_to(model, "embeddings")  # lower: layers.0 trains again
+    assert {row.stage for row in transfer.summary(model) if row.trainable} == {"layers.0", "layers.1", "pooler", "head"}
+    transfer.unfreeze(model)
+    assert all(p.requires_grad for p in model.parameters())
+    transfer.freeze(model)
+    assert transfer.trainable_parameters(model) == 0
+
+
+def test_unknown_stage_names_the_known_ones():
+    with pytest.raises(StageError, match=r"no stage 'layer.3'.*embeddings, layers.0, layers.1, pooler, head"):
+        transfer.freeze_up_to(_bert(), "layer.3")
+    with pytest.raises(StageError, match="'encoder'"):
+        transfer.freeze(_resnet(), "stem", "encoder")
+    assert issubclass(StageError, MiniptError)
+
+
+def _bn_stats(module):
+    return [t.clone() for m in module.modules() if isinstance(m, nn.BatchNorm2d) for t in (m.running_mean, m.running_var)]
+
+
+def test_frozen_stages_keep_batchnorm_statistics_under_train():
+    model = _resnet()
+    transfer.freeze_up_to(model, "stages.1")
+    model.train()
+    frozen_before, free_before = _bn_stats(model.stages[1]), _bn_stats(model.stages[3])
+    model(torch.randn(2, 3, 32, 32))
+    assert all(torch.equal(a, b) for a, b in zip(frozen_before, _bn_stats(model.stages[1])))
+    assert not all(torch.equal(a, b) for a, b in zip(free_before, _bn_stats(model.stages[3])))
+    assert not model.stem.bn.training and model.stages[3][0].bn1.training
+    transfer.unfreeze(model, "stem")
+    assert model.stem.bn.training  # back to the model's mode
+
+
+def test_bn_train_lets_frozen_statistics_move():
+    model = _resnet()
+    transfer.freeze(model, "stem", bn="train")
+    model.train()
+    before = _bn_stats(model.stem)
+    model(torch.randn(2, 3, 32, 32))
+    assert not torch.equal(before[0], _bn_stats(model.stem)[0])
+    assert not model.stem.conv.weight.requires_grad
+
+
+def test_frozen_stages_drop_nothing_under_train():
+    model = _bert(hidden_dropout_prob=0.5, attention_probs_dropout_prob=0.5)
+    transfer.freeze(model, "embeddings", "layers.0", "layers.1", "pooler")
+    model.train()
+    ids = torch.randint(0, 50, (2, 6))
+    first, second = (model.bert(ids).pooler_output for _ in range(2))
+    torch.testing.assert_close(first, second, rtol=0, atol=0)  # every dropout before the pooler is off
+    assert model.dropout.training  # the head's own dropout still trains
+
+
+def test_bn_mode_is_checked():
+    with pytest.raises(TrainingError, match="bn='frozen'"):
+        transfer.freeze(_resnet(), "stem", bn="frozen")
+
+
+# -- new heads ----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "make, path",
+    [
+        (_bert, "classifier"),
+        (_resnet, "head"),
+        (lambda: EfficientNet(EfficientNetConfig(stages=(Stage(1, 3, 1, 1, 32, 16),), head_channels=32, num_classes=5)), "classifier"),
+    ],
+)
+def test_reset_classifier(make, path, tmp_path):
+    model = make()
+    old = model.get_submodule(path).weight.detach().clone()
+    transfer.reset_classifier(model, 9)
+    new = model.get_submodule(path)
+    assert new.out_features == 9 and transfer.num_classes(model) == 9
+    assert not torch.equal(new.weight[:5].detach(), old[:5])
+    assert new.weight.requires_grad
+    model.save_pretrained(tmp_path)  # the config follows the new head
+    reloaded = type(model).from_pretrained(tmp_path)
+    torch.testing.assert_close(reloaded.get_submodule(path).weight, new.weight)
+
+
+def test_reset_classifier_drops_the_old_label_names():
+    model = _bert(id2label={0: "neg", 1: "pos"})
+    transfer.reset_classifier(model, 5)
+    assert model.config.num_labels == 5 and model.config.id2label is None
+
+
+def test_reset_classifier_of_crnn_takes_a_charset():
+    model = CRNN(CRNNConfig(channels=(4, 8, 8, 16), hidden_size=8, charset="abc"))
+    transfer.reset_classifier(model, charset="0123456789")
+    assert model.classifier.out_features == 11 and model.config.charset == "0123456789"
+    with pytest.raises(TrainingError, match="charset"):
+        transfer.reset_classifier(model, 4)
+
+
+def test_reset_classifier_of_a_model_without_classes():
+    with pytest.raises(TrainingError, match="no task head"):
+        transfer.reset_classifier(CharLM(CharLMConfig(embed_size=8, hidden_size=16)), 3)
+
+
+def test_labels_outside_the_head():
+    model = _bert()
+    transfer.check_labels(model, torch.tensor([0, 2, 1]))
+    with pytest.raises(TrainingError, match=r"labels run from 0 to 4.*3 classes \(0..2\).*reset_classifier\(model, 5\)"):
+        transfer.check_labels(model, [0, 4, 1])
+    with pytest.raises(TrainingError, match="from -1"):
+        transfer.check_labels(model, [-1, 0])
+
+
+# -- optimiser groups -----------------------------------------------------------------
+def test_param_groups_decay_from_the_head_down():
+    model = _bert()
+    transfer.freeze(model, "embeddings")
+    groups = transfer.param_groups(model, 1e-3, layer_decay=0.5)
+    assert [g["stage"] for g in groups] == ["layers.0", "layers.1", "pooler", "head"]
+    assert [g["lr"] for g in groups] == pytest.approx([1.25e-4, 2.5e-4, 5e-4, 1e-3])
+    grouped = [id(p) for g in groups for p in g["params"]]
+    trainable = [id(p) for p in model.parameters() if p.requires_grad]
+    assert sorted(grouped) == sorted(trainable) and len(grouped) == len(set(grouped))
+    optimizer = torch.optim.AdamW(groups)
+    transfer.check_param_groups(model, optimizer)
+
+
+def test_optimiser_groups_that_miss_or_repeat_a_parameter():
+    model = _bert()
+    params = list(model.parameters())
+    with pytest.raises(TrainingError, match=r"2 trainable parameter\(s\) in no group: classifier.weight, classifier.bias"):
+        transfer.check_param_groups(model, [{"params": params[:-2]}])
+    with pytest.raises(TrainingError, match=r"in more than one group: classifier.bias"):
+        transfer.check_param_groups(model, [{"params": params}, {"params": params[-1:]}])
+    with pytest.raises(TrainingError, match="not BertForSequenceClassification's"):
+        transfer.check_param_groups(model, [{"params": params + [nn.Parameter(torch.zeros(1))]}])
+    with pytest.raises(TrainingError, match="layer_decay"):
+        transfer.param_groups(model, 1e-3, layer_decay=1.5)
+    transfer.freeze(model)
+    with pytest.raises(TrainingError, match="every parameter .* is frozen"):
+        transfer.param_groups(model, 1e-3)
+
+
+def test_summary_counts():
+    model = _resnet()
+    transfer.freeze_up_to(model, "stages.2")
+    rows = transfer.summary(model)
+    assert sum(r.trainable + r.frozen for r in rows) == sum(p.numel() for p in model.parameters())
+    assert sum(r.trainable for r in rows) == transfer.trainable_parameters(model) == sum(p.numel() for p in [*model.stages[3].parameters(), *model.head.parameters()])
+    text = str(rows)
+    assert "stages.3" in text and "eval (held)" in text and "total" in text
+
+
+# -- quantised models ---------------------------------------------------------------------
+def test_a_quantised_model_cannot_train():
+    from minipt.quantize import quantize_int8
+
+    model = quantize_int8(_bert())
+    assert transfer.is_quantized(model)
+    for call in (lambda: transfer.param_groups(model, 1e-3), lambda: transfer.freeze(model, "head"), lambda: transfer.check_trainable(model)):
+        with pytest.raises(TrainingError, match="quantised .* train the float model and quantise it afterwards"):
+            call()
