@@ -151,7 +151,7 @@ class CharLM(Pretrained, nn.Module):
 
         ``seed`` (or an explicit ``generator``) makes sampling reproducible.
         """
-        ids = self.encode(prompt or "\n")[None].to(self.head.weight.device)  # (1, T)
+        ids = self.encode(prompt or "\n")[None].to(self.embedding.weight.device)  # (1, T)
         if generator is None and seed is not None:
             generator = torch.Generator(device=ids.device).manual_seed(seed)
         was_training = self.training
