@@ -31,7 +31,7 @@ from minipt.nn.rnn import _GRULayer, _LSTMLayer, _RNNLayer, fused_layer, gru_cel
 
 BACKENDS = ["math", "fused"]  # "fused" is minipt's default path (any backend name but "math")
 KINDS = ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"]
-# Where no float64 run gives the exact values (training-mode dropout draws its masks per dtype), two float32
+# Where no float64 run gives the exact values (a float64 run need not draw the same dropout masks), two float32
 # results of small stacks are compared relative to the largest |value|: 1e-5 is about 80 float32 ulps there,
 # room for the few differently ordered roundings per gate through three layers, while a dropout mask in the
 # wrong place or a missing layer changes values by their own size.
