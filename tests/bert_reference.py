@@ -8,7 +8,6 @@ from minipt.hub import resolve
 from minipt.reference import import_transformers
 
 MINILM = "all-MiniLM-L6-v2"
-ATOL = 1e-5  # fp32, max abs difference on activations, BERT-sized models
 
 transformers = import_transformers()
 if transformers is None:  # the references are part of the test extra: missing them is a set-up error
@@ -62,9 +61,4 @@ def random_batch(config, batch=3, length=11, pad=True, seed=0):
     token_type_ids = torch.zeros(batch, length, dtype=torch.long)
     token_type_ids[:, length // 2 :] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
-
-
-def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return (a.float() - b.float()).abs().max().item()
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from bert_reference import ATOL, MINILM, max_diff, minilm_path, random_batch, randomize, tiny_hf_config, transformers
+from bert_reference import MINILM, minilm_path, random_batch, randomize, tiny_hf_config, transformers
+from helpers import ATOL, max_diff  # minipt and transformers run the same sdpa kernels here
 from minipt.checkpoint import Checkpoint
 from minipt.errors import CheckpointError, CheckpointNotFoundError, KeyMismatchError
 from minipt.hub import resolve

@@ -4,7 +4,9 @@ timm's ``tf_efficientnet_lite0..4`` (TensorFlow "same" padding, BatchNorm eps
 1e-3, ReLU6) are the reference. Their tensors come in the same order as the
 official checkpoint's, so a timm state dict is renamed to the official names
 position by position (every shape checked) and loaded through minipt's key map.
-Tolerance (fp32): relative max abs difference <= 1e-5.
+minipt's blocks run the same operations as timm's (TensorFlow "same" padding
+as an explicit pad before the convolution, BatchNorm, ReLU6), so the two agree
+to float32 rounding: max abs difference <= 1e-5 relative to the largest value.
 """
 
 import pytest
@@ -15,12 +17,10 @@ from minipt.errors import ConfigError, InputError, KeyMismatchError
 from minipt.hub import resolve
 from minipt.models import efficientnet as en
 
-RTOL = 1e-5
+from helpers import randomise_batch_norm, rel_diff
+
+RTOL = 1e-5  # relative to the largest |value|, for the same operations in the same order (see above)
 VARIANTS = ["lite0", "lite1", "lite2", "lite3", "lite4"]
-
-
-def rel_diff(actual, expected) -> float:
-    return ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-12)).item()
 
 
 @pytest.fixture(scope="module")
@@ -107,19 +107,6 @@ def official_layout(config):
     return keys, shapes
 
 
-def randomise_bn(model, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(torch.rand(n, generator=generator) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=generator) * 0.1)
-                m.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-    return model
-
-
 @pytest.fixture(scope="module")
 def timm():
     import timm  # the reference: timm's tf_efficientnet_lite* models (part of the test extra)
@@ -142,7 +129,7 @@ def test_official_weights_match_timm(timm, lite0, official_path):
 @pytest.mark.parametrize("name", VARIANTS)
 def test_every_lite_variant_matches_timm(timm, name, tmp_path):
     torch.manual_seed(0)
-    reference = randomise_bn(timm.create_model(f"tf_efficientnet_{name}", pretrained=False, num_classes=10)).eval()
+    reference = randomise_batch_norm(timm.create_model(f"tf_efficientnet_{name}", pretrained=False, num_classes=10)).eval()
     config = en.EfficientNetConfig.lite(name, num_classes=10)
     keys, shapes = official_layout(config)
     torch.save(timm_to_official(reference.state_dict(), keys, shapes), tmp_path / f"{name}.pth")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bert_reference import ATOL, minilm_path, transformers  # noqa: F401  (transformers: the reference stack is set up)
+from bert_reference import minilm_path, transformers  # noqa: F401  (transformers: the reference stack is set up)
+from helpers import ATOL, rel_diff
 from minipt import SentenceEncoder
 from minipt.errors import ConfigError
 from minipt.models.sentence import pool
@@ -47,14 +48,17 @@ def test_embeddings_match_sentence_transformers(encoder, reference, normalize):
     theirs = torch.from_numpy(reference.encode(SENTENCES, batch_size=4))
     assert normalize == torch.allclose(theirs.norm(dim=-1), torch.ones(()))
     assert ours.shape == (len(SENTENCES), 384)
-    assert (ours - theirs).abs().max() <= ATOL
+    assert (ours - theirs).abs().max() <= ATOL  # both run transformers' kernels (sdpa attention) on the same weights
 
 
 def test_single_sentence_and_order(encoder):
     batch = encoder.encode(SENTENCES[:3], batch_size=1)
     assert encoder.encode(SENTENCES[1]).shape == (384,)
-    assert torch.allclose(encoder.encode(SENTENCES[1]), batch[1], atol=1e-6)
-    assert torch.allclose(encoder.encode(SENTENCES[:3], batch_size=2), batch, atol=1e-6)
+    # Batches of other sizes pad and mask differently, so the matmuls and attention run on other shapes and
+    # round differently: 1e-5 relative to the largest component (a few float32 ulps of the unit vector's
+    # largest entry); a sentence paired with another's embedding would differ by the values' own size.
+    assert rel_diff(encoder.encode(SENTENCES[1]), batch[1]) <= 1e-5
+    assert rel_diff(encoder.encode(SENTENCES[:3], batch_size=2), batch) <= 1e-5
 
 
 def test_pooling_modes():
