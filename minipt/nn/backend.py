@@ -4,9 +4,14 @@
   equations as in the papers (attention scores, softmax, LayerNorm's mean and
   variance, GELU's erf). Slow but transparent; attention probabilities can be
   returned.
-- ``"sdpa"``: torch's fused kernels for the same math
+- ``"torch"``: torch's built-in kernels for the same math
   (``scaled_dot_product_attention``, ``layer_norm``, ``gelu``). The default.
-- ``"fused"``: minipt's Triton kernels (not available yet).
+  ``"sdpa"``, its former name, is still accepted (with a DeprecationWarning).
+- ``"fused"``: minipt's own ops (``minipt.ops``): Triton kernels on CUDA, their
+  plain-torch references elsewhere; LayerNorm adds a post-LN residual in the same
+  op and a Linear followed by GELU adds its bias inside the GELU
+  (``linear_then_activation``). What the ops cannot express (attention dropout
+  or an arbitrary additive mask) runs on ``"torch"``.
 
 The choice is global (``set_backend``, or ``use_backend`` for a block of
 code) or per model (``set_backend(name, module=model)``; a module's own choice
@@ -15,6 +20,7 @@ wins over the global one).
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -22,16 +28,18 @@ from torch import nn
 
 from ..errors import ConfigError
 
-BACKENDS = ("math", "sdpa")
-_PLANNED = ("fused",)
-_global_backend = "sdpa"
+BACKENDS = ("math", "torch", "fused")
+_DEPRECATED = {"sdpa": "torch"}
+_global_backend = "torch"
 
 
 def check_backend(name: str | None) -> str | None:
+    """The backend's name (a deprecated alias replaced by its new name), or ConfigError."""
+    if name in _DEPRECATED:
+        warnings.warn(f"backend {name!r} is now called {_DEPRECATED[name]!r}", DeprecationWarning, stacklevel=3)
+        return _DEPRECATED[name]
     if name is None or name in BACKENDS:
         return name
-    if name in _PLANNED:
-        raise ConfigError(f"backend {name!r} is not available yet; choose one of {BACKENDS}")
     raise ConfigError(f"unknown backend {name!r}; choose one of {BACKENDS}")
 
 
@@ -44,7 +52,7 @@ def set_backend(name: str | None, module: nn.Module | None = None) -> None:
     """Choose the backend globally, or for every building block inside ``module``
     (``None`` there returns the blocks to the global choice)."""
     global _global_backend
-    check_backend(name)
+    name = check_backend(name)
     if module is None:
         if name is None:
             raise ConfigError("the global backend needs a name")
@@ -59,7 +67,7 @@ def set_backend(name: str | None, module: nn.Module | None = None) -> None:
 def use_backend(name: str) -> Iterator[None]:
     """Run a block of code with another global backend."""
     global _global_backend
-    check_backend(name)
+    name = check_backend(name)
     previous, _global_backend = _global_backend, name
     try:
         yield
