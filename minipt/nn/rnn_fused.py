@@ -233,11 +233,9 @@ def fused_layer(mode: str, x: Tensor, state: Tuple[Tensor, ...], weights: Tuple[
     bias = b_ih if mode == "GRU" or b_ih is None else b_ih + b_hh  # the GRU keeps b_hn inside r * (.)
     x_flat = x.reshape(T * B, x.shape[2])
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x,) + weights + state)
-    if grad:  # autograd differentiates the input projection
-        x_proj = F.linear(x_flat, w_ih, bias)
-    else:
-        x_proj = onednn.linear(x_flat, onednn.pack(w_ih, T * B, T * B), bias)
-    x_proj = x_proj.view(T, B, -1)  # (T, B, G): W_ih x + b of every step
+    # one large product: a plain F.linear (autograd differentiates it), as fast as oneDNN's
+    # without the cost of packing W_ih for a single use
+    x_proj = F.linear(x_flat, w_ih, bias).view(T, B, -1)  # (T, B, G): W_ih x + b of every step
     if mode == "LSTM":
         if grad:
             out, h, c = _LSTMLayer.apply(x_proj, state[0], state[1], w_hh, w_hr, mask, reverse)
