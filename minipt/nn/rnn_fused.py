@@ -7,8 +7,8 @@ Per layer and direction:
    prepacked matmul on CPU, ``torch.addmm`` elsewhere) and the gate math of
    ``minipt.ops.lstm_gates`` / ``gru_gates`` (Triton kernels on CUDA). On CPU the loop calls
    the op's registered reference function directly, ``lstm_gates_reference``: the same code
-   the op runs there, without the custom-op dispatch, which costs about as much as the gate
-   math itself at batch 1 (see bench/rnn.py);
+   the op runs there, without the custom-op dispatch per step, which makes batch-1 LSTM
+   generation about a third slower (bench/rnn.py, column ``fused-op``);
 3. with gradients, a hand-written backward through time (``_LSTMLayer`` and friends): per step
    the op's backward (``minipt::lstm_gates_backward``) and one matrix multiply with W_hh; the
    weight gradient is one matrix multiply over all steps.
