@@ -1,16 +1,24 @@
-"""minipt.nn.LSTM / GRU against torch.nn.LSTM / GRU on CPU, measured side by side in one run.
+"""minipt.nn.LSTM / GRU on each backend against torch.nn.LSTM / GRU on CPU, measured in one interleaved run.
 
-    python bench/rnn.py [--repeats 15] [--threads N]
+    python bench/rnn.py [--repeats 15] [--threads N] [--only LSTM] [--math]
 
-Both modules hold the same weights (minipt loads torch.nn's state dict). The
+All modules hold the same weights (minipt loads torch.nn's state dict). The
 cases: input 256, hidden 512, 2 layers, batch 32 x 100 steps, for inference
 (no grad) and a training step (forward, backward of a loss, gradients of every
 parameter); and batch-1 step-by-step generation, 100 calls of one step each
-feeding the state back. Each repeat runs torch.nn and minipt back to back (in
-alternating order) so that load on the machine hits both alike; the table shows
-median times and the ratio minipt / torch (below 1 means minipt is faster), and
-the ratio of the best times. On a busy machine ``--threads 1`` gives steadier
-numbers than torch's default thread count.
+feeding the state back. The columns:
+
+- ``torch.nn``: torch.nn.LSTM / GRU, the baseline of every ratio;
+- ``torch``: minipt's module on the "torch" backend (torch._VF on its own parameters);
+- ``fused``: minipt's "fused" path (rnn_fused.py), the gate math calling the op's
+  reference function directly on CPU;
+- ``fused-op``: the same with every step's gate math dispatched through the custom op
+  (``torch.ops.minipt.lstm_gates``), to show what the dispatch costs;
+- ``math`` (with ``--math``): the cells of rnn_cells.py step by step.
+
+Each repeat runs every column once, in an order rotated from repeat to repeat, so
+that load on a shared machine hits all alike. The table shows the median time of
+torch.nn and, per column, the ratio of medians (below 1: faster than torch.nn).
 """
 
 from __future__ import annotations
@@ -18,12 +26,40 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from contextlib import contextmanager
 
 import torch
 
 import minipt.nn
+from minipt.nn import rnn_fused, use_backend
 
 INPUT, HIDDEN, LAYERS, BATCH, STEPS = 256, 512, 2, 32, 100
+
+
+@contextmanager
+def gate_math_through_the_ops():
+    """The fused path with torch.ops.minipt.* per step on CPU too (the custom-op dispatch)."""
+    saved = rnn_fused._lstm_gate_math, rnn_fused._gru_gate_math
+    rnn_fused._lstm_gate_math = lambda device: (torch.ops.minipt.lstm_gates, torch.ops.minipt.lstm_gates_backward)
+    rnn_fused._gru_gate_math = lambda device: (torch.ops.minipt.gru_gates, torch.ops.minipt.gru_gates_backward)
+    try:
+        yield
+    finally:
+        rnn_fused._lstm_gate_math, rnn_fused._gru_gate_math = saved
+
+
+def on(backend, run):
+    if backend is None:
+        return run
+
+    def wrapped():
+        with use_backend(backend.split("-")[0]):
+            if backend == "fused-op":
+                with gate_math_through_the_ops():
+                    return run()
+            return run()
+
+    return wrapped
 
 
 def inference(module, x):
@@ -53,19 +89,21 @@ def generation(module, steps):
     return run
 
 
-def measure(cases, repeats: int):
+def measure(cases, columns, repeats: int):
     rows = []
-    for name, torch_run, minipt_run in cases:
-        torch_run(), minipt_run(), torch_run(), minipt_run()  # warm-up (TorchScript compiles on first use)
-        times = {"torch": [], "minipt": []}
+    for name, runs in cases:
+        for run in runs.values():
+            run()  # warm-up
+        times = {label: [] for label in runs}
+        labels = list(runs)
         for r in range(repeats):
-            order = (("torch", torch_run), ("minipt", minipt_run))
-            for label, run in order if r % 2 == 0 else order[::-1]:
+            shift = r % len(labels)
+            for label in labels[shift:] + labels[:shift]:
                 start = time.perf_counter()
-                run()
+                runs[label]()
                 times[label].append(time.perf_counter() - start)
-        t, m = statistics.median(times["torch"]), statistics.median(times["minipt"])
-        rows.append((name, t * 1e3, m * 1e3, m / t, min(times["minipt"]) / min(times["torch"])))
+        base = statistics.median(times["torch.nn"])
+        rows.append((name, base * 1e3, [statistics.median(times[c]) / base for c in columns]))
     return rows
 
 
@@ -74,12 +112,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--only", choices=["LSTM", "GRU"], default=None)
+    parser.add_argument("--math", action="store_true", help="add the math backend (slow)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     x = torch.randn(STEPS, BATCH, INPUT)
     steps = [torch.randn(1, 1, INPUT) for _ in range(STEPS)]
+    columns = ["torch", "fused", "fused-op"] + (["math"] if args.math else [])
     cases = []
     for kind in ("LSTM", "GRU"):
         if args.only and kind != args.only:
@@ -88,17 +128,17 @@ def main() -> None:
         ours = getattr(minipt.nn, kind)(INPUT, HIDDEN, LAYERS)
         ours.load_state_dict(reference.state_dict())
         shape = f"{LAYERS}x{HIDDEN}, {BATCH}x{STEPS}"
-        cases += [
-            (f"{kind} inference ({shape})", inference(reference, x), inference(ours, x)),
-            (f"{kind} training step ({shape})", training(reference, x), training(ours, x)),
-            (f"{kind} generation (batch 1, {STEPS} steps)", generation(reference, steps), generation(ours, steps)),
-        ]
-    rows = measure(cases, args.repeats)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats} (interleaved)\n")
-    print(f"| {'case':<44} | {'torch.nn ms':>11} | {'minipt ms':>9} | {'minipt/torch':>12} | {'(best/best)':>11} |")
-    print(f"|{'-' * 46}|{'-' * 12}:|{'-' * 10}:|{'-' * 13}:|{'-' * 12}:|")
-    for name, t, m, ratio, best in rows:
-        print(f"| {name:<44} | {t:>11.2f} | {m:>9.2f} | {ratio:>12.2f} | {best:>11.2f} |")
+        for case, make, data in (("inference", inference, x), ("training step", training, x), ("generation", generation, steps)):
+            label = f"{kind} {case} ({shape})" if case != "generation" else f"{kind} generation (batch 1, {STEPS} steps)"
+            runs = {"torch.nn": make(reference, data)} | {c: on(c, make(ours, data)) for c in columns}
+            cases.append((label, runs))
+    rows = measure(cases, columns, args.repeats)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats} (interleaved); "
+          "columns after torch.nn: time / torch.nn's time\n")
+    print(f"| {'case':<40} | {'torch.nn ms':>11} | " + " | ".join(f"{c:>8}" for c in columns) + " |")
+    print(f"|{'-' * 42}|{'-' * 12}:|" + "|".join("-" * 9 + ":" for _ in columns) + "|")
+    for name, base, ratios in rows:
+        print(f"| {name:<40} | {base:>11.1f} | " + " | ".join(f"{r:>8.2f}" for r in ratios) + " |")
 
 
 if __name__ == "__main__":

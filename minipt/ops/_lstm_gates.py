@@ -19,22 +19,23 @@ from torch import Tensor
 
 from ..errors import InputError
 from ._layout import contiguous, empty_like
+from ._reference_math import tanh
 
 
 def lstm_gates_reference(gates, c):
     compute = torch.promote_types(gates.dtype, torch.float32)
     i, f, g, o = gates.to(compute).chunk(4, dim=1)  # each (B, H)
-    c_new = torch.sigmoid(f) * c.to(compute) + torch.sigmoid(i) * torch.tanh(g)
-    h_new = torch.sigmoid(o) * torch.tanh(c_new)
+    c_new = torch.sigmoid(f) * c.to(compute) + torch.sigmoid(i) * tanh(g)
+    h_new = torch.sigmoid(o) * tanh(c_new)
     return h_new.to(c.dtype), c_new.to(c.dtype)
 
 
 def lstm_gates_backward_reference(grad_h, grad_c, gates, c):
     compute = torch.promote_types(gates.dtype, torch.float32)
     i, f, g, o = gates.to(compute).chunk(4, dim=1)
-    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), tanh(g), torch.sigmoid(o)
     c = c.to(compute)
-    tanh_c = torch.tanh(f * c + i * g)
+    tanh_c = tanh(f * c + i * g)
     grad_h = grad_h.to(compute)
     grad_c = grad_c.to(compute) + grad_h * o * (1 - tanh_c * tanh_c)  # c' reaches h' through tanh
     grad_gates = torch.cat([

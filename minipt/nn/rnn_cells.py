@@ -1,0 +1,107 @@
+"""The recurrent cells written out from their equations: one time step of RNN, LSTM and GRU.
+
+With x the input, h the hidden state, c the LSTM cell state and sigma the logistic
+sigmoid (the equations of torch.nn's documentation):
+
+    RNN   h' = tanh(W_ih x + b_ih + W_hh h + b_hh)            (or relu)
+
+    LSTM  i  = sigma(W_ii x + b_ii + W_hi h + b_hi)           input gate
+          f  = sigma(W_if x + b_if + W_hf h + b_hf)           forget gate
+          g  =  tanh(W_ig x + b_ig + W_hg h + b_hg)           cell candidate
+          o  = sigma(W_io x + b_io + W_ho h + b_ho)           output gate
+          c' = f * c + i * g
+          h' = o * tanh(c')            (then h' = W_hr h' with proj_size > 0)
+
+    GRU   r  = sigma(W_ir x + b_ir + W_hr h + b_hr)           reset gate
+          z  = sigma(W_iz x + b_iz + W_hz h + b_hz)           update gate
+          n  =  tanh(W_in x + b_in + r * (W_hn h + b_hn))     the reset gate scales
+          h' = (1 - z) * n + z * h                            W_hn h *and* its bias b_hn
+
+The gate blocks are stacked in that order in torch.nn's parameters
+(``weight_ih_l0`` is ``[W_ii; W_if; W_ig; W_io]``), and each gate has two biases.
+
+Who runs what (``minipt.nn.backend``):
+
+- ``"math"``: these cells, one call per step (``math_layer`` below); autograd
+  differentiates them. This file is the specification.
+- ``"fused"``: ``minipt.nn.rnn_fused``, whose gate math is ``minipt.ops.lstm_gates`` /
+  ``gru_gates`` (minipt/ops/_lstm_gates.py, _gru_gates.py: the plain-torch
+  reference, and the Triton kernels on CUDA).
+- ``"torch"``: torch's own recurrent kernel (``torch._VF.lstm`` ...), on the same parameters.
+
+A change to an equation here that is not made in minipt.ops too is caught by
+``tests/test_rnn.py::test_fused_path_equals_math_cells`` (outputs, states and every
+gradient), and each of the three against torch.nn by ``test_matches_torch_nn``.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def rnn_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], nonlinearity: str = "tanh") -> Tensor:
+    """One Elman RNN step. Runs on the ``"math"`` backend; the ``"fused"`` path writes the same
+    ``tanh``/``relu`` in ``rnn_fused._rnn_forward``. Disagreement: ``test_fused_path_equals_math_cells``."""
+    pre = F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh)  # (B, H)
+    return torch.tanh(pre) if nonlinearity == "tanh" else torch.relu(pre)
+
+
+def lstm_cell(
+    x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor] = None
+) -> Tuple[Tensor, Tensor]:
+    """One LSTM step, ``(h', c')``. Runs on the ``"math"`` backend; the ``"fused"`` path computes the
+    gate math after the matrix multiplies with ``minipt.ops.lstm_gates``. Disagreement:
+    ``tests/test_rnn.py::test_fused_path_equals_math_cells``."""
+    gates = F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh)  # (B, 4H), blocks i, f, g, o
+    i, f, g, o = gates.chunk(4, dim=1)
+    i = torch.sigmoid(i)  # input gate
+    f = torch.sigmoid(f)  # forget gate
+    g = torch.tanh(g)  # cell candidate
+    o = torch.sigmoid(o)  # output gate
+    c = f * c + i * g
+    h = o * torch.tanh(c)  # (B, H)
+    if w_hr is not None:
+        h = F.linear(h, w_hr)  # projection (B, H) -> (B, P)
+    return h, c
+
+
+def gru_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor]) -> Tensor:
+    """One GRU step. Runs on the ``"math"`` backend; the ``"fused"`` path computes the gate math
+    after the matrix multiplies with ``minipt.ops.gru_gates``. Disagreement:
+    ``tests/test_rnn.py::test_fused_path_equals_math_cells``."""
+    x_r, x_z, x_n = F.linear(x, w_ih, b_ih).chunk(3, dim=1)  # W_i* x + b_i*, each (B, H)
+    h_r, h_z, h_n = F.linear(h, w_hh, b_hh).chunk(3, dim=1)  # W_h* h + b_h*, each (B, H)
+    r = torch.sigmoid(x_r + h_r)  # reset gate
+    z = torch.sigmoid(x_z + h_z)  # update gate
+    n = torch.tanh(x_n + r * h_n)  # new gate: r scales W_hn h + b_hn, as torch.nn does
+    return (1 - z) * n + z * h
+
+
+def math_layer(mode: str, x: Tensor, state: Tuple[Tensor, ...], weights: Tuple[Optional[Tensor], ...], mask: Optional[Tensor], reverse: bool):
+    """The ``"math"`` backend: one layer in one direction over a (T, B, I) sequence, one cell call per step.
+
+    ``mode`` is ``"LSTM"``, ``"GRU"``, ``"RNN_TANH"`` or ``"RNN_RELU"``; ``weights`` is
+    ``(w_ih, w_hh, b_ih, b_hh, w_hr)``; ``mask`` (T, B, 1) marks the steps that belong to
+    each sequence of a packed batch. Returns the outputs (T, B, H_out) and the final state
+    (``(h,)`` or ``(h, c)``).
+    """
+    w_ih, w_hh, b_ih, b_hh, w_hr = weights
+    steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
+    outputs: List[Optional[Tensor]] = [None] * x.shape[0]
+    for t in steps:
+        if mode == "LSTM":
+            new = lstm_cell(x[t], state[0], state[1], w_ih, w_hh, b_ih, b_hh, w_hr)
+        elif mode == "GRU":
+            new = (gru_cell(x[t], state[0], w_ih, w_hh, b_ih, b_hh),)
+        else:
+            new = (rnn_cell(x[t], state[0], w_ih, w_hh, b_ih, b_hh, "tanh" if mode == "RNN_TANH" else "relu"),)
+        outputs[t] = new[0]
+        if mask is not None:  # a sequence of a packed batch that has ended (or not begun) keeps its state
+            outputs[t] = new[0].masked_fill(~mask[t], 0.0)  # and outputs zeros, as padding
+            new = tuple(torch.where(mask[t], n, s) for n, s in zip(new, state))
+        state = new
+    return torch.stack(outputs), state
