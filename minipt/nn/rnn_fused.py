@@ -235,7 +235,7 @@ def fused_layer(mode: str, x: Tensor, state: Tuple[Tensor, ...], weights: Tuple[
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x,) + weights + state)
     # one large product: a plain F.linear (autograd differentiates it), as fast as oneDNN's
     # without the cost of packing W_ih for a single use
-    x_proj = F.linear(x_flat, w_ih, bias).view(T, B, -1)  # (T, B, G): W_ih x + b of every step
+    x_proj = F.linear(x_flat, w_ih, bias).view(T, B, w_ih.shape[0])  # (T, B, G); not -1, which is ambiguous for B = 0: W_ih x + b of every step
     if mode == "LSTM":
         if grad:
             out, h, c = _LSTMLayer.apply(x_proj, state[0], state[1], w_hh, w_hr, mask, reverse)
