@@ -2,7 +2,7 @@
 
     minipt demo                  sentence embeddings from real pretrained weights
     minipt embed TEXT...         print or save embeddings (--out file.npy)
-    minipt inspect PATH          module tree, parameter counts and the key map of a checkpoint
+    minipt inspect PATH          per-module shapes, parameters and FLOPs, and the key map of a checkpoint
     minipt diff PATH TEXT...     per-layer differences against transformers on the same weights
     minipt classify IMAGE...     top-5 ImageNet classes with EfficientNet-Lite0 (--model)
     minipt fetch NAME|--all      place a catalogued checkpoint under weights/ and verify it
@@ -119,6 +119,7 @@ def cmd_inspect(args) -> int:
     from .checkpoint import Checkpoint, model_keys
     from .hub import resolve
     from .models import model_class_for
+    from .summary import example_inputs, summary
 
     path = resolve(args.path)
     checkpoint = Checkpoint(path)  # reads names and shapes only
@@ -126,10 +127,8 @@ def cmd_inspect(args) -> int:
     config = cls.load_config(path, checkpoint)
     with torch.device("meta"):
         model = cls(config)
-    print(f"{cls.__name__} from {path}\n\n{model}\n\nparameters:")
-    for name, child in model.named_children():
-        print(f"  {name:<20} {_count(child):>14,}")
-    print(f"  {'total':<20} {_count(model):>14,}")
+    report = summary(model, example_inputs(model, args.input_size), depth=args.depth)  # shapes only: no weight is read
+    print(f"{cls.__name__} from {path}\n\n{report}")
     keymap = cls.keymap(config)
     print(f"\nkey map ({len(checkpoint.keys())} tensors in the checkpoint):")
     for row in keymap.table(list(model_keys(model)), checkpoint.keys()):
@@ -253,8 +252,12 @@ COMMANDS: dict = {
     ),
     "inspect": (
         cmd_inspect,
-        "module tree, parameter counts and the official -> minipt key map of a checkpoint",
-        lambda p: p.add_argument("path"),
+        "per-module output shapes, parameters and FLOPs for an input size, and the official -> minipt key map of a checkpoint",
+        lambda p: (
+            p.add_argument("path"),
+            p.add_argument("--input-size", help="BxT for token models (default 1x128), BxCxHxW for images (default 1x3x224x224)"),
+            p.add_argument("--depth", type=int, default=3, help="how deep to show the module tree (default 3)"),
+        ),
     ),
     "diff": (
         cmd_diff,
