@@ -119,13 +119,9 @@ def summary(model: nn.Module, example_inputs: Any, *, depth: int | None = 3) -> 
         handles.append(module.register_forward_pre_hook(before))
         handles.append(module.register_forward_hook(after))
     counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS)
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad(), _countable(model), counter:
-            model(*args, **kwargs)
+        _run(model, args, kwargs, counter)
     finally:
-        model.train(was_training)
         for handle in handles:
             handle.remove()
 
@@ -204,14 +200,23 @@ _EXTRA_FLOP_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_c
 
 
 def count_flops(model: nn.Module, example_inputs: Any) -> int:
-    """Forward FLOPs of one call, counted on the whole model (the total of ``summary`` without the per-module rows)."""
+    """Forward FLOPs of one call in eval mode, counted on the whole model (``summary``'s total without its rows)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    args, kwargs = _as_call(example_inputs, _device_of(model))
     counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS)
-    with torch.no_grad(), _countable(model), counter:
-        model(*args, **kwargs)
+    _run(model, *_as_call(example_inputs, _device_of(model)), counter)
     return counter.get_total_flops()
+
+
+def _run(model: nn.Module, args: tuple, kwargs: dict, counter) -> None:
+    """One forward pass as for inference (eval mode: no dropout, BatchNorm's running statistics), under ``counter``."""
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad(), _countable(model), counter:
+            model(*args, **kwargs)
+    finally:
+        model.train(was_training)
 
 
 # -- inputs ----------------------------------------------------------------------
