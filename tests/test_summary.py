@@ -213,3 +213,20 @@ def test_inspect_bad_input_size(capsys):
     assert "\n" not in err and "BertModel reads token ids" in err
     assert cli.main(["inspect", str(minilm_path()), "--input-size", "1x9999"]) == 1
     assert "exceeds the position table" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "easyocr-english-g2", "g2p-en"])
+def test_official_checkpoints_hold_the_parameters_counted(name, capsys):
+    """The parameters counted on the meta model = the checkpoint's tensors, less BatchNorm's running statistics."""
+    checkpoint = Checkpoint(resolve(name))
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    stored = sum(torch.Size(checkpoint.shape(k)).numel() for k in checkpoint.keys() if not k.endswith(buffers))
+    assert cli.main(["inspect", name, "--depth", "1"]) == 0
+    assert f"parameters: {stored:,} " in capsys.readouterr().out
+
+
+def test_g2p_gru_flops_by_hand():
+    model = G2P.from_pretrained(resolve("g2p-en"))
+    B, T, E, H, P = 1, 9, 256, 256, len(model.config.phonemes)
+    gru = 2 * T * B * 3 * H * (E + H)  # per step: (B, E) x (E, 3H) and (B, H) x (H, 3H), gates r, z, n
+    assert summary(model, example_inputs(model, f"{B}x{T}")).total_flops == 2 * gru + 2 * B * T * H * P
