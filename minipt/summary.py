@@ -2,10 +2,10 @@
 
     >>> from minipt.summary import summary, example_inputs
     >>> print(summary(model, example_inputs(model, "1x128"), depth=2))
-    module                          output shape         params     FLOPs
-    BertModel                       [1, 128, 384]    22,713,216     2.90G
-      embeddings (BertEmbeddings)   [1, 128, 384]    11,720,448         0
-      layers (ModuleList)           --                10,646,784     2.90G
+    module                         output shape         params     FLOPs
+    BertModel                      [1, 128, 384]    22,713,216     2.87G
+      embeddings (BertEmbeddings)  [1, 128, 384]    11,918,592         0
+      layers (ModuleList)          --               10,646,784     2.87G
       ...
 
 Modules are listed in the order the data reaches them (the order of their
