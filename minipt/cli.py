@@ -2,8 +2,10 @@
 
     minipt demo                  sentence embeddings from real pretrained weights
     minipt embed TEXT...         print or save embeddings (--out file.npy)
-    minipt inspect PATH          module tree, parameter counts and the key map of a checkpoint
-    minipt diff PATH TEXT...     per-layer differences against transformers on the same weights
+    minipt inspect PATH          per-module shapes, parameters and FLOPs, and the key map of a checkpoint
+    minipt diff PATH TEXT...     per-layer differences against transformers on the same weights (--plot diff.png)
+    minipt attention PATH TEXT   attention maps of a BERT model as a PNG (--layer, --heads, --out)
+    minipt features IMAGE        feature maps of a CNN stage as a PNG (--model, --stage, --out)
     minipt classify IMAGE...     top-5 ImageNet classes with EfficientNet-Lite0 (--model)
     minipt fetch NAME|--all      place a catalogued checkpoint under weights/ and verify it
     minipt generate --model PATH PROMPT   continue a prompt with a GPT-2 checkpoint, streaming tokens
@@ -119,6 +121,7 @@ def cmd_inspect(args) -> int:
     from .checkpoint import Checkpoint, model_keys
     from .hub import resolve
     from .models import model_class_for
+    from .summary import example_inputs, summary
 
     path = resolve(args.path)
     checkpoint = Checkpoint(path)  # reads names and shapes only
@@ -126,10 +129,8 @@ def cmd_inspect(args) -> int:
     config = cls.load_config(path, checkpoint)
     with torch.device("meta"):
         model = cls(config)
-    print(f"{cls.__name__} from {path}\n\n{model}\n\nparameters:")
-    for name, child in model.named_children():
-        print(f"  {name:<20} {_count(child):>14,}")
-    print(f"  {'total':<20} {_count(model):>14,}")
+    report = summary(model, example_inputs(model, args.input_size), depth=args.depth)  # shapes only: no weight is read
+    print(f"{cls.__name__} from {path}\n\n{report}")
     keymap = cls.keymap(config)
     print(f"\nkey map ({len(checkpoint.keys())} tensors in the checkpoint):")
     for row in keymap.table(list(model_keys(model)), checkpoint.keys()):
@@ -160,10 +161,104 @@ def cmd_diff(args) -> int:
         raise ConfigError(f"{path} holds a {found.__name__} checkpoint; minipt diff compares BERT encoders with transformers")
     model = BertModel.from_pretrained(path)
     batch = Tokenizer.from_pretrained(path)(args.texts or DEMO_SENTENCES)
+    rows = layer_diffs(model, args.path, batch)
     print("place        max abs difference (minipt - transformers)")
-    for place, diff in layer_diffs(model, args.path, batch):
+    for place, diff in rows:
         print(f"  {place:<11} {diff:.2e}")
+    if args.plot:
+        from .plot import layer_diff, save_png
+
+        save_png(layer_diff(rows), args.plot)
+        print(f"wrote {args.plot}")
     return 0
+
+
+def _bert_at(name_or_path):
+    """A BertModel and its tokenizer from a BERT checkpoint (with any head), or a ConfigError saying what the file is."""
+    from .checkpoint import Checkpoint
+    from .errors import ConfigError
+    from .hub import resolve
+    from .models import model_class_for
+    from .models.bert import BertForMaskedLM, BertForSequenceClassification, BertModel
+    from .tokenizer import Tokenizer
+
+    path = resolve(name_or_path)
+    found = model_class_for(path, Checkpoint(path))  # names and shapes only
+    if not issubclass(found, (BertModel, BertForMaskedLM, BertForSequenceClassification)):
+        raise ConfigError(f"{path} holds a {found.__name__} checkpoint; attention maps are drawn for BERT encoders")
+    return BertModel.from_pretrained(path).eval(), Tokenizer.from_pretrained(path)
+
+
+def cmd_attention(args) -> int:
+    import torch
+
+    from .plot import attention_maps, save_png
+
+    model, tokenizer = _bert_at(args.path)
+    batch = tokenizer([args.text])
+    with torch.inference_mode():
+        out = model(**batch, output_attentions=True)
+    tokens = [tokenizer.backend.id_to_token(i) for i in batch["input_ids"][0].tolist()]
+    heads = "mean" if args.heads == "mean" else _numbers(args.heads, "--heads")
+    save_png(attention_maps(out.attentions, tokens, layers=_numbers(args.layer, "--layer"), heads=heads), args.out)
+    print(f"wrote {args.out}: attention of {len(tokens)} tokens, layer(s) {args.layer or 'all'}, heads {args.heads or 'all'}")
+    return 0
+
+
+def cmd_features(args) -> int:
+    import torch
+
+    from .checkpoint import Checkpoint
+    from .errors import ConfigError, InputError
+    from .hub import resolve
+    from .models import model_class_for
+    from .models.efficientnet import EfficientNet, preprocess
+    from .models.resnet import ResNet
+    from .plot import feature_maps, save_png
+    from .vision import image_batch
+
+    path = resolve(args.model)
+    cls = model_class_for(path, Checkpoint(path))
+    if not issubclass(cls, (EfficientNet, ResNet)):
+        raise ConfigError(f"{path} holds a {cls.__name__} checkpoint; feature maps are drawn for ResNet and EfficientNet")
+    model = cls.from_pretrained(path).eval()
+    stages = [name for name in model.transfer_stages if name.startswith("stages.")]
+    count = len(model.stages) if isinstance(model, ResNet) else len(stages)
+    if not 0 <= args.stage < count:
+        raise InputError(f"--stage {args.stage} does not exist: {cls.__name__} has stages 0..{count - 1}")
+    if isinstance(model, ResNet):
+        stage = model.stages[args.stage]
+        pixels = image_batch([args.image], resize=256, crop=224)  # (1, 3, 224, 224) in 0..255
+        mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])  # torchvision's ImageNet statistics
+        x = (pixels / 255 - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+    else:
+        stage = model.get_submodule(model.transfer_stages[f"stages.{args.stage}"][-1])  # the stage's last block
+        pixels = image_batch([args.image], resize=model.config.resize, crop=model.config.crop)
+        x = preprocess([args.image], model.config)
+    captured = []
+    handle = stage.register_forward_hook(lambda _module, _inputs, output: captured.append(output))
+    try:
+        with torch.inference_mode():
+            model(x)
+    finally:
+        handle.remove()
+    maps = captured[0][0]  # (C, H, W)
+    title = f"{cls.__name__} stage {args.stage}: {maps.shape[0]} channels of {maps.shape[1]}x{maps.shape[2]}, the {args.channels} most active"
+    save_png(feature_maps(maps, channels=args.channels, image=pixels[0], title=title), args.out)
+    print(f"wrote {args.out}: {title}")
+    return 0
+
+
+def _numbers(text: str | None, option: str) -> list[int] | None:
+    """"2" or "1,3,5" -> [2] or [1, 3, 5]; None stays None (all)."""
+    from .errors import InputError
+
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise InputError(f"{option} {text!r}: give numbers such as 2 or 1,3,5") from None
 
 
 def _count(module) -> int:
@@ -253,13 +348,43 @@ COMMANDS: dict = {
     ),
     "inspect": (
         cmd_inspect,
-        "module tree, parameter counts and the official -> minipt key map of a checkpoint",
-        lambda p: p.add_argument("path"),
+        "per-module output shapes, parameters and FLOPs for an input size, and the official -> minipt key map of a checkpoint",
+        lambda p: (
+            p.add_argument("path"),
+            p.add_argument("--input-size", help="BxT for token models (default 1x128), BxCxHxW for images (default 1x3x224x224)"),
+            p.add_argument("--depth", type=int, default=3, help="how deep to show the module tree (default 3)"),
+        ),
     ),
     "diff": (
         cmd_diff,
         "per-layer max abs difference against transformers on the same weights",
-        lambda p: (p.add_argument("path"), p.add_argument("texts", nargs="*")),
+        lambda p: (
+            p.add_argument("path"),
+            p.add_argument("texts", nargs="*"),
+            p.add_argument("--plot", help="also draw the differences on a log scale into this PNG file"),
+        ),
+    ),
+    "attention": (
+        cmd_attention,
+        "draw a BERT model's attention maps for one text as a PNG",
+        lambda p: (
+            p.add_argument("path", help="catalogue name or path of a BERT checkpoint"),
+            p.add_argument("text"),
+            p.add_argument("--layer", help="layer(s), from 1: 2 or 1,3,5 (default: all)"),
+            p.add_argument("--heads", help="head(s), from 1: 3 or 1,2 (default: all), or mean"),
+            p.add_argument("--out", default="attention.png"),
+        ),
+    ),
+    "features": (
+        cmd_features,
+        "draw the most active channels of a CNN stage for one image as a PNG",
+        lambda p: (
+            p.add_argument("image"),
+            p.add_argument("--model", default="efficientnet_lite0", help="catalogue name or path of EfficientNet-Lite or ResNet weights"),
+            p.add_argument("--stage", type=int, default=1, help="stage number as in minipt's names (stages.N), from 0"),
+            p.add_argument("--channels", type=int, default=15, help="how many channels to show (the most active)"),
+            p.add_argument("--out", default="features.png"),
+        ),
     ),
     "classify": (
         cmd_classify,

@@ -42,3 +42,7 @@ class StageError(TrainingError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return self.args[0] if self.args else ""
+
+
+class MissingDependencyError(MiniptError, ImportError):
+    """An optional package a feature needs is not installed (the message says how to install it)."""

@@ -37,8 +37,8 @@ def test_embed_to_npy(tmp_path, capsys):
 def test_inspect_shows_tree_counts_and_key_map(capsys):
     assert cli.main(["inspect", str(minilm_path())]) == 0
     out = capsys.readouterr().out
-    assert "BertModel from" in out and "(attn): MultiHeadAttention" in out
-    assert re.search(r"total +22,713,216", out)
+    assert "BertModel from" in out and "attn (MultiHeadAttention)" in out
+    assert "parameters: 22,713,216" in out
     assert "encoder.layer.0.attention.self.query.weight (384, 384) -> layers.0.attn.q_proj.weight" in out
     assert "embeddings.word_embeddings.weight (30522, 384) -> embeddings.token.weight" in out
 
@@ -56,7 +56,7 @@ def test_inspect_config_less_formats(tmp_path, capsys):
     torch.save(resnet18().state_dict(), tmp_path / "resnet18.pth")
     assert cli.main(["inspect", str(tmp_path / "resnet18.pth")]) == 0
     out = capsys.readouterr().out
-    assert "ResNet from" in out and re.search(r"total +11,689,512", out)
+    assert "ResNet from" in out and "parameters: 11,689,512" in out
     assert "conv1.weight (64, 3, 7, 7) -> stem.conv.weight" in out
     assert cli.main(["inspect", "efficientnet_lite0"]) == 0
     assert "_blocks.15._project_conv.weight (320, 1152, 1, 1) -> " in capsys.readouterr().out

@@ -1,0 +1,199 @@
+"""Pictures of what a model does: attention maps, CNN feature maps, the per-layer diff against a reference.
+
+Each function takes plain tensors (or the list ``minipt.reference.layer_diffs``
+returns) and gives back a ``matplotlib.figure.Figure``; ``save_png`` writes one.
+
+    out = bert(**batch, output_attentions=True)
+    fig = attention_maps(out.attentions, tokens, layers=[2], heads=None)  # all 12 heads of layer 2
+    save_png(fig, "attention.png")
+
+matplotlib is an optional extra (``pip install "minipt[plot]"``), imported
+only inside these functions; figures are built without ``pyplot``, so nothing
+global (backends, open windows) changes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Sequence
+
+import torch
+
+from .errors import InputError, MissingDependencyError
+
+
+def _figure(width: float, height: float):
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise MissingDependencyError('plotting needs matplotlib: pip install "minipt[plot]" (or pip install matplotlib)') from err
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def save_png(figure, path: str | os.PathLike, dpi: int = 100) -> None:
+    """Write ``figure`` as a PNG file."""
+    try:
+        figure.savefig(os.fspath(path), format="png", dpi=dpi)
+    except OSError as err:
+        raise InputError(f"{path}: cannot write the picture ({err.strerror or err})") from err
+
+
+def _indices(chosen, count: int, what: str) -> list[int]:
+    """1-based numbers (an int, a sequence, or None for all) -> 0-based indices, or an InputError naming the range."""
+    numbers = list(range(1, count + 1)) if chosen is None else [chosen] if isinstance(chosen, int) else list(chosen)
+    bad = [n for n in numbers if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= count]
+    if bad or not numbers:
+        raise InputError(f"{what} {bad[0] if bad else numbers!r} does not exist: the model has {what}s 1..{count}")
+    return [n - 1 for n in numbers]
+
+
+# -- attention -------------------------------------------------------------------
+def attention_maps(
+    probs: Sequence[torch.Tensor] | torch.Tensor,
+    tokens: Sequence[str],
+    layers: int | Sequence[int] | None = None,
+    heads: int | Sequence[int] | str | None = None,
+    *,
+    sequence: int = 0,
+):
+    """A grid of attention heatmaps: the query token down the side, the key token it looks at across.
+
+    ``probs``: each layer's attention probabilities, (B, heads, T, T) per layer
+    (``BertModel(..., output_attentions=True).attentions``), or one such tensor.
+    ``tokens``: the T tokens of sequence ``sequence`` of the batch. ``layers``
+    and ``heads`` are numbered from 1 (None: all; ``heads="mean"``: the heads'
+    average). One layer's heads fill a grid four wide; several layers give one
+    row per layer.
+    """
+    if isinstance(probs, torch.Tensor):
+        probs = (probs,)
+    if not probs or not all(isinstance(p, torch.Tensor) and p.dim() == 4 and p.shape[-1] == p.shape[-2] for p in probs):
+        raise InputError("attention_maps expects attention probabilities shaped (batch, heads, T, T), one tensor per layer")
+    batch, num_heads, T, _ = probs[0].shape
+    if not 0 <= sequence < batch:
+        raise InputError(f"sequence {sequence} is not in the batch of {batch}")
+    tokens = list(tokens)
+    if len(tokens) != T:
+        raise InputError(f"{len(tokens)} tokens for attention over {T} positions; give one label per position")
+    layer_ids = _indices(layers, len(probs), "layer")
+    mean = heads == "mean"
+    head_ids = [0] if mean else _indices(heads, num_heads, "head")
+
+    panels = []  # (title, (T, T) map)
+    for layer in layer_ids:
+        maps = probs[layer][sequence].detach().float().cpu()  # (heads, T, T)
+        if mean:
+            panels.append((f"layer {layer + 1}, mean of {num_heads} heads", maps.mean(0)))
+        else:
+            panels += [(f"layer {layer + 1}, head {h + 1}", maps[h]) for h in head_ids]
+    columns = min(4, len(panels)) if len(layer_ids) == 1 else len(head_ids)
+    rows = math.ceil(len(panels) / columns)
+    cell = max(2.4, 0.16 * T + 0.9)  # room for the token labels
+    fig = _figure(cell * columns + 0.8, cell * rows)
+    axes = fig.subplots(rows, columns, squeeze=False)
+    labels_small = T > 24  # long inputs: fewer, smaller labels
+    image = None
+    for ax, (title, attention) in zip(axes.flat, panels):
+        image = ax.imshow(attention.numpy(), cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        step = max(1, T // 24) if labels_small else 1
+        ax.set_xticks(range(0, T, step), tokens[::step], rotation=90, fontsize=7)
+        ax.set_yticks(range(0, T, step), tokens[::step], fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.colorbar(image, ax=axes, shrink=0.6, label="attention probability")
+    fig.supxlabel("key (attended to)", fontsize=9)
+    fig.supylabel("query", fontsize=9)
+    return fig
+
+
+# -- CNN feature maps ---------------------------------------------------------------
+def feature_maps(maps: torch.Tensor, *, channels: int | Sequence[int] = 15, image=None, title: str | None = None):
+    """A grid of one image's channels from a CNN stage.
+
+    ``maps``: (C, H, W), or (1, C, H, W) for a batch of one (a stage's output,
+    e.g. from a forward hook). ``channels``: how many to show (the most active
+    by mean activation, strongest first) or a list of channel indices.
+    ``image``: the input picture ((H, W, 3) uint8 array, PIL image or (3, H, W)
+    tensor in 0..255), shown first. Each channel is scaled to its own range.
+    """
+    if not isinstance(maps, torch.Tensor) or maps.dim() not in (3, 4) or (maps.dim() == 4 and maps.shape[0] != 1):
+        shape = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
+        raise InputError(f"feature_maps expects one image's maps shaped (C, H, W) or (1, C, H, W), got {shape}")
+    maps = maps.detach().float().cpu().reshape(maps.shape[-3:])  # (C, H, W)
+    C = maps.shape[0]
+    if isinstance(channels, int):
+        if channels < 1:
+            raise InputError(f"channels must be at least 1, got {channels}")
+        chosen = maps.mean((1, 2)).argsort(descending=True)[: min(channels, C)].tolist()
+    else:
+        chosen = list(channels)
+        bad = [c for c in chosen if not isinstance(c, int) or not 0 <= c < C]
+        if bad or not chosen:
+            raise InputError(f"channel {bad[0] if bad else chosen!r} does not exist: the maps have channels 0..{C - 1}")
+    panels = len(chosen) + (image is not None)
+    columns = min(8, panels)
+    rows = math.ceil(panels / columns)
+    fig = _figure(1.6 * columns, 1.6 * rows + (0.4 if title else 0.0))
+    axes = list(fig.subplots(rows, columns, squeeze=False).flat)
+    if image is not None:
+        axes[0].imshow(_picture(image))
+        axes[0].set_title("input", fontsize=8)
+    for ax, c in zip(axes[image is not None :], chosen):
+        ax.imshow(maps[c].numpy(), cmap="magma", interpolation="nearest")
+        ax.set_title(f"channel {c}", fontsize=8)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in axes[panels:]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def _picture(image):
+    """An (H, W, 3) array for imshow."""
+    import numpy as np
+
+    if isinstance(image, torch.Tensor):
+        if image.dim() == 3 and image.shape[0] in (1, 3):
+            image = image.permute(1, 2, 0)  # (H, W, C)
+        return image.detach().cpu().clamp(0, 255).to(torch.uint8).numpy()
+    return np.asarray(image)
+
+
+# -- per-layer differences -------------------------------------------------------------
+def layer_diff(report: Sequence[tuple[str, float]], tolerance: float = 1e-5, *, title: str | None = None):
+    """The max abs difference at each place (``minipt.reference.layer_diffs``) on a log scale, with the tolerance line.
+
+    Exact zeros, which a log scale cannot show, sit on the bottom edge, drawn as open circles.
+    """
+    rows = list(report)
+    if not rows or not all(isinstance(r, (tuple, list)) and len(r) == 2 and isinstance(r[0], str) and isinstance(r[1], (int, float)) for r in rows):
+        raise InputError("layer_diff expects a non-empty list of (place, max abs difference) pairs, as minipt.reference.layer_diffs returns")
+    places, diffs = [r[0] for r in rows], [float(r[1]) for r in rows]
+    if any(not math.isfinite(d) or d < 0 for d in diffs):
+        raise InputError(f"differences must be finite and non-negative, got {diffs}")
+    positive = [d for d in diffs if d > 0]
+    floor = min(positive + [tolerance]) / 10
+    fig = _figure(max(4.0, 0.6 * len(rows) + 1.5), 3.2)
+    ax = fig.subplots()
+    x = range(len(rows))
+    ax.plot(x, [max(d, floor) for d in diffs], color="tab:blue", linewidth=1, zorder=1)
+    above = [d > tolerance for d in diffs]
+    ax.scatter([i for i, d in zip(x, diffs) if d > 0], [d for d in diffs if d > 0], c=["tab:red" if d > tolerance else "tab:blue" for d in diffs if d > 0], zorder=2)
+    zeros = [i for i, d in zip(x, diffs) if d == 0]
+    if zeros:
+        ax.scatter(zeros, [floor] * len(zeros), facecolors="none", edgecolors="tab:blue", zorder=2, label="exactly 0")
+    ax.axhline(tolerance, color="tab:red", linestyle="--", linewidth=1, label=f"tolerance {tolerance:g}")
+    ax.set_yscale("log")
+    ax.set_ylim(floor / 2, max(diffs + [tolerance]) * 5)
+    ax.set_xticks(list(x), places, rotation=45 if len(rows) > 6 else 0, ha="right" if len(rows) > 6 else "center", fontsize=8)
+    ax.set_ylabel("max abs difference")
+    exact = f", {len(zeros)} exactly equal" if zeros else ""
+    ax.set_title(title or f"{sum(above)} of {len(rows)} places above the tolerance{exact}", fontsize=10)
+    ax.grid(True, which="major", axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    return fig

@@ -1,0 +1,325 @@
+"""A model at a glance: every module's output shape, parameter count and forward FLOPs for one input.
+
+    >>> from minipt.summary import summary, example_inputs
+    >>> print(summary(model, example_inputs(model, "1x128"), depth=2))
+    module                         output shape         params     FLOPs
+    BertModel                      [1, 128, 384]    22,713,216     2.87G
+      embeddings (BertEmbeddings)  [1, 128, 384]    11,918,592         0
+      layers (ModuleList)          --               10,646,784     2.87G
+      ...
+
+Modules are listed in the order the data reaches them (the order of their
+first call), nested under their parent. A row's parameters and FLOPs include
+those of the modules inside it; a weight shared by two modules (a tied
+decoder) shows in both rows and is counted once in the total.
+
+FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode``: two per
+multiply-add of the matrix multiplies, convolutions and attention; elementwise
+work (norms, activations, softmax, pooling) counts nothing. The counter works
+on meta tensors, so a model built on the meta device (``minipt inspect``
+builds it from a checkpoint's header) is summarised without allocating or
+reading a single weight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from .errors import InputError
+
+
+@dataclass
+class Row:
+    name: str  # qualified name inside the model ("" for the model itself)
+    kind: str  # the module's class
+    depth: int  # 0 for the model, 1 for its children, ...
+    output_shape: tuple[int, ...] | None  # of the first tensor it returned the first time it ran; None if never run
+    params: int  # its parameters, with those of the modules inside it (a shared tensor once)
+    flops: int  # forward FLOPs of all its calls, with those of the modules inside it
+    calls: int  # how often it ran in one forward pass (0: never, or a container such as ModuleList)
+
+    @property
+    def label(self) -> str:
+        return self.kind if self.depth == 0 else f"{self.name.rsplit('.', 1)[-1]} ({self.kind})"
+
+
+@dataclass
+class Summary:
+    rows: list[Row]  # the model first, then every module in data-flow order
+    inputs: dict[str, tuple[int, ...]]  # name -> shape of the tensors the model was run on
+    total_params: int  # distinct parameters: a tied weight once
+    trainable_params: int
+    total_flops: int
+    tied: list[tuple[str, ...]]  # names under which one parameter tensor appears
+    device: str
+    depth: int | None = 3  # what str() shows
+
+    def table(self, depth: int | None = -1) -> str:
+        """The rows down to ``depth`` (None: all; by default the summary's own) as a text table, with totals under it."""
+        depth = self.depth if depth == -1 else depth
+        shown = [row for row in self.rows if depth is None or row.depth <= depth]
+        labels = ["  " * row.depth + row.label for row in shown]
+        shapes = [_shape_text(row) for row in shown]
+        width = max(len("module"), *map(len, labels))
+        shape_width = max(len("output shape"), *map(len, shapes))
+        lines = [f"{'module':<{width}}  {'output shape':<{shape_width}}  {'params':>12}  {'FLOPs':>8}"]
+        for row, label, shape in zip(shown, labels, shapes):
+            lines.append(f"{label:<{width}}  {shape:<{shape_width}}  {row.params:>12,}  {_si(row.flops):>8}")
+        inputs = ", ".join(f"{name} {tuple(shape)}" for name, shape in self.inputs.items())
+        lines += [
+            "",
+            f"input: {inputs} on {self.device}",
+            f"parameters: {self.total_params:,} ({self.trainable_params:,} trainable)",
+            f"forward FLOPs: {self.total_flops:,} ({_si(self.total_flops)}; 2 per multiply-add of matmuls and convolutions)",
+        ]
+        lines += [f"tied (counted once): {' = '.join(names)}" for names in self.tied]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def summary(model: nn.Module, example_inputs: Any, *, depth: int | None = 3) -> Summary:
+    """Run ``model`` once on ``example_inputs`` (a tensor, a tuple of positional inputs or a dict of
+    keyword inputs) and return every module's output shape, parameters and FLOPs.
+
+    The model runs in eval mode under ``torch.no_grad()`` on the device of its
+    parameters (inputs are moved there); a model on the meta device runs on
+    shapes only. ``depth`` only sets how deep ``str()`` shows the tree (None: all of it).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if not isinstance(model, nn.Module):
+        raise InputError(f"summary expects a torch.nn.Module, got {type(model).__name__}")
+    args, kwargs = _as_call(example_inputs, _device_of(model))
+    names: dict[nn.Module, str] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        names.setdefault(module, name)  # a module under two names goes by the first
+    first_call: dict[str, int] = {}
+    calls: dict[str, int] = {}
+    shapes: dict[str, tuple[int, ...] | None] = {}
+
+    def before(module, _inputs):
+        name = names[module]
+        first_call.setdefault(name, len(first_call))
+        calls[name] = calls.get(name, 0) + 1
+
+    def after(module, _inputs, output):
+        shapes.setdefault(names[module], _first_shape(output))
+
+    handles = []
+    for module in names:
+        handles.append(module.register_forward_pre_hook(before))
+        handles.append(module.register_forward_hook(after))
+    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS)
+    try:
+        _run(model, args, kwargs, counter)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    # FlopCounterMode names a module by the model's class, then its path: "BertModel.layers.0.attn".
+    root = type(model).__name__
+    flops = {name[len(root) + 1 :] if name != root else "": sum(counts.values()) for name, counts in counter.get_flop_counts().items() if name != "Global"}
+    rows = _rows(model, first_call, calls, shapes, flops)
+    unique = {id(p): p for p in model.parameters()}.values()
+    return Summary(
+        rows=rows,
+        inputs=_input_shapes(model, args, kwargs),
+        total_params=sum(p.numel() for p in unique),
+        trainable_params=sum(p.numel() for p in unique if p.requires_grad),
+        total_flops=counter.get_total_flops(),
+        tied=_tied(model),
+        device=str(_device_of(model)),
+        depth=depth,
+    )
+
+
+def _rows(model, first_call, calls, shapes, flops) -> list[Row]:
+    """The module tree, each module's children sorted by when data first reached them."""
+
+    def order(name: str, _module: nn.Module) -> float:  # when data first reached it or a module inside it
+        return min((i for n, i in first_call.items() if n == name or n.startswith(name + ".")), default=float("inf"))
+
+    def visit(name: str, module: nn.Module, depth: int) -> Iterator[Row]:
+        children = [(f"{name}.{child}" if name else child, sub) for child, sub in module.named_children()]
+        own = flops.get(name)
+        if own is None:  # never called itself (a ModuleList): the sum of its children
+            own = sum(flops.get(child, 0) for child, _ in children)
+        yield Row(name, type(module).__name__, depth, shapes.get(name), sum(p.numel() for p in module.parameters()), own, calls.get(name, 0))
+        for child, sub in sorted(children, key=lambda c: order(*c)):  # stable: never-called modules keep their place at the end
+            yield from visit(child, sub, depth + 1)
+
+    return list(visit("", model, 0))
+
+
+def _tied(model: nn.Module) -> list[tuple[str, ...]]:
+    names: dict[int, list[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(parameter), []).append(name)
+    return [tuple(group) for group in names.values() if len(group) > 1]
+
+
+@contextmanager
+def _countable(model: nn.Module) -> Iterator[None]:
+    """Run minipt's recurrent layers on their written-out path while counting.
+
+    Their fast path hands the matrix multiplies to oneDNN ops that
+    FlopCounterMode has no formula for (it would count 0); the written-out
+    path does the same multiplies as ``F.linear`` calls, which it counts.
+    """
+    from .nn.rnn import _RNNBase
+
+    recurrent = [m for m in model.modules() if isinstance(m, _RNNBase)]
+    saved = [m.backend for m in recurrent]
+    for m in recurrent:
+        m.backend = "math"
+    try:
+        yield
+    finally:
+        for m, backend in zip(recurrent, saved):
+            m.backend = backend
+
+
+def _cpu_flash_attention_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query, key, value)  # the same two matrix multiplies as every other attention kernel
+
+
+# torch's CPU attention kernel has no formula in FlopCounterMode (it would count 0);
+# on meta tensors attention decomposes into matmuls and is counted anyway.
+_EXTRA_FLOP_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_attention_flops}
+
+
+def count_flops(model: nn.Module, example_inputs: Any) -> int:
+    """Forward FLOPs of one call in eval mode, counted on the whole model (``summary``'s total without its rows)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS)
+    _run(model, *_as_call(example_inputs, _device_of(model)), counter)
+    return counter.get_total_flops()
+
+
+def _run(model: nn.Module, args: tuple, kwargs: dict, counter) -> None:
+    """One forward pass as for inference (eval mode: no dropout, BatchNorm's running statistics), under ``counter``."""
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad(), _countable(model), counter:
+            model(*args, **kwargs)
+    finally:
+        model.train(was_training)
+
+
+# -- inputs ----------------------------------------------------------------------
+def _device_of(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _as_call(example_inputs: Any, device: torch.device) -> tuple[tuple, dict]:
+    move = lambda x: x.to(device) if isinstance(x, torch.Tensor) else x  # noqa: E731
+    if isinstance(example_inputs, dict):
+        return (), {k: move(v) for k, v in example_inputs.items()}
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(move(x) for x in example_inputs), {}
+    return (move(example_inputs),), {}
+
+
+def _input_shapes(model: nn.Module, args: tuple, kwargs: dict) -> dict[str, tuple[int, ...]]:
+    """Each input tensor's shape under the name ``forward`` gives it."""
+    import inspect
+
+    try:
+        names = list(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        names = []
+    named = {names[i] if i < len(names) else f"input {i}": a for i, a in enumerate(args)}
+    return {k: tuple(v.shape) for k, v in {**named, **kwargs}.items() if isinstance(v, torch.Tensor)}
+
+
+def _first_shape(output: Any) -> tuple[int, ...] | None:
+    """The shape of the first tensor in a module's output (a tensor, tuple, dict or dataclass of them)."""
+    if isinstance(output, torch.Tensor):
+        return tuple(output.shape)
+    if dataclasses.is_dataclass(output) and not isinstance(output, type):
+        output = [getattr(output, f.name) for f in dataclasses.fields(output)]
+    elif isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, (tuple, list)):
+        for item in output:
+            shape = _first_shape(item)
+            if shape is not None:
+                return shape
+    return None
+
+
+def _shape_text(row: Row) -> str:
+    if row.output_shape is None:
+        return "--" if row.calls == 0 else "(no tensor)"
+    shape = "[" + ", ".join(map(str, row.output_shape)) + "]"
+    return shape if row.calls <= 1 else f"{shape} x{row.calls}"
+
+
+def _si(value: int) -> str:
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.2f}{unit}"
+    return str(value)
+
+
+def parse_size(text: str) -> tuple[int, ...]:
+    """``"1x3x224x224"`` -> (1, 3, 224, 224)."""
+    if not isinstance(text, str) or not re.fullmatch(r"\s*\d+(\s*[xX,]\s*\d+)*\s*", text):
+        raise InputError(f"input size {text!r}: write it as positive integers joined by 'x', such as 1x128 or 1x3x224x224")
+    size = tuple(int(part) for part in re.split(r"\s*[xX,]\s*", text.strip()))
+    if min(size) < 1:
+        raise InputError(f"input size {text!r}: every dimension must be at least 1")
+    return size
+
+
+# What each family of minipt models reads: module -> (what, default size, dimensions).
+FAMILIES = {
+    "minipt.models.bert": ("token ids (batch x tokens)", "1x128", 2),
+    "minipt.models.gpt2": ("token ids (batch x tokens)", "1x128", 2),
+    "minipt.models.char_lm": ("byte ids (batch x bytes)", "1x128", 2),
+    "minipt.models.g2p": ("letter ids and as many phoneme ids (batch x length)", "1x16", 2),
+    "minipt.models.resnet": ("images (batch x channels x height x width)", "1x3x224x224", 4),
+    "minipt.models.efficientnet": ("images (batch x channels x height x width)", "1x3x224x224", 4),
+    "minipt.models.crnn": ("text-line images (batch x 1 x 64 x width)", "1x1x64x256", 4),
+}
+
+
+def example_inputs(model: nn.Module, size: str | tuple[int, ...] | None = None) -> Any:
+    """Inputs of ``size`` for one of minipt's models, on its device: zeros as ids, zeros as pixels.
+
+    ``size`` is ``"BxT"`` for token models and ``"BxCxHxW"`` for image models;
+    None gives the family's default (``FAMILIES``).
+    """
+    family = FAMILIES.get(type(model).__module__)
+    if family is None:
+        raise InputError(f"no default inputs for {type(model).__name__}; call summary(model, inputs) with your own")
+    what, default, dims = family
+    if size is None:
+        size = default
+        if type(model).__module__ == "minipt.models.efficientnet":
+            size = f"1x3x{model.config.resolution}x{model.config.resolution}"
+    shape = parse_size(size) if isinstance(size, str) else tuple(size)
+    if len(shape) != dims:
+        raise InputError(f"{type(model).__name__} reads {what}: an input size of {dims} dimensions such as {default}, not {'x'.join(map(str, shape))}")
+    device = _device_of(model)
+    if dims == 4:
+        return torch.zeros(shape, device=device)
+    ids = torch.zeros(shape, dtype=torch.long, device=device)
+    if type(model).__module__ == "minipt.models.g2p":
+        return (ids, ids.clone())
+    return ids

@@ -1,0 +1,143 @@
+"""minipt.plot and the commands that write its pictures: figures for small inputs, PNG files of plausible
+size, one-line errors for bad input, and a clear error without matplotlib."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bert_reference import minilm_path  # noqa: F401  (sets up the reference stack)
+from minipt import cli
+from minipt.errors import InputError, MiniptError, MissingDependencyError
+from minipt.plot import attention_maps, feature_maps, layer_diff, save_png
+
+PNG = b"\x89PNG\r\n\x1a\n"
+CHELSEA = Path(importlib.util.find_spec("skimage").submodule_search_locations[0]) / "data" / "chelsea.png"
+
+
+def written(path: Path, low=5_000, high=300_000) -> int:
+    """The size of a PNG file, checked to be a PNG of a plausible size for a small picture."""
+    assert path.read_bytes()[:8] == PNG
+    size = path.stat().st_size
+    assert low <= size <= high, size
+    return size
+
+
+def panels(figure) -> list:
+    return [ax for ax in figure.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
+
+
+def test_attention_maps(tmp_path):
+    probs = tuple(torch.softmax(torch.randn(2, 3, 5, 5), dim=-1) for _ in range(4))  # 4 layers, 3 heads, 5 tokens
+    tokens = ["[CLS]", "a", "small", "test", "[SEP]"]
+    fig = attention_maps(probs, tokens, layers=2)
+    maps = panels(fig)
+    assert [ax.get_title() for ax in maps] == ["layer 2, head 1", "layer 2, head 2", "layer 2, head 3"]
+    assert [t.get_text() for t in maps[0].get_xticklabels()] == tokens
+    shown = maps[1].get_images()[0].get_array()
+    assert torch.allclose(torch.as_tensor(shown.data), probs[1][0, 1])  # the first sequence's head 2, as given
+    assert len(panels(attention_maps(probs, tokens, layers=[1, 4], heads=[1, 3]))) == 4  # one row per layer
+    assert panels(attention_maps(probs, tokens, heads="mean", sequence=1))[0].get_title() == "layer 1, mean of 3 heads"
+    save_png(fig, tmp_path / "attention.png")
+    written(tmp_path / "attention.png")
+
+
+def test_attention_maps_bad_input():
+    probs = (torch.rand(1, 2, 4, 4),)
+    with pytest.raises(InputError, match="3 tokens for attention over 4 positions"):
+        attention_maps(probs, ["a", "b", "c"])
+    with pytest.raises(InputError, match="layer 2 does not exist: the model has layers 1..1"):
+        attention_maps(probs, list("abcd"), layers=2)
+    with pytest.raises(InputError, match="head 0 does not exist"):
+        attention_maps(probs, list("abcd"), heads=[0])
+    with pytest.raises(InputError, match="shaped \\(batch, heads, T, T\\)"):
+        attention_maps(torch.rand(2, 4, 4), list("abcd"))
+
+
+def test_feature_maps(tmp_path):
+    maps = torch.zeros(1, 6, 8, 8)
+    maps[0, 4] = 3.0  # the most active channel comes first
+    maps[0, 2] = 2.0
+    fig = feature_maps(maps, channels=3, image=torch.randint(0, 256, (3, 32, 32)).float(), title="stage")
+    assert [ax.get_title() for ax in panels(fig)][:3] == ["input", "channel 4", "channel 2"] and len(panels(fig)) == 4
+    assert [ax.get_title() for ax in panels(feature_maps(maps[0], channels=[5, 0]))] == ["channel 5", "channel 0"]
+    save_png(fig, tmp_path / "fm.png")
+    written(tmp_path / "fm.png", low=2_000)
+    with pytest.raises(InputError, match="channel 6 does not exist"):
+        feature_maps(maps, channels=[6])
+    with pytest.raises(InputError, match="one image's maps"):
+        feature_maps(torch.zeros(2, 6, 8, 8))
+
+
+def test_layer_diff(tmp_path):
+    report = [("embeddings", 0.0), ("layer 1", 3e-7), ("layer 2", 2e-5), ("pooler", 1e-6)]
+    fig = layer_diff(report, tolerance=1e-5)
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log" and ax.get_title() == "1 of 4 places above the tolerance, 1 exactly equal"
+    assert [t.get_text() for t in ax.get_xticklabels()] == [place for place, _ in report]
+    assert any(line.get_ydata()[0] == 1e-5 for line in ax.get_lines())  # the tolerance line
+    save_png(fig, tmp_path / "diff.png")
+    written(tmp_path / "diff.png", low=2_000)
+    for bad in ([], [("layer 1", float("nan"))], [("layer 1",)], "layer 1"):
+        with pytest.raises(InputError):
+            layer_diff(bad)
+
+
+def test_save_png_names_an_unwritable_path(tmp_path):
+    fig = layer_diff([("layer 1", 1e-6)])
+    with pytest.raises(InputError, match="cannot write the picture"):
+        save_png(fig, tmp_path / "no" / "such" / "dir" / "x.png")
+
+
+def test_without_matplotlib_the_error_says_how_to_install_it(monkeypatch):
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    with pytest.raises(MissingDependencyError, match=r"minipt\[plot\]"):
+        layer_diff([("layer 1", 1e-6)])
+    assert issubclass(MissingDependencyError, MiniptError)
+
+
+# -- the commands --------------------------------------------------------------------------
+def test_attention_command(tmp_path, capsys):
+    out = tmp_path / "attn.png"
+    assert cli.main(["attention", str(minilm_path()), "The cat sat on the mat.", "--layer", "2", "--heads", "1,2", "--out", str(out)]) == 0
+    assert "attention of 9 tokens" in capsys.readouterr().out  # [CLS] the cat sat on the mat . [SEP]
+    written(out)
+
+
+def test_features_command(tmp_path, capsys):
+    out = tmp_path / "fm.png"
+    assert cli.main(["features", str(CHELSEA), "--stage", "1", "--channels", "7", "--out", str(out)]) == 0
+    assert "24 channels of 56x56" in capsys.readouterr().out
+    written(out)
+
+
+def test_diff_plot(tmp_path, capsys):
+    out = tmp_path / "diff.png"
+    assert cli.main(["diff", str(minilm_path()), "one sentence", "--plot", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    written(out, low=2_000)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["attention", "{minilm}", "text", "--layer", "7"], "layer 7 does not exist: the model has layers 1..6"),
+        (["attention", "{minilm}", "text", "--heads", "x"], "--heads 'x': give numbers"),
+        (["attention", "efficientnet_lite0", "text"], "attention maps are drawn for BERT encoders"),
+        (["features", "{chelsea}", "--stage", "9"], "--stage 9 does not exist: EfficientNet has stages 0..6"),
+        (["features", "{missing}"], "no such image file"),
+        (["features", "{chelsea}", "--model", "{minilm}"], "feature maps are drawn for ResNet and EfficientNet"),
+        (["attention", "{minilm}", "text", "--out", "{unwritable}"], "cannot write the picture"),
+    ],
+)
+def test_bad_input_gives_one_line(argv, message, tmp_path, capsys):
+    places = dict(minilm=str(minilm_path()), chelsea=str(CHELSEA), missing=str(tmp_path / "no.png"), unwritable=str(tmp_path / "no" / "a.png"))
+    assert cli.main([arg.format(**places) for arg in argv]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and message in err, err

@@ -1,0 +1,232 @@
+"""minipt.summary: parameter counts against the reference models, FLOPs against FlopCounterMode on
+the reference models and against counts by hand, meta against real tensors, and ``minipt inspect``."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from bert_reference import minilm_path, tiny_hf_config, transformers
+from minipt import cli
+from minipt.checkpoint import Checkpoint
+from minipt.errors import InputError
+from minipt.hub import resolve
+from minipt.models.bert import BertConfig, BertForMaskedLM, BertModel
+from minipt.models.char_lm import CharLM, CharLMConfig
+from minipt.models.crnn import CRNN
+from minipt.models.efficientnet import EfficientNet, EfficientNetConfig
+from minipt.models.g2p import G2P
+from minipt.models.gpt2 import GPT2Config, GPT2LMHeadModel, GPT2Model
+from minipt.models.resnet import resnet18, resnet50
+from minipt.summary import count_flops, example_inputs, parse_size, summary
+
+
+def n_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())  # parameters() yields a tied tensor once
+
+
+def reference_flops(model: nn.Module, *inputs) -> int:
+    """FlopCounterMode on a whole reference model, no help from minipt."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(*inputs)
+    return counter.get_total_flops()
+
+
+def bert_config(hf_config) -> BertConfig:
+    return BertConfig.from_dict(hf_config.to_dict())
+
+
+# -- parameters ------------------------------------------------------------------
+def test_bert_and_heads_count_the_parameters_transformers_does():
+    hf = tiny_hf_config()
+    assert summary(BertModel(bert_config(hf)), torch.zeros(1, 8, dtype=torch.long)).total_params == n_params(transformers.BertModel(hf))
+    config = bert_config(hf)
+    config.add_pooling_layer = False  # transformers' masked-LM model has no pooler
+    mlm = summary(BertForMaskedLM(config), torch.zeros(1, 8, dtype=torch.long))
+    assert mlm.total_params == n_params(transformers.BertForMaskedLM(hf))  # the tied decoder weight once
+    assert ("bert.embeddings.token.weight", "head.decoder.weight") in mlm.tied
+    rows = {row.name: row for row in mlm.rows}
+    assert rows["head"].params + rows["bert"].params - mlm.total_params == hf.vocab_size * hf.hidden_size  # shown in both rows
+
+
+def test_real_minilm_parameters_on_meta():
+    path = minilm_path()
+    config = BertModel.load_config(path, Checkpoint(path))  # the header only
+    with torch.device("meta"):
+        model = BertModel(config)
+    report = summary(model, example_inputs(model))
+    assert report.device == "meta" and report.total_params == 22_713_216
+    assert report.total_params == n_params(transformers.BertModel.from_pretrained(str(path)))
+
+
+def test_gpt2_counts_the_parameters_transformers_does():
+    hf = transformers.GPT2Config(vocab_size=101, n_positions=32, n_embd=32, n_layer=2, n_head=4, bos_token_id=100, eos_token_id=100)
+    config = GPT2Config.from_dict(hf.to_dict())
+    ids = torch.zeros(1, 8, dtype=torch.long)
+    assert summary(GPT2Model(config), ids).total_params == n_params(transformers.GPT2Model(hf))
+    assert summary(GPT2LMHeadModel(config), ids).total_params == n_params(transformers.GPT2LMHeadModel(hf))  # lm_head tied
+
+
+@pytest.mark.parametrize("ours, theirs", [(resnet18, "resnet18"), (resnet50, "resnet50")])
+def test_resnet_matches_torchvision(ours, theirs):
+    import torchvision.models.resnet as tv
+
+    with torch.device("meta"):
+        model, reference = ours(), getattr(tv, theirs)()
+    x = torch.zeros(2, 3, 224, 224, device="meta")
+    report = summary(model, x)
+    assert report.total_params == n_params(reference)
+    assert report.total_flops == reference_flops(reference, x)
+
+
+def test_efficientnet_lite0_matches_timm():
+    import timm
+
+    with torch.device("meta"):
+        model, reference = EfficientNet(EfficientNetConfig.lite("lite0")), timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    x = torch.zeros(1, 3, 224, 224, device="meta")
+    report = summary(model, x)
+    assert report.total_params == n_params(reference) == 4_652_008
+    assert report.total_flops == reference_flops(reference, x)
+
+
+def test_char_lm_against_torch_nn_lstm_and_by_hand():
+    config = CharLMConfig(embed_size=16, hidden_size=32, num_layers=2)
+    model = CharLM(config)
+    reference = nn.ModuleList([nn.Embedding(256, 16), nn.LSTM(16, 32, num_layers=2), nn.Linear(32, 256)])
+    B, T, I, H = 2, 10, 16, 32
+    report = summary(model, torch.zeros(B, T, dtype=torch.long))
+    assert report.total_params == n_params(reference)
+    # each LSTM layer: one (B, in) x (in, 4H) and one (B, H) x (H, 4H) multiply per step; then the head
+    by_hand = 2 * T * B * 4 * H * (I + H) + 2 * T * B * 4 * H * (H + H) + 2 * B * T * H * 256
+    assert report.total_flops == by_hand
+    with torch.device("meta"):  # torch.nn.LSTM's CPU kernel has no FLOP formula; on meta it decomposes into matmuls
+        lstm = nn.LSTM(16, 32, num_layers=2)
+    assert reference_flops(lstm, torch.zeros(T, B, I, device="meta")) == by_hand - 2 * B * T * H * 256
+
+
+# -- FLOPs ------------------------------------------------------------------------
+def test_one_layer_bert_flops_by_hand():
+    B, T, H, I, heads = 2, 12, 32, 48, 4
+    D = H // heads
+    model = BertModel(BertConfig(vocab_size=50, hidden_size=H, num_hidden_layers=1, num_attention_heads=heads, intermediate_size=I))
+    report = summary(model, torch.zeros(B, T, dtype=torch.long))
+    projections = 2 * B * T * (4 * H * H + 2 * H * I)  # q, k, v, out (H x H each); feed-forward up and down (H x I)
+    attention = 2 * 2 * B * heads * T * T * D  # q k^T and probs v, per head
+    pooler = 2 * B * H * H  # dense on the [CLS] token
+    assert report.total_flops == projections + attention + pooler
+    rows = {row.name: row for row in report.rows}
+    assert rows["layers.0.attn"].flops == 2 * B * T * 4 * H * H + attention
+    assert rows["layers"].flops == rows["layers.0"].flops == projections + attention  # a ModuleList: the sum of its layers
+    assert rows[""].flops == report.total_flops
+
+
+def test_bert_and_gpt2_flops_match_transformers_on_cpu_and_meta():
+    hf = tiny_hf_config(num_hidden_layers=2, attn_implementation="eager")
+    ours, theirs = BertModel(bert_config(hf)), transformers.BertModel(hf).eval()
+    assert theirs.config._attn_implementation == "eager"
+    ids = torch.randint(0, hf.vocab_size, (2, 16))
+    expected = reference_flops(theirs, ids)  # eager attention: plain matmuls that FlopCounterMode counts
+    assert summary(ours, ids).total_flops == count_flops(ours, ids) == expected  # CPU: torch's attention kernel
+    with torch.device("meta"):
+        on_meta = BertModel(bert_config(hf))
+    assert summary(on_meta, ids.to("meta")).total_flops == expected
+
+    hf2 = transformers.GPT2Config(vocab_size=101, n_positions=32, n_embd=32, n_layer=2, n_head=4, bos_token_id=100, eos_token_id=100, attn_implementation="eager")
+    gpt2, reference = GPT2Model(GPT2Config.from_dict(hf2.to_dict())), transformers.GPT2Model(hf2).eval()
+    ids = torch.randint(0, 101, (1, 20))
+    assert summary(gpt2, ids).total_flops == reference_flops(reference, ids)
+
+
+def test_meta_and_cpu_give_the_same_rows():
+    model = CRNN()
+    on_cpu = summary(model, example_inputs(model, "1x1x64x64"))
+    with torch.device("meta"):
+        meta_model = CRNN()
+    on_meta = summary(meta_model, example_inputs(meta_model, "1x1x64x64"))
+    as_tuples = lambda report: [(r.name, r.output_shape, r.params, r.flops, r.calls) for r in report.rows]  # noqa: E731
+    assert as_tuples(on_cpu) == as_tuples(on_meta)
+    assert on_cpu.total_flops > 0 and on_meta.device == "meta"
+    rows = {row.name: row for row in on_meta.rows}
+    assert rows["sequence.0.lstm"].flops > 0  # the recurrent multiplies are counted
+
+
+def test_rows_follow_the_data():
+    model = resnet18()
+    report = summary(model, example_inputs(model, "1x3x64x64"))
+    names = [row.name for row in report.rows if row.depth == 1]
+    assert names == ["stem", "stages", "pool", "head"]
+    block = [row.name for row in report.rows if row.name.startswith("stages.1.0.")]
+    assert block[:3] == ["stages.1.0.shortcut", "stages.1.0.shortcut.conv", "stages.1.0.shortcut.bn"]  # the identity path runs first
+    relu = next(row for row in report.rows if row.name == "stages.0.0.relu")
+    assert relu.calls == 2 and "x2" in report.table(depth=None)
+    assert report.rows[0].output_shape == (1, 1000)
+    shallow, deep = report.table(depth=1), report.table(depth=None)
+    assert "stem (Stem)" in shallow and "conv (Conv2d)" not in shallow and "conv1 (Conv2d)" in deep
+
+
+def test_example_inputs_for_every_family():
+    for model, size in [
+        (BertModel(BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8)), "1x6"),
+        (CharLM(CharLMConfig(embed_size=4, hidden_size=8, num_layers=1)), "2x5"),
+        (G2P.from_pretrained(resolve("g2p-en")), "1x7"),
+    ]:
+        assert summary(model, example_inputs(model, size)).total_flops > 0
+    g2p = G2P.from_pretrained(resolve("g2p-en"))
+    assert summary(g2p, example_inputs(g2p)).total_params == 834_890  # DATA.md: g2p-en's parameter count
+
+
+def test_bad_sizes_are_named():
+    assert parse_size("1x3x224x224") == (1, 3, 224, 224)
+    for bad in ("", "1x", "axb", "1x0", "-1x3"):
+        with pytest.raises(InputError, match="input size"):
+            parse_size(bad)
+    model = resnet18()
+    with pytest.raises(InputError, match="4 dimensions"):
+        example_inputs(model, "1x128")
+    with pytest.raises(InputError, match="no default inputs"):
+        example_inputs(nn.Linear(2, 2))
+    with pytest.raises(InputError, match="torch.nn.Module"):
+        summary("resnet", torch.zeros(1))
+
+
+# -- the command line ---------------------------------------------------------------
+def test_inspect_prints_the_summary_and_key_map(capsys):
+    assert cli.main(["inspect", str(minilm_path()), "--input-size", "2x64", "--depth", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "BertModel from" in out and "input: input_ids (2, 64) on meta" in out
+    assert re.search(r"^BertModel +\[2, 64, 384\] +22,713,216 ", out, flags=re.M)
+    assert re.search(r"^    0 \(BertLayer\) +\[2, 64, 384\]", out, flags=re.M) and "q_proj (Linear)" not in out
+    H, I, B, T = 384, 1536, 2, 64
+    expected = 6 * (2 * B * T * (4 * H * H + 2 * H * I) + 2 * 2 * B * 12 * T * T * 32) + 2 * B * H * H
+    assert f"forward FLOPs: {expected:,}" in out
+    assert "encoder.layer.0.attention.self.query.weight (384, 384) -> layers.0.attn.q_proj.weight" in out
+
+
+def test_inspect_bad_input_size(capsys):
+    assert cli.main(["inspect", str(minilm_path()), "--input-size", "1x3x224x224"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "BertModel reads token ids" in err
+    assert cli.main(["inspect", str(minilm_path()), "--input-size", "1x9999"]) == 1
+    assert "exceeds the position table" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "easyocr-english-g2", "g2p-en"])
+def test_official_checkpoints_hold_the_parameters_counted(name, capsys):
+    """The parameters counted on the meta model = the checkpoint's tensors, less BatchNorm's running statistics."""
+    checkpoint = Checkpoint(resolve(name))
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    stored = sum(torch.Size(checkpoint.shape(k)).numel() for k in checkpoint.keys() if not k.endswith(buffers))
+    assert cli.main(["inspect", name, "--depth", "1"]) == 0
+    assert f"parameters: {stored:,} " in capsys.readouterr().out
+
+
+def test_g2p_gru_flops_by_hand():
+    model = G2P.from_pretrained(resolve("g2p-en"))
+    B, T, E, H, P = 1, 9, 256, 256, len(model.config.phonemes)
+    gru = 2 * T * B * 3 * H * (E + H)  # per step: (B, E) x (E, 3H) and (B, H) x (H, 3H), gates r, z, n
+    assert summary(model, example_inputs(model, f"{B}x{T}")).total_flops == 2 * gru + 2 * B * T * H * P
