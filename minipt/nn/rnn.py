@@ -58,6 +58,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from ..errors import ConfigError, InputError, KeyMismatchError
 from .backend import get_backend
+from .tap import tap
 
 
 # -- the cells: one time step, the equations as written above (the reference) ---------------------
@@ -91,12 +92,17 @@ def gru_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Te
     return (1 - z) * n + z * h
 
 
-def reference_layer(mode: str, x: Tensor, state: Tuple[Tensor, ...], weights: Tuple[Optional[Tensor], ...], mask: Optional[Tensor], reverse: bool):
+def reference_layer(
+    mode: str, x: Tensor, state: Tuple[Tensor, ...], weights: Tuple[Optional[Tensor], ...], mask: Optional[Tensor], reverse: bool,
+    site: Optional[Tuple[nn.Module, str]] = None,
+):
     """Run one layer in one direction over a (T, B, I) sequence, one cell call per step.
 
     ``weights`` is ``(w_ih, w_hh, b_ih, b_hh, w_hr)``; ``mask`` (T, B, 1) marks the
     steps that belong to each sequence of a packed batch. Returns the outputs
-    (T, B, H_out) and the final state (``(h,)`` or ``(h, c)``).
+    (T, B, H_out) and the final state (``(h,)`` or ``(h, c)``). ``site`` = (module,
+    ``"layers.{k}"``) names the tap points of every step's new state, ``layers.{k}.h``
+    and ``.c`` (see ``minipt.nn.tap``).
     """
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
     steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
@@ -108,6 +114,8 @@ def reference_layer(mode: str, x: Tensor, state: Tuple[Tensor, ...], weights: Tu
             new = (gru_cell(x[t], state[0], w_ih, w_hh, b_ih, b_hh),)
         else:
             new = (rnn_cell(x[t], state[0], w_ih, w_hh, b_ih, b_hh, "tanh" if mode == "RNN_TANH" else "relu"),)
+        if site is not None:
+            new = tuple(tap(site[0], f"{site[1]}.{kind}", s, step=(t, x.shape[0])) for kind, s in zip("hc", new))
         outputs[t] = new[0]
         if mask is not None:  # a sequence of a packed batch that has ended (or not begun) keeps its state
             outputs[t] = new[0].masked_fill(~mask[t], 0.0)  # and outputs zeros, as padding
@@ -573,6 +581,16 @@ class _RNNBase(nn.Module):
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
+    @property
+    def taps(self) -> dict:
+        """minipt.probe's names for each layer's state at every step, computed one step at a time on "math" only:
+        ``layers.{k}.h`` (and ``.c`` for the LSTM), ``layers.{k}.reverse.h`` for a backward direction."""
+        kinds = "hc" if self.mode == "LSTM" else "h"
+        return {f"{self._tap_prefix(k, d)}.{kind}": "math" for k in range(self.num_layers) for d in range(self.num_directions) for kind in kinds}
+
+    def _tap_prefix(self, layer: int, direction: int) -> str:
+        return f"layers.{layer}" + (".reverse" if direction else "")
+
     def _suffixes(self, layer: int) -> List[str]:
         return [f"_l{layer}", f"_l{layer}_reverse"][: self.num_directions]
 
@@ -625,14 +643,15 @@ class _RNNBase(nn.Module):
             raise InputError(f"{name} got an empty sequence (seq_len 0, input shape {tuple(x.shape)})")
         hx = self._initial_state(hx, x, batched, sorted_indices)  # tuple of (L*D, B, *) tensors
 
-        layer_fn = reference_layer if get_backend(self.backend) == "math" else fused_layer
+        stepwise = get_backend(self.backend) == "math"  # the cells, one step at a time
         finals: List[List[Tensor]] = [[] for _ in hx]
         for layer in range(self.num_layers):
             outputs = []
             for direction in range(self.num_directions):
                 index = layer * self.num_directions + direction
                 state = tuple(s[index] for s in hx)
-                out, state = layer_fn(self.mode, x, state, self._layer_weights(layer, direction), mask, direction == 1)
+                args = (self.mode, x, state, self._layer_weights(layer, direction), mask, direction == 1)
+                out, state = reference_layer(*args, site=(self, self._tap_prefix(layer, direction))) if stepwise else fused_layer(*args)
                 outputs.append(out)
                 for kept, s in zip(finals, state):
                     kept.append(s)
