@@ -14,7 +14,8 @@
 The names follow the modules' own names:
 
 - ``<module>.out``: the output of every submodule (the first element when it
-  returns a tuple, as attention and recurrent layers do): ``embeddings.out``,
+  returns a tuple, as attention and recurrent layers do, the first field of an
+  output dataclass, such as ``bert.out``'s last hidden state): ``embeddings.out``,
   ``layers.3.attn.out``, ``layers.3.ffn_up.out``, ``layers.3.out``,
   ``stages.2.0.conv1.out``, ``blocks.4.out``. Dropout and identity modules have
   none. A module called twice in one forward (ResNet's shared ReLU) records
@@ -43,6 +44,7 @@ are a pass-through while no capture is open.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 from collections.abc import Mapping
@@ -159,13 +161,11 @@ class capture(Mapping):
     # -- recording and editing ------------------------------------------------------
     def _module_hook(self, name: str):
         def hook(module, args, output):
-            value = output[0] if isinstance(output, tuple) else output
+            value, rebuild = _main_value(output)
             if not isinstance(value, torch.Tensor):
                 return None
             new = self._apply(name, value, None)
-            if new is value:
-                return None
-            return (new, *output[1:]) if isinstance(output, tuple) else new
+            return None if new is value else rebuild(new)
 
         return hook
 
@@ -234,6 +234,17 @@ class capture(Mapping):
 
     def __repr__(self) -> str:
         return f"<capture of {len(self._wanted)} names, {len(self._values)} recorded>"
+
+
+def _main_value(output) -> tuple[Any, Callable[[torch.Tensor], Any]]:
+    """A module's value and how to put a new one in its place: the output itself, the first element
+    of a tuple (attention, recurrent layers), or the first field of an output dataclass (BertOutput)."""
+    if isinstance(output, tuple) and output:
+        return output[0], lambda new: (new, *output[1:])
+    if dataclasses.is_dataclass(output) and not isinstance(output, type):
+        first = dataclasses.fields(output)[0].name
+        return getattr(output, first), lambda new: dataclasses.replace(output, **{first: new})
+    return output, lambda new: new
 
 
 def _match(patterns, points: dict, what: str) -> set[str]:
