@@ -3,7 +3,7 @@
     minipt demo                  sentence embeddings from real pretrained weights
     minipt embed TEXT...         print or save embeddings (--out file.npy)
     minipt inspect PATH          per-module shapes, parameters and FLOPs, and the key map of a checkpoint
-    minipt diff PATH TEXT...     per-layer differences against transformers on the same weights (--plot diff.png)
+    minipt diff PATH [--input X]  where a model departs from its reference implementation, point by point (--plot diff.png)
     minipt attention PATH TEXT   attention maps of a BERT model as a PNG (--layer, --heads, --out)
     minipt features IMAGE        feature maps of a CNN stage as a PNG (--model, --stage, --out)
     minipt classify IMAGE...     top-5 ImageNet classes with EfficientNet-Lite0 (--model)
@@ -50,10 +50,13 @@ def cmd_demo(args) -> int:
     if import_transformers() is None:
         print("\n(install transformers to compare against the reference implementation)")
     else:
-        batch = encoder.tokenizer(DEMO_SENTENCES)
-        print("\nmax abs difference against transformers' BertModel on the same weights and batch:")
-        for place, diff in layer_diffs(encoder.encoder, args.model, batch):
-            print(f"  {place:<11} {diff:.2e}")
+        report = layer_diffs(encoder.encoder, args.model, DEMO_SENTENCES)
+        print("\nmax abs difference against transformers' BertModel on the same weights and sentences (minipt diff shows every point):")
+        for row in report.rows:
+            if row.name.count(".") <= 2 and row.name.endswith(".out"):  # embeddings.out, layers.{i}.out, pooler.out
+                print(f"  {row.name:<14} {row.max_abs:.2e}")
+        first = report.first_divergence
+        print(f"  first divergence: {first.name}" if first else f"  all {len(report.rows)} points within {report.rtol:.0e}")
     _demo_photos()
     return 0
 
@@ -148,29 +151,27 @@ def cmd_inspect(args) -> int:
 
 def cmd_diff(args) -> int:
     from .checkpoint import Checkpoint
-    from .errors import ConfigError
+    from .errors import InputError
     from .hub import resolve
     from .models import model_class_for
-    from .models.bert import BertForMaskedLM, BertForSequenceClassification, BertModel
     from .reference import layer_diffs
-    from .tokenizer import Tokenizer
 
     path = resolve(args.path)
-    found = model_class_for(path, Checkpoint(path))  # names and shapes only
-    if not issubclass(found, (BertModel, BertForMaskedLM, BertForSequenceClassification)):
-        raise ConfigError(f"{path} holds a {found.__name__} checkpoint; minipt diff compares BERT encoders with transformers")
-    model = BertModel.from_pretrained(path)
-    batch = Tokenizer.from_pretrained(path)(args.texts or DEMO_SENTENCES)
-    rows = layer_diffs(model, args.path, batch)
-    print("place        max abs difference (minipt - transformers)")
-    for place, diff in rows:
-        print(f"  {place:<11} {diff:.2e}")
+    cls = model_class_for(path, Checkpoint(path))  # names and shapes only
+    model = cls.from_pretrained(path)
+    inputs = args.input
+    if inputs and cls.__name__ in ("CharLM", "CRNN", "G2P"):  # one text, line or word
+        if len(inputs) > 1:
+            raise InputError(f"minipt diff compares a {cls.__name__} on one --input, got {len(inputs)}")
+        inputs = inputs[0]
+    report = layer_diffs(model, path, inputs)
+    print(report)
     if args.plot:
         from .plot import layer_diff, save_png
 
-        save_png(layer_diff(rows), args.plot)
+        save_png(layer_diff(report), args.plot)
         print(f"wrote {args.plot}")
-    return 0
+    return 0 if report.first_divergence is None else 3
 
 
 def _bert_at(name_or_path):
@@ -357,10 +358,13 @@ COMMANDS: dict = {
     ),
     "diff": (
         cmd_diff,
-        "per-layer max abs difference against transformers on the same weights",
+        "compare a checkpoint's minipt model with its reference implementation (transformers, torchvision, timm, torch.nn) "
+        "at every shared point and name the first that differs; exit status 3 when one does",
         lambda p: (
-            p.add_argument("path"),
-            p.add_argument("texts", nargs="*"),
+            p.add_argument("path", help="a checkpoint of any family (folder, file or catalogue name)"),
+            p.add_argument("--input", action="append", metavar="X",
+                           help="a text (BERT, GPT-2; repeat for several), an image path (ResNet, EfficientNet), a line of text "
+                                "to render or an image path (CRNN), a text (CharLM) or a word (G2P); default: a demo input per family"),
             p.add_argument("--plot", help="also draw the differences on a log scale into this PNG file"),
         ),
     ),

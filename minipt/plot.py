@@ -166,10 +166,16 @@ def _picture(image):
 
 # -- per-layer differences -------------------------------------------------------------
 def layer_diff(report: Sequence[tuple[str, float]], tolerance: float = 1e-5, *, title: str | None = None):
-    """The max abs difference at each place (``minipt.reference.layer_diffs``) on a log scale, with the tolerance line.
+    """The difference at each place on a log scale, with the tolerance line: a ``minipt.reference.DiffReport``
+    (the relative differences against its tolerance; points whose shapes differ are left out) or a list of
+    (place, max abs difference) pairs.
 
     Exact zeros, which a log scale cannot show, sit on the bottom edge, drawn as open circles.
     """
+    ylabel = "max abs difference"
+    if hasattr(report, "rows") and hasattr(report, "rtol"):
+        ylabel, tolerance = "difference / largest reference value", report.rtol
+        report = [(row.name, row.relative) for row in report.rows if row.shapes is None]
     rows = list(report)
     if not rows or not all(isinstance(r, (tuple, list)) and len(r) == 2 and isinstance(r[0], str) and isinstance(r[1], (int, float)) for r in rows):
         raise InputError("layer_diff expects a non-empty list of (place, max abs difference) pairs, as minipt.reference.layer_diffs returns")
@@ -191,7 +197,7 @@ def layer_diff(report: Sequence[tuple[str, float]], tolerance: float = 1e-5, *, 
     ax.set_yscale("log")
     ax.set_ylim(floor / 2, max(diffs + [tolerance]) * 5)
     ax.set_xticks(list(x), places, rotation=45 if len(rows) > 6 else 0, ha="right" if len(rows) > 6 else "center", fontsize=8)
-    ax.set_ylabel("max abs difference")
+    ax.set_ylabel(ylabel)
     exact = f", {len(zeros)} exactly equal" if zeros else ""
     ax.set_title(title or f"{sum(above)} of {len(rows)} places above the tolerance{exact}", fontsize=10)
     ax.grid(True, which="major", axis="y", alpha=0.3)

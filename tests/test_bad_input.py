@@ -400,7 +400,7 @@ def test_cli_inspect_bad_paths(capsys, bad_files):
 
 def test_cli_diff_bad_paths(capsys, bad_files):
     assert "/no/such: no such file or directory" in one_line_error(capsys, "diff", "/no/such")
-    assert f"{bad_files / 'char-lm'} holds a CharLM checkpoint; minipt diff compares BERT" in one_line_error(capsys, "diff", str(bad_files / "char-lm"))
+    assert "compares a CharLM on one --input, got 2" in one_line_error(capsys, "diff", str(bad_files / "char-lm"), "--input", "a", "--input", "b")
     assert str(bad_files / "notes.txt") in one_line_error(capsys, "diff", str(bad_files / "notes.txt"))
 
 

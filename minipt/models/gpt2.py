@@ -30,6 +30,7 @@ from ..errors import ConfigError, InputError
 from ..keymap import TRANSPOSE, KeyMap
 from ..nn import LayerNorm, activation, attention_bias, get_backend, scaled_dot_product_attention, set_backend
 from ..nn.layers import ACTIVATIONS
+from ..nn.tap import tap
 
 
 @dataclass
@@ -116,6 +117,8 @@ class KVCache:
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention; Q, K and V come from one fused projection (GPT-2's ``c_attn``)."""
 
+    taps = {"probs": "math", "heads": None}  # as minipt.nn.MultiHeadAttention's (see minipt.probe)
+
     def __init__(self, config: GPT2Config, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx  # its slot in the cache
@@ -140,7 +143,9 @@ class CausalSelfAttention(nn.Module):
             dropout=self.dropout if self.training else 0.0,
             backend=get_backend(self.backend),
             scale=self.scale,
+            site=self,
         )
+        out = tap(self, "heads", out)  # (B, heads, T, D)
         out = out.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
         return self.out_proj(out)
 

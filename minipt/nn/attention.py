@@ -24,6 +24,7 @@ from .. import ops
 from ..checks import tracing
 from ..errors import InputError
 from .backend import get_backend
+from .tap import tap
 
 
 def attention_bias(
@@ -76,8 +77,12 @@ def scaled_dot_product_attention(
     backend: str = "torch",
     need_weights: bool = False,
     scale: float | None = None,
+    site: nn.Module | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``softmax(q k^T * scale + bias) v``, ``scale`` = 1/sqrt(D) unless given; probabilities too when asked (always on the math path).
+
+    On the math path the probabilities pass the tap point ``probs`` of ``site`` (the calling
+    module; see ``minipt.nn.tap``), so a capture can read or edit them before they weight ``v``.
 
     ``fused`` runs ``minipt.ops.attention`` when the bias only masks padded keys ((B, 1, 1, S),
     as ``attention_bias`` builds it for a padding mask) or is None; with attention dropout or any
@@ -100,6 +105,7 @@ def scaled_dot_product_attention(
         attn_probs = scores.softmax(dim=-1)
         if attends is not None:
             attn_probs = attn_probs * attends
+        attn_probs = tap(site, "probs", attn_probs)  # (B, heads, T, S)
         out = torch.matmul(F.dropout(attn_probs, dropout, training=dropout > 0), v)  # (B, heads, T, D)
         return out, attn_probs
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=scale)  # (B, heads, T, D)
@@ -110,6 +116,10 @@ def scaled_dot_product_attention(
 
 class MultiHeadAttention(nn.Module):
     """Self-attention with ``num_heads`` heads: project to Q, K, V, attend per head, project back."""
+
+    # minipt.probe: the attention probabilities (B, heads, T, S), written out on "math" only,
+    # and each head's output (B, heads, T, head_dim) before the output projection, on every backend
+    taps = {"probs": "math", "heads": None}
 
     def __init__(self, dim: int, num_heads: int, *, dropout: float = 0.0, bias: bool = True):
         super().__init__()
@@ -140,6 +150,8 @@ class MultiHeadAttention(nn.Module):
             dropout=self.dropout if self.training else 0.0,
             backend=get_backend(self.backend),
             need_weights=need_weights,
+            site=self,
         )
+        out = tap(self, "heads", out)  # (B, heads, T, head_dim)
         out = out.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
         return self.out_proj(out), attn_probs

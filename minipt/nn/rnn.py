@@ -114,6 +114,16 @@ class _RNNBase(nn.Module):
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
+    @property
+    def taps(self) -> dict:
+        """minipt.probe's names for each layer's state at every step, computed one step at a time on "math" only:
+        ``layers.{k}.h`` (and ``.c`` for the LSTM), ``layers.{k}.reverse.h`` for a backward direction."""
+        kinds = "hc" if self.mode == "LSTM" else "h"
+        return {f"{self._tap_prefix(k, d)}.{kind}": "math" for k in range(self.num_layers) for d in range(self.num_directions) for kind in kinds}
+
+    def _tap_prefix(self, layer: int, direction: int) -> str:
+        return f"layers.{layer}" + (".reverse" if direction else "")
+
     def _suffixes(self, layer: int) -> List[str]:
         return [f"_l{layer}", f"_l{layer}_reverse"][: self.num_directions]
 
@@ -197,7 +207,11 @@ class _RNNBase(nn.Module):
             for direction in range(self.num_directions):
                 index = layer * self.num_directions + direction
                 state = tuple(s[index] for s in hx)
-                out, state = layer_fn(self.mode, x, state, self._layer_weights(layer, direction), mask, direction == 1)
+                args = (self.mode, x, state, self._layer_weights(layer, direction), mask, direction == 1)
+                if layer_fn is math_layer:  # the cells, one step at a time: each step's state can be tapped
+                    out, state = layer_fn(*args, site=(self, self._tap_prefix(layer, direction)))
+                else:
+                    out, state = layer_fn(*args)
                 outputs.append(out)
                 for kept, s in zip(finals, state):
                     kept.append(s)

@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .tap import tap
+
 
 def rnn_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], nonlinearity: str = "tanh") -> Tensor:
     """One Elman RNN step. Runs on the ``"math"`` backend; the ``"fused"`` path writes the same
@@ -81,13 +83,17 @@ def gru_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Te
     return (1 - z) * n + z * h
 
 
-def math_layer(mode: str, x: Tensor, state: Tuple[Tensor, ...], weights: Tuple[Optional[Tensor], ...], mask: Optional[Tensor], reverse: bool):
+def math_layer(
+    mode: str, x: Tensor, state: Tuple[Tensor, ...], weights: Tuple[Optional[Tensor], ...], mask: Optional[Tensor], reverse: bool,
+    site: Optional[tuple] = None,
+):
     """The ``"math"`` backend: one layer in one direction over a (T, B, I) sequence, one cell call per step.
 
     ``mode`` is ``"LSTM"``, ``"GRU"``, ``"RNN_TANH"`` or ``"RNN_RELU"``; ``weights`` is
     ``(w_ih, w_hh, b_ih, b_hh, w_hr)``; ``mask`` (T, B, 1) marks the steps that belong to
     each sequence of a packed batch. Returns the outputs (T, B, H_out) and the final state
-    (``(h,)`` or ``(h, c)``).
+    (``(h,)`` or ``(h, c)``). ``site`` = (module, ``"layers.{k}"``) names the tap points of
+    every step's new state, ``layers.{k}.h`` and ``.c`` (see ``minipt.nn.tap``).
     """
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
     steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
@@ -99,6 +105,8 @@ def math_layer(mode: str, x: Tensor, state: Tuple[Tensor, ...], weights: Tuple[O
             new = (gru_cell(x[t], state[0], w_ih, w_hh, b_ih, b_hh),)
         else:
             new = (rnn_cell(x[t], state[0], w_ih, w_hh, b_ih, b_hh, "tanh" if mode == "RNN_TANH" else "relu"),)
+        if site is not None:
+            new = tuple(tap(site[0], f"{site[1]}.{kind}", s, step=(t, x.shape[0])) for kind, s in zip("hc", new))
         outputs[t] = new[0]
         if mask is not None:  # a sequence of a packed batch that has ended (or not begun) keeps its state
             outputs[t] = new[0].masked_fill(~mask[t], 0.0)  # and outputs zeros, as padding
