@@ -119,7 +119,7 @@ def test_features_command(tmp_path, capsys):
 
 def test_diff_plot(tmp_path, capsys):
     out = tmp_path / "diff.png"
-    assert cli.main(["diff", str(minilm_path()), "one sentence", "--plot", str(out)]) == 0
+    assert cli.main(["diff", str(minilm_path()), "--input", "one sentence", "--plot", str(out)]) == 0
     assert f"wrote {out}" in capsys.readouterr().out
     written(out, low=2_000)
 
