@@ -82,7 +82,7 @@ def _tiny_run(world: int, rank: int, kind: str):
 
     from minipt.train import fit
 
-    model, _ = _model_and_batch()
+    model, _, _ = _models_and_batch()
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, 50, (32, 8), generator=g)
     data = TensorDataset(ids, torch.randint(0, 3, (32,), generator=g))
@@ -123,7 +123,7 @@ def test_two_processes_train_like_one(kind, tmp_path):
     single = _tiny_run(1, 0, "single")
     assert distributed.keys() == single.keys()
     moved = 0
-    initial, _ = _model_and_batch()
+    initial, _, _ = _models_and_batch()
     for key, value in single.items():
         # the same sums in another order (all-reduce): float32 rounding, far below the training's own steps
         torch.testing.assert_close(distributed[key], value, atol=1e-5, rtol=1e-5, msg=key)

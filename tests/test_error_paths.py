@@ -38,8 +38,8 @@ def test_unknown_activation_and_gelu_approximation():
 
 
 def test_no_minipt_model_for_a_config():
-    with pytest.raises(ConfigError, match="no minipt model for model_type 'gpt2'"):
-        model_class({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]})
+    with pytest.raises(ConfigError, match="no minipt model for model_type 'llama'"):
+        model_class({"model_type": "llama", "architectures": ["LlamaForCausalLM"]})
 
 
 def test_pooling_config_must_choose_one_mode():
