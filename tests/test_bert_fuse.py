@@ -201,3 +201,34 @@ def test_fused_heads_equal_unfused(cls, hidden_act):
         unfused_error = max_error([model(ids, mask).logits], [exact])
         fused_error = max_error([fused(ids, mask).logits], [exact])
     assert fused_error <= 3 * unfused_error + 1e-6, (fused_error, unfused_error)
+
+
+# -- training: onednn.linear ----------------------------------------------------------
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_onednn_linear_gradients_equal_f_linear(with_bias):
+    """Output and the three gradients against float64: at most 3x F.linear's own float32 error."""
+    generator = torch.Generator().manual_seed(2)
+    x, weight = torch.randn(3, 7, 37, generator=generator), torch.randn(29, 37, generator=generator)
+    bias = torch.randn(29, generator=generator) if with_bias else None
+    cotangent = torch.randn(3, 7, 29, generator=generator)
+
+    def run(fn, dtype):
+        leaves = [t.detach().to(dtype, copy=True).requires_grad_() for t in (x, weight, bias) if t is not None]
+        out = fn(*leaves)
+        out.backward(cotangent.to(dtype))
+        return [out.detach(), *(leaf.grad for leaf in leaves)]
+
+    exact = run(F.linear, torch.float64)
+    assert max_error(run(onednn.linear, torch.float32), exact) <= 3 * max_error(run(F.linear, torch.float32), exact) + 1e-6
+    assert torch.equal(run(onednn.linear, torch.float64)[0], exact[0])  # float64 runs F.linear
+
+
+def test_onednn_linear_sees_in_place_updates_and_falls_back(monkeypatch):
+    weight = torch.randn(4, 5)
+    x = torch.randn(2, 5)
+    before = onednn.linear(x, weight)
+    weight.mul_(2)  # an optimizer step: nothing is cached
+    assert torch.allclose(onednn.linear(x, weight), 2 * before, atol=1e-5)
+    monkeypatch.setattr(onednn, "available", lambda dtype=torch.float32: False)
+    monkeypatch.setattr(onednn._OneDNNLinear, "apply", lambda *a: pytest.fail("oneDNN used without being available"))
+    assert torch.allclose(onednn.linear(x, weight), F.linear(x, weight), atol=1e-6)

@@ -5,6 +5,7 @@ The one module in minipt that calls torch's private ``torch.ops.mkldnn`` ops:
     packed = pack_linear(weight, bias, activation="gelu", batch_hint=16)   # once, at inference set-up
     y = packed(x)                     # act(x @ W^T + b), x (..., in) -> (..., out)
     y = pack_linear(w, b)(x, residual=r)   # x @ W^T + b + r, the add done by the matmul's epilogue
+    y = linear(x, weight, bias)       # F.linear with gradients, every matmul (forward and backward) on oneDNN
 
 ``pack_linear`` reorders the weight into oneDNN's blocked layout for its matrix multiply
 (``_reorder_linear_weight``; ``batch_hint`` is the number of rows expected, a hint for the
@@ -17,6 +18,10 @@ Where the private ops are missing, fail, or give a wrong answer on a tiny input 
 lazily, per dtype, by ``probe``), ``pack_linear`` returns the same module on plain torch:
 ``F.linear`` and the activation. Both paths compute the same function; the packed weights are
 detached copies, so a ``PackedLinear`` is for inference only (no gradients).
+
+``linear`` is for training: the weight is read as it is (a plain matrix, nothing packed or
+cached, so an optimizer's in-place update is always seen), forward and backward matmuls on
+oneDNN, float32 only; it falls back to ``F.linear`` like ``pack_linear``.
 
 Activations: None, ``"relu"``, ``"gelu"`` (exact, erf), ``"gelu_tanh"`` (tanh approximation),
 ``"tanh"``. Dtypes: float32, and bfloat16 where the CPU has native bfloat16 dot products
@@ -144,3 +149,40 @@ def pack_linear(weight: Tensor, bias: Tensor | None = None, activation: str | No
 def _pack(weight: Tensor, bias: Tensor | None, activation: str | None, batch_hint: int | None) -> PackedLinear:
     packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), batch_hint)
     return PackedLinear(weight, None if bias is None else bias.contiguous().clone(), activation, packed)
+
+
+# -- training: oneDNN's matmul with gradients -------------------------------------------
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear(x, weight, bias)``, differentiable, with its three matmuls (y = x W^T, dx = dy W,
+    dW = dy^T x) on oneDNN for float32 CPU tensors when ``available()``; ``F.linear`` otherwise."""
+    on_onednn = x.device.type == weight.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and available()
+    if not on_onednn:
+        return F.linear(x, weight, bias)
+    return _OneDNNLinear.apply(x, weight, bias)
+
+
+def _matmul_t(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
+    """a @ b^T (+ bias) for 2-d a (N, K), b (M, K) on oneDNN, the weight operand read unpacked."""
+    return torch.ops.mkldnn._linear_pointwise.default(a.contiguous(), b.contiguous(), bias, "none", [], "")
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        rows = x.reshape(-1, x.shape[-1])  # (N, in)
+        ctx.save_for_backward(rows, weight)
+        ctx.has_bias = bias is not None
+        return _matmul_t(rows, weight, bias).view(*x.shape[:-1], weight.shape[0])  # (..., out)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        rows, weight = ctx.saved_tensors
+        grad_rows = grad.reshape(-1, weight.shape[0])  # (N, out)
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _matmul_t(grad_rows, weight.t()).view(*grad.shape[:-1], weight.shape[1])  # dy W: (..., in)
+        if ctx.needs_input_grad[1]:
+            grad_weight = _matmul_t(grad_rows.t(), rows.t())  # dy^T x: (out, in)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_rows.sum(0)
+        return grad_x, grad_weight, grad_bias
