@@ -172,6 +172,8 @@ def test_fused_model_is_for_inference_only(minilm, tmp_path):
         fused.save_pretrained(tmp_path)
     with pytest.raises(ConfigError, match="float16"):
         minilm.fuse(torch.float16)
+    with pytest.raises(ConfigError, match="fused already"):
+        fused.fuse(torch.bfloat16)
     ids = torch.tensor([[101, 7592, 102]])
     assert not fused(ids).last_hidden_state.requires_grad  # no gradients even outside inference_mode
     assert torch.equal(copy.deepcopy(fused)(ids).last_hidden_state, fused(ids).last_hidden_state)  # copies share packed weights

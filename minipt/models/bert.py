@@ -189,10 +189,16 @@ class _BertPretrained(Pretrained, nn.Module):
         Linear on a weight prepacked for oneDNN, the bias and GELU inside the feed-forward's first
         matmul and the residual adds inside the matmuls before each LayerNorm; the pooler and the
         heads' Linears are packed too (``minipt.ops.onednn``; plain torch where oneDNN is missing).
-        With bfloat16 the weights, activations and outputs are bfloat16.
+        With bfloat16 the weights, activations and outputs are bfloat16 (whatever the model's own
+        dtype: ``dtype`` decides). The copy refuses ``train()`` and ``save_pretrained()``: train
+        and save the model, then fuse it.
+
+            fast = BertModel.from_pretrained("all-MiniLM-L6-v2").fuse()   # or .fuse(torch.bfloat16)
         """
         if dtype not in onednn.DTYPES:
             raise ConfigError(f"fuse() computes in {' or '.join(map(str, onednn.DTYPES))}, not {dtype}")
+        if self.fused:
+            raise ConfigError(f"this {type(self).__name__} is fused already; call fuse() on the model it came from")
         fused = copy.deepcopy(self).eval().requires_grad_(False).to(dtype)
         _fuse_children(fused)
         return fused
