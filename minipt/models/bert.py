@@ -426,8 +426,9 @@ class BertForSequenceClassification(_BertPretrained):
 # -- the inference copy: fuse() -------------------------------------------------------
 FUSED_BATCH_HINT = 128  # rows (batch x tokens) oneDNN chooses its weight layout for; any number runs
 
-# the activation modules a oneDNN matmul can compute as its post-op -> the post-op's name
+
 def _onednn_activation(act: nn.Module) -> str | None:
+    """The name of the oneDNN post-op computing ``act``, or None for an activation oneDNN lacks."""
     if isinstance(act, GELU):
         return "gelu" if act.approximate == "none" else "gelu_tanh"
     return {nn.ReLU: "relu", nn.Tanh: "tanh"}.get(type(act))
