@@ -1,6 +1,6 @@
 """minipt's BERT against transformers' (sdpa attention) on the same all-MiniLM-L6-v2 weights.
 
-    python bench/bert.py [--repeats N] [--quick]
+    python bench/bert.py [--repeats N] [--threads N] [--quick]
 
 Everything is measured in this one run, side by side: median latency of
 inference (inference_mode) at batch x length = 1x16, 32x128 and 8x512 and of
@@ -8,6 +8,12 @@ a 16x128 training step (forward, backward, SGD update, dropout on), the
 import time each library adds to ``import torch`` (fresh interpreters), and
 the peak resident memory while loading the checkpoint, against its size.
 Ratios are minipt / transformers: below 1 means minipt is faster or smaller.
+
+Inference also runs minipt's ``fuse()`` copy (float32 and bfloat16) and, as a
+second peer, ONNX Runtime on transformers' model exported with
+``torch.onnx.export`` (the ``onnx`` extra: ``pip install -e '.[onnx]'``;
+without it that column is left out). The bfloat16 row reports the lowest
+cosine, over the batch, between its mean-pooled embeddings and float32's.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -28,10 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from minipt.hub import resolve  # noqa: E402
 from minipt.models.bert import BertModel  # noqa: E402
+from minipt.ops import onednn  # noqa: E402
 from minipt.reference import import_transformers  # noqa: E402
 
 MODEL = "all-MiniLM-L6-v2"
 TARGETS = {"1x16": 0.6, "32x128": 0.9, "8x512": 0.9, "train 16x128": 0.9}
+FUSED_TARGETS = {"1x16": 0.5, "32x128": 0.85, "8x512": 0.85}  # model.fuse(), float32
+BF16_TARGETS = {"32x128": 0.45}  # model.fuse(torch.bfloat16), with a cosine to float32 >= 0.999
 
 
 def median_time(fn, repeats: int, warmup: int = 2) -> float:
@@ -68,19 +78,60 @@ def interleaved(fns: dict, repeats: int) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def inference_rows(ours, theirs, repeats: int, quick: bool):
+def onnx_session(theirs, directory: str):
+    """ONNX Runtime on transformers' model exported by torch.onnx.export (dynamic batch and length), or None."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    inputs = batch(theirs.config.vocab_size, 2, 16)
+    path = os.path.join(directory, "bert.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(theirs, tuple(inputs.values()), path, input_names=list(inputs), output_names=["last_hidden_state", "pooler_output"],
+                          dynamic_shapes=({0: "batch", 1: "length"},) * 3, dynamo=True, verbose=False)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def mean_pooled(hidden: torch.Tensor) -> torch.Tensor:
+    return hidden.float().mean(1)  # (B, H): every token is real in these batches
+
+
+def inference_rows(models: dict, session, repeats: int, quick: bool):
+    """Per case: seconds for each model (and ONNX Runtime), and bfloat16's lowest cosine to float32."""
     rows = []
     for size, length, n in ((1, 16, repeats * 10), (32, 128, repeats), (8, 512, max(3, repeats // 2))):
-        inputs = batch(ours.config.vocab_size, size, length)
+        inputs = batch(models["minipt"].config.vocab_size, size, length)
+        fns = {name: (lambda m=model: m(**inputs)) for name, model in models.items()}
+        if session is not None:
+            arrays = {name: value.numpy() for name, value in inputs.items()}
+            fns["onnxruntime"] = lambda: session.run(["last_hidden_state"], arrays)
         with torch.inference_mode():
-            t = interleaved({"minipt": lambda: ours(**inputs), "transformers": lambda: theirs(**inputs)}, 3 if quick else n)
-        rows.append((f"{size}x{length}", t["minipt"], t["transformers"], size * length))
+            t = interleaved(fns, 3 if quick else n)
+            cosine = torch.nn.functional.cosine_similarity(
+                mean_pooled(models["fused bf16"](**inputs).last_hidden_state), mean_pooled(models["minipt"](**inputs).last_hidden_state), dim=-1).min()
+        rows.append((f"{size}x{length}", t, size * length, float(cosine)))
     return rows
+
+
+def with_onednn_linears(model: torch.nn.Module) -> torch.nn.Module:
+    """Every nn.Linear of ``model`` computed by minipt.ops.onednn.linear (oneDNN's matmuls, forward and backward)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.forward = lambda x, m=module: onednn.linear(x, m.weight, m.bias)
+    return model
 
 
 def training_row(path, transformers, repeats: int, quick: bool):
     inputs = batch(30522, 16, 128)
-    models = {"minipt": BertModel.from_pretrained(path).train(), "transformers": transformers.BertModel.from_pretrained(str(path), attn_implementation="sdpa").train()}
+    models = {
+        "minipt": BertModel.from_pretrained(path).train(),
+        "minipt, oneDNN linears": with_onednn_linears(BertModel.from_pretrained(path).train()),
+        "transformers": transformers.BertModel.from_pretrained(str(path), attn_implementation="sdpa").train(),
+    }
     optimizers = {name: torch.optim.SGD(m.parameters(), lr=1e-4) for name, m in models.items()}
 
     def step(name):
@@ -93,7 +144,7 @@ def training_row(path, transformers, repeats: int, quick: bool):
         return run
 
     t = interleaved({name: step(name) for name in models}, 2 if quick else max(3, repeats // 2))
-    return ("train 16x128", t["minipt"], t["transformers"], 16 * 128)
+    return ("train 16x128", t, 16 * 128, None)
 
 
 def fresh_interpreter(code: str) -> str:
@@ -151,8 +202,11 @@ def loading_memory(path: Path, tiny: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=None, help="torch (and ONNX Runtime) threads; default: torch's choice")
     parser.add_argument("--quick", action="store_true", help="few repetitions: a smoke run, not numbers to report")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     transformers = import_transformers()
     if transformers is None:
         sys.exit("bench/bert.py compares with transformers: pip install transformers")
@@ -162,16 +216,30 @@ def main() -> None:
     theirs = transformers.BertModel.from_pretrained(str(path), attn_implementation="sdpa").eval()
     print(f"{MODEL} on {torch.get_num_threads()} CPU threads, torch {torch.__version__}, transformers {transformers.__version__}\n")
 
-    rows = inference_rows(ours, theirs, args.repeats, args.quick)
-    del ours, theirs
+    models = {"minipt": ours, "fused": ours.fuse(), "fused bf16": ours.fuse(torch.bfloat16), "transformers": theirs}
+    with tempfile.TemporaryDirectory() as directory:
+        session = onnx_session(theirs, directory)
+        rows = inference_rows(models, session, args.repeats, args.quick)
+    del ours, theirs, models, session
     gc.collect()
     rows.append(training_row(path, transformers, args.repeats, args.quick))
-    print("| case | minipt (ms) | transformers (ms) | minipt tokens/s | ratio | target |")
-    print("|---|---|---|---|---|---|")
-    for name, ours_s, theirs_s, tokens in rows:
-        ratio = ours_s / theirs_s
-        verdict = "met" if ratio <= TARGETS[name] else "missed"
-        print(f"| {name} | {ours_s * 1e3:.1f} | {theirs_s * 1e3:.1f} | {tokens / ours_s:,.0f} | {ratio:.2f} | <= {TARGETS[name]} ({verdict}) |")
+    systems = ["minipt", "fused", "fused bf16", "onnxruntime", "minipt, oneDNN linears"]
+    print("ms, and in brackets the ratio to transformers (sdpa, float32); targets: minipt "
+          + ", ".join(f"{k} <= {v}" for k, v in TARGETS.items()) + "; fused " + ", ".join(f"{k} <= {v}" for k, v in FUSED_TARGETS.items())
+          + "; fused bf16 " + ", ".join(f"{k} <= {v}" for k, v in BF16_TARGETS.items()) + "\n")
+    print("| case | transformers | " + " | ".join(systems) + " | bf16 cosine (min) | minipt tokens/s | targets |")
+    print("|---|---|" + "---|" * len(systems) + "---|---|---|")
+    for name, t, tokens, cosine in rows:
+        theirs_s = t["transformers"]
+        cells = [f"{t[s] * 1e3:.1f} ({t[s] / theirs_s:.2f})" if s in t else "-" for s in systems]
+        verdicts = [f"{system} {'met' if t[system] / theirs_s <= target[name] else 'missed'}"
+                    for system, target in (("minipt", TARGETS), ("fused", FUSED_TARGETS), ("fused bf16", BF16_TARGETS)) if name in target]
+        if "minipt, oneDNN linears" in t:
+            verdicts.append(f"oneDNN linears {'met' if t['minipt, oneDNN linears'] / theirs_s <= TARGETS[name] else 'missed'}")
+        if name in BF16_TARGETS and cosine is not None and cosine < 0.999:
+            verdicts.append("bf16 cosine missed")
+        print(f"| {name} | {theirs_s * 1e3:.1f} | " + " | ".join(cells) + f" | {'-' if cosine is None else f'{cosine:.5f}'} | "
+              f"{tokens / t['minipt']:,.0f} | {', '.join(verdicts)} |")
 
     imports = import_times(3 if args.quick else 5)
     print("\n| import (after `import torch`) | seconds |")

@@ -462,7 +462,8 @@ class Pretrained:
         """Write ``config.json`` and ``model.safetensors`` with the official key names."""
         if getattr(self, "fused", False):
             raise ConfigError(
-                f"a fused {type(self).__name__} has its BatchNorm folded into the convolutions and cannot be saved in the official format; "
+                f"a fused {type(self).__name__} is an inference copy (BatchNorm folded into convolutions, weights packed) "
+                "and cannot be saved in the official format; "
                 "save the model before fuse()"
             )
         directory = Path(directory)

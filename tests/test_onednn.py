@@ -43,8 +43,8 @@ def test_linear_matches_f_linear(fresh_probe, monkeypatch, switch, batch, inputs
         assert packed.packed is None and not onednn.available()
     expected = F.linear(x.double(), weight.double(), bias.double())
     added = other.double() + F.linear(x.double(), weight.double())
-    assert_close_as_torch(onednn.linear(x, packed, bias), F.linear(x, weight, bias), expected)
-    assert_close_as_torch(onednn.linear(x, packed), F.linear(x, weight), expected - bias.double())
+    assert_close_as_torch(onednn.linear_packed(x, packed, bias), F.linear(x, weight, bias), expected)
+    assert_close_as_torch(onednn.linear_packed(x, packed), F.linear(x, weight), expected - bias.double())
     assert_close_as_torch(onednn.linear_add(x, packed, other), torch.addmm(other, x, weight.t()), added)
 
 
@@ -52,10 +52,10 @@ def test_linear_matches_f_linear(fresh_probe, monkeypatch, switch, batch, inputs
 def test_probe_runs_once_and_lazily(fresh_probe, monkeypatch):
     assert onednn._probed == {}
     calls = []
-    real = onednn._probe
-    monkeypatch.setattr(onednn, "_probe", lambda: calls.append(1) or real())
+    real = onednn.probe
+    monkeypatch.setattr(onednn, "probe", lambda dtype=torch.float32: calls.append(1) or real(dtype))
     assert onednn.available() and onednn.available()
-    assert calls == [1] and onednn._probed == {"ok": True}
+    assert calls == [1] and onednn._probed == {torch.float32: True}
 
 
 def test_env_switch_turns_it_off_without_probing(fresh_probe, monkeypatch):
@@ -84,7 +84,7 @@ def test_probe_failure_selects_the_fallback(fresh_probe, monkeypatch, breakage):
     weight, x = torch.randn(5, 3), torch.randn(2, 3)
     packed = onednn.pack(weight, 2, 2)
     assert packed.packed is None
-    assert torch.equal(onednn.linear(x, packed), F.linear(x, weight))
+    assert torch.equal(onednn.linear_packed(x, packed), F.linear(x, weight))
 
 
 def test_no_packing_off_cpu_float32_or_below_min_rows(monkeypatch):

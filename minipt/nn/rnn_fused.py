@@ -109,7 +109,7 @@ class _LSTMLayer(torch.autograd.Function):
                 d_h_new, d_c_new = d_h_new * mask[t], d_c_new * mask[t]
             d_m = d_h_new if w_hr is None else d_h_new @ w_hr  # back through the projection, (B, H)
             d_gates, d_c = gates_backward(d_m, d_c_new, gates[t], c_prev[t])  # (B, 4H), (B, H)
-            d_h = onednn.linear(d_gates, w_hh_t)  # (B, P)
+            d_h = onednn.linear_packed(d_gates, w_hh_t)  # (B, P)
             if mask is not None:
                 d_h, d_c = d_h + d_h_keep, d_c + d_c_keep
             d_gates_all.append(d_gates), d_h_new_all.append(d_h_new)
@@ -127,7 +127,7 @@ def _gru_forward(x_proj: Tensor, h0: Tensor, w_hh: PackedWeight, b_hh: Optional[
     h = h0
     outputs, hidden_seen, h_seen = [], [], []
     for t in _order(x_proj.shape[0], reverse):
-        hidden = onednn.linear(h, w_hh, b_hh)  # W_h* h + b_h*, (B, 3H): b_hn stays inside r * (.)
+        hidden = onednn.linear_packed(h, w_hh, b_hh)  # W_h* h + b_h*, (B, 3H): b_hn stays inside r * (.)
         h_new = gates_fn(x_proj[t], hidden, h)  # (B, H)
         if keep:
             hidden_seen.append(hidden), h_seen.append(h)
@@ -216,7 +216,7 @@ class _RNNLayer(torch.autograd.Function):
                 d_keep = d_h * ~mask[t]
                 d_new = d_new * mask[t]
             d_pre = d_new * (h_new[t] > 0) if ctx.relu else d_new * (1 - h_new[t] * h_new[t])  # relu' or tanh'
-            d_h = onednn.linear(d_pre, w_hh_t)
+            d_h = onednn.linear_packed(d_pre, w_hh_t)
             if mask is not None:
                 d_h = d_h + d_keep
             d_pre_all.append(d_pre)
