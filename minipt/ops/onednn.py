@@ -11,7 +11,9 @@ private and may change or vanish in any torch release, so:
   give ``F.linear``'s answer on a tiny input. Any failure, or ``MINIPT_ONEDNN=0`` in the
   environment, selects the fallback;
 - ``pack`` returns a ``PackedWeight`` that holds the plain weight always and the oneDNN copy only
-  where it applies (CPU, float32, the probe passed, enough rows to pay for the packing);
+  where it applies (CPU, float32, the probe passed, enough rows to pay for the packing, and not
+  while torch.compile or torch.export traces: the ops have no shape-only implementation, and a
+  probe run on traced tensors would judge nothing, so a traced graph holds the fallback);
 - ``linear`` / ``linear_add`` compute ``x W^T + bias`` / ``other + x W^T`` with whichever is
   there, ``torch.addmm`` / ``F.linear`` otherwise: the same results to float32 rounding.
 
@@ -29,6 +31,8 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ..checks import tracing
 
 ENV_SWITCH = "MINIPT_ONEDNN"  # "0" turns the oneDNN path off (the fallback runs)
 MIN_ROWS = 64  # rows multiplied in all (steps x batch) below which packing costs more than it saves
@@ -67,7 +71,7 @@ class PackedWeight(NamedTuple):
 
 def pack(weight: Tensor, batch: int, rows: int) -> PackedWeight:
     """``weight`` (out, in) ready for products with (``batch``, in) matrices, ``rows`` rows in all."""
-    use = weight.device.type == "cpu" and weight.dtype == torch.float32 and rows >= MIN_ROWS and available()
+    use = weight.device.type == "cpu" and weight.dtype == torch.float32 and rows >= MIN_ROWS and not tracing() and available()
     packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), batch) if use else None
     return PackedWeight(weight, packed)
 
