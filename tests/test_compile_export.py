@@ -3,8 +3,11 @@
 Input validation must not break the graph: shape checks trace as they are,
 value checks are skipped while tracing (``minipt.checks``). Each model class
 found in minipt.models (tests/test_protocol.py) needs example inputs here.
+The recurrent layers (minipt.nn.LSTM, GRU, RNN) are tested on their own too,
+with gradients, and with oneDNN's packed matmul in reach of the trace.
 """
 
+import copy
 import warnings
 
 import pytest
@@ -12,6 +15,8 @@ import torch
 from torch.utils._pytree import tree_leaves
 
 import minipt.nn
+from helpers import assert_error_ratio
+from minipt.ops import onednn
 from test_protocol import TINY, _ids, _images, model_classes
 
 # class name -> example (args, kwargs); padded batches where the model takes a mask
@@ -78,3 +83,72 @@ def test_compile_fullgraph(name, backend):
         actual = compiled(*args, **kwargs)
     _assert_same(actual, expected)
     sum(leaf.float().sum() for leaf in tree_leaves(actual)).backward()  # the backward graph traces too
+
+
+# -- the recurrent layers ------------------------------------------------------------------------------
+LAYERS = {  # two layers, both directions
+    "LSTM": lambda: minipt.nn.LSTM(3, 5, num_layers=2, bidirectional=True),
+    "LSTM-proj": lambda: minipt.nn.LSTM(3, 5, num_layers=2, bidirectional=True, proj_size=2, batch_first=True),
+    "GRU": lambda: minipt.nn.GRU(3, 5, num_layers=2, bidirectional=True),
+    "RNN": lambda: minipt.nn.RNN(3, 5, num_layers=2, bidirectional=True, nonlinearity="relu"),
+}
+
+
+@pytest.fixture
+def onednn_unprobed(monkeypatch):
+    """oneDNN not probed yet and packing from the first row: in eager mode the fused backend would probe and
+    pack W_hh here, so a trace that did either (private ops without a shape-only implementation) shows."""
+    monkeypatch.setattr(onednn, "_probed", {})
+    monkeypatch.setattr(onednn, "MIN_ROWS", 0)
+    monkeypatch.delenv(onednn.ENV_SWITCH, raising=False)
+
+
+def _layer(kind, backend):
+    torch.manual_seed(0)
+    layer = LAYERS[kind]()
+    layer.backend = backend
+    return layer, torch.randn(4, 2, 3)  # (T, B, I); (B, T, I) for batch_first: the same shape here
+
+
+def _flat(result):
+    output, state = result
+    return [output, *(state if isinstance(state, tuple) else (state,))]
+
+
+def _grads(flat, cotangents, layer):
+    return list(torch.autograd.grad(sum((t * c).sum() for t, c in zip(flat, cotangents)), list(layer.parameters())))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", LAYERS)
+def test_rnn_layer_compile_fullgraph(kind, backend, onednn_unprobed):
+    """One graph with its backward; outputs and gradients as accurate as eager mode's, measured against float64
+    (eager "fused" may run oneDNN's matmul where the graph holds its fallback, and the "torch" LSTM traces
+    torch's decomposition of its kernel: the same function, summed in other orders)."""
+    torch._dynamo.reset()
+    layer, x = _layer(kind, backend)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        actual = _flat(torch.compile(layer, fullgraph=True, backend="aot_eager")(x))
+    assert onednn._probed == {}, "oneDNN was probed while tracing"
+    cotangents = [torch.randn_like(t) for t in actual]
+    actual_grads = _grads(actual, cotangents, layer)
+    expected = _flat(layer(x))
+    expected_grads = _grads(expected, cotangents, layer)
+    layer64 = copy.deepcopy(layer).double()
+    exact = _flat(layer64(x.double()))
+    exact_grads = _grads(exact, [c.double() for c in cotangents], layer64)
+    assert_error_ratio(actual, expected, exact, scale=1.0, what="outputs and final states")
+    assert_error_ratio(actual_grads, expected_grads, exact_grads, scale=1.0, what="parameter gradients")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", LAYERS)
+def test_rnn_layer_export(kind, backend, onednn_unprobed):
+    layer, x = _layer(kind, backend)
+    with torch.no_grad():
+        exported = torch.export.export(layer, (x,))
+        assert onednn._probed == {}, "oneDNN was probed while tracing"
+        actual = _flat(exported.module()(x))
+        expected, exact = _flat(layer(x)), _flat(copy.deepcopy(layer).double()(x.double()))
+    assert_error_ratio(actual, expected, exact, scale=1.0, what="outputs and final states")

@@ -152,7 +152,7 @@ def test_words_with_unknown_characters_are_refused(model, word, message):
 def test_bad_ids_are_named(model):
     with pytest.raises(InputError, match=r"letter_ids as integer ids \(B, T\), got shape \(5,\)"):
         model(torch.zeros(5, dtype=torch.long), torch.zeros(1, 2, dtype=torch.long))
-    with pytest.raises(InputError, match=r"phoneme_ids holds 74, outside the table of 74 entries \(valid: 0..73\)"):
+    with pytest.raises(InputError, match=r"phoneme_ids holds 74, outside the table of 74 entries \(valid: 0\.\.73\)"):
         model(torch.zeros(1, 5, dtype=torch.long), torch.full((1, 2), 74))
     with pytest.raises(InputError, match="2 letter sequences but 1 phoneme"):
         model(torch.zeros(2, 5, dtype=torch.long), torch.zeros(1, 2, dtype=torch.long))

@@ -27,6 +27,13 @@ Packed batches (``torch.nn.utils.rnn.PackedSequence``) run on ``math`` and ``fus
 as a padded batch in the packing's length-sorted order with a mask: a sequence that
 has ended keeps its state (forward direction), or has not started yet and still
 holds its initial state (backward direction). ``torch`` hands the packing to torch.
+
+torch.compile(fullgraph=True) and torch.export trace every backend on padded batches
+(tests/test_compile_export.py): ``math`` and ``fused`` are plain torch code (the fused
+path's autograd Functions are traced with their hand-written backward; oneDNN's
+private matmul stays out of traced graphs, ``minipt.ops.onednn``), and ``torch`` traces
+as torch decomposes its kernel, except for one torch bug worked around in
+``_lstm_kernel_cannot_be_traced``.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, _VF, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from ..checks import tracing
 from ..errors import ConfigError, InputError, KeyMismatchError
 from .backend import get_backend
 from .rnn_cells import math_layer
@@ -181,6 +189,8 @@ class _RNNBase(nn.Module):
         hx = self._initial_state(hx, data, x_shape[1], batched, sorted_indices)  # tuple of (L*D, B, *) tensors
 
         backend = get_backend(self.backend)
+        if backend == "torch" and self._lstm_kernel_cannot_be_traced(data):
+            backend = "math"
         if backend == "torch":
             out, final = self._torch_kernel(data, input.batch_sizes if packed else None, hx)  # packed in, packed out
         else:
@@ -233,6 +243,24 @@ class _RNNBase(nn.Module):
         else:
             result = kernel(x, batch_sizes, state, weights, *flags)
         return result[0], tuple(result[1:])
+
+    def _lstm_kernel_cannot_be_traced(self, x: Tensor) -> bool:
+        """Whether torch.compile is tracing an LSTM whose training graph torch cannot build.
+
+        While tracing, torch (2.13) replaces its LSTM kernel by a decomposition that takes oneDNN's
+        inference-only layer whenever the *input* does not require grad, even when the parameters do
+        (the usual case: an LSTM straight after the model's input). The training graph then fails
+        ("expected all tensors_saved_with_vc_check to be Tensors", pytorch/pytorch#185902). There the
+        ``torch`` backend traces the cells step by step (``math``), which is what torch's decomposition
+        does on its differentiable branch: the same equations, one cell per step.
+        """
+        return (
+            self.mode == "LSTM"
+            and tracing()
+            and torch.is_grad_enabled()
+            and not x.requires_grad
+            and any(p.requires_grad for p in self.parameters())
+        )
 
     def _input_shape_text(self) -> str:
         return f"(batch, seq_len, {self.input_size})" if self.batch_first else f"(seq_len, batch, {self.input_size})"

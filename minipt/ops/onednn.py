@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import tracing
 from ..errors import ConfigError, InputError
 
 # activation -> (oneDNN post-op name, its algorithm argument) and the plain-torch function
@@ -217,7 +218,7 @@ class PackedWeight(NamedTuple):
 
 def pack(weight: Tensor, batch: int, rows: int) -> PackedWeight:
     """``weight`` (out, in) ready for products with (``batch``, in) matrices, ``rows`` rows in all."""
-    use = weight.device.type == "cpu" and weight.dtype == torch.float32 and rows >= MIN_ROWS and available()
+    use = weight.device.type == "cpu" and weight.dtype == torch.float32 and rows >= MIN_ROWS and not tracing() and available()
     packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), batch) if use else None
     return PackedWeight(weight, packed)
 
