@@ -415,3 +415,31 @@ def test_cli_generate_streams_the_greedy_continuation(tmp_path, capsys):
     assert out == "hello world" + tokenizer.decode(expected) + "\n"
     assert main(["generate", "--model", str(tmp_path), "hello", "--top-p", "1.5"]) == 1
     assert "top_p must be in (0, 1]" in capsys.readouterr().err
+
+
+# -- fuse(): the inference copy on packed oneDNN matmuls --------------------------------
+def test_fused_model_computes_the_same_function(tmp_path):
+    import copy
+
+    from helpers import assert_error_ratio
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=64, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)).eval()
+    fused = model.fuse()
+    ids = torch.randint(0, 300, (2, 9))
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1, 1], [1] * 9])
+    with torch.no_grad():
+        exact = copy.deepcopy(model).double()(ids, mask).logits
+        assert_error_ratio(fused(ids, mask).logits, model(ids, mask).logits, exact, what="fused logits")
+        assert torch.equal(fused.generate(ids[1:], 12), model.generate(ids[1:], 12))
+        bf16 = model.fuse(torch.bfloat16)(ids, mask).logits.float()
+        assert torch.nn.functional.cosine_similarity(bf16.flatten(1), exact.float().flatten(1)).min() > 0.99
+    assert not any(p.requires_grad for p in fused.parameters())
+    with pytest.raises(ConfigError, match="inference copy"):
+        fused.train()
+    with pytest.raises(ConfigError, match="fused already"):
+        fused.fuse()
+    with pytest.raises(ConfigError, match="fused"):
+        fused.save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match="not torch.float16"):
+        model.fuse(torch.float16)

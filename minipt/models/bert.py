@@ -425,13 +425,6 @@ class BertForSequenceClassification(_BertPretrained):
 FUSED_BATCH_HINT = 128  # rows (batch x tokens) oneDNN chooses its weight layout for; any number runs
 
 
-def _onednn_activation(act: nn.Module) -> str | None:
-    """The name of the oneDNN post-op computing ``act``, or None for an activation oneDNN lacks."""
-    if isinstance(act, GELU):
-        return "gelu" if act.approximate == "none" else "gelu_tanh"
-    return {nn.ReLU: "relu", nn.Tanh: "tanh"}.get(type(act))
-
-
 class FusedBertLayer(nn.Module):
     """A ``BertLayer`` for inference (see ``fuse()``): the same function in four packed matmuls.
 
@@ -448,7 +441,7 @@ class FusedBertLayer(nn.Module):
         self.qkv = onednn.pack_linear(qkv_weight, qkv_bias, batch_hint=FUSED_BATCH_HINT)
         self.out_proj = onednn.pack_linear(attn.out_proj.weight, attn.out_proj.bias, batch_hint=FUSED_BATCH_HINT)
         self.attn_norm = layer.attn_norm
-        post_op = _onednn_activation(layer.act)
+        post_op = onednn.post_op(layer.act)
         self.ffn_up = onednn.pack_linear(layer.ffn_up.weight, layer.ffn_up.bias, post_op, batch_hint=FUSED_BATCH_HINT)
         self.act = nn.Identity() if post_op is not None else layer.act  # an activation oneDNN lacks runs after the matmul
         self.ffn_down = onednn.pack_linear(layer.ffn_down.weight, layer.ffn_down.bias, batch_hint=FUSED_BATCH_HINT)
@@ -469,8 +462,8 @@ def _fuse_children(module: nn.Module) -> None:
     """Replace, inside ``module``, each BertLayer by a FusedBertLayer and each other Linear by a packed one."""
     if isinstance(module, _BertPretrained):
         module.fused = True
-    if isinstance(module, MaskedLMHead) and _onednn_activation(module.act) is not None:
-        module.dense = onednn.pack_linear(module.dense.weight, module.dense.bias, _onednn_activation(module.act), batch_hint=FUSED_BATCH_HINT)
+    if isinstance(module, MaskedLMHead) and onednn.post_op(module.act) is not None:
+        module.dense = onednn.pack_linear(module.dense.weight, module.dense.bias, onednn.post_op(module.act), batch_hint=FUSED_BATCH_HINT)
         module.act = nn.Identity()  # now inside the dense layer's matmul
     for name, child in module.named_children():
         if isinstance(child, BertLayer):

@@ -101,6 +101,13 @@ def available(dtype: torch.dtype = torch.float32) -> bool:
     return _probed[dtype]
 
 
+def post_op(act: nn.Module) -> str | None:
+    """The ``ACTIVATIONS`` name that computes the module ``act`` as a post-op, or None where oneDNN has none."""
+    if type(act).__name__ == "GELU":  # minipt.nn.GELU (not imported here: minipt.nn imports minipt.ops)
+        return "gelu" if act.approximate == "none" else "gelu_tanh"
+    return {nn.ReLU: "relu", nn.Tanh: "tanh"}.get(type(act))
+
+
 class PackedLinear(nn.Module):
     """``act(x @ W^T + b)`` (or ``x @ W^T + b + residual``) on a weight packed for oneDNN, or on plain
     torch where oneDNN is not available. Built by ``pack_linear``; holds no parameters."""
