@@ -184,7 +184,7 @@ def layer_diff(report: Sequence[tuple[str, float]], tolerance: float = 1e-5, *, 
         raise InputError(f"differences must be finite and non-negative, got {diffs}")
     positive = [d for d in diffs if d > 0]
     floor = min(positive + [tolerance]) / 10
-    fig = _figure(max(4.0, 0.6 * len(rows) + 1.5), 3.2)
+    fig = _figure(min(16.0, max(4.0, 0.6 * len(rows) + 1.5)), 4.2 if len(rows) > 20 else 3.2)  # many places: narrow, labels upright
     ax = fig.subplots()
     x = range(len(rows))
     ax.plot(x, [max(d, floor) for d in diffs], color="tab:blue", linewidth=1, zorder=1)
@@ -196,7 +196,8 @@ def layer_diff(report: Sequence[tuple[str, float]], tolerance: float = 1e-5, *, 
     ax.axhline(tolerance, color="tab:red", linestyle="--", linewidth=1, label=f"tolerance {tolerance:g}")
     ax.set_yscale("log")
     ax.set_ylim(floor / 2, max(diffs + [tolerance]) * 5)
-    ax.set_xticks(list(x), places, rotation=45 if len(rows) > 6 else 0, ha="right" if len(rows) > 6 else "center", fontsize=8)
+    rotation = 0 if len(rows) <= 6 else 45 if len(rows) <= 20 else 90
+    ax.set_xticks(list(x), places, rotation=rotation, ha="right" if rotation == 45 else "center", fontsize=8 if len(rows) <= 20 else 7)
     ax.set_ylabel(ylabel)
     exact = f", {len(zeros)} exactly equal" if zeros else ""
     ax.set_title(title or f"{sum(above)} of {len(rows)} places above the tolerance{exact}", fontsize=10)
