@@ -11,7 +11,6 @@ through the key map at the bottom of this file.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -180,9 +179,8 @@ ENCODER_FIELDS = {
 UNDER_BERT = {name: "bert." + where if isinstance(where, str) else ("bert." + where[0], where[1]) for name, where in ENCODER_FIELDS.items()}
 
 
-class _BertPretrained(Pretrained, nn.Module):
+class _BertPretrained(Pretrained, onednn.PackedInference, nn.Module):
     config_class = BertConfig
-    fused = False  # True for the inference copy fuse() returns
 
     def set_backend(self, name: str | None) -> None:
         """Run this model's attention, LayerNorm and GELU on ``"math"``, ``"torch"`` or ``"fused"`` (None: the global choice)."""
@@ -201,18 +199,9 @@ class _BertPretrained(Pretrained, nn.Module):
 
             fast = BertModel.from_pretrained("all-MiniLM-L6-v2").fuse()   # or .fuse(torch.bfloat16)
         """
-        if dtype not in onednn.DTYPES:
-            raise ConfigError(f"fuse() computes in {' or '.join(map(str, onednn.DTYPES))}, not {dtype}")
-        if self.fused:
-            raise ConfigError(f"this {type(self).__name__} is fused already; call fuse() on the model it came from")
-        fused = copy.deepcopy(self).eval().requires_grad_(False).to(dtype)
+        fused = self.inference_copy(dtype)
         _fuse_children(fused)
         return fused
-
-    def train(self, mode: bool = True) -> "_BertPretrained":
-        if mode and self.fused:
-            raise ConfigError(f"a fused {type(self).__name__} is an inference copy (packed weights, no gradients); train the model before fuse()")
-        return super().train(mode)
 
     @torch.no_grad()
     def init_weights(self, module: nn.Module) -> None:
@@ -461,7 +450,7 @@ class FusedBertLayer(nn.Module):
 def _fuse_children(module: nn.Module) -> None:
     """Replace, inside ``module``, each BertLayer by a FusedBertLayer and each other Linear by a packed one."""
     if isinstance(module, _BertPretrained):
-        module.fused = True
+        module.fused = True  # the BertModel inside a head too
     if isinstance(module, MaskedLMHead) and onednn.post_op(module.act) is not None:
         module.dense = onednn.pack_linear(module.dense.weight, module.dense.bias, onednn.post_op(module.act), batch_hint=FUSED_BATCH_HINT)
         module.act = nn.Identity()  # now inside the dense layer's matmul

@@ -15,7 +15,6 @@ a ``transformer.`` prefix) through the key map at the bottom of this file.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -198,9 +197,8 @@ STACK_FIELDS = {
 }
 
 
-class _GPT2Pretrained(Pretrained, nn.Module):
+class _GPT2Pretrained(Pretrained, onednn.PackedInference, nn.Module):
     config_class = GPT2Config
-    fused = False  # True for the inference copy fuse() returns
 
     def set_backend(self, name: str | None) -> None:
         """Run this model's attention, LayerNorm and GELU on ``"math"``, ``"torch"`` or ``"fused"`` (None: the global choice)."""
@@ -215,11 +213,7 @@ class _GPT2Pretrained(Pretrained, nn.Module):
         one token reads every weight once, and the packed matmuls read them faster than ``F.linear``
         (bench/gpt2.py). The copy refuses ``train()`` and ``save_pretrained()``.
         """
-        if dtype not in onednn.DTYPES:
-            raise ConfigError(f"fuse() computes in {' or '.join(map(str, onednn.DTYPES))}, not {dtype}")
-        if self.fused:
-            raise ConfigError(f"this {type(self).__name__} is fused already; call fuse() on the model it came from")
-        fused = copy.deepcopy(self).eval().requires_grad_(False).to(dtype)
+        fused = self.inference_copy(dtype)
         for block in fused.modules():
             if isinstance(block, GPT2Block) and onednn.post_op(block.act) is not None:
                 block.ffn_up = onednn.pack_linear(block.ffn_up.weight, block.ffn_up.bias, onednn.post_op(block.act), batch_hint=1)
@@ -228,13 +222,7 @@ class _GPT2Pretrained(Pretrained, nn.Module):
             for name, child in module.named_children():
                 if isinstance(child, nn.Linear):
                     setattr(module, name, onednn.pack_linear(child.weight, child.bias, batch_hint=1))  # decoding: one row
-        fused.fused = True
         return fused
-
-    def train(self, mode: bool = True) -> "_GPT2Pretrained":
-        if mode and self.fused:
-            raise ConfigError(f"a fused {type(self).__name__} is an inference copy (packed weights, no gradients); train the model before fuse()")
-        return super().train(mode)
 
     @torch.no_grad()
     def init_weights(self, module: nn.Module) -> None:
