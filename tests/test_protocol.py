@@ -239,3 +239,27 @@ def test_missing_batch_counts_take_the_declared_default(tmp_path):
     counts = [m.num_batches_tracked for m in reloaded.modules() if isinstance(m, nn.BatchNorm2d)]
     assert counts and all(int(c) == 0 for c in counts)
     assert len({c.data_ptr() for c in counts}) == len(counts)  # each layer counts on its own
+
+
+@pytest.mark.parametrize(
+    "index, message",
+    [
+        ("{not json", "is not a readable index of weight files"),
+        ('{"metadata": {}}', r"is not a readable index of weight files .*KeyError"),
+        ('{"weight_map": {"a": "../outside.safetensors"}}', "weight_map must name files in"),
+        ('{"weight_map": {}}', "weight_map must name files in"),
+    ],
+)
+def test_damaged_safetensors_index(index, message, tmp_path):
+    directory = TINY["BertModel"][0]().save_pretrained(tmp_path)
+    (directory / "model.safetensors").rename(directory / "model-00001-of-00001.safetensors")
+    (directory / "model.safetensors.index.json").write_text(index)
+    with pytest.raises(CheckpointError, match=message):
+        BertModel.from_pretrained(directory)
+
+
+def test_modules_json_entries_without_a_type(tmp_path):
+    directory = _sentence_encoder().save_pretrained(tmp_path)
+    (directory / "modules.json").write_text('[{"path": "1_Pooling"}]')
+    with pytest.raises(ConfigError, match="modules.json must be a list of objects with a 'type' and a 'path'"):
+        SentenceEncoder.from_pretrained(directory)
