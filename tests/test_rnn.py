@@ -38,6 +38,8 @@ from minipt.nn.rnn_cells import gru_cell, lstm_cell, math_layer, rnn_cell
 from minipt.nn.rnn_fused import _GRULayer, _LSTMLayer, _RNNLayer, fused_layer
 from helpers import ATOL, assert_error_ratio, max_diff, rel_diff
 from minipt.ops import onednn
+from minipt.ops._gru_gates import gru_gates_reference
+from minipt.ops._lstm_gates import lstm_gates_reference
 
 BACKENDS = ["math", "torch", "fused", "fused-onednn", "fused-fallback"]  # the last two: matmuls(backend)
 KINDS = ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"]
@@ -210,7 +212,7 @@ def fused_and_math_cells(case):
 @settings(max_examples=40, deadline=None)
 @given(configs())
 def test_fused_path_equals_math_cells(case):
-    """The check that the equations in rnn_cells.py and the fast path (minipt.ops' gate math) agree."""
+    """The fast path (one matmul for all inputs, a hand-written backward) against the math cells."""
     outputs, grads = fused_and_math_cells(case)
     assert_error_ratio(*outputs, what="fused path against the math cells: outputs and final states", **GATES)
     assert_error_ratio(*grads, what="fused path against the math cells: gradients", **GATES)
@@ -242,6 +244,41 @@ def test_an_edited_cell_is_caught(kind, monkeypatch):
     outputs, grads = fused_and_math_cells(case)
     with pytest.raises(AssertionError, match="error"):
         assert_error_ratio(*outputs, **GATES)
+    with pytest.raises(AssertionError, match="error"):
+        assert_error_ratio(*grads, **GATES)
+
+
+def _forget_bias_lstm(gates, c):
+    """The LSTM gate equations with a forget-gate bias of 1 added (an edit people make)."""
+    H = c.shape[1]
+    return lstm_gates_reference(gates + torch.cat([torch.zeros(H), torch.ones(H), torch.zeros(2 * H)]).to(gates.dtype), c)
+
+
+def _update_bias_gru(gi, gh, h):
+    """The GRU gate equations with a bias of 1 added to the update gate."""
+    H = h.shape[1]
+    return gru_gates_reference(gi + torch.cat([torch.zeros(H), torch.ones(H), torch.zeros(H)]).to(gi.dtype), gh, h)
+
+
+EDITED_GATE_MATH = {"LSTM": ("lstm_gates_reference", _forget_bias_lstm), "GRU": ("gru_gates_reference", _update_bias_gru)}
+
+
+@pytest.mark.parametrize("kind", EDITED_GATE_MATH)
+def test_an_edit_of_the_gate_equations_reaches_both_paths(kind, monkeypatch):
+    """The gate equations are written once (the ops' reference, which the math cells and the fast
+    path both call): an edit there changes both paths' outputs alike, and the fast path's hand-written
+    backward, not edited with it, is caught by the gradient comparison."""
+    config = dict(input_size=3, hidden_size=4, num_layers=1, bias=True, batch_first=False, bidirectional=False)
+    case = (kind, config, "batched", 2, 3, None, False, "fused")
+    name, edited = EDITED_GATE_MATH[kind]
+    torch.manual_seed(0)
+    (unedited, *_), _ = fused_and_math_cells(case)
+    for module in (rnn_cells, rnn_fused):  # where each path looks the reference up
+        monkeypatch.setattr(module, name, edited)
+    torch.manual_seed(0)
+    outputs, grads = fused_and_math_cells(case)
+    assert_error_ratio(*outputs, what="both paths run the edited equations", **GATES)
+    assert max_diff(outputs[0], unedited) > 1e-2, "the edit changed nothing"
     with pytest.raises(AssertionError, match="error"):
         assert_error_ratio(*grads, **GATES)
 

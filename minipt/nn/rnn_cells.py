@@ -20,18 +20,24 @@ sigmoid (the equations of torch.nn's documentation):
 The gate blocks are stacked in that order in torch.nn's parameters
 (``weight_ih_l0`` is ``[W_ii; W_if; W_ig; W_io]``), and each gate has two biases.
 
+Each equation is written once. The LSTM and GRU gate math (everything after the matrix
+multiplies) is the reference of minipt's fused op, ``lstm_gates_reference`` /
+``gru_gates_reference`` in minipt/ops/_lstm_gates.py and _gru_gates.py; the cells below do
+the matrix multiplies and call it, and so does the fast path. Changing an equation means
+editing that reference; then the op's hand-written backward (same file) and its Triton
+kernels must follow, which the tests enforce: ``tests/test_rnn.py::
+test_fused_path_equals_math_cells`` compares the fast path's gradients with autograd's
+through these cells, and the interpreter tests compare the kernels with the reference.
+
 Who runs what (``minipt.nn.backend``):
 
 - ``"math"``: these cells, one call per step (``math_layer`` below); autograd
-  differentiates them. This file is the specification.
-- ``"fused"``: ``minipt.nn.rnn_fused``, whose gate math is ``minipt.ops.lstm_gates`` /
-  ``gru_gates`` (minipt/ops/_lstm_gates.py, _gru_gates.py: the plain-torch
-  reference, and the Triton kernels on CUDA).
-- ``"torch"``: torch's own recurrent kernel (``torch._VF.lstm`` ...), on the same parameters.
-
-A change to an equation here that is not made in minipt.ops too is caught by
-``tests/test_rnn.py::test_fused_path_equals_math_cells`` (outputs, states and every
-gradient), and each of the three against torch.nn by ``test_matches_torch_nn``.
+  differentiates them.
+- ``"fused"``: ``minipt.nn.rnn_fused``: all input projections in one matmul, then per step
+  one matmul with W_hh and the same gate math (the Triton kernels on CUDA), with a
+  hand-written backward through time.
+- ``"torch"``: torch's own recurrent kernel (``torch._VF.lstm`` ...), on the same parameters,
+  compared with both by ``test_matches_torch_nn``.
 """
 
 from __future__ import annotations
@@ -42,45 +48,38 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..ops._gru_gates import gru_gates_reference
+from ..ops._lstm_gates import lstm_gates_reference
 from .tap import tap
 
 
 def rnn_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], nonlinearity: str = "tanh") -> Tensor:
-    """One Elman RNN step. Runs on the ``"math"`` backend; the ``"fused"`` path writes the same
-    ``tanh``/``relu`` in ``rnn_fused._rnn_forward``. Disagreement: ``test_fused_path_equals_math_cells``."""
+    """One Elman RNN step on the ``"math"`` backend."""
     pre = F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh)  # (B, H)
+    return rnn_nonlinearity(pre, nonlinearity)
+
+
+def rnn_nonlinearity(pre: Tensor, nonlinearity: str) -> Tensor:
+    """The Elman RNN's activation of ``W_ih x + b_ih + W_hh h + b_hh`` (both backends call it)."""
     return torch.tanh(pre) if nonlinearity == "tanh" else torch.relu(pre)
 
 
 def lstm_cell(
     x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor] = None
 ) -> Tuple[Tensor, Tensor]:
-    """One LSTM step, ``(h', c')``. Runs on the ``"math"`` backend; the ``"fused"`` path computes the
-    gate math after the matrix multiplies with ``minipt.ops.lstm_gates``. Disagreement:
-    ``tests/test_rnn.py::test_fused_path_equals_math_cells``."""
+    """One LSTM step on the ``"math"`` backend, ``(h', c')``."""
     gates = F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh)  # (B, 4H), blocks i, f, g, o
-    i, f, g, o = gates.chunk(4, dim=1)
-    i = torch.sigmoid(i)  # input gate
-    f = torch.sigmoid(f)  # forget gate
-    g = torch.tanh(g)  # cell candidate
-    o = torch.sigmoid(o)  # output gate
-    c = f * c + i * g
-    h = o * torch.tanh(c)  # (B, H)
+    h, c = lstm_gates_reference(gates, c)  # the gate equations above, (B, H) each
     if w_hr is not None:
         h = F.linear(h, w_hr)  # projection (B, H) -> (B, P)
     return h, c
 
 
 def gru_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor]) -> Tensor:
-    """One GRU step. Runs on the ``"math"`` backend; the ``"fused"`` path computes the gate math
-    after the matrix multiplies with ``minipt.ops.gru_gates``. Disagreement:
-    ``tests/test_rnn.py::test_fused_path_equals_math_cells``."""
-    x_r, x_z, x_n = F.linear(x, w_ih, b_ih).chunk(3, dim=1)  # W_i* x + b_i*, each (B, H)
-    h_r, h_z, h_n = F.linear(h, w_hh, b_hh).chunk(3, dim=1)  # W_h* h + b_h*, each (B, H)
-    r = torch.sigmoid(x_r + h_r)  # reset gate
-    z = torch.sigmoid(x_z + h_z)  # update gate
-    n = torch.tanh(x_n + r * h_n)  # new gate: r scales W_hn h + b_hn, as torch.nn does
-    return (1 - z) * n + z * h
+    """One GRU step on the ``"math"`` backend."""
+    gi = F.linear(x, w_ih, b_ih)  # W_i* x + b_i*, (B, 3H), blocks r, z, n
+    gh = F.linear(h, w_hh, b_hh)  # W_h* h + b_h*
+    return gru_gates_reference(gi, gh, h)  # the gate equations above, (B, H)
 
 
 def math_layer(

@@ -13,7 +13,7 @@ Per layer and direction:
    the op's backward (``minipt::lstm_gates_backward``) and one matrix multiply with W_hh; the
    weight gradient is one matrix multiply over all steps.
 
-The Elman RNN has no op: its nonlinearity (tanh or relu) is written here.
+The Elman RNN has no op: its nonlinearity is ``rnn_cells.rnn_nonlinearity``, as the math cell's.
 
 ``tests/test_rnn.py::test_fused_path_equals_math_cells`` compares this path with the cells
 (forward and every gradient), ``test_gradcheck_layer`` checks the hand-written backward in
@@ -32,6 +32,7 @@ from ..ops import onednn
 from ..ops._gru_gates import gru_gates_backward_reference, gru_gates_reference
 from ..ops._lstm_gates import lstm_gates_backward_reference, lstm_gates_reference
 from ..ops.onednn import PackedWeight
+from .rnn_cells import rnn_nonlinearity
 
 
 def _lstm_gate_math(device: torch.device):
@@ -181,7 +182,7 @@ def _rnn_forward(x_proj: Tensor, h0: Tensor, w_hh: PackedWeight, relu: bool, mas
     outputs, new_seen, h_seen = [], [], []
     for t in _order(x_proj.shape[0], reverse):
         pre = onednn.linear_add(h, w_hh, x_proj[t])  # W_ih x + b_ih + b_hh + W_hh h, (B, H)
-        h_new = torch.relu(pre) if relu else torch.tanh(pre)
+        h_new = rnn_nonlinearity(pre, "relu" if relu else "tanh")
         if keep:
             new_seen.append(h_new), h_seen.append(h)
         if mask is not None:

@@ -21,6 +21,8 @@ from ._reference_math import tanh
 
 
 def gru_gates_reference(gi, gh, h):
+    """The GRU's gate equations, written once: the ``"math"`` cells (minipt.nn.rnn_cells) and the
+    fast path run this; the backward below and the Triton kernels must follow it (tested)."""
     compute = torch.promote_types(h.dtype, torch.float32)
     gi_r, gi_z, gi_n = gi.to(compute).chunk(3, dim=1)  # each (B, H)
     gh_r, gh_z, gh_n = gh.to(compute).chunk(3, dim=1)

@@ -23,10 +23,13 @@ from ._reference_math import tanh
 
 
 def lstm_gates_reference(gates, c):
+    """The LSTM's gate equations, written once: the ``"math"`` cells (minipt.nn.rnn_cells) and the
+    fast path run this; the backward below and the Triton kernels must follow it (tested)."""
     compute = torch.promote_types(gates.dtype, torch.float32)
     i, f, g, o = gates.to(compute).chunk(4, dim=1)  # each (B, H)
-    c_new = torch.sigmoid(f) * c.to(compute) + torch.sigmoid(i) * tanh(g)
-    h_new = torch.sigmoid(o) * tanh(c_new)
+    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), tanh(g), torch.sigmoid(o)  # input, forget gates; cell candidate; output gate
+    c_new = f * c.to(compute) + i * g
+    h_new = o * tanh(c_new)
     return h_new.to(c.dtype), c_new.to(c.dtype)
 
 
