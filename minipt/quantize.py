@@ -11,9 +11,9 @@ the separate ``torchao`` package. minipt keeps to torch alone, so this is the
 one place that calls it and silences its deprecation warnings; when torch
 drops it, this module is where torchao's ``quantize_`` would go.
 
-minipt's LSTM is a state-dict drop-in for ``torch.nn.LSTM``; to quantise it,
-each one is swapped for a ``torch.nn.LSTM`` holding the same tensors, which
-torch's dynamic int8 LSTM then replaces.
+minipt's Linear and LSTM are state-dict drop-ins for ``torch.nn.Linear`` and
+``torch.nn.LSTM``; to quantise them, each one is swapped for the torch.nn
+module holding the same tensors, which torch's dynamic int8 module then replaces.
 
 A quantised model is for inference only: ``minipt.transfer`` and
 ``minipt.train.fit`` refuse to train it.
@@ -39,6 +39,7 @@ def quantize_int8(model: nn.Module, *, lstm: bool = True) -> nn.Module:
         raise InputError("dynamic int8 quantisation starts from float32 weights: call model.float() first")
     quantized = copy.deepcopy(model).eval()
     kinds = {nn.Linear}
+    _swap_linears(quantized)
     if lstm:
         _swap_lstms(quantized)
         kinds.add(nn.LSTM)
@@ -59,6 +60,17 @@ def _swap_lstms(model: nn.Module) -> None:
             twin.load_state_dict(module.state_dict())  # same names and layout: a drop-in
             parent, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, attr, twin.eval())
+
+
+def _swap_linears(model: nn.Module) -> None:
+    from .nn import Linear
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, Linear):
+            twin = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device="meta")
+            twin.weight, twin.bias = module.weight, module.bias  # the same tensors (a tied weight stays tied)
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, attr, twin)
 
 
 def size_bytes(model: nn.Module) -> int:

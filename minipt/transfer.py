@@ -200,7 +200,9 @@ def reset_classifier(model: nn.Module, num_classes: int | None = None, **config_
         config_fields["id2label"] = None  # the old head's label names do not describe the new one
     config = config.replace(**config_fields)
     old = _module(model, path)
-    new = nn.Linear(old.in_features, getattr(config, size_field), bias=old.bias is not None, device=old.weight.device, dtype=old.weight.dtype)
+    new = type(old)(old.in_features, getattr(config, size_field), bias=old.bias is not None, device=old.weight.device, dtype=old.weight.dtype)  # minipt's Linear keeps its backend
+    if hasattr(old, "backend"):
+        new.backend = old.backend
     if hasattr(model, "init_weights"):
         model.init_weights(new)
     parent, _, attr = path.rpartition(".")

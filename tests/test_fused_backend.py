@@ -12,11 +12,13 @@ import torch
 import torch.nn.functional as F
 
 import minipt.ops as ops
+from helpers import assert_error_ratio
+from minipt.ops import onednn
 from bert_reference import minilm_path
 from minipt import Tokenizer
 from minipt.errors import ConfigError
 from minipt.models.bert import BertModel
-from minipt.nn import (GELU, LayerNorm, MultiHeadAttention, attention_bias, get_backend, linear_then_activation,
+from minipt.nn import (GELU, LayerNorm, Linear, MultiHeadAttention, attention_bias, get_backend, linear_then_activation,
                        scaled_dot_product_attention, set_backend, use_backend)
 
 
@@ -46,6 +48,45 @@ def test_fused_blocks_equal_math():
             expected = run()
         with use_backend("fused"):
             assert torch.allclose(run(), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("add_bias", [True, False])
+def test_linear_follows_the_backend(add_bias):
+    """minipt's Linear is torch.nn.Linear on "math"/"torch"; on "fused", float32 CPU products run
+    oneDNN's matmul forward and backward (when the probe passes), the same function within
+    torch's own float32 error against float64."""
+    torch.manual_seed(0)
+    linear = Linear(33, 17)
+    assert isinstance(linear, torch.nn.Linear) and list(linear.state_dict()) == ["weight", "bias"]
+    x = torch.randn(2, 5, 33, requires_grad=True)
+    cotangent = torch.randn(2, 5, 17)
+
+    def run(backend, dtype=torch.float32):
+        module, inputs = copy.deepcopy(linear).to(dtype), x.detach().to(dtype).requires_grad_()
+        set_backend(backend, module=module)
+        out = module(inputs, add_bias=add_bias)
+        grads = torch.autograd.grad(out, [inputs, module.weight, module.bias] if add_bias else [inputs, module.weight], cotangent.to(dtype))
+        return out, grads
+
+    with torch.no_grad():
+        expected = F.linear(x, linear.weight, linear.bias if add_bias else None)
+    plain, plain_grads = run("torch")
+    assert torch.equal(plain, expected) and plain.grad_fn is not None and "OneDNN" not in type(plain.grad_fn).__name__
+    fused, fused_grads = run("fused")
+    if onednn.available():
+        assert type(fused.grad_fn).__name__ == "_OneDNNLinearBackward"
+    exact, exact_grads = run("fused", torch.float64)  # float64 multiplies on F.linear
+    assert_error_ratio(fused, plain, exact, what="Linear on fused: output")
+    assert_error_ratio(list(fused_grads), list(plain_grads), list(exact_grads), what="Linear on fused: gradients")
+
+
+def test_linear_on_fused_traces_as_f_linear():
+    """While torch.compile traces, the fused Linear is F.linear (no private op in the graph)."""
+    linear = Linear(8, 4)
+    set_backend("fused", module=linear)
+    x = torch.randn(3, 8)
+    compiled = torch.compile(linear, fullgraph=True, backend="eager")
+    assert torch.allclose(compiled(x), F.linear(x, linear.weight, linear.bias), atol=1e-6)
 
 
 def test_fused_attention_uses_the_op_for_padding_masks_only(monkeypatch):

@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+import minipt.nn
+
 from minipt.errors import InputError
 from minipt.models.bert import BertConfig, BertForSequenceClassification
 from minipt.models.char_lm import CharLM, CharLMConfig
@@ -17,7 +19,7 @@ def test_bert_linear_layers():
     model = BertForSequenceClassification(BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256, num_labels=3)).eval()
     quantized = quantize_int8(model)
     assert type(quantized.bert.layers[0].ffn_up).__name__ == "Linear" and type(quantized.bert.layers[0].ffn_up).__module__.startswith("torch.ao.nn.quantized")
-    assert type(model.bert.layers[0].ffn_up) is torch.nn.Linear  # the original is untouched
+    assert type(model.bert.layers[0].ffn_up) is minipt.nn.Linear  # the original is untouched
     ids = torch.randint(0, 100, (2, 12))
     with torch.no_grad():
         assert _relative_error(quantized(ids).logits, model(ids).logits) < 0.1

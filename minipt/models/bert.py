@@ -22,7 +22,7 @@ from ..checks import check_ids
 from ..config import Config, count, epsilon, flag, minipt_only, one_of, probability, real, require, token_id
 from ..errors import ConfigError, InputError
 from ..keymap import KeyMap
-from ..nn import (GELU, LayerNorm, MultiHeadAttention, activation, attention_bias, linear_then_activation,
+from ..nn import (GELU, LayerNorm, Linear, MultiHeadAttention, activation, attention_bias, linear_then_activation,
                   scaled_dot_product_attention, set_backend)
 from ..nn.backend import check_backend
 from ..nn.layers import ACTIVATIONS
@@ -142,9 +142,9 @@ class BertLayer(nn.Module):
         super().__init__()
         self.attn = MultiHeadAttention(config.hidden_size, config.num_attention_heads, dropout=config.attention_probs_dropout_prob)
         self.attn_norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.ffn_up = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.ffn_up = Linear(config.hidden_size, config.intermediate_size)
         self.act = activation(config.hidden_act)
-        self.ffn_down = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.ffn_down = Linear(config.intermediate_size, config.hidden_size)
         self.ffn_norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
@@ -161,7 +161,7 @@ class BertPooler(nn.Module):
 
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = Linear(config.hidden_size, config.hidden_size)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.dense(hidden[:, 0]))  # (B, H)
@@ -300,10 +300,10 @@ class MaskedLMHead(nn.Module):
 
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = Linear(config.hidden_size, config.hidden_size)
         self.act = activation(config.hidden_act)
         self.norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+        self.decoder = Linear(config.hidden_size, config.vocab_size)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.norm(self.act(self.dense(hidden))))  # (B, T, vocab)
@@ -379,7 +379,7 @@ class BertForSequenceClassification(_BertPretrained):
             raise ConfigError("sequence classification needs the pooler, and the checkpoint has none")
         dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.classifier = Linear(config.hidden_size, config.num_labels)
         self.apply(self.init_weights)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False, output_attentions=False):

@@ -26,7 +26,7 @@ from ..checks import check_ids
 from ..config import Config, count, probability, require
 from ..errors import InputError
 from ..keymap import KeyMap
-from ..nn import LSTM
+from ..nn import LSTM, Linear
 
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (num_layers, B, hidden_size)
 
@@ -68,7 +68,7 @@ class CharLM(Pretrained, nn.Module):
             batch_first=True,
         )
         self.dropout = nn.Dropout(config.dropout)
-        self.head = nn.Linear(config.hidden_size, config.vocab_size)
+        self.head = Linear(config.hidden_size, config.vocab_size)
 
     def forward(self, ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """Next-byte logits (B, T, vocab) for byte ids (B, T), and the LSTM state after the last step."""

@@ -31,7 +31,7 @@ from ..checkpoint import Checkpoint, Pretrained
 from ..config import Config, count, require, text
 from ..errors import InputError
 from ..keymap import KeyMap
-from ..nn import LSTM
+from ..nn import LSTM, Linear
 
 # EasyOCR's English character set, in the order of the classifier's outputs 1..96
 # (output 0 is the CTC blank): digits, ASCII punctuation, space, euro sign, letters.
@@ -99,7 +99,7 @@ class BidirectionalLSTM(nn.Module):
     def __init__(self, in_size: int, hidden_size: int, out_size: int):
         super().__init__()
         self.lstm = LSTM(in_size, hidden_size, bidirectional=True, batch_first=True)
-        self.proj = nn.Linear(2 * hidden_size, out_size)
+        self.proj = Linear(2 * hidden_size, out_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, in)
         hidden, _ = self.lstm(x)  # (B, T, 2 * hidden): forward and backward halves
@@ -127,7 +127,7 @@ class CRNN(Pretrained, nn.Module):
             BidirectionalLSTM(width, hidden, hidden),
             BidirectionalLSTM(hidden, hidden, hidden),
         )
-        self.classifier = nn.Linear(hidden, config.num_classes)
+        self.classifier = Linear(hidden, config.num_classes)
 
     def check_input(self, images: torch.Tensor) -> None:
         c = self.config

@@ -35,6 +35,7 @@ from ..checkpoint import Checkpoint, Pretrained, load_weights, model_keys
 from ..config import Config, count, epsilon, probability, real, require
 from ..errors import ConfigError, KeyMismatchError
 from ..keymap import KeyMap
+from ..nn import Linear
 from ..vision import check_images, image_batch
 
 
@@ -229,7 +230,7 @@ class EfficientNet(Pretrained, nn.Module):
         self.head = ConvBNAct(stages[-1].out_channels, config.head_channels, 1, 1, config)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(config.dropout)
-        self.classifier = nn.Linear(config.head_channels, config.num_classes)
+        self.classifier = Linear(config.head_channels, config.num_classes)
         self.num_features = config.head_channels
 
     transfer_head = ("classifier", "num_classes")  # see minipt.transfer

@@ -32,7 +32,7 @@ from ..checks import check_ids
 from ..config import Config, count, require
 from ..errors import CheckpointError, InputError
 from ..keymap import KeyMap
-from ..nn import GRU
+from ..nn import GRU, Linear
 
 BOS, EOS = "<s>", "</s>"
 
@@ -82,7 +82,7 @@ class G2P(Pretrained, nn.Module):
         self.encoder = GRU(config.embed_size, config.hidden_size, batch_first=True)
         self.phoneme_embedding = nn.Embedding(len(config.phonemes), config.embed_size)
         self.decoder = GRU(config.embed_size, config.hidden_size, batch_first=True)
-        self.classifier = nn.Linear(config.hidden_size, len(config.phonemes))
+        self.classifier = Linear(config.hidden_size, len(config.phonemes))
         self.letter_index = {g: i for i, g in enumerate(config.graphemes)}
 
     def encode_letters(self, word: str) -> torch.Tensor:

@@ -28,7 +28,7 @@ from ..checks import check_ids, tracing
 from ..config import Config, count, epsilon, flag, one_of, probability, real, require, token_id
 from ..errors import ConfigError, InputError
 from ..keymap import TRANSPOSE, KeyMap
-from ..nn import LayerNorm, activation, attention_bias, get_backend, scaled_dot_product_attention, set_backend
+from ..nn import LayerNorm, Linear, activation, attention_bias, get_backend, scaled_dot_product_attention, set_backend
 from ..nn.layers import ACTIVATIONS
 from ..nn.tap import tap
 from ..ops import onednn
@@ -129,8 +129,8 @@ class CausalSelfAttention(nn.Module):
         if config.scale_attn_by_inverse_layer_idx:
             self.scale /= layer_idx + 1
         self.dropout = config.attn_pdrop
-        self.qkv_proj = nn.Linear(config.n_embd, 3 * config.n_embd)
-        self.out_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.qkv_proj = Linear(config.n_embd, 3 * config.n_embd)
+        self.out_proj = Linear(config.n_embd, config.n_embd)
         self.backend: str | None = None
 
     def forward(self, hidden: torch.Tensor, bias: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
@@ -159,9 +159,9 @@ class GPT2Block(nn.Module):
         self.attn_norm = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.attn = CausalSelfAttention(config, layer_idx)
         self.ffn_norm = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
-        self.ffn_up = nn.Linear(config.n_embd, config.n_inner)
+        self.ffn_up = Linear(config.n_embd, config.n_inner)
         self.act = activation(config.activation_function)
-        self.ffn_down = nn.Linear(config.n_inner, config.n_embd)
+        self.ffn_down = Linear(config.n_inner, config.n_embd)
         self.dropout = nn.Dropout(config.resid_pdrop)
 
     def forward(self, hidden: torch.Tensor, bias: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
@@ -344,7 +344,7 @@ class GPT2LMHeadModel(_GPT2Pretrained):
         super().__init__()
         self.config = config
         self.transformer = GPT2Model(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         self.apply(self.init_weights)
         self.tie_weights()
 

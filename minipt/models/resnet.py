@@ -28,6 +28,7 @@ from ..checkpoint import Checkpoint, Pretrained
 from ..config import Config, count, flag, one_of, require
 from ..errors import ConfigError, KeyMismatchError
 from ..keymap import KeyMap
+from ..nn import Linear
 from ..vision import check_images
 
 
@@ -202,7 +203,7 @@ class ResNet(Pretrained, nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(in_channels, config.num_classes)
+        self.head = Linear(in_channels, config.num_classes)
         self.num_features = in_channels
         if not any(p.is_meta for p in self.parameters()):
             self.reset_parameters()

@@ -2,7 +2,7 @@
 
 from .attention import MultiHeadAttention, attention_bias, scaled_dot_product_attention
 from .backend import BACKENDS, get_backend, set_backend, use_backend
-from .layers import GELU, LayerNorm, activation, linear_then_activation
+from .layers import GELU, LayerNorm, Linear, activation, linear_then_activation
 from .rnn import GRU, LSTM, RNN
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "GRU",
     "LSTM",
     "LayerNorm",
+    "Linear",
     "MultiHeadAttention",
     "RNN",
     "activation",

@@ -24,6 +24,7 @@ from .. import ops
 from ..checks import tracing
 from ..errors import InputError
 from .backend import get_backend
+from .layers import Linear
 from .tap import tap
 
 
@@ -128,10 +129,10 @@ class MultiHeadAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.dropout = dropout  # on the attention probabilities, in training only
-        self.q_proj = nn.Linear(dim, dim, bias=bias)
-        self.k_proj = nn.Linear(dim, dim, bias=bias)
-        self.v_proj = nn.Linear(dim, dim, bias=bias)
-        self.out_proj = nn.Linear(dim, dim, bias=bias)
+        self.q_proj = Linear(dim, dim, bias=bias)
+        self.k_proj = Linear(dim, dim, bias=bias)
+        self.v_proj = Linear(dim, dim, bias=bias)
+        self.out_proj = Linear(dim, dim, bias=bias)
         self.backend: str | None = None
 
     def forward(

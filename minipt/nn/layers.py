@@ -1,4 +1,4 @@
-"""LayerNorm and activations, with their equations written out (the ``math`` backend),
+"""Linear, LayerNorm and activations, with their equations written out (the ``math`` backend),
 torch's kernels (``torch``) or minipt's ops (``fused``)."""
 
 from __future__ import annotations
@@ -10,8 +10,29 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from ..checks import tracing
 from ..errors import ConfigError
+from ..ops import onednn
 from .backend import get_backend
+
+
+class Linear(nn.Linear):
+    """``x W^T + b``: torch.nn.Linear (the same parameters, state dict and initialisation) whose
+    matrix multiplies follow the backend. On ``"fused"``, float32 CPU tensors multiply on oneDNN,
+    forward and backward (``minipt.ops.onednn.linear``: on the CPUs measured, about twice as fast
+    as the MKL GEMM behind ``F.linear``; bench/bert.py's training row). Everywhere else, and while
+    torch.compile, torch.export or the ONNX exporter trace the model, ``F.linear``."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
+        super().__init__(in_features, out_features, bias, device, dtype)
+        self.backend: str | None = None
+
+    def forward(self, x: torch.Tensor, add_bias: bool = True) -> torch.Tensor:
+        """(..., in) -> (..., out); ``add_bias=False`` leaves the bias to the caller (``linear_then_activation``)."""
+        bias = self.bias if add_bias else None
+        if get_backend(self.backend) == "fused" and not (tracing() or torch.jit.is_tracing()):
+            return onednn.linear(x, self.weight, bias)
+        return F.linear(x, self.weight, bias)
 
 
 class LayerNorm(nn.Module):
@@ -86,7 +107,8 @@ def linear_then_activation(linear: nn.Linear, act: nn.Module, x: torch.Tensor) -
     """``act(linear(x))``. A GELU on the ``fused`` backend takes the Linear's bias itself, so that
     the biased pre-activation is never written to memory (``minipt.ops.bias_gelu``)."""
     if isinstance(act, GELU) and linear.bias is not None and get_backend(act.backend) == "fused":
-        return act(F.linear(x, linear.weight), linear.bias)
+        product = linear(x, add_bias=False) if isinstance(linear, Linear) else F.linear(x, linear.weight)
+        return act(product, linear.bias)
     return act(linear(x))
 
 
