@@ -117,6 +117,20 @@ def test_features_command(tmp_path, capsys):
     written(out)
 
 
+def test_features_command_on_a_resnet(tmp_path, capsys):
+    """A ResNet checkpoint (random weights, minipt's official layout): its stages are layer1..layer4."""
+    from minipt.models.resnet import resnet18
+
+    torch.manual_seed(0)
+    resnet18().save_pretrained(tmp_path / "r18")
+    out = tmp_path / "fm.png"
+    assert cli.main(["features", str(CHELSEA), "--model", str(tmp_path / "r18"), "--stage", "2", "--channels", "5", "--out", str(out)]) == 0
+    assert "ResNet stage 2: 256 channels of 14x14" in capsys.readouterr().out  # layer3 of a 224-pixel crop
+    written(out)
+    assert cli.main(["features", str(CHELSEA), "--model", str(tmp_path / "r18"), "--stage", "4"]) == 1
+    assert "--stage 4 does not exist: ResNet has stages 0..3" in capsys.readouterr().err
+
+
 def test_diff_plot(tmp_path, capsys):
     out = tmp_path / "diff.png"
     assert cli.main(["diff", str(minilm_path()), "--input", "one sentence", "--plot", str(out)]) == 0
