@@ -3,12 +3,11 @@
     export_onnx(model, "bert.onnx")              # inputs named as in minipt, batch (and length) dynamic
     onnxruntime.InferenceSession("bert.onnx").run(None, {"input_ids": ..., "attention_mask": ...})
 
-It runs ``torch.onnx.export`` with ``dynamo=False``, the tracing exporter:
-torch 2.13 keeps it beside the newer torch.export-based one (``dynamo=True``,
-which also needs onnxscript), and it exports BERT today, while torch.export
-still stops at the input checks that read the ids' values (``_check_ids``).
-Once ``torch.export`` takes every minipt model, ``dynamo=True`` is the
-one-line switch. Needs the ``onnx`` extra (onnx; onnxruntime to run the file).
+It runs ``torch.onnx.export`` with ``dynamo=True``: the exporter built on
+``torch.export`` (minipt's input checks step aside while torch.export traces,
+so the graph has no breaks), which torch keeps developing, where the older
+TorchScript tracer is deprecated. Needs the ``onnx`` extra (onnx and
+onnxscript; onnxruntime to run the file).
 The graph returns the logits, one tensor. BERT's padding mask enters as 0/1 integers and
 is turned into the additive float mask inside the graph, so the exported graph
 has no branch on the data (minipt skips the mask when nothing is padded; a
@@ -59,5 +58,5 @@ def export_onnx(model: nn.Module, path, *, batch: int = 2, length: int = 16, ima
     module, example, names, dynamic = _graph(model.eval(), batch, length, image_size)
     with warnings.catch_warnings(), torch.no_grad():  # the tracer's notes on Python values it fixes (input checks)
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, example, str(path), dynamo=False, input_names=names, output_names=["logits"], dynamic_axes=dynamic)
+        torch.onnx.export(module, example, str(path), dynamo=True, input_names=names, output_names=["logits"], dynamic_axes=dynamic)
     return path
