@@ -191,41 +191,31 @@ def match(checkpoint: Checkpoint, keymap: KeyMap, expected: dict[str, tuple], ow
     Keys under the module names in ``init_missing`` may be absent (a new head to train).
     """
     sources: dict[str, str | torch.Tensor] = {}
-    unexpected, wrong_shape, duplicate = [], [], []
-    for file_key in checkpoint.keys():
-        official = keymap.canonical(file_key)
-        target = keymap.to_minipt(official)
-        if target is None or target[0] not in expected:
-            if not keymap.is_ignored(official):
-                unexpected.append(f"{file_key} {checkpoint.shape(file_key)}")
-            continue
-        key, transform = target
-        shape = checkpoint.shape(file_key)
-        if transform is not None:
-            shape = transform.minipt_shape(shape)
-        if key in sources:
-            duplicate.append(f"{sources[key]} and {file_key} both fill {key}")
-        elif shape != expected[key]:
-            wrong_shape.append(f"{file_key}: checkpoint has {checkpoint.shape(file_key)}, {owner} expects {_official_shape(keymap, key, expected[key])}")
-        sources[key] = file_key
+    unexpected, wrong_shape, duplicate, missing = [], [], [], []
     fresh = tuple(name + "." for name in init_missing)
-    missing = []
-    for key, shape in expected.items():
-        if key in sources or key.startswith(fresh):
-            continue
-        default = keymap.default(_official_name(keymap, key))
-        if default is not None and tuple(default.shape) == shape:
-            sources[key] = default
-        else:
-            missing.append(f"{_official_name(keymap, key)} {_official_shape(keymap, key, shape)}")
+    for row in keymap.table(list(expected), checkpoint.keys()):  # every file key classified, then the missing ones
+        key, file_key = row.minipt, row.file_key
+        if row.status == "mapped":
+            shape = checkpoint.shape(file_key)
+            transform = keymap.to_minipt(row.official)[1]
+            if transform is not None:
+                shape = transform.minipt_shape(shape)
+            if key in sources:
+                duplicate.append(f"{sources[key]} and {file_key} both fill {key}")
+            elif shape != expected[key]:
+                wrong_shape.append(f"{file_key}: checkpoint has {checkpoint.shape(file_key)}, {owner} expects {_official_shape(keymap, key, expected[key])}")
+            sources[key] = file_key
+        elif row.status == "unexpected":
+            unexpected.append(f"{file_key} {checkpoint.shape(file_key)}")
+        elif row.status == "missing" and not key.startswith(fresh):
+            default = keymap.default(row.official) if row.official else None
+            if default is not None and tuple(default.shape) == expected[key]:
+                sources[key] = default
+            else:
+                missing.append(f"{row.official or f'(no official name for {key})'} {_official_shape(keymap, key, expected[key])}")
     if missing or unexpected or wrong_shape or duplicate:
         raise KeyMismatchError(_mismatch_message(checkpoint.path, owner, missing, unexpected, wrong_shape, duplicate))
     return sources
-
-
-def _official_name(keymap: KeyMap, key: str) -> str:
-    found = keymap.to_official(key)
-    return found[0] if found else f"(no official name for {key})"
 
 
 def _official_shape(keymap: KeyMap, key: str, shape: tuple) -> tuple:
