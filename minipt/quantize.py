@@ -58,8 +58,7 @@ def _swap_lstms(model: nn.Module) -> None:
                 module.dropout, module.bidirectional, module.proj_size,
             )
             twin.load_state_dict(module.state_dict())  # same names and layout: a drop-in
-            parent, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, attr, twin.eval())
+            _replace(model, name, twin.eval())
 
 
 def _swap_linears(model: nn.Module) -> None:
@@ -69,8 +68,13 @@ def _swap_linears(model: nn.Module) -> None:
         if isinstance(module, Linear):
             twin = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device="meta")
             twin.weight, twin.bias = module.weight, module.bias  # the same tensors (a tied weight stays tied)
-            parent, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, attr, twin)
+            _replace(model, name, twin)
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` where the submodule called ``name`` is."""
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, module)
 
 
 def size_bytes(model: nn.Module) -> int:

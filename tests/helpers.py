@@ -99,3 +99,22 @@ def randomise_batch_norm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Modu
                 module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
                 module.num_batches_tracked.fill_(int(torch.randint(0, 1000, (1,), generator=generator)))
     return model
+
+
+def assert_inference_only(model, fused, tmp_path) -> None:
+    """What every ``fuse()`` copy (minipt.ops.onednn.PackedInference) refuses: gradients, training,
+    saving, another fuse(), and a dtype other than float32 or bfloat16."""
+    import pytest
+
+    from minipt.errors import ConfigError
+
+    assert fused.fused and not fused.training and not model.fused
+    assert not any(p.requires_grad for p in fused.parameters())
+    with pytest.raises(ConfigError, match="inference copy.*train the model before fuse"):
+        fused.train()
+    with pytest.raises(ConfigError, match=f"fused {type(model).__name__}"):
+        fused.save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match="not torch.float16"):
+        model.fuse(torch.float16)
+    with pytest.raises(ConfigError, match="fused already"):
+        fused.fuse(torch.bfloat16)

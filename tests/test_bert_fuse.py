@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from bert_reference import minilm_path
 from minipt import Tokenizer
+from helpers import assert_inference_only
 from minipt.errors import ConfigError, InputError
 from minipt.models.bert import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel, FusedBertLayer
 from minipt.models.sentence import SentenceEncoder
@@ -164,16 +165,7 @@ def test_bfloat16_sentence_embeddings_keep_their_direction():
 
 def test_fused_model_is_for_inference_only(minilm, tmp_path):
     fused = minilm.fuse()
-    assert fused.fused and not fused.training and not minilm.fused
-    assert not any(p.requires_grad for p in fused.parameters())
-    with pytest.raises(ConfigError, match="inference copy.*train the model before fuse"):
-        fused.train()
-    with pytest.raises(ConfigError, match="fused BertModel"):
-        fused.save_pretrained(tmp_path)
-    with pytest.raises(ConfigError, match="float16"):
-        minilm.fuse(torch.float16)
-    with pytest.raises(ConfigError, match="fused already"):
-        fused.fuse(torch.bfloat16)
+    assert_inference_only(minilm, fused, tmp_path)
     ids = torch.tensor([[101, 7592, 102]])
     assert not fused(ids).last_hidden_state.requires_grad  # no gradients even outside inference_mode
     assert torch.equal(copy.deepcopy(fused)(ids).last_hidden_state, fused(ids).last_hidden_state)  # copies share packed weights

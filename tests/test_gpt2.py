@@ -421,7 +421,7 @@ def test_cli_generate_streams_the_greedy_continuation(tmp_path, capsys):
 def test_fused_model_computes_the_same_function(tmp_path):
     import copy
 
-    from helpers import assert_error_ratio
+    from helpers import assert_error_ratio, assert_inference_only
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=64, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)).eval()
@@ -434,12 +434,4 @@ def test_fused_model_computes_the_same_function(tmp_path):
         assert torch.equal(fused.generate(ids[1:], 12), model.generate(ids[1:], 12))
         bf16 = model.fuse(torch.bfloat16)(ids, mask).logits.float()
         assert torch.nn.functional.cosine_similarity(bf16.flatten(1), exact.float().flatten(1)).min() > 0.99
-    assert not any(p.requires_grad for p in fused.parameters())
-    with pytest.raises(ConfigError, match="inference copy"):
-        fused.train()
-    with pytest.raises(ConfigError, match="fused already"):
-        fused.fuse()
-    with pytest.raises(ConfigError, match="fused"):
-        fused.save_pretrained(tmp_path)
-    with pytest.raises(ConfigError, match="not torch.float16"):
-        model.fuse(torch.float16)
+    assert_inference_only(model, fused, tmp_path)
