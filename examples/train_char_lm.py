@@ -10,8 +10,9 @@ with its tests. It is found with ``importlib.util.find_spec("gensim")``; gensim
 itself is never imported and nothing is downloaded.
 
 Writes to ``--out`` (default ``runs/char_lm``): ``config.json`` and
-``model.safetensors`` (reload with ``CharLM.from_pretrained``), ``loss.png``
-and ``samples.txt``.
+``model.safetensors`` (reload with ``CharLM.from_pretrained``), ``loss.png``,
+``samples.txt`` and ``results.md``: held-out loss and size of the trained model
+in float32 and with int8 LSTM and Linear weights (``minipt.quantize``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 from torch.nn import functional as F
 
 from minipt.models.char_lm import CharLM, CharLMConfig
+from minipt.quantize import quantize_int8, size_bytes
 
 CORPUS = "test/test_data/lee_background.cor"
 
@@ -79,13 +81,25 @@ def batches(data: torch.Tensor, batch_size: int, seq_len: int, generator: torch.
 @torch.no_grad()
 def evaluate(model: CharLM, data: torch.Tensor, seq_len: int, max_windows: int = 64) -> float:
     """Mean next-byte cross-entropy (nats) over consecutive windows of ``data``."""
+    was_training = model.training
     model.eval()
     n = min(max_windows, (len(data) - 1) // seq_len)
     inputs = data[: n * seq_len].view(n, seq_len)
     targets = data[1 : n * seq_len + 1].view(n, seq_len)
     logits, _ = model(inputs)
-    model.train()
+    model.train(was_training)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)).item()
+
+
+def compare_int8(model: CharLM, held_out: torch.Tensor, seq_len: int) -> str:
+    """A markdown table: held-out loss, size and evaluation time of ``model`` in float32 and in int8."""
+    rows = ["| weights | held-out loss (nats/byte) | bits/byte | evaluation (s) | size (MB) |", "|---|---:|---:|---:|---:|"]
+    for name, candidate in (("float32", model.eval()), ("int8 LSTM and Linear", quantize_int8(model))):
+        start = time.perf_counter()
+        loss = evaluate(candidate, held_out, seq_len, max_windows=len(held_out))
+        seconds = time.perf_counter() - start
+        rows.append(f"| {name} | {loss:.3f} | {loss / math.log(2):.3f} | {seconds:.1f} | {size_bytes(candidate) / 1e6:.2f} |")
+    return "\n".join(rows)
 
 
 def plot(losses: list[float], evals: list[tuple[int, float]], path: Path) -> None:
@@ -176,11 +190,13 @@ def main(argv=None) -> int:
     out = Path(args.out)
     model.save_pretrained(out)
     plot(losses, evals, out / "loss.png")
-    model.eval()
+    comparison = compare_int8(model, held_out, seq_len)
+    (out / "results.md").write_text(comparison + "\n")
+    print(comparison)
     prompts = args.prompt or ["The government ", "Australian police "]
     samples = [model.generate(p, args.sample_length, temperature=args.temperature, top_k=args.top_k, seed=args.seed + i) for i, p in enumerate(prompts)]
     (out / "samples.txt").write_text("\n\n".join(samples) + "\n")
-    print(f"saved {out}/config.json, model.safetensors, loss.png, samples.txt")
+    print(f"saved {out}/config.json, model.safetensors, loss.png, samples.txt, results.md")
     for text in samples:
         print("---")
         print(text)

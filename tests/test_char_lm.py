@@ -166,6 +166,10 @@ def test_training_example_runs(tmp_path):
     spec.loader.exec_module(example)
     argv = ["--steps", "4", "--batch-size", "4", "--seq-len", "16", "--hidden-size", "16", "--num-layers", "1", "--threads", "1"]
     assert example.main(argv + ["--eval-every", "2", "--sample-length", "20", "--out", str(tmp_path)]) == 0
-    for name in ("config.json", "model.safetensors", "loss.png", "samples.txt"):
+    for name in ("config.json", "model.safetensors", "loss.png", "samples.txt", "results.md"):
         assert (tmp_path / name).is_file(), name
     assert CharLM.from_pretrained(tmp_path).config.hidden_size == 16
+    float_row, int8_row = (line.split("|") for line in (tmp_path / "results.md").read_text().splitlines()[2:])
+    assert float_row[1].strip() == "float32" and int8_row[1].strip().startswith("int8")
+    assert float(int8_row[5]) < float(float_row[5])  # int8 weights take less space
+    assert abs(float(int8_row[2]) - float(float_row[2])) < 0.5  # and predict nearly as well
