@@ -79,11 +79,11 @@ def batches(data: torch.Tensor, batch_size: int, seq_len: int, generator: torch.
 
 
 @torch.no_grad()
-def evaluate(model: CharLM, data: torch.Tensor, seq_len: int, max_windows: int = 64) -> float:
-    """Mean next-byte cross-entropy (nats) over consecutive windows of ``data``."""
+def evaluate(model: CharLM, data: torch.Tensor, seq_len: int) -> float:
+    """Mean next-byte cross-entropy (nats) over all of ``data``, cut into consecutive windows."""
     was_training = model.training
     model.eval()
-    n = min(max_windows, (len(data) - 1) // seq_len)
+    n = (len(data) - 1) // seq_len
     inputs = data[: n * seq_len].view(n, seq_len)
     targets = data[1 : n * seq_len + 1].view(n, seq_len)
     logits, _ = model(inputs)
@@ -96,7 +96,7 @@ def compare_int8(model: CharLM, held_out: torch.Tensor, seq_len: int) -> str:
     rows = ["| weights | held-out loss (nats/byte) | bits/byte | evaluation (s) | size (MB) |", "|---|---:|---:|---:|---:|"]
     for name, candidate in (("float32", model.eval()), ("int8 LSTM and Linear", quantize_int8(model))):
         start = time.perf_counter()
-        loss = evaluate(candidate, held_out, seq_len, max_windows=len(held_out))
+        loss = evaluate(candidate, held_out, seq_len)
         seconds = time.perf_counter() - start
         rows.append(f"| {name} | {loss:.3f} | {loss / math.log(2):.3f} | {seconds:.1f} | {size_bytes(candidate) / 1e6:.2f} |")
     return "\n".join(rows)
