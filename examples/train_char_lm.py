@@ -94,7 +94,7 @@ def evaluate(model: CharLM, data: torch.Tensor, seq_len: int) -> float:
 def compare_int8(model: CharLM, held_out: torch.Tensor, seq_len: int) -> str:
     """A markdown table: held-out loss, size and evaluation time of ``model`` in float32 and in int8."""
     rows = ["| weights | held-out loss (nats/byte) | bits/byte | evaluation (s) | size (MB) |", "|---|---:|---:|---:|---:|"]
-    for name, candidate in (("float32", model.eval()), ("int8 LSTM and Linear", quantize_int8(model))):
+    for name, candidate in (("float32", model), ("int8 LSTM and Linear", quantize_int8(model))):
         start = time.perf_counter()
         loss = evaluate(candidate, held_out, seq_len)
         seconds = time.perf_counter() - start
@@ -190,6 +190,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     model.save_pretrained(out)
     plot(losses, evals, out / "loss.png")
+    model.eval()
     comparison = compare_int8(model, held_out, seq_len)
     (out / "results.md").write_text(comparison + "\n")
     print(comparison)
