@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, CheckpointNotFoundError, ConfigError, InputError, KeyMismatchError
+from .files import read_json
 from .hub import resolve
 from .keymap import KeyMap
 
@@ -42,18 +43,9 @@ _SHOWN = 12  # entries per kind of problem in a key mismatch error
 
 # -- reading -----------------------------------------------------------------
 def read_config(directory: Path) -> dict[str, Any]:
-    path = Path(directory) / CONFIG
-    if not path.is_file():
+    if not (Path(directory) / CONFIG).is_file():
         raise ConfigError(f"{directory} has no {CONFIG}")
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
-        raise ConfigError(f"{path} is not valid JSON: {err}") from None
-    except OSError as err:
-        raise ConfigError(f"{path} cannot be read: {err}") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path} holds a JSON {type(values).__name__}, not an object of config fields")
-    return values
+    return read_json(Path(directory) / CONFIG, what="an object of config fields", error=ConfigError)
 
 
 def weight_files(path: Path) -> list[Path]:
@@ -391,7 +383,7 @@ class Pretrained:
         else:
             found = cls.config_from_checkpoint(path, checkpoint)
             if found is None:
-                from .models import describe
+                from .registry import describe
 
                 raise ConfigError(f"{path} has no {CONFIG}, which {cls.__name__} needs; {describe(path, checkpoint)}")
             config = found.replace(source=f"the config read off {path}", **overrides)

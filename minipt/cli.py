@@ -20,19 +20,12 @@ import argparse
 import sys
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
-DEMO_SENTENCES = [
-    "A man is eating food.",
-    "A man is eating a piece of bread.",
-    "A man is riding a horse.",
-    "A man is riding a white horse on an enclosed ground.",
-    "The girl is carrying a baby.",
-    "A monkey is playing drums.",
-]
 
 
 def cmd_demo(args) -> int:
     import time
 
+    from .demo import DEMO_SENTENCES
     from .models.sentence import SentenceEncoder
     from .reference import import_transformers, layer_diffs
 
@@ -62,29 +55,16 @@ def cmd_demo(args) -> int:
 
 
 # Photos with known ImageNet classes that ship inside common wheels: (package, path inside it).
-DEMO_PHOTOS = [
-    ("skimage", "data/chelsea.png"),
-    ("skimage", "data/coffee.png"),
-    ("skimage", "data/rocket.jpg"),
-    ("sklearn", "datasets/images/china.jpg"),
-    ("sklearn", "datasets/images/flower.jpg"),
-]
 
 
 def _demo_photos() -> None:
     import importlib.util
-    from pathlib import Path
 
+    from .demo import demo_photos
     from .errors import CheckpointNotFoundError
     from .models.efficientnet import classify
 
-    photos = []
-    for package, relpath in DEMO_PHOTOS:
-        spec = importlib.util.find_spec(package)  # finds the package without importing it
-        if spec is not None and spec.submodule_search_locations:
-            path = Path(list(spec.submodule_search_locations)[0]) / relpath
-            if path.is_file():
-                photos.append(path)
+    photos = demo_photos()
     if not photos or importlib.util.find_spec("PIL") is None:
         print("\n(install pillow and scikit-image to see EfficientNet-Lite0 classify real photos)")
         return
@@ -123,7 +103,7 @@ def cmd_inspect(args) -> int:
 
     from .checkpoint import Checkpoint, model_keys
     from .hub import resolve
-    from .models import model_class_for
+    from .registry import model_class_for
     from .summary import example_inputs, summary
 
     path = resolve(args.path)
@@ -153,7 +133,7 @@ def cmd_diff(args) -> int:
     from .checkpoint import Checkpoint
     from .errors import InputError
     from .hub import resolve
-    from .models import model_class_for
+    from .registry import model_class_for
     from .reference import layer_diffs
 
     path = resolve(args.path)
@@ -179,7 +159,7 @@ def _bert_at(name_or_path):
     from .checkpoint import Checkpoint
     from .errors import ConfigError
     from .hub import resolve
-    from .models import model_class_for
+    from .registry import model_class_for
     from .models.bert import BertForMaskedLM, BertForSequenceClassification, BertModel
     from .tokenizer import Tokenizer
 
@@ -212,7 +192,7 @@ def cmd_features(args) -> int:
     from .checkpoint import Checkpoint
     from .errors import ConfigError, InputError
     from .hub import resolve
-    from .models import model_class_for
+    from .registry import model_class_for
     from .models.efficientnet import EfficientNet, preprocess
     from .models.resnet import ResNet
     from .plot import feature_maps, save_png
@@ -319,14 +299,11 @@ def cmd_generate(args) -> int:
 
 def _tokenizer_for(model: str):
     """The tokenizer saved beside the model, else GPT-2's from the catalogue."""
+    from .demo import tokenizer_beside
     from .hub import resolve
-    from .tokenizer import BPE_VOCAB, TOKENIZER_FILE, Tokenizer
+    from .tokenizer import Tokenizer
 
-    path = resolve(model)
-    directory = path if path.is_dir() else path.parent
-    if (directory / TOKENIZER_FILE).is_file() or (directory / BPE_VOCAB).is_file():
-        return Tokenizer.from_pretrained(directory)
-    return Tokenizer.from_pretrained("gpt2-tokenizer")
+    return tokenizer_beside(resolve(model)) or Tokenizer.from_pretrained("gpt2-tokenizer")
 
 
 # name -> (function, help, argument adder)

@@ -180,7 +180,7 @@ class Config:
 
 def _family_of(values: dict) -> str | None:
     """The model_type of a config.json that names only its architecture (older minipt saves)."""
-    from .models import model_class
+    from .registry import model_class
 
     if not values.get("architectures"):
         return None
@@ -191,7 +191,7 @@ def _family_of(values: dict) -> str | None:
 
 
 def _who_loads(values: dict) -> str:
-    from .models import model_class
+    from .registry import model_class
 
     try:
         found = model_class(values)

@@ -266,7 +266,7 @@ def fetch(name: str, *, install: bool = True) -> Path:
 
 # -- files built from a source distribution --------------------------------------
 def _tiktoken_bpe(source: bytes, recipe: dict, target: Path) -> None:
-    from .tokenizer import build_bpe_files, read_tiktoken
+    from .bpe import build_bpe_files, read_tiktoken
 
     build_bpe_files(read_tiktoken(source), recipe.get("special_tokens", {}), target)
 

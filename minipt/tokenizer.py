@@ -7,16 +7,11 @@
 
 A folder may hold ``tokenizer.json``, or a byte-level BPE vocabulary as GPT-2
 ships it: ``vocab.json`` (token -> id) and ``merges.txt`` (the merges in rank
-order). ``tiktoken_to_bpe`` rebuilds the latter pair from a tiktoken file
-(base64 token bytes and rank per line), which is how ``minipt fetch
-gpt2-tokenizer`` makes GPT-2's.
+order); ``minipt.bpe`` rebuilds that pair from a tiktoken file.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import functools
 import json
 import numbers
 import os
@@ -27,11 +22,12 @@ from typing import Sequence
 import torch
 
 from .errors import CheckpointError, CheckpointNotFoundError, InputError
+from .bpe import BPE_MERGES, BPE_VOCAB, build_bpe_files, bytes_to_unicode, read_tiktoken, tiktoken_to_bpe  # noqa: F401 (re-exported)
+from .files import read_json
 from .hub import resolve
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
-BPE_VOCAB, BPE_MERGES = "vocab.json", "merges.txt"
 ENDOFTEXT = "<|endoftext|>"  # GPT-2's one special token: end of a document, also used to start one
 PADDING = (True, False, "longest", "max_length")
 RETURN_TENSORS = ("pt", "np", None)
@@ -62,13 +58,13 @@ class Tokenizer:
 
         path = resolve(name_or_path)
         directory = path if path.is_dir() else path.parent
-        settings = _read_json(directory / TOKENIZER_CONFIG)
+        settings = read_json(directory / TOKENIZER_CONFIG, default={})
         file = directory / TOKENIZER_FILE
         if file.is_file():
             try:
                 backend = Backend.from_file(str(file))
             except Exception as err:  # the tokenizers library raises a bare Exception for every kind of bad file
-                if "model" not in _read_json(file):  # raises itself for a file that is empty, not JSON or not an object
+                if "model" not in read_json(file):  # raises itself for a file that is empty, not JSON or not an object
                     raise CheckpointError(f"{file} has no \"model\" entry (WordPiece, BPE, ...): not a tokenizers tokenizer file") from err
                 raise CheckpointError(f"{file} is not a valid tokenizers tokenizer file: {err}") from err
         elif (directory / BPE_VOCAB).is_file() and (directory / BPE_MERGES).is_file():
@@ -252,96 +248,3 @@ def _byte_level_bpe(directory: Path):
     if backend.token_to_id(ENDOFTEXT) is not None:
         backend.add_special_tokens([ENDOFTEXT])  # "<|endoftext|>" in text is the one token, never split
     return backend
-
-
-@functools.cache
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> character table: printable Latin-1 bytes stand for themselves, the other 68 get code points from 256 up."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table = {b: chr(b) for b in printable}
-    extra = 256
-    for b in range(256):
-        if b not in table:
-            table[b] = chr(extra)
-            extra += 1
-    return table
-
-
-def read_tiktoken(data: bytes) -> dict[bytes, int]:
-    """A tiktoken vocabulary: one ``base64(token bytes) rank`` pair per line."""
-    ranks = {}
-    for number, line in enumerate(data.decode("ascii").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            token, rank = line.split()
-            ranks[base64.b64decode(token, validate=True)] = int(rank)
-        except (ValueError, binascii.Error) as err:
-            raise CheckpointError(f"tiktoken line {number} is not 'base64 rank': {line[:60]!r}") from err
-    return ranks
-
-
-def tiktoken_to_bpe(ranks: dict[bytes, int], special_tokens: dict[str, int]) -> tuple[dict[str, int], list[str]]:
-    """``vocab.json`` and ``merges.txt`` entries equivalent to a tiktoken vocabulary.
-
-    A token's rank is its merge priority. The merge that made a token of rank
-    r is found by running BPE on its bytes with only the merges ranked below
-    r: that leaves exactly two pieces, the pair merged at rank r.
-    """
-    missing = [b for b in range(256) if bytes([b]) not in ranks]
-    if missing:
-        raise CheckpointError(f"the tiktoken vocabulary lacks the single bytes {missing[:8]}: it is not byte-level")
-    to_text = lambda token: "".join(bytes_to_unicode()[b] for b in token)  # noqa: E731
-    vocab = {to_text(token): rank for token, rank in ranks.items()}
-    merges = []
-    for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
-        if len(token) == 1:
-            continue
-        pieces = _bpe(ranks, token, max_rank=rank)
-        if len(pieces) != 2:
-            raise CheckpointError(f"token {token!r} (rank {rank}) is not the merge of two lower-ranked tokens")
-        merges.append(f"{to_text(pieces[0])} {to_text(pieces[1])}")
-    for text, rank in special_tokens.items():
-        vocab[text] = rank
-    if len(set(vocab.values())) != len(vocab):
-        raise CheckpointError("the tiktoken vocabulary gives two tokens the same id")
-    return vocab, merges
-
-
-def _bpe(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[bytes]:
-    """Byte-pair encoding of ``token``: merge the lowest-ranked adjacent pair until none ranked below ``max_rank`` is left."""
-    pieces = [bytes([b]) for b in token]
-    while len(pieces) > 1:
-        pairs = [(ranks.get(pieces[i] + pieces[i + 1], max_rank), i) for i in range(len(pieces) - 1)]
-        rank, i = min(pairs)
-        if rank >= max_rank:
-            break
-        pieces[i : i + 2] = [pieces[i] + pieces[i + 1]]
-    return pieces
-
-
-def build_bpe_files(ranks: dict[bytes, int], special_tokens: dict[str, int], directory: Path) -> None:
-    """Write ``vocab.json`` and ``merges.txt`` for a tiktoken vocabulary (byte-for-byte reproducible)."""
-    vocab, merges = tiktoken_to_bpe(ranks, special_tokens)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / BPE_VOCAB).write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (directory / BPE_MERGES).write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-
-
-def _read_json(path: Path) -> dict:
-    """The JSON object in a file ({} for an absent file); a file that holds none is a CheckpointError naming it."""
-    if not path.is_file():
-        return {}
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path} cannot be read as UTF-8 text: {err}") from err
-    if not text.strip():
-        raise CheckpointError(f"{path} is empty ({path.stat().st_size} bytes); expected a JSON object")
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path} is not valid JSON: {err}") from err
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{path} holds a JSON {type(value).__name__}, expected an object")
-    return value

@@ -17,21 +17,11 @@ from torch.utils._pytree import tree_leaves
 import minipt.nn
 from helpers import assert_error_ratio
 from minipt.ops import onednn
-from test_protocol import TINY, _ids, _images, model_classes
+from minipt import registry
+from test_protocol import TINY, model_classes
 
-# class name -> example (args, kwargs); padded batches where the model takes a mask
-INPUTS = {
-    "BertModel": lambda: ((_ids(2, 5), torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])), {}),
-    "BertForMaskedLM": lambda: ((_ids(2, 5),), {}),
-    "BertForSequenceClassification": lambda: ((_ids(2, 5), torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])), {}),
-    "ResNet": lambda: ((_images(2, 3, 32, 32),), {}),
-    "EfficientNet": lambda: ((_images(2, 3, 32, 32),), {}),
-    "CRNN": lambda: ((_images(2, 1, 64, 32),), {}),
-    "G2P": lambda: ((_ids(2, 3, high=5), _ids(2, 2, high=6)), {}),
-    "CharLM": lambda: ((_ids(2, 5, high=256),), {}),
-    "GPT2Model": lambda: ((_ids(2, 5), torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]])), {}),
-    "GPT2LMHeadModel": lambda: ((_ids(2, 5),), {}),
-}
+# class name -> example (args, kwargs), as each family declares them (padded batches where the model takes a mask)
+INPUTS = {cls.__name__: (lambda f=family, c=cls: f.inputs(c)) for family in registry.families() for cls in family.classes}
 PIPELINES = {"SentenceEncoder"}  # tokenizer + model: its model part (BertModel) is covered
 BACKENDS = ("math", "torch", "fused")
 HAS_BACKENDS = {"BertModel", "BertForMaskedLM", "BertForSequenceClassification", "CRNN", "G2P", "CharLM", "GPT2Model", "GPT2LMHeadModel"}

@@ -13,28 +13,17 @@ import pkgutil
 import pytest
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves
 
 import minipt.models
+from minipt import registry
 from minipt.errors import CheckpointError, ConfigError, InputError
 from minipt.models.bert import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel
-from minipt.models.char_lm import CharLM, CharLMConfig
-from minipt.models.crnn import CRNN, CRNNConfig
-from minipt.models.efficientnet import EfficientNet, EfficientNetConfig, Stage
-from minipt.models.g2p import G2P, G2PConfig
-from minipt.models.gpt2 import GPT2Config, GPT2LMHeadModel, GPT2Model
-from minipt.models.resnet import ResNet, ResNetConfig
+from minipt.models.char_lm import CharLM
+from minipt.models.resnet import ResNet
 from minipt.models.sentence import SentenceEncoder
 
-TINY_GPT2 = dict(vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0)
 TINY_BERT = dict(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, max_position_embeddings=20)
-
-
-def _ids(*shape, high=50):
-    return torch.randint(0, high, shape, generator=torch.Generator().manual_seed(1))
-
-
-def _images(*shape):
-    return torch.randn(shape, generator=torch.Generator().manual_seed(1))
 
 
 def _sentence_encoder():
@@ -45,25 +34,20 @@ def _sentence_encoder():
     return SentenceEncoder(encoder, Tokenizer.from_pretrained(minilm_path()), max_seq_length=16)
 
 
-# class name -> (a small model with random weights, a function running it on fixed input)
+def _tiny_cases() -> dict:
+    """class name -> (a small model with random weights, a function running it on the family's example input),
+    for every class of every family declared in minipt.models (``minipt.registry``)."""
+    cases = {}
+    for family in registry.families():
+        for cls in family.classes:
+            args, kwargs = family.inputs(cls)
+            cases[cls.__name__] = (lambda f=family, c=cls: c(f.tiny())), (lambda m, a=args, k=kwargs: tree_leaves(m(*a, **k)))
+    return cases
+
+
 TINY = {
-    "BertModel": (lambda: BertModel(BertConfig(**TINY_BERT)), lambda m: m(_ids(2, 5), torch.ones(2, 5, dtype=torch.long)).last_hidden_state),
-    "BertForMaskedLM": (lambda: BertForMaskedLM(BertConfig(**TINY_BERT)), lambda m: m(_ids(2, 5)).logits),
-    "BertForSequenceClassification": (lambda: BertForSequenceClassification(BertConfig(**TINY_BERT, num_labels=3)), lambda m: m(_ids(2, 5)).logits),
-    "ResNet": (lambda: ResNet(ResNetConfig("basic", (1, 1, 1, 1), num_classes=5)), lambda m: m(_images(1, 3, 32, 32))),
-    "EfficientNet": (
-        lambda: EfficientNet(EfficientNetConfig(stages=(Stage(1, 3, 1, 1, 32, 16), Stage(2, 5, 2, 6, 16, 24)), head_channels=64, num_classes=5)),
-        lambda m: m(_images(1, 3, 32, 32)),
-    ),
-    "CRNN": (lambda: CRNN(CRNNConfig(channels=(4, 8, 8, 16), hidden_size=8, charset="abc")), lambda m: m(_images(1, 1, 64, 32))),
-    "G2P": (
-        lambda: G2P(G2PConfig(graphemes=["<pad>", "<unk>", "</s>", "a", "b"], phonemes=["<pad>", "<unk>", "<s>", "</s>", "A", "B"], embed_size=8, hidden_size=8)),
-        lambda m: m(_ids(1, 3, high=5), _ids(1, 2, high=6)),
-    ),
-    "GPT2Model": (lambda: GPT2Model(GPT2Config(**TINY_GPT2)), lambda m: m(_ids(2, 5), torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]])).last_hidden_state),
-    "GPT2LMHeadModel": (lambda: GPT2LMHeadModel(GPT2Config(**TINY_GPT2)), lambda m: m(_ids(2, 5)).logits),
-    "CharLM": (lambda: CharLM(CharLMConfig(embed_size=8, hidden_size=16, num_layers=2)), lambda m: m(_ids(1, 5, high=256))[0]),
-    "SentenceEncoder": (_sentence_encoder, lambda m: m.encode(["hello world", "a longer second sentence"])),
+    **_tiny_cases(),
+    "SentenceEncoder": (_sentence_encoder, lambda m: m.encode(["hello world", "a longer second sentence"])),  # a pipeline: tokenizer + BertModel
 }
 
 
@@ -165,7 +149,7 @@ def test_config_json_that_is_not_an_object(tmp_path):
     directory = TINY["BertModel"][0]().save_pretrained(tmp_path)
     for text, found in (("[1, 2]", "list"), ('"bert"', "str"), ("null", "NoneType")):
         (directory / "config.json").write_text(text)
-        with pytest.raises(ConfigError, match=f"config.json holds a JSON {found}, not an object of config fields"):
+        with pytest.raises(ConfigError, match=f"config.json holds a JSON {found}, expected an object of config fields"):
             BertModel.from_pretrained(directory)
 
 

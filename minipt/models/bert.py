@@ -27,6 +27,7 @@ from ..nn import (GELU, LayerNorm, Linear, MultiHeadAttention, activation, atten
 from ..nn.backend import check_backend
 from ..nn.layers import ACTIVATIONS
 from ..ops import onednn
+from ..registry import register
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
@@ -496,3 +497,61 @@ def bert_keymap() -> KeyMap:
         renames=LEGACY_NAMES,
         ignore=["embeddings.position_ids"],  # a buffer (0, 1, 2, ...) that older files carry
     )
+
+
+# -- minipt.reference: where the reference implementation computes the same values ----------
+def compare_with_reference(model, path, inputs, rtol):
+    """transformers' BertModel / BertForMaskedLM / BertForSequenceClassification (eager attention) on the same checkpoint, point by point (``minipt.reference.layer_diffs``)."""
+    from ..demo import tokenizer_beside
+    from ..reference import heads, import_reference, report, texts
+
+    transformers = import_reference("transformers", "BERT")
+    if isinstance(inputs, dict):
+        batch, label = inputs, f"a batch of shape {tuple(inputs['input_ids'].shape)}"
+    else:
+        tokenizer = tokenizer_beside(path)
+        if tokenizer is None:
+            raise InputError(f"{path} holds no tokenizer; pass a tokenised batch (input_ids, attention_mask)")
+        texts = texts(inputs)
+        batch, label = tokenizer(texts), f"{len(texts)} texts"
+    if isinstance(model, BertForMaskedLM):
+        cls, ours, theirs, head = transformers.BertForMaskedLM, "bert.", "bert.", {"head.out": ("cls", None)}
+    elif isinstance(model, BertForSequenceClassification):
+        cls, ours, theirs, head = transformers.BertForSequenceClassification, "bert.", "bert.", {"classifier.out": ("classifier", None)}
+    else:
+        cls, ours, theirs, head = transformers.BertModel, "", "", {}
+    encoder = model.bert if ours else model
+    kwargs = {"add_pooling_layer": encoder.pooler is not None} if cls is transformers.BertModel else {}
+    reference = cls.from_pretrained(str(path), attn_implementation="eager", **kwargs).eval()
+    config = encoder.config
+    points = {f"{ours}embeddings.out": (f"{theirs}embeddings", None)}
+    for i in range(config.num_hidden_layers):
+        a, b = f"{ours}layers.{i}.", f"{theirs}encoder.layer.{i}."
+        points.update({
+            a + "attn.probs": (b + "attention.self", lambda out: out[1]),
+            a + "attn.heads": (b + "attention.self", heads(config.num_attention_heads)),
+            a + "attn.out": (b + "attention.output.dense", None),
+            a + "attn_norm.out": (b + "attention.output", None),
+            a + "act.out": (b + "intermediate", None),
+            a + "ffn_down.out": (b + "output.dense", None),
+            a + "out": (b.rstrip("."), None),
+        })
+    if encoder.pooler is not None:
+        points[f"{ours}pooler.out"] = (f"{theirs}pooler", None)
+    points.update(head)
+    return report(model, f"transformers {cls.__name__}", label, rtol, points, lambda: model(**batch), reference, lambda: reference(**batch))
+
+
+# -- the family's one declaration (minipt.registry) ------------------------------------------
+def _example_inputs(cls):
+    ids = torch.randint(0, 50, (2, 5), generator=torch.Generator().manual_seed(1))
+    return (ids, torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])), {}  # the second row padded
+
+
+FAMILY = register(
+    "bert",
+    (BertModel, BertForMaskedLM, BertForSequenceClassification),
+    tiny=lambda: BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, max_position_embeddings=20),
+    inputs=_example_inputs,
+    reference=compare_with_reference,
+)

@@ -27,6 +27,7 @@ from ..config import Config, count, probability, require
 from ..errors import InputError
 from ..keymap import KeyMap
 from ..nn import LSTM, Linear
+from ..registry import register
 
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (num_layers, B, hidden_size)
 
@@ -190,3 +191,39 @@ def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = N
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits.float(), dim=-1)
     return torch.multinomial(probs, 1, generator=generator)
+
+
+# -- minipt.reference: where the reference implementation computes the same values ----------
+def compare_with_reference(model, path, inputs, rtol):
+    """torch.nn's Embedding, LSTM (one layer at a time) and Linear on the same weights, point by point (``minipt.reference.layer_diffs``)."""
+    from ..checkpoint import Checkpoint
+    from ..reference import lstm_layer, report
+
+    checkpoint = Checkpoint(path)
+    state = {key: checkpoint.get(key) for key in checkpoint.keys()}
+    text = "The government said on Tuesday that it would" if inputs is None else inputs
+    if isinstance(text, torch.Tensor):
+        ids, label = text, f"byte ids of shape {tuple(text.shape)}"
+    elif isinstance(text, str):
+        ids, label = model.encode(text)[None], f"{text!r} ({len(text.encode())} bytes)"
+    else:
+        raise InputError(f"CharLM compares on a text or byte ids (B, T); got {type(text).__name__}")
+    layers = 1 + max(int(key.split("_l")[-1].split("_")[0]) for key in state if key.startswith("lstm.weight_ih_l"))
+    theirs = {"embedding.out": nn.functional.embedding(ids, state["embedding.weight"])}
+    x = theirs["embedding.out"]
+    for k in range(layers):  # torch.nn, one layer at a time, to see each layer's output
+        x, _ = lstm_layer(state, "lstm.", k)(x)
+        theirs[f"lstm.layers.{k}.h"] = x.transpose(0, 1)  # (T, B, H)
+    theirs["head.out"] = nn.functional.linear(x, state["head.weight"], state["head.bias"])
+    points = {name: None for name in ["embedding.out", *[f"lstm.layers.{k}.h" for k in range(layers)], "head.out"]}
+    return report(model, "torch.nn (Embedding, LSTM per layer, Linear)", label, rtol, points, lambda: model(ids), None, None, theirs)
+
+
+# -- the family's one declaration (minipt.registry) ------------------------------------------
+FAMILY = register(
+    "char-lm",
+    (CharLM,),
+    tiny=lambda: CharLMConfig(embed_size=8, hidden_size=16, num_layers=2),
+    inputs=lambda cls: ((torch.randint(0, 256, (2, 5), generator=torch.Generator().manual_seed(1)),), {}),
+    reference=compare_with_reference,
+)

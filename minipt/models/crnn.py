@@ -32,6 +32,7 @@ from ..config import Config, count, require, text
 from ..errors import InputError
 from ..keymap import KeyMap
 from ..nn import LSTM, Linear
+from ..registry import register
 
 # EasyOCR's English character set, in the order of the classifier's outputs 1..96
 # (output 0 is the CTC blank): digits, ASCII punctuation, space, euro sign, letters.
@@ -254,3 +255,94 @@ def english_g2() -> CRNN:
 def read_text(image) -> str:
     """The text in one image of a single line (PIL image or path), read by EasyOCR's English recogniser."""
     return english_g2().read(image)[0]
+
+
+# -- minipt.reference: where the reference implementation computes the same values ----------
+class EasyOCRReference(nn.Module):
+    """EasyOCR's recogniser (VGG features, two BiLSTMs, a linear head) from torch.nn, under its official names."""
+
+    def __init__(self, in_channels: int, channels: tuple, hidden: int, num_classes: int):
+        super().__init__()
+        c1, c2, c3, c4 = channels
+        conv = lambda i, o, bias=True: nn.Conv2d(i, o, 3, 1, 1, bias=bias)  # noqa: E731
+        self.FeatureExtraction = nn.Module()
+        self.FeatureExtraction.ConvNet = nn.Sequential(
+            conv(in_channels, c1), nn.ReLU(), nn.MaxPool2d(2, 2),
+            conv(c1, c2), nn.ReLU(), nn.MaxPool2d(2, 2),
+            conv(c2, c3), nn.ReLU(), conv(c3, c3), nn.ReLU(), nn.MaxPool2d((2, 1), (2, 1)),
+            conv(c3, c4, False), nn.BatchNorm2d(c4), nn.ReLU(),
+            conv(c4, c4, False), nn.BatchNorm2d(c4), nn.ReLU(), nn.MaxPool2d((2, 1), (2, 1)),
+            nn.Conv2d(c4, c4, 2, 1, 0), nn.ReLU(),
+        )  # fmt: skip
+        self.SequenceModeling = nn.ModuleList()
+        for size in (c4, hidden):
+            block = nn.Module()
+            block.rnn, block.linear = nn.LSTM(size, hidden, bidirectional=True, batch_first=True), nn.Linear(2 * hidden, hidden)
+            self.SequenceModeling.append(block)
+        self.Prediction = nn.Linear(hidden, num_classes)
+
+    def forward(self, x):
+        features = self.FeatureExtraction.ConvNet(x)  # (B, C, 3, T)
+        x = nn.functional.adaptive_avg_pool2d(features.permute(0, 3, 1, 2), (None, 1)).squeeze(3)  # (B, T, C)
+        for block in self.SequenceModeling:
+            x = block.linear(block.rnn(x)[0])
+        return self.Prediction(x)
+
+
+def render_line(text: str, height: int = 64):
+    """``text`` drawn black on white with Pillow's default font, as a CRNN input (1, 1, height, W)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    _, _, right, bottom = font.getbbox(text)
+    image = Image.new("L", (right + 8, bottom + 8), 255)
+    ImageDraw.Draw(image).text((4, 4), text, fill=0, font=font)
+    return preprocess(image, height)
+
+
+def compare_with_reference(model, path, inputs, rtol):
+    """EasyOCR's recogniser rebuilt from torch.nn on the same checkpoint, point by point (``minipt.reference.layer_diffs``)."""
+    from ..reference import directions, report
+
+    import os
+
+    config = model.config
+    checkpoint = CRNN.open_checkpoint(path)
+    found = CRNN.config_from_checkpoint(path, checkpoint)  # the reference's sizes are the checkpoint's
+    state = {key.removeprefix("module."): checkpoint.get(key) for key in checkpoint.keys()}
+    reference = EasyOCRReference(found.in_channels, found.channels, found.hidden_size, state["Prediction.weight"].shape[0])
+    reference.load_state_dict(state, strict=True)
+    reference.eval()
+    if isinstance(inputs, torch.Tensor):
+        x, label = inputs, f"images of shape {tuple(inputs.shape)}"
+    elif isinstance(inputs, (str, os.PathLike)) and os.path.isfile(inputs):
+        x, label = preprocess(inputs, config.image_height), f"{os.path.basename(str(inputs))} as {tuple(preprocess(inputs, config.image_height).shape)}"
+    else:
+        text = "Hello World 2024" if inputs is None else inputs
+        if not isinstance(text, str):
+            raise InputError(f"CRNN compares on a line of text to render, an image path or an image batch; got {type(text).__name__}")
+        x = render_line(text, config.image_height)
+        label = f"{text!r} rendered with Pillow, {tuple(x.shape)}"
+    convs = {"conv1": 0, "conv2": 3, "conv3": 6, "conv4": 8, "conv5": 11, "bn5": 12, "conv6": 14, "bn6": 15, "conv7": 18}
+    points = {f"features.{name}.out": (f"FeatureExtraction.ConvNet.{index}", None) for name, index in convs.items()}
+    points["features.out"] = ("FeatureExtraction.ConvNet", None)
+    H = found.hidden_size
+    for i in range(len(model.sequence)):
+        a, r = f"sequence.{i}.", f"SequenceModeling.{i}."
+        points[a + "lstm.layers.0.h"] = (r + "rnn", lambda out: directions(out[0], H, 0))
+        points[a + "lstm.layers.0.reverse.h"] = (r + "rnn", lambda out: directions(out[0], H, 1))
+        points[a + "lstm.out"] = (r + "rnn", None)
+        points[a + "out"] = (r + "linear", None)
+    points["classifier.out"] = ("Prediction", None)
+    return report(model, "EasyOCR's network rebuilt from torch.nn", label, rtol, points, lambda: model(x), reference, lambda: reference(x))
+
+
+# -- the family's one declaration (minipt.registry) ------------------------------------------
+FAMILY = register(
+    "crnn",
+    (CRNN,),
+    tiny=lambda: CRNNConfig(channels=(4, 8, 8, 16), hidden_size=8, charset="abc"),
+    inputs=lambda cls: ((torch.randn(2, 1, 64, 32, generator=torch.Generator().manual_seed(1)),), {}),
+    signature=("FeatureExtraction.ConvNet.0.weight", "EasyOCR's text recogniser"),
+    reference=compare_with_reference,
+)

@@ -37,6 +37,7 @@ from ..errors import ConfigError, KeyMismatchError
 from ..keymap import KeyMap
 from ..nn import Linear
 from ..vision import check_images, image_batch
+from ..registry import register
 
 
 # -- configuration -------------------------------------------------------------
@@ -334,3 +335,48 @@ def classify(images: Sequence[Any], *, model: str | EfficientNet = "efficientnet
     net = _pretrained(model) if isinstance(model, str) else model.eval()
     batch = preprocess(images, net.config)
     return top_classes(net(batch), top)
+
+
+# -- minipt.reference: where the reference implementation computes the same values ----------
+def compare_with_reference(model, path, inputs, rtol):
+    """timm's tf_efficientnet_lite on the same checkpoint, point by point (``minipt.reference.layer_diffs``)."""
+    from ..checkpoint import model_keys
+    from ..reference import images, import_reference, report
+
+    timm = import_reference("timm", "EfficientNet-Lite")
+    checkpoint = model.open_checkpoint(path)
+    config = infer_config(checkpoint)
+    variant = next(n for n, v in LITE.items() if (v["width"], v["depth"]) == (config.width, config.depth))
+    reference = timm.create_model(f"tf_efficientnet_{variant}", pretrained=False, num_classes=config.num_classes).eval()
+    with torch.device("meta"):
+        official = [KEYMAP.to_official(k)[0] for k in model_keys(EfficientNet(config))]
+    theirs = list(reference.state_dict())  # timm's order is the official file's order
+    if len(theirs) != len(official):
+        raise ConfigError(f"timm's tf_efficientnet_{variant} holds {len(theirs)} tensors, the official layout {len(official)}")
+    by_name = {KEYMAP.canonical(key): key for key in checkpoint.keys()}
+    reference.load_state_dict({t: checkpoint.get(by_name[o]) for t, o in zip(theirs, official)}, strict=True)
+    x, label = images(inputs, lambda paths: preprocess(paths, config))
+    points = {"stem.conv.out": ("conv_stem", None), "stem.out": ("bn1", None)}
+    flat = 0
+    for s, stage in enumerate(config.scaled_stages()):
+        for j in range(stage.repeats):
+            a, r = f"blocks.{flat}.", f"blocks.{s}.{j}."
+            if stage.expand == 1:  # timm's DepthwiseSeparableConv: conv_dw, bn1, conv_pw, bn2
+                points.update({a + "depthwise.out": (r + "bn1", None), a + "project.out": (r + "bn2", None)})
+            else:
+                points.update({a + "expand.out": (r + "bn1", None), a + "depthwise.out": (r + "bn2", None), a + "project.out": (r + "bn3", None)})
+            points[a + "out"] = (r.rstrip("."), None)
+            flat += 1
+    points.update({"head.out": ("bn2", None), "classifier.out": ("classifier", None)})
+    return report(model, f"timm tf_efficientnet_{variant}", label, rtol, points, lambda: model(x), reference, lambda: reference(x))
+
+
+# -- the family's one declaration (minipt.registry) ------------------------------------------
+FAMILY = register(
+    "efficientnet-lite",
+    (EfficientNet,),
+    tiny=lambda: EfficientNetConfig(stages=(Stage(1, 3, 1, 1, 32, 16), Stage(2, 5, 2, 6, 16, 24)), head_channels=64, num_classes=5),
+    inputs=lambda cls: ((torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)),), {}),
+    signature=("_conv_stem.weight", "an official EfficientNet-Lite checkpoint"),
+    reference=compare_with_reference,
+)

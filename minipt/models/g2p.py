@@ -33,6 +33,7 @@ from ..config import Config, count, require
 from ..errors import CheckpointError, InputError
 from ..keymap import KeyMap
 from ..nn import GRU, Linear
+from ..registry import register
 
 BOS, EOS = "<s>", "</s>"
 
@@ -221,3 +222,51 @@ def g2p_en() -> G2P:
 def phonemize(word: str) -> list[str]:
     """ARPAbet phonemes of one English word, spelt with the letters a-z."""
     return g2p_en().phonemize(word)
+
+
+# -- minipt.reference: where the reference implementation computes the same values ----------
+def compare_with_reference(model, path, inputs, rtol):
+    """torch.nn's Embedding, GRU and Linear on g2p-en's arrays, point by point (``minipt.reference.layer_diffs``)."""
+    from ..reference import report
+
+    checkpoint = G2P.open_checkpoint(path)
+    array = lambda key: torch.as_tensor(checkpoint.get(key)).float()  # noqa: E731
+    word = "activationist" if inputs is None else inputs
+    if not isinstance(word, str):
+        raise InputError(f"G2P compares on a word; got {type(word).__name__}")
+    letters = model.encode_letters(word)[None]  # (1, T)
+    phonemes = model.config.phonemes
+    spoken = [phonemes.index(BOS)] + [phonemes.index(p) for p in model.phonemize(word)]
+    decoder_in = torch.tensor([spoken])  # (1, S): teacher forcing on minipt's own pronunciation
+    gru = {}
+    for side in ("enc", "dec"):
+        module = nn.GRU(array(f"{side}_w_ih").shape[1], array(f"{side}_w_hh").shape[1], batch_first=True)
+        module.load_state_dict({f"{kind}_l0": array(f"{side}_{short}") for kind, short in
+                                (("weight_ih", "w_ih"), ("weight_hh", "w_hh"), ("bias_ih", "b_ih"), ("bias_hh", "b_hh"))})
+        gru[side] = module.eval()
+    theirs = {"letter_embedding.out": nn.functional.embedding(letters, array("enc_emb"))}
+    encoded, state = gru["enc"](theirs["letter_embedding.out"])
+    theirs["encoder.layers.0.h"] = encoded.transpose(0, 1)
+    theirs["phoneme_embedding.out"] = nn.functional.embedding(decoder_in, array("dec_emb"))
+    decoded, _ = gru["dec"](theirs["phoneme_embedding.out"], state)
+    theirs["decoder.layers.0.h"] = decoded.transpose(0, 1)
+    theirs["classifier.out"] = nn.functional.linear(decoded, array("fc_w"), array("fc_b"))
+    points = {name: None for name in theirs}
+    label = f"{word!r} ({letters.shape[1]} letters with </s>; the decoder fed <s> and minipt's {len(spoken) - 1} phonemes)"
+    return report(model, "torch.nn (Embedding, GRU, Linear) on g2p-en's arrays", label, rtol, points, lambda: model(letters, decoder_in), None, None, theirs)
+
+
+# -- the family's one declaration (minipt.registry) ------------------------------------------
+def _example_inputs(cls):
+    generator = torch.Generator().manual_seed(1)
+    return (torch.randint(0, 5, (2, 3), generator=generator), torch.randint(0, 6, (2, 2), generator=generator)), {}
+
+
+FAMILY = register(
+    "g2p",
+    (G2P,),
+    tiny=lambda: G2PConfig(graphemes=["<pad>", "<unk>", "</s>", "a", "b"], phonemes=["<pad>", "<unk>", "<s>", "</s>", "A", "B"], embed_size=8, hidden_size=8),
+    inputs=_example_inputs,
+    signature=("enc_emb", "g2p-en's grapheme-to-phoneme model"),
+    reference=compare_with_reference,
+)

@@ -32,6 +32,7 @@ from ..nn import LayerNorm, Linear, activation, attention_bias, get_backend, sca
 from ..nn.layers import ACTIVATIONS
 from ..nn.tap import tap
 from ..ops import onednn
+from ..registry import register
 
 
 @dataclass
@@ -501,3 +502,62 @@ def gpt2_keymap() -> KeyMap:
         # older files carry the causal mask as buffers: attn.bias (1, 1, n_ctx, n_ctx) and attn.masked_bias (a scalar)
         ignore=["h.{i}.attn.bias", "h.{i}.attn.masked_bias"],
     )
+
+
+# -- minipt.reference: where the reference implementation computes the same values ----------
+def compare_with_reference(model, path, inputs, rtol):
+    """transformers' GPT2Model / GPT2LMHeadModel (eager attention) on the same checkpoint, point by point (``minipt.reference.layer_diffs``)."""
+    from ..demo import tokenizer_beside
+    from ..reference import heads, import_reference, report, texts
+
+    transformers = import_reference("transformers", "GPT-2")
+    config = model.config
+    if isinstance(inputs, torch.Tensor):
+        ids, label = inputs, f"token ids of shape {tuple(inputs.shape)}"
+    elif inputs is None and tokenizer_beside(path) is None:
+        ids = torch.randint(config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+        label = "random token ids (2, 16), seed 0 (no tokenizer beside the checkpoint)"
+    else:
+        tokenizer = tokenizer_beside(path)
+        if tokenizer is None:
+            raise InputError(f"{path} holds no tokenizer; pass token ids (B, T)")
+        rows = [tokenizer(t, padding=False, truncation=False)["input_ids"][0] for t in texts(inputs)]
+        shortest = min(len(r) for r in rows)
+        ids = torch.stack([r[:shortest] for r in rows])  # cut to one length: no padding to tell apart
+        label = f"{len(rows)} texts cut to their shortest, {shortest} tokens"
+    lm = isinstance(model, GPT2LMHeadModel)
+    cls = transformers.GPT2LMHeadModel if lm else transformers.GPT2Model
+    reference = cls.from_pretrained(str(path), attn_implementation="eager").eval()
+    p = "transformer." if lm else ""
+    points = {f"{p}token.out": (f"{p}wte", None), f"{p}position.out": (f"{p}wpe", None)}
+    for i in range(config.n_layer):
+        a, b = f"{p}layers.{i}.", f"{p}h.{i}."
+        points.update({
+            a + "attn_norm.out": (b + "ln_1", None),
+            a + "attn.probs": (b + "attn", lambda out: out[1]),
+            a + "attn.heads": (b + "attn.c_proj:input", heads(config.n_head)),
+            a + "attn.out": (b + "attn", None),
+            a + "ffn_norm.out": (b + "ln_2", None),
+            a + "act.out": (b + "mlp.act", None),
+            a + "ffn_down.out": (b + "mlp", None),
+            a + "out": (b.rstrip("."), None),
+        })
+    points[f"{p}final_norm.out"] = (f"{p}ln_f", None)
+    if lm:
+        points["lm_head.out"] = ("lm_head", None)
+    return report(model, f"transformers {cls.__name__}", label, rtol, points, lambda: model(ids), reference, lambda: reference(input_ids=ids))
+
+
+# -- the family's one declaration (minipt.registry) ------------------------------------------
+def _example_inputs(cls):
+    ids = torch.randint(0, 50, (2, 5), generator=torch.Generator().manual_seed(1))
+    return (ids, torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]])), {}  # the first row left-padded
+
+
+FAMILY = register(
+    "gpt2",
+    (GPT2Model, GPT2LMHeadModel),
+    tiny=lambda: GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0),
+    inputs=_example_inputs,
+    reference=compare_with_reference,
+)

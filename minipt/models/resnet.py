@@ -30,6 +30,7 @@ from ..errors import ConfigError, KeyMismatchError
 from ..keymap import KeyMap
 from ..nn import Linear
 from ..vision import check_images
+from ..registry import register
 
 
 # -- configuration -------------------------------------------------------------
@@ -389,3 +390,54 @@ def wide_resnet50_2(*, weights=None, num_classes: int | None = None, **options) 
 
 def wide_resnet101_2(*, weights=None, num_classes: int | None = None, **options) -> ResNet:
     return _resnet(101, weights, num_classes, width_per_group=128, **options)
+
+
+# -- minipt.reference: where the reference implementation computes the same values ----------
+def imagenet_pixels(paths) -> torch.Tensor:
+    from ..vision import image_batch
+
+    pixels = image_batch(paths, resize=256, crop=224) / 255.0  # torchvision's ImageNet preprocessing
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    return (pixels - mean[:, None, None]) / std[:, None, None]
+
+
+def compare_with_reference(model, path, inputs, rtol):
+    """torchvision's ResNet on the same checkpoint, point by point (``minipt.reference.layer_diffs``)."""
+    from ..checkpoint import Checkpoint
+    from ..reference import images, import_reference, report
+
+    import_reference("torchvision", "ResNet")
+    from torchvision.models import resnet as tv  # reference-only
+
+    checkpoint = Checkpoint(path)
+    config = infer_config(checkpoint)  # the reference's architecture is the checkpoint's, not the model's
+    block = tv.BasicBlock if config.block == "basic" else tv.Bottleneck
+    reference = tv.ResNet(block, list(config.layers), num_classes=config.num_classes, groups=config.groups, width_per_group=config.width_per_group)
+    state = {KEYMAP.canonical(key): checkpoint.get(key) for key in checkpoint.keys()}
+    missing, unexpected = reference.load_state_dict(state, strict=False)
+    if unexpected or any(not key.endswith("num_batches_tracked") for key in missing):
+        raise ConfigError(f"torchvision's ResNet does not take {path}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    reference.eval()
+    x, label = images(inputs, imagenet_pixels)
+    points = {"stem.conv.out": ("conv1", None), "stem.bn.out": ("bn1", None), "stem.out": ("maxpool", None)}
+    convs = ("conv1", "bn1", "conv2", "bn2") + (("conv3", "bn3") if config.block == "bottleneck" else ())
+    for s, blocks in enumerate(config.layers):
+        for b in range(blocks):
+            a, r = f"stages.{s}.{b}.", f"layer{s + 1}.{b}."
+            points.update({a + f"{part}.out": (r + part, None) for part in convs})
+            if b == 0 and (s > 0 or config.block == "bottleneck"):
+                points[a + "shortcut.out"] = (r + "downsample", None)
+            points[a + "out"] = (r.rstrip("."), None)
+    points.update({"pool.out": ("avgpool", None), "head.out": ("fc", None)})
+    return report(model, "torchvision ResNet", label, rtol, points, lambda: model(x), reference, lambda: reference(x))
+
+
+# -- the family's one declaration (minipt.registry) ------------------------------------------
+FAMILY = register(
+    "resnet",
+    (ResNet,),
+    tiny=lambda: ResNetConfig("basic", (1, 1, 1, 1), num_classes=5),
+    inputs=lambda cls: ((torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)),), {}),
+    signature=("layer1.0.conv1.weight", "a torchvision-format ResNet"),
+    reference=compare_with_reference,
+)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, InputError
+from ..files import read_json
 from ..hub import resolve
 from ..tokenizer import Tokenizer, as_texts
 from .bert import BertModel
@@ -64,15 +65,15 @@ class SentenceEncoder(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path, *, dtype: torch.dtype | None = None, device=None) -> "SentenceEncoder":
         path = resolve(name_or_path)
-        modules = _read_json(path / "modules.json", default=[])
+        modules = read_json(path / "modules.json", list, default=[], what="a list")
         if not isinstance(modules, list) or not all(isinstance(m, dict) and isinstance(m.get("type"), str) and isinstance(m.get("path", ""), str) for m in modules):
             raise ConfigError(f"{path / 'modules.json'} must be a list of objects with a 'type' and a 'path', found {str(modules)[:80]}")
         kinds = {m["type"].rsplit(".", 1)[-1]: m for m in modules}
         pooling = "mean"
         if "Pooling" in kinds:
-            pooling = _pooling_mode(_read_json(path / kinds["Pooling"].get("path", "") / "config.json", default={}))
+            pooling = _pooling_mode(read_json(path / kinds["Pooling"].get("path", "") / "config.json", default={}))
         normalize = "Normalize" in kinds
-        settings = _read_json(path / "sentence_bert_config.json", default={})
+        settings = read_json(path / "sentence_bert_config.json", default={})
         encoder = BertModel.from_pretrained(path, dtype=dtype, device=device)
         tokenizer = Tokenizer.from_pretrained(path)
         return cls(encoder, tokenizer, pooling=pooling, normalize=normalize, max_seq_length=settings.get("max_seq_length")).eval()
@@ -133,16 +134,3 @@ def _pooling_mode(config: dict) -> str:
     if len(chosen) != 1:
         raise ConfigError(f"pooling config {config} selects {chosen or 'no'} mode; minipt supports exactly one of {POOLING_MODES}")
     return chosen[0]
-
-
-def _read_json(path: Path, default):
-    """The JSON value in a file, of the same type as ``default`` (returned for an absent file); else a CheckpointError naming the file."""
-    if not path.is_file():
-        return default
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:  # ValueError: not JSON, or not UTF-8
-        raise CheckpointError(f"{path} is not a readable JSON file: {err}") from err
-    if not isinstance(value, type(default)):
-        raise CheckpointError(f"{path} holds a JSON {type(value).__name__}, expected a {type(default).__name__}")
-    return value
