@@ -49,7 +49,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from ..checks import tracing
 from ..errors import ConfigError, InputError, KeyMismatchError
-from .backend import get_backend
+from .backend import BackendBlock, get_backend
 from .rnn_cells import math_layer
 from .rnn_fused import fused_layer
 
@@ -58,7 +58,7 @@ from .rnn_fused import fused_layer
 _GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
 
 
-class _RNNBase(nn.Module):
+class _RNNBase(BackendBlock, nn.Module):
     """What RNN, LSTM and GRU share: torch.nn's parameters, argument checks, layers and directions."""
 
     def __init__(
