@@ -112,8 +112,13 @@ class Config:
     """Base of every model config: checks its fields when built, reads and writes ``config.json``."""
 
     model_type: ClassVar[str | None] = None  # written to config.json; a file of another type is refused
+    # minipt's own, on every model: the backend its blocks run (see minipt.nn.backend); None: the global choice
+    backend: str | None = field(default=None, kw_only=True, metadata={_MINIPT_ONLY: True})
 
     def __post_init__(self):
+        from .nn.backend import check_backend
+
+        self.backend = check_backend(self.backend)
         for f in dataclasses.fields(self):
             check = f.metadata.get(_CHECK)
             if check is None:

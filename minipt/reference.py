@@ -27,7 +27,6 @@ import math
 import os
 import sys
 import types
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -130,24 +129,11 @@ def _compare(name: str, where: str, ours: torch.Tensor, theirs: torch.Tensor, rt
 
 
 # -- running both sides ------------------------------------------------------------------
-@contextmanager
-def _on_math(model: nn.Module):
-    """Every block of ``model`` on the "math" backend for the comparison, its own choice restored after."""
-    from .nn import set_backend
-
-    saved = [(block, block.backend) for block in model.modules() if hasattr(block, "backend")]
-    set_backend("math", module=model)
-    try:
-        yield
-    finally:
-        for block, backend in saved:
-            block.backend = backend
-
-
 def _ours(model: nn.Module, names: list[str], run: Callable[[], Any]) -> dict[str, torch.Tensor]:
+    from .nn.backend import use_backend
     from .probe import capture
 
-    with _on_math(model), capture(model, *names) as seen:
+    with use_backend("math", module=model), capture(model, *names) as seen:  # every name exists on math
         run()
     return {name: seen[name] for name in seen}
 

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from .errors import StageError, TrainingError
+from .nn.backend import BackendBlock
 
 BN_MODES = ("eval", "train")
 
@@ -201,7 +202,7 @@ def reset_classifier(model: nn.Module, num_classes: int | None = None, **config_
     config = config.replace(**config_fields)
     old = _module(model, path)
     new = type(old)(old.in_features, getattr(config, size_field), bias=old.bias is not None, device=old.weight.device, dtype=old.weight.dtype)  # minipt's Linear keeps its backend
-    if hasattr(old, "backend"):
+    if isinstance(old, BackendBlock):
         new.backend = old.backend
     if hasattr(model, "init_weights"):
         model.init_weights(new)

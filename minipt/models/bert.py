@@ -23,11 +23,11 @@ from ..config import Config, count, epsilon, flag, minipt_only, one_of, probabil
 from ..errors import ConfigError, InputError
 from ..keymap import KeyMap
 from ..nn import (GELU, LayerNorm, Linear, MultiHeadAttention, activation, attention_bias, linear_then_activation,
-                  scaled_dot_product_attention, set_backend)
-from ..nn.backend import check_backend
+                  scaled_dot_product_attention)
 from ..nn.layers import ACTIVATIONS
 from ..ops import onednn
 from ..registry import register
+from ..nn.backend import ChoosesBackend
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
@@ -58,7 +58,6 @@ class BertConfig(Config):
     problem_type: str | None = one_of(None, PROBLEM_TYPES, optional=True)
     # minipt's own, not written to config.json
     add_pooling_layer: bool = flag(True, minipt_only=True)  # decided by the checkpoint
-    backend: str | None = minipt_only(None)  # see minipt.nn.backend
 
     def check(self):
         require(self.hidden_size % self.num_attention_heads == 0, "num_attention_heads", self.num_attention_heads, f"a divisor of hidden_size {self.hidden_size}")
@@ -71,7 +70,6 @@ class BertConfig(Config):
                 labels = None
             require(labels is not None and sorted(labels) == list(range(len(labels))), "id2label", self.id2label, "keys 0..num_labels-1")
             self.id2label, self.num_labels = labels, len(labels)
-        self.backend = check_backend(self.backend)
 
     model_type = "bert"
 
@@ -180,12 +178,8 @@ ENCODER_FIELDS = {
 UNDER_BERT = {name: "bert." + where if isinstance(where, str) else ("bert." + where[0], where[1]) for name, where in ENCODER_FIELDS.items()}
 
 
-class _BertPretrained(Pretrained, onednn.PackedInference, nn.Module):
+class _BertPretrained(Pretrained, ChoosesBackend, onednn.PackedInference, nn.Module):
     config_class = BertConfig
-
-    def set_backend(self, name: str | None) -> None:
-        """Run this model's attention, LayerNorm and GELU on ``"math"``, ``"torch"`` or ``"fused"`` (None: the global choice)."""
-        set_backend(name, module=self)
 
     def fuse(self, dtype: torch.dtype = torch.float32) -> "_BertPretrained":
         """An inference copy for the CPU (eval mode, no gradients), computing in ``dtype`` (float32 or bfloat16).
@@ -241,8 +235,7 @@ class BertModel(_BertPretrained):
         self.layers = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
         self.pooler = BertPooler(config) if config.add_pooling_layer else None
         self.apply(self.init_weights)
-        if config.backend is not None:
-            self.set_backend(config.backend)
+        self.set_backend(config.backend)
 
     def forward(
         self,
@@ -325,6 +318,7 @@ class BertForMaskedLM(_BertPretrained):
         self.head = MaskedLMHead(config)
         self.apply(self.init_weights)
         self.tie_weights()
+        self.set_backend(config.backend)
 
     def tie_weights(self) -> None:
         if self.config.tie_word_embeddings:
@@ -382,6 +376,7 @@ class BertForSequenceClassification(_BertPretrained):
         self.dropout = nn.Dropout(dropout)
         self.classifier = Linear(config.hidden_size, config.num_labels)
         self.apply(self.init_weights)
+        self.set_backend(config.backend)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False, output_attentions=False):
         """``labels``: class ids (B,), or targets (B,) / (B, num_labels) for regression and multi-label problems."""

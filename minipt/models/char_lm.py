@@ -28,6 +28,7 @@ from ..errors import InputError
 from ..keymap import KeyMap
 from ..nn import LSTM, Linear
 from ..registry import register
+from ..nn.backend import ChoosesBackend
 
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (num_layers, B, hidden_size)
 
@@ -46,7 +47,7 @@ class CharLMConfig(Config):
         require(self.dropout < 1, "dropout", self.dropout, "a probability below 1 (1 would drop everything)")
 
 
-class CharLM(Pretrained, nn.Module):
+class CharLM(Pretrained, ChoosesBackend, nn.Module):
     config_class = CharLMConfig
     checkpoint_fields = {
         "vocab_size": ("embedding.weight", 0),
@@ -70,6 +71,7 @@ class CharLM(Pretrained, nn.Module):
         )
         self.dropout = nn.Dropout(config.dropout)
         self.head = Linear(config.hidden_size, config.vocab_size)
+        self.set_backend(config.backend)
 
     def forward(self, ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """Next-byte logits (B, T, vocab) for byte ids (B, T), and the LSTM state after the last step."""

@@ -33,6 +33,7 @@ from ..errors import InputError
 from ..keymap import KeyMap
 from ..nn import LSTM, Linear
 from ..registry import register
+from ..nn.backend import ChoosesBackend
 
 # EasyOCR's English character set, in the order of the classifier's outputs 1..96
 # (output 0 is the CTC blank): digits, ASCII punctuation, space, euro sign, letters.
@@ -107,7 +108,7 @@ class BidirectionalLSTM(nn.Module):
         return self.proj(hidden)  # (B, T, out)
 
 
-class CRNN(Pretrained, nn.Module):
+class CRNN(Pretrained, ChoosesBackend, nn.Module):
     config_class = CRNNConfig
     default_checkpoint = "easyocr-english-g2"
     weights_file = "english_g2.pth"  # EasyOCR's folder also holds its text detector
@@ -129,6 +130,7 @@ class CRNN(Pretrained, nn.Module):
             BidirectionalLSTM(hidden, hidden, hidden),
         )
         self.classifier = Linear(hidden, config.num_classes)
+        self.set_backend(config.backend)
 
     def check_input(self, images: torch.Tensor) -> None:
         c = self.config

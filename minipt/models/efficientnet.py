@@ -38,6 +38,7 @@ from ..keymap import KeyMap
 from ..nn import Linear
 from ..vision import check_images, image_batch
 from ..registry import register
+from ..nn.backend import ChoosesBackend
 
 
 # -- configuration -------------------------------------------------------------
@@ -204,7 +205,7 @@ def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
 
 
 # -- the model -------------------------------------------------------------------
-class EfficientNet(Pretrained, nn.Module):
+class EfficientNet(Pretrained, ChoosesBackend, nn.Module):
     config_class = EfficientNetConfig
     default_checkpoint = "efficientnet_lite0"
     # What the official file's tensors fix in the config, checked before the model is built.
@@ -233,6 +234,7 @@ class EfficientNet(Pretrained, nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = Linear(config.head_channels, config.num_classes)
         self.num_features = config.head_channels
+        self.set_backend(config.backend)
 
     transfer_head = ("classifier", "num_classes")  # see minipt.transfer
 

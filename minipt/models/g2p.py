@@ -34,6 +34,7 @@ from ..errors import CheckpointError, InputError
 from ..keymap import KeyMap
 from ..nn import GRU, Linear
 from ..registry import register
+from ..nn.backend import ChoosesBackend
 
 BOS, EOS = "<s>", "</s>"
 
@@ -64,7 +65,7 @@ class G2PConfig(Config):
         return len(self.phonemes)
 
 
-class G2P(Pretrained, nn.Module):
+class G2P(Pretrained, ChoosesBackend, nn.Module):
     config_class = G2PConfig
     default_checkpoint = "g2p-en"
     weights_file = "checkpoint20.npz"
@@ -85,6 +86,7 @@ class G2P(Pretrained, nn.Module):
         self.decoder = GRU(config.embed_size, config.hidden_size, batch_first=True)
         self.classifier = Linear(config.hidden_size, len(config.phonemes))
         self.letter_index = {g: i for i, g in enumerate(config.graphemes)}
+        self.set_backend(config.backend)
 
     def encode_letters(self, word: str) -> torch.Tensor:
         """Letter ids of one word followed by </s>: (T + 1,)."""

@@ -28,11 +28,12 @@ from ..checks import check_ids, tracing
 from ..config import Config, count, epsilon, flag, one_of, probability, real, require, token_id
 from ..errors import ConfigError, InputError
 from ..keymap import TRANSPOSE, KeyMap
-from ..nn import LayerNorm, Linear, activation, attention_bias, get_backend, scaled_dot_product_attention, set_backend
+from ..nn import LayerNorm, Linear, activation, attention_bias, get_backend, linear_then_activation, scaled_dot_product_attention
 from ..nn.layers import ACTIVATIONS
 from ..nn.tap import tap
 from ..ops import onednn
 from ..registry import register
+from ..nn.backend import BackendBlock, ChoosesBackend
 
 
 @dataclass
@@ -116,7 +117,7 @@ class KVCache:
 
 
 # -- the blocks -------------------------------------------------------------------
-class CausalSelfAttention(nn.Module):
+class CausalSelfAttention(BackendBlock, nn.Module):
     """Multi-head causal self-attention; Q, K and V come from one fused projection (GPT-2's ``c_attn``)."""
 
     taps = {"probs": "math", "heads": None}  # as minipt.nn.MultiHeadAttention's (see minipt.probe)
@@ -132,7 +133,6 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.attn_pdrop
         self.qkv_proj = Linear(config.n_embd, 3 * config.n_embd)
         self.out_proj = Linear(config.n_embd, config.n_embd)
-        self.backend: str | None = None
 
     def forward(self, hidden: torch.Tensor, bias: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
         B, T, C = hidden.shape
@@ -142,6 +142,7 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.update(self.layer_idx, k, v)  # (B, heads, S, D): the cached positions, then these T
         out, _ = scaled_dot_product_attention(
             q, k, v, bias,
+            causal=True,  # bias is _causal_bias's: the future masked (and padding), or None for one new token
             dropout=self.dropout if self.training else 0.0,
             backend=get_backend(self.backend),
             scale=self.scale,
@@ -167,7 +168,7 @@ class GPT2Block(nn.Module):
 
     def forward(self, hidden: torch.Tensor, bias: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
         hidden = hidden + self.dropout(self.attn(self.attn_norm(hidden), bias, cache))  # (B, T, C)
-        ffn_out = self.ffn_down(self.act(self.ffn_up(self.ffn_norm(hidden))))  # (B, T, 4C) inside, (B, T, C) out
+        ffn_out = self.ffn_down(linear_then_activation(self.ffn_up, self.act, self.ffn_norm(hidden)))  # (B, T, 4C) inside, (B, T, C) out
         return hidden + self.dropout(ffn_out)
 
 
@@ -198,12 +199,8 @@ STACK_FIELDS = {
 }
 
 
-class _GPT2Pretrained(Pretrained, onednn.PackedInference, nn.Module):
+class _GPT2Pretrained(Pretrained, ChoosesBackend, onednn.PackedInference, nn.Module):
     config_class = GPT2Config
-
-    def set_backend(self, name: str | None) -> None:
-        """Run this model's attention, LayerNorm and GELU on ``"math"``, ``"torch"`` or ``"fused"`` (None: the global choice)."""
-        set_backend(name, module=self)
 
     def fuse(self, dtype: torch.dtype = torch.float32) -> "_GPT2Pretrained":
         """An inference copy for the CPU (eval mode, no gradients), computing in ``dtype`` (float32 or bfloat16).
@@ -257,6 +254,7 @@ class GPT2Model(_GPT2Pretrained):
         self.layers = nn.ModuleList(GPT2Block(config, i) for i in range(config.n_layer))
         self.final_norm = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.apply(self.init_weights)
+        self.set_backend(config.backend)
 
     def allocate_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty cache for ``batch_size`` sequences of up to ``max_len`` tokens (default: the whole context)."""
@@ -348,6 +346,7 @@ class GPT2LMHeadModel(_GPT2Pretrained):
         self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         self.apply(self.init_weights)
         self.tie_weights()
+        self.set_backend(config.backend)
 
     def tie_weights(self) -> None:
         if self.config.tie_word_embeddings:

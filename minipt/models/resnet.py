@@ -31,6 +31,7 @@ from ..keymap import KeyMap
 from ..nn import Linear
 from ..vision import check_images
 from ..registry import register
+from ..nn.backend import ChoosesBackend
 
 
 # -- configuration -------------------------------------------------------------
@@ -183,7 +184,7 @@ class Stem(nn.Module):
 
 
 # -- the model -------------------------------------------------------------------
-class ResNet(Pretrained, nn.Module):
+class ResNet(Pretrained, ChoosesBackend, nn.Module):
     config_class = ResNetConfig
     transfer_stages = {"stem": "stem", "stages.{i}": "stages.{i}", "head": "head"}  # see minipt.transfer
     transfer_head = ("head", "num_classes")
@@ -208,6 +209,7 @@ class ResNet(Pretrained, nn.Module):
         self.num_features = in_channels
         if not any(p.is_meta for p in self.parameters()):
             self.reset_parameters()
+        self.set_backend(config.backend)
 
     def reset_parameters(self) -> None:
         """torchvision's initialisation: He-normal convs (fan out), BatchNorm at identity."""

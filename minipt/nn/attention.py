@@ -22,8 +22,8 @@ from torch import nn
 
 from .. import ops
 from ..checks import tracing
-from ..errors import InputError
-from .backend import get_backend
+from ..errors import ConfigError, InputError
+from .backend import BackendBlock, get_backend
 from .layers import Linear
 from .tap import tap
 
@@ -74,6 +74,7 @@ def scaled_dot_product_attention(
     v: torch.Tensor,  # (B, heads, S, D)
     bias: torch.Tensor | None = None,
     *,
+    causal: bool = False,
     dropout: float = 0.0,
     backend: str = "torch",
     need_weights: bool = False,
@@ -82,19 +83,25 @@ def scaled_dot_product_attention(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``softmax(q k^T * scale + bias) v``, ``scale`` = 1/sqrt(D) unless given; probabilities too when asked (always on the math path).
 
-    On the math path the probabilities pass the tap point ``probs`` of ``site`` (the calling
-    module; see ``minipt.nn.tap``), so a capture can read or edit them before they weight ``v``.
+    ``causal=True`` says that ``bias`` is ``attention_bias(mask, T, S, causal=True)`` (the future
+    masked, aligned bottom-right, and padded keys if a mask was given), or None when nothing needs
+    masking beyond the future. On the math path the probabilities pass the tap point ``probs`` of
+    ``site`` (the calling module; see ``minipt.nn.tap``), so a capture can read or edit them before
+    they weight ``v``.
 
-    ``fused`` runs ``minipt.ops.attention`` when the bias only masks padded keys ((B, 1, 1, S),
-    as ``attention_bias`` builds it for a padding mask) or is None; with attention dropout or any
-    other mask it runs ``torch``.
+    ``fused`` runs ``minipt.ops.attention`` (with ``causal``) when the bias only masks padded keys
+    ((B, 1, 1, S), as ``attention_bias`` builds it for a padding mask, or causal on top of it) or is
+    None; with attention dropout or any other mask it runs ``torch``.
     """
+    T, S = q.shape[-2], k.shape[-2]
     if backend == "fused" and not need_weights and dropout == 0.0:
-        if bias is None:
-            return ops.attention(q, k, v, scale=scale), None
-        if bias.dim() == 4 and bias.shape[1] == bias.shape[2] == 1 and bias.shape[0] == q.shape[0]:
-            keep = bias[:, 0, 0, :] > torch.finfo(bias.dtype).min  # (B, S): True = a real key
-            return ops.attention(q, k, v, keep, scale=scale), None
+        if bias is None or (causal and bias.dim() == 2):  # (T, S): the causal mask alone
+            return ops.attention(q, k, v, causal=causal, scale=scale), None
+        if bias.dim() == 4 and bias.shape[1] == 1 and bias.shape[0] == q.shape[0] and bias.shape[2] == (T if causal else 1):
+            keep = bias[:, 0, -1, :] > torch.finfo(bias.dtype).min  # (B, S): True = a real key (the last query sees every past key)
+            return ops.attention(q, k, v, keep, causal=causal, scale=scale), None
+    if causal and bias is None and T > 1:
+        bias = attention_bias(None, T, S, causal=True, dtype=q.dtype, device=q.device)
     attends = None  # (B, 1|heads, T, 1): 0 for query rows that may look at no key
     if bias is not None:
         attends = (bias > torch.finfo(bias.dtype).min).any(-1, keepdim=True)
@@ -115,7 +122,7 @@ def scaled_dot_product_attention(
     return out, None
 
 
-class MultiHeadAttention(nn.Module):
+class MultiHeadAttention(BackendBlock, nn.Module):
     """Self-attention with ``num_heads`` heads: project to Q, K, V, attend per head, project back."""
 
     # minipt.probe: the attention probabilities (B, heads, T, S), written out on "math" only,
@@ -125,7 +132,7 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, *, dropout: float = 0.0, bias: bool = True):
         super().__init__()
         if dim % num_heads != 0:
-            raise ValueError(f"hidden size {dim} is not a multiple of the number of heads {num_heads}")
+            raise ConfigError(f"hidden size {dim} is not a multiple of the number of heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.dropout = dropout  # on the attention probabilities, in training only
@@ -133,7 +140,6 @@ class MultiHeadAttention(nn.Module):
         self.k_proj = Linear(dim, dim, bias=bias)
         self.v_proj = Linear(dim, dim, bias=bias)
         self.out_proj = Linear(dim, dim, bias=bias)
-        self.backend: str | None = None
 
     def forward(
         self,

@@ -13,10 +13,10 @@ from .. import ops
 from ..checks import tracing
 from ..errors import ConfigError
 from ..ops import onednn
-from .backend import get_backend
+from .backend import BackendBlock, get_backend
 
 
-class Linear(nn.Linear):
+class Linear(BackendBlock, nn.Linear):
     """``x W^T + b``: torch.nn.Linear (the same parameters, state dict and initialisation) whose
     matrix multiplies follow the backend. On ``"fused"``, float32 CPU tensors multiply on oneDNN,
     forward and backward (``minipt.ops.onednn.linear``: on the CPUs measured, about twice as fast
@@ -25,7 +25,6 @@ class Linear(nn.Linear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
         super().__init__(in_features, out_features, bias, device, dtype)
-        self.backend: str | None = None
 
     def forward(self, x: torch.Tensor, add_bias: bool = True) -> torch.Tensor:
         """(..., in) -> (..., out); ``add_bias=False`` leaves the bias to the caller (``linear_then_activation``)."""
@@ -35,7 +34,7 @@ class Linear(nn.Linear):
         return F.linear(x, self.weight, bias)
 
 
-class LayerNorm(nn.Module):
+class LayerNorm(BackendBlock, nn.Module):
     """Layer normalisation (Ba et al., 2016) over the last dimension: state-dict compatible with torch.nn.LayerNorm."""
 
     def __init__(self, dim: int, eps: float = 1e-5):
@@ -43,7 +42,6 @@ class LayerNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
         self.bias = nn.Parameter(torch.zeros(dim))
         self.eps = eps
-        self.backend: str | None = None
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """LN(x), or LN(x + residual): a post-LN block's residual step, one op on ``fused``."""
@@ -64,7 +62,7 @@ class LayerNorm(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
-class GELU(nn.Module):
+class GELU(BackendBlock, nn.Module):
     """Gaussian error linear unit (Hendrycks & Gimpel, 2016): x * Phi(x), exact or tanh-approximated."""
 
     def __init__(self, approximate: str = "none"):
@@ -72,7 +70,6 @@ class GELU(nn.Module):
         if approximate not in ("none", "tanh"):
             raise ConfigError(f"GELU approximation must be 'none' or 'tanh', not {approximate!r}")
         self.approximate = approximate
-        self.backend: str | None = None
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """gelu(x), or gelu(x + bias) for a bias (N,) the Linear before left out (``linear_then_activation``)."""
