@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
-from ._layout import contiguous, empty_like
+from ._layout import empty_like
+from ._register import register_op
 
 
 def allowed_keys(key_padding_mask: Tensor | None, T: int, S: int, causal: bool, device) -> Tensor | None:
@@ -45,7 +46,9 @@ def _scores(q, k, key_padding_mask, causal, scale):
     return scores
 
 
-def attention_reference(q, k, v, key_padding_mask, causal, scale):
+def attention_reference(
+    q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, causal: bool, scale: float
+) -> tuple[Tensor, Tensor]:
     """Plain torch, in float32 at least; returns (out, lse)."""
     dtype = q.dtype
     compute = torch.promote_types(dtype, torch.float32)
@@ -58,7 +61,10 @@ def attention_reference(q, k, v, key_padding_mask, causal, scale):
     return out.to(dtype), lse
 
 
-def attention_backward_reference(grad_out, q, k, v, key_padding_mask, out, lse, causal, scale):
+def attention_backward_reference(
+    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None,
+    out: Tensor, lse: Tensor, causal: bool, scale: float,
+) -> tuple[Tensor, Tensor, Tensor]:
     """dq, dk, dv from the probabilities recomputed through ``lse``; plain torch, in float32 at least."""
     dtype = q.dtype
     compute = torch.promote_types(dtype, torch.float32)
@@ -76,68 +82,26 @@ def attention_backward_reference(grad_out, q, k, v, key_padding_mask, out, lse, 
 # ---- the op: reference everywhere, Triton on CUDA ----------------------------------------------
 
 
-@torch.library.custom_op("minipt::attention", mutates_args=())
-def attention_op(
-    q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, causal: bool, scale: float
-) -> tuple[Tensor, Tensor]:
-    return contiguous(attention_reference(q, k, v, key_padding_mask, causal, scale))
-
-
-@attention_op.register_kernel("cuda")
-def attention_triton(q, k, v, key_padding_mask, causal, scale):
-    """Launches the flash-attention forward; runs on CPU tensors too under TRITON_INTERPRET=1."""
-    if q.dtype == torch.float64:  # the kernels compute in float32
-        return contiguous(attention_reference(q, k, v, key_padding_mask, causal, scale))
-    from . import _attention_triton
-
-    return _attention_triton.forward(q, k, v, key_padding_mask, causal, scale)
-
-
-@attention_op.register_fake
-def _(q, k, v, key_padding_mask, causal, scale):
+def _fake(q, k, v, key_padding_mask, causal, scale):
     lse = q.new_empty(q.shape[:-1], dtype=torch.promote_types(q.dtype, torch.float32))  # (B, H, T)
     return empty_like(q), lse
 
 
-@torch.library.custom_op("minipt::attention_backward", mutates_args=())
-def attention_backward_op(
-    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None,
-    out: Tensor, lse: Tensor, causal: bool, scale: float,
-) -> tuple[Tensor, Tensor, Tensor]:
-    return contiguous(attention_backward_reference(grad_out, q, k, v, key_padding_mask, out, lse, causal, scale))
-
-
-@attention_backward_op.register_kernel("cuda")
-def attention_backward_triton(grad_out, q, k, v, key_padding_mask, out, lse, causal, scale):
-    """Launches the flash-attention backward; runs on CPU tensors too under TRITON_INTERPRET=1."""
-    if q.dtype == torch.float64:
-        return contiguous(attention_backward_reference(grad_out, q, k, v, key_padding_mask, out, lse, causal, scale))
-    from . import _attention_triton
-
-    return _attention_triton.backward(grad_out, q, k, v, key_padding_mask, out, lse, causal, scale)
-
-
-@attention_backward_op.register_fake
-def _(grad_out, q, k, v, key_padding_mask, out, lse, causal, scale):
-    return empty_like(q), empty_like(k), empty_like(v)
-
-
-def _setup_context(ctx, inputs, output):
+def _grads(grads, inputs, outputs):
     q, k, v, key_padding_mask, causal, scale = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, key_padding_mask, out, lse)
-    ctx.causal, ctx.scale = causal, scale
-    ctx.mark_non_differentiable(lse)
-
-
-def _backward(ctx, grad_out, grad_lse):
-    q, k, v, key_padding_mask, out, lse = ctx.saved_tensors
-    grad_q, grad_k, grad_v = attention_backward_op(
-        grad_out, q, k, v, key_padding_mask, out, lse, ctx.causal, ctx.scale)
+    out, lse = outputs
+    grad_q, grad_k, grad_v = attention_backward_op(grads[0], q, k, v, key_padding_mask, out, lse, causal, scale)
     return grad_q, grad_k, grad_v, None, None, None
 
 
-attention_op.register_autograd(_backward, setup_context=_setup_context)
+attention_backward_op, attention_backward_triton = register_op(
+    "attention_backward", attention_backward_reference, kernel="_attention_triton.backward",
+    fake=lambda grad_out, q, k, v, key_padding_mask, out, lse, causal, scale: (empty_like(q), empty_like(k), empty_like(v)),
+)
+attention_op, attention_triton = register_op(
+    "attention", attention_reference, kernel="_attention_triton.forward", fake=_fake,
+    backward=_grads, save_outputs=True, non_differentiable=(1,),  # lse is kept for the backward only
+)
 
 
 # ---- the Python API -------------------------------------------------------------------------------

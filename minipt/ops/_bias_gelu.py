@@ -19,10 +19,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InputError
-from ._layout import contiguous, empty_like
+from ._layout import empty_like
+from ._register import register_op
 
 
-def bias_gelu_reference(x, bias, approximate):
+def bias_gelu_reference(x: Tensor, bias: Tensor, approximate: str) -> Tensor:
     compute = torch.promote_types(x.dtype, torch.float32)
     return F.gelu(x.to(compute) + bias.to(compute), approximate=approximate).to(x.dtype)
 
@@ -37,66 +38,28 @@ def gelu_grad(y: Tensor, approximate: str) -> Tensor:
     return cdf + y * torch.exp(-0.5 * y * y) / math.sqrt(2.0 * math.pi)  # + y phi(y)
 
 
-def bias_gelu_backward_reference(grad, x, bias, approximate):
+def bias_gelu_backward_reference(grad: Tensor, x: Tensor, bias: Tensor, approximate: str) -> tuple[Tensor, Tensor]:
     compute = torch.promote_types(x.dtype, torch.float32)
     y = x.to(compute) + bias.to(compute)
     grad_x = grad.to(compute) * gelu_grad(y, approximate)
     return grad_x.to(x.dtype), grad_x.reshape(-1, x.shape[-1]).sum(0).to(bias.dtype)
 
 
-@torch.library.custom_op("minipt::bias_gelu", mutates_args=())
-def bias_gelu_op(x: Tensor, bias: Tensor, approximate: str) -> Tensor:
-    return contiguous(bias_gelu_reference(x, bias, approximate))
+bias_gelu_backward_op, bias_gelu_backward_triton = register_op(
+    "bias_gelu_backward", bias_gelu_backward_reference, kernel="_bias_gelu_triton.backward",
+    fake=lambda grad, x, bias, approximate: (empty_like(x), empty_like(bias)),
+)
 
 
-@bias_gelu_op.register_kernel("cuda")
-def bias_gelu_triton(x, bias, approximate):
-    """Launches the Triton forward; runs on CPU tensors too under TRITON_INTERPRET=1."""
-    if x.dtype == torch.float64:  # the kernels compute in float32
-        return contiguous(bias_gelu_reference(x, bias, approximate))
-    from . import _bias_gelu_triton
-
-    return _bias_gelu_triton.forward(x, bias, approximate)
-
-
-@bias_gelu_op.register_fake
-def _(x, bias, approximate):
-    return empty_like(x)
-
-
-@torch.library.custom_op("minipt::bias_gelu_backward", mutates_args=())
-def bias_gelu_backward_op(grad: Tensor, x: Tensor, bias: Tensor, approximate: str) -> tuple[Tensor, Tensor]:
-    return contiguous(bias_gelu_backward_reference(grad, x, bias, approximate))
-
-
-@bias_gelu_backward_op.register_kernel("cuda")
-def bias_gelu_backward_triton(grad, x, bias, approximate):
-    """Launches the Triton backward; runs on CPU tensors too under TRITON_INTERPRET=1."""
-    if x.dtype == torch.float64:
-        return contiguous(bias_gelu_backward_reference(grad, x, bias, approximate))
-    from . import _bias_gelu_triton
-
-    return _bias_gelu_triton.backward(grad, x, bias, approximate)
-
-
-@bias_gelu_backward_op.register_fake
-def _(grad, x, bias, approximate):
-    return empty_like(x), empty_like(bias)
-
-
-def _setup_context(ctx, inputs, output):
+def _grads(grads, inputs, outputs):
     x, bias, approximate = inputs
-    ctx.save_for_backward(x, bias)
-    ctx.approximate = approximate
+    return (*bias_gelu_backward_op(grads[0], x, bias, approximate), None)
 
 
-def _backward(ctx, grad):
-    x, bias = ctx.saved_tensors
-    grad_x, grad_bias = bias_gelu_backward_op(grad, x, bias, ctx.approximate)
-    return grad_x, grad_bias, None
-
-
-bias_gelu_op.register_autograd(_backward, setup_context=_setup_context)
+bias_gelu_op, bias_gelu_triton = register_op(
+    "bias_gelu", bias_gelu_reference, kernel="_bias_gelu_triton.forward",
+    fake=lambda x, bias, approximate: empty_like(x), backward=_grads,
+)
 
 
 def bias_gelu(x: Tensor, bias: Tensor, approximate: str = "none") -> Tensor:

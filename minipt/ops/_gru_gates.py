@@ -16,11 +16,12 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
-from ._layout import contiguous, empty_like
+from ._layout import empty_like
 from ._reference_math import tanh
+from ._register import register_op
 
 
-def gru_gates_reference(gi, gh, h):
+def gru_gates_reference(gi: Tensor, gh: Tensor, h: Tensor) -> Tensor:
     """The GRU's gate equations, written once: the ``"math"`` cells (minipt.nn.rnn_cells) and the
     fast path run this; the backward below and the Triton kernels must follow it (tested)."""
     compute = torch.promote_types(h.dtype, torch.float32)
@@ -32,7 +33,7 @@ def gru_gates_reference(gi, gh, h):
     return ((1 - z) * n + z * h.to(compute)).to(h.dtype)
 
 
-def gru_gates_backward_reference(grad, gi, gh, h):
+def gru_gates_backward_reference(grad: Tensor, gi: Tensor, gh: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     compute = torch.promote_types(h.dtype, torch.float32)
     gi_r, gi_z, gi_n = gi.to(compute).chunk(3, dim=1)
     gh_r, gh_z, gh_n = gh.to(compute).chunk(3, dim=1)
@@ -48,56 +49,15 @@ def gru_gates_backward_reference(grad, gi, gh, h):
     return grad_gi.to(gi.dtype), grad_gh.to(gh.dtype), (grad * z).to(h.dtype)
 
 
-@torch.library.custom_op("minipt::gru_gates", mutates_args=())
-def gru_gates_op(gi: Tensor, gh: Tensor, h: Tensor) -> Tensor:
-    return contiguous(gru_gates_reference(gi, gh, h))
-
-
-@gru_gates_op.register_kernel("cuda")
-def gru_gates_triton(gi, gh, h):
-    """Launches the Triton forward; runs on CPU tensors too under TRITON_INTERPRET=1."""
-    if h.dtype == torch.float64:  # the kernels compute in float32
-        return contiguous(gru_gates_reference(gi, gh, h))
-    from . import _gru_gates_triton
-
-    return _gru_gates_triton.forward(gi, gh, h)
-
-
-@gru_gates_op.register_fake
-def _(gi, gh, h):
-    return empty_like(h)
-
-
-@torch.library.custom_op("minipt::gru_gates_backward", mutates_args=())
-def gru_gates_backward_op(grad: Tensor, gi: Tensor, gh: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    return contiguous(gru_gates_backward_reference(grad, gi, gh, h))
-
-
-@gru_gates_backward_op.register_kernel("cuda")
-def gru_gates_backward_triton(grad, gi, gh, h):
-    """Launches the Triton backward; runs on CPU tensors too under TRITON_INTERPRET=1."""
-    if h.dtype == torch.float64:
-        return contiguous(gru_gates_backward_reference(grad, gi, gh, h))
-    from . import _gru_gates_triton
-
-    return _gru_gates_triton.backward(grad, gi, gh, h)
-
-
-@gru_gates_backward_op.register_fake
-def _(grad, gi, gh, h):
-    return empty_like(gi), empty_like(gh), empty_like(h)
-
-
-def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
-def _backward(ctx, grad):
-    gi, gh, h = ctx.saved_tensors
-    return gru_gates_backward_op(grad, gi, gh, h)
-
-
-gru_gates_op.register_autograd(_backward, setup_context=_setup_context)
+gru_gates_backward_op, gru_gates_backward_triton = register_op(
+    "gru_gates_backward", gru_gates_backward_reference, kernel="_gru_gates_triton.backward",
+    fake=lambda grad, gi, gh, h: (empty_like(gi), empty_like(gh), empty_like(h)),
+)
+gru_gates_op, gru_gates_triton = register_op(
+    "gru_gates", gru_gates_reference, kernel="_gru_gates_triton.forward",
+    fake=lambda gi, gh, h: empty_like(h),
+    backward=lambda grads, inputs, outputs: gru_gates_backward_op(*grads, *inputs),  # (grad, gi, gh, h)
+)
 
 
 def gru_gates(gi: Tensor, gh: Tensor, h: Tensor) -> Tensor:

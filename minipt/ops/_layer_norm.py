@@ -9,7 +9,7 @@ residual. Both share one backward op, ``minipt::layer_norm_backward``, which rec
 row statistics instead of saving them.
 
 - everywhere but CUDA: the references below (float32 at least);
-- CUDA: ``_layer_norm_triton`` (rows up to 16384 long; longer rows run the reference).
+- CUDA: ``_layer_norm_triton`` (rows up to ``MAX_ROW`` long; longer rows run the reference).
 """
 
 from __future__ import annotations
@@ -19,16 +19,22 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InputError
-from ._layout import contiguous, empty_like
+from ._layout import empty_like
+from ._register import register_op
 
 
-def layer_norm_reference(x, residual, weight, bias, eps):
+MAX_ROW = 16384  # the longest row the Triton kernels take: a whole row is held in registers
+
+
+def layer_norm_reference(x: Tensor, residual: Tensor | None, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
     compute = torch.promote_types(x.dtype, torch.float32)
     s = x.to(compute) if residual is None else x.to(compute) + residual.to(compute)
     return F.layer_norm(s, weight.shape, weight.to(compute), bias.to(compute), eps).to(x.dtype)
 
 
-def layer_norm_backward_reference(grad, x, residual, weight, eps):
+def layer_norm_backward_reference(
+    grad: Tensor, x: Tensor, residual: Tensor | None, weight: Tensor, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
     """(grad of x (= of residual), grad of weight, grad of bias), written out."""
     compute = torch.promote_types(x.dtype, torch.float32)
     s = x.to(compute) if residual is None else x.to(compute) + residual.to(compute)
@@ -44,100 +50,41 @@ def layer_norm_backward_reference(grad, x, residual, weight, eps):
     return grad_s.to(x.dtype), grad_w.to(weight.dtype), grad_b.to(weight.dtype)
 
 
-def _triton_or_reference(x, function_name, reference, *args):
-    N = x.shape[-1]
-    if x.dtype == torch.float64 or N > 16384:  # float32 kernels; rows must fit in registers
-        return reference(*args)
-    from . import _layer_norm_triton
-
-    return getattr(_layer_norm_triton, function_name)(*args)
+def _plain_layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    return layer_norm_reference(x, None, weight, bias, eps)
 
 
-# ---- minipt::layer_norm ---------------------------------------------------------------------------
+def _kernel_takes(x, *args) -> bool:
+    """float32 kernels, a whole row in registers; ``x`` is the first argument of every op here (``grad``,
+    of x's shape and dtype, for the backward)."""
+    return x.dtype != torch.float64 and x.shape[-1] <= MAX_ROW
 
 
-@torch.library.custom_op("minipt::layer_norm", mutates_args=())
-def layer_norm_op(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
-    return contiguous(layer_norm_reference(x, None, weight, bias, eps))
+layer_norm_backward_op, layer_norm_backward_triton = register_op(
+    "layer_norm_backward", layer_norm_backward_reference, kernel="_layer_norm_triton.backward", kernel_takes=_kernel_takes,
+    fake=lambda grad, x, residual, weight, eps: (empty_like(x), empty_like(weight), empty_like(weight)),
+)
 
 
-@layer_norm_op.register_kernel("cuda")
-def layer_norm_triton(x, weight, bias, eps):
-    """Launches the Triton forward; runs on CPU tensors too under TRITON_INTERPRET=1."""
-    return contiguous(_triton_or_reference(x, "forward", layer_norm_reference, x, None, weight, bias, eps))
-
-
-@layer_norm_op.register_fake
-def _(x, weight, bias, eps):
-    return empty_like(x)
-
-
-# ---- minipt::add_layer_norm -----------------------------------------------------------------------
-
-
-@torch.library.custom_op("minipt::add_layer_norm", mutates_args=())
-def add_layer_norm_op(x: Tensor, residual: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
-    return contiguous(layer_norm_reference(x, residual, weight, bias, eps))
-
-
-@add_layer_norm_op.register_kernel("cuda")
-def add_layer_norm_triton(x, residual, weight, bias, eps):
-    """Launches the Triton forward; runs on CPU tensors too under TRITON_INTERPRET=1."""
-    return contiguous(_triton_or_reference(x, "forward", layer_norm_reference, x, residual, weight, bias, eps))
-
-
-@add_layer_norm_op.register_fake
-def _(x, residual, weight, bias, eps):
-    return empty_like(x)
-
-
-# ---- the shared backward --------------------------------------------------------------------------
-
-
-@torch.library.custom_op("minipt::layer_norm_backward", mutates_args=())
-def layer_norm_backward_op(
-    grad: Tensor, x: Tensor, residual: Tensor | None, weight: Tensor, eps: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    return contiguous(layer_norm_backward_reference(grad, x, residual, weight, eps))
-
-
-@layer_norm_backward_op.register_kernel("cuda")
-def layer_norm_backward_triton(grad, x, residual, weight, eps):
-    """Launches the Triton backward; runs on CPU tensors too under TRITON_INTERPRET=1."""
-    return contiguous(_triton_or_reference(x, "backward", layer_norm_backward_reference, grad, x, residual, weight, eps))
-
-
-@layer_norm_backward_op.register_fake
-def _(grad, x, residual, weight, eps):
-    return empty_like(x), empty_like(weight), empty_like(weight)
-
-
-def _setup_layer_norm(ctx, inputs, output):
+def _layer_norm_grads(grads, inputs, outputs):
     x, weight, bias, eps = inputs
-    ctx.save_for_backward(x, weight)
-    ctx.eps = eps
+    return (*layer_norm_backward_op(grads[0], x, None, weight, eps), None)
 
 
-def _backward_layer_norm(ctx, grad):
-    x, weight = ctx.saved_tensors
-    grad_x, grad_w, grad_b = layer_norm_backward_op(grad, x, None, weight, ctx.eps)
-    return grad_x, grad_w, grad_b, None
-
-
-def _setup_add_layer_norm(ctx, inputs, output):
+def _add_layer_norm_grads(grads, inputs, outputs):
     x, residual, weight, bias, eps = inputs
-    ctx.save_for_backward(x, residual, weight)
-    ctx.eps = eps
-
-
-def _backward_add_layer_norm(ctx, grad):
-    x, residual, weight = ctx.saved_tensors
-    grad_s, grad_w, grad_b = layer_norm_backward_op(grad, x, residual, weight, ctx.eps)
+    grad_s, grad_w, grad_b = layer_norm_backward_op(grads[0], x, residual, weight, eps)
     return grad_s, grad_s, grad_w, grad_b, None  # the sum's gradient reaches x and residual alike
 
 
-layer_norm_op.register_autograd(_backward_layer_norm, setup_context=_setup_layer_norm)
-add_layer_norm_op.register_autograd(_backward_add_layer_norm, setup_context=_setup_add_layer_norm)
+layer_norm_op, layer_norm_triton = register_op(
+    "layer_norm", _plain_layer_norm, kernel="_layer_norm_triton.forward_no_residual", kernel_takes=_kernel_takes,
+    fake=lambda x, weight, bias, eps: empty_like(x), backward=_layer_norm_grads,
+)
+add_layer_norm_op, add_layer_norm_triton = register_op(
+    "add_layer_norm", layer_norm_reference, kernel="_layer_norm_triton.forward", kernel_takes=_kernel_takes,
+    fake=lambda x, residual, weight, bias, eps: empty_like(x), backward=_add_layer_norm_grads,
+)
 
 
 # ---- the Python API -------------------------------------------------------------------------------

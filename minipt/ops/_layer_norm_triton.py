@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._layer_norm import MAX_ROW
+
 
 @triton.jit
 def _load_sum(X, RES, offs_m, offs_n, mask, stride_xm, stride_rm, HAS_RESIDUAL: tl.constexpr):
@@ -76,10 +78,9 @@ def layer_norm_backward_kernel(
     tl.store(GRAD_B_PARTIAL + pid * N + offs_n, grad_b, mask=in_n)
 
 
-MAX_ROW = 16384  # longer rows do not fit in registers; the launcher runs the reference for them
-
-
 def _blocks(x: torch.Tensor, M: int, N: int) -> dict:
+    if N > MAX_ROW:  # the op's launchers run the reference for such rows
+        raise ValueError(f"LayerNorm rows of {N} > {MAX_ROW} do not fit in registers")
     block_n = triton.next_power_of_2(N)
     if not x.is_cuda:  # the interpreter: few large programs
         return dict(BLOCK_M=min(64, triton.next_power_of_2(M)), BLOCK_N=block_n)
@@ -103,6 +104,11 @@ def forward(x, residual, weight, bias, eps):
         x2, res2, weight, bias, out, M, N, x2.stride(0), res2.stride(0), eps,
         HAS_RESIDUAL=residual is not None, **blocks)
     return out.view(x.shape)
+
+
+def forward_no_residual(x, weight, bias, eps):
+    """LN(x), with the arguments of minipt::layer_norm."""
+    return forward(x, None, weight, bias, eps)
 
 
 def backward(grad, x, residual, weight, eps):

@@ -18,11 +18,12 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
-from ._layout import contiguous, empty_like
+from ._layout import empty_like
 from ._reference_math import tanh
+from ._register import register_op
 
 
-def lstm_gates_reference(gates, c):
+def lstm_gates_reference(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     """The LSTM's gate equations, written once: the ``"math"`` cells (minipt.nn.rnn_cells) and the
     fast path run this; the backward below and the Triton kernels must follow it (tested)."""
     compute = torch.promote_types(gates.dtype, torch.float32)
@@ -33,7 +34,7 @@ def lstm_gates_reference(gates, c):
     return h_new.to(c.dtype), c_new.to(c.dtype)
 
 
-def lstm_gates_backward_reference(grad_h, grad_c, gates, c):
+def lstm_gates_backward_reference(grad_h: Tensor, grad_c: Tensor, gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     compute = torch.promote_types(gates.dtype, torch.float32)
     i, f, g, o = gates.to(compute).chunk(4, dim=1)
     i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), tanh(g), torch.sigmoid(o)
@@ -50,56 +51,15 @@ def lstm_gates_backward_reference(grad_h, grad_c, gates, c):
     return grad_gates.to(gates.dtype), (grad_c * f).to(gates.dtype)
 
 
-@torch.library.custom_op("minipt::lstm_gates", mutates_args=())
-def lstm_gates_op(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-    return contiguous(lstm_gates_reference(gates, c))
-
-
-@lstm_gates_op.register_kernel("cuda")
-def lstm_gates_triton(gates, c):
-    """Launches the Triton forward; runs on CPU tensors too under TRITON_INTERPRET=1."""
-    if gates.dtype == torch.float64:  # the kernels compute in float32
-        return contiguous(lstm_gates_reference(gates, c))
-    from . import _lstm_gates_triton
-
-    return _lstm_gates_triton.forward(gates, c)
-
-
-@lstm_gates_op.register_fake
-def _(gates, c):
-    return empty_like(c), empty_like(c)
-
-
-@torch.library.custom_op("minipt::lstm_gates_backward", mutates_args=())
-def lstm_gates_backward_op(grad_h: Tensor, grad_c: Tensor, gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-    return contiguous(lstm_gates_backward_reference(grad_h, grad_c, gates, c))
-
-
-@lstm_gates_backward_op.register_kernel("cuda")
-def lstm_gates_backward_triton(grad_h, grad_c, gates, c):
-    """Launches the Triton backward; runs on CPU tensors too under TRITON_INTERPRET=1."""
-    if gates.dtype == torch.float64:
-        return contiguous(lstm_gates_backward_reference(grad_h, grad_c, gates, c))
-    from . import _lstm_gates_triton
-
-    return _lstm_gates_triton.backward(grad_h, grad_c, gates, c)
-
-
-@lstm_gates_backward_op.register_fake
-def _(grad_h, grad_c, gates, c):
-    return empty_like(gates), empty_like(c)
-
-
-def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
-def _backward(ctx, grad_h, grad_c):
-    gates, c = ctx.saved_tensors
-    return lstm_gates_backward_op(grad_h, grad_c, gates, c)
-
-
-lstm_gates_op.register_autograd(_backward, setup_context=_setup_context)
+lstm_gates_backward_op, lstm_gates_backward_triton = register_op(
+    "lstm_gates_backward", lstm_gates_backward_reference, kernel="_lstm_gates_triton.backward",
+    fake=lambda grad_h, grad_c, gates, c: (empty_like(gates), empty_like(c)),
+)
+lstm_gates_op, lstm_gates_triton = register_op(
+    "lstm_gates", lstm_gates_reference, kernel="_lstm_gates_triton.forward",
+    fake=lambda gates, c: (empty_like(c), empty_like(c)),
+    backward=lambda grads, inputs, outputs: lstm_gates_backward_op(*grads, *inputs),  # (grad_h, grad_c, gates, c)
+)
 
 
 def lstm_gates(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:

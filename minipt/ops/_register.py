@@ -1,0 +1,104 @@
+"""How every minipt op is registered with torch.library, written once.
+
+An op is a ``torch.library.custom_op`` whose body is its plain-torch reference, so the reference
+runs on the CPU and on every device without a kernel; on CUDA (``KERNEL_DEVICE``) a launcher runs
+the Triton kernel instead, its module imported at the first launch (``import minipt.ops`` never
+imports triton). A fake implementation tells torch.compile and torch.export the outputs' shapes,
+and an op with a gradient gets a backward that calls its backward op, registered the same way.
+Every output is contiguous whichever implementation ran (``_layout``).
+
+With this pattern the ops pass ``torch.library.opcheck``, ``torch.compile(fullgraph=True)`` and
+``torch.export`` on CPU (tests/test_ops.py); ``triton_op`` + ``wrap_triton`` does not (tracing would
+run the interpreted kernel on fake tensors).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from ._layout import contiguous
+
+KERNEL_DEVICE = "cuda"  # the one device type with kernels; every other one runs the reference
+
+
+def no_float64(*args) -> bool:
+    """Whether the kernels take these arguments: they compute in float32, so float64 runs the reference."""
+    return not any(isinstance(a, Tensor) and a.dtype == torch.float64 for a in args)
+
+
+def register_op(
+    name: str,
+    reference: Callable,
+    *,
+    kernel: str,
+    fake: Callable,
+    kernel_takes: Callable[..., bool] = no_float64,
+    backward: Callable | None = None,
+    save_outputs: bool = False,
+    non_differentiable: Sequence[int] = (),
+):
+    """Registers ``minipt::<name>`` and returns ``(op, launcher)``.
+
+    - ``reference``: the plain-torch implementation, typed (the op's schema is read off its annotations);
+    - ``kernel``: ``"<module>.<function>"`` in minipt.ops, the Triton launcher with the reference's
+      arguments; ``kernel_takes(*args)`` False runs the reference on CUDA too (float64 by default);
+    - ``fake``: the outputs' shapes and dtypes from the inputs' (``_layout.empty_like``);
+    - ``backward(grads, inputs, outputs)``: the gradient of every input (None where there is none),
+      given the gradients of the outputs, the op's inputs and, with ``save_outputs``, its outputs;
+      the outputs at the indices ``non_differentiable`` get no gradient.
+
+    ``launcher`` is the op's CUDA implementation; the kernel tests call it on CPU tensors under
+    TRITON_INTERPRET=1.
+    """
+    module, function = kernel.split(".")
+
+    def run_reference(*args):
+        return contiguous(reference(*args))
+
+    def launcher(*args):
+        if not kernel_takes(*args):
+            return run_reference(*args)
+        kernels = importlib.import_module(f"{__package__}.{module}")  # looked up at every launch: tests reload it
+        return contiguous(getattr(kernels, function)(*args))
+
+    run_reference.__name__, launcher.__name__ = f"{name}_reference", f"{name}_triton"
+    schema = torch.library.infer_schema(reference, mutates_args=())
+    op = torch.library.custom_op(f"minipt::{name}", run_reference, mutates_args=(), schema=schema)
+    op.register_kernel(KERNEL_DEVICE)(launcher)
+    op.register_fake(fake)
+    if backward is not None:
+        _register_backward(op, backward, save_outputs, non_differentiable)
+    return op, launcher
+
+
+_SAVED = object()  # marks an argument kept by save_for_backward rather than on ctx
+
+
+def _register_backward(op, backward: Callable, save_outputs: bool, non_differentiable: Sequence[int]) -> None:
+    def setup_context(ctx, inputs, output):
+        outputs = output if isinstance(output, tuple) else (output,)
+        kept = tuple(inputs) + (outputs if save_outputs else ())
+        ctx.save_for_backward(*(a for a in kept if isinstance(a, Tensor)))
+        ctx.kept = [_SAVED if isinstance(a, Tensor) else a for a in kept]  # None, numbers and strings as they are
+        ctx.num_inputs = len(inputs)
+        ctx.mark_non_differentiable(*(outputs[i] for i in non_differentiable))
+
+    def grads_of_inputs(ctx, *grads):
+        tensors = iter(ctx.saved_tensors)
+        kept = [next(tensors) if a is _SAVED else a for a in ctx.kept]
+        return tuple(backward(grads, kept[: ctx.num_inputs], kept[ctx.num_inputs :]))
+
+    op.register_autograd(grads_of_inputs, setup_context=setup_context)
+
+
+def per_step(op, reference: Callable, device: torch.device) -> Callable:
+    """What a loop calling ``op`` at every step should call for tensors on ``device``: the op itself
+    where it has a kernel (torch.library picks the kernel, and a traced graph holds the op), and its
+    reference directly everywhere else. The reference is what the op runs there; calling it directly
+    saves the custom-op dispatch per call (about 8 us in torch 2.13), which is 10-15% of batch-1
+    recurrent generation on CPU (bench/rnn.py, columns ``fused`` and ``fused-op``)."""
+    return op if device.type == KERNEL_DEVICE else reference
