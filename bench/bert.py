@@ -2,7 +2,8 @@
 
     python bench/bert.py [--repeats N] [--threads N] [--quick]
 
-Everything is measured in this one run, side by side: median latency of
+Everything is measured in this one run, side by side (the systems of a case timed
+in turns, bench/timing.py): median latency of
 inference (inference_mode) at batch x length = 1x16, 32x128 and 8x512 and of
 a 16x128 training step (forward, backward, SGD update, dropout on), the
 import time each library adds to ``import torch`` (fresh interpreters), and
@@ -24,21 +25,20 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 from minipt.hub import resolve  # noqa: E402
 from minipt.models.bert import BertModel  # noqa: E402
 from minipt.reference import import_transformers  # noqa: E402
+from timing import Table, medians, print_header, ratio_table, round_robin, self_reported  # noqa: E402
 
 MODEL = "all-MiniLM-L6-v2"
 TARGETS = {"1x16": 0.6, "32x128": 0.9, "8x512": 0.9}
@@ -46,38 +46,10 @@ FUSED_TARGETS = {"1x16": 0.5, "32x128": 0.85, "8x512": 0.85, "train 16x128": 0.9
 BF16_TARGETS = {"32x128": 0.45}  # model.fuse(torch.bfloat16), with a cosine to float32 >= 0.999
 
 
-def median_time(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def batch(vocab: int, size: int, length: int) -> dict:
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(1000, vocab, (size, length), generator=generator)
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "token_type_ids": torch.zeros_like(input_ids)}
-
-
-def interleaved(fns: dict, repeats: int) -> dict:
-    """Median of each function, measured in alternation so drifts in machine speed hit both alike."""
-    for fn in fns.values():
-        fn()
-        fn()
-    times = {name: [] for name in fns}
-    order = list(fns)
-    for _ in range(repeats):
-        order.reverse()  # alternate who goes first: the second run of a pair finds warmer caches
-        for name in order:
-            fn = fns[name]
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def onnx_session(theirs, directory: str):
@@ -112,7 +84,7 @@ def inference_rows(models: dict, session, repeats: int, quick: bool):
             arrays = {name: value.numpy() for name, value in inputs.items()}
             fns["onnxruntime"] = lambda: session.run(["last_hidden_state"], arrays)
         with torch.inference_mode():
-            t = interleaved(fns, 3 if quick else n)
+            t = medians(round_robin(fns, 3 if quick else n, warmup=2))
             cosine = torch.nn.functional.cosine_similarity(
                 mean_pooled(models["fused bf16"](**inputs).last_hidden_state), mean_pooled(models["minipt"](**inputs).last_hidden_state), dim=-1).min()
         rows.append((f"{size}x{length}", t, size * length, float(cosine)))
@@ -137,7 +109,7 @@ def training_row(path, transformers, repeats: int, quick: bool):
 
         return run
 
-    t = interleaved({name: step(name) for name in models}, 2 if quick else max(3, repeats // 2))
+    t = medians(round_robin({name: step(name) for name in models}, 2 if quick else max(3, repeats // 2), warmup=2))
     return ("train 16x128", t, 16 * 128, None)
 
 
@@ -158,7 +130,8 @@ def import_times(repeats: int) -> dict:
         "import transformers": "from minipt.reference import bare_torchvision; bare_torchvision(); import transformers",
         "transformers BertModel": "from minipt.reference import bare_torchvision; bare_torchvision(); from transformers import BertModel",
     }
-    return {name: statistics.median(float(fresh_interpreter(probe.format(stmt=stmt))) for _ in range(repeats)) for name, stmt in statements.items()}
+    probes = {name: (lambda stmt=stmt: float(fresh_interpreter(probe.format(stmt=stmt)))) for name, stmt in statements.items()}
+    return medians(round_robin(probes, repeats, warmup=0, timer=self_reported))  # each interpreter times its import
 
 
 def loading_memory(path: Path, tiny: Path) -> dict:
@@ -208,7 +181,8 @@ def main() -> None:
     torch.manual_seed(0)
     ours = BertModel.from_pretrained(path).eval()
     theirs = transformers.BertModel.from_pretrained(str(path), attn_implementation="sdpa").eval()
-    print(f"{MODEL} on {torch.get_num_threads()} CPU threads, torch {torch.__version__}, transformers {transformers.__version__}\n")
+    print_header(f"transformers {transformers.__version__}")
+    print(f"{MODEL}, inference and a training step\n")
 
     models = {"minipt": ours, "fused": ours.fuse(), "fused bf16": ours.fuse(torch.bfloat16), "transformers": theirs}
     with tempfile.TemporaryDirectory() as directory:
@@ -221,23 +195,20 @@ def main() -> None:
     print("ms, and in brackets the ratio to transformers (sdpa, float32); targets: minipt "
           + ", ".join(f"{k} <= {v}" for k, v in TARGETS.items()) + "; fused " + ", ".join(f"{k} <= {v}" for k, v in FUSED_TARGETS.items())
           + "; fused bf16 " + ", ".join(f"{k} <= {v}" for k, v in BF16_TARGETS.items()) + "\n")
-    print("| case | transformers | " + " | ".join(systems) + " | bf16 cosine (min) | minipt tokens/s | targets |")
-    print("|---|---|" + "---|" * len(systems) + "---|---|---|")
+    row = ratio_table("case", "transformers", systems, ["bf16 cosine (min)", "minipt tokens/s", "targets"])
     for name, t, tokens, cosine in rows:
         theirs_s = t["transformers"]
-        cells = [f"{t[s] * 1e3:.1f} ({t[s] / theirs_s:.2f})" if s in t else "-" for s in systems]
         verdicts = [f"{system} {'met' if t[system] / theirs_s <= target[name] else 'missed'}"
                     for system, target in (("minipt", TARGETS), ("fused", FUSED_TARGETS), ("fused bf16", BF16_TARGETS)) if name in target]
         if name in BF16_TARGETS and cosine is not None and cosine < 0.999:
             verdicts.append("bf16 cosine missed")
-        print(f"| {name} | {theirs_s * 1e3:.1f} | " + " | ".join(cells) + f" | {'-' if cosine is None else f'{cosine:.5f}'} | "
-              f"{tokens / t['minipt']:,.0f} | {', '.join(verdicts)} |")
+        row(name, t, "-" if cosine is None else f"{cosine:.5f}", f"{tokens / t['minipt']:,.0f}", ", ".join(verdicts))
 
     imports = import_times(3 if args.quick else 5)
-    print("\n| import (after `import torch`) | seconds |")
-    print("|---|---|")
+    print()
+    table = Table(["import (after `import torch`)", "seconds"], right=[1])
     for name, seconds in imports.items():
-        print(f"| `{name}` | {seconds:.3f} |")
+        table.row(f"`{name}`", f"{seconds:.3f}")
     verdict = "met" if imports["import minipt"] <= 0.15 else "missed"
     print(f"\n`import minipt` adds {imports['import minipt']:.3f} s to `import torch` (target <= 0.15 s: {verdict}).")
 
@@ -247,10 +218,11 @@ def main() -> None:
 
         BertModel(BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8)).save_pretrained(tiny)
         memory = loading_memory(path, Path(tiny))
-    print(f"\n| peak memory added ({size / 2**20:.0f} MiB checkpoint) | loading: MiB | x checkpoint | loading + first forward 8x128: MiB |")
-    print("|---|---|---|---|")
+    print()
+    table = Table([f"peak memory added ({size / 2**20:.0f} MiB checkpoint)", "loading: MiB", "x checkpoint", "loading + first forward 8x128: MiB"],
+                  right=[1, 2, 3])
     for name, (loading, first_forward) in memory.items():
-        print(f"| {name} | {loading / 2**20:.0f} | {loading / size:.2f} | {first_forward / 2**20:.0f} |")
+        table.row(name, f"{loading / 2**20:.0f}", f"{loading / size:.2f}", f"{first_forward / 2**20:.0f}")
     verdict = "met" if memory["minipt"][0] <= 1.2 * size else "missed"
     print(f"\nminipt's peak while loading is {memory['minipt'][0] / size:.2f}x the checkpoint (target <= 1.2x: {verdict}); "
           "the weights are memory-mapped, so pages are read on first use and shared with the page cache.")

@@ -12,8 +12,8 @@ For each model at 224x224, batch 1 and 16 (same random weights on both sides):
 - torch.compile (default inductor settings, batch 16): torchvision's model vs
   minipt's inference path (fused, channels-last); compile time is printed.
 
-The cases of one row are timed round-robin (A, B, C, A, B, C, ...) so that a
-machine whose load changes during the run affects them alike; the table shows
+The cases of one row are timed round-robin (A, B, C, B, C, A, ...; bench/timing.py)
+so that a machine whose load changes during the run affects them alike; the table shows
 median and minimum latencies and the ratios minipt / torchvision of both (below 1:
 minipt faster; on a shared machine the minimum is the steadier estimate).
 Targets: eager <= 1.0, fused + channels-last <= 0.7, compiled minipt < 1.0.
@@ -22,15 +22,13 @@ Targets: eager <= 1.0, fused + channels-last <= 0.7, compiled minipt < 1.0.
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 
 from minipt.reference import bare_torchvision  # noqa: E402
@@ -40,21 +38,9 @@ bare_torchvision()  # torchvision's wheel is a CUDA build: its model code import
 from torchvision.models import resnet as tv_resnet  # noqa: E402
 
 from minipt.models import resnet as mp_resnet  # noqa: E402
+from timing import Table, print_header, round_robin  # noqa: E402
 
 ROWS: list[tuple] = []
-
-
-def timed_round_robin(cases: dict, reps: int) -> dict[str, tuple[float, float]]:
-    """(median, minimum) seconds per call of each case, after one warm-up call each, timed in turns."""
-    for fn in cases.values():
-        fn()
-    times = {name: [] for name in cases}
-    for _ in range(reps):
-        for name, fn in cases.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: (statistics.median(t), min(t)) for name, t in times.items()}
 
 
 def pair(name: str):
@@ -70,11 +56,12 @@ def pair(name: str):
     return reference.eval(), model.eval()
 
 
-def record(model: str, batch: int, mode: str, medians: dict, baseline: str, targets: dict[str, str]):
+def record(model: str, batch: int, mode: str, timings: dict, baseline: str, targets: dict[str, str]):
     """One table row per case; every case but the baseline gets its ratio to the baseline and its target."""
-    for case, (median, fastest) in medians.items():
-        ratio = None if case == baseline else (median / medians[baseline][0], fastest / medians[baseline][1])
-        ROWS.append((model, batch, mode, case, median * 1e3, fastest * 1e3, ratio, targets.get(case, "")))
+    base = timings[baseline]
+    for case, t in timings.items():
+        ratio = None if case == baseline else (t.median / base.median, t.min / base.min)
+        ROWS.append((model, batch, mode, case, t.median * 1e3, t.min * 1e3, ratio, targets.get(case, "")))
 
 
 def bench_inference(name: str, batch: int, reps: int):
@@ -87,11 +74,11 @@ def bench_inference(name: str, batch: int, reps: int):
         for out in (model(x), fused(x_cl)):
             diff = ((out - expected).abs().max() / expected.abs().max()).item()
             assert diff < 1e-4, f"{name}: minipt differs from torchvision by {diff:.2e}"
-        medians = timed_round_robin(
+        timings = round_robin(
             {"torchvision eager": lambda: reference(x), "minipt eager": lambda: model(x), "minipt fused+channels_last": lambda: fused(x_cl)},
             reps,
         )
-    record(name, batch, "inference", medians, "torchvision eager", {"minipt eager": "<= 1.0", "minipt fused+channels_last": "<= 0.7"})
+    record(name, batch, "inference", timings, "torchvision eager", {"minipt eager": "<= 1.0", "minipt fused+channels_last": "<= 0.7"})
 
 
 def bench_training(name: str, batch: int, reps: int):
@@ -109,8 +96,8 @@ def bench_training(name: str, batch: int, reps: int):
 
         return step
 
-    medians = timed_round_robin({"torchvision train step": step_fn(reference), "minipt train step": step_fn(model)}, reps)
-    record(name, batch, "training", medians, "torchvision train step", {"minipt train step": "<= 1.0"})
+    timings = round_robin({"torchvision train step": step_fn(reference), "minipt train step": step_fn(model)}, reps)
+    record(name, batch, "training", timings, "torchvision train step", {"minipt train step": "<= 1.0"})
 
 
 def bench_compiled(name: str, batch: int, reps: int):
@@ -127,18 +114,18 @@ def bench_compiled(name: str, batch: int, reps: int):
         print(f"  compiled {label} ({name}, batch {batch}) in {time.perf_counter() - start:.0f} s", flush=True)
         compiled[label] = (lambda fn=fn, inp=inp: fn(inp))
     with torch.inference_mode():
-        medians = timed_round_robin(compiled, reps)
-    record(name, batch, "torch.compile", medians, "torchvision compiled", {"minipt fused+channels_last compiled": "< 1.0"})
+        timings = round_robin(compiled, reps)
+    record(name, batch, "torch.compile", timings, "torchvision compiled", {"minipt fused+channels_last compiled": "< 1.0"})
 
 
 def print_table():
     print()
-    print("| model | batch | mode | case | median ms | min ms | ratio (medians) | ratio (minimums) | target (medians) |")
-    print("|---|---:|---|---|---:|---:|---:|---:|---|")
+    table = Table(["model", "batch", "mode", "case", "median ms", "min ms", "ratio (medians)", "ratio (minimums)", "target (medians)"],
+                  right=(1, 4, 5, 6, 7))
     for model, batch, mode, case, ms, fastest, ratio, target in ROWS:
-        ratios = " | " if ratio is None else f"{ratio[0]:.2f} | {ratio[1]:.2f}"
+        ratios = ("", "") if ratio is None else (f"{ratio[0]:.2f}", f"{ratio[1]:.2f}")
         met = "" if not target else (" ok" if (ratio[0] < 1.0 if target == "< 1.0" else ratio[0] <= float(target.split()[-1])) else " missed")
-        print(f"| {model} | {batch} | {mode} | {case} | {ms:.1f} | {fastest:.1f} | {ratios} | {target}{met} |")
+        table.row(model, batch, mode, case, f"{ms:.1f}", f"{fastest:.1f}", *ratios, target + met)
 
 
 def main() -> None:
@@ -147,7 +134,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every repetition count (at least 2 each)")
     args = parser.parse_args()
     reps = lambda n: max(2, round(n * args.scale))  # noqa: E731
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs", flush=True)
+    print_header()
     plan = [  # (model, batch, inference reps, training reps)
         ("resnet18", 1, 15, 5),
         ("resnet18", 16, 5, 3),

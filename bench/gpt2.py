@@ -2,7 +2,8 @@
 
     python bench/gpt2.py [--repeats N] [--new-tokens N] [--threads N]
 
-Measured side by side, interleaved (each repeat alternates who goes first):
+Measured side by side, interleaved (each repeat runs every system once, in an
+order rotated from repeat to repeat; bench/timing.py):
 
 - prefill: a forward pass over 8 x 512 tokens (all logits), median seconds;
 - decode: greedy generation of ``--new-tokens`` tokens after a 16-token prompt
@@ -31,35 +32,18 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 from minipt.models.gpt2 import GPT2Config, GPT2LMHeadModel  # noqa: E402
 from minipt.reference import import_transformers  # noqa: E402
+from timing import Table, medians, print_header, round_robin  # noqa: E402
 
 SMALL = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12)
-
-
-def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict:
-    """Median seconds of each function, measured in alternation so drifts in machine speed hit both alike."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in fns}
-    order = list(fns)
-    for _ in range(repeats):
-        order.reverse()
-        for name in order:
-            start = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main(argv=None) -> int:
@@ -86,26 +70,28 @@ def main(argv=None) -> int:
         reference_compiled = copy.deepcopy(reference)
         reference_compiled.forward = torch.compile(reference_compiled.forward)
         systems.update({"minipt compiled": compiled, "transformers compiled": reference_compiled})
-    print(f"GPT-2 small shape, random weights, fp32, {args.threads} threads, torch {torch.__version__}, "
-          f"transformers {transformers.__version__}; {weight_bytes / 2**20:.0f} MiB of weights")
+    print_header(f"transformers {transformers.__version__}")
+    print(f"GPT-2 small shape, random weights, fp32; {weight_bytes / 2**20:.0f} MiB of weights")
 
     names = list(systems)
     ratios = [("minipt", "transformers"), ("fuse()", "transformers")]
     if not args.no_compile:
         ratios.append(("minipt compiled", "transformers compiled"))
     short = {"minipt": "minipt", "fuse()": "fuse()", "transformers": "tf", "minipt compiled": "mp comp", "transformers compiled": "tf comp"}
-    print("(tf: transformers; mp comp / tf comp: under torch.compile)")
-    header = f"{'':<26}" + "".join(f"{short[name]:>10}" for name in names) + "".join(f"{short[a] + '/' + short[b]:>18}" for a, b in ratios)
-    print("\n" + header, flush=True)
+    print("(tf: transformers; mp comp / tf comp: under torch.compile; medians of interleaved repeats)\n")
+    table = Table(["case", *(short[name] for name in names), *(f"{short[a]}/{short[b]}" for a, b in ratios)],
+                  right=range(1, 1 + len(names) + len(ratios)))
 
     def show(label, values):
-        print(f"{label:<26}" + "".join(f"{values[n]:>10.3f}" for n in names) + "".join(f"{values[a] / values[b]:>18.2f}" for a, b in ratios), flush=True)
+        table.row(label, *(f"{values[n]:.3f}" for n in names), *(f"{values[a] / values[b]:.2f}" for a, b in ratios))
+
+    notes = []
 
     generator = torch.Generator().manual_seed(0)
     with torch.inference_mode():
         prefill_ids = torch.randint(0, SMALL["vocab_size"], (8, 512), generator=generator)
         prefill = {name: (lambda m=model: m(prefill_ids)) for name, model in systems.items()}
-        show("prefill 8x512 (s)", interleaved(prefill, args.repeats, warmup=2))
+        show("prefill 8x512 (s)", medians(round_robin(prefill, args.repeats, warmup=2)))
         for batch in (1, 8):
             prompt = torch.randint(0, SMALL["vocab_size"], (batch, 16), generator=generator)
             n = args.new_tokens
@@ -115,7 +101,7 @@ def main(argv=None) -> int:
                 source = torch.ones(512 * 2**20 // 4)
                 target = torch.empty_like(source)
                 fns["copy"] = lambda: target.copy_(source)
-            t = interleaved(fns, args.repeats, warmup=2 if not args.no_compile else 1)
+            t = medians(round_robin(fns, args.repeats, warmup=2 if not args.no_compile else 1))
             for name in outputs:
                 assert torch.equal(outputs[name], outputs["transformers"]), f"greedy outputs of {name} differ from transformers'"
             rates = {name: batch * n / t[name] for name in systems}
@@ -124,9 +110,10 @@ def main(argv=None) -> int:
                 bandwidth = 2 * source.numel() * 4 / t["copy"]
                 limit = bandwidth / weight_bytes
                 fractions = ", ".join(f"{name} {rates[name] / limit:.0%}" for name in systems)
-                print(f"    copy bandwidth {bandwidth / 1e9:.1f} GB/s (median, same loop) -> batch-1 limit {limit:.1f} tokens/s; "
-                      f"reached: {fractions} (target >= 60%)", flush=True)
-    print("\ntargets: prefill minipt / transformers <= 0.9; batch-1 decode >= 1.5 x transformers and >= 60% of the limit")
+                notes.append(f"batch 1: copy bandwidth {bandwidth / 1e9:.1f} GB/s (median, same loop) -> limit {limit:.1f} tokens/s; "
+                             f"reached: {fractions} (target >= 60%)")
+    print("\n" + "\n".join(notes))
+    print("targets: prefill minipt / transformers <= 0.9; batch-1 decode >= 1.5 x transformers and >= 60% of the limit")
     return 0
 
 

@@ -5,9 +5,10 @@
 Shapes: BERT-base (B=8, T=512, 12 heads of 64, hidden 768, FFN 3072) and GPT-2 small (the
 same with T=1024 and causal attention); the recurrent gates at batch 64, hidden 1024. Each op
 forward and forward+backward, in float16 and bfloat16. Times are medians of CUDA-event timings
-after warm-up. For the memory-bound ops (everything but attention) the table also gives the
-achieved bandwidth (bytes that must move / time) as a fraction of the device's peak, measured
-in the same run with a large device-to-device copy. Prints one markdown table.
+after warm-up, minipt's and its torch alternatives' timed in turns (bench/timing.py). For the
+memory-bound ops (everything but attention) the table also gives the achieved bandwidth (bytes
+that must move / time) as a fraction of the device's peak, measured in the same run with a
+large device-to-device copy. Prints one markdown table.
 
 Each case first checks that minipt's output matches the torch alternative (a wrong kernel is
 not timed).
@@ -16,16 +17,16 @@ not timed).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 import minipt.ops as ops  # noqa: E402
+from timing import Table, cuda_events, medians, print_header, round_robin  # noqa: E402
 
 SHAPES = {
     "BERT-base": dict(B=8, T=512, heads=12, head_dim=64, hidden=768, ffn=3072, causal=False),
@@ -34,26 +35,15 @@ SHAPES = {
 RNN = dict(B=64, hidden=1024)
 
 
-def cuda_time_ms(fn, repeats: int, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+WARMUP = 5
 
 
 def peak_bandwidth(repeats: int) -> float:
     """Bytes per second of a 1 GiB device-to-device copy (read + write)."""
     src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
-    ms = cuda_time_ms(lambda: dst.copy_(src), repeats)
-    return 2 * src.numel() / (ms * 1e-3)
+    seconds = round_robin({"copy": lambda: dst.copy_(src)}, repeats, warmup=WARMUP, timer=cuda_events)["copy"].median
+    return 2 * src.numel() / seconds
 
 
 def forward_backward(fn, inputs, grad_outputs):
@@ -67,11 +57,15 @@ def forward_backward(fn, inputs, grad_outputs):
     return run
 
 
-def measure(fn, label, inputs, grad_outputs, repeats) -> float:
+def measure(fns: dict, label, inputs, grad_outputs, repeats) -> dict[str, float]:
+    """Median milliseconds of each of ``fns``, forward only ("fwd", no autograd) or forward and backward, timed in turns."""
     if label == "fwd":
         with torch.no_grad():
-            return cuda_time_ms(fn, repeats)
-    return cuda_time_ms(forward_backward(fn, inputs, grad_outputs), repeats)
+            timings = round_robin(fns, repeats, warmup=WARMUP, timer=cuda_events)
+    else:
+        runs = {name: forward_backward(fn, inputs, grad_outputs) for name, fn in fns.items()}
+        timings = round_robin(runs, repeats, warmup=WARMUP, timer=cuda_events)
+    return {name: seconds * 1e3 for name, seconds in medians(timings).items()}
 
 
 def leaf(*shape, dtype, scale=1.0):
@@ -160,22 +154,20 @@ def main() -> None:
     repeats = 10 if args.quick else args.repeats
     dtypes = [torch.float16] if args.quick else [torch.float16, torch.bfloat16]
     peak = peak_bandwidth(repeats)
-    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
-          f"measured copy bandwidth {peak / 1e9:.0f} GB/s\n")
-    print("| op | shape | dtype | pass | minipt ms | torch alternative | torch ms | torch / minipt | minipt bandwidth / peak |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print_header(f"triton {triton.__version__}", f"measured copy bandwidth {peak / 1e9:.0f} GB/s")
+    table = Table(["op", "shape", "dtype", "pass", "minipt ms", "torch alternative", "torch ms", "torch / minipt", "minipt bandwidth / peak"])
     for dtype in dtypes:
         for op, shape, mine, alternatives, inputs, grad_outputs, bytes_fwd, bytes_fwd_bwd in cases(dtype):
             with torch.no_grad():
                 check_close(f"{op} {shape}", mine(), next(iter(alternatives.values()))(), dtype)
+            dtype_name = str(dtype).removeprefix("torch.")
             for label, moved in (("fwd", bytes_fwd), ("fwd+bwd", bytes_fwd_bwd)):
-                ms = measure(mine, label, inputs, grad_outputs, repeats)
+                t = measure({"minipt": mine, **alternatives}, label, inputs, grad_outputs, repeats)
+                ms = t["minipt"]
                 fraction = f"{moved / (ms * 1e-3) / peak:.2f}" if moved else "-"
-                for name, theirs in alternatives.items():
-                    their_ms = measure(theirs, label, inputs, grad_outputs, repeats)
-                    dtype_name = str(dtype).removeprefix("torch.")
-                    print(f"| {op} | {shape} | {dtype_name} | {label} | {ms:.3f} | {name} | {their_ms:.3f} | "
-                          f"{their_ms / ms:.2f} | {fraction} |")
+                for name in alternatives:
+                    table.row(op, shape, dtype_name, label, f"{ms:.3f}", name, f"{t[name]:.3f}", f"{t[name] / ms:.2f}", fraction)
+
 
 if __name__ == "__main__":
     main()

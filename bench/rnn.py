@@ -17,21 +17,24 @@ feeding the state back. The columns:
 - ``math`` (with ``--math``): the cells of rnn_cells.py step by step.
 
 Each repeat runs every column once, in an order rotated from repeat to repeat, so
-that load on a shared machine hits all alike. The table shows the median time of
-torch.nn and, per column, the ratio of medians (below 1: faster than torch.nn).
+that load on a shared machine hits all alike (bench/timing.py). The table shows the
+median time of torch.nn and, per column, the ratio of medians (below 1: faster than torch.nn).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
-import minipt.nn
-from minipt.nn import rnn_fused, use_backend
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+
+import minipt.nn  # noqa: E402
+from minipt.nn import rnn_fused, use_backend  # noqa: E402
+from timing import print_header, ratio_table, round_robin  # noqa: E402
 
 INPUT, HIDDEN, LAYERS, BATCH, STEPS = 256, 512, 2, 32, 100
 
@@ -89,24 +92,6 @@ def generation(module, steps):
     return run
 
 
-def measure(cases, columns, repeats: int):
-    rows = []
-    for name, runs in cases:
-        for run in runs.values():
-            run()  # warm-up
-        times = {label: [] for label in runs}
-        labels = list(runs)
-        for r in range(repeats):
-            shift = r % len(labels)
-            for label in labels[shift:] + labels[:shift]:
-                start = time.perf_counter()
-                runs[label]()
-                times[label].append(time.perf_counter() - start)
-        base = statistics.median(times["torch.nn"])
-        rows.append((name, base * 1e3, [statistics.median(times[c]) / base for c in columns]))
-    return rows
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
@@ -116,6 +101,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    print_header()
     torch.manual_seed(0)
     x = torch.randn(STEPS, BATCH, INPUT)
     steps = [torch.randn(1, 1, INPUT) for _ in range(STEPS)]
@@ -132,13 +118,11 @@ def main() -> None:
             label = f"{kind} {case} ({shape})" if case != "generation" else f"{kind} generation (batch 1, {STEPS} steps)"
             runs = {"torch.nn": make(reference, data)} | {c: on(c, make(ours, data)) for c in columns}
             cases.append((label, runs))
-    rows = measure(cases, columns, args.repeats)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats} (interleaved); "
-          "columns after torch.nn: time / torch.nn's time\n")
-    print(f"| {'case':<40} | {'torch.nn ms':>11} | " + " | ".join(f"{c:>8}" for c in columns) + " |")
-    print(f"|{'-' * 42}|{'-' * 12}:|" + "|".join("-" * 9 + ":" for _ in columns) + "|")
-    for name, base, ratios in rows:
-        print(f"| {name:<40} | {base:>11.1f} | " + " | ".join(f"{r:>8.2f}" for r in ratios) + " |")
+    rows = [(label, round_robin(runs, args.repeats)) for label, runs in cases]  # the columns of a case in turns
+    print(f"median of {args.repeats} (interleaved); columns after torch.nn: time / torch.nn's time\n")
+    row = ratio_table("case", "torch.nn", columns, ratios_only=True)
+    for label, timings in rows:
+        row(label, timings)
 
 
 if __name__ == "__main__":
