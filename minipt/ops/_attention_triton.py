@@ -173,6 +173,10 @@ def attention_backward_dkdv_kernel(
     tl.store(DV + pid_bh * S * D + offs_n[:, None] * D + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=nd_mask)
 
 
+# A deliberate parallel of attention_backward_dkdv_kernel: the same signature, tile loads and recomputed
+# probabilities, one program per query tile walking the key tiles (the other walks query tiles per key
+# tile). Two kernels keep every gradient written by one program, with no atomic adds; a change to the
+# probabilities or the mask goes into both (test_ops_kernels.py checks each gradient).
 @triton.jit
 def attention_backward_dq_kernel(
     Q, K, V, KEEP, DO, LSE, DELTA, DQ,

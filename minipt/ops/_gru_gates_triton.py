@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton_math import tanh
+from ._triton_math import gate_launch, rows, tanh
 
 
 @triton.jit
@@ -66,35 +66,22 @@ def gru_gates_backward_kernel(
     tl.store(GRAD_H + offs_b[:, None] * H + offs_h[None, :], (dh_new * z).to(GRAD_H.dtype.element_ty), mask=mask)
 
 
-def _blocks(t: torch.Tensor, B: int, H: int) -> dict:
-    if not t.is_cuda:  # the interpreter: few large programs
-        return dict(BLOCK_B=min(64, triton.next_power_of_2(B)), BLOCK_H=min(256, triton.next_power_of_2(H)))
-    block_h = min(256, triton.next_power_of_2(H))
-    return dict(BLOCK_B=max(1, min(triton.next_power_of_2(B), 2048 // block_h)), BLOCK_H=block_h, num_warps=4)
-
-
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 def forward(gi, gh, h):
-    gi, gh, h = _rows(gi), _rows(gh), _rows(h)
+    gi, gh, h = rows(gi), rows(gh), rows(h)
     B, H = h.shape
     h_new = torch.empty((B, H), dtype=h.dtype, device=h.device)
-    blocks = _blocks(h, B, H)
-    grid = (triton.cdiv(B, blocks["BLOCK_B"]), triton.cdiv(H, blocks["BLOCK_H"]))
+    grid, blocks = gate_launch(h, B, H)
     gru_gates_forward_kernel[grid](gi, gh, h, h_new, B, H, gi.stride(0), gh.stride(0), h.stride(0), **blocks)
     return h_new
 
 
 def backward(grad, gi, gh, h):
-    grad, gi, gh, h = (_rows(t) for t in (grad, gi, gh, h))
+    grad, gi, gh, h = (rows(t) for t in (grad, gi, gh, h))
     B, H = h.shape
     grad_gi = torch.empty((B, 3 * H), dtype=gi.dtype, device=gi.device)
     grad_gh = torch.empty((B, 3 * H), dtype=gh.dtype, device=gh.device)
     grad_h = torch.empty((B, H), dtype=h.dtype, device=h.device)
-    blocks = _blocks(h, B, H)
-    grid = (triton.cdiv(B, blocks["BLOCK_B"]), triton.cdiv(H, blocks["BLOCK_H"]))
+    grid, blocks = gate_launch(h, B, H)
     gru_gates_backward_kernel[grid](
         grad, gi, gh, h, grad_gi, grad_gh, grad_h, B, H,
         grad.stride(0), gi.stride(0), gh.stride(0), h.stride(0), **blocks)

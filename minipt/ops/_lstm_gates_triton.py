@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton_math import tanh
+from ._triton_math import gate_launch, rows, tanh
 
 
 @triton.jit
@@ -66,35 +66,22 @@ def lstm_gates_backward_kernel(
     tl.store(GRAD_C_PREV + offs_b[:, None] * H + offs_h[None, :], (dc * f).to(GRAD_C_PREV.dtype.element_ty), mask=mask)
 
 
-def _blocks(t: torch.Tensor, B: int, H: int) -> dict:
-    if not t.is_cuda:  # the interpreter: few large programs
-        return dict(BLOCK_B=min(64, triton.next_power_of_2(B)), BLOCK_H=min(256, triton.next_power_of_2(H)))
-    block_h = min(256, triton.next_power_of_2(H))
-    return dict(BLOCK_B=max(1, min(triton.next_power_of_2(B), 2048 // block_h)), BLOCK_H=block_h, num_warps=4)
-
-
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 def forward(gates, c):
-    gates, c = _rows(gates), _rows(c)
+    gates, c = rows(gates), rows(c)
     B, H = c.shape
     h_new = torch.empty((B, H), dtype=c.dtype, device=c.device)
     c_new = torch.empty((B, H), dtype=c.dtype, device=c.device)
-    blocks = _blocks(c, B, H)
-    grid = (triton.cdiv(B, blocks["BLOCK_B"]), triton.cdiv(H, blocks["BLOCK_H"]))
+    grid, blocks = gate_launch(c, B, H)
     lstm_gates_forward_kernel[grid](gates, c, h_new, c_new, B, H, gates.stride(0), c.stride(0), **blocks)
     return h_new, c_new
 
 
 def backward(grad_h, grad_c, gates, c):
-    grad_h, grad_c, gates, c = (_rows(t) for t in (grad_h, grad_c, gates, c))
+    grad_h, grad_c, gates, c = (rows(t) for t in (grad_h, grad_c, gates, c))
     B, H = c.shape
     grad_gates = torch.empty((B, 4 * H), dtype=gates.dtype, device=gates.device)
     grad_c_prev = torch.empty((B, H), dtype=c.dtype, device=c.device)
-    blocks = _blocks(c, B, H)
-    grid = (triton.cdiv(B, blocks["BLOCK_B"]), triton.cdiv(H, blocks["BLOCK_H"]))
+    grid, blocks = gate_launch(c, B, H)
     lstm_gates_backward_kernel[grid](
         grad_h, grad_c, gates, c, grad_gates, grad_c_prev, B, H,
         grad_h.stride(0), grad_c.stride(0), gates.stride(0), c.stride(0), **blocks)

@@ -28,3 +28,19 @@ def exact_dot(tensor) -> bool:
     import torch
 
     return tensor.dtype == torch.float32 or not tensor.is_cuda
+
+
+def rows(t):
+    """``t`` with unit stride along its last dimension (a copy only where it has not)."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def gate_launch(t, B: int, H: int):
+    """(grid, block sizes) of the recurrent gate kernels, one program per (BLOCK_B, BLOCK_H) tile of the
+    (B, H) state ``t``: few large programs under the interpreter, tiles of at most 2048 elements on a GPU."""
+    block_h = min(256, triton.next_power_of_2(H))
+    if t.is_cuda:
+        blocks = dict(BLOCK_B=max(1, min(triton.next_power_of_2(B), 2048 // block_h)), BLOCK_H=block_h, num_warps=4)
+    else:
+        blocks = dict(BLOCK_B=min(64, triton.next_power_of_2(B)), BLOCK_H=block_h)
+    return (triton.cdiv(B, blocks["BLOCK_B"]), triton.cdiv(H, blocks["BLOCK_H"])), blocks
