@@ -4,7 +4,7 @@ Random configurations (hypothesis) cover layers, directions, sizes, batch_first,
 bias, proj_size, unbatched input, packed batches with unsorted lengths and
 initial states, on every backend: "math" (the cells of rnn_cells.py step by
 step), "torch" (torch's recurrent kernel on minipt's parameters) and "fused"
-(rnn_fused.py: minipt.ops' gate math, hand-written backward), the last with
+(rnn_fused.py: minipt.ops.recurrent's layers: the gate ops, a hand-written backward), the last with
 oneDNN's packed matmul forced on ("fused-onednn") and forced off through
 MINIPT_ONEDNN=0 ("fused-fallback"). Compared: outputs, final states and the
 gradients of the input, the initial states and every parameter.
@@ -35,11 +35,10 @@ from torch.nn.utils.rnn import pack_padded_sequence, pack_sequence
 import minipt.nn
 from minipt.nn import rnn_cells, rnn_fused, use_backend
 from minipt.nn.rnn_cells import gru_cell, lstm_cell, math_layer, rnn_cell
-from minipt.nn.rnn_fused import _GRULayer, _LSTMLayer, _RNNLayer, fused_layer
+from minipt.nn.rnn_fused import fused_layer
 from helpers import ATOL, assert_error_ratio, max_diff, rel_diff
-from minipt.ops import onednn
-from minipt.ops._gru_gates import gru_gates_reference
-from minipt.ops._lstm_gates import lstm_gates_reference
+from minipt.ops import gru_gates_reference, lstm_gates_reference, onednn, recurrent
+from minipt.ops.recurrent import _GRULayer, _LSTMLayer, _RNNLayer
 
 BACKENDS = ["math", "torch", "fused", "fused-onednn", "fused-fallback"]  # the last two: matmuls(backend)
 KINDS = ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"]
@@ -273,7 +272,7 @@ def test_an_edit_of_the_gate_equations_reaches_both_paths(kind, monkeypatch):
     name, edited = EDITED_GATE_MATH[kind]
     torch.manual_seed(0)
     (unedited, *_), _ = fused_and_math_cells(case)
-    for module in (rnn_cells, rnn_fused):  # where each path looks the reference up
+    for module in (rnn_cells, recurrent):  # where each path looks the reference up: the cells, the fast path
         monkeypatch.setattr(module, name, edited)
     torch.manual_seed(0)
     outputs, grads = fused_and_math_cells(case)
@@ -482,7 +481,7 @@ def test_import_probes_nothing_and_nothing_is_torchscript():
     code = "import minipt, minipt.nn, minipt.ops.onednn as o; assert not o._probed; print('ok')"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "ok"
-    for module in (rnn_cells, rnn_fused, minipt.nn.rnn):
+    for module in (rnn_cells, rnn_fused, minipt.nn.rnn, recurrent):
         assert "torch.jit" not in open(module.__file__).read(), module.__name__
 
 

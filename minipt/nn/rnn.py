@@ -11,16 +11,17 @@ Three files, one role each:
 
 - ``rnn_cells.py``: the equations, one cell per step (the ``"math"`` backend);
 - ``rnn_fused.py``: the same equations rearranged for speed (the ``"fused"`` backend:
-  one input projection per layer, the gate math of ``minipt.ops``, a hand-written backward);
+  ``minipt.ops.lstm_layer`` and friends: one input projection per layer, the gate math of
+  ``minipt.ops``, a hand-written backward);
 - this file: the modules. ``forward`` checks the input, then runs, per the backend
   (``minipt.nn.backend``):
 
   =========  ================================================================
   ``math``   ``rnn_cells.math_layer`` per layer and direction
   ``fused``  ``rnn_fused.fused_layer`` per layer and direction
-  ``torch``  torch's own recurrent kernel (``torch._VF.lstm``, ``gru``,
-             ``rnn_tanh``, ``rnn_relu``) on this module's parameters, as
-             torch.nn.LSTM.forward calls it; the default
+  ``torch``  torch's own recurrent kernel (``minipt.ops.torch_rnn``) on this
+             module's parameters, as torch.nn.LSTM.forward calls it; the
+             default
   =========  ================================================================
 
 Packed batches (``torch.nn.utils.rnn.PackedSequence``) run on ``math`` and ``fused``
@@ -44,11 +45,12 @@ from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, _VF, nn
+from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from ..checks import tracing
 from ..errors import ConfigError, InputError, KeyMismatchError
+from ..ops import torch_rnn
 from .backend import BackendBlock, get_backend
 from .rnn_cells import math_layer
 from .rnn_fused import fused_layer
@@ -234,15 +236,8 @@ class _RNNBase(BackendBlock, nn.Module):
         """The ``torch`` backend: torch's recurrent kernel on this module's parameters, which are in the
         layout it expects (per layer and direction w_ih, w_hh, b_ih, b_hh, w_hr), as torch.nn calls it.
         ``x`` is (T, B, I) time-major, or a PackedSequence's data with its ``batch_sizes``."""
-        kernel = {"LSTM": _VF.lstm, "GRU": _VF.gru, "RNN_TANH": _VF.rnn_tanh, "RNN_RELU": _VF.rnn_relu}[self.mode]
-        state = hx if self.mode == "LSTM" else hx[0]
         weights = [getattr(self, weight) for weight in self._flat_weights_names]
-        flags = (self.bias, self.num_layers, self.dropout, self.training, self.bidirectional)
-        if batch_sizes is None:
-            result = kernel(x, state, weights, *flags, False)  # batch_first=False: x is time-major here
-        else:
-            result = kernel(x, batch_sizes, state, weights, *flags)
-        return result[0], tuple(result[1:])
+        return torch_rnn(self.mode, x, batch_sizes, hx, weights, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional)
 
     def _lstm_kernel_cannot_be_traced(self, x: Tensor) -> bool:
         """Whether torch.compile is tracing an LSTM whose training graph torch cannot build.
@@ -370,6 +365,10 @@ class _RNNBase(BackendBlock, nn.Module):
             if getattr(self, flag) != default:
                 text += f", {flag}={getattr(self, flag)}"
         return text
+
+
+# RNN, LSTM and GRU spell out torch.nn's constructor arguments, as _RNNBase does, deliberately: a
+# drop-in shows the same signature (help(), inspect.signature, an IDE) as the class it replaces.
 
 
 class RNN(_RNNBase):

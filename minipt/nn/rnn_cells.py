@@ -21,9 +21,9 @@ The gate blocks are stacked in that order in torch.nn's parameters
 (``weight_ih_l0`` is ``[W_ii; W_if; W_ig; W_io]``), and each gate has two biases.
 
 Each equation is written once. The LSTM and GRU gate math (everything after the matrix
-multiplies) is the reference of minipt's fused op, ``lstm_gates_reference`` /
-``gru_gates_reference`` in minipt/ops/_lstm_gates.py and _gru_gates.py; the cells below do
-the matrix multiplies and call it, and so does the fast path. Changing an equation means
+multiplies) is the reference of minipt's fused op, ``minipt.ops.lstm_gates_reference`` /
+``gru_gates_reference`` (and the Elman RNN's activation ``minipt.ops.rnn_nonlinearity``); the
+cells below do the matrix multiplies and call it, and so does the fast path. Changing an equation means
 editing that reference; then the op's hand-written backward (same file) and its Triton
 kernels must follow, which the tests enforce: ``tests/test_rnn.py::
 test_fused_path_equals_math_cells`` compares the fast path's gradients with autograd's
@@ -33,10 +33,10 @@ Who runs what (``minipt.nn.backend``):
 
 - ``"math"``: these cells, one call per step (``math_layer`` below); autograd
   differentiates them.
-- ``"fused"``: ``minipt.nn.rnn_fused``: all input projections in one matmul, then per step
-  one matmul with W_hh and the same gate math (the Triton kernels on CUDA), with a
-  hand-written backward through time.
-- ``"torch"``: torch's own recurrent kernel (``torch._VF.lstm`` ...), on the same parameters,
+- ``"fused"``: ``minipt.nn.rnn_fused`` (``minipt.ops.lstm_layer`` ...): all input projections
+  in one matmul, then per step one matmul with W_hh and the same gate math (the Triton kernels
+  on CUDA), with a hand-written backward through time.
+- ``"torch"``: torch's own recurrent kernel (``minipt.ops.torch_rnn``), on the same parameters,
   compared with both by ``test_matches_torch_nn``.
 """
 
@@ -48,8 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..ops._gru_gates import gru_gates_reference
-from ..ops._lstm_gates import lstm_gates_reference
+from ..ops import gru_gates_reference, lstm_gates_reference, rnn_nonlinearity
 from .tap import tap
 
 
@@ -57,11 +56,6 @@ def rnn_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Te
     """One Elman RNN step on the ``"math"`` backend."""
     pre = F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh)  # (B, H)
     return rnn_nonlinearity(pre, nonlinearity)
-
-
-def rnn_nonlinearity(pre: Tensor, nonlinearity: str) -> Tensor:
-    """The Elman RNN's activation of ``W_ih x + b_ih + W_hh h + b_hh`` (both backends call it)."""
-    return torch.tanh(pre) if nonlinearity == "tanh" else torch.relu(pre)
 
 
 def lstm_cell(

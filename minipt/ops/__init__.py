@@ -14,6 +14,12 @@ op                              reference (CPU, any device)   CUDA kernel       
 ``gru_gates``                   ``_gru_gates``                ``_gru_gates_triton``           ``minipt::gru_gates_backward``
 ==============================  ============================  ==============================  ===========================
 
+The recurrent layers' fast path (``lstm_layer``, ``gru_layer``, ``rnn_layer``: one input
+projection, one time loop over the gate ops, a hand-written backward), the gate equations the
+math cells share with it (``lstm_gates_reference``, ``gru_gates_reference``, ``rnn_nonlinearity``)
+and torch's own recurrent kernel (``torch_rnn``) are in ``recurrent``. Every op is registered by
+``_register.register_op``.
+
 Every reference computes in ``torch.promote_types(dtype, torch.float32)`` and casts back, so it
 is also the float64 ground truth. Each backward is itself an op split the same way. On CUDA,
 float64 inputs run the reference (the kernels compute in float32).
@@ -28,5 +34,11 @@ from ._bias_gelu import bias_gelu
 from ._gru_gates import gru_gates
 from ._layer_norm import add_layer_norm, layer_norm
 from ._lstm_gates import lstm_gates
+from .recurrent import (
+    gru_gates_reference, gru_layer, lstm_gates_reference, lstm_layer, rnn_layer, rnn_nonlinearity, torch_rnn,
+)
 
-__all__ = ["add_layer_norm", "attention", "bias_gelu", "gru_gates", "layer_norm", "lstm_gates"]
+__all__ = [
+    "add_layer_norm", "attention", "bias_gelu", "gru_gates", "gru_gates_reference", "gru_layer", "layer_norm",
+    "lstm_gates", "lstm_gates_reference", "lstm_layer", "rnn_layer", "rnn_nonlinearity", "torch_rnn",
+]
