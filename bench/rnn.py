@@ -10,7 +10,7 @@ feeding the state back. The columns:
 
 - ``torch.nn``: torch.nn.LSTM / GRU, the baseline of every ratio;
 - ``torch``: minipt's module on the "torch" backend (torch._VF on its own parameters);
-- ``fused``: minipt's "fused" path (rnn_fused.py), the gate math calling the op's
+- ``fused``: minipt's "fused" path (minipt.ops.recurrent), the gate math calling the op's
   reference function directly on CPU;
 - ``fused-op``: the same with every step's gate math dispatched through the custom op
   (``torch.ops.minipt.lstm_gates``), to show what the dispatch costs;
@@ -33,7 +33,8 @@ import torch
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 import minipt.nn  # noqa: E402
-from minipt.nn import rnn_fused, use_backend  # noqa: E402
+from minipt.nn import use_backend  # noqa: E402
+from minipt.ops import recurrent  # noqa: E402
 from timing import print_header, ratio_table, round_robin  # noqa: E402
 
 INPUT, HIDDEN, LAYERS, BATCH, STEPS = 256, 512, 2, 32, 100
@@ -42,13 +43,13 @@ INPUT, HIDDEN, LAYERS, BATCH, STEPS = 256, 512, 2, 32, 100
 @contextmanager
 def gate_math_through_the_ops():
     """The fused path with torch.ops.minipt.* per step on CPU too (the custom-op dispatch)."""
-    saved = rnn_fused._lstm_gate_math, rnn_fused._gru_gate_math
-    rnn_fused._lstm_gate_math = lambda device: (torch.ops.minipt.lstm_gates, torch.ops.minipt.lstm_gates_backward)
-    rnn_fused._gru_gate_math = lambda device: (torch.ops.minipt.gru_gates, torch.ops.minipt.gru_gates_backward)
+    saved = recurrent._lstm_gate_math, recurrent._gru_gate_math
+    recurrent._lstm_gate_math = lambda device: (torch.ops.minipt.lstm_gates, torch.ops.minipt.lstm_gates_backward)
+    recurrent._gru_gate_math = lambda device: (torch.ops.minipt.gru_gates, torch.ops.minipt.gru_gates_backward)
     try:
         yield
     finally:
-        rnn_fused._lstm_gate_math, rnn_fused._gru_gate_math = saved
+        recurrent._lstm_gate_math, recurrent._gru_gate_math = saved
 
 
 def on(backend, run):

@@ -102,7 +102,7 @@ def randomise_batch_norm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Modu
 
 
 def assert_inference_only(model, fused, tmp_path) -> None:
-    """What every ``fuse()`` copy (minipt.ops.onednn.PackedInference) refuses: gradients, training,
+    """What every ``fuse()`` copy (minipt.nn.fuse.InferenceCopy) refuses: gradients, training,
     saving, another fuse(), and a dtype other than float32 or bfloat16."""
     import pytest
 

@@ -13,7 +13,7 @@ from bert_reference import minilm_path
 from minipt import Tokenizer
 from helpers import assert_inference_only
 from minipt.errors import ConfigError, InputError
-from minipt.models.bert import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel, FusedBertLayer
+from minipt.models.bert import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel
 from minipt.models.sentence import SentenceEncoder
 from minipt.ops import onednn
 
@@ -129,7 +129,10 @@ def _fused_against_float64(model, batch, fused):
 def test_fused_bert_equals_unfused_on_real_weights(minilm, padded_batch):
     """Padded batch: the fused model errs against float64 at most 3x what the unfused float32 model does."""
     fused = minilm.fuse()
-    assert all(isinstance(layer, FusedBertLayer) for layer in fused.layers)
+    for layer in fused.layers:  # Q, K, V in one packed matmul; GELU a post-op of ffn_up's; every Linear packed
+        assert isinstance(layer.attn.qkv_proj, onednn.PackedLinear) and layer.attn.q_proj is None
+        assert layer.ffn_up.activation == "gelu" and isinstance(layer.act, torch.nn.Identity)
+    assert not any(isinstance(m, torch.nn.Linear) for m in fused.modules())
     assert all(m.onednn == onednn.available() for m in fused.modules() if isinstance(m, onednn.PackedLinear))
     fused_error, unfused_error = _fused_against_float64(minilm, padded_batch, fused)
     assert fused_error <= 3 * unfused_error + 1e-6, (fused_error, unfused_error)

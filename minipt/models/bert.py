@@ -25,9 +25,9 @@ from ..keymap import KeyMap
 from ..nn import (GELU, LayerNorm, Linear, MultiHeadAttention, activation, attention_bias, linear_then_activation,
                   scaled_dot_product_attention)
 from ..nn.layers import ACTIVATIONS
-from ..ops import onednn
 from ..registry import register
 from ..nn.backend import ChoosesBackend
+from ..nn.fuse import InferenceCopy
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
@@ -137,6 +137,8 @@ class BertEmbeddings(nn.Module):
 class BertLayer(nn.Module):
     """One encoder layer. Post-LN: each sub-layer's output is added to its input, then normalised."""
 
+    linear_act_pairs = (("ffn_up", "act"),)  # fuse(): GELU as a post-op of ffn_up's matmul
+
     def __init__(self, config: BertConfig):
         super().__init__()
         self.attn = MultiHeadAttention(config.hidden_size, config.num_attention_heads, dropout=config.attention_probs_dropout_prob)
@@ -178,25 +180,8 @@ ENCODER_FIELDS = {
 UNDER_BERT = {name: "bert." + where if isinstance(where, str) else ("bert." + where[0], where[1]) for name, where in ENCODER_FIELDS.items()}
 
 
-class _BertPretrained(Pretrained, ChoosesBackend, onednn.PackedInference, nn.Module):
+class _BertPretrained(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
     config_class = BertConfig
-
-    def fuse(self, dtype: torch.dtype = torch.float32) -> "_BertPretrained":
-        """An inference copy for the CPU (eval mode, no gradients), computing in ``dtype`` (float32 or bfloat16).
-
-        Each encoder layer becomes a ``FusedBertLayer``: Q, K and V in one matrix multiply, every
-        Linear on a weight prepacked for oneDNN, the bias and GELU inside the feed-forward's first
-        matmul and the residual adds inside the matmuls before each LayerNorm; the pooler and the
-        heads' Linears are packed too (``minipt.ops.onednn``; plain torch where oneDNN is missing).
-        With bfloat16 the weights, activations and outputs are bfloat16 (whatever the model's own
-        dtype: ``dtype`` decides). The copy refuses ``train()`` and ``save_pretrained()``: train
-        and save the model, then fuse it.
-
-            fast = BertModel.from_pretrained("all-MiniLM-L6-v2").fuse()   # or .fuse(torch.bfloat16)
-        """
-        fused = self.inference_copy(dtype)
-        _fuse_children(fused)
-        return fused
 
     @torch.no_grad()
     def init_weights(self, module: nn.Module) -> None:
@@ -291,6 +276,8 @@ class BertModel(_BertPretrained):
 
 class MaskedLMHead(nn.Module):
     """dense -> activation -> LayerNorm -> decoder to vocabulary logits (decoder weight tied to the token embedding)."""
+
+    linear_act_pairs = (("dense", "act"),)  # fuse(): the activation as a post-op of dense's matmul
 
     def __init__(self, config: BertConfig):
         super().__init__()
@@ -404,63 +391,6 @@ class BertForSequenceClassification(_BertPretrained):
             [("classifier.{p}", "classifier.{p}")],
             renames=ENCODER_WITHOUT_PREFIX + LEGACY_NAMES,
         )
-
-
-# -- the inference copy: fuse() -------------------------------------------------------
-FUSED_BATCH_HINT = 128  # rows (batch x tokens) oneDNN chooses its weight layout for; any number runs
-
-
-class FusedBertLayer(nn.Module):
-    """A ``BertLayer`` for inference (see ``fuse()``): the same function in four packed matmuls.
-
-        hidden -> [Q K V] (one matmul, 3H wide) -> attention -> out_proj + hidden -> LayerNorm
-               -> gelu(ffn_up + b) (one matmul) -> ffn_down + hidden -> LayerNorm
-    """
-
-    def __init__(self, layer: BertLayer):
-        super().__init__()
-        attn = layer.attn
-        self.num_heads, self.head_dim = attn.num_heads, attn.head_dim
-        qkv_weight = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])  # (3H, H)
-        qkv_bias = torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])  # (3H,)
-        self.qkv = onednn.pack_linear(qkv_weight, qkv_bias, batch_hint=FUSED_BATCH_HINT)
-        self.out_proj = onednn.pack_linear(attn.out_proj.weight, attn.out_proj.bias, batch_hint=FUSED_BATCH_HINT)
-        self.attn_norm = layer.attn_norm
-        post_op = onednn.post_op(layer.act)
-        self.ffn_up = onednn.pack_linear(layer.ffn_up.weight, layer.ffn_up.bias, post_op, batch_hint=FUSED_BATCH_HINT)
-        self.act = nn.Identity() if post_op is not None else layer.act  # an activation oneDNN lacks runs after the matmul
-        self.ffn_down = onednn.pack_linear(layer.ffn_down.weight, layer.ffn_down.bias, batch_hint=FUSED_BATCH_HINT)
-        self.ffn_norm = layer.ffn_norm
-
-    def forward(self, hidden: torch.Tensor, bias: torch.Tensor | None, need_weights: bool = False):
-        B, T, C = hidden.shape
-        qkv = self.qkv(hidden).view(B, T, 3, self.num_heads, self.head_dim)  # (B, T, 3, heads, head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, heads, T, head_dim)
-        out, attn_probs = scaled_dot_product_attention(q, k, v, bias, backend="torch", need_weights=need_weights)
-        out = out.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
-        hidden = _layer_norm(self.attn_norm, self.out_proj(out, residual=hidden))  # LN(hidden + attn_out)
-        ffn_out = self.ffn_down(self.act(self.ffn_up(hidden)), residual=hidden)  # hidden + W2 gelu(W1 hidden + b1) + b2
-        return _layer_norm(self.ffn_norm, ffn_out), attn_probs
-
-
-def _fuse_children(module: nn.Module) -> None:
-    """Replace, inside ``module``, each BertLayer by a FusedBertLayer and each other Linear by a packed one."""
-    if isinstance(module, _BertPretrained):
-        module.fused = True  # the BertModel inside a head too
-    if isinstance(module, MaskedLMHead) and onednn.post_op(module.act) is not None:
-        module.dense = onednn.pack_linear(module.dense.weight, module.dense.bias, onednn.post_op(module.act), batch_hint=FUSED_BATCH_HINT)
-        module.act = nn.Identity()  # now inside the dense layer's matmul
-    for name, child in module.named_children():
-        if isinstance(child, BertLayer):
-            setattr(module, name, FusedBertLayer(child))
-        elif isinstance(child, nn.Linear):  # the pooler's, the heads'
-            setattr(module, name, onednn.pack_linear(child.weight, child.bias, batch_hint=FUSED_BATCH_HINT))
-        else:
-            _fuse_children(child)
-
-
-def _layer_norm(norm: LayerNorm, x: torch.Tensor) -> torch.Tensor:
-    return F.layer_norm(x, norm.weight.shape, norm.weight, norm.bias, norm.eps)
 
 
 # -- the official names ------------------------------------------------------------

@@ -29,6 +29,7 @@ from ..keymap import KeyMap
 from ..nn import LSTM, Linear
 from ..registry import register
 from ..nn.backend import ChoosesBackend
+from ..nn.fuse import InferenceCopy
 
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (num_layers, B, hidden_size)
 
@@ -47,7 +48,7 @@ class CharLMConfig(Config):
         require(self.dropout < 1, "dropout", self.dropout, "a probability below 1 (1 would drop everything)")
 
 
-class CharLM(Pretrained, ChoosesBackend, nn.Module):
+class CharLM(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
     config_class = CharLMConfig
     checkpoint_fields = {
         "vocab_size": ("embedding.weight", 0),

@@ -34,6 +34,7 @@ from ..keymap import KeyMap
 from ..nn import LSTM, Linear
 from ..registry import register
 from ..nn.backend import ChoosesBackend
+from ..nn.fuse import InferenceCopy
 
 # EasyOCR's English character set, in the order of the classifier's outputs 1..96
 # (output 0 is the CTC blank): digits, ASCII punctuation, space, euro sign, letters.
@@ -68,6 +69,8 @@ def conv3x3(in_channels: int, out_channels: int, bias: bool = True) -> nn.Conv2d
 
 class VGGFeatures(nn.Module):
     """Seven convolutions; the last two pools halve only the height, keeping horizontal resolution."""
+
+    conv_bn_pairs = (("conv5", "bn5"), ("conv6", "bn6"))  # fuse(): each BatchNorm folded into its conv
 
     def __init__(self, in_channels: int, channels: tuple[int, int, int, int]):
         super().__init__()
@@ -108,7 +111,7 @@ class BidirectionalLSTM(nn.Module):
         return self.proj(hidden)  # (B, T, out)
 
 
-class CRNN(Pretrained, ChoosesBackend, nn.Module):
+class CRNN(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
     config_class = CRNNConfig
     default_checkpoint = "easyocr-english-g2"
     weights_file = "english_g2.pth"  # EasyOCR's folder also holds its text detector

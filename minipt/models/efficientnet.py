@@ -39,6 +39,7 @@ from ..nn import Linear
 from ..vision import check_images, image_batch
 from ..registry import register
 from ..nn.backend import ChoosesBackend
+from ..nn.fuse import InferenceCopy
 
 
 # -- configuration -------------------------------------------------------------
@@ -165,6 +166,8 @@ class Conv2dSame(nn.Conv2d):
 class ConvBNAct(nn.Module):
     """conv -> BatchNorm -> ReLU6 (no activation after a block's projection)."""
 
+    conv_bn_pairs = (("conv", "bn"),)  # fuse(): the BatchNorm folded into the conv
+
     def __init__(self, in_channels, out_channels, kernel, stride, config: EfficientNetConfig, *, groups=1, act=True):
         super().__init__()
         self.conv = Conv2dSame(in_channels, out_channels, kernel, stride, groups)
@@ -205,7 +208,7 @@ def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
 
 
 # -- the model -------------------------------------------------------------------
-class EfficientNet(Pretrained, ChoosesBackend, nn.Module):
+class EfficientNet(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
     config_class = EfficientNetConfig
     default_checkpoint = "efficientnet_lite0"
     # What the official file's tensors fix in the config, checked before the model is built.

@@ -35,6 +35,7 @@ from ..keymap import KeyMap
 from ..nn import GRU, Linear
 from ..registry import register
 from ..nn.backend import ChoosesBackend
+from ..nn.fuse import InferenceCopy
 
 BOS, EOS = "<s>", "</s>"
 
@@ -65,7 +66,7 @@ class G2PConfig(Config):
         return len(self.phonemes)
 
 
-class G2P(Pretrained, ChoosesBackend, nn.Module):
+class G2P(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
     config_class = G2PConfig
     default_checkpoint = "g2p-en"
     weights_file = "checkpoint20.npz"

@@ -31,9 +31,9 @@ from ..keymap import TRANSPOSE, KeyMap
 from ..nn import LayerNorm, Linear, activation, attention_bias, get_backend, linear_then_activation, scaled_dot_product_attention
 from ..nn.layers import ACTIVATIONS
 from ..nn.tap import tap
-from ..ops import onednn
 from ..registry import register
 from ..nn.backend import BackendBlock, ChoosesBackend
+from ..nn.fuse import InferenceCopy
 
 
 @dataclass
@@ -156,6 +156,8 @@ class CausalSelfAttention(BackendBlock, nn.Module):
 class GPT2Block(nn.Module):
     """One decoder block. Pre-LN: each sub-layer normalises its input and adds its output to the residual stream."""
 
+    linear_act_pairs = (("ffn_up", "act"),)  # fuse(): GELU as a post-op of ffn_up's matmul
+
     def __init__(self, config: GPT2Config, layer_idx: int):
         super().__init__()
         self.attn_norm = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
@@ -199,28 +201,10 @@ STACK_FIELDS = {
 }
 
 
-class _GPT2Pretrained(Pretrained, ChoosesBackend, onednn.PackedInference, nn.Module):
+class _GPT2Pretrained(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
     config_class = GPT2Config
 
-    def fuse(self, dtype: torch.dtype = torch.float32) -> "_GPT2Pretrained":
-        """An inference copy for the CPU (eval mode, no gradients), computing in ``dtype`` (float32 or bfloat16).
-
-        Every Linear (the Q/K/V projection, already one matmul, the attention's output projection,
-        the MLP with its GELU as a post-op of the first matmul, and ``lm_head``) runs on a weight
-        prepacked for oneDNN (``minipt.ops.onednn``; plain torch where oneDNN is missing). Decoding
-        one token reads every weight once, and the packed matmuls read them faster than ``F.linear``
-        (bench/gpt2.py). The copy refuses ``train()`` and ``save_pretrained()``.
-        """
-        fused = self.inference_copy(dtype)
-        for block in fused.modules():
-            if isinstance(block, GPT2Block) and onednn.post_op(block.act) is not None:
-                block.ffn_up = onednn.pack_linear(block.ffn_up.weight, block.ffn_up.bias, onednn.post_op(block.act), batch_hint=1)
-                block.act = nn.Identity()  # now inside ffn_up's matmul
-        for module in list(fused.modules()):
-            for name, child in module.named_children():
-                if isinstance(child, nn.Linear):
-                    setattr(module, name, onednn.pack_linear(child.weight, child.bias, batch_hint=1))  # decoding: one row
-        return fused
+    fuse_batch_hint = 1  # fuse(): decoding multiplies one row per sequence at a time
 
     @torch.no_grad()
     def init_weights(self, module: nn.Module) -> None:

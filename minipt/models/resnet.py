@@ -18,7 +18,6 @@ architecture off the tensors' names and shapes.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +31,7 @@ from ..nn import Linear
 from ..vision import check_images
 from ..registry import register
 from ..nn.backend import ChoosesBackend
+from ..nn.fuse import InferenceCopy
 
 
 # -- configuration -------------------------------------------------------------
@@ -80,6 +80,8 @@ def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
 class Shortcut(nn.Module):
     """The projection on the identity path when a block changes resolution or width: 1x1 conv -> BatchNorm."""
 
+    conv_bn_pairs = (("conv", "bn"),)  # fuse(): each BatchNorm folded into its conv
+
     def __init__(self, in_channels: int, out_channels: int, stride: int):
         super().__init__()
         self.conv = conv1x1(in_channels, out_channels, stride)
@@ -93,6 +95,7 @@ class BasicBlock(nn.Module):
     """relu(x + bn(conv3x3(relu(bn(conv3x3(x))))))."""
 
     expansion = 1  # output channels = planes * expansion
+    conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"))
     convs = 2  # convolutions on the residual branch
 
     def __init__(self, in_channels: int, planes: int, stride: int = 1, groups: int = 1, width_per_group: int = 64):
@@ -120,6 +123,7 @@ class Bottleneck(nn.Module):
     """relu(x + bn(conv1x1(relu(bn(conv3x3(relu(bn(conv1x1(x)))))))), 4x wider out than in the middle."""
 
     expansion = 4
+    conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
     convs = 3
 
     def __init__(self, in_channels: int, planes: int, stride: int = 1, groups: int = 1, width_per_group: int = 64):
@@ -172,6 +176,8 @@ NAMES = {(*DEPTHS[depth], groups, width): name for name, (depth, groups, width) 
 class Stem(nn.Module):
     """7x7 conv with stride 2, BatchNorm, ReLU, 3x3 max pool with stride 2: a quarter of the resolution."""
 
+    conv_bn_pairs = (("conv", "bn"),)
+
     def __init__(self, in_channels: int, out_channels: int = 64):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=7, stride=2, padding=3, bias=False)
@@ -184,7 +190,7 @@ class Stem(nn.Module):
 
 
 # -- the model -------------------------------------------------------------------
-class ResNet(Pretrained, ChoosesBackend, nn.Module):
+class ResNet(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
     config_class = ResNetConfig
     transfer_stages = {"stem": "stem", "stages.{i}": "stages.{i}", "head": "head"}  # see minipt.transfer
     transfer_head = ("head", "num_classes")
@@ -233,17 +239,6 @@ class ResNet(Pretrained, ChoosesBackend, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))  # (B, num_classes) logits
 
-    # -- inference copy --------------------------------------------------------
-    def fuse(self) -> "ResNet":
-        """An inference copy with every BatchNorm folded into the convolution before it (eval mode)."""
-        fused = copy.deepcopy(self).eval()
-        for module in fused.modules():
-            for conv_name, bn_name in _CONV_BN_PAIRS.get(type(module), ()):
-                setattr(module, conv_name, fold_batchnorm(getattr(module, conv_name), getattr(module, bn_name)))
-                setattr(module, bn_name, nn.Identity())
-        fused.fused = True
-        return fused
-
     # -- loading and saving ----------------------------------------------------
     # torchvision's format has no config: the architecture is read off the tensors' names and shapes.
     @classmethod
@@ -261,27 +256,6 @@ class ResNet(Pretrained, ChoosesBackend, nn.Module):
         fields = ("block", "layers", "groups", "width_per_group", "num_classes", "in_channels")
         if any(getattr(found, f) != getattr(config, f) for f in fields):
             raise KeyMismatchError(f"checkpoint {checkpoint.path} does not fit {config.describe()}: {_looks_like(found)}")
-
-
-def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """conv followed by an eval-mode BatchNorm as one conv: W' = W * s, b' = beta + (b - mean) * s, s = gamma / sqrt(var + eps)."""
-    scale = bn.weight.detach() * torch.rsqrt(bn.running_var + bn.eps)  # (out,)
-    bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    fused = nn.Conv2d(
-        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups,
-        bias=True, padding_mode=conv.padding_mode, device="meta",
-    )
-    fused.weight = nn.Parameter(conv.weight.detach() * scale.view(-1, 1, 1, 1))  # keeps conv's memory format
-    fused.bias = nn.Parameter(bn.bias.detach() + (bias - bn.running_mean) * scale)
-    return fused
-
-
-_CONV_BN_PAIRS = {
-    Stem: (("conv", "bn"),),
-    Shortcut: (("conv", "bn"),),
-    BasicBlock: (("conv1", "bn1"), ("conv2", "bn2")),
-    Bottleneck: (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
-}
 
 
 # -- torchvision's names ---------------------------------------------------------

@@ -140,6 +140,15 @@ class MultiHeadAttention(BackendBlock, nn.Module):
         self.k_proj = Linear(dim, dim, bias=bias)
         self.v_proj = Linear(dim, dim, bias=bias)
         self.out_proj = Linear(dim, dim, bias=bias)
+        self.qkv_proj: nn.Module | None = None  # Q, K and V in one matmul: set by merge_qkv (fuse())
+
+    def merge_qkv(self, make_linear) -> None:
+        """Compute Q, K and V in one matmul on the concatenated (3C, C) weight: ``make_linear(weight, bias)``
+        builds the merged layer (``fuse()`` packs it for oneDNN); the three projections are dropped."""
+        weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])  # (3C, C)
+        bias = None if self.q_proj.bias is None else torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
+        self.qkv_proj = make_linear(weight, bias)
+        self.q_proj = self.k_proj = self.v_proj = None
 
     def forward(
         self,
@@ -149,9 +158,12 @@ class MultiHeadAttention(BackendBlock, nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, C = hidden.shape
         split_heads = lambda x: x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # noqa: E731
-        q = split_heads(self.q_proj(hidden))  # (B, heads, T, head_dim)
-        k = split_heads(self.k_proj(hidden))
-        v = split_heads(self.v_proj(hidden))
+        if self.qkv_proj is not None:  # merged by fuse()
+            q, k, v = (split_heads(x) for x in self.qkv_proj(hidden).split(C, dim=-1))  # 3 x (B, heads, T, head_dim)
+        else:
+            q = split_heads(self.q_proj(hidden))  # (B, heads, T, head_dim)
+            k = split_heads(self.k_proj(hidden))
+            v = split_heads(self.v_proj(hidden))
         out, attn_probs = scaled_dot_product_attention(
             q, k, v, bias,
             dropout=self.dropout if self.training else 0.0,

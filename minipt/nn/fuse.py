@@ -1,0 +1,127 @@
+"""``model.fuse(dtype=None)``: one inference transform for every model.
+
+    fast = model.fuse()                  # the model's dtype
+    fast = model.fuse(torch.bfloat16)    # weights, activations and outputs in bfloat16
+
+The copy is built in one way for every family: a deep copy in eval mode, no parameter
+requiring a gradient, cast to ``dtype``, then the rewrite rules below applied to every module,
+children first. A block's forward is the same function before and after: the rules replace
+sub-modules by ones that compute the same thing faster, never the data flow.
+
+============================  ===============================================================
+rule                          what it does, and where
+============================  ===============================================================
+Conv + BatchNorm fold         ``W' = W s``, ``b' = beta + (b - mean) s``, ``s = gamma / sqrt(var
+                              + eps)``, for each (conv, norm) pair a block lists in
+                              ``conv_bn_pairs``; the norm becomes ``nn.Identity``
+Linear + activation           a Linear and the activation after it (pairs a block lists in
+                              ``linear_act_pairs``) become one prepacked oneDNN matmul with the
+                              activation as its post-op, where oneDNN has that activation
+Q, K, V merge                 an attention block's three projections become one (3C, C) matmul
+                              (``MultiHeadAttention.merge_qkv``)
+packed Linear                 every other Linear runs on a weight prepacked for oneDNN
+                              (``minipt.ops.onednn.pack_linear``; plain torch where oneDNN is
+                              missing); ``fuse_batch_hint`` on the model is the number of rows
+                              oneDNN chooses the layout for (any number runs)
+channels-last                 convolution weights in NHWC, the layout oneDNN's convolutions run
+                              fastest in
+============================  ===============================================================
+
+The copy refuses ``train()`` and ``save_pretrained()`` with a ``ConfigError`` (train and save the
+model, then fuse it), and ``fuse()`` of a fused model is refused too.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..ops import onednn
+
+DTYPES = (torch.float32, torch.bfloat16)
+
+
+def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """conv followed by an eval-mode BatchNorm as one conv: W' = W * s, b' = beta + (b - mean) * s, s = gamma / sqrt(var + eps)."""
+    scale = bn.weight.detach() * torch.rsqrt(bn.running_var + bn.eps)  # (out,)
+    bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    fused = copy.copy(conv)  # the same class (a "same"-padding conv stays one), hyper-parameters and forward
+    fused._parameters = dict(conv._parameters)
+    fused.weight = nn.Parameter(conv.weight.detach() * scale.view(-1, 1, 1, 1), requires_grad=False)  # keeps conv's memory format
+    fused.bias = nn.Parameter(bn.bias.detach() + (bias - bn.running_mean) * scale, requires_grad=False)
+    return fused
+
+
+def _pack(linear: nn.Module, activation: str | None, batch_hint: int | None) -> nn.Module:
+    return onednn.pack_linear(linear.weight, linear.bias, activation, batch_hint=batch_hint)
+
+
+def _rewrite(module: nn.Module, batch_hint: int | None) -> None:
+    """Apply the rules inside ``module``, children first."""
+    for child in module.children():
+        _rewrite(child, batch_hint)
+    for conv_name, bn_name in getattr(module, "conv_bn_pairs", ()):
+        setattr(module, conv_name, fold_batchnorm(getattr(module, conv_name), getattr(module, bn_name)))
+        setattr(module, bn_name, nn.Identity())
+    for linear_name, act_name in getattr(module, "linear_act_pairs", ()):
+        linear, act = getattr(module, linear_name), getattr(module, act_name)
+        post_op = onednn.post_op(act)
+        if isinstance(linear, nn.Linear) and post_op is not None:
+            setattr(module, linear_name, _pack(linear, post_op, batch_hint))
+            setattr(module, act_name, nn.Identity())  # now inside the matmul
+    merge = getattr(module, "merge_qkv", None)
+    if callable(merge):
+        merge(lambda weight, bias: onednn.pack_linear(weight, bias, batch_hint=batch_hint))
+    for name, child in module.named_children():
+        if isinstance(child, nn.Linear):
+            setattr(module, name, _pack(child, None, batch_hint))
+        elif isinstance(child, nn.Conv2d):
+            child.weight.data = child.weight.data.contiguous(memory_format=torch.channels_last)
+
+
+def _dtype_of(module: nn.Module) -> torch.dtype | None:
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+
+
+def _inputs_to(dtype: torch.dtype):
+    def cast(value):
+        return value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
+    def hook(module, args, kwargs):
+        return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
+
+    return hook
+
+
+class InferenceCopy:
+    """Mixed into every model: ``fuse(dtype=None)`` returns its inference copy, which refuses ``train()``
+    (``Pretrained.save_pretrained`` refuses it too)."""
+
+    fused = False  # True for the copy fuse() returns
+    fuse_batch_hint: int | None = 128  # rows (batch x positions) oneDNN chooses its packed layout for
+
+    def fuse(self, dtype: torch.dtype | None = None):
+        """An inference copy for the CPU (eval mode, no gradients), computing in ``dtype`` (float32 or
+        bfloat16; None: the model's own). See ``minipt.nn.fuse`` for what it changes."""
+        if dtype is not None and dtype not in DTYPES:
+            raise ConfigError(f"fuse() computes in {' or '.join(map(str, DTYPES))}, not {dtype}")
+        if self.fused:
+            raise ConfigError(f"this {type(self).__name__} is fused already; call fuse() on the model it came from")
+        fused = copy.deepcopy(self).eval().requires_grad_(False)
+        if dtype is not None and dtype != _dtype_of(self):
+            fused = fused.to(dtype)
+            fused.register_forward_pre_hook(_inputs_to(dtype), with_kwargs=True)  # float inputs (pixels) follow the weights
+        with torch.no_grad():
+            _rewrite(fused, self.fuse_batch_hint)
+        for module in fused.modules():
+            if isinstance(module, InferenceCopy):
+                module.fused = True  # a model inside a model (the BertModel of a head) too
+        return fused
+
+    def train(self, mode: bool = True):
+        if mode and self.fused:
+            raise ConfigError(f"a fused {type(self).__name__} is an inference copy (packed weights, no gradients); train the model before fuse()")
+        return super().train(mode)

@@ -1,0 +1,69 @@
+"""``model.fuse(dtype=None)`` on every declared family: one inference transform, one contract.
+
+float32: the fused copy errs against the float64 model at most as the unfused float32 model does
+(``assert_error_ratio``), on the family's example inputs, with random BatchNorm statistics so that a
+fold in the wrong place shows. bfloat16: the outputs keep their direction (cosine >= 0.999). Every copy
+refuses training, saving and a second fuse().
+"""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._pytree import tree_leaves
+
+from helpers import assert_error_ratio, assert_inference_only, randomise_batch_norm
+from minipt import registry
+from minipt.ops import onednn
+
+CASES = [(family, cls) for family in registry.families() for cls in family.classes]
+IDS = [cls.__name__ for _, cls in CASES]
+
+
+def _model(family, cls):
+    torch.manual_seed(0)
+    return randomise_batch_norm(cls(family.tiny())).eval()
+
+
+def _outputs(model, args, kwargs):
+    dtype = next(model.parameters()).dtype
+    if dtype == torch.float64:  # the float64 model reads float64 pixels
+        args = tuple(a.double() if a.is_floating_point() else a for a in args)
+    with torch.inference_mode():
+        return [leaf for leaf in tree_leaves(model(*args, **kwargs)) if leaf.is_floating_point()]
+
+
+@pytest.mark.parametrize("family, cls", CASES, ids=IDS)
+def test_fused_float32_is_as_accurate_as_the_model(family, cls, tmp_path):
+    model = _model(family, cls)
+    args, kwargs = family.inputs(cls)
+    fused = model.fuse()
+    assert_inference_only(model, fused, tmp_path)
+    assert not any(type(m) is torch.nn.Linear or type(m).__name__ == "Linear" for m in fused.modules()), "a Linear was left unpacked"
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules()), "a BatchNorm was left unfolded"
+    exact = _outputs(copy.deepcopy(model).double(), args, kwargs)
+    assert_error_ratio(_outputs(fused, args, kwargs), _outputs(model, args, kwargs), exact, what=cls.__name__)
+
+
+@pytest.mark.parametrize("family, cls", CASES, ids=IDS)
+def test_fused_without_onednn_computes_the_same(family, cls, monkeypatch):
+    monkeypatch.setattr(onednn, "available", lambda dtype=torch.float32: False)
+    model = _model(family, cls)
+    args, kwargs = family.inputs(cls)
+    fused = model.fuse()
+    assert not any(m.onednn for m in fused.modules() if isinstance(m, onednn.PackedLinear))
+    exact = _outputs(copy.deepcopy(model).double(), args, kwargs)
+    assert_error_ratio(_outputs(fused, args, kwargs), _outputs(model, args, kwargs), exact, what=cls.__name__)
+
+
+@pytest.mark.parametrize("family, cls", CASES, ids=IDS)
+def test_fused_bfloat16_keeps_the_direction(family, cls):
+    model = _model(family, cls)
+    args, kwargs = family.inputs(cls)
+    fused = model.fuse(torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in fused.parameters())  # float32 pixels are read as bfloat16
+    for got, expected in zip(_outputs(fused, args, kwargs), _outputs(model, args, kwargs)):
+        assert got.dtype == torch.bfloat16
+        cosine = F.cosine_similarity(got.float().flatten(), expected.flatten(), dim=0)
+        assert cosine >= 0.999, (cls.__name__, float(cosine))
