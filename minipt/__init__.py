@@ -27,10 +27,13 @@ _LAZY = {
 }
 
 
+_SUBMODULES = ("checkpoint", "hub", "keymap", "models", "nn", "ops", "probe", "reference", "registry", "summary", "train", "transfer")
+
+
 def __getattr__(name):
     if name in _LAZY:
         return getattr(import_module(_LAZY[name]), name)
-    if name in ("nn", "models", "hub", "checkpoint", "keymap", "transfer", "train"):
+    if name in _SUBMODULES:
         return import_module(f"minipt.{name}")
     raise AttributeError(f"module 'minipt' has no attribute {name!r}")
 

@@ -2,7 +2,7 @@
 
 Two kinds of float32 comparison, chosen by what is compared:
 
-- The same kernels on the same weights (minipt's ``sdpa`` backend against
+- The same kernels on the same weights (minipt's ``torch`` backend against
   transformers' sdpa attention, a model against its reloaded copy): they round
   alike, so ``max_diff(a, b) <= ATOL`` with ATOL = 1e-5 absolute.
 - Two different computations of the same function (equations written out

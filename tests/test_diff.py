@@ -16,6 +16,7 @@ from torch import nn
 
 from minipt import cli
 from minipt.errors import ConfigError, InputError
+from minipt.nn.backend import blocks
 from minipt.reference import import_transformers, layer_diffs
 
 
@@ -77,7 +78,21 @@ def test_bert_with_a_head_and_the_backend_kept(tmp_path):
     report = layer_diffs(model, tmp_path, batch)
     assert_clean(report)
     assert report.rows[-1].name == "classifier.out" and report.rows[0].name == "bert.embeddings.out"
-    assert all(block.backend == "fused" for block in model.modules() if hasattr(block, "backend"))  # restored after
+    assert all(block.backend == "fused" for block in blocks(model))  # restored after
+
+
+def test_bert_masked_lm_with_a_pooler_is_compared_without_it(tmp_path):
+    """minipt keeps the pooler a checkpoint holds; transformers' BertForMaskedLM has none, so there is no point to compare."""
+    from minipt.models.bert import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)).eval()
+    assert model.bert.pooler is not None
+    model.save_pretrained(tmp_path)
+    batch = {"input_ids": torch.randint(0, 50, (2, 7)), "attention_mask": torch.ones(2, 7, dtype=torch.long)}
+    report = layer_diffs(model, tmp_path, batch)
+    assert_clean(report)
+    assert report.rows[-1].name == "head.out" and not any("pooler" in row.name for row in report.rows)
 
 
 # -- GPT-2 -----------------------------------------------------------------------------
