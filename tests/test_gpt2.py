@@ -191,6 +191,18 @@ def test_greedy_generation_stops_each_row_at_eos_like_reference(pair):
             assert (row[step:] == eos).all()
 
 
+@pytest.mark.parametrize("penalty", [1.3, 0.8])
+def test_greedy_generation_with_a_repetition_penalty_matches_reference(pair, penalty):
+    reference, model, _ = pair
+    input_ids, attention_mask = left_padded(97, [7, 4, 2], seed=3)
+    expected = reference.generate(
+        input_ids, attention_mask=attention_mask, max_new_tokens=24, do_sample=False, repetition_penalty=penalty, eos_token_id=None, pad_token_id=EOS
+    )
+    produced = model.generate(input_ids, 24, attention_mask=attention_mask, repetition_penalty=penalty)
+    assert torch.equal(produced, expected)
+    assert not torch.equal(produced, model.generate(input_ids, 24, attention_mask=attention_mask))  # the penalty changed something
+
+
 def test_streaming_yields_the_generated_tokens(pair):
     _, model, _ = pair
     input_ids, attention_mask = left_padded(97, [6, 3])

@@ -30,6 +30,7 @@ from ..nn import LSTM, Linear
 from ..registry import register
 from ..nn.backend import ChoosesBackend
 from ..nn.fuse import InferenceCopy
+from ..nn.sampling import check_sampling, choose_next_token
 
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (num_layers, B, hidden_size)
 
@@ -112,27 +113,33 @@ class CharLM(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
         top_k: int | None = None,
         generator: torch.Generator | None = None,
         return_logits: bool = False,
+        *,
+        top_p: float | None = None,
+        repetition_penalty: float = 1.0,
     ):
         """Continue byte ids (B, T) by ``max_new_tokens`` sampled bytes -> (B, T + max_new_tokens).
 
         The prompt is run once; each new byte is one LSTM step from the carried
-        state. ``temperature=0`` picks the most likely byte; ``top_k`` samples
-        among the k most likely. With ``return_logits`` the (B, N, vocab) logits
-        each new byte was drawn from come back too.
+        state. ``temperature=0`` picks the most likely byte; ``top_k`` / ``top_p``
+        sample among the k most likely / the nucleus; ``repetition_penalty`` > 1
+        makes bytes already in the row less likely (``minipt.nn.sampling``). With
+        ``return_logits`` the (B, N, vocab) logits each new byte was drawn from
+        (before the penalty) come back too.
         """
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
             raise InputError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
-        if not temperature >= 0:
-            raise InputError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
         vocab = self.config.vocab_size
-        if top_k is not None and not (isinstance(top_k, int) and 1 <= top_k <= vocab):
-            raise InputError(f"top_k must be an integer in [1, {vocab}] or None, got {top_k!r}")
+        check_sampling(temperature, top_k, top_p, repetition_penalty, generator, vocab_size=vocab, zero_temperature_is_greedy=True)
         logits, state = self(ids)  # the whole prompt, once
         logits = logits[:, -1]  # (B, vocab): the distribution of the first new byte
         out, seen = [ids], []
         for _ in range(max_new_tokens):
             seen.append(logits)
-            next_id = sample(logits, temperature, top_k, generator)  # (B, 1)
+            so_far = torch.cat(out, dim=1) if repetition_penalty != 1 else None
+            next_id = choose_next_token(
+                logits, do_sample=temperature != 0, temperature=temperature or 1.0, top_k=top_k, top_p=top_p,
+                repetition_penalty=repetition_penalty, input_ids=so_far, generator=generator,
+            )[:, None]  # (B, 1)
             out.append(next_id)
             logits, state = self(next_id, state)  # one step from the carried state
             logits = logits[:, -1]
@@ -150,10 +157,13 @@ class CharLM(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
         *,
         seed: int | None = None,
         generator: torch.Generator | None = None,
+        top_p: float | None = None,
+        repetition_penalty: float = 1.0,
     ) -> str:
         """``prompt`` continued by ``max_new_tokens`` sampled bytes, as text (an empty prompt starts a new line).
 
-        ``seed`` (or an explicit ``generator``) makes sampling reproducible.
+        ``seed`` (or an explicit ``generator``) makes sampling reproducible; the
+        sampling options are ``generate_ids``'.
         """
         ids = self.encode(prompt or "\n")[None].to(self.embedding.weight.device)  # (1, T)
         if generator is None and seed is not None:
@@ -161,7 +171,7 @@ class CharLM(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
         was_training = self.training
         self.eval()
         try:
-            ids = self.generate_ids(ids, max_new_tokens, temperature, top_k, generator)
+            ids = self.generate_ids(ids, max_new_tokens, temperature, top_k, generator, top_p=top_p, repetition_penalty=repetition_penalty)
         finally:
             self.train(was_training)
         new = ids[0, ids.shape[1] - max_new_tokens :].tolist() if max_new_tokens else []
@@ -185,15 +195,9 @@ KEYMAP = KeyMap(
 
 
 def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One id per row of ``logits`` (B, V) -> (B, 1): greedy at temperature 0, else softmax(logits / T) over the top k."""
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1): the k-th largest
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits.float(), dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)
+    """One id per row of ``logits`` (B, V) -> (B, 1): greedy at temperature 0, else ``minipt.nn.sampling.choose_next_token``."""
+    check_sampling(temperature, top_k, None, 1.0, generator, zero_temperature_is_greedy=True)
+    return choose_next_token(logits, do_sample=temperature != 0, temperature=temperature or 1.0, top_k=top_k, generator=generator)[:, None]
 
 
 # -- minipt.reference: where the reference implementation computes the same values ----------

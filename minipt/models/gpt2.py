@@ -34,6 +34,7 @@ from ..nn.tap import tap
 from ..registry import register
 from ..nn.backend import BackendBlock, ChoosesBackend
 from ..nn.fuse import InferenceCopy
+from ..nn.sampling import check_sampling, choose_next_token
 
 
 @dataclass
@@ -367,15 +368,20 @@ class GPT2LMHeadModel(_GPT2Pretrained):
         attention_mask: torch.Tensor | None = None,  # (B, T): 0 on the left padding
         generator: torch.Generator | None = None,
         streamer: Callable[[torch.Tensor], None] | None = None,  # called with each new (B, 1) token batch
+        repetition_penalty: float = 1.0,  # > 1 makes tokens already in the row less likely (1.0 = off)
     ) -> torch.Tensor:
         """Prompts followed by up to ``max_new_tokens`` tokens, ``(B, T + new)``.
 
-        Greedy unless ``do_sample``. A row that produced ``eos_token_id`` is
-        padded from then on (``pad_token_id``, else eos); generation ends early
-        once every row has.
+        Greedy unless ``do_sample`` (``minipt.nn.sampling.choose_next_token``). A row
+        that produced ``eos_token_id`` is padded from then on (``pad_token_id``, else
+        eos); generation ends early once every row has. ``repetition_penalty`` follows
+        transformers: it counts every id of the row so far, prompt and generated,
+        except the left padding.
         """
         new_tokens = []
-        for tokens in self.generate_stream(input_ids, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id, attention_mask, generator):
+        for tokens in self.generate_stream(
+            input_ids, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id, attention_mask, generator, repetition_penalty
+        ):
             new_tokens.append(tokens)
             if streamer is not None:
                 streamer(tokens)
@@ -384,10 +390,10 @@ class GPT2LMHeadModel(_GPT2Pretrained):
     @torch.inference_mode()
     def generate_stream(
         self, input_ids, max_new_tokens, do_sample=False, temperature=1.0, top_k=None, top_p=None,
-        eos_token_id=None, attention_mask=None, generator=None,
+        eos_token_id=None, attention_mask=None, generator=None, repetition_penalty=1.0,
     ) -> Iterator[torch.Tensor]:
         """``generate`` as an iterator: yields each new ``(B, 1)`` token batch as soon as it is chosen."""
-        self._check_generation(input_ids, max_new_tokens, temperature, top_k, top_p, attention_mask)
+        self._check_generation(input_ids, max_new_tokens, temperature, top_k, top_p, attention_mask, repetition_penalty, generator)
         B, T = input_ids.shape
         pad_token_id = self.config.pad_token_id if self.config.pad_token_id is not None else eos_token_id
         cache = self.allocate_cache(B, T + max_new_tokens)
@@ -397,20 +403,30 @@ class GPT2LMHeadModel(_GPT2Pretrained):
             mask = torch.ones(B, T + max_new_tokens, dtype=torch.long, device=input_ids.device)
             mask[:, :T] = attention_mask
         finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+        seen = None  # the ids so far, kept only for the repetition penalty
+        if repetition_penalty != 1:
+            seen = torch.empty(B, T + max_new_tokens, dtype=torch.long, device=input_ids.device)
+            seen[:, :T] = input_ids
         tokens = input_ids
         for step in range(max_new_tokens):
             out = self.transformer(tokens, None if mask is None else mask[:, : T + step], cache)  # mask: cached + new
             logits = self.lm_head(out.last_hidden_state[:, -1]).float()  # (B, vocab): only the last position's
-            next_token = _choose(logits, do_sample, temperature, top_k, top_p, generator)  # (B,)
+            next_token = choose_next_token(
+                logits, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+                repetition_penalty=repetition_penalty, input_ids=None if seen is None else seen[:, : T + step],
+                attention_mask=None if seen is None or mask is None else mask[:, : T + step], generator=generator,
+            )  # (B,)
             if eos_token_id is not None:
                 next_token = next_token.masked_fill(finished, pad_token_id)
                 finished |= next_token == eos_token_id
+            if seen is not None:
+                seen[:, T + step] = next_token
             tokens = next_token[:, None]  # (B, 1)
             yield tokens
             if bool(finished.all()):
                 return
 
-    def _check_generation(self, input_ids, max_new_tokens, temperature, top_k, top_p, attention_mask) -> None:
+    def _check_generation(self, input_ids, max_new_tokens, temperature, top_k, top_p, attention_mask, repetition_penalty=1.0, generator=None) -> None:
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
             raise InputError(f"input_ids must be prompts of shape (batch, seq_len) with seq_len >= 1, got {tuple(input_ids.shape)}")
         T, context = input_ids.shape[1], self.config.n_positions
@@ -420,12 +436,7 @@ class GPT2LMHeadModel(_GPT2Pretrained):
             raise InputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         if T + max_new_tokens > context:
             raise InputError(f"{T} prompt tokens + max_new_tokens {max_new_tokens} exceed the context of {context} positions; at most {context - T} new tokens fit")
-        if not temperature > 0:
-            raise InputError(f"temperature must be > 0, got {temperature}")
-        if top_k is not None and top_k < 1:
-            raise InputError(f"top_k must be at least 1, got {top_k}")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise InputError(f"top_p must be in (0, 1], got {top_p}")
+        check_sampling(temperature, top_k, top_p, repetition_penalty, generator)
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
             raise InputError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(input_ids.shape)}")
         if attention_mask is not None and not bool(attention_mask[:, -1].bool().all()):
@@ -441,21 +452,8 @@ class GPT2LMHeadModel(_GPT2Pretrained):
 
 
 def _choose(logits: torch.Tensor, do_sample: bool, temperature: float, top_k, top_p, generator) -> torch.Tensor:
-    """The next token of each row from its logits (B, vocab): the most likely, or a sample."""
-    if not do_sample:
-        return logits.argmax(-1)
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[:, -1:]  # (B, 1): the k-th largest
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1:
-        # nucleus: the smallest set of most likely tokens whose probability reaches top_p
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(-1)
-        before = probs.cumsum(-1) - probs  # probability of the tokens ranked above each one
-        sorted_logits = sorted_logits.masked_fill(before >= top_p, float("-inf"))  # the top token always stays
-        logits = logits.scatter(-1, order, sorted_logits)
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+    """The next token of each row (B,) from its logits (B, vocab): ``minipt.nn.sampling.choose_next_token``."""
+    return choose_next_token(logits, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
 
 
 # -- the official names ------------------------------------------------------------

@@ -1,0 +1,165 @@
+"""minipt.nn.sampling.choose_next_token: the next-token sampler GPT-2 and the char LM share."""
+
+import math
+
+import pytest
+import torch
+
+from minipt.errors import InputError
+from minipt.nn.sampling import apply_repetition_penalty, check_sampling, choose_next_token
+from minipt.reference import import_transformers
+
+
+def random_logits(B=4, V=50, seed=0):
+    return torch.randn(B, V, generator=torch.Generator().manual_seed(seed)) * 3
+
+
+def draws(logits, n=200, **kw):
+    """The set of ids drawn per row over ``n`` seeded draws: a list of B sets."""
+    seen = [set() for _ in range(logits.shape[0])]
+    for i in range(n):
+        for row, token in enumerate(choose_next_token(logits, generator=torch.Generator().manual_seed(i), **kw).tolist()):
+            seen[row].add(token)
+    return seen
+
+
+def test_greedy_is_argmax():
+    logits = random_logits()
+    chosen = choose_next_token(logits, do_sample=False, temperature=0.3, top_k=3, top_p=0.5)
+    assert chosen.shape == (4,) and chosen.dtype == torch.long
+    assert torch.equal(chosen, logits.argmax(-1))
+
+
+def test_top_k_never_picks_outside_the_k_largest():
+    logits = random_logits(V=30)
+    k = 4
+    allowed = logits.topk(k, dim=-1).indices
+    for row, drawn in enumerate(draws(logits, temperature=5.0, top_k=k)):  # a high temperature spreads the draws
+        assert drawn <= set(allowed[row].tolist())
+        assert len(drawn) > 1
+    assert torch.equal(choose_next_token(logits, top_k=1, generator=torch.Generator().manual_seed(0)), logits.argmax(-1))
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    probs = torch.tensor([[0.5, 0.05, 0.25, 0.15, 0.05]])
+    logits = probs.log()
+    # sorted: 0.5 (id 0), 0.25 (id 2), 0.15 (id 3), 0.05, 0.05; top_p 0.7 needs ids 0 and 2 (0.75)
+    assert draws(logits, top_p=0.7) == [{0, 2}]
+    assert draws(logits, top_p=0.75) == [{0, 2}]  # reached exactly: no third token
+    assert draws(logits, top_p=0.8) == [{0, 2, 3}]
+    assert draws(logits, top_p=0.4) == [{0}]  # the most likely token always stays
+    assert draws(logits, top_p=1.0, n=400) == [{0, 1, 2, 3, 4}]
+
+
+def test_temperature_towards_zero_approaches_greedy():
+    logits = random_logits(B=8, V=100)
+    greedy = logits.argmax(-1)
+    for seed in range(20):
+        assert torch.equal(choose_next_token(logits, temperature=1e-4, generator=torch.Generator().manual_seed(seed)), greedy)
+    # and the probability mass outside the argmax shrinks as the temperature does
+    mass = [1 - (logits / t).softmax(-1).max(-1).values.mean().item() for t in (1.0, 0.3, 0.1, 0.03, 0.01)]
+    assert all(a > b for a, b in zip(mass, mass[1:])) and mass[-1] < mass[0] / 100, mass
+
+
+def test_a_seeded_generator_reproduces():
+    logits = random_logits(B=16, V=1000)
+    kw = dict(temperature=0.9, top_k=200, top_p=0.95)
+    first = choose_next_token(logits, generator=torch.Generator().manual_seed(7), **kw)
+    assert torch.equal(first, choose_next_token(logits, generator=torch.Generator().manual_seed(7), **kw))
+    assert not torch.equal(first, choose_next_token(logits, generator=torch.Generator().manual_seed(8), **kw))
+
+
+@pytest.mark.parametrize("penalty", [1.0, 1.3, 2.0, 0.7])
+def test_repetition_penalty_matches_transformers(penalty):
+    transformers = import_transformers()
+    if transformers is None:
+        pytest.skip("transformers is not installed")
+    logits = random_logits(B=3, V=40, seed=1)
+    input_ids = torch.randint(0, 40, (3, 12), generator=torch.Generator().manual_seed(2))  # with repeats
+    processor = transformers.RepetitionPenaltyLogitsProcessor(penalty=penalty)
+    expected = processor(input_ids, logits.clone())
+    assert torch.allclose(apply_repetition_penalty(logits, input_ids, penalty), expected, rtol=0, atol=0)
+    greedy = choose_next_token(logits, do_sample=False, repetition_penalty=penalty, input_ids=input_ids)
+    assert torch.equal(greedy, expected.argmax(-1))
+    # padding (attention_mask 0) does not count, as transformers' prompt_ignore_length
+    mask = torch.ones_like(input_ids)
+    mask[:, :3] = 0
+    ignoring = transformers.RepetitionPenaltyLogitsProcessor(penalty=penalty, prompt_ignore_length=torch.tensor([3, 3, 3]))
+    assert torch.equal(apply_repetition_penalty(logits, input_ids, penalty, mask), ignoring(input_ids, logits.clone()))
+
+
+def test_repetition_penalty_steers_greedy_away_from_a_repeat():
+    logits = torch.tensor([[3.0, 2.9, -1.0]])
+    assert choose_next_token(logits, do_sample=False).item() == 0
+    assert choose_next_token(logits, do_sample=False, repetition_penalty=1.2, input_ids=torch.tensor([[0, 0]])).item() == 1
+
+
+BAD = [
+    ("temperature", 0.0),
+    ("temperature", -1.0),
+    ("temperature", math.inf),
+    ("temperature", math.nan),
+    ("temperature", True),
+    ("temperature", "1.0"),
+    ("top_k", 0),
+    ("top_k", -3),
+    ("top_k", True),
+    ("top_k", 2.0),
+    ("top_k", "5"),
+    ("top_p", 0.0),
+    ("top_p", 1.5),
+    ("top_p", -0.1),
+    ("top_p", math.nan),
+    ("top_p", True),
+    ("top_p", "0.9"),
+    ("repetition_penalty", 0.0),
+    ("repetition_penalty", -1.2),
+    ("repetition_penalty", math.inf),
+    ("repetition_penalty", False),
+    ("repetition_penalty", "1.2"),
+    ("generator", 0),
+    ("generator", "seed"),
+]
+
+
+@pytest.mark.parametrize("name, value", BAD, ids=[f"{n}={v!r}" for n, v in BAD])
+def test_each_bad_argument_is_named(name, value):
+    with pytest.raises(InputError) as caught:
+        choose_next_token(random_logits(), input_ids=torch.zeros(4, 1, dtype=torch.long), **{name: value})
+    message = str(caught.value)
+    assert message.startswith(name) and repr(value) in message, message
+    with pytest.raises(InputError, match=name):
+        check_sampling(**{name: value})
+
+
+def test_zero_temperature_only_where_it_means_greedy():
+    check_sampling(0.0, zero_temperature_is_greedy=True)
+    with pytest.raises(InputError, match=r"temperature must be >= 0"):
+        check_sampling(-0.5, zero_temperature_is_greedy=True)
+    with pytest.raises(InputError, match=r"top_k must be an integer in \[1, 10\]"):
+        check_sampling(top_k=11, vocab_size=10)
+
+
+def test_bad_logits_and_missing_ids_are_named():
+    with pytest.raises(InputError, match="logits must be"):
+        choose_next_token(torch.zeros(5))
+    with pytest.raises(InputError, match="logits must be"):
+        choose_next_token(torch.zeros(2, 5, dtype=torch.long))
+    with pytest.raises(InputError, match="repetition_penalty needs input_ids"):
+        choose_next_token(random_logits(), repetition_penalty=1.2)
+    with pytest.raises(InputError, match=r"input_ids must be integer ids of shape \(4, seq_len\)"):
+        choose_next_token(random_logits(), repetition_penalty=1.2, input_ids=torch.zeros(3, 2, dtype=torch.long))
+
+
+def test_the_char_lm_takes_the_penalty():
+    from minipt.models.char_lm import CharLM, CharLMConfig
+
+    model = CharLM(CharLMConfig(embed_size=8, hidden_size=16, num_layers=1, dropout=0.0)).eval()
+    prompt = torch.stack([CharLM.encode("aaaa"), CharLM.encode("abcd")])  # (2, 4)
+    ids, step_logits = model.generate_ids(prompt, 12, 0.0, None, None, True, repetition_penalty=1.5)
+    for n in range(12):  # each greedy byte is the argmax of its step's logits, penalised by the row so far
+        penalised = apply_repetition_penalty(step_logits[:, n], ids[:, : 4 + n], 1.5)
+        assert torch.equal(ids[:, 4 + n], penalised.argmax(-1)), n
+    assert torch.equal(model.generate_ids(prompt, 12, 0.0), model.generate_ids(prompt, 12, 0.0, repetition_penalty=1.0))
+    with pytest.raises(InputError, match="repetition_penalty"):
+        model.generate("a", 3, repetition_penalty=0)
