@@ -193,7 +193,7 @@ def cmd_features(args) -> int:
     from .errors import ConfigError, InputError
     from .hub import resolve
     from .registry import model_class_for
-    from .models.efficientnet import EfficientNet, preprocess
+    from .models.efficientnet import EfficientNet
     from .models.resnet import ResNet
     from .plot import feature_maps, save_png
     from .vision import image_batch
@@ -209,13 +209,11 @@ def cmd_features(args) -> int:
         raise InputError(f"--stage {args.stage} does not exist: {cls.__name__} has stages 0..{count - 1}")
     if isinstance(model, ResNet):
         stage = model.stages[args.stage]
-        pixels = image_batch([args.image], resize=256, crop=224)  # (1, 3, 224, 224) in 0..255
-        mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])  # torchvision's ImageNet statistics
-        x = (pixels / 255 - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+        pixels = image_batch([args.image], resize=256, crop=224)  # (1, 3, 224, 224) in 0..255, as drawn behind the maps
     else:
         stage = model.get_submodule(model.transfer_stages[f"stages.{args.stage}"][-1])  # the stage's last block
         pixels = image_batch([args.image], resize=model.config.resize, crop=model.config.crop)
-        x = preprocess([args.image], model.config)
+    x = model.preprocess([args.image])
     captured = []
     handle = stage.register_forward_hook(lambda _module, _inputs, output: captured.append(output))
     try:

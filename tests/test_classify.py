@@ -110,3 +110,25 @@ def test_undecodable_and_missing_images(lite0, tmp_path):
         en.classify([], model=lite0)
     with pytest.raises(InputError, match="expected an image file path or a PIL image, got int"):
         en.classify([3], model=lite0)
+
+
+@pytest.mark.parametrize("content", ["tench\ngoldfish\n", None])
+def test_damaged_class_list_names_the_file(tmp_path, monkeypatch, content):
+    from minipt.errors import MiniptError
+    from minipt.models import imagenet
+
+    path = tmp_path / "imagenet_classes.txt"
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    monkeypatch.setattr(imagenet, "_NAMES", path)
+    imagenet.imagenet_classes.cache_clear()
+    try:
+        with pytest.raises(imagenet.ShippedDataError, match="imagenet_classes.txt") as info:
+            imagenet.imagenet_classes()
+        assert isinstance(info.value, MiniptError)
+        if content is not None:
+            assert "2 class names, not 1000" in str(info.value)
+    finally:
+        monkeypatch.undo()
+        imagenet.imagenet_classes.cache_clear()
+    assert len(imagenet.imagenet_classes()) == 1000  # the shipped file, once the patch is undone

@@ -16,6 +16,7 @@ from minipt.checkpoint import Checkpoint, official_state_dict
 from minipt.errors import ConfigError, InputError, KeyMismatchError
 from minipt.hub import resolve
 from minipt.models import efficientnet as en
+from minipt.nn import Conv2dSame
 
 from helpers import randomise_batch_norm, rel_diff
 
@@ -65,7 +66,7 @@ def test_save_pretrained_round_trip(lite0, tmp_path):
 
 def test_same_padding_is_tensorflows():
     """Stride 2 on an even size pads 0 top/left and 1 bottom/right; output size is ceil(size / stride)."""
-    conv = en.Conv2dSame(1, 1, 3, stride=2)
+    conv = Conv2dSame(1, 1, 3, stride=2)
     with torch.no_grad():
         conv.weight.fill_(1.0)
     x = torch.ones(1, 1, 4, 5)
@@ -208,3 +209,22 @@ def test_checkpoint_of_no_lite_variant(lite0, tmp_path):
     torch.save(state, tmp_path / "cut.pth")
     with pytest.raises(KeyMismatchError, match=r"(?s)missing \(1\):\n    _blocks.15._project_conv.weight \(320, 1152, 1, 1\).*matches no EfficientNet-Lite variant"):
         en.EfficientNet.from_pretrained(tmp_path / "cut.pth")
+
+
+def test_blocks_are_the_shared_conv_pieces(lite0):
+    """The model is built from minipt.nn's ConvBNAct, with the config's BatchNorm settings and unchanged keys."""
+    from minipt.nn import ConvBNAct
+
+    assert isinstance(lite0.stem, ConvBNAct) and isinstance(lite0.stem.conv, Conv2dSame)
+    assert lite0.stem.bn.eps == lite0.config.bn_eps and lite0.stem.bn.momentum == lite0.config.bn_momentum
+    assert {"stem.conv.weight", "stem.bn.running_mean", "head.conv.weight"} <= set(lite0.state_dict())
+
+
+def test_preprocess_method_uses_the_models_config(lite0, tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "photo.png"
+    Image.new("RGB", (300, 260), (10, 200, 90)).save(path)
+    x = lite0.preprocess([path])
+    assert x.shape == (1, 3, lite0.config.crop, lite0.config.crop)
+    assert torch.equal(x, en.preprocess([path], lite0.config))

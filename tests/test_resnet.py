@@ -283,3 +283,33 @@ def test_bad_config():
         mr.resnet18(groups=32)
     with pytest.raises(ConfigError, match="four stages"):
         mr.ResNet(mr.ResNetConfig("basic", (2, 2, 2)))
+
+
+def test_preprocess_is_torchvisions(tmp_path):
+    """resize 256, centre crop 224, 0..1, ImageNet mean/std: what torchvision's transforms give (bicubic, as minipt.vision)."""
+    from PIL import Image
+    from torchvision import transforms
+
+    generator = torch.Generator().manual_seed(3)
+    pixels = torch.randint(0, 256, (300, 280, 3), dtype=torch.uint8, generator=generator).numpy()
+    image = Image.fromarray(pixels)
+    path = tmp_path / "photo.png"
+    image.save(path)
+    model = mr.resnet18(num_classes=3)
+    x = model.preprocess([path])
+    assert x.shape == (1, 3, 224, 224) and x.dtype == torch.float32
+    reference = transforms.Compose([
+        transforms.Resize(256, transforms.InterpolationMode.BICUBIC), transforms.CenterCrop(224), transforms.ToTensor(),
+        transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    ])(image)
+    assert (x[0] - reference).abs().max() < 1e-5  # the same PIL resampling and arithmetic
+
+
+def test_shared_conv_pieces_keep_the_keys():
+    from minipt.nn import conv1x1, conv3x3
+
+    model = mr.resnet50(num_classes=3)
+    block = model.stages[1][0]
+    assert block.conv2.kernel_size == (3, 3) and block.conv2.bias is None
+    assert conv3x3(4, 8, bias=True).bias is not None and conv1x1(4, 8).bias is None
+    assert "stages.1.0.shortcut.conv.weight" in model.state_dict()

@@ -32,6 +32,7 @@ from ..config import Config, count, require, text
 from ..errors import InputError
 from ..keymap import KeyMap
 from ..nn import LSTM, Linear
+from ..nn.conv import conv3x3
 from ..registry import register
 from ..nn.backend import ChoosesBackend
 from ..nn.fuse import InferenceCopy
@@ -63,10 +64,6 @@ class CRNNConfig(Config):
         require(self.image_height >= 16, "image_height", self.image_height, "at least 16 rows (the convolutions halve it four times)")
 
 
-def conv3x3(in_channels: int, out_channels: int, bias: bool = True) -> nn.Conv2d:
-    return nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=bias)
-
-
 class VGGFeatures(nn.Module):
     """Seven convolutions; the last two pools halve only the height, keeping horizontal resolution."""
 
@@ -75,10 +72,10 @@ class VGGFeatures(nn.Module):
     def __init__(self, in_channels: int, channels: tuple[int, int, int, int]):
         super().__init__()
         c1, c2, c3, c4 = channels
-        self.conv1 = conv3x3(in_channels, c1)
-        self.conv2 = conv3x3(c1, c2)
-        self.conv3 = conv3x3(c2, c3)
-        self.conv4 = conv3x3(c3, c3)
+        self.conv1 = conv3x3(in_channels, c1, bias=True)
+        self.conv2 = conv3x3(c1, c2, bias=True)
+        self.conv3 = conv3x3(c2, c3, bias=True)
+        self.conv4 = conv3x3(c3, c3, bias=True)
         self.conv5 = conv3x3(c3, c4, bias=False)  # followed by BatchNorm, so no bias
         self.bn5 = nn.BatchNorm2d(c4)
         self.conv6 = conv3x3(c4, c4, bias=False)

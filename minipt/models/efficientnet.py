@@ -28,7 +28,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import Checkpoint, Pretrained, load_weights, model_keys
@@ -36,6 +35,7 @@ from ..config import Config, count, epsilon, probability, real, require
 from ..errors import ConfigError, KeyMismatchError
 from ..keymap import KeyMap
 from ..nn import Linear
+from ..nn.conv import Conv2dSame, ConvBNAct, drop_path
 from ..vision import check_images, image_batch
 from ..registry import register
 from ..nn.backend import ChoosesBackend
@@ -146,36 +146,9 @@ def round_channels(channels: int, width: float, divisor: int = 8) -> int:
 
 
 # -- building blocks -----------------------------------------------------------
-class Conv2dSame(nn.Conv2d):
-    """A convolution padded like TensorFlow's "same": output size ceil(input / stride), extra pixel bottom/right."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1):
-        # With stride 1 (and an odd kernel) "same" is symmetric and fixed; with stride 2 it depends on the input size.
-        super().__init__(in_channels, out_channels, kernel, stride, padding=(kernel - 1) // 2 if stride == 1 else 0, groups=groups, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stride != (1, 1):
-            pads = []
-            for size, kernel, stride in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
-                total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
-                pads += [total // 2, total - total // 2]  # (left, right) then (top, bottom)
-            x = F.pad(x, pads)
-        return super().forward(x)
-
-
-class ConvBNAct(nn.Module):
-    """conv -> BatchNorm -> ReLU6 (no activation after a block's projection)."""
-
-    conv_bn_pairs = (("conv", "bn"),)  # fuse(): the BatchNorm folded into the conv
-
-    def __init__(self, in_channels, out_channels, kernel, stride, config: EfficientNetConfig, *, groups=1, act=True):
-        super().__init__()
-        self.conv = Conv2dSame(in_channels, out_channels, kernel, stride, groups)
-        self.bn = nn.BatchNorm2d(out_channels, eps=config.bn_eps, momentum=config.bn_momentum)
-        self.act = nn.ReLU6(inplace=True) if act else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
+def conv_bn_act(in_channels, out_channels, kernel, stride, config: EfficientNetConfig, *, groups=1, act=True) -> ConvBNAct:
+    """A ``minipt.nn.ConvBNAct`` with the BatchNorm settings of ``config``."""
+    return ConvBNAct(in_channels, out_channels, kernel, stride, groups=groups, act=act, eps=config.bn_eps, momentum=config.bn_momentum)
 
 
 class MBConv(nn.Module):
@@ -184,9 +157,9 @@ class MBConv(nn.Module):
     def __init__(self, in_channels, out_channels, kernel, stride, expand, drop_rate, config: EfficientNetConfig):
         super().__init__()
         hidden = in_channels * expand
-        self.expand = ConvBNAct(in_channels, hidden, 1, 1, config) if expand != 1 else None
-        self.depthwise = ConvBNAct(hidden, hidden, kernel, stride, config, groups=hidden)
-        self.project = ConvBNAct(hidden, out_channels, 1, 1, config, act=False)
+        self.expand = conv_bn_act(in_channels, hidden, 1, 1, config) if expand != 1 else None
+        self.depthwise = conv_bn_act(hidden, hidden, kernel, stride, config, groups=hidden)
+        self.project = conv_bn_act(hidden, out_channels, 1, 1, config, act=False)
         self.residual = stride == 1 and in_channels == out_channels
         self.drop_rate = drop_rate
 
@@ -197,14 +170,6 @@ class MBConv(nn.Module):
         if not self.residual:
             return hidden
         return x + drop_path(hidden, self.drop_rate, self.training)
-
-
-def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
-    """Stochastic depth ("drop connect"): in training, zero a sample's whole branch with probability ``rate``."""
-    if not training or rate == 0.0:
-        return x
-    keep = torch.empty(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device).bernoulli_(1 - rate)  # (B, 1, 1, 1)
-    return x * keep / (1 - rate)
 
 
 # -- the model -------------------------------------------------------------------
@@ -222,7 +187,7 @@ class EfficientNet(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
     def __init__(self, config: EfficientNetConfig | None = None):
         super().__init__()
         self.config = config = config or EfficientNetConfig()
-        self.stem = ConvBNAct(3, config.stem_channels, 3, 2, config)
+        self.stem = conv_bn_act(3, config.stem_channels, 3, 2, config)
         stages = config.scaled_stages()
         total, blocks = sum(s.repeats for s in stages), []
         for stage in stages:
@@ -232,7 +197,7 @@ class EfficientNet(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
                     stage.stride if repeat == 0 else 1, stage.expand, config.drop_connect * len(blocks) / total, config,
                 ))
         self.blocks = nn.ModuleList(blocks)  # one flat list, numbered like the official checkpoint
-        self.head = ConvBNAct(stages[-1].out_channels, config.head_channels, 1, 1, config)
+        self.head = conv_bn_act(stages[-1].out_channels, config.head_channels, 1, 1, config)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = Linear(config.head_channels, config.num_classes)
@@ -261,6 +226,10 @@ class EfficientNet(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(self.forward_features(x)))  # (B, num_classes) logits
+
+    def preprocess(self, images: Sequence[Any]) -> torch.Tensor:
+        """Image paths (or PIL images) -> (B, 3, crop, crop) prepared as this model's config says (``preprocess``)."""
+        return preprocess(images, self.config)
 
     # -- loading and saving ----------------------------------------------------
     @classmethod
@@ -338,7 +307,7 @@ def classify(images: Sequence[Any], *, model: str | EfficientNet = "efficientnet
     if isinstance(images, (str, os.PathLike)):
         images = [images]
     net = _pretrained(model) if isinstance(model, str) else model.eval()
-    batch = preprocess(images, net.config)
+    batch = net.preprocess(images)
     return top_classes(net(batch), top)
 
 

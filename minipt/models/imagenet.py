@@ -12,16 +12,24 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, MiniptError
 
 _NAMES = Path(__file__).resolve().parent / "imagenet_classes.txt"
+
+
+class ShippedDataError(MiniptError):
+    """A data file that ships with minipt is missing or damaged: the installation, not the caller, is at fault."""
 
 
 @functools.cache
 def imagenet_classes() -> tuple[str, ...]:
     """All 1000 class names; ``imagenet_classes()[281] == "tabby"``."""
-    names = tuple(line for line in _NAMES.read_text(encoding="utf-8").splitlines() if line)
-    assert len(names) == 1000, f"{_NAMES} holds {len(names)} names, not 1000"
+    try:
+        names = tuple(line for line in _NAMES.read_text(encoding="utf-8").splitlines() if line)
+    except (OSError, UnicodeDecodeError) as err:
+        raise ShippedDataError(f"{_NAMES} cannot be read ({err}); reinstall minipt or regenerate it with bench/make_imagenet_classes.py") from err
+    if len(names) != 1000:
+        raise ShippedDataError(f"{_NAMES} holds {len(names)} class names, not 1000; reinstall minipt or regenerate it with bench/make_imagenet_classes.py")
     return names
 
 

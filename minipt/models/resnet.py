@@ -28,7 +28,8 @@ from ..config import Config, count, flag, one_of, require
 from ..errors import ConfigError, KeyMismatchError
 from ..keymap import KeyMap
 from ..nn import Linear
-from ..vision import check_images
+from ..nn.conv import conv1x1, conv3x3
+from ..vision import check_images, image_batch
 from ..registry import register
 from ..nn.backend import ChoosesBackend
 from ..nn.fuse import InferenceCopy
@@ -68,15 +69,12 @@ class ResNetConfig(Config):
         return f"{name} ({self.block} blocks {'-'.join(map(str, self.layers))}, {self.num_classes} classes)"
 
 
+# torchvision's ImageNet statistics (per RGB channel, on pixels scaled to 0..1), used by ResNet.preprocess
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])
+
+
 # -- building blocks -----------------------------------------------------------
-def conv3x3(in_channels: int, out_channels: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, groups=groups, bias=False)
-
-
-def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False)
-
-
 class Shortcut(nn.Module):
     """The projection on the identity path when a block changes resolution or width: 1x1 conv -> BatchNorm."""
 
@@ -239,6 +237,12 @@ class ResNet(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))  # (B, num_classes) logits
 
+    def preprocess(self, images) -> torch.Tensor:
+        """Image paths (or PIL images) -> (B, 3, 224, 224), as torchvision prepares ImageNet inputs:
+        shorter side to 256, centre crop 224, scaled to 0..1, normalised by the ImageNet mean and std."""
+        pixels = image_batch(images, resize=256, crop=224) / 255.0  # (B, 3, 224, 224) in 0..1
+        return (pixels - IMAGENET_MEAN[:, None, None]) / IMAGENET_STD[:, None, None]
+
     # -- loading and saving ----------------------------------------------------
     # torchvision's format has no config: the architecture is read off the tensors' names and shapes.
     @classmethod
@@ -369,14 +373,6 @@ def wide_resnet101_2(*, weights=None, num_classes: int | None = None, **options)
 
 
 # -- minipt.reference: where the reference implementation computes the same values ----------
-def imagenet_pixels(paths) -> torch.Tensor:
-    from ..vision import image_batch
-
-    pixels = image_batch(paths, resize=256, crop=224) / 255.0  # torchvision's ImageNet preprocessing
-    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
-    return (pixels - mean[:, None, None]) / std[:, None, None]
-
-
 def compare_with_reference(model, path, inputs, rtol):
     """torchvision's ResNet on the same checkpoint, point by point (``minipt.reference.layer_diffs``)."""
     from ..checkpoint import Checkpoint
@@ -394,7 +390,7 @@ def compare_with_reference(model, path, inputs, rtol):
     if unexpected or any(not key.endswith("num_batches_tracked") for key in missing):
         raise ConfigError(f"torchvision's ResNet does not take {path}: missing {missing[:3]}, unexpected {unexpected[:3]}")
     reference.eval()
-    x, label = images(inputs, imagenet_pixels)
+    x, label = images(inputs, model.preprocess)
     points = {"stem.conv.out": ("conv1", None), "stem.bn.out": ("bn1", None), "stem.out": ("maxpool", None)}
     convs = ("conv1", "bn1", "conv2", "bn2") + (("conv3", "bn3") if config.block == "bottleneck" else ())
     for s, blocks in enumerate(config.layers):

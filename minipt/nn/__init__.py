@@ -2,11 +2,15 @@
 
 from .attention import MultiHeadAttention, attention_bias, scaled_dot_product_attention
 from .backend import BACKENDS, get_backend, set_backend, use_backend
+from .conv import Conv2dSame, ConvBNAct, conv1x1, conv3x3, drop_path
 from .layers import GELU, LayerNorm, Linear, activation, linear_then_activation
 from .rnn import GRU, LSTM, RNN
+from .sampling import apply_repetition_penalty, check_sampling, choose_next_token
 
 __all__ = [
     "BACKENDS",
+    "Conv2dSame",
+    "ConvBNAct",
     "GELU",
     "GRU",
     "LSTM",
@@ -15,7 +19,13 @@ __all__ = [
     "MultiHeadAttention",
     "RNN",
     "activation",
+    "apply_repetition_penalty",
+    "check_sampling",
+    "choose_next_token",
     "attention_bias",
+    "conv1x1",
+    "conv3x3",
+    "drop_path",
     "get_backend",
     "linear_then_activation",
     "scaled_dot_product_attention",
