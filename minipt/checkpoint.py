@@ -418,15 +418,23 @@ class Pretrained:
             raise ConfigError(f"the config of {cls.__name__} does not match the checkpoint {checkpoint.path}: " + "; ".join(problems))
 
     @classmethod
-    def from_pretrained(cls, name_or_path=None, *, dtype: torch.dtype | str | None = None, device=None, init_missing=(), **config_overrides):
+    def from_pretrained(cls, name_or_path=None, *, dtype: torch.dtype | str | None = None, torch_dtype: torch.dtype | str | None = None,
+                        device=None, init_missing=(), **config_overrides):
         """Load official weights from a local path, a catalogued name or a hub repo id (eval mode).
 
         ``dtype`` (a floating-point dtype) and ``device`` cast the tensors on
-        the way in. ``init_missing`` names submodules the checkpoint may lack
-        and that are initialised afresh (a classifier head on a pre-trained
-        encoder); every other missing tensor is an error. ``config_overrides``
-        replace fields of the checkpoint's config (``num_labels=3``).
+        the way in; without ``dtype`` (or with ``"auto"``) the tensors keep the
+        dtype the file stores. ``torch_dtype`` is the same argument under the
+        name older transformers code passes. ``init_missing`` names submodules
+        the checkpoint may lack and that are initialised afresh (a classifier
+        head on a pre-trained encoder); every other missing tensor is an error.
+        ``config_overrides`` replace fields of the checkpoint's config
+        (``num_labels=3``).
         """
+        if torch_dtype is not None:
+            if dtype is not None and check_dtype(dtype) != check_dtype(torch_dtype):
+                raise InputError(f"{cls.__name__}.from_pretrained got dtype={dtype!r} and torch_dtype={torch_dtype!r}; pass one (they are the same argument)")
+            dtype = torch_dtype
         dtype, device = check_dtype(dtype), check_device(device)
         if name_or_path is None:
             if cls.default_checkpoint is None:
@@ -457,8 +465,8 @@ class Pretrained:
 
 
 def check_dtype(dtype) -> torch.dtype | None:
-    """A floating-point torch dtype (``torch.float16`` or ``"float16"``), or None."""
-    if dtype is None:
+    """A floating-point torch dtype (``torch.float16`` or ``"float16"``), or None (also for ``"auto"``: keep the file's)."""
+    if dtype is None or dtype == "auto":
         return None
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype.removeprefix("torch."), dtype)

@@ -104,6 +104,21 @@ def test_config_writes_itself_and_reads_back(name):
     assert type(config).from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
+@pytest.mark.parametrize("name", sorted(set(TINY) - {"SentenceEncoder"}))
+def test_dtype_also_read_as_torch_dtype_and_auto_keeps_the_file_dtype(name, tmp_path):
+    cls = model_classes()[name]
+    directory = TINY[name][0]().to(torch.bfloat16).save_pretrained(tmp_path)
+
+    def dtypes(model):
+        return {t.dtype for t in model.state_dict().values() if t.is_floating_point()}
+
+    assert dtypes(cls.from_pretrained(directory, torch_dtype=torch.float32)) == {torch.float32}
+    assert dtypes(cls.from_pretrained(directory, dtype="auto")) == dtypes(cls.from_pretrained(directory)) == {torch.bfloat16}
+    assert dtypes(cls.from_pretrained(directory, dtype="float16", torch_dtype=torch.float16)) == {torch.float16}
+    with pytest.raises(InputError, match="got dtype=.* and torch_dtype=.*pass one"):
+        cls.from_pretrained(directory, dtype=torch.float16, torch_dtype=torch.float32)
+
+
 @pytest.mark.parametrize("name", ["BertModel", "CharLM", "ResNet"])
 def test_dtype_and_device_are_checked(name, tmp_path):
     cls = model_classes()[name]
