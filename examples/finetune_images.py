@@ -140,7 +140,7 @@ def main(argv=None) -> list[Result]:
         lr, decay = WAYS[way]
         optimizer = torch.optim.AdamW(transfer.param_groups(model, lr, layer_decay=decay), weight_decay=0.01)
         if rank == 0:
-            print(f"\n{way} ({type(model).__name__}):\n{transfer.summary(model)}")
+            print(f"\n{way} ({type(model).__name__}):\n{transfer.stage_table(model)}")
         name = f"{way} (ResNet-18)" if way == "from scratch" else f"{way} (EfficientNet-Lite0)"
         results.append(run(name, model, optimizer, train_loader(train, args.batch_size, world, rank), test, logits_of,
                            epochs=args.epochs, device=device, max_steps=args.max_steps))

@@ -130,7 +130,7 @@ def main(argv=None) -> list[Result]:
         lr, decay = WAYS[way]
         optimizer = torch.optim.AdamW(transfer.param_groups(model, lr, layer_decay=decay), weight_decay=0.01)
         if rank == 0:
-            print(f"\n{way}:\n{transfer.summary(model)}")
+            print(f"\n{way}:\n{transfer.stage_table(model)}")
         results.append(run(way, model, optimizer, train_loader(train, args.batch_size, world, rank), test, logits_of,
                            epochs=args.epochs, device=device, max_steps=args.max_steps))
         if way == "full fine-tuning" and device.type == "cpu":

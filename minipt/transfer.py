@@ -20,6 +20,7 @@ The four ways to adapt a pretrained model are then a few lines each:
     freeze_up_to(model, "layers.3")        # partial fine-tuning: the top blocks and the head
     unfreeze(model)                        # full fine-tuning, with
     torch.optim.AdamW(param_groups(model, lr=2e-5, layer_decay=0.8))   # smaller steps lower down
+    print(stage_table(model))              # trainable and frozen parameters per stage
 
 A frozen stage also keeps its BatchNorm statistics and dropout fixed: its
 modules ignore ``train(True)`` and stay in eval mode until ``unfreeze`` (the
@@ -121,10 +122,11 @@ def freeze(model: nn.Module, *names: str, bn: str = "eval") -> nn.Module:
     if bn not in BN_MODES:
         raise TrainingError(f"bn={bn!r}: expected one of {BN_MODES}")
     _refuse_quantized(model, "freeze")
-    resolved = _resolve(model)
+    resolved, params = _resolve(model), stage_parameters(model)
     for name in _check_names(model, names) if names else list(resolved):
+        for _, param in params[name]:
+            param.requires_grad_(False)
         for module in resolved[name]:
-            module.requires_grad_(False)
             if bn == "eval":
                 _hold_in_eval(module)
             else:
@@ -135,10 +137,11 @@ def freeze(model: nn.Module, *names: str, bn: str = "eval") -> nn.Module:
 def unfreeze(model: nn.Module, *names: str) -> nn.Module:
     """Train the named stages again (all stages if none are named), in the model's current mode."""
     _refuse_quantized(model, "unfreeze")
-    resolved = _resolve(model)
+    resolved, params = _resolve(model), stage_parameters(model)
     for name in _check_names(model, names) if names else list(resolved):
+        for _, param in params[name]:  # by stage, not module: a tied weight follows the first stage that holds it
+            param.requires_grad_(True)
         for module in resolved[name]:
-            module.requires_grad_(True)
             _release(module, model.training)
     return model
 
@@ -286,14 +289,14 @@ def check_param_groups(model: nn.Module, groups_or_optimizer) -> None:
 
 
 # -- what trains ------------------------------------------------------------------------
-Row = namedtuple("Row", "stage trainable frozen mode")
+StageRow = namedtuple("StageRow", "stage trainable frozen mode")
 
 
-class Summary(list):
-    """Rows of (stage, trainable parameters, frozen parameters, mode); ``print`` shows a table."""
+class StageTable(list):
+    """One ``StageRow`` (stage, trainable parameters, frozen parameters, mode) per stage, input first; ``print`` shows a table."""
 
     def __str__(self) -> str:
-        total = Row("total", sum(r.trainable for r in self), sum(r.frozen for r in self), "")
+        total = StageRow("total", sum(r.trainable for r in self), sum(r.frozen for r in self), "")
         width = max(len(r.stage) for r in [*self, total])
         line = lambda stage, trainable, frozen, mode: f"{stage:<{width}}  {trainable:>11}  {frozen:>11}  {mode}".rstrip()  # noqa: E731
         rule = "-" * (width + 40)
@@ -301,15 +304,18 @@ class Summary(list):
         return "\n".join([line("stage", "trainable", "frozen", "mode"), rule, *body, rule, line("total", f"{total.trainable:,}", f"{total.frozen:,}", "")])
 
 
-def summary(model: nn.Module) -> Summary:
-    """Trainable and frozen parameter counts per stage, and whether the stage is held in eval mode."""
+def stage_table(model: nn.Module) -> StageTable:
+    """Trainable and frozen parameter counts per stage, and whether the stage is held in eval mode.
+
+    (``minipt.summary.summary`` is the other table: every module's output shape, parameters and FLOPs.)
+    """
     resolved = _resolve(model)
-    rows = Summary()
+    rows = StageTable()
     for stage, params in stage_parameters(model).items():
         trainable = sum(p.numel() for _, p in params if p.requires_grad)
         frozen = sum(p.numel() for _, p in params if not p.requires_grad)
         held = all(is_held_in_eval(m) for m in resolved[stage])
-        rows.append(Row(stage, trainable, frozen, "eval (held)" if held else "train" if model.training else "eval"))
+        rows.append(StageRow(stage, trainable, frozen, "eval (held)" if held else "train" if model.training else "eval"))
     return rows
 
 
@@ -348,9 +354,11 @@ __all__ = [
     "num_classes",
     "param_groups",
     "reset_classifier",
+    "StageRow",
+    "StageTable",
     "stage_parameters",
+    "stage_table",
     "stages",
-    "summary",
     "trainable_parameters",
     "unfreeze",
 ]

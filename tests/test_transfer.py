@@ -1,17 +1,35 @@
-"""minipt.transfer: stages by name, freezing (BatchNorm and dropout included), new heads, optimiser groups, errors."""
+"""minipt.transfer: stages by name, freezing (BatchNorm and dropout included), new heads, optimiser groups, errors.
+
+The first tests run on every class of every registered family (``minipt.registry``):
+a new family is covered here by declaring itself, without an edit to this file.
+"""
 
 import pytest
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves
 
-from minipt import transfer
+from minipt import registry, transfer
 from minipt.errors import MiniptError, StageError, TrainingError
 from minipt.models.bert import BertConfig, BertForMaskedLM, BertForSequenceClassification
-from minipt.models.char_lm import CharLM, CharLMConfig
 from minipt.models.crnn import CRNN, CRNNConfig
-from minipt.models.efficientnet import EfficientNet, EfficientNetConfig, Stage
+from minipt.models.efficientnet import EfficientNet, EfficientNetConfig
 from minipt.models.resnet import ResNet, ResNetConfig
-from test_protocol import TINY, TINY_BERT, model_classes
+from test_protocol import TINY_BERT, model_classes
+
+CLASSES = {cls.__name__: (family, cls) for family in registry.families() for cls in family.classes}
+
+
+def _tiny(name):
+    family, cls = CLASSES[name]
+    return family.tiny_model(cls)
+
+
+def _run(name, model):
+    """The model on its family's example input: every floating-point tensor it returns."""
+    family, cls = CLASSES[name]
+    args, kwargs = family.inputs(cls)
+    return [t for t in tree_leaves(model(*args, **kwargs)) if isinstance(t, torch.Tensor) and t.is_floating_point()]
 
 
 def _resnet():
@@ -22,22 +40,107 @@ def _bert(**fields):
     return BertForSequenceClassification(BertConfig(**{**TINY_BERT, "num_labels": 3, **fields}))
 
 
-# -- the declared stages -----------------------------------------------------------
-@pytest.mark.parametrize("name", sorted(TINY))
-def test_stages_cover_every_parameter_once(name):
-    model = TINY[name][0]()
-    by_stage = transfer.stage_parameters(model)
-    listed = [id(p) for params in by_stage.values() for _, p in params]
-    assert len(listed) == len(set(listed)) == len(list(model.parameters()))
-    assert all(by_stage.values()), f"a stage of {name} holds no parameters"
-    assert list(by_stage) == transfer.stages(model)
+def _stage_modules(model, name):
+    return transfer._resolve(model)[name]
 
 
+# -- every registered class ------------------------------------------------------------
 def test_every_model_class_declares_stages():
     missing = [name for name, cls in model_classes().items() if not hasattr(cls, "transfer_stages")]
     assert not missing, f"declare transfer_stages on {missing} (see minipt.transfer)"
 
 
+@pytest.mark.parametrize("name", sorted(CLASSES))
+def test_stage_table_covers_every_parameter_once(name):
+    model = _tiny(name)
+    by_stage = transfer.stage_parameters(model)
+    listed = [id(p) for params in by_stage.values() for _, p in params]
+    assert len(listed) == len(set(listed)) == len(list(model.parameters()))
+    assert all(by_stage.values()), f"a stage of {name} holds no parameters"
+    assert list(by_stage) == transfer.stages(model)
+    table = transfer.stage_table(model)
+    assert [row.stage for row in table] == transfer.stages(model)
+    assert sum(row.trainable for row in table) == sum(p.numel() for p in model.parameters()) and not any(row.frozen for row in table)
+    assert "total" in str(table)
+
+
+@pytest.mark.parametrize("name", sorted(CLASSES))
+def test_freeze_up_to_every_stage(name):
+    model = _tiny(name)
+    order = transfer.stages(model)
+    for cut, stage in enumerate(order):
+        transfer.freeze_up_to(model, stage)
+        model.train()
+        for row in transfer.stage_table(model):
+            frozen = order.index(row.stage) <= cut
+            assert (row.trainable == 0) == frozen and (row.frozen == 0) == (not frozen), (stage, row)
+            assert all(not m.training for m in _stage_modules(model, row.stage)) == frozen, (stage, row.stage)
+    transfer.unfreeze(model)
+    assert all(p.requires_grad for p in model.parameters())
+    assert not any(transfer.is_held_in_eval(m) for m in model.modules()) and all(m.training for m in model.modules())
+
+
+@pytest.mark.parametrize("name", sorted(CLASSES))
+def test_frozen_stages_get_no_gradient(name):
+    model = _tiny(name)
+    order = transfer.stages(model)
+    transfer.freeze_up_to(model, order[len(order) // 2 - 1])
+    model.train()
+    sum(t.sum() for t in _run(name, model)).backward()
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert frozen and all(p.grad is None for p in model.parameters() if not p.requires_grad)
+    assert any(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("name", sorted(CLASSES))
+def test_freeze_and_unfreeze_one_stage_by_name(name):
+    model = _tiny(name)
+    for stage in transfer.stages(model):
+        transfer.freeze(model, stage)
+        assert [row.stage for row in transfer.stage_table(model) if row.frozen] == [stage]
+        transfer.unfreeze(model, stage)
+        assert transfer.trainable_parameters(model) == sum(p.numel() for p in model.parameters())
+    with pytest.raises(StageError, match=r"no stage 'no.such.stage'; its stages: " + ", ".join(transfer.stages(model))):
+        transfer.freeze(model, "no.such.stage")
+
+
+@pytest.mark.parametrize("name", sorted(CLASSES))
+def test_param_groups_of_every_class(name):
+    model = _tiny(name)
+    order = transfer.stages(model)
+    transfer.freeze(model, order[0])
+    groups = transfer.param_groups(model, 1e-3, layer_decay=0.5)
+    assert [g["stage"] for g in groups] == order[1:]
+    assert [g["lr"] for g in groups] == pytest.approx([1e-3 * 0.5**k for k in reversed(range(len(order) - 1))])
+    transfer.check_param_groups(model, torch.optim.AdamW(groups))
+
+
+@pytest.mark.parametrize("name", sorted(CLASSES))
+def test_reset_classifier_of_every_class(name, tmp_path):
+    model = _tiny(name)
+    declared = getattr(model, "transfer_head", None)
+    if declared is None:
+        with pytest.raises(TrainingError, match="no task head"):
+            transfer.reset_classifier(model, 3)
+        return
+    path, field = declared
+    if field not in type(model.config).__dataclass_fields__:  # the head's size follows another field (CRNN: the charset)
+        with pytest.raises(TrainingError, match="pass the field that decides it"):
+            transfer.reset_classifier(model, 3)
+        return
+    size = transfer.num_classes(model) + 2
+    old = model.get_submodule(path).weight.detach().clone()
+    transfer.reset_classifier(model, size)
+    new = model.get_submodule(path)
+    assert new.out_features == size and transfer.num_classes(model) == size and new.weight.requires_grad
+    assert not torch.equal(new.weight[: old.shape[0]].detach(), old)
+    model.eval()
+    assert _run(name, model)  # the model still runs
+    reloaded = type(model).from_pretrained(model.save_pretrained(tmp_path))  # the config follows the new head
+    torch.testing.assert_close(reloaded.get_submodule(path).weight, new.weight)
+
+
+# -- the declared stages of particular models -------------------------------------------
 def test_stage_names_follow_the_data_flow():
     assert transfer.stages(_bert()) == ["embeddings", "layers.0", "layers.1", "pooler", "head"]
     assert transfer.stages(_resnet()) == ["stem", "stages.0", "stages.1", "stages.2", "stages.3", "head"]
@@ -54,16 +157,20 @@ def test_a_tied_parameter_freezes_with_its_first_stage():
     assert model.head.decoder.weight is model.bert.embeddings.token.weight
     transfer.freeze(model, "embeddings")
     assert not model.head.decoder.weight.requires_grad and model.head.decoder.bias.requires_grad
+    transfer.unfreeze(model, "head")  # the head's own parameters only: the tied weight stays with the embeddings
+    assert not model.head.decoder.weight.requires_grad
+    transfer.freeze_up_to(model, "embeddings")
+    assert not model.head.decoder.weight.requires_grad and model.head.decoder.bias.requires_grad
 
 
 # -- freezing ----------------------------------------------------------------------
 def test_freeze_up_to_and_unfreeze():
     model = _bert()
     transfer.freeze_up_to(model, "layers.0")
-    trainable = {row.stage for row in transfer.summary(model) if row.trainable}
+    trainable = {row.stage for row in transfer.stage_table(model) if row.trainable}
     assert trainable == {"layers.1", "pooler", "head"}
     transfer.freeze_up_to(model, "embeddings")  # lower: layers.0 trains again
-    assert {row.stage for row in transfer.summary(model) if row.trainable} == {"layers.0", "layers.1", "pooler", "head"}
+    assert {row.stage for row in transfer.stage_table(model) if row.trainable} == {"layers.0", "layers.1", "pooler", "head"}
     transfer.unfreeze(model)
     assert all(p.requires_grad for p in model.parameters())
     transfer.freeze(model)
@@ -121,27 +228,6 @@ def test_bn_mode_is_checked():
 
 
 # -- new heads ----------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "make, path",
-    [
-        (_bert, "classifier"),
-        (_resnet, "head"),
-        (lambda: EfficientNet(EfficientNetConfig(stages=(Stage(1, 3, 1, 1, 32, 16),), head_channels=32, num_classes=5)), "classifier"),
-    ],
-)
-def test_reset_classifier(make, path, tmp_path):
-    model = make()
-    old = model.get_submodule(path).weight.detach().clone()
-    transfer.reset_classifier(model, 9)
-    new = model.get_submodule(path)
-    assert new.out_features == 9 and transfer.num_classes(model) == 9
-    assert not torch.equal(new.weight[:5].detach(), old[:5])
-    assert new.weight.requires_grad
-    model.save_pretrained(tmp_path)  # the config follows the new head
-    reloaded = type(model).from_pretrained(tmp_path)
-    torch.testing.assert_close(reloaded.get_submodule(path).weight, new.weight)
-
-
 def test_reset_classifier_drops_the_old_label_names():
     model = _bert(id2label={0: "neg", 1: "pos"})
     transfer.reset_classifier(model, 5)
@@ -154,11 +240,6 @@ def test_reset_classifier_of_crnn_takes_a_charset():
     assert model.classifier.out_features == 11 and model.config.charset == "0123456789"
     with pytest.raises(TrainingError, match="charset"):
         transfer.reset_classifier(model, 4)
-
-
-def test_reset_classifier_of_a_model_without_classes():
-    with pytest.raises(TrainingError, match="no task head"):
-        transfer.reset_classifier(CharLM(CharLMConfig(embed_size=8, hidden_size=16)), 3)
 
 
 def test_labels_outside_the_head():
@@ -200,10 +281,10 @@ def test_optimiser_groups_that_miss_or_repeat_a_parameter():
         transfer.param_groups(model, 1e-3)
 
 
-def test_summary_counts():
+def test_stage_table_counts():
     model = _resnet()
     transfer.freeze_up_to(model, "stages.2")
-    rows = transfer.summary(model)
+    rows = transfer.stage_table(model)
     assert sum(r.trainable + r.frozen for r in rows) == sum(p.numel() for p in model.parameters())
     assert sum(r.trainable for r in rows) == transfer.trainable_parameters(model) == sum(p.numel() for p in [*model.stages[3].parameters(), *model.head.parameters()])
     text = str(rows)
