@@ -1,12 +1,17 @@
 """A model at a glance: every module's output shape, parameter count and forward FLOPs for one input.
 
-    >>> from minipt.summary import summary, example_inputs
-    >>> print(summary(model, example_inputs(model, "1x128"), depth=2))
-    module                         output shape         params     FLOPs
-    BertModel                      [1, 128, 384]    22,713,216     2.87G
-      embeddings (BertEmbeddings)  [1, 128, 384]    11,918,592         0
-      layers (ModuleList)          --               10,646,784     2.87G
+    >>> from minipt.summary import summary
+    >>> print(summary(model, input_size=(1, 128), depth=2))      # or summary(model, ids), or summary(model)
+    module                         output shape         params  FLOPs (2xMACs)
+    BertModel                      [1, 128, 384]    22,713,216           2.87G
+      embeddings (BertEmbeddings)  [1, 128, 384]    11,918,592               0
+      layers (ModuleList)          --               10,646,784           2.87G
       ...
+
+The inputs are given as tensors (``example_inputs``) or, as torchinfo takes
+them, as shapes (``input_size``, batch dimension included): token ids for
+minipt's text models, random floats of the model's dtype for any other module.
+A minipt model given neither runs on its family's default size.
 
 Modules are listed in the order the data reaches them (the order of their
 first call), nested under their parent. A row's parameters and FLOPs include
@@ -15,7 +20,9 @@ decoder) shows in both rows and is counted once in the total.
 
 FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode``: two per
 multiply-add of the matrix multiplies, convolutions and attention; elementwise
-work (norms, activations, softmax, pooling) counts nothing. The counter works
+work (norms, activations, softmax, pooling) counts nothing. So a FLOP count
+here is twice a count of multiply-accumulates (MACs, torchinfo's "Mult-Adds"),
+and the table says so. The counter works
 on meta tensors, so a model built on the meta device (``minipt inspect``
 builds it from a checkpoint's header) is summarised without allocating or
 reading a single weight.
@@ -35,6 +42,9 @@ from torch import nn
 from .errors import InputError
 
 
+FLOPS_COLUMN = "FLOPs (2xMACs)"  # not torchinfo's "Mult-Adds", which counts each multiply-add once
+
+
 @dataclass
 class Row:
     name: str  # qualified name inside the model ("" for the model itself)
@@ -42,7 +52,7 @@ class Row:
     depth: int  # 0 for the model, 1 for its children, ...
     output_shape: tuple[int, ...] | None  # of the first tensor it returned the first time it ran; None if never run
     params: int  # its parameters, with those of the modules inside it (a shared tensor once)
-    flops: int  # forward FLOPs of all its calls, with those of the modules inside it
+    flops: int  # forward FLOPs of all its calls, with those of the modules inside it (2 per multiply-add)
     calls: int  # how often it ran in one forward pass (0: never, or a container such as ModuleList)
 
     @property
@@ -69,15 +79,16 @@ class Summary:
         shapes = [_shape_text(row) for row in shown]
         width = max(len("module"), *map(len, labels))
         shape_width = max(len("output shape"), *map(len, shapes))
-        lines = [f"{'module':<{width}}  {'output shape':<{shape_width}}  {'params':>12}  {'FLOPs':>8}"]
+        lines = [f"{'module':<{width}}  {'output shape':<{shape_width}}  {'params':>12}  {FLOPS_COLUMN:>{len(FLOPS_COLUMN)}}"]
         for row, label, shape in zip(shown, labels, shapes):
-            lines.append(f"{label:<{width}}  {shape:<{shape_width}}  {row.params:>12,}  {_si(row.flops):>8}")
+            lines.append(f"{label:<{width}}  {shape:<{shape_width}}  {row.params:>12,}  {_si(row.flops):>{len(FLOPS_COLUMN)}}")
         inputs = ", ".join(f"{name} {tuple(shape)}" for name, shape in self.inputs.items())
         lines += [
             "",
             f"input: {inputs} on {self.device}",
             f"parameters: {self.total_params:,} ({self.trainable_params:,} trainable)",
-            f"forward FLOPs: {self.total_flops:,} ({_si(self.total_flops)}; 2 per multiply-add of matmuls and convolutions)",
+            f"forward FLOPs: {self.total_flops:,} ({_si(self.total_flops)}; 2 per multiply-add of matmuls, convolutions and attention: "
+            f"{self.total_flops // 2:,} MACs)",
         ]
         lines += [f"tied (counted once): {' = '.join(names)}" for names in self.tied]
         return "\n".join(lines)
@@ -86,9 +97,16 @@ class Summary:
         return self.table()
 
 
-def summary(model: nn.Module, example_inputs: Any, *, depth: int | None = 3) -> Summary:
-    """Run ``model`` once on ``example_inputs`` (a tensor, a tuple of positional inputs or a dict of
-    keyword inputs) and return every module's output shape, parameters and FLOPs.
+def summary(model: nn.Module, example_inputs: Any = None, *, input_size: Any = None, depth: int | None = 3) -> Summary:
+    """Run ``model`` once and return every module's output shape, parameters and FLOPs.
+
+    The input is either ``example_inputs`` (a tensor, a tuple of positional
+    inputs or a dict of keyword inputs) or ``input_size``, torchinfo's
+    argument: one shape with the batch dimension, such as ``(1, 3, 224, 224)``
+    or ``"1x128"``, or a list of shapes, one per positional input. Shapes
+    become token ids for minipt's text models (``example_inputs``) and random
+    floats of the model's dtype otherwise. A minipt model given neither runs
+    on its family's default size (``FAMILIES``).
 
     The model runs in eval mode under ``torch.no_grad()`` on the device of its
     parameters (inputs are moved there); a model on the meta device runs on
@@ -98,6 +116,10 @@ def summary(model: nn.Module, example_inputs: Any, *, depth: int | None = 3) -> 
 
     if not isinstance(model, nn.Module):
         raise InputError(f"summary expects a torch.nn.Module, got {type(model).__name__}")
+    if example_inputs is not None and input_size is not None:
+        raise InputError("summary takes example_inputs or input_size, not both")
+    if example_inputs is None:
+        example_inputs = _inputs_of_size(model, input_size)
     args, kwargs = _as_call(example_inputs, _device_of(model))
     names: dict[nn.Module, str] = {}
     for name, module in model.named_modules(remove_duplicate=False):
@@ -175,9 +197,9 @@ def _countable(model: nn.Module) -> Iterator[None]:
     FlopCounterMode has no formula for (it would count 0); the written-out
     path does the same multiplies as ``F.linear`` calls, which it counts.
     """
-    from .nn.rnn import _RNNBase
+    from .nn import GRU, LSTM, RNN
 
-    recurrent = [m for m in model.modules() if isinstance(m, _RNNBase)]
+    recurrent = [m for m in model.modules() if isinstance(m, (RNN, LSTM, GRU))]
     saved = [m.backend for m in recurrent]
     for m in recurrent:
         m.backend = "math"
@@ -200,7 +222,7 @@ _EXTRA_FLOP_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_c
 
 
 def count_flops(model: nn.Module, example_inputs: Any) -> int:
-    """Forward FLOPs of one call in eval mode, counted on the whole model (``summary``'s total without its rows)."""
+    """Forward FLOPs (2 per multiply-add) of one call in eval mode, counted on the whole model (``summary``'s total without its rows)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS)
@@ -323,3 +345,58 @@ def example_inputs(model: nn.Module, size: str | tuple[int, ...] | None = None) 
     if type(model).__module__ == "minipt.models.g2p":
         return (ids, ids.clone())
     return ids
+
+
+def _inputs_of_size(model: nn.Module, input_size: Any = None) -> Any:
+    """Inputs for ``model`` from torchinfo-style shapes: one shape (batch included) or a list of shapes, one per positional input.
+
+    A minipt model reads what its family reads (``example_inputs``: token ids
+    for text models); any other module gets random floats of its parameters'
+    dtype. ``None`` is the family's default size.
+    """
+    family = FAMILIES.get(type(model).__module__)
+    if input_size is None:
+        if family is None:
+            raise InputError(f"no default inputs for {type(model).__name__}; pass example_inputs (tensors) or input_size (shapes) to summary")
+        return example_inputs(model)
+    shapes = _shapes(input_size)
+    if family is not None:
+        if len(shapes) == 1:
+            return example_inputs(model, shapes[0])
+        if type(model).__module__ == "minipt.models.g2p" and len(shapes) == 2:  # letters, and the phonemes read so far
+            return tuple(example_inputs(model, shape)[0] for shape in shapes)
+        raise InputError(f"{type(model).__name__} reads {family[0]}: one input size such as {family[1]}, not {len(shapes)}")
+    device, dtype = _device_of(model), _float_dtype_of(model)
+    inputs = tuple(torch.randn(shape, device=device, dtype=dtype) for shape in shapes)
+    return inputs[0] if len(inputs) == 1 else inputs
+
+
+def _shapes(input_size: Any) -> list[tuple[int, ...]]:
+    """``(1, 3, 224, 224)``, ``"1x128"``, ``torch.Size`` or a list of those -> a list of shapes."""
+    def one(size) -> tuple[int, ...] | None:
+        if isinstance(size, str):
+            return parse_size(size)
+        if isinstance(size, (tuple, list, torch.Size)) and size and all(isinstance(d, int) and not isinstance(d, bool) for d in size):
+            if min(size) < 1:
+                raise InputError(f"input_size {tuple(size)}: every dimension must be at least 1")
+            return tuple(size)
+        return None
+
+    single = one(input_size)
+    if single is not None:
+        return [single]
+    if isinstance(input_size, (tuple, list)) and input_size:
+        shapes = [one(size) for size in input_size]
+        if all(shape is not None for shape in shapes):
+            return shapes
+    raise InputError(
+        f"input_size {input_size!r}: give one shape with the batch dimension, such as (1, 3, 224, 224) or \"1x128\", "
+        "or a list of such shapes, one per input"
+    )
+
+
+def _float_dtype_of(model: nn.Module) -> torch.dtype:
+    for tensor in model.parameters():
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.get_default_dtype()

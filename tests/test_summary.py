@@ -194,6 +194,64 @@ def test_bad_sizes_are_named():
         summary("resnet", torch.zeros(1))
 
 
+# -- input_size (torchinfo's argument) ---------------------------------------------
+def test_input_size_builds_the_inputs_a_model_reads():
+    bert = BertModel(BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8))
+    ids = torch.zeros(2, 6, dtype=torch.long)
+    by_size = summary(bert, input_size=(2, 6))
+    assert by_size.inputs == {"input_ids": (2, 6)} and by_size.total_flops == summary(bert, ids).total_flops
+    assert summary(bert, input_size="2x6").total_flops == summary(bert, input_size=[(2, 6)]).total_flops == by_size.total_flops
+    assert summary(bert).inputs == {"input_ids": (1, 128)}  # a minipt model without inputs: its family's default
+    model = resnet18()
+    assert summary(model, input_size=torch.Size([1, 3, 64, 64])).total_flops == summary(model, torch.zeros(1, 3, 64, 64)).total_flops
+    g2p = G2P.from_pretrained(resolve("g2p-en"))
+    assert summary(g2p, input_size=[(1, 7), (1, 4)]).inputs == {"letter_ids": (1, 7), "phoneme_ids": (1, 4)}
+
+
+def test_input_size_of_any_module_gives_floats_of_its_dtype():
+    mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).to(torch.float64)
+    report = summary(mlp, input_size=(3, 4))
+    assert report.total_flops == 2 * 3 * (4 * 8 + 8 * 2) and report.rows[0].output_shape == (3, 2)  # float64 ran: no dtype error
+    two = summary(nn.Bilinear(4, 5, 3), input_size=[(2, 4), (2, 5)])
+    assert two.inputs == {"input1": (2, 4), "input2": (2, 5)} and two.rows[0].output_shape == (2, 3)
+
+
+def test_flops_are_labelled_as_twice_the_multiply_adds():
+    report = summary(nn.Linear(4, 8, bias=False), input_size=(3, 4))
+    text = str(report)
+    assert text.splitlines()[0].split()[-2:] == ["FLOPs", "(2xMACs)"]
+    assert report.total_flops == 2 * 3 * 4 * 8 and f"forward FLOPs: {2 * 96} " in text and "96 MACs" in text
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ((1, 0, 3), "every dimension must be at least 1"),
+        ((1.5, 3), "give one shape with the batch dimension"),
+        ([(1, 2), "x"], "input size .x.: write it"),
+        ([(1, 2), 3], "give one shape"),
+        ([], "give one shape"),
+        ((True, 2), "give one shape"),
+        ("1x", "write it as positive integers"),
+    ],
+)
+def test_bad_input_size_is_named(bad, message):
+    with pytest.raises(InputError, match=message):
+        summary(nn.Linear(2, 2), input_size=bad)
+
+
+def test_input_size_errors_of_minipt_models():
+    model = resnet18()
+    with pytest.raises(InputError, match="4 dimensions"):
+        summary(model, input_size=(1, 128))
+    with pytest.raises(InputError, match=r"ResNet reads images .* one input size such as 1x3x224x224, not 2"):
+        summary(model, input_size=[(1, 3, 8, 8), (1, 3, 8, 8)])
+    with pytest.raises(InputError, match="example_inputs or input_size, not both"):
+        summary(model, torch.zeros(1, 3, 8, 8), input_size=(1, 3, 8, 8))
+    with pytest.raises(InputError, match=r"no default inputs for Linear; pass example_inputs \(tensors\) or input_size"):
+        summary(nn.Linear(2, 2))
+
+
 # -- the command line ---------------------------------------------------------------
 def test_inspect_prints_the_summary_and_key_map(capsys):
     assert cli.main(["inspect", str(minilm_path()), "--input-size", "2x64", "--depth", "2"]) == 0
