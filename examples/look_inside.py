@@ -115,7 +115,7 @@ def cell_state(steps: int) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layer", type=int, default=2, help="the BERT layer whose heads are silenced one by one")
+    parser.add_argument("--layer", type=int, default=2, help="the BERT layer whose heads are silenced one by one, counted from 0 (layers.N)")
     parser.add_argument("--steps", type=int, default=300, help="training steps of the LSTM when runs/char_lm does not exist")
     args = parser.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))

@@ -11,7 +11,8 @@
     minipt generate --model PATH PROMPT   continue a prompt with a GPT-2 checkpoint, streaming tokens
 
 Each command is a function ``cmd_<name>(args)``; ``COMMANDS`` lists them with
-their arguments.
+their arguments, each with a help line (``minipt COMMAND --help``). Layers,
+heads and stages are counted from 0, as minipt's names (``layers.0``) count them.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def cmd_inspect(args) -> int:
     from .checkpoint import Checkpoint, model_keys
     from .hub import resolve
     from .registry import model_class_for
-    from .summary import example_inputs, summary
+    from .summary import summary
 
     path = resolve(args.path)
     checkpoint = Checkpoint(path)  # reads names and shapes only
@@ -112,7 +113,7 @@ def cmd_inspect(args) -> int:
     config = cls.load_config(path, checkpoint)
     with torch.device("meta"):
         model = cls(config)
-    report = summary(model, example_inputs(model, args.input_size), depth=args.depth)  # shapes only: no weight is read
+    report = summary(model, input_size=args.input_size, depth=args.depth)  # shapes only: no weight is read
     print(f"{cls.__name__} from {path}\n\n{report}")
     keymap = cls.keymap(config)
     print(f"\nkey map ({len(checkpoint.keys())} tensors in the checkpoint):")
@@ -229,7 +230,7 @@ def cmd_features(args) -> int:
 
 
 def _numbers(text: str | None, option: str) -> list[int] | None:
-    """"2" or "1,3,5" -> [2] or [1, 3, 5]; None stays None (all)."""
+    """"2" or "0,3,5" -> [2] or [0, 3, 5]; None stays None (all)."""
     from .errors import InputError
 
     if text is None:
@@ -237,7 +238,7 @@ def _numbers(text: str | None, option: str) -> list[int] | None:
     try:
         return [int(part) for part in text.split(",")]
     except ValueError:
-        raise InputError(f"{option} {text!r}: give numbers such as 2 or 1,3,5") from None
+        raise InputError(f"{option} {text!r}: give numbers counted from 0, such as 2 or 0,3,5") from None
 
 
 def _count(module) -> int:
@@ -309,24 +310,24 @@ COMMANDS: dict = {
     "demo": (
         cmd_demo,
         "embed sentences with all-MiniLM-L6-v2 (compared with transformers) and classify photos with EfficientNet-Lite0",
-        lambda p: p.add_argument("--model", default=DEFAULT_MODEL),
+        lambda p: p.add_argument("--model", default=DEFAULT_MODEL, help=f"sentence-transformers checkpoint: catalogue name or folder (default {DEFAULT_MODEL})"),
     ),
     "embed": (
         cmd_embed,
         "print or save sentence embeddings",
         lambda p: (
-            p.add_argument("texts", nargs="+"),
-            p.add_argument("--model", default=DEFAULT_MODEL),
+            p.add_argument("texts", nargs="+", help="the sentences to embed, one argument each"),
+            p.add_argument("--model", default=DEFAULT_MODEL, help=f"sentence-transformers checkpoint: catalogue name or folder (default {DEFAULT_MODEL})"),
             p.add_argument("--out", help="save the embeddings as a .npy file"),
-            p.add_argument("--batch-size", type=int, default=32),
-            p.add_argument("--no-normalize", action="store_true"),
+            p.add_argument("--batch-size", type=int, default=32, help="sentences encoded together (default 32)"),
+            p.add_argument("--no-normalize", action="store_true", help="keep the pooled vectors' lengths (default: as the checkpoint's pipeline says)"),
         ),
     ),
     "inspect": (
         cmd_inspect,
         "per-module output shapes, parameters and FLOPs for an input size, and the official -> minipt key map of a checkpoint",
         lambda p: (
-            p.add_argument("path"),
+            p.add_argument("path", help="a checkpoint of any family (folder, file or catalogue name); no weight is read"),
             p.add_argument("--input-size", help="BxT for token models (default 1x128), BxCxHxW for images (default 1x3x224x224)"),
             p.add_argument("--depth", type=int, default=3, help="how deep to show the module tree (default 3)"),
         ),
@@ -348,36 +349,39 @@ COMMANDS: dict = {
         "draw a BERT model's attention maps for one text as a PNG",
         lambda p: (
             p.add_argument("path", help="catalogue name or path of a BERT checkpoint"),
-            p.add_argument("text"),
-            p.add_argument("--layer", help="layer(s), from 1: 2 or 1,3,5 (default: all)"),
-            p.add_argument("--heads", help="head(s), from 1: 3 or 1,2 (default: all), or mean"),
-            p.add_argument("--out", default="attention.png"),
+            p.add_argument("text", help="the text whose tokens attend to each other"),
+            p.add_argument("--layer", help="layer(s), counted from 0 as in layers.N: 2 or 0,3,5 (default: all)"),
+            p.add_argument("--heads", help="head(s), counted from 0: 3 or 0,2 (default: all), or mean"),
+            p.add_argument("--out", default="attention.png", help="the PNG file to write (default attention.png)"),
         ),
     ),
     "features": (
         cmd_features,
         "draw the most active channels of a CNN stage for one image as a PNG",
         lambda p: (
-            p.add_argument("image"),
+            p.add_argument("image", help="path of the image (any format Pillow reads)"),
             p.add_argument("--model", default="efficientnet_lite0", help="catalogue name or path of EfficientNet-Lite or ResNet weights"),
             p.add_argument("--stage", type=int, default=1, help="stage number as in minipt's names (stages.N), from 0"),
             p.add_argument("--channels", type=int, default=15, help="how many channels to show (the most active)"),
-            p.add_argument("--out", default="features.png"),
+            p.add_argument("--out", default="features.png", help="the PNG file to write (default features.png)"),
         ),
     ),
     "classify": (
         cmd_classify,
         "top ImageNet classes of images with EfficientNet-Lite0's official weights",
         lambda p: (
-            p.add_argument("images", nargs="+"),
+            p.add_argument("images", nargs="+", help="paths of the images (any format Pillow reads)"),
             p.add_argument("--model", default="efficientnet_lite0", help="catalogue name or path of EfficientNet-Lite weights"),
-            p.add_argument("--top", type=int, default=5),
+            p.add_argument("--top", type=int, default=5, help="how many classes to print per image (default 5)"),
         ),
     ),
     "fetch": (
         cmd_fetch,
         "place catalogued checkpoints under weights/ and verify their sha256",
-        lambda p: (p.add_argument("names", nargs="*"), p.add_argument("--all", action="store_true")),
+        lambda p: (
+            p.add_argument("names", nargs="*", help="catalogue names (weights/catalog.json); none: say which there are"),
+            p.add_argument("--all", action="store_true", help="every catalogued checkpoint"),
+        ),
     ),
     "generate": (
         cmd_generate,
@@ -395,16 +399,35 @@ COMMANDS: dict = {
 }
 
 
+def version() -> str:
+    """The installed package's version, or the source tree's when minipt runs uninstalled."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("minipt")
+    except PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``minipt`` parser: one subcommand per entry of ``COMMANDS``."""
+    parser = argparse.ArgumentParser(prog="minipt", description="minimal, readable models on official weights")
+    parser.add_argument("--version", action="version", version=f"minipt {version()}", help="print minipt's version and exit")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (function, help_text, add_arguments) in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        add_arguments(sub)
+        sub.set_defaults(function=function)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     from .errors import MiniptError
 
-    parser = argparse.ArgumentParser(prog="minipt", description="minimal, readable models on official weights")
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name, (function, help_text, add_arguments) in COMMANDS.items():
-        sub = commands.add_parser(name, help=help_text)
-        add_arguments(sub)
-        sub.set_defaults(function=function)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return args.function(args) or 0
     except MiniptError as err:

@@ -4,7 +4,7 @@ Each function takes plain tensors (or the list ``minipt.reference.layer_diffs``
 returns) and gives back a ``matplotlib.figure.Figure``; ``save_png`` writes one.
 
     out = bert(**batch, output_attentions=True)
-    fig = attention_maps(out.attentions, tokens, layers=[2], heads=None)  # all 12 heads of layer 2
+    fig = attention_maps(out.attentions, tokens, layers=[2], heads=None)  # all 12 heads of layer 2 (counted from 0)
     save_png(fig, "attention.png")
 
 matplotlib is an optional extra (``pip install "minipt[plot]"``), imported
@@ -40,12 +40,12 @@ def save_png(figure, path: str | os.PathLike, dpi: int = 100) -> None:
 
 
 def _indices(chosen, count: int, what: str) -> list[int]:
-    """1-based numbers (an int, a sequence, or None for all) -> 0-based indices, or an InputError naming the range."""
-    numbers = list(range(1, count + 1)) if chosen is None else [chosen] if isinstance(chosen, int) else list(chosen)
-    bad = [n for n in numbers if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= count]
+    """Indices from 0, as ``layers.{i}`` names them (an int, a sequence, or None for all), or an InputError naming the range."""
+    numbers = list(range(count)) if chosen is None else [chosen] if isinstance(chosen, int) else list(chosen)
+    bad = [n for n in numbers if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n < count]
     if bad or not numbers:
-        raise InputError(f"{what} {bad[0] if bad else numbers!r} does not exist: the model has {what}s 1..{count}")
-    return [n - 1 for n in numbers]
+        raise InputError(f"{what} {bad[0] if bad else numbers!r} does not exist: the model has {what}s 0..{count - 1}")
+    return numbers
 
 
 # -- attention -------------------------------------------------------------------
@@ -62,8 +62,8 @@ def attention_maps(
     ``probs``: each layer's attention probabilities, (B, heads, T, T) per layer
     (``BertModel(..., output_attentions=True).attentions``), or one such tensor.
     ``tokens``: the T tokens of sequence ``sequence`` of the batch. ``layers``
-    and ``heads`` are numbered from 1 (None: all; ``heads="mean"``: the heads'
-    average). One layer's heads fill a grid four wide; several layers give one
+    and ``heads`` are counted from 0, as everywhere in minipt (``layers.0`` is
+    the first layer; None: all; ``heads="mean"``: the heads' average). One layer's heads fill a grid four wide; several layers give one
     row per layer.
     """
     if isinstance(probs, torch.Tensor):
@@ -84,9 +84,9 @@ def attention_maps(
     for layer in layer_ids:
         maps = probs[layer][sequence].detach().float().cpu()  # (heads, T, T)
         if mean:
-            panels.append((f"layer {layer + 1}, mean of {num_heads} heads", maps.mean(0)))
+            panels.append((f"layer {layer}, mean of {num_heads} heads", maps.mean(0)))
         else:
-            panels += [(f"layer {layer + 1}, head {h + 1}", maps[h]) for h in head_ids]
+            panels += [(f"layer {layer}, head {h}", maps[h]) for h in head_ids]
     columns = min(4, len(panels)) if len(layer_ids) == 1 else len(head_ids)
     rows = math.ceil(len(panels) / columns)
     cell = max(2.4, 0.16 * T + 0.9)  # room for the token labels

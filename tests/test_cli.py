@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pytest
 import torch
 
 from bert_reference import minilm_path, transformers  # noqa: F401  (sets up the reference stack)
@@ -65,3 +66,45 @@ def test_inspect_config_less_formats(tmp_path, capsys):
     save_file({"mystery.weight": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
     assert cli.main(["inspect", str(tmp_path / "other.safetensors")]) == 1
     assert "match none of minipt's config-less formats" in capsys.readouterr().err
+
+
+# -- the parser itself ----------------------------------------------------------------
+def _options(parser):
+    """(command, option) for every argument the parser and its subcommands take, except -h."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from ((f"{name}", option) for _, option in _options(sub))
+        elif not isinstance(action, argparse._HelpAction):
+            yield "minipt", action
+
+
+def test_the_walk_reaches_every_command():
+    assert {command for command, _ in _options(cli.build_parser())} == set(cli.COMMANDS) | {"minipt"}
+
+
+_NO_HELP_YET = {"generate": "generate's prompt and --max-new-tokens have no help line yet"}
+
+
+@pytest.mark.parametrize(
+    "command",
+    [pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=_NO_HELP_YET[c])) if c in _NO_HELP_YET else c for c in ["minipt", *cli.COMMANDS]],
+)
+def test_every_option_has_a_help_line(command):
+    options = [action for name, action in _options(cli.build_parser()) if name == command]
+    missing = ["/".join(action.option_strings) or action.dest for action in options if not (action.help or "").strip()]
+    assert not missing, f"give these arguments of {command} a help line: {', '.join(missing)}"
+
+
+def test_version(capsys):
+    import importlib.metadata
+
+    import minipt
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"minipt {cli.version()}" == f"minipt {importlib.metadata.version('minipt')}"
+    assert cli.version() == minipt.__version__  # pyproject.toml and the package say the same

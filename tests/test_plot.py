@@ -36,12 +36,12 @@ def test_attention_maps(tmp_path):
     tokens = ["[CLS]", "a", "small", "test", "[SEP]"]
     fig = attention_maps(probs, tokens, layers=2)
     maps = panels(fig)
-    assert [ax.get_title() for ax in maps] == ["layer 2, head 1", "layer 2, head 2", "layer 2, head 3"]
+    assert [ax.get_title() for ax in maps] == ["layer 2, head 0", "layer 2, head 1", "layer 2, head 2"]  # counted from 0, as layers.2
     assert [t.get_text() for t in maps[0].get_xticklabels()] == tokens
     shown = maps[1].get_images()[0].get_array()
-    assert torch.allclose(torch.as_tensor(shown.data), probs[1][0, 1])  # the first sequence's head 2, as given
-    assert len(panels(attention_maps(probs, tokens, layers=[1, 4], heads=[1, 3]))) == 4  # one row per layer
-    assert panels(attention_maps(probs, tokens, heads="mean", sequence=1))[0].get_title() == "layer 1, mean of 3 heads"
+    assert torch.allclose(torch.as_tensor(shown.data), probs[2][0, 1])  # the first sequence's head 1 of layers.2, as given
+    assert len(panels(attention_maps(probs, tokens, layers=[0, 3], heads=[0, 2]))) == 4  # one row per layer
+    assert panels(attention_maps(probs, tokens, heads="mean", sequence=1))[0].get_title() == "layer 0, mean of 3 heads"
     save_png(fig, tmp_path / "attention.png")
     written(tmp_path / "attention.png")
 
@@ -50,10 +50,12 @@ def test_attention_maps_bad_input():
     probs = (torch.rand(1, 2, 4, 4),)
     with pytest.raises(InputError, match="3 tokens for attention over 4 positions"):
         attention_maps(probs, ["a", "b", "c"])
-    with pytest.raises(InputError, match="layer 2 does not exist: the model has layers 1..1"):
-        attention_maps(probs, list("abcd"), layers=2)
-    with pytest.raises(InputError, match="head 0 does not exist"):
-        attention_maps(probs, list("abcd"), heads=[0])
+    with pytest.raises(InputError, match=r"layer 1 does not exist: the model has layers 0..0"):
+        attention_maps(probs, list("abcd"), layers=1)
+    with pytest.raises(InputError, match=r"head 2 does not exist: the model has heads 0..1"):
+        attention_maps(probs, list("abcd"), heads=[0, 2])
+    with pytest.raises(InputError, match="head -1 does not exist"):
+        attention_maps(probs, list("abcd"), heads=[-1])
     with pytest.raises(InputError, match="shaped \\(batch, heads, T, T\\)"):
         attention_maps(torch.rand(2, 4, 4), list("abcd"))
 
@@ -141,7 +143,8 @@ def test_diff_plot(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["attention", "{minilm}", "text", "--layer", "7"], "layer 7 does not exist: the model has layers 1..6"),
+        (["attention", "{minilm}", "text", "--layer", "6"], "layer 6 does not exist: the model has layers 0..5"),
+        (["attention", "{minilm}", "text", "--heads", "0,12"], "head 12 does not exist: the model has heads 0..11"),
         (["attention", "{minilm}", "text", "--heads", "x"], "--heads 'x': give numbers"),
         (["attention", "efficientnet_lite0", "text"], "attention maps are drawn for BERT encoders"),
         (["features", "{chelsea}", "--stage", "9"], "--stage 9 does not exist: EfficientNet has stages 0..6"),
