@@ -1,84 +1,147 @@
-"""Smaller models for CPU inference: dynamic int8 quantisation, and the size of a model on disk.
+"""Smaller models for CPU inference: int8 weights through torchao, and the size of a model on disk.
 
-``quantize_int8(model)`` returns a copy whose ``nn.Linear`` layers (and
-LSTM layers) keep int8 weights and quantise their input on the fly
-(per-tensor, "dynamic"): about 4x smaller Linear weights and faster matrix
-products on x86 CPUs, at a small cost in accuracy (measured in the examples).
+``quantize_int8(model)`` returns an eval-mode copy in which
 
-It uses ``torch.ao.quantization.quantize_dynamic``, which torch 2.13 still
-ships (CPU kernels: fbgemm/x86 and qnnpack) but marks deprecated in favour of
-the separate ``torchao`` package. minipt keeps to torch alone, so this is the
-one place that calls it and silences its deprecation warnings; when torch
-drops it, this module is where torchao's ``quantize_`` would go.
+- every ``Linear`` keeps int8 weights (one scale per output row) and quantises
+  its input on the fly (one scale per token): torchao's
+  ``Int8DynamicActivationInt8WeightConfig``, so the matrix product itself runs
+  in int8;
+- every ``LSTM`` (with ``lstm=True``) keeps its weight matrices in int8 (one
+  scale per row: torchao's ``Int8WeightOnlyConfig`` applied to the
+  parameters) and turns them back into float32 for each call, so that the
+  layer's usual kernel runs on them. torchao has no recurrent int8 kernel:
+  this gives the 4x smaller weights at float32's speed, where running the
+  int8 weights step by step through ``F.linear`` took three times float32's.
 
-minipt's Linear and LSTM are state-dict drop-ins for ``torch.nn.Linear`` and
-``torch.nn.LSTM``; to quantise them, each one is swapped for the torch.nn
-module holding the same tensors, which torch's dynamic int8 module then replaces.
+Embeddings and norms stay float32. The Linear layers' outputs move by about 1%
+of their range; the measured costs on real tasks are in docs/transfer.md and
+docs/models.md.
+
+torchao is an optional extra (``pip install "minipt[quantize]"``), imported
+only here and only when ``quantize_int8`` runs; without it the call raises
+``MissingDependencyError`` saying how to install it. It replaces
+``torch.ao.quantization.quantize_dynamic``, which torch 2.13 marks deprecated
+in favour of torchao.
+
+minipt's Linear is a state-dict drop-in for ``torch.nn.Linear`` whose matrix
+multiplies follow minipt's backend (oneDNN on ``"fused"``); torchao's int8
+weights need torch's own ``F.linear``, so each one is swapped for the
+torch.nn module holding the same tensors before torchao quantises it.
 
 A quantised model is for inference only: ``minipt.transfer`` and
-``minipt.train.fit`` refuse to train it.
+``minipt.train.fit`` refuse to train it (``minipt.transfer.is_quantized``).
 """
 
 from __future__ import annotations
 
 import copy
 import io
+import logging
 import warnings
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-from .errors import InputError
+from .errors import InputError, MissingDependencyError
+from .transfer import is_quantized
+
+INSTALL = 'pip install "minipt[quantize]" -c .ci/constraints.txt (or pip install torchao)'
 
 
 def quantize_int8(model: nn.Module, *, lstm: bool = True) -> nn.Module:
     """An eval-mode copy of ``model`` with int8 Linear (and, with ``lstm``, LSTM) weights; the original is untouched."""
     if any(p.device.type != "cpu" for p in model.parameters()):
-        raise InputError("dynamic int8 quantisation runs on the CPU: move the model there first (model.cpu())")
+        raise InputError("int8 quantisation is measured and tested on the CPU: move the model there first (model.cpu())")
     if any(p.dtype != torch.float32 for p in model.parameters()):
-        raise InputError("dynamic int8 quantisation starts from float32 weights: call model.float() first")
-    quantized = copy.deepcopy(model).eval()
-    kinds = {nn.Linear}
-    _swap_linears(quantized)
-    if lstm:
-        _swap_lstms(quantized)
-        kinds.add(nn.LSTM)
-    with warnings.catch_warnings():  # torch.ao.quantization's deprecation notices (see the module docstring)
-        warnings.simplefilter("ignore", (DeprecationWarning, UserWarning, FutureWarning))
-        return torch.ao.quantization.quantize_dynamic(quantized, kinds, dtype=torch.qint8, inplace=True)
+        raise InputError("int8 quantisation starts from float32 weights: call model.float() first")
+    if is_quantized(model):
+        raise InputError(f"{type(model).__name__} is already quantised to int8: quantise the float model")
+    ao = _torchao()
+    quantized = _swap_linears(copy.deepcopy(model).eval())
+    # set_inductor_config=False: leave torch.compile's global settings as the user has them
+    ao.quantize_(quantized, ao.Int8DynamicActivationInt8WeightConfig(set_inductor_config=False))
+    return _quantize_lstms(quantized, ao) if lstm else quantized
 
 
-def _swap_lstms(model: nn.Module) -> None:
+@contextmanager
+def _quiet():
+    """torchao's import logs a warning for each CUDA-only library it cannot load on a CPU build, and torch one
+    about an enum torchao registers; neither concerns CPU quantisation."""
+    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _torchao():
+    """``torchao.quantization``, or a MissingDependencyError saying how to install it."""
+    try:
+        with _quiet():
+            import torchao.quantization as ao
+    except ImportError as err:
+        raise MissingDependencyError(f"int8 quantisation needs torchao: {INSTALL}") from err
+    return ao
+
+
+class Int8WeightRNN(nn.Module):
+    """A recurrent layer whose weight matrices are stored in int8 (torchao, one scale per row) and
+    turned back into float32 for each call, so that whichever kernel its backend picks runs on them.
+
+    The wrapped layer is ``self.rnn``; calls pass through unchanged (input, state, packed sequences).
+    """
+
+    def __init__(self, rnn: nn.Module):
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, *args, **kwargs):
+        weights = {name: p.dequantize() if type(p).__module__.startswith("torchao.") else p for name, p in self.rnn.named_parameters()}
+        return torch.func.functional_call(self.rnn, weights, args, kwargs)
+
+
+def _quantize_lstms(model: nn.Module, ao) -> nn.Module:
     from .nn import LSTM
 
+    weight_only = ao.Int8WeightOnlyConfig(set_inductor_config=False)
     for name, module in list(model.named_modules()):
         if isinstance(module, LSTM):
-            twin = nn.LSTM(
-                module.input_size, module.hidden_size, module.num_layers, module.bias, module.batch_first,
-                module.dropout, module.bidirectional, module.proj_size,
-            )
-            twin.load_state_dict(module.state_dict())  # same names and layout: a drop-in
-            _replace(model, name, twin.eval())
+            # the weight matrices, not the biases: weight_ih_l0, weight_hh_l0, weight_hr_l0, ..._reverse
+            matrices = {f"{name}.{param}" if name else param: weight_only for param, _ in module.named_parameters() if param.startswith("weight_")}
+            ao.quantize_(model, ao.FqnToConfig(matrices), filter_fn=None)
+            model = _replace(model, name, Int8WeightRNN(module))
+    return model
 
 
-def _swap_linears(model: nn.Module) -> None:
+def _swap_linears(model: nn.Module) -> nn.Module:
     from .nn import Linear
 
     for name, module in list(model.named_modules()):
         if isinstance(module, Linear):
             twin = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device="meta")
             twin.weight, twin.bias = module.weight, module.bias  # the same tensors (a tied weight stays tied)
-            _replace(model, name, twin)
+            model = _replace(model, name, twin)
+    return model
 
 
-def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
-    """Put ``module`` where the submodule called ``name`` is."""
+def _replace(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
+    """Put ``module`` where the submodule called ``name`` is; the model with it (``module`` itself for the name "")."""
+    if not name:
+        return module
     parent, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, attr, module)
+    return model
 
 
 def size_bytes(model: nn.Module) -> int:
-    """Bytes of the model's state dict as ``torch.save`` writes it (int8 packed weights included)."""
+    """Bytes of the model's state dict as ``torch.save`` writes it (int8 weights and their scales included)."""
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

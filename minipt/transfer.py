@@ -325,8 +325,11 @@ def trainable_parameters(model: nn.Module) -> int:
 
 # -- quantised models ------------------------------------------------------------------
 def is_quantized(model: nn.Module) -> bool:
-    """True if any module is a quantised (int8) kernel: its weights are packed and cannot be trained."""
-    return any(type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.nn.quantized")) for m in model.modules())
+    """True if any weight is quantised (int8) and cannot be trained: a torchao tensor (``minipt.quantize``)
+    or a module of torch.ao's older quantised kernels."""
+    return any(type(p).__module__.startswith("torchao.") for p in model.parameters()) or any(
+        type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.nn.quantized")) for m in model.modules()
+    )
 
 
 def _refuse_quantized(model: nn.Module, what: str) -> None:

@@ -1,44 +1,101 @@
-"""Dynamic int8 quantisation: smaller models whose outputs stay close to the float model's."""
+"""int8 quantisation through torchao: smaller models whose outputs stay close to the float model's."""
+
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import minipt.nn
-
-from minipt.errors import InputError
+from minipt import transfer
+from minipt.errors import InputError, MissingDependencyError
 from minipt.models.bert import BertConfig, BertForSequenceClassification
 from minipt.models.char_lm import CharLM, CharLMConfig
-from minipt.quantize import quantize_int8, size_bytes
+from minipt.quantize import Int8WeightRNN, quantize_int8, size_bytes
+
+pytest.importorskip("torchao", reason="int8 quantisation needs torchao (the quantize and test extras)")
 
 
 def _relative_error(quantized, reference):
     return ((quantized - reference).abs().max() / reference.abs().max()).item()
 
 
+def _int8(tensor) -> bool:
+    return type(tensor).__module__.startswith("torchao.")
+
+
 def test_bert_linear_layers():
     model = BertForSequenceClassification(BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256, num_labels=3)).eval()
     quantized = quantize_int8(model)
-    assert type(quantized.bert.layers[0].ffn_up).__name__ == "Linear" and type(quantized.bert.layers[0].ffn_up).__module__.startswith("torch.ao.nn.quantized")
-    assert type(model.bert.layers[0].ffn_up) is minipt.nn.Linear  # the original is untouched
+    linears = [m for m in quantized.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 2 * 6 + 2 and all(_int8(m.weight) and not _int8(m.bias) for m in linears)  # q, k, v, out, up, down per layer; pooler, classifier
+    assert not _int8(quantized.bert.embeddings.token.weight)  # embeddings stay float
+    assert type(model.bert.layers[0].ffn_up) is minipt.nn.Linear and not _int8(model.bert.layers[0].ffn_up.weight)  # the original is untouched
     ids = torch.randint(0, 100, (2, 12))
     with torch.no_grad():
         assert _relative_error(quantized(ids).logits, model(ids).logits) < 0.1
     assert size_bytes(quantized) < 0.7 * size_bytes(model)  # the embeddings stay float
+    assert transfer.is_quantized(quantized) and not transfer.is_quantized(model)
 
 
 def test_lstm_language_model():
     model = CharLM(CharLMConfig(embed_size=32, hidden_size=128, num_layers=2)).eval()
     quantized = quantize_int8(model)
-    assert type(quantized.lstm).__module__.startswith("torch.ao.nn.quantized.dynamic")
+    assert isinstance(quantized.lstm, Int8WeightRNN)
+    assert {name for name, p in quantized.lstm.rnn.named_parameters() if _int8(p)} == {f"weight_{w}_l{k}" for w in ("ih", "hh") for k in (0, 1)}
     ids = torch.randint(0, 256, (2, 20))
     with torch.no_grad():
         assert _relative_error(quantized(ids)[0], model(ids)[0]) < 0.1
     assert size_bytes(quantized) < 0.4 * size_bytes(model)
-    with torch.no_grad():  # the (h, c) state carries through the int8 LSTM (inputs are quantised per call: close, not equal)
+    with torch.no_grad():  # the (h, c) state carries through; the head quantises each position on its own, so halves match the whole
         _, state = quantized(ids[:, :10])
-        assert _relative_error(quantized(ids[:, 10:], state)[0], quantized(ids)[0][:, 10:]) < 0.1
+        torch.testing.assert_close(quantized(ids[:, 10:], state)[0], quantized(ids)[0][:, 10:], rtol=1e-4, atol=1e-5)
+    assert quantized.generate(ids[:1, :4], max_new_tokens=8).shape == (1, 12)  # decoding carries the state the same way
 
 
-def test_only_float32_cpu_models():
+@pytest.mark.parametrize("backend", ["math", "fused", "torch"])
+def test_an_int8_lstm_runs_on_every_backend(backend):
+    lstm = minipt.nn.LSTM(8, 16, num_layers=2, bidirectional=True, batch_first=True).eval()
+    quantized = quantize_int8(lstm)  # the model may be the layer itself
+    quantized.rnn.backend = backend
+    x = torch.randn(3, 5, 8)
+    with torch.no_grad():
+        out, (h, c) = quantized(x)
+        reference, _ = lstm(x)
+    assert out.shape == (3, 5, 32) and h.shape == c.shape == (4, 3, 16)
+    assert _relative_error(out, reference) < 0.05
+
+
+def test_lstm_false_keeps_the_lstm_float():
+    quantized = quantize_int8(CharLM(CharLMConfig(embed_size=8, hidden_size=16)), lstm=False)
+    assert type(quantized.lstm) is minipt.nn.LSTM and _int8(quantized.head.weight)
+
+
+def test_bad_models_are_refused():
+    model = CharLM(CharLMConfig(embed_size=8, hidden_size=16))
     with pytest.raises(InputError, match="float32"):
-        quantize_int8(CharLM(CharLMConfig(embed_size=8, hidden_size=16)).to(torch.bfloat16))
+        quantize_int8(model.to(torch.bfloat16))
+    with pytest.raises(InputError, match="already quantised"):
+        quantize_int8(quantize_int8(model.float()))
+
+
+def test_without_torchao_the_error_says_how_to_install_it():
+    script = (
+        "import sys; sys.modules['torchao'] = None\n"  # import torchao now raises ImportError
+        "import minipt.quantize, minipt.transfer\n"
+        "from minipt.errors import MissingDependencyError\n"
+        "from minipt.models.char_lm import CharLM, CharLMConfig\n"
+        "try:\n"
+        "    minipt.quantize.quantize_int8(CharLM(CharLMConfig(embed_size=8, hidden_size=16)))\n"
+        "except MissingDependencyError as err:\n"
+        "    print(err)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert 'int8 quantisation needs torchao: pip install "minipt[quantize]"' in out
+    assert issubclass(MissingDependencyError, ImportError)
+
+
+def test_importing_torchao_prints_nothing():
+    script = "from minipt.quantize import quantize_int8; import torch; quantize_int8(torch.nn.Linear(4, 4))"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout == done.stderr == ""
