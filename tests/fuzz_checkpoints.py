@@ -1,23 +1,31 @@
 """A seeded generator of damaged checkpoints, and the rule every case must obey.
 
-Each case starts from a small, valid snapshot of one official format, damages
-it one way, and loads it with the class that reads that format:
+Each case starts from a small, valid snapshot, damages it one way, and loads
+it with the class that reads it. The snapshots:
 
-- BERT, Hugging Face layout: ``config.json`` + ``model.safetensors`` (truncated;
-  bytes flipped in the length field, the header or the data; the header edited:
-  a dtype, a shape, the offsets, a tensor renamed, dropped or added) or
-  ``pytorch_model.bin`` (truncated, bytes flipped); ``config.json`` edited
-  (wrong types, zero, negative and huge sizes, NaN, unknown names, truncated
-  JSON, not an object);
-- ``tokenizer.json`` (empty, truncated, bytes flipped, model removed or replaced);
-- a torchvision-format ResNet ``.pth`` and g2p-en's ``.npz`` (truncated, bytes flipped).
+- every class of every family in ``minipt.registry``: a tiny model (its
+  family's ``tiny`` config, random weights) written by ``save_pretrained``,
+  ``config.json`` + ``model.safetensors``. The safetensors file is truncated,
+  has bytes flipped in its length field, header or data, or has its header
+  edited (a dtype, a shape, the offsets, a tensor renamed, dropped or added);
+  or ``config.json`` is edited (a field removed, a wrong type, a zero,
+  negative or huge size, NaN, unknown names, truncated JSON, not an object).
+  A new family is fuzzed as soon as it is declared;
+- official formats ``save_pretrained`` does not write: BERT's
+  ``pytorch_model.bin``, a ``tokenizer.json`` (empty, truncated, bytes
+  flipped, model removed or replaced), a torchvision-format ResNet ``.pth``
+  and g2p-en's ``.npz`` (truncated, bytes flipped).
 
 The rule: every case ends in a ``MiniptError``, or in a load of a file that is
-still valid: a model that runs, whose config says exactly what the file says.
-Any other exception, a hang (each case has a generous alarm) or a jump in peak
-memory fails the case.
+still valid: a model that runs on its family's example input, whose config
+says exactly what the file says. Any other exception, a hang (each case has a
+generous alarm) or a jump in peak memory fails the case.
 
-    python tests/fuzz_checkpoints.py --cases 10000      # prints a summary by kind of damage
+A case is named by its snapshot and its number; its damage depends only on
+those and the seed, so a failure reruns alone with ``--only``.
+
+    python tests/fuzz_checkpoints.py --cases 10000              # prints a summary by kind of damage
+    python tests/fuzz_checkpoints.py --cases 200 --only crnn/CRNN
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import collections
 import json
 import math
 import random
+import re
 import resource
 import shutil
 import signal
@@ -48,7 +57,7 @@ class Hang(Exception):
 
 
 # -- the valid snapshots ---------------------------------------------------------
-TINY_BERT = dict(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24, max_position_embeddings=12)
+FORMATS = ("bin", "tokenizer", "pth", "npz")  # official files save_pretrained does not write
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "cat", "dog", "sat", "on", "mat", "##s", "hello", "world"]
 G2P_SOURCE = """class G2p:
     def __init__(self):
@@ -57,39 +66,62 @@ G2P_SOURCE = """class G2p:
 """
 
 
-def make_snapshots(root: Path) -> dict[str, Path]:
-    """Small valid snapshots of each format under ``root``."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+def model_subjects() -> dict[str, tuple]:
+    """'<model_type>/<class>' -> (family, class), for every class of every declared family."""
+    from minipt import registry
 
-    from minipt.models.bert import BertConfig, BertModel
-    from minipt.models.g2p import G2P, G2PConfig, KEYMAP as G2P_KEYMAP
-    from minipt.models.resnet import KEYMAP as RESNET_KEYMAP, ResNet, ResNetConfig
+    return {f"{family.model_type}/{cls.__name__}": (family, cls) for family in registry.families() for cls in family.classes}
+
+
+def _bert():
+    from minipt import registry
+
+    return next(family for family in registry.families() if family.model_type == "bert")
+
+
+def subjects() -> list[str]:
+    """Every snapshot a case can start from: each model class, then each official format."""
+    return [*model_subjects(), *FORMATS]
+
+
+def make_snapshot(subject: str, directory: Path) -> Path:
+    """A small valid snapshot of ``subject`` in ``directory``."""
     from minipt.checkpoint import official_state_dict
 
     torch.manual_seed(0)
-    bert = BertModel(BertConfig(**TINY_BERT)).save_pretrained(root / "bert")
-    tokenizer = Tokenizer(models.WordPiece({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.save(str(bert / "tokenizer.json"))
+    models = model_subjects()
+    if subject in models:
+        family, cls = models[subject]
+        return family.tiny_model(cls).save_pretrained(directory)
+    directory.mkdir(parents=True)
+    if subject == "bin":  # BERT's older pickle beside its config.json
+        _bert().tiny_model().save_pretrained(directory)
+        from safetensors.torch import load_file
 
-    bin_dir = root / "bert_bin"
-    bin_dir.mkdir()
-    shutil.copy(bert / "config.json", bin_dir / "config.json")
-    from safetensors.torch import load_file
+        torch.save(load_file(directory / "model.safetensors"), directory / "pytorch_model.bin")
+        (directory / "model.safetensors").unlink()
+    elif subject == "tokenizer":
+        from tokenizers import Tokenizer, models, pre_tokenizers
 
-    torch.save(load_file(bert / "model.safetensors"), bin_dir / "pytorch_model.bin")
+        tokenizer = Tokenizer(models.WordPiece({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
+        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tokenizer.save(str(directory / "tokenizer.json"))
+    elif subject == "pth":
+        from minipt.models.resnet import ResNet, ResNetConfig
 
-    resnet = ResNet(ResNetConfig("basic", (1, 1, 1, 1), num_classes=4))
-    (root / "resnet").mkdir()
-    torch.save(official_state_dict(resnet, RESNET_KEYMAP), root / "resnet" / "resnet.pth")
+        resnet = ResNet(ResNetConfig("basic", (1, 1, 1, 1), num_classes=4))
+        torch.save(official_state_dict(resnet, ResNet.keymap()), directory / "resnet.pth")
+    elif subject == "npz":
+        from minipt.models.g2p import G2P, G2PConfig
 
-    graphemes = ["<pad>", "<unk>", "</s>", "a", "b", "c"]
-    phonemes = ["<pad>", "<unk>", "<s>", "</s>", "AA0", "B", "K"]
-    g2p = G2P(G2PConfig(graphemes=graphemes, phonemes=phonemes, embed_size=8, hidden_size=8))
-    (root / "g2p").mkdir()
-    np.savez(root / "g2p" / "checkpoint20.npz", **{k: v.numpy() for k, v in official_state_dict(g2p, G2P_KEYMAP).items()})
-    (root / "g2p" / "g2p.py").write_text(G2P_SOURCE)
-    return {"bert": bert, "bert_bin": bin_dir, "resnet": root / "resnet", "g2p": root / "g2p"}
+        graphemes = ["<pad>", "<unk>", "</s>", "a", "b", "c"]
+        phonemes = ["<pad>", "<unk>", "<s>", "</s>", "AA0", "B", "K"]
+        g2p = G2P(G2PConfig(graphemes=graphemes, phonemes=phonemes, embed_size=8, hidden_size=8))
+        np.savez(directory / "checkpoint20.npz", **{k: v.numpy() for k, v in official_state_dict(g2p, G2P.keymap()).items()})
+        (directory / "g2p.py").write_text(G2P_SOURCE)
+    else:
+        raise ValueError(f"no snapshot named {subject!r}; known: {', '.join(subjects())}")
+    return directory
 
 
 # -- the kinds of damage -----------------------------------------------------------
@@ -130,7 +162,7 @@ def damage_safetensors(path: Path, rng: random.Random) -> str:
         _flip(data, rng, 8 + length, count=rng.randint(1, 16))
     else:
         header, body = _split_safetensors(bytes(data))
-        names = [k for k in header if k != "__metadata__"]
+        names = sorted(k for k in header if k != "__metadata__")
         name = rng.choice(names)
         entry = header[name]
         if kind == "dtype":
@@ -154,8 +186,9 @@ def damage_safetensors(path: Path, rng: random.Random) -> str:
             header[name + rng.choice(["", "x", ".extra"]) if rng.random() < 0.5 else rng.choice(names)] = header.pop(name)
         elif kind == "drop":
             del header[name]
-        elif kind == "extra":
-            header[f"encoder.layer.{rng.choice([0, 2, 9])}.extra.weight"] = dict(entry)
+        elif kind == "extra":  # a tensor the model does not have: a deeper layer, or a name beside a real one
+            extra = re.sub(r"\d+", "9", name, count=1) if re.search(r"\d", name) and rng.random() < 0.5 else f"{name}.extra"
+            header[extra] = dict(entry)
         else:
             header["__metadata__"] = rng.choice([{"format": 1}, [1], "x", {"format": "pt", "n": None}])
         data = bytearray(_join_safetensors(header, body))
@@ -175,33 +208,68 @@ def damage_bytes(path: Path, rng: random.Random, label: str) -> str:
     return f"{label}:{kind}"
 
 
-CONFIG_FIELDS = [
-    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
-    "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings", "type_vocab_size",
-    "layer_norm_eps", "initializer_range", "pad_token_id", "position_embedding_type", "tie_word_embeddings",
-    "classifier_dropout", "problem_type", "id2label", "model_type", "architectures", "is_decoder", "unknown_field",
-]
+EXTRA_FIELDS = ["model_type", "architectures", "unknown_field"]  # besides the fields the file holds
+
+
+def _wrong_type(value):
+    """A value of another JSON type than ``value``."""
+    if isinstance(value, bool):
+        return [0, "true", None]
+    if isinstance(value, (int, float)):
+        return [str(value), [value], {"value": value}, True, None]
+    if isinstance(value, str):
+        return [1, [value], {value: value}, False, None]
+    if isinstance(value, list):
+        return [",".join(map(str, value)), len(value), {"0": value[:1]}, None]
+    return [1, "x", [], None]
+
+
+def _bad_size(value):
+    """Zero, negative and huge versions of a size (an int, or an int inside a list)."""
+    return [0, -1, -value if value else -3, 10**12, 2**63, value + 1, value * 3]
 
 
 def damage_config(path: Path, rng: random.Random) -> str:
     text = path.read_text()
-    kind = rng.choice(["value", "value", "value", "drop", "truncate", "not_object", "nan_text"])
+    kind = rng.choice(["value", "type", "size", "size", "drop", "truncate", "not_object", "nan_text"])
     if kind == "truncate":
         text = text[: rng.randrange(len(text))]
     elif kind == "not_object":
-        text = rng.choice(["[]", "1", '"bert"', "null", "true"])
+        text = rng.choice(["[]", "1", '"bert"', "null", "true", "{", ""])
     else:
         config = json.loads(text)
-        field = rng.choice(CONFIG_FIELDS)
-        if kind == "drop":
+        fields = sorted(config) + EXTRA_FIELDS
+        field = rng.choice(fields)
+        value = config.get(field)
+        if kind == "size":  # a size made zero, negative or huge: a top-level int, or an int in a list
+            sizes = [f for f in sorted(config) if _is_int(config[f]) or (isinstance(config[f], list) and any(_is_int(v) for v in config[f]))]
+            if sizes:
+                field = rng.choice(sizes)
+                value = config[field]
+                if isinstance(value, list):
+                    at = rng.choice([i for i, v in enumerate(value) if _is_int(v)])
+                    value = list(value)
+                    value[at] = rng.choice(_bad_size(value[at]))
+                    config[field] = value
+                else:
+                    config[field] = rng.choice(_bad_size(value))
+            else:
+                config[field] = rng.choice(ODD_VALUES)
+        elif kind == "type":
+            config[field] = rng.choice(_wrong_type(value))
+        elif kind == "drop":
             config.pop(field, None)
         elif kind == "nan_text":
             config[field] = float("nan")
         else:
-            config[field] = rng.choice(ODD_VALUES + ["gelu", "relu", "mish", "gpt2", "absolute", 1, 2, 16, 1e-12, 0.5])
+            config[field] = rng.choice(ODD_VALUES + ["gelu", "relu", "mish", "gpt2", "bert", "absolute", 1, 2, 16, 1e-12, 0.5])
         text = json.dumps(config)
     path.write_text(text)
     return f"config:{kind}"
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def damage_tokenizer(path: Path, rng: random.Random) -> str:
@@ -226,61 +294,115 @@ def damage_tokenizer(path: Path, rng: random.Random) -> str:
 
 # -- one case -------------------------------------------------------------------
 def _check_config_matches_file(model, directory: Path) -> None:
-    """A load that succeeded must say exactly what the file says (no silent coercion)."""
+    """A load that succeeded must say exactly what the file says (no silent coercion).
+
+    A null is the one value a config may fill in, and only as its own class does for that field
+    (GPT-2's ``"n_inner": null`` is 4 x n_embd): the field set to None again must build the same value."""
     written = json.loads((directory / "config.json").read_text())
-    for name, value in model.config.to_dict().items():
-        if name in written and name not in ("id2label", "label2id") and written[name] != value:
-            raise AssertionError(f"config.json says {name} = {written[name]!r}, the loaded model has {value!r}")
+    config = model.config
+    for name, value in config.to_dict().items():
+        if name not in written or name in ("id2label", "label2id") or written[name] == value:
+            continue
+        if written[name] is None and _fills_null(config, name):
+            continue
+        raise AssertionError(f"config.json says {name} = {written[name]!r}, the loaded model has {value!r}")
 
 
-def run_case(index: int, seed: int, snapshots: dict[str, Path], work: Path) -> tuple[str, str]:
-    """Damage one copy of a snapshot and load it: ('error', kind) or ('loaded', kind); anything else raises."""
+def _fills_null(config, name: str) -> bool:
     from minipt.errors import MiniptError
-    from minipt.models.bert import BertModel
-    from minipt.models.g2p import G2P
-    from minipt.models.resnet import ResNet
-    from minipt.tokenizer import Tokenizer
 
-    rng = random.Random(seed * 1_000_003 + index)
-    target = rng.choices(["safetensors", "config", "bin", "tokenizer", "pth", "npz"], weights=[5, 4, 2, 2, 1, 1])[0]
-    source = {"safetensors": "bert", "config": "bert", "tokenizer": "bert", "bin": "bert_bin", "pth": "resnet", "npz": "g2p"}[target]
-    directory = work / f"case{index}"
-    shutil.copytree(snapshots[source], directory)
-    if target == "safetensors":
-        kind = damage_safetensors(directory / "model.safetensors", rng)
-    elif target == "config":
-        kind = damage_config(directory / "config.json", rng)
-    elif target == "tokenizer":
-        kind = damage_tokenizer(directory / "tokenizer.json", rng)
-    elif target == "bin":
-        kind = damage_bytes(directory / "pytorch_model.bin", rng, "bin")
-    elif target == "pth":
-        kind = damage_bytes(directory / "resnet.pth", rng, "pth")
-    else:
-        kind = damage_bytes(directory / "checkpoint20.npz", rng, "npz")
     try:
-        if target == "tokenizer":
-            Tokenizer.from_pretrained(directory)(["the cat sat", "hello"])
-        elif target == "pth":
-            ResNet.from_pretrained(directory / "resnet.pth")(torch.zeros(1, 3, 32, 32))
-        elif target == "npz":
-            G2P.from_pretrained(directory)(torch.tensor([[3, 4, 2]]), torch.tensor([[2, 4]]))
+        return getattr(config.replace(**{name: None}), name) == getattr(config, name)
+    except MiniptError:  # the field takes no null: the load should have refused it
+        return False
+
+
+def _rng(seed: int, subject: str, index: int) -> random.Random:
+    return random.Random(f"{seed}/{subject}/{index}")  # a string seed: the same case in every process and selection
+
+
+def run_case(subject: str, index: int, seed: int, snapshot: Path, work: Path) -> tuple[str, str]:
+    """Damage one copy of ``subject``'s snapshot and load it: ('error', kind) or ('loaded', kind); anything else raises."""
+    from minipt.errors import MiniptError
+
+    rng = _rng(seed, subject, index)
+    directory = work / f"case{index}"
+    shutil.copytree(snapshot, directory)
+    models = model_subjects()
+    try:
+        if subject in models:
+            if rng.random() < 0.5:
+                kind = damage_safetensors(directory / "model.safetensors", rng)
+            else:
+                kind = damage_config(directory / "config.json", rng)
+        elif subject == "bin":
+            kind = damage_bytes(directory / "pytorch_model.bin", rng, "bin")
+        elif subject == "tokenizer":
+            kind = damage_tokenizer(directory / "tokenizer.json", rng)
+        elif subject == "pth":
+            kind = damage_bytes(directory / "resnet.pth", rng, "pth")
         else:
-            model = BertModel.from_pretrained(directory)
-            model(torch.tensor([[1, 5, 7, 2]]))
-            _check_config_matches_file(model, directory)
-        outcome = "loaded"
-    except MiniptError:
-        outcome = "error"
+            kind = damage_bytes(directory / "checkpoint20.npz", rng, "npz")
+        try:
+            load_and_run(subject, directory)
+            outcome = "loaded"
+        except MiniptError:
+            outcome = "error"
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     return outcome, kind
 
 
-def run(cases: int, seed: int, work: Path, on_case=None) -> tuple[collections.Counter, list[str]]:
-    """Run ``cases`` cases; returns counts by (kind, outcome) and the failures (exception, hang, memory)."""
+def load_and_run(subject: str, directory: Path) -> None:
+    """Load the (damaged) snapshot with the class that reads it, and use what loaded."""
+    models = model_subjects()
+    if subject in models:
+        family, cls = models[subject]
+        model = cls.from_pretrained(directory)
+        args, kwargs = family.inputs(cls)
+        with torch.no_grad():
+            model(*args, **kwargs)
+        _check_config_matches_file(model, directory)
+    elif subject == "bin":
+        bert = _bert()
+        model = bert.classes[0].from_pretrained(directory)
+        args, kwargs = bert.inputs(bert.classes[0])
+        with torch.no_grad():
+            model(*args, **kwargs)
+        _check_config_matches_file(model, directory)
+    elif subject == "tokenizer":
+        from minipt.tokenizer import Tokenizer
+
+        Tokenizer.from_pretrained(directory)(["the cat sat", "hello"])
+    elif subject == "pth":
+        from minipt.models.resnet import ResNet
+
+        ResNet.from_pretrained(directory / "resnet.pth")(torch.zeros(1, 3, 32, 32))
+    else:
+        from minipt.models.g2p import G2P
+
+        G2P.from_pretrained(directory)(torch.tensor([[3, 4, 2]]), torch.tensor([[2, 4]]))
+
+
+def _explain(error: Exception) -> str:
+    """The exception, and the deepest line of minipt it came through (torch's own frames say little)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    ours = [frame for frame in frames if "/minipt/" in frame.filename or "fuzz_checkpoints" in frame.filename] or frames
+    message = (str(error).splitlines() or [""])[0][:300]
+    where = f"\n  through {ours[-1].filename}:{ours[-1].lineno} ({ours[-1].name}): {ours[-1].line}" if ours else ""
+    return f"{type(error).__name__}: {message}{where}"
+
+
+def run(cases: int, seed: int, work: Path, only: list[str] | None = None, on_case=None) -> tuple[collections.Counter, list[str]]:
+    """Run ``cases`` cases, spread in turn over the snapshots (``only``: these; default: every one).
+
+    Returns counts by (snapshot, kind of damage, outcome) and the failures (exception, hang, memory)."""
+    chosen = list(only) if only else subjects()
+    unknown = sorted(set(chosen) - set(subjects()))
+    if unknown:
+        raise ValueError(f"no snapshot named {', '.join(unknown)}; known: {', '.join(subjects())}")
     work.mkdir(parents=True, exist_ok=True)
-    snapshots = make_snapshots(work / "snapshots")
+    snapshots = {subject: make_snapshot(subject, work / "snapshots" / subject.replace("/", "-")) for subject in chosen}
     counts: collections.Counter = collections.Counter()
     failures: list[str] = []
 
@@ -290,23 +412,25 @@ def run(cases: int, seed: int, work: Path, on_case=None) -> tuple[collections.Co
     previous = signal.signal(signal.SIGALRM, alarm)
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux reports KiB)
     try:
-        for index in range(cases):
+        for case in range(cases):
+            subject, index = chosen[case % len(chosen)], case // len(chosen)
+            name = f"{subject} case {index} (seed {seed})"
             signal.alarm(CASE_SECONDS)
             try:
-                outcome, kind = run_case(index, seed, snapshots, work)
-                counts[kind, outcome] += 1
+                outcome, kind = run_case(subject, index, seed, snapshots[subject], work)
+                counts[subject, kind, outcome] += 1
             except Hang:
-                failures.append(f"case {index} (seed {seed}): still running after {CASE_SECONDS} s")
-            except Exception:  # the failure this generator exists to find
-                failures.append(f"case {index} (seed {seed}): {traceback.format_exc(limit=-3)}")
+                failures.append(f"{name}: still running after {CASE_SECONDS} s")
+            except Exception as error:  # the failure this generator exists to find
+                failures.append(f"{name}: {_explain(error)}")
             finally:
                 signal.alarm(0)
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             if peak - baseline > MEMORY_JUMP_MB:
-                failures.append(f"case {index} (seed {seed}): peak memory rose {peak - baseline:.0f} MiB")
+                failures.append(f"{name}: peak memory rose {peak - baseline:.0f} MiB")
                 baseline = peak
             if on_case is not None:
-                on_case(index)
+                on_case(case)
     finally:
         signal.signal(signal.SIGALRM, previous)
     return counts, failures
@@ -316,6 +440,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", action="append", default=None, metavar="SNAPSHOT",
+                        help="a snapshot to damage (repeatable): a model class as model_type/Class, or bin, tokenizer, pth, npz")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     args = parser.parse_args()
     import tempfile
@@ -323,17 +449,19 @@ def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     with tempfile.TemporaryDirectory() as scratch:
         start = time.perf_counter()
-        counts, failures = run(args.cases, args.seed, args.work or Path(scratch))
+        counts, failures = run(args.cases, args.seed, args.work or Path(scratch), args.only)
         seconds = time.perf_counter() - start
-    by_kind = collections.defaultdict(dict)
-    for (kind, outcome), n in counts.items():
-        by_kind[kind][outcome] = n
-    print(f"{args.cases} cases, seed {args.seed}, {seconds:.0f} s: "
-          f"{sum(n for (_, o), n in counts.items() if o == 'error')} refused with a MiniptError, "
-          f"{sum(n for (_, o), n in counts.items() if o == 'loaded')} loaded (still valid), {len(failures)} failures")
-    print(f"\n| damage | MiniptError | loaded |\n|---|---:|---:|")
-    for kind in sorted(by_kind):
-        print(f"| {kind} | {by_kind[kind].get('error', 0)} | {by_kind[kind].get('loaded', 0)} |")
+    refused = sum(n for (_, _, o), n in counts.items() if o == "error")
+    loaded = sum(n for (_, _, o), n in counts.items() if o == "loaded")
+    print(f"{args.cases} cases, seed {args.seed}, {seconds:.0f} s: {refused} refused with a MiniptError, "
+          f"{loaded} loaded (still valid), {len(failures)} failures")
+    for column, title in ((1, "damage"), (0, "snapshot")):
+        table = collections.defaultdict(collections.Counter)
+        for key, n in counts.items():
+            table[key[column]][key[2]] += n
+        print(f"\n| {title} | MiniptError | loaded |\n|---|---:|---:|")
+        for row in sorted(table):
+            print(f"| {row} | {table[row]['error']} | {table[row]['loaded']} |")
     for failure in failures[:20]:
         print("\nFAILURE", failure)
     return 1 if failures else 0
