@@ -105,9 +105,10 @@ def cell_state(steps: int) -> None:
     print(f"\ncell unit {unit} of layer {last} swings most over the prompt ({low:+.2f} .. {high:+.2f}); pinned to {value:+.1f} at every step:")
 
     pin = lambda c: c.index_fill(1, torch.tensor([unit]), value)  # noqa: E731  (B, hidden), every step
-    plain = model.generate(prompt, 160, temperature=0.6, top_k=10, seed=0)
+    sample = lambda: model.decode(model.generate(model.encode(prompt)[None], max_new_tokens=160, do_sample=True, temperature=0.6, top_k=10, seed=0)[0])  # noqa: E731
+    plain = sample()
     with probe.capture(model, edit={f"lstm.layers.{last}.c": pin}):
-        patched = model.generate(prompt, 160, temperature=0.6, top_k=10, seed=0)
+        patched = sample()
     print(f"\n  as trained: {plain!r}\n  patched:    {patched!r}")
     same = sum(a == b for a, b in zip(plain, patched))
     print(f"\n  the two agree on {same} of {len(plain)} characters (the prompt is {len(prompt)})")

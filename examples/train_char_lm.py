@@ -195,7 +195,11 @@ def main(argv=None) -> int:
     (out / "results.md").write_text(comparison + "\n")
     print(comparison)
     prompts = args.prompt or ["The government ", "Australian police "]
-    samples = [model.generate(p, args.sample_length, temperature=args.temperature, top_k=args.top_k, seed=args.seed + i) for i, p in enumerate(prompts)]
+    samples = [
+        model.decode(model.generate(model.encode(p)[None], max_new_tokens=args.sample_length, do_sample=True,
+                                    temperature=args.temperature, top_k=args.top_k, seed=args.seed + i)[0])
+        for i, p in enumerate(prompts)
+    ]
     (out / "samples.txt").write_text("\n\n".join(samples) + "\n")
     print(f"saved {out}/config.json, model.safetensors, loss.png, samples.txt, results.md")
     for text in samples:

@@ -158,7 +158,7 @@ def main(argv=None) -> int:
     for i, prompt in enumerate(args.prompt or ["The government", "Australian police said"]):
         ids = tokenizer(prompt, padding=False)["input_ids"]
         generator = torch.Generator().manual_seed(args.seed + i)
-        tokens = model.generate(ids, args.sample_length, do_sample=True, temperature=args.temperature, top_k=args.top_k,
+        tokens = model.generate(ids, max_new_tokens=args.sample_length, do_sample=True, temperature=args.temperature, top_k=args.top_k,
                                 eos_token_id=tokenizer.eos_token_id, generator=generator)
         samples.append(tokenizer.decode(tokens[0]))
     (out / "samples.txt").write_text("\n\n".join(samples) + "\n")

@@ -269,30 +269,20 @@ def cmd_classify(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    import torch
-
     from .models.gpt2 import GPT2LMHeadModel
+    from .nn.streamer import TextStreamer
 
     model = GPT2LMHeadModel.from_pretrained(args.model)
     tokenizer = _tokenizer_for(args.model)
     prompt = tokenizer(args.prompt, padding=False, truncation=False)["input_ids"]  # (1, T)
     sample = any(v is not None for v in (args.temperature, args.top_k, args.top_p))
-    eos = model.config.eos_token_id if model.config.eos_token_id is not None and model.config.eos_token_id < model.config.vocab_size else None
-    generator = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
-    print(args.prompt, end="", flush=True)
-    new_ids, shown = [], ""
-    for tokens in model.generate_stream(
-        prompt, args.max_new_tokens, do_sample=sample, temperature=args.temperature or 1.0,
-        top_k=args.top_k, top_p=args.top_p, eos_token_id=eos, generator=generator,
-    ):
-        if eos is not None and tokens.item() == eos:
-            break
-        new_ids.append(tokens.item())
-        text = tokenizer.decode(new_ids)
-        if not text.endswith("\ufffd"):  # hold back a character whose bytes are still arriving
-            print(text[len(shown) :], end="", flush=True)
-            shown = text
-    print(tokenizer.decode(new_ids)[len(shown) :])
+    max_new_tokens = 50 if args.max_new_tokens is None and args.max_length is None else args.max_new_tokens
+    print(args.prompt, end="", flush=True)  # as typed; the streamer prints the rest as it is generated, then a newline
+    model.generate(
+        prompt, max_new_tokens=max_new_tokens, max_length=args.max_length, do_sample=sample, temperature=args.temperature or 1.0,
+        top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty, eos_token_id=model.config.eos_token_id,
+        seed=args.seed, streamer=TextStreamer(tokenizer, skip_prompt=True),
+    )
     return 0
 
 
@@ -387,12 +377,15 @@ COMMANDS: dict = {
         cmd_generate,
         "continue a prompt with a GPT-2 checkpoint, printing tokens as they are generated (greedy unless a sampling option is given)",
         lambda p: (
-            p.add_argument("prompt"),
+            p.add_argument("prompt", help="the text to continue"),
             p.add_argument("--model", required=True, help="folder or catalogue name of a GPT-2 checkpoint"),
-            p.add_argument("--max-new-tokens", type=int, default=50),
+            p.add_argument("--max-new-tokens", type=int, help="how many tokens to add (default 50 unless --max-length is given)"),
+            p.add_argument("--max-length", type=int, help="stop when prompt and new tokens together reach this many tokens (instead of --max-new-tokens)"),
             p.add_argument("--temperature", type=float, help="sample, dividing the logits by this"),
             p.add_argument("--top-k", type=int, help="sample among the k most likely tokens"),
             p.add_argument("--top-p", type=float, help="sample among the most likely tokens holding this much probability"),
+            p.add_argument("--repetition-penalty", type=float, default=1.0,
+                           help="above 1, make tokens already in the text less likely, as transformers does (default 1.0: off)"),
             p.add_argument("--seed", type=int, help="seed of the sampling generator"),
         ),
     ),

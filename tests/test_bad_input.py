@@ -302,11 +302,12 @@ def test_char_lm_empty_batch_and_empty_sequences():
     model = CharLM(CharLMConfig(embed_size=8, hidden_size=16, num_layers=2)).eval()
     logits, (h, c) = model(torch.zeros(0, 5, dtype=torch.long))
     assert logits.shape == (0, 5, 256) and h.shape == c.shape == (2, 0, 16)
-    assert model.generate_ids(torch.zeros(0, 3, dtype=torch.long), 4).shape == (0, 7)
+    assert model.generate(torch.zeros(0, 3, dtype=torch.long), max_new_tokens=4).shape == (0, 7)
     for shape in [(2, 0), (0, 0)]:
         with pytest.raises(InputError, match=r"CharLM got an empty sequence \(T = 0\)"):
             model(torch.zeros(shape, dtype=torch.long))
-    assert isinstance(model.generate("", 3, seed=0), str)  # an empty prompt starts from a newline
+    with pytest.raises(InputError, match=r"prompts of shape \(batch, seq_len\) with seq_len >= 1, got \(1, 0\)"):
+        model.generate(torch.zeros(1, 0, dtype=torch.long), max_new_tokens=3)  # generate takes ids; an empty prompt has none
 
 
 def test_g2p_empty_batch_and_empty_sequences():

@@ -2,6 +2,7 @@
 
 import copy
 import importlib.util
+import io
 import json
 from pathlib import Path
 
@@ -20,6 +21,11 @@ TEXT = (
     "The cat sat on the mat. The dog sat on the log. "
     "A cat and a dog sat on a mat and a log. The end. "
 ) * 4
+
+
+def text_generate(model: CharLM, prompt: str, max_new_tokens: int, **kwargs) -> str:
+    """Text in, text out: encode, generate on the ids, decode."""
+    return model.decode(model.generate(model.encode(prompt)[None], max_new_tokens=max_new_tokens, **kwargs)[0])
 
 
 def tiny(**overrides) -> CharLM:
@@ -61,22 +67,25 @@ def test_training_lowers_the_loss():
 
 def test_sampling_is_reproducible_under_a_seed():
     model = tiny().eval()
-    first = model.generate("The ", 40, temperature=1.0, top_k=10, seed=123)
-    again = model.generate("The ", 40, temperature=1.0, top_k=10, seed=123)
-    other = model.generate("The ", 40, temperature=1.0, top_k=10, seed=124)
+    first = text_generate(model, "The ", 40, do_sample=True, temperature=1.0, top_k=10, seed=123)
+    again = text_generate(model, "The ", 40, do_sample=True, temperature=1.0, top_k=10, seed=123)
+    other = text_generate(model, "The ", 40, do_sample=True, temperature=1.0, top_k=10, seed=124)
     assert first == again and first.startswith("The ")
     assert other != first  # 40 draws among 10 bytes from an untrained model: a coincidence is ~impossible
     torch.manual_seed(5)
-    a = model.generate("x", 20)
+    a = text_generate(model, "x", 20, do_sample=True)
     torch.manual_seed(5)
-    assert model.generate("x", 20) == a  # the global seed works too
+    assert text_generate(model, "x", 20, do_sample=True) == a  # the global seed works too
 
 
-@pytest.mark.parametrize("temperature, top_k", [(1.0, None), (0.7, 5), (0.0, None)])
-def test_carried_state_equals_recomputing_the_prefix(temperature, top_k):
+@pytest.mark.parametrize("do_sample, temperature, top_k", [(True, 1.0, None), (True, 0.7, 5), (False, 1.0, None)])
+def test_carried_state_equals_recomputing_the_prefix(do_sample, temperature, top_k):
     model = tiny().eval()
     prompt = torch.stack([CharLM.encode("Hello, wor"), CharLM.encode("The cat sa")])  # (2, 10)
-    ids, step_logits = model.generate_ids(prompt, 12, temperature, top_k, torch.Generator().manual_seed(0), return_logits=True)
+    out = model.generate(
+        prompt, max_new_tokens=12, do_sample=do_sample, temperature=temperature, top_k=top_k, seed=0, output_logits=True, return_dict_in_generate=True
+    )
+    ids, step_logits = out.sequences, torch.stack(out.logits, dim=1)
     assert ids.shape == (2, 22) and step_logits.shape == (2, 12, 256)
     assert torch.equal(ids[:, :10], prompt)
     with torch.no_grad():
@@ -91,7 +100,26 @@ def test_carried_state_equals_recomputing_the_prefix(temperature, top_k):
 
 def test_greedy_is_top_k_1():
     model = tiny().eval()
-    assert model.generate("ab", 15, temperature=0) == model.generate("ab", 15, temperature=1.0, top_k=1, seed=0)
+    assert text_generate(model, "ab", 15) == text_generate(model, "ab", 15, do_sample=True, top_k=1, seed=0)  # greedy unless do_sample
+
+
+def test_max_length_counts_the_prompt_and_eos_stops_a_row():
+    model = tiny().eval()
+    prompt = torch.stack([CharLM.encode("abc"), CharLM.encode("xyz")])
+    assert torch.equal(model.generate(prompt, max_length=10), model.generate(prompt, max_new_tokens=7))
+    free = model.generate(prompt, max_new_tokens=30, do_sample=True, seed=3)
+    eos = int(free[0, 3])  # the first row's first new byte: it stops there
+    stopped = model.generate(prompt, max_new_tokens=30, do_sample=True, seed=3, eos_token_id=eos, pad_token_id=0)
+    assert int(stopped[0, 3]) == eos and (stopped[0, 4:] == 0).all()
+
+
+def test_text_streamer_prints_the_generated_text():
+    from minipt.nn.streamer import TextStreamer
+
+    model = tiny().eval()
+    printed = io.StringIO()
+    ids = model.generate(model.encode("naïve ☕")[None], max_new_tokens=25, streamer=TextStreamer(model, file=printed))
+    assert printed.getvalue() == model.decode(ids[0]) + "\n"
 
 
 def test_top_k_only_draws_from_the_k_best():
@@ -112,7 +140,7 @@ def test_save_and_load_round_trip(tmp_path):
     ids = CharLM.encode("round trip")[None]
     with torch.no_grad():  # same weights; memory-mapped tensors may take another BLAS path: fp32 rounding only
         assert (loaded(ids)[0] - model(ids)[0]).abs().max().item() <= 1e-6
-    assert loaded.generate("ab", 10, seed=1) == model.generate("ab", 10, seed=1)
+    assert text_generate(loaded, "ab", 10, do_sample=True, seed=1) == text_generate(model, "ab", 10, do_sample=True, seed=1)
     from safetensors.torch import load_file
 
     assert "lstm.weight_ih_l0" in load_file(tmp_path / "model.safetensors")  # torch.nn.LSTM's own names
@@ -143,10 +171,18 @@ def test_bad_configs_are_named(tmp_path):
         (lambda m: m(torch.zeros(1, 3)), r"integer byte ids"),
         (lambda m: m(torch.full((1, 3), 256)), r"CharLM ids holds 256, outside the table of 256 entries \(valid: 0..255\)"),
         (lambda m: m(torch.zeros(1, 0, dtype=torch.long)), "empty sequence"),
-        (lambda m: m.generate("a", 5, temperature=-1), "temperature must be >= 0"),
-        (lambda m: m.generate("a", 5, top_k=0), r"top_k must be an integer in \[1, 256\]"),
-        (lambda m: m.generate("a", -1), "max_new_tokens"),
-        (lambda m: m.generate(b"bytes", 5), "encodes text"),
+        (lambda m: m(torch.zeros(1, 3, dtype=torch.long), (torch.zeros(2, 1, 32),)), r"state must be the LSTM's \(h, c\)"),
+        (lambda m: m(torch.zeros(1, 3, dtype=torch.long), (torch.zeros(2, 2, 32), torch.zeros(2, 2, 32))), r"\(num_layers, B, hidden_size\) = \(2, 1, 32\)"),
+        (lambda m: m.generate(torch.zeros(1, 2, dtype=torch.long), temperature=-1), "temperature must be > 0"),
+        (lambda m: m.generate(torch.zeros(1, 2, dtype=torch.long), top_k=0), "top_k must be at least 1"),
+        (lambda m: m.generate(torch.zeros(1, 2, dtype=torch.long), max_new_tokens=-1), "max_new_tokens must be a positive integer"),
+        (lambda m: m.generate(torch.zeros(1, 2, dtype=torch.long), max_new_tokens=3, max_length=9), "not both"),
+        (lambda m: m.generate(torch.full((1, 2), 300), max_new_tokens=3), "input_ids holds 300"),
+        (lambda m: m.generate("a"), r"takes byte ids \(B, T\), not text: pass model.encode\(text\)\[None\]"),
+        (lambda m: m.generate(torch.zeros(1, 0, dtype=torch.long)), "seq_len >= 1"),
+        (lambda m: m.encode(b"bytes"), "encodes text"),
+        (lambda m: m.decode(torch.zeros(2, 3, dtype=torch.long)), "use batch_decode"),
+        (lambda m: m.decode([65, 256]), r"ids\[1\] is 256, not a byte id"),
     ],
 )
 def test_bad_input_is_named(call, message):
@@ -157,7 +193,8 @@ def test_bad_input_is_named(call, message):
 def test_unicode_prompts_round_trip():
     text = "naïve café ☕"
     assert CharLM.decode(CharLM.encode(text)) == text
-    assert tiny().generate(text, 0) == text
+    assert CharLM.batch_decode(CharLM.encode(text)[None].repeat(2, 1)) == [text, text]
+    assert text_generate(tiny(), text, 1).startswith(text)
 
 
 def test_training_example_runs(tmp_path):

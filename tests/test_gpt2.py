@@ -12,6 +12,7 @@ gelu(tanh), scaled_dot_product_attention); the differences seen are a few 1e-7.
 from __future__ import annotations
 
 import tempfile
+import threading
 
 import pytest
 import torch
@@ -21,6 +22,8 @@ from hypothesis import strategies as st
 from minipt import ConfigError, InputError, KeyMismatchError
 from minipt.models import model_class
 from minipt.models.gpt2 import GPT2Config, GPT2LMHeadModel, GPT2Model, KVCache
+from minipt.nn.sampling import DEFAULT_MAX_NEW_TOKENS, choose_next_token
+from minipt.nn.streamer import TokenIteratorStreamer
 from minipt.reference import import_transformers
 
 transformers = import_transformers()
@@ -163,7 +166,7 @@ def test_greedy_generation_matches_reference_single(pair):
     reference, model, _ = pair
     prompt = torch.tensor([[5, 11, 42, 3, 17]])
     expected = reference.generate(prompt, max_new_tokens=40, do_sample=False, eos_token_id=None, pad_token_id=EOS)
-    produced = model.generate(prompt, 40)
+    produced = model.generate(prompt, max_new_tokens=40)
     assert produced.shape == (1, 45)
     assert torch.equal(produced, expected)
 
@@ -172,19 +175,19 @@ def test_greedy_generation_matches_reference_left_padded_batch(pair):
     reference, model, _ = pair
     input_ids, attention_mask = left_padded(97, [9, 5, 2, 7], seed=1)
     expected = reference.generate(input_ids, attention_mask=attention_mask, max_new_tokens=36, do_sample=False, eos_token_id=None, pad_token_id=EOS)
-    produced = model.generate(input_ids, 36, attention_mask=attention_mask)
+    produced = model.generate(input_ids, max_new_tokens=36, attention_mask=attention_mask)
     assert torch.equal(produced, expected)
 
 
 def test_greedy_generation_stops_each_row_at_eos_like_reference(pair):
     reference, model, _ = pair
     input_ids, attention_mask = left_padded(97, [6, 3, 5, 4, 6, 2], seed=2)
-    free = model.generate(input_ids, 30, attention_mask=attention_mask)[:, 6:]
+    free = model.generate(input_ids, max_new_tokens=30, attention_mask=attention_mask)[:, 6:]
     # the stop token: one that rows first produce at different steps, so they finish at different times
     first_step = lambda token: [(row == token).nonzero()[0].item() if (row == token).any() else None for row in free]  # noqa: E731
     eos = next(t for t in free.flatten().tolist() if len({s for s in first_step(t) if s is not None}) >= 2)
     expected = reference.generate(input_ids, attention_mask=attention_mask, max_new_tokens=30, do_sample=False, eos_token_id=eos, pad_token_id=eos)
-    produced = model.generate(input_ids, 30, attention_mask=attention_mask, eos_token_id=eos)
+    produced = model.generate(input_ids, max_new_tokens=30, attention_mask=attention_mask, eos_token_id=eos)
     assert torch.equal(produced, expected)
     for row, step in zip(produced[:, 6:], first_step(eos)):
         if step is not None:  # everything after the row's first eos is padding
@@ -198,26 +201,58 @@ def test_greedy_generation_with_a_repetition_penalty_matches_reference(pair, pen
     expected = reference.generate(
         input_ids, attention_mask=attention_mask, max_new_tokens=24, do_sample=False, repetition_penalty=penalty, eos_token_id=None, pad_token_id=EOS
     )
-    produced = model.generate(input_ids, 24, attention_mask=attention_mask, repetition_penalty=penalty)
+    produced = model.generate(input_ids, max_new_tokens=24, attention_mask=attention_mask, repetition_penalty=penalty)
     assert torch.equal(produced, expected)
-    assert not torch.equal(produced, model.generate(input_ids, 24, attention_mask=attention_mask))  # the penalty changed something
+    assert not torch.equal(produced, model.generate(input_ids, max_new_tokens=24, attention_mask=attention_mask))  # the penalty changed something
 
 
-def test_streaming_yields_the_generated_tokens(pair):
+def test_a_streamer_sees_what_transformers_generate_puts(pair):
+    reference, model, _ = pair
+    input_ids, attention_mask = left_padded(97, [6, 3])
+    ours, theirs = TokenIteratorStreamer(), TokenIteratorStreamer()
+    produced = model.generate(input_ids, max_new_tokens=12, attention_mask=attention_mask, streamer=ours)
+    reference.generate(input_ids, attention_mask=attention_mask, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=EOS, streamer=theirs)
+    ours, theirs = list(ours), list(theirs)
+    # the prompt (B, T) once, then each step's new tokens (B,): the protocol of transformers' streamers
+    assert len(ours) == len(theirs) == 13 and all(torch.equal(a, b) for a, b in zip(ours, theirs))
+    assert torch.equal(torch.cat([ours[0], torch.stack(ours[1:], dim=1)], dim=1), produced)
+
+
+def test_a_streamer_read_while_generate_runs_in_another_thread(pair):
     _, model, _ = pair
     input_ids, attention_mask = left_padded(97, [6, 3])
-    streamed = []
-    produced = model.generate(input_ids, 12, attention_mask=attention_mask, streamer=streamed.append)
-    assert len(streamed) == 12 and all(t.shape == (2, 1) for t in streamed)
-    assert torch.equal(torch.cat([input_ids, *streamed], dim=1), produced)
-    iterated = list(model.generate_stream(input_ids, 12, attention_mask=attention_mask))
-    assert torch.equal(torch.cat(iterated, dim=1), produced[:, 6:])
+    streamer = TokenIteratorStreamer(skip_prompt=True)
+    run = threading.Thread(target=model.generate, args=(input_ids,), kwargs=dict(max_new_tokens=12, attention_mask=attention_mask, streamer=streamer))
+    run.start()
+    streamed = torch.stack(list(streamer), dim=1)  # ends when generate calls streamer.end()
+    run.join()
+    assert torch.equal(streamed, model.generate(input_ids, max_new_tokens=12, attention_mask=attention_mask)[:, 6:])
+
+
+def test_max_length_counts_the_prompt_as_in_transformers(pair):
+    reference, model, _ = pair
+    prompt = torch.tensor([[5, 11, 42, 3, 17]])
+    expected = reference.generate(prompt, max_length=25, do_sample=False, eos_token_id=None, pad_token_id=EOS)
+    assert expected.shape == (1, 25) and torch.equal(model.generate(prompt, max_length=25), expected)
+    assert model.generate(prompt).shape == (1, 5 + DEFAULT_MAX_NEW_TOKENS)
+
+
+def test_generated_sequences_and_logits_match_transformers_output(pair):
+    reference, model, _ = pair
+    input_ids, attention_mask = left_padded(97, [7, 4, 2], seed=4)
+    options = dict(attention_mask=attention_mask, max_new_tokens=10, output_logits=True, return_dict_in_generate=True)
+    theirs = reference.generate(input_ids, do_sample=False, eos_token_id=None, pad_token_id=EOS, **options)
+    ours = model.generate(input_ids, **options)
+    assert torch.equal(ours.sequences, theirs.sequences) and ours[0] is ours.sequences
+    assert len(ours.logits) == len(theirs.logits) == 10
+    for step, (a, b) in enumerate(zip(ours.logits, theirs.logits)):
+        assert (a - b).abs().max().item() <= ATOL, step
 
 
 def test_sampling_is_reproducible_under_a_seeded_generator(pair):
     _, model, _ = pair
     prompt = torch.tensor([[5, 11, 42], [1, 2, 3]])
-    sample = lambda seed, **kw: model.generate(prompt, 32, do_sample=True, generator=torch.Generator().manual_seed(seed), **kw)  # noqa: E731
+    sample = lambda seed, **kw: model.generate(prompt, max_new_tokens=32, do_sample=True, generator=torch.Generator().manual_seed(seed), **kw)  # noqa: E731
     assert torch.equal(sample(1), sample(1))
     assert not torch.equal(sample(1), sample(2))
     assert torch.equal(sample(1, top_k=20, top_p=0.9, temperature=0.7), sample(1, top_k=20, top_p=0.9, temperature=0.7))
@@ -226,20 +261,39 @@ def test_sampling_is_reproducible_under_a_seeded_generator(pair):
 def test_sampling_with_a_single_candidate_is_greedy(pair):
     _, model, _ = pair
     prompt = torch.tensor([[5, 11, 42]])
-    greedy = model.generate(prompt, 20)
-    assert torch.equal(model.generate(prompt, 20, do_sample=True, top_k=1, generator=torch.Generator().manual_seed(0)), greedy)
-    assert torch.equal(model.generate(prompt, 20, do_sample=True, top_p=1e-6, generator=torch.Generator().manual_seed(0)), greedy)
+    greedy = model.generate(prompt, max_new_tokens=20)
+    assert torch.equal(model.generate(prompt, max_new_tokens=20, do_sample=True, top_k=1, generator=torch.Generator().manual_seed(0)), greedy)
+    assert torch.equal(model.generate(prompt, max_new_tokens=20, do_sample=True, top_p=1e-6, generator=torch.Generator().manual_seed(0)), greedy)
 
 
-def test_top_k_and_top_p_keep_only_their_candidates(pair):
-    from minipt.models.gpt2 import _choose
-
+def test_top_k_and_top_p_keep_only_their_candidates():
     logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]]).log_softmax(-1).repeat(2000, 1)
-    drawn = _choose(logits, True, 1.0, 2, None, torch.Generator().manual_seed(0))
+    drawn = choose_next_token(logits, top_k=2, generator=torch.Generator().manual_seed(0))
     assert set(drawn.tolist()) == {0, 1}
     probs = logits[0].softmax(-1)  # 0.64, 0.24, 0.09, ...: the first two reach 0.85
-    drawn = _choose(logits, True, 1.0, None, float(probs[:2].sum()) - 0.01, torch.Generator().manual_seed(0))
+    drawn = choose_next_token(logits, top_p=float(probs[:2].sum()) - 0.01, generator=torch.Generator().manual_seed(0))
     assert set(drawn.tolist()) == {0, 1}
+
+
+# -- outputs ------------------------------------------------------------------------
+def test_outputs_read_by_name_position_and_tuple_as_transformers(pair):
+    reference, model, _ = pair
+    ids = torch.randint(0, 97, (2, 7), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        for kwargs in ({}, {"labels": ids}):  # out[0]: the logits, then the loss
+            ours, theirs = model(ids, **kwargs), reference(ids, use_cache=False, **kwargs)
+            assert ours.keys() == list(theirs.keys()) == (["loss", "logits"] if kwargs else ["logits"])
+            assert len(ours.to_tuple()) == len(theirs.to_tuple())
+            for a, b in zip(ours.to_tuple(), theirs.to_tuple()):
+                assert (a - b).abs().max().item() <= ATOL
+            assert (ours[0] - theirs[0]).abs().max().item() <= ATOL and ours["logits"] is ours.logits
+        stack, their_stack = model.transformer(ids), reference.transformer(ids, use_cache=False)
+        assert stack.keys() == list(their_stack.keys()) == ["last_hidden_state"]
+        assert (stack[0] - their_stack[0]).abs().max().item() <= ATOL
+        # with a cache it comes second; recent transformers call that field "cache", minipt keeps forward's name
+        cached, their_cached = model(ids, use_cache=True), reference(ids, use_cache=True)
+        assert len(cached) == len(their_cached) == 2 and cached.keys() == ["logits", "past_key_values"]
+        assert isinstance(cached[1], KVCache) and cached[1] is cached.past_key_values
 
 
 # -- loading and saving -------------------------------------------------------------
@@ -308,6 +362,15 @@ def test_missing_and_misshaped_tensors_are_named(tmp_path, pair):
         GPT2LMHeadModel.from_pretrained(tmp_path)
 
 
+def test_keymap_is_a_classmethod_with_an_optional_config():
+    tied, untied = GPT2LMHeadModel.keymap(), GPT2LMHeadModel.keymap(GPT2Config(tie_word_embeddings=False))
+    to_minipt = lambda keymap, key: keymap.to_minipt(keymap.canonical(key))  # noqa: E731  (as loading reads a file's key)
+    assert to_minipt(tied, "h.0.attn.c_attn.weight")[0] == "transformer.layers.0.attn.qkv_proj.weight"  # the hub files' bare names
+    assert tied.is_ignored("lm_head.weight") and not untied.is_ignored("lm_head.weight")  # tied to wte
+    assert to_minipt(untied, "lm_head.weight")[0] == "lm_head.weight"
+    assert to_minipt(GPT2Model.keymap(), "transformer.ln_f.bias")[0] == "final_norm.bias"
+
+
 def test_config_round_trip_and_registry(pair):
     _, model, directory = pair
     config = GPT2Config.from_dict(model.config.to_dict())
@@ -335,7 +398,7 @@ def test_prompt_longer_than_the_context(pair):
     _, model, _ = pair
     too_long = torch.zeros(1, 97, dtype=torch.long)  # n_positions is 96
     with pytest.raises(InputError, match="97 tokens, more than the context of 96"):
-        model.generate(too_long, 1)
+        model.generate(too_long, max_new_tokens=1)
     with pytest.raises(InputError, match="exceed the context of 96"):
         model(too_long)
 
@@ -343,29 +406,29 @@ def test_prompt_longer_than_the_context(pair):
 def test_max_new_tokens_past_the_context(pair):
     _, model, _ = pair
     with pytest.raises(InputError, match="at most 6 new tokens fit"):
-        model.generate(torch.zeros(1, 90, dtype=torch.long), 7)
+        model.generate(torch.zeros(1, 90, dtype=torch.long), max_new_tokens=7)
     with pytest.raises(InputError, match="max_new_tokens must be a positive integer"):
-        model.generate(torch.zeros(1, 3, dtype=torch.long), 0)
+        model.generate(torch.zeros(1, 3, dtype=torch.long), max_new_tokens=0)
 
 
 @pytest.mark.parametrize("temperature", [0.0, -1.0])
 def test_temperature_must_be_positive(pair, temperature):
     _, model, _ = pair
     with pytest.raises(InputError, match="temperature must be > 0"):
-        model.generate(torch.zeros(1, 3, dtype=torch.long), 2, do_sample=True, temperature=temperature)
+        model.generate(torch.zeros(1, 3, dtype=torch.long), max_new_tokens=2, do_sample=True, temperature=temperature)
 
 
 @pytest.mark.parametrize("top_p", [0.0, 1.5, -0.1])
 def test_top_p_outside_the_unit_interval(pair, top_p):
     _, model, _ = pair
     with pytest.raises(InputError, match=r"top_p must be in \(0, 1\]"):
-        model.generate(torch.zeros(1, 3, dtype=torch.long), 2, do_sample=True, top_p=top_p)
+        model.generate(torch.zeros(1, 3, dtype=torch.long), max_new_tokens=2, do_sample=True, top_p=top_p)
 
 
 def test_top_k_below_one(pair):
     _, model, _ = pair
     with pytest.raises(InputError, match="top_k must be at least 1"):
-        model.generate(torch.zeros(1, 3, dtype=torch.long), 2, do_sample=True, top_k=0)
+        model.generate(torch.zeros(1, 3, dtype=torch.long), max_new_tokens=2, do_sample=True, top_k=0)
 
 
 def test_cache_of_another_batch_size_or_length(pair):
@@ -395,14 +458,52 @@ def test_ids_outside_the_vocabulary(pair, bad):
     with pytest.raises(InputError, match=f"input_ids holds {bad}, outside the table of 97"):
         model(ids)
     with pytest.raises(InputError, match=f"input_ids holds {bad}"):
-        model.generate(ids, 2)
+        model.generate(ids, max_new_tokens=2)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(max_new_tokens=3, max_length=9), "not both: max_length counts the prompt"),
+        (dict(max_length=3), "max_length counts the prompt: it must be an integer above the prompt's 3 tokens"),
+        (dict(max_length=200), r"max_length 200 exceed the context of 96 positions; at most 93 new tokens fit"),
+        (dict(streamer=print), "streamer must have put"),
+        (dict(seed=1, generator=torch.Generator()), "seed or generator, not both"),
+        (dict(seed="1"), "seed must be an integer"),
+        (dict(do_sample="yes"), "do_sample must be True or False"),
+        (dict(eos_token_id=97), r"eos_token_id must be a token id in \[0, 96\]"),
+        (dict(pad_token_id=-1), "pad_token_id must be a token id"),
+        (dict(output_logits=1), "output_logits must be True or False"),
+        (dict(attention_mask=torch.ones(1, 2)), r"attention_mask has shape \(1, 2\)"),
+    ],
+)
+def test_bad_generation_arguments_are_named(pair, kwargs, message):
+    _, model, _ = pair
+    with pytest.raises(InputError, match=message):
+        model.generate(torch.zeros(1, 3, dtype=torch.long), **kwargs)
+
+
+def test_check_inputs_names_the_bad_argument(pair):
+    _, model, _ = pair
+    ids = torch.zeros(2, 4, dtype=torch.long)
+    model.check_inputs(ids, torch.ones(2, 4), labels=ids)
+    with pytest.raises(InputError, match="input_ids must be integer token ids"):
+        model.check_inputs([[1, 2]])
+    with pytest.raises(InputError, match="past_key_values must be a minipt KVCache"):
+        model.check_inputs(ids, past_key_values=((torch.zeros(1),),))
+    with pytest.raises(InputError, match=r"attention_mask must cover .* shape \(2, 4\); got list"):
+        model.check_inputs(ids, attention_mask=[[1]])
+    with pytest.raises(InputError, match=r"labels must be integer ids shaped as input_ids \(2, 4\)"):
+        model(ids, labels=ids[:, :3])
+    with pytest.raises(InputError, match="position_ids must have shape"):
+        model.transformer.check_inputs(ids, position_ids=torch.zeros(4, dtype=torch.long))
 
 
 def test_right_padded_prompts_are_refused(pair):
     _, model, _ = pair
     ids = torch.tensor([[1, 2, 3], [4, 5, 0]])
     with pytest.raises(InputError, match="left-padded"):
-        model.generate(ids, 2, attention_mask=torch.tensor([[1, 1, 1], [1, 1, 0]]))
+        model.generate(ids, max_new_tokens=2, attention_mask=torch.tensor([[1, 1, 1], [1, 1, 0]]))
 
 
 # -- the command line -------------------------------------------------------------------
@@ -425,8 +526,15 @@ def test_cli_generate_streams_the_greedy_continuation(tmp_path, capsys):
     expected = reference.generate(prompt, max_new_tokens=12, do_sample=False, eos_token_id=263, pad_token_id=263)[0, prompt.shape[1] :]
     expected = expected[expected != 263]
     assert out == "hello world" + tokenizer.decode(expected) + "\n"
+    # --max-length counts the prompt; --repetition-penalty as transformers' repetition_penalty
+    assert main(["generate", "--model", str(tmp_path), "hello world", "--max-length", str(prompt.shape[1] + 9), "--repetition-penalty", "1.4"]) == 0
+    expected = reference.generate(prompt, max_length=prompt.shape[1] + 9, repetition_penalty=1.4, do_sample=False, eos_token_id=263, pad_token_id=263)
+    expected = expected[0, prompt.shape[1] :]
+    assert capsys.readouterr().out == "hello world" + tokenizer.decode(expected[expected != 263]) + "\n"
     assert main(["generate", "--model", str(tmp_path), "hello", "--top-p", "1.5"]) == 1
     assert "top_p must be in (0, 1]" in capsys.readouterr().err
+    assert main(["generate", "--model", str(tmp_path), "hello", "--max-length", "9", "--max-new-tokens", "3"]) == 1
+    assert "not both" in capsys.readouterr().err
 
 
 # -- fuse(): the inference copy on packed oneDNN matmuls --------------------------------
@@ -443,7 +551,7 @@ def test_fused_model_computes_the_same_function(tmp_path):
     with torch.no_grad():
         exact = copy.deepcopy(model).double()(ids, mask).logits
         assert_error_ratio(fused(ids, mask).logits, model(ids, mask).logits, exact, what="fused logits")
-        assert torch.equal(fused.generate(ids[1:], 12), model.generate(ids[1:], 12))
+        assert torch.equal(fused.generate(ids[1:], max_new_tokens=12), model.generate(ids[1:], max_new_tokens=12))
         bf16 = model.fuse(torch.bfloat16)(ids, mask).logits.float()
         assert torch.nn.functional.cosine_similarity(bf16.flatten(1), exact.float().flatten(1)).min() > 0.99
     assert_inference_only(model, fused, tmp_path)

@@ -156,10 +156,11 @@ def test_the_char_lm_takes_the_penalty():
 
     model = CharLM(CharLMConfig(embed_size=8, hidden_size=16, num_layers=1, dropout=0.0)).eval()
     prompt = torch.stack([CharLM.encode("aaaa"), CharLM.encode("abcd")])  # (2, 4)
-    ids, step_logits = model.generate_ids(prompt, 12, 0.0, None, None, True, repetition_penalty=1.5)
-    for n in range(12):  # each greedy byte is the argmax of its step's logits, penalised by the row so far
-        penalised = apply_repetition_penalty(step_logits[:, n], ids[:, : 4 + n], 1.5)
+    out = model.generate(prompt, max_new_tokens=12, repetition_penalty=1.5, output_logits=True, return_dict_in_generate=True)
+    ids = out.sequences
+    for n, logits in enumerate(out.logits):  # each greedy byte is the argmax of its step's logits, penalised by the row so far
+        penalised = apply_repetition_penalty(logits, ids[:, : 4 + n], 1.5)
         assert torch.equal(ids[:, 4 + n], penalised.argmax(-1)), n
-    assert torch.equal(model.generate_ids(prompt, 12, 0.0), model.generate_ids(prompt, 12, 0.0, repetition_penalty=1.0))
+    assert torch.equal(model.generate(prompt, max_new_tokens=12), model.generate(prompt, max_new_tokens=12, repetition_penalty=1.0))
     with pytest.raises(InputError, match="repetition_penalty"):
-        model.generate("a", 3, repetition_penalty=0)
+        model.generate(prompt, max_new_tokens=3, repetition_penalty=0)

@@ -11,11 +11,17 @@ LSTM's ``(h, c)`` state forward, so the prefix is never recomputed.
     >>> model = CharLM(CharLMConfig(hidden_size=256))
     >>> ... train (examples/train_char_lm.py) ...
     >>> model.save_pretrained("char_lm")             # config.json + model.safetensors
-    >>> CharLM.from_pretrained("char_lm").generate("The ", 200, temperature=0.8, top_k=20, seed=0)
+    >>> model = CharLM.from_pretrained("char_lm")
+    >>> ids = model.generate(model.encode("The ")[None], max_new_tokens=200, do_sample=True, temperature=0.8, top_k=20, seed=0)
+    >>> model.decode(ids[0])
+
+``generate`` takes and returns byte ids, as GPT-2's does; ``encode`` and
+``decode`` turn text into ids and back, as a tokenizer would.
 """
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +36,8 @@ from ..nn import LSTM, Linear
 from ..registry import register
 from ..nn.backend import ChoosesBackend
 from ..nn.fuse import InferenceCopy
-from ..nn.sampling import check_sampling, choose_next_token
+from ..nn.sampling import GenerateOutput, check_generation, check_sampling, choose_next_token, generation_loop
+from ..nn.streamer import Streamer
 
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (num_layers, B, hidden_size)
 
@@ -77,115 +84,113 @@ class CharLM(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
 
     def forward(self, ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """Next-byte logits (B, T, vocab) for byte ids (B, T), and the LSTM state after the last step."""
-        self.check_ids(ids)
+        self.check_inputs(ids, state)
         hidden, state = self.lstm(self.embedding(ids), state)  # (B, T, H)
         return self.head(self.dropout(hidden)), state
 
-    def check_ids(self, ids: torch.Tensor) -> None:
-        vocab = self.config.vocab_size
+    def check_inputs(self, ids: torch.Tensor, state: State | None = None) -> None:
+        """``InputError`` naming the first of forward's arguments that does not fit this model."""
+        config = self.config
         if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype not in (torch.int32, torch.int64):
             shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
             raise InputError(f"CharLM expects integer byte ids of shape (B, T), got {shape}")
         if ids.shape[1] == 0:
             raise InputError("CharLM got an empty sequence (T = 0)")
-        check_ids("CharLM ids", ids, vocab)
+        if state is not None:
+            expected = (config.num_layers, ids.shape[0], config.hidden_size)
+            if not (isinstance(state, (tuple, list)) and len(state) == 2 and all(isinstance(s, torch.Tensor) and tuple(s.shape) == expected for s in state)):
+                found = [tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__ for s in state] if isinstance(state, (tuple, list)) else type(state).__name__
+                raise InputError(f"state must be the LSTM's (h, c), each of shape (num_layers, B, hidden_size) = {expected}; got {found}")
+        check_ids("CharLM ids", ids, config.vocab_size)
 
-    # -- text in and out -------------------------------------------------------
+    # -- text in and out, as a tokenizer ---------------------------------------------
     @staticmethod
     def encode(text: str) -> torch.Tensor:
-        """UTF-8 bytes of ``text`` as ids (T,)."""
+        """UTF-8 bytes of ``text`` as ids (T,); ``encode(text)[None]`` is a batch of one for ``generate``."""
         if not isinstance(text, str):
             raise InputError(f"CharLM encodes text (str), got {type(text).__name__}")
         return torch.tensor(list(text.encode("utf-8")), dtype=torch.long)
 
     @staticmethod
     def decode(ids) -> str:
-        """Text of byte ids; a byte sequence cut inside a character shows as U+FFFD."""
-        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+        """Text of one sequence of byte ids (a list or 1-D tensor); a byte sequence cut inside a character shows as U+FFFD."""
+        if isinstance(ids, torch.Tensor):
+            if ids.dim() != 1:
+                raise InputError(f"CharLM.decode takes one sequence of byte ids (1-D), got shape {tuple(ids.shape)}; use batch_decode for a batch")
+            ids = ids.tolist()
+        if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+            raise InputError(f"CharLM.decode takes a sequence of byte ids, got {type(ids).__name__}")
+        ids = list(ids)
+        bad = next((i for i, b in enumerate(ids) if not (isinstance(b, numbers.Integral) and not isinstance(b, bool) and 0 <= b < 256)), None)
+        if bad is not None:
+            raise InputError(f"CharLM.decode: ids[{bad}] is {ids[bad]!r:.40}, not a byte id (0..255)")
+        return bytes(int(b) for b in ids).decode("utf-8", errors="replace")
+
+    @classmethod
+    def batch_decode(cls, ids) -> list[str]:
+        """``decode`` of each row of a batch (B, T)."""
+        return [cls.decode(row) for row in ids]
 
     # -- generation --------------------------------------------------------------
-    @torch.no_grad()
-    def generate_ids(
-        self,
-        ids: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        generator: torch.Generator | None = None,
-        return_logits: bool = False,
-        *,
-        top_p: float | None = None,
-        repetition_penalty: float = 1.0,
-    ):
-        """Continue byte ids (B, T) by ``max_new_tokens`` sampled bytes -> (B, T + max_new_tokens).
-
-        The prompt is run once; each new byte is one LSTM step from the carried
-        state. ``temperature=0`` picks the most likely byte; ``top_k`` / ``top_p``
-        sample among the k most likely / the nucleus; ``repetition_penalty`` > 1
-        makes bytes already in the row less likely (``minipt.nn.sampling``). With
-        ``return_logits`` the (B, N, vocab) logits each new byte was drawn from
-        (before the penalty) come back too.
-        """
-        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
-            raise InputError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
-        vocab = self.config.vocab_size
-        check_sampling(temperature, top_k, top_p, repetition_penalty, generator, vocab_size=vocab, zero_temperature_is_greedy=True)
-        logits, state = self(ids)  # the whole prompt, once
-        logits = logits[:, -1]  # (B, vocab): the distribution of the first new byte
-        out, seen = [ids], []
-        for _ in range(max_new_tokens):
-            seen.append(logits)
-            so_far = torch.cat(out, dim=1) if repetition_penalty != 1 else None
-            next_id = choose_next_token(
-                logits, do_sample=temperature != 0, temperature=temperature or 1.0, top_k=top_k, top_p=top_p,
-                repetition_penalty=repetition_penalty, input_ids=so_far, generator=generator,
-            )[:, None]  # (B, 1)
-            out.append(next_id)
-            logits, state = self(next_id, state)  # one step from the carried state
-            logits = logits[:, -1]
-        ids = torch.cat(out, dim=1)
-        if return_logits:
-            return ids, (torch.stack(seen, dim=1) if seen else logits.new_zeros(ids.shape[0], 0, vocab))
-        return ids
-
+    @torch.inference_mode()
     def generate(
         self,
-        prompt: str = "",
-        max_new_tokens: int = 200,
+        input_ids: torch.Tensor,  # (B, T) byte ids: model.encode(text)[None] for one text
+        *,
+        max_new_tokens: int | None = None,  # bytes to add; or max_length, which counts the prompt too (neither: 20 new)
+        max_length: int | None = None,
+        do_sample: bool = False,
         temperature: float = 1.0,
         top_k: int | None = None,
-        *,
+        top_p: float | None = None,
+        repetition_penalty: float = 1.0,  # > 1 makes bytes already in the row less likely (1.0 = off)
+        eos_token_id: int | None = None,  # a row stops at this byte (b"\n"[0] stops at the end of a line; None: never)
+        pad_token_id: int | None = None,  # what fills a stopped row (None: eos)
         seed: int | None = None,
         generator: torch.Generator | None = None,
-        top_p: float | None = None,
-        repetition_penalty: float = 1.0,
-    ) -> str:
-        """``prompt`` continued by ``max_new_tokens`` sampled bytes, as text (an empty prompt starts a new line).
+        streamer: Streamer | None = None,  # put(prompt), put(each new (B,) byte batch), end(): minipt.nn.streamer
+        output_logits: bool = False,
+        return_dict_in_generate: bool = False,
+    ) -> torch.Tensor | GenerateOutput:
+        """Byte ids (B, T) followed by the generated bytes, ``(B, T + new)``: GPT-2's ``generate``, on an LSTM.
 
-        ``seed`` (or an explicit ``generator``) makes sampling reproducible; the
-        sampling options are ``generate_ids``'.
+        The prompt is run once; each new byte is one LSTM step from the carried
+        ``(h, c)`` state. Greedy unless ``do_sample``; ``seed`` or ``generator``
+        make sampling reproducible; the options are
+        ``minipt.nn.sampling.choose_next_token``'s. Text in and out:
+        ``model.decode(model.generate(model.encode(text)[None], ...)[0])``, or a
+        ``TextStreamer(model)`` to print it as it grows.
         """
-        ids = self.encode(prompt or "\n")[None].to(self.embedding.weight.device)  # (1, T)
-        if generator is None and seed is not None:
-            generator = torch.Generator(device=ids.device).manual_seed(seed)
-        was_training = self.training
-        self.eval()
-        try:
-            ids = self.generate_ids(ids, max_new_tokens, temperature, top_k, generator, top_p=top_p, repetition_penalty=repetition_penalty)
-        finally:
-            self.train(was_training)
-        new = ids[0, ids.shape[1] - max_new_tokens :].tolist() if max_new_tokens else []
-        return prompt + self.decode(new)
+        if isinstance(input_ids, (str, bytes)):
+            raise InputError("CharLM.generate takes byte ids (B, T), not text: pass model.encode(text)[None] and read the result with model.decode")
+        new, generator = check_generation(
+            input_ids, vocab_size=self.config.vocab_size, max_new_tokens=max_new_tokens, max_length=max_length,
+            do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+            eos_token_id=eos_token_id, pad_token_id=pad_token_id, seed=seed, generator=generator, streamer=streamer,
+            output_logits=output_logits, return_dict_in_generate=return_dict_in_generate,
+        )
+        state = None
+
+        def next_logits(ids: torch.Tensor) -> torch.Tensor:  # the prompt (B, T), then one byte (B, 1)
+            nonlocal state
+            logits, state = self(ids, state)
+            return logits[:, -1].float()  # (B, vocab)
+
+        return generation_loop(
+            next_logits, input_ids, new, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+            repetition_penalty=repetition_penalty, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+            generator=generator, streamer=streamer, output_logits=output_logits, return_dict_in_generate=return_dict_in_generate,
+        )
 
     # -- saving and loading (config.json + model.safetensors) -----------------------
     @classmethod
     def keymap(cls, config: CharLMConfig | None = None) -> KeyMap:
-        return KEYMAP
+        return _KEYMAP
 
 
 # The saved names are minipt's own, the LSTM's in torch.nn's layout (weight_ih_l0 ...),
 # so a torch.nn.LSTM of the same shape can read them too.
-KEYMAP = KeyMap(
+_KEYMAP = KeyMap(
     [
         ("embedding.weight", "embedding.weight"),
         ("lstm.{p}", "lstm.{p}"),

@@ -16,8 +16,7 @@ a ``transformer.`` prefix) through the key map at the bottom of this file.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable, Iterator
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +33,9 @@ from ..nn.tap import tap
 from ..registry import register
 from ..nn.backend import BackendBlock, ChoosesBackend
 from ..nn.fuse import InferenceCopy
-from ..nn.sampling import check_sampling, choose_next_token
+from ..nn.output import ModelOutput
+from ..nn.sampling import GenerateOutput, check_generation, generation_loop
+from ..nn.streamer import Streamer
 
 
 @dataclass
@@ -175,16 +176,17 @@ class GPT2Block(nn.Module):
         return hidden + self.dropout(ffn_out)
 
 
+# Outputs read as transformers' do (minipt.nn.output): out.logits, out["logits"], out[0], out.to_tuple().
 @dataclass
-class GPT2Output:
+class GPT2Output(ModelOutput):
     last_hidden_state: torch.Tensor  # (B, T, C), after the final LayerNorm
     past_key_values: KVCache | None = None  # with use_cache (or a cache passed in): filled up to the new length
 
 
 @dataclass
-class GPT2LMOutput:
-    logits: torch.Tensor  # (B, T, vocab)
-    loss: torch.Tensor | None = None  # next-token cross-entropy, with labels
+class GPT2LMOutput(ModelOutput):
+    loss: torch.Tensor | None = None  # next-token cross-entropy, with labels; first, so out[0] is the loss when set
+    logits: torch.Tensor = field(kw_only=True)  # (B, T, vocab)
     past_key_values: KVCache | None = None
 
 
@@ -193,7 +195,7 @@ torch.export.register_dataclass(GPT2Output)
 torch.export.register_dataclass(GPT2LMOutput)
 
 # What a GPT-2 checkpoint's tensors fix in its config (checked before the model is built).
-STACK_FIELDS = {
+_STACK_FIELDS = {
     "vocab_size": ("token.weight", 0),
     "n_embd": ("token.weight", 1),
     "n_positions": ("position.weight", 0),
@@ -227,7 +229,7 @@ class _GPT2Pretrained(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
 class GPT2Model(_GPT2Pretrained):
     """The GPT-2 decoder stack: ``model(input_ids, attention_mask, past_key_values, use_cache) -> GPT2Output``."""
 
-    checkpoint_fields = STACK_FIELDS
+    checkpoint_fields = _STACK_FIELDS
     transfer_stages = {"embeddings": ("token", "position"), "layers.{i}": "layers.{i}", "final_norm": "final_norm"}  # see minipt.transfer
 
     def __init__(self, config: GPT2Config):
@@ -254,11 +256,11 @@ class GPT2Model(_GPT2Pretrained):
         use_cache: bool = False,
         position_ids: torch.Tensor | None = None,  # (B, T); default: counted from the attention mask
     ) -> GPT2Output:
+        self.check_inputs(input_ids, attention_mask, past_key_values, use_cache, position_ids)
         cache = past_key_values
         if cache is None and use_cache:
             cache = self.allocate_cache(input_ids.shape[0])
         past = cache.length if cache is not None else 0
-        self._check_inputs(input_ids, attention_mask, cache, position_ids)
         B, T = input_ids.shape
         if position_ids is None:
             position_ids = _positions(attention_mask, past, T, input_ids.device)  # (B|1, T)
@@ -270,17 +272,19 @@ class GPT2Model(_GPT2Pretrained):
             cache.length += T
         return GPT2Output(self.final_norm(hidden), cache if (use_cache or past_key_values is not None) else None)
 
-    def _check_inputs(self, input_ids, attention_mask, cache, position_ids) -> None:
-        config = self.config
-        if input_ids.dim() != 2 or input_ids.is_floating_point():
-            raise InputError(f"input_ids must be integer token ids of shape (batch, seq_len), got {input_ids.dtype} {tuple(input_ids.shape)}")
+    def check_inputs(self, input_ids, attention_mask=None, past_key_values=None, use_cache=False, position_ids=None) -> None:
+        """``InputError`` naming the first of forward's arguments that does not fit this model (traces under torch.compile)."""
+        config, cache = self.config, past_key_values
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
+            found = f"{input_ids.dtype} {tuple(input_ids.shape)}" if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+            raise InputError(f"input_ids must be integer token ids of shape (batch, seq_len), got {found}")
+        if cache is not None and not isinstance(cache, KVCache):
+            raise InputError(f"past_key_values must be a minipt KVCache (model.allocate_cache), not {type(cache).__name__}")
         B, T = input_ids.shape
         past = cache.length if cache is not None else 0
         if past + T > config.n_positions:
             raise InputError(f"{past} cached + {T} new tokens exceed the context of {config.n_positions} positions; shorten the input")
         if cache is not None:
-            if not isinstance(cache, KVCache):
-                raise InputError(f"past_key_values must be a minipt KVCache (model.allocate_cache), not {type(cache).__name__}")
             expected = (config.n_layer, config.n_head, config.head_dim)
             found = (cache.keys.shape[0], cache.keys.shape[2], cache.keys.shape[4])
             if found != expected:
@@ -290,17 +294,27 @@ class GPT2Model(_GPT2Pretrained):
             if past + T > cache.max_len:
                 raise InputError(f"the cache holds {cache.max_len} positions: {past} cached + {T} new tokens do not fit")
         check_ids("input_ids", input_ids, config.vocab_size)
-        if attention_mask is not None and attention_mask.shape != (B, past + T):
-            raise InputError(f"attention_mask must cover the cached and the new tokens, shape ({B}, {past + T}); got {tuple(attention_mask.shape)}")
+        if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != (B, past + T)):
+            raise InputError(f"attention_mask must cover the cached and the new tokens, shape ({B}, {past + T}); got {_shape(attention_mask)}")
         if position_ids is not None:
-            if position_ids.shape[-1] != T or position_ids.dim() != 2 or position_ids.shape[0] not in (1, B):
-                raise InputError(f"position_ids must have shape ({B}, {T}), got {tuple(position_ids.shape)}")
+            if not isinstance(position_ids, torch.Tensor) or position_ids.dim() != 2 or position_ids.shape[-1] != T or position_ids.shape[0] not in (1, B):
+                raise InputError(f"position_ids must have shape ({B}, {T}), got {_shape(position_ids)}")
             check_ids("position_ids", position_ids, config.n_positions)
 
     @classmethod
-    def keymap(cls, config: GPT2Config) -> KeyMap:
+    def keymap(cls, config: GPT2Config | None = None) -> KeyMap:
         # A GPT2LMHeadModel file holds the stack under transformer.; its head is not used here.
-        return gpt2_keymap() + KeyMap([], ignore=["lm_head.weight"], optional_prefix="transformer.")
+        return _stack_keymap() + KeyMap([], ignore=["lm_head.weight"], optional_prefix="transformer.")
+
+
+def _check_labels(labels, input_ids: torch.Tensor) -> None:
+    if labels is not None and (not isinstance(labels, torch.Tensor) or labels.shape != input_ids.shape or labels.is_floating_point()):
+        found = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise InputError(f"labels must be integer ids shaped as input_ids {tuple(input_ids.shape)} (-100 where no loss is taken), got {found}")
+
+
+def _shape(value) -> str:
+    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
 
 
 def _positions(attention_mask: torch.Tensor | None, past: int, T: int, device) -> torch.Tensor:
@@ -322,7 +336,7 @@ def _causal_bias(attention_mask, T: int, S: int, dtype, device) -> torch.Tensor 
 class GPT2LMHeadModel(_GPT2Pretrained):
     """GPT-2 with its language-model head: next-token logits at every position, and ``generate``."""
 
-    checkpoint_fields = {name: "transformer." + where if isinstance(where, str) else ("transformer." + where[0], where[1]) for name, where in STACK_FIELDS.items()}
+    checkpoint_fields = {name: "transformer." + where if isinstance(where, str) else ("transformer." + where[0], where[1]) for name, where in _STACK_FIELDS.items()}
 
     def __init__(self, config: GPT2Config):
         super().__init__()
@@ -348,121 +362,100 @@ class GPT2LMHeadModel(_GPT2Pretrained):
 
     def forward(self, input_ids, attention_mask=None, past_key_values=None, use_cache=False, position_ids=None, labels=None) -> GPT2LMOutput:
         """``labels`` (B, T): the input ids themselves (shifted here), -100 where no loss is taken."""
-        out = self.transformer(input_ids, attention_mask, past_key_values, use_cache, position_ids)
+        out = self.transformer(input_ids, attention_mask, past_key_values, use_cache, position_ids)  # checks all but labels
+        _check_labels(labels, input_ids)
         logits = self.lm_head(out.last_hidden_state)  # (B, T, vocab)
         loss = None
         if labels is not None:  # position t predicts token t + 1
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
-        return GPT2LMOutput(logits, loss, out.past_key_values)
+        return GPT2LMOutput(loss, logits=logits, past_key_values=out.past_key_values)
+
+    def check_inputs(self, input_ids, attention_mask=None, past_key_values=None, use_cache=False, position_ids=None, labels=None) -> None:
+        """``GPT2Model.check_inputs``, and ``labels``: integer ids shaped as ``input_ids``."""
+        self.transformer.check_inputs(input_ids, attention_mask, past_key_values, use_cache, position_ids)
+        _check_labels(labels, input_ids)
 
     @torch.inference_mode()
     def generate(
         self,
         input_ids: torch.Tensor,  # (B, T) prompts, left-padded to one length
-        max_new_tokens: int,
+        *,
+        max_new_tokens: int | None = None,  # tokens to add; or max_length, which counts the prompt too (neither: 20 new)
+        max_length: int | None = None,
         do_sample: bool = False,
         temperature: float = 1.0,
         top_k: int | None = None,
         top_p: float | None = None,
-        eos_token_id: int | None = None,
-        attention_mask: torch.Tensor | None = None,  # (B, T): 0 on the left padding
-        generator: torch.Generator | None = None,
-        streamer: Callable[[torch.Tensor], None] | None = None,  # called with each new (B, 1) token batch
         repetition_penalty: float = 1.0,  # > 1 makes tokens already in the row less likely (1.0 = off)
-    ) -> torch.Tensor:
-        """Prompts followed by up to ``max_new_tokens`` tokens, ``(B, T + new)``.
+        attention_mask: torch.Tensor | None = None,  # (B, T): 0 on the left padding
+        eos_token_id: int | None = None,  # a row stops at this token (None: no row stops early)
+        pad_token_id: int | None = None,  # what fills a stopped row (None: the config's, else eos)
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        streamer: Streamer | None = None,  # put(prompt), put(each new (B,) token batch), end(): minipt.nn.streamer
+        output_logits: bool = False,
+        return_dict_in_generate: bool = False,
+    ) -> torch.Tensor | GenerateOutput:
+        """Prompts followed by the generated tokens, ``(B, T + new)``, as transformers' ``generate``.
 
-        Greedy unless ``do_sample`` (``minipt.nn.sampling.choose_next_token``). A row
-        that produced ``eos_token_id`` is padded from then on (``pad_token_id``, else
-        eos); generation ends early once every row has. ``repetition_penalty`` follows
+        Greedy unless ``do_sample`` (``minipt.nn.sampling.choose_next_token``;
+        ``seed`` or ``generator`` make sampling reproducible). The prompt runs
+        once into a preallocated key/value cache, then each step feeds the new
+        token alone. A row that produced ``eos_token_id`` is padded from then on;
+        generation ends early once every row has. ``repetition_penalty`` follows
         transformers: it counts every id of the row so far, prompt and generated,
-        except the left padding.
+        except the left padding. With ``return_dict_in_generate`` a
+        ``GenerateOutput`` comes back: ``sequences``, and with ``output_logits``
+        the logits each new token was chosen from.
         """
-        new_tokens = []
-        for tokens in self.generate_stream(
-            input_ids, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id, attention_mask, generator, repetition_penalty
-        ):
-            new_tokens.append(tokens)
-            if streamer is not None:
-                streamer(tokens)
-        return torch.cat([input_ids, *new_tokens], dim=1)
-
-    @torch.inference_mode()
-    def generate_stream(
-        self, input_ids, max_new_tokens, do_sample=False, temperature=1.0, top_k=None, top_p=None,
-        eos_token_id=None, attention_mask=None, generator=None, repetition_penalty=1.0,
-    ) -> Iterator[torch.Tensor]:
-        """``generate`` as an iterator: yields each new ``(B, 1)`` token batch as soon as it is chosen."""
-        self._check_generation(input_ids, max_new_tokens, temperature, top_k, top_p, attention_mask, repetition_penalty, generator)
+        config = self.config
+        new, generator = check_generation(
+            input_ids, vocab_size=config.vocab_size, context=config.n_positions, max_new_tokens=max_new_tokens, max_length=max_length,
+            do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+            eos_token_id=eos_token_id, pad_token_id=pad_token_id, seed=seed, generator=generator, streamer=streamer,
+            output_logits=output_logits, return_dict_in_generate=return_dict_in_generate,
+        )
         B, T = input_ids.shape
-        pad_token_id = self.config.pad_token_id if self.config.pad_token_id is not None else eos_token_id
-        cache = self.allocate_cache(B, T + max_new_tokens)
+        if attention_mask is not None:
+            if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
+                raise InputError(f"attention_mask has shape {_shape(attention_mask)}, input_ids {tuple(input_ids.shape)}")
+            if not bool(attention_mask[:, -1].bool().all()):
+                raise InputError("the prompts must be left-padded: every row's last token must be real (attention_mask 1)")
+        cache = self.allocate_cache(B, T + new)
         # the padding mask of the whole run: the prompt's, then 1 for every generated token
         mask = None
         if attention_mask is not None and not bool(attention_mask.all()):
-            mask = torch.ones(B, T + max_new_tokens, dtype=torch.long, device=input_ids.device)
+            mask = torch.ones(B, T + new, dtype=torch.long, device=input_ids.device)
             mask[:, :T] = attention_mask
-        finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
-        seen = None  # the ids so far, kept only for the repetition penalty
-        if repetition_penalty != 1:
-            seen = torch.empty(B, T + max_new_tokens, dtype=torch.long, device=input_ids.device)
-            seen[:, :T] = input_ids
-        tokens = input_ids
-        for step in range(max_new_tokens):
-            out = self.transformer(tokens, None if mask is None else mask[:, : T + step], cache)  # mask: cached + new
-            logits = self.lm_head(out.last_hidden_state[:, -1]).float()  # (B, vocab): only the last position's
-            next_token = choose_next_token(
-                logits, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
-                repetition_penalty=repetition_penalty, input_ids=None if seen is None else seen[:, : T + step],
-                attention_mask=None if seen is None or mask is None else mask[:, : T + step], generator=generator,
-            )  # (B,)
-            if eos_token_id is not None:
-                next_token = next_token.masked_fill(finished, pad_token_id)
-                finished |= next_token == eos_token_id
-            if seen is not None:
-                seen[:, T + step] = next_token
-            tokens = next_token[:, None]  # (B, 1)
-            yield tokens
-            if bool(finished.all()):
-                return
 
-    def _check_generation(self, input_ids, max_new_tokens, temperature, top_k, top_p, attention_mask, repetition_penalty=1.0, generator=None) -> None:
-        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
-            raise InputError(f"input_ids must be prompts of shape (batch, seq_len) with seq_len >= 1, got {tuple(input_ids.shape)}")
-        T, context = input_ids.shape[1], self.config.n_positions
-        if T > context:
-            raise InputError(f"the prompt has {T} tokens, more than the context of {context} positions")
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise InputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-        if T + max_new_tokens > context:
-            raise InputError(f"{T} prompt tokens + max_new_tokens {max_new_tokens} exceed the context of {context} positions; at most {context - T} new tokens fit")
-        check_sampling(temperature, top_k, top_p, repetition_penalty, generator)
-        if attention_mask is not None and attention_mask.shape != input_ids.shape:
-            raise InputError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(input_ids.shape)}")
-        if attention_mask is not None and not bool(attention_mask[:, -1].bool().all()):
-            raise InputError("the prompts must be left-padded: every row's last token must be real (attention_mask 1)")
+        def next_logits(tokens: torch.Tensor) -> torch.Tensor:  # the prompt (B, T), then one token (B, 1)
+            end = cache.length + tokens.shape[1]
+            out = self.transformer(tokens, None if mask is None else mask[:, :end], cache)  # mask: cached + new
+            return self.lm_head(out.last_hidden_state[:, -1]).float()  # (B, vocab): only the last position's
+
+        return generation_loop(
+            next_logits, input_ids, new, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+            repetition_penalty=repetition_penalty, attention_mask=mask[:, :T] if mask is not None else None,
+            eos_token_id=eos_token_id, pad_token_id=config.pad_token_id if pad_token_id is None else pad_token_id,
+            generator=generator, streamer=streamer, output_logits=output_logits, return_dict_in_generate=return_dict_in_generate,
+        )
 
     @classmethod
-    def keymap(cls, config: GPT2Config) -> KeyMap:
-        if config.tie_word_embeddings:
+    def keymap(cls, config: GPT2Config | None = None) -> KeyMap:
+        if (config or GPT2Config()).tie_word_embeddings:
             head, tied = [], [("lm_head.weight", "transformer.wte.weight")]
         else:
             head, tied = [("lm_head.weight", "lm_head.weight")], []
-        return gpt2_keymap().prefixed("transformer.", "transformer.") + KeyMap(head, renames=STACK_WITHOUT_PREFIX, tied=tied)
-
-
-def _choose(logits: torch.Tensor, do_sample: bool, temperature: float, top_k, top_p, generator) -> torch.Tensor:
-    """The next token of each row (B,) from its logits (B, vocab): ``minipt.nn.sampling.choose_next_token``."""
-    return choose_next_token(logits, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+        return _stack_keymap().prefixed("transformer.", "transformer.") + KeyMap(head, renames=_STACK_WITHOUT_PREFIX, tied=tied)
 
 
 # -- the official names ------------------------------------------------------------
 # The official GPT-2 files (and GPT2Model saves) have no transformer. prefix; a model
 # with the head accepts them.
-STACK_WITHOUT_PREFIX = [(f"{part}.{{*}}", f"transformer.{part}.{{*}}") for part in ("wte", "wpe", "h", "ln_f")]
+_STACK_WITHOUT_PREFIX = [(f"{part}.{{*}}", f"transformer.{part}.{{*}}") for part in ("wte", "wpe", "h", "ln_f")]
 
 
-def gpt2_keymap() -> KeyMap:
+def _stack_keymap() -> KeyMap:
     """Hugging Face's GPT2Model names -> minipt's. The projections are Conv1D, stored (in, out): transposed."""
     return KeyMap(
         [

@@ -9,22 +9,38 @@
 The order is transformers' ``generate``: the repetition penalty changes the
 logits first (so it applies to greedy decoding too), then temperature, top-k
 and top-p shape the distribution a sample is drawn from.
+
+``check_generation`` and ``generation_loop`` are the rest of ``generate``, shared
+by GPT-2 and the char LM: the model only says how to get the next logits.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
+from ..checks import check_ids
 from ..errors import InputError
+from .output import ModelOutput
+from .streamer import check_streamer
 
-__all__ = ["choose_next_token", "check_sampling", "apply_repetition_penalty"]
+__all__ = [
+    "choose_next_token", "check_sampling", "apply_repetition_penalty",
+    "DEFAULT_MAX_NEW_TOKENS", "GenerateOutput", "check_generation", "generation_loop",
+]
+DEFAULT_MAX_NEW_TOKENS = 20  # generate's length when neither max_new_tokens nor max_length is given
 
 
 def _is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def check_sampling(
@@ -134,3 +150,149 @@ def choose_next_token(
         sorted_logits = sorted_logits.masked_fill(before >= top_p, float("-inf"))  # the top token always stays
         logits = logits.scatter(-1, order, sorted_logits)
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+
+
+# -- generate: the checks and the loop both language models share ------------------------
+@dataclass
+class GenerateOutput(ModelOutput):
+    """What ``generate(..., return_dict_in_generate=True)`` returns, as transformers' generate output."""
+
+    sequences: torch.Tensor  # (B, T + new): the prompts and what was generated
+    logits: tuple[torch.Tensor, ...] | None = None  # with output_logits: each step's (B, vocab), before any processing
+
+
+def check_generation(
+    input_ids,
+    *,
+    vocab_size: int,
+    context: int | None = None,
+    max_new_tokens=None,
+    max_length=None,
+    do_sample=False,
+    temperature=1.0,
+    top_k=None,
+    top_p=None,
+    repetition_penalty=1.0,
+    eos_token_id=None,
+    pad_token_id=None,
+    seed=None,
+    generator=None,
+    streamer=None,
+    output_logits=False,
+    return_dict_in_generate=False,
+) -> tuple[int, torch.Generator | None]:
+    """Check ``generate``'s arguments (``InputError`` naming the first bad one); return how many tokens to add and the generator.
+
+    ``max_length`` counts the prompt, ``max_new_tokens`` does not; give one or
+    neither (``DEFAULT_MAX_NEW_TOKENS`` new tokens). ``context``: the most
+    positions the model can see, prompt and new tokens together (None: no limit).
+    ``seed`` makes a generator on the prompt's device; give it or ``generator``.
+    """
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[1] == 0 or input_ids.is_floating_point():
+        shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+        raise InputError(f"input_ids must be integer prompts of shape (batch, seq_len) with seq_len >= 1, got {shape}")
+    T = input_ids.shape[1]
+    if context is not None and T > context:
+        raise InputError(f"the prompt has {T} tokens, more than the context of {context} positions")
+    if max_new_tokens is not None and max_length is not None:
+        raise InputError(f"give max_new_tokens ({max_new_tokens!r}) or max_length ({max_length!r}), not both: max_length counts the prompt, max_new_tokens does not")
+    if max_length is not None:
+        if not (_is_int(max_length) and max_length > T):
+            raise InputError(f"max_length counts the prompt: it must be an integer above the prompt's {T} tokens, got {max_length!r}")
+        new = max_length - T
+    elif max_new_tokens is not None:
+        if not (_is_int(max_new_tokens) and max_new_tokens >= 1):
+            raise InputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        new = max_new_tokens
+    else:
+        new = DEFAULT_MAX_NEW_TOKENS
+    if context is not None and T + new > context:
+        what = f"max_length {max_length}" if max_length is not None else f"max_new_tokens {new}"
+        raise InputError(f"{T} prompt tokens + {what} exceed the context of {context} positions; at most {context - T} new tokens fit")
+    for name, value in (("do_sample", do_sample), ("output_logits", output_logits), ("return_dict_in_generate", return_dict_in_generate)):
+        if not isinstance(value, bool):
+            raise InputError(f"{name} must be True or False, got {value!r}")
+    check_sampling(temperature, top_k, top_p, repetition_penalty, generator)
+    for name, value in (("eos_token_id", eos_token_id), ("pad_token_id", pad_token_id)):
+        if value is not None and not (_is_int(value) and 0 <= value < vocab_size):
+            raise InputError(f"{name} must be a token id in [0, {vocab_size - 1}] or None, got {value!r}")
+    if seed is not None:
+        if not _is_int(seed):
+            raise InputError(f"seed must be an integer or None, got {seed!r}")
+        if generator is not None:
+            raise InputError("give seed or generator, not both")
+        generator = torch.Generator(device=input_ids.device).manual_seed(int(seed))
+    check_streamer(streamer)
+    check_ids("input_ids", input_ids, vocab_size)
+    return new, generator
+
+
+@torch.inference_mode()
+def generation_loop(
+    next_logits: Callable[[torch.Tensor], torch.Tensor],
+    input_ids: torch.Tensor,
+    new_tokens: int,
+    *,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float = 1.0,
+    attention_mask: torch.Tensor | None = None,
+    eos_token_id: int | None = None,
+    pad_token_id: int | None = None,
+    generator: torch.Generator | None = None,
+    streamer=None,
+    output_logits: bool = False,
+    return_dict_in_generate: bool = False,
+):
+    """The prompts ``input_ids`` (B, T) followed by up to ``new_tokens`` chosen ones, (B, T + new); arguments checked by ``check_generation``.
+
+    ``next_logits(tokens)`` runs the model on the prompt (first call) or on the
+    last chosen tokens (B, 1), keeping its own state (a cache), and returns the
+    next-token logits (B, vocab). A row that chose ``eos_token_id`` is padded
+    from then on (``pad_token_id``, else eos), and the loop ends once every row
+    has. ``repetition_penalty`` counts the row's ids so far, prompt included,
+    except where ``attention_mask`` (B, T) marks left padding.
+    """
+    B, T = input_ids.shape
+    pad_token_id = eos_token_id if pad_token_id is None else pad_token_id
+    finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+    seen = seen_mask = None  # the ids so far, kept only for the repetition penalty
+    if repetition_penalty != 1:
+        seen = torch.empty(B, T + new_tokens, dtype=torch.long, device=input_ids.device)
+        seen[:, :T] = input_ids
+        if attention_mask is not None:
+            seen_mask = torch.ones_like(seen)
+            seen_mask[:, :T] = attention_mask
+    chosen, step_logits = [], []
+    if streamer is not None:
+        streamer.put(input_ids.cpu())
+    try:
+        logits = next_logits(input_ids)  # (B, vocab): the whole prompt, once
+        for step in range(new_tokens):
+            if output_logits:
+                step_logits.append(logits)
+            token = choose_next_token(
+                logits, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+                repetition_penalty=repetition_penalty, input_ids=None if seen is None else seen[:, : T + step],
+                attention_mask=None if seen_mask is None else seen_mask[:, : T + step], generator=generator,
+            )  # (B,)
+            if eos_token_id is not None:
+                token = token.masked_fill(finished, pad_token_id)
+                finished |= token == eos_token_id
+            if seen is not None:
+                seen[:, T + step] = token
+            chosen.append(token)
+            if streamer is not None:
+                streamer.put(token.cpu())
+            if (eos_token_id is not None and bool(finished.all())) or step + 1 == new_tokens:
+                break
+            logits = next_logits(token[:, None])  # one step from the model's kept state
+    finally:
+        if streamer is not None:
+            streamer.end()
+    sequences = torch.cat([input_ids, *(token[:, None] for token in chosen)], dim=1)
+    if return_dict_in_generate:
+        return GenerateOutput(sequences, tuple(step_logits) if output_logits else None)
+    return sequences
