@@ -269,7 +269,7 @@ def test_image_models_on_an_empty_batch():
     for model in image_models():
         logits = model(torch.zeros(0, 3, 224, 224))
         assert logits.shape == (0, model.config.num_classes)
-        assert model.forward_features(torch.zeros(0, 3, 64, 64)).shape == (0, model.num_features)
+        assert model.forward_features(torch.zeros(0, 3, 64, 64)).shape == (0, model.num_features, 2, 2)  # the unpooled map, as timm
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 0, 64), (2, 3, 64, 0), (1, 3, 0, 0), (0, 3, 0, 0)])

@@ -41,17 +41,17 @@ def test_official_checkpoint_loads_as_lite0(lite0, official_path):
     assert sum(p.numel() for p in lite0.parameters()) == 4_652_008
     assert len(lite0.blocks) == 16 and lite0.blocks[0].expand is None
     checkpoint = Checkpoint(next(official_path.glob("*.pth")))
-    state = official_state_dict(lite0, en.KEYMAP)  # every tensor, read back under its official name
+    state = official_state_dict(lite0, en.EfficientNet.keymap())  # every tensor, read back under its official name
     assert state.keys() == set(checkpoint.keys())
     for key in checkpoint.keys():
         assert torch.equal(state[key], checkpoint.get(key)), key
 
 
 def test_keymap_is_readable_both_ways():
-    assert en.KEYMAP.to_minipt("_blocks.15._project_conv.weight")[0] == "blocks.15.project.conv.weight"
-    assert en.KEYMAP.to_minipt("_blocks.3._bn1.running_var")[0] == "blocks.3.depthwise.bn.running_var"
-    assert en.KEYMAP.to_official("head.bn.weight")[0] == "_bn1.weight"
-    assert en.KEYMAP.to_official("classifier.bias")[0] == "_fc.bias"
+    assert en.EfficientNet.keymap().to_minipt("_blocks.15._project_conv.weight")[0] == "blocks.15.project.conv.weight"
+    assert en.EfficientNet.keymap().to_minipt("_blocks.3._bn1.running_var")[0] == "blocks.3.depthwise.bn.running_var"
+    assert en.EfficientNet.keymap().to_official("head.bn.weight")[0] == "_bn1.weight"
+    assert en.EfficientNet.keymap().to_official("classifier.bias")[0] == "_fc.bias"
 
 
 def test_save_pretrained_round_trip(lite0, tmp_path):
@@ -103,8 +103,8 @@ def timm_to_official(timm_state: dict, official_keys: list, official_shapes: dic
 def official_layout(config):
     with torch.device("meta"):
         model = en.EfficientNet(config)
-    keys = [en.KEYMAP.to_official(k)[0] for k in model.state_dict()]
-    shapes = {en.KEYMAP.to_official(k)[0]: tuple(t.shape) for k, t in model.state_dict().items()}
+    keys = [en.EfficientNet.keymap().to_official(k)[0] for k in model.state_dict()]
+    shapes = {en.EfficientNet.keymap().to_official(k)[0]: tuple(t.shape) for k, t in model.state_dict().items()}
     return keys, shapes
 
 
@@ -142,6 +142,47 @@ def test_every_lite_variant_matches_timm(timm, name, tmp_path):
             assert rel_diff(model(x), reference(x)) <= RTOL
 
 
+def test_timm_head_calls_on_the_same_weights(timm, tmp_path):
+    """forward_features (after the head conv), forward_head (with and without pre_logits), get_classifier and
+    reset_classifier (0: no classifier, then a new one) against timm's tf_efficientnet_lite0 on the same weights."""
+    torch.manual_seed(0)
+    reference = randomise_batch_norm(timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=10)).eval()
+    keys, shapes = official_layout(en.EfficientNetConfig.lite("lite0", num_classes=10))
+    torch.save(timm_to_official(reference.state_dict(), keys, shapes), tmp_path / "lite0.pth")
+    model = en.EfficientNet.from_pretrained(tmp_path / "lite0.pth")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        features, theirs = model.forward_features(x), reference.forward_features(x)
+        assert features.shape == theirs.shape == (2, 1280, 2, 2) and rel_diff(features, theirs) <= RTOL
+        for pre_logits in (True, False):
+            assert rel_diff(model.forward_head(features, pre_logits=pre_logits), reference.forward_head(theirs, pre_logits=pre_logits)) <= RTOL
+        assert torch.equal(model.get_classifier().weight, reference.get_classifier().weight)
+        assert model.num_classes == reference.num_classes == 10 and model.num_features == reference.num_features
+        model.reset_classifier(0), reference.reset_classifier(0)
+        assert model.num_classes == reference.num_classes == 0
+        assert isinstance(model.get_classifier(), torch.nn.Identity) and isinstance(reference.get_classifier(), torch.nn.Identity)
+        assert rel_diff(model(x), reference(x)) <= RTOL  # both give the pooled features
+        model.reset_classifier(4), reference.reset_classifier(4)
+        assert model(x).shape == reference(x).shape == (2, 4)
+
+
+def test_headless_file_without_config(timm, lite0, tmp_path):
+    """Saved after reset_classifier(0): no _fc tensors, read back as a Lite variant without a classifier,
+    and loadable by timm's headless tf_efficientnet_lite0 in the same tensor order."""
+    import copy
+
+    model = copy.deepcopy(lite0)
+    model.reset_classifier(0)
+    state = official_state_dict(model, en.EfficientNet.keymap())
+    assert not any(key.startswith("_fc.") for key in state)
+    torch.save(state, tmp_path / "headless.pth")
+    loaded = en.EfficientNet.from_pretrained(tmp_path / "headless.pth")
+    assert loaded.config == en.EfficientNetConfig.lite("lite0", num_classes=0) and isinstance(loaded.classifier, torch.nn.Identity)
+    reference = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
+    keys, _ = official_layout(loaded.config)
+    reference.load_state_dict({t: state[k] for t, k in zip(reference.state_dict(), keys)}, strict=True)
+
+
 def test_train_mode_matches_timm(timm, lite0):
     """Training-mode outputs, gradients and running statistics (dropout and stochastic depth off on both sides)."""
     import copy
@@ -152,7 +193,7 @@ def test_train_mode_matches_timm(timm, lite0):
     for block in model.blocks:
         block.drop_rate = 0.0
     keys, _ = official_layout(model.config)
-    minipt_state = official_state_dict(model, en.KEYMAP)
+    minipt_state = official_state_dict(model, en.EfficientNet.keymap())
     timm_keys = list(reference.state_dict())
     reference.load_state_dict({t: minipt_state[k].clone() for t, k in zip(timm_keys, keys)})
     reference.train(), model.train()
@@ -163,11 +204,11 @@ def test_train_mode_matches_timm(timm, lite0):
         torch.nn.functional.cross_entropy(logits, target).backward()
         outputs.append(logits.detach())
     assert rel_diff(outputs[1], outputs[0]) <= RTOL
-    after = official_state_dict(model, en.KEYMAP)
+    after = official_state_dict(model, en.EfficientNet.keymap())
     timm_after = dict(zip(keys, reference.state_dict().values()))
     grads = dict(zip([k for k in keys if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))], [p.grad for p in reference.parameters()]))
     for name, parameter in model.named_parameters():
-        official = en.KEYMAP.to_official(name)[0]
+        official = en.EfficientNet.keymap().to_official(name)[0]
         # absolute (fp32 1e-5, scaled up for large gradients): some BatchNorm biases get gradients of ~1e-7 whose
         # exact value is rounding noise (a per-channel shift that the next training-mode BatchNorm removes)
         tolerance = RTOL * max(1.0, grads[official].abs().max().item())
@@ -204,7 +245,7 @@ def test_wrong_variant(official_path):
 
 
 def test_checkpoint_of_no_lite_variant(lite0, tmp_path):
-    state = official_state_dict(lite0, en.KEYMAP)
+    state = official_state_dict(lite0, en.EfficientNet.keymap())
     del state["_blocks.15._project_conv.weight"]
     torch.save(state, tmp_path / "cut.pth")
     with pytest.raises(KeyMismatchError, match=r"(?s)missing \(1\):\n    _blocks.15._project_conv.weight \(320, 1152, 1, 1\).*matches no EfficientNet-Lite variant"):

