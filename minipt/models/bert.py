@@ -11,7 +11,7 @@ through the key map at the bottom of this file.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,9 @@ from ..keymap import KeyMap
 from ..nn import (GELU, LayerNorm, Linear, MultiHeadAttention, activation, attention_bias, linear_then_activation,
                   scaled_dot_product_attention)
 from ..nn.layers import ACTIVATIONS
+from ..nn.output import ModelOutput
 from ..registry import register
+from .classifier import HasClassifier
 from ..nn.backend import ChoosesBackend
 from ..nn.fuse import InferenceCopy
 
@@ -96,8 +98,9 @@ class BertConfig(Config):
         return values
 
 
+# Outputs read as transformers' do: out.logits, out["logits"], out[0] (the loss when labels were given), out.to_tuple().
 @dataclass
-class BertOutput:
+class BertOutput(ModelOutput):
     last_hidden_state: torch.Tensor  # (B, T, H)
     pooler_output: torch.Tensor | None = None  # (B, H); None for a checkpoint saved without the pooler
     hidden_states: tuple[torch.Tensor, ...] | None = None  # embeddings + each layer's output: L + 1 x (B, T, H)
@@ -105,9 +108,9 @@ class BertOutput:
 
 
 @dataclass
-class BertHeadOutput:
-    logits: torch.Tensor  # (B, T, vocab) for masked LM, (B, num_labels) for classification
-    loss: torch.Tensor | None = None
+class BertHeadOutput(ModelOutput):
+    loss: torch.Tensor | None = None  # first, as in transformers: out[0] is the loss when there is one
+    logits: torch.Tensor = field(kw_only=True)  # (B, T, vocab) for masked LM, (B, num_labels) for classification
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
 
@@ -230,7 +233,7 @@ class BertModel(_BertPretrained):
         output_hidden_states: bool = False,
         output_attentions: bool = False,
     ) -> BertOutput:
-        self._check_inputs(input_ids, attention_mask, token_type_ids)
+        self.check_inputs(input_ids, attention_mask, token_type_ids)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         hidden = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
@@ -248,7 +251,8 @@ class BertModel(_BertPretrained):
             attentions=tuple(all_attn) if output_attentions else None,
         )
 
-    def _check_inputs(self, input_ids, attention_mask, token_type_ids) -> None:
+    def check_inputs(self, input_ids, attention_mask=None, token_type_ids=None) -> None:
+        """Raise an InputError naming the first argument of ``forward`` that does not fit this model."""
         config = self.config
         for name, value in (("input_ids", input_ids), ("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
             if value is not None and not isinstance(value, torch.Tensor):
@@ -269,9 +273,10 @@ class BertModel(_BertPretrained):
             raise InputError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(input_ids.shape)}")
 
     @classmethod
-    def keymap(cls, config: BertConfig) -> KeyMap:
+    def keymap(cls, config: BertConfig | None = None) -> KeyMap:
+        """Hugging Face's names <-> minipt's, for the encoder and pooler (with or without the bert. prefix)."""
         # Pre-training heads (cls.*) in a checkpoint are known and not used by the bare encoder.
-        return bert_keymap() + KeyMap([], ignore=["cls.{*}"], optional_prefix="bert.")
+        return _encoder_keymap() + KeyMap([], ignore=["cls.{*}"], optional_prefix="bert.")
 
 
 class MaskedLMHead(nn.Module):
@@ -313,16 +318,23 @@ class BertForMaskedLM(_BertPretrained):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False, output_attentions=False):
         """``labels`` (B, T): the token to predict at masked positions, -100 elsewhere."""
+        self.check_inputs(input_ids, attention_mask, token_type_ids, labels)
         out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions)
+        logits = self.head(out.last_hidden_state)  # (B, T, vocab)
+        loss = None if labels is None else F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        return BertHeadOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+
+    def check_inputs(self, input_ids, attention_mask=None, token_type_ids=None, labels=None) -> None:
+        """The encoder's checks (``BertModel.check_inputs``), and ``labels`` shaped like ``input_ids``."""
+        self.bert.check_inputs(input_ids, attention_mask, token_type_ids)
         if labels is not None and (not isinstance(labels, torch.Tensor) or labels.shape != input_ids.shape):
             shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
             raise InputError(f"labels must have the shape of input_ids {tuple(input_ids.shape)} (-100 where nothing is predicted), got {shape}")
-        logits = self.head(out.last_hidden_state)  # (B, T, vocab)
-        loss = None if labels is None else F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
-        return BertHeadOutput(logits, loss, out.hidden_states, out.attentions)
 
     @classmethod
-    def keymap(cls, config: BertConfig) -> KeyMap:
+    def keymap(cls, config: BertConfig | None = None) -> KeyMap:
+        """Hugging Face's names <-> minipt's; the decoder's rows depend on ``config.tie_word_embeddings`` (default: tied)."""
+        config = config or BertConfig()
         head = [
             ("cls.predictions.transform.dense.{p}", "head.dense.{p}"),
             ("cls.predictions.transform.LayerNorm.{p}", "head.norm.{p}"),
@@ -337,21 +349,25 @@ class BertForMaskedLM(_BertPretrained):
         else:  # an untied decoder keeps its own weight and bias; cls.predictions.bias then goes unused
             head.append(("cls.predictions.decoder.{p}", "head.decoder.{p}"))
             tied = [("cls.predictions.bias", "cls.predictions.decoder.bias")]
-        return bert_keymap().prefixed("bert.", "bert.") + KeyMap(
+        return _encoder_keymap().prefixed("bert.", "bert.") + KeyMap(
             head,
-            renames=ENCODER_WITHOUT_PREFIX + LEGACY_NAMES,
+            renames=_ENCODER_WITHOUT_PREFIX + _LEGACY_NAMES,
             ignore=["cls.seq_relationship.{*}"],  # the next-sentence head of pre-training checkpoints
             tied=tied,
         )
 
 
-class BertForSequenceClassification(_BertPretrained):
-    """BERT with a linear classifier (or regressor, for num_labels = 1) on the pooled output."""
+class BertForSequenceClassification(HasClassifier, _BertPretrained):
+    """BERT with a linear classifier (or regressor, for num_labels = 1) on the pooled output.
+
+    ``get_classifier()`` and ``reset_classifier(num_labels)`` reach the head as on the image classifiers
+    (``minipt.models.classifier``); a reset forgets the old label names (``id2label``).
+    """
 
     _pooler_key = "bert.pooler.dense.weight"
     checkpoint_fields = {**UNDER_BERT, "num_labels": ("classifier.weight", 0)}
     transfer_stages = {"embeddings": "bert.embeddings", "layers.{i}": "bert.layers.{i}", "pooler": "bert.pooler", "head": "classifier"}
-    transfer_head = ("classifier", "num_labels")  # the module minipt.transfer.reset_classifier replaces, and its size
+    transfer_head = ("classifier", "num_labels")  # the head module and the config field of its size (also minipt.transfer's)
 
     def __init__(self, config: BertConfig):
         super().__init__()
@@ -367,13 +383,18 @@ class BertForSequenceClassification(_BertPretrained):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False, output_attentions=False):
         """``labels``: class ids (B,), or targets (B,) / (B, num_labels) for regression and multi-label problems."""
+        self.check_inputs(input_ids, attention_mask, token_type_ids, labels)
         out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions)
+        logits = self.classifier(self.dropout(out.pooler_output))  # (B, num_labels)
+        loss = None if labels is None else self._loss(logits, labels)
+        return BertHeadOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+
+    def check_inputs(self, input_ids, attention_mask=None, token_type_ids=None, labels=None) -> None:
+        """The encoder's checks (``BertModel.check_inputs``), and one label entry per sequence."""
+        self.bert.check_inputs(input_ids, attention_mask, token_type_ids)
         if labels is not None and (not isinstance(labels, torch.Tensor) or labels.dim() == 0 or labels.shape[0] != input_ids.shape[0]):
             shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
             raise InputError(f"labels must hold one entry per sequence ({input_ids.shape[0]} for input_ids {tuple(input_ids.shape)}), got {shape}")
-        logits = self.classifier(self.dropout(out.pooler_output))  # (B, num_labels)
-        loss = None if labels is None else self._loss(logits, labels)
-        return BertHeadOutput(logits, loss, out.hidden_states, out.attentions)
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         problem = self.config.problem_type
@@ -386,23 +407,24 @@ class BertForSequenceClassification(_BertPretrained):
         return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
     @classmethod
-    def keymap(cls, config: BertConfig) -> KeyMap:
-        return bert_keymap().prefixed("bert.", "bert.") + KeyMap(
+    def keymap(cls, config: BertConfig | None = None) -> KeyMap:
+        """Hugging Face's names <-> minipt's; a bare encoder's file (no bert. prefix) loads too, under a new head."""
+        return _encoder_keymap().prefixed("bert.", "bert.") + KeyMap(
             [("classifier.{p}", "classifier.{p}")],
-            renames=ENCODER_WITHOUT_PREFIX + LEGACY_NAMES,
+            renames=_ENCODER_WITHOUT_PREFIX + _LEGACY_NAMES,
         )
 
 
 # -- the official names ------------------------------------------------------------
 # Old TensorFlow-converted checkpoints spell LayerNorm's parameters gamma/beta.
-LEGACY_NAMES = [("{*}.LayerNorm.gamma", "{*}.LayerNorm.weight"), ("{*}.LayerNorm.beta", "{*}.LayerNorm.bias")]
+_LEGACY_NAMES = [("{*}.LayerNorm.gamma", "{*}.LayerNorm.weight"), ("{*}.LayerNorm.beta", "{*}.LayerNorm.bias")]
 # A bare encoder's checkpoint (sentence encoders, BertModel saves) has no bert. prefix;
 # a model with a head accepts it, to start from it.
-ENCODER_WITHOUT_PREFIX = [(f"{part}.{{*}}", f"bert.{part}.{{*}}") for part in ("embeddings", "encoder", "pooler")]
+_ENCODER_WITHOUT_PREFIX = [(f"{part}.{{*}}", f"bert.{part}.{{*}}") for part in ("embeddings", "encoder", "pooler")]
 
 
-def bert_keymap() -> KeyMap:
-    """Hugging Face's BertModel names -> minipt's, for the encoder and pooler."""
+def _encoder_keymap() -> KeyMap:
+    """Hugging Face's BertModel names -> minipt's, for the encoder and pooler (the classes' keymap() build on it)."""
     return KeyMap(
         [
             ("embeddings.word_embeddings.{p}", "embeddings.token.{p}"),
@@ -419,7 +441,7 @@ def bert_keymap() -> KeyMap:
             ("encoder.layer.{i}.output.LayerNorm.{p}", "layers.{i}.ffn_norm.{p}"),
             ("pooler.dense.{p}", "pooler.dense.{p}"),
         ],
-        renames=LEGACY_NAMES,
+        renames=_LEGACY_NAMES,
         ignore=["embeddings.position_ids"],  # a buffer (0, 1, 2, ...) that older files carry
     )
 

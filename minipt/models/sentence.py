@@ -98,7 +98,15 @@ class SentenceEncoder(nn.Module):
             (directory / path).write_text(json.dumps(value, indent=2) + "\n")
         return directory
 
+    def check_inputs(self, input_ids, attention_mask, token_type_ids=None) -> None:
+        """The encoder's checks (``BertModel.check_inputs``), and a 0/1 attention mask shaped like ``input_ids`` to pool over."""
+        self.encoder.check_inputs(input_ids, attention_mask, token_type_ids)
+        if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
+            shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
+            raise InputError(f"SentenceEncoder pools over the attention mask: it must be a (batch, seq_len) tensor like input_ids {tuple(input_ids.shape)}, got {shape}")
+
     def forward(self, input_ids, attention_mask, token_type_ids=None, normalize: bool | None = None) -> torch.Tensor:
+        self.check_inputs(input_ids, attention_mask, token_type_ids)
         token_vectors = self.encoder(input_ids, attention_mask, token_type_ids).last_hidden_state  # (B, T, H)
         sentence = pool(token_vectors, attention_mask, self.pooling)  # (B, H)
         normalize = self.normalize if normalize is None else normalize
