@@ -132,7 +132,8 @@ class CRNN(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
         self.classifier = Linear(hidden, config.num_classes)
         self.set_backend(config.backend)
 
-    def check_input(self, images: torch.Tensor) -> None:
+    def check_inputs(self, images: torch.Tensor) -> None:
+        """Raise an InputError unless ``images`` is a float batch (B, in_channels, image_height, W) at least 8 pixels wide."""
         c = self.config
         if not isinstance(images, torch.Tensor):
             raise InputError(f"CRNN expects a tensor of images (B, {c.in_channels}, {c.image_height}, W), got {type(images).__name__}")
@@ -151,7 +152,7 @@ class CRNN(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Per-column class scores (B, T, num_classes) for images (B, 1, 64, W) in [-1, 1]."""
-        self.check_input(images)
+        self.check_inputs(images)
         features = self.features(images)  # (B, C, 3, T)
         columns = features.mean(dim=2).transpose(1, 2)  # (B, T, C): each column averaged over its rows
         return self.classifier(self.sequence(columns))  # (B, T, num_classes)
@@ -182,12 +183,13 @@ class CRNN(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
     # -- official weights --------------------------------------------------
     @classmethod
     def keymap(cls, config: CRNNConfig | None = None) -> KeyMap:
-        return KEYMAP
+        """EasyOCR's names <-> minipt's; the same for every width."""
+        return _KEYMAP
 
     @classmethod
     def config_from_checkpoint(cls, path, checkpoint: Checkpoint) -> CRNNConfig:
         """EasyOCR's file has no config: the widths are read off the tensors; the charset is EasyOCR's English one."""
-        shapes = {KEYMAP.canonical(key): checkpoint.shape(key) for key in checkpoint.keys()}
+        shapes = {_KEYMAP.canonical(key): checkpoint.shape(key) for key in checkpoint.keys()}
         conv = [shapes.get(f"FeatureExtraction.ConvNet.{i}.weight", ()) for i in (0, 3, 6, 11)]
         hidden = shapes.get("SequenceModeling.0.rnn.weight_hh_l0", ())
         if any(len(s) != 4 for s in conv) or len(hidden) != 2:
@@ -199,7 +201,7 @@ OFFICIAL_FILE = CRNN.weights_file
 
 # EasyOCR's names (an nn.Sequential numbered by position, ReLUs and pools included)
 # -> minipt's. Files saved from nn.DataParallel carry "module." before every key.
-KEYMAP = KeyMap(
+_KEYMAP = KeyMap(
     [
         ("FeatureExtraction.ConvNet.0.{p}", "features.conv1.{p}"),
         ("FeatureExtraction.ConvNet.3.{p}", "features.conv2.{p}"),

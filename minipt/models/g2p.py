@@ -127,8 +127,8 @@ class G2P(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
             out.append(phonemes[previous.item()])
         return out
 
-    def forward(self, letter_ids: torch.Tensor, phoneme_ids: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits (B, S, P): letters (B, T) with </s>, decoder inputs (B, S) starting with <s>."""
+    def check_inputs(self, letter_ids: torch.Tensor, phoneme_ids: torch.Tensor) -> None:
+        """Raise an InputError unless both are integer id batches (B, T) of the same B, every id inside its vocabulary."""
         for name, ids, vocab in (("letter_ids", letter_ids, self.config.graphemes), ("phoneme_ids", phoneme_ids, self.config.phonemes)):
             if not isinstance(ids, torch.Tensor):
                 raise InputError(f"G2P.forward expects {name} as a tensor of integer ids (B, T), got {type(ids).__name__}")
@@ -139,6 +139,10 @@ class G2P(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
             check_ids(f"G2P.forward: {name}", ids, len(vocab))
         if letter_ids.shape[0] != phoneme_ids.shape[0]:
             raise InputError(f"G2P.forward: {letter_ids.shape[0]} letter sequences but {phoneme_ids.shape[0]} phoneme sequences")
+
+    def forward(self, letter_ids: torch.Tensor, phoneme_ids: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits (B, S, P): letters (B, T) with </s>, decoder inputs (B, S) starting with <s>."""
+        self.check_inputs(letter_ids, phoneme_ids)
         hidden = self.encode(letter_ids)
         output, _ = self.decoder(self.phoneme_embedding(phoneme_ids), hidden)  # (B, S, hidden)
         return self.classifier(output)
@@ -146,7 +150,8 @@ class G2P(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
     # -- official weights --------------------------------------------------
     @classmethod
     def keymap(cls, config: G2PConfig | None = None) -> KeyMap:
-        return KEYMAP
+        """g2p-en's array names <-> minipt's."""
+        return _KEYMAP
 
     @classmethod
     def config_from_checkpoint(cls, path, checkpoint: Checkpoint) -> G2PConfig:
@@ -162,7 +167,7 @@ OFFICIAL_FILE = G2P.weights_file
 VOCAB_FILE = "g2p.py"
 
 # g2p-en's array names -> minipt's; the GRU weights keep torch.nn.GRU's layout (gates r, z, n).
-KEYMAP = KeyMap(
+_KEYMAP = KeyMap(
     [
         ("enc_emb", "letter_embedding.weight"),
         ("enc_w_ih", "encoder.weight_ih_l0"),
@@ -178,6 +183,14 @@ KEYMAP = KeyMap(
         ("fc_b", "classifier.bias"),
     ]
 )
+
+
+def __getattr__(name: str):
+    # The key map was the public constant KEYMAP before G2P.keymap(); the old name still reads, with a warning.
+    if name == "KEYMAP":
+        warnings.warn("minipt.models.g2p.KEYMAP is now G2P.keymap()", DeprecationWarning, stacklevel=2)
+        return _KEYMAP
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # -- vocabularies from g2p-en's source text ----------------------------------------
