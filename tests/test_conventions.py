@@ -1,0 +1,166 @@
+"""The calls users bring from timm and transformers, the same on every model of these families.
+
+- ``check_inputs(...)`` takes forward's arguments and raises the InputError forward would;
+- ``Model.keymap(config=None)`` is the one public key map (no module-level constants);
+- every classifier has ``get_classifier()``, ``reset_classifier(n)`` and ``num_classes``; after a reset the
+  config says what the head is, so save_pretrained -> from_pretrained builds the same model back;
+- the image classifiers split forward as timm does: ``forward_head(forward_features(x))``, with
+  ``reset_classifier(0)`` leaving no head (parity with timm's own models: tests/test_resnet.py,
+  tests/test_efficientnet.py).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from minipt import registry
+from minipt.checkpoint import model_keys, official_state_dict
+from minipt.errors import InputError, TrainingError
+from minipt.keymap import KeyMap
+from minipt.models import bert, crnn, efficientnet, g2p, resnet
+from minipt.models.bert import BertForSequenceClassification
+from minipt.models.efficientnet import EfficientNet
+from minipt.models.resnet import ResNet
+
+FAMILIES = {f.model_type: f for f in registry.families() if f.module in {m.__name__ for m in (bert, crnn, efficientnet, g2p, resnet)}}
+CLASSES = [cls for family in FAMILIES.values() for cls in family.classes]
+CLASSIFIERS = [ResNet, EfficientNet, BertForSequenceClassification]
+
+
+def tiny(cls):
+    family = next(f for f in FAMILIES.values() if cls in f.classes)
+    args, kwargs = family.inputs(cls)
+    return family.tiny_model(cls), args, kwargs
+
+
+# -- check_inputs -------------------------------------------------------------------
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_check_inputs_takes_forwards_arguments(cls):
+    model, args, kwargs = tiny(cls)
+    assert model.check_inputs(*args, **kwargs) is None
+    assert not hasattr(model, "check_input") and not hasattr(model, "_check_inputs")
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_check_inputs_refuses_what_forward_refuses(cls):
+    model, args, kwargs = tiny(cls)
+    bad = (args[0].float() if not args[0].is_floating_point() else args[0].long(), *args[1:])
+    with pytest.raises(InputError) as checked:
+        model.check_inputs(*bad, **kwargs)
+    with pytest.raises(InputError) as ran:
+        model(*bad, **kwargs)
+    assert str(checked.value) == str(ran.value)
+
+
+def test_head_checks_include_the_labels():
+    model, (input_ids, attention_mask), _ = tiny(BertForSequenceClassification)
+    with pytest.raises(InputError, match=r"labels must hold one entry per sequence \(2 for input_ids \(2, 5\)\), got \(3,\)"):
+        model.check_inputs(input_ids, attention_mask, labels=torch.tensor([0, 1, 0]))
+
+
+# -- key maps --------------------------------------------------------------------------
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_keymap_is_a_classmethod_of_every_model(cls):
+    model, _, _ = tiny(cls)
+    keymap = cls.keymap()
+    assert isinstance(keymap, KeyMap)
+    assert official_state_dict(model, cls.keymap(model.config))  # every tensor has an official name
+    for key in model_keys(model):  # a tied tensor counts once
+        assert keymap.to_minipt(keymap.to_official(key)[0])[0] == key
+
+
+@pytest.mark.parametrize("module", [bert, crnn, efficientnet, g2p, resnet], ids=lambda m: m.__name__)
+def test_no_module_level_key_map(module):
+    public = [name for name, value in vars(module).items() if not name.startswith("_") and (isinstance(value, KeyMap) or name.endswith("keymap"))]
+    assert public == []
+
+
+@pytest.mark.parametrize("module, cls", [(resnet, ResNet), (g2p, g2p.G2P)])
+def test_the_old_constant_still_reads_with_a_warning(module, cls):
+    with pytest.warns(DeprecationWarning, match=rf"{module.__name__}.KEYMAP is now {cls.__name__}.keymap\(\)"):
+        assert module.KEYMAP is cls.keymap()
+    with pytest.raises(AttributeError):
+        module.NO_SUCH_NAME
+
+
+# -- classifier heads -----------------------------------------------------------------------
+@pytest.mark.parametrize("cls", CLASSIFIERS, ids=lambda c: c.__name__)
+def test_reset_classifier_on_every_classifier(cls, tmp_path):
+    model, args, kwargs = tiny(cls)
+    field = cls.transfer_head[1]
+    assert model.get_classifier() is getattr(model, cls.transfer_head[0]) and model.get_classifier(name_only=True) == cls.transfer_head[0]
+    assert model.reset_classifier(3) is None
+    head = model.get_classifier()
+    assert isinstance(head, nn.Linear) and head.out_features == 3 and model.num_classes == 3 == getattr(model.config, field)
+    with torch.no_grad():
+        out = model.eval()(*args, **kwargs)
+    logits = out if isinstance(out, torch.Tensor) else out.logits
+    assert logits.shape == (2, 3)
+    reloaded = cls.from_pretrained(model.save_pretrained(tmp_path / "three"))
+    assert reloaded.num_classes == 3 and reloaded.config == model.config
+    assert torch.equal(reloaded.get_classifier().weight, head.weight)
+
+
+def test_bert_reset_forgets_the_old_label_names(tmp_path):
+    model, _, _ = tiny(BertForSequenceClassification)
+    model.config = model.config.replace(id2label={0: "no", 1: "yes"})
+    model.reset_classifier(4)
+    assert model.config.id2label is None and model.config.num_labels == 4
+    written = json.loads((model.save_pretrained(tmp_path) / "config.json").read_text())
+    assert written["num_labels"] == 4 and "id2label" not in written
+
+
+@pytest.mark.parametrize("cls", [ResNet, EfficientNet], ids=lambda c: c.__name__)
+def test_image_classifier_without_a_head(cls, tmp_path):
+    model, (x,), _ = tiny(cls)
+    with torch.no_grad():
+        pooled = model.eval().forward_head(model.forward_features(x), pre_logits=True)
+    model.reset_classifier(0)
+    assert isinstance(model.get_classifier(), nn.Identity) and model.num_classes == 0 and model.config.num_classes == 0
+    with torch.no_grad():
+        assert torch.equal(model(x), pooled) and pooled.shape == (2, model.num_features)
+    directory = model.save_pretrained(tmp_path / "headless")
+    reloaded = cls.from_pretrained(directory)
+    assert reloaded.num_classes == 0 and isinstance(reloaded.get_classifier(), nn.Identity)
+    model.reset_classifier(5)  # a head again, on the same features
+    assert model.get_classifier().in_features == model.num_features and model(x).shape == (2, 5)
+
+
+@pytest.mark.parametrize("cls", CLASSIFIERS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("value", [-1, 1.5, True, "3", None])
+def test_reset_classifier_names_a_bad_size(cls, value):
+    model, _, _ = tiny(cls)
+    with pytest.raises(TrainingError, match=rf"{cls.__name__}.reset_classifier takes {cls.transfer_head[1]} as"):
+        model.reset_classifier(value)
+
+
+def test_bert_head_needs_a_class():
+    model, _, _ = tiny(BertForSequenceClassification)
+    with pytest.raises(TrainingError, match=r"takes num_labels as a positive integer, got 0"):
+        model.reset_classifier(0)
+
+
+@pytest.mark.parametrize("cls", [ResNet, EfficientNet], ids=lambda c: c.__name__)
+def test_forward_head_names_features_that_are_not_a_feature_map(cls):
+    model, (x,), _ = tiny(cls)
+    features = model.forward_features(x)
+    pooled = features.mean((2, 3))
+    for bad, message in [
+        (pooled, rf"expects the feature map of forward_features, \(batch, {model.num_features}, height, width\); got \(2, {model.num_features}\)"),
+        (x, rf"\(batch, {model.num_features}, height, width\); got \(2, 3, 32, 32\)"),
+        (features[:, :, :0], "nothing to pool"),
+        (features.long(), "floating-point features"),
+    ]:
+        with pytest.raises(InputError, match=rf"{cls.__name__}.forward_head .*" + message):
+            model.forward_head(bad)
+
+
+def test_top_classes_needs_imagenet_logits():
+    from minipt.models.imagenet import top_classes
+
+    with pytest.raises(InputError, match=r"logits of shape \(batch, 1000\), got \(2, 1280\)"):
+        top_classes(torch.zeros(2, 1280))
