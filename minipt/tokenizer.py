@@ -8,6 +8,15 @@
 A folder may hold ``tokenizer.json``, or a byte-level BPE vocabulary as GPT-2
 ships it: ``vocab.json`` (token -> id) and ``merges.txt`` (the merges in rank
 order); ``minipt.bpe`` rebuilds that pair from a tiktoken file.
+
+As in transformers, the special tokens and the padding side can be set after
+loading; GPT-2 has no padding token, and a batch of prompts to generate from
+is padded on the left with its end-of-text token:
+
+    tok = Tokenizer.from_pretrained("gpt2-tokenizer")
+    tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    batch = tok(["Hello, my name is", "The"])               # the shorter row padded on the left
 """
 
 from __future__ import annotations
@@ -30,6 +39,9 @@ TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 ENDOFTEXT = "<|endoftext|>"  # GPT-2's one special token: end of a document, also used to start one
 PADDING = (True, False, "longest", "max_length")
+PADDING_SIDES = ("right", "left")
+# the special tokens a tokenizer knows by role, and the spellings looked for when tokenizer_config.json names none
+SPECIAL_ROLES = {"bos": ("<s>",), "eos": ("[SEP]", "</s>"), "unk": ("[UNK]", "<unk>"), "pad": ("[PAD]", "<pad>")}
 RETURN_TENSORS = ("pt", "np", None)
 # what Tokenizer calls on its backend (a tokenizers.Tokenizer)
 _BACKEND_METHODS = (
@@ -38,19 +50,69 @@ _BACKEND_METHODS = (
 )
 
 
+def _special_token(role: str) -> tuple[property, property]:
+    """The ``<role>_token`` and ``<role>_token_id`` properties: read and set, each keeping the other in step."""
+
+    def token(self) -> str | None:
+        token_id = self._special_ids[role]
+        return None if token_id is None else self.backend.id_to_token(token_id)
+
+    def set_token(self, value: str | None) -> None:
+        if value is not None and not isinstance(value, str):
+            raise InputError(f"{role}_token must be a token (str) or None, got {type(value).__name__}: {value!r:.60}")
+        token_id = None if value is None else self.backend.token_to_id(value)
+        if value is not None and token_id is None:
+            raise InputError(f"{role}_token {value!r} is not in the vocabulary of tokenizer {self.name or '(unnamed)'}")
+        self._set_special(role, token_id)
+
+    def token_id(self) -> int | None:
+        return self._special_ids[role]
+
+    def set_token_id(self, value: int | None) -> None:
+        if value is not None and not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and 0 <= value < self.vocab_size):
+            raise InputError(f"{role}_token_id must be an id in [0, {self.vocab_size - 1}] or None, got {value!r:.60}")
+        self._set_special(role, None if value is None else int(value))
+
+    return property(token, set_token, doc=f"The {role} token's text (None: none); settable."), property(token_id, set_token_id)
+
+
 class Tokenizer:
-    def __init__(self, backend, *, model_max_length: int | None = None, special_tokens: dict | None = None, name: str = ""):
+    def __init__(
+        self, backend, *, model_max_length: int | None = None, special_tokens: dict | None = None, name: str = "", padding_side: str = "right"
+    ):
         lacking = [m for m in _BACKEND_METHODS if not callable(getattr(backend, m, None))]
         if lacking:
             which = "" if len(lacking) == len(_BACKEND_METHODS) else f", which lacks {', '.join(lacking)}"
             raise InputError(f"Tokenizer wraps a tokenizers.Tokenizer (or use Tokenizer.from_pretrained); got {type(backend).__name__}{which}")
         self.backend = backend  # a tokenizers.Tokenizer
         self.model_max_length = model_max_length  # the default truncation length
-        self.special_tokens = special_tokens or {}  # {"pad_token": "[PAD]", ...} from tokenizer_config.json
+        self.special_tokens = dict(special_tokens or {})  # {"pad_token": "[PAD]", ...} from tokenizer_config.json
         self.name = name
-        self.pad_token_id = self._special_id("pad_token", "[PAD]", "<pad>")
-        self.eos_token_id = self._special_id("eos_token", "[SEP]", "</s>")
-        self._pad_token = backend.id_to_token(self.pad_token_id) if self.pad_token_id is not None else None
+        self._special_ids = {role: self._special_id(f"{role}_token", *spellings) for role, spellings in SPECIAL_ROLES.items()}
+        self.padding_side = padding_side
+
+    bos_token, bos_token_id = _special_token("bos")
+    eos_token, eos_token_id = _special_token("eos")
+    unk_token, unk_token_id = _special_token("unk")
+    pad_token, pad_token_id = _special_token("pad")  # tok.pad_token = tok.eos_token gives GPT-2 a padding token
+
+    def _set_special(self, role: str, token_id: int | None) -> None:
+        self._special_ids[role] = token_id
+        if token_id is None:
+            self.special_tokens.pop(f"{role}_token", None)
+        else:
+            self.special_tokens[f"{role}_token"] = self.backend.id_to_token(token_id)  # save_pretrained writes it
+
+    @property
+    def padding_side(self) -> str:
+        """Where padding goes: "right" (the default) or "left" (prompts to generate from)."""
+        return self._padding_side
+
+    @padding_side.setter
+    def padding_side(self, side: str) -> None:
+        if side not in PADDING_SIDES or not isinstance(side, str):
+            raise InputError(f"padding_side must be 'right' or 'left', not {side!r}")
+        self._padding_side = side
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike) -> "Tokenizer":
@@ -79,7 +141,10 @@ class Tokenizer:
         if not isinstance(max_length, int) or max_length > 1_000_000:  # HF writes 1e30 for "no limit"
             max_length = None
         special = {k: _token_text(v) for k, v in settings.items() if k.endswith("_token") and _token_text(v) is not None}
-        return cls(backend, model_max_length=max_length, special_tokens=special, name=str(name_or_path))
+        side = settings.get("padding_side", "right")
+        if side not in PADDING_SIDES or not isinstance(side, str):
+            raise CheckpointError(f"{directory / TOKENIZER_CONFIG}: padding_side is {side!r}, expected 'right' or 'left'")
+        return cls(backend, model_max_length=max_length, special_tokens=special, name=str(name_or_path), padding_side=side)
 
     def _special_id(self, field: str, *candidates: str) -> int | None:
         for token in (self.special_tokens.get(field), *candidates):
@@ -165,32 +230,56 @@ class Tokenizer:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.backend.save(str(directory / TOKENIZER_FILE))
-        settings = {**self.special_tokens, **({"model_max_length": self.model_max_length} if self.model_max_length else {})}
+        settings = {**self.special_tokens, **({"model_max_length": self.model_max_length} if self.model_max_length else {}), "padding_side": self.padding_side}
         (directory / "tokenizer_config.json").write_text(json.dumps(settings, indent=2) + "\n")
         return directory
 
     def _enable_padding(self, length: int | None) -> None:
         if self.pad_token_id is None:
-            raise InputError(f"tokenizer {self.name} has no padding token")
-        self.backend.enable_padding(pad_id=self.pad_token_id, pad_token=self._pad_token, length=length)
+            hint = f" (as transformers: tok.pad_token = tok.eos_token, {self.eos_token!r})" if self.eos_token is not None else ""
+            raise InputError(f"tokenizer {self.name} has no padding token; set one{hint}")
+        self.backend.enable_padding(direction=self.padding_side, pad_id=self.pad_token_id, pad_token=self.pad_token, length=length)
 
     def tokenize(self, text: str) -> list[str]:
         return self.backend.encode(text, add_special_tokens=False).tokens
 
-    def convert_tokens_to_ids(self, tokens: Sequence[str]) -> list[int | None]:
-        return [self.backend.token_to_id(t) for t in tokens]
+    def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> int | None | list[int | None]:
+        """The id of one token (str) or of each in a list; a token outside the vocabulary gets the unknown token's id (None without one)."""
+        if isinstance(tokens, str):
+            token_id = self.backend.token_to_id(tokens)
+            return self.unk_token_id if token_id is None else token_id
+        if isinstance(tokens, (bytes, Mapping)) or not hasattr(tokens, "__iter__"):
+            raise InputError(f"convert_tokens_to_ids takes a token (str) or a list of them, got {type(tokens).__name__}")
+        tokens = list(tokens)
+        for i, token in enumerate(tokens):
+            if not isinstance(token, str):
+                raise InputError(f"tokens[{i}] must be a token (str), got {type(token).__name__}: {token!r:.60}")
+        return [self.convert_tokens_to_ids(token) for token in tokens]
+
+    def convert_ids_to_tokens(self, ids: int | Sequence[int], skip_special_tokens: bool = False) -> str | list[str]:
+        """The token (str) of one id, or the tokens of a list or 1-D tensor of ids (``skip_special_tokens`` drops the special ones from a list)."""
+        if isinstance(ids, numbers.Integral) and not isinstance(ids, bool):
+            return self.backend.id_to_token(self._check_ids([ids], "convert_ids_to_tokens")[0])
+        ids = self._check_ids(ids, "convert_ids_to_tokens")
+        special = self._all_special_ids() if skip_special_tokens else set()
+        return [self.backend.id_to_token(i) for i in ids if i not in special]
+
+    def _all_special_ids(self) -> set[int]:
+        """The special tokens' ids: those the file adds as special ([CLS], <|endoftext|> ...) and those given a role."""
+        added = getattr(self.backend, "get_added_tokens_decoder", dict)()
+        return {i for i, token in added.items() if getattr(token, "special", False)} | {i for i in self._special_ids.values() if i is not None}
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         """Text of one sequence of token ids (a list, or a 1-D tensor or array)."""
         return self.backend.decode(self._check_ids(ids), skip_special_tokens=skip_special_tokens)
 
-    def _check_ids(self, ids) -> list[int]:
+    def _check_ids(self, ids, who: str = "decode") -> list[int]:
         if hasattr(ids, "tolist") and hasattr(ids, "shape"):  # a tensor or a numpy array
             if len(ids.shape) != 1:
-                raise InputError(f"decode takes one sequence of ids (1-D), got shape {tuple(ids.shape)}; use batch_decode for a batch")
+                raise InputError(f"{who} takes one sequence of ids (1-D), got shape {tuple(ids.shape)}; use batch_decode for a batch")
             ids = ids.tolist()
         if isinstance(ids, (str, bytes, Mapping)) or not hasattr(ids, "__iter__"):
-            raise InputError(f"decode takes a sequence of token ids, got {type(ids).__name__}")
+            raise InputError(f"{who} takes a sequence of token ids, got {type(ids).__name__}")
         ids = list(ids)
         size = self.vocab_size
         for i, token_id in enumerate(ids):

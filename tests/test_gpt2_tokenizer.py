@@ -15,8 +15,9 @@ import json
 import tarfile
 
 import pytest
+import torch
 
-from minipt import CheckpointError, CheckpointNotFoundError, Tokenizer
+from minipt import CheckpointError, CheckpointNotFoundError, InputError, Tokenizer
 from minipt import hub
 from minipt.reference import import_transformers
 from minipt.tokenizer import ENDOFTEXT, build_bpe_files, bytes_to_unicode, read_tiktoken, tiktoken_to_bpe
@@ -139,3 +140,37 @@ def test_decode_splits_inside_a_character_only_in_the_middle(gpt2_folder):
     ids = tok("🙂", padding=False, return_tensors=None)["input_ids"]
     assert len(ids) > 1  # one emoji, several byte tokens
     assert tok.decode(ids) == "🙂"
+
+
+# -- padding GPT-2's prompts, as in transformers ---------------------------------------------
+PROMPTS = ["hello world", "hello", "or hello hello"]
+
+
+def test_gpt2_pads_once_given_a_pad_token_as_in_transformers(tmp_path):
+    build_bpe_files(read_tiktoken(tiny_tiktoken([b"he", b"ll", b"hell", b"hello", b" w", b" wo", b"or"])), {ENDOFTEXT: 263}, tmp_path)
+    tok = Tokenizer.from_pretrained(tmp_path)
+    assert tok.pad_token is None and tok.eos_token == tok.bos_token == tok.unk_token == ENDOFTEXT
+    with pytest.raises(InputError, match=r"has no padding token; set one \(as transformers: tok.pad_token = tok.eos_token, '<\|endoftext\|>'\)"):
+        tok(PROMPTS)
+    reference = import_transformers().GPT2TokenizerFast.from_pretrained(str(tmp_path))  # the same vocab.json + merges.txt
+    tok.pad_token, reference.pad_token = tok.eos_token, reference.eos_token
+    assert tok.pad_token_id == reference.pad_token_id == 263
+    for side in ("right", "left"):
+        tok.padding_side = reference.padding_side = side
+        ours, theirs = tok(PROMPTS), reference(PROMPTS, padding=True, return_tensors="pt")
+        for key in ("input_ids", "attention_mask"):
+            assert torch.equal(ours[key], theirs[key]), (side, key)
+    assert (ours["attention_mask"][:, -1] == 1).all()  # left: every row ends on a real token, as generate needs
+    ids = ours["input_ids"][1].tolist()
+    assert tok.convert_ids_to_tokens(ids) == reference.convert_ids_to_tokens(ids)
+    assert tok.convert_ids_to_tokens(ids, skip_special_tokens=True) == reference.convert_ids_to_tokens(ids, skip_special_tokens=True) == ["hello"]
+    assert tok.convert_tokens_to_ids(["Ġwo", "no such"]) == reference.convert_tokens_to_ids(["Ġwo", "no such"]) == [261, 263]
+
+
+def test_real_gpt2_left_padding_matches_transformers(gpt2_folder):
+    tok = Tokenizer.from_pretrained(gpt2_folder)
+    reference = import_transformers().GPT2TokenizerFast.from_pretrained(str(gpt2_folder), padding_side="left")
+    tok.pad_token, tok.padding_side = tok.eos_token, "left"
+    reference.pad_token = reference.eos_token
+    ours, theirs = tok(TEXTS), reference(TEXTS, padding=True, return_tensors="pt")
+    assert torch.equal(ours["input_ids"], theirs["input_ids"]) and torch.equal(ours["attention_mask"], theirs["attention_mask"])

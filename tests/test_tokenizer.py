@@ -77,3 +77,77 @@ def test_errors(ours, tmp_path):
         ours(["a"], return_tensors="tf")
     with pytest.raises(CheckpointNotFoundError, match="no tokenizer.json"):
         Tokenizer.from_pretrained(tmp_path)
+
+
+# -- settings changed after loading, as in transformers -----------------------------------------
+@pytest.fixture
+def fresh(ours):
+    return Tokenizer.from_pretrained(minilm_path())  # a copy this test may change
+
+
+def test_left_padding(fresh, theirs):
+    fresh.padding_side = "left"
+    left = fresh(TEXTS)
+    assert (left["attention_mask"][:, -1] == 1).all() and (left["attention_mask"][:, 0] == 0).any()
+    reference = transformers.AutoTokenizer.from_pretrained(str(minilm_path()), padding_side="left")
+    _same(left, reference(TEXTS, padding=True, truncation=True, return_tensors="pt"))
+    _same(fresh(TEXTS, PAIRS), reference(TEXTS, PAIRS, padding=True, truncation=True, return_tensors="pt"))
+
+
+def test_setting_the_pad_token(fresh, theirs):
+    reference = transformers.AutoTokenizer.from_pretrained(str(minilm_path()))
+    fresh.pad_token = reference.pad_token = "[UNK]"
+    assert fresh.pad_token_id == reference.pad_token_id == 100
+    _same(fresh(TEXTS), reference(TEXTS, padding=True, truncation=True, return_tensors="pt"))
+    fresh.pad_token_id = 0
+    assert fresh.pad_token == "[PAD]" and fresh.special_tokens["pad_token"] == "[PAD]"
+    fresh.pad_token = None
+    with pytest.raises(InputError, match="has no padding token"):
+        fresh(TEXTS)
+
+
+def test_tokens_and_ids_convert_as_in_transformers(ours, theirs):
+    ids = ours(TEXTS[:2], return_tensors=None)["input_ids"][1]
+    assert ours.convert_ids_to_tokens(ids) == theirs.convert_ids_to_tokens(ids)
+    assert ours.convert_ids_to_tokens(ids, skip_special_tokens=True) == theirs.convert_ids_to_tokens(ids, skip_special_tokens=True)
+    assert ours.convert_ids_to_tokens(ids[1]) == theirs.convert_ids_to_tokens(ids[1])
+    assert ours.convert_ids_to_tokens(torch.tensor(ids)) == theirs.convert_ids_to_tokens(ids)
+    tokens = ["[CLS]", "hello", "##s", "not-a-token-at-all"]
+    assert ours.convert_tokens_to_ids(tokens) == theirs.convert_tokens_to_ids(tokens)  # the unknown one: [UNK]'s id
+    assert ours.convert_tokens_to_ids("hello") == theirs.convert_tokens_to_ids("hello")
+    assert (ours.unk_token, ours.pad_token) == (theirs.unk_token, theirs.pad_token) == ("[UNK]", "[PAD]")
+
+
+def test_settings_survive_save_pretrained(fresh, tmp_path):
+    fresh.padding_side, fresh.pad_token = "left", "[MASK]"
+    again = Tokenizer.from_pretrained(fresh.save_pretrained(tmp_path))
+    assert again.padding_side == "left" and again.pad_token == "[MASK]"
+    reference = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    assert reference.padding_side == "left" and reference.pad_token == "[MASK]"
+
+
+@pytest.mark.parametrize(
+    "setting, value, message",
+    [
+        ("padding_side", "middle", "padding_side must be 'right' or 'left', not 'middle'"),
+        ("padding_side", None, "padding_side must be 'right' or 'left', not None"),
+        ("pad_token", "<no such token>", r"pad_token '<no such token>' is not in the vocabulary"),
+        ("pad_token", 0, r"pad_token must be a token \(str\) or None, got int"),
+        ("eos_token_id", 30522, r"eos_token_id must be an id in \[0, 30521\] or None, got 30522"),
+        ("pad_token_id", True, "pad_token_id must be an id"),
+    ],
+)
+def test_bad_settings_are_named(fresh, setting, value, message):
+    with pytest.raises(InputError, match=message):
+        setattr(fresh, setting, value)
+
+
+def test_bad_conversions_are_named(ours):
+    with pytest.raises(InputError, match=r"ids\[0\] is 99999, outside the vocabulary"):
+        ours.convert_ids_to_tokens(99999)
+    with pytest.raises(InputError, match=r"convert_ids_to_tokens takes one sequence of ids \(1-D\)"):
+        ours.convert_ids_to_tokens(torch.zeros(2, 2, dtype=torch.long))
+    with pytest.raises(InputError, match=r"tokens\[1\] must be a token \(str\), got int"):
+        ours.convert_tokens_to_ids(["a", 1])
+    with pytest.raises(InputError, match="convert_tokens_to_ids takes a token"):
+        ours.convert_tokens_to_ids(5)
