@@ -22,6 +22,7 @@ LSTM's ``(h, c)`` state forward, so the prefix is never recomputed.
 from __future__ import annotations
 
 import numbers
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -197,6 +198,14 @@ _KEYMAP = KeyMap(
         ("head.{p}", "head.{p}"),
     ]
 )
+
+
+def __getattr__(name: str):
+    # The key map was the public constant KEYMAP before CharLM.keymap(); the old name still reads, with a warning.
+    if name == "KEYMAP":
+        warnings.warn("minipt.models.char_lm.KEYMAP is now CharLM.keymap()", DeprecationWarning, stacklevel=2)
+        return _KEYMAP
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -16,6 +16,7 @@ a ``transformer.`` prefix) through the key map at the bottom of this file.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -476,6 +477,14 @@ def _stack_keymap() -> KeyMap:
         # older files carry the causal mask as buffers: attn.bias (1, 1, n_ctx, n_ctx) and attn.masked_bias (a scalar)
         ignore=["h.{i}.attn.bias", "h.{i}.attn.masked_bias"],
     )
+
+
+def __getattr__(name: str):
+    # The stack's key map was the public function gpt2_keymap() before GPT2Model.keymap(); the old name still works, with a warning.
+    if name == "gpt2_keymap":
+        warnings.warn("minipt.models.gpt2.gpt2_keymap() is now GPT2Model.keymap()", DeprecationWarning, stacklevel=2)
+        return _stack_keymap
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # -- minipt.reference: where the reference implementation computes the same values ----------
