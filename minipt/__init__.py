@@ -15,6 +15,7 @@ from .errors import (
     InputError,
     KeyMismatchError,
     MiniptError,
+    SaveError,
     StageError,
     TrainingError,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "InputError",
     "KeyMismatchError",
     "MiniptError",
+    "SaveError",
     "StageError",
     "TrainingError",
     "SentenceEncoder",

@@ -17,6 +17,11 @@ class CheckpointError(MiniptError):
     """A checkpoint file that cannot be read: truncated, corrupted, wrong checksum."""
 
 
+class SaveError(MiniptError, OSError):
+    """A file minipt was asked to write that cannot be written (missing folder, no permission, full disk);
+    the file it would have replaced is left as it was."""
+
+
 class ConfigError(MiniptError, ValueError):
     """A config that does not describe the model asked for."""
 

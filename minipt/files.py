@@ -1,12 +1,18 @@
-"""Reading the JSON files of checkpoints, tokenizers and pipelines: one reader, one set of errors."""
+"""Files: reading the JSON of checkpoints, tokenizers and pipelines (one reader, one set of errors),
+and writing every file minipt writes atomically (``atomic_path``: a temporary file beside the target,
+fsynced, then renamed over it).
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from .errors import CheckpointError, MiniptError
+from .errors import CheckpointError, MiniptError, SaveError
 
 _ABSENT = object()
 
@@ -36,3 +42,77 @@ def read_json(path: Path, expected: type = dict, *, default: Any = _ABSENT, what
     if not isinstance(value, expected):
         raise error(f"{path} holds a JSON {type(value).__name__}, expected {what}")
     return value
+
+
+# -- writing: every file minipt writes goes through atomic_path ---------------
+TEMPORARY_PREFIX = ".minipt-partial-"  # loaders skip files named so; a killed writer leaves at most one
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the OS says it (Linux), else set and restored."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # a directory that cannot be opened (Windows): the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write in full; on success it is flushed to disk, given the
+    permissions a new file gets under the umask, and renamed over ``path``, so readers see the old file
+    or the new one and never part of one. On any failure the temporary file is removed and ``path`` is
+    untouched. A missing folder or a path that cannot be written raises ``SaveError`` naming it."""
+    path = Path(path)
+    try:
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=TEMPORARY_PREFIX + path.name + ".")
+    except OSError as err:
+        raise SaveError(f"cannot write {path}: {err.strerror or err}") from None
+    os.close(fd)
+    temporary = Path(name)
+    try:
+        yield temporary
+        with open(temporary, "rb+") as written:
+            os.fsync(written.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())
+        os.replace(temporary, path)
+    except BaseException as err:
+        temporary.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise SaveError(f"cannot write {path}: {err.strerror or err}") from err
+        raise
+    _fsync_directory(path.parent)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (``atomic_path``)."""
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(data)
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` as UTF-8 to ``path`` atomically (``atomic_path``)."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, value: Any) -> Path:
+    """Write ``value`` as indented JSON to ``path`` atomically (``atomic_path``)."""
+    return write_text(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
