@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, CheckpointNotFoundError, ConfigError, InputError, KeyMismatchError
+from .checks import check_device, check_dtype
 from .files import read_json
 from .hub import resolve
 from .keymap import KeyMap
@@ -462,35 +463,3 @@ class Pretrained:
         (directory / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         save_safetensors(official_state_dict(self, self.keymap(self.config)), directory / SAFETENSORS)
         return directory
-
-
-def check_dtype(dtype) -> torch.dtype | None:
-    """A floating-point torch dtype (``torch.float16`` or ``"float16"``), or None (also for ``"auto"``: keep the file's)."""
-    if dtype is None or dtype == "auto":
-        return None
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype.removeprefix("torch."), dtype)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise InputError(f"dtype must be a floating-point torch dtype (torch.float32, torch.bfloat16, ...), got {dtype!r}")
-    return dtype
-
-
-def check_device(device) -> torch.device | None:
-    """A device this machine has, or None."""
-    if device is None:
-        return None
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise InputError(f"device {device!r} is not a torch device: {err}") from None
-    if device.type == "meta":
-        raise InputError("device 'meta' holds no data; load to 'cpu' or an accelerator")
-    if device.type != "cpu":
-        backend = getattr(torch, device.type, None)
-        available = backend is not None and hasattr(backend, "is_available") and backend.is_available()
-        if not available:
-            raise InputError(f"device {str(device)!r} is not available on this machine (torch.{device.type}.is_available() is False)")
-        count = backend.device_count() if hasattr(backend, "device_count") else 1
-        if device.index is not None and device.index >= count:
-            raise InputError(f"device {str(device)!r} does not exist: this machine has {count} {device.type} device(s)")
-    return device

@@ -1,4 +1,9 @@
-"""Input checks the models share, written so that torch.compile and torch.export can trace them.
+"""Checks on inputs and arguments: the one place that validates what a user passes.
+
+``check_int``, ``check_float``, ``check_bool``, ``check_choice``, ``check_str``, ``check_tensor``,
+``check_dtype`` and ``check_device`` validate public arguments and raise ``InputError`` naming the
+argument and the value. ``check_ids`` and ``tracing`` serve the models' input checks, written so
+that torch.compile and torch.export can trace them.
 
 A check on shapes reads Python ints and traces as it is. A check on values
 (is every id inside the embedding table?) must read the tensor, which would
@@ -8,6 +13,11 @@ break the graph: it runs in eager mode and is skipped while a graph is traced
 
 from __future__ import annotations
 
+import math
+import numbers
+from typing import Any, Iterable
+
+import numpy as np
 import torch
 
 from .errors import InputError
@@ -28,3 +38,139 @@ def check_ids(name: str, ids: torch.Tensor, size: int) -> None:
     if low < 0 or high >= size:
         bad = low if low < 0 else high
         raise InputError(f"{name} holds {bad}, outside the table of {size} entries (valid: 0..{size - 1})")
+
+
+# -- public arguments: one set of checks, one wording --------------------------
+# Each returns the value (normalised: a numpy integer becomes an int) or raises InputError
+# naming the argument and the value. A bool is never a number here, a string never a path
+# where a number is meant, and a list is never taken for a tensor.
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _interval(low, high, low_open: bool = False, high_open: bool = False) -> str:
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{'>' if low_open else '>='} {low}"
+    return f"{'<' if high_open else '<='} {high}"
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` is True or False (numpy's bool too); 0, 1, "yes" and None are refused."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise InputError(f"{name} must be True or False, got {type(value).__name__} {_shown(value)}")
+
+
+def check_int(name: str, value: Any, *, low: int | None = None, high: int | None = None, optional: bool = False) -> int | None:
+    """``value`` is an integer (Python's or numpy's, not a bool or a float) in [low, high]; None where ``optional``."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)):
+        wanted = "an integer or None" if optional else "an integer"
+        raise InputError(f"{name} must be {wanted}, got {type(value).__name__} {_shown(value)}")
+    value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise InputError(f"{name} must be {_interval(low, high)}, got {value}")
+    return value
+
+
+def check_float(name: str, value: Any, *, low: float | None = None, high: float | None = None,
+                low_open: bool = False, high_open: bool = False, optional: bool = False) -> float | None:
+    """``value`` is a finite real number (not a bool) in the interval given by low/high (open ends where
+    ``low_open``/``high_open``); None where ``optional``. NaN and infinities are refused."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
+        wanted = "a real number or None" if optional else "a real number"
+        raise InputError(f"{name} must be {wanted}, got {type(value).__name__} {_shown(value)}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise InputError(f"{name} must be finite, got {value}")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        raise InputError(f"{name} must be {_interval(low, high, low_open, high_open)}, got {value}")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: Iterable) -> Any:
+    """``value`` is one of ``choices`` (compared with ==; bools never stand for 0 or 1)."""
+    choices = list(choices)
+    if isinstance(value, bool) and not any(isinstance(choice, bool) for choice in choices):
+        raise InputError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    try:
+        found = value in choices
+    except Exception:  # an unhashable or uncomparable value
+        found = False
+    if not found:
+        raise InputError(f"{name} must be one of {', '.join(map(repr, choices))}; got {_shown(value)}")
+    return value
+
+
+def check_str(name: str, value: Any, *, empty: bool = False) -> str:
+    """``value`` is a str (non-empty unless ``empty``)."""
+    if not isinstance(value, str):
+        raise InputError(f"{name} must be a string, got {type(value).__name__} {_shown(value)}")
+    if not value and not empty:
+        raise InputError(f"{name} must not be empty")
+    return value
+
+
+_KINDS = {
+    "integer": lambda dtype: not dtype.is_floating_point and not dtype.is_complex and dtype != torch.bool,
+    "floating": lambda dtype: dtype.is_floating_point,
+    "bool": lambda dtype: dtype == torch.bool,
+}
+
+
+def check_tensor(name: str, value: Any, *, kind: str | None = None, ndim: int | Iterable[int] | None = None) -> torch.Tensor:
+    """``value`` is a torch.Tensor (a list or numpy array is refused with the call that converts it),
+    of dtype ``kind`` ("integer", "floating", "bool") and with ``ndim`` dimensions (one count or several)."""
+    if not isinstance(value, torch.Tensor):
+        hint = f"; convert with torch.as_tensor(...)" if isinstance(value, (list, tuple, np.ndarray)) else ""
+        raise InputError(f"{name} must be a torch.Tensor, got {type(value).__name__}{hint}")
+    if kind is not None and not _KINDS[kind](value.dtype):
+        raise InputError(f"{name} must hold {kind} values, got dtype {value.dtype}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if value.dim() not in allowed:
+            wanted = " or ".join(map(str, allowed))
+            raise InputError(f"{name} must have {wanted} dimensions, got shape {tuple(value.shape)}")
+    return value
+
+
+def check_dtype(dtype: Any, name: str = "dtype") -> torch.dtype | None:
+    """A floating-point torch dtype (``torch.float16`` or ``"float16"``), or None (also for ``"auto"``: keep the file's)."""
+    if dtype is None or (isinstance(dtype, str) and dtype == "auto"):
+        return None
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype.removeprefix("torch."), dtype)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise InputError(f"{name} must be a floating-point torch dtype (torch.float32, torch.bfloat16, ...), got {_shown(dtype)}")
+    return dtype
+
+
+def check_device(device: Any, name: str = "device") -> torch.device | None:
+    """A device this machine has (``"cpu"``, ``"cuda:0"``, a ``torch.device``), or None."""
+    if device is None:
+        return None
+    if isinstance(device, bool) or not isinstance(device, (str, int, torch.device)):
+        raise InputError(f"{name} must be a torch device or its name ('cpu', 'cuda:0'), got {type(device).__name__} {_shown(device)}")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise InputError(f"{name} {device!r} is not a torch device: {err}") from None
+    if device.type == "meta":
+        raise InputError(f"{name} 'meta' holds no data; use 'cpu' or an accelerator")
+    if device.type != "cpu":
+        backend = getattr(torch, device.type, None)
+        available = backend is not None and hasattr(backend, "is_available") and backend.is_available()
+        if not available:
+            raise InputError(f"{name} {str(device)!r} is not available on this machine (torch.{device.type}.is_available() is False)")
+        count = backend.device_count() if hasattr(backend, "device_count") else 1
+        if device.index is not None and device.index >= count:
+            raise InputError(f"{name} {str(device)!r} does not exist: this machine has {count} {device.type} device(s)")
+    return device
