@@ -8,6 +8,8 @@ held to an error ratio against the torch.nn reference run in float64
 (tests/helpers.py), not to a fixed absolute bound.
 """
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -155,6 +157,17 @@ def test_a_checkpoint_of_another_model_is_refused(tmp_path, official):
     torch.save(damaged, tmp_path / "other.pth")
     with pytest.raises(KeyMismatchError, match=r"(?s)missing \(2\):.*Prediction.weight \(97, 256\)"):
         CRNN.from_pretrained(tmp_path / "other.pth")
+
+
+def test_a_stage_width_that_disagrees_with_its_convolution_is_refused(tmp_path):
+    from minipt.models.crnn import CRNNConfig
+
+    tiny = CRNN(CRNNConfig(channels=(4, 4, 8, 8), hidden_size=8, charset="abcd")).save_pretrained(tmp_path / "tiny")
+    config = json.loads((tiny / "config.json").read_text())
+    config["channels"] = [4, 4, 8, 2**40]  # built as given, this stage alone would need terabytes
+    (tiny / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=r"channels\[3\] = 1099511627776, but FeatureExtraction.ConvNet.11.weight has shape \(8, 8, 3, 3\)"):
+        CRNN.from_pretrained(tiny)
 
 
 @pytest.mark.parametrize(

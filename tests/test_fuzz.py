@@ -19,13 +19,7 @@ SEED = int(os.environ.get("MINIPT_FUZZ_SEED", "0"))
 
 # Defects the fuzzer has found and the model file has not fixed yet: snapshot -> (what is wrong, the failure it explains).
 # A case failing any other way still fails the test; once fixed, the snapshot passes and its entry should go.
-KNOWN_DEFECTS = {
-    "crnn/CRNN": (
-        "CRNNConfig.channels is checked against no tensor before the model is built, so a huge stage width in "
-        "config.json reaches torch's Conv2d as a TypeError or RuntimeError instead of a ConfigError",
-        r"(TypeError|RuntimeError): .*(Overflow when unpacking long|Storage size calculation overflowed).*\n  through .*conv3x3",
-    ),
-}
+KNOWN_DEFECTS: dict[str, tuple[str, str]] = {}  # snapshot -> (reason, pattern every failure matches)
 
 
 @pytest.mark.parametrize("snapshot", fuzz_checkpoints.subjects())

@@ -29,7 +29,7 @@ from torch import nn
 
 from ..checkpoint import Checkpoint, Pretrained
 from ..config import Config, count, require, text
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from ..keymap import KeyMap
 from ..nn import LSTM, Linear
 from ..nn.conv import conv3x3
@@ -187,10 +187,23 @@ class CRNN(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
         return _KEYMAP
 
     @classmethod
+    def check_config(cls, config: CRNNConfig, checkpoint: Checkpoint) -> None:
+        """The scalar fields as every family checks them, then each stage width against its convolution."""
+        super().check_config(config, checkpoint)
+        shapes = {_KEYMAP.canonical(key): checkpoint.shape(key) for key in checkpoint.keys()}
+        for stage, (official, width) in enumerate(zip(STAGE_CONVOLUTIONS, config.channels)):
+            shape = shapes.get(official)
+            if shape and shape[0] != width:
+                raise ConfigError(
+                    f"the config of {cls.__name__} does not match the checkpoint {checkpoint.path}: "
+                    f"channels[{stage}] = {width}, but {official} has shape {shape}"
+                )
+
+    @classmethod
     def config_from_checkpoint(cls, path, checkpoint: Checkpoint) -> CRNNConfig:
         """EasyOCR's file has no config: the widths are read off the tensors; the charset is EasyOCR's English one."""
         shapes = {_KEYMAP.canonical(key): checkpoint.shape(key) for key in checkpoint.keys()}
-        conv = [shapes.get(f"FeatureExtraction.ConvNet.{i}.weight", ()) for i in (0, 3, 6, 11)]
+        conv = [shapes.get(key, ()) for key in STAGE_CONVOLUTIONS]
         hidden = shapes.get("SequenceModeling.0.rnn.weight_hh_l0", ())
         if any(len(s) != 4 for s in conv) or len(hidden) != 2:
             return CRNNConfig()  # not EasyOCR's layout: the loader names every difference
@@ -198,6 +211,9 @@ class CRNN(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
 
 
 OFFICIAL_FILE = CRNN.weights_file
+
+# The official convolution that sets each of the four stage widths (config.channels).
+STAGE_CONVOLUTIONS = tuple(f"FeatureExtraction.ConvNet.{i}.weight" for i in (0, 3, 6, 11))
 
 # EasyOCR's names (an nn.Sequential numbered by position, ReLUs and pools included)
 # -> minipt's. Files saved from nn.DataParallel carry "module." before every key.
