@@ -57,8 +57,6 @@ def assert_first(report, name):
 NO_TINY_REFERENCE = {
     "efficientnet-lite": "its compare_with_reference reads the architecture off the tensors with infer_config and builds "
                          "timm's tf_efficientnet_lite0-4 by name, so only the five official Lite layouts compare; the tiny config is none of them",
-    "g2p": "its compare_with_reference takes only a word, and the default word 'activationist' has letters the tiny G2P "
-           "(graphemes 'a', 'b') cannot spell",
 }
 SHIFT_SEED = 1
 

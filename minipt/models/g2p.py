@@ -241,13 +241,22 @@ def phonemize(word: str) -> list[str]:
 
 
 # -- minipt.reference: where the reference implementation computes the same values ----------
+def _default_word(config: G2PConfig) -> str:
+    """"activationist" where the model's letters spell it, else as many of its own letters in turn."""
+    letters = [g for g in config.graphemes if not g.startswith("<")]
+    if not letters:
+        raise InputError("this G2P model has no letters among its graphemes to compare on")
+    word = "activationist"
+    return word if set(word) <= set(letters) else "".join(letters[i % len(letters)] for i in range(len(word)))
+
+
 def compare_with_reference(model, path, inputs, rtol):
     """torch.nn's Embedding, GRU and Linear on g2p-en's arrays, point by point (``minipt.reference.layer_diffs``)."""
     from ..reference import report
 
     checkpoint = G2P.open_checkpoint(path)
     array = lambda key: torch.as_tensor(checkpoint.get(key)).float()  # noqa: E731
-    word = "activationist" if inputs is None else inputs
+    word = _default_word(model.config) if inputs is None else inputs
     if not isinstance(word, str):
         raise InputError(f"G2P compares on a word; got {type(word).__name__}")
     letters = model.encode_letters(word)[None]  # (1, T)
