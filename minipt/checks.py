@@ -1,7 +1,7 @@
 """Checks on inputs and arguments: the one place that validates what a user passes.
 
-``check_int``, ``check_float``, ``check_bool``, ``check_choice``, ``check_str``, ``check_tensor``,
-``check_dtype`` and ``check_device`` validate public arguments and raise ``InputError`` naming the
+``check_int``, ``check_float``, ``check_bool``, ``check_choice``, ``check_str``, ``check_path``,
+``check_tensor``, ``check_dtype`` and ``check_device`` validate public arguments and raise ``InputError`` naming the
 argument and the value. ``check_ids`` and ``tracing`` serve the models' input checks, written so
 that torch.compile and torch.export can trace them.
 
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
@@ -64,16 +66,25 @@ def check_bool(name: str, value: Any) -> bool:
     raise InputError(f"{name} must be True or False, got {type(value).__name__} {_shown(value)}")
 
 
-def check_int(name: str, value: Any, *, low: int | None = None, high: int | None = None, optional: bool = False) -> int | None:
-    """``value`` is an integer (Python's or numpy's, not a bool or a float) in [low, high]; None where ``optional``."""
+def _integers(low: int | None, high: int | None, noun: str) -> str:
+    """What an integer in [low, high] is called in a message: "a positive integer", "a token id in [0, 96]"."""
+    if noun == "an integer" and high is None and low in (0, 1):
+        return "a positive integer" if low == 1 else "a non-negative integer"
+    return noun if low is None and high is None else f"{noun} {_interval(low, high)}"
+
+
+def check_int(name: str, value: Any, *, low: int | None = None, high: int | None = None, optional: bool = False,
+              noun: str = "an integer") -> int | None:
+    """``value`` is an integer (Python's or numpy's, not a bool or a float) in [low, high]; None where ``optional``.
+    ``noun`` says what the integer is where that helps ("a token id")."""
     if value is None and optional:
         return None
+    or_none = " or None" if optional else ""
     if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)):
-        wanted = "an integer or None" if optional else "an integer"
-        raise InputError(f"{name} must be {wanted}, got {type(value).__name__} {_shown(value)}")
+        raise InputError(f"{name} must be {_integers(None, None, noun)}{or_none}, got {type(value).__name__} {_shown(value)}")
     value = int(value)
     if (low is not None and value < low) or (high is not None and value > high):
-        raise InputError(f"{name} must be {_interval(low, high)}, got {value}")
+        raise InputError(f"{name} must be {_integers(low, high, noun)}{or_none}, got {value}")
     return value
 
 
@@ -83,16 +94,16 @@ def check_float(name: str, value: Any, *, low: float | None = None, high: float 
     ``low_open``/``high_open``); None where ``optional``. NaN and infinities are refused."""
     if value is None and optional:
         return None
+    or_none = " or None" if optional else ""
     if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
-        wanted = "a real number or None" if optional else "a real number"
-        raise InputError(f"{name} must be {wanted}, got {type(value).__name__} {_shown(value)}")
+        raise InputError(f"{name} must be a real number{or_none}, got {type(value).__name__} {_shown(value)}")
     value = float(value)
     if not math.isfinite(value):
-        raise InputError(f"{name} must be finite, got {value}")
+        raise InputError(f"{name} must be finite{or_none}, got {value}")
     too_low = low is not None and (value <= low if low_open else value < low)
     too_high = high is not None and (value >= high if high_open else value > high)
     if too_low or too_high:
-        raise InputError(f"{name} must be {_interval(low, high, low_open, high_open)}, got {value}")
+        raise InputError(f"{name} must be {_interval(low, high, low_open, high_open)}{or_none}, got {value}")
     return value
 
 
@@ -117,6 +128,19 @@ def check_str(name: str, value: Any, *, empty: bool = False) -> str:
     if not value and not empty:
         raise InputError(f"{name} must not be empty")
     return value
+
+
+def check_path(name: str, value: Any) -> Path:
+    """``value`` names a file or folder: a str or ``os.PathLike`` (not bytes, not empty), as a ``Path``."""
+    if isinstance(value, (bytes, bytearray)) or not isinstance(value, (str, os.PathLike)):
+        raise InputError(f"{name} must be a path (str or pathlib.Path), got {type(value).__name__} {_shown(value)}")
+    try:
+        path = Path(value)
+    except TypeError as err:  # an os.PathLike whose __fspath__ gives bytes
+        raise InputError(f"{name} must be a path (str or pathlib.Path), got {type(value).__name__} {_shown(value)}") from err
+    if not str(value) or "\0" in str(path):
+        raise InputError(f"{name} must name a file or folder, got {_shown(value)}")
+    return path
 
 
 _KINDS = {

@@ -141,10 +141,12 @@ def test_zero_temperature_only_where_it_means_greedy():
 
 
 def test_bad_logits_and_missing_ids_are_named():
-    with pytest.raises(InputError, match="logits must be"):
+    with pytest.raises(InputError, match=r"logits must have 2 dimensions, got shape \(5,\)"):
         choose_next_token(torch.zeros(5))
-    with pytest.raises(InputError, match="logits must be"):
+    with pytest.raises(InputError, match="logits must hold floating values, got dtype torch.int64"):
         choose_next_token(torch.zeros(2, 5, dtype=torch.long))
+    with pytest.raises(InputError, match=r"input_ids holds 50, outside the table of 50 entries"):
+        choose_next_token(random_logits(), repetition_penalty=1.2, input_ids=torch.full((4, 2), 50))
     with pytest.raises(InputError, match="repetition_penalty needs input_ids"):
         choose_next_token(random_logits(), repetition_penalty=1.2)
     with pytest.raises(InputError, match=r"input_ids must be integer ids of shape \(4, seq_len\)"):

@@ -16,14 +16,12 @@ by GPT-2 and the char LM: the model only says how to get the next logits.
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from ..checks import check_ids
+from ..checks import check_bool, check_float, check_ids, check_int, check_tensor
 from ..errors import InputError
 from .output import ModelOutput
 from .streamer import check_streamer
@@ -33,14 +31,6 @@ __all__ = [
     "DEFAULT_MAX_NEW_TOKENS", "GenerateOutput", "check_generation", "generation_loop",
 ]
 DEFAULT_MAX_NEW_TOKENS = 20  # generate's length when neither max_new_tokens nor max_length is given
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def check_sampling(
@@ -60,22 +50,12 @@ def check_sampling(
     ``top_p``: a real in (0, 1] or None; ``repetition_penalty``: a finite real > 0 (1.0 = off);
     ``generator``: a ``torch.Generator`` or None. Bools and strings are never numbers here.
     """
-    floor = ">= 0 (0 = greedy)" if zero_temperature_is_greedy else "> 0"
-    lowest_ok = (lambda t: t >= 0) if zero_temperature_is_greedy else (lambda t: t > 0)
-    if not (_is_real(temperature) and math.isfinite(temperature) and lowest_ok(temperature)):
-        raise InputError(f"temperature must be {floor}, a finite real number; got {temperature!r}")
-    if top_k is not None:
-        integer = isinstance(top_k, numbers.Integral) and not isinstance(top_k, bool)
-        if vocab_size is not None and not (integer and 1 <= top_k <= vocab_size):
-            raise InputError(f"top_k must be an integer in [1, {vocab_size}] or None, got {top_k!r}")
-        if not (integer and top_k >= 1):
-            raise InputError(f"top_k must be at least 1 (a positive integer or None), got {top_k!r}")
-    if top_p is not None and not (_is_real(top_p) and 0 < top_p <= 1):
-        raise InputError(f"top_p must be in (0, 1] (a real number or None), got {top_p!r}")
-    if not (_is_real(repetition_penalty) and math.isfinite(repetition_penalty) and repetition_penalty > 0):
-        raise InputError(f"repetition_penalty must be > 0, a finite real number (1.0 = off); got {repetition_penalty!r}")
+    check_float("temperature", temperature, low=0, low_open=not zero_temperature_is_greedy)
+    check_int("top_k", top_k, low=1, high=vocab_size, optional=True)
+    check_float("top_p", top_p, low=0, high=1, low_open=True, optional=True)
+    check_float("repetition_penalty", repetition_penalty, low=0, low_open=True)
     if generator is not None and not isinstance(generator, torch.Generator):
-        raise InputError(f"generator must be a torch.Generator or None, got {type(generator).__name__} {generator!r}")
+        raise InputError(f"generator must be a torch.Generator or None, got {type(generator).__name__} {generator!r:.60}")
 
 
 def apply_repetition_penalty(logits: torch.Tensor, input_ids: torch.Tensor, penalty: float, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -119,22 +99,20 @@ def choose_next_token(
     so far (``attention_mask`` (B, T): 0 on padding, which is not penalised).
     ``generator`` makes the draw reproducible.
     """
+    check_bool("do_sample", do_sample)
     check_sampling(temperature, top_k, top_p, repetition_penalty, generator)
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[-1] == 0 or not logits.is_floating_point():
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise InputError(f"logits must be a float tensor of shape (batch, vocab), got {shape}")
+    check_tensor("logits", logits, kind="floating", ndim=2)
+    if logits.shape[-1] == 0:
+        raise InputError(f"logits must be a float tensor of shape (batch, vocab) with vocab >= 1, got {tuple(logits.shape)}")
     if repetition_penalty != 1:
         if input_ids is None:
             raise InputError("repetition_penalty needs input_ids, the (batch, seq_len) ids generated so far")
-        if (
-            not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[0] != logits.shape[0]
-            or input_ids.dtype not in (torch.int32, torch.int64)
-        ):
-            shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
-            raise InputError(f"input_ids must be integer ids of shape ({logits.shape[0]}, seq_len) for logits {tuple(logits.shape)}, got {shape}")
-        if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape):
-            shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
-            raise InputError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, got {shape}")
+        check_tensor("input_ids", input_ids, kind="integer", ndim=2)
+        if input_ids.shape[0] != logits.shape[0]:
+            raise InputError(f"input_ids must be integer ids of shape ({logits.shape[0]}, seq_len) for logits {tuple(logits.shape)}, got {tuple(input_ids.shape)}")
+        check_ids("input_ids", input_ids, logits.shape[-1])
+        if attention_mask is not None and check_tensor("attention_mask", attention_mask).shape != input_ids.shape:
+            raise InputError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}")
         logits = apply_repetition_penalty(logits, input_ids.long(), float(repetition_penalty), attention_mask)
     if not do_sample:
         return logits.argmax(-1)
@@ -188,40 +166,35 @@ def check_generation(
     positions the model can see, prompt and new tokens together (None: no limit).
     ``seed`` makes a generator on the prompt's device; give it or ``generator``.
     """
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[1] == 0 or input_ids.is_floating_point():
-        shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
-        raise InputError(f"input_ids must be integer prompts of shape (batch, seq_len) with seq_len >= 1, got {shape}")
+    check_tensor("input_ids", input_ids, kind="integer", ndim=2)
+    if input_ids.shape[1] == 0:
+        raise InputError(f"input_ids must be integer prompts of shape (batch, seq_len) with seq_len >= 1, got {tuple(input_ids.shape)}")
     T = input_ids.shape[1]
     if context is not None and T > context:
         raise InputError(f"the prompt has {T} tokens, more than the context of {context} positions")
     if max_new_tokens is not None and max_length is not None:
-        raise InputError(f"give max_new_tokens ({max_new_tokens!r}) or max_length ({max_length!r}), not both: max_length counts the prompt, max_new_tokens does not")
+        raise InputError(f"give max_new_tokens ({max_new_tokens!r:.40}) or max_length ({max_length!r:.40}), not both: max_length counts the prompt, max_new_tokens does not")
     if max_length is not None:
-        if not (_is_int(max_length) and max_length > T):
-            raise InputError(f"max_length counts the prompt: it must be an integer above the prompt's {T} tokens, got {max_length!r}")
+        if check_int("max_length", max_length) <= T:
+            raise InputError(f"max_length counts the prompt: it must be an integer above the prompt's {T} tokens, got {max_length}")
         new = max_length - T
     elif max_new_tokens is not None:
-        if not (_is_int(max_new_tokens) and max_new_tokens >= 1):
-            raise InputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-        new = max_new_tokens
+        new = check_int("max_new_tokens", max_new_tokens, low=1)
     else:
         new = DEFAULT_MAX_NEW_TOKENS
     if context is not None and T + new > context:
         what = f"max_length {max_length}" if max_length is not None else f"max_new_tokens {new}"
         raise InputError(f"{T} prompt tokens + {what} exceed the context of {context} positions; at most {context - T} new tokens fit")
     for name, value in (("do_sample", do_sample), ("output_logits", output_logits), ("return_dict_in_generate", return_dict_in_generate)):
-        if not isinstance(value, bool):
-            raise InputError(f"{name} must be True or False, got {value!r}")
+        check_bool(name, value)
     check_sampling(temperature, top_k, top_p, repetition_penalty, generator)
     for name, value in (("eos_token_id", eos_token_id), ("pad_token_id", pad_token_id)):
-        if value is not None and not (_is_int(value) and 0 <= value < vocab_size):
-            raise InputError(f"{name} must be a token id in [0, {vocab_size - 1}] or None, got {value!r}")
+        check_int(name, value, low=0, high=vocab_size - 1, optional=True, noun="a token id")
     if seed is not None:
-        if not _is_int(seed):
-            raise InputError(f"seed must be an integer or None, got {seed!r}")
+        seed = check_int("seed", seed, low=-(2**63), high=2**64 - 1)  # what a torch.Generator takes
         if generator is not None:
             raise InputError("give seed or generator, not both")
-        generator = torch.Generator(device=input_ids.device).manual_seed(int(seed))
+        generator = torch.Generator(device=input_ids.device).manual_seed(seed)
     check_streamer(streamer)
     check_ids("input_ids", input_ids, vocab_size)
     return new, generator
