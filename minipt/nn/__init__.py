@@ -5,19 +5,24 @@ from .backend import BACKENDS, get_backend, set_backend, use_backend
 from .conv import Conv2dSame, ConvBNAct, conv1x1, conv3x3, drop_path
 from .layers import GELU, LayerNorm, Linear, activation, linear_then_activation
 from .rnn import GRU, LSTM, RNN
-from .sampling import apply_repetition_penalty, check_sampling, choose_next_token
+from .sampling import GenerateOutput, apply_repetition_penalty, check_sampling, choose_next_token
+from .streamer import TextIteratorStreamer, TextStreamer, TokenIteratorStreamer
 
 __all__ = [
     "BACKENDS",
     "Conv2dSame",
     "ConvBNAct",
     "GELU",
+    "GenerateOutput",
     "GRU",
     "LSTM",
     "LayerNorm",
     "Linear",
     "MultiHeadAttention",
     "RNN",
+    "TextIteratorStreamer",
+    "TextStreamer",
+    "TokenIteratorStreamer",
     "activation",
     "apply_repetition_penalty",
     "check_sampling",
