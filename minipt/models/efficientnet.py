@@ -332,21 +332,41 @@ def classify(images: Sequence[Any], *, model: str | EfficientNet = "efficientnet
 
 
 # -- minipt.reference: where the reference implementation computes the same values ----------
+def _timm_lite(config: EfficientNetConfig) -> tuple[nn.Module, str]:
+    """timm's EfficientNet built from ``config``'s scaled stages, as its tf_efficientnet_lite models are
+    (ReLU6, fixed stem and head widths, TensorFlow "same" padding and BatchNorm epsilon), and its name."""
+    from functools import partial
+
+    from ..reference import import_reference
+
+    import_reference("timm", "EfficientNet-Lite")
+    from timm.models._efficientnet_builder import decode_arch_def
+    from timm.models.efficientnet import EfficientNet as TimmEfficientNet
+
+    arch_def = [[f"{'ds' if stage.expand == 1 else 'ir'}_r{stage.repeats}_k{stage.kernel}_s{stage.stride}_e{stage.expand}_c{stage.out_channels}"]
+                for stage in config.scaled_stages()]  # already scaled: timm multiplies nothing further
+    reference = TimmEfficientNet(
+        decode_arch_def(arch_def), num_classes=config.num_classes, num_features=config.head_channels, stem_size=config.stem_channels,
+        fix_stem=True, pad_type="same", act_layer=nn.ReLU6, norm_layer=partial(nn.BatchNorm2d, eps=config.bn_eps),
+        round_chs_fn=lambda channels: channels,
+    ).eval()
+    variant = next((n for n in LITE if config == EfficientNetConfig.lite(n, num_classes=config.num_classes)), None)
+    return reference, f"timm tf_efficientnet_{variant}" if variant else "timm EfficientNet built from this config's stages"
+
+
 def compare_with_reference(model, path, inputs, rtol):
     """timm's tf_efficientnet_lite on the same checkpoint, point by point (``minipt.reference.layer_diffs``)."""
     from ..checkpoint import model_keys
-    from ..reference import images, import_reference, report
+    from ..reference import images, report
 
-    timm = import_reference("timm", "EfficientNet-Lite")
     checkpoint = model.open_checkpoint(path)
-    config = infer_config(checkpoint)
-    variant = next(n for n, v in LITE.items() if (v["width"], v["depth"]) == (config.width, config.depth))
-    reference = timm.create_model(f"tf_efficientnet_{variant}", pretrained=False, num_classes=config.num_classes).eval()
+    config = model.config
+    reference, name = _timm_lite(config)
     with torch.device("meta"):
         official = [_KEYMAP.to_official(k)[0] for k in model_keys(EfficientNet(config))]
     theirs = list(reference.state_dict())  # timm's order is the official file's order
     if len(theirs) != len(official):
-        raise ConfigError(f"timm's tf_efficientnet_{variant} holds {len(theirs)} tensors, the official layout {len(official)}")
+        raise ConfigError(f"{name} holds {len(theirs)} tensors, the official layout {len(official)}")
     by_name = {_KEYMAP.canonical(key): key for key in checkpoint.keys()}
     reference.load_state_dict({t: checkpoint.get(by_name[o]) for t, o in zip(theirs, official)}, strict=True)
     x, label = images(inputs, lambda paths: preprocess(paths, config))
@@ -364,7 +384,7 @@ def compare_with_reference(model, path, inputs, rtol):
     points["head.out"] = ("bn2", None)
     if config.num_classes:
         points["classifier.out"] = ("classifier", None)
-    return report(model, f"timm tf_efficientnet_{variant}", label, rtol, points, lambda: model(x), reference, lambda: reference(x))
+    return report(model, name, label, rtol, points, lambda: model(x), reference, lambda: reference(x))
 
 
 # -- the family's one declaration (minipt.registry) ------------------------------------------
