@@ -52,7 +52,7 @@ def pair(name: str):
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.weight.uniform_(0.5, 1.5), m.bias.normal_(0, 0.1), m.running_mean.normal_(0, 0.1), m.running_var.uniform_(0.5, 1.5)
     model = getattr(mp_resnet, name)()
-    model.load_state_dict({mp_resnet.KEYMAP.to_minipt(k)[0]: v for k, v in reference.state_dict().items()})
+    model.load_state_dict({mp_resnet.ResNet.keymap().to_minipt(k)[0]: v for k, v in reference.state_dict().items()})
     return reference.eval(), model.eval()
 
 

@@ -79,14 +79,6 @@ def test_no_module_level_key_map(module):
     assert public == []
 
 
-@pytest.mark.parametrize("module, cls", [(resnet, ResNet), (g2p, g2p.G2P)])
-def test_the_old_constant_still_reads_with_a_warning(module, cls):
-    with pytest.warns(DeprecationWarning, match=rf"{module.__name__}.KEYMAP is now {cls.__name__}.keymap\(\)"):
-        assert module.KEYMAP is cls.keymap()
-    with pytest.raises(AttributeError):
-        module.NO_SUCH_NAME
-
-
 # -- classifier heads -----------------------------------------------------------------------
 @pytest.mark.parametrize("cls", CLASSIFIERS, ids=lambda c: c.__name__)
 def test_reset_classifier_on_every_classifier(cls, tmp_path):

@@ -185,14 +185,6 @@ _KEYMAP = KeyMap(
 )
 
 
-def __getattr__(name: str):
-    # The key map was the public constant KEYMAP before G2P.keymap(); the old name still reads, with a warning.
-    if name == "KEYMAP":
-        warnings.warn("minipt.models.g2p.KEYMAP is now G2P.keymap()", DeprecationWarning, stacklevel=2)
-        return _KEYMAP
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 # -- vocabularies from g2p-en's source text ----------------------------------------
 def read_vocabularies(path: str | os.PathLike) -> tuple[list[str], list[str]]:
     """The ``graphemes`` and ``phonemes`` lists assigned in g2p-en's ``g2p.py``, read without running it."""

@@ -22,7 +22,6 @@ feature map, ``forward_head`` pools and classifies it, ``get_classifier`` and
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -305,13 +304,6 @@ _KEYMAP = KeyMap(
     defaults={"{*}.num_batches_tracked": torch.tensor(0)},
 )
 
-
-def __getattr__(name: str):
-    # The key map was the public constant KEYMAP before ResNet.keymap(); the old name still reads, with a warning.
-    if name == "KEYMAP":
-        warnings.warn("minipt.models.resnet.KEYMAP is now ResNet.keymap()", DeprecationWarning, stacklevel=2)
-        return _KEYMAP
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def infer_config(checkpoint: Checkpoint) -> ResNetConfig:
