@@ -108,15 +108,16 @@ def check_float(name: str, value: Any, *, low: float | None = None, high: float 
 
 
 def check_choice(name: str, value: Any, choices: Iterable) -> Any:
-    """``value`` is one of ``choices`` (compared with ==; bools never stand for 0 or 1)."""
+    """``value`` is one of ``choices`` (compared with ==, but a bool only ever equals a bool: 1 is not True)."""
     choices = list(choices)
-    if isinstance(value, bool) and not any(isinstance(choice, bool) for choice in choices):
-        raise InputError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
-    try:
-        found = value in choices
-    except Exception:  # an unhashable or uncomparable value
-        found = False
-    if not found:
+
+    def same(choice) -> bool:
+        try:
+            return isinstance(choice, (bool, np.bool_)) == isinstance(value, (bool, np.bool_)) and bool(value == choice)
+        except Exception:  # a value that cannot be compared (a tensor of several elements)
+            return False
+
+    if not any(same(choice) for choice in choices):
         raise InputError(f"{name} must be one of {', '.join(map(repr, choices))}; got {_shown(value)}")
     return value
 

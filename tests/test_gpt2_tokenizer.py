@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from minipt import CheckpointError, CheckpointNotFoundError, InputError, Tokenizer
+from minipt.errors import SaveError
 from minipt import hub
 from minipt.reference import import_transformers
 from minipt.tokenizer import ENDOFTEXT, build_bpe_files, bytes_to_unicode, read_tiktoken, tiktoken_to_bpe
@@ -165,6 +166,47 @@ def test_gpt2_pads_once_given_a_pad_token_as_in_transformers(tmp_path):
     assert tok.convert_ids_to_tokens(ids) == reference.convert_ids_to_tokens(ids)
     assert tok.convert_ids_to_tokens(ids, skip_special_tokens=True) == reference.convert_ids_to_tokens(ids, skip_special_tokens=True) == ["hello"]
     assert tok.convert_tokens_to_ids(["Ġwo", "no such"]) == reference.convert_tokens_to_ids(["Ġwo", "no such"]) == [261, 263]
+
+
+def test_no_padding_token_is_needed_where_nothing_is_padded(tmp_path):
+    build_bpe_files(read_tiktoken(tiny_tiktoken([b"he", b"ll", b"hell", b"hello", b" w", b" wo", b"or"])), {ENDOFTEXT: 263}, tmp_path)
+    tok = Tokenizer.from_pretrained(tmp_path)
+    assert tok.pad_token is None
+    one = tok(["hello world"])  # a batch of one, as generate's prompts often are
+    unpadded = tok("hello world", padding=False, return_tensors=None)["input_ids"]
+    assert len(unpadded) == 5 and one["input_ids"].tolist() == [unpadded] and one["attention_mask"].tolist() == [[1] * 5]
+    assert tok(["hello", "hello"])["input_ids"].shape == (2, 1)  # rows of one length
+    assert tok("hello world", padding="max_length", max_length=5)["input_ids"].shape == (1, 5)  # already max_length long
+    with pytest.raises(InputError, match="has no padding token"):
+        tok("hello world", padding="max_length", max_length=6)
+    assert tok(PROMPTS, padding=False, return_tensors=None)["input_ids"][1] == [259]
+
+
+def test_text_that_is_not_unicode_is_named(tmp_path):
+    build_bpe_files(read_tiktoken(tiny_tiktoken([b"he", b"ll"])), {ENDOFTEXT: 258}, tmp_path)
+    tok = Tokenizer.from_pretrained(tmp_path)
+    with pytest.raises(InputError, match=r"text\[1\] is not valid Unicode: surrogates not allowed at position 1 \('\\ud800'\)"):
+        tok(["fine", "a\ud800b"], padding=False, return_tensors=None)
+    with pytest.raises(InputError, match=r"text_pair\[0\] is not valid Unicode"):
+        tok(["fine"], ["\udfff"], padding=False, return_tensors=None)
+    with pytest.raises(InputError, match="text.* is not valid Unicode"):
+        tok.tokenize("\ud800")
+
+
+def test_save_pretrained_writes_whole_files(tmp_path):
+    from minipt.files import TEMPORARY_PREFIX
+
+    build_bpe_files(read_tiktoken(tiny_tiktoken([b"he", b"ll", b"hell", b"hello"])), {ENDOFTEXT: 260}, tmp_path / "source")
+    tok = Tokenizer.from_pretrained(tmp_path / "source")
+    tok.pad_token = tok.eos_token
+    saved = tok.save_pretrained(tmp_path / "saved")
+    assert sorted(p.name for p in saved.iterdir()) == ["tokenizer.json", "tokenizer_config.json"]  # no temporary file left
+    assert not any(p.name.startswith(TEMPORARY_PREFIX) for p in saved.iterdir())
+    again = Tokenizer.from_pretrained(saved)
+    assert again.pad_token == ENDOFTEXT and again("hello he")["input_ids"].tolist() == tok("hello he")["input_ids"].tolist()
+    (tmp_path / "a file").write_text("")
+    with pytest.raises(SaveError, match="a file"):
+        tok.save_pretrained(tmp_path / "a file" / "inside")
 
 
 def test_real_gpt2_left_padding_matches_transformers(gpt2_folder):

@@ -129,12 +129,12 @@ def test_settings_survive_save_pretrained(fresh, tmp_path):
 @pytest.mark.parametrize(
     "setting, value, message",
     [
-        ("padding_side", "middle", "padding_side must be 'right' or 'left', not 'middle'"),
-        ("padding_side", None, "padding_side must be 'right' or 'left', not None"),
+        ("padding_side", "middle", "padding_side must be one of 'right', 'left'; got 'middle'"),
+        ("padding_side", None, "padding_side must be one of 'right', 'left'; got None"),
         ("pad_token", "<no such token>", r"pad_token '<no such token>' is not in the vocabulary"),
         ("pad_token", 0, r"pad_token must be a token \(str\) or None, got int"),
-        ("eos_token_id", 30522, r"eos_token_id must be an id in \[0, 30521\] or None, got 30522"),
-        ("pad_token_id", True, "pad_token_id must be an id"),
+        ("eos_token_id", 30522, r"eos_token_id must be a token id in \[0, 30521\] or None, got 30522"),
+        ("pad_token_id", True, "pad_token_id must be a token id or None, got bool True"),
     ],
 )
 def test_bad_settings_are_named(fresh, setting, value, message):
