@@ -1,4 +1,4 @@
-"""The calls users bring from timm and transformers, the same on every model of these families.
+"""The calls users bring from timm and transformers, the same on every declared model (minipt.registry).
 
 - ``check_inputs(...)`` takes forward's arguments and raises the InputError forward would;
 - ``Model.keymap(config=None)`` is the one public key map (no module-level constants);
@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
@@ -21,14 +22,15 @@ from minipt import registry
 from minipt.checkpoint import model_keys, official_state_dict
 from minipt.errors import InputError, TrainingError
 from minipt.keymap import KeyMap
-from minipt.models import bert, crnn, efficientnet, g2p, resnet
 from minipt.models.bert import BertForSequenceClassification
+from minipt.models.classifier import HasClassifier
 from minipt.models.efficientnet import EfficientNet
 from minipt.models.resnet import ResNet
 
-FAMILIES = {f.model_type: f for f in registry.families() if f.module in {m.__name__ for m in (bert, crnn, efficientnet, g2p, resnet)}}
+FAMILIES = {f.model_type: f for f in registry.families()}
 CLASSES = [cls for family in FAMILIES.values() for cls in family.classes]
-CLASSIFIERS = [ResNet, EfficientNet, BertForSequenceClassification]
+CLASSIFIERS = [cls for cls in CLASSES if issubclass(cls, HasClassifier)]
+MODULES = sorted({family.module for family in FAMILIES.values()})
 
 
 def tiny(cls):
@@ -73,8 +75,9 @@ def test_keymap_is_a_classmethod_of_every_model(cls):
         assert keymap.to_minipt(keymap.to_official(key)[0])[0] == key
 
 
-@pytest.mark.parametrize("module", [bert, crnn, efficientnet, g2p, resnet], ids=lambda m: m.__name__)
-def test_no_module_level_key_map(module):
+@pytest.mark.parametrize("name", MODULES)
+def test_no_module_level_key_map(name):
+    module = importlib.import_module(name)
     public = [name for name, value in vars(module).items() if not name.startswith("_") and (isinstance(value, KeyMap) or name.endswith("keymap"))]
     assert public == []
 
