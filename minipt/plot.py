@@ -20,7 +20,9 @@ from typing import Sequence
 
 import torch
 
+from .checks import check_float, check_int, check_path
 from .errors import InputError, MissingDependencyError
+from .files import atomic_path
 
 
 def _figure(width: float, height: float):
@@ -32,11 +34,14 @@ def _figure(width: float, height: float):
 
 
 def save_png(figure, path: str | os.PathLike, dpi: int = 100) -> None:
-    """Write ``figure`` as a PNG file."""
-    try:
-        figure.savefig(os.fspath(path), format="png", dpi=dpi)
-    except OSError as err:
-        raise InputError(f"{path}: cannot write the picture ({err.strerror or err})") from err
+    """Write ``figure`` as a PNG file, atomically (``minipt.files.atomic_path``: a reader never sees half a picture);
+    a path that cannot be written raises ``SaveError`` naming it."""
+    if not callable(getattr(figure, "savefig", None)):
+        raise InputError(f"figure must be a matplotlib Figure (what minipt.plot's functions return), got {type(figure).__name__}")
+    path = check_path("path", path)
+    dpi = check_int("dpi", dpi, low=1, high=10_000)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=dpi)
 
 
 def _indices(chosen, count: int, what: str) -> list[int]:
@@ -71,8 +76,7 @@ def attention_maps(
     if not probs or not all(isinstance(p, torch.Tensor) and p.dim() == 4 and p.shape[-1] == p.shape[-2] for p in probs):
         raise InputError("attention_maps expects attention probabilities shaped (batch, heads, T, T), one tensor per layer")
     batch, num_heads, T, _ = probs[0].shape
-    if not 0 <= sequence < batch:
-        raise InputError(f"sequence {sequence} is not in the batch of {batch}")
+    check_int("sequence", sequence, low=0, high=batch - 1)
     tokens = list(tokens)
     if len(tokens) != T:
         raise InputError(f"{len(tokens)} tokens for attention over {T} positions; give one label per position")
@@ -124,8 +128,7 @@ def feature_maps(maps: torch.Tensor, *, channels: int | Sequence[int] = 15, imag
     maps = maps.detach().float().cpu().reshape(maps.shape[-3:])  # (C, H, W)
     C = maps.shape[0]
     if isinstance(channels, int):
-        if channels < 1:
-            raise InputError(f"channels must be at least 1, got {channels}")
+        check_int("channels", channels, low=1)
         chosen = maps.mean((1, 2)).argsort(descending=True)[: min(channels, C)].tolist()
     else:
         chosen = list(channels)
@@ -173,6 +176,7 @@ def layer_diff(report: Sequence[tuple[str, float]], tolerance: float = 1e-5, *, 
     Exact zeros, which a log scale cannot show, sit on the bottom edge, drawn as open circles.
     """
     ylabel = "max abs difference"
+    tolerance = check_float("tolerance", tolerance, low=0, low_open=True)
     if hasattr(report, "rows") and hasattr(report, "rtol"):
         ylabel, tolerance = "difference / largest reference value", report.rtol
         report = [(row.name, row.relative) for row in report.rows if row.shapes is None]
