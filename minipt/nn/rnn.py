@@ -401,6 +401,7 @@ class LSTM(_RNNBase):
     projected to ``proj_size`` features by ``weight_hr_l{k}`` (Sak et al., 2014).
     """
 
+    # torch.nn.LSTM's signature spelled out, as _RNNBase's is, so help() and editors show the drop-in's arguments
     def __init__(
         self,
         input_size: int,
