@@ -14,8 +14,9 @@
 The names follow the modules' own names:
 
 - ``<module>.out``: the output of every submodule (the first element when it
-  returns a tuple, as attention and recurrent layers do, the first field of an
-  output dataclass, such as ``bert.out``'s last hidden state): ``embeddings.out``,
+  returns a tuple, as attention and recurrent layers do; the ``logits`` of a
+  ``ModelOutput``, else its first tensor that is not the ``loss``; the first
+  field of another output dataclass): ``embeddings.out``,
   ``layers.3.attn.out``, ``layers.3.ffn_up.out``, ``layers.3.out``,
   ``stages.2.0.conv1.out``, ``blocks.4.out``. Dropout and identity modules have
   none. A module called twice in one forward (ResNet's shared ReLU) records
@@ -40,6 +41,10 @@ them and the backend; ``model.set_backend("math")`` or
 Nothing is installed outside ``capture``: hooks are registered on the modules
 asked for when the block opens and removed when it closes, and the tap points
 are a pass-through while no capture is open.
+
+A capture belongs to the thread that opened it: it records and edits the
+model's runs in that thread only, so a server thread running the same model
+while another thread ablates a head gets the model's ordinary output.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import threading
 from collections.abc import Mapping
 from fnmatch import fnmatchcase
 from typing import Any, Callable, Iterator, Union
@@ -54,9 +60,11 @@ from typing import Any, Callable, Iterator, Union
 import torch
 from torch import nn
 
+from .checks import check_bool
 from .errors import ConfigError, InputError
 from .nn import tap as tap_points
 from .nn.backend import get_backend
+from .nn.output import ModelOutput
 
 Edit = Union[Callable[..., torch.Tensor], torch.Tensor]  # a function of the value, or the value to put in its place
 
@@ -118,7 +126,9 @@ class capture(Mapping):
         if not isinstance(model, nn.Module):
             raise InputError(f"capture looks inside a torch module, got {type(model).__name__}")
         self.model = model
-        self.detach = detach
+        self.detach = check_bool("detach", detach)
+        if edit is not None and not isinstance(edit, Mapping):
+            raise InputError(f"edit must map names or patterns to edits ({{'layers.0.out': fn}}), got {type(edit).__name__}")
         points = {name: (module, tap, backend) for name, module, tap, backend in _points(model)}
         self._wanted = _match(patterns, points, "capture")
         self._edits: dict[str, Edit] = {}
@@ -140,9 +150,13 @@ class capture(Mapping):
         self._values: dict[str, list[torch.Tensor]] = {}
         self._steps: dict[str, list] = {}  # per-step names: the steps of the layer call in progress
         self._edited: set[str] = set()
+        self._thread: int | None = None  # the thread that opened the block: the only one whose runs it sees
 
     # -- opening and closing -----------------------------------------------------
     def __enter__(self) -> "capture":
+        if self._thread is not None:
+            raise InputError("this capture is already open; open a new capture(...) for another block")
+        self._thread = threading.get_ident()
         for name, module in self._hooked.items():
             self._handles.append(module.register_forward_hook(self._module_hook(name)))
         tap_points._listeners.append(self._tapped)
@@ -153,6 +167,7 @@ class capture(Mapping):
             handle.remove()
         self._handles.clear()
         tap_points._listeners.remove(self._tapped)
+        self._thread = None
         missed = sorted(set(self._edits) - self._edited)
         if kind is None and missed:
             raise InputError(f"the edits of {', '.join(missed)} never applied: the model computed no such value inside the block"
@@ -161,6 +176,8 @@ class capture(Mapping):
     # -- recording and editing ------------------------------------------------------
     def _module_hook(self, name: str):
         def hook(module, args, output):
+            if threading.get_ident() != self._thread:  # another thread's run of the same model
+                return None
             value, rebuild = _main_value(output)
             if not isinstance(value, torch.Tensor):
                 return None
@@ -171,7 +188,7 @@ class capture(Mapping):
 
     def _tapped(self, site, tap: str, value: torch.Tensor, step) -> torch.Tensor:
         prefix = self._sites.get(site)
-        if prefix is None:
+        if prefix is None or threading.get_ident() != self._thread:
             return value
         name = f"{prefix}.{tap}" if prefix else tap
         if name not in self._wanted and name not in self._edits:
@@ -238,12 +255,17 @@ class capture(Mapping):
 
 def _main_value(output) -> tuple[Any, Callable[[torch.Tensor], Any]]:
     """A module's value and how to put a new one in its place: the output itself, the first element
-    of a tuple (attention, recurrent layers), or the first field of an output dataclass (BertOutput)."""
+    of a tuple (attention, recurrent layers), the logits of a ``ModelOutput`` (else its first tensor
+    that is not the loss), or the first field of another output dataclass (BertOutput)."""
     if isinstance(output, tuple) and output:
         return output[0], lambda new: (new, *output[1:])
     if dataclasses.is_dataclass(output) and not isinstance(output, type):
-        first = dataclasses.fields(output)[0].name
-        return getattr(output, first), lambda new: dataclasses.replace(output, **{first: new})
+        names = [field.name for field in dataclasses.fields(output)]
+        if isinstance(output, ModelOutput):
+            tensors = [name for name in names if name != "loss" and isinstance(getattr(output, name), torch.Tensor)]
+            names = ["logits"] if "logits" in tensors else tensors or names
+        main = names[0]
+        return getattr(output, main), lambda new: dataclasses.replace(output, **{main: new})
     return output, lambda new: new
 
 

@@ -220,6 +220,48 @@ def test_a_capture_records_only_its_own_model():
 
 
 # -- what a backend cannot show, and bad requests -------------------------------------------------
+def test_an_edit_applies_to_the_thread_that_opened_it_only():
+    import threading
+
+    model, batch = tiny_bert(), bert_batch()
+    model.set_backend("math")  # the attention probabilities are a tap point, edited as well
+    with torch.no_grad():
+        plain = model(**batch).last_hidden_state
+    outputs = {}
+
+    def other_thread():
+        with torch.no_grad():
+            outputs["other"] = model(**batch).last_hidden_state
+
+    edits = {"layers.0.out": torch.zeros(2, 7, 16), "layers.1.attn.probs": lambda probs: probs.flip(-1)}
+    with probe.capture(model, "layers.0.out", edit=edits) as seen, torch.no_grad():
+        worker = threading.Thread(target=other_thread)
+        worker.start()
+        worker.join()
+        edited = model(**batch).last_hidden_state
+    assert torch.equal(outputs["other"], plain)  # another thread's run: neither edited nor recorded
+    assert not torch.allclose(edited, plain)
+    assert len(seen.history("layers.0.out")) == 1 and torch.equal(seen["layers.0.out"], torch.zeros(2, 7, 16))
+
+
+def test_the_value_of_a_model_output_is_its_logits_not_its_loss():
+    class WithHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lm = MODELS["gpt2"][0]()
+
+        def forward(self, ids):
+            return self.lm(ids, labels=ids)
+
+    model, ids = WithHead(), torch.randint(0, 40, (2, 6))
+    with probe.capture(model, "lm.out") as seen, torch.no_grad():
+        out = model(ids)
+    assert out.loss is not None and torch.equal(seen["lm.out"], out.logits)
+    with probe.capture(model, edit={"lm.out": torch.zeros(2, 6, 40)}), torch.no_grad():
+        edited = model(ids)
+    assert torch.equal(edited.logits, torch.zeros(2, 6, 40)) and torch.equal(edited.loss, out.loss)  # the loss is left as computed
+
+
 def test_attention_probabilities_need_the_math_backend():
     model = tiny_bert()
     model.set_backend("torch")
