@@ -34,12 +34,14 @@ from __future__ import annotations
 
 import types
 from collections import namedtuple
+from contextvars import ContextVar
 from typing import Iterable
 
 import torch
 from torch import nn
 
-from .errors import StageError, TrainingError
+from .checks import check_choice, check_float, check_int, check_str
+from .errors import InputError, StageError, TrainingError
 from .nn.backend import BackendBlock
 
 BN_MODES = ("eval", "train")
@@ -104,6 +106,7 @@ def stages(model: nn.Module) -> list[str]:
 
 
 def _check_names(model: nn.Module, names: Iterable[str]) -> list[str]:
+    names = [check_str("stage name", name) for name in names]
     known = stages(model)
     unknown = [name for name in names if name not in known]
     if unknown:
@@ -119,8 +122,7 @@ def freeze(model: nn.Module, *names: str, bn: str = "eval") -> nn.Module:
     dropout as in evaluation, whatever ``model.train()`` says later;
     ``bn="train"`` lets them follow the model's mode.
     """
-    if bn not in BN_MODES:
-        raise TrainingError(f"bn={bn!r}: expected one of {BN_MODES}")
+    check_choice("bn", bn, BN_MODES)
     _refuse_quantized(model, "freeze")
     resolved, params = _resolve(model), stage_parameters(model)
     for name in _check_names(model, names) if names else list(resolved):
@@ -151,6 +153,7 @@ def freeze_up_to(model: nn.Module, name: str, *, bn: str = "eval") -> nn.Module:
 
     Calling it again with a lower stage unfreezes the stages in between (gradual unfreezing).
     """
+    check_choice("bn", bn, BN_MODES)
     _check_names(model, [name])
     order = stages(model)
     cut = order.index(name) + 1
@@ -181,14 +184,27 @@ def is_held_in_eval(module: nn.Module) -> bool:
 
 
 # -- a new task head -----------------------------------------------------------------
+_delegated: ContextVar[frozenset[int]] = ContextVar("_delegated", default=frozenset())  # models whose own reset_classifier runs now
+
+
 def reset_classifier(model: nn.Module, num_classes: int | None = None, **config_fields) -> nn.Module:
     """Replace the task head by a freshly initialised one for ``num_classes`` classes (timm's convention).
 
-    The model's config is updated through its own checks. A head whose size
-    follows another field is re-sized through that field:
+    A model with its own ``reset_classifier`` (minipt's classifiers: ``minipt.models.classifier``)
+    is asked to do it, so both calls do the same (0 classes: no head, on the image classifiers);
+    that method comes back here for the replacement itself. The model's config is updated through
+    its own checks. A head whose size follows another field is re-sized through that field:
     ``reset_classifier(crnn, charset="0123456789")``.
     """
     _refuse_quantized(model, "reset_classifier")
+    own = getattr(type(model), "reset_classifier", None)
+    if callable(own) and num_classes is not None and not config_fields and id(model) not in _delegated.get():
+        token = _delegated.set(_delegated.get() | {id(model)})
+        try:
+            own(model, num_classes)
+        finally:
+            _delegated.reset(token)
+        return model
     declared = getattr(model, "transfer_head", None)
     if declared is None:
         raise TrainingError(f"{type(model).__name__} declares no task head to replace (its output is not a set of classes)")
@@ -197,7 +213,7 @@ def reset_classifier(model: nn.Module, num_classes: int | None = None, **config_
     if num_classes is not None:
         if size_field not in {f for f in type(config).__dataclass_fields__}:
             raise TrainingError(f"{type(model).__name__}'s number of classes follows its config; pass the field that decides it (such as charset=...)")
-        config_fields[size_field] = num_classes
+        config_fields[size_field] = check_int("num_classes", num_classes, low=1)
     if not config_fields:
         raise TrainingError("reset_classifier needs num_classes (or the config field that sets the head's size)")
     if "id2label" in type(config).__dataclass_fields__ and "id2label" not in config_fields:
@@ -224,7 +240,12 @@ def num_classes(model: nn.Module) -> int:
 
 def check_labels(model: nn.Module, labels) -> None:
     """Refuse labels the head cannot predict (before training, not as an index error deep in the loss)."""
-    labels = torch.as_tensor(labels)
+    try:
+        labels = torch.as_tensor(labels)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise InputError(f"labels must be class numbers (a tensor, array or list of integers), got {type(labels).__name__}: {err}") from None
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise InputError(f"labels must be integer class numbers, got dtype {labels.dtype}")
     classes = num_classes(model)
     if labels.numel() == 0:
         return
@@ -246,8 +267,9 @@ def param_groups(model: nn.Module, lr: float, *, layer_decay: float = 1.0, weigh
     Each group carries its stage's name under ``"stage"``.
     """
     _refuse_quantized(model, "param_groups")
-    if not 0 < layer_decay <= 1:
-        raise TrainingError(f"layer_decay = {layer_decay!r}: expected a number in (0, 1]")
+    lr = check_float("lr", lr, low=0)
+    layer_decay = check_float("layer_decay", layer_decay, low=0, high=1, low_open=True)
+    weight_decay = check_float("weight_decay", weight_decay, low=0, optional=True)
     by_stage = stage_parameters(model)
     order = list(by_stage)
     groups = []

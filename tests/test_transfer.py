@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from minipt import registry, transfer
-from minipt.errors import MiniptError, StageError, TrainingError
+from minipt.errors import InputError, MiniptError, StageError, TrainingError
 from minipt.models.bert import BertConfig, BertForMaskedLM, BertForSequenceClassification
 from minipt.models.crnn import CRNN, CRNNConfig
 from minipt.models.efficientnet import EfficientNet, EfficientNetConfig
@@ -223,8 +223,18 @@ def test_frozen_stages_drop_nothing_under_train():
 
 
 def test_bn_mode_is_checked():
-    with pytest.raises(TrainingError, match="bn='frozen'"):
+    with pytest.raises(InputError, match="bn must be one of 'eval', 'train'; got 'frozen'"):
         transfer.freeze(_resnet(), "stem", bn="frozen")
+    with pytest.raises(InputError, match="stage name must be a string, got int 0"):
+        transfer.freeze(_resnet(), 0)
+
+
+def test_reset_classifier_asks_a_model_with_its_own_first():
+    model = _resnet()
+    transfer.reset_classifier(model, 0)  # ResNet's own reset_classifier: 0 classes is no head, as in timm
+    assert isinstance(model.get_classifier(), nn.Identity) and model.num_classes == 0
+    transfer.reset_classifier(model, 4)
+    assert model.get_classifier().out_features == 4 and model.num_classes == 4
 
 
 # -- new heads ----------------------------------------------------------------------
@@ -274,8 +284,10 @@ def test_optimiser_groups_that_miss_or_repeat_a_parameter():
         transfer.check_param_groups(model, [{"params": params}, {"params": params[-1:]}])
     with pytest.raises(TrainingError, match="not BertForSequenceClassification's"):
         transfer.check_param_groups(model, [{"params": params + [nn.Parameter(torch.zeros(1))]}])
-    with pytest.raises(TrainingError, match="layer_decay"):
+    with pytest.raises(InputError, match=r"layer_decay must be in \(0, 1\], got 1.5"):
         transfer.param_groups(model, 1e-3, layer_decay=1.5)
+    with pytest.raises(InputError, match="lr must be finite, got nan"):
+        transfer.param_groups(model, float("nan"))
     transfer.freeze(model)
     with pytest.raises(TrainingError, match="every parameter .* is frozen"):
         transfer.param_groups(model, 1e-3)
