@@ -31,6 +31,7 @@ reading a single weight.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from .checks import check_int
 from .errors import InputError
 
 
@@ -73,7 +75,7 @@ class Summary:
 
     def table(self, depth: int | None = -1) -> str:
         """The rows down to ``depth`` (None: all; by default the summary's own) as a text table, with totals under it."""
-        depth = self.depth if depth == -1 else depth
+        depth = self.depth if depth == -1 else check_int("depth", depth, low=0, optional=True)
         shown = [row for row in self.rows if depth is None or row.depth <= depth]
         labels = ["  " * row.depth + row.label for row in shown]
         shapes = [_shape_text(row) for row in shown]
@@ -118,6 +120,7 @@ def summary(model: nn.Module, example_inputs: Any = None, *, input_size: Any = N
         raise InputError(f"summary expects a torch.nn.Module, got {type(model).__name__}")
     if example_inputs is not None and input_size is not None:
         raise InputError("summary takes example_inputs or input_size, not both")
+    depth = check_int("depth", depth, low=0, optional=True)
     if example_inputs is None:
         example_inputs = _inputs_of_size(model, input_size)
     args, kwargs = _as_call(example_inputs, _device_of(model))
@@ -335,13 +338,16 @@ def example_inputs(model: nn.Module, size: str | tuple[int, ...] | None = None) 
         size = default
         if type(model).__module__ == "minipt.models.efficientnet":
             size = f"1x3x{model.config.resolution}x{model.config.resolution}"
-    shape = parse_size(size) if isinstance(size, str) else tuple(size)
+    shapes = _shapes(size)
+    if len(shapes) != 1:
+        raise InputError(f"{type(model).__name__} reads {what}: one input size such as {default}, not {len(shapes)}")
+    shape = shapes[0]
     if len(shape) != dims:
         raise InputError(f"{type(model).__name__} reads {what}: an input size of {dims} dimensions such as {default}, not {'x'.join(map(str, shape))}")
     device = _device_of(model)
     if dims == 4:
-        return torch.zeros(shape, device=device)
-    ids = torch.zeros(shape, dtype=torch.long, device=device)
+        return _allocate(torch.zeros, shape, device=device)
+    ids = _allocate(torch.zeros, shape, dtype=torch.long, device=device)
     if type(model).__module__ == "minipt.models.g2p":
         return (ids, ids.clone())
     return ids
@@ -367,8 +373,16 @@ def _inputs_of_size(model: nn.Module, input_size: Any = None) -> Any:
             return tuple(example_inputs(model, shape)[0] for shape in shapes)
         raise InputError(f"{type(model).__name__} reads {family[0]}: one input size such as {family[1]}, not {len(shapes)}")
     device, dtype = _device_of(model), _float_dtype_of(model)
-    inputs = tuple(torch.randn(shape, device=device, dtype=dtype) for shape in shapes)
+    inputs = tuple(_allocate(torch.randn, shape, device=device, dtype=dtype) for shape in shapes)
     return inputs[0] if len(inputs) == 1 else inputs
+
+
+def _allocate(make, shape: tuple[int, ...], **options) -> torch.Tensor:
+    """``make(shape, **options)``, or an InputError naming a size this machine cannot hold."""
+    try:
+        return make(shape, **options)
+XX
+        raise InputError(f"input size {'x'.join(map(str, shape))} cannot be allocated here: {str(err).splitlines()[0]}") from None
 
 
 def _shapes(input_size: Any) -> list[tuple[int, ...]]:
@@ -376,10 +390,10 @@ def _shapes(input_size: Any) -> list[tuple[int, ...]]:
     def one(size) -> tuple[int, ...] | None:
         if isinstance(size, str):
             return parse_size(size)
-        if isinstance(size, (tuple, list, torch.Size)) and size and all(isinstance(d, int) and not isinstance(d, bool) for d in size):
+        if isinstance(size, (tuple, list, torch.Size)) and size and all(isinstance(d, numbers.Integral) and not isinstance(d, bool) for d in size):
             if min(size) < 1:
                 raise InputError(f"input_size {tuple(size)}: every dimension must be at least 1")
-            return tuple(size)
+            return tuple(int(d) for d in size)
         return None
 
     single = one(input_size)
