@@ -381,7 +381,7 @@ def _allocate(make, shape: tuple[int, ...], **options) -> torch.Tensor:
     """``make(shape, **options)``, or an InputError naming a size this machine cannot hold."""
     try:
         return make(shape, **options)
-XX
+    except (RuntimeError, MemoryError, TypeError) as err:  # the CPU allocator, a size overflow, a dimension over 64 bits
         raise InputError(f"input size {'x'.join(map(str, shape))} cannot be allocated here: {str(err).splitlines()[0]}") from None
 
 
