@@ -43,6 +43,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from .checks import check_bool
 from .errors import InputError, MissingDependencyError
 from .transfer import is_quantized
 
@@ -51,6 +52,9 @@ INSTALL = 'pip install "minipt[quantize]" -c .ci/constraints.txt (or pip install
 
 def quantize_int8(model: nn.Module, *, lstm: bool = True) -> nn.Module:
     """An eval-mode copy of ``model`` with int8 Linear (and, with ``lstm``, LSTM) weights; the original is untouched."""
+    if not isinstance(model, nn.Module):
+        raise InputError(f"quantize_int8 takes a torch.nn.Module, got {type(model).__name__}")
+    lstm = check_bool("lstm", lstm)
     if any(p.device.type != "cpu" for p in model.parameters()):
         raise InputError("int8 quantisation is measured and tested on the CPU: move the model there first (model.cpu())")
     if any(p.dtype != torch.float32 for p in model.parameters()):
@@ -142,6 +146,8 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
 
 def size_bytes(model: nn.Module) -> int:
     """Bytes of the model's state dict as ``torch.save`` writes it (int8 weights and their scales included)."""
+    if not isinstance(model, nn.Module):
+        raise InputError(f"size_bytes takes a torch.nn.Module, got {type(model).__name__}")
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

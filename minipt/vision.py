@@ -12,7 +12,11 @@ from typing import Any, Sequence
 
 import torch
 
+from .checks import check_int, check_path
 from .errors import InputError
+
+
+MAX_SIDE = 1 << 16  # the most pixels a side may have after resizing or cropping: 65536, far above any model's input
 
 
 def _pil():
@@ -30,7 +34,7 @@ def load_image(image: Any) -> Any:
         return image.convert("RGB")
     if not isinstance(image, (str, os.PathLike)):
         raise InputError(f"expected an image file path or a PIL image, got {type(image).__name__}")
-    path = Path(image)
+    path = check_path("image", image)
     if path.is_dir():
         raise InputError(f"{path} is a directory, not an image file")
     if not path.is_file():
@@ -44,12 +48,15 @@ def load_image(image: Any) -> Any:
 
 def resize_shorter_side(image: Any, size: int) -> Any:
     """Scale so that the shorter side is ``size`` pixels (bicubic), keeping the aspect ratio."""
+    size = check_int("size", size, low=1, high=MAX_SIDE)
     width, height = image.size
     scale = size / min(width, height)
     return image.resize((max(size, round(width * scale)), max(size, round(height * scale))), _pil().Resampling.BICUBIC)
 
 
 def center_crop(image: Any, size: int) -> Any:
+    """The centre ``size`` x ``size`` square (padded with black where the image is smaller)."""
+    size = check_int("size", size, low=1, high=MAX_SIDE)
     width, height = image.size
     left, top = (width - size) // 2, (height - size) // 2
     return image.crop((left, top, left + size, top + size))
@@ -65,8 +72,11 @@ def to_tensor(image: Any) -> torch.Tensor:
 
 def image_batch(images: Sequence[Any], *, resize: int, crop: int) -> torch.Tensor:
     """Decode, resize the shorter side to ``resize``, centre-crop ``crop`` x ``crop``: (B, 3, crop, crop) in 0..255."""
-    if isinstance(images, (str, os.PathLike)):
+    resize, crop = check_int("resize", resize, low=1, high=MAX_SIDE), check_int("crop", crop, low=1, high=MAX_SIDE)
+    if isinstance(images, (str, os.PathLike)) or type(images).__module__.startswith("PIL."):  # one image
         images = [images]
+    if not hasattr(images, "__len__") or not hasattr(images, "__iter__"):
+        raise InputError(f"images must be a path, a PIL image or a list of them, got {type(images).__name__}")
     if len(images) == 0:
         raise InputError("no images given")
     return torch.stack([to_tensor(center_crop(resize_shorter_side(load_image(image), resize), crop)) for image in images])
