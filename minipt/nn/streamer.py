@@ -24,6 +24,7 @@ from typing import Callable, Iterator, TextIO
 
 import torch
 
+from ..checks import check_bool, check_float
 from ..errors import InputError
 
 __all__ = ["Streamer", "TextStreamer", "TextIteratorStreamer", "TokenIteratorStreamer", "check_streamer"]
@@ -69,10 +70,8 @@ class TextStreamer(Streamer):
         decode = getattr(decode, "decode", decode)
         if not callable(decode):
             raise InputError(f"TextStreamer needs a decode function (ids -> text) or an object with a decode method, got {type(decode).__name__}")
-        if not isinstance(skip_prompt, bool):
-            raise InputError(f"skip_prompt must be True or False, got {skip_prompt!r}")
         self.decode: Callable[..., str] = decode
-        self.skip_prompt = skip_prompt
+        self.skip_prompt = check_bool("skip_prompt", skip_prompt)
         self.decode_kwargs = decode_kwargs
         self.file = file
         self._ids: list[int] = []  # the ids since the last line ended
@@ -118,7 +117,7 @@ class TextIteratorStreamer(TextStreamer):
     def __init__(self, decode, *, skip_prompt: bool = False, timeout: float | None = None, **decode_kwargs):
         super().__init__(decode, skip_prompt=skip_prompt, **decode_kwargs)
         self._queue: queue.Queue = queue.Queue()
-        self.timeout = timeout
+        self.timeout = check_float("timeout", timeout, low=0, optional=True)
 
     def on_text(self, text: str, stream_end: bool = False) -> None:
         if text:
@@ -144,10 +143,8 @@ class TokenIteratorStreamer(Streamer):
     """
 
     def __init__(self, *, skip_prompt: bool = False, timeout: float | None = None):
-        if not isinstance(skip_prompt, bool):
-            raise InputError(f"skip_prompt must be True or False, got {skip_prompt!r}")
-        self.skip_prompt = skip_prompt
-        self.timeout = timeout
+        self.skip_prompt = check_bool("skip_prompt", skip_prompt)
+        self.timeout = check_float("timeout", timeout, low=0, optional=True)
         self._queue: queue.Queue = queue.Queue()
         self._at_prompt = True
 
@@ -175,8 +172,8 @@ _END = object()  # what end() queues: the iterator stops there
 
 def _one_sequence(token_ids, who: str) -> list[int]:
     """The ids of a put that holds one sequence: a prompt (1, T) or one new token (1,)."""
-    if not isinstance(token_ids, torch.Tensor) or token_ids.dim() not in (1, 2):
-        shape = tuple(token_ids.shape) if isinstance(token_ids, torch.Tensor) else type(token_ids).__name__
+    if not isinstance(token_ids, torch.Tensor) or token_ids.dim() not in (1, 2) or token_ids.is_floating_point() or token_ids.is_complex():
+        shape = f"{tuple(token_ids.shape)} {token_ids.dtype}" if isinstance(token_ids, torch.Tensor) else type(token_ids).__name__
         raise InputError(f"{who}.put takes token ids, the prompt (1, T) or a new token (1,); got {shape}")
     batch = token_ids.shape[0]
     if batch != 1:
