@@ -12,32 +12,51 @@ process), ``scheduler.step()`` after every optimiser step, ``evaluate(model)``
 ``patience`` epochs without a better score; the best weights are written to
 ``best.safetensors`` and put back in the model at the end (``restore_best``).
 
+Every step checks the loss and the gradients' total norm before the optimiser
+applies them. A non-finite one stops ``fit`` with a ``TrainingError`` naming the
+epoch, the step and the value (``nonfinite="stop"``), or skips that step
+(``nonfinite="skip"``; counted in ``Epoch.skipped``). Checkpoints are written
+only at the end of an epoch, each through ``minipt.files.atomic_path``: a failure
+at any point (a NaN, an exception in ``loss`` or ``evaluate``, Ctrl-C, a full
+disk, a killed process) leaves the previous ``last.safetensors`` and
+``best.safetensors`` whole, and the folder resumes.
+
 A checkpoint is one safetensors file. safetensors holds tensors only, so the
 optimiser's and scheduler's state dicts are split: their tensors are stored
 as tensors (``optimizer/state/0/exp_avg``), and the rest (learning rates,
 betas, step counts that are plain numbers, the history) as JSON in the file's
 metadata, with the epoch and every random number generator's state (torch's
 CPU and CUDA generators as tensors, Python's and NumPy's in the metadata).
+A damaged file (unreadable JSON, missing fields or tensors, values of the wrong
+type, optimiser state of the wrong shape) is refused with a ``CheckpointError``
+or ``TrainingError`` naming the file and the problem, before anything is loaded.
 
 Under ``torch.distributed`` (DDP), every process runs ``fit`` on its shard
 (``DistributedSampler.set_epoch`` is called each epoch), evaluates the same
 held-out data, so all stop together, and only rank 0 writes checkpoints.
+A non-finite loss or gradient on any process stops or skips the step on all.
 Checkpointing FSDP-sharded models is not handled here (use torch.distributed.checkpoint).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import numbers
+import os
 import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
-from .errors import CheckpointError, TrainingError
+from .checks import check_bool, check_choice, check_int, check_tensor
+from .errors import CheckpointError, InputError, SaveError, TrainingError
+from .files import atomic_path
 from .transfer import check_param_groups, check_trainable
 
 FORMAT = "minipt.train/1"
@@ -47,9 +66,10 @@ LAST, BEST = "last.safetensors", "best.safetensors"
 @dataclass
 class Epoch:
     epoch: int  # 1-based
-    train_loss: float  # mean over the epoch's batches
+    train_loss: float  # mean over the epoch's optimiser steps
     score: float | None  # evaluate(model), higher is better
     seconds: float  # training and evaluation of this epoch
+    skipped: int = 0  # steps skipped for a non-finite loss or gradient (nonfinite="skip")
 
 
 def fit(
@@ -62,35 +82,69 @@ def fit(
     evaluate: Callable[[nn.Module], float] | None = None,
     scheduler=None,
     patience: int | None = None,
-    checkpoint_dir: str | Path | None = None,
-    resume: bool | str | Path = False,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool | str | os.PathLike = False,
     restore_best: bool = True,
     max_steps: int | None = None,
     progress: bool = True,
+    nonfinite: str = "stop",
 ) -> list[Epoch]:
     """Train ``model`` for up to ``epochs`` epochs; returns one ``Epoch`` per epoch trained (resumed ones included).
 
     ``loss(model, batch)`` returns the scalar loss of a batch. ``resume``: True
     continues from ``checkpoint_dir/last.safetensors``, a path from that file.
-    ``max_steps`` caps the optimiser steps per epoch (quick runs).
+    ``max_steps`` caps the optimiser steps per epoch (quick runs). An exception
+    from ``loss`` or ``evaluate`` propagates as it is; checkpoints already written stay.
+
+    ``nonfinite``: what a step whose loss or gradient norm is NaN or infinite does.
+    ``"stop"`` (default) raises a ``TrainingError`` naming the epoch, the step and
+    the value; nothing of that step is applied and no checkpoint is written, so the
+    last one is that of the previous epoch. ``"skip"`` drops the step (no optimiser or
+    scheduler step) and counts it in ``Epoch.skipped``; an epoch whose every step is
+    skipped raises. Under ``torch.distributed`` all processes stop or skip together.
+
+    ``restore_best`` (needs ``evaluate``; without it nothing is restored) puts the
+    weights of the best-scoring epoch back at the end: from ``best.safetensors``
+    with a ``checkpoint_dir``, else from a copy of the state dict kept in CPU memory
+    (one more copy of the weights, taken at each improvement). A run resumed from
+    a path without ``checkpoint_dir`` falls back on the ``best.safetensors`` beside it.
+
+    Arguments are checked before any work: a ``checkpoint_dir`` that is a file or
+    cannot be created raises ``SaveError``; the folder is created at the start.
     """
     check_trainable(model)
     check_param_groups(_unwrap(model), optimizer)
-    if not isinstance(epochs, int) or epochs < 1:
-        raise TrainingError(f"epochs must be a positive integer, got {epochs!r}")
+    epochs = check_int("epochs", epochs, low=1)
+    patience = check_int("patience", patience, low=1, optional=True)
+    max_steps = check_int("max_steps", max_steps, low=1, optional=True)
+    restore_best = check_bool("restore_best", restore_best)
+    progress = check_bool("progress", progress)
+    nonfinite = check_choice("nonfinite", nonfinite, ("stop", "skip"))
+    _check_callable("loss", loss)
+    if evaluate is not None:
+        _check_callable("evaluate", evaluate)
     if patience is not None and evaluate is None:
         raise TrainingError("early stopping (patience) needs an evaluate function")
-    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    folder = _check_path("checkpoint_dir", checkpoint_dir) if checkpoint_dir is not None else None
+    if isinstance(resume, (str, os.PathLike)):
+        resume_path = _check_path("resume", resume)
+    elif isinstance(resume, (bool, np.bool_)):
+        if resume and folder is None:
+            raise TrainingError("resume=True needs checkpoint_dir (or pass the checkpoint's path as resume)")
+        resume_path = folder / LAST if resume else None
+    else:
+        raise InputError(f"resume must be True, False or a checkpoint's path, got {type(resume).__name__} {resume!r:.80}")
+    main = not _distributed() or torch.distributed.get_rank() == 0
+    if folder is not None and main:
+        _make_folder(folder)
+
     history: list[Epoch] = []
     best, since_best = float("-inf"), 0
-    if resume:
-        path = folder / LAST if resume is True and folder is not None else Path(resume) if resume is not True else None
-        if path is None:
-            raise TrainingError("resume=True needs checkpoint_dir (or pass the checkpoint's path as resume)")
-        state = load_checkpoint(path, model, optimizer, scheduler)
-        history = [Epoch(**e) for e in state["history"]]
-        best, since_best = state["best"], state["since_best"]
-    main = not _distributed() or torch.distributed.get_rank() == 0
+    if resume_path is not None:
+        history, best, since_best = _load_checkpoint(resume_path, model, optimizer, scheduler, check=_resumed)
+    keep_best = restore_best and evaluate is not None
+    best_in_memory = None  # restore_best without a folder: a CPU copy of the best weights
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
     for epoch in range(len(history) + 1, epochs + 1):
         if patience is not None and since_best >= patience:
             break  # a resumed run that had already stopped
@@ -99,50 +153,138 @@ def fit(
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         model.train()
-        total, steps = 0.0, 0
+        total, steps, skipped = 0.0, 0, 0
         bar = _progress(train_loader, f"epoch {epoch}/{epochs}", progress and main, max_steps)
-        for batch in bar:
-            optimizer.zero_grad(set_to_none=True)
-            value = loss(model, batch)
-            value.backward()
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            total, steps = total + value.item(), steps + 1
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{total / steps:.4f}")
-            if max_steps is not None and steps >= max_steps:
-                break
-        if hasattr(bar, "close"):
-            bar.close()
+        try:
+            for step, batch in enumerate(bar, start=1):
+                optimizer.zero_grad(set_to_none=True)
+                value = loss(model, batch)
+                _check_loss_value(value)
+                value.backward()
+                loss_value, problem = _check_step(value, parameters, model)
+                if problem is not None:
+                    optimizer.zero_grad(set_to_none=True)
+                    if nonfinite == "stop":
+                        raise TrainingError(
+                            f"epoch {epoch}, step {step}: {problem}; the step was not applied and no checkpoint "
+                            "was written (nonfinite='skip' skips such steps)"
+                        )
+                    skipped += 1
+                    continue
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                total, steps = total + loss_value, steps + 1
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{total / steps:.4f}")
+                if max_steps is not None and steps >= max_steps:
+                    break
+        finally:
+            if hasattr(bar, "close"):
+                bar.close()
+        if skipped and not steps:
+            raise TrainingError(f"epoch {epoch}: all {skipped} steps had a non-finite loss or gradient; nothing was trained")
         score = None
         if evaluate is not None:
             model.eval()
             with torch.no_grad():
-                score = float(evaluate(model))
-        history.append(Epoch(epoch, total / max(steps, 1), score, time.perf_counter() - start))
+                score = _score(evaluate(model), epoch)
+        history.append(Epoch(epoch, total / max(steps, 1), score, time.perf_counter() - start, skipped))
         improved = score is not None and score > best
         if improved:
             best, since_best = score, 0
+            if keep_best and folder is None:
+                best_in_memory = {k: v.detach().to("cpu", copy=True) for k, v in _unwrap(model).state_dict().items()}
         elif score is not None:
             since_best += 1
         if folder is not None and main:
-            folder.mkdir(parents=True, exist_ok=True)
             extra = {"history": [asdict(e) for e in history], "best": best, "since_best": since_best}
-            save_checkpoint(folder / LAST, model, optimizer, scheduler, epoch=epoch, extra=extra)
+            # best before last: a run killed between the two resumes from the previous last
+            # and redoes this epoch, never pairing a new best score with the old best weights
             if improved:
                 save_checkpoint(folder / BEST, model, epoch=epoch, extra=extra)
+            save_checkpoint(folder / LAST, model, optimizer, scheduler, epoch=epoch, extra=extra)
         if progress and main:
             shown = f", score {score:.4f}" if score is not None else ""
+            shown += f", {skipped} step(s) skipped (non-finite)" if skipped else ""
             print(f"epoch {epoch}: loss {history[-1].train_loss:.4f}{shown} ({history[-1].seconds:.1f} s)", flush=True)
         if patience is not None and since_best >= patience:
             break
-    if restore_best and folder is not None and (folder / BEST).is_file() and evaluate is not None:
+    if best_in_memory is not None:
+        _unwrap(model).load_state_dict(best_in_memory)
+    elif keep_best and folder is not None:
         if _distributed():
             torch.distributed.barrier()  # rank 0 has written best.safetensors
-        load_checkpoint(folder / BEST, model)
+        if (folder / BEST).is_file():
+            load_checkpoint(folder / BEST, model)
+    elif keep_best and resume_path is not None and resume_path.name == LAST and (resume_path.parent / BEST).is_file():
+        load_checkpoint(resume_path.parent / BEST, model)  # resumed without a folder, and no better epoch since
     model.eval()
     return history
+
+
+# -- arguments and per-step checks ---------------------------------------------------
+def _check_callable(name: str, value: Any) -> None:
+    if not callable(value):
+        raise InputError(f"{name} must be a function, got {type(value).__name__} {value!r:.80}")
+
+
+def _check_path(name: str, value: Any) -> Path:
+    if not isinstance(value, (str, os.PathLike)) or isinstance(value, bytes) or value == "":
+        raise InputError(f"{name} must be a path (str or os.PathLike), got {type(value).__name__} {value!r:.80}")
+    return Path(value)
+
+
+def _make_folder(folder: Path) -> None:
+    """Create the checkpoint folder now, so that a path that cannot take checkpoints fails before training."""
+    if folder.exists() and not folder.is_dir():
+        raise SaveError(f"checkpoint_dir {folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SaveError(f"cannot create checkpoint_dir {folder}: {err.strerror or err}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SaveError(f"checkpoint_dir {folder} is not writable")
+
+
+def _check_loss_value(value: Any) -> None:
+    check_tensor("loss(model, batch)", value, kind="floating")
+    if value.numel() != 1:
+        raise TrainingError(f"loss(model, batch) must return a scalar, got a tensor of shape {tuple(value.shape)}")
+
+
+def _check_step(value: torch.Tensor, parameters: list[torch.Tensor], model: nn.Module) -> tuple[float, str | None]:
+    """The loss as a float and, when the loss or the gradients' total norm is not finite (here or, under
+    torch.distributed, on any process), what is wrong. One device sync per step, as ``loss.item()`` would be."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+    if hasattr(norm, "full_tensor"):  # gradients sharded as DTensors (FSDP)
+        norm = norm.full_tensor()
+    numbers = torch.stack([value.detach().reshape(()).float(), norm.detach().float().to(value.device)])
+    bad = (~torch.isfinite(numbers)).any().float().reshape(1)
+    if _distributed():
+        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)  # all processes skip or stop together
+    loss_value, norm_value, anywhere = torch.cat([numbers, bad]).tolist()
+    if not anywhere:
+        return loss_value, None
+    if not math.isfinite(loss_value):
+        return loss_value, f"the loss is {loss_value}"
+    if not math.isfinite(norm_value):
+        names = {id(p): n for n, p in _unwrap(model).named_parameters()}
+        first = next((names.get(id(p), "?") for p in parameters if p.grad is not None and not hasattr(p.grad, "full_tensor")
+                      and not bool(torch.isfinite(p.grad).all())), None)
+        return loss_value, f"the gradient norm is {norm_value}" + (f" (first non-finite gradient: {first})" if first else "")
+    return loss_value, "another process had a non-finite loss or gradient"
+
+
+def _score(value: Any, epoch: int) -> float:
+    try:
+        score = float(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise TrainingError(f"epoch {epoch}: evaluate(model) must return a number, got {type(value).__name__} {value!r:.80}") from None
+    if not math.isfinite(score):
+        raise TrainingError(f"epoch {epoch}: evaluate(model) returned {score}; no checkpoint was written")
+    return score
 
 
 def _progress(loader, description: str, show: bool, total: int | None):
@@ -164,6 +306,36 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
+def _resumed(path: Path, state: dict) -> tuple[list[Epoch], float, int]:
+    """The history, best score and epochs since the best that fit stored in a checkpoint's fields ``state``."""
+    kinds = {"epoch": int, "train_loss": float, "score": (float, type(None)), "seconds": float, "skipped": int}
+    history = state.get("history")
+    if not isinstance(history, list):
+        raise CheckpointError(f"{path}: no training history (field 'history'); was it written by fit?")
+    epochs = []
+    for number, entry in enumerate(history, start=1):
+        if not isinstance(entry, dict) or not {"epoch", "train_loss", "score", "seconds"} <= entry.keys() <= kinds.keys():
+            raise CheckpointError(f"{path}: history entry {number} is not an epoch record: {entry!r:.120}")
+        wrong = [k for k, v in entry.items() if not _is_kind(v, kinds[k])]
+        if wrong or entry["epoch"] != number:
+            raise CheckpointError(f"{path}: history entry {number} has fields of the wrong type or order ({', '.join(wrong) or 'epoch'}): {entry!r:.120}")
+        epochs.append(Epoch(**entry))
+    best, since_best = state.get("best"), state.get("since_best")
+    if not _is_kind(best, float) or not _is_kind(since_best, int) or since_best < 0:
+        raise CheckpointError(f"{path}: 'best' must be a number and 'since_best' a count, got {best!r:.40} and {since_best!r:.40}")
+    if state["epoch"] != len(epochs):
+        raise CheckpointError(f"{path}: written after epoch {state['epoch']} but its history has {len(epochs)} epochs")
+    return epochs, float(best), since_best
+
+
+def _is_kind(value: Any, kind) -> bool:
+    """``value`` is of ``kind`` (a type or tuple), where a bool is never a number and an int is also a float."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool):
+        return bool in kinds
+    return any(isinstance(value, numbers.Real if k is float else numbers.Integral if k is int else k) for k in kinds)
+
+
 # -- checkpoints: one safetensors file ---------------------------------------------
 def _split(value: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
     """A JSON skeleton of ``value`` whose tensors are moved into ``tensors`` under their path."""
@@ -183,21 +355,26 @@ def _split(value: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
     raise TrainingError(f"{prefix}: cannot store a {type(value).__name__} in a checkpoint (tensors, numbers, strings, lists and dicts only)")
 
 
-def _join(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    if isinstance(skeleton, dict):
-        if "__tensor__" in skeleton:
-            return tensors[skeleton["__tensor__"]]
-        if "__tuple__" in skeleton:
-            return tuple(_join(v, tensors) for v in skeleton["__tuple__"])
-        return {k: _join(v, tensors) for k, v in skeleton["__dict__"]}
+def _join(skeleton: Any, tensors: dict[str, torch.Tensor], path: Path, where: str) -> Any:
+    """The value ``_split`` made ``skeleton`` of; a skeleton that is not one raises ``CheckpointError``."""
     if isinstance(skeleton, list):
-        return [_join(v, tensors) for v in skeleton]
-    return skeleton
+        return [_join(v, tensors, path, f"{where}/{i}") for i, v in enumerate(skeleton)]
+    if not isinstance(skeleton, dict):
+        return skeleton
+    if skeleton.keys() == {"__tensor__"}:
+        name = skeleton["__tensor__"]
+        if not isinstance(name, str) or name not in tensors:
+            raise CheckpointError(f"{path}: the tensor {name!r:.80} that {where} refers to is not in the file")
+        return tensors[name]
+    if skeleton.keys() == {"__tuple__"} and isinstance(skeleton["__tuple__"], list):
+        return tuple(_join(v, tensors, path, f"{where}/{i}") for i, v in enumerate(skeleton["__tuple__"]))
+    items = skeleton.get("__dict__") if skeleton.keys() == {"__dict__"} else None
+    if not isinstance(items, list) or not all(isinstance(i, list) and len(i) == 2 and _is_kind(i[0], (str, int)) for i in items):
+        raise CheckpointError(f"{path}: {where} in the metadata is damaged: {json.dumps(skeleton)[:120]}")
+    return {k: _join(v, tensors, path, f"{where}/{k}") for k, v in items}
 
 
 def _rng_state() -> dict:
-    import numpy as np
-
     kind, keys, position, gauss_next, cached = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
@@ -210,8 +387,6 @@ def _rng_state() -> dict:
 
 
 def _set_rng_state(state: dict) -> None:
-    import numpy as np
-
     torch.set_rng_state(state["torch"])
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
@@ -222,7 +397,12 @@ def _set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, *, epoch: int, extra: dict | None = None) -> Path:
-    """Write the model's weights and, if given, the optimiser's and scheduler's state and the RNG states."""
+    """Write the model's weights and, if given, the optimiser's and scheduler's state and the RNG states.
+
+    The file is written through ``minipt.files.atomic_path``: a failure (full disk,
+    Ctrl-C, a killed process) leaves the previous file at ``path`` as it was and
+    raises ``SaveError`` for what the disk refused."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     model = _unwrap(model)
@@ -242,38 +422,38 @@ def save_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, *, e
         skeleton["scheduler"] = type(scheduler).__name__
         skeleton["scheduler_state"] = _split(scheduler.state_dict(), "scheduler", tensors)
     path = Path(path)
-    partial = path.with_suffix(".partial")
-    save_file(tensors, str(partial), metadata={"minipt": json.dumps(skeleton)})
-    partial.replace(path)  # a crash while writing leaves the previous checkpoint whole
+    try:
+        with atomic_path(path) as temporary:
+            save_file(tensors, str(temporary), metadata={"minipt": json.dumps(skeleton)})
+    except SafetensorError as err:  # safetensors reports the disk's refusal (full, too large) as its own error
+        raise SaveError(f"cannot write {path}: {err}") from err
     return path
 
 
 def load_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None) -> dict:
     """Put a ``save_checkpoint`` file back into the model (and optimiser, scheduler, RNGs); returns its extra fields.
 
-    A checkpoint of another model class, other parameter names or shapes, or
-    another optimiser or scheduler is refused with a ``TrainingError`` naming the difference.
+    Everything is checked before anything is loaded. A damaged file (metadata that
+    is not JSON, missing fields or tensors, values of the wrong type) raises
+    ``CheckpointError`` naming the file and the problem; a checkpoint of another model
+    class, other parameter names or shapes, another optimiser or scheduler, or
+    optimiser state whose shapes do not fit the parameters raises ``TrainingError``
+    naming the difference.
     """
-    from safetensors import safe_open
+    return _load_checkpoint(path, model, optimizer, scheduler)
 
+
+def _load_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, check: Callable[[Path, dict], Any] | None = None) -> Any:
+    """``load_checkpoint``, where ``check(path, fields)`` (fit's, on its history) also runs before anything is
+    loaded; returns what ``check`` returns, or the fields."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    except Exception as err:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({err})") from err
-    if "minipt" not in metadata:
-        raise TrainingError(f"{path} is not a minipt training checkpoint (no 'minipt' metadata); load model weights with from_pretrained")
-    skeleton = json.loads(metadata["minipt"])
+    skeleton, tensors = _read_checkpoint(path)
     model = _unwrap(model)
-    if skeleton.get("format") != FORMAT:
-        raise TrainingError(f"{path} has format {skeleton.get('format')!r}, expected {FORMAT!r}")
     if skeleton["model"] != type(model).__name__:
         raise TrainingError(f"{path} is a checkpoint of a {skeleton['model']}, not of this {type(model).__name__}")
-    state = _join(skeleton["model_state"], tensors)
+    state = _join(skeleton["model_state"], tensors, path, "model_state")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CheckpointError(f"{path}: model_state is not a state dict of named tensors")
     ours = model.state_dict()
     problems = [f"missing {k}" for k in ours if k not in state] + [f"unexpected {k}" for k in state if k not in ours]
     problems += [f"{k}: checkpoint {tuple(state[k].shape)}, model {tuple(v.shape)}" for k, v in ours.items() if k in state and state[k].shape != v.shape]
@@ -287,17 +467,115 @@ def load_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None) -> d
         if skeleton[what] != type(obj).__name__:
             raise TrainingError(f"{path} was written with the {what} {skeleton[what]}, not {type(obj).__name__}")
     if optimizer is not None:
-        saved = _join(skeleton["optimizer_state"], tensors)
-        sizes = [len(g["params"]) for g in saved["param_groups"]]
-        if sizes != [len(g["params"]) for g in optimizer.param_groups]:
-            raise TrainingError(
-                f"{path}: the optimiser had parameter groups of sizes {sizes}, this one {[len(g['params']) for g in optimizer.param_groups]} "
-                "(another set of trainable stages?)"
-            )
+        saved = _join(skeleton["optimizer_state"], tensors, path, "optimizer_state")
+        _check_optimizer_state(path, saved, optimizer, model)
+        rng = _join(skeleton["rng"], tensors, path, "rng")
+    if scheduler is not None:
+        scheduled = _join(skeleton["scheduler_state"], tensors, path, "scheduler_state")
+        _check_kinds(path, "scheduler_state", scheduled, scheduler.state_dict())
+    extra = _join(skeleton["extra"], tensors, path, "extra")
+    if not isinstance(extra, dict):
+        raise CheckpointError(f"{path}: extra is a {type(extra).__name__}, not a dict")
+    fields = {"epoch": skeleton["epoch"], **extra}
+    checked = check(path, fields) if check is not None else fields
+    if optimizer is not None:  # the last check, since it sets the generators: undone if the state is damaged
+        before = _rng_state()
+        try:
+            _set_rng_state(rng)
+        except (TypeError, ValueError, RuntimeError, KeyError, IndexError, OverflowError) as err:
+            _set_rng_state(before)
+            raise CheckpointError(f"{path}: the random number generators' state is damaged ({type(err).__name__}: {err})") from None
     model.load_state_dict(state)
     if optimizer is not None:
         optimizer.load_state_dict(saved)
-        _set_rng_state(_join(skeleton["rng"], tensors))
     if scheduler is not None:
-        scheduler.load_state_dict(_join(skeleton["scheduler_state"], tensors))
-    return {"epoch": skeleton["epoch"], **_join(skeleton["extra"], tensors)}
+        scheduler.load_state_dict(scheduled)
+    return checked
+
+
+_FIELDS = {"format": str, "model": str, "epoch": int, "extra": (dict, list), "model_state": (dict, list),
+           "optimizer": str, "optimizer_state": (dict, list), "rng": (dict, list),
+           "scheduler": str, "scheduler_state": (dict, list)}
+_REQUIRED = ("format", "model", "epoch", "extra", "model_state")
+
+
+def _read_checkpoint(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The metadata outline and the tensors of a checkpoint file, the outline's fields checked."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({err})") from err
+    if "minipt" not in metadata:
+        raise TrainingError(f"{path} is not a minipt training checkpoint (no 'minipt' metadata); load model weights with from_pretrained")
+    try:
+        skeleton = json.loads(metadata["minipt"])
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise CheckpointError(f"{path}: its 'minipt' metadata is not valid JSON ({err})") from None
+    if not isinstance(skeleton, dict):
+        raise CheckpointError(f"{path}: its 'minipt' metadata is a JSON {type(skeleton).__name__}, not an object")
+    if skeleton.get("format") != FORMAT:
+        raise TrainingError(f"{path} has format {skeleton.get('format')!r:.80}, expected {FORMAT!r}")
+    fields = list(_REQUIRED) + [k for k in ("optimizer_state", "rng") if "optimizer" in skeleton]
+    fields += ["scheduler_state"] if "scheduler" in skeleton else []
+    missing = [k for k in fields if k not in skeleton]
+    if missing:
+        raise CheckpointError(f"{path}: its metadata misses the field(s) {', '.join(missing)}")
+    wrong = [f"{k} ({type(v).__name__})" for k, v in skeleton.items() if k in _FIELDS and not _is_kind(v, _FIELDS[k])]
+    if wrong or skeleton["epoch"] < 0:
+        raise CheckpointError(f"{path}: metadata field(s) of the wrong type: {', '.join(wrong) or 'epoch < 0'}")
+    return skeleton, tensors
+
+
+def _check_optimizer_state(path: Path, saved: Any, optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
+    """``saved`` is a state dict ``optimizer.load_state_dict`` takes, for these parameters: groups of the same sizes,
+    hyperparameters of the same kinds, and per-parameter tensors shaped like the parameter."""
+    groups = saved.get("param_groups") if isinstance(saved, dict) else None
+    per_parameter = saved.get("state") if isinstance(saved, dict) else None
+    if not isinstance(groups, list) or not isinstance(per_parameter, dict) or not all(
+        isinstance(g, dict) and isinstance(g.get("params"), list) and all(_is_kind(i, int) for i in g["params"]) for g in groups
+    ):
+        raise CheckpointError(f"{path}: optimizer_state is not an optimizer state dict (state, param_groups with params)")
+    sizes = [len(g["params"]) for g in groups]
+    if sizes != [len(g["params"]) for g in optimizer.param_groups]:
+        raise TrainingError(
+            f"{path}: the optimiser had parameter groups of sizes {sizes}, this one {[len(g['params']) for g in optimizer.param_groups]} "
+            "(another set of trainable stages?)"
+        )
+    for number, (group, ours) in enumerate(zip(groups, optimizer.param_groups)):
+        _check_kinds(path, f"optimizer param group {number}", {k: v for k, v in group.items() if k != "params"}, ours)
+    names = {id(p): n for n, p in model.named_parameters()}
+    parameters = {i: p for g, o in zip(groups, optimizer.param_groups) for i, p in zip(g["params"], o["params"])}
+    for index, entry in per_parameter.items():
+        if index not in parameters or not isinstance(entry, dict):
+            raise CheckpointError(f"{path}: optimizer state {index!r} is for no parameter of its groups, or not a dict")
+        param = parameters[index]
+        for key, value in entry.items():
+            # the same shape as the parameter, or with dimensions reduced to 1 (Adafactor's factored moments);
+            # scalars (step counts) have no shape to check
+            if isinstance(value, torch.Tensor) and value.dim() and (
+                value.dim() != param.dim() or any(s not in (1, p) for s, p in zip(value.shape, param.shape))
+            ):
+                raise TrainingError(
+                    f"{path}: the optimiser's {key!r} for parameter {names.get(id(param), index)} has shape "
+                    f"{tuple(value.shape)}, the parameter {tuple(param.shape)}"
+                )
+
+
+def _check_kinds(path: Path, what: str, saved: Any, current: dict) -> None:
+    """``saved`` is a dict whose values have the kinds of ``current``'s where both have the key and a value:
+    numbers (and tensors) for numbers, bools for bools, strings for strings, sequences for sequences."""
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path}: {what} is a {type(saved).__name__}, not a dict")
+    kinds = ((bool,), (numbers.Real, torch.Tensor), (str,), (list, tuple), (dict,))
+    for key, value in current.items():
+        if key not in saved or saved[key] is None or value is None:
+            continue
+        kind = next((k for k in kinds if isinstance(value, k)), None)
+        if kind is not None and (not isinstance(saved[key], kind) or (kind != (bool,) and isinstance(saved[key], bool))):
+            raise CheckpointError(f"{path}: {what}[{key!r}] is {type(saved[key]).__name__} {saved[key]!r:.60}, expected a {type(value).__name__}")
