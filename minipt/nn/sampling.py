@@ -233,7 +233,7 @@ def generation_loop(
     finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
     seen = seen_mask = None  # the ids so far, kept only for the repetition penalty
     if repetition_penalty != 1:
-        seen = torch.empty(B, T + new_tokens, dtype=torch.long, device=input_ids.device)
+        seen = torch.empty(B, T + min(new_tokens, 64), dtype=torch.long, device=input_ids.device)  # grows as tokens come
         seen[:, :T] = input_ids
         if attention_mask is not None:
             seen_mask = torch.ones_like(seen)
@@ -255,6 +255,9 @@ def generation_loop(
                 token = token.masked_fill(finished, pad_token_id)
                 finished |= token == eos_token_id
             if seen is not None:
+                if T + step == seen.shape[1]:  # full: twice the room (new_tokens may be far more than will come before eos)
+                    seen = torch.cat([seen, torch.empty_like(seen)], dim=1)
+                    seen_mask = None if seen_mask is None else torch.cat([seen_mask, torch.ones_like(seen_mask)], dim=1)
                 seen[:, T + step] = token
             chosen.append(token)
             if streamer is not None:
