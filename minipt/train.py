@@ -578,4 +578,4 @@ def _check_kinds(path: Path, what: str, saved: Any, current: dict) -> None:
             continue
         kind = next((k for k in kinds if isinstance(value, k)), None)
         if kind is not None and (not isinstance(saved[key], kind) or (kind != (bool,) and isinstance(saved[key], bool))):
-            raise CheckpointError(f"{path}: {what}[{key!r}] is {type(saved[key]).__name__} {saved[key]!r:.60}, expected a {type(value).__name__}")
+            raise CheckpointError(f"{path}: {what}[{key!r}] is {type(saved[key]).__name__} {saved[key]!r:.60}, expected {type(value).__name__} like {value!r:.40}")

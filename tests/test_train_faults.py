@@ -268,7 +268,7 @@ DAMAGE = {
                                               ["best", 1.0], ["since_best", 0]]}),
         CheckpointError, "history entry 1 has fields of the wrong type or order \\(train_loss\\)"),
     "a scheduler field of the wrong type": (_edit_pair("scheduler_state", "last_epoch", "six"), CheckpointError,
-                                            "scheduler_state\\['last_epoch'\\] is str 'six', expected a int"),
+                                            "scheduler_state\\['last_epoch'\\] is str 'six', expected int like 0"),
     "an optimiser hyperparameter of the wrong type": (_edit_pair("optimizer_state", "lr", "fast"), CheckpointError,
                                                       "optimizer param group 0\\['lr'\\] is str 'fast'"),
     "the rng state damaged": (_edit_tensor("rng/torch", torch.zeros(3, dtype=torch.uint8)), CheckpointError,
@@ -367,3 +367,13 @@ def test_bad_arguments_are_refused_before_training(tmp_path, case):
         fit(model, torch.optim.SGD(model.parameters(), lr=0.1), DataLoader(_data(), batch_size=8), **arguments)
     assert losses == []
     assert isinstance(error("x"), MiniptError)
+
+
+def test_a_loss_or_score_that_is_not_a_number_is_named(tmp_path):
+    with pytest.raises(InputError, match="loss\\(model, batch\\) must be a torch.Tensor, got float"):
+        _fit(None, epochs=1, poison=lambda call, model, value: value.item())
+    with pytest.raises(TrainingError, match="loss\\(model, batch\\) must return a scalar, got a tensor of shape \\(2,\\)"):
+        _fit(None, epochs=1, poison=lambda call, model, value: value.expand(2))
+    with pytest.raises(TrainingError, match="epoch 1: evaluate\\(model\\) must return a number, got str 'good'"):
+        _fit(tmp_path, epochs=1, evaluate=lambda m: "good")
+    assert not (tmp_path / LAST).exists()
