@@ -175,7 +175,7 @@ def layer_diffs(model: nn.Module, source, inputs: Any = None, *, rtol: float = 1
     """Compare ``model`` with the reference implementation loaded from ``source`` (the checkpoint's path or
     catalogue name) on the same input, at every point the two share, in data-flow order.
 
-    ``inputs``: for text models a list of texts (or a tokenised batch / id tensor), for image models image paths
+    ``inputs``: for text models a list of texts (or a tokenised batch / id tensor (B, T); GPT-2's rows unpadded), for image models image paths
     (or a ready batch), for CRNN a line of text to render (or an image path or batch), for G2P a word; None runs
     each family's default (its ``compare_with_reference``). ``rtol`` bounds the difference relative to the reference's
     largest value at each point. The model runs on the "math" backend (its own choice is restored after).
@@ -231,6 +231,13 @@ def texts(inputs) -> list[str]:
     if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(t, str) for t in inputs):
         return list(inputs)
     raise InputError(f"text models compare on a list of texts, a tokenised batch or an id tensor; got {type(inputs).__name__}")
+
+
+def batch_input_ids(batch: dict) -> torch.Tensor:
+    """The ``input_ids`` of a tokenised batch; ``InputError`` when it holds none."""
+    if not isinstance(batch.get("input_ids"), torch.Tensor):
+        raise InputError(f"a tokenised batch holds input_ids (a tensor); got the keys {sorted(batch)}")
+    return batch["input_ids"]
 
 
 def heads(num_heads: int):

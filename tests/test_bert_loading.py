@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from bert_reference import MINILM, minilm_path, random_batch, randomize, tiny_hf_config, transformers
 from helpers import ATOL, max_diff  # minipt and transformers run the same sdpa kernels here
 from minipt.checkpoint import Checkpoint
-from minipt.errors import CheckpointError, CheckpointNotFoundError, KeyMismatchError
+from minipt.errors import CheckpointError, CheckpointNotFoundError, ConfigError, KeyMismatchError
 from minipt.hub import resolve
 from minipt.models.bert import BertForMaskedLM, BertForSequenceClassification, BertModel
 
@@ -66,6 +66,29 @@ def test_stored_position_ids_buffer(tmp_path, tiny):
     with_buffer = {**state, "embeddings.position_ids": torch.arange(config.max_position_embeddings)[None]}
     path = write_checkpoint(tmp_path, config, with_buffer)
     assert_same_outputs(BertModel.from_pretrained(path), reference, config)
+
+
+def test_a_pad_token_id_past_the_vocabulary_loads(tmp_path, tiny):
+    # transformers saves BertConfig(pad_token_id=...) past a small vocabulary; the id only decides which row
+    # gets no gradient, so the file loads and computes what the same weights do.
+    config, reference, state = tiny
+    past = tiny_hf_config(pad_token_id=config.vocab_size + 10)
+    past.save_pretrained(tmp_path)
+    save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    model = BertModel.from_pretrained(tmp_path)
+    assert model.config.pad_token_id == config.vocab_size + 10 and model.embeddings.token.padding_idx is None
+    assert_same_outputs(model, reference, config)
+    assert BertModel(model.config).embeddings.token.padding_idx is None  # built fresh too
+    assert BertModel(model.config.replace(pad_token_id=3)).embeddings.token.weight[3].eq(0).all()  # inside: the zeroed padding row
+
+
+@pytest.mark.parametrize("kind", ["relative_key", "relative_key_query"])
+def test_relative_position_embeddings_are_refused_by_name(tmp_path, tiny, kind):
+    # unlike the special ids, these change the attention scores: loading them as absolute would be silently wrong
+    config, _, state = tiny
+    path = write_checkpoint(tmp_path, tiny_hf_config(position_embedding_type=kind), state)
+    with pytest.raises(ConfigError, match=rf"config.json.*position_embedding_type = '{kind}': expected one of 'absolute'"):
+        BertModel.from_pretrained(path)
 
 
 def test_checkpoint_without_pooler(tmp_path):

@@ -30,6 +30,7 @@ from ..registry import register
 from .classifier import HasClassifier
 from ..nn.backend import ChoosesBackend
 from ..nn.fuse import InferenceCopy
+from ..nn.init import init_normal_
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
@@ -50,7 +51,7 @@ class BertConfig(Config):
     type_vocab_size: int = count(2)  # segments: sentence A / sentence B
     layer_norm_eps: float = epsilon(1e-12)  # BERT's, not torch's 1e-5
     initializer_range: float = real(0.02)
-    pad_token_id: int | None = token_id(0)
+    pad_token_id: int | None = token_id(0)  # the padding token's row gets no gradient; an id outside the vocabulary: none does
     position_embedding_type: str = one_of("absolute", ("absolute",))  # relative positions are not supported
     tie_word_embeddings: bool = flag(True)  # the MLM decoder reuses the token embedding matrix
     # classification heads
@@ -63,7 +64,6 @@ class BertConfig(Config):
 
     def check(self):
         require(self.hidden_size % self.num_attention_heads == 0, "num_attention_heads", self.num_attention_heads, f"a divisor of hidden_size {self.hidden_size}")
-        require(self.pad_token_id is None or self.pad_token_id < self.vocab_size, "pad_token_id", self.pad_token_id, f"an id below vocab_size {self.vocab_size}")
         if self.id2label is not None:
             require(isinstance(self.id2label, dict) and len(self.id2label) > 0, "id2label", self.id2label, "a non-empty object of label names by class index")
             try:
@@ -74,6 +74,14 @@ class BertConfig(Config):
             self.id2label, self.num_labels = labels, len(labels)
 
     model_type = "bert"
+
+    @property
+    def padding_idx(self) -> int | None:
+        """The token table's padding row: pad_token_id when the vocabulary holds it, else none.
+
+        transformers saves configs whose pad_token_id lies past a small vocabulary;
+        it only decides which row gets no gradient, so such a file still loads."""
+        return self.pad_token_id if self.pad_token_id is not None and self.pad_token_id < self.vocab_size else None
 
     @classmethod
     def prepare(cls, values: dict) -> dict:
@@ -125,7 +133,7 @@ class BertEmbeddings(nn.Module):
 
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.token = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.token = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.padding_idx)
         self.position = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -186,19 +194,9 @@ UNDER_BERT = {name: "bert." + where if isinstance(where, str) else ("bert." + wh
 class _BertPretrained(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
     config_class = BertConfig
 
-    @torch.no_grad()
     def init_weights(self, module: nn.Module) -> None:
-        """BERT's initialisation: N(0, initializer_range) weights, zero biases, unit LayerNorm."""
-        std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.normal_(0.0, std)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            module.bias.zero_()
-        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
-            module.weight[module.padding_idx].zero_()
-        if isinstance(module, LayerNorm):
-            module.weight.fill_(1.0)
-            module.bias.zero_()
+        """BERT's initialisation: N(0, initializer_range) weights, zero biases and padding row, unit LayerNorm."""
+        init_normal_(module, self.config.initializer_range)
 
     @classmethod
     def adapt_config(cls, config: BertConfig, checkpoint: Checkpoint) -> BertConfig:
@@ -450,11 +448,13 @@ def _encoder_keymap() -> KeyMap:
 def compare_with_reference(model, path, inputs, rtol):
     """transformers' BertModel / BertForMaskedLM / BertForSequenceClassification (eager attention) on the same checkpoint, point by point (``minipt.reference.layer_diffs``)."""
     from ..demo import tokenizer_beside
-    from ..reference import heads, import_reference, report, texts
+    from ..reference import batch_input_ids, heads, import_reference, report, texts
 
     transformers = import_reference("transformers", "BERT")
-    if isinstance(inputs, dict):
-        batch, label = inputs, f"a batch of shape {tuple(inputs['input_ids'].shape)}"
+    if isinstance(inputs, torch.Tensor):  # token ids (B, T), no padding
+        batch, label = {"input_ids": inputs}, f"token ids of shape {tuple(inputs.shape)}"
+    elif isinstance(inputs, dict):
+        batch, label = inputs, f"a batch of shape {tuple(batch_input_ids(inputs).shape)}"
     else:
         tokenizer = tokenizer_beside(path)
         if tokenizer is None:
