@@ -158,8 +158,8 @@ def main(argv=None) -> int:
     for i, prompt in enumerate(args.prompt or ["The government", "Australian police said"]):
         ids = tokenizer(prompt, padding=False)["input_ids"]
         generator = torch.Generator().manual_seed(args.seed + i)
-        tokens = model.generate(ids, max_new_tokens=args.sample_length, do_sample=True, temperature=args.temperature, top_k=args.top_k,
-                                eos_token_id=tokenizer.eos_token_id, generator=generator)
+        # a sample ends at the config's eos_token_id, <|endoftext|> (generate's default stop, as in transformers)
+        tokens = model.generate(ids, max_new_tokens=args.sample_length, do_sample=True, temperature=args.temperature, top_k=args.top_k, generator=generator)
         samples.append(tokenizer.decode(tokens[0]))
     (out / "samples.txt").write_text("\n\n".join(samples) + "\n")
     print(f"saved {out}/config.json, model.safetensors, vocab.json, merges.txt, loss.png, samples.txt")

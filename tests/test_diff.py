@@ -199,6 +199,26 @@ def test_bert_with_a_head_and_the_backend_kept(tmp_path):
     assert all(block.backend == "fused" for block in blocks(model))  # restored after
 
 
+@pytest.mark.parametrize("model_type", ["bert", "gpt2"])
+def test_text_models_compare_on_an_id_tensor_and_a_batch(model_type, tmp_path):
+    family = next(f for f in registry.families() if f.model_type == model_type)
+    cls = family.classes[0]
+    torch.manual_seed(0)
+    family.tiny_model(cls).save_pretrained(tmp_path)
+    model = cls.from_pretrained(tmp_path)
+    ids = torch.randint(0, model.config.vocab_size, (2, 7), generator=torch.Generator().manual_seed(0))
+    report = layer_diffs(model, tmp_path, ids)
+    assert_clean(report)
+    assert "on token ids of shape (2, 7)" in str(report)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    assert [row.max_abs for row in layer_diffs(model, tmp_path, batch).rows] == [row.max_abs for row in report.rows]
+    with pytest.raises(InputError, match=r"a tokenised batch holds input_ids \(a tensor\); got the keys \['ids'\]"):
+        layer_diffs(model, tmp_path, {"ids": ids})
+    if model_type == "gpt2":  # transformers' GPT-2 forward counts positions from 0 on every row: padded rows would differ
+        with pytest.raises(InputError, match="rows without padding"):
+            layer_diffs(model, tmp_path, {**batch, "attention_mask": torch.tensor([[0] + [1] * 6, [1] * 7])})
+
+
 # -- ResNet ------------------------------------------------------------------------------
 def torchvision_resnet(block: str, path):
     from torchvision.models import resnet as tv

@@ -166,7 +166,7 @@ def test_greedy_generation_matches_reference_single(pair):
     reference, model, _ = pair
     prompt = torch.tensor([[5, 11, 42, 3, 17]])
     expected = reference.generate(prompt, max_new_tokens=40, do_sample=False, eos_token_id=None, pad_token_id=EOS)
-    produced = model.generate(prompt, max_new_tokens=40)
+    produced = model.generate(prompt, max_new_tokens=40, eos_token_id=None)  # None: no stop, on both
     assert produced.shape == (1, 45)
     assert torch.equal(produced, expected)
 
@@ -175,14 +175,14 @@ def test_greedy_generation_matches_reference_left_padded_batch(pair):
     reference, model, _ = pair
     input_ids, attention_mask = left_padded(97, [9, 5, 2, 7], seed=1)
     expected = reference.generate(input_ids, attention_mask=attention_mask, max_new_tokens=36, do_sample=False, eos_token_id=None, pad_token_id=EOS)
-    produced = model.generate(input_ids, max_new_tokens=36, attention_mask=attention_mask)
+    produced = model.generate(input_ids, max_new_tokens=36, attention_mask=attention_mask, eos_token_id=None)
     assert torch.equal(produced, expected)
 
 
 def test_greedy_generation_stops_each_row_at_eos_like_reference(pair):
     reference, model, _ = pair
     input_ids, attention_mask = left_padded(97, [6, 3, 5, 4, 6, 2], seed=2)
-    free = model.generate(input_ids, max_new_tokens=30, attention_mask=attention_mask)[:, 6:]
+    free = model.generate(input_ids, max_new_tokens=30, attention_mask=attention_mask, eos_token_id=None)[:, 6:]
     # the stop token: one that rows first produce at different steps, so they finish at different times
     first_step = lambda token: [(row == token).nonzero()[0].item() if (row == token).any() else None for row in free]  # noqa: E731
     eos = next(t for t in free.flatten().tolist() if len({s for s in first_step(t) if s is not None}) >= 2)
@@ -201,16 +201,16 @@ def test_greedy_generation_with_a_repetition_penalty_matches_reference(pair, pen
     expected = reference.generate(
         input_ids, attention_mask=attention_mask, max_new_tokens=24, do_sample=False, repetition_penalty=penalty, eos_token_id=None, pad_token_id=EOS
     )
-    produced = model.generate(input_ids, max_new_tokens=24, attention_mask=attention_mask, repetition_penalty=penalty)
+    produced = model.generate(input_ids, max_new_tokens=24, attention_mask=attention_mask, repetition_penalty=penalty, eos_token_id=None)
     assert torch.equal(produced, expected)
-    assert not torch.equal(produced, model.generate(input_ids, max_new_tokens=24, attention_mask=attention_mask))  # the penalty changed something
+    assert not torch.equal(produced, model.generate(input_ids, max_new_tokens=24, attention_mask=attention_mask, eos_token_id=None))  # the penalty changed something
 
 
 def test_a_streamer_sees_what_transformers_generate_puts(pair):
     reference, model, _ = pair
     input_ids, attention_mask = left_padded(97, [6, 3])
     ours, theirs = TokenIteratorStreamer(), TokenIteratorStreamer()
-    produced = model.generate(input_ids, max_new_tokens=12, attention_mask=attention_mask, streamer=ours)
+    produced = model.generate(input_ids, max_new_tokens=12, attention_mask=attention_mask, eos_token_id=None, streamer=ours)
     reference.generate(input_ids, attention_mask=attention_mask, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=EOS, streamer=theirs)
     ours, theirs = list(ours), list(theirs)
     # the prompt (B, T) once, then each step's new tokens (B,): the protocol of transformers' streamers
@@ -233,8 +233,8 @@ def test_max_length_counts_the_prompt_as_in_transformers(pair):
     reference, model, _ = pair
     prompt = torch.tensor([[5, 11, 42, 3, 17]])
     expected = reference.generate(prompt, max_length=25, do_sample=False, eos_token_id=None, pad_token_id=EOS)
-    assert expected.shape == (1, 25) and torch.equal(model.generate(prompt, max_length=25), expected)
-    assert model.generate(prompt).shape == (1, 5 + DEFAULT_MAX_NEW_TOKENS)
+    assert expected.shape == (1, 25) and torch.equal(model.generate(prompt, max_length=25, eos_token_id=None), expected)
+    assert model.generate(prompt, eos_token_id=None).shape == (1, 5 + DEFAULT_MAX_NEW_TOKENS)
 
 
 def test_generated_sequences_and_logits_match_transformers_output(pair):
@@ -242,7 +242,7 @@ def test_generated_sequences_and_logits_match_transformers_output(pair):
     input_ids, attention_mask = left_padded(97, [7, 4, 2], seed=4)
     options = dict(attention_mask=attention_mask, max_new_tokens=10, output_logits=True, return_dict_in_generate=True)
     theirs = reference.generate(input_ids, do_sample=False, eos_token_id=None, pad_token_id=EOS, **options)
-    ours = model.generate(input_ids, **options)
+    ours = model.generate(input_ids, eos_token_id=None, **options)
     assert torch.equal(ours.sequences, theirs.sequences) and ours[0] is ours.sequences
     assert len(ours.logits) == len(theirs.logits) == 10
     for step, (a, b) in enumerate(zip(ours.logits, theirs.logits)):
@@ -385,6 +385,44 @@ def test_config_round_trip_and_registry(pair):
         GPT2Config(activation_function="gelu_fast_but_wrong")
 
 
+def test_a_config_transformers_saves_with_special_ids_past_the_vocabulary_loads(tmp_path):
+    # GPT2Config(vocab_size=small) keeps bos/eos 50256: they never enter the forward pass, so the file loads;
+    # generate never produces them, so by default no row stops (as in transformers), and asking for one is refused.
+    reference = reference_model(hf_config(vocab_size=40, bos_token_id=50256, eos_token_id=50256, pad_token_id=50256))
+    model = GPT2LMHeadModel.from_pretrained(save_reference(reference, tmp_path))
+    assert (model.config.bos_token_id, model.config.eos_token_id, model.config.pad_token_id) == (50256, 50256, 50256)
+    input_ids, attention_mask = left_padded(40, [6, 3], seed=5)
+    with torch.no_grad():
+        assert (model(input_ids[:1]).logits - reference(input_ids[:1]).logits).abs().max().item() <= ATOL
+    expected = reference.generate(input_ids, attention_mask=attention_mask, max_new_tokens=20, do_sample=False)  # its generation_config's ids
+    produced = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=20)
+    assert produced.shape == (2, 26) and torch.equal(produced, expected)
+    eos = produced[0, 6].item()  # the first row's first new token: with it as the stop, the row is padded from there
+    stopped = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=20, eos_token_id=eos)
+    assert (stopped[0, 6:] == eos).all()  # with eos: the config's pad_token_id 50256 is past the vocabulary
+    with pytest.raises(InputError, match=r"eos_token_id must be a token id in \[0, 39\].*50256"):
+        model.generate(input_ids, attention_mask=attention_mask, eos_token_id=model.config.eos_token_id)
+    model.save_pretrained(tmp_path / "again")  # and written back as read
+    assert GPT2Config.from_dict(transformers.GPT2Config.from_pretrained(tmp_path / "again").to_dict()) == model.config
+
+
+def test_the_default_stop_is_the_configs_eos_as_in_transformers(pair):
+    import copy
+
+    reference, model, _ = pair
+    input_ids, attention_mask = left_padded(97, [6, 3, 5], seed=2)
+    free = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=30, eos_token_id=None)[:, 6:]
+    eos = free[0, 4].item()  # a token the first row produces: with it as the config's eos, that row stops by step 4
+    reference, model = copy.deepcopy(reference), copy.deepcopy(model)
+    reference.generation_config.eos_token_id = reference.config.eos_token_id = model.config.eos_token_id = eos
+    expected = reference.generate(input_ids, attention_mask=attention_mask, max_new_tokens=30, do_sample=False, pad_token_id=eos)
+    produced = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=30)
+    assert torch.equal(produced, expected)
+    stop = (free[0] == eos).nonzero()[0].item()
+    assert stop <= 4 and (produced[0, 6 + stop :] == eos).all()  # the first row stopped (padded with eos, the config has no pad)
+    assert torch.equal(model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=30, eos_token_id=None)[:, 6:], free)  # None: no stop
+
+
 def test_inverse_layer_scaling_matches_reference(tmp_path):
     reference = reference_model(hf_config(scale_attn_by_inverse_layer_idx=True, n_layer=3))
     model = GPT2LMHeadModel.from_pretrained(save_reference(reference, tmp_path))
@@ -427,7 +465,7 @@ def test_top_p_outside_the_unit_interval(pair, top_p):
 
 def test_top_k_below_one(pair):
     _, model, _ = pair
-    with pytest.raises(InputError, match="top_k must be at least 1"):
+    with pytest.raises(InputError, match="top_k must be a positive integer"):
         model.generate(torch.zeros(1, 3, dtype=torch.long), max_new_tokens=2, do_sample=True, top_k=0)
 
 

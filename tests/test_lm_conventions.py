@@ -1,14 +1,18 @@
 """The calls users bring from transformers, the same on both language models (GPT-2 and the char LM).
 
 - ``check_inputs(...)`` takes forward's arguments and raises the InputError forward would;
-- ``Model.keymap(config=None)`` is the one public key map (the old module-level names warn);
+- ``Model.keymap(config=None)`` is the one public key map (the old module-level names are gone);
 - ``generate(input_ids, *, max_new_tokens | max_length, ...)`` takes and returns ids on both,
-  with the same keyword arguments and the same streamer protocol.
+  with the same keyword arguments and the same streamer protocol;
+- ``generate`` is bounded before it starts (GPT-2 by its context, the char LM by ``max_generate_tokens``)
+  and keeps each step's logits only when asked (``output_logits``).
 """
 
 from __future__ import annotations
 
+import gc
 import inspect
+import weakref
 
 import pytest
 import torch
@@ -60,14 +64,11 @@ def test_no_module_level_key_map(module):
     assert public == []
 
 
-def test_the_old_names_still_work_with_a_warning():
-    with pytest.warns(DeprecationWarning, match=r"char_lm.KEYMAP is now CharLM.keymap\(\)"):
-        assert char_lm.KEYMAP is char_lm.CharLM.keymap()
-    with pytest.warns(DeprecationWarning, match=r"gpt2.gpt2_keymap\(\) is now GPT2Model.keymap\(\)"):
-        assert gpt2.gpt2_keymap().rules == gpt2.GPT2Model.keymap().rules  # the stack's names, the prefix aside
-    for module in (gpt2, char_lm):
-        with pytest.raises(AttributeError):
-            module.NO_SUCH_NAME
+@pytest.mark.parametrize("module, name", [(char_lm, "KEYMAP"), (gpt2, "gpt2_keymap"), (char_lm, "sample")])
+def test_the_old_names_are_gone(module, name):
+    # KEYMAP / gpt2_keymap(): Model.keymap(); char_lm.sample(): minipt.nn.sampling.choose_next_token
+    with pytest.raises(AttributeError):
+        getattr(module, name)
 
 
 def test_both_generate_signatures_are_one():
@@ -86,8 +87,64 @@ def test_generate_on_ids_with_a_streamer(cls):
     model, _, _ = tiny(cls)
     prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
     streamer = TokenIteratorStreamer()
-    out = model.generate(prompt, max_length=8, do_sample=True, seed=0, streamer=streamer, output_logits=True, return_dict_in_generate=True)
+    options = dict(max_length=8, do_sample=True, seed=0, eos_token_id=None)  # no row stops: 5 new tokens on both
+    out = model.generate(prompt, **options, streamer=streamer, output_logits=True, return_dict_in_generate=True)
     assert out.sequences.shape == (2, 8) and torch.equal(out.sequences[:, :3], prompt) and len(out.logits) == 5
     put = list(streamer)
     assert torch.equal(put[0], prompt) and torch.equal(torch.stack(put[1:], dim=1), out.sequences[:, 3:])
-    assert torch.equal(model.generate(prompt, max_length=8, do_sample=True, seed=0), out.sequences)
+    assert torch.equal(model.generate(prompt, **options), out.sequences)
+
+
+def limit_of(model) -> str:
+    return f"context of {model.config.n_positions} positions" if isinstance(model, gpt2.GPT2LMHeadModel) else f"max_generate_tokens = {model.max_generate_tokens}"
+
+
+@pytest.mark.parametrize("cls", GENERATORS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("length", [dict(max_new_tokens=10**9), dict(max_length=10**9)], ids=lambda d: next(iter(d)))
+def test_a_huge_length_is_refused_before_any_step(cls, length):
+    model, _, _ = tiny(cls)
+    ran = []
+    for module in model.modules():
+        module.register_forward_pre_hook(lambda module, args: ran.append(module))
+    with pytest.raises(InputError, match=limit_of(model)) as refused:
+        model.generate(torch.tensor([[1, 2, 3]]), **length)
+    assert str(next(iter(length.values()))) in str(refused.value) and ran == []
+
+
+def test_the_char_lm_cap_is_exact_and_settable():
+    model, _, _ = tiny(char_lm.CharLM)
+    model.max_generate_tokens = 6
+    prompt = torch.tensor([[1, 2, 3]])
+    assert model.generate(prompt, max_new_tokens=6).shape == (1, 9) and model.generate(prompt, max_length=9).shape == (1, 9)
+    with pytest.raises(InputError, match=r"max_new_tokens 7 is more than CharLM generates in one call: max_generate_tokens = 6"):
+        model.generate(prompt, max_new_tokens=7)
+    with pytest.raises(InputError, match=r"max_length 10 asks for 7 new bytes"):
+        model.generate(prompt, max_length=10)
+    assert char_lm.CharLM.max_generate_tokens == 65536  # the class's cap is untouched
+
+
+def logits_head(model):
+    return model.lm_head if isinstance(model, gpt2.GPT2LMHeadModel) else model.head
+
+
+@pytest.mark.parametrize("cls", GENERATORS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("output_logits", [False, True])
+def test_each_steps_logits_are_kept_only_when_asked(cls, output_logits):
+    # Every logits tensor the head makes is watched: how many are still alive when the next one is made.
+    model, _, _ = tiny(cls)
+    made, alive = [], []
+
+    def watch(module, args, logits):
+        alive.append(sum(ref() is not None for ref in made))
+        made.append(weakref.ref(logits))
+
+    logits_head(model).register_forward_hook(watch)
+    steps = 12  # GPT-2's tiny context is 16 positions
+    out = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=steps, eos_token_id=None, output_logits=output_logits, return_dict_in_generate=True)
+    gc.collect()
+    assert len(made) == steps and out.sequences.shape == (1, 3 + steps)
+    if output_logits:
+        assert alive == list(range(steps)) and all(ref() is not None for ref in made)  # every step's, held by the output
+        assert len(out.logits) == steps and all(ref() is logits for ref, logits in zip(made, out.logits))
+    else:
+        assert max(alive) <= 1 and all(ref() is None for ref in made) and out.logits is None  # the last step's at most

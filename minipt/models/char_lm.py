@@ -22,7 +22,6 @@ LSTM's ``(h, c)`` state forward, so the prefix is never recomputed.
 from __future__ import annotations
 
 import numbers
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -37,7 +36,7 @@ from ..nn import LSTM, Linear
 from ..registry import register
 from ..nn.backend import ChoosesBackend
 from ..nn.fuse import InferenceCopy
-from ..nn.sampling import GenerateOutput, check_generation, check_sampling, choose_next_token, generation_loop
+from ..nn.sampling import GenerateOutput, check_generation, generation_loop
 from ..nn.streamer import Streamer
 
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (num_layers, B, hidden_size)
@@ -67,6 +66,9 @@ class CharLM(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
     }
     # The LSTM's layers share one module (torch.nn.LSTM's layout), so they form one stage; no task head to replace.
     transfer_stages = {"embedding": "embedding", "lstm": "lstm", "head": "head"}  # see minipt.transfer
+    # An LSTM has no context to bound generate, as GPT-2's n_positions does: this cap does (64 KiB of text
+    # per call). Asking for more is an InputError before any step runs; set it on a model to go further.
+    max_generate_tokens: int = 65536
 
     def __init__(self, config: CharLMConfig | None = None):
         super().__init__()
@@ -158,7 +160,10 @@ class CharLM(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
         The prompt is run once; each new byte is one LSTM step from the carried
         ``(h, c)`` state. Greedy unless ``do_sample``; ``seed`` or ``generator``
         make sampling reproducible; the options are
-        ``minipt.nn.sampling.choose_next_token``'s. Text in and out:
+        ``minipt.nn.sampling.choose_next_token``'s. At most
+        ``max_generate_tokens`` new bytes per call. Only the state and the chosen
+        bytes are kept from step to step; each step's logits are kept only with
+        ``output_logits`` (and returned with ``return_dict_in_generate``). Text in and out:
         ``model.decode(model.generate(model.encode(text)[None], ...)[0])``, or a
         ``TextStreamer(model)`` to print it as it grows.
         """
@@ -170,12 +175,16 @@ class CharLM(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
             eos_token_id=eos_token_id, pad_token_id=pad_token_id, seed=seed, generator=generator, streamer=streamer,
             output_logits=output_logits, return_dict_in_generate=return_dict_in_generate,
         )
+        limit = self.max_generate_tokens
+        if new > limit:
+            asked = f"max_length {max_length} asks for {new} new bytes" if max_length is not None else f"max_new_tokens {new} is"
+            raise InputError(f"{asked} more than CharLM generates in one call: max_generate_tokens = {limit} (a model attribute; raise it for longer runs)")
         state = None
 
         def next_logits(ids: torch.Tensor) -> torch.Tensor:  # the prompt (B, T), then one byte (B, 1)
             nonlocal state
-            logits, state = self(ids, state)
-            return logits[:, -1].float()  # (B, vocab)
+            hidden, state = self.lstm(self.embedding(ids), state)  # (B, T, H)
+            return self.head(self.dropout(hidden[:, -1])).float()  # (B, vocab): the last position's only
 
         return generation_loop(
             next_logits, input_ids, new, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -198,20 +207,6 @@ _KEYMAP = KeyMap(
         ("head.{p}", "head.{p}"),
     ]
 )
-
-
-def __getattr__(name: str):
-    # The key map was the public constant KEYMAP before CharLM.keymap(); the old name still reads, with a warning.
-    if name == "KEYMAP":
-        warnings.warn("minipt.models.char_lm.KEYMAP is now CharLM.keymap()", DeprecationWarning, stacklevel=2)
-        return _KEYMAP
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One id per row of ``logits`` (B, V) -> (B, 1): greedy at temperature 0, else ``minipt.nn.sampling.choose_next_token``."""
-    check_sampling(temperature, top_k, None, 1.0, generator, zero_temperature_is_greedy=True)
-    return choose_next_token(logits, do_sample=temperature != 0, temperature=temperature or 1.0, top_k=top_k, generator=generator)[:, None]
 
 
 # -- minipt.reference: where the reference implementation computes the same values ----------

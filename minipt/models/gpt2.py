@@ -16,7 +16,6 @@ a ``transformer.`` prefix) through the key map at the bottom of this file.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -34,6 +33,7 @@ from ..nn.tap import tap
 from ..registry import register
 from ..nn.backend import BackendBlock, ChoosesBackend
 from ..nn.fuse import InferenceCopy
+from ..nn.init import init_normal_
 from ..nn.output import ModelOutput
 from ..nn.sampling import GenerateOutput, check_generation, generation_loop
 from ..nn.streamer import Streamer
@@ -58,8 +58,10 @@ class GPT2Config(Config):
     scale_attn_weights: bool = flag(True)  # scores / sqrt(head_dim); False leaves them unscaled
     scale_attn_by_inverse_layer_idx: bool = flag(False)  # scores further / (layer index + 1) (some GPT-2 descendants)
     reorder_and_upcast_attn: bool = flag(False)  # a mixed-precision trick of the reference; the same math in fp32
+    # The special ids do not enter the forward pass: an id outside the vocabulary loads (transformers saves
+    # GPT2Config(vocab_size=small) with its default 50256) and is one generate never produces (see generate).
     bos_token_id: int | None = token_id(50256)
-    eos_token_id: int | None = token_id(50256)
+    eos_token_id: int | None = token_id(50256)  # generate's default stop id
     pad_token_id: int | None = token_id(None)  # GPT-2 has none; generation pads finished rows with eos
     tie_word_embeddings: bool = flag(True)  # lm_head reuses the token embedding matrix
 
@@ -69,13 +71,14 @@ class GPT2Config(Config):
         if self.n_inner is None:
             self.n_inner = 4 * self.n_embd
         require(self.n_embd % self.n_head == 0, "n_head", self.n_head, f"a divisor of n_embd {self.n_embd}")
-        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-            value = getattr(self, name)
-            require(value is None or value < self.vocab_size, name, value, f"an id below vocab_size {self.vocab_size}")
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    def in_vocab(self, token: int | None) -> int | None:
+        """``token`` when the vocabulary holds it, else None: a special id past the vocabulary is one no model output can be."""
+        return token if token is not None and token < self.vocab_size else None
 
     @classmethod
     def prepare(cls, values: dict) -> dict:
@@ -214,13 +217,7 @@ class _GPT2Pretrained(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
     def init_weights(self, module: nn.Module) -> None:
         """GPT-2's initialisation: N(0, initializer_range), the residual projections scaled by 1/sqrt(2 n_layer)."""
         std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.normal_(0.0, std)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            module.bias.zero_()
-        if isinstance(module, LayerNorm):
-            module.weight.fill_(1.0)
-            module.bias.zero_()
+        init_normal_(module, std)
         if isinstance(module, GPT2Block):  # each block adds two branches to the residual stream
             residual_std = std / math.sqrt(2 * self.config.n_layer)
             module.attn.out_proj.weight.normal_(0.0, residual_std)
@@ -334,6 +331,16 @@ def _causal_bias(attention_mask, T: int, S: int, dtype, device) -> torch.Tensor 
 
 
 # -- the language model and generation ---------------------------------------------
+class _ConfigEos:
+    """generate's ``eos_token_id`` when none is passed: the config's, as transformers' generation_config."""
+
+    def __repr__(self) -> str:
+        return "config.eos_token_id"
+
+
+_CONFIG_EOS = _ConfigEos()
+
+
 class GPT2LMHeadModel(_GPT2Pretrained):
     """GPT-2 with its language-model head: next-token logits at every position, and ``generate``."""
 
@@ -389,7 +396,7 @@ class GPT2LMHeadModel(_GPT2Pretrained):
         top_p: float | None = None,
         repetition_penalty: float = 1.0,  # > 1 makes tokens already in the row less likely (1.0 = off)
         attention_mask: torch.Tensor | None = None,  # (B, T): 0 on the left padding
-        eos_token_id: int | None = None,  # a row stops at this token (None: no row stops early)
+        eos_token_id: int | None = _CONFIG_EOS,  # a row stops at this token; None: no row stops early
         pad_token_id: int | None = None,  # what fills a stopped row (None: the config's, else eos)
         seed: int | None = None,
         generator: torch.Generator | None = None,
@@ -403,13 +410,21 @@ class GPT2LMHeadModel(_GPT2Pretrained):
         ``seed`` or ``generator`` make sampling reproducible). The prompt runs
         once into a preallocated key/value cache, then each step feeds the new
         token alone. A row that produced ``eos_token_id`` is padded from then on;
-        generation ends early once every row has. ``repetition_penalty`` follows
+        generation ends early once every row has. Without ``eos_token_id`` a row
+        stops at ``config.eos_token_id``, as in transformers; a config id past the
+        vocabulary (transformers' default 50256 on a smaller vocabulary) is one the
+        model never produces, so no row stops, and ``pad_token_id`` falls back to
+        the config's only when the vocabulary holds it. ``repetition_penalty`` follows
         transformers: it counts every id of the row so far, prompt and generated,
         except the left padding. With ``return_dict_in_generate`` a
         ``GenerateOutput`` comes back: ``sequences``, and with ``output_logits``
         the logits each new token was chosen from.
         """
         config = self.config
+        if eos_token_id is _CONFIG_EOS:
+            eos_token_id = config.in_vocab(config.eos_token_id)
+        if pad_token_id is None:
+            pad_token_id = config.in_vocab(config.pad_token_id)  # still None: stopped rows are padded with eos
         new, generator = check_generation(
             input_ids, vocab_size=config.vocab_size, context=config.n_positions, max_new_tokens=max_new_tokens, max_length=max_length,
             do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
@@ -437,7 +452,7 @@ class GPT2LMHeadModel(_GPT2Pretrained):
         return generation_loop(
             next_logits, input_ids, new, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
             repetition_penalty=repetition_penalty, attention_mask=mask[:, :T] if mask is not None else None,
-            eos_token_id=eos_token_id, pad_token_id=config.pad_token_id if pad_token_id is None else pad_token_id,
+            eos_token_id=eos_token_id, pad_token_id=pad_token_id,
             generator=generator, streamer=streamer, output_logits=output_logits, return_dict_in_generate=return_dict_in_generate,
         )
 
@@ -479,22 +494,19 @@ def _stack_keymap() -> KeyMap:
     )
 
 
-def __getattr__(name: str):
-    # The stack's key map was the public function gpt2_keymap() before GPT2Model.keymap(); the old name still works, with a warning.
-    if name == "gpt2_keymap":
-        warnings.warn("minipt.models.gpt2.gpt2_keymap() is now GPT2Model.keymap()", DeprecationWarning, stacklevel=2)
-        return _stack_keymap
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 # -- minipt.reference: where the reference implementation computes the same values ----------
 def compare_with_reference(model, path, inputs, rtol):
     """transformers' GPT2Model / GPT2LMHeadModel (eager attention) on the same checkpoint, point by point (``minipt.reference.layer_diffs``)."""
     from ..demo import tokenizer_beside
-    from ..reference import heads, import_reference, report, texts
+    from ..reference import batch_input_ids, heads, import_reference, report, texts
 
     transformers = import_reference("transformers", "GPT-2")
     config = model.config
+    if isinstance(inputs, dict):  # a tokenised batch: its ids, when no row is padded
+        mask = inputs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and not bool(mask.bool().all()):
+            raise InputError("GPT-2 compares on rows without padding (transformers' forward does not count positions from the mask); pass texts or unpadded ids")
+        inputs = batch_input_ids(inputs)
     if isinstance(inputs, torch.Tensor):
         ids, label = inputs, f"token ids of shape {tuple(inputs.shape)}"
     elif inputs is None and tokenizer_beside(path) is None:
