@@ -121,7 +121,7 @@ def _generate(model, name: str, prompt, n: int, outputs: dict):
     if name.startswith("transformers"):
         extra = {"cache_implementation": "static"} if name.endswith("compiled") else {}
         return lambda: outputs.update({name: model.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0, **extra)})
-    return lambda: outputs.update({name: model.generate(prompt, max_new_tokens=n)})
+    return lambda: outputs.update({name: model.generate(prompt, max_new_tokens=n, eos_token_id=None)})  # n tokens, as min_new_tokens forces there
 
 
 def _minipt_state(reference, ours) -> dict:
