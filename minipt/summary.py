@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from .checks import check_int
-from .errors import InputError
+from .errors import InputError, MiniptError
 
 
 FLOPS_COLUMN = "FLOPs (2xMACs)"  # not torchinfo's "Mult-Adds", which counts each multiply-add once
@@ -240,6 +240,11 @@ def _run(model: nn.Module, args: tuple, kwargs: dict, counter) -> None:
         model.eval()
         with torch.no_grad(), _countable(model), counter:
             model(*args, **kwargs)
+    except MiniptError:
+        raise
+    except Exception as err:  # a module that does not take these inputs: name them beside what it said
+        inputs = ", ".join(f"{name} {tuple(shape)}" for name, shape in _input_shapes(model, args, kwargs).items()) or "no tensors"
+        raise InputError(f"{type(model).__name__} cannot run on the inputs given ({inputs}): {type(err).__name__}: {str(err).splitlines()[0]}") from err
     finally:
         model.train(was_training)
 

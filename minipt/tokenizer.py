@@ -43,6 +43,7 @@ PADDING_SIDES = ("right", "left")
 # the special tokens a tokenizer knows by role, and the spellings looked for when tokenizer_config.json names none
 SPECIAL_ROLES = {"bos": ("<s>",), "eos": ("[SEP]", "</s>"), "unk": ("[UNK]", "<unk>"), "pad": ("[PAD]", "<pad>")}
 RETURN_TENSORS = ("pt", "np", None)
+MAX_PADDED_LENGTH = 1 << 20  # padding="max_length" pads a text to at most this many ids
 # what Tokenizer calls on its backend (a tokenizers.Tokenizer)
 _BACKEND_METHODS = (
     "encode", "encode_batch", "decode", "token_to_id", "id_to_token", "get_vocab_size", "num_special_tokens_to_add",
@@ -203,6 +204,8 @@ class Tokenizer:
             self.backend.no_truncation()
         if padding == "max_length" and limit is None:
             raise InputError("padding='max_length' needs max_length")
+        if padding == "max_length" and limit > MAX_PADDED_LENGTH:
+            raise InputError(f"padding='max_length' would make every text {limit:,} ids long; at most {MAX_PADDED_LENGTH:,} (or pad to the longest: padding=True)")
         self.backend.no_padding()  # padded below, and only where a row is short
         try:
             encodings = self.backend.encode_batch(inputs, add_special_tokens=add_special_tokens)

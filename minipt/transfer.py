@@ -220,7 +220,11 @@ def reset_classifier(model: nn.Module, num_classes: int | None = None, **config_
         config_fields["id2label"] = None  # the old head's label names do not describe the new one
     config = config.replace(**config_fields)
     old = _module(model, path)
-    new = type(old)(old.in_features, getattr(config, size_field), bias=old.bias is not None, device=old.weight.device, dtype=old.weight.dtype)  # minipt's Linear keeps its backend
+    size = getattr(config, size_field)
+    try:  # minipt's Linear keeps its backend
+        new = type(old)(old.in_features, size, bias=old.bias is not None, device=old.weight.device, dtype=old.weight.dtype)
+    except (RuntimeError, MemoryError, TypeError) as err:  # the allocator, a size overflow, a size over 64 bits
+        raise TrainingError(f"a head of {size} classes cannot be allocated here ({old.in_features} x {size} weights): {str(err).splitlines()[0]}") from None
     if isinstance(old, BackendBlock):
         new.backend = old.backend
     if hasattr(model, "init_weights"):
