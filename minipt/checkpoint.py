@@ -7,31 +7,36 @@ module does the rest:
 
 - find the files (``minipt.hub.resolve``);
 - read ``config.json`` and the tensors' names and shapes without reading data
-  (``model.safetensors`` through ``safe_open``, sharded safetensors through
+  (``model.safetensors`` checked by ``safe_open``, sharded safetensors through
   their index, ``pytorch_model.bin``/``.pth`` through
   ``torch.load(weights_only=True)``, never full unpickling; numpy ``.npz``
-  archives with ``allow_pickle=False``);
+  archives with ``allow_pickle=False``, each array's size checked before it is
+  decompressed);
 - build the model on the meta device, so no memory is spent on weights that
   are about to be replaced;
 - translate names with the key map, check them strictly (one error lists every
   missing, unexpected and mis-shaped tensor) and hand each tensor to the model
-  as it is read (memory-mapped, cast only when ``dtype`` asks for it);
-- write the official layout back: ``config.json`` + ``model.safetensors``.
+  as it is read (copied out of the file, so the model owns its weights, or
+  memory-mapped with ``mmap=True``; cast only when ``dtype`` asks for it);
+- write the official layout back, atomically: ``model.safetensors``, then
+  ``config.json``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .errors import CheckpointError, CheckpointNotFoundError, ConfigError, InputError, KeyMismatchError
-from .checks import check_device, check_dtype
-from .files import read_json
+from .errors import CheckpointError, CheckpointNotFoundError, ConfigError, InputError, KeyMismatchError, MiniptError, SaveError
+from .checks import check_bool, check_device, check_dtype, check_path
+from .files import atomic_path, read_json, write_json
 from .hub import resolve
 from .keymap import KeyMap
 
@@ -40,6 +45,17 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 PYTORCH_BIN = "pytorch_model.bin"
 CONFIG = "config.json"
 _SHOWN = 12  # entries per kind of problem in a key mismatch error
+# An .npz may declare at most this many bytes of arrays per byte of archive (or _NPZ_SMALL in all): weights
+# barely compress (np.savez stores them, savez_compressed gains ~10% on floats), while deflate can expand
+# 1,000-fold, so a 2 MB archive could otherwise make the loader decompress and allocate 2 GB.
+_NPZ_EXPANSION = 20
+_NPZ_SMALL = 16 << 20
+# safetensors dtype names -> torch dtypes (the file is little-endian, as x86 and ARM machines are)
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}
 
 
 # -- reading -----------------------------------------------------------------
@@ -67,8 +83,9 @@ def weight_files(path: Path) -> list[Path]:
         return [path / name for name in names]
     if (path / PYTORCH_BIN).is_file():
         return [path / PYTORCH_BIN]
-    # a folder holding one weights file under another name (torchvision's resnet50-0676ba61.pth, ...)
-    single = [f for pattern in ("*.safetensors", "*.pth", "*.pt", "*.bin", "*.npz") for f in sorted(path.glob(pattern))]
+    # a folder holding one weights file under another name (torchvision's resnet50-0676ba61.pth, ...); hidden files
+    # are never weights: a killed save's temporary (files.TEMPORARY_PREFIX, safetensors' own .tmp*) is skipped
+    single = [f for pattern in ("*.safetensors", "*.pth", "*.pt", "*.bin", "*.npz") for f in sorted(path.glob(pattern)) if not f.name.startswith(".")]
     if len(single) == 1:
         return single
     raise CheckpointNotFoundError(
@@ -78,12 +95,20 @@ def weight_files(path: Path) -> list[Path]:
 
 
 class Checkpoint:
-    """The tensors of a checkpoint: names and shapes up front, data read on demand."""
+    """The tensors of a checkpoint: names and shapes up front, data read on demand.
 
-    def __init__(self, path: str | os.PathLike):
+    By default every tensor read is a copy the caller owns (plain reads into fresh memory, at most
+    one copy of the weights in memory). With ``mmap=True`` safetensors and zip-format pickle tensors
+    are memory-mapped views of the file instead: no copy, but they change if the file is rewritten in
+    place and fault (SIGBUS) if it is truncated. Replacing the file by a rename, as every minipt save
+    does, leaves both kinds untouched.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, mmap: bool = False):
         self.path = Path(path)
+        self.mmap = check_bool("mmap", mmap)
         self._shapes: dict[str, tuple[int, ...]] = {}
-        self._where: dict[str, Any] = {}  # key -> open safetensors handle, or the loaded state dict
+        self._where: dict[str, Any] = {}  # key -> safetensors handle or reader, or the loaded state dict
         for file in weight_files(self.path):
             if file.suffix == ".safetensors":
                 self._open_safetensors(file)
@@ -92,27 +117,47 @@ class Checkpoint:
             else:
                 self._open_pickle(file)
 
+    def __enter__(self) -> "Checkpoint":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the files held open for reading (tensors already read stay valid)."""
+        for source in self._where.values():
+            if isinstance(source, _SafetensorsReader):
+                source.close()
+
     def _open_safetensors(self, file: Path) -> None:
         from safetensors import safe_open
 
         if not file.is_file():
             raise CheckpointNotFoundError(f"{file} is listed in the checkpoint index but does not exist")
+        reader = None
         try:
-            handle = safe_open(str(file), framework="pt")
+            if self.mmap:
+                handle = safe_open(str(file), framework="pt")
+            else:  # safe_open checks the header of the very file the reader holds open, even if the path is replaced meanwhile
+                reader = _SafetensorsReader(open(file, "rb", buffering=0))
+                handle = safe_open(reader.same_file(), framework="pt")
+                reader.read_header()
             for key in handle.keys():
                 self._shapes[key] = tuple(handle.get_slice(key).get_shape())
-                self._where[key] = handle
+                self._where[key] = reader or handle
         except Exception as err:  # safetensors raises SafetensorError from Rust for every kind of damage
+            if reader is not None:
+                reader.close()
             raise CheckpointError(f"{file} is truncated or corrupted ({err}); it is not a readable safetensors file") from err
 
     def _open_pickle(self, file: Path) -> None:
         try:
             try:
-                state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+                state = torch.load(file, map_location="cpu", weights_only=True, mmap=self.mmap)
             except RuntimeError as err:
-                if "mmap" not in str(err):
+                if not self.mmap or "mmap" not in str(err):
                     raise
-                state = torch.load(file, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+                state = torch.load(file, map_location="cpu", weights_only=True)  # legacy (non-zip) format: no mapping
         except Exception as err:
             if "weights_only" in str(err) or "Unsupported global" in str(err):
                 raise CheckpointError(f"{file} holds objects other than tensors; minipt only loads with weights_only=True") from err
@@ -129,11 +174,10 @@ class Checkpoint:
             self._where[key] = state
 
     def _open_npz(self, file: Path) -> None:
-        import numpy as np
-
         try:
-            with np.load(file, allow_pickle=False) as arrays:  # arrays only: a pickled object is refused
-                state = {key: torch.from_numpy(arrays[key]) for key in arrays.files}
+            state = _read_npz(file)
+        except MiniptError:
+            raise
         except Exception as err:
             if "allow_pickle" in str(err):
                 raise CheckpointError(f"{file} holds objects other than arrays; minipt only loads numeric arrays") from err
@@ -159,6 +203,93 @@ class Checkpoint:
             return source.get_tensor(key)
         except Exception as err:
             raise CheckpointError(f"{self.path}: tensor {key!r} cannot be read ({err}); the file is truncated or corrupted") from err
+
+
+class _SafetensorsReader:
+    """One safetensors file, its tensors read into fresh memory with plain reads (no memory map).
+
+    The file stays open from the header to the last tensor, so a load reads one file whole even
+    while a save replaces it. Its header is parsed only after ``safe_open`` has checked it."""
+
+    def __init__(self, file):
+        self.file = file
+
+    def same_file(self) -> str:
+        """A name that opens the file this reader holds (``/dev/fd/N`` where the OS has it)."""
+        held = f"/dev/fd/{self.file.fileno()}"
+        return held if os.path.exists(held) else self.file.name
+
+    def read_header(self) -> None:
+        self.file.seek(0)
+        (length,) = struct.unpack("<Q", self.file.read(8))
+        self.header = json.loads(self.file.read(length))
+        self.data_start = 8 + length
+
+    def get_tensor(self, key: str) -> torch.Tensor:
+        entry = self.header[key]
+        dtype = _SAFETENSORS_DTYPES.get(entry["dtype"])
+        if dtype is None:
+            raise CheckpointError(f"dtype {entry['dtype']} is not one minipt loads ({', '.join(_SAFETENSORS_DTYPES)})")
+        begin, end = entry["data_offsets"]
+        size = math.prod(entry["shape"]) * dtype.itemsize
+        if end - begin != size:  # safe_open checked this; only a file rewritten in place since can differ
+            raise CheckpointError(f"its header gives {end - begin} bytes for shape {entry['shape']} of {entry['dtype']}")
+        data = torch.empty(size, dtype=torch.uint8)
+        self.file.seek(self.data_start + begin)
+        if _read_into(self.file, data.numpy()) != size:
+            raise CheckpointError(f"the file ends before the tensor's {size} bytes")
+        return data.view(dtype).reshape(entry["shape"])
+
+    def close(self) -> None:
+        self.file.close()
+
+    __del__ = close
+
+
+def _read_into(file, buffer) -> int:
+    """Fill ``buffer`` from ``file``; the number of bytes read (less at the end of the file)."""
+    view, filled = memoryview(buffer).cast("B"), 0
+    while filled < len(view):
+        count = file.readinto(view[filled:])
+        if not count:
+            break
+        filled += count
+    return filled
+
+
+def _read_npz(file: Path) -> dict[str, torch.Tensor]:
+    """The arrays of an ``.npz`` archive, refused before anything is decompressed when the sizes its
+    members declare exceed ``_NPZ_EXPANSION`` times the archive, or disagree with their npy headers."""
+    import zipfile
+
+    import numpy as np
+
+    with zipfile.ZipFile(file) as archive:
+        members = archive.infolist()
+        declared, stored = sum(m.file_size for m in members), file.stat().st_size
+        if declared > max(_NPZ_EXPANSION * stored, _NPZ_SMALL):
+            raise CheckpointError(f"{file} declares {declared:,} bytes of arrays in {stored:,} bytes of archive "
+                                  f"(more than {_NPZ_EXPANSION} times as much); refused without decompressing it")
+        for member in members:  # each npy header is a few hundred bytes at the start of its member
+            if not member.filename.endswith(".npy"):
+                raise CheckpointError(f"{file}: member {member.filename!r} is not an .npy array")
+            with archive.open(member) as stream:
+                version = np.lib.format.read_magic(stream)
+                if version not in ((1, 0), (2, 0)):
+                    raise CheckpointError(f"{file}: member {member.filename!r} is npy format {version}, not 1.0 or 2.0")
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read_header(stream)
+                size = stream.tell() + math.prod(shape) * dtype.itemsize
+            if dtype.hasobject:
+                raise CheckpointError(f"{file} holds objects other than arrays ({member.filename!r}); minipt only loads numeric arrays")
+            if size != member.file_size:
+                raise CheckpointError(f"{file}: member {member.filename!r} declares {member.file_size:,} bytes, "
+                                      f"but its header describes {size:,} (a {dtype} array of shape {shape})")
+        state = {}
+        for member in members:
+            with archive.open(member) as stream:
+                state[member.filename[: -len(".npy")]] = torch.from_numpy(np.lib.format.read_array(stream, allow_pickle=False))
+    return state
 
 
 # -- matching names ----------------------------------------------------------
@@ -316,6 +447,8 @@ def _tensor(model: nn.Module, key: str) -> torch.Tensor:
 
 
 def save_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Write ``state`` to ``path`` atomically (``files.atomic_path``): readers see the old file or the new one."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     storages, ready = set(), {}
@@ -324,7 +457,11 @@ def save_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
         ptr = tensor.untyped_storage().data_ptr()
         ready[key] = tensor.clone() if ptr in storages else tensor  # safetensors refuses shared storage
         storages.add(ptr)
-    save_file(ready, str(path), metadata={"format": "pt"})
+    with atomic_path(path) as temporary:
+        try:
+            save_file(ready, str(temporary), metadata={"format": "pt"})
+        except SafetensorError as err:  # its I/O errors (a full disk) come as SafetensorError
+            raise SaveError(f"cannot write {path}: {err}") from err
 
 
 class Pretrained:
@@ -370,10 +507,10 @@ class Pretrained:
         return config
 
     @classmethod
-    def open_checkpoint(cls, path: Path) -> Checkpoint:
+    def open_checkpoint(cls, path: Path, *, mmap: bool = False) -> Checkpoint:
         if path.is_dir() and cls.weights_file and (path / cls.weights_file).is_file():
             path = path / cls.weights_file
-        return Checkpoint(path)
+        return Checkpoint(path, mmap=mmap)
 
     @classmethod
     def load_config(cls, path: Path, checkpoint: Checkpoint, **overrides):
@@ -420,7 +557,7 @@ class Pretrained:
 
     @classmethod
     def from_pretrained(cls, name_or_path=None, *, dtype: torch.dtype | str | None = None, torch_dtype: torch.dtype | str | None = None,
-                        device=None, init_missing=(), **config_overrides):
+                        device=None, init_missing=(), mmap: bool = False, **config_overrides):
         """Load official weights from a local path, a catalogued name or a hub repo id (eval mode).
 
         ``dtype`` (a floating-point dtype) and ``device`` cast the tensors on
@@ -431,6 +568,17 @@ class Pretrained:
         head on a pre-trained encoder); every other missing tensor is an error.
         ``config_overrides`` replace fields of the checkpoint's config
         (``num_labels=3``).
+
+        The model owns its weights: they are copied out of the file (at most
+        one copy in memory), so rewriting or deleting the file afterwards
+        changes nothing. ``mmap=True`` memory-maps safetensors and zip-format
+        ``.bin``/``.pth`` files instead: no copy, pages read on first use and
+        shared with the page cache, but the tensors alias the file: writing
+        into it in place (``cp`` over it, a non-atomic save) changes the
+        model's weights, and truncating it makes reading them crash the
+        process with SIGBUS. Replacing the file by a rename (every minipt
+        save) is safe either way. A cast by ``dtype``/``device`` copies;
+        ``.npz`` archives are always read whole.
         """
         if torch_dtype is not None:
             if dtype is not None and check_dtype(dtype) != check_dtype(torch_dtype):
@@ -442,24 +590,33 @@ class Pretrained:
                 raise CheckpointNotFoundError(f"{cls.__name__}.from_pretrained needs a path, catalogue name or hub repo id")
             name_or_path = cls.default_checkpoint
         path = resolve(name_or_path)
-        checkpoint = cls.open_checkpoint(path)
-        config = cls.load_config(path, checkpoint, **config_overrides)
-        with torch.device("meta"):
-            model = cls(config)
-        load_weights(model, checkpoint, cls.keymap(config), dtype=dtype, device=device, init_missing=tuple(init_missing))
+        with cls.open_checkpoint(path, mmap=mmap) as checkpoint:
+            config = cls.load_config(path, checkpoint, **config_overrides)
+            with torch.device("meta"):
+                model = cls(config)
+            load_weights(model, checkpoint, cls.keymap(config), dtype=dtype, device=device, init_missing=tuple(init_missing))
         return model.eval()
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` with the official key names."""
+        """Write ``model.safetensors`` with the official key names, then ``config.json``.
+
+        Each file is written atomically (``files.atomic_path``) and the config last, so a reader
+        sees the folder's old model or the new one, and a save that fails midway (a full disk, the
+        process killed) leaves the old model loadable. A save that changes the config as well has
+        one moment where the new weights sit beside the old config; loading then refuses them if
+        the shapes disagree. A folder or file that cannot be written raises ``SaveError`` naming it.
+        """
         if getattr(self, "fused", False):
             raise ConfigError(
                 f"a fused {type(self).__name__} is an inference copy (BatchNorm folded into convolutions, weights packed) "
                 "and cannot be saved in the official format; "
                 "save the model before fuse()"
             )
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        config = {"architectures": [type(self).__name__], **self.config.to_dict()}
-        (directory / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        directory = check_path("directory", directory)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise SaveError(f"cannot write {directory}: {err.strerror or err}") from None
         save_safetensors(official_state_dict(self, self.keymap(self.config)), directory / SAFETENSORS)
+        write_json(directory / CONFIG, {"architectures": [type(self).__name__], **self.config.to_dict()})
         return directory
