@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from .errors import CheckpointError
+from .files import write_text
 
 BPE_VOCAB, BPE_MERGES = "vocab.json", "merges.txt"
 
@@ -88,5 +89,5 @@ def build_bpe_files(ranks: dict[bytes, int], special_tokens: dict[str, int], dir
     """Write ``vocab.json`` and ``merges.txt`` for a tiktoken vocabulary (byte-for-byte reproducible)."""
     vocab, merges = tiktoken_to_bpe(ranks, special_tokens)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / BPE_VOCAB).write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (directory / BPE_MERGES).write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    write_text(directory / BPE_VOCAB, json.dumps(vocab, ensure_ascii=False))  # each atomically (files.atomic_path)
+    write_text(directory / BPE_MERGES, "#version: 0.2\n" + "\n".join(merges) + "\n")

@@ -16,13 +16,17 @@ graph cannot).
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .errors import InputError
+from .errors import InputError, SaveError
+from .files import TEMPORARY_PREFIX, atomic_path
 
 
 class _BertLogits(nn.Module):
@@ -53,10 +57,28 @@ def _graph(model: nn.Module, batch: int, length: int, image_size: int):
 
 
 def export_onnx(model: nn.Module, path, *, batch: int = 2, length: int = 16, image_size: int = 224) -> Path:
-    """Write ``model`` (in eval mode) as an ONNX file whose one output, ``logits``, is the model's."""
+    """Write ``model`` (in eval mode) as an ONNX file whose one output, ``logits``, is the model's.
+
+    The weights go inside the file, written atomically (readers see the old file or the new one).
+    Past ONNX's 2 GB limit the exporter puts them in ``<name>.data`` and names that file inside the
+    graph, so it exports into a scratch folder beside ``path`` under the final name, then moves the
+    weights' file into place before the graph. ``SaveError`` when ``path`` cannot be written."""
     path = Path(path)
     module, example, names, dynamic = _graph(model.eval(), batch, length, image_size)
-    with warnings.catch_warnings(), torch.no_grad():  # the tracer's notes on Python values it fixes (input checks)
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, example, str(path), dynamo=True, input_names=names, output_names=["logits"], dynamic_axes=dynamic)
+    try:
+        scratch = Path(tempfile.mkdtemp(prefix=TEMPORARY_PREFIX, dir=path.parent))
+        try:
+            with warnings.catch_warnings(), torch.no_grad():  # the tracer's notes on Python values it fixes (input checks)
+                warnings.simplefilter("ignore")
+                torch.onnx.export(module, example, str(scratch / path.name), dynamo=True, input_names=names,
+                                  output_names=["logits"], dynamic_axes=dynamic, external_data=False)
+            for written in sorted(scratch.iterdir(), key=lambda file: file.name == path.name):  # the graph last
+                with atomic_path(path.parent / written.name) as temporary:
+                    os.replace(written, temporary)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    except SaveError:
+        raise
+    except OSError as err:
+        raise SaveError(f"cannot write {path}: {err.strerror or err}") from err
     return path

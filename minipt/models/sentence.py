@@ -13,7 +13,6 @@ files that say how to turn token vectors into one vector per sentence:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -21,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError, InputError
-from ..files import read_json
+from ..errors import CheckpointError, ConfigError, InputError, SaveError
+from ..files import read_json, write_json
 from ..hub import resolve
 from ..tokenizer import Tokenizer, as_texts
 from .bert import BertModel
@@ -79,7 +78,7 @@ class SentenceEncoder(nn.Module):
         return cls(encoder, tokenizer, pooling=pooling, normalize=normalize, max_seq_length=settings.get("max_seq_length")).eval()
 
     def save_pretrained(self, directory) -> Path:
-        """Write the sentence-transformers layout: the BERT checkpoint, the tokenizer and the pipeline files."""
+        """Write the sentence-transformers layout: the BERT checkpoint, the tokenizer and the pipeline files, each atomically."""
         directory = self.encoder.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
         modules = [
@@ -89,13 +88,16 @@ class SentenceEncoder(nn.Module):
         if self.normalize:
             modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
         pooling = {"word_embedding_dimension": self.encoder.config.hidden_size, **{flag: mode == self.pooling for mode, flag in POOLING_FLAGS.items()}}
-        (directory / "1_Pooling").mkdir(exist_ok=True)
+        try:
+            (directory / "1_Pooling").mkdir(exist_ok=True)
+        except OSError as err:
+            raise SaveError(f"cannot write {directory / '1_Pooling'}: {err.strerror or err}") from None
         for path, value in (
             ("modules.json", modules),
             ("1_Pooling/config.json", pooling),
             ("sentence_bert_config.json", {"max_seq_length": self.max_seq_length, "do_lower_case": False}),
         ):
-            (directory / path).write_text(json.dumps(value, indent=2) + "\n")
+            write_json(directory / path, value)
         return directory
 
     def check_inputs(self, input_ids, attention_mask, token_type_ids=None) -> None:
