@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Sequence
@@ -61,7 +62,7 @@ def _special_token(role: str) -> tuple[property, property]:
     def set_token(self, value: str | None) -> None:
         if value is not None and not isinstance(value, str):
             raise InputError(f"{role}_token must be a token (str) or None, got {type(value).__name__}: {value!r:.60}")
-        token_id = None if value is None else self.backend.token_to_id(value)
+        token_id = None if value is None else self._lookup(value)
         if value is not None and token_id is None:
             raise InputError(f"{role}_token {value!r} is not in the vocabulary of tokenizer {self.name or '(unnamed)'}")
         self._set_special(role, token_id)
@@ -147,9 +148,16 @@ class Tokenizer:
 
     def _special_id(self, field: str, *candidates: str) -> int | None:
         for token in (self.special_tokens.get(field), *candidates):
-            if token is not None and self.backend.token_to_id(token) is not None:
-                return self.backend.token_to_id(token)
+            if token is not None and self._lookup(token) is not None:
+                return self._lookup(token)
         return None
+
+    def _lookup(self, token: str) -> int | None:
+        """The id of ``token``, None where the vocabulary has no such token."""
+        try:
+            return self.backend.token_to_id(token)
+        except UnicodeEncodeError:  # a lone surrogate cannot be any token
+            return None
 
     @property
     def vocab_size(self) -> int:
@@ -194,7 +202,7 @@ class Tokenizer:
         check_bool("truncation", truncation)
         check_bool("add_special_tokens", add_special_tokens)
         check_choice("return_tensors", return_tensors, RETURN_TENSORS)
-        limit = self.model_max_length if max_length is None else check_int("max_length", max_length, low=1)
+        limit = self.model_max_length if max_length is None else check_int("max_length", max_length, low=1, high=sys.maxsize)  # the tokenizers library's usize
         if truncation and limit is not None:
             specials = self.backend.num_special_tokens_to_add(text_pair is not None) if add_special_tokens else 0
             if limit < specials:
@@ -270,9 +278,9 @@ class Tokenizer:
     def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> int | None | list[int | None]:
         """The id of one token (str) or of each in a list; a token outside the vocabulary gets the unknown token's id (None without one)."""
         if isinstance(tokens, str):
-            token_id = self.backend.token_to_id(tokens)
+            token_id = self._lookup(tokens)
             return self.unk_token_id if token_id is None else token_id
-        if isinstance(tokens, (bytes, Mapping)) or not hasattr(tokens, "__iter__"):
+        if isinstance(tokens, (bytes, Mapping, torch.Tensor)) or not _iterable(tokens):  # a tensor holds ids, not tokens
             raise InputError(f"convert_tokens_to_ids takes a token (str) or a list of them, got {type(tokens).__name__}")
         tokens = list(tokens)
         for i, token in enumerate(tokens):
@@ -327,7 +335,7 @@ def as_texts(argument: str, value) -> tuple[list[str], bool]:
         return [value], True
     if isinstance(value, (bytes, bytearray)):
         raise InputError(f"{argument} must be a string or a list of strings, got {type(value).__name__}; decode it first (value.decode('utf-8'))")
-    if isinstance(value, Mapping) or not hasattr(value, "__iter__"):
+    if isinstance(value, (Mapping, torch.Tensor)) or not _iterable(value):
         raise InputError(f"{argument} must be a string or a list of strings, got {type(value).__name__}")
     texts = list(value)
     for i, item in enumerate(texts):
@@ -335,6 +343,11 @@ def as_texts(argument: str, value) -> tuple[list[str], bool]:
             hint = " (one list of strings per call; nested lists are not a batch)" if isinstance(item, (list, tuple)) else ""
             raise InputError(f"{argument}[{i}] must be a string, got {type(item).__name__}: {item!r:.60}{hint}")
     return texts, False
+
+
+def _iterable(value) -> bool:
+    """``value`` can be iterated over (a 0-d numpy array has ``__iter__`` yet cannot)."""
+    return hasattr(value, "__iter__") and getattr(value, "ndim", 1) != 0
 
 
 def _not_utf8(texts: list[str], pairs: list[str]) -> str | None:
