@@ -193,6 +193,7 @@ GENERATE = dict(
     max_new_tokens=st.one_of(st.integers(1, 6), HUGE_INTS), max_length=st.integers(4, 12), do_sample=st.booleans(),
     eos_token_id=st.integers(0, 49), pad_token_id=st.integers(0, 49), seed=st.integers(-(2**63), 2**64 - 1),
     output_logits=st.booleans(), return_dict_in_generate=st.booleans(), **SAMPLING,
+    attention_mask=st.sampled_from([torch.ones(2, 3, dtype=torch.long), torch.tensor([[0, 1, 1], [1, 1, 1]]), torch.ones(1, 5)]),  # GPT-2's only
 )
 PROMPTS = st.sampled_from([torch.zeros(2, 3, dtype=torch.long), torch.randint(0, 50, (1, 5)), torch.zeros(0, 2, dtype=torch.int32)])
 
@@ -201,6 +202,8 @@ PROMPTS = st.sampled_from([torch.zeros(2, 3, dtype=torch.long), torch.randint(0,
 @FUZZ
 @given(kwargs=arguments(GENERATE, {"input_ids": st.one_of(PROMPTS, TENSORS)}))
 def test_generate_arguments(name, kwargs):
+    if name == "char_lm":
+        kwargs.pop("attention_mask", None)
     kwargs.setdefault("streamer", StopAfter())  # a valid max_new_tokens of 2**62 on the char LM ends after 30 tokens
     if "max_length" not in kwargs:
         kwargs.setdefault("max_new_tokens", 4)  # the default 20 would not fit GPT-2's context of 16
