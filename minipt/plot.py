@@ -39,9 +39,12 @@ def save_png(figure, path: str | os.PathLike, dpi: int = 100) -> None:
     if not callable(getattr(figure, "savefig", None)):
         raise InputError(f"figure must be a matplotlib Figure (what minipt.plot's functions return), got {type(figure).__name__}")
     path = check_path("path", path)
-    dpi = check_int("dpi", dpi, low=1, high=10_000)
+    dpi = check_int("dpi", dpi, low=20, high=1200)  # below 20 matplotlib cannot size the fonts; 1200 is print quality
     with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=dpi)
+        try:
+            figure.savefig(temporary, format="png", dpi=dpi)
+        except (RuntimeError, ValueError) as err:  # matplotlib's own refusals (a font that cannot be drawn at this size, ...)
+            raise InputError(f"the figure cannot be drawn as a PNG at {dpi} dpi: {err}") from err
 
 
 def _indices(chosen, count: int, what: str) -> list[int]:

@@ -328,3 +328,25 @@ def test_quantize_arguments(model, kwargs):
     pytest.importorskip("torchao")
     model = torch.nn.Sequential(torch.nn.Linear(4, 4)) if model == "model" else model
     returns_or_refuses(lambda: quantize_int8(model, **kwargs))
+
+
+NOT_PATHS = st.one_of(st.none(), st.booleans(), INTS, FLOATS, st.just(b"bytes"), st.lists(st.integers(0, 3), max_size=2), TENSORS, st.just(object()))
+
+
+@FUZZ
+@given(where=NOT_PATHS, dpi=st.one_of(st.integers(10, 40), INTS, ANYTHING), which=st.integers(0, 1))
+def test_file_arguments(tokenizers, tmp_path_factory, where, dpi, which):
+    """Where a path is asked for, anything else is refused before any file is touched (no strings drawn here:
+    a string is a path, and the fuzz must not write into the working directory)."""
+    tok = tokenizers[which]
+    with pytest.raises(MiniptError):
+        tok.save_pretrained(where)
+    with pytest.raises(MiniptError):
+        Tokenizer.from_pretrained(where)
+    plot = pytest.importorskip("minipt.plot")
+    pytest.importorskip("matplotlib")
+    figure = plot.layer_diff([("layer 0", 1e-6)])
+    with pytest.raises(MiniptError):
+        plot.save_png(figure, where)
+    folder = tmp_path_factory.mktemp("png")
+    returns_or_refuses(lambda: plot.save_png(figure, folder / "x.png", dpi=dpi))
