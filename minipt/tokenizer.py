@@ -24,7 +24,8 @@ from __future__ import annotations
 import numbers
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -215,13 +216,8 @@ class Tokenizer:
         if padding == "max_length" and limit > MAX_PADDED_LENGTH:
             raise InputError(f"padding='max_length' would make every text {limit:,} ids long; at most {MAX_PADDED_LENGTH:,} (or pad to the longest: padding=True)")
         self.backend.no_padding()  # padded below, and only where a row is short
-        try:
+        with _unicode_named(texts, pairs):
             encodings = self.backend.encode_batch(inputs, add_special_tokens=add_special_tokens)
-        except TypeError as err:  # the tokenizers library takes text it can write as UTF-8 only
-            problem = _not_utf8(texts, pairs)
-            if problem is None:
-                raise
-            raise InputError(problem) from err
         batch = {
             "input_ids": [e.ids for e in encodings],
             "attention_mask": [e.attention_mask for e in encodings],
@@ -270,10 +266,8 @@ class Tokenizer:
     def tokenize(self, text: str) -> list[str]:
         """The tokens of one text, without special tokens."""
         check_str("text", text, empty=True)
-        problem = _not_utf8([text], [])
-        if problem is not None:
-            raise InputError(problem)
-        return self.backend.encode(text, add_special_tokens=False).tokens
+        with _unicode_named([text], []):
+            return self.backend.encode(text, add_special_tokens=False).tokens
 
     def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> int | None | list[int | None]:
         """The id of one token (str) or of each in a list; a token outside the vocabulary gets the unknown token's id (None without one)."""
@@ -350,15 +344,20 @@ def _iterable(value) -> bool:
     return hasattr(value, "__iter__") and getattr(value, "ndim", 1) != 0
 
 
-def _not_utf8(texts: list[str], pairs: list[str]) -> str | None:
-    """What is wrong with a batch holding text that cannot be written as UTF-8 (a lone surrogate); None if nothing is."""
-    for argument, items in (("text", texts), ("text_pair", pairs)):
-        for i, item in enumerate(items):
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError as err:
-                return f"{argument}[{i}] is not valid Unicode: {err.reason} at position {err.start} ({item[err.start:err.end]!r})"
-    return None
+@contextmanager
+def _unicode_named(texts: list[str], pairs: list[str]) -> Iterator[None]:
+    """Turn the tokenizers library's TypeError for text it cannot write as UTF-8 (a lone surrogate)
+    into an InputError naming the text and the position."""
+    try:
+        yield
+    except TypeError as err:
+        for argument, items in (("text", texts), ("text_pair", pairs)):
+            for i, item in enumerate(items):
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError as bad:
+                    raise InputError(f"{argument}[{i}] is not valid Unicode: {bad.reason} at position {bad.start} ({item[bad.start:bad.end]!r})") from err
+        raise
 
 
 def _token_text(value) -> str | None:
