@@ -1,9 +1,9 @@
 """Checks on inputs and arguments: the one place that validates what a user passes.
 
 ``check_int``, ``check_float``, ``check_bool``, ``check_choice``, ``check_str``, ``check_path``,
-``check_tensor``, ``check_dtype`` and ``check_device`` validate public arguments and raise ``InputError`` naming the
-argument and the value. ``check_ids`` and ``tracing`` serve the models' input checks, written so
-that torch.compile and torch.export can trace them.
+``check_tensor``, ``check_dtype`` and ``check_device`` validate public arguments and raise
+``InputError`` naming the argument and the value. ``check_ids`` and ``tracing`` serve the models'
+input checks, written so that torch.compile and torch.export can trace them.
 
 A check on shapes reads Python ints and traces as it is. A check on values
 (is every id inside the embedding table?) must read the tensor, which would
