@@ -47,12 +47,14 @@ def save_png(figure, path: str | os.PathLike, dpi: int = 100) -> None:
             raise InputError(f"the figure cannot be drawn as a PNG at {dpi} dpi: {err}") from err
 
 
-def _indices(chosen, count: int, what: str) -> list[int]:
+def _indices(chosen, count: int, what: str, owner: str = "the model has") -> list[int]:
     """Indices from 0, as ``layers.{i}`` names them (an int, a sequence, or None for all), or an InputError naming the range."""
+    if chosen is not None and not isinstance(chosen, int) and not hasattr(chosen, "__iter__"):
+        raise InputError(f"{what}s must be a number, a list of numbers or None, got {type(chosen).__name__}")
     numbers = list(range(count)) if chosen is None else [chosen] if isinstance(chosen, int) else list(chosen)
     bad = [n for n in numbers if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n < count]
     if bad or not numbers:
-        raise InputError(f"{what} {bad[0] if bad else numbers!r} does not exist: the model has {what}s 0..{count - 1}")
+        raise InputError(f"{what} {bad[0] if bad else numbers!r} does not exist: {owner} {what}s 0..{count - 1}")
     return numbers
 
 
@@ -134,10 +136,7 @@ def feature_maps(maps: torch.Tensor, *, channels: int | Sequence[int] = 15, imag
         check_int("channels", channels, low=1)
         chosen = maps.mean((1, 2)).argsort(descending=True)[: min(channels, C)].tolist()
     else:
-        chosen = list(channels)
-        bad = [c for c in chosen if not isinstance(c, int) or not 0 <= c < C]
-        if bad or not chosen:
-            raise InputError(f"channel {bad[0] if bad else chosen!r} does not exist: the maps have channels 0..{C - 1}")
+        chosen = _indices(channels, C, "channel", owner="the maps have")
     panels = len(chosen) + (image is not None)
     columns = min(8, panels)
     rows = math.ceil(panels / columns)
