@@ -13,11 +13,19 @@
 Each command is a function ``cmd_<name>(args)``; ``COMMANDS`` lists them with
 their arguments, each with a help line (``minipt COMMAND --help``). Layers,
 heads and stages are counted from 0, as minipt's names (``layers.0``) count them.
+
+Before a command does any work, ``check_arguments`` checks what was typed
+(``ARGUMENT_CHECKS``: numbers through ``minipt.checks``, texts that must be
+UTF-8, output files whose folder must exist and be writable) and that the
+optional packages the command needs are installed (``NEEDS``). Every error a
+user can cause is one line, ``minipt COMMAND: what is wrong``, and exit
+status 1; argparse's own usage errors keep its status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -55,9 +63,6 @@ def cmd_demo(args) -> int:
     return 0
 
 
-# Photos with known ImageNet classes that ship inside common wheels: (package, path inside it).
-
-
 def _demo_photos() -> None:
     import importlib.util
 
@@ -80,7 +85,6 @@ def _demo_photos() -> None:
 
 
 def cmd_embed(args) -> int:
-    from .errors import InputError
     from .models.sentence import SentenceEncoder
 
     encoder = SentenceEncoder.from_pretrained(args.model)
@@ -88,10 +92,10 @@ def cmd_embed(args) -> int:
     if args.out:
         import numpy as np
 
-        try:
-            np.save(args.out, embeddings.numpy())
-        except OSError as err:
-            raise InputError(f"--out {args.out}: cannot write it ({err.strerror or err})") from err
+        from .files import atomic_path
+
+        with atomic_path(args.out) as temporary, open(temporary, "wb") as file:
+            np.save(file, embeddings.numpy())  # to the file object: numpy adds no .npy to the name given
         print(f"saved {tuple(embeddings.shape)} embeddings to {args.out}")
         return 0
     for text, vector in zip(args.texts, embeddings.tolist()):
@@ -245,6 +249,121 @@ def _count(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+# -- what is checked before a command runs -------------------------------------------
+def _output_file(option: str, what: str):
+    """A check that a file can be written at the path given: not a folder, in a folder that exists and is writable."""
+
+    def check(path: str) -> str:
+        from .errors import InputError
+
+        folder = os.path.dirname(path) or "."
+        if os.path.isdir(path):
+            reason = "it is a folder"
+        elif not os.path.isdir(folder):
+            reason = f"no folder {folder}"
+        elif not os.access(folder, os.W_OK | os.X_OK):
+            reason = f"the folder {folder} is not writable"
+        else:
+            return path
+        raise InputError(f"{option} {path}: cannot write {what} ({reason})")
+
+    return check
+
+
+def _text(option: str, *, or_path: bool = False):
+    """A check that a text typed on the command line is UTF-8 (an undecodable byte arrives as a lone surrogate);
+    where ``or_path``, a path that exists is taken as it is."""
+
+    def check(text: str) -> str:
+        from .errors import InputError
+
+        if or_path and os.path.exists(text):
+            return text
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            shown = ascii(text if len(text) <= 60 else text[:57] + "...")
+            raise InputError(f"{option} {shown} is not UTF-8 text (character {err.start}); check the terminal's encoding") from None
+        return text
+
+    return check
+
+
+def _integer(option: str, low: int, high: int | None = None):
+    from .checks import check_int
+
+    return lambda value: check_int(option, value, low=low, high=high)
+
+
+# (command or None for every command, argument's dest) -> the check of its value, run before the command's work
+ARGUMENT_CHECKS: dict = {
+    (None, "batch_size"): _integer("--batch-size", 1),
+    (None, "depth"): _integer("--depth", 0),
+    (None, "stage"): _integer("--stage", 0),
+    (None, "channels"): _integer("--channels", 1),
+    (None, "top"): _integer("--top", 1),
+    (None, "seed"): _integer("--seed", 0, 2**64 - 1),  # what a torch.Generator takes
+    ("embed", "out"): _output_file("--out", "it"),
+    ("attention", "out"): _output_file("--out", "the picture"),
+    ("features", "out"): _output_file("--out", "the picture"),
+    ("diff", "plot"): _output_file("--plot", "the picture"),
+    (None, "texts"): _text("text"),
+    (None, "text"): _text("text"),
+    (None, "prompt"): _text("prompt"),
+    (None, "input"): _text("--input", or_path=True),
+}
+
+# import name -> what installs it
+INSTALL = {
+    "PIL": "pip install pillow",
+    "matplotlib": 'pip install "minipt[plot]"',
+    "transformers": "pip install transformers",
+    "torchvision": "pip install torchvision",
+    "timm": "pip install timm",
+    "sentence_transformers": "pip install sentence-transformers",
+    "onnxruntime": 'pip install "minipt[onnx]"',
+    "open_clip": "pip install open_clip_torch",
+    "easyocr": "pip install easyocr",
+    "skimage": "pip install scikit-image",
+}
+# command -> the optional packages it cannot run without (diff's reference package depends on the checkpoint: it says so itself)
+NEEDS = {"attention": ("matplotlib",), "features": ("PIL", "matplotlib"), "classify": ("PIL",)}
+
+
+def _missing(module: str):
+    from .errors import MissingDependencyError
+
+    return MissingDependencyError(f"this command needs {module}, which is not installed here: {INSTALL.get(module, f'pip install {module}')}")
+
+
+def check_arguments(args) -> None:
+    """Check ``args`` before the command runs: every value in ``ARGUMENT_CHECKS``, then the packages in ``NEEDS``."""
+    import importlib.util
+
+    for (command, dest), check in ARGUMENT_CHECKS.items():
+        value = getattr(args, dest, None)
+        if value is None or command not in (None, args.command):
+            continue
+        if isinstance(value, list):
+            setattr(args, dest, [check(item) for item in value])
+        else:
+            setattr(args, dest, check(value))
+    needs = NEEDS.get(args.command, ()) + (("matplotlib",) if getattr(args, "plot", None) else ())
+    for module in needs:
+        if importlib.util.find_spec(module) is None:
+            raise _missing(module)
+
+
+def _missing_package(err: ImportError):
+    """The MissingDependencyError for an ImportError of an optional package (in ``INSTALL``), seen anywhere in its chain; else None."""
+    seen = err
+    while seen is not None:
+        if isinstance(seen, ImportError) and seen.name and seen.name.split(".")[0] in INSTALL:
+            return _missing(seen.name.split(".")[0])
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def cmd_fetch(args) -> int:
     from .hub import catalog, fetch
 
@@ -270,8 +389,11 @@ def cmd_classify(args) -> int:
 
 def cmd_generate(args) -> int:
     from .models.gpt2 import GPT2LMHeadModel
+    from .nn.sampling import check_sampling
     from .nn.streamer import TextStreamer
 
+    temperature = 1.0 if args.temperature is None else args.temperature  # 0 is refused, as generate refuses it
+    check_sampling(temperature, args.top_k, args.top_p, args.repetition_penalty)  # generate's own check, before the model loads
     model = GPT2LMHeadModel.from_pretrained(args.model)
     tokenizer = _tokenizer_for(args.model)
     prompt = tokenizer(args.prompt, padding=False, truncation=False)["input_ids"]  # (1, T)
@@ -279,7 +401,7 @@ def cmd_generate(args) -> int:
     max_new_tokens = 50 if args.max_new_tokens is None and args.max_length is None else args.max_new_tokens
     print(args.prompt, end="", flush=True)  # as typed; the streamer prints the rest as it is generated, then a newline
     model.generate(
-        prompt, max_new_tokens=max_new_tokens, max_length=args.max_length, do_sample=sample, temperature=args.temperature or 1.0,
+        prompt, max_new_tokens=max_new_tokens, max_length=args.max_length, do_sample=sample, temperature=temperature,
         top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty, eos_token_id=model.config.eos_token_id,
         seed=args.seed, streamer=TextStreamer(tokenizer, skip_prompt=True),
     )
@@ -308,7 +430,7 @@ COMMANDS: dict = {
         lambda p: (
             p.add_argument("texts", nargs="+", help="the sentences to embed, one argument each"),
             p.add_argument("--model", default=DEFAULT_MODEL, help=f"sentence-transformers checkpoint: catalogue name or folder (default {DEFAULT_MODEL})"),
-            p.add_argument("--out", help="save the embeddings as a .npy file"),
+            p.add_argument("--out", help="save the embeddings in NumPy's .npy format to exactly this file"),
             p.add_argument("--batch-size", type=int, default=32, help="sentences encoded together (default 32)"),
             p.add_argument("--no-normalize", action="store_true", help="keep the pooled vectors' lengths (default: as the checkpoint's pipeline says)"),
         ),
@@ -381,12 +503,12 @@ COMMANDS: dict = {
             p.add_argument("--model", required=True, help="folder or catalogue name of a GPT-2 checkpoint"),
             p.add_argument("--max-new-tokens", type=int, help="how many tokens to add (default 50 unless --max-length is given)"),
             p.add_argument("--max-length", type=int, help="stop when prompt and new tokens together reach this many tokens (instead of --max-new-tokens)"),
-            p.add_argument("--temperature", type=float, help="sample, dividing the logits by this"),
+            p.add_argument("--temperature", type=float, help="sample, dividing the logits by this (> 0; without a sampling option the text is greedy)"),
             p.add_argument("--top-k", type=int, help="sample among the k most likely tokens"),
             p.add_argument("--top-p", type=float, help="sample among the most likely tokens holding this much probability"),
             p.add_argument("--repetition-penalty", type=float, default=1.0,
                            help="above 1, make tokens already in the text less likely, as transformers does (default 1.0: off)"),
-            p.add_argument("--seed", type=int, help="seed of the sampling generator"),
+            p.add_argument("--seed", type=int, help="seed of the sampling generator, 0 to 2**64-1"),
         ),
     ),
 }
@@ -420,12 +542,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from .errors import MiniptError
 
+    if argv is None and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="surrogateescape")  # a path typed in another encoding is printed back as its bytes
     args = build_parser().parse_args(argv)
     try:
+        check_arguments(args)
         return args.function(args) or 0
     except MiniptError as err:
         print(f"minipt {args.command}: {err}", file=sys.stderr)
         return 1
+    except ImportError as err:  # an optional package missing below the command: said as above; any other is a bug, shown in full
+        missing = _missing_package(err)
+        if missing is None:
+            raise
+        print(f"minipt {args.command}: {missing}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"minipt {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
