@@ -227,8 +227,9 @@ def cmd_features(args) -> int:
     finally:
         handle.remove()
     maps = captured[0][0]  # (C, H, W)
-    title = f"{cls.__name__} stage {args.stage}: {maps.shape[0]} channels of {maps.shape[1]}x{maps.shape[2]}, the {args.channels} most active"
-    save_png(feature_maps(maps, channels=args.channels, image=pixels[0], title=title), args.out)
+    shown = min(args.channels, maps.shape[0])  # --channels above the stage's width shows them all
+    title = f"{cls.__name__} stage {args.stage}: {maps.shape[0]} channels of {maps.shape[1]}x{maps.shape[2]}, the {shown} most active"
+    save_png(feature_maps(maps, channels=shown, image=pixels[0], title=title), args.out)
     print(f"wrote {args.out}: {title}")
     return 0
 

@@ -175,3 +175,12 @@ def test_a_path_in_another_encoding_is_printed_back_as_its_bytes(tiny, tmp_path)
     done = subprocess.run([sys.executable, "-m", "minipt.cli", "inspect", folder, "--depth", "0"], capture_output=True, env=env, timeout=300)
     assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr.decode(errors="replace")
     assert b"G2P from " + folder in done.stdout
+
+
+def test_features_with_more_channels_than_the_stage_has_shows_and_says_them_all(tiny, tmp_path, capsys):
+    import re
+
+    out = tmp_path / "fm.png"
+    assert cli.main(["features", str(tiny / "photo.png"), "--model", str(tiny / "resnet"), "--stage", "0", "--channels", "5000", "--out", str(out)]) == 0
+    counted = re.search(r"stage 0: (\d+) channels of \d+x\d+, the (\d+) most active", capsys.readouterr().out)
+    assert counted and counted[1] == counted[2] and int(counted[1]) < 5000 and out.stat().st_size > 0
