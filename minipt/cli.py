@@ -303,6 +303,8 @@ ARGUMENT_CHECKS: dict = {
     (None, "stage"): _integer("--stage", 0),
     (None, "channels"): _integer("--channels", 1),
     (None, "top"): _integer("--top", 1),
+    (None, "max_new_tokens"): _integer("--max-new-tokens", 1),
+    (None, "max_length"): _integer("--max-length", 1),
     (None, "seed"): _integer("--seed", 0, 2**64 - 1),  # what a torch.Generator takes
     ("embed", "out"): _output_file("--out", "it"),
     ("attention", "out"): _output_file("--out", "the picture"),

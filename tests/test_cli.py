@@ -98,6 +98,20 @@ def test_every_option_has_a_help_line(command):
     assert not missing, f"give these arguments of {command} a help line: {', '.join(missing)}"
 
 
+# generate's sampling options: checked by generate's own check_sampling, called before the model loads
+_CHECKED_BY_THE_API = {"temperature", "top_k", "top_p", "repetition_penalty"}
+
+
+def test_every_number_and_output_file_is_checked_before_the_work():
+    unchecked = [
+        f"{command} {'/'.join(action.option_strings) or action.dest}"
+        for command, action in _options(cli.build_parser())
+        if (action.type in (int, float) or action.dest in ("out", "plot")) and action.dest not in _CHECKED_BY_THE_API
+        and (None, action.dest) not in cli.ARGUMENT_CHECKS and (command, action.dest) not in cli.ARGUMENT_CHECKS
+    ]
+    assert not unchecked, f"add these to cli.ARGUMENT_CHECKS: {', '.join(unchecked)}"
+
+
 def test_version(capsys):
     import importlib.metadata
 
