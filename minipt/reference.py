@@ -33,7 +33,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .errors import ConfigError, InputError
+from .errors import ConfigError, InputError, MissingDependencyError
 
 
 def bare_torchvision() -> None:
@@ -72,7 +72,7 @@ def import_transformers():
 
 def import_reference(module: str, purpose: str):
     if importlib.util.find_spec(module) is None:
-        raise ConfigError(f"comparing {purpose} needs {module} (pip install {module})")
+        raise MissingDependencyError(f"comparing {purpose} needs {module} (pip install {module})")
     if module == "transformers":
         return import_transformers()
     bare_torchvision()
