@@ -405,7 +405,7 @@ def cmd_generate(args) -> int:
     print(args.prompt, end="", flush=True)  # as typed; the streamer prints the rest as it is generated, then a newline
     model.generate(
         prompt, max_new_tokens=max_new_tokens, max_length=args.max_length, do_sample=sample, temperature=temperature,
-        top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty, eos_token_id=model.config.eos_token_id,
+        top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
         seed=args.seed, streamer=TextStreamer(tokenizer, skip_prompt=True),
     )
     return 0
