@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from typing import Sequence
 
 import torch
@@ -49,7 +50,7 @@ def save_png(figure, path: str | os.PathLike, dpi: int = 100) -> None:
 
 def _indices(chosen, count: int, what: str, owner: str = "the model has") -> list[int]:
     """Indices from 0, as ``layers.{i}`` names them (an int, a sequence, or None for all), or an InputError naming the range."""
-    if chosen is not None and not isinstance(chosen, int) and not hasattr(chosen, "__iter__"):
+    if chosen is not None and not isinstance(chosen, int) and (not hasattr(chosen, "__iter__") or getattr(chosen, "ndim", 1) == 0):
         raise InputError(f"{what}s must be a number, a list of numbers or None, got {type(chosen).__name__}")
     numbers = list(range(count)) if chosen is None else [chosen] if isinstance(chosen, int) else list(chosen)
     bad = [n for n in numbers if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n < count]
@@ -182,6 +183,8 @@ def layer_diff(report: Sequence[tuple[str, float]], tolerance: float = 1e-5, *, 
     if hasattr(report, "rows") and hasattr(report, "rtol"):
         ylabel, tolerance = "difference / largest reference value", report.rtol
         report = [(row.name, row.relative) for row in report.rows if row.shapes is None]
+    if isinstance(report, (str, bytes)) or not hasattr(report, "__iter__") or getattr(report, "ndim", 1) == 0:
+        raise InputError(f"layer_diff expects a minipt.reference.DiffReport or a list of (place, max abs difference) pairs, got {type(report).__name__}")
     rows = list(report)
     if not rows or not all(isinstance(r, (tuple, list)) and len(r) == 2 and isinstance(r[0], str) and isinstance(r[1], (int, float)) for r in rows):
         raise InputError("layer_diff expects a non-empty list of (place, max abs difference) pairs, as minipt.reference.layer_diffs returns")
@@ -201,7 +204,7 @@ def layer_diff(report: Sequence[tuple[str, float]], tolerance: float = 1e-5, *, 
         ax.scatter(zeros, [floor] * len(zeros), facecolors="none", edgecolors="tab:blue", zorder=2, label="exactly 0")
     ax.axhline(tolerance, color="tab:red", linestyle="--", linewidth=1, label=f"tolerance {tolerance:g}")
     ax.set_yscale("log")
-    ax.set_ylim(floor / 2, max(diffs + [tolerance]) * 5)
+    ax.set_ylim(max(floor / 2, sys.float_info.min), min(max(diffs + [tolerance]) * 5, sys.float_info.max))  # inside float64's range
     rotation = 0 if len(rows) <= 6 else 45 if len(rows) <= 20 else 90
     ax.set_xticks(list(x), places, rotation=rotation, ha="right" if rotation == 45 else "center", fontsize=8 if len(rows) <= 20 else 7)
     ax.set_ylabel(ylabel)

@@ -350,3 +350,21 @@ def test_file_arguments(tokenizers, tmp_path_factory, where, dpi, which):
         plot.save_png(figure, where)
     folder = tmp_path_factory.mktemp("png")
     returns_or_refuses(lambda: plot.save_png(figure, folder / "x.png", dpi=dpi))
+
+
+PICTURES = {
+    "layers": st.one_of(st.integers(-1, 2), st.lists(st.integers(-1, 2), max_size=2)), "heads": st.sampled_from([None, 0, [0, 1], "mean"]),
+    "sequence": st.integers(-1, 1),
+}
+
+
+@settings(FUZZ, max_examples=20)
+@given(kwargs=arguments(PICTURES), channels=st.one_of(st.integers(-1, 5), st.lists(st.integers(-1, 4), max_size=2), ANYTHING),
+       tolerance=st.one_of(FLOATS, ANYTHING), rows=st.one_of(st.just([("layer 0", 1e-6), ("layer 1", 0.0)]), ANYTHING))
+def test_picture_arguments(kwargs, channels, tolerance, rows):
+    plot = pytest.importorskip("minipt.plot")
+    pytest.importorskip("matplotlib")
+    probs = torch.softmax(torch.randn(1, 2, 3, 3), -1)  # one layer: (B, heads, T, T)
+    returns_or_refuses(lambda: plot.attention_maps(probs, ["a", "b", "c"], **kwargs))
+    returns_or_refuses(lambda: plot.feature_maps(torch.rand(4, 5, 5), channels=channels))
+    returns_or_refuses(lambda: plot.layer_diff(rows, tolerance))
