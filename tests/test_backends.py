@@ -114,3 +114,12 @@ def test_unknown_backend_in_a_config_is_named():
     family = registry.families()[0]
     with pytest.raises(ConfigError, match=r"unknown backend 'fast'; choose one of \('math', 'torch', 'fused'\)"):
         family.tiny().replace(backend="fast")
+
+
+@pytest.mark.parametrize("value", [["fused"], {"fused": 1}, 1, True])
+def test_a_backend_that_is_not_a_name_is_named(value):
+    family = registry.families()[0]
+    with pytest.raises(ConfigError, match=r"backend must be a name \('math', 'torch', 'fused'\) or None, got "):
+        family.tiny().replace(backend=value)
+    with pytest.raises(ConfigError, match=r"backend must be a name"):
+        minipt.nn.set_backend(value, module=torch.nn.Sequential(minipt.nn.GELU()))

@@ -46,6 +46,8 @@ class BackendBlock:
 
 def check_backend(name: str | None) -> str | None:
     """The backend's name (a deprecated alias replaced by its new name), or ConfigError."""
+    if name is not None and not isinstance(name, str):
+        raise ConfigError(f"backend must be a name ({', '.join(map(repr, BACKENDS))}) or None, got {type(name).__name__} {name!r}")
     if name in _DEPRECATED:
         warnings.warn(f"backend {name!r} is now called {_DEPRECATED[name]!r}", DeprecationWarning, stacklevel=3)
         return _DEPRECATED[name]
