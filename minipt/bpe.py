@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from .errors import CheckpointError
-from .files import write_text
+from .files import make_directory, write_text
 
 BPE_VOCAB, BPE_MERGES = "vocab.json", "merges.txt"
 
@@ -88,6 +88,6 @@ def _bpe(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[bytes]:
 def build_bpe_files(ranks: dict[bytes, int], special_tokens: dict[str, int], directory: Path) -> None:
     """Write ``vocab.json`` and ``merges.txt`` for a tiktoken vocabulary (byte-for-byte reproducible)."""
     vocab, merges = tiktoken_to_bpe(ranks, special_tokens)
-    directory.mkdir(parents=True, exist_ok=True)
+    make_directory(directory)
     write_text(directory / BPE_VOCAB, json.dumps(vocab, ensure_ascii=False))  # each atomically (files.atomic_path)
-    write_text(directory / BPE_MERGES, "#version: 0.2\n" + "\n".join(merges) + "\n")
+    write_text(directory / BPE_MERGES, "#version: 0.2\n" + "".join(merge + "\n" for merge in merges))

@@ -36,7 +36,7 @@ from torch import nn
 
 from .errors import CheckpointError, CheckpointNotFoundError, ConfigError, InputError, KeyMismatchError, MiniptError, SaveError
 from .checks import check_bool, check_device, check_dtype, check_path
-from .files import atomic_path, read_json, write_json
+from .files import atomic_path, make_directory, read_json, write_json
 from .hub import resolve
 from .keymap import KeyMap
 
@@ -612,11 +612,7 @@ class Pretrained:
                 "and cannot be saved in the official format; "
                 "save the model before fuse()"
             )
-        directory = check_path("directory", directory)
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise SaveError(f"cannot write {directory}: {err.strerror or err}") from None
+        directory = make_directory(check_path("directory", directory), "directory")
         save_safetensors(official_state_dict(self, self.keymap(self.config)), directory / SAFETENSORS)
         write_json(directory / CONFIG, {"architectures": [type(self).__name__], **self.config.to_dict()})
         return directory

@@ -74,6 +74,21 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def make_directory(directory: str | os.PathLike, name: str = "folder") -> Path:
+    """``directory``, created with its parents where missing; ``SaveError`` names it (as ``name``) when it
+    is a file, cannot be created or cannot be written into."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise SaveError(f"{name} {directory} is a file, not a folder")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SaveError(f"cannot create {name} {directory}: {err.strerror or err}") from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise SaveError(f"{name} {directory} is not writable")
+    return directory
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside ``path`` to write in full; on success it is flushed to disk, given the

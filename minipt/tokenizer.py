@@ -32,9 +32,9 @@ from typing import Sequence
 import torch
 
 from .checks import check_bool, check_choice, check_int, check_path, check_str
-from .errors import CheckpointError, CheckpointNotFoundError, InputError, SaveError
+from .errors import CheckpointError, CheckpointNotFoundError, InputError
 from .bpe import BPE_MERGES, BPE_VOCAB, build_bpe_files, bytes_to_unicode, read_tiktoken, tiktoken_to_bpe  # noqa: F401 (re-exported)
-from .files import atomic_path, read_json, write_json
+from .files import atomic_path, make_directory, read_json, write_json
 from .hub import resolve
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -239,11 +239,7 @@ class Tokenizer:
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``tokenizer.json`` and ``tokenizer_config.json`` (the length limit and special tokens), each atomically."""
-        directory = check_path("directory", directory)
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise SaveError(f"cannot write {directory}: {err.strerror or err}") from None
+        directory = make_directory(check_path("directory", directory), "directory")
         with atomic_path(directory / TOKENIZER_FILE) as temporary:
             self.backend.save(str(temporary))
         settings = {**self.special_tokens, **({"model_max_length": self.model_max_length} if self.model_max_length else {}), "padding_side": self.padding_side}

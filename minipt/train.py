@@ -54,9 +54,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checks import check_bool, check_choice, check_int, check_tensor
+from .checks import check_bool, check_choice, check_int, check_path, check_tensor
 from .errors import CheckpointError, InputError, SaveError, TrainingError
-from .files import atomic_path
+from .files import atomic_path, make_directory
 from .transfer import check_param_groups, check_trainable
 
 FORMAT = "minipt.train/1"
@@ -125,9 +125,9 @@ def fit(
         _check_callable("evaluate", evaluate)
     if patience is not None and evaluate is None:
         raise TrainingError("early stopping (patience) needs an evaluate function")
-    folder = _check_path("checkpoint_dir", checkpoint_dir) if checkpoint_dir is not None else None
+    folder = check_path("checkpoint_dir", checkpoint_dir) if checkpoint_dir is not None else None
     if isinstance(resume, (str, os.PathLike)):
-        resume_path = _check_path("resume", resume)
+        resume_path = check_path("resume", resume)
     elif isinstance(resume, (bool, np.bool_)):
         if resume and folder is None:
             raise TrainingError("resume=True needs checkpoint_dir (or pass the checkpoint's path as resume)")
@@ -136,7 +136,7 @@ def fit(
         raise InputError(f"resume must be True, False or a checkpoint's path, got {type(resume).__name__} {resume!r:.80}")
     main = not _distributed() or torch.distributed.get_rank() == 0
     if folder is not None and main:
-        _make_folder(folder)
+        make_directory(folder, "checkpoint_dir")  # now: a path that cannot take checkpoints fails before training
 
     history: list[Epoch] = []
     best, since_best = float("-inf"), 0
@@ -227,24 +227,6 @@ def fit(
 def _check_callable(name: str, value: Any) -> None:
     if not callable(value):
         raise InputError(f"{name} must be a function, got {type(value).__name__} {value!r:.80}")
-
-
-def _check_path(name: str, value: Any) -> Path:
-    if not isinstance(value, (str, os.PathLike)) or isinstance(value, bytes) or value == "":
-        raise InputError(f"{name} must be a path (str or os.PathLike), got {type(value).__name__} {value!r:.80}")
-    return Path(value)
-
-
-def _make_folder(folder: Path) -> None:
-    """Create the checkpoint folder now, so that a path that cannot take checkpoints fails before training."""
-    if folder.exists() and not folder.is_dir():
-        raise SaveError(f"checkpoint_dir {folder} is a file, not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise SaveError(f"cannot create checkpoint_dir {folder}: {err.strerror or err}") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise SaveError(f"checkpoint_dir {folder} is not writable")
 
 
 def _check_loss_value(value: Any) -> None:

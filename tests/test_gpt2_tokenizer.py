@@ -168,6 +168,14 @@ def test_gpt2_pads_once_given_a_pad_token_as_in_transformers(tmp_path):
     assert tok.convert_tokens_to_ids(["Ġwo", "no such"]) == reference.convert_tokens_to_ids(["Ġwo", "no such"]) == [261, 263]
 
 
+def test_a_vocabulary_of_bytes_alone_has_an_empty_merges_file_that_loads(tmp_path):
+    build_bpe_files(read_tiktoken(tiny_tiktoken([])), {ENDOFTEXT: 256}, tmp_path)
+    assert (tmp_path / "merges.txt").read_text() == "#version: 0.2\n"
+    tok = Tokenizer.from_pretrained(tmp_path)
+    ids = tok("hi", padding=False, return_tensors=None)["input_ids"]
+    assert len(ids) == 2 and tok.decode(ids) == "hi"  # one token per byte
+
+
 def test_no_padding_token_is_needed_where_nothing_is_padded(tmp_path):
     build_bpe_files(read_tiktoken(tiny_tiktoken([b"he", b"ll", b"hell", b"hello", b" w", b" wo", b"or"])), {ENDOFTEXT: 263}, tmp_path)
     tok = Tokenizer.from_pretrained(tmp_path)

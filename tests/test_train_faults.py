@@ -348,7 +348,7 @@ BAD_ARGUMENTS = {
     "resume a missing file": ({"resume": "nowhere.safetensors"}, CheckpointError, "nowhere.safetensors: no such checkpoint"),
     "loss not a function": ({"loss": "cross_entropy"}, InputError, "loss must be a function, got str 'cross_entropy'"),
     "nonfinite unknown": ({"nonfinite": "ignore"}, InputError, "nonfinite must be one of 'stop', 'skip'; got 'ignore'"),
-    "checkpoint_dir a number": ({"checkpoint_dir": 7}, InputError, "checkpoint_dir must be a path \\(str or os.PathLike\\), got int 7"),
+    "checkpoint_dir a number": ({"checkpoint_dir": 7}, InputError, "checkpoint_dir must be a path \\(str or pathlib.Path\\), got int 7"),
     "checkpoint_dir a file": ({"checkpoint_dir": "a file"}, SaveError, "checkpoint_dir .*a file is a file, not a folder"),
     "checkpoint_dir under a file": ({"checkpoint_dir": "a file/run"}, SaveError, "cannot create checkpoint_dir .*a file/run"),
 }

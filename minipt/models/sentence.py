@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError, InputError, SaveError
-from ..files import read_json, write_json
+from ..errors import ConfigError, InputError
+from ..files import make_directory, read_json, write_json
 from ..hub import resolve
 from ..tokenizer import Tokenizer, as_texts
 from .bert import BertModel
@@ -88,10 +88,7 @@ class SentenceEncoder(nn.Module):
         if self.normalize:
             modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
         pooling = {"word_embedding_dimension": self.encoder.config.hidden_size, **{flag: mode == self.pooling for mode, flag in POOLING_FLAGS.items()}}
-        try:
-            (directory / "1_Pooling").mkdir(exist_ok=True)
-        except OSError as err:
-            raise SaveError(f"cannot write {directory / '1_Pooling'}: {err.strerror or err}") from None
+        make_directory(directory / "1_Pooling")
         for path, value in (
             ("modules.json", modules),
             ("1_Pooling/config.json", pooling),
