@@ -13,23 +13,27 @@ from typing import Any, Sequence
 import torch
 
 from .checks import check_int, check_path
-from .errors import InputError
+from .errors import InputError, MissingDependencyError
 
 
 MAX_SIDE = 1 << 16  # the most pixels a side may have after resizing or cropping: 65536, far above any model's input
 
 
-def _pil():
+def pillow():
+    """The ``PIL`` package (Image, ImageDraw, ImageFont are imported), or ``MissingDependencyError``:
+    images are read, resized and drawn with Pillow; the models themselves do not need it."""
     try:
-        from PIL import Image
-    except ImportError as err:  # pragma: no cover - pillow is present wherever images are read
-        raise ImportError("reading images needs Pillow: pip install pillow") from err
-    return Image
+        import PIL.Image
+        import PIL.ImageDraw
+        import PIL.ImageFont
+    except ImportError as err:
+        raise MissingDependencyError("reading and drawing images needs Pillow: pip install pillow") from err
+    return PIL
 
 
 def load_image(image: Any) -> Any:
     """An RGB ``PIL.Image`` from a path (or an image already decoded); grayscale and RGBA are converted."""
-    Image = _pil()
+    Image = pillow().Image
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     if not isinstance(image, (str, os.PathLike)):
@@ -51,7 +55,7 @@ def resize_shorter_side(image: Any, size: int) -> Any:
     size = check_int("size", size, low=1, high=MAX_SIDE)
     width, height = image.size
     scale = size / min(width, height)
-    return image.resize((max(size, round(width * scale)), max(size, round(height * scale))), _pil().Resampling.BICUBIC)
+    return image.resize((max(size, round(width * scale)), max(size, round(height * scale))), pillow().Image.Resampling.BICUBIC)
 
 
 def center_crop(image: Any, size: int) -> Any:

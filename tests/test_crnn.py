@@ -9,6 +9,7 @@ held to an error ratio against the torch.nn reference run in float64
 """
 
 import json
+import sys
 
 import pytest
 import torch
@@ -192,3 +193,12 @@ def test_bad_preprocess_inputs_are_named(tmp_path):
         preprocess(torch.zeros(3, 64, 100, dtype=torch.uint8))
     with pytest.raises(InputError, match="PIL image"):
         preprocess(42)
+
+
+def test_without_pillow_reading_an_image_names_the_package(monkeypatch):
+    from minipt.errors import MissingDependencyError
+
+    for name in ("PIL", "PIL.Image", "PIL.ImageDraw", "PIL.ImageFont"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if Pillow were not installed
+    with pytest.raises(MissingDependencyError, match="needs Pillow: pip install pillow"):
+        preprocess(torch.zeros(64, 100, dtype=torch.uint8))

@@ -34,6 +34,7 @@ from ..keymap import KeyMap
 from ..nn import LSTM, Linear
 from ..nn.conv import conv3x3
 from ..registry import register
+from ..vision import pillow
 from ..nn.backend import ChoosesBackend
 from ..nn.fuse import InferenceCopy
 
@@ -243,7 +244,7 @@ def preprocess(image, height: int = 64) -> torch.Tensor:
     The line is converted to grayscale and resized to ``height`` rows keeping its
     aspect ratio (bicubic, as EasyOCR does), then scaled ``(x / 255 - 0.5) / 0.5``.
     """
-    from PIL import Image  # pillow decodes and resizes images; the model itself does not need it
+    Image = pillow().Image
 
     if isinstance(image, (str, os.PathLike)):
         if not Path(image).is_file():
@@ -311,8 +312,8 @@ class EasyOCRReference(nn.Module):
 
 def render_line(text: str, height: int = 64):
     """``text`` drawn black on white with Pillow's default font, as a CRNN input (1, 1, height, W)."""
-    from PIL import Image, ImageDraw, ImageFont
-
+    PIL = pillow()
+    Image, ImageDraw, ImageFont = PIL.Image, PIL.ImageDraw, PIL.ImageFont
     font = ImageFont.load_default()
     _, _, right, bottom = font.getbbox(text)
     image = Image.new("L", (right + 8, bottom + 8), 255)
