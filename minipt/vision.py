@@ -27,7 +27,7 @@ def pillow():
         import PIL.ImageDraw
         import PIL.ImageFont
     except ImportError as err:
-        raise MissingDependencyError("reading and drawing images needs Pillow: pip install pillow") from err
+        raise MissingDependencyError("reading and drawing images needs Pillow (PIL): pip install pillow") from err
     return PIL
 
 
