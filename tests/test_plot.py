@@ -12,7 +12,7 @@ import torch
 
 from bert_reference import minilm_path  # noqa: F401  (sets up the reference stack)
 from minipt import cli
-from minipt.errors import InputError, MiniptError, MissingDependencyError
+from minipt.errors import InputError, MiniptError, MissingDependencyError, SaveError
 from minipt.plot import attention_maps, feature_maps, layer_diff, save_png
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -91,7 +91,7 @@ def test_layer_diff(tmp_path):
 
 def test_save_png_names_an_unwritable_path(tmp_path):
     fig = layer_diff([("layer 1", 1e-6)])
-    with pytest.raises(InputError, match="cannot write the picture"):
+    with pytest.raises(SaveError, match="cannot write"):
         save_png(fig, tmp_path / "no" / "such" / "dir" / "x.png")
 
 
