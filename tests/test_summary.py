@@ -258,7 +258,7 @@ def test_inspect_prints_the_summary_and_key_map(capsys):
     out = capsys.readouterr().out
     assert "BertModel from" in out and "input: input_ids (2, 64) on meta" in out
     assert re.search(r"^BertModel +\[2, 64, 384\] +22,713,216 ", out, flags=re.M)
-    assert re.search(r"^    0 \(BertLayer\) +\[2, 64, 384\]", out, flags=re.M) and "q_proj (Linear)" not in out
+    assert re.search(r"^    0 \(EncoderLayer\) +\[2, 64, 384\]", out, flags=re.M) and "q_proj (Linear)" not in out
     H, I, B, T = 384, 1536, 2, 64
     expected = 6 * (2 * B * T * (4 * H * H + 2 * H * I) + 2 * 2 * B * 12 * T * T * 32) + 2 * B * H * H
     assert f"forward FLOPs: {expected:,}" in out

@@ -22,8 +22,8 @@ from ..checks import check_ids
 from ..config import Config, count, epsilon, flag, minipt_only, one_of, probability, real, require, token_id
 from ..errors import ConfigError, InputError
 from ..keymap import KeyMap
-from ..nn import (GELU, LayerNorm, Linear, MultiHeadAttention, activation, attention_bias, linear_then_activation,
-                  scaled_dot_product_attention)
+from ..nn import LayerNorm, Linear, activation, attention_bias, linear_then_activation
+from ..nn.encoder import EncoderLayer
 from ..nn.layers import ACTIVATIONS
 from ..nn.output import ModelOutput
 from ..registry import register
@@ -145,27 +145,12 @@ class BertEmbeddings(nn.Module):
         return self.dropout(self.norm(hidden))
 
 
-class BertLayer(nn.Module):
-    """One encoder layer. Post-LN: each sub-layer's output is added to its input, then normalised."""
-
-    linear_act_pairs = (("ffn_up", "act"),)  # fuse(): GELU as a post-op of ffn_up's matmul
-
-    def __init__(self, config: BertConfig):
-        super().__init__()
-        self.attn = MultiHeadAttention(config.hidden_size, config.num_attention_heads, dropout=config.attention_probs_dropout_prob)
-        self.attn_norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.ffn_up = Linear(config.hidden_size, config.intermediate_size)
-        self.act = activation(config.hidden_act)
-        self.ffn_down = Linear(config.intermediate_size, config.hidden_size)
-        self.ffn_norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, hidden: torch.Tensor, bias: torch.Tensor | None, need_weights: bool = False):
-        attn_out, attn_probs = self.attn(hidden, bias, need_weights)
-        hidden = self.attn_norm(self.dropout(attn_out), residual=hidden)  # LN(hidden + attn_out): (B, T, H)
-        ffn_out = self.ffn_down(linear_then_activation(self.ffn_up, self.act, hidden))  # (B, T, I) inside, (B, T, H) out
-        hidden = self.ffn_norm(self.dropout(ffn_out), residual=hidden)
-        return hidden, attn_probs
+def encoder_layer(config: BertConfig) -> EncoderLayer:
+    """One encoder layer of BERT's sizes: post-LN, each sub-layer's output added to its input, then normalised."""
+    return EncoderLayer(
+        config.hidden_size, config.num_attention_heads, config.intermediate_size, act=config.hidden_act, eps=config.layer_norm_eps,
+        dropout=config.hidden_dropout_prob, attention_dropout=config.attention_probs_dropout_prob,
+    )
 
 
 class BertPooler(nn.Module):
@@ -218,7 +203,7 @@ class BertModel(_BertPretrained):
         super().__init__()
         self.config = config
         self.embeddings = BertEmbeddings(config)
-        self.layers = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(encoder_layer(config) for _ in range(config.num_hidden_layers))
         self.pooler = BertPooler(config) if config.add_pooling_layer else None
         self.apply(self.init_weights)
         self.set_backend(config.backend)
@@ -290,7 +275,7 @@ class MaskedLMHead(nn.Module):
         self.decoder = Linear(config.hidden_size, config.vocab_size)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.norm(self.act(self.dense(hidden))))  # (B, T, vocab)
+        return self.decoder(self.norm(linear_then_activation(self.dense, self.act, hidden)))  # (B, T, vocab)
 
 
 class BertForMaskedLM(_BertPretrained):

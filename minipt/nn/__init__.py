@@ -3,6 +3,7 @@
 from .attention import MultiHeadAttention, attention_bias, scaled_dot_product_attention
 from .backend import BACKENDS, get_backend, set_backend, use_backend
 from .conv import Conv2dSame, ConvBNAct, conv1x1, conv3x3, drop_path
+from .encoder import EncoderLayer
 from .layers import GELU, LayerNorm, Linear, activation, linear_then_activation
 from .rnn import GRU, LSTM, RNN
 from .sampling import GenerateOutput, apply_repetition_penalty, check_sampling, choose_next_token
@@ -12,6 +13,7 @@ __all__ = [
     "BACKENDS",
     "Conv2dSame",
     "ConvBNAct",
+    "EncoderLayer",
     "GELU",
     "GenerateOutput",
     "GRU",

@@ -1,0 +1,69 @@
+"""The Transformer encoder layer the encoder families share (Vaswani et al., 2017, section 3.1).
+
+    layer = EncoderLayer(768, 12, 3072, act="gelu", eps=1e-12)           # BERT, RoBERTa, DistilBERT, ALBERT
+    layer = EncoderLayer(768, 12, 3072, act="gelu", eps=1e-6, norm_first=True)   # ViT, CLIP
+    hidden, attn_probs = layer(hidden, bias)   # (B, T, C), bias from attention_bias(mask, T, T)
+
+Two residual branches, self-attention then a feed-forward network (``ffn_up``,
+the activation, ``ffn_down``). Where each LayerNorm sits is the one
+difference between the families:
+
+- post-LN (``norm_first=False``, BERT's): ``x = LN(x + branch(x))``;
+- pre-LN (``norm_first=True``, ViT's and CLIP's): ``x = x + branch(LN(x))``.
+
+The families differ in their embeddings, their names (the key maps) and in
+parameter sharing (ALBERT reuses one layer across depth), not in this data flow.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .attention import MultiHeadAttention
+from .layers import LayerNorm, Linear, activation, linear_then_activation
+
+__all__ = ["EncoderLayer"]
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention and a feed-forward network, each a residual branch, LayerNorm after (post-LN) or before (pre-LN)."""
+
+    linear_act_pairs = (("ffn_up", "act"),)  # fuse(): the activation as a post-op of ffn_up's matmul
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        intermediate_size: int,
+        *,
+        act: str = "gelu",  # a name minipt.nn.activation knows
+        eps: float = 1e-12,  # of both LayerNorms
+        dropout: float = 0.0,  # on each branch's output
+        attention_dropout: float = 0.0,  # on the attention probabilities
+        norm_first: bool = False,
+    ):
+        super().__init__()
+        self.norm_first = norm_first
+        self.attn = MultiHeadAttention(dim, num_heads, dropout=attention_dropout)
+        self.attn_norm = LayerNorm(dim, eps=eps)
+        self.ffn_up = Linear(dim, intermediate_size)
+        self.act = activation(act)
+        self.ffn_down = Linear(intermediate_size, dim)
+        self.ffn_norm = LayerNorm(dim, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+
+    def feed_forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``ffn_down(act(ffn_up(hidden)))``: (B, T, C) -> (B, T, intermediate) inside -> (B, T, C)."""
+        return self.ffn_down(linear_then_activation(self.ffn_up, self.act, hidden))
+
+    def forward(self, hidden: torch.Tensor, bias: torch.Tensor | None = None, need_weights: bool = False):
+        if self.norm_first:
+            attn_out, attn_probs = self.attn(self.attn_norm(hidden), bias, need_weights)
+            hidden = hidden + self.dropout(attn_out)  # (B, T, C)
+            hidden = hidden + self.dropout(self.feed_forward(self.ffn_norm(hidden)))
+            return hidden, attn_probs
+        attn_out, attn_probs = self.attn(hidden, bias, need_weights)
+        hidden = self.attn_norm(self.dropout(attn_out), residual=hidden)  # LN(hidden + attn_out): (B, T, C)
+        hidden = self.ffn_norm(self.dropout(self.feed_forward(hidden)), residual=hidden)
+        return hidden, attn_probs

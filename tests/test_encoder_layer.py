@@ -1,0 +1,93 @@
+"""minipt.nn.EncoderLayer against torch.nn.TransformerEncoderLayer on the same weights, post-LN and pre-LN.
+
+Both run the same aten ops on the "torch" backend, so outputs agree to 1e-5;
+the "math" and "fused" backends compute attention and LayerNorm their own
+way and are held to an error ratio against torch.nn in float64 (tests/helpers.py).
+"""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from minipt.nn import EncoderLayer, attention_bias, use_backend
+
+from helpers import assert_error_ratio
+
+
+def reference_of(layer: EncoderLayer, heads: int) -> nn.TransformerEncoderLayer:
+    """torch.nn's layer holding ``layer``'s weights (Q, K, V stacked into in_proj as torch.nn keeps them)."""
+    dim, inner = layer.ffn_up.in_features, layer.ffn_up.out_features
+    act = {"GELU": "gelu", "ReLU": "relu"}[type(layer.act).__name__]
+    reference = nn.TransformerEncoderLayer(dim, heads, inner, dropout=0.0, activation=act, layer_norm_eps=layer.attn_norm.eps,
+                                           batch_first=True, norm_first=layer.norm_first)
+    attn = layer.attn
+    state = {
+        "self_attn.in_proj_weight": torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
+        "self_attn.in_proj_bias": torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]),
+        "self_attn.out_proj.weight": attn.out_proj.weight, "self_attn.out_proj.bias": attn.out_proj.bias,
+        "linear1.weight": layer.ffn_up.weight, "linear1.bias": layer.ffn_up.bias,
+        "linear2.weight": layer.ffn_down.weight, "linear2.bias": layer.ffn_down.bias,
+        "norm1.weight": layer.attn_norm.weight, "norm1.bias": layer.attn_norm.bias,
+        "norm2.weight": layer.ffn_norm.weight, "norm2.bias": layer.ffn_norm.bias,
+    }
+    reference.load_state_dict({k: v.detach().clone() for k, v in state.items()}, strict=True)
+    return reference.eval()
+
+
+def randomised(layer: EncoderLayer, seed: int) -> EncoderLayer:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in layer.named_parameters():
+            noise = torch.randn(parameter.shape, generator=generator)
+            parameter.copy_(1 + 0.1 * noise if name.endswith("norm.weight") else 0.3 * noise)  # LayerNorm scales near 1
+    return layer.eval()
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    heads=st.integers(1, 4),
+    head_dim=st.integers(1, 8),
+    inner=st.integers(1, 40),
+    length=st.integers(1, 9),
+    padded=st.integers(0, 8),
+    norm_first=st.booleans(),
+    act=st.sampled_from(["gelu", "relu"]),
+    seed=st.integers(0, 2**16),
+)
+def test_matches_torch_nn_on_the_torch_backend(heads, head_dim, inner, length, padded, norm_first, act, seed):
+    dim = heads * head_dim
+    layer = randomised(EncoderLayer(dim, heads, inner, act=act, eps=1e-5, norm_first=norm_first), seed)
+    reference = reference_of(layer, heads)
+    x = torch.randn(2, length, dim, generator=torch.Generator().manual_seed(seed + 1))
+    mask = torch.ones(2, length, dtype=torch.long)
+    mask[1, length - min(padded, length - 1):] = 0  # the second row padded at the end, at least one token kept
+    with torch.no_grad(), use_backend("torch", module=layer):
+        ours, _ = layer(x, attention_bias(mask, length, length, dtype=x.dtype))
+        theirs = reference(x, src_key_padding_mask=mask == 0)
+    kept = mask.bool()
+    torch.testing.assert_close(ours[kept], theirs[kept], atol=1e-5, rtol=1e-5)  # torch.nn leaves padded rows as they come
+
+
+@pytest.mark.parametrize("backend", ["math", "fused"])
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_every_backend_within_an_error_ratio_of_torch_nn(backend, norm_first):
+    layer = randomised(EncoderLayer(32, 4, 64, eps=1e-5, norm_first=norm_first), seed=3)
+    reference = reference_of(layer, 4)
+    x = torch.randn(3, 11, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad(), use_backend(backend, module=layer):
+        ours, _ = layer(x)
+    with torch.no_grad():
+        exact = reference.double()(x.double())
+        theirs = reference.float()(x)
+    assert_error_ratio(ours, theirs, exact)
+
+
+def test_attention_probabilities_come_back_when_asked():
+    layer = EncoderLayer(8, 2, 16).eval()
+    x = torch.randn(1, 5, 8)
+    with torch.no_grad(), use_backend("math", module=layer):
+        _, probs = layer(x, need_weights=True)
+    assert probs.shape == (1, 2, 5, 5)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(1, 2, 5))
