@@ -14,11 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import Checkpoint, Pretrained
-from ..checks import check_ids
 from ..config import Config, count, epsilon, flag, minipt_only, one_of, probability, real, require, token_id
 from ..errors import ConfigError, InputError
 from ..keymap import KeyMap
@@ -28,11 +26,12 @@ from ..nn.layers import ACTIVATIONS
 from ..nn.output import ModelOutput
 from ..registry import register
 from .classifier import HasClassifier
+from .text_encoder import (PROBLEM_TYPES, check_sequence_labels, check_token_inputs, check_token_labels, classification_loss,
+                           masked_lm_loss, run_layers)
 from ..nn.backend import ChoosesBackend
 from ..nn.fuse import InferenceCopy
 from ..nn.init import init_normal_
 
-PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
 
 @dataclass
@@ -222,38 +221,15 @@ class BertModel(_BertPretrained):
         hidden = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
         T = input_ids.shape[1]
         bias = attention_bias(attention_mask, T, T, dtype=hidden.dtype)  # (B, 1, 1, T) or None
-        all_hidden, all_attn = [hidden], []
-        for layer in self.layers:
-            hidden, attn_probs = layer(hidden, bias, need_weights=output_attentions)
-            all_hidden.append(hidden)
-            all_attn.append(attn_probs)
-        return BertOutput(
-            last_hidden_state=hidden,
-            pooler_output=self.pooler(hidden) if self.pooler is not None else None,
-            hidden_states=tuple(all_hidden) if output_hidden_states else None,
-            attentions=tuple(all_attn) if output_attentions else None,
-        )
+        hidden, all_hidden, all_attn = run_layers(self.layers, hidden, bias, output_hidden_states, output_attentions)
+        pooled = self.pooler(hidden) if self.pooler is not None else None  # (B, H)
+        return BertOutput(last_hidden_state=hidden, pooler_output=pooled, hidden_states=all_hidden, attentions=all_attn)
 
     def check_inputs(self, input_ids, attention_mask=None, token_type_ids=None) -> None:
         """Raise an InputError naming the first argument of ``forward`` that does not fit this model."""
         config = self.config
-        for name, value in (("input_ids", input_ids), ("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
-            if value is not None and not isinstance(value, torch.Tensor):
-                raise InputError(f"{name} must be a tensor, got {type(value).__name__} (the tokenizer returns tensors with return_tensors='pt')")
-        if input_ids.dim() != 2 or input_ids.is_floating_point():
-            raise InputError(f"input_ids must be integer token ids of shape (batch, seq_len), got {input_ids.dtype} {tuple(input_ids.shape)}")
-        B, T = input_ids.shape
-        if T == 0:  # an empty batch (B = 0) is fine; a sequence without tokens has no [CLS] to pool
-            raise InputError(f"input_ids of shape {tuple(input_ids.shape)} hold sequences of no tokens; each needs at least one ([CLS])")
-        if T > config.max_position_embeddings:
-            raise InputError(f"sequence length {T} exceeds the position table ({config.max_position_embeddings} positions); truncate the input")
-        check_ids("input_ids", input_ids, config.vocab_size)
-        if token_type_ids is not None:
-            if token_type_ids.shape != input_ids.shape:
-                raise InputError(f"token_type_ids has shape {tuple(token_type_ids.shape)}, input_ids {tuple(input_ids.shape)}")
-            check_ids("token_type_ids", token_type_ids, config.type_vocab_size)
-        if attention_mask is not None and not attention_mask.is_floating_point() and attention_mask.shape != input_ids.shape:
-            raise InputError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(input_ids.shape)}")
+        check_token_inputs(input_ids, attention_mask, token_type_ids, vocab_size=config.vocab_size, max_length=config.max_position_embeddings,
+                           type_vocab_size=config.type_vocab_size, family="BERT")
 
     @classmethod
     def keymap(cls, config: BertConfig | None = None) -> KeyMap:
@@ -304,15 +280,12 @@ class BertForMaskedLM(_BertPretrained):
         self.check_inputs(input_ids, attention_mask, token_type_ids, labels)
         out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions)
         logits = self.head(out.last_hidden_state)  # (B, T, vocab)
-        loss = None if labels is None else F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
-        return BertHeadOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+        return BertHeadOutput(loss=masked_lm_loss(logits, labels), logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
 
     def check_inputs(self, input_ids, attention_mask=None, token_type_ids=None, labels=None) -> None:
         """The encoder's checks (``BertModel.check_inputs``), and ``labels`` shaped like ``input_ids``."""
         self.bert.check_inputs(input_ids, attention_mask, token_type_ids)
-        if labels is not None and (not isinstance(labels, torch.Tensor) or labels.shape != input_ids.shape):
-            shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
-            raise InputError(f"labels must have the shape of input_ids {tuple(input_ids.shape)} (-100 where nothing is predicted), got {shape}")
+        check_token_labels(labels, input_ids)
 
     @classmethod
     def keymap(cls, config: BertConfig | None = None) -> KeyMap:
@@ -369,25 +342,15 @@ class BertForSequenceClassification(HasClassifier, _BertPretrained):
         self.check_inputs(input_ids, attention_mask, token_type_ids, labels)
         out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions)
         logits = self.classifier(self.dropout(out.pooler_output))  # (B, num_labels)
-        loss = None if labels is None else self._loss(logits, labels)
-        return BertHeadOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+        return BertHeadOutput(loss=self._loss(logits, labels), logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
 
     def check_inputs(self, input_ids, attention_mask=None, token_type_ids=None, labels=None) -> None:
         """The encoder's checks (``BertModel.check_inputs``), and one label entry per sequence."""
         self.bert.check_inputs(input_ids, attention_mask, token_type_ids)
-        if labels is not None and (not isinstance(labels, torch.Tensor) or labels.dim() == 0 or labels.shape[0] != input_ids.shape[0]):
-            shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
-            raise InputError(f"labels must hold one entry per sequence ({input_ids.shape[0]} for input_ids {tuple(input_ids.shape)}), got {shape}")
+        check_sequence_labels(labels, input_ids)
 
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        problem = self.config.problem_type
-        if problem is None:
-            problem = "regression" if self.config.num_labels == 1 else "single_label_classification" if not labels.is_floating_point() else "multi_label_classification"
-        if problem == "regression":
-            return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).view(-1)) if self.config.num_labels == 1 else F.mse_loss(logits, labels)
-        if problem == "single_label_classification":
-            return F.cross_entropy(logits, labels.view(-1))
-        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
+        return classification_loss(self.config.problem_type, self.config.num_labels, logits, labels)
 
     @classmethod
     def keymap(cls, config: BertConfig | None = None) -> KeyMap:
