@@ -1,0 +1,472 @@
+"""ALBERT (Lan et al., 2020): BERT with factorised embeddings and its layers shared across depth.
+
+    tokens -> embeddings (token + segment + position in embedding_size E, LayerNorm)   (B, T, E)
+           -> encoder.mapping_in: Linear E -> H                                     (B, T, H)
+           -> num_hidden_layers depth steps; step i runs layer group i // (layers / groups),
+              each group inner_group_num post-LN encoder layers
+           -> last_hidden_state (B, T, H)  -> pooler: tanh(W h_[CLS])  (B, H)
+
+The groups are held once (``encoder.groups.G.J``, one ``minipt.nn.EncoderLayer``
+each) and run at every depth step that uses them: ``named_modules`` lists each
+shared layer once, and ``minipt.transfer`` freezes a group at every depth. The
+values of each depth step have their own names for ``minipt.probe``,
+``encoder.depth.{s}.out`` (s counts layer calls, 0 .. layers x inner_group_num - 1);
+inside a shared layer, ``capture(...).history(name)`` holds one value per call.
+
+Reads and writes the official Hugging Face layout (``config.json`` +
+``model.safetensors``, names like
+``encoder.albert_layer_groups.0.albert_layers.0.attention.query.weight``)
+through the key map at the bottom of this file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..checkpoint import Checkpoint
+from ..config import Config, count, epsilon, flag, one_of, probability, real, require, token_id
+from ..errors import ConfigError, InputError
+from ..keymap import KeyMap
+from ..nn import LayerNorm, Linear, activation, attention_bias, linear_then_activation
+from ..nn.layers import ACTIVATIONS
+from ..nn.tap import tap
+from ..registry import register
+from .bert import (PROBLEM_TYPES, BertConfig, BertEmbeddings, BertForSequenceClassification, BertHeadOutput, BertModel, BertOutput,
+                   BertPooler, _BertPretrained, encoder_layer)
+from .classifier import HasClassifier
+
+MAX_DEPTH = 1000  # layer steps; the checkpoint holds only the groups, so nothing else bounds num_hidden_layers
+
+
+@dataclass
+class AlbertConfig(Config):
+    """The fields of a Hugging Face ALBERT ``config.json`` (unknown fields are ignored), checked when built.
+
+    The defaults are transformers' (ALBERT-xxlarge's sizes), so a field a file leaves out means the same here."""
+
+    vocab_size: int = count(30000)
+    embedding_size: int = count(128)  # the token, position and segment tables' width: mapped to hidden_size by encoder.mapping_in
+    hidden_size: int = count(4096)
+    num_hidden_layers: int = count(12)  # depth steps; the weights are num_hidden_groups x inner_group_num layers
+    num_hidden_groups: int = count(1)  # groups of shared layers, each running num_hidden_layers / num_hidden_groups steps in a row
+    inner_group_num: int = count(1)  # layers in a group, run one after the other at each of its steps
+    num_attention_heads: int = count(64)
+    intermediate_size: int = count(16384)
+    hidden_act: str = one_of("gelu_new", ACTIVATIONS)  # the tanh approximation of GELU (ALBERT v2); v1 configs say "gelu"
+    hidden_dropout_prob: float = probability(0.0)
+    attention_probs_dropout_prob: float = probability(0.0)
+    max_position_embeddings: int = count(512)
+    type_vocab_size: int = count(2)
+    layer_norm_eps: float = epsilon(1e-12)
+    initializer_range: float = real(0.02)
+    pad_token_id: int | None = token_id(0)
+    tie_word_embeddings: bool = flag(True)  # the MLM decoder reuses the token embedding matrix
+    # classification heads
+    num_labels: int = count(2)
+    id2label: dict | None = None
+    classifier_dropout_prob: float = probability(0.1)
+    problem_type: str | None = one_of(None, PROBLEM_TYPES, optional=True)
+    # minipt's own, not written to config.json
+    add_pooling_layer: bool = flag(True, minipt_only=True)  # decided by the checkpoint
+
+    model_type = "albert"
+    padding_idx = BertConfig.padding_idx  # pad_token_id where the vocabulary holds it, as BERT's
+
+    def check(self):
+        BertConfig.check(self)  # heads divide the width; id2label names classes 0..n-1
+        require(self.num_hidden_layers <= MAX_DEPTH, "num_hidden_layers", self.num_hidden_layers, f"at most {MAX_DEPTH}")
+        # transformers runs group int(i / (L / G)) at layer i, the original TensorFlow code int(i / L * G): the same
+        # groups when G divides L, and otherwise a matter of rounding on which the two disagree (L = 18, G = 14: layer 9).
+        require(self.num_hidden_layers % self.num_hidden_groups == 0, "num_hidden_groups", self.num_hidden_groups,
+                f"a divisor of num_hidden_layers {self.num_hidden_layers} (each group runs the same number of layers in a row)")
+
+    @classmethod
+    def prepare(cls, values: dict) -> dict:
+        # transformers before v5 read relative positions from this field; v5 ignores it: neither is minipt's absolute table
+        if values.get("position_embedding_type", "absolute") != "absolute":
+            raise ConfigError(f"position_embedding_type = {values['position_embedding_type']!r}: only 'absolute' positions are supported")
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict, *, source=None, **overrides) -> "AlbertConfig":
+        if "num_labels" in overrides and isinstance(values, dict):
+            values = {k: v for k, v in values.items() if k not in ("id2label", "label2id")}  # the new head decides
+        return super().from_dict(values, source=source, **overrides)
+
+    def to_dict(self) -> dict:
+        values = super().to_dict()
+        if values["id2label"] is None:  # transformers names the labels LABEL_0 ... from num_labels
+            del values["id2label"]
+            return values
+        values["label2id"] = {label: i for i, label in values["id2label"].items()}
+        del values["num_labels"]  # implied by id2label
+        return values
+
+    @property
+    def layer_steps(self) -> list[tuple[int, int]]:
+        """(group, layer in the group) of each layer call, input first: num_hidden_layers x inner_group_num of them."""
+        per_group = self.num_hidden_layers // self.num_hidden_groups
+        return [(i // per_group, j) for i in range(self.num_hidden_layers) for j in range(self.inner_group_num)]
+
+
+class AlbertEmbeddings(nn.Module):
+    """Token + segment + learned absolute position embeddings of width embedding_size, then LayerNorm and dropout."""
+
+    def __init__(self, config: AlbertConfig):
+        super().__init__()
+        self.token = nn.Embedding(config.vocab_size, config.embedding_size, padding_idx=config.padding_idx)
+        self.position = nn.Embedding(config.max_position_embeddings, config.embedding_size)
+        self.token_type = nn.Embedding(config.type_vocab_size, config.embedding_size)
+        self.norm = LayerNorm(config.embedding_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    forward = BertEmbeddings.forward  # BERT's: the three tables summed, then LayerNorm and dropout
+
+
+class AlbertEncoder(nn.Module):
+    """``mapping_in`` (E -> H), then every layer step on the shared groups: ``groups[G][J]`` runs at each step of ``layer_steps``."""
+
+    def __init__(self, config: AlbertConfig):
+        super().__init__()
+        self.mapping_in = Linear(config.embedding_size, config.hidden_size)
+        self.groups = nn.ModuleList(nn.ModuleList(encoder_layer(config) for _ in range(config.inner_group_num)) for _ in range(config.num_hidden_groups))
+        self.steps = tuple(config.layer_steps)
+        self._step_names = tuple(f"depth.{step}.out" for step in range(len(self.steps)))
+        self.taps = dict.fromkeys(self._step_names)  # minipt.probe: the hidden state after each step, on every backend
+
+    def forward(self, embedded: torch.Tensor, bias: torch.Tensor | None, need_weights: bool = False):
+        """(B, T, E) -> the last hidden state (B, T, H), the hidden states (mapping_in's output, then each step's), the attention maps."""
+        hidden = self.mapping_in(embedded)  # (B, T, H)
+        all_hidden, all_attn = [hidden], []
+        for (group, inner), name in zip(self.steps, self._step_names):
+            hidden, attn_probs = self.groups[group][inner](hidden, bias, need_weights)
+            hidden = tap(self, name, hidden)
+            all_hidden.append(hidden)
+            all_attn.append(attn_probs)
+        return hidden, all_hidden, all_attn
+
+
+# What an ALBERT checkpoint's tensors fix in its config (checked before the model is built). The depth,
+# num_hidden_layers, is not among them: the file holds each shared layer once.
+ENCODER_FIELDS = {
+    "vocab_size": ("embeddings.token.weight", 0),
+    "embedding_size": ("embeddings.token.weight", 1),
+    "max_position_embeddings": ("embeddings.position.weight", 0),
+    "type_vocab_size": ("embeddings.token_type.weight", 0),
+    "hidden_size": ("encoder.mapping_in.weight", 0),
+    "intermediate_size": ("encoder.groups.0.0.ffn_up.weight", 0),
+    "num_hidden_groups": "encoder.groups.",
+    "inner_group_num": "encoder.groups.0.",
+}
+UNDER_ALBERT = {name: "albert." + where if isinstance(where, str) else ("albert." + where[0], where[1]) for name, where in ENCODER_FIELDS.items()}
+
+
+class _AlbertPretrained(_BertPretrained):
+    """BERT's initialisation (N(0, initializer_range)) and pooler detection, on ALBERT's config."""
+
+    config_class = AlbertConfig
+
+
+class AlbertModel(_AlbertPretrained):
+    """The ALBERT encoder: ``model(input_ids, attention_mask, token_type_ids) -> BertOutput``.
+
+    ``hidden_states`` holds mapping_in's output and then one state per layer call (num_hidden_layers x
+    inner_group_num of them), ``attentions`` one map per layer call, as transformers' AlbertModel returns them."""
+
+    _pooler_key = "pooler.dense.weight"
+    checkpoint_fields = ENCODER_FIELDS
+    # a shared group is one stage: freezing it freezes it at every depth it runs (see minipt.transfer)
+    transfer_stages = {"embeddings": ("embeddings", "encoder.mapping_in"), "groups.{i}": "encoder.groups.{i}", "pooler": "pooler"}
+
+    def __init__(self, config: AlbertConfig, add_pooling_layer: bool | None = None):
+        """``add_pooling_layer`` (None: ``config.add_pooling_layer``): False for the masked-LM model, which has no pooler."""
+        super().__init__()
+        self.config = config
+        self.embeddings = AlbertEmbeddings(config)
+        self.encoder = AlbertEncoder(config)
+        pooled = config.add_pooling_layer if add_pooling_layer is None else add_pooling_layer
+        self.pooler = BertPooler(config) if pooled else None
+        self.apply(self.init_weights)
+        self.set_backend(config.backend)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (B, T) token ids
+        attention_mask: torch.Tensor | None = None,  # (B, T): 1 for tokens, 0 for padding
+        token_type_ids: torch.Tensor | None = None,  # (B, T): 0 for sentence A, 1 for sentence B
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> BertOutput:
+        self.check_inputs(input_ids, attention_mask, token_type_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        embedded = self.embeddings(input_ids, token_type_ids)  # (B, T, E)
+        T = input_ids.shape[1]
+        bias = attention_bias(attention_mask, T, T, dtype=embedded.dtype)  # (B, 1, 1, T) or None
+        hidden, all_hidden, all_attn = self.encoder(embedded, bias, need_weights=output_attentions)  # (B, T, H)
+        return BertOutput(
+            last_hidden_state=hidden,
+            pooler_output=self.pooler(hidden) if self.pooler is not None else None,
+            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            attentions=tuple(all_attn) if output_attentions else None,
+        )
+
+    check_inputs = BertModel.check_inputs  # BERT's inputs, refused for the same reasons
+
+    @classmethod
+    def keymap(cls, config: AlbertConfig | None = None) -> KeyMap:
+        """Hugging Face's names <-> minipt's, for the encoder and pooler (with or without the albert. prefix)."""
+        # The heads in a checkpoint (pre-training's masked LM and sentence order, a classifier) are known and not used by the bare encoder.
+        return _encoder_keymap() + KeyMap([], ignore=[*_PRETRAINING_HEADS, "classifier.{*}"], optional_prefix="albert.")
+
+
+class AlbertMLMHead(nn.Module):
+    """dense (H -> E) -> activation -> LayerNorm -> decoder to vocabulary logits (decoder weight tied to the token embedding)."""
+
+    linear_act_pairs = (("dense", "act"),)  # fuse(): the activation as a post-op of dense's matmul
+
+    def __init__(self, config: AlbertConfig):
+        super().__init__()
+        self.dense = Linear(config.hidden_size, config.embedding_size)
+        self.act = activation(config.hidden_act)
+        self.norm = LayerNorm(config.embedding_size, eps=config.layer_norm_eps)
+        self.decoder = Linear(config.embedding_size, config.vocab_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.norm(linear_then_activation(self.dense, self.act, hidden)))  # (B, T, E) inside, (B, T, vocab) out
+
+
+class AlbertForMaskedLM(_AlbertPretrained):
+    """ALBERT with the masked-language-model head: logits over the vocabulary at every position (no pooler, as transformers')."""
+
+    checkpoint_fields = UNDER_ALBERT
+    # the decoder's weight is the token embedding: it counts in (and freezes with) "embeddings"
+    transfer_stages = {"embeddings": ("albert.embeddings", "albert.encoder.mapping_in"), "groups.{i}": "albert.encoder.groups.{i}", "head": "head"}
+
+    def __init__(self, config: AlbertConfig):
+        super().__init__()
+        self.config = config
+        self.albert = AlbertModel(config, add_pooling_layer=False)
+        self.head = AlbertMLMHead(config)
+        self.apply(self.init_weights)
+        self.tie_weights()
+        self.set_backend(config.backend)
+
+    @classmethod
+    def adapt_config(cls, config: AlbertConfig, checkpoint: Checkpoint) -> AlbertConfig:
+        return config  # no pooler to find: a checkpoint's albert.pooler is ignored
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.head.decoder.weight = self.albert.embeddings.token.weight
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False, output_attentions=False):
+        """``labels`` (B, T): the token to predict at masked positions, -100 elsewhere."""
+        self.check_inputs(input_ids, attention_mask, token_type_ids, labels)
+        out = self.albert(input_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions)
+        logits = self.head(out.last_hidden_state)  # (B, T, vocab)
+        loss = None if labels is None else F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        return BertHeadOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+
+    def check_inputs(self, input_ids, attention_mask=None, token_type_ids=None, labels=None) -> None:
+        """The encoder's checks (``AlbertModel.check_inputs``), and ``labels`` shaped like ``input_ids``."""
+        self.albert.check_inputs(input_ids, attention_mask, token_type_ids)
+        if labels is not None and (not isinstance(labels, torch.Tensor) or labels.shape != input_ids.shape):
+            shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+            raise InputError(f"labels must have the shape of input_ids {tuple(input_ids.shape)} (-100 where nothing is predicted), got {shape}")
+
+    @classmethod
+    def keymap(cls, config: AlbertConfig | None = None) -> KeyMap:
+        """Hugging Face's names <-> minipt's; the decoder's rows depend on ``config.tie_word_embeddings`` (default: tied)."""
+        config = config or AlbertConfig()
+        head = [
+            ("predictions.dense.{p}", "head.dense.{p}"),
+            ("predictions.LayerNorm.{p}", "head.norm.{p}"),
+        ]
+        if config.tie_word_embeddings:
+            # The decoder's weight is the token embedding, and its bias is stored once, as predictions.bias
+            # (transformers 5 writes only that; older files repeat both under predictions.decoder).
+            head.append(("predictions.bias", "head.decoder.bias"))
+            tied = [
+                ("predictions.decoder.weight", "albert.embeddings.word_embeddings.weight"),
+                ("predictions.decoder.bias", "predictions.bias"),
+            ]
+        else:  # an untied decoder keeps its own weight and bias; transformers' predictions.bias then goes unused
+            head.append(("predictions.decoder.{p}", "head.decoder.{p}"))
+            tied = [("predictions.bias", "predictions.decoder.bias")]
+        return _encoder_keymap().prefixed("albert.", "albert.") + KeyMap(
+            head,
+            renames=_ENCODER_WITHOUT_PREFIX + _LEGACY_NAMES,
+            ignore=["albert.pooler.{*}", "sop_classifier.{*}"],  # transformers' masked-LM model has no pooler
+            tied=tied,
+        )
+
+
+class AlbertForSequenceClassification(HasClassifier, _AlbertPretrained):
+    """ALBERT with a linear classifier (or regressor, for num_labels = 1) on the pooled output.
+
+    ``get_classifier()`` and ``reset_classifier(num_labels)`` reach the head as on every minipt classifier
+    (``minipt.models.classifier``); a reset forgets the old label names (``id2label``).
+    """
+
+    _pooler_key = "albert.pooler.dense.weight"
+    checkpoint_fields = {**UNDER_ALBERT, "num_labels": ("classifier.weight", 0)}
+    transfer_stages = {"embeddings": ("albert.embeddings", "albert.encoder.mapping_in"), "groups.{i}": "albert.encoder.groups.{i}",
+                       "pooler": "albert.pooler", "head": "classifier"}
+    transfer_head = ("classifier", "num_labels")  # the head module and the config field of its size (also minipt.transfer's)
+
+    def __init__(self, config: AlbertConfig):
+        super().__init__()
+        self.config = config
+        self.albert = AlbertModel(config)
+        if self.albert.pooler is None:
+            raise ConfigError("sequence classification needs the pooler, and the checkpoint has none")
+        self.dropout = nn.Dropout(config.classifier_dropout_prob)
+        self.classifier = Linear(config.hidden_size, config.num_labels)
+        self.apply(self.init_weights)
+        self.set_backend(config.backend)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False, output_attentions=False):
+        """``labels``: class ids (B,), or targets (B,) / (B, num_labels) for regression and multi-label problems."""
+        self.check_inputs(input_ids, attention_mask, token_type_ids, labels)
+        out = self.albert(input_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions)
+        logits = self.classifier(self.dropout(out.pooler_output))  # (B, num_labels)
+        loss = None if labels is None else self._loss(logits, labels)
+        return BertHeadOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+
+    def check_inputs(self, input_ids, attention_mask=None, token_type_ids=None, labels=None) -> None:
+        """The encoder's checks (``AlbertModel.check_inputs``), and one label entry per sequence."""
+        self.albert.check_inputs(input_ids, attention_mask, token_type_ids)
+        if labels is not None and (not isinstance(labels, torch.Tensor) or labels.dim() == 0 or labels.shape[0] != input_ids.shape[0]):
+            shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+            raise InputError(f"labels must hold one entry per sequence ({input_ids.shape[0]} for input_ids {tuple(input_ids.shape)}), got {shape}")
+
+    _loss = BertForSequenceClassification._loss  # BERT's problem types: regression, single- and multi-label
+
+    @classmethod
+    def keymap(cls, config: AlbertConfig | None = None) -> KeyMap:
+        """Hugging Face's names <-> minipt's; a bare encoder's or a pre-trained model's file loads too, under a new head."""
+        return _encoder_keymap().prefixed("albert.", "albert.") + KeyMap(
+            [("classifier.{p}", "classifier.{p}")],
+            renames=_ENCODER_WITHOUT_PREFIX + _LEGACY_NAMES,
+            ignore=_PRETRAINING_HEADS,
+        )
+
+
+# -- the official names ------------------------------------------------------------
+# Files converted from TensorFlow may spell the LayerNorms' parameters gamma/beta.
+_LEGACY_NAMES = [("{*}.gamma", "{*}.weight"), ("{*}.beta", "{*}.bias")]
+# A bare encoder's checkpoint (AlbertModel saves) has no albert. prefix; a model with a head accepts it, to start from it.
+_ENCODER_WITHOUT_PREFIX = [(f"{part}.{{*}}", f"albert.{part}.{{*}}") for part in ("embeddings", "encoder", "pooler")]
+_PRETRAINING_HEADS = ["predictions.{*}", "sop_classifier.{*}"]  # masked LM and sentence-order prediction
+_LAYER_PARTS = [  # transformers' AlbertLayer -> minipt.nn.EncoderLayer
+    ("attention.query", "attn.q_proj"),
+    ("attention.key", "attn.k_proj"),
+    ("attention.value", "attn.v_proj"),
+    ("attention.dense", "attn.out_proj"),
+    ("attention.LayerNorm", "attn_norm"),
+    ("ffn", "ffn_up"),
+    ("ffn_output", "ffn_down"),
+    ("full_layer_layer_norm", "ffn_norm"),
+]
+
+
+def _encoder_keymap() -> KeyMap:
+    """Hugging Face's AlbertModel names -> minipt's, for the encoder and pooler (the classes' keymap() build on it)."""
+    return KeyMap(
+        [
+            ("embeddings.word_embeddings.{p}", "embeddings.token.{p}"),
+            ("embeddings.position_embeddings.{p}", "embeddings.position.{p}"),
+            ("embeddings.token_type_embeddings.{p}", "embeddings.token_type.{p}"),
+            ("embeddings.LayerNorm.{p}", "embeddings.norm.{p}"),
+            ("encoder.embedding_hidden_mapping_in.{p}", "encoder.mapping_in.{p}"),
+            *[(f"encoder.albert_layer_groups.{{g}}.albert_layers.{{j}}.{theirs}.{{p}}", f"encoder.groups.{{g}}.{{j}}.{ours}.{{p}}") for theirs, ours in _LAYER_PARTS],
+            ("pooler.{p}", "pooler.dense.{p}"),
+        ],
+        renames=_LEGACY_NAMES,
+        ignore=["embeddings.position_ids", "embeddings.token_type_ids"],  # buffers (0, 1, 2, ... and zeros) that older files carry
+    )
+
+
+# -- minipt.reference: where the reference implementation computes the same values ----------
+def compare_with_reference(model, path, inputs, rtol):
+    """transformers' AlbertModel / AlbertForMaskedLM / AlbertForSequenceClassification (eager attention) on the same
+    checkpoint, point by point (``minipt.reference.layer_diffs``).
+
+    A shared layer runs at several depths, and a name of minipt's (``encoder.groups.G.J.attn.probs``) or a module
+    of transformers' holds the value of its last call. So the points are, in data-flow order: the hidden state
+    after every layer call (``encoder.depth.{s}.out`` against transformers' ``hidden_states[s + 1]``), and inside
+    each shared layer, at its last call, the attention maps, heads, projections, norms and feed-forward values.
+    """
+    from ..demo import tokenizer_beside
+    from ..reference import batch_input_ids, heads, import_reference, report, texts
+
+    transformers = import_reference("transformers", "ALBERT")
+    if isinstance(inputs, torch.Tensor):  # token ids (B, T), no padding
+        batch, label = {"input_ids": inputs}, f"token ids of shape {tuple(inputs.shape)}"
+    elif isinstance(inputs, dict):
+        batch, label = inputs, f"a batch of shape {tuple(batch_input_ids(inputs).shape)}"
+    else:
+        tokenizer = tokenizer_beside(path)
+        if tokenizer is None:
+            raise InputError(f"{path} holds no tokenizer; pass a tokenised batch (input_ids, attention_mask)")
+        texts = texts(inputs)
+        batch, label = tokenizer(texts), f"{len(texts)} texts"
+    if isinstance(model, AlbertForMaskedLM):
+        cls, ours, theirs, head = transformers.AlbertForMaskedLM, "albert.", "albert.", {"head.out": ("predictions", None)}
+    elif isinstance(model, AlbertForSequenceClassification):
+        cls, ours, theirs, head = transformers.AlbertForSequenceClassification, "albert.", "albert.", {"classifier.out": ("classifier", None)}
+    else:
+        cls, ours, theirs, head = transformers.AlbertModel, "", "", {}
+    encoder = model.albert if ours else model
+    kwargs = {"add_pooling_layer": encoder.pooler is not None} if cls is transformers.AlbertModel else {}
+    reference = cls.from_pretrained(str(path), attn_implementation="eager", **kwargs).eval()
+    config = encoder.config
+    steps = config.layer_steps
+    last_call = {layer: step for step, layer in enumerate(steps)}
+    points = {
+        f"{ours}embeddings.out": (f"{theirs}embeddings", None),
+        f"{ours}encoder.mapping_in.out": (f"{theirs}encoder.embedding_hidden_mapping_in", None),
+    }
+    by_step = {}  # minipt's name of each step's hidden state -> its index in transformers' hidden_states
+    for step, (group, inner) in enumerate(steps):
+        a, b = f"{ours}encoder.groups.{group}.{inner}.", f"{theirs}encoder.albert_layer_groups.{group}.albert_layers.{inner}."
+        if last_call[group, inner] == step:
+            points.update({
+                a + "attn.probs": (b + "attention", lambda out: out[1]),
+                a + "attn.heads": (b + "attention.dense:input", heads(config.num_attention_heads)),
+                a + "attn.out": (b + "attention.dense", None),
+                a + "attn_norm.out": (b + "attention.LayerNorm", None),
+                a + "act.out": (b + "ffn_output:input", None),
+                a + "ffn_down.out": (b + "ffn_output", None),
+            })
+        name = f"{ours}encoder.depth.{step}.out"
+        points[name] = (f"{b.rstrip('.')} at call {steps[: step + 1].count((group, inner))} (hidden_states[{step + 1}])", None)
+        by_step[name] = step + 1
+    if encoder.pooler is not None:
+        points[f"{ours}pooler.out"] = (f"{theirs}pooler_activation", None)
+    points.update(head)
+    outputs = {}
+    run_reference = lambda: outputs.update(hidden_states=reference(**batch, output_hidden_states=True).hidden_states)  # noqa: E731
+    extra = {name: (lambda index=index: outputs["hidden_states"][index]) for name, index in by_step.items()}
+    return report(model, f"transformers {cls.__name__}", label, rtol, points, lambda: model(**batch), reference, run_reference, extra)
+
+
+# -- the family's one declaration (minipt.registry) ------------------------------------------
+def _example_inputs(cls):
+    ids = torch.randint(0, 50, (2, 5), generator=torch.Generator().manual_seed(1))
+    return (ids, torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])), {}  # the second row padded
+
+
+FAMILY = register(
+    "albert",
+    (AlbertModel, AlbertForMaskedLM, AlbertForSequenceClassification),
+    tiny=lambda: AlbertConfig(vocab_size=50, embedding_size=8, hidden_size=16, num_hidden_layers=4, num_hidden_groups=2, inner_group_num=1,
+                              num_attention_heads=2, intermediate_size=32, max_position_embeddings=20),
+    inputs=_example_inputs,
+    reference=compare_with_reference,
+)
