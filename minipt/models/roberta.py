@@ -42,7 +42,7 @@ class RobertaConfig(BertConfig):
 
     vocab_size: int = count(50265)
     pad_token_id: int | None = token_id(1)  # also the position of padding: real tokens start at pad_token_id + 1
-    bos_token_id: int | None = token_id(0)  # <s>, the token the classifier reads
+    bos_token_id: int | None = token_id(0)  # <s>, first in every sequence: the classifier reads its hidden state
     eos_token_id: int | None = token_id(2)  # </s>
 
     model_type = "roberta"
@@ -55,7 +55,7 @@ class RobertaConfig(BertConfig):
 
     @property
     def longest_input(self) -> int:
-        """The most tokens (padding not counted) a row may hold: positions run pad_token_id + 1 .. max_position_embeddings - 1."""
+        """The longest input, in tokens (padding included): positions run pad_token_id + 1 .. max_position_embeddings - 1."""
         return self.max_position_embeddings - self.pad_token_id - 1
 
     @classmethod
