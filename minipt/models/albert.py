@@ -21,10 +21,10 @@ through the key map at the bottom of this file.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import Checkpoint
@@ -35,9 +35,10 @@ from ..nn import LayerNorm, Linear, activation, attention_bias, linear_then_acti
 from ..nn.layers import ACTIVATIONS
 from ..nn.tap import tap
 from ..registry import register
-from .bert import (PROBLEM_TYPES, BertConfig, BertEmbeddings, BertForSequenceClassification, BertHeadOutput, BertModel, BertOutput,
-                   BertPooler, _BertPretrained, encoder_layer)
+from .bert import BertConfig, BertEmbeddings, BertHeadOutput, BertOutput, BertPooler, _BertPretrained, encoder_layer
 from .classifier import HasClassifier
+from .text_encoder import (PROBLEM_TYPES, check_sequence_labels, check_token_inputs, check_token_labels, classification_loss,
+                           masked_lm_loss, run_layers)
 
 MAX_DEPTH = 1000  # layer steps; the checkpoint holds only the groups, so nothing else bounds num_hidden_layers
 
@@ -138,16 +139,17 @@ class AlbertEncoder(nn.Module):
         self._step_names = tuple(f"depth.{step}.out" for step in range(len(self.steps)))
         self.taps = dict.fromkeys(self._step_names)  # minipt.probe: the hidden state after each step, on every backend
 
-    def forward(self, embedded: torch.Tensor, bias: torch.Tensor | None, need_weights: bool = False):
-        """(B, T, E) -> the last hidden state (B, T, H), the hidden states (mapping_in's output, then each step's), the attention maps."""
-        hidden = self.mapping_in(embedded)  # (B, T, H)
-        all_hidden, all_attn = [hidden], []
-        for (group, inner), name in zip(self.steps, self._step_names):
-            hidden, attn_probs = self.groups[group][inner](hidden, bias, need_weights)
-            hidden = tap(self, name, hidden)
-            all_hidden.append(hidden)
-            all_attn.append(attn_probs)
-        return hidden, all_hidden, all_attn
+    def forward(self, embedded: torch.Tensor, bias: torch.Tensor | None, output_hidden_states: bool = False, output_attentions: bool = False):
+        """(B, T, E) -> (the last hidden state (B, T, H), the hidden states or None, the attention maps or None), as ``run_layers``
+        gives them: the hidden states are mapping_in's output and then each layer call's."""
+        steps = [functools.partial(self.layer_step, step) for step in range(len(self.steps))]
+        return run_layers(steps, self.mapping_in(embedded), bias, output_hidden_states, output_attentions)
+
+    def layer_step(self, step: int, hidden: torch.Tensor, bias: torch.Tensor | None, need_weights: bool = False):
+        """Layer call ``step``: the shared layer it runs on (B, T, H), its output passed through the step's probe point."""
+        group, inner = self.steps[step]
+        hidden, attn_probs = self.groups[group][inner](hidden, bias, need_weights)
+        return tap(self, self._step_names[step], hidden), attn_probs
 
 
 # What an ALBERT checkpoint's tensors fix in its config (checked before the model is built). The depth,
@@ -207,15 +209,15 @@ class AlbertModel(_AlbertPretrained):
         embedded = self.embeddings(input_ids, token_type_ids)  # (B, T, E)
         T = input_ids.shape[1]
         bias = attention_bias(attention_mask, T, T, dtype=embedded.dtype)  # (B, 1, 1, T) or None
-        hidden, all_hidden, all_attn = self.encoder(embedded, bias, need_weights=output_attentions)  # (B, T, H)
-        return BertOutput(
-            last_hidden_state=hidden,
-            pooler_output=self.pooler(hidden) if self.pooler is not None else None,
-            hidden_states=tuple(all_hidden) if output_hidden_states else None,
-            attentions=tuple(all_attn) if output_attentions else None,
-        )
+        hidden, all_hidden, all_attn = self.encoder(embedded, bias, output_hidden_states, output_attentions)  # (B, T, H)
+        pooled = self.pooler(hidden) if self.pooler is not None else None  # (B, H)
+        return BertOutput(last_hidden_state=hidden, pooler_output=pooled, hidden_states=all_hidden, attentions=all_attn)
 
-    check_inputs = BertModel.check_inputs  # BERT's inputs, refused for the same reasons
+    def check_inputs(self, input_ids, attention_mask=None, token_type_ids=None) -> None:
+        """Raise an InputError naming the first argument of ``forward`` that does not fit this model."""
+        config = self.config
+        check_token_inputs(input_ids, attention_mask, token_type_ids, vocab_size=config.vocab_size, max_length=config.max_position_embeddings,
+                           type_vocab_size=config.type_vocab_size, family="ALBERT")
 
     @classmethod
     def keymap(cls, config: AlbertConfig | None = None) -> KeyMap:
@@ -269,15 +271,12 @@ class AlbertForMaskedLM(_AlbertPretrained):
         self.check_inputs(input_ids, attention_mask, token_type_ids, labels)
         out = self.albert(input_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions)
         logits = self.head(out.last_hidden_state)  # (B, T, vocab)
-        loss = None if labels is None else F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
-        return BertHeadOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+        return BertHeadOutput(loss=masked_lm_loss(logits, labels), logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
 
     def check_inputs(self, input_ids, attention_mask=None, token_type_ids=None, labels=None) -> None:
         """The encoder's checks (``AlbertModel.check_inputs``), and ``labels`` shaped like ``input_ids``."""
         self.albert.check_inputs(input_ids, attention_mask, token_type_ids)
-        if labels is not None and (not isinstance(labels, torch.Tensor) or labels.shape != input_ids.shape):
-            shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
-            raise InputError(f"labels must have the shape of input_ids {tuple(input_ids.shape)} (-100 where nothing is predicted), got {shape}")
+        check_token_labels(labels, input_ids)
 
     @classmethod
     def keymap(cls, config: AlbertConfig | None = None) -> KeyMap:
@@ -335,17 +334,13 @@ class AlbertForSequenceClassification(HasClassifier, _AlbertPretrained):
         self.check_inputs(input_ids, attention_mask, token_type_ids, labels)
         out = self.albert(input_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions)
         logits = self.classifier(self.dropout(out.pooler_output))  # (B, num_labels)
-        loss = None if labels is None else self._loss(logits, labels)
+        loss = classification_loss(self.config.problem_type, self.config.num_labels, logits, labels)  # BERT's problem types
         return BertHeadOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
 
     def check_inputs(self, input_ids, attention_mask=None, token_type_ids=None, labels=None) -> None:
         """The encoder's checks (``AlbertModel.check_inputs``), and one label entry per sequence."""
         self.albert.check_inputs(input_ids, attention_mask, token_type_ids)
-        if labels is not None and (not isinstance(labels, torch.Tensor) or labels.dim() == 0 or labels.shape[0] != input_ids.shape[0]):
-            shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
-            raise InputError(f"labels must hold one entry per sequence ({input_ids.shape[0]} for input_ids {tuple(input_ids.shape)}), got {shape}")
-
-    _loss = BertForSequenceClassification._loss  # BERT's problem types: regression, single- and multi-label
+        check_sequence_labels(labels, input_ids)
 
     @classmethod
     def keymap(cls, config: AlbertConfig | None = None) -> KeyMap:
