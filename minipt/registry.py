@@ -9,6 +9,7 @@ A model file ends with its family's declaration, and that is all it takes to reg
         inputs=lambda cls: ((ids, mask), {}),      # example (args, kwargs) a tiny model of the class runs on
         signature=None,                            # (tensor, what) for a format with no config.json
         reference=compare,                         # compare(model, path, inputs, rtol) -> minipt.reference.DiffReport
+        reads=Reads("token ids (batch x tokens)", "1x128"),   # what summary() and inspect feed it by size
     )
 
 The class names are the architecture names ``config.json`` files carry in ``architectures``.
@@ -32,6 +33,19 @@ CONFIG = "config.json"
 
 
 @dataclass(frozen=True)
+class Reads:
+    """What a family's models read, for ``minipt.summary`` to build inputs from a size alone: a size of
+    2 dimensions (``"1x128"``) gives token ids, of 4 (``"1x3x224x224"``) images."""
+
+    what: str  # "token ids (batch x tokens)", said when a size does not fit
+    default: str | Callable[[Any], str]  # the size used when none is given, or a function of the model giving it
+    count: int = 1  # positional inputs of that size (G2P reads letters and as many phonemes)
+
+    def default_size(self, model) -> str:
+        return self.default(model) if callable(self.default) else self.default
+
+
+@dataclass(frozen=True)
 class Family:
     model_type: str  # "bert": the model_type of its config.json
     classes: tuple[type, ...]  # the family's models; classes[0] loads a config that names only the model_type
@@ -39,6 +53,7 @@ class Family:
     inputs: Callable[[type], tuple[tuple, dict]]  # example (args, kwargs) for a tiny model of a class
     signature: tuple[str, str] | None = None  # (tensor only this config-less format holds, what the file is)
     reference: Callable | None = None  # compare(model, path, inputs, rtol) -> DiffReport (minipt.reference)
+    reads: Reads | None = None  # what summary() feeds a model of the family from a size
     architectures: dict[str, type] = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -58,9 +73,9 @@ _discovered = False
 
 
 def register(model_type: str, classes: tuple[type, ...], *, tiny: Callable[[], Any], inputs: Callable[[type], tuple[tuple, dict]],
-             signature: tuple[str, str] | None = None, reference: Callable | None = None) -> Family:
+             signature: tuple[str, str] | None = None, reference: Callable | None = None, reads: Reads | None = None) -> Family:
     """Declare a model family (called once, at the end of its model file)."""
-    family = Family(model_type, tuple(classes), tiny, inputs, signature, reference)
+    family = Family(model_type, tuple(classes), tiny, inputs, signature, reference, reads)
     known = _FAMILIES.get(model_type)
     if known is not None and known.module != family.module:
         raise ConfigError(f"model_type {model_type!r} is declared by both {known.module} and {family.module}")

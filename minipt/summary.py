@@ -108,7 +108,7 @@ def summary(model: nn.Module, example_inputs: Any = None, *, input_size: Any = N
     or ``"1x128"``, or a list of shapes, one per positional input. Shapes
     become token ids for minipt's text models (``example_inputs``) and random
     floats of the model's dtype otherwise. A minipt model given neither runs
-    on its family's default size (``FAMILIES``).
+    on its family's default size (its declaration's ``reads``).
 
     The model runs in eval mode under ``torch.no_grad()`` on the device of its
     parameters (inputs are moved there); a model on the meta device runs on
@@ -317,45 +317,38 @@ def parse_size(text: str) -> tuple[int, ...]:
     return size
 
 
-# What each family of minipt models reads: module -> (what, default size, dimensions).
-FAMILIES = {
-    "minipt.models.bert": ("token ids (batch x tokens)", "1x128", 2),
-    "minipt.models.gpt2": ("token ids (batch x tokens)", "1x128", 2),
-    "minipt.models.char_lm": ("byte ids (batch x bytes)", "1x128", 2),
-    "minipt.models.g2p": ("letter ids and as many phoneme ids (batch x length)", "1x16", 2),
-    "minipt.models.resnet": ("images (batch x channels x height x width)", "1x3x224x224", 4),
-    "minipt.models.efficientnet": ("images (batch x channels x height x width)", "1x3x224x224", 4),
-    "minipt.models.crnn": ("text-line images (batch x 1 x 64 x width)", "1x1x64x256", 4),
-}
+def _reads(model: nn.Module):
+    """What ``model``'s family reads (``minipt.registry.Reads``), or None for a module that is not a minipt model."""
+    if not type(model).__module__.startswith("minipt.models."):
+        return None  # a plain torch module: no need to import every family to know it is none of them
+    from .registry import family_of
+
+    family = family_of(model)
+    return family.reads if family is not None else None
 
 
 def example_inputs(model: nn.Module, size: str | tuple[int, ...] | None = None) -> Any:
     """Inputs of ``size`` for one of minipt's models, on its device: zeros as ids, zeros as pixels.
 
     ``size`` is ``"BxT"`` for token models and ``"BxCxHxW"`` for image models;
-    None gives the family's default (``FAMILIES``).
+    None gives the family's default (its declaration's ``reads``, ``minipt.registry.Reads``).
     """
-    family = FAMILIES.get(type(model).__module__)
-    if family is None:
+    reads = _reads(model)
+    if reads is None:
         raise InputError(f"no default inputs for {type(model).__name__}; call summary(model, inputs) with your own")
-    what, default, dims = family
-    if size is None:
-        size = default
-        if type(model).__module__ == "minipt.models.efficientnet":
-            size = f"1x3x{model.config.resolution}x{model.config.resolution}"
-    shapes = _shapes(size)
+    default = reads.default_size(model)
+    dims = len(_shapes(default)[0])
+    shapes = _shapes(default if size is None else size)
     if len(shapes) != 1:
-        raise InputError(f"{type(model).__name__} reads {what}: one input size such as {default}, not {len(shapes)}")
+        raise InputError(f"{type(model).__name__} reads {reads.what}: one input size such as {default}, not {len(shapes)}")
     shape = shapes[0]
     if len(shape) != dims:
-        raise InputError(f"{type(model).__name__} reads {what}: an input size of {dims} dimensions such as {default}, not {'x'.join(map(str, shape))}")
+        raise InputError(f"{type(model).__name__} reads {reads.what}: an input size of {dims} dimensions such as {default}, not {'x'.join(map(str, shape))}")
     device = _device_of(model)
     if dims == 4:
         return _allocate(torch.zeros, shape, device=device)
     ids = _allocate(torch.zeros, shape, dtype=torch.long, device=device)
-    if type(model).__module__ == "minipt.models.g2p":
-        return (ids, ids.clone())
-    return ids
+    return ids if reads.count == 1 else tuple(ids.clone() for _ in range(reads.count))
 
 
 def _inputs_of_size(model: nn.Module, input_size: Any = None) -> Any:
@@ -365,18 +358,18 @@ def _inputs_of_size(model: nn.Module, input_size: Any = None) -> Any:
     for text models); any other module gets random floats of its parameters'
     dtype. ``None`` is the family's default size.
     """
-    family = FAMILIES.get(type(model).__module__)
+    reads = _reads(model)
     if input_size is None:
-        if family is None:
+        if reads is None:
             raise InputError(f"no default inputs for {type(model).__name__}; pass example_inputs (tensors) or input_size (shapes) to summary")
         return example_inputs(model)
     shapes = _shapes(input_size)
-    if family is not None:
+    if reads is not None:
         if len(shapes) == 1:
             return example_inputs(model, shapes[0])
-        if type(model).__module__ == "minipt.models.g2p" and len(shapes) == 2:  # letters, and the phonemes read so far
+        if len(shapes) == reads.count:  # one size per input (G2P: the letters, and the phonemes read so far)
             return tuple(example_inputs(model, shape)[0] for shape in shapes)
-        raise InputError(f"{type(model).__name__} reads {family[0]}: one input size such as {family[1]}, not {len(shapes)}")
+        raise InputError(f"{type(model).__name__} reads {reads.what}: one input size such as {reads.default_size(model)}, not {len(shapes)}")
     device, dtype = _device_of(model), _float_dtype_of(model)
     inputs = tuple(_allocate(torch.randn, shape, device=device, dtype=dtype) for shape in shapes)
     return inputs[0] if len(inputs) == 1 else inputs

@@ -288,3 +288,15 @@ def test_g2p_gru_flops_by_hand():
     B, T, E, H, P = 1, 9, 256, 256, len(model.config.phonemes)
     gru = 2 * T * B * 3 * H * (E + H)  # per step: (B, E) x (E, 3H) and (B, H) x (H, 3H), gates r, z, n
     assert summary(model, example_inputs(model, f"{B}x{T}")).total_flops == 2 * gru + 2 * B * T * H * P
+
+
+@pytest.mark.parametrize("family", __import__("minipt").registry.families(), ids=lambda f: f.model_type)
+def test_every_family_says_what_it_reads_and_summary_runs_on_its_default_size(family):
+    assert family.reads is not None, f"{family.module}'s register(...) declares no reads=Reads(...)"
+    for cls in family.classes:
+        model = family.tiny_model(cls)
+        size = family.reads.default_size(model)
+        if len(size.split("x")) == 2:  # token ids: a length the tiny model's position table holds
+            size = "1x8"
+        table = summary(model, input_size=size)
+        assert table.rows and table.total_params == sum(p.numel() for p in model.parameters())

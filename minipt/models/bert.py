@@ -24,7 +24,7 @@ from ..nn import LayerNorm, Linear, activation, attention_bias, linear_then_acti
 from ..nn.encoder import EncoderLayer
 from ..nn.layers import ACTIVATIONS
 from ..nn.output import ModelOutput
-from ..registry import register
+from ..registry import Reads, register
 from .classifier import HasClassifier
 from .text_encoder import (PROBLEM_TYPES, check_sequence_labels, check_token_inputs, check_token_labels, classification_loss,
                            masked_lm_loss, run_layers)
@@ -449,4 +449,5 @@ FAMILY = register(
     tiny=lambda: BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, max_position_embeddings=20),
     inputs=_example_inputs,
     reference=compare_with_reference,
+    reads=Reads("token ids (batch x tokens)", "1x128"),
 )

@@ -33,7 +33,7 @@ from ..config import Config, count, probability, require
 from ..errors import InputError
 from ..keymap import KeyMap
 from ..nn import LSTM, Linear
-from ..registry import register
+from ..registry import Reads, register
 from ..nn.backend import ChoosesBackend
 from ..nn.fuse import InferenceCopy
 from ..nn.sampling import GenerateOutput, check_generation, generation_loop
@@ -242,4 +242,5 @@ FAMILY = register(
     tiny=lambda: CharLMConfig(embed_size=8, hidden_size=16, num_layers=2),
     inputs=lambda cls: ((torch.randint(0, 256, (2, 5), generator=torch.Generator().manual_seed(1)),), {}),
     reference=compare_with_reference,
+    reads=Reads("byte ids (batch x bytes)", "1x128"),
 )

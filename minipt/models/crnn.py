@@ -33,7 +33,7 @@ from ..errors import ConfigError, InputError
 from ..keymap import KeyMap
 from ..nn import LSTM, Linear
 from ..nn.conv import conv3x3
-from ..registry import register
+from ..registry import Reads, register
 from ..vision import pillow
 from ..nn.backend import ChoosesBackend
 from ..nn.fuse import InferenceCopy
@@ -366,4 +366,5 @@ FAMILY = register(
     inputs=lambda cls: ((torch.randn(2, 1, 64, 32, generator=torch.Generator().manual_seed(1)),), {}),
     signature=("FeatureExtraction.ConvNet.0.weight", "EasyOCR's text recogniser"),
     reference=compare_with_reference,
+    reads=Reads("text-line images (batch x 1 x 64 x width)", "1x1x64x256"),
 )

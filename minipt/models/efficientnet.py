@@ -42,7 +42,7 @@ from ..keymap import KeyMap
 from ..nn import Linear
 from ..nn.conv import Conv2dSame, ConvBNAct, drop_path
 from ..vision import check_images, image_batch
-from ..registry import register
+from ..registry import Reads, register
 from .classifier import HasClassifier
 from ..nn.backend import ChoosesBackend
 from ..nn.fuse import InferenceCopy
@@ -395,4 +395,5 @@ FAMILY = register(
     inputs=lambda cls: ((torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)),), {}),
     signature=("_conv_stem.weight", "an official EfficientNet-Lite checkpoint"),
     reference=compare_with_reference,
+    reads=Reads("images (batch x channels x height x width)", lambda model: f"1x3x{model.config.resolution}x{model.config.resolution}"),
 )

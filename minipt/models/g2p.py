@@ -33,7 +33,7 @@ from ..config import Config, count, require
 from ..errors import CheckpointError, InputError
 from ..keymap import KeyMap
 from ..nn import GRU, Linear
-from ..registry import register
+from ..registry import Reads, register
 from ..nn.backend import ChoosesBackend
 from ..nn.fuse import InferenceCopy
 
@@ -286,4 +286,5 @@ FAMILY = register(
     inputs=_example_inputs,
     signature=("enc_emb", "g2p-en's grapheme-to-phoneme model"),
     reference=compare_with_reference,
+    reads=Reads("letter ids and as many phoneme ids (batch x length)", "1x16", count=2),
 )

@@ -30,7 +30,7 @@ from ..keymap import TRANSPOSE, KeyMap
 from ..nn import LayerNorm, Linear, activation, attention_bias, get_backend, linear_then_activation, scaled_dot_product_attention
 from ..nn.layers import ACTIVATIONS
 from ..nn.tap import tap
-from ..registry import register
+from ..registry import Reads, register
 from ..nn.backend import BackendBlock, ChoosesBackend
 from ..nn.fuse import InferenceCopy
 from ..nn.init import init_normal_
@@ -555,4 +555,5 @@ FAMILY = register(
     tiny=lambda: GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0),
     inputs=_example_inputs,
     reference=compare_with_reference,
+    reads=Reads("token ids (batch x tokens)", "1x128"),
 )

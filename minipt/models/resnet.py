@@ -34,7 +34,7 @@ from ..keymap import KeyMap
 from ..nn import Linear
 from ..nn.conv import conv1x1, conv3x3
 from ..vision import check_images, image_batch
-from ..registry import register
+from ..registry import Reads, register
 from .classifier import HasClassifier
 from ..nn.backend import ChoosesBackend
 from ..nn.fuse import InferenceCopy
@@ -437,4 +437,5 @@ FAMILY = register(
     inputs=lambda cls: ((torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)),), {}),
     signature=("layer1.0.conv1.weight", "a torchvision-format ResNet"),
     reference=compare_with_reference,
+    reads=Reads("images (batch x channels x height x width)", "1x3x224x224"),
 )

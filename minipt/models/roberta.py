@@ -26,7 +26,7 @@ from ..nn import Linear, attention_bias
 from ..nn.backend import ChoosesBackend
 from ..nn.fuse import InferenceCopy
 from ..nn.init import init_normal_
-from ..registry import register
+from ..registry import Reads, register
 from .bert import ENCODER_FIELDS, BertConfig, BertEmbeddings, BertHeadOutput, BertOutput, BertPooler, MaskedLMHead, _encoder_keymap, encoder_layer
 from .classifier import HasClassifier
 from .text_encoder import check_sequence_labels, check_token_inputs, check_token_labels, classification_loss, masked_lm_loss, run_layers
@@ -325,4 +325,5 @@ FAMILY = register(
                                max_position_embeddings=24, type_vocab_size=1, layer_norm_eps=1e-5),
     inputs=_example_inputs,
     reference=compare_with_reference,
+    reads=Reads("token ids (batch x tokens)", "1x128"),
 )
