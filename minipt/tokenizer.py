@@ -5,6 +5,16 @@
     batch = tok(["question?"], ["the passage"])          # sentence pairs: [CLS] a [SEP] b [SEP]
     tok.decode(batch["input_ids"][0])
 
+The folder is a snapshot as transformers saves it: ``tokenizer.json`` (the tokenizers
+library's pipeline), ``tokenizer_config.json`` and, in older snapshots,
+``special_tokens_map.json``. As transformers does, the settings in the config win over
+the pipeline's: ``add_prefix_space`` (RoBERTa's byte-level BPE, ALBERT's "▁"),
+``do_lower_case``, ``strip_accents``, ``tokenize_chinese_chars`` (WordPiece) and
+``keep_accents`` (SentencePiece). The inputs returned are the model's
+``model_input_names``: RoBERTa, DistilBERT and ALBERT take no ``token_type_ids``, as
+their transformers tokenizers return none (named by ``tokenizer_class``, or by the
+``model_type`` of a ``config.json`` beside it).
+
 A folder may hold ``tokenizer.json``, or a byte-level BPE vocabulary as GPT-2
 ships it: ``vocab.json`` (token -> id) and ``merges.txt`` (the merges in rank
 order); ``minipt.bpe`` rebuilds that pair from a tiktoken file.
@@ -21,6 +31,7 @@ is padded on the left with its end-of-text token:
 
 from __future__ import annotations
 
+import json
 import numbers
 import os
 import sys
@@ -36,14 +47,25 @@ from .errors import CheckpointError, CheckpointNotFoundError, InputError
 from .bpe import BPE_MERGES, BPE_VOCAB, build_bpe_files, bytes_to_unicode, read_tiktoken, tiktoken_to_bpe  # noqa: F401 (re-exported)
 from .files import atomic_path, make_directory, read_json, write_json
 from .hub import resolve
+from .registry import CONFIG
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
+SPECIAL_TOKENS_MAP = "special_tokens_map.json"  # older snapshots: the special tokens, over tokenizer_config.json's
 ENDOFTEXT = "<|endoftext|>"  # GPT-2's one special token: end of a document, also used to start one
 PADDING = (True, False, "longest", "max_length")
 PADDING_SIDES = ("right", "left")
 # the special tokens a tokenizer knows by role, and the spellings looked for when tokenizer_config.json names none
-SPECIAL_ROLES = {"bos": ("<s>",), "eos": ("[SEP]", "</s>"), "unk": ("[UNK]", "<unk>"), "pad": ("[PAD]", "<pad>")}
+SPECIAL_ROLES = {
+    "bos": ("<s>",), "eos": ("[SEP]", "</s>"), "unk": ("[UNK]", "<unk>"), "pad": ("[PAD]", "<pad>"),
+    "cls": ("[CLS]", "<s>"), "sep": ("[SEP]", "</s>"), "mask": ("[MASK]", "<mask>"),
+}
+MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")  # what a tokenizer returns unless its model takes fewer
+# transformers' tokenizer classes whose model_input_names hold no token_type_ids, and the class a config.json's model_type implies
+WITHOUT_TOKEN_TYPES = {"RobertaTokenizer", "DistilBertTokenizer", "AlbertTokenizer", "GPT2Tokenizer"}
+TOKENIZER_CLASSES = {
+    "bert": "BertTokenizer", "roberta": "RobertaTokenizer", "distilbert": "DistilBertTokenizer", "albert": "AlbertTokenizer", "gpt2": "GPT2Tokenizer",
+}
 RETURN_TENSORS = ("pt", "np", None)
 MAX_PADDED_LENGTH = 1 << 20  # padding="max_length" pads a text to at most this many ids
 # what Tokenizer calls on its backend (a tokenizers.Tokenizer)
@@ -79,7 +101,8 @@ def _special_token(role: str) -> tuple[property, property]:
 
 class Tokenizer:
     def __init__(
-        self, backend, *, model_max_length: int | None = None, special_tokens: dict | None = None, name: str = "", padding_side: str = "right"
+        self, backend, *, model_max_length: int | None = None, special_tokens: dict | None = None, name: str = "", padding_side: str = "right",
+        model_input_names: Sequence[str] = MODEL_INPUT_NAMES,
     ):
         lacking = [m for m in _BACKEND_METHODS if not callable(getattr(backend, m, None))]
         if lacking:
@@ -93,11 +116,15 @@ class Tokenizer:
         self.name = check_str("name", name, empty=True)
         self._special_ids = {role: self._special_id(f"{role}_token", *spellings) for role, spellings in SPECIAL_ROLES.items()}
         self.padding_side = padding_side
+        self.model_input_names = _input_names(model_input_names)  # the keys __call__ returns
 
     bos_token, bos_token_id = _special_token("bos")
     eos_token, eos_token_id = _special_token("eos")
     unk_token, unk_token_id = _special_token("unk")
     pad_token, pad_token_id = _special_token("pad")  # tok.pad_token = tok.eos_token gives GPT-2 a padding token
+    cls_token, cls_token_id = _special_token("cls")
+    sep_token, sep_token_id = _special_token("sep")
+    mask_token, mask_token_id = _special_token("mask")  # what a masked language model fills in
 
     def _set_special(self, role: str, token_id: int | None) -> None:
         self._special_ids[role] = token_id
@@ -122,13 +149,16 @@ class Tokenizer:
         path = resolve(check_path("name_or_path", name_or_path))
         directory = path if path.is_dir() else path.parent
         settings = read_json(directory / TOKENIZER_CONFIG, default={})
+        special_map = read_json(directory / SPECIAL_TOKENS_MAP, default={})
+        settings = settings | {k: v for k, v in special_map.items() if k.endswith("_token")}  # as transformers reads an older snapshot
         file = directory / TOKENIZER_FILE
         if file.is_file():
+            pipeline = read_json(file)  # raises itself for a file that is empty, not JSON or not an object
+            if "model" not in pipeline:
+                raise CheckpointError(f"{file} has no \"model\" entry (WordPiece, BPE, ...): not a tokenizers tokenizer file")
             try:
-                backend = Backend.from_file(str(file))
+                backend = Backend.from_str(json.dumps(_configured(pipeline, settings)))
             except Exception as err:  # the tokenizers library raises a bare Exception for every kind of bad file
-                if "model" not in read_json(file):  # raises itself for a file that is empty, not JSON or not an object
-                    raise CheckpointError(f"{file} has no \"model\" entry (WordPiece, BPE, ...): not a tokenizers tokenizer file") from err
                 raise CheckpointError(f"{file} is not a valid tokenizers tokenizer file: {err}") from err
         elif (directory / BPE_VOCAB).is_file() and (directory / BPE_MERGES).is_file():
             backend = _byte_level_bpe(directory)
@@ -145,7 +175,12 @@ class Tokenizer:
         side = settings.get("padding_side", "right")
         if side not in PADDING_SIDES or not isinstance(side, str):
             raise CheckpointError(f"{directory / TOKENIZER_CONFIG}: padding_side is {side!r}, expected 'right' or 'left'")
-        return cls(backend, model_max_length=max_length, special_tokens=special, name=str(name_or_path), padding_side=side)
+        names = settings["model_input_names"] if "model_input_names" in settings else _model_input_names(settings.get("tokenizer_class"), directory)
+        try:
+            names = _input_names(names)
+        except InputError as err:
+            raise CheckpointError(f"{directory / TOKENIZER_CONFIG}: {err}") from None
+        return cls(backend, model_max_length=max_length, special_tokens=special, name=str(name_or_path), padding_side=side, model_input_names=names)
 
     def _special_id(self, field: str, *candidates: str) -> int | None:
         for token in (self.special_tokens.get(field), *candidates):
@@ -175,7 +210,8 @@ class Tokenizer:
         add_special_tokens: bool = True,
         return_tensors: str | None = "pt",
     ) -> dict:
-        """Encode one text or a batch (optionally paired with a second batch).
+        """Encode one text or a batch (optionally paired with a second batch) into the model's inputs
+        (``model_input_names``: input_ids, attention_mask and, for models that take them, token_type_ids).
 
         ``padding``: True/"longest" pads to the longest in the batch,
         "max_length" to ``max_length``, False not at all. ``truncation`` cuts
@@ -218,11 +254,8 @@ class Tokenizer:
         self.backend.no_padding()  # padded below, and only where a row is short
         with _unicode_named(texts, pairs):
             encodings = self.backend.encode_batch(inputs, add_special_tokens=add_special_tokens)
-        batch = {
-            "input_ids": [e.ids for e in encodings],
-            "attention_mask": [e.attention_mask for e in encodings],
-            "token_type_ids": [e.type_ids for e in encodings],
-        }
+        every = {"input_ids": [e.ids for e in encodings], "attention_mask": [e.attention_mask for e in encodings], "token_type_ids": [e.type_ids for e in encodings]}
+        batch = {key: every[key] for key in MODEL_INPUT_NAMES if key in self.model_input_names}
         if padding is not False:
             self._pad(batch, limit if padding == "max_length" else max(map(len, batch["input_ids"]), default=0))
         if return_tensors is None:
@@ -243,6 +276,8 @@ class Tokenizer:
         with atomic_path(directory / TOKENIZER_FILE) as temporary:
             self.backend.save(str(temporary))
         settings = {**self.special_tokens, **({"model_max_length": self.model_max_length} if self.model_max_length else {}), "padding_side": self.padding_side}
+        if set(self.model_input_names) != set(MODEL_INPUT_NAMES):
+            settings["model_input_names"] = list(self.model_input_names)
         write_json(directory / TOKENIZER_CONFIG, settings)
         return directory
 
@@ -253,8 +288,9 @@ class Tokenizer:
         if self.pad_token_id is None:
             hint = f" (as transformers: tok.pad_token = tok.eos_token, {self.eos_token!r})" if self.eos_token is not None else ""
             raise InputError(f"tokenizer {self.name} has no padding token; set one{hint}")
-        for key, fill in (("input_ids", self.pad_token_id), ("attention_mask", 0), ("token_type_ids", 0)):
-            rows = batch[key]
+        fills = {"input_ids": self.pad_token_id, "attention_mask": 0, "token_type_ids": 0}
+        for key, rows in batch.items():
+            fill = fills[key]
             for i, row in enumerate(rows):
                 padding = [fill] * (width - len(row))
                 rows[i] = row + padding if self.padding_side == "right" else padding + row
@@ -361,6 +397,66 @@ def _token_text(value) -> str | None:
     if isinstance(value, dict):
         value = value.get("content")
     return value if isinstance(value, str) else None
+
+
+def _input_names(names) -> tuple[str, ...]:
+    """``model_input_names`` checked: input_ids and any of the attention mask and token types, in minipt's order."""
+    if isinstance(names, str) or not isinstance(names, Sequence) or not all(isinstance(name, str) for name in names):
+        raise InputError(f"model_input_names must be a list of input names, got {names!r:.80}")
+    unknown = [name for name in names if name not in MODEL_INPUT_NAMES]
+    if unknown or "input_ids" not in names:
+        problem = f"has {', '.join(map(repr, unknown))}, which a tokenizer does not make" if unknown else "lacks 'input_ids'"
+        raise InputError(f"model_input_names {list(names)} {problem}; valid: {', '.join(MODEL_INPUT_NAMES)}")
+    return tuple(name for name in MODEL_INPUT_NAMES if name in names)
+
+
+def _model_input_names(tokenizer_class, directory: Path) -> tuple[str, ...]:
+    """The inputs transformers' tokenizer class returns: named by ``tokenizer_class``, else by the model_type of ``config.json``."""
+    if not isinstance(tokenizer_class, str):
+        model_type = read_json(directory / CONFIG, default={}).get("model_type")
+        tokenizer_class = TOKENIZER_CLASSES.get(model_type) if isinstance(model_type, str) else None
+    if isinstance(tokenizer_class, str) and tokenizer_class.removesuffix("Fast") in WITHOUT_TOKEN_TYPES:
+        return tuple(name for name in MODEL_INPUT_NAMES if name != "token_type_ids")
+    return MODEL_INPUT_NAMES
+
+
+def _configured(pipeline: dict, settings: dict) -> dict:
+    """``tokenizer.json``'s pipeline (changed in place) with ``tokenizer_config.json``'s settings applied over it, as transformers applies them:
+    ``add_prefix_space`` to byte-level BPE and to SentencePiece's "▁"; ``do_lower_case``, ``strip_accents`` and
+    ``tokenize_chinese_chars`` to WordPiece's BertNormalizer; ``do_lower_case`` and ``keep_accents`` to a Unigram model's
+    normalizers (NFKD + StripAccents, then Lowercase, before any precompiled SentencePiece map)."""
+    flags = {key: settings[key] for key in ("add_prefix_space", "do_lower_case", "keep_accents", "tokenize_chinese_chars") if isinstance(settings.get(key), bool)}
+    if "strip_accents" in settings and (settings["strip_accents"] is None or isinstance(settings["strip_accents"], bool)):
+        flags["strip_accents"] = settings["strip_accents"]  # None: strip accents where lower-casing, as BERT does
+    for component, parts in (("normalizer", "normalizers"), ("pre_tokenizer", "pretokenizers"), ("decoder", "decoders"), ("post_processor", "processors")):
+        node = pipeline.get(component)
+        for step in node.get(parts, [node]) if isinstance(node, dict) else ():
+            if not isinstance(step, dict):
+                continue
+            if "add_prefix_space" in flags and step.get("type") in ("ByteLevel", "RobertaProcessing"):
+                step["add_prefix_space"] = flags["add_prefix_space"]
+            if "add_prefix_space" in flags and step.get("type") == "Metaspace":
+                step["prepend_scheme"] = "always" if flags["add_prefix_space"] else "never"
+            if step.get("type") == "BertNormalizer":
+                for flag, field in (("do_lower_case", "lowercase"), ("strip_accents", "strip_accents"), ("tokenize_chinese_chars", "handle_chinese_chars")):
+                    if flag in flags:
+                        step[field] = flags[flag]
+    model = pipeline.get("model")
+    if isinstance(model, dict) and model.get("type") == "Unigram" and {"do_lower_case", "keep_accents"} & flags.keys():
+        pipeline["normalizer"] = _unigram_normalizer(pipeline.get("normalizer"), flags)
+    return pipeline
+
+
+def _unigram_normalizer(normalizer: dict | None, flags: dict) -> dict:
+    """A SentencePiece-style normalizer sequence with its accent and case steps set by ``keep_accents`` and ``do_lower_case``."""
+    steps = normalizer.get("normalizers", [normalizer]) if isinstance(normalizer, dict) else []
+    types = [step.get("type") if isinstance(step, dict) else None for step in steps]
+    strips_accents = not flags["keep_accents"] if "keep_accents" in flags else "StripAccents" in types
+    lowers = flags["do_lower_case"] if "do_lower_case" in flags else "Lowercase" in types
+    kept = [step for step, kind in zip(steps, types) if kind not in ("NFKD", "StripAccents", "Lowercase")]
+    at = next((i for i, step in enumerate(kept) if isinstance(step, dict) and step.get("type") == "Precompiled"), len(kept))
+    added = [{"type": "NFKD"}, {"type": "StripAccents"}] * strips_accents + [{"type": "Lowercase"}] * lowers
+    return {"type": "Sequence", "normalizers": kept[:at] + added + kept[at:]}
 
 
 def _kind(single: bool) -> str:
