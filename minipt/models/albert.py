@@ -34,7 +34,7 @@ from ..keymap import KeyMap
 from ..nn import LayerNorm, Linear, activation, attention_bias, linear_then_activation
 from ..nn.layers import ACTIVATIONS
 from ..nn.tap import tap
-from ..registry import register
+from ..registry import Reads, register
 from .bert import BertConfig, BertEmbeddings, BertHeadOutput, BertOutput, BertPooler, _BertPretrained, encoder_layer
 from .classifier import HasClassifier
 from .text_encoder import (PROBLEM_TYPES, check_sequence_labels, check_token_inputs, check_token_labels, classification_loss,
@@ -464,4 +464,5 @@ FAMILY = register(
                               num_attention_heads=2, intermediate_size=32, max_position_embeddings=20),
     inputs=_example_inputs,
     reference=compare_with_reference,
+    reads=Reads("token ids (batch x tokens)", "1x128"),
 )
