@@ -1,0 +1,437 @@
+"""DistilBERT (Sanh et al., 2019): BERT distilled to half the layers, without token types or pooler.
+
+    tokens -> embeddings (token + position, LayerNorm)
+           -> N x [ self-attention -> add & LayerNorm -> feed-forward -> add & LayerNorm ]
+           -> last_hidden_state (B, T, dim)
+    masked LM:      vocab_transform -> activation -> LayerNorm -> vocab_projector (tied to the token table)
+    classification: h_[CLS] -> pre_classifier -> ReLU -> dropout -> classifier   (B, num_labels)
+
+The layers are BERT's (``minipt.nn.EncoderLayer``, post-LN, LayerNorm eps 1e-12
+fixed); the config names them differently (``dim``, ``n_layers``, ``n_heads``,
+``hidden_dim``, ``activation``). With ``sinusoidal_pos_embds`` the position table
+starts as the fixed sine/cosine table of Vaswani et al. (2017); as in transformers 5 it
+is an ordinary parameter, stored in the checkpoint, and loads from there.
+
+Reads and writes the official Hugging Face layout (names like
+``distilbert.transformer.layer.0.attention.q_lin.weight``) through the key map
+at the bottom of this file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..checkpoint import Pretrained
+from ..checks import check_ids
+from ..config import Config, count, flag, one_of, probability, real, require, token_id
+from ..errors import InputError
+from ..keymap import KeyMap
+from ..nn import LayerNorm, Linear, activation, attention_bias, linear_then_activation
+from ..nn.backend import ChoosesBackend
+from ..nn.encoder import EncoderLayer
+from ..nn.fuse import InferenceCopy
+from ..nn.init import init_normal_
+from ..nn.layers import ACTIVATIONS
+from ..nn.output import ModelOutput
+from ..registry import register
+from .bert import PROBLEM_TYPES, BertHeadOutput, MaskedLMHead
+from .classifier import HasClassifier
+
+
+@dataclass
+class DistilBertConfig(Config):
+    """The fields of a Hugging Face DistilBERT ``config.json`` (unknown fields are ignored), checked when built."""
+
+    vocab_size: int = count(30522)
+    max_position_embeddings: int = count(512)  # the longest input, in tokens
+    sinusoidal_pos_embds: bool = flag(False)  # the position table starts as the sine/cosine one (then loads from the file)
+    n_layers: int = count(6)
+    n_heads: int = count(12)
+    dim: int = count(768)
+    hidden_dim: int = count(3072)  # the feed-forward's inner width
+    dropout: float = probability(0.1)
+    attention_dropout: float = probability(0.1)
+    activation: str = one_of("gelu", ACTIVATIONS)  # of the feed-forward and the MLM head; "gelu" is the exact (erf) one
+    initializer_range: float = real(0.02)
+    qa_dropout: float = probability(0.1)  # question answering head (not in minipt); kept so the file reads back the same
+    seq_classif_dropout: float = probability(0.2)  # before the classifier
+    pad_token_id: int | None = token_id(0)  # the padding token's row gets no gradient; an id outside the vocabulary: none does
+    # transformers 5 ties the MLM decoder by this field; older files also carry tie_weights_, which transformers ignores
+    tie_word_embeddings: bool = flag(True)
+    # classification heads
+    num_labels: int = count(2)
+    id2label: dict | None = None
+    problem_type: str | None = one_of(None, PROBLEM_TYPES, optional=True)
+
+    model_type = "distilbert"
+    layer_norm_eps: ClassVar[float] = 1e-12  # fixed in DistilBERT (not a config field)
+
+    def check(self):
+        require(self.dim % self.n_heads == 0, "n_heads", self.n_heads, f"a divisor of dim {self.dim}")
+        if self.id2label is not None:
+            require(isinstance(self.id2label, dict) and len(self.id2label) > 0, "id2label", self.id2label, "a non-empty object of label names by class index")
+            try:
+                labels = {int(k): v for k, v in self.id2label.items()}
+            except (TypeError, ValueError):
+                labels = None
+            require(labels is not None and sorted(labels) == list(range(len(labels))), "id2label", self.id2label, "keys 0..num_labels-1")
+            self.id2label, self.num_labels = labels, len(labels)
+
+    # BERT's names for the same values (transformers' attribute_map), read by the pieces shared with BERT (MaskedLMHead)
+    @property
+    def hidden_size(self) -> int:
+        return self.dim
+
+    @property
+    def hidden_act(self) -> str:
+        return self.activation
+
+    @property
+    def padding_idx(self) -> int | None:
+        """The token table's padding row: pad_token_id when the vocabulary holds it, else none."""
+        return self.pad_token_id if self.pad_token_id is not None and self.pad_token_id < self.vocab_size else None
+
+    @classmethod
+    def from_dict(cls, values: dict, *, source=None, **overrides) -> "DistilBertConfig":
+        if "num_labels" in overrides and isinstance(values, dict):
+            values = {k: v for k, v in values.items() if k not in ("id2label", "label2id")}  # the new head decides
+        return super().from_dict(values, source=source, **overrides)
+
+    def to_dict(self) -> dict:
+        values = super().to_dict()
+        if values["id2label"] is None:  # transformers names the labels LABEL_0 ... from num_labels
+            del values["id2label"]
+            return values
+        values["label2id"] = {label: i for i, label in values["id2label"].items()}
+        del values["num_labels"]  # implied by id2label
+        return values
+
+
+@dataclass
+class DistilBertOutput(ModelOutput):
+    last_hidden_state: torch.Tensor  # (B, T, dim)
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # embeddings + each layer's output: L + 1 x (B, T, dim)
+    attentions: tuple[torch.Tensor, ...] | None = None  # each layer's attention probabilities: L x (B, heads, T, T)
+
+
+torch.export.register_dataclass(DistilBertOutput)  # a pytree: torch.export and torch.compile see the tensors
+
+
+def sinusoidal_positions(num_positions: int, dim: int) -> torch.Tensor:
+    """The fixed position table (Vaswani et al., 2017, section 3.5), (num_positions, dim) float32:
+    column 2i holds sin(pos / 10000^(2i/dim)), column 2i+1 cos of the same angle; computed in float64."""
+    positions = torch.arange(num_positions, dtype=torch.float64).unsqueeze(1)  # (P, 1)
+    pairs = torch.arange(dim, dtype=torch.float64).div(2, rounding_mode="floor")  # i for columns 2i and 2i + 1
+    angles = positions / torch.pow(10000.0, 2 * pairs / dim)  # (P, dim)
+    table = torch.where(torch.arange(dim) % 2 == 0, torch.sin(angles), torch.cos(angles))
+    return table.float()
+
+
+class DistilBertEmbeddings(nn.Module):
+    """Token + absolute position embeddings (no segments), then LayerNorm and dropout."""
+
+    def __init__(self, config: DistilBertConfig):
+        super().__init__()
+        self.token = nn.Embedding(config.vocab_size, config.dim, padding_idx=config.padding_idx)
+        self.position = nn.Embedding(config.max_position_embeddings, config.dim)
+        self.norm = LayerNorm(config.dim, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (T,)
+        return self.dropout(self.norm(self.token(input_ids) + self.position(positions)))  # (B, T, dim)
+
+
+def encoder_layer(config: DistilBertConfig) -> EncoderLayer:
+    """One encoder layer of DistilBERT's sizes (BERT's post-LN layer under other config names)."""
+    return EncoderLayer(
+        config.dim, config.n_heads, config.hidden_dim, act=config.activation, eps=config.layer_norm_eps,
+        dropout=config.dropout, attention_dropout=config.attention_dropout,
+    )
+
+
+# What a DistilBERT checkpoint's tensors fix in its config (checked before the model is built).
+ENCODER_FIELDS = {
+    "vocab_size": ("embeddings.token.weight", 0),
+    "dim": ("embeddings.token.weight", 1),
+    "max_position_embeddings": ("embeddings.position.weight", 0),
+    "hidden_dim": ("layers.0.ffn_up.weight", 0),
+    "n_layers": "layers.",
+}
+UNDER_DISTILBERT = {name: "distilbert." + where if isinstance(where, str) else ("distilbert." + where[0], where[1]) for name, where in ENCODER_FIELDS.items()}
+
+
+class _DistilBertPretrained(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
+    config_class = DistilBertConfig
+
+    @torch.no_grad()
+    def init_weights(self, module: nn.Module) -> None:
+        """BERT's initialisation (N(0, initializer_range) weights, zero biases and padding row, unit LayerNorm);
+        with ``sinusoidal_pos_embds`` the position table is the sine/cosine one."""
+        init_normal_(module, self.config.initializer_range)
+        if isinstance(module, DistilBertEmbeddings) and self.config.sinusoidal_pos_embds:
+            table = module.position.weight
+            table.copy_(sinusoidal_positions(*table.shape))
+
+
+class DistilBertModel(_DistilBertPretrained):
+    """The DistilBERT encoder: ``model(input_ids, attention_mask) -> DistilBertOutput``."""
+
+    checkpoint_fields = ENCODER_FIELDS
+    transfer_stages = {"embeddings": "embeddings", "layers.{i}": "layers.{i}"}  # see minipt.transfer
+
+    def __init__(self, config: DistilBertConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = DistilBertEmbeddings(config)
+        self.layers = nn.ModuleList(encoder_layer(config) for _ in range(config.n_layers))
+        self.apply(self.init_weights)
+        self.set_backend(config.backend)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (B, T) token ids
+        attention_mask: torch.Tensor | None = None,  # (B, T): 1 for tokens, 0 for padding
+        token_type_ids: torch.Tensor | None = None,  # refused (DistilBERT has none): taken only to name the mistake
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> DistilBertOutput:
+        self.check_inputs(input_ids, attention_mask, token_type_ids)
+        hidden = self.embeddings(input_ids)  # (B, T, dim)
+        T = input_ids.shape[1]
+        bias = attention_bias(attention_mask, T, T, dtype=hidden.dtype)  # (B, 1, 1, T) or None
+        all_hidden, all_attn = [hidden], []
+        for layer in self.layers:
+            hidden, attn_probs = layer(hidden, bias, need_weights=output_attentions)
+            all_hidden.append(hidden)
+            all_attn.append(attn_probs)
+        return DistilBertOutput(
+            last_hidden_state=hidden,
+            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            attentions=tuple(all_attn) if output_attentions else None,
+        )
+
+    def check_inputs(self, input_ids, attention_mask=None, token_type_ids=None) -> None:
+        """Raise an InputError naming the first argument of ``forward`` that does not fit this model."""
+        config = self.config
+        if token_type_ids is not None:
+            raise InputError("token_type_ids given, but DistilBERT has no token types: pass input_ids and attention_mask only")
+        for name, value in (("input_ids", input_ids), ("attention_mask", attention_mask)):
+            if value is not None and not isinstance(value, torch.Tensor):
+                raise InputError(f"{name} must be a tensor, got {type(value).__name__} (the tokenizer returns tensors with return_tensors='pt')")
+        if input_ids.dim() != 2 or input_ids.is_floating_point():
+            raise InputError(f"input_ids must be integer token ids of shape (batch, seq_len), got {input_ids.dtype} {tuple(input_ids.shape)}")
+        T = input_ids.shape[1]
+        if T == 0:  # an empty batch (B = 0) is fine; a sequence without tokens has no [CLS] to classify
+            raise InputError(f"input_ids of shape {tuple(input_ids.shape)} hold sequences of no tokens; each needs at least one ([CLS])")
+        if T > config.max_position_embeddings:
+            raise InputError(f"sequence length {T} exceeds the position table ({config.max_position_embeddings} positions); truncate the input")
+        check_ids("input_ids", input_ids, config.vocab_size)
+        if attention_mask is not None and not attention_mask.is_floating_point() and attention_mask.shape != input_ids.shape:
+            raise InputError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(input_ids.shape)}")
+
+    @classmethod
+    def keymap(cls, config: DistilBertConfig | None = None) -> KeyMap:
+        """Hugging Face's names <-> minipt's, for the encoder (with or without the distilbert. prefix)."""
+        # The masked-LM head of pre-training checkpoints (distilbert-base-uncased) is known and not used by the bare encoder.
+        return _encoder_keymap() + KeyMap([], ignore=[f"{name}.{{*}}" for name in _MLM_HEAD], optional_prefix="distilbert.")
+
+
+class DistilBertForMaskedLM(_DistilBertPretrained):
+    """DistilBERT with the masked-language-model head: logits over the vocabulary at every position."""
+
+    checkpoint_fields = UNDER_DISTILBERT
+    # the decoder's weight is the token embedding: it counts in (and freezes with) "embeddings"
+    transfer_stages = {"embeddings": "distilbert.embeddings", "layers.{i}": "distilbert.layers.{i}", "head": "head"}
+
+    def __init__(self, config: DistilBertConfig):
+        super().__init__()
+        self.config = config
+        self.distilbert = DistilBertModel(config)
+        self.head = MaskedLMHead(config)  # BERT's head: dense (vocab_transform) -> act -> norm -> decoder (vocab_projector)
+        self.apply(self.init_weights)
+        self.tie_weights()
+        self.set_backend(config.backend)
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.head.decoder.weight = self.distilbert.embeddings.token.weight
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False, output_attentions=False):
+        """``labels`` (B, T): the token to predict at masked positions, -100 elsewhere."""
+        self.check_inputs(input_ids, attention_mask, token_type_ids, labels)
+        out = self.distilbert(input_ids, attention_mask, None, output_hidden_states, output_attentions)
+        logits = self.head(out.last_hidden_state)  # (B, T, vocab)
+        loss = None if labels is None else F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        return BertHeadOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+
+    def check_inputs(self, input_ids, attention_mask=None, token_type_ids=None, labels=None) -> None:
+        """The encoder's checks (``DistilBertModel.check_inputs``), and ``labels`` shaped like ``input_ids``."""
+        self.distilbert.check_inputs(input_ids, attention_mask, token_type_ids)
+        if labels is not None and (not isinstance(labels, torch.Tensor) or labels.shape != input_ids.shape):
+            shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+            raise InputError(f"labels must have the shape of input_ids {tuple(input_ids.shape)} (-100 where nothing is predicted), got {shape}")
+
+    @classmethod
+    def keymap(cls, config: DistilBertConfig | None = None) -> KeyMap:
+        """Hugging Face's names <-> minipt's; the decoder's weight depends on ``config.tie_word_embeddings`` (default: tied)."""
+        config = config or DistilBertConfig()
+        head = [("vocab_transform.{p}", "head.dense.{p}"), ("vocab_layer_norm.{p}", "head.norm.{p}")]
+        if config.tie_word_embeddings:  # the decoder's weight is the token embedding: files repeat it, or leave it out
+            head.append(("vocab_projector.bias", "head.decoder.bias"))
+            tied = [("vocab_projector.weight", "distilbert.embeddings.word_embeddings.weight")]
+        else:
+            head.append(("vocab_projector.{p}", "head.decoder.{p}"))
+            tied = []
+        return _encoder_keymap().prefixed("distilbert.", "distilbert.") + KeyMap(head, renames=_ENCODER_WITHOUT_PREFIX, tied=tied)
+
+
+class DistilBertForSequenceClassification(HasClassifier, _DistilBertPretrained):
+    """DistilBERT with a two-layer classifier (or regressor, for num_labels = 1) on the first token's hidden state.
+
+    ``get_classifier()`` and ``reset_classifier(num_labels)`` reach the last Linear as on every minipt
+    classifier (``minipt.models.classifier``); a reset keeps ``pre_classifier`` and forgets the old label names.
+    """
+
+    checkpoint_fields = {**UNDER_DISTILBERT, "num_labels": ("classifier.weight", 0)}
+    transfer_stages = {"embeddings": "distilbert.embeddings", "layers.{i}": "distilbert.layers.{i}", "head": ("pre_classifier", "classifier")}
+    transfer_head = ("classifier", "num_labels")  # the head module and the config field of its size (also minipt.transfer's)
+    linear_act_pairs = (("pre_classifier", "act"),)  # fuse(): ReLU as a post-op of pre_classifier's matmul
+
+    def __init__(self, config: DistilBertConfig):
+        super().__init__()
+        self.config = config
+        self.distilbert = DistilBertModel(config)
+        self.pre_classifier = Linear(config.dim, config.dim)
+        self.act = activation("relu")  # ReLU whatever config.activation says, as in transformers
+        self.dropout = nn.Dropout(config.seq_classif_dropout)
+        self.classifier = Linear(config.dim, config.num_labels)
+        self.apply(self.init_weights)
+        self.set_backend(config.backend)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False, output_attentions=False):
+        """``labels``: class ids (B,), or targets (B,) / (B, num_labels) for regression and multi-label problems."""
+        self.check_inputs(input_ids, attention_mask, token_type_ids, labels)
+        out = self.distilbert(input_ids, attention_mask, None, output_hidden_states, output_attentions)
+        first = out.last_hidden_state[:, 0]  # (B, dim): the [CLS] token
+        logits = self.classifier(self.dropout(linear_then_activation(self.pre_classifier, self.act, first)))  # (B, num_labels)
+        loss = None if labels is None else _classification_loss(self.config, logits, labels)
+        return BertHeadOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+
+    def check_inputs(self, input_ids, attention_mask=None, token_type_ids=None, labels=None) -> None:
+        """The encoder's checks (``DistilBertModel.check_inputs``), and one label entry per sequence."""
+        self.distilbert.check_inputs(input_ids, attention_mask, token_type_ids)
+        if labels is not None and (not isinstance(labels, torch.Tensor) or labels.dim() == 0 or labels.shape[0] != input_ids.shape[0]):
+            shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+            raise InputError(f"labels must hold one entry per sequence ({input_ids.shape[0]} for input_ids {tuple(input_ids.shape)}), got {shape}")
+
+    @classmethod
+    def keymap(cls, config: DistilBertConfig | None = None) -> KeyMap:
+        """Hugging Face's names <-> minipt's; a bare encoder's file (no distilbert. prefix) loads too, under a new head."""
+        return _encoder_keymap().prefixed("distilbert.", "distilbert.") + KeyMap(
+            [("pre_classifier.{p}", "pre_classifier.{p}"), ("classifier.{p}", "classifier.{p}")],
+            renames=_ENCODER_WITHOUT_PREFIX,
+        )
+
+
+def _classification_loss(config: DistilBertConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """transformers' loss for the problem type (read off num_labels and the labels' dtype when the config names none)."""
+    problem = config.problem_type
+    if problem is None:
+        problem = "regression" if config.num_labels == 1 else "single_label_classification" if not labels.is_floating_point() else "multi_label_classification"
+    if problem == "regression":
+        return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).view(-1)) if config.num_labels == 1 else F.mse_loss(logits, labels)
+    if problem == "single_label_classification":
+        return F.cross_entropy(logits, labels.view(-1))
+    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+# -- the official names ------------------------------------------------------------
+_MLM_HEAD = ("vocab_transform", "vocab_layer_norm", "vocab_projector")
+# A bare encoder's checkpoint (DistilBertModel saves) has no distilbert. prefix; a model with a head accepts it, to start from it.
+_ENCODER_WITHOUT_PREFIX = [(f"{part}.{{*}}", f"distilbert.{part}.{{*}}") for part in ("embeddings", "transformer")]
+
+
+def _encoder_keymap() -> KeyMap:
+    """Hugging Face's DistilBertModel names -> minipt's (the classes' keymap() build on it)."""
+    return KeyMap(
+        [
+            ("embeddings.word_embeddings.{p}", "embeddings.token.{p}"),
+            ("embeddings.position_embeddings.{p}", "embeddings.position.{p}"),
+            ("embeddings.LayerNorm.{p}", "embeddings.norm.{p}"),
+            ("transformer.layer.{i}.attention.q_lin.{p}", "layers.{i}.attn.q_proj.{p}"),
+            ("transformer.layer.{i}.attention.k_lin.{p}", "layers.{i}.attn.k_proj.{p}"),
+            ("transformer.layer.{i}.attention.v_lin.{p}", "layers.{i}.attn.v_proj.{p}"),
+            ("transformer.layer.{i}.attention.out_lin.{p}", "layers.{i}.attn.out_proj.{p}"),
+            ("transformer.layer.{i}.sa_layer_norm.{p}", "layers.{i}.attn_norm.{p}"),
+            ("transformer.layer.{i}.ffn.lin1.{p}", "layers.{i}.ffn_up.{p}"),
+            ("transformer.layer.{i}.ffn.lin2.{p}", "layers.{i}.ffn_down.{p}"),
+            ("transformer.layer.{i}.output_layer_norm.{p}", "layers.{i}.ffn_norm.{p}"),
+        ],
+        ignore=["embeddings.position_ids"],  # a buffer (0, 1, 2, ...) that older files carry
+    )
+
+
+# -- minipt.reference: where the reference implementation computes the same values ----------
+def compare_with_reference(model, path, inputs, rtol):
+    """transformers' DistilBertModel / DistilBertForMaskedLM / DistilBertForSequenceClassification (eager attention)
+    on the same checkpoint, point by point (``minipt.reference.layer_diffs``)."""
+    from ..demo import tokenizer_beside
+    from ..reference import batch_input_ids, heads, import_reference, report, texts
+
+    transformers = import_reference("transformers", "DistilBERT")
+    if isinstance(inputs, torch.Tensor):  # token ids (B, T), no padding
+        batch, label = {"input_ids": inputs}, f"token ids of shape {tuple(inputs.shape)}"
+    elif isinstance(inputs, dict):
+        batch, label = inputs, f"a batch of shape {tuple(batch_input_ids(inputs).shape)}"
+    else:
+        tokenizer = tokenizer_beside(path)
+        if tokenizer is None:
+            raise InputError(f"{path} holds no tokenizer; pass a tokenised batch (input_ids, attention_mask)")
+        sentences = texts(inputs)
+        batch, label = tokenizer(sentences), f"{len(sentences)} texts"
+        batch.pop("token_type_ids", None)  # minipt's tokenizer writes them; DistilBERT has none
+    if isinstance(model, DistilBertForMaskedLM):
+        cls, ours, theirs = transformers.DistilBertForMaskedLM, "distilbert.", "distilbert."
+        head = {"head.norm.out": ("vocab_layer_norm", None), "head.out": ("vocab_projector", None)}
+    elif isinstance(model, DistilBertForSequenceClassification):
+        cls, ours, theirs = transformers.DistilBertForSequenceClassification, "distilbert.", "distilbert."
+        head = {"pre_classifier.out": ("pre_classifier", None), "classifier.out": ("classifier", None)}
+    else:
+        cls, ours, theirs, head = transformers.DistilBertModel, "", "", {}
+    reference = cls.from_pretrained(str(path), attn_implementation="eager").eval()
+    config = model.config
+    points = {f"{ours}embeddings.out": (f"{theirs}embeddings", None)}
+    for i in range(config.n_layers):
+        a, b = f"{ours}layers.{i}.", f"{theirs}transformer.layer.{i}."
+        points.update({
+            a + "attn.probs": (b + "attention", lambda out: out[1]),
+            a + "attn.heads": (b + "attention.out_lin:input", heads(config.n_heads)),
+            a + "attn.out": (b + "attention.out_lin", None),
+            a + "attn_norm.out": (b + "sa_layer_norm", None),
+            a + "act.out": (b + "ffn.activation", None),
+            a + "ffn_down.out": (b + "ffn.lin2", None),
+            a + "out": (b.rstrip("."), None),
+        })
+    points.update(head)
+    return report(model, f"transformers {cls.__name__}", label, rtol, points, lambda: model(**batch), reference, lambda: reference(**batch))
+
+
+# -- the family's one declaration (minipt.registry) ------------------------------------------
+def _example_inputs(cls):
+    ids = torch.randint(0, 50, (2, 5), generator=torch.Generator().manual_seed(1))
+    return (ids, torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])), {}  # the second row padded
+
+
+FAMILY = register(
+    "distilbert",
+    (DistilBertModel, DistilBertForMaskedLM, DistilBertForSequenceClassification),
+    tiny=lambda: DistilBertConfig(vocab_size=50, dim=16, n_layers=2, n_heads=2, hidden_dim=32, max_position_embeddings=20),
+    inputs=_example_inputs,
+    reference=compare_with_reference,
+)
