@@ -72,3 +72,17 @@ def save_snapshot(family: str, directory: Path) -> Path:
         raise ValueError(f"no snapshot recipe for {family!r}; known: {FAMILIES}")
     tokenizer.save_pretrained(str(directory))
     return directory
+
+
+def tiny_encoder_folder(family, directory: Path) -> Path:
+    """A checkpoint of ``family`` (a minipt.registry.Family) with random weights and its tokenizer snapshot beside it:
+    the family's small config, with the tokenizer's vocabulary and room for 64 positions."""
+    import dataclasses
+
+    from minipt import Tokenizer
+
+    save_snapshot(family.model_type, directory)
+    tokenizer = Tokenizer.from_pretrained(directory)
+    config = dataclasses.replace(family.tiny(), vocab_size=tokenizer.vocab_size, max_position_embeddings=64)
+    family.classes[0](config).save_pretrained(directory)
+    return directory

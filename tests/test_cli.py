@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
 from bert_reference import minilm_path, transformers  # noqa: F401  (sets up the reference stack)
-from minipt import SentenceEncoder, cli
+from encoder_snapshots import FAMILIES, tiny_encoder_folder
+from minipt import SentenceEncoder, cli, registry
 
 
 def test_demo_prints_similarities_and_matches_transformers(capsys):
@@ -122,3 +125,51 @@ def test_version(capsys):
     assert exit_.value.code == 0
     assert capsys.readouterr().out.strip() == f"minipt {cli.version()}" == f"minipt {importlib.metadata.version('minipt')}"
     assert cli.version() == minipt.__version__  # pyproject.toml and the package say the same
+
+
+# -- the text encoder families: tiny random checkpoints with their tokenizer snapshots --------------
+ENCODERS = [family for family in registry.families() if family.model_type in FAMILIES]  # all three: test_encoder_tokenizers checks
+
+
+@pytest.fixture(scope="module")
+def encoder_folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("encoders")
+    return {family.model_type: tiny_encoder_folder(family, root / family.model_type) for family in ENCODERS}
+
+
+@pytest.mark.parametrize("family", ENCODERS, ids=lambda family: family.model_type)
+def test_inspect_and_diff_a_text_encoder(encoder_folders, family, capsys):
+    folder = encoder_folders[family.model_type]
+    model = family.classes[0].from_pretrained(folder)
+    assert cli.main(["inspect", str(folder), "--input-size", "2x16"]) == 0
+    out = capsys.readouterr().out
+    assert f"{family.classes[0].__name__} from {folder}" in out
+    assert f"parameters: {sum(p.numel() for p in model.parameters()):,}" in out
+    assert f"embeddings.word_embeddings.weight ({model.config.vocab_size}, " in out and "-> embeddings.token.weight" in out
+    assert "MISSING" not in out and "UNEXPECTED" not in out
+    assert cli.main(["diff", str(folder), "--input", "Café 🙂 ÀÉ", "--input", "a second,   longer text 日本"]) == 0
+    out = capsys.readouterr().out
+    assert f"against transformers {family.classes[0].__name__} on 2 texts" in out and "no divergence: all" in out
+
+
+@pytest.mark.parametrize("family", ENCODERS, ids=lambda family: family.model_type)
+def test_embed_a_text_encoder_as_sentence_transformers_does(encoder_folders, family, tmp_path, capsys):
+    from sentence_transformers import SentenceTransformer
+
+    folder, texts = encoder_folders[family.model_type], ["hello world", "Café 🙂, naïve", "日本語"]
+    assert cli.main(["embed", *texts, "--model", str(folder), "--out", str(tmp_path / "e.npy")]) == 0
+    saved = torch.from_numpy(np.load(tmp_path / "e.npy"))
+    expected = SentenceTransformer(str(folder), device="cpu").encode(texts, convert_to_tensor=True)  # a plain model: mean pooling
+    assert saved.shape == (3, family.tiny().hidden_size) and not torch.allclose(saved[0], saved[1])
+    assert torch.allclose(saved, expected, atol=1e-5)
+
+
+def test_embed_refuses_what_it_cannot_pool(encoder_folders, tmp_path, capsys):
+    gpt2 = next(family for family in registry.families() if family.model_type == "gpt2")
+    gpt2.tiny_model().save_pretrained(tmp_path / "gpt2")
+    assert cli.main(["embed", "text", "--model", str(tmp_path / "gpt2")]) == 1
+    assert f"holds a {gpt2.classes[0].__name__} checkpoint; embed pools the token vectors of a text encoder (bert, roberta" in capsys.readouterr().err
+    pipeline = shutil.copytree(encoder_folders["roberta"], tmp_path / "pipeline")
+    (pipeline / "modules.json").write_text(json.dumps([{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]))
+    assert cli.main(["embed", "text", "--model", str(pipeline)]) == 1
+    assert "is a sentence-transformers pipeline over a RobertaModel; minipt reads such pipelines over BERT only" in capsys.readouterr().err
