@@ -23,11 +23,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import Pretrained
-from ..checks import check_ids
 from ..config import Config, count, flag, one_of, probability, real, require, token_id
 from ..errors import InputError
 from ..keymap import KeyMap
@@ -38,9 +36,11 @@ from ..nn.fuse import InferenceCopy
 from ..nn.init import init_normal_
 from ..nn.layers import ACTIVATIONS
 from ..nn.output import ModelOutput
-from ..registry import register
-from .bert import PROBLEM_TYPES, BertHeadOutput, MaskedLMHead
+from ..registry import Reads, register
+from .bert import BertHeadOutput, MaskedLMHead
 from .classifier import HasClassifier
+from .text_encoder import (PROBLEM_TYPES, check_sequence_labels, check_token_inputs, check_token_labels, classification_loss,
+                           masked_lm_loss, run_layers)
 
 
 @dataclass
@@ -205,35 +205,14 @@ class DistilBertModel(_DistilBertPretrained):
         hidden = self.embeddings(input_ids)  # (B, T, dim)
         T = input_ids.shape[1]
         bias = attention_bias(attention_mask, T, T, dtype=hidden.dtype)  # (B, 1, 1, T) or None
-        all_hidden, all_attn = [hidden], []
-        for layer in self.layers:
-            hidden, attn_probs = layer(hidden, bias, need_weights=output_attentions)
-            all_hidden.append(hidden)
-            all_attn.append(attn_probs)
-        return DistilBertOutput(
-            last_hidden_state=hidden,
-            hidden_states=tuple(all_hidden) if output_hidden_states else None,
-            attentions=tuple(all_attn) if output_attentions else None,
-        )
+        hidden, all_hidden, all_attn = run_layers(self.layers, hidden, bias, output_hidden_states, output_attentions)
+        return DistilBertOutput(last_hidden_state=hidden, hidden_states=all_hidden, attentions=all_attn)
 
     def check_inputs(self, input_ids, attention_mask=None, token_type_ids=None) -> None:
         """Raise an InputError naming the first argument of ``forward`` that does not fit this model."""
         config = self.config
-        if token_type_ids is not None:
-            raise InputError("token_type_ids given, but DistilBERT has no token types: pass input_ids and attention_mask only")
-        for name, value in (("input_ids", input_ids), ("attention_mask", attention_mask)):
-            if value is not None and not isinstance(value, torch.Tensor):
-                raise InputError(f"{name} must be a tensor, got {type(value).__name__} (the tokenizer returns tensors with return_tensors='pt')")
-        if input_ids.dim() != 2 or input_ids.is_floating_point():
-            raise InputError(f"input_ids must be integer token ids of shape (batch, seq_len), got {input_ids.dtype} {tuple(input_ids.shape)}")
-        T = input_ids.shape[1]
-        if T == 0:  # an empty batch (B = 0) is fine; a sequence without tokens has no [CLS] to classify
-            raise InputError(f"input_ids of shape {tuple(input_ids.shape)} hold sequences of no tokens; each needs at least one ([CLS])")
-        if T > config.max_position_embeddings:
-            raise InputError(f"sequence length {T} exceeds the position table ({config.max_position_embeddings} positions); truncate the input")
-        check_ids("input_ids", input_ids, config.vocab_size)
-        if attention_mask is not None and not attention_mask.is_floating_point() and attention_mask.shape != input_ids.shape:
-            raise InputError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(input_ids.shape)}")
+        check_token_inputs(input_ids, attention_mask, token_type_ids, vocab_size=config.vocab_size, max_length=config.max_position_embeddings,
+                           type_vocab_size=None, family="DistilBERT")
 
     @classmethod
     def keymap(cls, config: DistilBertConfig | None = None) -> KeyMap:
@@ -267,15 +246,12 @@ class DistilBertForMaskedLM(_DistilBertPretrained):
         self.check_inputs(input_ids, attention_mask, token_type_ids, labels)
         out = self.distilbert(input_ids, attention_mask, None, output_hidden_states, output_attentions)
         logits = self.head(out.last_hidden_state)  # (B, T, vocab)
-        loss = None if labels is None else F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
-        return BertHeadOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+        return BertHeadOutput(loss=masked_lm_loss(logits, labels), logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
 
     def check_inputs(self, input_ids, attention_mask=None, token_type_ids=None, labels=None) -> None:
         """The encoder's checks (``DistilBertModel.check_inputs``), and ``labels`` shaped like ``input_ids``."""
         self.distilbert.check_inputs(input_ids, attention_mask, token_type_ids)
-        if labels is not None and (not isinstance(labels, torch.Tensor) or labels.shape != input_ids.shape):
-            shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
-            raise InputError(f"labels must have the shape of input_ids {tuple(input_ids.shape)} (-100 where nothing is predicted), got {shape}")
+        check_token_labels(labels, input_ids)
 
     @classmethod
     def keymap(cls, config: DistilBertConfig | None = None) -> KeyMap:
@@ -320,15 +296,13 @@ class DistilBertForSequenceClassification(HasClassifier, _DistilBertPretrained):
         out = self.distilbert(input_ids, attention_mask, None, output_hidden_states, output_attentions)
         first = out.last_hidden_state[:, 0]  # (B, dim): the [CLS] token
         logits = self.classifier(self.dropout(linear_then_activation(self.pre_classifier, self.act, first)))  # (B, num_labels)
-        loss = None if labels is None else _classification_loss(self.config, logits, labels)
+        loss = classification_loss(self.config.problem_type, self.config.num_labels, logits, labels)
         return BertHeadOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
 
     def check_inputs(self, input_ids, attention_mask=None, token_type_ids=None, labels=None) -> None:
         """The encoder's checks (``DistilBertModel.check_inputs``), and one label entry per sequence."""
         self.distilbert.check_inputs(input_ids, attention_mask, token_type_ids)
-        if labels is not None and (not isinstance(labels, torch.Tensor) or labels.dim() == 0 or labels.shape[0] != input_ids.shape[0]):
-            shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
-            raise InputError(f"labels must hold one entry per sequence ({input_ids.shape[0]} for input_ids {tuple(input_ids.shape)}), got {shape}")
+        check_sequence_labels(labels, input_ids)
 
     @classmethod
     def keymap(cls, config: DistilBertConfig | None = None) -> KeyMap:
@@ -337,18 +311,6 @@ class DistilBertForSequenceClassification(HasClassifier, _DistilBertPretrained):
             [("pre_classifier.{p}", "pre_classifier.{p}"), ("classifier.{p}", "classifier.{p}")],
             renames=_ENCODER_WITHOUT_PREFIX,
         )
-
-
-def _classification_loss(config: DistilBertConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """transformers' loss for the problem type (read off num_labels and the labels' dtype when the config names none)."""
-    problem = config.problem_type
-    if problem is None:
-        problem = "regression" if config.num_labels == 1 else "single_label_classification" if not labels.is_floating_point() else "multi_label_classification"
-    if problem == "regression":
-        return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).view(-1)) if config.num_labels == 1 else F.mse_loss(logits, labels)
-    if problem == "single_label_classification":
-        return F.cross_entropy(logits, labels.view(-1))
-    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
 # -- the official names ------------------------------------------------------------
@@ -394,8 +356,7 @@ def compare_with_reference(model, path, inputs, rtol):
         if tokenizer is None:
             raise InputError(f"{path} holds no tokenizer; pass a tokenised batch (input_ids, attention_mask)")
         sentences = texts(inputs)
-        batch, label = tokenizer(sentences), f"{len(sentences)} texts"
-        batch.pop("token_type_ids", None)  # minipt's tokenizer writes them; DistilBERT has none
+        batch, label = tokenizer(sentences), f"{len(sentences)} texts"  # input_ids and attention_mask: DistilBERT's tokenizer inputs
     if isinstance(model, DistilBertForMaskedLM):
         cls, ours, theirs = transformers.DistilBertForMaskedLM, "distilbert.", "distilbert."
         head = {"head.norm.out": ("vocab_layer_norm", None), "head.out": ("vocab_projector", None)}
@@ -434,4 +395,5 @@ FAMILY = register(
     tiny=lambda: DistilBertConfig(vocab_size=50, dim=16, n_layers=2, n_heads=2, hidden_dim=32, max_position_embeddings=20),
     inputs=_example_inputs,
     reference=compare_with_reference,
+    reads=Reads("token ids (batch x tokens)", "1x128"),
 )
