@@ -67,6 +67,8 @@ TOKENIZER_CLASSES = {
     "bert": "BertTokenizer", "roberta": "RobertaTokenizer", "distilbert": "DistilBertTokenizer", "albert": "AlbertTokenizer", "gpt2": "GPT2Tokenizer",
 }
 RETURN_TENSORS = ("pt", "np", None)
+# what clean_up_tokenization_spaces joins in decoded text, in transformers' order
+CLEAN_UP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
 MAX_PADDED_LENGTH = 1 << 20  # padding="max_length" pads a text to at most this many ids
 # what Tokenizer calls on its backend (a tokenizers.Tokenizer)
 _BACKEND_METHODS = (
@@ -102,7 +104,7 @@ def _special_token(role: str) -> tuple[property, property]:
 class Tokenizer:
     def __init__(
         self, backend, *, model_max_length: int | None = None, special_tokens: dict | None = None, name: str = "", padding_side: str = "right",
-        model_input_names: Sequence[str] = MODEL_INPUT_NAMES,
+        model_input_names: Sequence[str] = MODEL_INPUT_NAMES, clean_up_tokenization_spaces: bool = False,
     ):
         lacking = [m for m in _BACKEND_METHODS if not callable(getattr(backend, m, None))]
         if lacking:
@@ -117,6 +119,8 @@ class Tokenizer:
         self._special_ids = {role: self._special_id(f"{role}_token", *spellings) for role, spellings in SPECIAL_ROLES.items()}
         self.padding_side = padding_side
         self.model_input_names = _input_names(model_input_names)  # the keys __call__ returns
+        # decode joins "do n't ." back to "don't." as transformers does (not for BPE, whose text keeps its own spaces)
+        self.clean_up_tokenization_spaces = check_bool("clean_up_tokenization_spaces", clean_up_tokenization_spaces)
 
     bos_token, bos_token_id = _special_token("bos")
     eos_token, eos_token_id = _special_token("eos")
@@ -180,7 +184,11 @@ class Tokenizer:
             names = _input_names(names)
         except InputError as err:
             raise CheckpointError(f"{directory / TOKENIZER_CONFIG}: {err}") from None
-        return cls(backend, model_max_length=max_length, special_tokens=special, name=str(name_or_path), padding_side=side, model_input_names=names)
+        clean_up = settings.get("clean_up_tokenization_spaces", False)
+        if not isinstance(clean_up, bool):
+            raise CheckpointError(f"{directory / TOKENIZER_CONFIG}: clean_up_tokenization_spaces is {clean_up!r}, expected true or false")
+        return cls(backend, model_max_length=max_length, special_tokens=special, name=str(name_or_path), padding_side=side, model_input_names=names,
+                   clean_up_tokenization_spaces=clean_up)
 
     def _special_id(self, field: str, *candidates: str) -> int | None:
         for token in (self.special_tokens.get(field), *candidates):
@@ -278,6 +286,8 @@ class Tokenizer:
         settings = {**self.special_tokens, **({"model_max_length": self.model_max_length} if self.model_max_length else {}), "padding_side": self.padding_side}
         if set(self.model_input_names) != set(MODEL_INPUT_NAMES):
             settings["model_input_names"] = list(self.model_input_names)
+        if self.clean_up_tokenization_spaces:
+            settings["clean_up_tokenization_spaces"] = True
         write_json(directory / TOKENIZER_CONFIG, settings)
         return directory
 
@@ -329,7 +339,11 @@ class Tokenizer:
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         """Text of one sequence of token ids (a list, or a 1-D tensor or array)."""
-        return self.backend.decode(self._check_ids(ids), skip_special_tokens=check_bool("skip_special_tokens", skip_special_tokens))
+        text = self.backend.decode(self._check_ids(ids), skip_special_tokens=check_bool("skip_special_tokens", skip_special_tokens))
+        if self.clean_up_tokenization_spaces and type(self.backend.model).__name__ != "BPE":
+            for spaced, joined in CLEAN_UP:
+                text = text.replace(spaced, joined)
+        return text
 
     def _check_ids(self, ids, who: str = "decode") -> list[int]:
         if hasattr(ids, "tolist") and hasattr(ids, "shape"):  # a tensor or a numpy array

@@ -137,6 +137,20 @@ def test_tokenizer_config_settings_win_over_tokenizer_json(snapshots, loaded, tm
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_decoding_cleans_up_spaces_where_the_config_says(snapshots, loaded, tmp_path, family):
+    folder = shutil.copytree(snapshots[family], tmp_path / family)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps(config | {"clean_up_tokenization_spaces": True}))
+    ours, theirs = Tokenizer.from_pretrained(folder), transformers.AutoTokenizer.from_pretrained(str(folder))
+    ids = theirs("hello , world . isn 't it ? do n't ! they 're 'm 've ' s")["input_ids"]
+    for skip in (True, False):
+        assert ours.decode(ids, skip_special_tokens=skip) == theirs.decode(ids, skip_special_tokens=skip)
+    cleaned = family != "roberta"  # transformers leaves byte-level BPE's text as it is
+    assert (ours.decode(ids) != loaded(family)[0].decode(ids)) == cleaned
+    assert Tokenizer.from_pretrained(ours.save_pretrained(tmp_path / "saved")).decode(ids) == ours.decode(ids)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_inputs_follow_the_model_type_without_a_tokenizer_class(snapshots, tmp_path, family):
     folder = shutil.copytree(snapshots[family], tmp_path / family)
     config = json.loads((folder / "tokenizer_config.json").read_text())
