@@ -222,6 +222,25 @@ def test_layer_diffs_name_the_planted_change(tmp_path):
     assert layer_diffs(relu, tmp_path, inputs).first_divergence.name == "distilbert.layers.2.act.out"
 
 
+def test_diff_on_texts_with_a_tokenizer_beside(tmp_path, capsys):
+    """minipt's tokenizer gives a DistilBERT folder its model's inputs (no token_type_ids): model(**batch), the default diff
+    on the demo sentences and ``minipt diff`` all run on them."""
+    from bert_reference import minilm_path
+    from minipt import Tokenizer, cli
+
+    torch.manual_seed(0)
+    model = DistilBertModel(DistilBertConfig(**{**TINY, "vocab_size": 30522, "max_position_embeddings": 64})).eval()
+    model.save_pretrained(tmp_path)
+    Tokenizer.from_pretrained(minilm_path()).save_pretrained(tmp_path)
+    batch = Tokenizer.from_pretrained(tmp_path)(["a first sentence", "and a second, longer one"])
+    assert sorted(batch) == ["attention_mask", "input_ids"] and (batch["attention_mask"] == 0).any()
+    assert model(**batch).last_hidden_state.shape == (*batch["input_ids"].shape, 16)
+    report = layer_diffs(model, tmp_path)
+    assert report.first_divergence is None and "texts" in report.input, str(report)
+    assert cli.main(["diff", str(tmp_path)]) == 0
+    assert "minipt DistilBertModel against transformers DistilBertModel" in capsys.readouterr().out
+
+
 # -- bad input ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
 def test_token_type_ids_are_refused(cls):
