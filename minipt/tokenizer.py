@@ -63,6 +63,9 @@ SPECIAL_ROLES = {
 MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")  # what a tokenizer returns unless its model takes fewer
 # transformers' tokenizer classes whose model_input_names hold no token_type_ids, and the class a config.json's model_type implies
 WITHOUT_TOKEN_TYPES = {"RobertaTokenizer", "DistilBertTokenizer", "AlbertTokenizer", "GPT2Tokenizer"}
+ROBERTA_SPECIAL_TOKENS = {  # transformers' RobertaTokenizer's, added in this order where vocab.json lacks them
+    "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>", "pad_token": "<pad>", "cls_token": "<s>", "mask_token": "<mask>",
+}
 TOKENIZER_CLASSES = {
     "bert": "BertTokenizer", "roberta": "RobertaTokenizer", "distilbert": "DistilBertTokenizer", "albert": "AlbertTokenizer", "gpt2": "GPT2Tokenizer",
 }
@@ -165,9 +168,13 @@ class Tokenizer:
             except Exception as err:  # the tokenizers library raises a bare Exception for every kind of bad file
                 raise CheckpointError(f"{file} is not a valid tokenizers tokenizer file: {err}") from err
         elif (directory / BPE_VOCAB).is_file() and (directory / BPE_MERGES).is_file():
-            backend = _byte_level_bpe(directory)
-            if backend.token_to_id(ENDOFTEXT) is not None:  # GPT-2's files: bos = eos = unk = <|endoftext|>
-                settings = {f"{role}_token": ENDOFTEXT for role in ("bos", "eos", "unk")} | settings
+            if _tokenizer_class(settings, directory) == "RobertaTokenizer":  # RoBERTa's files: GPT-2's BPE, its own special tokens
+                settings = ROBERTA_SPECIAL_TOKENS | settings
+                backend = _byte_level_bpe(directory, settings)
+            else:
+                backend = _byte_level_bpe(directory)
+                if backend.token_to_id(ENDOFTEXT) is not None:  # GPT-2's files: bos = eos = unk = <|endoftext|>
+                    settings = {f"{role}_token": ENDOFTEXT for role in ("bos", "eos", "unk")} | settings
         else:
             raise CheckpointNotFoundError(f"{directory} has no {TOKENIZER_FILE}, nor a byte-level BPE vocabulary ({BPE_VOCAB} + {BPE_MERGES})")
         backend.no_padding()  # the file may carry its own settings; each call sets them
@@ -179,7 +186,7 @@ class Tokenizer:
         side = settings.get("padding_side", "right")
         if side not in PADDING_SIDES or not isinstance(side, str):
             raise CheckpointError(f"{directory / TOKENIZER_CONFIG}: padding_side is {side!r}, expected 'right' or 'left'")
-        names = settings["model_input_names"] if "model_input_names" in settings else _model_input_names(settings.get("tokenizer_class"), directory)
+        names = settings["model_input_names"] if "model_input_names" in settings else _model_input_names(_tokenizer_class(settings, directory))
         try:
             names = _input_names(names)
         except InputError as err:
@@ -424,12 +431,19 @@ def _input_names(names) -> tuple[str, ...]:
     return tuple(name for name in MODEL_INPUT_NAMES if name in names)
 
 
-def _model_input_names(tokenizer_class, directory: Path) -> tuple[str, ...]:
-    """The inputs transformers' tokenizer class returns: named by ``tokenizer_class``, else by the model_type of ``config.json``."""
-    if not isinstance(tokenizer_class, str):
+def _tokenizer_class(settings: dict, directory: Path) -> str | None:
+    """transformers' tokenizer class for a folder ("RobertaTokenizer"): its config's ``tokenizer_class``, else the one
+    the model_type of ``config.json`` beside it implies; None where neither says."""
+    name = settings.get("tokenizer_class")
+    if not isinstance(name, str):
         model_type = read_json(directory / CONFIG, default={}).get("model_type")
-        tokenizer_class = TOKENIZER_CLASSES.get(model_type) if isinstance(model_type, str) else None
-    if isinstance(tokenizer_class, str) and tokenizer_class.removesuffix("Fast") in WITHOUT_TOKEN_TYPES:
+        name = TOKENIZER_CLASSES.get(model_type) if isinstance(model_type, str) else None
+    return name.removesuffix("Fast") if name else None
+
+
+def _model_input_names(tokenizer_class: str | None) -> tuple[str, ...]:
+    """The inputs transformers' tokenizer class returns."""
+    if tokenizer_class in WITHOUT_TOKEN_TYPES:
         return tuple(name for name in MODEL_INPUT_NAMES if name != "token_type_ids")
     return MODEL_INPUT_NAMES
 
@@ -477,8 +491,10 @@ def _kind(single: bool) -> str:
     return "one string" if single else "a list"
 
 
-def _byte_level_bpe(directory: Path):
-    """A ``tokenizers`` backend for GPT-2-style files: bytes mapped to printable characters, then BPE merges."""
+def _byte_level_bpe(directory: Path, roberta: dict | None = None):
+    """A ``tokenizers`` backend for GPT-2-style files: bytes mapped to printable characters, then BPE merges.
+    ``roberta``: the settings of RoBERTa's tokenizer over the same files (its special tokens, ``add_prefix_space``),
+    which puts <s> ... </s> around a text and </s></s> between a pair, as transformers' RobertaTokenizer does."""
     from tokenizers import Tokenizer as Backend
     from tokenizers import decoders, models, pre_tokenizers, processors
 
@@ -488,9 +504,15 @@ def _byte_level_bpe(directory: Path):
         raise CheckpointError(f"{directory}: {BPE_VOCAB}/{BPE_MERGES} cannot be read as a BPE vocabulary ({err})") from err
     backend = Backend(bpe)
     # GPT-2's split: contractions, letter runs, digit runs, punctuation, whitespace; a space stays with the next word
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    prefix_space = roberta is not None and roberta.get("add_prefix_space") is True
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=prefix_space)
     backend.decoder = decoders.ByteLevel()  # printable characters back to the bytes, so decode round-trips
-    backend.post_processor = processors.ByteLevel(trim_offsets=False)
-    if backend.token_to_id(ENDOFTEXT) is not None:
+    if roberta is not None:
+        backend.add_special_tokens(list(dict.fromkeys(_token_text(roberta[role]) for role in ROBERTA_SPECIAL_TOKENS)))  # new ones after the vocabulary
+        sep, cls = _token_text(roberta["sep_token"]), _token_text(roberta["cls_token"])
+        backend.post_processor = processors.RobertaProcessing((sep, backend.token_to_id(sep)), (cls, backend.token_to_id(cls)), add_prefix_space=prefix_space)
+    else:
+        backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    if roberta is None and backend.token_to_id(ENDOFTEXT) is not None:
         backend.add_special_tokens([ENDOFTEXT])  # "<|endoftext|>" in text is the one token, never split
     return backend

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from bert_reference import transformers
-from encoder_snapshots import FAMILIES, save_snapshot
+from encoder_snapshots import FAMILIES, gpt2_files, save_snapshot
+from minipt.bpe import BPE_MERGES, BPE_VOCAB
 from minipt import Tokenizer, registry
 from minipt.errors import CheckpointError
 
@@ -165,6 +166,26 @@ def test_inputs_follow_the_model_type_without_a_tokenizer_class(snapshots, tmp_p
     assert batch == {key: expected[key] for key in batch}
     (folder / "config.json").write_text(json.dumps({"model_type": "bert"}))
     assert set(Tokenizer.from_pretrained(folder)("a")) == {"input_ids", "attention_mask", "token_type_ids"}
+
+
+@pytest.mark.parametrize("tokenizer_config", [None, {"tokenizer_class": "RobertaTokenizerFast", "add_prefix_space": True}])
+def test_roberta_from_vocab_and_merges_alone(tmp_path, tokenizer_config):
+    folder = tmp_path / "roberta"
+    folder.mkdir()
+    files = gpt2_files(tmp_path / "gpt2-files")
+    for name in (BPE_VOCAB, BPE_MERGES):
+        shutil.copy(files / name, folder / name)
+    (folder / "config.json").write_text(json.dumps({"model_type": "roberta"}))  # what names the family when no config does
+    if tokenizer_config is not None:
+        (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    ours, theirs = Tokenizer.from_pretrained(folder), transformers.AutoTokenizer.from_pretrained(str(folder))
+    assert ours.vocab_size == len(theirs) and ours.mask_token_id == theirs.mask_token_id and ours.pad_token_id == theirs.pad_token_id
+    for text in TEXTS:
+        assert ours(text, padding=False, truncation=False, return_tensors=None) == dict(theirs(text)), text
+        ids = theirs(text)["input_ids"]
+        assert ours.decode(ids, skip_special_tokens=False) == theirs.decode(ids, skip_special_tokens=False), text
+    for first, second in PAIRS:
+        assert ours(first, second, padding=False, truncation=False, return_tensors=None) == dict(theirs(first, second)), (first, second)
 
 
 def test_special_tokens_map_of_an_older_snapshot(snapshots, tmp_path):
