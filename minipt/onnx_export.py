@@ -1,4 +1,4 @@
-"""ONNX export of the classifiers (BERT, ResNet, EfficientNet), for runtimes outside Python.
+"""ONNX export of the classifiers (the text encoders' and the image models'), for runtimes outside Python.
 
     export_onnx(model, "bert.onnx")              # inputs named as in minipt, batch (and length) dynamic
     onnxruntime.InferenceSession("bert.onnx").run(None, {"input_ids": ..., "attention_mask": ...})
@@ -29,7 +29,7 @@ from .errors import InputError, SaveError
 from .files import TEMPORARY_PREFIX, atomic_path
 
 
-class _BertLogits(nn.Module):
+class _TextClassifierLogits(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
@@ -41,19 +41,20 @@ class _BertLogits(nn.Module):
 
 def _graph(model: nn.Module, batch: int, length: int, image_size: int):
     """The module to export, example inputs, their names and dynamic dimensions."""
-    from .models.bert import BertForSequenceClassification
-    from .models.efficientnet import EfficientNet
-    from .models.resnet import ResNet
+    from .models.classifier import HasClassifier
+    from .registry import family_of
 
-    if isinstance(model, BertForSequenceClassification):
+    family = family_of(model) if isinstance(model, HasClassifier) else None
+    if family is None or family.reads is None:
+        raise InputError(f"export_onnx handles minipt's classifiers (text and images), not {type(model).__name__}")
+    if len(family.reads.default_size(model).split("x")) == 2:  # token ids: a text classifier
         ids = torch.randint(0, model.config.vocab_size, (batch, length))
         mask = torch.ones(batch, length, dtype=torch.long)
         mask[0, length // 2 :] = 0  # padding in the example, so the graph masks
-        return _BertLogits(model).eval(), (ids, mask), ["input_ids", "attention_mask"], {name: {0: "batch", 1: "length"} for name in ("input_ids", "attention_mask")}
-    if isinstance(model, (ResNet, EfficientNet)):
-        channels = getattr(model.config, "in_channels", 3)
-        return model, (torch.randn(batch, channels, image_size, image_size),), ["x"], {"x": {0: "batch"}}
-    raise InputError(f"export_onnx handles BertForSequenceClassification, ResNet and EfficientNet, not {type(model).__name__}")
+        names = ["input_ids", "attention_mask"]
+        return _TextClassifierLogits(model).eval(), (ids, mask), names, {name: {0: "batch", 1: "length"} for name in names}
+    channels = getattr(model.config, "in_channels", 3)
+    return model, (torch.randn(batch, channels, image_size, image_size),), ["x"], {"x": {0: "batch"}}
 
 
 def export_onnx(model: nn.Module, path, *, batch: int = 2, length: int = 16, image_size: int = 224) -> Path:

@@ -1,10 +1,12 @@
-"""ONNX export of BERT, ResNet and EfficientNet, run by onnxruntime and compared with minipt's own outputs."""
+"""ONNX export of every classifier (text and images), run by onnxruntime and compared with minipt's own outputs."""
 
 import pytest
 import torch
 
 from minipt.errors import InputError
 from minipt.onnx_export import export_onnx
+from minipt import registry
+from minipt.models.classifier import HasClassifier
 from test_protocol import TINY
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'minipt[onnx]')")
@@ -18,12 +20,19 @@ def _close(onnx_out, minipt_out):
     assert error <= 1e-5 * max(abs(reference).max(), 1e-3), f"max error {error}, outputs up to {abs(reference).max()}"
 
 
-def test_bert_with_padding_and_other_sizes(tmp_path):
-    model = TINY["BertForSequenceClassification"][0]()
-    session = ort.InferenceSession(str(export_onnx(model, tmp_path / "bert.onnx", length=16)))
+CLASSIFIERS = [cls for family in registry.families() for cls in family.classes if issubclass(cls, HasClassifier)]
+TEXT = [cls.__name__ for cls in CLASSIFIERS if len(registry.family_of(cls).reads.default_size(TINY[cls.__name__][0]()).split("x")) == 2]
+IMAGES = [cls.__name__ for cls in CLASSIFIERS if cls.__name__ not in TEXT]
+
+
+@pytest.mark.parametrize("name", TEXT)
+def test_text_classifiers_with_padding_and_other_sizes(name, tmp_path):
+    model = TINY[name][0]()
+    vocab = model.config.vocab_size
+    session = ort.InferenceSession(str(export_onnx(model, tmp_path / "text.onnx", length=16)))
     assert not model.training  # the export leaves the model as it found it, in eval mode
     for batch, length in ((2, 16), (3, 9)):  # batch and length are dynamic
-        ids = torch.randint(0, 50, (batch, length))
+        ids = torch.randint(0, vocab, (batch, length))
         mask = torch.ones(batch, length, dtype=torch.long)
         mask[1, length // 2 :] = 0
         (logits,) = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
@@ -31,14 +40,18 @@ def test_bert_with_padding_and_other_sizes(tmp_path):
             _close(logits, model(ids, mask).logits)
     padded = torch.ones(1, 12, dtype=torch.long)
     padded[0, 6:] = 0
-    ids = torch.randint(0, 50, (1, 12))
+    ids = torch.randint(0, vocab, (1, 12))
     masked = session.run(None, {"input_ids": ids.numpy(), "attention_mask": padded.numpy()})[0]
     unmasked = session.run(None, {"input_ids": ids.numpy(), "attention_mask": torch.ones_like(padded).numpy()})[0]
     assert abs(masked - unmasked).max() > 1e-6  # the graph does mask
 
 
-@pytest.mark.parametrize("name", ["ResNet", "EfficientNet"])
-def test_convnets(name, tmp_path):
+def test_both_kinds_are_found():
+    assert "BertForSequenceClassification" in TEXT and {"ResNet", "EfficientNet"} <= set(IMAGES)
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_image_classifiers(name, tmp_path):
     model = TINY[name][0]()
     session = ort.InferenceSession(str(export_onnx(model, tmp_path / f"{name}.onnx", image_size=32)))
     images = torch.randn(3, 3, 32, 32)
