@@ -10,14 +10,17 @@ library's pipeline), ``tokenizer_config.json`` and, in older snapshots,
 ``special_tokens_map.json``. As transformers does, the settings in the config win over
 the pipeline's: ``add_prefix_space`` (RoBERTa's byte-level BPE, ALBERT's "▁"),
 ``do_lower_case``, ``strip_accents``, ``tokenize_chinese_chars`` (WordPiece) and
-``keep_accents`` (SentencePiece). The inputs returned are the model's
-``model_input_names``: RoBERTa, DistilBERT and ALBERT take no ``token_type_ids``, as
-their transformers tokenizers return none (named by ``tokenizer_class``, or by the
-``model_type`` of a ``config.json`` beside it).
+``keep_accents`` (SentencePiece); ``clean_up_tokenization_spaces`` joins "do n't ." back
+into "don't." when decoding (not for byte-level BPE). The inputs returned are the model's
+``model_input_names``: for RoBERTa, DistilBERT and ALBERT no ``token_type_ids``, as
+their tokenizers in transformers return none (the family named by ``tokenizer_class``, or
+by the ``model_type`` of a ``config.json`` beside it).
 
 A folder may hold ``tokenizer.json``, or a byte-level BPE vocabulary as GPT-2
 ships it: ``vocab.json`` (token -> id) and ``merges.txt`` (the merges in rank
-order); ``minipt.bpe`` rebuilds that pair from a tiktoken file.
+order); ``minipt.bpe`` rebuilds that pair from a tiktoken file. Where the folder is
+RoBERTa's (its config's ``tokenizer_class``, or config.json's ``model_type``), the same files
+get RoBERTa's special tokens and ``<s> a </s></s> b </s>``.
 
 As in transformers, the special tokens and the padding side can be set after
 loading; GPT-2 has no padding token, and a batch of prompts to generate from
