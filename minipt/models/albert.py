@@ -37,14 +37,14 @@ from ..nn.tap import tap
 from ..registry import Reads, register
 from .bert import BertConfig, BertEmbeddings, BertHeadOutput, BertOutput, BertPooler, _BertPretrained, encoder_layer
 from .classifier import HasClassifier
-from .text_encoder import (PROBLEM_TYPES, check_sequence_labels, check_token_inputs, check_token_labels, classification_loss,
+from .text_encoder import (PROBLEM_TYPES, ClassLabels, check_sequence_labels, check_token_inputs, check_token_labels, classification_loss,
                            masked_lm_loss, run_layers)
 
 MAX_DEPTH = 1000  # layer steps; the checkpoint holds only the groups, so nothing else bounds num_hidden_layers
 
 
 @dataclass
-class AlbertConfig(Config):
+class AlbertConfig(ClassLabels, Config):
     """The fields of a Hugging Face ALBERT ``config.json`` (unknown fields are ignored), checked when built.
 
     The defaults are transformers' (ALBERT-xxlarge's sizes), so a field a file leaves out means the same here."""
@@ -90,21 +90,6 @@ class AlbertConfig(Config):
         # transformers before v5 read relative positions from this field; v5 ignores it: neither is minipt's absolute table
         if values.get("position_embedding_type", "absolute") != "absolute":
             raise ConfigError(f"position_embedding_type = {values['position_embedding_type']!r}: only 'absolute' positions are supported")
-        return values
-
-    @classmethod
-    def from_dict(cls, values: dict, *, source=None, **overrides) -> "AlbertConfig":
-        if "num_labels" in overrides and isinstance(values, dict):
-            values = {k: v for k, v in values.items() if k not in ("id2label", "label2id")}  # the new head decides
-        return super().from_dict(values, source=source, **overrides)
-
-    def to_dict(self) -> dict:
-        values = super().to_dict()
-        if values["id2label"] is None:  # transformers names the labels LABEL_0 ... from num_labels
-            del values["id2label"]
-            return values
-        values["label2id"] = {label: i for i, label in values["id2label"].items()}
-        del values["num_labels"]  # implied by id2label
         return values
 
     @property

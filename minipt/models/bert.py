@@ -26,7 +26,7 @@ from ..nn.layers import ACTIVATIONS
 from ..nn.output import ModelOutput
 from ..registry import Reads, register
 from .classifier import HasClassifier
-from .text_encoder import (PROBLEM_TYPES, check_sequence_labels, check_token_inputs, check_token_labels, classification_loss,
+from .text_encoder import (PROBLEM_TYPES, ClassLabels, check_sequence_labels, check_token_inputs, check_token_labels, classification_loss,
                            masked_lm_loss, run_layers)
 from ..nn.backend import ChoosesBackend
 from ..nn.fuse import InferenceCopy
@@ -35,7 +35,7 @@ from ..nn.init import init_normal_
 
 
 @dataclass
-class BertConfig(Config):
+class BertConfig(ClassLabels, Config):
     """The fields of a Hugging Face BERT ``config.json`` (unknown fields are ignored), checked when built."""
 
     vocab_size: int = count(30522)
@@ -63,14 +63,7 @@ class BertConfig(Config):
 
     def check(self):
         require(self.hidden_size % self.num_attention_heads == 0, "num_attention_heads", self.num_attention_heads, f"a divisor of hidden_size {self.hidden_size}")
-        if self.id2label is not None:
-            require(isinstance(self.id2label, dict) and len(self.id2label) > 0, "id2label", self.id2label, "a non-empty object of label names by class index")
-            try:
-                labels = {int(k): v for k, v in self.id2label.items()}
-            except (TypeError, ValueError):
-                labels = None
-            require(labels is not None and sorted(labels) == list(range(len(labels))), "id2label", self.id2label, "keys 0..num_labels-1")
-            self.id2label, self.num_labels = labels, len(labels)
+        self.check_labels()
 
     model_type = "bert"
 
@@ -87,21 +80,6 @@ class BertConfig(Config):
         for flag_name in ("is_decoder", "add_cross_attention"):
             if values.get(flag_name):
                 raise ConfigError(f"sets {flag_name}: BERT as a decoder is not supported")
-        return values
-
-    @classmethod
-    def from_dict(cls, values: dict, *, source=None, **overrides) -> "BertConfig":
-        if "num_labels" in overrides and isinstance(values, dict):
-            values = {k: v for k, v in values.items() if k not in ("id2label", "label2id")}  # the new head decides
-        return super().from_dict(values, source=source, **overrides)
-
-    def to_dict(self) -> dict:
-        values = super().to_dict()
-        if values["id2label"] is None:  # transformers names the labels LABEL_0 ... from num_labels
-            del values["id2label"]
-            return values
-        values["label2id"] = {label: i for i, label in values["id2label"].items()}
-        del values["num_labels"]  # implied by id2label
         return values
 
 

@@ -39,12 +39,12 @@ from ..nn.output import ModelOutput
 from ..registry import Reads, register
 from .bert import BertHeadOutput, MaskedLMHead
 from .classifier import HasClassifier
-from .text_encoder import (PROBLEM_TYPES, check_sequence_labels, check_token_inputs, check_token_labels, classification_loss,
+from .text_encoder import (PROBLEM_TYPES, ClassLabels, check_sequence_labels, check_token_inputs, check_token_labels, classification_loss,
                            masked_lm_loss, run_layers)
 
 
 @dataclass
-class DistilBertConfig(Config):
+class DistilBertConfig(ClassLabels, Config):
     """The fields of a Hugging Face DistilBERT ``config.json`` (unknown fields are ignored), checked when built."""
 
     vocab_size: int = count(30522)
@@ -73,14 +73,7 @@ class DistilBertConfig(Config):
 
     def check(self):
         require(self.dim % self.n_heads == 0, "n_heads", self.n_heads, f"a divisor of dim {self.dim}")
-        if self.id2label is not None:
-            require(isinstance(self.id2label, dict) and len(self.id2label) > 0, "id2label", self.id2label, "a non-empty object of label names by class index")
-            try:
-                labels = {int(k): v for k, v in self.id2label.items()}
-            except (TypeError, ValueError):
-                labels = None
-            require(labels is not None and sorted(labels) == list(range(len(labels))), "id2label", self.id2label, "keys 0..num_labels-1")
-            self.id2label, self.num_labels = labels, len(labels)
+        self.check_labels()
 
     # BERT's names for the same values (transformers' attribute_map), read by the pieces shared with BERT (MaskedLMHead)
     @property
@@ -95,21 +88,6 @@ class DistilBertConfig(Config):
     def padding_idx(self) -> int | None:
         """The token table's padding row: pad_token_id when the vocabulary holds it, else none."""
         return self.pad_token_id if self.pad_token_id is not None and self.pad_token_id < self.vocab_size else None
-
-    @classmethod
-    def from_dict(cls, values: dict, *, source=None, **overrides) -> "DistilBertConfig":
-        if "num_labels" in overrides and isinstance(values, dict):
-            values = {k: v for k, v in values.items() if k not in ("id2label", "label2id")}  # the new head decides
-        return super().from_dict(values, source=source, **overrides)
-
-    def to_dict(self) -> dict:
-        values = super().to_dict()
-        if values["id2label"] is None:  # transformers names the labels LABEL_0 ... from num_labels
-            del values["id2label"]
-            return values
-        values["label2id"] = {label: i for i, label in values["id2label"].items()}
-        del values["num_labels"]  # implied by id2label
-        return values
 
 
 @dataclass

@@ -6,7 +6,8 @@ steps here are the same for all of them, so each is written once:
 - ``check_token_inputs``: the checks on ``input_ids``, ``attention_mask`` and ``token_type_ids``;
 - ``check_token_labels`` / ``check_sequence_labels``: labels of an MLM head / a classifier;
 - ``run_layers``: the encoder layers in turn, collecting hidden states and attentions on request;
-- ``masked_lm_loss`` and ``classification_loss``: transformers' losses for the heads.
+- ``masked_lm_loss`` and ``classification_loss``: transformers' losses for the heads;
+- ``ClassLabels``: a config's ``id2label``/``num_labels`` read and written as transformers does.
 """
 
 from __future__ import annotations
@@ -18,9 +19,44 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import check_ids
+from ..config import require
 from ..errors import InputError
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+
+
+class ClassLabels:
+    """Mixed into a text encoder's ``Config`` (before it): the classifier's labels as transformers keeps them.
+
+    ``id2label`` names classes 0..n-1 and then sets ``num_labels``; a config written back gives
+    ``id2label`` and ``label2id`` (or only ``num_labels`` when the labels have no names), and a new
+    head (``num_labels`` passed when loading) forgets the names the file had."""
+
+    def check_labels(self) -> None:
+        if self.id2label is None:
+            return
+        require(isinstance(self.id2label, dict) and len(self.id2label) > 0, "id2label", self.id2label, "a non-empty object of label names by class index")
+        try:
+            labels = {int(k): v for k, v in self.id2label.items()}
+        except (TypeError, ValueError):
+            labels = None
+        require(labels is not None and sorted(labels) == list(range(len(labels))), "id2label", self.id2label, "keys 0..num_labels-1")
+        self.id2label, self.num_labels = labels, len(labels)
+
+    @classmethod
+    def from_dict(cls, values: dict, *, source=None, **overrides):
+        if "num_labels" in overrides and isinstance(values, dict):
+            values = {k: v for k, v in values.items() if k not in ("id2label", "label2id")}  # the new head decides
+        return super().from_dict(values, source=source, **overrides)
+
+    def to_dict(self) -> dict:
+        values = super().to_dict()
+        if values["id2label"] is None:  # transformers names the labels LABEL_0 ... from num_labels
+            del values["id2label"]
+            return values
+        values["label2id"] = {label: i for i, label in values["id2label"].items()}
+        del values["num_labels"]  # implied by id2label
+        return values
 
 
 def check_token_inputs(
