@@ -240,6 +240,23 @@ def batch_input_ids(batch: dict) -> torch.Tensor:
     return batch["input_ids"]
 
 
+def token_batch(inputs, path) -> tuple[dict, str]:
+    """A text encoder's inputs for a comparison, and how to describe them: token ids (B, T) as they are, a
+    tokenised batch (a dict with input_ids), or texts (default: the demo sentences) through the tokenizer
+    saved beside the checkpoint at ``path``."""
+    from .demo import tokenizer_beside
+
+    if isinstance(inputs, torch.Tensor):  # token ids (B, T), no padding
+        return {"input_ids": inputs}, f"token ids of shape {tuple(inputs.shape)}"
+    if isinstance(inputs, dict):
+        return inputs, f"a batch of shape {tuple(batch_input_ids(inputs).shape)}"
+    tokenizer = tokenizer_beside(path)
+    if tokenizer is None:
+        raise InputError(f"{path} holds no tokenizer; pass a tokenised batch (input_ids, attention_mask)")
+    sentences = texts(inputs)
+    return tokenizer(sentences), f"{len(sentences)} texts"
+
+
 def heads(num_heads: int):
     """(B, T, C) -> (B, heads, T, C / heads): a reference's concatenated heads in minipt's per-head layout."""
     return lambda x: first(x).unflatten(-1, (num_heads, -1)).transpose(1, 2)

@@ -382,20 +382,10 @@ def compare_with_reference(model, path, inputs, rtol):
     after every layer call (``encoder.depth.{s}.out`` against transformers' ``hidden_states[s + 1]``), and inside
     each shared layer, at its last call, the attention maps, heads, projections, norms and feed-forward values.
     """
-    from ..demo import tokenizer_beside
-    from ..reference import batch_input_ids, heads, import_reference, report, texts
+    from ..reference import heads, import_reference, report, token_batch
 
     transformers = import_reference("transformers", "ALBERT")
-    if isinstance(inputs, torch.Tensor):  # token ids (B, T), no padding
-        batch, label = {"input_ids": inputs}, f"token ids of shape {tuple(inputs.shape)}"
-    elif isinstance(inputs, dict):
-        batch, label = inputs, f"a batch of shape {tuple(batch_input_ids(inputs).shape)}"
-    else:
-        tokenizer = tokenizer_beside(path)
-        if tokenizer is None:
-            raise InputError(f"{path} holds no tokenizer; pass a tokenised batch (input_ids, attention_mask)")
-        texts = texts(inputs)
-        batch, label = tokenizer(texts), f"{len(texts)} texts"
+    batch, label = token_batch(inputs, path)
     if isinstance(model, AlbertForMaskedLM):
         cls, ours, theirs, head = transformers.AlbertForMaskedLM, "albert.", "albert.", {"head.out": ("predictions", None)}
     elif isinstance(model, AlbertForSequenceClassification):

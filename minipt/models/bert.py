@@ -373,20 +373,10 @@ def _encoder_keymap() -> KeyMap:
 # -- minipt.reference: where the reference implementation computes the same values ----------
 def compare_with_reference(model, path, inputs, rtol):
     """transformers' BertModel / BertForMaskedLM / BertForSequenceClassification (eager attention) on the same checkpoint, point by point (``minipt.reference.layer_diffs``)."""
-    from ..demo import tokenizer_beside
-    from ..reference import batch_input_ids, heads, import_reference, report, texts
+    from ..reference import heads, import_reference, report, token_batch
 
     transformers = import_reference("transformers", "BERT")
-    if isinstance(inputs, torch.Tensor):  # token ids (B, T), no padding
-        batch, label = {"input_ids": inputs}, f"token ids of shape {tuple(inputs.shape)}"
-    elif isinstance(inputs, dict):
-        batch, label = inputs, f"a batch of shape {tuple(batch_input_ids(inputs).shape)}"
-    else:
-        tokenizer = tokenizer_beside(path)
-        if tokenizer is None:
-            raise InputError(f"{path} holds no tokenizer; pass a tokenised batch (input_ids, attention_mask)")
-        texts = texts(inputs)
-        batch, label = tokenizer(texts), f"{len(texts)} texts"
+    batch, label = token_batch(inputs, path)
     if isinstance(model, BertForMaskedLM):
         cls, ours, theirs, head = transformers.BertForMaskedLM, "bert.", "bert.", {"head.out": ("cls", None)}
     elif isinstance(model, BertForSequenceClassification):

@@ -321,20 +321,10 @@ def _encoder_keymap() -> KeyMap:
 def compare_with_reference(model, path, inputs, rtol):
     """transformers' DistilBertModel / DistilBertForMaskedLM / DistilBertForSequenceClassification (eager attention)
     on the same checkpoint, point by point (``minipt.reference.layer_diffs``)."""
-    from ..demo import tokenizer_beside
-    from ..reference import batch_input_ids, heads, import_reference, report, texts
+    from ..reference import heads, import_reference, report, token_batch
 
     transformers = import_reference("transformers", "DistilBERT")
-    if isinstance(inputs, torch.Tensor):  # token ids (B, T), no padding
-        batch, label = {"input_ids": inputs}, f"token ids of shape {tuple(inputs.shape)}"
-    elif isinstance(inputs, dict):
-        batch, label = inputs, f"a batch of shape {tuple(batch_input_ids(inputs).shape)}"
-    else:
-        tokenizer = tokenizer_beside(path)
-        if tokenizer is None:
-            raise InputError(f"{path} holds no tokenizer; pass a tokenised batch (input_ids, attention_mask)")
-        sentences = texts(inputs)
-        batch, label = tokenizer(sentences), f"{len(sentences)} texts"  # input_ids and attention_mask: DistilBERT's tokenizer inputs
+    batch, label = token_batch(inputs, path)
     if isinstance(model, DistilBertForMaskedLM):
         cls, ours, theirs = transformers.DistilBertForMaskedLM, "distilbert.", "distilbert."
         head = {"head.norm.out": ("vocab_layer_norm", None), "head.out": ("vocab_projector", None)}

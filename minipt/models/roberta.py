@@ -268,20 +268,10 @@ _ENCODER_WITHOUT_PREFIX = [(f"{part}.{{*}}", f"roberta.{part}.{{*}}") for part i
 # -- minipt.reference: where the reference implementation computes the same values ----------
 def compare_with_reference(model, path, inputs, rtol):
     """transformers' RobertaModel / RobertaForMaskedLM / RobertaForSequenceClassification (eager attention) on the same checkpoint, point by point."""
-    from ..demo import tokenizer_beside
-    from ..reference import batch_input_ids, heads, import_reference, report, texts
+    from ..reference import heads, import_reference, report, token_batch
 
     transformers = import_reference("transformers", "RoBERTa")
-    if isinstance(inputs, torch.Tensor):  # token ids (B, T), no padding
-        batch, label = {"input_ids": inputs}, f"token ids of shape {tuple(inputs.shape)}"
-    elif isinstance(inputs, dict):
-        batch, label = inputs, f"a batch of shape {tuple(batch_input_ids(inputs).shape)}"
-    else:
-        tokenizer = tokenizer_beside(path)
-        if tokenizer is None:
-            raise InputError(f"{path} holds no tokenizer; pass a tokenised batch (input_ids, attention_mask)")
-        sentences = texts(inputs)
-        batch, label = tokenizer(sentences), f"{len(sentences)} texts"
+    batch, label = token_batch(inputs, path)
     encoder = model if isinstance(model, RobertaModel) else model.roberta
     prefix = "" if encoder is model else "roberta."
     if isinstance(model, RobertaForMaskedLM):
