@@ -5,9 +5,10 @@ import sys
 
 import pytest
 import torch
+from torch.utils._pytree import tree_leaves
 
 import minipt.nn
-from minipt import transfer
+from minipt import registry, transfer
 from minipt.errors import InputError, MissingDependencyError
 from minipt.models.bert import BertConfig, BertForSequenceClassification
 from minipt.models.char_lm import CharLM, CharLMConfig
@@ -36,6 +37,17 @@ def test_bert_linear_layers():
         assert _relative_error(quantized(ids).logits, model(ids).logits) < 0.1
     assert size_bytes(quantized) < 0.7 * size_bytes(model)  # the embeddings stay float
     assert transfer.is_quantized(quantized) and not transfer.is_quantized(model)
+
+
+@pytest.mark.parametrize("family, cls", [(f, c) for f in registry.families() for c in f.classes], ids=lambda x: getattr(x, "__name__", ""))
+def test_every_declared_model_quantises_and_stays_close(family, cls):
+    model = family.tiny_model(cls)
+    args, kwargs = family.inputs(cls)
+    quantized = quantize_int8(model)
+    assert transfer.is_quantized(quantized)
+    with torch.no_grad():
+        ours, theirs = (torch.cat([t.flatten().float() for t in tree_leaves(m(*args, **kwargs)) if t.is_floating_point()]) for m in (quantized, model))
+    assert torch.isfinite(ours).all() and torch.nn.functional.cosine_similarity(ours, theirs, dim=0) > 0.99
 
 
 def test_lstm_language_model():
