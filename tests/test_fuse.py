@@ -67,3 +67,16 @@ def test_fused_bfloat16_keeps_the_direction(family, cls):
         assert got.dtype == torch.bfloat16
         cosine = F.cosine_similarity(got.float().flatten(), expected.flatten(), dim=0)
         assert cosine >= 0.999, (cls.__name__, float(cosine))
+
+
+@pytest.mark.parametrize("family", registry.families(), ids=lambda f: f.model_type)
+def test_a_fused_copy_compiles(family):
+    """torch.compile of the inference copy: the packed matmuls are minipt ops inductor calls as they are."""
+    cls = family.classes[0]
+    fused = _model(family, cls).fuse()
+    args, kwargs = family.inputs(cls)
+    eager = _outputs(fused, args, kwargs)
+    compiled = _outputs(torch.compile(fused, fullgraph=True), args, kwargs)
+    assert any(isinstance(m, onednn.PackedLinear) and m.onednn for m in fused.modules()) or not onednn.available()
+    for got, expected in zip(compiled, eager):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

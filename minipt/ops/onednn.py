@@ -131,6 +131,28 @@ def post_op(act: nn.Module) -> str | None:
     return {nn.ReLU: "relu", nn.Tanh: "tanh"}.get(type(act))
 
 
+# oneDNN's matmul on a packed weight, as minipt ops: torch.compile and torch.export then call it as it is
+# (inductor's own lowering of _linear_pointwise expects the weights it packed itself, and fails on ours).
+@torch.library.custom_op("minipt::packed_linear", mutates_args=())
+def _packed_linear(rows: Tensor, packed: Tensor, bias: Optional[Tensor], attr: str, algorithm: str, out_features: int) -> Tensor:
+    return torch.ops.mkldnn._linear_pointwise.default(rows, packed, bias, attr, [], algorithm)  # act(rows W^T + b): (N, out)
+
+
+@_packed_linear.register_fake
+def _(rows, packed, bias, attr, algorithm, out_features):
+    return rows.new_empty(rows.shape[0], out_features)
+
+
+@torch.library.custom_op("minipt::packed_linear_add", mutates_args=())
+def _packed_linear_add(rows: Tensor, residual: Tensor, packed: Tensor, bias: Optional[Tensor]) -> Tensor:
+    return torch.ops.mkldnn._linear_pointwise.binary(rows, residual, packed, bias, "add")  # rows W^T + b + residual: (N, out)
+
+
+@_packed_linear_add.register_fake
+def _(rows, residual, packed, bias):
+    return torch.empty_like(residual)
+
+
 class PackedLinear(nn.Module):
     """``act(x @ W^T + b)`` (or ``x @ W^T + b + residual``) on a weight packed for oneDNN, or on plain
     torch where oneDNN is not available. Built by ``pack_linear``; holds no parameters."""
@@ -158,12 +180,12 @@ class PackedLinear(nn.Module):
             if self.activation is not None:
                 raise InputError("a packed linear layer adds a residual only without an activation")
             if self.onednn:
-                out = torch.ops.mkldnn._linear_pointwise.binary(rows, residual.reshape(-1, self.out_features), self.weight, self.bias, "add")
+                out = torch.ops.minipt.packed_linear_add(rows, residual.reshape(-1, self.out_features), self.weight, self.bias)
             else:
                 out = F.linear(rows, self.weight, self.bias) + residual.reshape(-1, self.out_features)
         elif self.onednn:
             attr, algorithm = self._post_op
-            out = torch.ops.mkldnn._linear_pointwise.default(rows, self.weight, self.bias, attr, [], algorithm)
+            out = torch.ops.minipt.packed_linear(rows, self.weight, self.bias, attr, algorithm, self.out_features)
         else:
             out = self._plain(F.linear(rows, self.weight, self.bias))
         return out.view(*x.shape[:-1], self.out_features)  # (..., out)
