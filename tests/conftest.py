@@ -36,6 +36,18 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def fresh_compiler():
+    """torch.compile's caches emptied first: dynamo recompiles a function at most a few times (its
+    recompile limit), and the suite compiles the same blocks (EncoderLayer.forward, ...) for many
+    models, so a fullgraph compile late in the suite would otherwise hit the limit and fail."""
+    import torch
+
+    torch.compiler.reset()
+    yield
+    torch.compiler.reset()
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     import torch

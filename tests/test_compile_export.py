@@ -63,6 +63,7 @@ def test_export(name, backend):
         _assert_same(exported.module()(*args, **kwargs), expected)
 
 
+@pytest.mark.usefixtures("fresh_compiler")
 @pytest.mark.parametrize("name, backend", list(_cases()))
 def test_compile_fullgraph(name, backend):
     """One graph (a break raises with fullgraph=True); aot_eager traces forward and backward without codegen."""
@@ -112,6 +113,7 @@ def _grads(flat, cotangents, layer):
     return list(torch.autograd.grad(sum((t * c).sum() for t, c in zip(flat, cotangents)), list(layer.parameters())))
 
 
+@pytest.mark.usefixtures("fresh_compiler")
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kind", LAYERS)
 def test_rnn_layer_compile_fullgraph(kind, backend, onednn_unprobed):

@@ -200,5 +200,5 @@ def test_without_pillow_reading_an_image_names_the_package(monkeypatch):
 
     for name in ("PIL", "PIL.Image", "PIL.ImageDraw", "PIL.ImageFont"):
         monkeypatch.setitem(sys.modules, name, None)  # as if Pillow were not installed
-    with pytest.raises(MissingDependencyError, match="needs Pillow: pip install pillow"):
+    with pytest.raises(MissingDependencyError, match=r"needs Pillow \(PIL\): pip install pillow"):
         preprocess(torch.zeros(64, 100, dtype=torch.uint8))

@@ -69,6 +69,7 @@ def test_fused_bfloat16_keeps_the_direction(family, cls):
         assert cosine >= 0.999, (cls.__name__, float(cosine))
 
 
+@pytest.mark.usefixtures("fresh_compiler")
 @pytest.mark.parametrize("family", registry.families(), ids=lambda f: f.model_type)
 def test_a_fused_copy_compiles(family):
     """torch.compile of the inference copy: the packed matmuls are minipt ops inductor calls as they are."""

@@ -170,6 +170,7 @@ def test_torch_compile_fullgraph_matches_eager():
         assert torch.allclose(mine, theirs, atol=1e-6)
 
 
+@pytest.mark.usefixtures("fresh_compiler")
 @torch.no_grad()
 def test_inductor_fullgraph_matches_eager():
     model = EveryOp()
