@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -296,7 +297,14 @@ _SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"  # the index's JSON API (PE
 
 
 def _pip_available() -> bool:
-    return importlib.util.find_spec("pip") is not None
+    """pip's installed distribution, read from its metadata. Not ``find_spec("pip")``: on Python < 3.12,
+    setuptools' distutils shim answers a lookup of "pip" by switching itself off for the rest of the
+    process, after which ``import setuptools`` (and so torch.compile's C++ build) fails."""
+    try:
+        importlib.metadata.version("pip")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 @contextmanager

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import site
+import subprocess
 import sys
 import threading
 import zipfile
@@ -177,3 +178,12 @@ def test_an_unfetched_catalogue_name_says_how_to_fetch_it(name, tmp_path, monkey
         assert cli.main([command, name]) == 1
         err = capsys.readouterr().err
         assert err == f"minipt {command}: {name} is catalogued but not fetched (no {tmp_path / name}); run `minipt fetch {name}`\n"
+
+
+def test_looking_for_pip_leaves_setuptools_importable():
+    """Asking whether pip is there must not switch off setuptools' distutils shim (a lookup of "pip" through
+    the import system does, on Python < 3.12): torch.compile imports setuptools for its C++ build later."""
+    pytest.importorskip("setuptools", reason="setuptools is not installed, so there is no shim to switch off")
+    code = "import minipt.hub as hub; assert hub._pip_available(); import setuptools"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
