@@ -3,11 +3,13 @@ unfused model and a float64 ground truth; the plain-torch fallback; bfloat16 fid
 
 from __future__ import annotations
 
+import collections
 import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from bert_reference import minilm_path
 from minipt import Tokenizer
@@ -126,6 +128,19 @@ def _fused_against_float64(model, batch, fused):
     return max_error(fields(got), fields(exact)), max_error(fields(ours), fields(exact))
 
 
+class OpCounter(TorchDispatchMode):
+    """How often each op ran (``namespace.name.overload``) while it was active."""
+
+    def __enter__(self):
+        self.counts = collections.Counter()
+        super().__enter__()
+        return self.counts
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[str(func)] += 1
+        return func(*args, **(kwargs or {}))
+
+
 def test_fused_bert_equals_unfused_on_real_weights(minilm, padded_batch):
     """Padded batch: the fused model errs against float64 at most 3x what the unfused float32 model does."""
     fused = minilm.fuse()
@@ -134,6 +149,16 @@ def test_fused_bert_equals_unfused_on_real_weights(minilm, padded_batch):
         assert layer.ffn_up.activation == "gelu" and isinstance(layer.act, torch.nn.Identity)
     assert not any(isinstance(m, torch.nn.Linear) for m in fused.modules())
     assert all(m.onednn == onednn.available() for m in fused.modules() if isinstance(m, onednn.PackedLinear))
+    if onednn.available():  # each layer's two residual adds run inside out_proj's and ffn_down's matmuls
+        with OpCounter() as ops_run, torch.inference_mode():
+            fused(**padded_batch)
+        apart = copy.deepcopy(fused)
+        for layer in apart.layers:
+            layer.residual_in_matmul = False
+        with OpCounter() as ops_run_apart, torch.inference_mode():
+            apart(**padded_batch)
+        assert ops_run["minipt.packed_linear_add.default"] == 2 * len(fused.layers), dict(ops_run)
+        assert ops_run_apart["aten.add.Tensor"] - ops_run["aten.add.Tensor"] == 2 * len(fused.layers)
     fused_error, unfused_error = _fused_against_float64(minilm, padded_batch, fused)
     assert fused_error <= 3 * unfused_error + 1e-6, (fused_error, unfused_error)
     assert minilm.layers[0].attn.q_proj.weight.requires_grad  # the original is untouched

@@ -155,6 +155,7 @@ class MultiHeadAttention(BackendBlock, nn.Module):
         hidden: torch.Tensor,  # (B, T, C)
         bias: torch.Tensor | None = None,  # from attention_bias(): (B|1, 1, T, T)
         need_weights: bool = False,
+        residual: torch.Tensor | None = None,  # (B, T, C), added to the output projection's result
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, C = hidden.shape
         split_heads = lambda x: x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # noqa: E731
@@ -173,4 +174,4 @@ class MultiHeadAttention(BackendBlock, nn.Module):
         )
         out = tap(self, "heads", out)  # (B, heads, T, head_dim)
         out = out.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
-        return self.out_proj(out), attn_probs
+        return self.out_proj(out, residual=residual), attn_probs

@@ -30,6 +30,9 @@ class EncoderLayer(nn.Module):
     """Self-attention and a feed-forward network, each a residual branch, LayerNorm after (post-LN) or before (pre-LN)."""
 
     linear_act_pairs = (("ffn_up", "act"),)  # fuse(): the activation as a post-op of ffn_up's matmul
+    # fuse() sets it: each residual add joins its branch's last matmul (out_proj, ffn_down) as a
+    # post-op, one pass over the activations fewer; the copy runs in eval, so no dropout sits between
+    residual_in_matmul = False
 
     def __init__(
         self,
@@ -53,11 +56,18 @@ class EncoderLayer(nn.Module):
         self.ffn_norm = LayerNorm(dim, eps=eps)
         self.dropout = nn.Dropout(dropout)
 
-    def feed_forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``ffn_down(act(ffn_up(hidden)))``: (B, T, C) -> (B, T, intermediate) inside -> (B, T, C)."""
-        return self.ffn_down(linear_then_activation(self.ffn_up, self.act, hidden))
+    def feed_forward(self, hidden: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``ffn_down(act(ffn_up(hidden)))`` (``+ residual``): (B, T, C) -> (B, T, intermediate) inside -> (B, T, C)."""
+        return self.ffn_down(linear_then_activation(self.ffn_up, self.act, hidden), residual=residual)
 
     def forward(self, hidden: torch.Tensor, bias: torch.Tensor | None = None, need_weights: bool = False):
+        if self.residual_in_matmul:  # the same sums, each residual added by the matmul before it
+            if self.norm_first:
+                hidden, attn_probs = self.attn(self.attn_norm(hidden), bias, need_weights, residual=hidden)
+                return self.feed_forward(self.ffn_norm(hidden), residual=hidden), attn_probs
+            summed, attn_probs = self.attn(hidden, bias, need_weights, residual=hidden)  # hidden + attn_out
+            hidden = self.attn_norm(summed)
+            return self.ffn_norm(self.feed_forward(hidden, residual=hidden)), attn_probs
         if self.norm_first:
             attn_out, attn_probs = self.attn(self.attn_norm(hidden), bias, need_weights)
             hidden = hidden + self.dropout(attn_out)  # (B, T, C)

@@ -17,6 +17,9 @@ Conv + BatchNorm fold         ``W' = W s``, ``b' = beta + (b - mean) s``, ``s = 
 Linear + activation           a Linear and the activation after it (pairs a block lists in
                               ``linear_act_pairs``) become one prepacked oneDNN matmul with the
                               activation as its post-op, where oneDNN has that activation
+residual into the matmul      blocks with ``residual_in_matmul`` (the encoder layer) add each
+                              residual in the matmul before it (oneDNN's sum post-op), not in a
+                              pass of its own
 Q, K, V merge                 an attention block's three projections become one (3C, C) matmul
                               (``MultiHeadAttention.merge_qkv``)
 packed Linear                 every other Linear runs on a weight prepacked for oneDNN
@@ -72,6 +75,8 @@ def _rewrite(module: nn.Module, batch_hint: int | None) -> None:
         if isinstance(linear, nn.Linear) and post_op is not None:
             setattr(module, linear_name, _pack(linear, post_op, batch_hint))
             setattr(module, act_name, nn.Identity())  # now inside the matmul
+    if hasattr(type(module), "residual_in_matmul"):
+        module.residual_in_matmul = True
     merge = getattr(module, "merge_qkv", None)
     if callable(merge):
         merge(lambda weight, bias: onednn.pack_linear(weight, bias, batch_hint=batch_hint))

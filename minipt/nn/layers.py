@@ -26,12 +26,15 @@ class Linear(BackendBlock, nn.Linear):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
         super().__init__(in_features, out_features, bias, device, dtype)
 
-    def forward(self, x: torch.Tensor, add_bias: bool = True) -> torch.Tensor:
-        """(..., in) -> (..., out); ``add_bias=False`` leaves the bias to the caller (``linear_then_activation``)."""
+    def forward(self, x: torch.Tensor, add_bias: bool = True, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """(..., in) -> (..., out), ``+ residual`` where given; ``add_bias=False`` leaves the bias to the
+        caller (``linear_then_activation``)."""
         bias = self.bias if add_bias else None
         if get_backend(self.backend) == "fused" and not (tracing() or torch.jit.is_tracing()):
-            return onednn.linear(x, self.weight, bias)
-        return F.linear(x, self.weight, bias)
+            out = onednn.linear(x, self.weight, bias)
+        else:
+            out = F.linear(x, self.weight, bias)
+        return out if residual is None else out + residual
 
 
 class LayerNorm(BackendBlock, nn.Module):
