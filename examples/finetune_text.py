@@ -2,6 +2,7 @@
 
     python examples/finetune_text.py --quick             # a few minutes on 2 CPU cores
     python examples/finetune_text.py                     # every article, 3 epochs
+    python examples/finetune_text.py --model all --quick # MiniLM against a BERT, RoBERTa, DistilBERT and ALBERT student
     torchrun --nproc_per_node=2 examples/finetune_text.py --quick   # DistributedDataParallel (gloo on CPU, nccl on CUDA)
 
 The articles are BBC News' 2,225 (business, entertainment, politics, sport,
@@ -15,6 +16,23 @@ hidden 384). The same shuffled split (80% train, 20% held out) serves every run:
 - full fine-tuning: everything trains, learning rates decayed by 0.8 per stage from the head down;
 - from scratch: the same architecture, randomly initialised, everything trains;
 - full fine-tuning, int8: the fine-tuned model with its Linear layers quantised (``minipt.quantize``).
+
+``--model`` picks whose student the "from scratch" way trains: ``bert`` (the
+default, the four ways above), ``roberta``, ``distilbert``, ``albert``, or
+``all`` (the four students one after the other). For any but ``bert`` the ways
+default to full fine-tuning of the pretrained MiniLM and the students from
+scratch, with no int8 row: no pretrained RoBERTa, DistilBERT or ALBERT weights
+install here, so the table compares, on the same split and budget, randomly
+initialised students of each family (seed 0; same optimiser, learning rate,
+epochs and batch as the BERT one) with the pretrained MiniLM. Each student is
+shaped like MiniLM (6 layers, hidden 384, 12 heads, feed-forward 1536, 512
+positions) and reads MiniLM's WordPiece tokens, since no tokenizer of those
+families installs either; each keeps its family's own parts: RoBERTa's
+positions counted from the padding id and its two-layer head on the first
+token, DistilBERT's encoder without segments and its head on [CLS], ALBERT's
+128-wide embeddings mapped up to 384 and one layer whose weights all six steps
+share (5.9 M parameters against 22.7 M), each with its family's
+default activation and dropout.
 
 Prints a Markdown table (held-out accuracy, time, trainable parameters, size)
 and writes ``curves.png`` (training loss and held-out accuracy per epoch) to ``--out``.
@@ -36,7 +54,10 @@ from transfer_common import Result, accuracy, plot, run, start_distributed, stop
 
 from minipt import transfer  # noqa: E402
 from minipt.hub import resolve  # noqa: E402
-from minipt.models.bert import BertForSequenceClassification  # noqa: E402
+from minipt.models.albert import AlbertConfig, AlbertForSequenceClassification  # noqa: E402
+from minipt.models.bert import BertConfig, BertForSequenceClassification  # noqa: E402
+from minipt.models.distilbert import DistilBertConfig, DistilBertForSequenceClassification  # noqa: E402
+from minipt.models.roberta import RobertaConfig, RobertaForSequenceClassification  # noqa: E402
 from minipt.quantize import quantize_int8, size_bytes  # noqa: E402
 from minipt.tokenizer import Tokenizer  # noqa: E402
 
@@ -74,18 +95,34 @@ def logits_of(model, batch):
     return model(ids, mask).logits
 
 
-def build(way: str, num_labels: int, device) -> BertForSequenceClassification:
-    """The model for one way of training, its stages frozen as that way wants."""
-    pretrained = BertForSequenceClassification.from_pretrained(CHECKPOINT, num_labels=num_labels, init_missing=("classifier",))
-    if way == "from scratch":
-        torch.manual_seed(0)
-        return BertForSequenceClassification(pretrained.config).to(device)
+def student(family: str, minilm: BertConfig, tokenizer: Tokenizer):
+    """A randomly initialised classifier of one family (seed 0), shaped like MiniLM and reading its tokens."""
+    torch.manual_seed(0)
+    if family == "bert":
+        return BertForSequenceClassification(minilm)
+    shape = dict(vocab_size=minilm.vocab_size, num_labels=minilm.num_labels, pad_token_id=tokenizer.pad_token_id)
+    bert_shape = dict(shape, hidden_size=minilm.hidden_size, num_hidden_layers=minilm.num_hidden_layers,
+                      num_attention_heads=minilm.num_attention_heads, intermediate_size=minilm.intermediate_size)
+    if family == "roberta":  # positions run pad_token_id + 1 .. pad_token_id + length
+        return RobertaForSequenceClassification(RobertaConfig(
+            **bert_shape, max_position_embeddings=minilm.max_position_embeddings + tokenizer.pad_token_id + 1,
+            bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id))
+    if family == "distilbert":
+        return DistilBertForSequenceClassification(DistilBertConfig(
+            **shape, dim=minilm.hidden_size, n_layers=minilm.num_hidden_layers, n_heads=minilm.num_attention_heads,
+            hidden_dim=minilm.intermediate_size, max_position_embeddings=minilm.max_position_embeddings))
+    return AlbertForSequenceClassification(AlbertConfig(  # albert: one layer, shared by every step
+        **bert_shape, embedding_size=128, num_hidden_groups=1, inner_group_num=1, max_position_embeddings=minilm.max_position_embeddings))
+
+
+def build(way: str, pretrained: BertForSequenceClassification):
+    """The pretrained model for one way of training, its stages frozen as that way wants."""
     last = len(pretrained.bert.layers) - 1
     if way == "feature extraction":
         transfer.freeze_up_to(pretrained, f"layers.{last}")
     elif way == "partial fine-tuning":
         transfer.freeze_up_to(pretrained, f"layers.{last - 2}")
-    return pretrained.to(device)
+    return pretrained
 
 
 WAYS = {  # way -> (learning rate of the top stage, layer decay)
@@ -94,6 +131,21 @@ WAYS = {  # way -> (learning rate of the top stage, layer decay)
     "full fine-tuning": (1e-4, 0.8),
     "from scratch": (1e-4, 1.0),
 }
+FAMILIES = {"bert": "BERT", "roberta": "RoBERTa", "distilbert": "DistilBERT", "albert": "ALBERT"}  # --model -> row name
+
+
+def rows(model: str, ways: list[str]) -> list[tuple[str, str, str]]:
+    """(row name, way, family of the student or "" for the pretrained MiniLM) of each training run, in order."""
+    if model == "bert":
+        return [(way, way, "bert" if way == "from scratch" else "") for way in ways]
+    families = list(FAMILIES) if model == "all" else [model]
+    found = []
+    for way in ways:
+        if way == "from scratch":
+            found += [(f"{FAMILIES[family]}-shaped, from scratch", way, family) for family in families]
+        else:
+            found.append((f"{CHECKPOINT} (pretrained), {way}", way, ""))
+    return found
 
 
 def main(argv=None) -> list[Result]:
@@ -105,13 +157,21 @@ def main(argv=None) -> list[Result]:
     parser.add_argument("--max-length", type=int, default=None)
     parser.add_argument("--max-steps", type=int, default=None, help="optimiser steps per epoch at most")
     parser.add_argument("--batch-size", type=int, default=16, help="per process")
-    parser.add_argument("--ways", default=",".join(WAYS), help="comma-separated subset of: " + ", ".join(WAYS))
+    parser.add_argument("--model", choices=(*FAMILIES, "all"), default="bert",
+                        help="whose student trains from scratch (all: every family's); other than bert: MiniLM fully fine-tuned against it")
+    parser.add_argument("--ways", default=None, help="comma-separated subset of: " + ", ".join(WAYS)
+                        + " (default: all four for --model bert, else full fine-tuning,from scratch)")
     parser.add_argument("--out", default="runs/finetune_text")
     args = parser.parse_args(argv)
     quick = dict(train_size=320, test_size=160, max_length=128, epochs=2) if args.quick else dict(max_length=256, epochs=3)
+    quick["ways"] = ",".join(WAYS) if args.model == "bert" else "full fine-tuning,from scratch"
     for key, value in quick.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    ways = args.ways.split(",")
+    for way in ways:
+        if way not in WAYS:
+            sys.exit(f"unknown way {way!r}; known: {', '.join(WAYS)}")
 
     rank, world, device = start_distributed()
     torch.manual_seed(0)
@@ -122,24 +182,28 @@ def main(argv=None) -> list[Result]:
         print(f"BBC News: {len(train)} training and {len(test)} held-out articles, {len(classes)} classes ({', '.join(classes)}); {world} process(es)")
     out = Path(args.out)
     results = []
-    for way in args.ways.split(","):
-        if way not in WAYS:
-            sys.exit(f"unknown way {way!r}; known: {', '.join(WAYS)}")
+    minilm = BertForSequenceClassification.from_pretrained(CHECKPOINT, num_labels=len(classes), init_missing=("classifier",)).config
+    for name, way, family in rows(args.model, ways):
         torch.manual_seed(0)
-        model = build(way, len(classes), device)
+        if family:
+            model = student(family, minilm, tokenizer).to(device)
+        else:
+            pretrained = BertForSequenceClassification.from_pretrained(CHECKPOINT, num_labels=len(classes), init_missing=("classifier",))
+            model = build(way, pretrained).to(device)
         lr, decay = WAYS[way]
         optimizer = torch.optim.AdamW(transfer.param_groups(model, lr, layer_decay=decay), weight_decay=0.01)
         if rank == 0:
-            print(f"\n{way}:\n{transfer.stage_table(model)}")
-        results.append(run(way, model, optimizer, train_loader(train, args.batch_size, world, rank), test, logits_of,
+            print(f"\n{name}:\n{transfer.stage_table(model)}")
+        results.append(run(name, model, optimizer, train_loader(train, args.batch_size, world, rank), test, logits_of,
                            epochs=args.epochs, device=device, max_steps=args.max_steps))
-        if way == "full fine-tuning" and device.type == "cpu":
+        if args.model == "bert" and way == "full fine-tuning" and device.type == "cpu":
             start = time.perf_counter()
             quantized = quantize_int8(model)
             score = accuracy(quantized, test, logits_of)
             results.append(Result("full fine-tuning, int8", score, time.perf_counter() - start, 0, size_bytes(quantized) / 1e6))
     if rank == 0:
-        text = table(results, f"BBC News, all-MiniLM-L6-v2 ({len(train)} train / {len(test)} held out, {args.max_length} tokens)")
+        subject = CHECKPOINT if args.model == "bert" else f"{CHECKPOINT} against students from scratch"
+        text = table(results, f"BBC News, {subject} ({len(train)} train / {len(test)} held out, {args.max_length} tokens)")
         print("\n" + text)
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.md").write_text(text + "\n")

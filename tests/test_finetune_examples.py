@@ -26,3 +26,21 @@ def test_feature_extraction_beats_training_from_scratch(tmp_path):
     assert extraction.trainable < scratch.trainable / 100  # the encoder was frozen
     assert extraction.accuracy > scratch.accuracy + 0.1, (extraction, scratch)
     assert (tmp_path / "curves.png").stat().st_size > 0 and "| feature extraction |" in (tmp_path / "results.md").read_text()
+
+
+def test_each_family_student_runs_the_same_protocol(tmp_path):
+    example = _example("finetune_text")
+    args = ["--model", "all", "--train-size", "8", "--test-size", "20", "--max-length", "16", "--epochs", "1", "--max-steps", "1",
+            "--batch-size", "4", "--out", str(tmp_path)]
+    results = example.main(args)
+    names = [r.name for r in results]
+    assert names == ["all-MiniLM-L6-v2 (pretrained), full fine-tuning", "BERT-shaped, from scratch", "RoBERTa-shaped, from scratch",
+                     "DistilBERT-shaped, from scratch", "ALBERT-shaped, from scratch"]
+    pretrained, bert, roberta, distilbert, albert = (r.trainable for r in results)
+    assert bert == pretrained  # the BERT student is MiniLM's architecture
+    for other in (roberta, distilbert):  # the same shape: only the heads, segments and one position row differ
+        assert other != bert and abs(other - bert) < 0.001 * bert, (other, bert)
+    assert albert < bert / 3, (albert, bert)  # one layer shared by six steps, 128-wide embeddings
+    assert all(len(r.losses) == 1 and 0 < r.losses[0] < 10 for r in results), results  # each trained one epoch
+    rows = [line for line in (tmp_path / "results.md").read_text().splitlines() if line.startswith("| ") and "---" not in line]
+    assert [row.split(" | ")[0][2:] for row in rows[1:]] == names
