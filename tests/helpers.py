@@ -22,9 +22,11 @@ Two kinds of float32 comparison, chosen by what is compared:
 
 from __future__ import annotations
 
+import collections
 from typing import Sequence, Union
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 Tensors = Union[torch.Tensor, Sequence[torch.Tensor]]
 
@@ -118,3 +120,16 @@ def assert_inference_only(model, fused, tmp_path) -> None:
         model.fuse(torch.float16)
     with pytest.raises(ConfigError, match="fused already"):
         fused.fuse(torch.bfloat16)
+
+
+class OpCounter(TorchDispatchMode):
+    """How often each op ran (``namespace.name.overload``, e.g. ``minipt.packed_linear_add.default``) while active."""
+
+    def __enter__(self):
+        self.counts = collections.Counter()
+        super().__enter__()
+        return self.counts
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[str(func)] += 1
+        return func(*args, **(kwargs or {}))

@@ -3,17 +3,15 @@ unfused model and a float64 ground truth; the plain-torch fallback; bfloat16 fid
 
 from __future__ import annotations
 
-import collections
 import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from bert_reference import minilm_path
 from minipt import Tokenizer
-from helpers import assert_inference_only
+from helpers import OpCounter, assert_inference_only
 from minipt.errors import ConfigError, InputError
 from minipt.models.bert import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel
 from minipt.models.sentence import SentenceEncoder
@@ -126,19 +124,6 @@ def _fused_against_float64(model, batch, fused):
         got = fused(**batch, output_hidden_states=True)
     fields = lambda out: [out.last_hidden_state, out.pooler_output, *out.hidden_states]  # noqa: E731
     return max_error(fields(got), fields(exact)), max_error(fields(ours), fields(exact))
-
-
-class OpCounter(TorchDispatchMode):
-    """How often each op ran (``namespace.name.overload``) while it was active."""
-
-    def __enter__(self):
-        self.counts = collections.Counter()
-        super().__enter__()
-        return self.counts
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.counts[str(func)] += 1
-        return func(*args, **(kwargs or {}))
 
 
 def test_fused_bert_equals_unfused_on_real_weights(minilm, padded_batch):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._pytree import tree_leaves
 
-from helpers import assert_error_ratio, assert_inference_only, randomise_batch_norm
+from helpers import OpCounter, assert_error_ratio, assert_inference_only, randomise_batch_norm
 from minipt import registry
 from minipt.ops import onednn
 
@@ -67,6 +67,23 @@ def test_fused_bfloat16_keeps_the_direction(family, cls):
         assert got.dtype == torch.bfloat16
         cosine = F.cosine_similarity(got.float().flatten(), expected.flatten(), dim=0)
         assert cosine >= 0.999, (cls.__name__, float(cosine))
+
+
+@pytest.mark.skipif(not onednn.available(), reason="oneDNN is not available: the packed matmuls run on F.linear")
+@pytest.mark.parametrize("family, cls", CASES, ids=IDS)
+def test_residual_adds_run_inside_the_matmuls(family, cls):
+    """Every call of a block with ``residual_in_matmul`` adds its two residuals in oneDNN matmuls (the sum post-op)."""
+    fused = _model(family, cls).fuse()
+    blocks = [m for m in fused.modules() if getattr(m, "residual_in_matmul", False)]
+    if not blocks:
+        pytest.skip(f"{cls.__name__} has no block whose residual adds join a matmul")
+    calls = []
+    for block in blocks:
+        block.register_forward_hook(lambda *_: calls.append(1))
+    args, kwargs = family.inputs(cls)
+    with OpCounter() as ops_run:
+        _outputs(fused, args, kwargs)
+    assert calls and ops_run["minipt.packed_linear_add.default"] == 2 * len(calls), dict(ops_run)
 
 
 @pytest.mark.usefixtures("fresh_compiler")

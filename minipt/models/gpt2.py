@@ -140,7 +140,9 @@ class CausalSelfAttention(BackendBlock, nn.Module):
         self.qkv_proj = Linear(config.n_embd, 3 * config.n_embd)
         self.out_proj = Linear(config.n_embd, config.n_embd)
 
-    def forward(self, hidden: torch.Tensor, bias: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, bias: torch.Tensor | None, cache: KVCache | None,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C), ``+ residual`` (B, T, C) where given, added by the output projection."""
         B, T, C = hidden.shape
         q, k, v = self.qkv_proj(hidden).split(C, dim=2)  # 3 x (B, T, C)
         q, k, v = (x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2) for x in (q, k, v))  # (B, heads, T, D)
@@ -156,13 +158,14 @@ class CausalSelfAttention(BackendBlock, nn.Module):
         )
         out = tap(self, "heads", out)  # (B, heads, T, D)
         out = out.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
-        return self.out_proj(out)
+        return self.out_proj(out, residual=residual)
 
 
 class GPT2Block(nn.Module):
     """One decoder block. Pre-LN: each sub-layer normalises its input and adds its output to the residual stream."""
 
     linear_act_pairs = (("ffn_up", "act"),)  # fuse(): GELU as a post-op of ffn_up's matmul
+    residual_in_matmul = False  # fuse() sets it: the residual adds join out_proj's and ffn_down's matmuls
 
     def __init__(self, config: GPT2Config, layer_idx: int):
         super().__init__()
@@ -175,6 +178,9 @@ class GPT2Block(nn.Module):
         self.dropout = nn.Dropout(config.resid_pdrop)
 
     def forward(self, hidden: torch.Tensor, bias: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
+        if self.residual_in_matmul:  # the same sums (a fused copy runs in eval: no dropout between)
+            hidden = self.attn(self.attn_norm(hidden), bias, cache, residual=hidden)
+            return self.ffn_down(linear_then_activation(self.ffn_up, self.act, self.ffn_norm(hidden)), residual=hidden)
         hidden = hidden + self.dropout(self.attn(self.attn_norm(hidden), bias, cache))  # (B, T, C)
         ffn_out = self.ffn_down(linear_then_activation(self.ffn_up, self.act, self.ffn_norm(hidden)))  # (B, T, 4C) inside, (B, T, C) out
         return hidden + self.dropout(ffn_out)

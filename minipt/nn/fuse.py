@@ -17,7 +17,7 @@ Conv + BatchNorm fold         ``W' = W s``, ``b' = beta + (b - mean) s``, ``s = 
 Linear + activation           a Linear and the activation after it (pairs a block lists in
                               ``linear_act_pairs``) become one prepacked oneDNN matmul with the
                               activation as its post-op, where oneDNN has that activation
-residual into the matmul      blocks with ``residual_in_matmul`` (the encoder layer) add each
+residual into the matmul      blocks with ``residual_in_matmul`` (encoder layer, GPT-2) add each
                               residual in the matmul before it (oneDNN's sum post-op), not in a
                               pass of its own
 Q, K, V merge                 an attention block's three projections become one (3C, C) matmul
