@@ -27,18 +27,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..checkpoint import Checkpoint
 from ..config import Config, count, epsilon, flag, one_of, probability, real, require, token_id
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError
 from ..keymap import KeyMap
-from ..nn import LayerNorm, Linear, activation, attention_bias, linear_then_activation
+from ..nn import Linear
 from ..nn.layers import ACTIVATIONS
 from ..nn.tap import tap
 from ..registry import Reads, register
-from .bert import BertConfig, BertEmbeddings, BertHeadOutput, BertOutput, BertPooler, _BertPretrained, encoder_layer
-from .classifier import HasClassifier
-from .text_encoder import (PROBLEM_TYPES, ClassLabels, check_sequence_labels, check_token_inputs, check_token_labels, classification_loss,
-                           masked_lm_loss, run_layers)
+from .bert import BertConfig, BertEmbeddings, BertModel, BertOutput, BertPooler, MaskedLMHead, _BertPretrained, encoder_layer
+from .text_encoder import (PROBLEM_TYPES, ClassLabels, MaskedLanguageModel, SequenceClassifier, embedding_fields, embedding_rules, example_token_inputs,
+                           fields_under, layer_points, layer_rules, run_layers)
 
 MAX_DEPTH = 1000  # layer steps; the checkpoint holds only the groups, so nothing else bounds num_hidden_layers
 
@@ -76,6 +74,7 @@ class AlbertConfig(ClassLabels, Config):
 
     model_type = "albert"
     padding_idx = BertConfig.padding_idx  # pad_token_id where the vocabulary holds it, as BERT's
+    longest_input = BertConfig.longest_input  # max_position_embeddings
 
     def check(self):
         BertConfig.check(self)  # heads divide the width; id2label names classes 0..n-1
@@ -99,18 +98,11 @@ class AlbertConfig(ClassLabels, Config):
         return [(i // per_group, j) for i in range(self.num_hidden_layers) for j in range(self.inner_group_num)]
 
 
-class AlbertEmbeddings(nn.Module):
-    """Token + segment + learned absolute position embeddings of width embedding_size, then LayerNorm and dropout."""
+class AlbertEmbeddings(BertEmbeddings):
+    """BERT's token + segment + learned absolute position embeddings, of width embedding_size, then LayerNorm and dropout."""
 
     def __init__(self, config: AlbertConfig):
-        super().__init__()
-        self.token = nn.Embedding(config.vocab_size, config.embedding_size, padding_idx=config.padding_idx)
-        self.position = nn.Embedding(config.max_position_embeddings, config.embedding_size)
-        self.token_type = nn.Embedding(config.type_vocab_size, config.embedding_size)
-        self.norm = LayerNorm(config.embedding_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    forward = BertEmbeddings.forward  # BERT's: the three tables summed, then LayerNorm and dropout
+        super().__init__(config, width=config.embedding_size)
 
 
 class AlbertEncoder(nn.Module):
@@ -140,16 +132,13 @@ class AlbertEncoder(nn.Module):
 # What an ALBERT checkpoint's tensors fix in its config (checked before the model is built). The depth,
 # num_hidden_layers, is not among them: the file holds each shared layer once.
 ENCODER_FIELDS = {
-    "vocab_size": ("embeddings.token.weight", 0),
-    "embedding_size": ("embeddings.token.weight", 1),
-    "max_position_embeddings": ("embeddings.position.weight", 0),
-    "type_vocab_size": ("embeddings.token_type.weight", 0),
+    **embedding_fields("embedding_size"),
     "hidden_size": ("encoder.mapping_in.weight", 0),
     "intermediate_size": ("encoder.groups.0.0.ffn_up.weight", 0),
     "num_hidden_groups": "encoder.groups.",
     "inner_group_num": "encoder.groups.0.",
 }
-UNDER_ALBERT = {name: "albert." + where if isinstance(where, str) else ("albert." + where[0], where[1]) for name, where in ENCODER_FIELDS.items()}
+UNDER_ALBERT = fields_under("albert.", ENCODER_FIELDS)  # the same, in a model with a head
 
 
 class _AlbertPretrained(_BertPretrained):
@@ -164,6 +153,7 @@ class AlbertModel(_AlbertPretrained):
     ``hidden_states`` holds mapping_in's output and then one state per layer call (num_hidden_layers x
     inner_group_num of them), ``attentions`` one map per layer call, as transformers' AlbertModel returns them."""
 
+    _family = "ALBERT"
     _pooler_key = "pooler.dense.weight"
     checkpoint_fields = ENCODER_FIELDS
     # a shared group is one stage: freezing it freezes it at every depth it runs (see minipt.transfer)
@@ -171,38 +161,15 @@ class AlbertModel(_AlbertPretrained):
 
     def __init__(self, config: AlbertConfig, add_pooling_layer: bool | None = None):
         """``add_pooling_layer`` (None: ``config.add_pooling_layer``): False for the masked-LM model, which has no pooler."""
-        super().__init__()
-        self.config = config
-        self.embeddings = AlbertEmbeddings(config)
-        self.encoder = AlbertEncoder(config)
         pooled = config.add_pooling_layer if add_pooling_layer is None else add_pooling_layer
-        self.pooler = BertPooler(config) if pooled else None
-        self.apply(self.init_weights)
-        self.set_backend(config.backend)
+        super().__init__(config, embeddings=AlbertEmbeddings(config), encoder=AlbertEncoder(config), pooler=BertPooler(config) if pooled else None)
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,  # (B, T) token ids
-        attention_mask: torch.Tensor | None = None,  # (B, T): 1 for tokens, 0 for padding
-        token_type_ids: torch.Tensor | None = None,  # (B, T): 0 for sentence A, 1 for sentence B
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-    ) -> BertOutput:
-        self.check_inputs(input_ids, attention_mask, token_type_ids)
-        if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
-        embedded = self.embeddings(input_ids, token_type_ids)  # (B, T, E)
-        T = input_ids.shape[1]
-        bias = attention_bias(attention_mask, T, T, dtype=embedded.dtype)  # (B, 1, 1, T) or None
-        hidden, all_hidden, all_attn = self.encoder(embedded, bias, output_hidden_states, output_attentions)  # (B, T, H)
-        pooled = self.pooler(hidden) if self.pooler is not None else None  # (B, H)
-        return BertOutput(last_hidden_state=hidden, pooler_output=pooled, hidden_states=all_hidden, attentions=all_attn)
+    # BERT's forward and checks: embeddings (B, T, E) -> the encoder (run_encoder: mapping_in to H, then every layer step) -> pooler
+    forward = BertModel.forward
+    check_inputs = BertModel.check_inputs
 
-    def check_inputs(self, input_ids, attention_mask=None, token_type_ids=None) -> None:
-        """Raise an InputError naming the first argument of ``forward`` that does not fit this model."""
-        config = self.config
-        check_token_inputs(input_ids, attention_mask, token_type_ids, vocab_size=config.vocab_size, max_length=config.max_position_embeddings,
-                           type_vocab_size=config.type_vocab_size, family="ALBERT")
+    def run_encoder(self, embedded: torch.Tensor, bias: torch.Tensor | None, output_hidden_states: bool, output_attentions: bool):
+        return self.encoder(embedded, bias, output_hidden_states, output_attentions)  # (B, T, E) -> (B, T, H)
 
     @classmethod
     def keymap(cls, config: AlbertConfig | None = None) -> KeyMap:
@@ -211,130 +178,60 @@ class AlbertModel(_AlbertPretrained):
         return _encoder_keymap() + KeyMap([], ignore=[*_PRETRAINING_HEADS, "classifier.{*}"], optional_prefix="albert.")
 
 
-class AlbertMLMHead(nn.Module):
-    """dense (H -> E) -> activation -> LayerNorm -> decoder to vocabulary logits (decoder weight tied to the token embedding)."""
-
-    linear_act_pairs = (("dense", "act"),)  # fuse(): the activation as a post-op of dense's matmul
+class AlbertMLMHead(MaskedLMHead):
+    """BERT's head in the embedding width: dense (H -> E) -> activation -> LayerNorm -> decoder to vocabulary logits
+    (decoder weight tied to the token embedding)."""
 
     def __init__(self, config: AlbertConfig):
-        super().__init__()
-        self.dense = Linear(config.hidden_size, config.embedding_size)
-        self.act = activation(config.hidden_act)
-        self.norm = LayerNorm(config.embedding_size, eps=config.layer_norm_eps)
-        self.decoder = Linear(config.embedding_size, config.vocab_size)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.norm(linear_then_activation(self.dense, self.act, hidden)))  # (B, T, E) inside, (B, T, vocab) out
+        super().__init__(config, width=config.embedding_size)
 
 
-class AlbertForMaskedLM(_AlbertPretrained):
-    """ALBERT with the masked-language-model head: logits over the vocabulary at every position (no pooler, as transformers')."""
+class AlbertForMaskedLM(MaskedLanguageModel, _AlbertPretrained):
+    """ALBERT with the masked-language-model head: logits over the vocabulary at every position (no pooler, as transformers';
+    a checkpoint's albert.pooler is ignored)."""
 
+    base_model_prefix = "albert"
+    # Tied, the decoder's weight is the token embedding, and its bias is stored once, as predictions.bias
+    # (transformers 5 writes only that; older files repeat both under predictions.decoder).
+    official_head = {"dense": "predictions.dense", "norm": "predictions.LayerNorm", "decoder": "predictions.decoder", "bias": "predictions.bias"}
     checkpoint_fields = UNDER_ALBERT
     # the decoder's weight is the token embedding: it counts in (and freezes with) "embeddings"
     transfer_stages = {"embeddings": ("albert.embeddings", "albert.encoder.mapping_in"), "groups.{i}": "albert.encoder.groups.{i}", "head": "head"}
 
     def __init__(self, config: AlbertConfig):
-        super().__init__()
-        self.config = config
-        self.albert = AlbertModel(config, add_pooling_layer=False)
-        self.head = AlbertMLMHead(config)
-        self.apply(self.init_weights)
-        self.tie_weights()
-        self.set_backend(config.backend)
-
-    @classmethod
-    def adapt_config(cls, config: AlbertConfig, checkpoint: Checkpoint) -> AlbertConfig:
-        return config  # no pooler to find: a checkpoint's albert.pooler is ignored
-
-    def tie_weights(self) -> None:
-        if self.config.tie_word_embeddings:
-            self.head.decoder.weight = self.albert.embeddings.token.weight
-
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False, output_attentions=False):
-        """``labels`` (B, T): the token to predict at masked positions, -100 elsewhere."""
-        self.check_inputs(input_ids, attention_mask, token_type_ids, labels)
-        out = self.albert(input_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions)
-        logits = self.head(out.last_hidden_state)  # (B, T, vocab)
-        return BertHeadOutput(loss=masked_lm_loss(logits, labels), logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
-
-    def check_inputs(self, input_ids, attention_mask=None, token_type_ids=None, labels=None) -> None:
-        """The encoder's checks (``AlbertModel.check_inputs``), and ``labels`` shaped like ``input_ids``."""
-        self.albert.check_inputs(input_ids, attention_mask, token_type_ids)
-        check_token_labels(labels, input_ids)
+        super().__init__(config, AlbertModel(config, add_pooling_layer=False), AlbertMLMHead(config))
 
     @classmethod
     def keymap(cls, config: AlbertConfig | None = None) -> KeyMap:
         """Hugging Face's names <-> minipt's; the decoder's rows depend on ``config.tie_word_embeddings`` (default: tied)."""
-        config = config or AlbertConfig()
-        head = [
-            ("predictions.dense.{p}", "head.dense.{p}"),
-            ("predictions.LayerNorm.{p}", "head.norm.{p}"),
-        ]
-        if config.tie_word_embeddings:
-            # The decoder's weight is the token embedding, and its bias is stored once, as predictions.bias
-            # (transformers 5 writes only that; older files repeat both under predictions.decoder).
-            head.append(("predictions.bias", "head.decoder.bias"))
-            tied = [
-                ("predictions.decoder.weight", "albert.embeddings.word_embeddings.weight"),
-                ("predictions.decoder.bias", "predictions.bias"),
-            ]
-        else:  # an untied decoder keeps its own weight and bias; transformers' predictions.bias then goes unused
-            head.append(("predictions.decoder.{p}", "head.decoder.{p}"))
-            tied = [("predictions.bias", "predictions.decoder.bias")]
-        return _encoder_keymap().prefixed("albert.", "albert.") + KeyMap(
-            head,
-            renames=_ENCODER_WITHOUT_PREFIX + _LEGACY_NAMES,
-            ignore=["albert.pooler.{*}", "sop_classifier.{*}"],  # transformers' masked-LM model has no pooler
-            tied=tied,
-        )
+        return cls.masked_lm_keymap(config or AlbertConfig(), _encoder_keymap(), renames=_ENCODER_WITHOUT_PREFIX + _LEGACY_NAMES,
+                                    ignore=["albert.pooler.{*}", "sop_classifier.{*}"])  # transformers' masked-LM model has no pooler
 
 
-class AlbertForSequenceClassification(HasClassifier, _AlbertPretrained):
-    """ALBERT with a linear classifier (or regressor, for num_labels = 1) on the pooled output.
+class AlbertForSequenceClassification(SequenceClassifier, _AlbertPretrained):
+    """ALBERT with a linear classifier (or regressor, for num_labels = 1) on the pooled output, as BERT's:
+
+        pooler_output (B, H) -> dropout (classifier_dropout_prob) -> classifier (B, num_labels)
 
     ``get_classifier()`` and ``reset_classifier(num_labels)`` reach the head as on every minipt classifier
     (``minipt.models.classifier``); a reset forgets the old label names (``id2label``).
     """
 
+    base_model_prefix = "albert"
     _pooler_key = "albert.pooler.dense.weight"
     checkpoint_fields = {**UNDER_ALBERT, "num_labels": ("classifier.weight", 0)}
     transfer_stages = {"embeddings": ("albert.embeddings", "albert.encoder.mapping_in"), "groups.{i}": "albert.encoder.groups.{i}",
                        "pooler": "albert.pooler", "head": "classifier"}
     transfer_head = ("classifier", "num_labels")  # the head module and the config field of its size (also minipt.transfer's)
 
-    def __init__(self, config: AlbertConfig):
-        super().__init__()
-        self.config = config
-        self.albert = AlbertModel(config)
-        if self.albert.pooler is None:
-            raise ConfigError("sequence classification needs the pooler, and the checkpoint has none")
-        self.dropout = nn.Dropout(config.classifier_dropout_prob)
-        self.classifier = Linear(config.hidden_size, config.num_labels)
-        self.apply(self.init_weights)
-        self.set_backend(config.backend)
-
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False, output_attentions=False):
-        """``labels``: class ids (B,), or targets (B,) / (B, num_labels) for regression and multi-label problems."""
-        self.check_inputs(input_ids, attention_mask, token_type_ids, labels)
-        out = self.albert(input_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions)
-        logits = self.classifier(self.dropout(out.pooler_output))  # (B, num_labels)
-        loss = classification_loss(self.config.problem_type, self.config.num_labels, logits, labels)  # BERT's problem types
-        return BertHeadOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
-
-    def check_inputs(self, input_ids, attention_mask=None, token_type_ids=None, labels=None) -> None:
-        """The encoder's checks (``AlbertModel.check_inputs``), and one label entry per sequence."""
-        self.albert.check_inputs(input_ids, attention_mask, token_type_ids)
-        check_sequence_labels(labels, input_ids)
+    def __init__(self, config: AlbertConfig):  # the head reads the pooler's output (SequenceClassifier.classify), which the checkpoint must hold
+        super().__init__(config, AlbertModel(config), dropout=nn.Dropout(config.classifier_dropout_prob), classifier=Linear(config.hidden_size, config.num_labels))
 
     @classmethod
     def keymap(cls, config: AlbertConfig | None = None) -> KeyMap:
         """Hugging Face's names <-> minipt's; a bare encoder's or a pre-trained model's file loads too, under a new head."""
-        return _encoder_keymap().prefixed("albert.", "albert.") + KeyMap(
-            [("classifier.{p}", "classifier.{p}")],
-            renames=_ENCODER_WITHOUT_PREFIX + _LEGACY_NAMES,
-            ignore=_PRETRAINING_HEADS,
-        )
+        return cls.head_keymap(_encoder_keymap(), [("classifier.{p}", "classifier.{p}")], renames=_ENCODER_WITHOUT_PREFIX + _LEGACY_NAMES,
+                               ignore=_PRETRAINING_HEADS)
 
 
 # -- the official names ------------------------------------------------------------
@@ -343,28 +240,18 @@ _LEGACY_NAMES = [("{*}.gamma", "{*}.weight"), ("{*}.beta", "{*}.bias")]
 # A bare encoder's checkpoint (AlbertModel saves) has no albert. prefix; a model with a head accepts it, to start from it.
 _ENCODER_WITHOUT_PREFIX = [(f"{part}.{{*}}", f"albert.{part}.{{*}}") for part in ("embeddings", "encoder", "pooler")]
 _PRETRAINING_HEADS = ["predictions.{*}", "sop_classifier.{*}"]  # masked LM and sentence-order prediction
-_LAYER_PARTS = [  # transformers' AlbertLayer -> minipt.nn.EncoderLayer
-    ("attention.query", "attn.q_proj"),
-    ("attention.key", "attn.k_proj"),
-    ("attention.value", "attn.v_proj"),
-    ("attention.dense", "attn.out_proj"),
-    ("attention.LayerNorm", "attn_norm"),
-    ("ffn", "ffn_up"),
-    ("ffn_output", "ffn_down"),
-    ("full_layer_layer_norm", "ffn_norm"),
-]
+# transformers' AlbertLayer -> minipt.nn.EncoderLayer
+_LAYER_PARTS = {"attention.query": "attn.q_proj", "attention.key": "attn.k_proj", "attention.value": "attn.v_proj", "attention.dense": "attn.out_proj",
+                "attention.LayerNorm": "attn_norm", "ffn": "ffn_up", "ffn_output": "ffn_down", "full_layer_layer_norm": "ffn_norm"}
 
 
 def _encoder_keymap() -> KeyMap:
     """Hugging Face's AlbertModel names -> minipt's, for the encoder and pooler (the classes' keymap() build on it)."""
     return KeyMap(
         [
-            ("embeddings.word_embeddings.{p}", "embeddings.token.{p}"),
-            ("embeddings.position_embeddings.{p}", "embeddings.position.{p}"),
-            ("embeddings.token_type_embeddings.{p}", "embeddings.token_type.{p}"),
-            ("embeddings.LayerNorm.{p}", "embeddings.norm.{p}"),
+            *embedding_rules(),
             ("encoder.embedding_hidden_mapping_in.{p}", "encoder.mapping_in.{p}"),
-            *[(f"encoder.albert_layer_groups.{{g}}.albert_layers.{{j}}.{theirs}.{{p}}", f"encoder.groups.{{g}}.{{j}}.{ours}.{{p}}") for theirs, ours in _LAYER_PARTS],
+            *layer_rules("encoder.albert_layer_groups.{g}.albert_layers.{j}", "encoder.groups.{g}.{j}", _LAYER_PARTS),
             ("pooler.{p}", "pooler.dense.{p}"),
         ],
         renames=_LEGACY_NAMES,
@@ -373,6 +260,11 @@ def _encoder_keymap() -> KeyMap:
 
 
 # -- minipt.reference: where the reference implementation computes the same values ----------
+# transformers' AlbertLayer module computing each value of minipt.nn.EncoderLayer but its output (hidden_states, below): minipt's point -> its module
+REFERENCE_LAYER = {"attn.probs": "attention", "attn.heads": "attention.dense:input", "attn.out": "attention.dense",
+                   "attn_norm.out": "attention.LayerNorm", "act.out": "ffn_output:input", "ffn_down.out": "ffn_output"}
+
+
 def compare_with_reference(model, path, inputs, rtol):
     """transformers' AlbertModel / AlbertForMaskedLM / AlbertForSequenceClassification (eager attention) on the same
     checkpoint, point by point (``minipt.reference.layer_diffs``).
@@ -382,7 +274,7 @@ def compare_with_reference(model, path, inputs, rtol):
     after every layer call (``encoder.depth.{s}.out`` against transformers' ``hidden_states[s + 1]``), and inside
     each shared layer, at its last call, the attention maps, heads, projections, norms and feed-forward values.
     """
-    from ..reference import heads, import_reference, report, token_batch
+    from ..reference import import_reference, report, token_batch
 
     transformers = import_reference("transformers", "ALBERT")
     batch, label = token_batch(inputs, path)
@@ -406,14 +298,7 @@ def compare_with_reference(model, path, inputs, rtol):
     for step, (group, inner) in enumerate(steps):
         a, b = f"{ours}encoder.groups.{group}.{inner}.", f"{theirs}encoder.albert_layer_groups.{group}.albert_layers.{inner}."
         if last_call[group, inner] == step:
-            points.update({
-                a + "attn.probs": (b + "attention", lambda out: out[1]),
-                a + "attn.heads": (b + "attention.dense:input", heads(config.num_attention_heads)),
-                a + "attn.out": (b + "attention.dense", None),
-                a + "attn_norm.out": (b + "attention.LayerNorm", None),
-                a + "act.out": (b + "ffn_output:input", None),
-                a + "ffn_down.out": (b + "ffn_output", None),
-            })
+            points.update(layer_points(a, b, REFERENCE_LAYER, config.num_attention_heads))
         name = f"{ours}encoder.depth.{step}.out"
         points[name] = (f"{b.rstrip('.')} at call {steps[: step + 1].count((group, inner))} (hidden_states[{step + 1}])", None)
         by_step[name] = step + 1
@@ -427,17 +312,12 @@ def compare_with_reference(model, path, inputs, rtol):
 
 
 # -- the family's one declaration (minipt.registry) ------------------------------------------
-def _example_inputs(cls):
-    ids = torch.randint(0, 50, (2, 5), generator=torch.Generator().manual_seed(1))
-    return (ids, torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])), {}  # the second row padded
-
-
 FAMILY = register(
     "albert",
     (AlbertModel, AlbertForMaskedLM, AlbertForSequenceClassification),
     tiny=lambda: AlbertConfig(vocab_size=50, embedding_size=8, hidden_size=16, num_hidden_layers=4, num_hidden_groups=2, inner_group_num=1,
                               num_attention_heads=2, intermediate_size=32, max_position_embeddings=20),
-    inputs=_example_inputs,
+    inputs=example_token_inputs,
     reference=compare_with_reference,
     reads=Reads("token ids (batch x tokens)", "1x128"),
 )

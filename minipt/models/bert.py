@@ -11,12 +11,12 @@ through the key map at the bottom of this file.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..checkpoint import Checkpoint, Pretrained
+from ..checkpoint import Pretrained
 from ..config import Config, count, epsilon, flag, minipt_only, one_of, probability, real, require, token_id
 from ..errors import ConfigError, InputError
 from ..keymap import KeyMap
@@ -25,13 +25,11 @@ from ..nn.encoder import EncoderLayer
 from ..nn.layers import ACTIVATIONS
 from ..nn.output import ModelOutput
 from ..registry import Reads, register
-from .classifier import HasClassifier
-from .text_encoder import (PROBLEM_TYPES, ClassLabels, check_sequence_labels, check_token_inputs, check_token_labels, classification_loss,
-                           masked_lm_loss, run_layers)
+from .text_encoder import (PROBLEM_TYPES, BertHeadOutput, ClassLabels, MaskedLanguageModel, SequenceClassifier, TextEncoder, check_token_inputs,
+                           compare_encoder, embedding_fields, embedding_rules, example_token_inputs, fields_under, layer_rules,
+                           run_layers)
 from ..nn.backend import ChoosesBackend
 from ..nn.fuse import InferenceCopy
-from ..nn.init import init_normal_
-
 
 
 @dataclass
@@ -66,6 +64,12 @@ class BertConfig(ClassLabels, Config):
         self.check_labels()
 
     model_type = "bert"
+    _as_decoder = "BERT as a decoder"  # what a config with is_decoder or add_cross_attention asks for
+
+    @property
+    def longest_input(self) -> int:
+        """The longest input, in tokens: one position each (RoBERTa's table holds fewer)."""
+        return self.max_position_embeddings
 
     @property
     def padding_idx(self) -> int | None:
@@ -79,11 +83,12 @@ class BertConfig(ClassLabels, Config):
     def prepare(cls, values: dict) -> dict:
         for flag_name in ("is_decoder", "add_cross_attention"):
             if values.get(flag_name):
-                raise ConfigError(f"sets {flag_name}: BERT as a decoder is not supported")
+                raise ConfigError(f"sets {flag_name}: {cls._as_decoder} is not supported")
         return values
 
 
-# Outputs read as transformers' do: out.logits, out["logits"], out[0] (the loss when labels were given), out.to_tuple().
+# Outputs read as transformers' do: out.last_hidden_state, out["pooler_output"], out[0], out.to_tuple().
+# The heads return minipt.models.text_encoder.BertHeadOutput (loss, logits, hidden_states, attentions), as every text encoder's do.
 @dataclass
 class BertOutput(ModelOutput):
     last_hidden_state: torch.Tensor  # (B, T, H)
@@ -92,28 +97,20 @@ class BertOutput(ModelOutput):
     attentions: tuple[torch.Tensor, ...] | None = None  # each layer's attention probabilities: L x (B, heads, T, T)
 
 
-@dataclass
-class BertHeadOutput(ModelOutput):
-    loss: torch.Tensor | None = None  # first, as in transformers: out[0] is the loss when there is one
-    logits: torch.Tensor = field(kw_only=True)  # (B, T, vocab) for masked LM, (B, num_labels) for classification
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
-
-
-# Outputs are pytrees, so torch.export and torch.compile see the tensors inside them.
-torch.export.register_dataclass(BertOutput)
-torch.export.register_dataclass(BertHeadOutput)
+torch.export.register_dataclass(BertOutput)  # a pytree: torch.export and torch.compile see the tensors inside
 
 
 class BertEmbeddings(nn.Module):
     """Token + segment + learned absolute position embeddings, then LayerNorm and dropout."""
 
-    def __init__(self, config: BertConfig):
+    def __init__(self, config: BertConfig, width: int | None = None):
+        """``width``: of the tables (default hidden_size; ALBERT's embedding_size)."""
         super().__init__()
-        self.token = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.padding_idx)
-        self.position = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.token_type = nn.Embedding(config.type_vocab_size, config.hidden_size)
-        self.norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        width = config.hidden_size if width is None else width
+        self.token = nn.Embedding(config.vocab_size, width, padding_idx=config.padding_idx)
+        self.position = nn.Embedding(config.max_position_embeddings, width)
+        self.token_type = nn.Embedding(config.type_vocab_size, width)
+        self.norm = LayerNorm(width, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
@@ -141,49 +138,33 @@ class BertPooler(nn.Module):
         return torch.tanh(self.dense(hidden[:, 0]))  # (B, H)
 
 
+def encoder_modules(config: BertConfig, embeddings: nn.Module) -> dict[str, nn.Module | None]:
+    """BERT's encoder in data-flow order: ``embeddings``, the layers, the pooler (None when the config has none)."""
+    layers = nn.ModuleList(encoder_layer(config) for _ in range(config.num_hidden_layers))
+    return {"embeddings": embeddings, "layers": layers, "pooler": BertPooler(config) if config.add_pooling_layer else None}
+
+
 # What a BERT checkpoint's tensors fix in its config (checked before the model is built).
-ENCODER_FIELDS = {
-    "vocab_size": ("embeddings.token.weight", 0),
-    "hidden_size": ("embeddings.token.weight", 1),
-    "max_position_embeddings": ("embeddings.position.weight", 0),
-    "type_vocab_size": ("embeddings.token_type.weight", 0),
-    "intermediate_size": ("layers.0.ffn_up.weight", 0),
-    "num_hidden_layers": "layers.",
-}
-UNDER_BERT = {name: "bert." + where if isinstance(where, str) else ("bert." + where[0], where[1]) for name, where in ENCODER_FIELDS.items()}
+ENCODER_FIELDS = {**embedding_fields("hidden_size"), "intermediate_size": ("layers.0.ffn_up.weight", 0), "num_hidden_layers": "layers."}
+UNDER_BERT = fields_under("bert.", ENCODER_FIELDS)  # the same, in a model with a head
 
 
-class _BertPretrained(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
+class _BertPretrained(TextEncoder, Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
+    """BERT's initialisation, and the pooler decided by the checkpoint (sentence encoders are often saved without)."""
+
     config_class = BertConfig
-
-    def init_weights(self, module: nn.Module) -> None:
-        """BERT's initialisation: N(0, initializer_range) weights, zero biases and padding row, unit LayerNorm."""
-        init_normal_(module, self.config.initializer_range)
-
-    @classmethod
-    def adapt_config(cls, config: BertConfig, checkpoint: Checkpoint) -> BertConfig:
-        # Sentence encoders are often saved without the pooler: then the model has none.
-        keymap = cls.keymap(config)
-        pooler = keymap.to_official(cls._pooler_key)[0]
-        config.add_pooling_layer = any(keymap.canonical(k) == pooler for k in checkpoint.keys())
-        return config
 
 
 class BertModel(_BertPretrained):
     """The BERT encoder: ``model(input_ids, attention_mask, token_type_ids) -> BertOutput``."""
 
+    _family = "BERT"
     _pooler_key = "pooler.dense.weight"
     checkpoint_fields = ENCODER_FIELDS
     transfer_stages = {"embeddings": "embeddings", "layers.{i}": "layers.{i}", "pooler": "pooler"}  # see minipt.transfer
 
     def __init__(self, config: BertConfig):
-        super().__init__()
-        self.config = config
-        self.embeddings = BertEmbeddings(config)
-        self.layers = nn.ModuleList(encoder_layer(config) for _ in range(config.num_hidden_layers))
-        self.pooler = BertPooler(config) if config.add_pooling_layer else None
-        self.apply(self.init_weights)
-        self.set_backend(config.backend)
+        super().__init__(config, **encoder_modules(config, BertEmbeddings(config)))
 
     def forward(
         self,
@@ -199,15 +180,19 @@ class BertModel(_BertPretrained):
         hidden = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
         T = input_ids.shape[1]
         bias = attention_bias(attention_mask, T, T, dtype=hidden.dtype)  # (B, 1, 1, T) or None
-        hidden, all_hidden, all_attn = run_layers(self.layers, hidden, bias, output_hidden_states, output_attentions)
+        hidden, all_hidden, all_attn = self.run_encoder(hidden, bias, output_hidden_states, output_attentions)  # (B, T, H)
         pooled = self.pooler(hidden) if self.pooler is not None else None  # (B, H)
         return BertOutput(last_hidden_state=hidden, pooler_output=pooled, hidden_states=all_hidden, attentions=all_attn)
 
+    def run_encoder(self, hidden: torch.Tensor, bias: torch.Tensor | None, output_hidden_states: bool, output_attentions: bool):
+        """The layers in turn on the embeddings (``run_layers``): (last hidden state, hidden states or None, attention maps or None)."""
+        return run_layers(self.layers, hidden, bias, output_hidden_states, output_attentions)
+
     def check_inputs(self, input_ids, attention_mask=None, token_type_ids=None) -> None:
-        """Raise an InputError naming the first argument of ``forward`` that does not fit this model."""
+        """Raise an InputError naming the first argument of ``forward`` that does not fit this model (at most ``config.longest_input`` tokens)."""
         config = self.config
-        check_token_inputs(input_ids, attention_mask, token_type_ids, vocab_size=config.vocab_size, max_length=config.max_position_embeddings,
-                           type_vocab_size=config.type_vocab_size, family="BERT")
+        check_token_inputs(input_ids, attention_mask, token_type_ids, vocab_size=config.vocab_size, max_length=config.longest_input,
+                           type_vocab_size=config.type_vocab_size, family=self._family)
 
     @classmethod
     def keymap(cls, config: BertConfig | None = None) -> KeyMap:
@@ -221,122 +206,64 @@ class MaskedLMHead(nn.Module):
 
     linear_act_pairs = (("dense", "act"),)  # fuse(): the activation as a post-op of dense's matmul
 
-    def __init__(self, config: BertConfig):
+    def __init__(self, config: BertConfig, width: int | None = None):
+        """``width``: of the transformed vectors the decoder reads (default hidden_size; ALBERT's embedding_size)."""
         super().__init__()
-        self.dense = Linear(config.hidden_size, config.hidden_size)
+        width = config.hidden_size if width is None else width
+        self.dense = Linear(config.hidden_size, width)
         self.act = activation(config.hidden_act)
-        self.norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.decoder = Linear(config.hidden_size, config.vocab_size)
+        self.norm = LayerNorm(width, eps=config.layer_norm_eps)
+        self.decoder = Linear(width, config.vocab_size)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.norm(linear_then_activation(self.dense, self.act, hidden)))  # (B, T, vocab)
 
 
-class BertForMaskedLM(_BertPretrained):
+class BertForMaskedLM(MaskedLanguageModel, _BertPretrained):
     """BERT with the masked-language-model head: logits over the vocabulary at every position."""
 
+    base_model_prefix = "bert"
+    # Tied, the decoder's weight is the token embedding, and its bias is stored once, as cls.predictions.bias.
+    official_head = {"dense": "cls.predictions.transform.dense", "norm": "cls.predictions.transform.LayerNorm",
+                     "decoder": "cls.predictions.decoder", "bias": "cls.predictions.bias"}
     _pooler_key = "bert.pooler.dense.weight"
     checkpoint_fields = UNDER_BERT
     # the decoder's weight is the token embedding: it counts in (and freezes with) "embeddings"
     transfer_stages = {"embeddings": "bert.embeddings", "layers.{i}": "bert.layers.{i}", "pooler": "bert.pooler", "head": "head"}
 
     def __init__(self, config: BertConfig):
-        super().__init__()
-        self.config = config
-        self.bert = BertModel(config)
-        self.head = MaskedLMHead(config)
-        self.apply(self.init_weights)
-        self.tie_weights()
-        self.set_backend(config.backend)
-
-    def tie_weights(self) -> None:
-        if self.config.tie_word_embeddings:
-            self.head.decoder.weight = self.bert.embeddings.token.weight
-
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False, output_attentions=False):
-        """``labels`` (B, T): the token to predict at masked positions, -100 elsewhere."""
-        self.check_inputs(input_ids, attention_mask, token_type_ids, labels)
-        out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions)
-        logits = self.head(out.last_hidden_state)  # (B, T, vocab)
-        return BertHeadOutput(loss=masked_lm_loss(logits, labels), logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
-
-    def check_inputs(self, input_ids, attention_mask=None, token_type_ids=None, labels=None) -> None:
-        """The encoder's checks (``BertModel.check_inputs``), and ``labels`` shaped like ``input_ids``."""
-        self.bert.check_inputs(input_ids, attention_mask, token_type_ids)
-        check_token_labels(labels, input_ids)
+        super().__init__(config, BertModel(config), MaskedLMHead(config))
 
     @classmethod
     def keymap(cls, config: BertConfig | None = None) -> KeyMap:
         """Hugging Face's names <-> minipt's; the decoder's rows depend on ``config.tie_word_embeddings`` (default: tied)."""
-        config = config or BertConfig()
-        head = [
-            ("cls.predictions.transform.dense.{p}", "head.dense.{p}"),
-            ("cls.predictions.transform.LayerNorm.{p}", "head.norm.{p}"),
-        ]
-        if config.tie_word_embeddings:
-            # The decoder's weight is the token embedding, and its bias is stored once, as cls.predictions.bias.
-            head.append(("cls.predictions.bias", "head.decoder.bias"))
-            tied = [
-                ("cls.predictions.decoder.weight", "bert.embeddings.word_embeddings.weight"),
-                ("cls.predictions.decoder.bias", "cls.predictions.bias"),
-            ]
-        else:  # an untied decoder keeps its own weight and bias; cls.predictions.bias then goes unused
-            head.append(("cls.predictions.decoder.{p}", "head.decoder.{p}"))
-            tied = [("cls.predictions.bias", "cls.predictions.decoder.bias")]
-        return _encoder_keymap().prefixed("bert.", "bert.") + KeyMap(
-            head,
-            renames=_ENCODER_WITHOUT_PREFIX + _LEGACY_NAMES,
-            ignore=["cls.seq_relationship.{*}"],  # the next-sentence head of pre-training checkpoints
-            tied=tied,
-        )
+        return cls.masked_lm_keymap(config or BertConfig(), _encoder_keymap(), renames=_ENCODER_WITHOUT_PREFIX + _LEGACY_NAMES,
+                                    ignore=["cls.seq_relationship.{*}"])  # the next-sentence head of pre-training checkpoints
 
 
-class BertForSequenceClassification(HasClassifier, _BertPretrained):
-    """BERT with a linear classifier (or regressor, for num_labels = 1) on the pooled output.
+class BertForSequenceClassification(SequenceClassifier, _BertPretrained):
+    """BERT with a linear classifier (or regressor, for num_labels = 1) on the pooled output:
+
+        pooler_output (B, H) -> dropout -> classifier (B, num_labels)
 
     ``get_classifier()`` and ``reset_classifier(num_labels)`` reach the head as on the image classifiers
     (``minipt.models.classifier``); a reset forgets the old label names (``id2label``).
     """
 
+    base_model_prefix = "bert"
     _pooler_key = "bert.pooler.dense.weight"
     checkpoint_fields = {**UNDER_BERT, "num_labels": ("classifier.weight", 0)}
     transfer_stages = {"embeddings": "bert.embeddings", "layers.{i}": "bert.layers.{i}", "pooler": "bert.pooler", "head": "classifier"}
     transfer_head = ("classifier", "num_labels")  # the head module and the config field of its size (also minipt.transfer's)
 
-    def __init__(self, config: BertConfig):
-        super().__init__()
-        self.config = config
-        self.bert = BertModel(config)
-        if self.bert.pooler is None:
-            raise ConfigError("sequence classification needs the pooler, and the checkpoint has none")
+    def __init__(self, config: BertConfig):  # the head reads the pooler's output (SequenceClassifier.classify), which the checkpoint must hold
         dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = Linear(config.hidden_size, config.num_labels)
-        self.apply(self.init_weights)
-        self.set_backend(config.backend)
-
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False, output_attentions=False):
-        """``labels``: class ids (B,), or targets (B,) / (B, num_labels) for regression and multi-label problems."""
-        self.check_inputs(input_ids, attention_mask, token_type_ids, labels)
-        out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions)
-        logits = self.classifier(self.dropout(out.pooler_output))  # (B, num_labels)
-        return BertHeadOutput(loss=self._loss(logits, labels), logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
-
-    def check_inputs(self, input_ids, attention_mask=None, token_type_ids=None, labels=None) -> None:
-        """The encoder's checks (``BertModel.check_inputs``), and one label entry per sequence."""
-        self.bert.check_inputs(input_ids, attention_mask, token_type_ids)
-        check_sequence_labels(labels, input_ids)
-
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
-        return classification_loss(self.config.problem_type, self.config.num_labels, logits, labels)
+        super().__init__(config, BertModel(config), dropout=nn.Dropout(dropout), classifier=Linear(config.hidden_size, config.num_labels))
 
     @classmethod
     def keymap(cls, config: BertConfig | None = None) -> KeyMap:
         """Hugging Face's names <-> minipt's; a bare encoder's file (no bert. prefix) loads too, under a new head."""
-        return _encoder_keymap().prefixed("bert.", "bert.") + KeyMap(
-            [("classifier.{p}", "classifier.{p}")],
-            renames=_ENCODER_WITHOUT_PREFIX + _LEGACY_NAMES,
-        )
+        return cls.head_keymap(_encoder_keymap(), [("classifier.{p}", "classifier.{p}")], renames=_ENCODER_WITHOUT_PREFIX + _LEGACY_NAMES)
 
 
 # -- the official names ------------------------------------------------------------
@@ -347,75 +274,41 @@ _LEGACY_NAMES = [("{*}.LayerNorm.gamma", "{*}.LayerNorm.weight"), ("{*}.LayerNor
 _ENCODER_WITHOUT_PREFIX = [(f"{part}.{{*}}", f"bert.{part}.{{*}}") for part in ("embeddings", "encoder", "pooler")]
 
 
+# transformers' BertLayer -> minipt.nn.EncoderLayer
+_LAYER_PARTS = {"attention.self.query": "attn.q_proj", "attention.self.key": "attn.k_proj", "attention.self.value": "attn.v_proj",
+                "attention.output.dense": "attn.out_proj", "attention.output.LayerNorm": "attn_norm",
+                "intermediate.dense": "ffn_up", "output.dense": "ffn_down", "output.LayerNorm": "ffn_norm"}
+
+
 def _encoder_keymap() -> KeyMap:
     """Hugging Face's BertModel names -> minipt's, for the encoder and pooler (the classes' keymap() build on it)."""
     return KeyMap(
-        [
-            ("embeddings.word_embeddings.{p}", "embeddings.token.{p}"),
-            ("embeddings.position_embeddings.{p}", "embeddings.position.{p}"),
-            ("embeddings.token_type_embeddings.{p}", "embeddings.token_type.{p}"),
-            ("embeddings.LayerNorm.{p}", "embeddings.norm.{p}"),
-            ("encoder.layer.{i}.attention.self.query.{p}", "layers.{i}.attn.q_proj.{p}"),
-            ("encoder.layer.{i}.attention.self.key.{p}", "layers.{i}.attn.k_proj.{p}"),
-            ("encoder.layer.{i}.attention.self.value.{p}", "layers.{i}.attn.v_proj.{p}"),
-            ("encoder.layer.{i}.attention.output.dense.{p}", "layers.{i}.attn.out_proj.{p}"),
-            ("encoder.layer.{i}.attention.output.LayerNorm.{p}", "layers.{i}.attn_norm.{p}"),
-            ("encoder.layer.{i}.intermediate.dense.{p}", "layers.{i}.ffn_up.{p}"),
-            ("encoder.layer.{i}.output.dense.{p}", "layers.{i}.ffn_down.{p}"),
-            ("encoder.layer.{i}.output.LayerNorm.{p}", "layers.{i}.ffn_norm.{p}"),
-            ("pooler.dense.{p}", "pooler.dense.{p}"),
-        ],
+        [*embedding_rules(), *layer_rules("encoder.layer.{i}", "layers.{i}", _LAYER_PARTS), ("pooler.dense.{p}", "pooler.dense.{p}")],
         renames=_LEGACY_NAMES,
         ignore=["embeddings.position_ids"],  # a buffer (0, 1, 2, ...) that older files carry
     )
 
 
 # -- minipt.reference: where the reference implementation computes the same values ----------
-def compare_with_reference(model, path, inputs, rtol):
-    """transformers' BertModel / BertForMaskedLM / BertForSequenceClassification (eager attention) on the same checkpoint, point by point (``minipt.reference.layer_diffs``)."""
-    from ..reference import heads, import_reference, report, token_batch
+# transformers' BertLayer module computing each value of minipt.nn.EncoderLayer (also RoBERTa's): minipt's point -> its module
+REFERENCE_LAYER = {"attn.probs": "attention.self", "attn.heads": "attention.self", "attn.out": "attention.output.dense",
+                   "attn_norm.out": "attention.output", "act.out": "intermediate", "ffn_down.out": "output.dense", "out": ""}
 
-    transformers = import_reference("transformers", "BERT")
-    batch, label = token_batch(inputs, path)
-    if isinstance(model, BertForMaskedLM):
-        cls, ours, theirs, head = transformers.BertForMaskedLM, "bert.", "bert.", {"head.out": ("cls", None)}
-    elif isinstance(model, BertForSequenceClassification):
-        cls, ours, theirs, head = transformers.BertForSequenceClassification, "bert.", "bert.", {"classifier.out": ("classifier", None)}
-    else:
-        cls, ours, theirs, head = transformers.BertModel, "", "", {}
-    encoder = model.bert if ours else model
-    kwargs = {"add_pooling_layer": encoder.pooler is not None} if cls is transformers.BertModel else {}
-    reference = cls.from_pretrained(str(path), attn_implementation="eager", **kwargs).eval()
-    config = encoder.config
-    points = {f"{ours}embeddings.out": (f"{theirs}embeddings", None)}
-    for i in range(config.num_hidden_layers):
-        a, b = f"{ours}layers.{i}.", f"{theirs}encoder.layer.{i}."
-        points.update({
-            a + "attn.probs": (b + "attention.self", lambda out: out[1]),
-            a + "attn.heads": (b + "attention.self", heads(config.num_attention_heads)),
-            a + "attn.out": (b + "attention.output.dense", None),
-            a + "attn_norm.out": (b + "attention.output", None),
-            a + "act.out": (b + "intermediate", None),
-            a + "ffn_down.out": (b + "output.dense", None),
-            a + "out": (b.rstrip("."), None),
-        })
-    if encoder.pooler is not None and cls is not transformers.BertForMaskedLM:  # transformers' MLM model has no pooler
-        points[f"{ours}pooler.out"] = (f"{theirs}pooler", None)
-    points.update(head)
-    return report(model, f"transformers {cls.__name__}", label, rtol, points, lambda: model(**batch), reference, lambda: reference(**batch))
+
+def compare_with_reference(model, path, inputs, rtol):
+    """transformers' BertModel / BertForMaskedLM / BertForSequenceClassification (eager attention) on the same checkpoint, point by point
+    (``minipt.reference.layer_diffs``): the embeddings, inside every layer, the pooler, the head's output."""
+    heads = {BertModel: {}, BertForMaskedLM: {"head.out": ("cls", None)}, BertForSequenceClassification: {"classifier.out": ("classifier", None)}}
+    return compare_encoder(model, path, inputs, rtol, family="BERT", layers="encoder.layer", layer_names=REFERENCE_LAYER, heads=heads,
+                           num_heads=model.config.num_attention_heads)
 
 
 # -- the family's one declaration (minipt.registry) ------------------------------------------
-def _example_inputs(cls):
-    ids = torch.randint(0, 50, (2, 5), generator=torch.Generator().manual_seed(1))
-    return (ids, torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])), {}  # the second row padded
-
-
 FAMILY = register(
     "bert",
     (BertModel, BertForMaskedLM, BertForSequenceClassification),
     tiny=lambda: BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, max_position_embeddings=20),
-    inputs=_example_inputs,
+    inputs=example_token_inputs,
     reference=compare_with_reference,
     reads=Reads("token ids (batch x tokens)", "1x128"),
 )

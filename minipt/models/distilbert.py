@@ -33,14 +33,12 @@ from ..nn import LayerNorm, Linear, activation, attention_bias, linear_then_acti
 from ..nn.backend import ChoosesBackend
 from ..nn.encoder import EncoderLayer
 from ..nn.fuse import InferenceCopy
-from ..nn.init import init_normal_
 from ..nn.layers import ACTIVATIONS
 from ..nn.output import ModelOutput
 from ..registry import Reads, register
-from .bert import BertHeadOutput, MaskedLMHead
-from .classifier import HasClassifier
-from .text_encoder import (PROBLEM_TYPES, ClassLabels, check_sequence_labels, check_token_inputs, check_token_labels, classification_loss,
-                           masked_lm_loss, run_layers)
+from .bert import MaskedLMHead
+from .text_encoder import (PROBLEM_TYPES, ClassLabels, MaskedLanguageModel, SequenceClassifier, TextEncoder, check_token_inputs, compare_encoder,
+                           embedding_fields, embedding_rules, example_token_inputs, fields_under, layer_rules, run_layers)
 
 
 @dataclass
@@ -84,6 +82,10 @@ class DistilBertConfig(ClassLabels, Config):
     def hidden_act(self) -> str:
         return self.activation
 
+    @property
+    def longest_input(self) -> int:
+        """The longest input, in tokens: one position each (as BertConfig's)."""
+        return self.max_position_embeddings
     @property
     def padding_idx(self) -> int | None:
         """The token table's padding row: pad_token_id when the vocabulary holds it, else none."""
@@ -134,24 +136,18 @@ def encoder_layer(config: DistilBertConfig) -> EncoderLayer:
 
 
 # What a DistilBERT checkpoint's tensors fix in its config (checked before the model is built).
-ENCODER_FIELDS = {
-    "vocab_size": ("embeddings.token.weight", 0),
-    "dim": ("embeddings.token.weight", 1),
-    "max_position_embeddings": ("embeddings.position.weight", 0),
-    "hidden_dim": ("layers.0.ffn_up.weight", 0),
-    "n_layers": "layers.",
-}
-UNDER_DISTILBERT = {name: "distilbert." + where if isinstance(where, str) else ("distilbert." + where[0], where[1]) for name, where in ENCODER_FIELDS.items()}
+ENCODER_FIELDS = {**embedding_fields("dim", token_types=False), "hidden_dim": ("layers.0.ffn_up.weight", 0), "n_layers": "layers."}
+UNDER_DISTILBERT = fields_under("distilbert.", ENCODER_FIELDS)  # the same, in a model with a head
 
 
-class _DistilBertPretrained(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
+class _DistilBertPretrained(TextEncoder, Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
     config_class = DistilBertConfig
 
     @torch.no_grad()
     def init_weights(self, module: nn.Module) -> None:
         """BERT's initialisation (N(0, initializer_range) weights, zero biases and padding row, unit LayerNorm);
         with ``sinusoidal_pos_embds`` the position table is the sine/cosine one."""
-        init_normal_(module, self.config.initializer_range)
+        super().init_weights(module)
         if isinstance(module, DistilBertEmbeddings) and self.config.sinusoidal_pos_embds:
             table = module.position.weight
             table.copy_(sinusoidal_positions(*table.shape))
@@ -164,21 +160,11 @@ class DistilBertModel(_DistilBertPretrained):
     transfer_stages = {"embeddings": "embeddings", "layers.{i}": "layers.{i}"}  # see minipt.transfer
 
     def __init__(self, config: DistilBertConfig):
-        super().__init__()
-        self.config = config
-        self.embeddings = DistilBertEmbeddings(config)
-        self.layers = nn.ModuleList(encoder_layer(config) for _ in range(config.n_layers))
-        self.apply(self.init_weights)
-        self.set_backend(config.backend)
+        super().__init__(config, embeddings=DistilBertEmbeddings(config), layers=nn.ModuleList(encoder_layer(config) for _ in range(config.n_layers)))
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,  # (B, T) token ids
-        attention_mask: torch.Tensor | None = None,  # (B, T): 1 for tokens, 0 for padding
-        token_type_ids: torch.Tensor | None = None,  # refused (DistilBERT has none): taken only to name the mistake
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-    ) -> DistilBertOutput:
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, output_hidden_states=False, output_attentions=False) -> DistilBertOutput:
+        """``input_ids`` (B, T) token ids; ``attention_mask`` (B, T): 1 for tokens, 0 for padding; ``token_type_ids``
+        refused (DistilBERT has none), taken only to name the mistake."""
         self.check_inputs(input_ids, attention_mask, token_type_ids)
         hidden = self.embeddings(input_ids)  # (B, T, dim)
         T = input_ids.shape[1]
@@ -199,96 +185,59 @@ class DistilBertModel(_DistilBertPretrained):
         return _encoder_keymap() + KeyMap([], ignore=[f"{name}.{{*}}" for name in _MLM_HEAD], optional_prefix="distilbert.")
 
 
-class DistilBertForMaskedLM(_DistilBertPretrained):
+class DistilBertForMaskedLM(MaskedLanguageModel, _DistilBertPretrained):
     """DistilBERT with the masked-language-model head: logits over the vocabulary at every position."""
 
+    base_model_prefix = "distilbert"
+    # BERT's head under other names; tied, the decoder's weight is the token embedding (files repeat it, or leave it out)
+    # and its bias keeps the decoder's name.
+    official_head = {"dense": "vocab_transform", "norm": "vocab_layer_norm", "decoder": "vocab_projector"}
     checkpoint_fields = UNDER_DISTILBERT
     # the decoder's weight is the token embedding: it counts in (and freezes with) "embeddings"
     transfer_stages = {"embeddings": "distilbert.embeddings", "layers.{i}": "distilbert.layers.{i}", "head": "head"}
 
     def __init__(self, config: DistilBertConfig):
-        super().__init__()
-        self.config = config
-        self.distilbert = DistilBertModel(config)
-        self.head = MaskedLMHead(config)  # BERT's head: dense (vocab_transform) -> act -> norm -> decoder (vocab_projector)
-        self.apply(self.init_weights)
-        self.tie_weights()
-        self.set_backend(config.backend)
-
-    def tie_weights(self) -> None:
-        if self.config.tie_word_embeddings:
-            self.head.decoder.weight = self.distilbert.embeddings.token.weight
-
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False, output_attentions=False):
-        """``labels`` (B, T): the token to predict at masked positions, -100 elsewhere."""
-        self.check_inputs(input_ids, attention_mask, token_type_ids, labels)
-        out = self.distilbert(input_ids, attention_mask, None, output_hidden_states, output_attentions)
-        logits = self.head(out.last_hidden_state)  # (B, T, vocab)
-        return BertHeadOutput(loss=masked_lm_loss(logits, labels), logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
-
-    def check_inputs(self, input_ids, attention_mask=None, token_type_ids=None, labels=None) -> None:
-        """The encoder's checks (``DistilBertModel.check_inputs``), and ``labels`` shaped like ``input_ids``."""
-        self.distilbert.check_inputs(input_ids, attention_mask, token_type_ids)
-        check_token_labels(labels, input_ids)
+        # BERT's head: dense (vocab_transform) -> act -> norm -> decoder (vocab_projector)
+        super().__init__(config, DistilBertModel(config), MaskedLMHead(config))
 
     @classmethod
     def keymap(cls, config: DistilBertConfig | None = None) -> KeyMap:
         """Hugging Face's names <-> minipt's; the decoder's weight depends on ``config.tie_word_embeddings`` (default: tied)."""
-        config = config or DistilBertConfig()
-        head = [("vocab_transform.{p}", "head.dense.{p}"), ("vocab_layer_norm.{p}", "head.norm.{p}")]
-        if config.tie_word_embeddings:  # the decoder's weight is the token embedding: files repeat it, or leave it out
-            head.append(("vocab_projector.bias", "head.decoder.bias"))
-            tied = [("vocab_projector.weight", "distilbert.embeddings.word_embeddings.weight")]
-        else:
-            head.append(("vocab_projector.{p}", "head.decoder.{p}"))
-            tied = []
-        return _encoder_keymap().prefixed("distilbert.", "distilbert.") + KeyMap(head, renames=_ENCODER_WITHOUT_PREFIX, tied=tied)
+        return cls.masked_lm_keymap(config or DistilBertConfig(), _encoder_keymap(), renames=_ENCODER_WITHOUT_PREFIX)
 
 
-class DistilBertForSequenceClassification(HasClassifier, _DistilBertPretrained):
-    """DistilBERT with a two-layer classifier (or regressor, for num_labels = 1) on the first token's hidden state.
+class DistilBertForSequenceClassification(SequenceClassifier, _DistilBertPretrained):
+    """DistilBERT with a two-layer classifier (or regressor, for num_labels = 1) on the first token's hidden state:
+
+        h_[CLS] (B, dim) -> pre_classifier -> ReLU -> dropout -> classifier (B, num_labels)
 
     ``get_classifier()`` and ``reset_classifier(num_labels)`` reach the last Linear as on every minipt
     classifier (``minipt.models.classifier``); a reset keeps ``pre_classifier`` and forgets the old label names.
     """
 
+    base_model_prefix = "distilbert"
+    reads_pooler = False  # DistilBERT has no pooler: classify reads [CLS]
     checkpoint_fields = {**UNDER_DISTILBERT, "num_labels": ("classifier.weight", 0)}
     transfer_stages = {"embeddings": "distilbert.embeddings", "layers.{i}": "distilbert.layers.{i}", "head": ("pre_classifier", "classifier")}
     transfer_head = ("classifier", "num_labels")  # the head module and the config field of its size (also minipt.transfer's)
     linear_act_pairs = (("pre_classifier", "act"),)  # fuse(): ReLU as a post-op of pre_classifier's matmul
 
     def __init__(self, config: DistilBertConfig):
-        super().__init__()
-        self.config = config
-        self.distilbert = DistilBertModel(config)
-        self.pre_classifier = Linear(config.dim, config.dim)
-        self.act = activation("relu")  # ReLU whatever config.activation says, as in transformers
-        self.dropout = nn.Dropout(config.seq_classif_dropout)
-        self.classifier = Linear(config.dim, config.num_labels)
-        self.apply(self.init_weights)
-        self.set_backend(config.backend)
+        super().__init__(
+            config, DistilBertModel(config), pre_classifier=Linear(config.dim, config.dim),
+            act=activation("relu"),  # ReLU whatever config.activation says, as in transformers
+            dropout=nn.Dropout(config.seq_classif_dropout), classifier=Linear(config.dim, config.num_labels),
+        )
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False, output_attentions=False):
-        """``labels``: class ids (B,), or targets (B,) / (B, num_labels) for regression and multi-label problems."""
-        self.check_inputs(input_ids, attention_mask, token_type_ids, labels)
-        out = self.distilbert(input_ids, attention_mask, None, output_hidden_states, output_attentions)
+    def classify(self, out: DistilBertOutput) -> torch.Tensor:
         first = out.last_hidden_state[:, 0]  # (B, dim): the [CLS] token
-        logits = self.classifier(self.dropout(linear_then_activation(self.pre_classifier, self.act, first)))  # (B, num_labels)
-        loss = classification_loss(self.config.problem_type, self.config.num_labels, logits, labels)
-        return BertHeadOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
-
-    def check_inputs(self, input_ids, attention_mask=None, token_type_ids=None, labels=None) -> None:
-        """The encoder's checks (``DistilBertModel.check_inputs``), and one label entry per sequence."""
-        self.distilbert.check_inputs(input_ids, attention_mask, token_type_ids)
-        check_sequence_labels(labels, input_ids)
+        return self.classifier(self.dropout(linear_then_activation(self.pre_classifier, self.act, first)))  # (B, num_labels)
 
     @classmethod
     def keymap(cls, config: DistilBertConfig | None = None) -> KeyMap:
         """Hugging Face's names <-> minipt's; a bare encoder's file (no distilbert. prefix) loads too, under a new head."""
-        return _encoder_keymap().prefixed("distilbert.", "distilbert.") + KeyMap(
-            [("pre_classifier.{p}", "pre_classifier.{p}"), ("classifier.{p}", "classifier.{p}")],
-            renames=_ENCODER_WITHOUT_PREFIX,
-        )
+        return cls.head_keymap(_encoder_keymap(), [("pre_classifier.{p}", "pre_classifier.{p}"), ("classifier.{p}", "classifier.{p}")],
+                               renames=_ENCODER_WITHOUT_PREFIX)
 
 
 # -- the official names ------------------------------------------------------------
@@ -297,71 +246,38 @@ _MLM_HEAD = ("vocab_transform", "vocab_layer_norm", "vocab_projector")
 _ENCODER_WITHOUT_PREFIX = [(f"{part}.{{*}}", f"distilbert.{part}.{{*}}") for part in ("embeddings", "transformer")]
 
 
+# transformers' TransformerBlock -> minipt.nn.EncoderLayer
+_LAYER_PARTS = {"attention.q_lin": "attn.q_proj", "attention.k_lin": "attn.k_proj", "attention.v_lin": "attn.v_proj", "attention.out_lin": "attn.out_proj",
+                "sa_layer_norm": "attn_norm", "ffn.lin1": "ffn_up", "ffn.lin2": "ffn_down", "output_layer_norm": "ffn_norm"}
+
+
 def _encoder_keymap() -> KeyMap:
     """Hugging Face's DistilBertModel names -> minipt's (the classes' keymap() build on it)."""
-    return KeyMap(
-        [
-            ("embeddings.word_embeddings.{p}", "embeddings.token.{p}"),
-            ("embeddings.position_embeddings.{p}", "embeddings.position.{p}"),
-            ("embeddings.LayerNorm.{p}", "embeddings.norm.{p}"),
-            ("transformer.layer.{i}.attention.q_lin.{p}", "layers.{i}.attn.q_proj.{p}"),
-            ("transformer.layer.{i}.attention.k_lin.{p}", "layers.{i}.attn.k_proj.{p}"),
-            ("transformer.layer.{i}.attention.v_lin.{p}", "layers.{i}.attn.v_proj.{p}"),
-            ("transformer.layer.{i}.attention.out_lin.{p}", "layers.{i}.attn.out_proj.{p}"),
-            ("transformer.layer.{i}.sa_layer_norm.{p}", "layers.{i}.attn_norm.{p}"),
-            ("transformer.layer.{i}.ffn.lin1.{p}", "layers.{i}.ffn_up.{p}"),
-            ("transformer.layer.{i}.ffn.lin2.{p}", "layers.{i}.ffn_down.{p}"),
-            ("transformer.layer.{i}.output_layer_norm.{p}", "layers.{i}.ffn_norm.{p}"),
-        ],
-        ignore=["embeddings.position_ids"],  # a buffer (0, 1, 2, ...) that older files carry
-    )
+    rules = [*embedding_rules(token_types=False), *layer_rules("transformer.layer.{i}", "layers.{i}", _LAYER_PARTS)]
+    return KeyMap(rules, ignore=["embeddings.position_ids"])  # a buffer (0, 1, 2, ...) that older files carry
 
 
 # -- minipt.reference: where the reference implementation computes the same values ----------
 def compare_with_reference(model, path, inputs, rtol):
     """transformers' DistilBertModel / DistilBertForMaskedLM / DistilBertForSequenceClassification (eager attention)
-    on the same checkpoint, point by point (``minipt.reference.layer_diffs``)."""
-    from ..reference import heads, import_reference, report, token_batch
-
-    transformers = import_reference("transformers", "DistilBERT")
-    batch, label = token_batch(inputs, path)
-    if isinstance(model, DistilBertForMaskedLM):
-        cls, ours, theirs = transformers.DistilBertForMaskedLM, "distilbert.", "distilbert."
-        head = {"head.norm.out": ("vocab_layer_norm", None), "head.out": ("vocab_projector", None)}
-    elif isinstance(model, DistilBertForSequenceClassification):
-        cls, ours, theirs = transformers.DistilBertForSequenceClassification, "distilbert.", "distilbert."
-        head = {"pre_classifier.out": ("pre_classifier", None), "classifier.out": ("classifier", None)}
-    else:
-        cls, ours, theirs, head = transformers.DistilBertModel, "", "", {}
-    reference = cls.from_pretrained(str(path), attn_implementation="eager").eval()
-    config = model.config
-    points = {f"{ours}embeddings.out": (f"{theirs}embeddings", None)}
-    for i in range(config.n_layers):
-        a, b = f"{ours}layers.{i}.", f"{theirs}transformer.layer.{i}."
-        points.update({
-            a + "attn.probs": (b + "attention", lambda out: out[1]),
-            a + "attn.heads": (b + "attention.out_lin:input", heads(config.n_heads)),
-            a + "attn.out": (b + "attention.out_lin", None),
-            a + "attn_norm.out": (b + "sa_layer_norm", None),
-            a + "act.out": (b + "ffn.activation", None),
-            a + "ffn_down.out": (b + "ffn.lin2", None),
-            a + "out": (b.rstrip("."), None),
-        })
-    points.update(head)
-    return report(model, f"transformers {cls.__name__}", label, rtol, points, lambda: model(**batch), reference, lambda: reference(**batch))
+    on the same checkpoint, point by point (``minipt.reference.layer_diffs``): the embeddings, inside every layer
+    (in transformers' TransformerBlock), the head's layers."""
+    layer = {"attn.probs": "attention", "attn.heads": "attention.out_lin:input", "attn.out": "attention.out_lin", "attn_norm.out": "sa_layer_norm",
+             "act.out": "ffn.activation", "ffn_down.out": "ffn.lin2", "out": ""}  # minipt.nn.EncoderLayer's point -> transformers' module
+    heads = {
+        DistilBertModel: {},
+        DistilBertForMaskedLM: {"head.norm.out": ("vocab_layer_norm", None), "head.out": ("vocab_projector", None)},
+        DistilBertForSequenceClassification: {"pre_classifier.out": ("pre_classifier", None), "classifier.out": ("classifier", None)},
+    }
+    return compare_encoder(model, path, inputs, rtol, family="DistilBERT", layers="transformer.layer", layer_names=layer, heads=heads, num_heads=model.config.n_heads)
 
 
 # -- the family's one declaration (minipt.registry) ------------------------------------------
-def _example_inputs(cls):
-    ids = torch.randint(0, 50, (2, 5), generator=torch.Generator().manual_seed(1))
-    return (ids, torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])), {}  # the second row padded
-
-
 FAMILY = register(
     "distilbert",
     (DistilBertModel, DistilBertForMaskedLM, DistilBertForSequenceClassification),
     tiny=lambda: DistilBertConfig(vocab_size=50, dim=16, n_layers=2, n_heads=2, hidden_dim=32, max_position_embeddings=20),
-    inputs=_example_inputs,
+    inputs=example_token_inputs,
     reference=compare_with_reference,
     reads=Reads("token ids (batch x tokens)", "1x128"),
 )

@@ -7,20 +7,34 @@ steps here are the same for all of them, so each is written once:
 - ``check_token_labels`` / ``check_sequence_labels``: labels of an MLM head / a classifier;
 - ``run_layers``: the encoder layers in turn, collecting hidden states and attentions on request;
 - ``masked_lm_loss`` and ``classification_loss``: transformers' losses for the heads;
-- ``ClassLabels``: a config's ``id2label``/``num_labels`` read and written as transformers does.
+- ``ClassLabels``: a config's ``id2label``/``num_labels`` read and written as transformers does;
+- ``TextEncoder``: BERT's initialisation, and whether a checkpoint holds the pooler;
+- ``MaskedLanguageModel`` / ``SequenceClassifier``: a model with a head, written once: the encoder
+  under the family's name (``bert``, ``roberta``, ...), a head on it, ``forward`` and ``check_inputs``;
+  a family gives the modules, and a classifier how its head reads the encoder's output (``classify``);
+- ``embedding_rules`` / ``tied_decoder``: official names the families share (the embedding tables; a masked-LM
+  decoder that reuses the token table);
+- ``BertHeadOutput``: what every head returns;
+- ``layer_points`` / ``compare_encoder``: ``minipt.reference``'s comparison with transformers, point by point.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from dataclasses import dataclass, field
+from typing import ClassVar, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..checks import check_ids
+from ..checkpoint import Checkpoint
 from ..config import require
-from ..errors import InputError
+from ..errors import ConfigError, InputError
+from ..keymap import KeyMap
+from ..nn.init import init_normal_
+from ..nn.output import ModelOutput
+from .classifier import HasClassifier
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
@@ -136,3 +150,230 @@ def classification_loss(problem_type: str | None, num_labels: int, logits: torch
     if problem == "single_label_classification":
         return F.cross_entropy(logits, labels.view(-1))
     return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+# Outputs read as transformers' do: out.logits, out["logits"], out[0] (the loss when labels were given), out.to_tuple().
+@dataclass
+class BertHeadOutput(ModelOutput):
+    loss: torch.Tensor | None = None  # first, as in transformers: out[0] is the loss when there is one
+    logits: torch.Tensor = field(kw_only=True)  # (B, T, vocab) for masked LM, (B, num_labels) for classification
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+torch.export.register_dataclass(BertHeadOutput)  # a pytree: torch.export and torch.compile see the tensors inside
+
+
+class TextEncoder:
+    """Mixed into a family's pretrained base class (before ``Pretrained``): how a model is built from its modules,
+    BERT's initialisation, and the pooler read off the checkpoint.
+
+    A class whose encoder may or may not have a pooler names the pooler's weight in ``_pooler_key`` (minipt's
+    name, ``"bert.pooler.dense.weight"`` under a head); loading then sets ``config.add_pooling_layer`` to
+    whether the file holds it (sentence encoders are often saved without). None: the class decides alone."""
+
+    _pooler_key: ClassVar[str | None] = None
+
+    def __init__(self, config, **modules: nn.Module | None):
+        """``modules``: the model's modules by attribute name, in data-flow order (their order in the state dict);
+        None holds the place of one the config leaves out (a pooler)."""
+        super().__init__()
+        self.config = config
+        for name, module in modules.items():
+            setattr(self, name, module)
+        self.apply(self.init_weights)
+        self.set_backend(config.backend)
+
+    def init_weights(self, module: nn.Module) -> None:
+        """BERT's initialisation: N(0, initializer_range) weights, zero biases and padding rows, unit LayerNorm."""
+        init_normal_(module, self.config.initializer_range)
+
+    @classmethod
+    def adapt_config(cls, config, checkpoint: Checkpoint):
+        if cls._pooler_key is None:
+            return config
+        keymap = cls.keymap(config)
+        pooler = keymap.to_official(cls._pooler_key)[0]
+        config.add_pooling_layer = any(keymap.canonical(k) == pooler for k in checkpoint.keys())
+        return config
+
+
+class _EncoderWithHead:
+    """A family's encoder under ``base_model_prefix`` (the attribute, and the prefix of the official names:
+    ``bert``, ``roberta``, ``distilbert``, ``albert``), then the modules of a head."""
+
+    base_model_prefix: ClassVar[str]
+
+    @property
+    def base_model(self) -> nn.Module:
+        """The encoder (``model.bert``, ``model.roberta``, ...)."""
+        return getattr(self, self.base_model_prefix)
+
+    @classmethod
+    def head_keymap(cls, encoder: KeyMap, rules: list, **names) -> KeyMap:
+        """The family's encoder names (``encoder``, a bare model's key map) under ``base_model_prefix``, then the
+        head's ``rules``; ``names``: the rest of the head's ``KeyMap`` (renames, ignore, tied)."""
+        prefix = cls.base_model_prefix + "."
+        return encoder.prefixed(prefix, prefix) + KeyMap(rules, **names)
+
+
+class MaskedLanguageModel(_EncoderWithHead):
+    """Mixed into a family's masked-LM class (first): logits over the vocabulary at every position.
+
+    The head (attribute ``head_name``) ends in a ``decoder`` Linear whose weight is the encoder's token
+    table when ``config.tie_word_embeddings`` (the official files then store it once, see ``tied_decoder``)."""
+
+    head_name: ClassVar[str] = "head"
+    # The head's official names: "dense", "norm", "decoder" (modules), and "bias" where the files keep the
+    # decoder's bias under a name of its own (see tied_decoder).
+    official_head: ClassVar[dict[str, str]]
+
+    def __init__(self, config, encoder: nn.Module, head: nn.Module):
+        super().__init__(config, **{self.base_model_prefix: encoder, self.head_name: head})
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            getattr(self, self.head_name).decoder.weight = self.base_model.embeddings.token.weight
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False, output_attentions=False):
+        """``labels`` (B, T): the token to predict at masked positions, -100 elsewhere."""
+        self.check_inputs(input_ids, attention_mask, token_type_ids, labels)
+        out = self.base_model(input_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions)
+        logits = getattr(self, self.head_name)(out.last_hidden_state)  # (B, T, vocab)
+        return BertHeadOutput(loss=masked_lm_loss(logits, labels), logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+
+    def check_inputs(self, input_ids, attention_mask=None, token_type_ids=None, labels=None) -> None:
+        """The encoder's checks (its ``check_inputs``), and ``labels`` shaped like ``input_ids``."""
+        self.base_model.check_inputs(input_ids, attention_mask, token_type_ids)
+        check_token_labels(labels, input_ids)
+
+    @classmethod
+    def masked_lm_keymap(cls, config, encoder: KeyMap, *, renames=(), ignore=()) -> KeyMap:
+        """``head_keymap`` with the head's official names (``official_head``); the decoder's rows depend on
+        ``config.tie_word_embeddings``."""
+        head, names = cls.head_name, cls.official_head
+        decoder, tied = tied_decoder(config.tie_word_embeddings, names["decoder"], head, cls.base_model_prefix + ".", bias=names.get("bias"))
+        rules = [(names["dense"] + ".{p}", head + ".dense.{p}"), (names["norm"] + ".{p}", head + ".norm.{p}"), *decoder]
+        return cls.head_keymap(encoder, rules, renames=renames, ignore=ignore, tied=tied)
+
+
+class SequenceClassifier(HasClassifier, _EncoderWithHead):
+    """Mixed into a family's sequence classifier (first): one row of logits (or regression targets) per sequence.
+
+    The head reads the pooler's output (``reads_pooler``: BERT's ``dropout`` and ``classifier``), or the family's
+    ``classify(out)`` says how it reads the encoder's output (the first token's hidden state). ``get_classifier()``
+    and ``reset_classifier(num_labels)`` reach the last Linear (``transfer_head``), as on every minipt classifier
+    (``minipt.models.classifier``); a reset forgets the old label names (``id2label``)."""
+
+    reads_pooler: ClassVar[bool] = True
+
+    def __init__(self, config, encoder: nn.Module, **head: nn.Module):
+        """``head``: the head's modules by attribute name, in data-flow order."""
+        if self.reads_pooler and encoder.pooler is None:
+            raise ConfigError("sequence classification needs the pooler, and the checkpoint has none")
+        super().__init__(config, **{self.base_model_prefix: encoder}, **head)
+
+    def classify(self, out) -> torch.Tensor:
+        """The encoder's output -> logits (B, num_labels): pooler_output (B, H) -> dropout -> classifier."""
+        return self.classifier(self.dropout(out.pooler_output))
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False, output_attentions=False):
+        """``labels``: class ids (B,), or targets (B,) / (B, num_labels) for regression and multi-label problems."""
+        self.check_inputs(input_ids, attention_mask, token_type_ids, labels)
+        out = self.base_model(input_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions)
+        logits = self.classify(out)  # (B, num_labels)
+        loss = classification_loss(self.config.problem_type, self.config.num_labels, logits, labels)
+        return BertHeadOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+
+    def check_inputs(self, input_ids, attention_mask=None, token_type_ids=None, labels=None) -> None:
+        """The encoder's checks (its ``check_inputs``), and one label entry per sequence."""
+        self.base_model.check_inputs(input_ids, attention_mask, token_type_ids)
+        check_sequence_labels(labels, input_ids)
+
+
+def example_token_inputs(cls) -> tuple[tuple, dict]:
+    """A registered family's example inputs (``minipt.registry``): token ids below 50, two rows, the second padded."""
+    ids = torch.randint(0, 50, (2, 5), generator=torch.Generator().manual_seed(1))
+    return (ids, torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])), {}
+
+
+def fields_under(prefix: str, fields: dict) -> dict:
+    """A bare encoder's ``checkpoint_fields`` (``minipt.checkpoint.Pretrained``) as a model with a head holds them, under ``prefix``."""
+    return {name: prefix + where if isinstance(where, str) else (prefix + where[0], where[1]) for name, where in fields.items()}
+
+
+def embedding_fields(width: str, token_types: bool = True) -> dict:
+    """What the embedding tables fix in a config (``checkpoint_fields``), the same in every family under its own
+    name for the tables' ``width``: the vocabulary, the positions, the segments (``token_types``)."""
+    fields = {"vocab_size": ("embeddings.token.weight", 0), width: ("embeddings.token.weight", 1), "max_position_embeddings": ("embeddings.position.weight", 0)}
+    return {**fields, "type_vocab_size": ("embeddings.token_type.weight", 0)} if token_types else fields
+
+
+def embedding_rules(token_types: bool = True) -> list[tuple[str, str]]:
+    """Hugging Face's names of the embedding tables and their LayerNorm -> minipt's, the same in every family
+    (``token_types``: whether the family has the segment table)."""
+    rules = [("embeddings.word_embeddings.{p}", "embeddings.token.{p}"), ("embeddings.position_embeddings.{p}", "embeddings.position.{p}")]
+    if token_types:
+        rules.append(("embeddings.token_type_embeddings.{p}", "embeddings.token_type.{p}"))
+    return rules + [("embeddings.LayerNorm.{p}", "embeddings.norm.{p}")]
+
+
+def layer_rules(official: str, ours: str, parts: dict[str, str]) -> list[tuple[str, str]]:
+    """Hugging Face's names of an encoder layer's weights -> minipt's: ``parts`` maps the family's module in a layer
+    to ``minipt.nn.EncoderLayer``'s (attn.q_proj ... ffn_norm); ``official`` and ``ours`` are a layer's path
+    (``"encoder.layer.{i}"`` and ``"layers.{i}"``)."""
+    return [(f"{official}.{theirs}.{{p}}", f"{ours}.{mine}.{{p}}") for theirs, mine in parts.items()]
+
+
+def tied_decoder(tied: bool, decoder: str, head: str, prefix: str, bias: str | None = None) -> tuple[list, list]:
+    """The official names of a masked-LM decoder (``decoder``, its module's name in the files) as key-map data:
+    (rules for ``head``'s ``decoder``, the ``tied`` pairs).
+
+    Tied, the decoder's weight is the token table (``{prefix}embeddings.word_embeddings.weight``) and is not
+    written; a family whose head keeps the decoder's bias under a name of its own (``bias``: BERT's
+    ``cls.predictions.bias``) stores it there, and its files may repeat it under the decoder's name. Untied, the
+    decoder has its own weight and bias, and ``bias`` then goes unused."""
+    if not tied:
+        return [(f"{decoder}.{{p}}", f"{head}.decoder.{{p}}")], [] if bias is None else [(bias, f"{decoder}.bias")]
+    table = [(f"{decoder}.weight", f"{prefix}embeddings.word_embeddings.weight")]
+    if bias is None:
+        return [(f"{decoder}.bias", f"{head}.decoder.bias")], table
+    return [(bias, f"{head}.decoder.bias")], table + [(f"{decoder}.bias", bias)]
+
+
+# -- minipt.reference: where transformers computes the same values ------------------------------
+def layer_points(ours: str, theirs: str, names: dict[str, str], num_heads: int) -> dict:
+    """The points inside one encoder layer: minipt's ``{ours}{point}`` -> (transformers' module ``{theirs}{name}``
+    (``name:input``: its input), what to read off it). ``names`` is the family's module for each point of
+    ``minipt.nn.EncoderLayer`` (attn.probs, attn.heads, attn.out, attn_norm.out, act.out, ffn_down.out, out),
+    in data-flow order; "" is the layer itself."""
+    from ..reference import heads
+
+    read = {"attn.probs": lambda out: out[1], "attn.heads": heads(num_heads)}  # the attention's (output, probabilities); heads split
+    return {ours + point: (theirs + name if name else theirs.rstrip("."), read.get(point)) for point, name in names.items()}
+
+
+def compare_encoder(model, path, inputs, rtol, *, family: str, layers: str, layer_names: dict[str, str], heads: dict[type, dict], num_heads: int):
+    """``minipt.reference.layer_diffs`` for an encoder whose layers run one after the other: transformers' class
+    of the same name (eager attention) on the same checkpoint, compared at the embeddings, inside every layer
+    (``layer_points``, transformers' layers under ``layers``: ``"encoder.layer"``), at the pooler where the
+    reference has one, and at the head's points (``heads``: each minipt class -> its head's points)."""
+    from ..reference import import_reference, report, token_batch
+
+    transformers = import_reference("transformers", family)
+    batch, label = token_batch(inputs, path)
+    cls, head = next((cls, points) for cls, points in heads.items() if isinstance(model, cls))
+    encoder = model.base_model if isinstance(model, _EncoderWithHead) else model
+    prefix = "" if encoder is model else model.base_model_prefix + "."
+    pooler = getattr(encoder, "pooler", None)
+    kwargs = {"add_pooling_layer": pooler is not None} if encoder is model and hasattr(encoder, "pooler") else {}
+    reference_class = getattr(transformers, cls.__name__)
+    reference = reference_class.from_pretrained(str(path), attn_implementation="eager", **kwargs).eval()
+    points = {f"{prefix}embeddings.out": (f"{prefix}embeddings", None)}
+    for i in range(len(encoder.layers)):
+        points.update(layer_points(f"{prefix}layers.{i}.", f"{prefix}{layers}.{i}.", layer_names, num_heads))
+    if pooler is not None and not isinstance(model, MaskedLanguageModel):  # transformers' masked-LM models have no pooler
+        points[f"{prefix}pooler.out"] = (f"{prefix}pooler", None)
+    points.update(head)
+    return report(model, f"transformers {cls.__name__}", label, rtol, points, lambda: model(**batch), reference, lambda: reference(**batch))
