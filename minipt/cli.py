@@ -407,6 +407,13 @@ def cmd_fetch(args) -> int:
     return 0
 
 
+def cmd_info(args) -> int:
+    from .ops import cpu_report
+
+    print(f"minipt {version()}\n{cpu_report()}")
+    return 0
+
+
 def cmd_classify(args) -> int:
     from .models.efficientnet import classify
 
@@ -527,6 +534,11 @@ COMMANDS: dict = {
             p.add_argument("names", nargs="*", help="catalogue names (weights/catalog.json); none: say which there are"),
             p.add_argument("--all", action="store_true", help="every catalogued checkpoint"),
         ),
+    ),
+    "info": (
+        cmd_info,
+        "this CPU's capabilities (instruction sets, native bfloat16) and the kernel each fast path takes",
+        lambda p: (),
     ),
     "generate": (
         cmd_generate,

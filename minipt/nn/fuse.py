@@ -30,7 +30,8 @@ channels-last                 convolution weights in NHWC, the layout oneDNN's c
                               fastest in
 ============================  ===============================================================
 
-The copy refuses ``train()`` and ``save_pretrained()`` with a ``ConfigError`` (train and save the
+``fuse(torch.bfloat16)`` warns once where the CPU has no bfloat16 instructions (``minipt.ops.cpu``:
+emulated there, it is slower than float32). The copy refuses ``train()`` and ``save_pretrained()`` with a ``ConfigError`` (train and save the
 model, then fuse it), and ``fuse()`` of a fused model is refused too.
 """
 
@@ -42,7 +43,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..ops import onednn
+from ..ops import onednn, warn_if_emulated
 
 DTYPES = (torch.float32, torch.bfloat16)
 
@@ -115,6 +116,8 @@ class InferenceCopy:
             raise ConfigError(f"fuse() computes in {' or '.join(map(str, DTYPES))}, not {dtype}")
         if self.fused:
             raise ConfigError(f"this {type(self).__name__} is fused already; call fuse() on the model it came from")
+        if dtype is not None and all(p.device.type == "cpu" for p in self.parameters()):
+            warn_if_emulated(dtype)  # bfloat16 on a CPU without bfloat16 instructions: slower than float32
         fused = copy.deepcopy(self).eval().requires_grad_(False)
         if dtype is not None and dtype != _dtype_of(self):
             fused = fused.to(dtype)

@@ -40,7 +40,6 @@ Activations: None, ``"relu"``, ``"gelu"`` (exact, erf), ``"gelu_tanh"`` (tanh ap
 
 from __future__ import annotations
 
-import copy
 import os
 from typing import NamedTuple, Optional
 
@@ -100,28 +99,6 @@ def available(dtype: torch.dtype = torch.float32) -> bool:
     if dtype not in _probed:
         _probed[dtype] = probe(dtype)
     return _probed[dtype]
-
-
-class PackedInference:
-    """For a model whose ``fuse()`` returns an inference copy on packed weights (BERT, GPT-2):
-    ``inference_copy`` makes the copy (eval mode, no gradients, in ``dtype``), which then refuses
-    ``train()`` (``Pretrained.save_pretrained`` refuses a fused model too)."""
-
-    fused = False  # True for the inference copy fuse() returns
-
-    def inference_copy(self, dtype: torch.dtype):
-        if dtype not in DTYPES:
-            raise ConfigError(f"fuse() computes in {' or '.join(map(str, DTYPES))}, not {dtype}")
-        if self.fused:
-            raise ConfigError(f"this {type(self).__name__} is fused already; call fuse() on the model it came from")
-        copy_ = copy.deepcopy(self).eval().requires_grad_(False).to(dtype)
-        copy_.fused = True
-        return copy_
-
-    def train(self, mode: bool = True):
-        if mode and self.fused:
-            raise ConfigError(f"a fused {type(self).__name__} is an inference copy (packed weights, no gradients); train the model before fuse()")
-        return super().train(mode)
 
 
 def post_op(act: nn.Module) -> str | None:

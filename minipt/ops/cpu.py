@@ -1,0 +1,199 @@
+"""What this CPU does in hardware, and so which kernel each fast path takes: decided here only.
+
+    from minipt import ops
+    print(ops.cpu_report())            # the CPU and each fused op's implementation (`minipt info`)
+    ops.native(torch.bfloat16)         # True where the CPU multiplies bfloat16 in hardware
+
+The answers come from capability queries, read once on first use and never on import: the CPU's
+flags (``/proc/cpuinfo`` on Linux), ``torch.backends.cpu.get_cpu_capability()`` (the kernels aten
+dispatches to, which ``ATEN_CPU_CAPABILITY`` caps), whether torch was built with oneDNN, and
+``ONEDNN_MAX_CPU_ISA`` (the cap oneDNN honours). A reduced-precision dtype is fast only where it
+is native:
+
+========  ===============================================  ======================================
+dtype     native on                                        elsewhere
+========  ===============================================  ======================================
+bfloat16  x86 AVX512-BF16 or AMX-BF16; ARM BF16 (bf16)     emulated: each product converts to
+float16   x86 AVX512-FP16 or AMX-FP16; ARM FP16 (fphp)     float32 and back, several times slower
+                                                           than float32
+========  ===============================================  ======================================
+
+``fuse(torch.bfloat16)`` on a CPU where bfloat16 is emulated warns once per process, naming the
+CPU's capability and the slowdown a short timed probe measured (a float32 and a bfloat16 matrix
+product of the same size), and pointing to ``fuse()`` in float32, the fast path there.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import time
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from . import onednn
+
+NATIVE_FLAGS = {  # dtype -> CPU flags (x86 /proc/cpuinfo names, ARM Features names) that make it native
+    torch.bfloat16: frozenset({"avx512_bf16", "amx_bf16", "bf16"}),
+    torch.float16: frozenset({"avx512_fp16", "amx_fp16", "fphp"}),
+}
+ISA_FLAGS = (  # x86: oneDNN's instruction-set level, from the most capable down: (name, flags it needs)
+    ("avx512_core_amx", ("amx_tile", "amx_bf16", "avx512_bf16")),
+    ("avx512_core_fp16", ("avx512_fp16", "avx512_bf16")),
+    ("avx512_core_bf16", ("avx512_bf16", "avx512bw")),
+    ("avx512_core_vnni", ("avx512_vnni", "avx512bw")),
+    ("avx512_core", ("avx512bw", "avx512vl", "avx512dq")),
+    ("avx2", ("avx2", "fma")),
+    ("avx", ("avx",)),
+    ("sse41", ("sse4_1",)),
+)
+NATIVE_ISA = {  # x86: the oneDNN levels that run a dtype's products in hardware (a lower ONEDNN_MAX_CPU_ISA emulates)
+    torch.bfloat16: ("avx512_core_amx", "avx512_core_fp16", "avx512_core_bf16"),
+    torch.float16: ("avx512_core_amx", "avx512_core_fp16"),
+}
+
+
+@dataclass(frozen=True)
+class CPUInfo:
+    """The capability answers every decision reads (tests build one to stand for another CPU)."""
+
+    model: str  # "AMD EPYC 9B14"
+    capability: str  # torch.backends.cpu.get_cpu_capability(): "AVX512", "AVX2", "DEFAULT", "SVE256", ...
+    flags: frozenset[str]  # /proc/cpuinfo's flags (x86) or Features (ARM)
+    onednn: bool  # torch built with oneDNN, and MINIPT_ONEDNN not "0"
+    isa_cap: str | None = None  # ONEDNN_MAX_CPU_ISA, lower-cased, where set
+
+    @property
+    def onednn_isa(self) -> str:
+        """oneDNN's instruction-set level: the best the flags allow, no higher than ONEDNN_MAX_CPU_ISA."""
+        names = [name for name, _ in ISA_FLAGS]
+        best = next((name for name, needs in ISA_FLAGS if all(flag in self.flags for flag in needs)), "generic")
+        if self.isa_cap in names and best in names and names.index(self.isa_cap) > names.index(best):
+            return self.isa_cap
+        return best
+
+
+def _flags_and_model() -> tuple[frozenset[str], str]:
+    flags, model = set(), platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip().lower()
+                if key in ("model name", "hardware") and model in ("", platform.processor(), platform.machine()):
+                    model = value.strip()
+                elif key in ("flags", "features"):
+                    flags.update(value.split())
+                    break  # the first processor's entry says it for all
+    except OSError:
+        pass
+    return frozenset(flags), model
+
+
+@functools.cache
+def cpu() -> CPUInfo:
+    """This machine's answers, read on the first call."""
+    flags, model = _flags_and_model()
+    return CPUInfo(
+        model=model,
+        capability=torch.backends.cpu.get_cpu_capability(),
+        flags=flags,
+        onednn=torch.backends.mkldnn.is_available() and os.environ.get(onednn.ENV_SWITCH, "1") != "0",
+        isa_cap=os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().lower() or None,
+    )
+
+
+def native(dtype: torch.dtype, info: CPUInfo | None = None) -> bool:
+    """Whether the CPU computes ``dtype`` in hardware (float32 and float64 always; bfloat16 and float16
+    where the flags say so, and oneDNN's instruction-set cap does not forbid it)."""
+    info = info or cpu()
+    if dtype not in NATIVE_FLAGS:
+        return True
+    if not info.flags & NATIVE_FLAGS[dtype]:
+        return False
+    x86 = "sse4_1" in info.flags or "avx2" in info.flags
+    return info.onednn_isa in NATIVE_ISA[dtype] if x86 else True
+
+
+@functools.cache
+def slowdown(dtype: torch.dtype) -> float:
+    """How many times longer a (256, 512) x (512, 512) product takes in ``dtype`` than in float32 here:
+    the median of five timed runs of each, after one untimed; measured once per process."""
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(256, 512, generator=generator), torch.randn(512, 512, generator=generator)
+    seconds = {}
+    for kind, (x, y) in {"float32": (a, b), "reduced": (a.to(dtype), b.to(dtype))}.items():
+        torch.mm(x, y)
+        runs = []
+        for _ in range(5):
+            start = time.perf_counter()
+            torch.mm(x, y)
+            runs.append(time.perf_counter() - start)
+        seconds[kind] = sorted(runs)[2]
+    return seconds["reduced"] / max(seconds["float32"], 1e-9)
+
+
+_warned: set[torch.dtype] = set()
+
+
+def warn_if_emulated(dtype: torch.dtype, what: str = "fuse()") -> None:
+    """One warning per process and dtype where ``dtype`` is not native on this CPU."""
+    if dtype in _warned or native(dtype):
+        return
+    _warned.add(dtype)
+    info = cpu()
+    name = str(dtype).removeprefix("torch.")
+    warnings.warn(
+        f"{what} in {name} on this CPU ({info.model}, torch capability {info.capability}, no native {name} "
+        f"instructions): {name} is emulated here, and a matrix product measured {slowdown(dtype):.1f}x the time "
+        f"of float32's; fuse() in float32 is the fast path on this CPU", RuntimeWarning, stacklevel=3)
+
+
+def implementations(info: CPUInfo | None = None) -> dict[str, dict[str, str]]:
+    """For each fast path on the CPU: the implementation it takes in float32 and in bfloat16."""
+    info = info or cpu()
+    packed = {dtype: info.onednn and onednn.available(dtype) for dtype in (torch.float32, torch.bfloat16)}
+
+    def linear(dtype):
+        kernel = "oneDNN, packed weight with its post-op" if packed[dtype] else "F.linear (aten), then the activation"
+        return kernel if native(dtype, info) else f"{kernel}; emulated"
+
+    return {
+        "fuse(): Linear": {"float32": linear(torch.float32), "bfloat16": linear(torch.bfloat16)},
+        "fuse(): attention": {"float32": "torch's scaled_dot_product_attention", "bfloat16": "torch's scaled_dot_product_attention"},
+        '"fused" backend: Linear (training)': {
+            "float32": "oneDNN matmuls, forward and backward" if packed[torch.float32] else "F.linear (aten)",
+            "bfloat16": "F.linear (aten)" + ("" if native(torch.bfloat16, info) else "; emulated"),
+        },
+        '"fused" backend: attention, LayerNorm, GELU, gates': {
+            "float32": "minipt.ops references (plain torch; Triton kernels are for CUDA)",
+            "bfloat16": "minipt.ops references, computing in float32",
+        },
+        "recurrent layers: W_hh products": {
+            "float32": f"oneDNN, W_hh packed once per call (from {onednn.MIN_ROWS} rows)" if packed[torch.float32] else "torch.addmm (aten)",
+            "bfloat16": "torch.addmm (aten)" + ("" if native(torch.bfloat16, info) else "; emulated"),
+        },
+    }
+
+
+def cpu_report(info: CPUInfo | None = None) -> str:
+    """The CPU and the implementation each fast path takes, as text (``minipt info`` prints it)."""
+    info = info or cpu()
+    flags = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "bf16", "fphp") if flag in info.flags]
+    lines = [
+        f"CPU: {info.model}",
+        f"  instruction sets: {' '.join(flags) or 'none of the ones minipt looks for'}",
+        f"  torch {torch.__version__}, kernel capability {info.capability}, {torch.get_num_threads()} threads",
+        f"  oneDNN: {'level ' + info.onednn_isa if info.onednn else 'off'}"
+        + (f" (capped by ONEDNN_MAX_CPU_ISA={info.isa_cap})" if info.isa_cap else ""),
+        f"  native bfloat16: {'yes' if native(torch.bfloat16, info) else 'no (emulated)'}; "
+        f"native float16: {'yes' if native(torch.float16, info) else 'no (emulated)'}",
+        "",
+        "fast path: float32 | bfloat16",
+    ]
+    for path, choice in implementations(info).items():
+        lines.append(f"  {path}: {choice['float32']} | {choice['bfloat16']}")
+    return "\n".join(lines)

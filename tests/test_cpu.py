@@ -1,0 +1,99 @@
+"""minipt.ops.cpu: the one place that reads what the CPU does in hardware and chooses each fast path's kernel.
+
+The decisions are tested with the capability answers replaced (``CPUInfo`` built for another CPU): an
+AVX2 server, AVX-512 without bfloat16, AVX512-BF16, AMX, an ARM core with BF16, and a CPU whose oneDNN
+is capped by ``ONEDNN_MAX_CPU_ISA``; the warning of ``fuse(torch.bfloat16)`` where bfloat16 is emulated;
+``minipt info``.
+"""
+
+import os
+import warnings
+
+import pytest
+import torch
+
+from minipt import cli
+from minipt.models.bert import BertConfig, BertModel
+from minipt.ops import cpu
+
+X86 = {"sse4_1", "avx", "avx2", "fma"}
+AVX512 = X86 | {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"}
+CPUS = {  # name -> (flags, ONEDNN_MAX_CPU_ISA, oneDNN level, native bfloat16, native float16)
+    "AVX2 (EPYC Rome)": (X86, None, "avx2", False, False),
+    "AVX-512, no BF16 (Skylake)": (AVX512, None, "avx512_core_vnni", False, False),
+    "AVX512-BF16 (EPYC Genoa)": (AVX512 | {"avx512_bf16"}, None, "avx512_core_bf16", True, False),
+    "AMX (Sapphire Rapids)": (AVX512 | {"avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16"}, None, "avx512_core_amx", True, True),
+    "AVX512-BF16 capped at AVX2": (AVX512 | {"avx512_bf16"}, "avx2", "avx2", False, False),
+    "ARM with BF16 and FP16 (Graviton 3)": (frozenset({"fp", "asimd", "bf16", "fphp", "asimdhp"}), None, "generic", True, True),
+}
+
+
+def info(name: str) -> cpu.CPUInfo:
+    flags, cap, *_ = CPUS[name]
+    return cpu.CPUInfo(model=name, capability="AVX2" if "avx512f" not in flags else "AVX512", flags=frozenset(flags), onednn=True, isa_cap=cap)
+
+
+@pytest.mark.parametrize("name", list(CPUS))
+def test_native_dtypes_and_onednn_level_follow_the_flags(name):
+    _, _, level, bf16, fp16 = CPUS[name]
+    answers = info(name)
+    assert answers.onednn_isa == level
+    assert cpu.native(torch.bfloat16, answers) is bf16
+    assert cpu.native(torch.float16, answers) is fp16
+    assert cpu.native(torch.float32, answers) and cpu.native(torch.float64, answers)
+    emulated = [line for line in cpu.cpu_report(answers).splitlines() if "emulated" in line]
+    assert bool(emulated) is not (bf16 and fp16), emulated  # the report says which dtypes are emulated
+
+
+def test_the_report_names_every_fast_path_for_both_dtypes():
+    report = cpu.cpu_report()
+    for path, choice in cpu.implementations().items():
+        assert f"{path}: {choice['float32']} | {choice['bfloat16']}" in report
+    assert f"kernel capability {torch.backends.cpu.get_cpu_capability()}" in report
+
+
+def test_this_cpu_is_read_from_torch_and_the_flags():
+    answers = cpu.cpu()
+    assert answers.capability == torch.backends.cpu.get_cpu_capability()
+    assert answers.onednn == (torch.backends.mkldnn.is_available() and os.environ.get("MINIPT_ONEDNN", "1") != "0")
+
+
+@pytest.fixture
+def emulating_cpu(monkeypatch):
+    """This process sees an AVX2 CPU, and has not warned yet."""
+    monkeypatch.setattr(cpu, "cpu", lambda: info("AVX2 (EPYC Rome)"))
+    monkeypatch.setattr(cpu, "_warned", set())
+
+
+def _tiny_bert() -> BertModel:
+    return BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)).eval()
+
+
+@pytest.mark.usefixtures("emulating_cpu")
+def test_bfloat16_fuse_warns_once_where_bfloat16_is_emulated():
+    model = _tiny_bert()
+    with pytest.warns(RuntimeWarning, match=r"bfloat16 on this CPU \(AVX2 \(EPYC Rome\), torch capability AVX2.*emulated here.*measured [0-9.]+x.*fuse\(\) in float32"):
+        model.fuse(torch.bfloat16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second fuse() warns no more
+        model.fuse(torch.bfloat16)
+        model.fuse()  # float32 never warns
+
+
+def test_bfloat16_fuse_is_silent_where_bfloat16_is_native(monkeypatch):
+    monkeypatch.setattr(cpu, "cpu", lambda: info("AVX512-BF16 (EPYC Genoa)"))
+    monkeypatch.setattr(cpu, "_warned", set())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _tiny_bert().fuse(torch.bfloat16)
+
+
+def test_slowdown_is_a_positive_ratio():
+    assert cpu.slowdown(torch.bfloat16) > 0
+
+
+def test_minipt_info_prints_the_report(capsys):
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "native bfloat16: " in out and "fast path: float32 | bfloat16" in out
+    assert cpu.cpu_report() in out
