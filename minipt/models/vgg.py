@@ -95,7 +95,7 @@ class VGGConfig(Config):
         name = NAMES.get((self.stages, self.batch_norm))
         if name is None:
             widths = " M ".join("-".join(map(str, stage)) for stage in self.stages)
-            name = f"a {self.depth}-layer VGG{' with BatchNorm' if self.batch_norm else ''} (widths {widths} M)"
+            name = f"a VGG of {self.depth} layers{' with BatchNorm' if self.batch_norm else ''} (widths {widths} M)"
         head = f"{self.num_classes} classes" if self.num_classes else "no classifier"
         return f"{name} (convs {'-'.join(str(len(stage)) for stage in self.stages)}, {head})"
 
@@ -391,7 +391,7 @@ def reference_model(config: VGGConfig) -> nn.Module:
     flat = config.stages[-1][-1] * config.pool_size**2
     with torch.device("meta"):
         reference = tv.VGG(tv.make_layers(layout, config.batch_norm), num_classes=max(config.num_classes, 1), init_weights=False, dropout=config.dropout)
-        reference.avgpool = nn.AdaptiveAvgPool2d(config.pool_size)
+        reference.avgpool = nn.AdaptiveAvgPool2d((config.pool_size, config.pool_size))
         reference.classifier = nn.Sequential(
             nn.Linear(flat, config.hidden_size), nn.ReLU(True), nn.Dropout(config.dropout),
             nn.Linear(config.hidden_size, config.hidden_size), nn.ReLU(True), nn.Dropout(config.dropout),
