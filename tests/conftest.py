@@ -16,6 +16,9 @@ from minipt.reference import bare_torchvision
 
 bare_torchvision()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the network
+# fuse()'s Linears take oneDNN wherever it runs (not the faster kernel measured per shape), so that
+# the tests check that path on every machine and do not depend on timings; test_cpu.py measures.
+os.environ.setdefault("MINIPT_LINEAR", "onednn")
 
 if not torch.cuda.is_available():
     # minipt.ops' Triton kernels run on CPU tensors through Triton's interpreter. The variable is

@@ -97,3 +97,46 @@ def test_minipt_info_prints_the_report(capsys):
     out = capsys.readouterr().out
     assert "native bfloat16: " in out and "fast path: float32 | bfloat16" in out
     assert cpu.cpu_report() in out
+
+
+@pytest.fixture
+def measuring(monkeypatch):
+    """fuse() chooses each Linear's kernel by timing it (as outside the tests), from no choice made yet."""
+    monkeypatch.delenv("MINIPT_LINEAR", raising=False)
+    monkeypatch.setattr(cpu, "_linear_choices", {})
+
+
+@pytest.mark.skipif(not cpu.onednn.available(), reason="oneDNN is not available: every Linear runs F.linear")
+@pytest.mark.usefixtures("measuring")
+@pytest.mark.parametrize("faster", ["onednn", "aten"])
+def test_each_fused_linear_takes_the_kernel_measured_faster_for_its_shape(faster, monkeypatch):
+    timed = []
+    monkeypatch.setattr(cpu, "_faster_linear", lambda *key: timed.append(key) or faster)
+    model = _tiny_bert()
+    fused = model.fuse()
+    packed = [m for m in fused.modules() if isinstance(m, cpu.onednn.PackedLinear)]
+    assert packed and all(m.onednn == (faster == "onednn") for m in packed)
+    shapes = {(rows, n_in, n_out, act) for _, rows, n_in, n_out, act in timed}
+    assert len(shapes) == len(timed)  # each shape class timed once: (16->48 qkv, 16->16, 16->32+gelu, 32->16)
+    assert (128, 16, 48, None) in shapes and (128, 16, 32, "gelu") in shapes
+    model.fuse()
+    assert len(timed) == len(shapes)  # a second copy reuses the answers
+    ids = torch.randint(0, 50, (2, 5))
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(ids).last_hidden_state, model(ids).last_hidden_state, rtol=1e-4, atol=1e-5)
+    assert f"{faster}" in cpu.cpu_report()
+
+
+@pytest.mark.skipif(not cpu.onednn.available(), reason="oneDNN is not available: nothing to time")
+@pytest.mark.usefixtures("measuring")
+def test_the_timed_choice_is_one_of_the_two_and_kept():
+    assert cpu.linear_kernel(torch.float32, 100, 64, 256, "gelu") in ("onednn", "aten")
+    assert list(cpu._linear_choices) == [(torch.float32, 128, 64, 256, "gelu")]  # 100 rows: the 128 class
+
+
+def test_a_fixed_kernel_is_taken_for_every_shape(monkeypatch):
+    monkeypatch.setenv("MINIPT_LINEAR", "aten")
+    monkeypatch.setattr(cpu, "_faster_linear", lambda *key: pytest.fail("a fixed kernel is not timed"))
+    assert cpu.linear_kernel(torch.float32, 128, 16, 16) == "aten"
+    fused = _tiny_bert().fuse()
+    assert not any(m.onednn for m in fused.modules() if isinstance(m, cpu.onednn.PackedLinear))

@@ -23,9 +23,11 @@ residual into the matmul      blocks with ``residual_in_matmul`` (encoder layer,
 Q, K, V merge                 an attention block's three projections become one (3C, C) matmul
                               (``MultiHeadAttention.merge_qkv``)
 packed Linear                 every other Linear runs on a weight prepacked for oneDNN
-                              (``minipt.ops.onednn.pack_linear``; plain torch where oneDNN is
-                              missing); ``fuse_batch_hint`` on the model is the number of rows
-                              oneDNN chooses the layout for (any number runs)
+                              (``minipt.ops.onednn.pack_linear``), or on F.linear where oneDNN
+                              is missing or slower for that shape on this CPU
+                              (``minipt.ops.cpu.linear_kernel``); ``fuse_batch_hint`` on the
+                              model is the number of rows oneDNN chooses the layout for (any
+                              number runs)
 channels-last                 convolution weights in NHWC, the layout oneDNN's convolutions run
                               fastest in
 ============================  ===============================================================
@@ -43,7 +45,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..ops import onednn, warn_if_emulated
+from ..ops import linear_kernel, onednn, warn_if_emulated
 
 DTYPES = (torch.float32, torch.bfloat16)
 
@@ -59,8 +61,11 @@ def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     return fused
 
 
-def _pack(linear: nn.Module, activation: str | None, batch_hint: int | None) -> nn.Module:
-    return onednn.pack_linear(linear.weight, linear.bias, activation, batch_hint=batch_hint)
+def _pack(weight: torch.Tensor, bias: torch.Tensor | None, activation: str | None, batch_hint: int | None) -> nn.Module:
+    """A packed Linear on oneDNN, or on F.linear where that is faster for this shape here (``minipt.ops.cpu``)."""
+    out_features, in_features = weight.shape
+    kernel = linear_kernel(weight.dtype, batch_hint or 128, in_features, out_features, activation)
+    return onednn.pack_linear(weight, bias, activation, batch_hint=batch_hint, use_onednn=kernel == "onednn")
 
 
 def _rewrite(module: nn.Module, batch_hint: int | None) -> None:
@@ -74,16 +79,16 @@ def _rewrite(module: nn.Module, batch_hint: int | None) -> None:
         linear, act = getattr(module, linear_name), getattr(module, act_name)
         post_op = onednn.post_op(act)
         if isinstance(linear, nn.Linear) and post_op is not None:
-            setattr(module, linear_name, _pack(linear, post_op, batch_hint))
+            setattr(module, linear_name, _pack(linear.weight, linear.bias, post_op, batch_hint))
             setattr(module, act_name, nn.Identity())  # now inside the matmul
     if hasattr(type(module), "residual_in_matmul"):
         module.residual_in_matmul = True
     merge = getattr(module, "merge_qkv", None)
     if callable(merge):
-        merge(lambda weight, bias: onednn.pack_linear(weight, bias, batch_hint=batch_hint))
+        merge(lambda weight, bias: _pack(weight, bias, None, batch_hint))
     for name, child in module.named_children():
         if isinstance(child, nn.Linear):
-            setattr(module, name, _pack(child, None, batch_hint))
+            setattr(module, name, _pack(child.weight, child.bias, None, batch_hint))
         elif isinstance(child, nn.Conv2d):
             child.weight.data = child.weight.data.contiguous(memory_format=torch.channels_last)
 

@@ -21,6 +21,13 @@ float16   x86 AVX512-FP16 or AMX-FP16; ARM FP16 (fphp)     float32 and back, sev
 ``fuse(torch.bfloat16)`` on a CPU where bfloat16 is emulated warns once per process, naming the
 CPU's capability and the slowdown a short timed probe measured (a float32 and a bfloat16 matrix
 product of the same size), and pointing to ``fuse()`` in float32, the fast path there.
+
+Each Linear of a ``fuse()`` copy takes the faster of oneDNN's packed matmul and aten's
+``F.linear`` for its shape on this CPU (``linear_kernel``): oneDNN ran twice as fast as MKL on one
+AVX-512 host, 1.15x on another, and slower on an AVX2 one. The answer is measured once per process
+and shape class (the rows rounded up to a power of two, the weight's shape, the activation), in a
+few milliseconds, when the first copy of that shape is made. ``MINIPT_LINEAR=onednn`` or ``=aten``
+fixes it instead (the tests fix oneDNN's path, to check it where it runs).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import warnings
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from . import onednn
 
@@ -152,13 +160,61 @@ def warn_if_emulated(dtype: torch.dtype, what: str = "fuse()") -> None:
         f"of float32's; fuse() in float32 is the fast path on this CPU", RuntimeWarning, stacklevel=3)
 
 
+LINEAR_ENV = "MINIPT_LINEAR"  # "onednn" or "aten": every fuse() Linear takes it; unset: the faster, measured
+_linear_choices: dict[tuple, str] = {}  # (dtype, rows, in, out, activation) -> "onednn" | "aten"
+
+
+def linear_kernel(dtype: torch.dtype, rows: int, in_features: int, out_features: int, activation: str | None = None) -> str:
+    """``"onednn"`` or ``"aten"``: the kernel a ``fuse()`` Linear of this shape takes here (see the module's doc)."""
+    if not (cpu().onednn and onednn.available(dtype)):
+        return "aten"
+    forced = os.environ.get(LINEAR_ENV, "").strip().lower()
+    if forced in ("onednn", "aten"):
+        return forced
+    key = (dtype, min(max(16, 1 << max(rows - 1, 1).bit_length()), 4096), in_features, out_features, activation)
+    if key not in _linear_choices:
+        _linear_choices[key] = _faster_linear(*key)
+    return _linear_choices[key]
+
+
+def _faster_linear(dtype: torch.dtype, rows: int, in_features: int, out_features: int, activation: str | None) -> str:
+    """Time oneDNN's packed matmul (with its post-op) against ``F.linear`` and the activation on random
+    tensors of this shape: one warm-up each, then five alternated calls each. Each keeps its fastest
+    call (on a shared machine the steadier estimate); aten wins only by more than 5%, since oneDNN's
+    matmul also takes the residual adds of a fused block."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, in_features, generator=generator).to(dtype)
+    weight = torch.randn(out_features, in_features, generator=generator).to(dtype) / in_features ** 0.5
+    bias = torch.zeros(out_features, dtype=dtype)
+    packed = onednn.pack_linear(weight, bias, activation, batch_hint=rows)
+    plain = onednn.ACTIVATIONS[activation][1]
+    cases = {"onednn": lambda: packed(x), "aten": lambda: plain(F.linear(x, weight, bias))}
+    runs: dict[str, list[float]] = {name: [] for name in cases}
+    with torch.inference_mode():
+        for case in cases.values():
+            case()
+        for _ in range(5):
+            for name, case in cases.items():
+                start = time.perf_counter()
+                case()
+                runs[name].append(time.perf_counter() - start)
+    return "aten" if min(runs["aten"]) * 1.05 < min(runs["onednn"]) else "onednn"
+
+
 def implementations(info: CPUInfo | None = None) -> dict[str, dict[str, str]]:
     """For each fast path on the CPU: the implementation it takes in float32 and in bfloat16."""
     info = info or cpu()
     packed = {dtype: info.onednn and onednn.available(dtype) for dtype in (torch.float32, torch.bfloat16)}
 
     def linear(dtype):
-        kernel = "oneDNN, packed weight with its post-op" if packed[dtype] else "F.linear (aten), then the activation"
+        if not packed[dtype]:
+            kernel = "F.linear (aten), then the activation"
+        elif os.environ.get(LINEAR_ENV, "").strip().lower() in ("onednn", "aten"):
+            kernel = f"{os.environ[LINEAR_ENV].strip().lower()} for every shape ({LINEAR_ENV})"
+        else:
+            chosen = [f"{rows}x{n_in}->{n_out}{'+' + act if act else ''}: {kernel}"
+                      for (d, rows, n_in, n_out, act), kernel in _linear_choices.items() if d == dtype]
+            kernel = "oneDNN's packed matmul or F.linear, the faster per shape" + (f" ({', '.join(chosen)})" if chosen else ", measured at fuse()")
         return kernel if native(dtype, info) else f"{kernel}; emulated"
 
     return {

@@ -183,17 +183,19 @@ class _Shared:
         return self
 
 
-def pack_linear(weight: Tensor, bias: Tensor | None = None, activation: str | None = None, *, batch_hint: int | None = None) -> PackedLinear:
+def pack_linear(weight: Tensor, bias: Tensor | None = None, activation: str | None = None, *, batch_hint: int | None = None,
+                use_onednn: bool = True) -> PackedLinear:
     """A ``PackedLinear`` computing ``activation(x @ weight^T + bias)``: oneDNN on a packed copy of
-    ``weight`` (out, in) when ``available(weight.dtype)``, plain torch otherwise. The result's dtype
-    is the weight's; inputs must have it too."""
+    ``weight`` (out, in) when ``use_onednn`` and ``available(weight.dtype)``, plain torch otherwise
+    (``minipt.ops.cpu.linear_kernel`` says which is faster for a shape). The result's dtype is the
+    weight's; inputs must have it too."""
     if activation not in ACTIVATIONS:
         raise ConfigError(f"pack_linear supports the activations {list(ACTIVATIONS)}, not {activation!r}")
     if weight.dim() != 2 or (bias is not None and bias.shape != weight.shape[:1]):
         raise InputError(f"pack_linear needs a weight (out, in) and a bias (out,), got {tuple(weight.shape)} and {None if bias is None else tuple(bias.shape)}")
     weight = weight.detach()
     bias = None if bias is None else bias.detach().to(weight.dtype)
-    use_onednn = weight.device.type == "cpu" and weight.dtype in DTYPES and available(weight.dtype)
+    use_onednn = use_onednn and weight.device.type == "cpu" and weight.dtype in DTYPES and available(weight.dtype)
     return _pack(weight, bias, activation, batch_hint) if use_onednn else PackedLinear(weight.clone(), None if bias is None else bias.clone(), activation, None)
 
 
