@@ -160,6 +160,23 @@ def test_transformers_loads_minipt_saves_strictly(tmp_path, cls_name):
     assert written["model_type"] == "vit" and written["architectures"] == [cls_name] and "weights_format" not in written
 
 
+def test_classifier_without_a_head(tmp_path):
+    """reset_classifier(0): the logits are the [CLS] features, as transformers' num_labels = 0; saved, transformers builds it back."""
+    saved(tmp_path / "theirs", "ViTForImageClassification", hf_config())
+    model = ViTForImageClassification.from_pretrained(tmp_path / "theirs")
+    x = images(3, 16, 16)
+    with torch.no_grad():
+        features = model.forward_head(model.forward_features(x), pre_logits=True)
+        model.reset_classifier(0)
+        assert model.num_classes == 0 and model.config.id2label is None and torch.equal(model(x).logits, features)
+    model.save_pretrained(tmp_path / "ours")
+    reference, info = transformers.ViTForImageClassification.from_pretrained(tmp_path / "ours", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and isinstance(reference.classifier, torch.nn.Identity)
+    assert ViTForImageClassification.from_pretrained(tmp_path / "ours").num_classes == 0
+    model.reset_classifier(4)
+    assert model(x).logits.shape == (2, 4)
+
+
 def test_encoder_files_with_and_without_the_prefix(tmp_path):
     """A ViTModel file (no vit. prefix, with the pooler) under a new classifier head; a classifier's file as a bare encoder."""
     config = hf_config()
