@@ -254,6 +254,18 @@ def test_the_format_is_found_from_the_tensors(some_pair):
     assert registry.family_of(model).model_type == "vgg"
 
 
+def test_old_and_data_parallel_files(tmp_path):
+    """Files saved before PyTorch 0.4.1 have no num_batches_tracked (it starts at 0, as in torch.nn); DataParallel
+    saves put module. before every key."""
+    config = small_config(11, True)
+    state = random_reference(config, seed=2).state_dict()
+    old = {key: value for key, value in state.items() if not key.endswith("num_batches_tracked")}
+    torch.save({"module." + key: value for key, value in old.items()}, tmp_path / "old.pth")
+    model = mv.VGG.from_pretrained(tmp_path / "old.pth")
+    assert model.config == config
+    assert_same_weights(model, {key: torch.tensor(0) if key.endswith("num_batches_tracked") else value for key, value in state.items()})
+
+
 # -- bad input ----------------------------------------------------------------------------------
 def test_a_resnet_checkpoint(tmp_path):
     from minipt.models.resnet import ResNet, ResNetConfig

@@ -304,9 +304,10 @@ def infer_config(checkpoint: Checkpoint) -> VGGConfig:
         if len(parts) == 3 and parts[0] == "features" and parts[1].isdigit() and parts[2] == "weight" and len(shape) == 4:
             kernels[int(parts[1])] = shape
     headless = "classifier.6.weight" not in shapes  # saved after reset_classifier(0)
-    absent = [key for key in ("classifier.0.weight", "classifier.3.weight") if key not in shapes]
-    if 0 not in kernels or absent:
-        refuse(f"it has no {', '.join((['features.0.weight (a 4-d conv kernel)'] if 0 not in kernels else []) + absent)}")
+    absent = ([] if 0 in kernels else ["features.0.weight (a 4-d conv kernel)"]) + [
+        key for key in ("classifier.0.weight", "classifier.3.weight") if key not in shapes]
+    if absent:
+        refuse(f"it has no {', '.join(absent)}")
     batch_norm = "features.1.running_mean" in shapes
     step = 3 if batch_norm else 2  # conv, (BatchNorm,) ReLU
     stages, expected, in_channels = [[]], 0, kernels[0][1]
