@@ -1,13 +1,20 @@
-"""SentenceEncoder against sentence-transformers on the real all-MiniLM-L6-v2 snapshot."""
+"""SentenceEncoder against sentence-transformers: on the real all-MiniLM-L6-v2 snapshot, and on random models of
+every other text encoder family (RoBERTa, DistilBERT, ALBERT) that transformers builds."""
 
 from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
-from bert_reference import minilm_path, transformers  # noqa: F401  (transformers: the reference stack is set up)
+from bert_reference import minilm_path, randomize, transformers
+from encoder_snapshots import FAMILIES, save_snapshot
 from helpers import ATOL, rel_diff
-from minipt import SentenceEncoder
+from minipt import SentenceEncoder, Tokenizer, registry, transfer
 from minipt.errors import ConfigError
 from minipt.models.sentence import pool
 
@@ -73,3 +80,102 @@ def test_pooling_modes():
 def test_unknown_pooling(encoder):
     with pytest.raises(ConfigError, match="pooling 'weighted'"):
         SentenceEncoder(encoder.encoder, encoder.tokenizer, pooling="weighted")
+
+
+# -- every text encoder family: random models transformers builds, in sentence-transformers folders ------------
+ENCODER_FAMILIES = [family for family in registry.families() if family.model_type in FAMILIES]  # RoBERTa, DistilBERT, ALBERT
+MAX_SEQ_LENGTH = 24
+TEXTS = ["hello world", "Café 🙂, naïve ÀÉ", "日本語", "a much longer sentence, " * 12, ""]  # the fourth is truncated
+
+
+@pytest.fixture(scope="module")
+def encoder_folders(tmp_path_factory):
+    """model_type -> a folder holding a random transformers model of the family (every parameter random) and the
+    family's tokenizer snapshot, as ``save_pretrained`` writes them; no sentence-transformers files yet."""
+    root = tmp_path_factory.mktemp("text-encoders")
+    folders = {}
+    for seed, family in enumerate(ENCODER_FAMILIES):
+        folder = save_snapshot(family.model_type, root / family.model_type)
+        fields = dataclasses.replace(family.tiny(), vocab_size=Tokenizer.from_pretrained(folder).vocab_size, max_position_embeddings=64).to_dict()
+        config = transformers.AutoConfig.for_model(fields.pop("model_type"), **fields)  # the official config.json fields
+        randomize(transformers.AutoModel.from_config(config), seed).save_pretrained(str(folder))
+        folders[family.model_type] = folder
+    return folders
+
+
+def as_pipeline(folder: Path, directory: Path, pooling: str, normalize: bool) -> Path:
+    """A copy of ``folder`` made a sentence-transformers pipeline: Transformer -> Pooling (``pooling``) -> Normalize."""
+    pipeline = shutil.copytree(folder, directory)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (pipeline / "2_Normalize").mkdir()
+    flags = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens", "max": "pooling_mode_max_tokens",
+             "mean_sqrt_len": "pooling_mode_mean_sqrt_len_tokens"}  # sentence-transformers' Pooling arguments
+    width = json.loads((folder / "config.json").read_text())
+    width = width.get("hidden_size", width.get("dim"))
+    (pipeline / "1_Pooling").mkdir()
+    (pipeline / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": width, **{f: mode == pooling for mode, f in flags.items()}}))
+    (pipeline / "modules.json").write_text(json.dumps(modules))
+    (pipeline / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": MAX_SEQ_LENGTH, "do_lower_case": False}))
+    return pipeline
+
+
+def sentence_transformers_encode(folder: Path) -> torch.Tensor:
+    from sentence_transformers import SentenceTransformer  # the reference (part of the test extra)
+
+    return torch.from_numpy(SentenceTransformer(str(folder), device="cpu").encode(TEXTS, batch_size=2))
+
+
+# each family twice, each pooling mode at least once (the pooling itself is one function for every encoder: test_pooling_modes)
+PIPELINES = [("roberta", "mean", True), ("roberta", "cls", False), ("distilbert", "max", True), ("distilbert", "mean_sqrt_len", False),
+             ("albert", "mean", False), ("albert", "max", True)]
+
+
+@pytest.mark.parametrize("model_type, pooling, normalize", PIPELINES)
+def test_every_encoder_family_embeds_as_sentence_transformers(encoder_folders, model_type, pooling, normalize, tmp_path):
+    family = next(family for family in ENCODER_FAMILIES if family.model_type == model_type)
+    pipeline = as_pipeline(encoder_folders[model_type], tmp_path / "pipeline", pooling, normalize)
+    encoder = SentenceEncoder.from_pretrained(pipeline)
+    assert type(encoder.encoder) is family.classes[0]  # the family's bare model, found from config.json
+    assert (encoder.pooling, encoder.normalize, encoder.max_seq_length) == (pooling, normalize, MAX_SEQ_LENGTH)
+    ours, theirs = encoder.encode(TEXTS, batch_size=2), sentence_transformers_encode(pipeline)
+    assert ours.shape == (len(TEXTS), family.tiny().hidden_size) and not torch.allclose(ours[0], ours[1])
+    assert (ours - theirs).abs().max() <= ATOL
+
+
+@pytest.mark.parametrize("family", ENCODER_FAMILIES, ids=lambda family: family.model_type)
+def test_every_encoder_family_saves_its_pipeline(encoder_folders, family, tmp_path):
+    encoder = SentenceEncoder.from_pretrained(as_pipeline(encoder_folders[family.model_type], tmp_path / "pipeline", "mean_sqrt_len", True))
+    saved = encoder.save_pretrained(tmp_path / "saved")
+    reloaded = SentenceEncoder.from_pretrained(saved)
+    assert type(reloaded.encoder) is family.classes[0] and (reloaded.pooling, reloaded.normalize) == ("mean_sqrt_len", True)
+    assert torch.equal(reloaded.encode(TEXTS), encoder.encode(TEXTS))
+    assert (reloaded.encode(TEXTS, batch_size=2) - sentence_transformers_encode(saved)).abs().max() <= ATOL
+    assert transfer.stages(encoder) == transfer.stages(encoder.encoder)  # the encoder's stages, under encoder.
+    transfer.freeze(encoder, "embeddings")
+    assert not encoder.encoder.embeddings.token.weight.requires_grad
+    assert all(p.requires_grad for name, p in encoder.encoder.named_parameters() if not name.startswith(("embeddings.", "encoder.mapping_in.")))
+
+
+def test_a_plain_checkpoint_embeds_as_sentence_transformers_builds_one(encoder_folders):
+    """No pipeline files: mean pooling, no normalisation, truncation at the longest input the model and tokenizer take."""
+    folder = encoder_folders["roberta"]
+    encoder = SentenceEncoder.from_pretrained(folder)
+    assert (encoder.pooling, encoder.normalize, encoder.max_seq_length) == ("mean", False, 62)  # 64 positions, from pad_token_id + 1
+    short = TEXTS[:3]
+    from sentence_transformers import SentenceTransformer
+
+    theirs = torch.from_numpy(SentenceTransformer(str(folder), device="cpu").encode(short, batch_size=2))
+    assert (encoder.encode(short, batch_size=2) - theirs).abs().max() <= ATOL
+
+
+def test_a_checkpoint_of_another_model_is_named(tmp_path):
+    gpt2 = next(family for family in registry.families() if family.model_type == "gpt2")
+    gpt2.tiny_model().save_pretrained(tmp_path / "gpt2")
+    message = rf"holds a {gpt2.classes[0].__name__} checkpoint; SentenceEncoder pools the token vectors of a text encoder \(albert, bert, distilbert, roberta\)"
+    with pytest.raises(ConfigError, match=message):
+        SentenceEncoder.from_pretrained(tmp_path / "gpt2")

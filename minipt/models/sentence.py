@@ -1,11 +1,17 @@
 """Sentence embeddings in the sentence-transformers layout: encoder -> pooling -> (normalise).
 
-A sentence-transformers snapshot holds a BERT checkpoint plus a few small
-files that say how to turn token vectors into one vector per sentence:
+A sentence-transformers snapshot holds a text encoder's checkpoint (BERT, RoBERTa,
+DistilBERT, ALBERT: any family built on ``minipt.models.text_encoder``, found through
+``minipt.registry`` from its ``config.json``) plus a few small files that say how to turn
+token vectors into one vector per sentence:
 
 - ``modules.json``: the pipeline (Transformer, Pooling, optionally Normalize);
 - ``1_Pooling/config.json`` (the Pooling module's folder): which pooling;
 - ``sentence_bert_config.json``: ``max_seq_length``, the truncation length.
+
+A folder without them is a plain checkpoint, embedded as sentence-transformers embeds one:
+mean pooling, no normalisation, truncation at the longest input both the model and the
+tokenizer take.
 
     encoder = SentenceEncoder.from_pretrained("all-MiniLM-L6-v2")
     vectors = encoder.encode(["A man is eating food.", "A man is riding a horse."])  # (2, 384)
@@ -20,11 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint import Checkpoint
 from ..errors import ConfigError, InputError
 from ..files import make_directory, read_json, write_json
 from ..hub import resolve
+from ..registry import families, family_of, model_class_for
 from ..tokenizer import Tokenizer, as_texts
-from .bert import BertModel
+from .text_encoder import TextEncoder
 
 # pooling mode -> its flag in a sentence-transformers Pooling config
 POOLING_FLAGS = {
@@ -49,9 +57,11 @@ def pool(token_vectors: torch.Tensor, attention_mask: torch.Tensor, mode: str) -
 
 
 class SentenceEncoder(nn.Module):
-    transfer_stages = {"embeddings": "encoder.embeddings", "layers.{i}": "encoder.layers.{i}", "pooler": "encoder.pooler"}  # see minipt.transfer
+    """A text encoder's bare model (``BertModel``, ``RobertaModel``, ``DistilBertModel``, ``AlbertModel``), its
+    tokenizer, and the pooling of its token vectors into one (unit) vector per sentence."""
 
-    def __init__(self, encoder: BertModel, tokenizer: Tokenizer, *, pooling: str = "mean", normalize: bool = True, max_seq_length: int | None = None):
+    def __init__(self, encoder: nn.Module, tokenizer: Tokenizer, *, pooling: str = "mean", normalize: bool = True, max_seq_length: int | None = None):
+        """``max_seq_length``: the truncation length (None: the longest input the encoder takes)."""
         super().__init__()
         if pooling not in POOLING_MODES:
             raise ConfigError(f"pooling {pooling!r} is not supported; supported: {', '.join(POOLING_MODES)}")
@@ -59,10 +69,20 @@ class SentenceEncoder(nn.Module):
         self.tokenizer = tokenizer
         self.pooling = pooling
         self.normalize = normalize
-        self.max_seq_length = max_seq_length or encoder.config.max_position_embeddings
+        self.max_seq_length = max_seq_length or encoder.config.longest_input
+
+    @property
+    def transfer_stages(self) -> dict:
+        """The encoder's stages (see minipt.transfer), under ``encoder.``."""
+        stages = {}
+        for name, where in self.encoder.transfer_stages.items():  # a module path, or a tuple of them
+            stages[name] = "encoder." + where if isinstance(where, str) else tuple("encoder." + path for path in where)
+        return stages
 
     @classmethod
     def from_pretrained(cls, name_or_path, *, dtype: torch.dtype | None = None, device=None) -> "SentenceEncoder":
+        """A sentence-transformers folder (or a plain text encoder's checkpoint) from a local path, catalogued name or hub repo id;
+        a checkpoint of any other model is a ConfigError naming it."""
         path = resolve(name_or_path)
         modules = read_json(path / "modules.json", list, default=[], what="a list")
         if not isinstance(modules, list) or not all(isinstance(m, dict) and isinstance(m.get("type"), str) and isinstance(m.get("path", ""), str) for m in modules):
@@ -73,12 +93,14 @@ class SentenceEncoder(nn.Module):
             pooling = _pooling_mode(read_json(path / kinds["Pooling"].get("path", "") / "config.json", default={}))
         normalize = "Normalize" in kinds
         settings = read_json(path / "sentence_bert_config.json", default={})
-        encoder = BertModel.from_pretrained(path, dtype=dtype, device=device)
+        encoder = encoder_class(path).from_pretrained(path, dtype=dtype, device=device)
         tokenizer = Tokenizer.from_pretrained(path)
-        return cls(encoder, tokenizer, pooling=pooling, normalize=normalize, max_seq_length=settings.get("max_seq_length")).eval()
+        longest = encoder.config.longest_input
+        max_seq_length = settings.get("max_seq_length") or min(longest, tokenizer.model_max_length or longest)  # sentence-transformers' default
+        return cls(encoder, tokenizer, pooling=pooling, normalize=normalize, max_seq_length=max_seq_length).eval()
 
     def save_pretrained(self, directory) -> Path:
-        """Write the sentence-transformers layout: the BERT checkpoint, the tokenizer and the pipeline files, each atomically."""
+        """Write the sentence-transformers layout: the encoder's checkpoint, the tokenizer and the pipeline files, each atomically."""
         directory = self.encoder.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
         modules = [
@@ -98,7 +120,7 @@ class SentenceEncoder(nn.Module):
         return directory
 
     def check_inputs(self, input_ids, attention_mask, token_type_ids=None) -> None:
-        """The encoder's checks (``BertModel.check_inputs``), and a 0/1 attention mask shaped like ``input_ids`` to pool over."""
+        """The encoder's checks (its ``check_inputs``), and a 0/1 attention mask shaped like ``input_ids`` to pool over."""
         self.encoder.check_inputs(input_ids, attention_mask, token_type_ids)
         if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
             shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
@@ -118,7 +140,7 @@ class SentenceEncoder(nn.Module):
         Sentences are sorted by length before batching, so each batch pads little;
         the result is in the input order. An empty list gives a (0, H) tensor, so
         code that embeds whatever a filter left keeps working; an empty string is
-        embedded like any text (its vector comes from the [CLS] and [SEP] tokens).
+        embedded like any text (its vector comes from the special tokens the tokenizer adds, BERT's [CLS] and [SEP]).
         """
         sentences, single = as_texts("sentences", sentences)
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
@@ -134,6 +156,18 @@ class SentenceEncoder(nn.Module):
                 out[i] = vector
         embeddings = torch.stack(out) if out else torch.empty(0, self.encoder.config.hidden_size)
         return embeddings[0] if single else embeddings
+
+
+def encoder_class(path) -> type:
+    """The bare model of the text encoder family whose checkpoint is at ``path`` (``minipt.registry``: from its
+    ``config.json``); a ConfigError names the model any other checkpoint holds."""
+    with Checkpoint(path) as checkpoint:  # names and shapes only
+        found = model_class_for(path, checkpoint)
+    family = family_of(found)
+    if family is None or not issubclass(family.classes[0], TextEncoder):
+        encoders = ", ".join(sorted(f.model_type for f in families() if issubclass(f.classes[0], TextEncoder)))
+        raise ConfigError(f"{path} holds a {found.__name__} checkpoint; SentenceEncoder pools the token vectors of a text encoder ({encoders})")
+    return family.classes[0]
 
 
 def _pooling_mode(config: dict) -> str:
