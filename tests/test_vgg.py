@@ -266,6 +266,21 @@ def test_old_and_data_parallel_files(tmp_path):
     assert_same_weights(model, {key: torch.tensor(0) if key.endswith("num_batches_tracked") else value for key, value in state.items()})
 
 
+def test_inspect_and_diff_on_the_command_line(some_pair, capsys):
+    """``minipt inspect`` and ``minipt diff`` find VGG from a torchvision .pth through the registry."""
+    from minipt import cli
+
+    config, _, model, path = some_pair
+    assert cli.main(["inspect", str(path), "--input-size", "1x3x32x32"]) == 0
+    out = capsys.readouterr().out
+    assert f"VGG from {path}" in out and f"parameters: {sum(p.numel() for p in model.parameters()):,}" in out
+    assert f"features.0.weight ({config.stages[0][0]}, 3, 3, 3) -> stages.0.blocks.0.conv.weight" in out
+    assert "classifier.6.weight (5, 24) -> head.weight" in out and "MISSING" not in out and "UNEXPECTED" not in out
+    assert cli.main(["diff", str(path)]) == 0  # torchvision's VGG on the demo photo, at 224x224
+    out = capsys.readouterr().out
+    assert "against torchvision VGG" in out and "no divergence" in out and "stages.4.out" in out
+
+
 # -- bad input ----------------------------------------------------------------------------------
 def test_a_resnet_checkpoint(tmp_path):
     from minipt.models.resnet import ResNet, ResNetConfig
