@@ -42,8 +42,8 @@ from minipt.ops.recurrent import _GRULayer, _LSTMLayer, _RNNLayer
 
 BACKENDS = ["math", "torch", "fused", "fused-onednn", "fused-fallback"]  # the last two: matmuls(backend)
 KINDS = ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"]
-# The gates work at magnitude 1 whatever the size of the outputs (sigmoid is about 0.5, and minipt.ops takes
-# tanh as 2 sigmoid(2x) - 1, exact to an ulp at 1): the error-ratio floor is counted in ulps at 1.
+# The gates work at magnitude 1 whatever the size of the outputs (sigmoid is about 0.5, tanh near +-1 where it
+# saturates): the error-ratio floor is counted in ulps at 1.
 GATES = dict(scale=1.0)
 # Where no float64 run gives the exact values (a float64 run need not draw the same dropout masks), two float32
 # results of small stacks are compared relative to the largest |value|: 1e-5 is about 80 float32 ulps there,

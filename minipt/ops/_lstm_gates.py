@@ -19,7 +19,6 @@ from torch import Tensor
 
 from ..errors import InputError
 from ._layout import empty_like
-from ._reference_math import tanh
 from ._register import register_op
 
 
@@ -28,18 +27,18 @@ def lstm_gates_reference(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     fast path run this; the backward below and the Triton kernels must follow it (tested)."""
     compute = torch.promote_types(gates.dtype, torch.float32)
     i, f, g, o = gates.to(compute).chunk(4, dim=1)  # each (B, H)
-    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), tanh(g), torch.sigmoid(o)  # input, forget gates; cell candidate; output gate
+    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)  # input, forget gates; cell candidate; output gate
     c_new = f * c.to(compute) + i * g
-    h_new = o * tanh(c_new)
+    h_new = o * torch.tanh(c_new)
     return h_new.to(c.dtype), c_new.to(c.dtype)
 
 
 def lstm_gates_backward_reference(grad_h: Tensor, grad_c: Tensor, gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     compute = torch.promote_types(gates.dtype, torch.float32)
     i, f, g, o = gates.to(compute).chunk(4, dim=1)
-    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), tanh(g), torch.sigmoid(o)
+    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
     c = c.to(compute)
-    tanh_c = tanh(f * c + i * g)
+    tanh_c = torch.tanh(f * c + i * g)
     grad_h = grad_h.to(compute)
     grad_c = grad_c.to(compute) + grad_h * o * (1 - tanh_c * tanh_c)  # c' reaches h' through tanh
     grad_gates = torch.cat([
