@@ -124,12 +124,21 @@ def _quantize_lstms(model: nn.Module, ao) -> nn.Module:
     return model
 
 
+class _TorchLinear(nn.Linear):
+    """torch.nn.Linear, which torchao quantises, taking a residual to add as minipt's Linear does
+    (an encoder layer's inference path hands its residuals to the matmul before them)."""
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        out = super().forward(x)
+        return out if residual is None else out + residual
+
+
 def _swap_linears(model: nn.Module) -> nn.Module:
     from .nn import Linear
 
     for name, module in list(model.named_modules()):
         if isinstance(module, Linear):
-            twin = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device="meta")
+            twin = _TorchLinear(module.in_features, module.out_features, bias=module.bias is not None, device="meta")
             twin.weight, twin.bias = module.weight, module.bias  # the same tensors (a tied weight stays tied)
             model = _replace(model, name, twin)
     return model

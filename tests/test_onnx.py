@@ -57,7 +57,8 @@ def test_image_classifiers(name, tmp_path):
     images = torch.randn(3, 3, 32, 32)
     (logits,) = session.run(None, {"x": images.numpy()})
     with torch.no_grad():
-        _close(logits, model(images))
+        out = model(images)  # a tensor (the CNNs, as torchvision's) or an output with .logits (ViT, as transformers')
+        _close(logits, out if isinstance(out, torch.Tensor) else out.logits)
 
 
 def test_other_models_are_named():
