@@ -128,3 +128,13 @@ def test_state_dict_non_strict_still_checks_shapes():
 def test_bad_configuration(build, message):
     with pytest.raises(ConfigError, match=message):
         build()
+
+
+@pytest.mark.parametrize("cls", [minipt.nn.LSTM, minipt.nn.GRU, minipt.nn.RNN])
+@pytest.mark.parametrize("argument", ["bias", "batch_first", "bidirectional"])
+@pytest.mark.parametrize("value", [0, 1, "True", "False", None])
+def test_flags_must_be_bools(cls, argument, value):
+    """torch.nn refuses a bias or batch_first that is not a bool, and takes any bidirectional (the string
+    "False" turns it on); minipt refuses all three, naming the argument."""
+    with pytest.raises(InputError, match=f"^{argument} must be True or False, got {type(value).__name__} {re.escape(repr(value))}$"):
+        cls(4, 6, **{argument: value})

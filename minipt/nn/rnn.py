@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from ..checks import tracing
+from ..checks import check_bool, tracing
 from ..errors import ConfigError, InputError, KeyMismatchError
 from ..ops import torch_rnn
 from .backend import BackendBlock, get_backend
@@ -88,6 +88,9 @@ class _RNNBase(BackendBlock, nn.Module):
             raise ConfigError(f"{name}: proj_size must be a non-negative integer, got {proj_size!r}")
         if proj_size >= hidden_size:
             raise ConfigError(f"{name}: proj_size ({proj_size}) must be smaller than hidden_size ({hidden_size})")
+        # torch.nn refuses a bias or batch_first that is not a bool, but takes any bidirectional (the string
+        # "False" makes it bidirectional): all three must be True or False here
+        bias, batch_first, bidirectional = check_bool("bias", bias), check_bool("batch_first", batch_first), check_bool("bidirectional", bidirectional)
         if dropout > 0 and num_layers == 1:
             warnings.warn(
                 f"{name}: dropout={dropout} acts between layers only, so with num_layers=1 it does nothing "
