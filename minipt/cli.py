@@ -84,38 +84,10 @@ def _demo_photos() -> None:
         print(f"  {path.parent.parent.name}/{path.parent.name}/{path.name}: " + ", ".join(f"{name} {p:.0%}" for name, p in classes))
 
 
-# model_type of the text encoders whose plain checkpoints embed (mean pooling over their last hidden state)
-TEXT_ENCODERS = ("bert", "roberta", "distilbert", "albert")
-PIPELINE_FILE = "modules.json"  # what makes a folder a sentence-transformers pipeline
-
-
-def _sentence_encoder(name_or_path):
-    """A sentence-transformers pipeline, or for a text encoder's plain checkpoint what sentence-transformers builds
-    for one: mean pooling over the last hidden state, not normalised; a ConfigError names any other checkpoint."""
-    from .checkpoint import Checkpoint
-    from .errors import ConfigError
-    from .hub import resolve
-    from .models.sentence import SentenceEncoder
-    from .registry import family_of, model_class_for
-    from .tokenizer import Tokenizer
-
-    path = resolve(name_or_path)
-    family = family_of(model_class_for(path, Checkpoint(path)))  # names and shapes only
-    if family is None or family.model_type not in TEXT_ENCODERS:
-        found = f"a {family.classes[0].__name__}" if family is not None else "no text encoder's"
-        raise ConfigError(f"{path} holds {found} checkpoint; embed pools the token vectors of a text encoder ({', '.join(TEXT_ENCODERS)})")
-    if family.model_type == "bert":
-        return SentenceEncoder.from_pretrained(path)  # reads the pipeline's files where the folder has them
-    if (path / PIPELINE_FILE).is_file():  # its pooling and normalisation would be ignored: refused, not embedded differently
-        raise ConfigError(f"{path} is a sentence-transformers pipeline over a {family.classes[0].__name__}; minipt reads such pipelines over BERT only")
-    encoder = family.classes[0].from_pretrained(path)
-    tokenizer = Tokenizer.from_pretrained(path)
-    limit = getattr(encoder.config, "longest_input", encoder.config.max_position_embeddings)  # RoBERTa's positions start after pad_token_id
-    return SentenceEncoder(encoder, tokenizer, pooling="mean", normalize=False, max_seq_length=min(limit, tokenizer.model_max_length or limit)).eval()
-
-
 def cmd_embed(args) -> int:
-    encoder = _sentence_encoder(args.model)
+    from .models.sentence import SentenceEncoder
+
+    encoder = SentenceEncoder.from_pretrained(args.model)  # a pipeline's pooling, or a plain encoder's mean
     embeddings = encoder.encode(args.texts, batch_size=args.batch_size, normalize=False if args.no_normalize else None)
     if args.out:
         import numpy as np
