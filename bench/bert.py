@@ -37,6 +37,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 
 from minipt.hub import resolve  # noqa: E402
 from minipt.models.bert import BertModel  # noqa: E402
+from minipt.ops import cpu_report, native  # noqa: E402
 from minipt.reference import import_transformers  # noqa: E402
 from timing import Table, medians, print_header, ratio_table, round_robin, self_reported  # noqa: E402
 
@@ -70,6 +71,41 @@ def onnx_session(theirs, directory: str):
     return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
+def linear_shapes(config) -> list[tuple[int, int]]:
+    """(in, out) of each Linear in one layer: Q, K, V and the output projection, ffn_up, ffn_down."""
+    H, intermediate = config.hidden_size, config.intermediate_size
+    return [(H, H)] * 4 + [(H, intermediate), (intermediate, H)]
+
+
+def model_flops(config, size: int, length: int) -> float:
+    """Multiply-adds x 2 of a forward pass: every layer's Linears, and attention's scores and weighted sum."""
+    rows = size * length
+    linears = sum(2 * rows * n_in * n_out for n_in, n_out in linear_shapes(config))
+    attention = 2 * 2 * size * length * length * config.hidden_size
+    return config.num_hidden_layers * (linears + attention)
+
+
+def gemm_limit(config, rows: int, dtype: torch.dtype, repeats: int) -> float:
+    """FLOP/s of the fastest kernel per Linear shape of one layer at ``rows`` rows (aten, oneDNN packed)."""
+    from minipt.ops import onednn
+
+    generator = torch.Generator().manual_seed(0)
+    flops, seconds = 0.0, 0.0
+    for n_in, n_out in sorted(set(linear_shapes(config))):
+        x = torch.randn(rows, n_in, generator=generator).to(dtype)
+        weight = torch.randn(n_out, n_in, generator=generator).to(dtype)
+        cases = {"aten": lambda x=x, w=weight: torch.nn.functional.linear(x, w)}
+        if onednn.available(dtype):
+            packed = onednn.pack_linear(weight, None, batch_hint=rows)
+            cases["onednn"] = lambda x=x, p=packed: p(x)
+        with torch.inference_mode():
+            best = min(t.min for t in round_robin(cases, repeats, warmup=1).values())
+        count = linear_shapes(config).count((n_in, n_out))
+        flops += count * 2 * rows * n_in * n_out
+        seconds += count * best
+    return flops / seconds
+
+
 def mean_pooled(hidden: torch.Tensor) -> torch.Tensor:
     return hidden.float().mean(1)  # (B, H): every token is real in these batches
 
@@ -87,7 +123,10 @@ def inference_rows(models: dict, session, repeats: int, quick: bool):
             t = medians(round_robin(fns, 3 if quick else n, warmup=2))
             cosine = torch.nn.functional.cosine_similarity(
                 mean_pooled(models["fused bf16"](**inputs).last_hidden_state), mean_pooled(models["minipt"](**inputs).last_hidden_state), dim=-1).min()
-        rows.append((f"{size}x{length}", t, size * length, float(cosine)))
+        limits = {"float32": gemm_limit(models["minipt"].config, size * length, torch.float32, 3 if quick else 5)}
+        if native(torch.bfloat16):
+            limits["bfloat16"] = gemm_limit(models["minipt"].config, size * length, torch.bfloat16, 3 if quick else 5)
+        rows.append((f"{size}x{length}", t, size * length, float(cosine), model_flops(models["minipt"].config, size, length), limits))
     return rows
 
 
@@ -110,7 +149,7 @@ def training_row(path, transformers, repeats: int, quick: bool):
         return run
 
     t = medians(round_robin({name: step(name) for name in models}, 2 if quick else max(3, repeats // 2), warmup=2))
-    return ("train 16x128", t, 16 * 128, None)
+    return ("train 16x128", t, 16 * 128, None, None, None)
 
 
 def fresh_interpreter(code: str) -> str:
@@ -197,13 +236,24 @@ def main() -> None:
           + ", ".join(f"{k} <= {v}" for k, v in TARGETS.items()) + "; fused " + ", ".join(f"{k} <= {v}" for k, v in FUSED_TARGETS.items())
           + "; fused bf16 " + ", ".join(f"{k} <= {v}" for k, v in BF16_TARGETS.items()) + "\n")
     row = ratio_table("case", "transformers", systems, ["bf16 cosine (min)", "minipt tokens/s", "targets"])
-    for name, t, tokens, cosine in rows:
+    for name, t, tokens, cosine, _, _ in rows:
         theirs_s = t["transformers"]
         verdicts = [f"{system} {'met' if t[system] / theirs_s <= target[name] else 'missed'}"
                     for system, target in (("minipt", TARGETS), ("fused", FUSED_TARGETS), ("fused bf16", BF16_TARGETS)) if name in target]
         if name in BF16_TARGETS and cosine is not None and cosine < 0.999:
             verdicts.append("bf16 cosine missed")
         row(name, t, "-" if cosine is None else f"{cosine:.5f}", f"{tokens / t['minipt']:,.0f}", ", ".join(verdicts))
+
+    print("\nthe fraction of this CPU's GEMM limit each system reaches (model FLOPs / time / the best matmul rate at the case's shapes)\n")
+    table = Table(["case", "GEMM limit float32 GFLOP/s", "bfloat16", "transformers", "minipt", "fused", "fused bf16", "onnxruntime"], right=range(1, 8))
+    for name, t, _, _, flops, limits in rows:
+        if flops is None:
+            continue
+        fractions = [f"{flops / t[system] / limits[dtype]:.2f}" if system in t and dtype in limits else "-"
+                     for system, dtype in (("transformers", "float32"), ("minipt", "float32"), ("fused", "float32"),
+                                           ("fused bf16", "bfloat16"), ("onnxruntime", "float32"))]
+        table.row(name, f"{limits['float32'] / 1e9:.0f}", f"{limits['bfloat16'] / 1e9:.0f}" if "bfloat16" in limits else "-", *fractions)
+    print("\n" + "\n".join("    " + line for line in cpu_report().splitlines()))
 
     imports = import_times(3 if args.quick else 5)
     print()
