@@ -221,6 +221,16 @@ def report(model, label: str, input_label: str, rtol: float, points: dict, ours_
 
 
 # -- text: BERT and GPT-2 ------------------------------------------------------------------
+def load_torchvision_state(reference: nn.Module, checkpoint, keymap, name: str, path) -> nn.Module:
+    """``checkpoint``'s tensors, under their canonical torchvision names, in ``reference`` (eval mode); only the
+    BatchNorm batch counters (``num_batches_tracked``, which older files lack) may be missing."""
+    state = {keymap.canonical(key): checkpoint.get(key) for key in checkpoint.keys()}
+    missing, unexpected = reference.load_state_dict(state, strict=False)
+    if unexpected or any(not key.endswith("num_batches_tracked") for key in missing):
+        raise ConfigError(f"torchvision's {name} does not take {path}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return reference.eval()
+
+
 def texts(inputs) -> list[str]:
     from .demo import DEMO_SENTENCES
 

@@ -17,6 +17,9 @@ from .errors import InputError, MissingDependencyError
 
 
 MAX_SIDE = 1 << 16  # the most pixels a side may have after resizing or cropping: 65536, far above any model's input
+# torchvision's ImageNet statistics (per RGB channel, on pixels scaled to 0..1)
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])
 
 
 def pillow():
@@ -84,6 +87,14 @@ def image_batch(images: Sequence[Any], *, resize: int, crop: int) -> torch.Tenso
     if len(images) == 0:
         raise InputError("no images given")
     return torch.stack([to_tensor(center_crop(resize_shorter_side(load_image(image), resize), crop)) for image in images])
+
+
+def normalized_batch(images: Sequence[Any], *, resize: int = 256, crop: int = 224,
+                     mean: torch.Tensor = IMAGENET_MEAN, std: torch.Tensor = IMAGENET_STD) -> torch.Tensor:
+    """``image_batch`` scaled to 0..1 and normalised per channel: (B, 3, crop, crop). The defaults are how
+    torchvision prepares ImageNet inputs (shorter side 256, centre crop 224, ImageNet mean and std)."""
+    pixels = image_batch(images, resize=resize, crop=crop) / 255.0  # (B, 3, crop, crop) in 0..1
+    return (pixels - mean[:, None, None]) / std[:, None, None]
 
 
 def check_images(x: Any, channels: int, owner: str) -> None:

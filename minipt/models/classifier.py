@@ -54,7 +54,8 @@ class HasClassifier:
             return
         if isinstance(self.get_classifier(), nn.Identity):  # no head yet: one of the right input width, to be replaced
             anchor = next(self.parameters())
-            placeholder = Linear(self.num_features, 1, device=anchor.device, dtype=anchor.dtype)
+            width = getattr(self, "head_hidden_size", self.num_features)  # what the head reads (timm's name): VGG's hidden layer
+            placeholder = Linear(width, 1, device=anchor.device, dtype=anchor.dtype)
             placeholder.backend = self.config.backend
             setattr(self, path, placeholder)
         transfer.reset_classifier(self, num_classes)

@@ -33,7 +33,7 @@ from ..errors import ConfigError, KeyMismatchError
 from ..keymap import KeyMap
 from ..nn import Linear
 from ..nn.conv import conv1x1, conv3x3
-from ..vision import check_images, image_batch
+from ..vision import IMAGENET_MEAN, IMAGENET_STD, check_images, normalized_batch  # noqa: F401  (the statistics: vit.py reads them here)
 from ..registry import Reads, register
 from .classifier import HasClassifier
 from ..nn.backend import ChoosesBackend
@@ -73,11 +73,6 @@ class ResNetConfig(Config):
             name = f"a {self.depth}-layer ResNet with groups={self.groups}, width_per_group={self.width_per_group}"
         head = f"{self.num_classes} classes" if self.num_classes else "no classifier"
         return f"{name} ({self.block} blocks {'-'.join(map(str, self.layers))}, {head})"
-
-
-# torchvision's ImageNet statistics (per RGB channel, on pixels scaled to 0..1), used by ResNet.preprocess
-IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])
-IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])
 
 
 # -- building blocks -----------------------------------------------------------
@@ -258,8 +253,7 @@ class ResNet(HasClassifier, Pretrained, ChoosesBackend, InferenceCopy, nn.Module
     def preprocess(self, images) -> torch.Tensor:
         """Image paths (or PIL images) -> (B, 3, 224, 224), as torchvision prepares ImageNet inputs:
         shorter side to 256, centre crop 224, scaled to 0..1, normalised by the ImageNet mean and std."""
-        pixels = image_batch(images, resize=256, crop=224) / 255.0  # (B, 3, 224, 224) in 0..1
-        return (pixels - IMAGENET_MEAN[:, None, None]) / IMAGENET_STD[:, None, None]
+        return normalized_batch(images)
 
     # -- loading and saving ----------------------------------------------------
     # torchvision's format has no config: the architecture is read off the tensors' names and shapes.
@@ -397,7 +391,7 @@ def wide_resnet101_2(*, weights=None, num_classes: int | None = None, **options)
 def compare_with_reference(model, path, inputs, rtol):
     """torchvision's ResNet on the same checkpoint, point by point (``minipt.reference.layer_diffs``)."""
     from ..checkpoint import Checkpoint
-    from ..reference import images, import_reference, report
+    from ..reference import images, import_reference, load_torchvision_state, report
 
     import_reference("torchvision", "ResNet")
     from torchvision.models import resnet as tv  # reference-only
@@ -408,11 +402,7 @@ def compare_with_reference(model, path, inputs, rtol):
     reference = tv.ResNet(block, list(config.layers), num_classes=max(config.num_classes, 1), groups=config.groups, width_per_group=config.width_per_group)
     if not config.num_classes:  # a headless checkpoint: torchvision's model without its fc
         reference.fc = nn.Identity()
-    state = {_KEYMAP.canonical(key): checkpoint.get(key) for key in checkpoint.keys()}
-    missing, unexpected = reference.load_state_dict(state, strict=False)
-    if unexpected or any(not key.endswith("num_batches_tracked") for key in missing):
-        raise ConfigError(f"torchvision's ResNet does not take {path}: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    reference.eval()
+    load_torchvision_state(reference, checkpoint, _KEYMAP, "ResNet", path)
     x, label = images(inputs, model.preprocess)
     points = {"stem.conv.out": ("conv1", None), "stem.bn.out": ("bn1", None), "stem.out": ("maxpool", None)}
     convs = ("conv1", "bn1", "conv2", "bn2") + (("conv3", "bn3") if config.block == "bottleneck" else ())

@@ -44,9 +44,8 @@ from ..nn.backend import ChoosesBackend
 from ..nn.conv import conv3x3
 from ..nn.fuse import InferenceCopy
 from ..registry import Reads, register
-from ..vision import check_images
+from ..vision import check_images, normalized_batch
 from .classifier import HasClassifier
-from .resnet import ResNet
 
 # torchvision's configurations: output channels of each 3x3 convolution, stage by stage (its "M" pools between)
 LAYOUTS = {
@@ -217,18 +216,9 @@ class VGG(HasClassifier, Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))  # (B, num_classes) logits; (B, hidden_size) without a head
 
-    # torchvision prepares ImageNet images for VGG as for ResNet: the same code path.
-    preprocess = ResNet.preprocess
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """A fresh head for ``num_classes`` classes (0: none), as on every image classifier (``minipt.models.classifier``).
-        The head reads the hidden layers (``head_hidden_size`` wide), not the feature map: a headless model gets
-        a head of that width first."""
-        if isinstance(self.head, nn.Identity) and type(num_classes) is int and num_classes > 0:
-            anchor = self.pre_logits.fc2.weight
-            self.head = Linear(self.head_hidden_size, 1, device=anchor.device, dtype=anchor.dtype)  # replaced below
-            self.head.backend = self.config.backend
-        super().reset_classifier(num_classes)
+    def preprocess(self, images) -> torch.Tensor:
+        """Image paths (or PIL images) -> (B, 3, 224, 224), as torchvision prepares ImageNet inputs for VGG."""
+        return normalized_batch(images)
 
     # -- loading and saving ----------------------------------------------------
     # torchvision's format has no config: the architecture is read off the tensors' names and shapes.
@@ -403,17 +393,13 @@ def reference_model(config: VGGConfig) -> nn.Module:
 
 def compare_with_reference(model, path, inputs, rtol):
     """torchvision's VGG on the same checkpoint, point by point (``minipt.reference.layer_diffs``)."""
-    from ..reference import images, report
+    from ..reference import images, load_torchvision_state, report
 
     checkpoint = Checkpoint(path)
     config = infer_config(checkpoint)  # the reference's architecture is the checkpoint's, not the model's
     reference = reference_model(config).to_empty(device="cpu")
     keymap = _keymap(config.stages, config.batch_norm)
-    state = {keymap.canonical(key): checkpoint.get(key) for key in checkpoint.keys()}
-    missing, unexpected = reference.load_state_dict(state, strict=False)
-    if unexpected or any(not key.endswith("num_batches_tracked") for key in missing):
-        raise ConfigError(f"torchvision's VGG does not take {path}: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    reference.eval()
+    load_torchvision_state(reference, checkpoint, keymap, "VGG", path)
     x, label = images(inputs, model.preprocess)
     convs, pools = flat_layout(config.stages, config.batch_norm)
     points = {}
