@@ -10,7 +10,6 @@ import torch.nn.functional as F
 
 from helpers import assert_error_ratio
 from minipt.ops import onednn
-from minipt.ops._reference_math import tanh
 
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
 
@@ -87,16 +86,3 @@ def test_no_packing_off_cpu_float32_or_below_min_rows(monkeypatch):
     monkeypatch.delenv(onednn.ENV_SWITCH, raising=False)
     assert onednn.pack(torch.randn(4, 3, dtype=torch.float64), 2, 1000).packed is None
     assert onednn.pack(torch.randn(4, 3), 2, onednn.MIN_ROWS - 1).packed is None
-
-
-def test_tanh_through_sigmoid():
-    """The references' tanh, 2 sigmoid(2x) - 1, equals torch.tanh to float rounding, tails included.
-
-    Two computations of one function: in float32, measured against float64 tanh as torch.tanh's own float32
-    error is, with the floor at magnitude 1 (the subtraction from 1 loses the small values' relative
-    precision, never more than an ulp or two of 1); in float64, within a few float64 ulps of 1."""
-    x = torch.cat([torch.linspace(-20, 20, 4001), torch.tensor([0.0, 1e-8, -1e-8, 88.0, -88.0, 1e4, -1e4])])
-    x64 = x.double()
-    assert_error_ratio(tanh(x), torch.tanh(x), torch.tanh(x64), scale=1.0, what="float32")
-    assert (tanh(x64) - torch.tanh(x64)).abs().max() <= 8 * torch.finfo(torch.float64).eps
-    assert torch.autograd.gradcheck(tanh, (torch.randn(7, dtype=torch.float64, requires_grad=True),))
