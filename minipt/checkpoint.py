@@ -320,14 +320,10 @@ def match(checkpoint: Checkpoint, keymap: KeyMap, expected: dict[str, tuple], ow
     for row in keymap.table(list(expected), checkpoint.keys()):  # every file key classified, then the missing ones
         key, file_key = row.minipt, row.file_key
         if row.status == "mapped":
-            shape = checkpoint.shape(file_key)
-            transform = keymap.to_minipt(row.official)[1]
-            if transform is not None:
-                shape = transform.minipt_shape(shape)
             if key in sources:
                 duplicate.append(f"{sources[key]} and {file_key} both fill {key}")
-            elif shape != expected[key]:
-                wrong_shape.append(f"{file_key}: checkpoint has {checkpoint.shape(file_key)}, {owner} expects {_official_shape(keymap, key, expected[key])}")
+            elif keymap.minipt_shapes(row.official, checkpoint.shape(file_key))[key] != expected[key]:
+                wrong_shape.append(f"{file_key}: checkpoint has {checkpoint.shape(file_key)}, {owner} expects {keymap.official_shape(key, expected[key])}")
             sources[key] = file_key
         elif row.status == "unexpected":
             unexpected.append(f"{file_key} {checkpoint.shape(file_key)}")
@@ -336,21 +332,16 @@ def match(checkpoint: Checkpoint, keymap: KeyMap, expected: dict[str, tuple], ow
             if default is not None and tuple(default.shape) == expected[key]:
                 sources[key] = default
             else:
-                missing.append(f"{row.official or f'(no official name for {key})'} {_official_shape(keymap, key, expected[key])}")
+                missing.append(f"{row.official or f'(no official name for {key})'} {keymap.official_shape(key, expected[key])}")
     if missing or unexpected or wrong_shape or duplicate:
         raise KeyMismatchError(_mismatch_message(checkpoint.path, owner, missing, unexpected, wrong_shape, duplicate))
     return sources
 
 
-def _official_shape(keymap: KeyMap, key: str, shape: tuple) -> tuple:
-    found = keymap.to_official(key)
-    transform = found[1] if found else None
-    return transform.minipt_shape(shape) if transform is not None else shape  # layout transforms are involutions
-
-
 def _mismatch_message(path, owner, missing, unexpected, wrong_shape, duplicate) -> str:
     lines = [f"checkpoint {path} does not fit {owner}:"]
     for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape), ("duplicate", duplicate)):
+        items = list(dict.fromkeys(items))  # the parts of one split tensor share its line
         if items:
             lines.append(f"  {title} ({len(items)}):")
             lines += [f"    {item}" for item in items[:_SHOWN]]
@@ -376,15 +367,16 @@ def load_weights(
     """
     targets = _model_tensors(model)
     sources = match(checkpoint, keymap, {k: tuple(t.shape) for k, t in targets.items()}, type(model).__name__, init_missing)
-    state = {}
+    state, read = {}, {}  # read: file key -> its minipt tensors not yet placed (a split tensor is read once)
     for key, file_key in sources.items():
         if isinstance(file_key, torch.Tensor):  # the key map's default for a tensor the format may lack
             tensor = file_key
         else:
-            tensor = checkpoint.get(file_key)
-            transform = keymap.to_minipt(keymap.canonical(file_key))[1]
-            if transform is not None:
-                tensor = transform.to_minipt(tensor)
+            if file_key not in read:
+                read[file_key] = keymap.minipt_tensors(keymap.canonical(file_key), checkpoint.get(file_key), views=checkpoint.mmap)
+            tensor = read[file_key].pop(key)
+            if not read[file_key]:
+                del read[file_key]
         tensor = _fit_kind(tensor, targets[key], checkpoint.path, file_key)
         if dtype is not None and tensor.is_floating_point():
             tensor = tensor.to(dtype)
@@ -429,15 +421,7 @@ def _reset_parameters(module: nn.Module) -> None:
 
 def official_state_dict(model: nn.Module, keymap: KeyMap) -> dict[str, torch.Tensor]:
     """The model's tensors under their official names and in the official layout."""
-    state = {}
-    for key in model_keys(model):
-        found = keymap.to_official(key)
-        if found is None:
-            raise KeyMismatchError(f"{type(model).__name__}.{key} has no official name in the key map")
-        official, transform = found
-        tensor = _tensor(model, key)
-        state[official] = transform.to_official(tensor) if transform is not None else tensor
-    return state
+    return keymap.official_tensors({key: _tensor(model, key) for key in model_keys(model)}, type(model).__name__)
 
 
 def _tensor(model: nn.Module, key: str) -> torch.Tensor:
@@ -535,10 +519,9 @@ class Pretrained:
         keymap = cls.keymap(config)
         found: dict[str, tuple[str, tuple]] = {}  # minipt key -> (file key, shape in minipt's layout)
         for file_key in checkpoint.keys():
-            target = keymap.to_minipt(keymap.canonical(file_key))
-            if target is not None:
-                shape = checkpoint.shape(file_key)
-                found[target[0]] = (file_key, target[1].minipt_shape(shape) if target[1] is not None else shape)
+            for key, shape in keymap.minipt_shapes(keymap.canonical(file_key), checkpoint.shape(file_key)).items():
+                if shape is not None:  # a split tensor that does not split evenly: the loader names it
+                    found[key] = (file_key, shape)
         problems = []
         for name, where in cls.checkpoint_fields.items():
             value = getattr(config, name)

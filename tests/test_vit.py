@@ -24,7 +24,7 @@ from helpers import ATOL, max_diff
 from minipt.checkpoint import Checkpoint, official_state_dict
 from minipt.errors import ConfigError, InputError, KeyMismatchError
 from minipt.models.resnet import resnet18
-from minipt.models.vit import (ViTConfig, ViTForImageClassification, ViTModel, _join_qkv, interpolate_positions, pool, vit_b_16, vit_b_32,
+from minipt.models.vit import (ViTConfig, ViTForImageClassification, ViTModel, interpolate_positions, pool, vit_b_16, vit_b_32,
                               vit_l_16)
 from minipt.reference import layer_diffs
 from minipt.registry import model_class_for
@@ -257,7 +257,7 @@ def test_builders_are_torchvisions_architectures(tmp_path):
             ours = builder(num_classes=10)
             theirs = getattr(torchvision_vit, name)(num_classes=10)
         shapes = {key: tuple(value.shape) for key, value in theirs.state_dict().items()}
-        assert {key: tuple(value.shape) for key, value in _join_qkv(official_state_dict(ours, ours.keymap(ours.config))).items()} == shapes
+        assert {key: tuple(value.shape) for key, value in official_state_dict(ours, ours.keymap(ours.config)).items()} == shapes
     reference, _ = torchvision_model()
     torch.save(reference.state_dict(), tmp_path / "tiny.pth")
     with pytest.raises(ConfigError, match=r"hidden_size = 768, but class_token has shape \(1, 1, 16\)"):

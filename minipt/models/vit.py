@@ -35,12 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import CONFIG, SAFETENSORS, Checkpoint, Pretrained, official_state_dict, save_safetensors
-from ..checks import check_path
+from ..checkpoint import CONFIG, Checkpoint, Pretrained
 from ..config import Config, count, epsilon, flag, minipt_only, one_of, probability, real, require
 from ..errors import ConfigError, InputError, KeyMismatchError
-from ..files import make_directory, write_json
-from ..keymap import KeyMap, Transform
+from ..keymap import KeyMap, Split
 from ..nn import LayerNorm, Linear, activation
 from ..nn.backend import ChoosesBackend
 from ..nn.encoder import EncoderLayer
@@ -264,11 +262,6 @@ class _ViTPretrained(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
         return cls._huggingface_keymap()
 
     @classmethod
-    def open_checkpoint(cls, path: Path, *, mmap: bool = False):
-        checkpoint = super().open_checkpoint(path, mmap=mmap)
-        return _QKVParts(checkpoint) if _is_torchvision(checkpoint) else checkpoint
-
-    @classmethod
     def config_from_checkpoint(cls, path: Path, checkpoint) -> ViTConfig | None:
         """A torchvision file's architecture, read off its tensors (the format has no config.json)."""
         return torchvision_config(checkpoint) if _is_torchvision(checkpoint) else None
@@ -307,17 +300,6 @@ class _ViTPretrained(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
                     raise ConfigError(f"the config of {cls.__name__} does not match the checkpoint {checkpoint.path}: image_size = {config.image_size} "
                                       f"and patch_size = {config.patch_size} make {config.grid}x{config.grid} patches + [CLS] = {expected} positions, "
                                       f"but {key} has shape {shape}")
-
-    def save_pretrained(self, directory) -> Path:
-        """Write the format the model was loaded in: Hugging Face's, or torchvision's state dict (``in_proj_weight`` whole)
-        with the config.json that says what it is."""
-        if self.config.weights_format != "torchvision" or self.fused:
-            return super().save_pretrained(directory)  # Hugging Face's, or the fused copy's refusal
-        # Pretrained.save_pretrained's steps, with q, k and v joined into torchvision's in_proj tensors on the way out.
-        directory = make_directory(check_path("directory", directory), "directory")
-        save_safetensors(_join_qkv(official_state_dict(self, self.keymap(self.config))), directory / SAFETENSORS)
-        write_json(directory / CONFIG, {"architectures": [type(self).__name__], **self.config.to_dict()})
-        return directory
 
 
 class ViTModel(_ViTPretrained):
@@ -461,11 +443,8 @@ def _huggingface_encoder() -> KeyMap:
 
 
 # -- torchvision's names ---------------------------------------------------------
-# torchvision's attention (torch.nn.MultiheadAttention) keeps q, k and v stacked in one in_proj tensor (3C, ...).
-# A key map translates one tensor to one tensor, so a torchvision checkpoint is read through _QKVParts, which shows
-# each in_proj tensor as its three thirds ("in_proj_weight[q]", ...), and saving joins them back (_join_qkv).
-_QKV = ("q", "k", "v")
-_IN_PROJ = ".self_attention.in_proj_"
+# torchvision's attention (torch.nn.MultiheadAttention) keeps q, k and v stacked in one in_proj tensor (3C, ...):
+# a Split rule cuts it into minipt's three projections on load and joins them on save.
 _TV_LAYER = {"ln_1": "attn_norm", "self_attention.out_proj": "attn.out_proj", "ln_2": "ffn_norm", "mlp.0": "ffn_up", "mlp.3": "ffn_down"}
 _TV_SIGNATURE = "class_token"
 
@@ -478,7 +457,7 @@ def _torchvision_encoder(ours: str) -> KeyMap:
             ("conv_proj.{p}", f"{ours}embeddings.patch.{{p}}"),
             ("class_token", f"{ours}embeddings.cls_token"),
             ("encoder.pos_embedding", f"{ours}embeddings.position"),
-            *[(f"{layer}{_IN_PROJ}{{p}}[{part}]", f"{ours}layers.{{i}}.attn.{part}_proj.{{p}}") for part in _QKV],
+            (f"{layer}.self_attention.in_proj_{{p}}", tuple(f"{ours}layers.{{i}}.attn.{part}_proj.{{p}}" for part in "qkv"), Split(dim=0)),
             *[(f"{layer}.{theirs}.{{p}}", f"{ours}layers.{{i}}.{mine}.{{p}}") for theirs, mine in _TV_LAYER.items()],
             ("encoder.ln.{p}", f"{ours}norm.{{p}}"),
         ],
@@ -490,65 +469,6 @@ def _torchvision_encoder(ours: str) -> KeyMap:
 
 def _is_torchvision(checkpoint) -> bool:
     return any(key.removeprefix("module.") == _TV_SIGNATURE for key in checkpoint.keys())
-
-
-class _QKVParts:
-    """A torchvision checkpoint seen with every ``in_proj_weight`` / ``in_proj_bias`` (3C, ...) as three tensors
-    ``...in_proj_weight[q]``, ``[k]``, ``[v]`` (C, ...); every other tensor as it is. A tensor whose first
-    dimension is not a multiple of 3 is shown whole, and the key map names it as unexpected."""
-
-    def __init__(self, checkpoint: Checkpoint):
-        self._checkpoint = checkpoint
-        self.path = checkpoint.path
-        self._parts: dict[str, tuple[str, int]] = {}  # shown key -> (file key, which third)
-        self._keys = []
-        for key in checkpoint.keys():
-            shape = checkpoint.shape(key)
-            if _IN_PROJ in key and len(shape) >= 1 and shape[0] % 3 == 0:
-                for index, part in enumerate(_QKV):
-                    self._parts[f"{key}[{part}]"] = (key, index)
-                    self._keys.append(f"{key}[{part}]")
-            else:
-                self._keys.append(key)
-
-    def keys(self) -> list[str]:
-        return list(self._keys)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._parts or key in self._checkpoint
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        if key not in self._parts:
-            return self._checkpoint.shape(key)
-        whole = self._checkpoint.shape(self._parts[key][0])
-        return (whole[0] // 3, *whole[1:])
-
-    def get(self, key: str) -> torch.Tensor:
-        if key not in self._parts:
-            return self._checkpoint.get(key)
-        whole, index = self._parts[key]
-        return self._checkpoint.get(whole).chunk(3, dim=0)[index]
-
-    def close(self) -> None:
-        self._checkpoint.close()
-
-    def __enter__(self) -> "_QKVParts":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def _join_qkv(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """An official state dict with the ``[q]``/``[k]``/``[v]`` thirds stacked back into torchvision's in_proj tensors."""
-    joined = {}
-    for key, tensor in state.items():
-        if key.endswith("[q]"):
-            whole = key[: -len("[q]")]
-            joined[whole] = torch.cat([state[f"{whole}[{part}]"] for part in _QKV])
-        elif not key.endswith(("[k]", "[v]")):
-            joined[key] = tensor
-    return joined
 
 
 def torchvision_config(checkpoint) -> ViTConfig:
