@@ -330,7 +330,7 @@ INSTALL = {
     "skimage": "pip install scikit-image",
 }
 # command -> the optional packages it cannot run without (diff's reference package depends on the checkpoint: it says so itself)
-NEEDS = {"attention": ("matplotlib",), "features": ("PIL", "matplotlib"), "classify": ("PIL",)}
+NEEDS = {"attention": ("matplotlib",), "features": ("PIL", "matplotlib")}  # classify needs Pillow for images only: vision.pillow() says so
 
 
 def _missing(module: str):
@@ -387,11 +387,20 @@ def cmd_info(args) -> int:
 
 
 def cmd_classify(args) -> int:
-    from .models.efficientnet import classify
+    from .checkpoint import Checkpoint
+    from .hub import resolve
+    from .models.text_encoder import SequenceClassifier, classify_texts
+    from .registry import model_class_for
 
-    results = classify(args.images, model=args.model, top=args.top)
-    for image, classes in zip(args.images, results):
-        print(image)
+    path = resolve(args.model)
+    if issubclass(model_class_for(path, Checkpoint(path)), SequenceClassifier):  # a text classifier: the inputs are texts
+        results = classify_texts(args.inputs, model=path, top=args.top)
+    else:
+        from .models.efficientnet import classify
+
+        results = classify(args.inputs, model=str(path), top=args.top)
+    for given, classes in zip(args.inputs, results):
+        print(given)
         for name, probability in classes:
             print(f"  {probability:7.2%}  {name}")
     return 0
@@ -492,11 +501,12 @@ COMMANDS: dict = {
     ),
     "classify": (
         cmd_classify,
-        "top ImageNet classes of images with EfficientNet-Lite0's official weights",
+        "top classes of images (EfficientNet-Lite0's official ImageNet weights by default) or of texts (a text classifier's folder)",
         lambda p: (
-            p.add_argument("images", nargs="+", help="paths of the images (any format Pillow reads)"),
-            p.add_argument("--model", default="efficientnet_lite0", help="catalogue name or path of EfficientNet-Lite weights"),
-            p.add_argument("--top", type=int, default=5, help="how many classes to print per image (default 5)"),
+            p.add_argument("inputs", nargs="+", help="paths of images (any format Pillow reads), or texts where --model is a text classifier"),
+            p.add_argument("--model", default="efficientnet_lite0",
+                           help="catalogue name or path of EfficientNet-Lite weights, or of a *ForSequenceClassification folder with its tokenizer"),
+            p.add_argument("--top", type=int, default=5, help="how many classes to print per input (default 5)"),
         ),
     ),
     "fetch": (

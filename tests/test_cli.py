@@ -11,6 +11,7 @@ import torch
 from bert_reference import minilm_path, transformers  # noqa: F401  (sets up the reference stack)
 from encoder_snapshots import FAMILIES, tiny_encoder_folder
 from minipt import SentenceEncoder, cli, registry
+from minipt.errors import ConfigError, InputError
 
 
 def test_demo_prints_similarities_and_matches_transformers(capsys):
@@ -171,3 +172,47 @@ def test_embed_refuses_what_it_cannot_pool(encoder_folders, tmp_path, capsys):
     gpt2.tiny_model().save_pretrained(tmp_path / "gpt2")
     assert cli.main(["embed", "text", "--model", str(tmp_path / "gpt2")]) == 1
     assert f"holds a {gpt2.classes[0].__name__} checkpoint; SentenceEncoder pools the token vectors of a text encoder (albert, bert" in capsys.readouterr().err
+
+
+# -- classify: texts through any encoder family's sequence classifier ----------------
+@pytest.fixture(scope="module")
+def text_classifier(tmp_path_factory):
+    """A tiny BERT sentiment classifier with named labels, saved with all-MiniLM-L6-v2's tokenizer."""
+    from minipt import Tokenizer
+    from minipt.models.bert import BertConfig, BertForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("classifier")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                        id2label={0: "negative", 1: "neutral", 2: "positive"})
+    BertForSequenceClassification(config).save_pretrained(folder)
+    Tokenizer.from_pretrained(minilm_path()).save_pretrained(folder)
+    return folder
+
+
+def test_classify_texts_as_transformers_pipeline_does(text_classifier, capsys):
+    from transformers import pipeline
+
+    from minipt.models.text_encoder import classify_texts
+
+    texts = ["A wonderful film.", "Terrible service, never again!"]
+    ours = classify_texts(texts, model=text_classifier, top=3)
+    theirs = pipeline("text-classification", model=str(text_classifier), top_k=3, device="cpu")(texts)
+    for row, expected in zip(ours, theirs):
+        assert [label for label, _ in row] == [e["label"] for e in expected]
+        assert np.allclose([p for _, p in row], [e["score"] for e in expected], atol=1e-5)
+    assert cli.main(["classify", *texts, "--model", str(text_classifier), "--top", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == texts[0] and lines[3] == texts[1] and len(lines) == 6
+    assert lines[1].split()[-1] == ours[0][0][0] and f"{ours[0][0][1]:7.2%}" in lines[1]
+
+
+def test_classify_refuses_a_model_that_does_not_classify_texts(text_classifier, encoder_folders, capsys):
+    from minipt.models.text_encoder import classify_texts
+
+    with pytest.raises(ConfigError, match="holds a RobertaModel checkpoint; classifying texts needs a sequence classifier"):
+        classify_texts(["text"], model=encoder_folders["roberta"])
+    with pytest.raises(InputError, match="texts\\[1\\] must be a string"):
+        classify_texts(["text", 3], model=text_classifier)
+    with pytest.raises(InputError, match="top"):
+        classify_texts(["text"], model=text_classifier, top=0)

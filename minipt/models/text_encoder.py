@@ -292,6 +292,38 @@ class SequenceClassifier(HasClassifier, _EncoderWithHead):
         check_sequence_labels(labels, input_ids)
 
 
+def classify_texts(texts, *, model, tokenizer=None, top: int = 5) -> list[list[tuple[str, float]]]:
+    """The ``top`` labels of each text as (label, probability), most probable first, from the sequence classifier
+    of any text encoder family: a folder, catalogued name or hub repo id with its tokenizer saved beside it, or a
+    loaded classifier and its ``tokenizer``. Labels are the config's ``id2label`` (``LABEL_i`` where it has none);
+    probabilities are a softmax over the classes, or a sigmoid for a one-output head, as transformers' pipeline."""
+    from ..checks import check_int, check_str
+    from ..hub import resolve
+    from ..registry import model_class_for
+    from ..tokenizer import Tokenizer
+
+    top = check_int("top", top, low=1)
+    texts = [texts] if isinstance(texts, str) else texts
+    if not isinstance(texts, (list, tuple)) or not texts:
+        raise InputError(f"texts must be a string or a non-empty list of strings, got {type(texts).__name__ if texts else texts!r}")
+    texts = [check_str(f"texts[{i}]", text) for i, text in enumerate(texts)]
+    if not isinstance(model, SequenceClassifier):
+        path = resolve(model)
+        cls = model_class_for(path, Checkpoint(path))  # names and shapes only
+        if not issubclass(cls, SequenceClassifier):
+            raise ConfigError(f"{path} holds a {cls.__name__} checkpoint; classifying texts needs a sequence classifier "
+                              "(BertForSequenceClassification, RobertaForSequenceClassification, ...)")
+        model, tokenizer = cls.from_pretrained(path), tokenizer or Tokenizer.from_pretrained(path)
+    elif tokenizer is None:
+        raise InputError("classify_texts with a loaded model needs its tokenizer (tokenizer=...)")
+    labels = model.config.id2label or {i: f"LABEL_{i}" for i in range(model.config.num_labels)}
+    with torch.inference_mode():
+        logits = model.eval()(**tokenizer(texts)).logits.float()  # (B, num_labels)
+    probabilities = logits.sigmoid() if logits.shape[-1] == 1 else logits.softmax(-1)
+    best = probabilities.topk(min(top, logits.shape[-1]), dim=-1)
+    return [[(labels[int(i)], float(p)) for p, i in zip(row_p, row_i)] for row_p, row_i in zip(best.values, best.indices)]
+
+
 def example_token_inputs(cls) -> tuple[tuple, dict]:
     """A registered family's example inputs (``minipt.registry``): token ids below 50, two rows, the second padded."""
     ids = torch.randint(0, 50, (2, 5), generator=torch.Generator().manual_seed(1))
