@@ -33,9 +33,9 @@ from ..keymap import KeyMap
 from ..nn import Linear
 from ..nn.layers import ACTIVATIONS
 from ..nn.tap import tap
-from ..registry import Reads, register
+from ..registry import register
 from .bert import BertConfig, BertEmbeddings, BertModel, BertOutput, BertPooler, MaskedLMHead, _BertPretrained, encoder_layer
-from .text_encoder import (PROBLEM_TYPES, ClassLabels, MaskedLanguageModel, SequenceClassifier, embedding_fields, embedding_rules, example_token_inputs,
+from .text_encoder import (PROBLEM_TYPES, READS_TOKENS, ClassLabels, MaskedLanguageModel, SequenceClassifier, embedding_fields, embedding_rules, example_token_inputs,
                            fields_under, layer_points, layer_rules, run_layers)
 
 MAX_DEPTH = 1000  # layer steps; the checkpoint holds only the groups, so nothing else bounds num_hidden_layers
@@ -319,5 +319,5 @@ FAMILY = register(
                               num_attention_heads=2, intermediate_size=32, max_position_embeddings=20),
     inputs=example_token_inputs,
     reference=compare_with_reference,
-    reads=Reads("token ids (batch x tokens)", "1x128"),
+    reads=READS_TOKENS,
 )

@@ -24,8 +24,8 @@ from ..nn import LayerNorm, Linear, activation, attention_bias, linear_then_acti
 from ..nn.encoder import EncoderLayer
 from ..nn.layers import ACTIVATIONS
 from ..nn.output import ModelOutput
-from ..registry import Reads, register
-from .text_encoder import (PROBLEM_TYPES, BertHeadOutput, ClassLabels, MaskedLanguageModel, SequenceClassifier, TextEncoder, check_token_inputs,
+from ..registry import register
+from .text_encoder import (PROBLEM_TYPES, READS_TOKENS, BertHeadOutput, ClassLabels, MaskedLanguageModel, SequenceClassifier, TextEncoder, check_token_inputs,
                            compare_encoder, embedding_fields, embedding_rules, example_token_inputs, fields_under, layer_rules,
                            run_layers)
 from ..nn.backend import ChoosesBackend
@@ -310,5 +310,5 @@ FAMILY = register(
     tiny=lambda: BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, max_position_embeddings=20),
     inputs=example_token_inputs,
     reference=compare_with_reference,
-    reads=Reads("token ids (batch x tokens)", "1x128"),
+    reads=READS_TOKENS,
 )

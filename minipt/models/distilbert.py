@@ -35,9 +35,9 @@ from ..nn.encoder import EncoderLayer
 from ..nn.fuse import InferenceCopy
 from ..nn.layers import ACTIVATIONS
 from ..nn.output import ModelOutput
-from ..registry import Reads, register
+from ..registry import register
 from .bert import MaskedLMHead
-from .text_encoder import (PROBLEM_TYPES, ClassLabels, MaskedLanguageModel, SequenceClassifier, TextEncoder, check_token_inputs, compare_encoder,
+from .text_encoder import (PROBLEM_TYPES, READS_TOKENS, ClassLabels, MaskedLanguageModel, SequenceClassifier, TextEncoder, check_token_inputs, compare_encoder,
                            embedding_fields, embedding_rules, example_token_inputs, fields_under, layer_rules, run_layers)
 
 
@@ -279,5 +279,5 @@ FAMILY = register(
     tiny=lambda: DistilBertConfig(vocab_size=50, dim=16, n_layers=2, n_heads=2, hidden_dim=32, max_position_embeddings=20),
     inputs=example_token_inputs,
     reference=compare_with_reference,
-    reads=Reads("token ids (batch x tokens)", "1x128"),
+    reads=READS_TOKENS,
 )

@@ -24,10 +24,10 @@ from ..keymap import KeyMap
 from ..nn import Linear
 from ..nn.backend import ChoosesBackend
 from ..nn.fuse import InferenceCopy
-from ..registry import Reads, register
+from ..registry import register
 from .bert import (ENCODER_FIELDS, REFERENCE_LAYER, BertConfig, BertEmbeddings, BertModel, BertOutput, MaskedLMHead, _encoder_keymap,
                    encoder_modules)
-from .text_encoder import MaskedLanguageModel, SequenceClassifier, TextEncoder, compare_encoder, fields_under
+from .text_encoder import READS_TOKENS, MaskedLanguageModel, SequenceClassifier, TextEncoder, compare_encoder, fields_under
 
 
 @dataclass
@@ -205,5 +205,5 @@ FAMILY = register(
                                max_position_embeddings=24, type_vocab_size=1, layer_norm_eps=1e-5),
     inputs=_example_token_inputs,
     reference=compare_with_reference,
-    reads=Reads("token ids (batch x tokens)", "1x128"),
+    reads=READS_TOKENS,
 )

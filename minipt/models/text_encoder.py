@@ -34,6 +34,7 @@ from ..errors import ConfigError, InputError
 from ..keymap import KeyMap
 from ..nn.init import init_normal_
 from ..nn.output import ModelOutput
+from ..registry import Reads
 from .classifier import HasClassifier
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
@@ -322,6 +323,10 @@ def classify_texts(texts, *, model, tokenizer=None, top: int = 5) -> list[list[t
     probabilities = logits.sigmoid() if logits.shape[-1] == 1 else logits.softmax(-1)
     best = probabilities.topk(min(top, logits.shape[-1]), dim=-1)
     return [[(labels[int(i)], float(p)) for p, i in zip(row_p, row_i)] for row_p, row_i in zip(best.values, best.indices)]
+
+
+# minipt.summary / minipt inspect: 128 tokens, or as many as the position table holds (a tiny config's may hold fewer)
+READS_TOKENS = Reads("token ids (batch x tokens)", lambda model: f"1x{min(128, model.config.longest_input)}")
 
 
 def example_token_inputs(cls) -> tuple[tuple, dict]:
