@@ -33,7 +33,7 @@ from ..errors import ConfigError, KeyMismatchError
 from ..keymap import KeyMap
 from ..nn import Linear
 from ..nn.conv import conv1x1, conv3x3
-from ..vision import IMAGENET_MEAN, IMAGENET_STD, check_images, normalized_batch  # noqa: F401  (the statistics: vit.py reads them here)
+from ..vision import check_images, normalized_batch
 from ..registry import Reads, register
 from .classifier import HasClassifier
 from ..nn.backend import ChoosesBackend

@@ -47,9 +47,9 @@ from ..nn.init import init_normal_
 from ..nn.layers import ACTIVATIONS
 from ..nn.output import ModelOutput
 from ..registry import Reads, register
-from ..vision import check_images, image_batch
+from ..vision import check_images, normalized_batch
 from .classifier import HasClassifier
-from .resnet import IMAGENET_MEAN, IMAGENET_STD
+
 from .text_encoder import PROBLEM_TYPES, ClassLabels, classification_loss, run_layers
 
 FORMATS = ("huggingface", "torchvision")
@@ -248,10 +248,9 @@ class _ViTPretrained(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
         (shorter side to image_size, centre crop, mean = std = 0.5)."""
         size = self.config.image_size
         if self.config.weights_format == "torchvision":
-            pixels = image_batch(images, resize=size * 256 // 224, crop=size) / 255.0  # (B, 3, size, size) in 0..1
-            return (pixels - IMAGENET_MEAN[:, None, None]) / IMAGENET_STD[:, None, None]
-        pixels = image_batch(images, resize=size, crop=size) / 255.0
-        return (pixels - 0.5) / 0.5
+            return normalized_batch(images, resize=size * 256 // 224, crop=size)
+        half = torch.full((3,), 0.5)
+        return normalized_batch(images, resize=size, crop=size, mean=half, std=half)
 
     # -- loading and saving ----------------------------------------------------
     @classmethod
