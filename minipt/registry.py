@@ -51,7 +51,8 @@ class Family:
     classes: tuple[type, ...]  # the family's models; classes[0] loads a config that names only the model_type
     tiny: Callable[[], Any]  # a small config of the family (random weights, quick to build)
     inputs: Callable[[type], tuple[tuple, dict]]  # example (args, kwargs) for a tiny model of a class
-    signature: tuple[str, str] | None = None  # (tensor only this config-less format holds, what the file is)
+    # (tensor only this config-less format holds, what the file is[, the class that loads it: classes[0] if not named])
+    signature: tuple[str, str] | tuple[str, str, type] | None = None
     reference: Callable | None = None  # compare(model, path, inputs, rtol) -> DiffReport (minipt.reference)
     reads: Reads | None = None  # what summary() feeds a model of the family from a size
     architectures: dict[str, type] = field(init=False, repr=False)
@@ -73,7 +74,7 @@ _discovered = False
 
 
 def register(model_type: str, classes: tuple[type, ...], *, tiny: Callable[[], Any], inputs: Callable[[type], tuple[tuple, dict]],
-             signature: tuple[str, str] | None = None, reference: Callable | None = None, reads: Reads | None = None) -> Family:
+             signature: tuple[str, str] | tuple[str, str, type] | None = None, reference: Callable | None = None, reads: Reads | None = None) -> Family:
     """Declare a model family (called once, at the end of its model file)."""
     family = Family(model_type, tuple(classes), tiny, inputs, signature, reference, reads)
     known = _FAMILIES.get(model_type)
@@ -126,11 +127,12 @@ def _config_of(path: Path) -> dict | None:
     return read_json(directory / CONFIG, what="an object of config fields", error=ConfigError)
 
 
-def _signature(checkpoint) -> tuple[Family, str] | None:
+def _signature(checkpoint) -> tuple[Family, str, type] | None:
+    """The family whose config-less format the checkpoint is, the tensor that says so, and the class that loads it."""
     keys = {key.removeprefix("module.") for key in checkpoint.keys()}
     for family in families():
         if family.signature and family.signature[0] in keys:
-            return family, family.signature[0]
+            return family, family.signature[0], family.signature[2] if len(family.signature) > 2 else family.classes[0]
     return None
 
 
@@ -143,7 +145,7 @@ def model_class_for(path: Path, checkpoint) -> type:
     if found is None:
         formats = ", ".join(family.signature[0] for family in families() if family.signature)
         raise ConfigError(f"{path} has no {CONFIG}, and its tensors match none of minipt's config-less formats ({formats})")
-    return found[0].classes[0]
+    return found[2]
 
 
 def describe(path: Path, checkpoint) -> str:
@@ -160,8 +162,7 @@ def describe(path: Path, checkpoint) -> str:
         return f"it looks like a {config.get('model_type', cls.__name__)!r} checkpoint: load it with {cls.__module__}.{cls.__name__}"
     found = _signature(checkpoint)
     if found is not None:
-        family, key = found
-        cls = family.classes[0]
+        family, key, cls = found
         return f"it looks like {family.signature[1]} (it holds {key}): load it with {cls.__module__}.{cls.__name__}"
     first = ", ".join(list(checkpoint.keys())[:3])
     return f"its tensors ({first}, ...) match none of minipt's formats"

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 import torchvision.models.vision_transformer as torchvision_vit  # noqa: E402  (the reference; conftest makes it importable)
 from bert_reference import transformers
 from helpers import ATOL, max_diff
+from minipt import cli
 from minipt.checkpoint import Checkpoint, official_state_dict
 from minipt.errors import ConfigError, InputError, KeyMismatchError
 from minipt.models.resnet import resnet18
@@ -226,13 +227,17 @@ def test_torchvision_parity_and_round_trip(tmp_path, sizes):
         assert torch.equal(encoder(x).last_hidden_state, model.forward_features(x))
 
 
-def test_torchvision_file_without_a_config(tmp_path):
+def test_torchvision_file_without_a_config(tmp_path, capsys):
     """Found by its class_token; the head count comes from torchvision's 64-wide heads, or must be passed."""
     reference, values = torchvision_model(hidden_dim=64, num_heads=1, mlp_dim=32)
     torch.save(reference.state_dict(), tmp_path / "vit.pth")
-    assert model_class_for(tmp_path / "vit.pth", Checkpoint(tmp_path / "vit.pth")) is ViTModel
+    assert model_class_for(tmp_path / "vit.pth", Checkpoint(tmp_path / "vit.pth")) is ViTForImageClassification  # with its head
     model = ViTForImageClassification.from_pretrained(tmp_path / "vit.pth")
     assert model.config.num_attention_heads == 1
+    assert cli.main(["inspect", str(tmp_path / "vit.pth")]) == 0
+    shown = capsys.readouterr().out
+    assert "ViTForImageClassification from" in shown and "heads.head.weight (5, 64) -> classifier.weight" in shown
+    assert "self_attention.in_proj_weight (192, 64) -> vit.layers.0.attn.k_proj.weight  [split 2/3 along dim 0]" in shown
     reference, _ = torchvision_model()  # hidden 16: no count follows from the width
     torch.save({"module." + key: value for key, value in reference.state_dict().items()}, tmp_path / "ddp.pth")
     with pytest.raises(ConfigError, match=r"hidden size 16, not a multiple of torchvision's head width 64.*pass num_attention_heads="):

@@ -600,7 +600,7 @@ FAMILY = register(
     (ViTModel, ViTForImageClassification),
     tiny=lambda: ViTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, image_size=32, patch_size=8, num_labels=5),
     inputs=lambda cls: ((torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)),), {}),
-    signature=(_TV_SIGNATURE, "a torchvision-format ViT"),
+    signature=(_TV_SIGNATURE, "a torchvision-format ViT", ViTForImageClassification),  # with its head (headless: num_classes 0)
     reference=compare_with_reference,
     reads=Reads("images (batch x channels x height x width)", lambda model: f"1x{model.config.num_channels}x{model.config.image_size}x{model.config.image_size}"),
 )
