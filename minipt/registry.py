@@ -7,7 +7,7 @@ A model file ends with its family's declaration, and that is all it takes to reg
         (BertModel, BertForMaskedLM, ...),         # its classes; the first loads a bare model_type
         tiny=lambda: BertConfig(hidden_size=16, ...),   # a small config: random models for tests and examples
         inputs=lambda cls: ((ids, mask), {}),      # example (args, kwargs) a tiny model of the class runs on
-        signature=None,                            # (tensor, what) for a format with no config.json
+        signature=None,                            # (tensor, what[, class]) for a format with no config.json
         reference=compare,                         # compare(model, path, inputs, rtol) -> minipt.reference.DiffReport
         reads=Reads("token ids (batch x tokens)", "1x128"),   # what summary() and inspect feed it by size
     )
