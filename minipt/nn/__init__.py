@@ -4,7 +4,7 @@ from .attention import MultiHeadAttention, attention_bias, scaled_dot_product_at
 from .backend import BACKENDS, get_backend, set_backend, use_backend
 from .conv import Conv2dSame, ConvBNAct, conv1x1, conv3x3, drop_path
 from .encoder import EncoderLayer
-from .layers import GELU, LayerNorm, Linear, activation, linear_then_activation
+from .layers import GELU, LayerNorm, Linear, RMSNorm, activation, linear_then_activation
 from .rnn import GRU, LSTM, RNN
 from .sampling import GenerateOutput, apply_repetition_penalty, check_sampling, choose_next_token
 from .streamer import TextIteratorStreamer, TextStreamer, TokenIteratorStreamer
@@ -21,6 +21,7 @@ __all__ = [
     "LayerNorm",
     "Linear",
     "MultiHeadAttention",
+    "RMSNorm",
     "RNN",
     "TextIteratorStreamer",
     "TextStreamer",

@@ -65,6 +65,31 @@ class LayerNorm(BackendBlock, nn.Module):
         return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
+class RMSNorm(nn.Module):
+    """Root-mean-square normalisation (Zhang & Sennrich, 2019), T5's "LayerNorm": no mean subtracted, no bias.
+
+        weight * x / sqrt(mean(x^2) + eps)
+
+    The mean of squares and the division run in float32 whatever the input's dtype (as transformers'
+    T5LayerNorm); the result is cast to a half-precision weight's dtype before the scale.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        variance = x.float().pow(2).mean(-1, keepdim=True)  # (..., 1), float32
+        x = x * torch.rsqrt(variance + self.eps)
+        if self.weight.dtype in (torch.float16, torch.bfloat16):
+            x = x.to(self.weight.dtype)
+        return self.weight * x
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
 class GELU(BackendBlock, nn.Module):
     """Gaussian error linear unit (Hendrycks & Gimpel, 2016): x * Phi(x), exact or tanh-approximated."""
 

@@ -1,0 +1,685 @@
+"""T5 (Raffel et al., 2020): a Transformer encoder-decoder with RMS normalisation and relative position biases.
+
+    input_ids -> shared embedding                                    (B, S, C)
+              -> encoder: N x [ x + attn(RMS(x)) ; x + ffn(RMS(x)) ] -> RMS        (B, S, C)
+    decoder_input_ids -> shared embedding                            (B, T, C)
+              -> decoder: M x [ x + causal attn(RMS(x)) ; x + cross attn(RMS(x), encoder) ;
+                                x + ffn(RMS(x)) ] -> RMS             (B, T, C)
+              -> lm_head                                             (B, T, vocab)
+
+Attention has no biases and no 1/sqrt(d) scaling; instead each stack adds a
+learned bias per head and per bucket of the distance between query and key
+(buckets exact for short distances, logarithmic up to
+``relative_attention_max_distance``; both directions in the encoder, the past
+only in the decoder). The table sits in the first layer of each stack, is
+read once per forward pass and the bias reused by every layer of the stack.
+Cross-attention has no position bias.
+
+Two generations share the layout:
+
+- T5 v1.0 (``feed_forward_proj = "relu"``, ``tie_word_embeddings = true``):
+  ReLU feed-forward; the head is the shared embedding, and the decoder's output
+  is scaled by ``d_model ** -0.5`` before it;
+- T5 v1.1 / Flan-T5 (``"gated-gelu"``, ``tie_word_embeddings = false``):
+  ``gelu_tanh(x W_0) * (x W_1)`` feed-forward, a head of its own, no scaling.
+
+transformers 5.x always builds a tied head, and writes ``scale_decoder_outputs``
+(False for a v1.1 config) beside ``tie_word_embeddings: true``; such a file
+holds ``lm_head.weight`` only when the head differs from the embedding. minipt
+reads both spellings: the scaling follows ``scale_decoder_outputs`` when the
+file has it, else ``tie_word_embeddings``; the head is tied unless the file
+says ``tie_word_embeddings: false`` or holds a ``lm_head.weight`` of its own.
+
+Generation runs the encoder once, computes every layer's cross-attention keys
+and values once, and feeds the decoder one token at a time against a
+preallocated cache of its self-attention keys and values.
+
+Reads and writes the official Hugging Face layout (``shared.weight``,
+``encoder.block.0.layer.0.SelfAttention.q.weight``, ...) through the key map at
+the bottom of this file.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..checkpoint import Pretrained
+from ..checks import check_ids
+from ..config import Config, count, epsilon, flag, probability, real, require, text, token_id
+from ..errors import ConfigError, InputError
+from ..keymap import KeyMap
+from ..nn import Linear, RMSNorm, activation, attention_bias, get_backend, scaled_dot_product_attention
+from ..nn.backend import BackendBlock, ChoosesBackend
+from ..nn.fuse import InferenceCopy
+from ..nn.layers import ACTIVATIONS
+from ..nn.output import ModelOutput
+from ..nn.sampling import GenerateOutput, check_generation, generation_loop
+from ..nn.streamer import Streamer
+from ..nn.tap import tap
+
+
+@dataclass
+class T5Config(Config):
+    """The fields of a Hugging Face T5 ``config.json`` (unknown fields are ignored), checked when built."""
+
+    vocab_size: int = count(32128)
+    d_model: int = count(512)
+    d_kv: int = count(64)  # each head's width; heads x d_kv need not equal d_model
+    d_ff: int = count(2048)
+    num_layers: int = count(6)  # the encoder's
+    num_decoder_layers: int | None = count(None, optional=True)  # None: as many as the encoder
+    num_heads: int = count(8)
+    relative_attention_num_buckets: int = count(32)
+    relative_attention_max_distance: int = count(128)  # distances from here on share the last bucket
+    dropout_rate: float = probability(0.1)
+    layer_norm_epsilon: float = epsilon(1e-6)
+    initializer_factor: float = real(1.0)
+    feed_forward_proj: str = text("relu")  # "relu" (v1.0), "gated-gelu" (v1.1, Flan-T5), or "[gated-]<activation>"
+    tie_word_embeddings: bool = flag(True)  # the official meaning: the head is the shared embedding (and the output is scaled)
+    scale_decoder_outputs: bool | None = None  # transformers 5.x's key; None: as tie_word_embeddings
+    n_positions: int = count(512)  # the longest generation, in decoder tokens (relative positions set no limit of their own)
+    decoder_start_token_id: int | None = token_id(0)  # None: pad_token_id
+    pad_token_id: int | None = token_id(0)
+    eos_token_id: int | None = token_id(1)
+    is_encoder_decoder: bool = flag(True)
+
+    model_type = "t5"
+
+    def check(self):
+        if self.num_decoder_layers is None:
+            self.num_decoder_layers = self.num_layers
+        if self.scale_decoder_outputs is None:
+            self.scale_decoder_outputs = self.tie_word_embeddings
+        require(isinstance(self.scale_decoder_outputs, bool), "scale_decoder_outputs", self.scale_decoder_outputs, "true, false or null")
+        require(self.dense_act_fn in ACTIVATIONS and self.feed_forward_proj.count("-") <= 1 and self.feed_forward_proj.split("-")[0] in ("gated", self.dense_act_fn),
+                "feed_forward_proj", self.feed_forward_proj, f"'<activation>' or 'gated-<activation>', the activation one of {', '.join(ACTIVATIONS)}")
+        # the decoder's buckets: half exact, half logarithmic up to max_distance (the encoder's halve both)
+        require(self.relative_attention_num_buckets >= 4, "relative_attention_num_buckets", self.relative_attention_num_buckets, "at least 4")
+        require(self.relative_attention_max_distance > self.relative_attention_num_buckets // 2, "relative_attention_max_distance",
+                self.relative_attention_max_distance, f"more than relative_attention_num_buckets / 2 = {self.relative_attention_num_buckets // 2}")
+        require(self.is_encoder_decoder, "is_encoder_decoder", self.is_encoder_decoder, "true (T5 is an encoder-decoder)")
+
+    @property
+    def is_gated_act(self) -> bool:
+        return self.feed_forward_proj.startswith("gated-")
+
+    @property
+    def dense_act_fn(self) -> str:
+        if self.feed_forward_proj == "gated-gelu":
+            return "gelu_new"  # as transformers: the tanh approximation, as in the original mesh-tensorflow code
+        return self.feed_forward_proj.split("-")[-1]
+
+    @property
+    def start_token(self) -> int | None:
+        return self.decoder_start_token_id if self.decoder_start_token_id is not None else self.pad_token_id
+
+    @classmethod
+    def prepare(cls, values: dict) -> dict:
+        if values.get("is_decoder"):
+            raise ConfigError("sets is_decoder: a T5 stack alone as a decoder is not supported")
+        if isinstance(values.get("eos_token_id"), list):  # a list of stop ids: generation stops on the first
+            values["eos_token_id"] = values["eos_token_id"][0] if values["eos_token_id"] else None
+        return values
+
+
+# -- relative positions --------------------------------------------------------------
+def relative_position_bucket(relative_position: torch.Tensor, *, bidirectional: bool, num_buckets: int, max_distance: int) -> torch.Tensor:
+    """The bucket of each distance ``key - query``: exact up to ``max_exact``, then logarithmic up to ``max_distance``.
+
+    Bidirectional (the encoder): half the buckets for keys before the query, half after.
+    Causal (the decoder): only keys at or before the query, all buckets for them."""
+    buckets = torch.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        buckets = buckets + (relative_position > 0).long() * num_buckets
+        distance = relative_position.abs()
+    else:
+        distance = (-relative_position).clamp(min=0)
+    max_exact = num_buckets // 2
+    # the float32 log as in the reference, truncated towards zero by .long()
+    large = max_exact + (torch.log(distance.float() / max_exact) / math.log(max_distance / max_exact) * (num_buckets - max_exact)).long()
+    large = large.clamp(max=num_buckets - 1)
+    return buckets + torch.where(distance < max_exact, distance, large)
+
+
+class RelativePositionBias(nn.Module):
+    """A learned bias per bucket and head (``weight`` (buckets, heads)), read as ``(1, heads, T, S)``."""
+
+    def __init__(self, config: T5Config, *, bidirectional: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(config.relative_attention_num_buckets, config.num_heads))
+        self.bidirectional = bidirectional
+        self.max_distance = config.relative_attention_max_distance
+
+    def forward(self, query_len: int, key_len: int, past: int = 0) -> torch.Tensor:
+        """The bias of ``query_len`` queries (the first at position ``past``) over ``key_len`` keys from position 0."""
+        device = self.weight.device
+        query = torch.arange(query_len, device=device)[:, None] + past  # (T, 1)
+        key = torch.arange(key_len, device=device)[None, :]  # (1, S)
+        bucket = relative_position_bucket(key - query, bidirectional=self.bidirectional, num_buckets=self.weight.shape[0], max_distance=self.max_distance)
+        return F.embedding(bucket, self.weight).permute(2, 0, 1).unsqueeze(0)  # (1, heads, T, S)
+
+
+# -- the decoder's key/value cache --------------------------------------------------------
+class T5Cache:
+    """The decoder's self-attention keys and values, preallocated ``(layers, B, heads, max_len, d_kv)``, and each
+    layer's cross-attention keys and values over the encoder's output, computed once ``(B, heads, S, d_kv)``."""
+
+    def __init__(self, config: T5Config, cross: list[tuple[torch.Tensor, torch.Tensor]], max_len: int):
+        k = cross[0][0]
+        shape = (config.num_decoder_layers, k.shape[0], config.num_heads, max_len, config.d_kv)
+        self.keys = torch.zeros(shape, dtype=k.dtype, device=k.device)
+        self.values = torch.zeros(shape, dtype=k.dtype, device=k.device)
+        self.cross = cross
+        self.length = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new keys/values ``(B, heads, T, d_kv)`` of one layer; return all so far ``(B, heads, length + T, d_kv)``."""
+        end = self.length + k.shape[2]
+        if end > self.keys.shape[3]:
+            raise InputError(f"the cache holds {self.keys.shape[3]} positions: {self.length} cached + {k.shape[2]} new tokens do not fit")
+        self.keys[layer, :, :, self.length : end] = k
+        self.values[layer, :, :, self.length : end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+
+# -- the blocks -------------------------------------------------------------------------
+class T5Attention(BackendBlock, nn.Module):
+    """Multi-head attention without biases or 1/sqrt(d) scaling: ``softmax(q k^T + bias) v``, ``bias`` holding the
+    relative positions and the mask. Self-attention reads keys from its input; cross-attention is handed them."""
+
+    taps = {"probs": "math", "heads": None}  # as minipt.nn.MultiHeadAttention's (see minipt.probe)
+
+    def __init__(self, config: T5Config, relative_bias: RelativePositionBias | None = None):
+        super().__init__()
+        self.num_heads, self.head_dim = config.num_heads, config.d_kv
+        inner = config.num_heads * config.d_kv
+        self.dropout = config.dropout_rate
+        self.q_proj = Linear(config.d_model, inner, bias=False)
+        self.k_proj = Linear(config.d_model, inner, bias=False)
+        self.v_proj = Linear(config.d_model, inner, bias=False)
+        self.out_proj = Linear(inner, config.d_model, bias=False)
+        self.relative_bias = relative_bias  # the stack's table, in its first layer only
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        return x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, T, d_kv)
+
+    def keys_values(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S, C) -> keys and values, each (B, heads, S, d_kv)."""
+        return self.split_heads(self.k_proj(states)), self.split_heads(self.v_proj(states))
+
+    def forward(self, hidden: torch.Tensor, bias: torch.Tensor | None, keys_values: tuple[torch.Tensor, torch.Tensor] | None = None,
+                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, T, C) -> (B, T, C); ``keys_values``: given (cross-attention, a cache), else from ``hidden``."""
+        B, T, _ = hidden.shape
+        q = self.split_heads(self.q_proj(hidden))  # (B, heads, T, d_kv)
+        k, v = self.keys_values(hidden) if keys_values is None else keys_values
+        out, probs = scaled_dot_product_attention(
+            q, k, v, bias, dropout=self.dropout if self.training else 0.0, backend=get_backend(self.backend),
+            need_weights=need_weights, scale=1.0, site=self,  # T5 folds the scale into its initialisation
+        )
+        out = tap(self, "heads", out)  # (B, heads, T, d_kv)
+        return self.out_proj(out.transpose(1, 2).reshape(B, T, -1)), probs
+
+
+class T5FeedForward(nn.Module):
+    """``wo(act(wi x))`` (v1.0), or gated ``wo(act(wi_0 x) * wi_1 x)`` (v1.1); no biases."""
+
+    def __init__(self, config: T5Config):
+        super().__init__()
+        self.gated = config.is_gated_act
+        if self.gated:
+            self.wi_0 = Linear(config.d_model, config.d_ff, bias=False)
+            self.wi_1 = Linear(config.d_model, config.d_ff, bias=False)
+        else:
+            self.wi = Linear(config.d_model, config.d_ff, bias=False)
+        self.act = activation(config.dense_act_fn)
+        self.dropout = nn.Dropout(config.dropout_rate)
+        self.wo = Linear(config.d_ff, config.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inner = self.act(self.wi_0(x)) * self.wi_1(x) if self.gated else self.act(self.wi(x))  # (B, T, d_ff)
+        return self.wo(self.dropout(inner))  # (B, T, C)
+
+
+class T5Block(nn.Module):
+    """One pre-norm layer: self-attention, cross-attention (decoder only), feed-forward, each added to its input."""
+
+    def __init__(self, config: T5Config, *, decoder: bool, first: bool):
+        super().__init__()
+        relative_bias = RelativePositionBias(config, bidirectional=not decoder) if first else None
+        self.attn_norm = RMSNorm(config.d_model, eps=config.layer_norm_epsilon)
+        self.attn = T5Attention(config, relative_bias)
+        if decoder:
+            self.cross_norm = RMSNorm(config.d_model, eps=config.layer_norm_epsilon)
+            self.cross_attn = T5Attention(config)
+        self.ffn_norm = RMSNorm(config.d_model, eps=config.layer_norm_epsilon)
+        self.ffn = T5FeedForward(config)
+        self.dropout = nn.Dropout(config.dropout_rate)
+
+    def forward(self, hidden, bias, *, cross_keys_values=None, cross_bias=None, cache: T5Cache | None = None, index: int = 0,
+                need_weights: bool = False):
+        """(B, T, C) -> (B, T, C), the self-attention's and the cross-attention's probabilities (where asked)."""
+        normed = self.attn_norm(hidden)
+        keys_values = None
+        if cache is not None:
+            keys_values = cache.update(index, *self.attn.keys_values(normed))  # (B, heads, cached + T, d_kv) each
+        attn_out, probs = self.attn(normed, bias, keys_values, need_weights)
+        hidden = hidden + self.dropout(attn_out)
+        cross_probs = None
+        if cross_keys_values is not None:
+            cross_out, cross_probs = self.cross_attn(self.cross_norm(hidden), cross_bias, cross_keys_values, need_weights)
+            hidden = hidden + self.dropout(cross_out)
+        hidden = hidden + self.dropout(self.ffn(self.ffn_norm(hidden)))
+        return hidden, probs, cross_probs
+
+
+@dataclass
+class StackOutput(ModelOutput):
+    last_hidden_state: torch.Tensor  # (B, T, C), after the final norm
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # the embeddings + each layer's output (the last one normed): L + 1 x (B, T, C)
+    attentions: tuple[torch.Tensor, ...] | None = None  # L x (B, heads, T, S)
+    cross_attentions: tuple[torch.Tensor, ...] | None = None  # the decoder's: L x (B, heads, T, S_encoder)
+
+
+class T5Stack(nn.Module):
+    """The encoder or the decoder: the blocks and the final norm (the embedding is the model's, shared)."""
+
+    def __init__(self, config: T5Config, *, decoder: bool):
+        super().__init__()
+        self.decoder = decoder
+        depth = config.num_decoder_layers if decoder else config.num_layers
+        self.dropout = nn.Dropout(config.dropout_rate)
+        self.layers = nn.ModuleList(T5Block(config, decoder=decoder, first=i == 0) for i in range(depth))
+        self.final_norm = RMSNorm(config.d_model, eps=config.layer_norm_epsilon)
+
+    def cross_keys_values(self, encoder_hidden: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's cross-attention keys and values over the encoder's output: (B, heads, S, d_kv) each."""
+        return [layer.cross_attn.keys_values(encoder_hidden) for layer in self.layers]
+
+    def forward(self, embeds: torch.Tensor, attention_mask: torch.Tensor | None = None, *, encoder_hidden: torch.Tensor | None = None,
+                encoder_mask: torch.Tensor | None = None, cache: T5Cache | None = None, output_hidden_states: bool = False,
+                output_attentions: bool = False) -> StackOutput:
+        """``embeds`` (B, T, C); ``attention_mask`` (B, [cached +] T) 0 on padding; the decoder reads ``encoder_hidden`` (B, S, C)."""
+        B, T, _ = embeds.shape
+        past = cache.length if cache is not None else 0
+        S = past + T
+        hidden = self.dropout(embeds)
+        # the relative position bias, once for the stack (1, heads, T, S), plus the padding (and, decoding, the future)
+        bias = self.layers[0].attn.relative_bias(T, S, past)
+        mask = attention_bias(attention_mask, T, S, causal=self.decoder and T > 1, dtype=hidden.dtype, device=hidden.device)
+        if mask is not None:
+            bias = (bias + mask).clamp(min=torch.finfo(hidden.dtype).min)
+        cross, cross_bias = None, None
+        if self.decoder:
+            cross = cache.cross if cache is not None else self.cross_keys_values(encoder_hidden)
+            cross_bias = attention_bias(encoder_mask, T, cross[0][0].shape[2], dtype=hidden.dtype, device=hidden.device)  # (B, 1, 1, S_enc)
+        all_hidden, all_attn, all_cross = [hidden], [], []
+        for i, layer in enumerate(self.layers):
+            hidden, probs, cross_probs = layer(hidden, bias, cross_keys_values=None if cross is None else cross[i], cross_bias=cross_bias,
+                                               cache=cache, index=i, need_weights=output_attentions)
+            all_hidden.append(hidden)
+            all_attn.append(probs)
+            all_cross.append(cross_probs)
+        if cache is not None:
+            cache.length += T
+        hidden = self.dropout(self.final_norm(hidden))
+        all_hidden[-1] = hidden  # as transformers: the last entry is the normed output
+        return StackOutput(hidden, tuple(all_hidden) if output_hidden_states else None, tuple(all_attn) if output_attentions else None,
+                           tuple(all_cross) if output_attentions and self.decoder else None)
+
+
+# -- outputs ------------------------------------------------------------------------------
+@dataclass
+class T5EncoderOutput(ModelOutput):
+    last_hidden_state: torch.Tensor  # (B, S, C)
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class T5Output(ModelOutput):
+    """What transformers' Seq2SeqModelOutput / Seq2SeqLMOutput hold (``logits`` and ``loss`` from the LM only)."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None  # (B, T, vocab)
+    last_hidden_state: torch.Tensor | None = None  # the decoder's (B, T, C), from T5Model
+    decoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    decoder_attentions: tuple[torch.Tensor, ...] | None = None
+    cross_attentions: tuple[torch.Tensor, ...] | None = None
+    encoder_last_hidden_state: torch.Tensor | None = None
+    encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    encoder_attentions: tuple[torch.Tensor, ...] | None = None
+
+
+torch.export.register_dataclass(StackOutput)
+torch.export.register_dataclass(T5EncoderOutput)
+torch.export.register_dataclass(T5Output)
+
+
+# -- the models ---------------------------------------------------------------------------
+def _shape(value) -> str:
+    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def _check_ids_and_mask(name: str, ids, mask, vocab_size: int, mask_name: str) -> None:
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.is_floating_point() or ids.shape[1] == 0:
+        raise InputError(f"{name} must be integer token ids of shape (batch, seq_len), got {_shape(ids) if not isinstance(ids, torch.Tensor) else f'{ids.dtype} {tuple(ids.shape)}'}")
+    check_ids(name, ids, vocab_size)
+    if mask is not None and (not isinstance(mask, torch.Tensor) or mask.shape != ids.shape):
+        raise InputError(f"{mask_name} must have the shape of {name} {tuple(ids.shape)}, got {_shape(mask)}")
+
+
+class _T5Pretrained(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
+    config_class = T5Config
+    fuse_batch_hint = 1  # fuse(): decoding multiplies one row per sequence at a time
+
+    @torch.no_grad()
+    def init_weights(self, module: nn.Module) -> None:
+        """T5's initialisation (mesh-tensorflow's, as transformers): each projection's std from its fan-in; the scale
+        1/sqrt(d_kv) that attention leaves out sits in the query projection's."""
+        c, factor = self.config, self.config.initializer_factor
+        if isinstance(module, RMSNorm):
+            module.weight.fill_(factor)
+        elif isinstance(module, nn.Embedding):
+            module.weight.normal_(0.0, factor)
+        elif isinstance(module, RelativePositionBias):
+            module.weight.normal_(0.0, factor * c.d_model**-0.5)
+        elif isinstance(module, T5Attention):
+            module.q_proj.weight.normal_(0.0, factor * (c.d_model * c.d_kv) ** -0.5)
+            module.k_proj.weight.normal_(0.0, factor * c.d_model**-0.5)
+            module.v_proj.weight.normal_(0.0, factor * c.d_model**-0.5)
+            module.out_proj.weight.normal_(0.0, factor * (c.num_heads * c.d_kv) ** -0.5)
+        elif isinstance(module, T5FeedForward):
+            for name in ("wi", "wi_0", "wi_1"):
+                if hasattr(module, name):
+                    getattr(module, name).weight.normal_(0.0, factor * c.d_model**-0.5)
+            module.wo.weight.normal_(0.0, factor * c.d_ff**-0.5)
+
+    def encode(self, input_ids, attention_mask=None, output_hidden_states=False, output_attentions=False) -> StackOutput:
+        return self.encoder(self.shared(input_ids), attention_mask, output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+
+
+_ENCODER_FIELDS = {
+    "vocab_size": ("shared.weight", 0),
+    "d_model": ("shared.weight", 1),
+    "d_ff": ("encoder.layers.0.ffn.wo.weight", 1),
+    "num_layers": "encoder.layers.",
+    "relative_attention_num_buckets": ("encoder.layers.0.attn.relative_bias.weight", 0),
+    "num_heads": ("encoder.layers.0.attn.relative_bias.weight", 1),
+}
+_FIELDS = {**_ENCODER_FIELDS, "num_decoder_layers": "decoder.layers.",
+           "relative_attention_num_buckets": ("decoder.layers.0.attn.relative_bias.weight", 0)}
+
+
+class T5EncoderModel(_T5Pretrained):
+    """The T5 encoder alone (sentence encoders, the text towers of image generators): ``model(input_ids, attention_mask)``."""
+
+    checkpoint_fields = _ENCODER_FIELDS
+    transfer_stages = {"shared": "shared", "encoder.layers.{i}": "encoder.layers.{i}", "encoder.final_norm": "encoder.final_norm"}  # see minipt.transfer
+
+    def __init__(self, config: T5Config):
+        super().__init__()
+        self.config = config
+        self.shared = nn.Embedding(config.vocab_size, config.d_model)
+        self.encoder = T5Stack(config, decoder=False)
+        self.apply(self.init_weights)
+        self.set_backend(config.backend)
+
+    def forward(self, input_ids, attention_mask=None, output_hidden_states=False, output_attentions=False) -> T5EncoderOutput:
+        self.check_inputs(input_ids, attention_mask)
+        out = self.encode(input_ids, attention_mask, output_hidden_states, output_attentions)
+        return T5EncoderOutput(out.last_hidden_state, out.hidden_states, out.attentions)
+
+    def check_inputs(self, input_ids, attention_mask=None) -> None:
+        """InputError naming the first argument of ``forward`` that does not fit: ids outside the vocabulary, a mask of another shape."""
+        _check_ids_and_mask("input_ids", input_ids, attention_mask, self.config.vocab_size, "attention_mask")
+
+    @classmethod
+    def keymap(cls, config: T5Config | None = None) -> KeyMap:
+        # a full model's file holds a decoder and maybe a head, unused here
+        return _encoder_keymap() + KeyMap([], ignore=["decoder.{*}", "lm_head.weight"])
+
+
+class T5Model(_T5Pretrained):
+    """The encoder-decoder without a head: ``model(input_ids, attention_mask, decoder_input_ids, ...) -> T5Output``
+    (``last_hidden_state``: the decoder's)."""
+
+    checkpoint_fields = _FIELDS
+
+    def __init__(self, config: T5Config):
+        super().__init__()
+        self.config = config
+        self.shared = nn.Embedding(config.vocab_size, config.d_model)
+        self.encoder = T5Stack(config, decoder=False)
+        self.decoder = T5Stack(config, decoder=True)
+        self.build_head()
+        self.apply(self.init_weights)
+        self.tie_weights()
+        self.set_backend(config.backend)
+
+    def build_head(self) -> None:
+        """The bare model has none."""
+
+    def tie_weights(self) -> None:
+        """The bare model has nothing to tie."""
+
+    @property
+    def transfer_stages(self) -> dict:
+        """See minipt.transfer: the shared embedding, each layer of each stack, the final norms (and an untied head)."""
+        return {"shared": "shared", "encoder.layers.{i}": "encoder.layers.{i}", "encoder.final_norm": "encoder.final_norm",
+                "decoder.layers.{i}": "decoder.layers.{i}", "decoder.final_norm": "decoder.final_norm"}
+
+    @classmethod
+    def adapt_config(cls, config: T5Config, checkpoint) -> T5Config:
+        """A file without decoder tensors is an encoder's; one holding its own ``lm_head.weight`` has an untied head."""
+        keys = checkpoint.keys()
+        if not any(k.startswith("decoder.") for k in keys):
+            raise ConfigError(f"{checkpoint.path} holds a T5 encoder only (no decoder.* tensors): load it with T5EncoderModel, not {cls.__name__}")
+        if "lm_head.weight" in keys and config.tie_word_embeddings:  # transformers 5.x writes tie_word_embeddings true even then
+            config = config.replace(tie_word_embeddings=False, scale_decoder_outputs=config.scale_decoder_outputs)
+        return config
+
+    def decode(self, decoder_input_ids, decoder_attention_mask, encoder_hidden, attention_mask, cache=None, output_hidden_states=False,
+               output_attentions=False) -> StackOutput:
+        return self.decoder(self.shared(decoder_input_ids), decoder_attention_mask, encoder_hidden=encoder_hidden, encoder_mask=attention_mask,
+                            cache=cache, output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+
+    def forward(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None, labels=None,
+                output_hidden_states=False, output_attentions=False) -> T5Output:
+        """``input_ids`` (B, S) and ``decoder_input_ids`` (B, T) (from an LM: or ``labels``, shifted right after the start token)."""
+        self.check_inputs(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, labels)
+        if decoder_input_ids is None:
+            decoder_input_ids = self.shift_right(labels)
+        encoded = self.encode(input_ids, attention_mask, output_hidden_states, output_attentions)
+        decoded = self.decode(decoder_input_ids, decoder_attention_mask, encoded.last_hidden_state, attention_mask,
+                              output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+        return T5Output(**self.head(decoded.last_hidden_state, labels), decoder_hidden_states=decoded.hidden_states, decoder_attentions=decoded.attentions,
+                        cross_attentions=decoded.cross_attentions, encoder_last_hidden_state=encoded.last_hidden_state,
+                        encoder_hidden_states=encoded.hidden_states, encoder_attentions=encoded.attentions)
+
+    def head(self, decoder_hidden: torch.Tensor, labels) -> dict:
+        return {"last_hidden_state": decoder_hidden}
+
+    def shift_right(self, labels: torch.Tensor) -> torch.Tensor:
+        """The decoder's inputs for ``labels``: the start token, then the labels but the last (-100 read as padding)."""
+        start = self.config.start_token
+        shifted = torch.cat([labels.new_full((labels.shape[0], 1), start), labels[:, :-1]], dim=1)
+        return shifted.masked_fill(shifted == -100, self.config.pad_token_id or 0)
+
+    def check_inputs(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None, labels=None) -> None:
+        """InputError naming the first argument of ``forward`` that does not fit this model."""
+        config = self.config
+        _check_ids_and_mask("input_ids", input_ids, attention_mask, config.vocab_size, "attention_mask")
+        if decoder_input_ids is None and labels is None:
+            raise InputError(f"{type(self).__name__} needs decoder_input_ids (B, T)" + (" or labels" if self.has_head else ""))
+        if labels is not None:
+            if not self.has_head:
+                raise InputError("labels are for T5ForConditionalGeneration; T5Model has no head to take a loss from")
+            if not isinstance(labels, torch.Tensor) or labels.dim() != 2 or labels.is_floating_point() or labels.shape[0] != input_ids.shape[0]:
+                raise InputError(f"labels must be integer ids (batch {input_ids.shape[0]}, target_len) (-100 where no loss is taken), got {_shape(labels)}")
+            check_ids("labels", labels.masked_fill(labels == -100, 0), config.vocab_size)
+        if decoder_input_ids is not None:
+            _check_ids_and_mask("decoder_input_ids", decoder_input_ids, decoder_attention_mask, config.vocab_size, "decoder_attention_mask")
+            if decoder_input_ids.shape[0] != input_ids.shape[0]:
+                raise InputError(f"decoder_input_ids has {decoder_input_ids.shape[0]} rows, input_ids {input_ids.shape[0]}")
+            if labels is not None and labels.shape != decoder_input_ids.shape:
+                raise InputError(f"labels {tuple(labels.shape)} must have the shape of decoder_input_ids {tuple(decoder_input_ids.shape)}")
+        elif decoder_attention_mask is not None and (not isinstance(decoder_attention_mask, torch.Tensor) or decoder_attention_mask.shape != labels.shape):
+            raise InputError(f"decoder_attention_mask must have the shape of labels {tuple(labels.shape)}, got {_shape(decoder_attention_mask)}")
+
+    has_head = False
+
+    @classmethod
+    def keymap(cls, config: T5Config | None = None) -> KeyMap:
+        return _encoder_keymap() + _decoder_keymap() + KeyMap([], ignore=["lm_head.weight"])
+
+
+class _ConfigDefault:
+    """generate's ``eos_token_id`` when none is passed: the config's, as transformers' generation_config."""
+
+    def __repr__(self) -> str:
+        return "config.eos_token_id"
+
+
+_CONFIG_EOS = _ConfigDefault()
+
+
+class T5ForConditionalGeneration(T5Model):
+    """T5 with its language-model head: ``model(input_ids, attention_mask, decoder_input_ids | labels) -> T5Output``
+    (``logits`` (B, T, vocab), ``loss`` with labels), and ``generate``."""
+
+    has_head = True
+
+    def build_head(self) -> None:
+        self.lm_head = Linear(self.config.d_model, self.config.vocab_size, bias=False)
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.shared.weight
+
+    @property
+    def transfer_stages(self) -> dict:
+        """A tied head is the shared embedding, so it has no stage of its own."""
+        stages = super().transfer_stages
+        return stages if self.config.tie_word_embeddings else {**stages, "lm_head": "lm_head"}
+
+    def logits(self, decoder_hidden: torch.Tensor) -> torch.Tensor:
+        if self.config.scale_decoder_outputs:  # v1.0: the tied head reads the output scaled by d_model ** -0.5
+            decoder_hidden = decoder_hidden * self.config.d_model**-0.5
+        return self.lm_head(decoder_hidden)  # (B, T, vocab)
+
+    def head(self, decoder_hidden: torch.Tensor, labels) -> dict:
+        logits = self.logits(decoder_hidden)
+        loss = None if labels is None else F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        return {"loss": loss, "logits": logits}
+
+    def start_cache(self, encoder_hidden: torch.Tensor, max_len: int) -> T5Cache:
+        """An empty decoder cache for up to ``max_len`` tokens, with the cross-attention keys and values over ``encoder_hidden``."""
+        return T5Cache(self.config, self.decoder.cross_keys_values(encoder_hidden), max_len)
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        input_ids: torch.Tensor,  # (B, S) the encoder's inputs, padded (on either side) to one length
+        *,
+        attention_mask: torch.Tensor | None = None,  # (B, S): 0 on padding
+        max_new_tokens: int | None = None,  # tokens after the start token; or max_length, which counts it (neither: 20 new)
+        max_length: int | None = None,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        repetition_penalty: float = 1.0,
+        eos_token_id: int | None = _CONFIG_EOS,  # a row stops at this token; None: no row stops early
+        pad_token_id: int | None = None,  # what fills a stopped row (None: the config's)
+        decoder_start_token_id: int | None = None,  # None: the config's (else pad_token_id)
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        streamer: Streamer | None = None,
+        output_logits: bool = False,
+        return_dict_in_generate: bool = False,
+    ) -> torch.Tensor | GenerateOutput:
+        """The decoder's sequences, the start token first, ``(B, 1 + new)``, as transformers' ``generate``.
+
+        The encoder runs once; each decoder layer's cross-attention keys and values are computed
+        once; then the decoder takes one token per step against a preallocated cache. Greedy unless
+        ``do_sample`` (``minipt.nn.sampling.choose_next_token``). A row that produced ``eos_token_id``
+        is padded from then on; generation ends once every row has.
+        """
+        config = self.config
+        self.check_inputs(input_ids, attention_mask, decoder_input_ids=input_ids[:, :1] if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 else None)
+        if eos_token_id is _CONFIG_EOS:
+            eos_token_id = config.eos_token_id if config.eos_token_id is not None and config.eos_token_id < config.vocab_size else None
+        if pad_token_id is None and config.pad_token_id is not None and config.pad_token_id < config.vocab_size:
+            pad_token_id = config.pad_token_id
+        start = config.start_token if decoder_start_token_id is None else decoder_start_token_id
+        if start is None:
+            raise InputError("no decoder_start_token_id: the config has neither decoder_start_token_id nor pad_token_id; pass one")
+        start_ids = torch.full((input_ids.shape[0], 1), start, dtype=torch.long, device=input_ids.device)  # (B, 1)
+        new, generator = check_generation(
+            start_ids, vocab_size=config.vocab_size, context=config.n_positions, max_new_tokens=max_new_tokens, max_length=max_length,
+            do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+            eos_token_id=eos_token_id, pad_token_id=pad_token_id, seed=seed, generator=generator, streamer=streamer,
+            output_logits=output_logits, return_dict_in_generate=return_dict_in_generate,
+        )
+        encoder_hidden = self.encode(input_ids, attention_mask).last_hidden_state  # (B, S, C), once
+        cache = self.start_cache(encoder_hidden, 1 + new)
+
+        def next_logits(tokens: torch.Tensor) -> torch.Tensor:  # the start token (B, 1), then each chosen one
+            out = self.decode(tokens, None, encoder_hidden, attention_mask, cache)
+            return self.logits(out.last_hidden_state[:, -1]).float()  # (B, vocab)
+
+        return generation_loop(
+            next_logits, start_ids, new, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+            repetition_penalty=repetition_penalty, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+            generator=generator, streamer=streamer, output_logits=output_logits, return_dict_in_generate=return_dict_in_generate,
+        )
+
+    @classmethod
+    def keymap(cls, config: T5Config | None = None) -> KeyMap:
+        if (config or T5Config()).tie_word_embeddings:
+            head, tied = [], [("lm_head.weight", "shared.weight")]
+        else:
+            head, tied = [("lm_head.weight", "lm_head.weight")], []
+        return _encoder_keymap() + _decoder_keymap() + KeyMap(head, tied=tied)
+
+
+# -- the official names -----------------------------------------------------------------
+def _stack_rules(stack: str, parts: dict[str, str]) -> list[tuple[str, str]]:
+    """transformers' T5Block sub-layers (``layer.N.<name>``) -> minipt's T5Block attributes, for every block of ``stack``."""
+    rules = [(f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight", f"{stack}.layers.0.attn.relative_bias.weight")]
+    for official, ours in parts.items():
+        rules.append((f"{stack}.block.{{i}}.layer.{official}.{{p}}", f"{stack}.layers.{{i}}.{ours}.{{p}}"))
+    rules.append((f"{stack}.final_layer_norm.weight", f"{stack}.final_norm.weight"))
+    return rules
+
+
+_ATTENTION = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "out_proj"}
+
+
+def _attention_parts(layer: int, name: str, ours: str, norm: str) -> dict[str, str]:
+    return {f"{layer}.{name}.{q}": f"{ours}.{p}" for q, p in _ATTENTION.items()} | {f"{layer}.layer_norm": norm}
+
+
+def _ffn_parts(layer: int) -> dict[str, str]:
+    return {f"{layer}.DenseReluDense.{w}": f"ffn.{w}" for w in ("wi", "wi_0", "wi_1", "wo")} | {f"{layer}.layer_norm": "ffn_norm"}
+
+
+def _encoder_keymap() -> KeyMap:
+    """Hugging Face's names -> minipt's, for the shared embedding and the encoder (the stacks' embed_tokens repeat it)."""
+    return KeyMap([("shared.weight", "shared.weight"), *_stack_rules("encoder", _attention_parts(0, "SelfAttention", "attn", "attn_norm") | _ffn_parts(1))],
+                  tied=[("encoder.embed_tokens.weight", "shared.weight")])
+
+
+def _decoder_keymap() -> KeyMap:
+    parts = _attention_parts(0, "SelfAttention", "attn", "attn_norm") | _attention_parts(1, "EncDecAttention", "cross_attn", "cross_norm") | _ffn_parts(2)
+    # cross-attention has no position bias; older files carry an unused table for it
+    return KeyMap(_stack_rules("decoder", parts), tied=[("decoder.embed_tokens.weight", "shared.weight")],
+                  ignore=["decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight"])

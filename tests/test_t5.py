@@ -1,0 +1,280 @@
+"""minipt's T5 against transformers' T5 on the same random weights.
+
+The reference configs are built with transformers' own T5Config and saved with
+its save_pretrained, so the official key names (shared embedding, blocks, the
+relative position table in block 0, tied or untied heads) go through minipt's key
+map on every run without downloads.
+
+Tolerance: fp32, 1e-5 absolute. Both sides run the same torch kernels
+(linear, the float32 RMS norm, softmax over q k^T + bias); the differences seen
+are a few 1e-6 on logits.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from minipt import ConfigError, InputError, MiniptError
+from minipt.models.t5 import T5Config, T5EncoderModel, T5ForConditionalGeneration, T5Model, relative_position_bucket
+from minipt.nn import RMSNorm
+from minipt.reference import import_transformers
+
+transformers = import_transformers()
+if transformers is None:
+    raise RuntimeError("the T5 tests need transformers: pip install -e '.[test]' -c .ci/constraints.txt")
+
+ATOL = 1e-5
+EOS = 1
+
+
+def hf_config(**overrides):
+    values = dict(vocab_size=50, d_model=16, d_kv=6, d_ff=24, num_layers=2, num_heads=2, dropout_rate=0.0, decoder_start_token_id=0,
+                  relative_attention_num_buckets=8, relative_attention_max_distance=12, eos_token_id=EOS, pad_token_id=0)
+    values.update(overrides)
+    return transformers.T5Config(**values)
+
+
+def reference_model(config, seed=0, cls=None):
+    """transformers' T5 with every parameter random (the norms around 1), eval mode, eager attention."""
+    torch.manual_seed(seed)
+    model = (cls or transformers.T5ForConditionalGeneration)(config).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            centre = 1.0 if "layer_norm" in name else 0.0
+            p.copy_(centre + 0.3 * torch.randn(p.shape, generator=generator))
+    return model
+
+
+def saved(reference, directory):
+    reference.save_pretrained(directory)
+    return directory
+
+
+def padded(vocab_size, lengths, seed=0, left=False):
+    """Ids (never 0 or EOS) of the given lengths, padded with 0 to the longest, and their mask."""
+    generator = torch.Generator().manual_seed(seed)
+    T = max(lengths)
+    ids = torch.randint(2, vocab_size, (len(lengths), T), generator=generator)
+    mask = torch.zeros(len(lengths), T, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        real = slice(T - length, T) if left else slice(0, length)
+        mask[row, real] = 1
+    return ids.masked_fill(mask == 0, 0), mask
+
+
+def max_diff(a, b):
+    return max((x - y).abs().max().item() for x, y in zip(a, b, strict=True))
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    reference = reference_model(hf_config(feed_forward_proj="gated-gelu", tie_word_embeddings=False))
+    directory = saved(reference, tmp_path_factory.mktemp("t5"))
+    reference = transformers.T5ForConditionalGeneration.from_pretrained(directory, attn_implementation="eager").eval()
+    return reference, T5ForConditionalGeneration.from_pretrained(directory), directory
+
+
+# -- parity ----------------------------------------------------------------------
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    num_layers=st.integers(1, 3),
+    num_decoder_layers=st.integers(1, 3),
+    num_heads=st.sampled_from([1, 2, 4]),
+    d_kv=st.sampled_from([3, 8]),
+    d_model=st.sampled_from([8, 16]),
+    feed_forward_proj=st.sampled_from(["relu", "gated-gelu"]),
+    tied=st.booleans(),
+    buckets=st.sampled_from([(4, 6), (8, 12), (32, 128)]),
+    left=st.booleans(),
+    seed=st.integers(0, 1000),
+)
+def test_every_layer_matches_reference(num_layers, num_decoder_layers, num_heads, d_kv, d_model, feed_forward_proj, tied, buckets, left, seed):
+    config = hf_config(num_layers=num_layers, num_decoder_layers=num_decoder_layers, num_heads=num_heads, d_kv=d_kv, d_model=d_model,
+                       feed_forward_proj=feed_forward_proj, relative_attention_num_buckets=buckets[0], relative_attention_max_distance=buckets[1],
+                       tie_word_embeddings=tied)
+    with tempfile.TemporaryDirectory() as directory:
+        saved(reference_model(config, seed), directory)
+        reference = transformers.T5ForConditionalGeneration.from_pretrained(directory, attn_implementation="eager").eval()
+        model = T5ForConditionalGeneration.from_pretrained(directory)
+    ids, mask = padded(50, [14, 9, 3], seed, left)
+    labels, decoder_mask = padded(50, [7, 5, 2], seed + 1)
+    labels = labels.masked_fill(decoder_mask == 0, -100)
+    with torch.no_grad():
+        ours = model(ids, mask, labels=labels, output_hidden_states=True, output_attentions=True)
+        theirs = reference(input_ids=ids, attention_mask=mask, labels=labels, output_hidden_states=True, output_attentions=True)
+    for name in ("encoder_hidden_states", "encoder_attentions", "decoder_hidden_states", "decoder_attentions", "cross_attentions"):
+        assert max_diff(getattr(ours, name), getattr(theirs, name)) <= ATOL, name
+    assert (ours.logits - theirs.logits).abs().max().item() <= ATOL
+    assert abs(ours.loss.item() - theirs.loss.item()) <= ATOL
+
+
+def test_bare_model_and_encoder_match_reference(pair):
+    reference, _, directory = pair
+    ids, mask = padded(50, [11, 6])
+    decoder_ids, _ = padded(50, [5, 5], seed=3)
+    with torch.no_grad():
+        decoded = T5Model.from_pretrained(directory)(ids, mask, decoder_ids).last_hidden_state
+        expected = reference(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids, output_hidden_states=True).decoder_hidden_states[-1]
+        encoded = T5EncoderModel.from_pretrained(directory)(ids, mask).last_hidden_state
+        expected_encoded = reference.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert (decoded - expected).abs().max().item() <= ATOL
+    assert (encoded - expected_encoded).abs().max().item() <= ATOL
+
+
+def test_rms_norm_matches_transformers_t5_layer_norm():
+    from transformers.models.t5.modeling_t5 import T5LayerNorm
+
+    x = torch.randn(3, 5, 7, dtype=torch.float64) * 4
+    ours, theirs = RMSNorm(7, eps=1e-6), T5LayerNorm(7, eps=1e-6)
+    with torch.no_grad():
+        ours.weight.normal_()
+        theirs.weight.copy_(ours.weight)
+    assert torch.equal(ours(x.float()), theirs(x.float()))
+    half = RMSNorm(7).to(torch.bfloat16)
+    assert half(x.bfloat16()).dtype == torch.bfloat16  # the mean of squares in float32, the result in the weight's dtype
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_buckets_match_transformers(bidirectional):
+    from transformers.models.t5.modeling_t5 import T5Attention
+
+    distance = torch.arange(-300, 300)[None]
+    for buckets, max_distance in ((4, 6), (32, 128)):
+        ours = relative_position_bucket(distance, bidirectional=bidirectional, num_buckets=buckets, max_distance=max_distance)
+        theirs = T5Attention._relative_position_bucket(distance, bidirectional=bidirectional, num_buckets=buckets, max_distance=max_distance)
+        assert torch.equal(ours, theirs)
+
+
+# -- round trips and the two head conventions -------------------------------------------
+@pytest.mark.parametrize("cls", [T5ForConditionalGeneration, T5Model, T5EncoderModel])
+@pytest.mark.parametrize("proj_tie", [("relu", True), ("gated-gelu", False)])
+def test_save_pretrained_loads_into_transformers_strictly(tmp_path, cls, proj_tie):
+    config = T5Config(vocab_size=50, d_model=16, d_kv=6, d_ff=24, num_layers=2, num_heads=2, dropout_rate=0.0, feed_forward_proj=proj_tie[0],
+                      tie_word_embeddings=proj_tie[1], relative_attention_num_buckets=8, relative_attention_max_distance=12)
+    model = cls(config).eval()
+    model.save_pretrained(tmp_path)
+    reference, info = getattr(transformers, cls.__name__).from_pretrained(tmp_path, output_loading_info=True, attn_implementation="eager")
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    ids, mask = padded(50, [9, 4])
+    decoder = padded(50, [4, 4], seed=2)[0]
+    with torch.no_grad():
+        if cls is T5EncoderModel:
+            ours, theirs = model(ids, mask).last_hidden_state, reference.eval()(input_ids=ids, attention_mask=mask).last_hidden_state
+        elif cls is T5Model:
+            ours, theirs = model(ids, mask, decoder).last_hidden_state, reference.eval()(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder).last_hidden_state
+        else:
+            ours, theirs = model(ids, mask, decoder).logits, reference.eval()(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder).logits
+    assert (ours - theirs).abs().max().item() <= ATOL
+
+
+def test_transformers_5_save_of_a_v1_1_config_is_tied_and_unscaled(pair):
+    _, model, directory = pair
+    written = json.loads((directory / "config.json").read_text())
+    assert written["tie_word_embeddings"] is True and written["scale_decoder_outputs"] is False  # what transformers 5.x writes
+    assert model.lm_head.weight is model.shared.weight and model.config.scale_decoder_outputs is False
+
+
+def test_an_official_v1_1_file_has_its_own_head_and_no_scaling(tmp_path):
+    """Flan-T5's files: "tie_word_embeddings": false, no scale_decoder_outputs, and a lm_head.weight of its own."""
+    from safetensors.torch import load_file, save_file
+
+    saved(reference_model(hf_config(feed_forward_proj="gated-gelu")), tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    tensors["lm_head.weight"] = torch.randn(50, 16)
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.pop("scale_decoder_outputs")
+    config["tie_word_embeddings"] = False
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    model = T5ForConditionalGeneration.from_pretrained(tmp_path)
+    assert model.lm_head.weight is not model.shared.weight and torch.equal(model.lm_head.weight, tensors["lm_head.weight"])
+    assert model.config.scale_decoder_outputs is False
+    reference = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    ids, mask = padded(50, [8, 3])
+    with torch.no_grad():
+        assert (model(ids, mask, ids[:, :4]).logits - reference(input_ids=ids, attention_mask=mask, decoder_input_ids=ids[:, :4]).logits).abs().max() <= ATOL
+    out = tmp_path / "again"
+    model.save_pretrained(out)
+    again, info = transformers.T5ForConditionalGeneration.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and torch.equal(again.lm_head.weight, tensors["lm_head.weight"])
+
+
+# -- generation -----------------------------------------------------------------------
+@settings(max_examples=5, deadline=None)
+@given(feed_forward_proj=st.sampled_from(["relu", "gated-gelu"]), layers=st.integers(1, 2), left=st.booleans(), seed=st.integers(0, 1000))
+def test_greedy_generation_matches_reference(feed_forward_proj, layers, left, seed):
+    config = hf_config(feed_forward_proj=feed_forward_proj, num_layers=layers, vocab_size=30)
+    with tempfile.TemporaryDirectory() as directory:
+        saved(reference_model(config, seed), directory)
+        reference = transformers.T5ForConditionalGeneration.from_pretrained(directory).eval()
+        model = T5ForConditionalGeneration.from_pretrained(directory)
+    ids, mask = padded(30, [10, 6, 2], seed, left)
+    expected = reference.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False)
+    assert torch.equal(model.generate(ids, attention_mask=mask, max_new_tokens=12), expected)
+    # random weights tend to repeat one token; a repetition penalty moves every row through several positions and tokens
+    expected = reference.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False, repetition_penalty=3.0)
+    assert torch.equal(model.generate(ids, attention_mask=mask, max_new_tokens=12, repetition_penalty=3.0), expected)
+    assert len(expected.unique()) > 3
+
+
+def test_cached_decoding_equals_full_recomputation(pair):
+    _, model, _ = pair
+    ids, mask = padded(50, [9, 5])
+    sequences = model.generate(ids, attention_mask=mask, max_new_tokens=6, eos_token_id=None)
+    with torch.no_grad():
+        logits = model(ids, mask, sequences[:, :-1]).logits
+    assert torch.equal(logits.argmax(-1), sequences[:, 1:])
+
+
+def test_sampling_goes_through_the_shared_sampler(pair):
+    _, model, _ = pair
+    ids, mask = padded(50, [9, 5])
+    first = model.generate(ids, attention_mask=mask, do_sample=True, top_k=5, seed=3, max_new_tokens=6, eos_token_id=None)
+    assert torch.equal(first, model.generate(ids, attention_mask=mask, do_sample=True, top_k=5, seed=3, max_new_tokens=6, eos_token_id=None))
+    single = model.generate(ids, attention_mask=mask, do_sample=True, top_k=1, seed=4, max_new_tokens=6, eos_token_id=None)
+    assert torch.equal(single, model.generate(ids, attention_mask=mask, max_new_tokens=6, eos_token_id=None))
+
+
+# -- bad input -------------------------------------------------------------------------
+def test_max_new_tokens_past_the_limit(pair):
+    _, model, _ = pair
+    with pytest.raises(InputError, match="max_new_tokens"):
+        model.generate(padded(50, [4])[0], max_new_tokens=model.config.n_positions)
+
+
+def test_relative_attention_fields_that_do_not_fit_the_checkpoint(pair):
+    _, _, directory = pair
+    with pytest.raises(ConfigError, match="relative_attention_num_buckets"):
+        T5ForConditionalGeneration.from_pretrained(directory, relative_attention_num_buckets=16)
+    with pytest.raises(ConfigError, match="relative_attention_max_distance"):
+        T5Config(relative_attention_num_buckets=32, relative_attention_max_distance=10)
+
+
+def test_an_encoder_only_file_given_to_the_generator(tmp_path):
+    T5EncoderModel(T5Config(vocab_size=50, d_model=16, d_kv=6, d_ff=24, num_layers=1, num_heads=2)).save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match="encoder only.*T5EncoderModel"):
+        T5ForConditionalGeneration.from_pretrained(tmp_path)
+
+
+def test_bad_inputs_are_named(pair):
+    _, model, _ = pair
+    ids, mask = padded(50, [5, 3])
+    with pytest.raises(InputError, match="decoder_input_ids"):
+        model(ids, mask)
+    with pytest.raises(InputError, match="input_ids"):
+        model(ids.float(), mask, ids)
+    with pytest.raises(InputError, match="attention_mask"):
+        model(ids, mask[:, :2], ids)
+    with pytest.raises(InputError, match="labels"):
+        model(ids, mask, labels=torch.full((2, 3), 99))
+    with pytest.raises(ConfigError, match="feed_forward_proj"):
+        T5Config(feed_forward_proj="gated-nothing")
+    with pytest.raises(MiniptError, match="top_k"):
+        model.generate(ids, top_k=0, do_sample=True)
