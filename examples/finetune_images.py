@@ -2,6 +2,7 @@
 
     python examples/finetune_images.py --quick        # a few minutes on 2 CPU cores
     python examples/finetune_images.py                # 10,000 training images at 96 px, 5 epochs
+    python examples/finetune_images.py --quick --model vit   # a small ViT from scratch, the same protocol and budget
     python examples/finetune_images.py --data mnist5k # MNIST digits from pip alone (see below)
     torchrun --nproc_per_node=2 examples/finetune_images.py --quick
 
@@ -20,7 +21,11 @@ The same split serves every run:
 - feature extraction: every stage up to the 1x1 head conv frozen (BatchNorm statistics too), the new classifier trains;
 - partial fine-tuning: stem and stages 0-4 frozen; stages 5-6, head conv and classifier train;
 - full fine-tuning: everything trains, learning rates decayed by 0.7 per stage from the classifier down;
-- from scratch: a randomly initialised ResNet-18 (11 M parameters), everything trains.
+- from scratch: a randomly initialised ResNet-18 (11 M parameters), everything trains;
+- ViT from scratch (``--model vit``): a randomly initialised Vision Transformer of 3.2 M parameters
+  (6 layers, width 256, 8 heads, 8x8 patches: 64 tokens at 64 px), with the same optimiser, learning
+  rate, epochs and batches as the ResNet-18. No pretrained ViT installs here; the row shows what a
+  Transformer without pretraining makes of this little data next to a CNN.
 
 Prints a Markdown table and writes ``curves.png`` to ``--out``.
 """
@@ -43,6 +48,7 @@ from transfer_common import Result, plot, run, start_distributed, stop_distribut
 
 from minipt import transfer  # noqa: E402
 from minipt.models.efficientnet import EfficientNet  # noqa: E402
+from minipt.models.vit import ViTConfig, ViTForImageClassification  # noqa: E402
 from minipt.models.resnet import ResNet, ResNetConfig  # noqa: E402
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -84,7 +90,8 @@ def dataset(images: np.ndarray, labels: np.ndarray, size: int, count: int | None
 
 
 def logits_of(model, batch):
-    return model(batch[0])
+    out = model(batch[0])
+    return out if isinstance(out, torch.Tensor) else out.logits  # the CNNs return logits, ViT an output with .logits (as transformers')
 
 
 WAYS = {  # way -> (learning rate of the top stage, layer decay)
@@ -92,10 +99,18 @@ WAYS = {  # way -> (learning rate of the top stage, layer decay)
     "partial fine-tuning": (1e-3, 0.7),
     "full fine-tuning": (1e-3, 0.7),
     "from scratch": (1e-3, 1.0),
+    "ViT from scratch": (1e-3, 1.0),
 }
+MODELS = {"efficientnet": [way for way in WAYS if way != "ViT from scratch"], "vit": ["ViT from scratch"]}  # --model -> default ways
+NAMES = {"from scratch": "from scratch (ResNet-18)", "ViT from scratch": "from scratch (ViT, 6 layers, width 256)"}
 
 
-def build(way: str, num_classes: int, device):
+def build(way: str, num_classes: int, device, image_size: int):
+    if way == "ViT from scratch":
+        torch.manual_seed(0)
+        config = ViTConfig(image_size=image_size, patch_size=8, hidden_size=256, num_hidden_layers=6, num_attention_heads=8,
+                           intermediate_size=512, num_labels=num_classes)
+        return ViTForImageClassification(config).to(device)
     if way == "from scratch":
         torch.manual_seed(0)
         return ResNet(ResNetConfig("basic", (2, 2, 2, 2), num_classes=num_classes)).to(device)  # ResNet-18
@@ -117,7 +132,9 @@ def main(argv=None) -> list[Result]:
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--max-steps", type=int, default=None, help="optimiser steps per epoch at most")
     parser.add_argument("--batch-size", type=int, default=32, help="per process")
-    parser.add_argument("--ways", default=",".join(WAYS), help="comma-separated subset of: " + ", ".join(WAYS))
+    parser.add_argument("--model", choices=list(MODELS), default="efficientnet",
+                        help="efficientnet: Lite0 fine-tuned three ways and ResNet-18 from scratch; vit: a small ViT from scratch")
+    parser.add_argument("--ways", default=None, help="comma-separated subset of: " + ", ".join(WAYS) + " (default: --model's)")
     parser.add_argument("--out", default="runs/finetune_images")
     args = parser.parse_args(argv)
     defaults = dict(train_size=1500, test_size=500, image_size=64, epochs=2) if args.quick else dict(train_size=10000, test_size=2000, image_size=96, epochs=5)
@@ -132,16 +149,16 @@ def main(argv=None) -> list[Result]:
     if rank == 0:
         print(f"{args.data}: {len(train)} training and {len(test)} held-out images at {args.image_size} px; {world} process(es)")
     results = []
-    for way in args.ways.split(","):
+    for way in (args.ways.split(",") if args.ways else MODELS[args.model]):
         if way not in WAYS:
             sys.exit(f"unknown way {way!r}; known: {', '.join(WAYS)}")
         torch.manual_seed(0)
-        model = build(way, 10, device)
+        model = build(way, 10, device, args.image_size)
         lr, decay = WAYS[way]
         optimizer = torch.optim.AdamW(transfer.param_groups(model, lr, layer_decay=decay), weight_decay=0.01)
         if rank == 0:
             print(f"\n{way} ({type(model).__name__}):\n{transfer.stage_table(model)}")
-        name = f"{way} (ResNet-18)" if way == "from scratch" else f"{way} (EfficientNet-Lite0)"
+        name = NAMES.get(way, f"{way} (EfficientNet-Lite0)")
         results.append(run(name, model, optimizer, train_loader(train, args.batch_size, world, rank), test, logits_of,
                            epochs=args.epochs, device=device, max_steps=args.max_steps))
     if rank == 0:
@@ -150,7 +167,7 @@ def main(argv=None) -> list[Result]:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.md").write_text(text + "\n")
-        plot(results, out / "curves.png", f"{args.data}: EfficientNet-Lite0 fine-tuned vs. ResNet-18 from scratch")
+        plot(results, out / "curves.png", f"{args.data}: " + ", ".join(result.name for result in results))
         print(f"curves: {out / 'curves.png'}")
     stop_distributed()
     return results
