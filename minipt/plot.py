@@ -21,7 +21,7 @@ from typing import Sequence
 
 import torch
 
-from .checks import check_float, check_int, check_path
+from .checks import check_bool, check_float, check_int, check_path
 from .errors import InputError, MissingDependencyError
 from .files import atomic_path
 
@@ -115,6 +115,69 @@ def attention_maps(
     fig.colorbar(image, ax=axes, shrink=0.6, label="attention probability")
     fig.supxlabel("key (attended to)", fontsize=9)
     fig.supylabel("query", fontsize=9)
+    return fig
+
+
+def patch_attention(
+    probs: Sequence[torch.Tensor] | torch.Tensor,
+    image=None,
+    layers: int | Sequence[int] | None = None,
+    *,
+    heads: int | str = "mean",
+    query: int = 0,
+    sequence: int = 0,
+    rollout: bool = False,
+):
+    """Where a vision transformer's token ``query`` (0: the [CLS] token) looks, over the image's patch grid.
+
+    ``probs``: each layer's attention, (B, heads, 1 + g*g, 1 + g*g) per layer, the class token first
+    (``ViTModel(..., output_attentions=True).attentions``). One panel per layer in ``layers`` (from 0;
+    None: all), the heads' mean or one head, laid over ``image`` ((H, W, 3) uint8 array, PIL image or
+    (3, H, W) tensor in 0..255) where given. ``rollout=True`` adds attention rollout (Abnar and Zuidema,
+    2020): the product over layers of the heads' mean with the residual path, 0.5 A + 0.5 I, rows renormalised.
+    """
+    if isinstance(probs, torch.Tensor):
+        probs = (probs,)
+    if not probs or not all(isinstance(p, torch.Tensor) and p.dim() == 4 and p.shape[-1] == p.shape[-2] for p in probs):
+        raise InputError("patch_attention expects attention probabilities shaped (batch, heads, T, T), one tensor per layer")
+    batch, num_heads, T, _ = probs[0].shape
+    grid = math.isqrt(T - 1)
+    if T < 2 or grid * grid != T - 1:
+        raise InputError(f"patch_attention needs a class token and a square patch grid: {T} tokens is not 1 + g*g")
+    check_int("sequence", sequence, low=0, high=batch - 1)
+    check_int("query", query, low=0, high=T - 1)
+    check_bool("rollout", rollout)
+    if heads != "mean":
+        if not isinstance(heads, int):
+            raise InputError(f"heads must be one head's index or 'mean', got {heads!r}")
+        heads = _indices(heads, num_heads, "head")[0]
+    layer_ids = _indices(layers, len(probs), "layer")
+    maps = [p[sequence].detach().float().cpu() for p in probs]  # each (heads, T, T)
+    panels = [(f"layer {layer}, " + ("mean of heads" if heads == "mean" else f"head {heads}"),
+               (maps[layer].mean(0) if heads == "mean" else maps[layer][heads])[query, 1:]) for layer in layer_ids]
+    if rollout:
+        flow = torch.eye(T)
+        for attention in maps:
+            mixed = 0.5 * attention.mean(0) + 0.5 * torch.eye(T)  # (T, T): attention and the residual path
+            flow = (mixed / mixed.sum(-1, keepdim=True)) @ flow
+        panels.append((f"rollout over {len(maps)} layers", flow[query, 1:]))
+    columns = min(4, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    fig = _figure(2.6 * columns, 2.6 * rows)
+    axes = list(fig.subplots(rows, columns, squeeze=False).flat)
+    picture = None if image is None else _picture(image)
+    for ax, (title, weights) in zip(axes, panels):
+        extent = None if picture is None else (0, picture.shape[1], picture.shape[0], 0)
+        if picture is not None:
+            ax.imshow(picture)
+        ax.imshow(weights.reshape(grid, grid).numpy(), cmap="inferno", alpha=0.6 if picture is not None else 1.0,
+                  extent=extent, interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(f"where token {query}{' ([CLS])' if query == 0 else ''} looks, over the {grid}x{grid} patches", fontsize=10)
     return fig
 
 

@@ -13,7 +13,7 @@ import torch
 from bert_reference import minilm_path  # noqa: F401  (sets up the reference stack)
 from minipt import cli
 from minipt.errors import InputError, MiniptError, MissingDependencyError, SaveError
-from minipt.plot import attention_maps, feature_maps, layer_diff, save_png
+from minipt.plot import attention_maps, feature_maps, layer_diff, patch_attention, save_png
 
 PNG = b"\x89PNG\r\n\x1a\n"
 CHELSEA = Path(importlib.util.find_spec("skimage").submodule_search_locations[0]) / "data" / "chelsea.png"
@@ -158,3 +158,42 @@ def test_bad_input_gives_one_line(argv, message, tmp_path, capsys):
     assert cli.main([arg.format(**places) for arg in argv]) == 1
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and message in err, err
+
+
+def test_patch_attention_over_a_vit_image(tmp_path):
+    from minipt.models.vit import ViTConfig, ViTModel
+
+    model = ViTModel(ViTConfig(image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=32)).eval()
+    image = torch.randint(0, 256, (3, 16, 16)).float()
+    with torch.no_grad():
+        probs = model(image[None] / 255, output_attentions=True).attentions  # 2 x (1, 2, 17, 17)
+    fig = patch_attention(probs, image, layers=[0, 1], rollout=True)
+    shown = panels(fig)
+    assert [ax.get_title() for ax in shown] == ["layer 0, mean of heads", "layer 1, mean of heads", "rollout over 2 layers"]
+    expected = probs[1][0].mean(0)[0, 1:].reshape(4, 4)  # what [CLS] looks at in layer 1, over the 4x4 patches
+    assert torch.allclose(torch.as_tensor(shown[1].images[-1].get_array().data), expected)
+    assert panels(patch_attention(probs, heads=1, query=5))[0].get_title() == "layer 0, head 1"
+    save_png(fig, tmp_path / "patches.png")
+    written(tmp_path / "patches.png")
+
+
+def test_rollout_of_attention_to_itself_stays_on_the_class_token():
+    """Every token attending only to itself: the rollout keeps [CLS] on [CLS], nothing on the patches."""
+    probs = [torch.eye(5).expand(1, 2, 5, 5)] * 3
+    rollout = panels(patch_attention(probs, rollout=True))[-1].images[-1].get_array().data
+    assert float(abs(rollout).max()) == 0.0
+    probs = [torch.rand(1, 2, 5, 5).softmax(-1) for _ in range(2)]  # two layers: (0.5 A1 + 0.5 I)(0.5 A0 + 0.5 I), row 0
+    step = [0.5 * p[0].mean(0) + 0.5 * torch.eye(5) for p in probs]
+    expected = (step[1] @ step[0])[0, 1:].reshape(2, 2)
+    shown = panels(patch_attention(probs, rollout=True))[-1].images[-1].get_array().data
+    assert torch.allclose(torch.as_tensor(shown), expected, atol=1e-6)
+
+
+def test_patch_attention_bad_input():
+    with pytest.raises(InputError, match="1 \\+ g\\*g"):
+        patch_attention(torch.rand(1, 2, 6, 6))
+    with pytest.raises(InputError, match="head 3 does not exist"):
+        patch_attention(torch.rand(1, 2, 5, 5), heads=3)
+    with pytest.raises(InputError, match="query"):
+        patch_attention(torch.rand(1, 2, 5, 5), query=5)
