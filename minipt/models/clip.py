@@ -1,0 +1,763 @@
+"""CLIP (Radford et al., 2021, "Learning Transferable Visual Models From Natural Language Supervision"): a text
+tower and an image tower trained so that matching captions and images point the same way.
+
+    input_ids (B_t, T) -> token + position table                                   # (B_t, T, C_t)
+                       -> L x [ x + attn(LN(x), causal + padding mask); x + ffn(LN(x)) ]   # EncoderLayer(norm_first=True)
+                       -> final LayerNorm -> the end-of-text token's vector         # (B_t, C_t)
+                       -> text_projection (no bias)                                 # (B_t, D)
+    images (B_i, 3, S, S) -> patches: Conv2d without bias, kernel = stride = patch   # (B_i, N, C_v), N = (S/p)^2
+                          -> [CLS] first, + position table, pre LayerNorm            # (B_i, 1 + N, C_v)
+                          -> L x the same pre-LN layer (no mask)
+                          -> post LayerNorm on [CLS] -> visual_projection (no bias)  # (B_i, D)
+    logits_per_image = exp(logit_scale) * normalised image embeds @ normalised text embeds^T   # (B_i, B_t)
+
+The text tower pools at the end-of-text token as transformers does: configs written before transformers
+fixed CLIP's ``eos_token_id`` (it says 2) take the position of the highest token id (OpenAI's rule: the
+end-of-text token is the last of the vocabulary), newer ones the first position holding ``eos_token_id``.
+
+Two official formats, each through its key map, both ways:
+
+- Hugging Face's (``config.json`` with ``text_config`` / ``vision_config`` + ``model.safetensors``;
+  ``text_model.encoder.layers.N.self_attn.q_proj``, ``vision_model.pre_layrnorm`` (sic), ``visual_projection``),
+  read by ``CLIPModel``, and by ``CLIPTextModel`` / ``CLIPVisionModel`` from a full CLIP file or their own;
+- OpenAI's state dicts (``visual.conv1``, ``visual.transformer.resblocks.N.attn.in_proj_weight``,
+  ``transformer.resblocks.N``, ``ln_final``, ``text_projection``), open_clip's too, without a config: the
+  architecture is read off the tensors as ``build_model_from_openai_state_dict`` does (heads 64 wide).
+
+``zero_shot`` classifies images by comparing them with captions of each label (prompt ensembling over
+templates); ``CLIPModel.preprocess`` prepares images as CLIP was trained (bicubic resize of the shorter side,
+centre crop, CLIP's own mean and std).
+
+Not yet declared to ``minipt.registry`` (see the end of the file): load with the classes here, not through
+``minipt.models.model_class``; ``compare_with_reference`` is called directly rather than through ``layer_diffs``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..checkpoint import CONFIG, Checkpoint, Pretrained, read_config
+from ..config import Config, count, epsilon, one_of, probability, real, require, token_id
+from ..errors import ConfigError, InputError, KeyMismatchError
+from ..keymap import TRANSPOSE, KeyMap, Split
+from ..nn import LayerNorm, Linear, activation, attention_bias
+from ..nn.backend import ChoosesBackend
+from ..nn.encoder import EncoderLayer
+from ..nn.fuse import InferenceCopy
+from ..nn.init import init_normal_
+from ..nn.layers import ACTIVATIONS
+from ..nn.output import ModelOutput
+from ..vision import check_images, normalized_batch
+from .text_encoder import check_token_inputs, run_layers
+from .vit import ViTConfig, _layer_points
+
+CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073])  # the statistics of CLIP's training images
+CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711])
+OPENAI_HEAD_WIDTH = 64  # OpenAI's and open_clip's files store no head count: their heads are 64 wide
+LEGACY_EOS_TOKEN_ID = 2  # what configs said before transformers fixed CLIP's eos_token_id: pool at the highest id
+FORMATS = ("huggingface", "openai")
+
+
+# -- the activation ----------------------------------------------------------------
+class QuickGELU(nn.Module):
+    """OpenAI's sigmoid approximation of GELU: ``x * sigmoid(1.702 x)`` (CLIP's ``hidden_act = "quick_gelu"``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+CLIP_ACTIVATIONS = ("quick_gelu", *ACTIVATIONS)
+
+
+def clip_activation(name: str) -> nn.Module:
+    return QuickGELU() if name == "quick_gelu" else activation(name)
+
+
+# -- configuration -------------------------------------------------------------------
+@dataclass
+class _CLIPTowerConfig(Config):
+    """The fields both towers' configs hold (after their sizes, which each declares)."""
+
+    hidden_act: str = one_of("quick_gelu", CLIP_ACTIVATIONS)
+    layer_norm_eps: float = epsilon(1e-5)
+    attention_dropout: float = probability(0.0)
+    dropout: float = probability(0.0)
+    initializer_range: float = real(0.02)
+    initializer_factor: float = real(1.0)
+
+    def check(self):
+        require(self.hidden_size % self.num_attention_heads == 0, "num_attention_heads", self.num_attention_heads, f"a divisor of hidden_size {self.hidden_size}")
+
+
+@dataclass
+class CLIPTextConfig(_CLIPTowerConfig):
+    """The fields of a Hugging Face CLIP ``text_config`` (unknown fields are ignored)."""
+
+    vocab_size: int = count(49408)
+    hidden_size: int = count(512)
+    intermediate_size: int = count(2048)
+    projection_dim: int = count(512)  # transformers' CLIPTextModelWithProjection's; CLIPModel reads the top-level one
+    num_hidden_layers: int = count(12)
+    num_attention_heads: int = count(8)
+    max_position_embeddings: int = count(77)  # the context: the most tokens a caption may hold
+    pad_token_id: int | None = token_id(1)
+    bos_token_id: int | None = token_id(49406)
+    eos_token_id: int = token_id(49407)  # 2 (old configs): pool at the highest token id instead
+
+    model_type = "clip_text_model"
+
+    def check(self):
+        super().check()
+        require(self.eos_token_id is not None and self.eos_token_id < self.vocab_size, "eos_token_id", self.eos_token_id,
+                f"a token id below vocab_size {self.vocab_size} (the text tower pools at it)")
+
+
+@dataclass
+class CLIPVisionConfig(_CLIPTowerConfig):
+    """The fields of a Hugging Face CLIP ``vision_config`` (unknown fields are ignored)."""
+
+    hidden_size: int = count(768)
+    intermediate_size: int = count(3072)
+    projection_dim: int = count(512)
+    num_hidden_layers: int = count(12)
+    num_attention_heads: int = count(12)
+    num_channels: int = count(3)
+    image_size: int = count(224)
+    patch_size: int = count(32)
+
+    model_type = "clip_vision_model"
+
+    def check(self):
+        super().check()
+        require(self.image_size % self.patch_size == 0, "image_size", self.image_size, f"a multiple of patch_size {self.patch_size}")
+
+    @classmethod
+    def prepare(cls, values: dict) -> dict:
+        return ViTConfig.prepare(values)  # [height, width] of a square: one side
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+
+@dataclass
+class CLIPConfig(Config):
+    """A Hugging Face CLIP ``config.json``: the two towers' configs nested, and what joins them."""
+
+    text_config: CLIPTextConfig = field(default_factory=CLIPTextConfig)
+    vision_config: CLIPVisionConfig = field(default_factory=CLIPVisionConfig)
+    projection_dim: int = count(512)  # the shared embedding space
+    logit_scale_init_value: float = real(2.6592, minimum=-math.inf)  # log(1 / 0.07), CLIP's initial temperature
+    initializer_factor: float = real(1.0)
+    # minipt's own, not written to config.json: which official names save_pretrained writes (the checkpoint's)
+    weights_format: str = one_of("huggingface", FORMATS, minipt_only=True)
+
+    model_type = "clip"
+
+    def check(self):
+        for name, kind in (("text_config", CLIPTextConfig), ("vision_config", CLIPVisionConfig)):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                setattr(self, name, kind.from_dict(value, source=name))
+            elif not isinstance(value, kind):
+                raise ConfigError(f"CLIPConfig.{name} = {value!r}: expected a {kind.__name__} or an object of its fields")
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "text_config": self.text_config.to_dict(), "vision_config": self.vision_config.to_dict()}
+
+    def tower(self, kind: type) -> Config:
+        """The text or vision config, with this config's backend."""
+        tower = self.text_config if kind is CLIPTextConfig else self.vision_config
+        return tower if tower.backend == self.backend else tower.replace(backend=self.backend)
+
+
+# -- outputs ---------------------------------------------------------------------------
+@dataclass
+class CLIPTowerOutput(ModelOutput):
+    last_hidden_state: torch.Tensor  # text: (B, T, C) after the final LayerNorm; images: (B, 1 + N, C) before the post LayerNorm
+    pooler_output: torch.Tensor  # (B, C): the end-of-text token / the [CLS] token after post_layernorm
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # the layers' input and each layer's output: L + 1 x (B, T, C)
+    attentions: tuple[torch.Tensor, ...] | None = None  # L x (B, heads, T, T)
+
+
+@dataclass
+class CLIPOutput(ModelOutput):
+    logits_per_image: torch.Tensor | None = None  # (B_i, B_t): scaled cosine similarities; None unless both inputs are given
+    logits_per_text: torch.Tensor | None = None  # (B_t, B_i)
+    text_embeds: torch.Tensor | None = None  # (B_t, D), unit length
+    image_embeds: torch.Tensor | None = None  # (B_i, D), unit length
+    text_model_output: CLIPTowerOutput | None = None
+    vision_model_output: CLIPTowerOutput | None = None
+
+
+torch.export.register_dataclass(CLIPTowerOutput)
+torch.export.register_dataclass(CLIPOutput)
+
+
+# -- building blocks ---------------------------------------------------------------------
+def encoder_layer(config: CLIPTextConfig | CLIPVisionConfig) -> EncoderLayer:
+    """One pre-LN encoder layer of a tower's sizes, with the tower's activation (QuickGELU for OpenAI's models)."""
+    layer = EncoderLayer(config.hidden_size, config.num_attention_heads, config.intermediate_size, eps=config.layer_norm_eps,
+                         dropout=config.dropout, attention_dropout=config.attention_dropout, norm_first=True)
+    layer.act = clip_activation(config.hidden_act)  # minipt.nn.activation has no "quick_gelu"
+    return layer
+
+
+class CLIPTextEmbeddings(nn.Module):
+    """Token ids -> token vectors + learned positions: (B, T) -> (B, T, C)."""
+
+    def __init__(self, config: CLIPTextConfig):
+        super().__init__()
+        self.token = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position = nn.Parameter(torch.zeros(config.max_position_embeddings, config.hidden_size))
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.token(input_ids) + self.position[: input_ids.shape[1]]  # (B, T, C)
+
+
+class CLIPVisionEmbeddings(nn.Module):
+    """Patches (a strided Conv2d without bias) -> [CLS] first -> + learned positions: (B, 3, S, S) -> (B, 1 + N, C)."""
+
+    def __init__(self, config: CLIPVisionConfig):
+        super().__init__()
+        self.patch = nn.Conv2d(config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size, bias=False)
+        self.cls_token = nn.Parameter(torch.zeros(config.hidden_size))
+        self.position = nn.Parameter(torch.zeros(config.grid**2 + 1, config.hidden_size))  # [CLS] first, then the grid row by row
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        patches = self.patch(images).flatten(2).transpose(1, 2)  # (B, C, S/p, S/p) -> (B, N, C)
+        tokens = torch.cat((self.cls_token.expand(images.shape[0], 1, -1), patches), dim=1)  # (B, 1 + N, C)
+        return tokens + self.position
+
+
+class CLIPSimilarity(nn.Module):
+    """Unit-length embeddings -> cosine similarities scaled by the learned temperature exp(logit_scale): (B_i, B_t)."""
+
+    def __init__(self, init_value: float):
+        super().__init__()
+        self.logit_scale = nn.Parameter(torch.tensor(float(init_value)))
+
+    def forward(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+        return image_embeds @ text_embeds.t() * self.logit_scale.exp()  # logits_per_image
+
+
+def unit(embeds: torch.Tensor) -> torch.Tensor:
+    """Each row divided by its length (transformers' and CLIP's normalisation, no epsilon)."""
+    return embeds / embeds.norm(p=2, dim=-1, keepdim=True)
+
+
+def end_of_text(input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """Where each sequence's end-of-text token is, as transformers' CLIPTextModel finds it: (B,) positions.
+
+    ``eos_token_id`` 2 is what configs said before transformers fixed it: the highest token id's position then (OpenAI's
+    rule, its end-of-text token being the vocabulary's last). Otherwise the first position holding ``eos_token_id``
+    (the padding may repeat it); a sequence without one pools at position 0, as transformers' argmax does."""
+    if eos_token_id == LEGACY_EOS_TOKEN_ID:
+        return input_ids.argmax(dim=-1)
+    return (input_ids == eos_token_id).int().argmax(dim=-1)
+
+
+# -- the models ----------------------------------------------------------------------------
+class _CLIPPretrained(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
+    """What the three CLIP classes share: initialisation, loading a tower from a full CLIP file."""
+
+    config_class = CLIPConfig
+
+    def init_weights(self, module: nn.Module) -> None:
+        """N(0, initializer_range) weights, zero biases, unit LayerNorms; the tables and the [CLS] vector normal too."""
+        std = getattr(self.config, "initializer_range", None) or self.config.text_config.initializer_range
+        init_normal_(module, std)
+        if isinstance(module, nn.Conv2d):
+            nn.init.normal_(module.weight, 0.0, std)
+        if isinstance(module, (CLIPTextEmbeddings, CLIPVisionEmbeddings)):
+            nn.init.normal_(module.position, 0.0, std)
+        if isinstance(module, CLIPVisionEmbeddings):
+            nn.init.normal_(module.cls_token, 0.0, std)
+
+
+class _CLIPTower(_CLIPPretrained):
+    """A tower on its own: built from its config or from a full CLIPConfig (the tower's part), loaded from a file
+    of its own (``config.json`` of model_type ``clip_text_model`` / ``clip_vision_model``) or of a full CLIP."""
+
+    _tower_key = ""  # "text_config" / "vision_config"
+    _prefix = ""  # "text_model." / "vision_model.": where a full CLIP file keeps the tower
+
+    @classmethod
+    def load_config(cls, path: Path, checkpoint, **overrides):
+        directory = path if path.is_dir() else path.parent
+        if (directory / CONFIG).is_file():
+            values = read_config(directory)
+            if values.get("model_type") == CLIPConfig.model_type:  # a full CLIP checkpoint: its tower's part
+                values = values.get(cls._tower_key) or {}
+                if not isinstance(values, dict):
+                    raise ConfigError(f"{directory / CONFIG}: {cls._tower_key} must be an object of config fields, found {type(values).__name__}")
+            config = cls.config_class.from_dict(values, source=directory / CONFIG, **overrides)
+            cls.check_config(config, checkpoint)
+            return config
+        return super().load_config(path, checkpoint, **overrides)
+
+    @classmethod
+    def keymap(cls, config=None) -> KeyMap:
+        """Hugging Face's names of the tower <-> minipt's: a tower file's own, or a full CLIP file's (under the
+        tower's prefix, the other tower and the projections ignored)."""
+        other = "vision_model." if cls._prefix == "text_model." else "text_model."
+        ignore = [f"{other}{{*}}", "text_projection.{*}", "visual_projection.{*}", "logit_scale"]
+        return _huggingface_tower(cls._prefix) + KeyMap([], ignore=ignore, optional_prefix=cls._prefix)
+
+
+class CLIPTextModel(_CLIPTower):
+    """The text tower: ``model(input_ids, attention_mask) -> CLIPTowerOutput`` (every token after the final LayerNorm,
+    the end-of-text token's vector as ``pooler_output``)."""
+
+    config_class = CLIPTextConfig
+    _tower_key, _prefix = "text_config", "text_model."
+    checkpoint_fields = {"vocab_size": ("embeddings.token.weight", 0), "hidden_size": ("embeddings.token.weight", 1),
+                         "max_position_embeddings": ("embeddings.position", 0), "intermediate_size": ("layers.0.ffn_up.weight", 0),
+                         "num_hidden_layers": "layers."}
+    transfer_stages = {"embeddings": "embeddings", "layers.{i}": "layers.{i}", "final_norm": "final_norm"}
+
+    def __init__(self, config: CLIPTextConfig | CLIPConfig):
+        super().__init__()
+        self.config = config.tower(CLIPTextConfig) if isinstance(config, CLIPConfig) else config
+        config = self.config
+        self.embeddings = CLIPTextEmbeddings(config)
+        self.layers = nn.ModuleList(encoder_layer(config) for _ in range(config.num_hidden_layers))
+        self.final_norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.apply(self.init_weights)
+        self.set_backend(config.backend)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (B, T) token ids, each caption ending in its end-of-text token
+        attention_mask: torch.Tensor | None = None,  # (B, T): 1 = a real token, 0 = padding
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> CLIPTowerOutput:
+        self.check_inputs(input_ids, attention_mask)
+        T = input_ids.shape[1]
+        hidden = self.embeddings(input_ids)  # (B, T, C)
+        # each token sees itself and the tokens before it (CLIP's text tower is causal), never padding
+        bias = attention_bias(attention_mask, T, T, causal=True, dtype=hidden.dtype, device=hidden.device)
+        hidden, all_hidden, all_attn = run_layers(self.layers, hidden, bias, output_hidden_states, output_attentions)
+        hidden = self.final_norm(hidden)  # (B, T, C)
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), end_of_text(input_ids, self.config.eos_token_id)]  # (B, C)
+        return CLIPTowerOutput(last_hidden_state=hidden, pooler_output=pooled, hidden_states=all_hidden, attentions=all_attn)
+
+    def check_inputs(self, input_ids, attention_mask=None) -> None:
+        """Raise an InputError naming the argument that does not fit: ids of the vocabulary, at most
+        ``max_position_embeddings`` tokens (CLIP's context), a mask of the ids' shape."""
+        config = self.config
+        if not isinstance(input_ids, torch.Tensor):
+            raise InputError(f"input_ids must be a tensor of token ids, got {type(input_ids).__name__}")
+        if input_ids.dim() == 2 and input_ids.shape[1] > config.max_position_embeddings and not input_ids.is_floating_point():
+            raise InputError(f"a caption of {input_ids.shape[1]} tokens is longer than CLIP's context of {config.max_position_embeddings} "
+                             "(max_position_embeddings); truncate it")
+        check_token_inputs(input_ids, attention_mask, vocab_size=config.vocab_size, max_length=config.max_position_embeddings,
+                           type_vocab_size=None, family="CLIP")
+
+
+class CLIPVisionModel(_CLIPTower):
+    """The image tower: ``model(pixel_values) -> CLIPTowerOutput`` (every token after the last layer, the [CLS]
+    token after post_layernorm as ``pooler_output``)."""
+
+    config_class = CLIPVisionConfig
+    _tower_key, _prefix = "vision_config", "vision_model."
+    checkpoint_fields = {"hidden_size": ("embeddings.cls_token", 0), "num_channels": ("embeddings.patch.weight", 1),
+                         "patch_size": ("embeddings.patch.weight", 2), "intermediate_size": ("layers.0.ffn_up.weight", 0), "num_hidden_layers": "layers."}
+    transfer_stages = {"embeddings": ("embeddings", "pre_norm"), "layers.{i}": "layers.{i}", "post_norm": "post_norm"}
+
+    def __init__(self, config: CLIPVisionConfig | CLIPConfig):
+        super().__init__()
+        self.config = config.tower(CLIPVisionConfig) if isinstance(config, CLIPConfig) else config
+        config = self.config
+        self.embeddings = CLIPVisionEmbeddings(config)
+        self.pre_norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.layers = nn.ModuleList(encoder_layer(config) for _ in range(config.num_hidden_layers))
+        self.post_norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.apply(self.init_weights)
+        self.set_backend(config.backend)
+
+    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False, output_attentions: bool = False) -> CLIPTowerOutput:
+        self.check_inputs(pixel_values)
+        hidden = self.pre_norm(self.embeddings(pixel_values))  # (B, 1 + N, C)
+        hidden, all_hidden, all_attn = run_layers(self.layers, hidden, None, output_hidden_states, output_attentions)
+        pooled = self.post_norm(hidden[:, 0])  # (B, C)
+        return CLIPTowerOutput(last_hidden_state=hidden, pooler_output=pooled, hidden_states=all_hidden, attentions=all_attn)
+
+    def check_inputs(self, pixel_values) -> None:
+        """Raise an InputError unless ``pixel_values`` is a batch of ``image_size`` x ``image_size`` images."""
+        config, owner = self.config, type(self).__name__
+        check_images(pixel_values, config.num_channels, owner)
+        H, W = pixel_values.shape[-2:]
+        if (H, W) != (config.image_size, config.image_size):
+            raise InputError(f"{owner}'s position table is for {config.image_size}x{config.image_size} images (image_size), got {H}x{W}; "
+                             "resize them (preprocess does)")
+
+    def preprocess(self, images) -> torch.Tensor:
+        return clip_preprocess(images, self.config.image_size)
+
+
+class CLIPModel(_CLIPPretrained):
+    """Both towers, their projections into one space and the similarity of every image to every caption:
+
+        model(input_ids, pixel_values, attention_mask) -> CLIPOutput(logits_per_image (B_i, B_t), logits_per_text, text_embeds, image_embeds)
+
+    Either input alone gives that side's embeddings (open_clip's CLIP does the same), the logits need both."""
+
+    checkpoint_fields = {"projection_dim": ("text_projection.weight", 0)}  # the towers' sizes: _check_tower
+    transfer_stages = {"text_model.embeddings": "text_model.embeddings", "text_model.layers.{i}": "text_model.layers.{i}",
+                       "text_model.final_norm": "text_model.final_norm", "vision_model.embeddings": ("vision_model.embeddings", "vision_model.pre_norm"),
+                       "vision_model.layers.{i}": "vision_model.layers.{i}", "vision_model.post_norm": "vision_model.post_norm",
+                       "projections": ("text_projection", "visual_projection", "similarity")}
+
+    def __init__(self, config: CLIPConfig):
+        super().__init__()
+        self.config = config
+        self.text_model = CLIPTextModel(config)
+        self.vision_model = CLIPVisionModel(config)
+        self.text_projection = Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
+        self.visual_projection = Linear(config.vision_config.hidden_size, config.projection_dim, bias=False)
+        self.similarity = CLIPSimilarity(config.logit_scale_init_value)
+        self.apply(self.init_weights)
+        self.set_backend(config.backend)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,  # (B_t, T)
+        pixel_values: torch.Tensor | None = None,  # (B_i, 3, image_size, image_size), normalised (preprocess)
+        attention_mask: torch.Tensor | None = None,  # (B_t, T)
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> CLIPOutput:
+        self.check_inputs(input_ids, pixel_values, attention_mask)
+        text = image = text_embeds = image_embeds = logits_per_image = logits_per_text = None
+        if input_ids is not None:
+            text = self.text_model(input_ids, attention_mask, output_hidden_states, output_attentions)
+            text_embeds = unit(self.text_projection(text.pooler_output))  # (B_t, D)
+        if pixel_values is not None:
+            image = self.vision_model(pixel_values, output_hidden_states, output_attentions)
+            image_embeds = unit(self.visual_projection(image.pooler_output))  # (B_i, D)
+        if text is not None and image is not None:
+            logits_per_image = self.similarity(image_embeds, text_embeds)  # (B_i, B_t)
+            logits_per_text = logits_per_image.t()
+        return CLIPOutput(logits_per_image=logits_per_image, logits_per_text=logits_per_text, text_embeds=text_embeds,
+                          image_embeds=image_embeds, text_model_output=text, vision_model_output=image)
+
+    def check_inputs(self, input_ids=None, pixel_values=None, attention_mask=None) -> None:
+        """Captions (``CLIPTextModel.check_inputs``) and/or images (``CLIPVisionModel.check_inputs``); at least one."""
+        if input_ids is None and pixel_values is None:
+            raise InputError("CLIPModel needs input_ids, pixel_values or both; got neither")
+        if input_ids is not None:
+            self.text_model.check_inputs(input_ids, attention_mask)
+        elif attention_mask is not None:
+            raise InputError("attention_mask given without input_ids")
+        if pixel_values is not None:
+            self.vision_model.check_inputs(pixel_values)
+
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The captions' projected embeddings, not normalised: (B_t, projection_dim)."""
+        return self.text_projection(self.text_model(input_ids, attention_mask).pooler_output)
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The images' projected embeddings, not normalised: (B_i, projection_dim)."""
+        return self.visual_projection(self.vision_model(pixel_values).pooler_output)
+
+    def preprocess(self, images) -> torch.Tensor:
+        """Image paths (or PIL images) -> (B, 3, image_size, image_size) as CLIP was trained on them."""
+        return clip_preprocess(images, self.config.vision_config.image_size)
+
+    # -- loading and saving ----------------------------------------------------
+    @classmethod
+    def keymap(cls, config: CLIPConfig | None = None) -> KeyMap:
+        """The official names of the format ``config.weights_format`` (default: Hugging Face's) <-> minipt's."""
+        if config is not None and config.weights_format == "openai":
+            return _openai_keymap()
+        return (_huggingface_tower("text_model.").prefixed("text_model.", "text_model.")
+                + _huggingface_tower("vision_model.").prefixed("vision_model.", "vision_model.")
+                + KeyMap([("text_projection.weight", "text_projection.weight"), ("visual_projection.weight", "visual_projection.weight"),
+                          ("logit_scale", "similarity.logit_scale")]))
+
+    @classmethod
+    def config_from_checkpoint(cls, path: Path, checkpoint) -> CLIPConfig | None:
+        """An OpenAI-format file's architecture, read off its tensors (the format has no config.json)."""
+        return openai_config(checkpoint) if _is_openai(checkpoint) else None
+
+    @classmethod
+    def adapt_config(cls, config: CLIPConfig, checkpoint) -> CLIPConfig:
+        config.weights_format = "openai" if _is_openai(checkpoint) else "huggingface"
+        return config
+
+    @classmethod
+    def check_config(cls, config: CLIPConfig, checkpoint) -> None:
+        """Each tower's sizes against the tensors, as the towers check them, before anything is built."""
+        keymap = cls.keymap(config)
+        filled = set()
+        for key in checkpoint.keys():
+            found = keymap.to_minipt(keymap.canonical(key))
+            if found is not None:
+                filled.update(found[0] if isinstance(found[0], tuple) else (found[0],))
+        for tower, prefix in ((CLIPTextModel, "text_model."), (CLIPVisionModel, "vision_model.")):
+            if not any(key.startswith(prefix) for key in filled):
+                raise KeyMismatchError(f"checkpoint {checkpoint.path} holds no {prefix.rstrip('.')} tensors: a CLIP checkpoint needs both towers "
+                                       f"(a file of one tower loads with {tower.__name__})")
+            _check_tower(tower, getattr(config, tower._tower_key), checkpoint, keymap, prefix)
+        super().check_config(config, checkpoint)
+
+
+def _check_tower(tower: type, config, checkpoint, keymap: KeyMap, prefix: str) -> None:
+    """``tower.checkpoint_fields`` against the tensors a CLIPModel ``keymap`` gives the tower under ``prefix``."""
+    problems = []
+    found: dict[str, tuple[str, tuple]] = {}
+    for file_key in checkpoint.keys():
+        for key, shape in keymap.minipt_shapes(keymap.canonical(file_key), checkpoint.shape(file_key)).items():
+            if shape is not None and key.startswith(prefix):
+                found[key[len(prefix):]] = (file_key, shape)
+    for name, where in tower.checkpoint_fields.items():
+        value = getattr(config, name)
+        if isinstance(where, str):
+            held = len({key[len(where):].split(".")[0] for key in found if key.startswith(where)})
+            if value != held:
+                problems.append(f"{tower._tower_key}.{name} = {value!r}, but the checkpoint holds {held}")
+        elif where[0] in found:
+            file_key, shape = found[where[0]]
+            if len(shape) <= where[1] or shape[where[1]] != value:
+                problems.append(f"{tower._tower_key}.{name} = {value!r}, but {file_key} has shape {checkpoint.shape(file_key)}")
+    position = found.get("embeddings.position")
+    if tower is CLIPVisionModel and position is not None and position[1][0] != config.grid**2 + 1:
+        problems.append(f"vision_config.image_size = {config.image_size} and patch_size = {config.patch_size} make {config.grid**2 + 1} positions, "
+                        f"but {position[0]} has shape {checkpoint.shape(position[0])}")
+    if problems:
+        raise ConfigError(f"the config of CLIPModel does not match the checkpoint {checkpoint.path}: " + "; ".join(problems))
+
+
+# -- preprocessing and zero-shot classification ---------------------------------------------------
+def clip_preprocess(images, image_size: int) -> torch.Tensor:
+    """Image paths (or PIL images) -> (B, 3, image_size, image_size): the shorter side resized to ``image_size``
+    (bicubic), the centre square cut out, normalised with CLIP's mean and std."""
+    return normalized_batch(images, resize=image_size, crop=image_size, mean=CLIP_MEAN, std=CLIP_STD)
+
+
+@torch.no_grad()
+def zero_shot(images, labels, model: CLIPModel, tokenizer, templates=("a photo of a {}.",)) -> torch.Tensor:
+    """Each image's probability of each label: (B, len(labels)), rows summing to 1.
+
+    ``images``: paths or PIL images (``model.preprocess``) or a ready batch (B, 3, S, S). ``tokenizer(texts)``
+    returns a mapping with ``input_ids`` (and ``attention_mask``) for a list of captions (transformers' CLIP
+    tokenizer with ``padding=True, return_tensors="pt"``, or minipt's). Each label's text embedding is the mean of
+    its captions' unit embeddings over ``templates`` (``"a photo of a {}."``), made unit length again: the
+    prompt ensembling of CLIP's paper."""
+    if not isinstance(model, CLIPModel):
+        raise InputError(f"zero_shot needs a CLIPModel, got {type(model).__name__}")
+    if isinstance(labels, str) or not labels or not all(isinstance(label, str) for label in labels):
+        raise InputError(f"labels must be a non-empty list of strings, got {labels!r}")
+    if isinstance(templates, str) or not templates or not all(isinstance(t, str) and "{}" in t for t in templates):
+        raise InputError(f"templates must be a non-empty list of strings each holding '{{}}' for the label, got {templates!r}")
+    pixel_values = images if isinstance(images, torch.Tensor) else model.preprocess(images)
+    image_embeds = unit(model.get_image_features(pixel_values))  # (B, D)
+    per_template = []
+    for template in templates:
+        batch = tokenizer([template.format(label) for label in labels])
+        per_template.append(unit(model.get_text_features(batch["input_ids"], batch.get("attention_mask"))))  # (L, D)
+    label_embeds = unit(torch.stack(per_template).mean(dim=0))  # (L, D)
+    return model.similarity(image_embeds, label_embeds).softmax(dim=-1)  # (B, L)
+
+
+# -- Hugging Face's names -----------------------------------------------------------------
+_HF_LAYER = {"self_attn.q_proj": "attn.q_proj", "self_attn.k_proj": "attn.k_proj", "self_attn.v_proj": "attn.v_proj",
+             "self_attn.out_proj": "attn.out_proj", "layer_norm1": "attn_norm", "mlp.fc1": "ffn_up", "mlp.fc2": "ffn_down", "layer_norm2": "ffn_norm"}
+
+
+def _huggingface_tower(prefix: str) -> KeyMap:
+    """transformers' CLIPTextModel ("text_model.") or CLIPVisionModel ("vision_model.") names, without the prefix -> minipt's."""
+    layers = [(f"encoder.layers.{{i}}.{theirs}.{{p}}", f"layers.{{i}}.{ours}.{{p}}") for theirs, ours in _HF_LAYER.items()]
+    if prefix == "text_model.":
+        rules = [("embeddings.token_embedding.weight", "embeddings.token.weight"), ("embeddings.position_embedding.weight", "embeddings.position"),
+                 *layers, ("final_layer_norm.{p}", "final_norm.{p}")]
+    else:
+        rules = [("embeddings.patch_embedding.weight", "embeddings.patch.weight"), ("embeddings.class_embedding", "embeddings.cls_token"),
+                 ("embeddings.position_embedding.weight", "embeddings.position"), ("pre_layrnorm.{p}", "pre_norm.{p}"), *layers,
+                 ("post_layernorm.{p}", "post_norm.{p}")]
+    return KeyMap(rules, ignore=["embeddings.position_ids"])  # a buffer older transformers saved
+
+
+# -- OpenAI's (and open_clip's) names ----------------------------------------------------------------
+# torch.nn.MultiheadAttention keeps q, k and v stacked in one in_proj tensor (3C, ...): a Split rule cuts it.
+_OPENAI_LAYER = {"attn.out_proj": "attn.out_proj", "ln_1": "attn_norm", "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down", "ln_2": "ffn_norm"}
+_OPENAI_SIGNATURE = "visual.class_embedding"
+
+
+def _openai_layers(theirs: str, ours: str) -> list[tuple]:
+    block = f"{theirs}resblocks.{{i}}"
+    return [(f"{block}.attn.in_proj_{{p}}", tuple(f"{ours}layers.{{i}}.attn.{part}_proj.{{p}}" for part in "qkv"), Split(dim=0)),
+            *[(f"{block}.{name}.{{p}}", f"{ours}layers.{{i}}.{mine}.{{p}}") for name, mine in _OPENAI_LAYER.items()]]
+
+
+def _openai_keymap() -> KeyMap:
+    """OpenAI's CLIP state dict (and open_clip's for its ViT models) <-> CLIPModel's names. The projections are
+    stored (width, dim), applied as x @ proj: transposed against minipt's Linear."""
+    return KeyMap(
+        [
+            ("visual.conv1.weight", "vision_model.embeddings.patch.weight"),
+            ("visual.class_embedding", "vision_model.embeddings.cls_token"),
+            ("visual.positional_embedding", "vision_model.embeddings.position"),
+            ("visual.ln_pre.{p}", "vision_model.pre_norm.{p}"),
+            *_openai_layers("visual.transformer.", "vision_model."),
+            ("visual.ln_post.{p}", "vision_model.post_norm.{p}"),
+            ("visual.proj", "visual_projection.weight", TRANSPOSE),
+            ("token_embedding.weight", "text_model.embeddings.token.weight"),
+            ("positional_embedding", "text_model.embeddings.position"),
+            *_openai_layers("transformer.", "text_model."),
+            ("ln_final.{p}", "text_model.final_norm.{p}"),
+            ("text_projection", "text_projection.weight", TRANSPOSE),
+            ("logit_scale", "similarity.logit_scale"),
+        ],
+        ignore=["input_resolution", "context_length", "vocab_size"],  # integers OpenAI's JIT archives carry
+        optional_prefix="module.",
+    )
+
+
+def _is_openai(checkpoint) -> bool:
+    return any(key.removeprefix("module.") == _OPENAI_SIGNATURE for key in checkpoint.keys())
+
+
+def openai_config(checkpoint) -> CLIPConfig:
+    """An OpenAI-format CLIP's architecture read off its tensors, as open_clip's build_model_from_openai_state_dict
+    reads it: widths, depths, the patch and image size (a square grid), the context and vocabulary, heads 64 wide,
+    QuickGELU, LayerNorm eps 1e-5, pooling at the highest token id (OpenAI's end-of-text token is the last id)."""
+    shapes = {key.removeprefix("module."): checkpoint.shape(key) for key in checkpoint.keys()}
+    if "visual.layer1.0.conv1.weight" in shapes or "visual.attnpool.positional_embedding" in shapes:
+        raise ConfigError(f"{checkpoint.path} is an OpenAI CLIP with a ResNet image tower (visual.layer1, visual.attnpool); minipt's CLIP has the ViT tower only")
+    needed = ["visual.conv1.weight", "visual.positional_embedding", "visual.proj", "visual.transformer.resblocks.0.mlp.c_fc.weight",
+              "token_embedding.weight", "positional_embedding", "transformer.resblocks.0.mlp.c_fc.weight", "text_projection"]
+    absent = [key for key in needed if key not in shapes]
+    if absent:
+        raise KeyMismatchError(f"checkpoint {checkpoint.path} is not an OpenAI-format CLIP: it has no {', '.join(absent)}")
+    vision_width, channels, patch = shapes["visual.conv1.weight"][:3]
+    positions = shapes["visual.positional_embedding"][0] - 1
+    grid = math.isqrt(positions)
+    if grid * grid != positions:
+        raise KeyMismatchError(f"checkpoint {checkpoint.path}: visual.positional_embedding {shapes['visual.positional_embedding']} holds "
+                               f"{positions} patch positions, not a square grid")
+    vocab, text_width = shapes["token_embedding.weight"]
+
+    def depth(prefix: str) -> int:
+        return len({key[len(prefix):].split(".")[0] for key in shapes if key.startswith(prefix)})
+
+    for width, what in ((vision_width, "visual.conv1.weight"), (text_width, "token_embedding.weight")):
+        if width % OPENAI_HEAD_WIDTH:
+            raise ConfigError(f"{checkpoint.path}: {what} gives a width of {width}, not a multiple of OpenAI's head width {OPENAI_HEAD_WIDTH}: "
+                              "the file does not store the number of heads")
+    text = dict(vocab_size=vocab, hidden_size=text_width, intermediate_size=shapes["transformer.resblocks.0.mlp.c_fc.weight"][0],
+                num_hidden_layers=depth("transformer.resblocks."), num_attention_heads=text_width // OPENAI_HEAD_WIDTH,
+                max_position_embeddings=shapes["positional_embedding"][0], bos_token_id=vocab - 2, eos_token_id=LEGACY_EOS_TOKEN_ID, pad_token_id=1)
+    vision = dict(hidden_size=vision_width, intermediate_size=shapes["visual.transformer.resblocks.0.mlp.c_fc.weight"][0],
+                  num_hidden_layers=depth("visual.transformer.resblocks."), num_attention_heads=vision_width // OPENAI_HEAD_WIDTH,
+                  num_channels=channels, image_size=grid * patch, patch_size=patch)
+    try:
+        return CLIPConfig(text_config=CLIPTextConfig(**text), vision_config=CLIPVisionConfig(**vision),
+                          projection_dim=shapes["text_projection"][1], weights_format="openai")
+    except ConfigError as err:
+        raise KeyMismatchError(f"checkpoint {checkpoint.path} does not describe a CLIP minipt can build: {err}") from None
+
+
+# -- minipt.reference: where transformers computes the same values ---------------------------------
+# transformers' CLIPEncoderLayer (pre-LN) computing each value of minipt.nn.EncoderLayer
+REFERENCE_LAYER = {"attn_norm.out": "layer_norm1", "attn.probs": "self_attn", "attn.heads": "self_attn.out_proj:input", "attn.out": "self_attn.out_proj",
+                   "ffn_norm.out": "layer_norm2", "act.out": "mlp.activation_fn", "ffn_down.out": "mlp.fc2", "out": ""}
+
+
+def _tower_points(ours: str, theirs: str, config, text: bool) -> dict:
+    points = {f"{ours}embeddings.out": (f"{theirs}embeddings", None)}
+    if not text:
+        points[f"{ours}pre_norm.out"] = (f"{theirs}pre_layrnorm", None)
+    for i in range(config.num_hidden_layers):
+        points.update(_layer_points(f"{ours}layers.{i}.", f"{theirs}encoder.layers.{i}.", REFERENCE_LAYER, config.num_attention_heads))
+    points[f"{ours}final_norm.out" if text else f"{ours}post_norm.out"] = (f"{theirs}final_layer_norm" if text else f"{theirs}post_layernorm", None)
+    return points
+
+
+def _call(model, inputs) -> dict:
+    """The forward arguments to compare on: a dict keyed by forward's names, or one tensor (ids or images)."""
+    names = {CLIPTextModel: ("input_ids",), CLIPVisionModel: ("pixel_values",)}.get(type(model))
+    if isinstance(inputs, torch.Tensor) and names is not None:
+        return {names[0]: inputs}
+    if isinstance(inputs, dict) and inputs:
+        return dict(inputs)
+    raise InputError(f"{type(model).__name__} compares on a dict of its forward's arguments (input_ids, attention_mask, pixel_values), "
+                     f"token ids or images as a tensor; got {type(inputs).__name__}")
+
+
+def compare_with_reference(model, path, inputs, rtol):
+    """transformers' CLIPModel / CLIPTextModel / CLIPVisionModel (eager attention) on the same checkpoint, point by
+    point (``minipt.reference.layer_diffs``): each tower's embeddings, inside every layer, its final LayerNorm; the
+    projections and the similarity logits."""
+    from ..reference import import_reference, report
+
+    call = _call(model, inputs)
+    with Checkpoint(path) as checkpoint:
+        if _is_openai(checkpoint):
+            raise ConfigError(f"{path} is in OpenAI's layout; the reference comparison reads Hugging Face's (save_pretrained writes it from a loaded model)")
+    transformers = import_reference("transformers", "CLIP")
+    reference = getattr(transformers, type(model).__name__).from_pretrained(str(path), attn_implementation="eager").eval()
+    extra, held = {}, {}
+    if isinstance(model, CLIPModel):
+        points = {}
+        if call.get("input_ids") is not None:
+            points.update(_tower_points("text_model.", "text_model.", model.config.text_config, True))
+            points["text_projection.out"] = ("text_projection", None)
+        if call.get("pixel_values") is not None:
+            points.update(_tower_points("vision_model.", "vision_model.", model.config.vision_config, False))
+            points["visual_projection.out"] = ("visual_projection", None)
+        if call.get("input_ids") is not None and call.get("pixel_values") is not None:
+            points["similarity.out"] = None
+            extra["similarity.out"] = lambda: held["out"].logits_per_image
+    else:
+        points = _tower_points("", "", model.config, isinstance(model, CLIPTextModel))
+    label = ", ".join(f"{name} {tuple(value.shape)}" for name, value in call.items() if isinstance(value, torch.Tensor))
+    return report(model, f"transformers {type(reference).__name__}", label, rtol, points, lambda: model(**call), reference,
+                  lambda: held.update(out=reference(**call)), extra)
+
+
+# -- what the family's declaration (minipt.registry) will name ------------------------------------------
+# CLIP is not registered yet: the shared MultiHeadAttention takes no causal flag, so on the "fused" backend the text
+# tower's causal + padding mask cannot reach minipt.ops.attention (it runs torch's sdpa with the mask instead, with the
+# same results), and tests/test_backends.py requires the op of every attention block. The declaration, once it can:
+#
+#     FAMILY = register("clip", (CLIPModel, CLIPTextModel, CLIPVisionModel), tiny=tiny_config, inputs=example_inputs,
+#                       signature=(_OPENAI_SIGNATURE, "an OpenAI-format CLIP"), reference=compare_with_reference,
+#                       reads=Reads("token ids (batch x tokens) for the text tower, images (batch x channels x height x width) "
+#                                   "for the image tower", default_size))
+
+
+def tiny_config() -> CLIPConfig:
+    """A small CLIP: random models for tests and examples."""
+    text = CLIPTextConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=12,
+                          bos_token_id=48, eos_token_id=49, pad_token_id=1, projection_dim=8)
+    vision = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=16, patch_size=8, projection_dim=8)
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)
+
+
+def example_inputs(cls) -> tuple[tuple, dict]:
+    """Two captions (the first padded after its end-of-text token 49) and two 16 x 16 images."""
+    generator = torch.Generator().manual_seed(1)
+    input_ids = torch.tensor([[48, 5, 17, 49, 1, 1, 1], [48, 30, 2, 44, 9, 21, 49]])
+    attention_mask = torch.tensor([[1, 1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1]])
+    pixel_values = torch.randn(2, 3, 16, 16, generator=generator)
+    if cls is CLIPTextModel:
+        return (input_ids, attention_mask), {}
+    if cls is CLIPVisionModel:
+        return (pixel_values,), {}
+    return (input_ids, pixel_values, attention_mask), {}
+
+
+def default_size(model) -> str:
+    """What minipt.summary feeds a model by default: a caption of the full context, or one image."""
+    if isinstance(model, CLIPVisionModel):
+        return f"1x{model.config.num_channels}x{model.config.image_size}x{model.config.image_size}"
+    text = model.config if isinstance(model, CLIPTextModel) else model.config.text_config
+    return f"1x{text.max_position_embeddings}"

@@ -1,0 +1,336 @@
+"""CLIP against transformers' CLIPModel (eager attention) on random configs it builds and saves, OpenAI's layout
+converted here from the same weights, zero-shot classification, preprocessing and the error paths."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file
+
+import torchvision.models.vision_transformer as torchvision_vit  # noqa: E402  (conftest makes it importable)
+from bert_reference import transformers
+from helpers import ATOL, max_diff
+from minipt.errors import ConfigError, InputError, KeyMismatchError, MiniptError
+from minipt.checkpoint import Checkpoint
+from minipt.models.clip import (CLIP_MEAN, CLIP_STD, CLIPConfig, CLIPModel, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel, compare_with_reference,
+                                end_of_text, example_inputs, openai_config, tiny_config, zero_shot)
+from minipt.nn.backend import use_backend
+from minipt import transfer
+
+SEEN = dict(attn_implementation="eager")
+RTOL = 1e-4  # layer_diffs' default
+
+
+def layer_diffs(model, folder, inputs):
+    return compare_with_reference(model.eval(), folder, inputs, RTOL)
+
+
+def randomise(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Every parameter moved by noise, so that LayerNorms and biases mapped to the wrong place change the outputs."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name != "logit_scale":
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.2)
+    return model
+
+
+def reference_clip(tmp_path, *, text, vision, projection_dim=6, seed=0):
+    """transformers' CLIPModel of these sizes with random weights, saved under tmp_path: (model, folder)."""
+    torch.manual_seed(seed)
+    config = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim, **SEEN)
+    model = randomise(transformers.CLIPModel(config), seed).eval()
+    model.save_pretrained(tmp_path)
+    return model, tmp_path
+
+
+def captions(vocab: int, eos: int, lengths: list[int], length: int, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids (B, length) of captions of ``lengths`` tokens ending in ``eos``, padded with 1 after; their mask.
+    The other ids stay below ``vocab - 2`` so that the end-of-text token is also the highest id (OpenAI's rule)."""
+    ids = torch.ones(len(lengths), length, dtype=torch.long)
+    mask = torch.zeros(len(lengths), length, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        ids[row, : n - 1] = torch.randint(2, vocab - 2, (n - 1,), generator=generator)
+        ids[row, n - 1] = eos
+        mask[row, :n] = 1
+    return ids, mask
+
+
+TEXT = dict(vocab_size=40, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=10,
+            bos_token_id=38, eos_token_id=39, pad_token_id=1)
+VISION = dict(hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2, image_size=12, patch_size=4)
+
+
+def tiny_inputs(seed=0, vocab=40, eos=39, image_size=12):
+    generator = torch.Generator().manual_seed(seed)
+    ids, mask = captions(vocab, eos, [4, 7, 2], 7, generator)
+    return ids, mask, torch.randn(2, 3, image_size, image_size, generator=generator)
+
+
+def assert_same_outputs(ours, theirs, reference, ids, mask, pixels):
+    """Every value CLIPOutput holds, against transformers' on the same inputs (its towers run on their own for the pooled outputs)."""
+    for name in ("logits_per_image", "logits_per_text", "text_embeds", "image_embeds"):
+        assert max_diff(getattr(ours, name), getattr(theirs, name)) <= ATOL, name
+    text = reference.text_model(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
+    image = reference.vision_model(pixel_values=pixels, output_hidden_states=True, output_attentions=True)
+    for mine, official in ((ours.text_model_output, text), (ours.vision_model_output, image)):
+        for name in ("last_hidden_state", "pooler_output"):
+            assert max_diff(getattr(mine, name), getattr(official, name)) <= ATOL, name
+        assert len(mine.hidden_states) == len(official.hidden_states) and max_diff(mine.hidden_states, official.hidden_states) <= ATOL
+        assert len(mine.attentions) == len(official.attentions) and max_diff(mine.attentions, official.attentions) <= ATOL
+
+
+# -- parity on random configs ---------------------------------------------------------------
+@st.composite
+def clip_sizes(draw):
+    heads = draw(st.sampled_from([1, 2, 4]))
+    text = dict(vocab_size=draw(st.integers(20, 60)), hidden_size=heads * draw(st.sampled_from([4, 8])), num_attention_heads=heads,
+                intermediate_size=draw(st.integers(4, 24)), num_hidden_layers=draw(st.integers(1, 3)), max_position_embeddings=draw(st.integers(6, 12)),
+                hidden_act=draw(st.sampled_from(["quick_gelu", "gelu"])), pad_token_id=1)
+    legacy = draw(st.booleans())  # eos_token_id 2: pool at the highest id (old configs); else at the first eos_token_id
+    text.update(eos_token_id=2 if legacy else text["vocab_size"] - 1, bos_token_id=text["vocab_size"] - 2)
+    vision_heads = draw(st.sampled_from([1, 2]))
+    patch = draw(st.sampled_from([2, 4]))
+    vision = dict(hidden_size=vision_heads * draw(st.sampled_from([4, 8])), num_attention_heads=vision_heads, intermediate_size=draw(st.integers(4, 16)),
+                  num_hidden_layers=draw(st.integers(1, 3)), patch_size=patch, image_size=patch * draw(st.integers(1, 3)),
+                  hidden_act=draw(st.sampled_from(["quick_gelu", "gelu"])))
+    lengths = draw(st.lists(st.integers(1, text["max_position_embeddings"]), min_size=1, max_size=3))
+    return text, vision, lengths, draw(st.integers(1, 3))
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=clip_sizes(), seed=st.integers(0, 2**16))
+def test_parity_with_transformers_and_strict_round_trips(tmp_path_factory, sizes, seed):
+    text, vision, lengths, images = sizes
+    folder = tmp_path_factory.mktemp("clip")
+    reference, _ = reference_clip(folder / "hf", text=text, vision=vision, projection_dim=5, seed=seed)
+    model = CLIPModel.from_pretrained(folder / "hf")
+    generator = torch.Generator().manual_seed(seed)
+    ids, mask = captions(text["vocab_size"], text["vocab_size"] - 1, lengths, max(lengths), generator)  # the eos token is the highest id too
+    pixels = torch.randn(images, 3, vision["image_size"], vision["image_size"], generator=generator)
+    with torch.no_grad():
+        ours = model(ids, pixels, mask, output_hidden_states=True, output_attentions=True)
+        theirs = reference(input_ids=ids, pixel_values=pixels, attention_mask=mask)
+        assert_same_outputs(ours, theirs, reference, ids, mask, pixels)
+        assert max_diff(model.get_text_features(ids, mask), reference.get_text_features(input_ids=ids, attention_mask=mask).pooler_output) <= ATOL
+        assert max_diff(model.get_image_features(pixels), reference.get_image_features(pixel_values=pixels).pooler_output) <= ATOL
+    # minipt's save, read by transformers strictly, computes the same
+    model.save_pretrained(folder / "minipt")
+    again, info = transformers.CLIPModel.from_pretrained(folder / "minipt", output_loading_info=True, **SEEN)
+    assert not any(info.values()), info
+    with torch.no_grad():
+        assert max_diff(again.eval()(input_ids=ids, pixel_values=pixels, attention_mask=mask).logits_per_image, ours.logits_per_image) <= ATOL
+    assert load_file(folder / "minipt" / "model.safetensors").keys() == {k for k in reference.state_dict() if not k.endswith("position_ids")}
+
+
+def test_the_two_pooling_rules():
+    ids = torch.tensor([[5, 9, 7, 9], [3, 2, 8, 1]])
+    assert end_of_text(ids, 9).tolist() == [1, 0]  # the first eos; none in the second row: position 0, as transformers' argmax gives
+    assert end_of_text(ids, 2).tolist() == [1, 2]  # legacy configs: the highest id
+
+
+def test_legacy_and_new_eos_pool_where_transformers_does(tmp_path):
+    """Captions whose end-of-text token is not the highest id: the two rules pool at different tokens, each as transformers does."""
+    generator = torch.Generator().manual_seed(3)
+    ids, mask = captions(40, 20, [5, 3], 6, generator)
+    ids[:, 0] = 38  # a higher id than eos 20 in front
+    for eos in (2, 20):
+        reference, _ = reference_clip(tmp_path / str(eos), text={**TEXT, "eos_token_id": eos}, vision=VISION)
+        model = CLIPTextModel.from_pretrained(tmp_path / str(eos))
+        with torch.no_grad():
+            assert max_diff(model(ids, mask).pooler_output, reference.text_model(input_ids=ids, attention_mask=mask).pooler_output) <= ATOL
+
+
+def test_towers_load_from_a_full_checkpoint_and_their_own(tmp_path):
+    reference, folder = reference_clip(tmp_path / "full", text=TEXT, vision=VISION)
+    ids, mask, pixels = tiny_inputs()
+    reference.text_model.save_pretrained(tmp_path / "text")  # a tower's own file: its keys without the text_model. prefix
+    reference.vision_model.save_pretrained(tmp_path / "vision")
+    with torch.no_grad():
+        text_expected = reference.text_model(input_ids=ids, attention_mask=mask).pooler_output
+        image_expected = reference.vision_model(pixel_values=pixels).pooler_output
+        for source in (folder, tmp_path / "text"):
+            assert max_diff(CLIPTextModel.from_pretrained(source)(ids, mask).pooler_output, text_expected) <= ATOL
+        for source in (folder, tmp_path / "vision"):
+            assert max_diff(CLIPVisionModel.from_pretrained(source)(pixels).pooler_output, image_expected) <= ATOL
+    for cls, official in ((CLIPTextModel, transformers.CLIPTextModel), (CLIPVisionModel, transformers.CLIPVisionModel)):
+        cls.from_pretrained(folder).save_pretrained(tmp_path / cls.__name__)
+        _, info = official.from_pretrained(tmp_path / cls.__name__, output_loading_info=True, **SEEN)
+        assert not any(info.values()), info
+
+
+# -- OpenAI's layout ---------------------------------------------------------------------------
+def to_openai(state: dict) -> dict:
+    """transformers' CLIPModel state dict under OpenAI's names (the layout of OpenAI's and open_clip's files)."""
+    layer = {"self_attn.out_proj": "attn.out_proj", "layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+    out = {
+        "visual.conv1.weight": state["vision_model.embeddings.patch_embedding.weight"],
+        "visual.class_embedding": state["vision_model.embeddings.class_embedding"],
+        "visual.positional_embedding": state["vision_model.embeddings.position_embedding.weight"],
+        "visual.proj": state["visual_projection.weight"].t(),
+        "token_embedding.weight": state["text_model.embeddings.token_embedding.weight"],
+        "positional_embedding": state["text_model.embeddings.position_embedding.weight"],
+        "text_projection": state["text_projection.weight"].t(),
+        "logit_scale": state["logit_scale"],
+    }
+    for p in ("weight", "bias"):
+        out[f"visual.ln_pre.{p}"] = state[f"vision_model.pre_layrnorm.{p}"]
+        out[f"visual.ln_post.{p}"] = state[f"vision_model.post_layernorm.{p}"]
+        out[f"ln_final.{p}"] = state[f"text_model.final_layer_norm.{p}"]
+    for tower, theirs in (("vision_model", "visual.transformer"), ("text_model", "transformer")):
+        layers = {key.split(".")[3] for key in state if key.startswith(f"{tower}.encoder.layers.")}
+        for i in sorted(layers):
+            hf = f"{tower}.encoder.layers.{i}"
+            for p in ("weight", "bias"):
+                out[f"{theirs}.resblocks.{i}.attn.in_proj_{p}"] = torch.cat([state[f"{hf}.self_attn.{x}_proj.{p}"] for x in "qkv"])
+                for mine, name in layer.items():
+                    out[f"{theirs}.resblocks.{i}.{name}.{p}"] = state[f"{hf}.{mine}.{p}"]
+    return {key: value.contiguous() for key, value in out.items()}
+
+
+def test_openai_layout_loads_and_saves_back(tmp_path):
+    """A file of OpenAI's names without a config: the architecture read off its tensors (heads 64 wide, pooling at the highest id)."""
+    text = {**TEXT, "hidden_size": 128, "num_attention_heads": 2, "eos_token_id": 2}
+    vision = {**VISION, "hidden_size": 64, "num_attention_heads": 1}
+    reference, _ = reference_clip(tmp_path / "hf", text=text, vision=vision)
+    state = to_openai({k: v for k, v in reference.state_dict().items() if not k.endswith("position_ids")})
+    (tmp_path / "openai").mkdir()
+    torch.save({**state, "input_resolution": torch.tensor(12), "context_length": torch.tensor(10)}, tmp_path / "openai" / "ViT-tiny.pt")
+    model = CLIPModel.from_pretrained(tmp_path / "openai")
+    config = model.config
+    assert config.weights_format == "openai" and config.text_config.num_attention_heads == 2 and config.vision_config.num_attention_heads == 1
+    assert (config.vision_config.image_size, config.vision_config.patch_size, config.text_config.max_position_embeddings) == (12, 4, 10)
+    ids, mask, pixels = tiny_inputs()
+    with torch.no_grad():
+        ours = model(ids, pixels, mask, output_hidden_states=True, output_attentions=True)
+        assert_same_outputs(ours, reference(input_ids=ids, pixel_values=pixels, attention_mask=mask), reference, ids, mask, pixels)
+    saved = load_file(model.save_pretrained(tmp_path / "back") / "model.safetensors")
+    assert saved.keys() == state.keys() and all(torch.equal(saved[k], state[k]) for k in state)
+    assert type(CLIPModel.from_pretrained(tmp_path / "back").config) is CLIPConfig
+
+
+# -- zero-shot and preprocessing ---------------------------------------------------------------
+def fake_tokenizer(vocab=40, bos=38, eos=39):
+    """Captions -> ids of their last 8 letters (below bos), between bos and eos, right-padded with 1: no real vocabulary needed."""
+    def tokenize(texts):
+        rows = [[bos, *[2 + ord(c) % (bos - 2) for c in text[-8:]], eos] for text in texts]
+        length = max(map(len, rows))
+        ids = torch.tensor([row + [1] * (length - len(row)) for row in rows])
+        return {"input_ids": ids, "attention_mask": torch.tensor([[1] * len(row) + [0] * (length - len(row)) for row in rows])}
+    return tokenize
+
+
+def test_zero_shot_is_transformers_similarity_with_prompt_ensembling(tmp_path):
+    reference, folder = reference_clip(tmp_path, text=TEXT, vision=VISION)
+    model = CLIPModel.from_pretrained(folder)
+    tokenize, labels, templates = fake_tokenizer(), ["cat", "dog", "boat"], ("a photo of a {}.", "art of {}")
+    pixels = tiny_inputs()[2]
+    with torch.no_grad():
+        one = zero_shot(pixels, labels, model, tokenize)
+        batch = tokenize([f"a photo of a {label}." for label in labels])
+        torch.testing.assert_close(one, reference(pixel_values=pixels, **batch).logits_per_image.softmax(-1), rtol=0, atol=ATOL)
+        unit = lambda x: x / x.norm(dim=-1, keepdim=True)  # noqa: E731
+        per_template = [unit(reference.get_text_features(**tokenize([t.format(label) for label in labels])).pooler_output) for t in templates]
+        label_embeds = unit(torch.stack(per_template).mean(0))
+        image_embeds = unit(reference.get_image_features(pixel_values=pixels).pooler_output)
+        expected = (reference.logit_scale.exp() * image_embeds @ label_embeds.t()).softmax(-1)
+        ensembled = zero_shot(pixels, labels, model, tokenize, templates)
+    torch.testing.assert_close(ensembled, expected, rtol=0, atol=ATOL)
+    assert ensembled.shape == (2, 3) and not torch.allclose(ensembled, one)
+    with pytest.raises(InputError, match="templates must be"):
+        zero_shot(pixels, labels, model, tokenize, templates=("no placeholder",))
+
+
+def test_preprocess_is_clips_image_processor(tmp_path):
+    from PIL import Image
+
+    image = Image.fromarray(torch.randint(0, 256, (30, 45, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8).numpy())
+    path = tmp_path / "photo.png"
+    image.save(path)
+    model = CLIPVisionModel(CLIPVisionConfig(image_size=24, patch_size=8))
+    ours = model.preprocess([path])
+    processor = transformers.CLIPImageProcessor(size={"shortest_edge": 24}, crop_size={"height": 24, "width": 24})
+    theirs = processor(images=[image], return_tensors="pt")["pixel_values"]
+    assert ours.shape == theirs.shape == (1, 3, 24, 24)
+    assert torch.allclose(CLIP_MEAN, torch.tensor(processor.image_mean)) and torch.allclose(CLIP_STD, torch.tensor(processor.image_std))
+    # the same pixels up to one level of 255 where the two bicubic resizes round apart (bilinear, another crop or wrong statistics move many levels)
+    assert max_diff(ours, theirs) <= 1.01 / (255 * CLIP_STD.min().item())
+
+
+# -- the per-layer diff and the transfer stages ------------------------------------------------------
+def test_layer_diffs_clean_and_a_planted_change_found(tmp_path):
+    _, folder = reference_clip(tmp_path, text=TEXT, vision=VISION)
+    model = CLIPModel.from_pretrained(folder)
+    ids, mask, pixels = tiny_inputs()
+    inputs = {"input_ids": ids, "pixel_values": pixels, "attention_mask": mask}
+    report = layer_diffs(model, folder, inputs)
+    names = [row.name for row in report.rows]
+    assert report.first_divergence is None, str(report)
+    assert names[0] == "text_model.embeddings.out" and names[-1] == "similarity.out" and "vision_model.pre_norm.out" in names
+    assert names.index("text_model.layers.1.attn.probs") < names.index("text_model.final_norm.out") < names.index("vision_model.embeddings.out")
+    planted = copy.deepcopy(model)
+    planted.vision_model.layers[1].ffn_norm.eps = 1e-1
+    assert layer_diffs(planted, folder, inputs).first_divergence.name == "vision_model.layers.1.ffn_norm.out"
+    text_only = layer_diffs(CLIPTextModel.from_pretrained(folder), folder, {"input_ids": ids, "attention_mask": mask})
+    assert text_only.first_divergence is None and text_only.rows[-1].name == "final_norm.out"
+
+
+def test_transfer_stages_follow_both_towers():
+    model = CLIPModel(CLIPConfig(text_config=dict(TEXT), vision_config=dict(VISION), projection_dim=6))
+    assert transfer.stages(model) == ["text_model.embeddings", "text_model.layers.0", "text_model.layers.1", "text_model.final_norm",
+                                      "vision_model.embeddings", "vision_model.layers.0", "vision_model.layers.1", "vision_model.post_norm", "projections"]
+
+
+# -- bad input ------------------------------------------------------------------------------------
+def test_bad_inputs_are_named(tmp_path):
+    model = CLIPModel(CLIPConfig(text_config=dict(TEXT), vision_config=dict(VISION), projection_dim=6)).eval()
+    ids, mask, pixels = tiny_inputs()
+    with pytest.raises(InputError, match=r"position table is for 12x12 images \(image_size\), got 16x16"):
+        model(ids, torch.randn(1, 3, 16, 16), mask)
+    long = torch.ones(1, 11, dtype=torch.long)
+    with pytest.raises(InputError, match=r"a caption of 11 tokens is longer than CLIP's context of 10 \(max_position_embeddings\)"):
+        model(long)
+    with pytest.raises(InputError, match="needs input_ids, pixel_values or both"):
+        model()
+    with pytest.raises(ConfigError, match=r"eos_token_id = 40: expected a token id below vocab_size 40"):
+        CLIPConfig(text_config={**TEXT, "eos_token_id": 40})
+
+
+def test_a_checkpoint_missing_a_tower(tmp_path):
+    from safetensors.torch import save_file
+
+    _, folder = reference_clip(tmp_path, text=TEXT, vision=VISION)
+    state = load_file(folder / "model.safetensors")
+    save_file({k: v for k, v in state.items() if not k.startswith("vision_model.")}, folder / "model.safetensors")
+    with pytest.raises(KeyMismatchError, match=r"holds no vision_model tensors: a CLIP checkpoint needs both towers \(a file of one tower loads with CLIPVisionModel\)"):
+        CLIPModel.from_pretrained(folder)
+    assert isinstance(CLIPTextModel.from_pretrained(folder), CLIPTextModel)  # the tower it holds still loads
+
+
+def test_a_torchvision_vit_given_to_clip(tmp_path):
+    vit = torchvision_vit.VisionTransformer(image_size=16, patch_size=8, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=16, num_classes=3)
+    (tmp_path / "vit").mkdir()
+    torch.save(vit.state_dict(), tmp_path / "vit" / "vit.pth")
+    with pytest.raises(MiniptError, match=r"has no config.json, which CLIPModel needs; it looks like a torchvision-format ViT .*ViTForImageClassification"):
+        CLIPModel.from_pretrained(tmp_path / "vit")
+    with Checkpoint(tmp_path / "vit") as checkpoint, pytest.raises(KeyMismatchError, match=r"is not an OpenAI-format CLIP: it has no visual.conv1.weight"):
+        openai_config(checkpoint)
+
+
+# -- the protocol the registry's shared tests will check -------------------------------------------------
+@pytest.mark.parametrize("cls", [CLIPModel, CLIPTextModel, CLIPVisionModel], ids=lambda c: c.__name__)
+def test_save_reload_and_every_backend(cls, tmp_path):
+    model = cls(tiny_config()).eval()
+    args, kwargs = example_inputs(cls)
+    reloaded = cls.from_pretrained(model.save_pretrained(tmp_path))
+    assert reloaded.config == model.config and type(model.config).from_dict(model.config.to_dict()) == model.config
+    with torch.no_grad():
+        expected = model(*args, **kwargs)
+        assert max_diff(list(reloaded(*args, **kwargs).to_tuple()[:2]), list(expected.to_tuple()[:2])) == 0
+        for backend in ("math", "fused"):
+            with use_backend(backend, module=model):
+                assert max_diff(list(model(*args, **kwargs).to_tuple()[:2]), list(expected.to_tuple()[:2])) <= ATOL, backend
