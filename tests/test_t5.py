@@ -266,8 +266,10 @@ def test_an_encoder_only_file_given_to_the_generator(tmp_path):
 def test_bad_inputs_are_named(pair):
     _, model, _ = pair
     ids, mask = padded(50, [5, 3])
+    with torch.no_grad():  # without decoder inputs: one step from the start token
+        assert torch.equal(model(ids, mask).logits, model(ids, mask, torch.zeros(2, 1, dtype=torch.long)).logits)
     with pytest.raises(InputError, match="decoder_input_ids"):
-        model(ids, mask)
+        model(ids, mask, ids[:1])
     with pytest.raises(InputError, match="input_ids"):
         model(ids.float(), mask, ids)
     with pytest.raises(InputError, match="attention_mask"):
@@ -278,3 +280,40 @@ def test_bad_inputs_are_named(pair):
         T5Config(feed_forward_proj="gated-nothing")
     with pytest.raises(MiniptError, match="top_k"):
         model.generate(ids, top_k=0, do_sample=True)
+
+
+# -- reference points, probes, transfer stages ---------------------------------------------
+def test_layer_diffs_names_a_planted_change_in_one_decoder_layer(pair):
+    from minipt.reference import layer_diffs
+
+    _, _, directory = pair
+    model = T5ForConditionalGeneration.from_pretrained(directory)
+    ids, mask = padded(50, [10, 7])
+    clean = layer_diffs(model, directory, {"input_ids": ids, "attention_mask": mask}, rtol=1e-5)
+    assert clean.first_divergence is None, str(clean)
+    assert any(row.name == "decoder.layers.1.cross_attn.probs" for row in clean.rows)
+    with torch.no_grad():
+        model.decoder.layers[1].cross_attn.out_proj.weight.mul_(1.01)
+    planted = layer_diffs(model, directory, {"input_ids": ids, "attention_mask": mask}, rtol=1e-5)
+    assert planted.first_divergence.name == "decoder.layers.1.cross_attn.out"
+
+
+def test_probe_reads_the_attention_blocks(pair):
+    from minipt.probe import capture
+
+    _, model, _ = pair
+    ids, mask = padded(50, [10, 7])
+    with capture(model, "encoder.layers.0.attn.heads", "decoder.layers.1.cross_attn.heads", "decoder.layers.0.attn.out") as seen:
+        model(ids, mask, ids[:, :4])
+    assert seen["encoder.layers.0.attn.heads"].shape == (2, 2, 10, 6)  # (B, heads, S, d_kv)
+    assert seen["decoder.layers.1.cross_attn.heads"].shape == (2, 2, 4, 6)
+    assert seen["decoder.layers.0.attn.out"].shape == (2, 4, 16)
+
+
+def test_transfer_stages_follow_the_stacks():
+    from minipt import transfer
+
+    tied = T5ForConditionalGeneration(T5Config(vocab_size=50, d_model=16, d_kv=6, d_ff=24, num_layers=2, num_decoder_layers=1, num_heads=2))
+    assert transfer.stages(tied) == ["shared", "encoder.layers.0", "encoder.layers.1", "encoder.final_norm", "decoder.layers.0", "decoder.final_norm"]
+    untied = T5ForConditionalGeneration(tied.config.replace(tie_word_embeddings=False))
+    assert transfer.stages(untied)[-1] == "lm_head"

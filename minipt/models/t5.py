@@ -61,6 +61,7 @@ from ..nn.output import ModelOutput
 from ..nn.sampling import GenerateOutput, check_generation, generation_loop
 from ..nn.streamer import Streamer
 from ..nn.tap import tap
+from ..registry import Reads, register
 
 
 @dataclass
@@ -493,10 +494,11 @@ class T5Model(_T5Pretrained):
 
     def forward(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None, labels=None,
                 output_hidden_states=False, output_attentions=False) -> T5Output:
-        """``input_ids`` (B, S) and ``decoder_input_ids`` (B, T) (from an LM: or ``labels``, shifted right after the start token)."""
+        """``input_ids`` (B, S) and ``decoder_input_ids`` (B, T). Without them, the LM's ``labels`` shifted right after the start
+        token; without either, the start token alone (B, 1): one decoding step, whose logits choose the first token."""
         self.check_inputs(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, labels)
         if decoder_input_ids is None:
-            decoder_input_ids = self.shift_right(labels)
+            decoder_input_ids = self.shift_right(labels) if labels is not None else self.start_ids(input_ids)
         encoded = self.encode(input_ids, attention_mask, output_hidden_states, output_attentions)
         decoded = self.decode(decoder_input_ids, decoder_attention_mask, encoded.last_hidden_state, attention_mask,
                               output_hidden_states=output_hidden_states, output_attentions=output_attentions)
@@ -507,18 +509,22 @@ class T5Model(_T5Pretrained):
     def head(self, decoder_hidden: torch.Tensor, labels) -> dict:
         return {"last_hidden_state": decoder_hidden}
 
+    def start_ids(self, input_ids: torch.Tensor, start: int | None = None) -> torch.Tensor:
+        """The decoder's first input, one row per row of ``input_ids``: (B, 1) of ``start`` (default: the config's start token)."""
+        start = self.config.start_token if start is None else start
+        if start is None:
+            raise InputError("the config has neither decoder_start_token_id nor pad_token_id: pass decoder_input_ids (or decoder_start_token_id)")
+        return torch.full((input_ids.shape[0], 1), start, dtype=torch.long, device=input_ids.device)
+
     def shift_right(self, labels: torch.Tensor) -> torch.Tensor:
         """The decoder's inputs for ``labels``: the start token, then the labels but the last (-100 read as padding)."""
-        start = self.config.start_token
-        shifted = torch.cat([labels.new_full((labels.shape[0], 1), start), labels[:, :-1]], dim=1)
+        shifted = torch.cat([self.start_ids(labels), labels[:, :-1]], dim=1)
         return shifted.masked_fill(shifted == -100, self.config.pad_token_id or 0)
 
     def check_inputs(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None, labels=None) -> None:
         """InputError naming the first argument of ``forward`` that does not fit this model."""
         config = self.config
         _check_ids_and_mask("input_ids", input_ids, attention_mask, config.vocab_size, "attention_mask")
-        if decoder_input_ids is None and labels is None:
-            raise InputError(f"{type(self).__name__} needs decoder_input_ids (B, T)" + (" or labels" if self.has_head else ""))
         if labels is not None:
             if not self.has_head:
                 raise InputError("labels are for T5ForConditionalGeneration; T5Model has no head to take a loss from")
@@ -531,8 +537,10 @@ class T5Model(_T5Pretrained):
                 raise InputError(f"decoder_input_ids has {decoder_input_ids.shape[0]} rows, input_ids {input_ids.shape[0]}")
             if labels is not None and labels.shape != decoder_input_ids.shape:
                 raise InputError(f"labels {tuple(labels.shape)} must have the shape of decoder_input_ids {tuple(decoder_input_ids.shape)}")
-        elif decoder_attention_mask is not None and (not isinstance(decoder_attention_mask, torch.Tensor) or decoder_attention_mask.shape != labels.shape):
-            raise InputError(f"decoder_attention_mask must have the shape of labels {tuple(labels.shape)}, got {_shape(decoder_attention_mask)}")
+        elif decoder_attention_mask is not None:
+            length = labels.shape[1] if labels is not None else 1
+            if not isinstance(decoder_attention_mask, torch.Tensor) or decoder_attention_mask.shape != (input_ids.shape[0], length):
+                raise InputError(f"decoder_attention_mask must have the shape of the decoder's inputs {(input_ids.shape[0], length)}, got {_shape(decoder_attention_mask)}")
 
     has_head = False
 
@@ -614,15 +622,12 @@ class T5ForConditionalGeneration(T5Model):
         is padded from then on; generation ends once every row has.
         """
         config = self.config
-        self.check_inputs(input_ids, attention_mask, decoder_input_ids=input_ids[:, :1] if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 else None)
+        self.check_inputs(input_ids, attention_mask)
         if eos_token_id is _CONFIG_EOS:
             eos_token_id = config.eos_token_id if config.eos_token_id is not None and config.eos_token_id < config.vocab_size else None
         if pad_token_id is None and config.pad_token_id is not None and config.pad_token_id < config.vocab_size:
             pad_token_id = config.pad_token_id
-        start = config.start_token if decoder_start_token_id is None else decoder_start_token_id
-        if start is None:
-            raise InputError("no decoder_start_token_id: the config has neither decoder_start_token_id nor pad_token_id; pass one")
-        start_ids = torch.full((input_ids.shape[0], 1), start, dtype=torch.long, device=input_ids.device)  # (B, 1)
+        start_ids = self.start_ids(input_ids, decoder_start_token_id)  # (B, 1)
         new, generator = check_generation(
             start_ids, vocab_size=config.vocab_size, context=config.n_positions, max_new_tokens=max_new_tokens, max_length=max_length,
             do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
@@ -683,3 +688,86 @@ def _decoder_keymap() -> KeyMap:
     # cross-attention has no position bias; older files carry an unused table for it
     return KeyMap(_stack_rules("decoder", parts), tied=[("decoder.embed_tokens.weight", "shared.weight")],
                   ignore=["decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight"])
+
+
+# -- minipt.reference: where the reference implementation computes the same values ----------
+def _stack_points(stack: str, depth: int, num_heads: int, decoder: bool) -> dict:
+    """minipt's points in one stack -> transformers' T5Stack modules computing them (``minipt.reference.report``)."""
+    from ..reference import heads
+
+    points = {}
+    for i in range(depth):
+        a, b = f"{stack}.layers.{i}.", f"{stack}.block.{i}.layer."
+        sublayers = [("attn", "attn_norm", "0", "SelfAttention")] + ([("cross_attn", "cross_norm", "1", "EncDecAttention")] if decoder else [])
+        for attn, norm, n, name in sublayers:
+            points.update({
+                a + f"{norm}.out": (b + f"{n}.layer_norm", None),
+                a + f"{attn}.probs": (b + f"{n}.{name}", lambda out: out[2]),  # (output, position bias, probabilities)
+                a + f"{attn}.heads": (b + f"{n}.{name}.o:input", heads(num_heads)),
+                a + f"{attn}.out": (b + f"{n}.{name}", None),
+            })
+        ffn = "2" if decoder else "1"
+        points.update({a + "ffn_norm.out": (b + f"{ffn}.layer_norm", None), a + "ffn.out": (b + f"{ffn}.DenseReluDense", None),
+                       a + "out": (f"{stack}.block.{i}", None)})
+    points[f"{stack}.final_norm.out"] = (f"{stack}.final_layer_norm", None)
+    return points
+
+
+def compare_with_reference(model, path, inputs, rtol):
+    """transformers' T5EncoderModel / T5Model / T5ForConditionalGeneration (eager attention) on the same checkpoint, point
+    by point (``minipt.reference.layer_diffs``): inside every encoder layer, then every decoder layer, then the head.
+
+    ``inputs``: token ids (B, S), a tokenised batch (input_ids, attention_mask), or texts through the tokenizer beside the
+    checkpoint; None: random ids (2, 12), seed 0, where it has none. The decoder reads the inputs' first tokens, shifted right."""
+    from ..demo import tokenizer_beside
+    from ..reference import import_reference, report, texts
+
+    transformers = import_reference("transformers", "T5")
+    config = model.config
+    if isinstance(inputs, dict):
+        batch, label = inputs, "a tokenised batch"
+    elif isinstance(inputs, torch.Tensor):
+        batch, label = {"input_ids": inputs}, f"token ids of shape {tuple(inputs.shape)}"
+    elif inputs is None and tokenizer_beside(path) is None:
+        batch = {"input_ids": torch.randint(config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))}
+        label = "random token ids (2, 12), seed 0 (no tokenizer beside the checkpoint)"
+    else:
+        tokenizer = tokenizer_beside(path)
+        if tokenizer is None:
+            raise InputError(f"{path} holds no tokenizer; pass token ids (B, S)")
+        batch, label = tokenizer(texts(inputs)), "texts"
+    ids, mask = batch.get("input_ids"), batch.get("attention_mask")
+    if not isinstance(ids, torch.Tensor):
+        raise InputError(f"a tokenised batch holds input_ids (a tensor); got the keys {sorted(batch)}")
+    cls = getattr(transformers, type(model).__name__)
+    reference = cls.from_pretrained(str(path), attn_implementation="eager").eval()
+    points = _stack_points("encoder", config.num_layers, config.num_heads, decoder=False)
+    if isinstance(model, T5EncoderModel):
+        return report(model, f"transformers {cls.__name__}", label, rtol, points, lambda: model(ids, mask), reference,
+                      lambda: reference(input_ids=ids, attention_mask=mask))
+    decoder_ids = model.shift_right(ids[:, :8])  # (B, <= 8)
+    points.update(_stack_points("decoder", config.num_decoder_layers, config.num_heads, decoder=True))
+    if isinstance(model, T5ForConditionalGeneration):
+        points["lm_head.out"] = ("lm_head", None)
+    return report(model, f"transformers {cls.__name__}", label, rtol, points, lambda: model(ids, mask, decoder_ids), reference,
+                  lambda: reference(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids))
+
+
+# -- the family's one declaration (minipt.registry) ------------------------------------------
+def _example_inputs(cls):
+    ids = torch.randint(2, 50, (2, 5), generator=torch.Generator().manual_seed(1))
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])  # the first row padded
+    if cls is T5EncoderModel:
+        return (ids, mask), {}
+    return (ids, mask, ids[:, :3]), {}
+
+
+FAMILY = register(
+    "t5",
+    (T5ForConditionalGeneration, T5Model, T5EncoderModel),
+    tiny=lambda: T5Config(vocab_size=50, d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2, relative_attention_num_buckets=8,
+                          relative_attention_max_distance=16),
+    inputs=_example_inputs,
+    reference=compare_with_reference,
+    reads=Reads("token ids (batch x tokens)", "1x128"),
+)
