@@ -4,6 +4,7 @@ converted here from the same weights, zero-shot classification, preprocessing an
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -298,6 +299,17 @@ def test_bad_inputs_are_named(tmp_path):
         model()
     with pytest.raises(ConfigError, match=r"eos_token_id = 40: expected a token id below vocab_size 40"):
         CLIPConfig(text_config={**TEXT, "eos_token_id": 40})
+
+
+def test_older_configs_with_config_dicts(tmp_path):
+    """transformers' older CLIP configs hold text_config_dict / vision_config_dict, which win over text_config / vision_config."""
+    _, folder = reference_clip(tmp_path, text=TEXT, vision=VISION)
+    written = json.loads((folder / "config.json").read_text())
+    written["text_config_dict"], written["text_config"] = written["text_config"], {"hidden_size": 999}
+    written["vision_config_dict"] = written.pop("vision_config")
+    (folder / "config.json").write_text(json.dumps(written))
+    model = CLIPModel.from_pretrained(folder)
+    assert model.config.text_config.hidden_size == 16 and model.config.vision_config.image_size == 12
 
 
 def test_a_checkpoint_missing_a_tower(tmp_path):

@@ -167,6 +167,16 @@ class CLIPConfig(Config):
             elif not isinstance(value, kind):
                 raise ConfigError(f"CLIPConfig.{name} = {value!r}: expected a {kind.__name__} or an object of its fields")
 
+    @classmethod
+    def prepare(cls, values: dict) -> dict:
+        """Configs written by older transformers carry ``text_config_dict`` / ``vision_config_dict``, whose fields win over
+        ``text_config`` / ``vision_config`` there (as transformers reads them)."""
+        for name in ("text_config", "vision_config"):
+            legacy = values.pop(f"{name}_dict", None)
+            if isinstance(legacy, dict) and isinstance(values.get(name) or {}, dict):
+                values[name] = {**(values.get(name) or {}), **legacy}
+        return values
+
     def to_dict(self) -> dict:
         return {**super().to_dict(), "text_config": self.text_config.to_dict(), "vision_config": self.vision_config.to_dict()}
 
