@@ -17,17 +17,17 @@ from bert_reference import transformers
 from helpers import ATOL, max_diff
 from minipt.errors import ConfigError, InputError, KeyMismatchError, MiniptError
 from minipt.checkpoint import Checkpoint
-from minipt.models.clip import (CLIP_MEAN, CLIP_STD, CLIPConfig, CLIPModel, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel, compare_with_reference,
+from minipt.models.clip import (CLIP_MEAN, CLIP_STD, CLIPConfig, CLIPModel, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel,
                                 end_of_text, example_inputs, openai_config, tiny_config, zero_shot)
 from minipt.nn.backend import use_backend
-from minipt import transfer
+from minipt import reference, transfer
 
 SEEN = dict(attn_implementation="eager")
 RTOL = 1e-4  # layer_diffs' default
 
 
 def layer_diffs(model, folder, inputs):
-    return compare_with_reference(model.eval(), folder, inputs, RTOL)
+    return reference.layer_diffs(model.eval(), folder, inputs, rtol=RTOL)  # through the registry's declaration
 
 
 def randomise(model: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -333,7 +333,7 @@ def test_a_torchvision_vit_given_to_clip(tmp_path):
         openai_config(checkpoint)
 
 
-# -- the protocol the registry's shared tests will check -------------------------------------------------
+# -- the protocol (the registry's shared tests check it too) -------------------------------------------------
 @pytest.mark.parametrize("cls", [CLIPModel, CLIPTextModel, CLIPVisionModel], ids=lambda c: c.__name__)
 def test_save_reload_and_every_backend(cls, tmp_path):
     model = cls(tiny_config()).eval()

@@ -28,8 +28,6 @@ Two official formats, each through its key map, both ways:
 templates); ``CLIPModel.preprocess`` prepares images as CLIP was trained (bicubic resize of the shorter side,
 centre crop, CLIP's own mean and std).
 
-Not yet declared to ``minipt.registry`` (see the end of the file): load with the classes here, not through
-``minipt.models.model_class``; ``compare_with_reference`` is called directly rather than through ``layer_diffs``.
 """
 
 from __future__ import annotations
@@ -52,6 +50,7 @@ from ..nn.fuse import InferenceCopy
 from ..nn.init import init_normal_
 from ..nn.layers import ACTIVATIONS
 from ..nn.output import ModelOutput
+from ..registry import Reads, register
 from ..vision import check_images, normalized_batch
 from .text_encoder import check_token_inputs, run_layers
 from .vit import ViTConfig, _layer_points
@@ -63,27 +62,12 @@ LEGACY_EOS_TOKEN_ID = 2  # what configs said before transformers fixed CLIP's eo
 FORMATS = ("huggingface", "openai")
 
 
-# -- the activation ----------------------------------------------------------------
-class QuickGELU(nn.Module):
-    """OpenAI's sigmoid approximation of GELU: ``x * sigmoid(1.702 x)`` (CLIP's ``hidden_act = "quick_gelu"``)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(1.702 * x)
-
-
-CLIP_ACTIVATIONS = ("quick_gelu", *ACTIVATIONS)
-
-
-def clip_activation(name: str) -> nn.Module:
-    return QuickGELU() if name == "quick_gelu" else activation(name)
-
-
 # -- configuration -------------------------------------------------------------------
 @dataclass
 class _CLIPTowerConfig(Config):
     """The fields both towers' configs hold (after their sizes, which each declares)."""
 
-    hidden_act: str = one_of("quick_gelu", CLIP_ACTIVATIONS)
+    hidden_act: str = one_of("quick_gelu", tuple(ACTIVATIONS))
     layer_norm_eps: float = epsilon(1e-5)
     attention_dropout: float = probability(0.0)
     dropout: float = probability(0.0)
@@ -212,10 +196,9 @@ torch.export.register_dataclass(CLIPOutput)
 # -- building blocks ---------------------------------------------------------------------
 def encoder_layer(config: CLIPTextConfig | CLIPVisionConfig) -> EncoderLayer:
     """One pre-LN encoder layer of a tower's sizes, with the tower's activation (QuickGELU for OpenAI's models)."""
-    layer = EncoderLayer(config.hidden_size, config.num_attention_heads, config.intermediate_size, eps=config.layer_norm_eps,
-                         dropout=config.dropout, attention_dropout=config.attention_dropout, norm_first=True)
-    layer.act = clip_activation(config.hidden_act)  # minipt.nn.activation has no "quick_gelu"
-    return layer
+    return EncoderLayer(config.hidden_size, config.num_attention_heads, config.intermediate_size, act=config.hidden_act,
+                        eps=config.layer_norm_eps, dropout=config.dropout, attention_dropout=config.attention_dropout,
+                        norm_first=True, causal=isinstance(config, CLIPTextConfig))  # the text tower reads left to right
 
 
 class CLIPTextEmbeddings(nn.Module):
@@ -734,14 +717,7 @@ def compare_with_reference(model, path, inputs, rtol):
 
 
 # -- what the family's declaration (minipt.registry) will name ------------------------------------------
-# CLIP is not registered yet: the shared MultiHeadAttention takes no causal flag, so on the "fused" backend the text
-# tower's causal + padding mask cannot reach minipt.ops.attention (it runs torch's sdpa with the mask instead, with the
-# same results), and tests/test_backends.py requires the op of every attention block. The declaration, once it can:
-#
-#     FAMILY = register("clip", (CLIPModel, CLIPTextModel, CLIPVisionModel), tiny=tiny_config, inputs=example_inputs,
-#                       signature=(_OPENAI_SIGNATURE, "an OpenAI-format CLIP"), reference=compare_with_reference,
-#                       reads=Reads("token ids (batch x tokens) for the text tower, images (batch x channels x height x width) "
-#                                   "for the image tower", default_size))
+
 
 
 def tiny_config() -> CLIPConfig:
@@ -771,3 +747,10 @@ def default_size(model) -> str:
         return f"1x{model.config.num_channels}x{model.config.image_size}x{model.config.image_size}"
     text = model.config if isinstance(model, CLIPTextModel) else model.config.text_config
     return f"1x{text.max_position_embeddings}"
+
+
+# -- the family's one declaration ---------------------------------------------------------
+FAMILY = register("clip", (CLIPModel, CLIPTextModel, CLIPVisionModel), tiny=tiny_config, inputs=example_inputs,
+                  signature=(_OPENAI_SIGNATURE, "an OpenAI-format CLIP"), reference=compare_with_reference,
+                  reads=Reads("token ids (batch x tokens) for the text tower, images (batch x channels x height x width) "
+                              "for the image tower", default_size))

@@ -156,6 +156,7 @@ class MultiHeadAttention(BackendBlock, nn.Module):
         bias: torch.Tensor | None = None,  # from attention_bias(): (B|1, 1, T, T)
         need_weights: bool = False,
         residual: torch.Tensor | None = None,  # (B, T, C), added to the output projection's result
+        causal: bool = False,  # each position attends to itself and those before it (``bias`` includes that mask)
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, C = hidden.shape
         split_heads = lambda x: x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # noqa: E731
@@ -167,6 +168,7 @@ class MultiHeadAttention(BackendBlock, nn.Module):
             v = split_heads(self.v_proj(hidden))
         out, attn_probs = scaled_dot_product_attention(
             q, k, v, bias,
+            causal=causal,
             dropout=self.dropout if self.training else 0.0,
             backend=get_backend(self.backend),
             need_weights=need_weights,

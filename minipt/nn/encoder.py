@@ -1,7 +1,7 @@
 """The Transformer encoder layer the encoder families share (Vaswani et al., 2017, section 3.1).
 
     layer = EncoderLayer(768, 12, 3072, act="gelu", eps=1e-12)           # BERT, RoBERTa, DistilBERT, ALBERT
-    layer = EncoderLayer(768, 12, 3072, act="gelu", eps=1e-6, norm_first=True)   # ViT, CLIP
+    layer = EncoderLayer(768, 12, 3072, act="gelu", eps=1e-6, norm_first=True)   # ViT, CLIP (its text tower: causal=True)
     hidden, attn_probs = layer(hidden, bias)   # (B, T, C), bias from attention_bias(mask, T, T)
 
 Two residual branches, self-attention then a feed-forward network (``ffn_up``,
@@ -45,9 +45,11 @@ class EncoderLayer(nn.Module):
         dropout: float = 0.0,  # on each branch's output
         attention_dropout: float = 0.0,  # on the attention probabilities
         norm_first: bool = False,
+        causal: bool = False,  # each position attends only to itself and earlier ones (CLIP's text tower)
     ):
         super().__init__()
         self.norm_first = norm_first
+        self.causal = causal
         self.attn = MultiHeadAttention(dim, num_heads, dropout=attention_dropout)
         self.attn_norm = LayerNorm(dim, eps=eps)
         self.ffn_up = Linear(dim, intermediate_size)
@@ -63,17 +65,17 @@ class EncoderLayer(nn.Module):
     def forward(self, hidden: torch.Tensor, bias: torch.Tensor | None = None, need_weights: bool = False):
         if self.residual_in_matmul:  # the same sums, each residual added by the matmul before it
             if self.norm_first:
-                hidden, attn_probs = self.attn(self.attn_norm(hidden), bias, need_weights, residual=hidden)
+                hidden, attn_probs = self.attn(self.attn_norm(hidden), bias, need_weights, residual=hidden, causal=self.causal)
                 return self.feed_forward(self.ffn_norm(hidden), residual=hidden), attn_probs
-            summed, attn_probs = self.attn(hidden, bias, need_weights, residual=hidden)  # hidden + attn_out
+            summed, attn_probs = self.attn(hidden, bias, need_weights, residual=hidden, causal=self.causal)  # hidden + attn_out
             hidden = self.attn_norm(summed)
             return self.ffn_norm(self.feed_forward(hidden, residual=hidden)), attn_probs
         if self.norm_first:
-            attn_out, attn_probs = self.attn(self.attn_norm(hidden), bias, need_weights)
+            attn_out, attn_probs = self.attn(self.attn_norm(hidden), bias, need_weights, causal=self.causal)
             hidden = hidden + self.dropout(attn_out)  # (B, T, C)
             hidden = hidden + self.dropout(self.feed_forward(self.ffn_norm(hidden)))
             return hidden, attn_probs
-        attn_out, attn_probs = self.attn(hidden, bias, need_weights)
+        attn_out, attn_probs = self.attn(hidden, bias, need_weights, causal=self.causal)
         hidden = self.attn_norm(self.dropout(attn_out), residual=hidden)  # LN(hidden + attn_out): (B, T, C)
         hidden = self.ffn_norm(self.dropout(self.feed_forward(hidden)), residual=hidden)
         return hidden, attn_probs

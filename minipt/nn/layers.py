@@ -117,10 +117,18 @@ class GELU(BackendBlock, nn.Module):
 
 
 # The activation names used in Hugging Face config files.
+class QuickGELU(nn.Module):
+    """OpenAI's sigmoid approximation of GELU (CLIP's ``"quick_gelu"``): ``x * sigmoid(1.702 x)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
 ACTIVATIONS = {
     "gelu": lambda: GELU(),
     "gelu_new": lambda: GELU("tanh"),
     "gelu_pytorch_tanh": lambda: GELU("tanh"),
+    "quick_gelu": QuickGELU,
     "relu": nn.ReLU,
     "silu": nn.SiLU,
     "swish": nn.SiLU,
