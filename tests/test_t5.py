@@ -5,7 +5,7 @@ its save_pretrained, so the official key names (shared embedding, blocks, the
 relative position table in block 0, tied or untied heads) go through minipt's key
 map on every run without downloads.
 
-Tolerance: fp32, 1e-5 absolute. Both sides run the same torch kernels
+Tolerance: fp32, 1e-5 absolute (relative to the largest value where that exceeds 1). Both sides run the same torch kernels
 (linear, the float32 RMS norm, softmax over q k^T + bias); the differences seen
 are a few 1e-6 on logits.
 """
@@ -70,7 +70,9 @@ def padded(vocab_size, lengths, seed=0, left=False):
 
 
 def max_diff(a, b):
-    return max((x - y).abs().max().item() for x, y in zip(a, b, strict=True))
+    """The largest difference over tensor pairs, relative to each reference tensor's largest value where that exceeds 1
+    (the residual stream of random deep stacks grows to tens; float32 rounding grows with it)."""
+    return max(((x - y).abs().max() / y.abs().max().clamp(min=1)).item() for x, y in zip(a, b, strict=True))
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +113,7 @@ def test_every_layer_matches_reference(num_layers, num_decoder_layers, num_heads
         theirs = reference(input_ids=ids, attention_mask=mask, labels=labels, output_hidden_states=True, output_attentions=True)
     for name in ("encoder_hidden_states", "encoder_attentions", "decoder_hidden_states", "decoder_attentions", "cross_attentions"):
         assert max_diff(getattr(ours, name), getattr(theirs, name)) <= ATOL, name
-    assert (ours.logits - theirs.logits).abs().max().item() <= ATOL
-    assert abs(ours.loss.item() - theirs.loss.item()) <= ATOL
+    assert max_diff([ours.logits, ours.loss], [theirs.logits, theirs.loss]) <= ATOL
 
 
 def test_bare_model_and_encoder_match_reference(pair):
@@ -207,7 +208,7 @@ def test_an_official_v1_1_file_has_its_own_head_and_no_scaling(tmp_path):
 
 
 # -- generation -----------------------------------------------------------------------
-@settings(max_examples=5, deadline=None)
+@settings(max_examples=4, deadline=None)
 @given(feed_forward_proj=st.sampled_from(["relu", "gated-gelu"]), layers=st.integers(1, 2), left=st.booleans(), seed=st.integers(0, 1000))
 def test_greedy_generation_matches_reference(feed_forward_proj, layers, left, seed):
     config = hf_config(feed_forward_proj=feed_forward_proj, num_layers=layers, vocab_size=30)
@@ -222,6 +223,23 @@ def test_greedy_generation_matches_reference(feed_forward_proj, layers, left, se
     expected = reference.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False, repetition_penalty=3.0)
     assert torch.equal(model.generate(ids, attention_mask=mask, max_new_tokens=12, repetition_penalty=3.0), expected)
     assert len(expected.unique()) > 3
+
+
+@settings(max_examples=2, deadline=None)
+@given(feed_forward_proj=st.sampled_from(["relu", "gated-gelu"]), left=st.booleans(), seed=st.integers(0, 1000))
+def test_beam_search_matches_reference(feed_forward_proj, left, seed):
+    config = hf_config(feed_forward_proj=feed_forward_proj, vocab_size=30)
+    with tempfile.TemporaryDirectory() as directory:
+        saved(reference_model(config, seed), directory)
+        reference = transformers.T5ForConditionalGeneration.from_pretrained(directory).eval()
+        model = T5ForConditionalGeneration.from_pretrained(directory)
+    ids, mask = padded(30, [10, 6, 2], seed, left)
+    # the stop token: what the first row chooses first, so that hypotheses finish at different lengths while others run on
+    eos = int(model.generate(ids, attention_mask=mask, max_new_tokens=1)[0, 1])
+    for options, stop in ((dict(num_beams=3), EOS), (dict(num_beams=4, length_penalty=0.5, early_stopping=True), eos),
+                          (dict(num_beams=2, length_penalty=2.0, early_stopping="never"), eos), (dict(num_beams=3, early_stopping=True), EOS)):
+        expected = reference.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, eos_token_id=stop, pad_token_id=0, **options)
+        assert torch.equal(model.generate(ids, attention_mask=mask, max_new_tokens=8, eos_token_id=stop, pad_token_id=0, **options), expected), (options, stop)
 
 
 def test_cached_decoding_equals_full_recomputation(pair):
@@ -247,6 +265,14 @@ def test_max_new_tokens_past_the_limit(pair):
     _, model, _ = pair
     with pytest.raises(InputError, match="max_new_tokens"):
         model.generate(padded(50, [4])[0], max_new_tokens=model.config.n_positions)
+
+
+@pytest.mark.parametrize("options, message", [(dict(num_beams=0), "num_beams"), (dict(num_beams=2, do_sample=True), "do_sample"),
+                                             (dict(num_beams=2, early_stopping="sometimes"), "early_stopping")])
+def test_bad_beam_search_arguments_are_named(pair, options, message):
+    _, model, _ = pair
+    with pytest.raises(InputError, match=message):
+        model.generate(padded(50, [4])[0], max_new_tokens=3, **options)
 
 
 def test_relative_attention_fields_that_do_not_fit_the_checkpoint(pair):

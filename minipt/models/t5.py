@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import Pretrained
-from ..checks import check_ids
+from ..checks import check_choice, check_float, check_ids, check_int
 from ..config import Config, count, epsilon, flag, probability, real, require, text, token_id
 from ..errors import ConfigError, InputError
 from ..keymap import KeyMap
@@ -613,6 +613,9 @@ class T5ForConditionalGeneration(T5Model):
         streamer: Streamer | None = None,
         output_logits: bool = False,
         return_dict_in_generate: bool = False,
+        num_beams: int = 1,  # > 1: beam search (``beam_search``), deterministic
+        length_penalty: float = 1.0,  # beam search: a finished hypothesis scores sum(log p) / generated_length ** length_penalty
+        early_stopping: bool | str = False,  # beam search: True, False or "never", as transformers defines them
     ) -> torch.Tensor | GenerateOutput:
         """The decoder's sequences, the start token first, ``(B, 1 + new)``, as transformers' ``generate``.
 
@@ -634,6 +637,15 @@ class T5ForConditionalGeneration(T5Model):
             eos_token_id=eos_token_id, pad_token_id=pad_token_id, seed=seed, generator=generator, streamer=streamer,
             output_logits=output_logits, return_dict_in_generate=return_dict_in_generate,
         )
+        check_int("num_beams", num_beams, low=1)
+        if num_beams > 1:
+            check_float("length_penalty", length_penalty)
+            check_choice("early_stopping", early_stopping, (True, False, "never"))
+            for name, value, plain in (("do_sample", do_sample, False), ("repetition_penalty", repetition_penalty, 1.0), ("streamer", streamer, None),
+                                       ("output_logits", output_logits, False), ("return_dict_in_generate", return_dict_in_generate, False)):
+                if value != plain:
+                    raise InputError(f"beam search (num_beams={num_beams}) takes no {name} (got {value!r}); minipt's beam search is the deterministic one")
+            return self.beam_search(input_ids, attention_mask, start_ids, new, num_beams, length_penalty, early_stopping, eos_token_id, pad_token_id)
         encoder_hidden = self.encode(input_ids, attention_mask).last_hidden_state  # (B, S, C), once
         cache = self.start_cache(encoder_hidden, 1 + new)
 
@@ -646,6 +658,66 @@ class T5ForConditionalGeneration(T5Model):
             repetition_penalty=repetition_penalty, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
             generator=generator, streamer=streamer, output_logits=output_logits, return_dict_in_generate=return_dict_in_generate,
         )
+
+    def beam_search(self, input_ids, attention_mask, start_ids, new: int, K: int, length_penalty: float, early_stopping, eos_token_id, pad_token_id):
+        """transformers' beam search (``generation.utils._beam_search``), step for step: each step keeps the best
+        ``keep`` = max(2, 1 + number of eos ids) x K continuations of the K running beams, continues the K best that did not
+        stop, and merges those of the K best that stopped (eos, or the length limit) into the K finished hypotheses,
+        scored sum(log p) / generated_length ** length_penalty. Returns the best finished hypothesis of each row (B, 1 + n)."""
+        B, L = input_ids.shape[0], 1 + new  # L: the longest sequence, start token included
+        keep = max(2, 1 + (eos_token_id is not None)) * K
+        top_k_mask = torch.arange(keep, device=input_ids.device) < K  # (keep,): only the K best may finish
+        fill = (pad_token_id or eos_token_id) if eos_token_id is not None else -1  # transformers' filling of unused places
+        encoder_hidden = self.encode(input_ids, attention_mask).last_hidden_state.repeat_interleave(K, dim=0)  # (B K, S, C), once
+        mask = None if attention_mask is None else attention_mask.repeat_interleave(K, dim=0)
+        cache = self.start_cache(encoder_hidden, L)
+        running = torch.full((B, K, L), fill, dtype=torch.long, device=input_ids.device)
+        running[:, :, 0] = start_ids
+        running_scores = torch.full((B, K), -1e9, device=input_ids.device)
+        running_scores[:, 0] = 0.0  # the K beams start equal: only the first one is expanded
+        finished_seqs, finished_scores = running.clone(), torch.full((B, K), -1e9, device=input_ids.device)
+        finished_lengths = torch.zeros(B, K, dtype=torch.long, device=input_ids.device)  # tokens generated, 0: none yet
+        is_finished = torch.zeros(B, K, dtype=torch.bool, device=input_ids.device)
+        can_improve = torch.ones(B, 1, dtype=torch.bool, device=input_ids.device)
+        gather = lambda x, index: x.gather(1, index.view(*index.shape, *([1] * (x.dim() - 2))).expand(*index.shape, *x.shape[2:]))  # noqa: E731
+        length = 1
+        tokens = running[:, :, 0].reshape(B * K, 1)
+        while True:
+            hidden = self.decode(tokens, None, encoder_hidden, mask, cache).last_hidden_state[:, -1]  # (B K, C)
+            log_probs = self.logits(hidden).float().log_softmax(-1).view(B, K, -1) + running_scores[:, :, None]  # (B, K, V)
+            V = log_probs.shape[-1]
+            top_scores, top_index = log_probs.view(B, K * V).topk(keep)  # (B, keep)
+            from_beam, token = top_index // V, top_index % V
+            candidates = gather(running, from_beam)  # (B, keep, L)
+            candidates[:, :, length] = token
+            stops = (token == eos_token_id) if eos_token_id is not None else torch.zeros_like(token, dtype=torch.bool)
+            stops = stops | (length + 1 >= L)  # (B, keep)
+            # the K best continuations that did not stop run on
+            open_scores = top_scores + stops.float() * -1e9
+            chosen = open_scores.topk(K)[1]  # (B, K)
+            running, running_scores = gather(candidates, chosen), gather(open_scores, chosen)
+            reorder = (gather(from_beam, chosen) + torch.arange(B, device=chosen.device)[:, None] * K).flatten()  # (B K,)
+            # those of the K best that stopped compete with the finished hypotheses
+            just_finished = stops & top_k_mask
+            scores = top_scores / ((length + 1 - 1) ** length_penalty)
+            scores = scores + (is_finished.all(-1, keepdim=True) & (early_stopping is True)).float() * -1e9
+            scores = scores + (~can_improve).float() * -1e9 + (~just_finished).float() * -1e9
+            merged = torch.cat([finished_scores, scores], dim=1).topk(K)[1]  # (B, K)
+            finished_seqs = gather(torch.cat([finished_seqs, candidates], dim=1), merged)
+            finished_scores = gather(torch.cat([finished_scores, scores], dim=1), merged)
+            finished_lengths = gather(torch.cat([finished_lengths, torch.full_like(token, length)], dim=1), merged)
+            is_finished = gather(torch.cat([is_finished, just_finished], dim=1), merged)
+            cache.keys, cache.values = cache.keys[:, reorder], cache.values[:, reorder]
+            length += 1
+            # can a running beam still beat the worst finished hypothesis? (transformers' heuristic)
+            best_length = (L - 1) if early_stopping == "never" and length_penalty > 0.0 else (length - 1)
+            best_running = running_scores[:, :1] / (best_length**length_penalty)
+            worst_finished = torch.where(is_finished, finished_scores.min(dim=1, keepdim=True)[0], -1.0e9)
+            can_improve = can_improve & (best_running > worst_finished).any(-1, keepdim=True)
+            if not (bool(can_improve.any()) and not (bool(is_finished.all()) and early_stopping is True) and not bool(stops.all())):
+                break
+            tokens = running[:, :, length - 1].reshape(B * K, 1)
+        return finished_seqs[:, 0, : 1 + int(finished_lengths[:, 0].max())]  # (B, 1 + longest best)
 
     @classmethod
     def keymap(cls, config: T5Config | None = None) -> KeyMap:
