@@ -44,3 +44,19 @@ def test_each_family_student_runs_the_same_protocol(tmp_path):
     assert all(len(r.losses) == 1 and 0 < r.losses[0] < 10 for r in results), results  # each trained one epoch
     rows = [line for line in (tmp_path / "results.md").read_text().splitlines() if line.startswith("| ") and "---" not in line]
     assert [row.split(" | ")[0][2:] for row in rows[1:]] == names
+
+
+def test_the_vit_from_scratch_row_runs_the_image_protocol(tmp_path, monkeypatch):
+    """examples/finetune_images.py --model vit, on random 28x28 images in place of Fashion-MNIST (not installed in CI)."""
+    import numpy as np
+
+    example = _example("finetune_images")
+    generator = np.random.default_rng(0)
+    fake = lambda: (generator.integers(0, 256, (64, 28, 28), dtype=np.uint8), generator.integers(0, 10, 64),  # noqa: E731
+                    generator.integers(0, 256, (32, 28, 28), dtype=np.uint8), generator.integers(0, 10, 32))
+    monkeypatch.setattr(example, "fashion_mnist", fake)
+    (result,) = example.main(["--model", "vit", "--train-size", "32", "--test-size", "16", "--image-size", "32", "--epochs", "1",
+                              "--max-steps", "2", "--batch-size", "8", "--out", str(tmp_path)])
+    assert result.name == "from scratch (ViT, 6 layers, width 256)" and result.trainable == 3_219_722  # 4 x 4 patches at 32 px
+    assert len(result.losses) == 1 and 0 < result.losses[0] < 10
+    assert "| from scratch (ViT" in (tmp_path / "results.md").read_text()
