@@ -699,7 +699,7 @@ class T5ForConditionalGeneration(T5Model):
             reorder = (gather(from_beam, chosen) + torch.arange(B, device=chosen.device)[:, None] * K).flatten()  # (B K,)
             # those of the K best that stopped compete with the finished hypotheses
             just_finished = stops & top_k_mask
-            scores = top_scores / ((length + 1 - 1) ** length_penalty)
+            scores = top_scores / (length**length_penalty)  # length: the tokens generated with this one
             scores = scores + (is_finished.all(-1, keepdim=True) & (early_stopping is True)).float() * -1e9
             scores = scores + (~can_improve).float() * -1e9 + (~just_finished).float() * -1e9
             merged = torch.cat([finished_scores, scores], dim=1).topk(K)[1]  # (B, K)
