@@ -100,6 +100,14 @@ def minipt_only(default: Any):
     return field(default=default, metadata={_MINIPT_ONLY: True})
 
 
+def first_stop_id(values: dict) -> dict:
+    """``values`` with an ``eos_token_id`` list (transformers' several stop ids) read as its first id,
+    which a generating model's ``prepare`` stops on."""
+    if isinstance(values.get("eos_token_id"), list):
+        values["eos_token_id"] = values["eos_token_id"][0] if values["eos_token_id"] else None
+    return values
+
+
 def require(condition: bool, name: str, value: Any, expected: str) -> None:
     """A check across fields: raise ``ConfigError`` naming the field, its value and what was expected."""
     if not condition:

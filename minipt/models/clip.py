@@ -53,7 +53,7 @@ from ..nn.output import ModelOutput
 from ..registry import Reads, register
 from ..vision import check_images, normalized_batch
 from .text_encoder import check_token_inputs, run_layers
-from .vit import ViTConfig, _layer_points
+from .vit import ViTConfig, _layer_points, square_grid
 
 CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073])  # the statistics of CLIP's training images
 CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711])
@@ -631,11 +631,8 @@ def openai_config(checkpoint) -> CLIPConfig:
     if absent:
         raise KeyMismatchError(f"checkpoint {checkpoint.path} is not an OpenAI-format CLIP: it has no {', '.join(absent)}")
     vision_width, channels, patch = shapes["visual.conv1.weight"][:3]
-    positions = shapes["visual.positional_embedding"][0] - 1
-    grid = math.isqrt(positions)
-    if grid * grid != positions:
-        raise KeyMismatchError(f"checkpoint {checkpoint.path}: visual.positional_embedding {shapes['visual.positional_embedding']} holds "
-                               f"{positions} patch positions, not a square grid")
+    grid = square_grid(checkpoint.path, "visual.positional_embedding", shapes["visual.positional_embedding"],
+                       shapes["visual.positional_embedding"][0] - 1)
     vocab, text_width = shapes["token_embedding.weight"]
 
     def depth(prefix: str) -> int:

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..checkpoint import Pretrained
 from ..checks import check_ids, tracing
-from ..config import Config, count, epsilon, flag, one_of, probability, real, require, token_id
+from ..config import Config, count, epsilon, first_stop_id, flag, one_of, probability, real, require, token_id
 from ..errors import ConfigError, InputError
 from ..keymap import TRANSPOSE, KeyMap
 from ..nn import LayerNorm, Linear, activation, attention_bias, get_backend, linear_then_activation, scaled_dot_product_attention
@@ -84,9 +84,7 @@ class GPT2Config(Config):
     def prepare(cls, values: dict) -> dict:
         if values.get("add_cross_attention"):
             raise ConfigError("sets add_cross_attention: GPT-2 with cross-attention is not supported")
-        if isinstance(values.get("eos_token_id"), list):  # a list of stop ids: generation stops on the first
-            values["eos_token_id"] = values["eos_token_id"][0] if values["eos_token_id"] else None
-        return values
+        return first_stop_id(values)  # a list of stop ids: generation stops on the first
 
 
 # -- the key/value cache ------------------------------------------------------------

@@ -50,7 +50,7 @@ from torch import nn
 
 from ..checkpoint import Pretrained
 from ..checks import check_choice, check_float, check_ids, check_int
-from ..config import Config, count, epsilon, flag, probability, real, require, text, token_id
+from ..config import Config, count, epsilon, first_stop_id, flag, probability, real, require, text, token_id
 from ..errors import ConfigError, InputError
 from ..keymap import KeyMap
 from ..nn import Linear, RMSNorm, activation, attention_bias, get_backend, scaled_dot_product_attention
@@ -123,9 +123,7 @@ class T5Config(Config):
     def prepare(cls, values: dict) -> dict:
         if values.get("is_decoder"):
             raise ConfigError("sets is_decoder: a T5 stack alone as a decoder is not supported")
-        if isinstance(values.get("eos_token_id"), list):  # a list of stop ids: generation stops on the first
-            values["eos_token_id"] = values["eos_token_id"][0] if values["eos_token_id"] else None
-        return values
+        return first_stop_id(values)  # a list of stop ids: generation stops on the first
 
 
 # -- relative positions --------------------------------------------------------------

@@ -470,6 +470,15 @@ def _is_torchvision(checkpoint) -> bool:
     return any(key.removeprefix("module.") == _TV_SIGNATURE for key in checkpoint.keys())
 
 
+
+def square_grid(path, key: str, shape, positions: int) -> int:
+    """The side of the square patch grid a stored position table holds ``positions`` patch positions of,
+    or a KeyMismatchError naming the tensor: no image size fits a table that is not square."""
+    grid = math.isqrt(positions)
+    if grid * grid != positions:
+        raise KeyMismatchError(f"checkpoint {path}: {key} {shape} holds {positions} patch positions, not a square grid, so no image size fits it")
+    return grid
+
 def torchvision_config(checkpoint) -> ViTConfig:
     """A torchvision ViT's architecture read off its tensors: sizes, depth, the image size from the position table
     (a square grid of patches), heads 64 wide, LayerNorm eps 1e-6."""
@@ -479,11 +488,7 @@ def torchvision_config(checkpoint) -> ViTConfig:
     if absent:
         raise KeyMismatchError(f"checkpoint {checkpoint.path} is not a torchvision-format ViT: it has no {', '.join(absent)}")
     hidden, channels, patch = shapes["conv_proj.weight"][:3]
-    positions = shapes["encoder.pos_embedding"][1] - 1
-    grid = math.isqrt(positions)
-    if grid * grid != positions:
-        raise KeyMismatchError(f"checkpoint {checkpoint.path}: encoder.pos_embedding {shapes['encoder.pos_embedding']} holds {positions} patch positions, "
-                               "not a square grid, so no image size fits it")
+    grid = square_grid(checkpoint.path, "encoder.pos_embedding", shapes["encoder.pos_embedding"], shapes["encoder.pos_embedding"][1] - 1)
     mlp = shapes.get("encoder.layers.encoder_layer_0.mlp.0.weight") or shapes["encoder.layers.encoder_layer_0.mlp.linear_1.weight"]
     layers = {key.split(".")[2] for key in shapes if key.startswith("encoder.layers.encoder_layer_")}
     values = dict(hidden_size=hidden, num_hidden_layers=len(layers), num_attention_heads=max(1, hidden // TORCHVISION_HEAD_WIDTH),
