@@ -75,6 +75,9 @@ def test_fused_calls_minipt_ops(family, cls, monkeypatch):
 @pytest.mark.parametrize("family, cls", CASES, ids=IDS)
 def test_the_choice_is_configured_the_same_way_on_every_family(family, cls):
     by_config = cls(family.tiny().replace(backend="math"))
+    if not any(isinstance(m, torch.nn.Linear) for m in by_config.modules()):  # convolutions only (CRAFT): no block has backends
+        assert blocks(by_config) == [] and by_config.config.backend == "math"
+        return
     assert blocks(by_config), f"{cls.__name__} holds no block that follows the backend"
     assert {b.backend for b in blocks(by_config)} == {"math"}
     model = cls(family.tiny())

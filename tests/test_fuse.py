@@ -95,6 +95,7 @@ def test_a_fused_copy_compiles(family):
     args, kwargs = family.inputs(cls)
     eager = _outputs(fused, args, kwargs)
     compiled = _outputs(torch.compile(fused, fullgraph=True), args, kwargs)
-    assert any(isinstance(m, onednn.PackedLinear) and m.onednn for m in fused.modules()) or not onednn.available()
+    convolutions_only = not any(isinstance(m, torch.nn.Linear) for m in _model(family, cls).modules())  # CRAFT: nothing to pack
+    assert convolutions_only or any(isinstance(m, onednn.PackedLinear) and m.onednn for m in fused.modules()) or not onednn.available()
     for got, expected in zip(compiled, eager):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

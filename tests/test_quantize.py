@@ -44,6 +44,9 @@ def test_every_declared_model_quantises_and_stays_close(family, cls):
     model = family.tiny_model(cls)
     args, kwargs = family.inputs(cls)
     quantized = quantize_int8(model)
+    if not any(isinstance(m, torch.nn.Linear) for m in model.modules()):  # convolutions only (CRAFT): int8 covers Linear and LSTM
+        assert not transfer.is_quantized(quantized) and not quantized.training
+        return
     assert transfer.is_quantized(quantized)
     with torch.no_grad():
         ours, theirs = (torch.cat([t.flatten().float() for t in tree_leaves(m(*args, **kwargs)) if t.is_floating_point()]) for m in (quantized, model))

@@ -43,7 +43,7 @@ from ..nn import Linear
 from ..nn.backend import ChoosesBackend
 from ..nn.conv import conv3x3
 from ..nn.fuse import InferenceCopy
-from ..registry import Reads, register
+from ..registry import Reads, describe, register
 from ..vision import check_images, normalized_batch
 from .classifier import HasClassifier
 
@@ -129,6 +129,15 @@ class Stage(nn.Module):
         return self.pool(self.blocks(x))
 
 
+def make_stages(stages: tuple[tuple[int, ...], ...], in_channels: int, batch_norm: bool) -> nn.ModuleList:
+    """The convolution stages of a VGG, the backbone other models take from here (CRAFT's text detector)."""
+    built = []
+    for widths in stages:
+        built.append(Stage(in_channels, widths, batch_norm))
+        in_channels = widths[-1]
+    return nn.ModuleList(built)
+
+
 class PreLogits(nn.Module):
     """The classifier's two hidden layers: linear -> ReLU -> dropout, twice: (B, in_features) -> (B, hidden_size)."""
 
@@ -159,11 +168,8 @@ class VGG(HasClassifier, Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
         super().__init__()
         self.config = config
         self.fused = False
-        stages, in_channels = [], config.in_channels
-        for widths in config.stages:
-            stages.append(Stage(in_channels, widths, config.batch_norm))
-            in_channels = widths[-1]
-        self.stages = nn.ModuleList(stages)
+        self.stages = make_stages(config.stages, config.in_channels, config.batch_norm)
+        in_channels = config.stages[-1][-1]
         self.pool = nn.AdaptiveAvgPool2d(config.pool_size)
         self.pre_logits = PreLogits(in_channels * config.pool_size**2, config.hidden_size, config.dropout)
         self.head = Linear(config.hidden_size, config.num_classes) if config.num_classes else nn.Identity()
@@ -286,7 +292,8 @@ def infer_config(checkpoint: Checkpoint) -> VGGConfig:
 
     def refuse(problem: str):
         first = ", ".join(f"{k} {s}" for k, s in list(shapes.items())[:5])
-        raise KeyMismatchError(f"checkpoint {path} is not a torchvision-format VGG: {problem} (its first keys: {first})")
+        other = "" if "features.0.weight" in shapes else f"; {describe(path, checkpoint)}"  # another family's file (CRAFT's) says so
+        raise KeyMismatchError(f"checkpoint {path} is not a torchvision-format VGG: {problem} (its first keys: {first}){other}")
 
     kernels = {}
     for key, shape in shapes.items():
