@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from minipt import ConfigError, InputError, MiniptError
-from minipt.models.t5 import T5Config, T5EncoderModel, T5ForConditionalGeneration, T5Model, relative_position_bucket
+from minipt.models.t5 import (T5Config, T5DecoderStep, T5EncoderForDecoding, T5EncoderModel, T5ForConditionalGeneration, T5Model,
+                             relative_position_bucket)
 from minipt.nn import RMSNorm
 from minipt.reference import import_transformers
 
@@ -258,6 +259,60 @@ def test_sampling_goes_through_the_shared_sampler(pair):
     assert torch.equal(first, model.generate(ids, attention_mask=mask, do_sample=True, top_k=5, seed=3, max_new_tokens=6, eos_token_id=None))
     single = model.generate(ids, attention_mask=mask, do_sample=True, top_k=1, seed=4, max_new_tokens=6, eos_token_id=None)
     assert torch.equal(single, model.generate(ids, attention_mask=mask, max_new_tokens=6, eos_token_id=None))
+
+
+# -- torch.export: the encoder and one decoder step ------------------------------------------
+def _decode_with(encoder, step, model, ids, mask, steps):
+    """Greedy decoding through the two functions of tensors: the tokens (B, 1 + steps) and each step's logits."""
+    config = model.config
+    cross_keys, cross_values = encoder(ids, mask)
+    keys = torch.zeros(config.num_decoder_layers, ids.shape[0], config.num_heads, steps, config.d_kv)
+    values = torch.zeros_like(keys)
+    tokens, all_logits = model.start_ids(ids), []
+    for i in range(steps):
+        logits, keys, values = step(tokens[:, -1:], torch.tensor(i), keys, values, cross_keys, cross_values, mask)
+        all_logits.append(logits)
+        tokens = torch.cat([tokens, logits.argmax(-1, keepdim=True)], dim=1)
+    return tokens, all_logits
+
+
+@pytest.mark.parametrize("feed_forward_proj", ["relu", "gated-gelu"])  # v1.0 (tied head, scaled output) and v1.1
+def test_the_encoder_and_one_decoder_step_export_and_decode_as_generate(tmp_path, feed_forward_proj):
+    """Exported with a dynamic batch and input length, the encoder (with the cross-attention keys and values) and the
+    decoder step give generate's tokens and, step by step, its logits; the same as the eager modules up to ATOL."""
+    model = T5ForConditionalGeneration.from_pretrained(saved(reference_model(hf_config(feed_forward_proj=feed_forward_proj,
+                                                                                         tie_word_embeddings=feed_forward_proj == "relu"), seed=4), tmp_path))
+    assert model.config.scale_decoder_outputs is (feed_forward_proj == "relu")
+    encoder, step = T5EncoderForDecoding(model).eval(), T5DecoderStep(model).eval()
+    ids, mask = padded(50, [9, 5, 3], seed=4)
+    steps = 7
+    batch, length = torch.export.Dim("batch"), torch.export.Dim("length", min=2)
+    example_ids, example_mask = padded(50, [6, 4], seed=5)  # the traced shapes: 2 rows of 6
+    with torch.no_grad():
+        exported_encoder = torch.export.export(encoder, (example_ids, example_mask), dynamic_shapes=({0: batch, 1: length}, {0: batch, 1: length}))
+        cross = encoder(example_ids, example_mask)
+        keys = torch.zeros(model.config.num_decoder_layers, 2, model.config.num_heads, steps, model.config.d_kv)
+        example = (model.start_ids(example_ids), torch.tensor(0), keys, torch.zeros_like(keys), *cross, example_mask)  # not one tensor twice: export would alias them
+        dims = ({0: batch}, None, {1: batch}, {1: batch}, {1: batch, 3: length}, {1: batch, 3: length}, {0: batch, 1: length})
+        exported_step = torch.export.export(step, example, dynamic_shapes=dims)
+        eager_tokens, eager_logits = _decode_with(encoder, step, model, ids, mask, steps)
+        tokens, logits = _decode_with(exported_encoder.module(), exported_step.module(), model, ids, mask, steps)  # another batch and length
+        expected = model.generate(ids, attention_mask=mask, max_new_tokens=steps, eos_token_id=None, output_logits=True, return_dict_in_generate=True)
+    assert torch.equal(tokens, expected.sequences) and torch.equal(eager_tokens, expected.sequences)
+    assert len(expected.sequences[:, 1:].unique()) > 2  # the steps see more than one token
+    assert max_diff(logits, eager_logits) <= ATOL
+    assert max_diff(eager_logits, expected.logits) <= ATOL
+
+
+def test_a_decoder_step_writes_only_its_own_place(pair):
+    _, model, _ = pair
+    ids, mask = padded(50, [6, 4])
+    cross = T5EncoderForDecoding(model)(ids, mask)
+    keys = torch.randn(model.config.num_decoder_layers, 2, model.config.num_heads, 5, model.config.d_kv)
+    with torch.no_grad():
+        _, new_keys, new_values = T5DecoderStep(model)(model.start_ids(ids), torch.tensor(2), keys, keys, *cross, mask)
+    changed = (new_keys != keys).any(dim=(0, 1, 2, 4))  # (max_len,)
+    assert changed.tolist() == [False, False, True, False, False] and torch.equal(new_values[:, :, :, 3:], keys[:, :, :, 3:])
 
 
 # -- bad input -------------------------------------------------------------------------

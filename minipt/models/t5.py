@@ -32,7 +32,9 @@ says ``tie_word_embeddings: false`` or holds a ``lm_head.weight`` of its own.
 
 Generation runs the encoder once, computes every layer's cross-attention keys
 and values once, and feeds the decoder one token at a time against a
-preallocated cache of its self-attention keys and values.
+preallocated cache of its self-attention keys and values. ``T5EncoderForDecoding``
+and ``T5DecoderStep`` give the same two parts as functions of tensors only (the
+cache passed in and out), which ``torch.export`` traces.
 
 Reads and writes the official Hugging Face layout (``shared.weight``,
 ``encoder.block.0.layer.0.SelfAttention.q.weight``, ...) through the key map at
@@ -724,6 +726,86 @@ class T5ForConditionalGeneration(T5Model):
         else:
             head, tied = [("lm_head.weight", "lm_head.weight")], []
         return _encoder_keymap() + _decoder_keymap() + KeyMap(head, tied=tied)
+
+
+# -- decoding with every state a tensor (torch.export) ---------------------------------------
+class T5EncoderForDecoding(nn.Module):
+    """What ``generate`` computes once per batch, as a function of tensors: the encoder, then each decoder layer's
+    cross-attention keys and values over its output.
+
+        input_ids (B, S), attention_mask (B, S) -> cross_keys, cross_values, each (layers, B, heads, S, d_kv)
+
+    With ``T5DecoderStep``, generation as two graphs that ``torch.export`` traces (the loop and the choice of each
+    token stay outside)."""
+
+    def __init__(self, model: T5ForConditionalGeneration):
+        super().__init__()
+        self.vocab_size = model.config.vocab_size
+        self.shared, self.encoder = model.shared, model.encoder  # the model's own modules (no copies)
+        self.cross_attn = nn.ModuleList(layer.cross_attn for layer in model.decoder.layers)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _check_ids_and_mask("input_ids", input_ids, attention_mask, self.vocab_size, "attention_mask")
+        encoded = self.encoder(self.shared(input_ids), attention_mask).last_hidden_state  # (B, S, C)
+        keys, values = zip(*(attn.keys_values(encoded) for attn in self.cross_attn))
+        return torch.stack(keys), torch.stack(values)  # (layers, B, heads, S, d_kv) each
+
+
+class _WrittenAt:
+    """T5Block's cache interface over fixed-size tensors: each layer's new keys and values written at one place, out of place."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, at: torch.Tensor):
+        self.keys, self.values, self.at = keys, values, at[:, None]  # at: (max_len,) True at the token's place -> (max_len, 1)
+        self.new_keys, self.new_values = [], []
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        keys = torch.where(self.at, k, self.keys[layer])  # k (B, heads, 1, d_kv) -> (B, heads, max_len, d_kv)
+        values = torch.where(self.at, v, self.values[layer])
+        self.new_keys.append(keys)
+        self.new_values.append(values)
+        return keys, values
+
+
+class T5DecoderStep(nn.Module):
+    """One decoding step, the cache passed in and out as tensors of fixed shapes:
+
+        token (B, 1): the decoder's input at ``position`` (the start token at 0)
+        position: a 0-d integer tensor
+        self_keys, self_values (layers, B, heads, max_len, d_kv): the decoder's keys and values at the places before
+        cross_keys, cross_values (layers, B, heads, S, d_kv): ``T5EncoderForDecoding``'s
+        attention_mask (B, S): the encoder's padding
+        -> logits (B, vocab), and self_keys, self_values with this token's written at ``position``
+
+    ``T5Cache`` slices the cache to its length, a Python int that a traced graph would fix; here the token attends
+    over all ``max_len`` places with those after ``position`` masked out, so that one graph serves every step::
+
+        cross_keys, cross_values = T5EncoderForDecoding(model)(input_ids, attention_mask)
+        step = T5DecoderStep(model)
+        keys = torch.zeros(layers, B, heads, max_len, d_kv); values = torch.zeros_like(keys)
+        token = start ids (B, 1)
+        for i in range(max_len):
+            logits, keys, values = step(token, torch.tensor(i), keys, values, cross_keys, cross_values, attention_mask)
+            token = logits.argmax(-1, keepdim=True)
+    """
+
+    def __init__(self, model: T5ForConditionalGeneration):
+        super().__init__()
+        self.shared, self.decoder, self.lm_head = model.shared, model.decoder, model.lm_head  # the model's own modules
+        self.output_scale = model.config.d_model**-0.5 if model.config.scale_decoder_outputs else 1.0  # as model.logits
+
+    def forward(self, token, position, self_keys, self_values, cross_keys, cross_values, attention_mask):
+        layers = self.decoder.layers
+        hidden = self.shared(token)  # (B, 1, C)
+        max_len, S = self_keys.shape[3], cross_keys.shape[3]
+        places = torch.arange(max_len, device=token.device)
+        bias = layers[0].attn.relative_bias(1, max_len, position)  # (1, heads, 1, max_len), the token at ``position``
+        bias = bias.masked_fill(places > position, torch.finfo(bias.dtype).min)  # the places not written yet
+        cross_bias = attention_bias(attention_mask, 1, S, dtype=hidden.dtype, device=hidden.device)  # (B, 1, 1, S)
+        cache = _WrittenAt(self_keys, self_values, places == position)
+        for i, layer in enumerate(layers):
+            hidden, _, _ = layer(hidden, bias, cross_keys_values=(cross_keys[i], cross_values[i]), cross_bias=cross_bias, cache=cache, index=i)
+        logits = self.lm_head(self.decoder.final_norm(hidden)[:, 0] * self.output_scale)  # (B, vocab)
+        return logits, torch.stack(cache.new_keys), torch.stack(cache.new_values)
 
 
 # -- the official names -----------------------------------------------------------------
