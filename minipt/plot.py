@@ -6,6 +6,7 @@ returns) and gives back a ``matplotlib.figure.Figure``; ``save_png`` writes one.
     out = bert(**batch, output_attentions=True)
     fig = attention_maps(out.attentions, tokens, layers=[2], heads=None)  # all 12 heads of layer 2 (counted from 0)
     save_png(fig, "attention.png")
+    fig = cross_attention(t5(ids, mask, sequences[:, :-1], output_attentions=True).cross_attentions, letters, phonemes)
 
 matplotlib is an optional extra (``pip install "minipt[plot]"``), imported
 only inside these functions; figures are built without ``pyplot``, so nothing
@@ -178,6 +179,62 @@ def patch_attention(
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     fig.suptitle(f"where token {query}{' ([CLS])' if query == 0 else ''} looks, over the {grid}x{grid} patches", fontsize=10)
+    return fig
+
+
+def cross_attention(
+    probs: Sequence[torch.Tensor] | torch.Tensor,
+    inputs: Sequence[str],
+    outputs: Sequence[str],
+    layers: int | Sequence[int] | None = None,
+    *,
+    heads: int | str = "mean",
+    sequence: int = 0,
+):
+    """Where an encoder-decoder looked while it wrote each output token: one heatmap per decoder layer, the output
+    tokens down the side, the input tokens across (for grapheme-to-phoneme: the phonemes against the letters).
+
+    ``probs``: the decoder's cross-attention, (B, heads, T, S) per layer, e.g. ``T5ForConditionalGeneration(ids, mask,
+    sequences[:, :-1], output_attentions=True).cross_attentions`` for what ``generate`` returned: row t is the step that
+    chose ``sequences[:, t + 1]``, so ``outputs`` labels each row with the token that step wrote. ``inputs``: the S
+    input tokens of sequence ``sequence``. ``layers`` counted from 0 (None: all); ``heads``: "mean" or one head's index.
+    """
+    if isinstance(probs, torch.Tensor):
+        probs = (probs,)
+    if not probs or not all(isinstance(p, torch.Tensor) and p.dim() == 4 for p in probs) or len({p.shape for p in probs}) != 1:
+        raise InputError("cross_attention expects cross-attention probabilities shaped (batch, heads, T, S), one tensor per decoder layer")
+    batch, num_heads, T, S = probs[0].shape
+    check_int("sequence", sequence, low=0, high=batch - 1)
+    inputs, outputs = list(inputs), list(outputs)
+    if len(inputs) != S or len(outputs) != T:
+        raise InputError(f"{len(inputs)} input and {len(outputs)} output tokens for cross-attention over {S} inputs from {T} outputs; "
+                         "give one label per position")
+    if heads != "mean":
+        if not isinstance(heads, int) or isinstance(heads, bool):
+            raise InputError(f"heads must be one head's index or 'mean', got {heads!r}")
+        heads = _indices(heads, num_heads, "head")[0]
+    layer_ids = _indices(layers, len(probs), "layer")
+    panels = []  # (title, (T, S) map)
+    for layer in layer_ids:
+        maps = probs[layer][sequence].detach().float().cpu()  # (heads, T, S)
+        panels.append((f"layer {layer}, " + (f"mean of {num_heads} heads" if heads == "mean" else f"head {heads}"),
+                       maps.mean(0) if heads == "mean" else maps[heads]))
+    columns = min(4, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    width, height = max(2.4, 0.2 * S + 1.0), max(2.4, 0.2 * T + 1.0)  # room for a label per token
+    fig = _figure(width * columns + 0.8, height * rows + 0.4)
+    axes = list(fig.subplots(rows, columns, squeeze=False).flat)
+    image = None
+    for ax, (title, attention) in zip(axes, panels):
+        image = ax.imshow(attention.numpy(), cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest", aspect="auto")
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks(range(S), inputs, rotation=90 if max(map(len, inputs), default=0) > 2 else 0, fontsize=7)
+        ax.set_yticks(range(T), outputs, fontsize=7)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    fig.colorbar(image, ax=axes, shrink=0.6, label="attention probability")
+    fig.supxlabel("input token (attended to)", fontsize=9)
+    fig.supylabel("output token (being written)", fontsize=9)
     return fig
 
 

@@ -13,7 +13,7 @@ import torch
 from bert_reference import minilm_path  # noqa: F401  (sets up the reference stack)
 from minipt import cli
 from minipt.errors import InputError, MiniptError, MissingDependencyError, SaveError
-from minipt.plot import attention_maps, feature_maps, layer_diff, patch_attention, save_png
+from minipt.plot import attention_maps, cross_attention, feature_maps, layer_diff, patch_attention, save_png
 
 PNG = b"\x89PNG\r\n\x1a\n"
 CHELSEA = Path(importlib.util.find_spec("skimage").submodule_search_locations[0]) / "data" / "chelsea.png"
@@ -197,3 +197,38 @@ def test_patch_attention_bad_input():
         patch_attention(torch.rand(1, 2, 5, 5), heads=3)
     with pytest.raises(InputError, match="query"):
         patch_attention(torch.rand(1, 2, 5, 5), query=5)
+
+
+def test_cross_attention_of_generated_tokens(tmp_path):
+    """A T5's cross-attention while it wrote each generated token, read back by teacher forcing on what generate returned."""
+    from minipt.models.t5 import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration(T5Config(vocab_size=30, d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2,
+                                                relative_attention_num_buckets=8, relative_attention_max_distance=16)).eval()
+    ids = torch.randint(2, 30, (1, 6))
+    sequences = model.generate(ids, max_new_tokens=4, eos_token_id=None)  # (1, 5): the start token, then 4
+    with torch.no_grad():
+        probs = model(ids, None, sequences[:, :-1], output_attentions=True).cross_attentions  # 2 x (1, 2, 4, 6)
+    letters, written_tokens = [f"i{t}" for t in ids[0].tolist()], [f"o{t}" for t in sequences[0, 1:].tolist()]
+    fig = cross_attention(probs, letters, written_tokens)
+    shown = panels(fig)
+    assert [ax.get_title() for ax in shown] == ["layer 0, mean of 2 heads", "layer 1, mean of 2 heads"]
+    assert [t.get_text() for t in shown[1].get_xticklabels()] == letters
+    assert [t.get_text() for t in shown[1].get_yticklabels()] == written_tokens
+    assert torch.allclose(torch.as_tensor(shown[1].get_images()[0].get_array().data), probs[1][0].mean(0))
+    assert panels(cross_attention(probs, letters, written_tokens, layers=1, heads=0))[0].get_title() == "layer 1, head 0"
+    save_png(fig, tmp_path / "cross.png")
+    written(tmp_path / "cross.png")
+
+
+def test_cross_attention_bad_input():
+    probs = (torch.rand(1, 2, 3, 4),)
+    with pytest.raises(InputError, match="4 input and 2 output tokens for cross-attention over 4 inputs from 3 outputs"):
+        cross_attention(probs, list("abcd"), ["x", "y"])
+    with pytest.raises(InputError, match="head 2 does not exist"):
+        cross_attention(probs, list("abcd"), list("xyz"), heads=2)
+    with pytest.raises(InputError, match="layer 1 does not exist"):
+        cross_attention(probs, list("abcd"), list("xyz"), layers=[1])
+    with pytest.raises(InputError, match="one tensor per decoder layer"):
+        cross_attention((torch.rand(1, 2, 3, 4), torch.rand(1, 2, 3, 5)), list("abcd"), list("xyz"))
