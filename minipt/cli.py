@@ -7,6 +7,7 @@
     minipt attention PATH TEXT   attention maps of a BERT model as a PNG (--layer, --heads, --out)
     minipt features IMAGE        feature maps of a CNN stage as a PNG (--model, --stage, --out)
     minipt classify IMAGE...     top-5 ImageNet classes with EfficientNet-Lite0 (--model)
+    minipt zero-shot IMAGE... --labels "a cat,a dog" --model PATH   each label's probability per image with a CLIP model
     minipt fetch NAME|--all      place a catalogued checkpoint under weights/ and verify it
     minipt generate --model PATH PROMPT   continue a prompt with a GPT-2 checkpoint, streaming tokens
 
@@ -310,6 +311,8 @@ ARGUMENT_CHECKS: dict = {
     ("attention", "out"): _output_file("--out", "the picture"),
     ("features", "out"): _output_file("--out", "the picture"),
     ("diff", "plot"): _output_file("--plot", "the picture"),
+    ("zero-shot", "labels"): _text("--labels"),
+    ("zero-shot", "templates"): _text("--templates"),
     (None, "texts"): _text("text"),
     (None, "text"): _text("text"),
     (None, "prompt"): _text("prompt"),
@@ -403,6 +406,33 @@ def cmd_classify(args) -> int:
         print(given)
         for name, probability in classes:
             print(f"  {probability:7.2%}  {name}")
+    return 0
+
+
+def cmd_zero_shot(args) -> int:
+    from .checkpoint import Checkpoint
+    from .demo import tokenizer_beside
+    from .errors import InputError
+    from .hub import resolve
+    from .models.clip import CLIPModel, zero_shot
+    from .registry import model_class_for
+    from .tokenizer import Tokenizer
+
+    labels = [label.strip() for label in (args.labels or "").split(",") if label.strip()]
+    if not labels:
+        raise InputError('--labels: give the labels to choose between, separated by commas (--labels "a cat,a dog")')
+    path = resolve(args.model)
+    with Checkpoint(path) as checkpoint:
+        cls = model_class_for(path, checkpoint)
+    if cls is not CLIPModel:
+        raise InputError(f"--model {args.model} holds a {cls.__name__} checkpoint; zero-shot classification needs a CLIP model (CLIPModel: both towers)")
+    model = CLIPModel.from_pretrained(path).eval()
+    tokenizer = Tokenizer.from_pretrained(args.tokenizer) if args.tokenizer else tokenizer_beside(path) or Tokenizer.from_pretrained("clip-tokenizer")
+    probabilities = zero_shot(args.images, labels, model, tokenizer, templates=args.templates)  # (images, labels)
+    for image, row in zip(args.images, probabilities.tolist()):
+        print(image)
+        for probability, label in sorted(zip(row, labels), key=lambda pair: -pair[0]):
+            print(f"  {probability:7.2%}  {label}")
     return 0
 
 
@@ -507,6 +537,18 @@ COMMANDS: dict = {
             p.add_argument("--model", default="efficientnet_lite0",
                            help="catalogue name or path of EfficientNet-Lite weights, or of a *ForSequenceClassification folder with its tokenizer"),
             p.add_argument("--top", type=int, default=5, help="how many classes to print per input (default 5)"),
+        ),
+    ),
+    "zero-shot": (
+        cmd_zero_shot,
+        "each label's probability for images, with a CLIP model comparing the images with captions of the labels",
+        lambda p: (
+            p.add_argument("images", nargs="+", help="paths of images (any format Pillow reads)"),
+            p.add_argument("--labels", help='the labels to choose between, separated by commas: "a cat,a dog"'),
+            p.add_argument("--model", required=True, help="folder or catalogue name of a CLIP checkpoint (Hugging Face's or OpenAI's layout)"),
+            p.add_argument("--templates", nargs="+", metavar="TEMPLATE", default=["a photo of a {}."],
+                           help='captions with {} where the label goes, averaged over (default: "a photo of a {}."); put them after the images'),
+            p.add_argument("--tokenizer", help="folder or catalogue name of CLIP's tokenizer (default: the one beside the model, else clip-tokenizer)"),
         ),
     ),
     "fetch": (

@@ -12,6 +12,11 @@ The graph returns the logits, one tensor. BERT's padding mask enters as 0/1 inte
 is turned into the additive float mask inside the graph, so the exported graph
 has no branch on the data (minipt skips the mask when nothing is padded; a
 graph cannot).
+
+A ``CLIPModel`` exports as one graph of both towers: inputs ``input_ids``,
+``attention_mask`` and ``pixel_values`` (captions and images counted apart),
+outputs ``text_embeds`` and ``image_embeds``, the projected features
+(``get_text_features``, ``get_image_features``, not normalised).
 """
 
 from __future__ import annotations
@@ -39,40 +44,66 @@ class _TextClassifierLogits(nn.Module):
         return self.model(input_ids, additive).logits  # (B, num_labels)
 
 
+class _CLIPFeatures(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.get_text_features(input_ids, attention_mask), self.model.get_image_features(pixel_values)  # (B_t, D), (B_i, D)
+
+
+def _clip_graph(model: nn.Module, batch: int, length: int):
+    """CLIPModel's graph: captions of at most its context, images of its image_size."""
+    text, vision = model.config.text_config, model.config.vision_config
+    length = min(length, text.max_position_embeddings)
+    ids = torch.randint(0, text.vocab_size, (batch, length))
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[0, length // 2 :] = 0  # padding in the example, so the graph masks
+    pixels = torch.randn(batch + 1, vision.num_channels, vision.image_size, vision.image_size)  # another count than the captions'
+    dynamic = {"input_ids": {0: "text_batch", 1: "length"}, "attention_mask": {0: "text_batch", 1: "length"}, "pixel_values": {0: "image_batch"}}
+    return _CLIPFeatures(model).eval(), (ids, mask, pixels), list(dynamic), dynamic, ["text_embeds", "image_embeds"]
+
+
 def _graph(model: nn.Module, batch: int, length: int, image_size: int):
-    """The module to export, example inputs, their names and dynamic dimensions."""
+    """The module to export, example inputs, their names and dynamic dimensions, and the outputs' names."""
     from .models.classifier import HasClassifier
+    from .models.clip import CLIPModel
     from .registry import family_of
+
+    if isinstance(model, CLIPModel):
+        return _clip_graph(model, batch, length)
 
     family = family_of(model) if isinstance(model, HasClassifier) else None
     if family is None or family.reads is None:
-        raise InputError(f"export_onnx handles minipt's classifiers (text and images), not {type(model).__name__}")
+        raise InputError(f"export_onnx handles minipt's classifiers (text and images) and CLIPModel, not {type(model).__name__}")
     if len(family.reads.default_size(model).split("x")) == 2:  # token ids: a text classifier
         ids = torch.randint(0, model.config.vocab_size, (batch, length))
         mask = torch.ones(batch, length, dtype=torch.long)
         mask[0, length // 2 :] = 0  # padding in the example, so the graph masks
         names = ["input_ids", "attention_mask"]
-        return _TextClassifierLogits(model).eval(), (ids, mask), names, {name: {0: "batch", 1: "length"} for name in names}
+        return _TextClassifierLogits(model).eval(), (ids, mask), names, {name: {0: "batch", 1: "length"} for name in names}, ["logits"]
     channels = getattr(model.config, "in_channels", 3)
-    return model, (torch.randn(batch, channels, image_size, image_size),), ["x"], {"x": {0: "batch"}}
+    return model, (torch.randn(batch, channels, image_size, image_size),), ["x"], {"x": {0: "batch"}}, ["logits"]
 
 
 def export_onnx(model: nn.Module, path, *, batch: int = 2, length: int = 16, image_size: int = 224) -> Path:
-    """Write ``model`` (in eval mode) as an ONNX file whose one output, ``logits``, is the model's.
+    """Write ``model`` (in eval mode) as an ONNX file whose one output, ``logits``, is the model's (a CLIPModel's
+    two: ``text_embeds`` and ``image_embeds``).
 
     The weights go inside the file, written atomically (readers see the old file or the new one).
     Past ONNX's 2 GB limit the exporter puts them in ``<name>.data`` and names that file inside the
     graph, so it exports into a scratch folder beside ``path`` under the final name, then moves the
     weights' file into place before the graph. ``SaveError`` when ``path`` cannot be written."""
     path = Path(path)
-    module, example, names, dynamic = _graph(model.eval(), batch, length, image_size)
+    module, example, names, dynamic, outputs = _graph(model.eval(), batch, length, image_size)
     try:
         scratch = Path(tempfile.mkdtemp(prefix=TEMPORARY_PREFIX, dir=path.parent))
         try:
             with warnings.catch_warnings(), torch.no_grad():  # the tracer's notes on Python values it fixes (input checks)
                 warnings.simplefilter("ignore")
                 torch.onnx.export(module, example, str(scratch / path.name), dynamo=True, input_names=names,
-                                  output_names=["logits"], dynamic_axes=dynamic, external_data=False)
+                                  output_names=outputs, dynamic_axes=dynamic, external_data=False)
             for written in sorted(scratch.iterdir(), key=lambda file: file.name == path.name):  # the graph last
                 with atomic_path(path.parent / written.name) as temporary:
                     os.replace(written, temporary)

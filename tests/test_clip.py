@@ -1,5 +1,6 @@
 """CLIP against transformers' CLIPModel (eager attention) on random configs it builds and saves, OpenAI's layout
-converted here from the same weights, zero-shot classification, preprocessing and the error paths."""
+converted here from the same weights, zero-shot classification (and the ``minipt zero-shot`` command), the
+contrastive loss, position interpolation, preprocessing and the error paths."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from helpers import ATOL, max_diff
 from minipt.errors import ConfigError, InputError, KeyMismatchError, MiniptError
 from minipt.checkpoint import Checkpoint
 from minipt.models.clip import (CLIP_MEAN, CLIP_STD, CLIPConfig, CLIPModel, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel,
-                                end_of_text, example_inputs, openai_config, tiny_config, zero_shot)
+                                contrastive_loss, end_of_text, example_inputs, openai_config, tiny_config, zero_shot)
 from minipt.nn.backend import use_backend
 from minipt import reference, transfer
 
@@ -346,3 +347,178 @@ def test_save_reload_and_every_backend(cls, tmp_path):
         for backend in ("math", "fused"):
             with use_backend(backend, module=model):
                 assert max_diff(list(model(*args, **kwargs).to_tuple()[:2]), list(expected.to_tuple()[:2])) <= ATOL, backend
+
+
+# -- the contrastive loss ------------------------------------------------------------------------
+def test_return_loss_is_transformers_loss_with_the_same_gradients(tmp_path):
+    reference, folder = reference_clip(tmp_path, text=TEXT, vision=VISION)
+    model = CLIPModel.from_pretrained(folder)
+    ids, mask, pixels = tiny_inputs()
+    ids, mask = ids[:2], mask[:2]  # two pairs: caption i describes image i
+    ours = model(ids, pixels, mask, return_loss=True)
+    theirs = reference(input_ids=ids, pixel_values=pixels, attention_mask=mask, return_loss=True)
+    assert ours.loss.shape == () and abs(ours.loss.item() - theirs.loss.item()) <= ATOL
+    assert ours[0] is ours.loss  # first, as in transformers
+    torch.testing.assert_close(contrastive_loss(ours.logits_per_image), ours.loss, rtol=0, atol=0)
+    torch.testing.assert_close(contrastive_loss(ours.logits_per_text), ours.loss, rtol=1e-6, atol=1e-7)  # symmetric
+    ours.loss.backward()
+    theirs.loss.backward()
+    for mine, official in ((model.similarity.logit_scale, reference.logit_scale), (model.text_projection.weight, reference.text_projection.weight),
+                           (model.vision_model.embeddings.patch.weight, reference.vision_model.embeddings.patch_embedding.weight),
+                           (model.text_model.embeddings.token.weight, reference.text_model.embeddings.token_embedding.weight)):
+        assert max_diff(mine.grad, official.grad) <= ATOL
+    assert model(ids, pixels, mask).loss is None
+
+
+def test_contrastive_loss_by_hand_and_its_errors():
+    logits = torch.tensor([[4.0, 1.0], [0.5, 3.0]])
+    by_image = -(logits.log_softmax(dim=1).diagonal()).mean()  # each image over the captions
+    by_caption = -(logits.log_softmax(dim=0).diagonal()).mean()  # each caption over the images
+    torch.testing.assert_close(contrastive_loss(logits), (by_image + by_caption) / 2)
+    with pytest.raises(InputError, match=r"as many captions as images, logits \(B, B\); got \(2, 3\)"):
+        contrastive_loss(torch.zeros(2, 3))
+    model = CLIPModel(CLIPConfig(text_config=dict(TEXT), vision_config=dict(VISION), projection_dim=6)).eval()
+    ids, mask, pixels = tiny_inputs()
+    with pytest.raises(InputError, match="return_loss=True needs as many captions as images, got 3 captions and 2 images"):
+        model(ids, pixels, mask, return_loss=True)
+    with pytest.raises(InputError, match="return_loss=True needs both input_ids and pixel_values"):
+        model(ids, attention_mask=mask, return_loss=True)
+
+
+# -- position interpolation --------------------------------------------------------------------------
+@pytest.mark.parametrize("size", [(20, 16), (8, 8), (12, 12)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_interpolate_pos_encoding_is_transformers(tmp_path, size):
+    """Images of another size (a 5x4 grid, a 2x2 grid) and of the table's own (3x3), the table resized as transformers resizes it."""
+    reference, folder = reference_clip(tmp_path, text=TEXT, vision=VISION)
+    model, tower = CLIPModel.from_pretrained(folder), CLIPVisionModel.from_pretrained(folder)
+    ids, mask, _ = tiny_inputs()
+    pixels = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ours = model(ids, pixels, mask, interpolate_pos_encoding=True)
+        theirs = reference(input_ids=ids, pixel_values=pixels, attention_mask=mask, interpolate_pos_encoding=True)
+        for name in ("logits_per_image", "image_embeds"):
+            assert max_diff(getattr(ours, name), getattr(theirs, name)) <= ATOL, name
+        assert ours.vision_model_output.last_hidden_state.shape == (2, 1 + size[0] * size[1] // 16, 8)
+        official = reference.vision_model(pixel_values=pixels, interpolate_pos_encoding=True)
+        mine = tower(pixels, interpolate_pos_encoding=True)
+        assert max_diff(mine.last_hidden_state, official.last_hidden_state) <= ATOL and max_diff(mine.pooler_output, official.pooler_output) <= ATOL
+        features = reference.get_image_features(pixel_values=pixels, interpolate_pos_encoding=True).pooler_output
+        assert max_diff(model.get_image_features(pixels, interpolate_pos_encoding=True), features) <= ATOL
+        if size == (12, 12):  # the table's own grid: the same as without interpolation
+            assert max_diff(mine.pooler_output, tower(pixels).pooler_output) == 0
+
+
+def test_interpolation_needs_whole_patches():
+    model = CLIPVisionModel(CLIPVisionConfig(**VISION)).eval()
+    with pytest.raises(InputError, match=r"cuts images into 4x4 patches \(patch_size\); an image of 14x12 pixels is not a whole number of them"):
+        model(torch.randn(1, 3, 14, 12), interpolate_pos_encoding=True)
+    with pytest.raises(InputError, match="or pass interpolate_pos_encoding=True"):
+        model(torch.randn(1, 3, 16, 16))
+
+
+# -- the zero-shot command -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def clip_tokenizer_folder():
+    from minipt import hub
+    from minipt.errors import CheckpointNotFoundError
+
+    try:
+        return hub.resolve("clip-tokenizer")
+    except CheckpointNotFoundError as err:
+        pytest.skip(f"CLIP's vocabulary is not built here ({err})")
+
+
+def real_vocabulary_clip(folder):
+    """A random transformers CLIP of CLIP's real vocabulary (49408 ids, <|endoftext|> = 49407 pooled), saved in ``folder``."""
+    text = {**TEXT, "vocab_size": 49408, "bos_token_id": 49406, "eos_token_id": 49407, "max_position_embeddings": 16}
+    return reference_clip(folder, text=text, vision=VISION)
+
+
+def saved_images(folder, count=2):
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(7)
+    paths = []
+    for i in range(count):
+        pixels = torch.randint(0, 256, (30 + 5 * i, 40, 3), generator=generator, dtype=torch.uint8).numpy()
+        paths.append(folder / f"image{i}.png")
+        Image.fromarray(pixels).save(paths[-1])
+    return paths
+
+
+def printed_probabilities(out: str) -> dict[str, dict[str, float]]:
+    """``minipt zero-shot``'s output: an image path, then "  12.34%  label" lines, the most likely label first."""
+    table, current = {}, None
+    for line in out.splitlines():
+        if line.startswith("  "):
+            percent, label = line.strip().split("%  ", 1)
+            table[current][label] = float(percent) / 100
+        else:
+            current = line
+            table[current] = {}
+    return table
+
+
+def test_zero_shot_command_matches_transformers(tmp_path, clip_tokenizer_folder, capsys, monkeypatch):
+    import shutil
+
+    from minipt import cli
+
+    reference, folder = real_vocabulary_clip(tmp_path / "clip")
+    images = saved_images(tmp_path)
+    labels, templates = ["a cat", "a dog", "a red boat"], ["a photo of {}.", "a drawing of {}, in pencil"]
+    tokenizer = transformers.CLIPTokenizer.from_pretrained(str(clip_tokenizer_folder))
+    # minipt's preprocessing (test_preprocess_is_clips_image_processor checks it): CLIPImageProcessor's bicubic resize
+    # rounds some pixels one level apart, which moves these random weights' probabilities by a few 0.01%
+    pixels = CLIPModel.from_pretrained(folder).preprocess(images)
+    with torch.no_grad():
+        image_embeds = unit_rows(reference.get_image_features(pixel_values=pixels).pooler_output)
+        label_embeds = [unit_rows(reference.get_text_features(**tokenizer([t.format(label) for label in labels], padding=True, return_tensors="pt")).pooler_output)
+                        for t in templates]
+        expected = (reference.logit_scale.exp() * image_embeds @ unit_rows(torch.stack(label_embeds).mean(0)).t()).softmax(-1)
+    arguments = ["zero-shot", *map(str, images), "--labels", " a cat, a dog ,a red boat", "--model", str(folder), "--templates", *templates]
+
+    def check(argv, how):
+        assert cli.main(argv) == 0, how
+        table = printed_probabilities(capsys.readouterr().out)
+        assert list(table) == [str(path) for path in images]
+        for row, path in zip(expected.tolist(), images):
+            printed = table[str(path)]
+            assert list(printed) == [label for _, label in sorted(zip(row, labels), key=lambda pair: -pair[0])], how  # most likely first
+            assert all(abs(printed[label] - p) <= 0.00005 + 1e-9 for label, p in zip(labels, row)), (how, printed, row)  # printed to 0.01%
+
+    check([*arguments, "--tokenizer", str(clip_tokenizer_folder)], "--tokenizer")
+    check(arguments, "the catalogue's clip-tokenizer")
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+        shutil.copy(clip_tokenizer_folder / name, folder / name)
+    monkeypatch.setenv("MINIPT_WEIGHTS", str(tmp_path / "no weights"))  # no catalogue snapshot: the files beside the model are read
+    check(arguments, "beside the model")
+
+
+def unit_rows(x):
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+def test_zero_shot_command_errors_are_one_line(tmp_path, clip_tokenizer_folder, capsys):
+    from minipt import cli
+
+    reference, folder = real_vocabulary_clip(tmp_path / "clip")
+    reference.text_model.save_pretrained(tmp_path / "text")
+    image = saved_images(tmp_path, 1)[0]
+    (tmp_path / "bad.png").write_text("not an image")
+    tokenizer = ["--tokenizer", str(clip_tokenizer_folder)]
+    cases = {
+        "missing labels": (["zero-shot", str(image), "--model", str(folder), *tokenizer], "--labels: give the labels to choose between"),
+        "empty labels": (["zero-shot", str(image), "--labels", " , ", "--model", str(folder), *tokenizer], "--labels: give the labels"),
+        "a text tower": (["zero-shot", str(image), "--labels", "a,b", "--model", str(tmp_path / "text"), *tokenizer],
+                         "holds a CLIPTextModel checkpoint; zero-shot classification needs a CLIP model"),
+        "no model": (["zero-shot", str(image), "--labels", "a,b", "--model", str(tmp_path / "nothing"), *tokenizer], "no such file or directory"),
+        "bad image": (["zero-shot", str(tmp_path / "bad.png"), "--labels", "a,b", "--model", str(folder), *tokenizer], "cannot be decoded as an image"),
+        "missing image": (["zero-shot", str(tmp_path / "gone.png"), "--labels", "a,b", "--model", str(folder), *tokenizer], "no such image file"),
+        "bad template": (["zero-shot", str(image), "--labels", "a,b", "--model", str(folder), *tokenizer, "--templates", "no slot"], "holding '{}'"),
+        "bad tokenizer": (["zero-shot", str(image), "--labels", "a,b", "--model", str(folder), "--tokenizer", str(tmp_path)], "has no tokenizer.json"),
+    }
+    for name, (argv, message) in cases.items():
+        assert cli.main(argv) == 1, name
+        err = capsys.readouterr().err
+        assert err.startswith("minipt zero-shot: ") and message in err and "Traceback" not in err and err.count("\n") == 1, (name, err)

@@ -64,3 +64,23 @@ def test_image_classifiers(name, tmp_path):
 def test_other_models_are_named():
     with pytest.raises(InputError, match="not CharLM"):
         export_onnx(TINY["CharLM"][0](), "unused.onnx")
+
+
+def test_clip_text_and_image_features(tmp_path):
+    """CLIPModel as one graph of both towers: the projected features of captions (padded, other counts and lengths) and images."""
+    from minipt.models.clip import CLIPModel, tiny_config
+
+    model = CLIPModel(tiny_config()).eval()
+    session = ort.InferenceSession(str(export_onnx(model, tmp_path / "clip.onnx", length=8)))
+    assert [o.name for o in session.get_outputs()] == ["text_embeds", "image_embeds"]
+    text = model.config.text_config
+    for captions, length, images in ((2, 8, 3), (3, 12, 1)):  # caption and image counts, and the length, are dynamic
+        ids = torch.randint(0, text.vocab_size - 1, (captions, length))
+        ids[:, length // 2] = text.eos_token_id  # each caption ends halfway, then padding
+        mask = torch.ones(captions, length, dtype=torch.long)
+        mask[:, length // 2 + 1 :] = 0
+        pixels = torch.randn(images, 3, 16, 16)
+        text_embeds, image_embeds = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "pixel_values": pixels.numpy()})
+        with torch.no_grad():
+            _close(text_embeds, model.get_text_features(ids, mask))
+            _close(image_embeds, model.get_image_features(pixels))

@@ -10,6 +10,12 @@ tower and an image tower trained so that matching captions and images point the 
                           -> L x the same pre-LN layer (no mask)
                           -> post LayerNorm on [CLS] -> visual_projection (no bias)  # (B_i, D)
     logits_per_image = exp(logit_scale) * normalised image embeds @ normalised text embeds^T   # (B_i, B_t)
+    loss (return_loss=True) = mean of the cross-entropies of each row and each column, the i-th caption matching the i-th image
+
+Training pulls each image towards its own caption and away from the batch's other captions, and each caption
+likewise (``contrastive_loss``: the symmetric cross-entropy of the paper's pseudo-code). At another image
+size the patch grid of the vision tower's position table is resized (``interpolate_pos_encoding=True``, bicubic,
+``vit.interpolate_positions``).
 
 The text tower pools at the end-of-text token as transformers does: configs written before transformers
 fixed CLIP's ``eos_token_id`` (it says 2) take the position of the highest token id (OpenAI's rule: the
@@ -25,8 +31,10 @@ Two official formats, each through its key map, both ways:
   architecture is read off the tensors as ``build_model_from_openai_state_dict`` does (heads 64 wide).
 
 ``zero_shot`` classifies images by comparing them with captions of each label (prompt ensembling over
-templates); ``CLIPModel.preprocess`` prepares images as CLIP was trained (bicubic resize of the shorter side,
-centre crop, CLIP's own mean and std).
+templates; ``minipt zero-shot IMAGE --labels "a cat,a dog" --model PATH`` on the command line);
+``CLIPModel.preprocess`` prepares images as CLIP was trained (bicubic resize of the shorter side, centre crop,
+CLIP's own mean and std). The captions' token ids come from CLIP's BPE tokenizer (``minipt fetch clip-tokenizer``,
+read by ``minipt.Tokenizer``).
 
 """
 
@@ -38,6 +46,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ..checkpoint import CONFIG, Checkpoint, Pretrained, read_config
 from ..config import Config, count, epsilon, one_of, probability, real, require, token_id
@@ -53,7 +62,7 @@ from ..nn.output import ModelOutput
 from ..registry import Reads, register
 from ..vision import check_images, normalized_batch
 from .text_encoder import check_token_inputs, run_layers
-from .vit import ViTConfig, _layer_points, square_grid
+from .vit import ViTConfig, _layer_points, interpolate_positions, square_grid
 
 CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073])  # the statistics of CLIP's training images
 CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711])
@@ -181,6 +190,7 @@ class CLIPTowerOutput(ModelOutput):
 
 @dataclass
 class CLIPOutput(ModelOutput):
+    loss: torch.Tensor | None = None  # () contrastive loss with return_loss=True; first, as in transformers: out[0] then
     logits_per_image: torch.Tensor | None = None  # (B_i, B_t): scaled cosine similarities; None unless both inputs are given
     logits_per_text: torch.Tensor | None = None  # (B_t, B_i)
     text_embeds: torch.Tensor | None = None  # (B_t, D), unit length
@@ -222,10 +232,14 @@ class CLIPVisionEmbeddings(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(config.hidden_size))
         self.position = nn.Parameter(torch.zeros(config.grid**2 + 1, config.hidden_size))  # [CLS] first, then the grid row by row
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        patches = self.patch(images).flatten(2).transpose(1, 2)  # (B, C, S/p, S/p) -> (B, N, C)
+    def forward(self, images: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        patches = self.patch(images).flatten(2).transpose(1, 2)  # (B, C, H/p, W/p) -> (B, N, C)
         tokens = torch.cat((self.cls_token.expand(images.shape[0], 1, -1), patches), dim=1)  # (B, 1 + N, C)
-        return tokens + self.position
+        position = self.position
+        if interpolate_pos_encoding:  # the grid resized to H/p x W/p, [CLS]'s position kept
+            p = self.patch.stride[0]
+            position = interpolate_positions(position[None], images.shape[-2] // p, images.shape[-1] // p)[0]  # (1 + N, C)
+        return tokens + position
 
 
 class CLIPSimilarity(nn.Module):
@@ -237,6 +251,18 @@ class CLIPSimilarity(nn.Module):
 
     def forward(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
         return image_embeds @ text_embeds.t() * self.logit_scale.exp()  # logits_per_image
+
+
+def contrastive_loss(logits_per_image: torch.Tensor) -> torch.Tensor:
+    """CLIP's training loss for a batch of matching pairs (image i goes with caption i): the cross-entropy of each
+    image over the captions and of each caption over the images, averaged (transformers' ``clip_loss``).
+
+    ``logits_per_image``: (B, B), the scaled similarities ``CLIPModel`` returns; a scalar."""
+    if not isinstance(logits_per_image, torch.Tensor) or logits_per_image.dim() != 2 or logits_per_image.shape[0] != logits_per_image.shape[1]:
+        shape = tuple(logits_per_image.shape) if isinstance(logits_per_image, torch.Tensor) else type(logits_per_image).__name__
+        raise InputError(f"the contrastive loss pairs image i with caption i: it needs as many captions as images, logits (B, B); got {shape}")
+    targets = torch.arange(logits_per_image.shape[0], device=logits_per_image.device)  # the diagonal: each one's own pair
+    return (F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_image.t(), targets)) / 2
 
 
 def unit(embeds: torch.Tensor) -> torch.Tensor:
@@ -375,21 +401,31 @@ class CLIPVisionModel(_CLIPTower):
         self.apply(self.init_weights)
         self.set_backend(config.backend)
 
-    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False, output_attentions: bool = False) -> CLIPTowerOutput:
-        self.check_inputs(pixel_values)
-        hidden = self.pre_norm(self.embeddings(pixel_values))  # (B, 1 + N, C)
+    def forward(
+        self,
+        pixel_values: torch.Tensor,  # (B, 3, image_size, image_size), normalised (preprocess)
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        interpolate_pos_encoding: bool = False,  # True: images of another size (sides multiples of patch_size)
+    ) -> CLIPTowerOutput:
+        self.check_inputs(pixel_values, interpolate_pos_encoding)
+        hidden = self.pre_norm(self.embeddings(pixel_values, interpolate_pos_encoding))  # (B, 1 + N, C)
         hidden, all_hidden, all_attn = run_layers(self.layers, hidden, None, output_hidden_states, output_attentions)
         pooled = self.post_norm(hidden[:, 0])  # (B, C)
         return CLIPTowerOutput(last_hidden_state=hidden, pooler_output=pooled, hidden_states=all_hidden, attentions=all_attn)
 
-    def check_inputs(self, pixel_values) -> None:
-        """Raise an InputError unless ``pixel_values`` is a batch of ``image_size`` x ``image_size`` images."""
+    def check_inputs(self, pixel_values, interpolate_pos_encoding: bool = False) -> None:
+        """Raise an InputError unless ``pixel_values`` is a batch of ``image_size`` x ``image_size`` images, or with
+        ``interpolate_pos_encoding`` of images whose sides are multiples of ``patch_size``."""
         config, owner = self.config, type(self).__name__
         check_images(pixel_values, config.num_channels, owner)
         H, W = pixel_values.shape[-2:]
-        if (H, W) != (config.image_size, config.image_size):
+        if interpolate_pos_encoding and (H % config.patch_size or W % config.patch_size):
+            raise InputError(f"{owner} cuts images into {config.patch_size}x{config.patch_size} patches (patch_size); "
+                             f"an image of {H}x{W} pixels is not a whole number of them")
+        if not interpolate_pos_encoding and (H, W) != (config.image_size, config.image_size):
             raise InputError(f"{owner}'s position table is for {config.image_size}x{config.image_size} images (image_size), got {H}x{W}; "
-                             "resize them (preprocess does)")
+                             "resize them (preprocess does), or pass interpolate_pos_encoding=True")
 
     def preprocess(self, images) -> torch.Tensor:
         return clip_preprocess(images, self.config.image_size)
@@ -400,7 +436,9 @@ class CLIPModel(_CLIPPretrained):
 
         model(input_ids, pixel_values, attention_mask) -> CLIPOutput(logits_per_image (B_i, B_t), logits_per_text, text_embeds, image_embeds)
 
-    Either input alone gives that side's embeddings (open_clip's CLIP does the same), the logits need both."""
+    Either input alone gives that side's embeddings (open_clip's CLIP does the same), the logits need both;
+    ``return_loss=True`` adds the contrastive loss of matching pairs (``contrastive_loss``: B_i = B_t, image i
+    with caption i)."""
 
     checkpoint_fields = {"projection_dim": ("text_projection.weight", 0)}  # the towers' sizes: _check_tower
     transfer_stages = {"text_model.embeddings": "text_model.embeddings", "text_model.layers.{i}": "text_model.layers.{i}",
@@ -426,23 +464,28 @@ class CLIPModel(_CLIPPretrained):
         attention_mask: torch.Tensor | None = None,  # (B_t, T)
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        return_loss: bool = False,  # True: the contrastive loss of the pairs (image i, caption i) as ``loss``
+        interpolate_pos_encoding: bool = False,  # True: images of another size than vision_config.image_size
     ) -> CLIPOutput:
-        self.check_inputs(input_ids, pixel_values, attention_mask)
-        text = image = text_embeds = image_embeds = logits_per_image = logits_per_text = None
+        self.check_inputs(input_ids, pixel_values, attention_mask, return_loss, interpolate_pos_encoding)
+        text = image = text_embeds = image_embeds = logits_per_image = logits_per_text = loss = None
         if input_ids is not None:
             text = self.text_model(input_ids, attention_mask, output_hidden_states, output_attentions)
             text_embeds = unit(self.text_projection(text.pooler_output))  # (B_t, D)
         if pixel_values is not None:
-            image = self.vision_model(pixel_values, output_hidden_states, output_attentions)
+            image = self.vision_model(pixel_values, output_hidden_states, output_attentions, interpolate_pos_encoding)
             image_embeds = unit(self.visual_projection(image.pooler_output))  # (B_i, D)
         if text is not None and image is not None:
             logits_per_image = self.similarity(image_embeds, text_embeds)  # (B_i, B_t)
             logits_per_text = logits_per_image.t()
-        return CLIPOutput(logits_per_image=logits_per_image, logits_per_text=logits_per_text, text_embeds=text_embeds,
+        if return_loss:
+            loss = contrastive_loss(logits_per_image)  # ()
+        return CLIPOutput(loss=loss, logits_per_image=logits_per_image, logits_per_text=logits_per_text, text_embeds=text_embeds,
                           image_embeds=image_embeds, text_model_output=text, vision_model_output=image)
 
-    def check_inputs(self, input_ids=None, pixel_values=None, attention_mask=None) -> None:
-        """Captions (``CLIPTextModel.check_inputs``) and/or images (``CLIPVisionModel.check_inputs``); at least one."""
+    def check_inputs(self, input_ids=None, pixel_values=None, attention_mask=None, return_loss=False, interpolate_pos_encoding=False) -> None:
+        """Captions (``CLIPTextModel.check_inputs``) and/or images (``CLIPVisionModel.check_inputs``); at least one,
+        both for the loss, as many captions as images."""
         if input_ids is None and pixel_values is None:
             raise InputError("CLIPModel needs input_ids, pixel_values or both; got neither")
         if input_ids is not None:
@@ -450,15 +493,20 @@ class CLIPModel(_CLIPPretrained):
         elif attention_mask is not None:
             raise InputError("attention_mask given without input_ids")
         if pixel_values is not None:
-            self.vision_model.check_inputs(pixel_values)
+            self.vision_model.check_inputs(pixel_values, interpolate_pos_encoding)
+        if return_loss and (input_ids is None or pixel_values is None):
+            raise InputError("return_loss=True needs both input_ids and pixel_values: the loss compares every image with every caption")
+        if return_loss and input_ids.shape[0] != pixel_values.shape[0]:
+            raise InputError(f"the contrastive loss pairs image i with caption i: return_loss=True needs as many captions as images, "
+                             f"got {input_ids.shape[0]} captions and {pixel_values.shape[0]} images")
 
     def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The captions' projected embeddings, not normalised: (B_t, projection_dim)."""
         return self.text_projection(self.text_model(input_ids, attention_mask).pooler_output)
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def get_image_features(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
         """The images' projected embeddings, not normalised: (B_i, projection_dim)."""
-        return self.visual_projection(self.vision_model(pixel_values).pooler_output)
+        return self.visual_projection(self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding).pooler_output)
 
     def preprocess(self, images) -> torch.Tensor:
         """Image paths (or PIL images) -> (B, 3, image_size, image_size) as CLIP was trained on them."""
