@@ -263,3 +263,33 @@ def test_empty_and_one_pixel_images(tiny):
         mc.preprocess(np.zeros((2, 2, 2), np.uint8))
     region, affinity, ratio = tiny.detect(np.full((1, 1, 3), 255, np.uint8))
     assert region.shape == affinity.shape == (16, 16) and ratio == 1.0 and torch.isfinite(region).all()
+
+
+# -- minipt diff ----------------------------------------------------------------------------------
+def test_layer_diffs_on_the_real_weights(easyocr, model):
+    """Every conv, BatchNorm and ReLU of the backbone, fc6/fc7, each UpConv and the head, against EasyOCR's modules."""
+    from minipt.reference import layer_diffs
+
+    report = layer_diffs(model, "craft_mlt_25k", torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(5)), rtol=RTOL)
+    assert report.first_divergence is None, str(report)
+    assert len(report.rows) == 12 * 3 - 1 + 2 + 4 * 5 + 5  # conv5_2's ReLU does not run
+
+
+def test_layer_diffs_finds_a_changed_convolution(easyocr, random_pair, tmp_path):
+    from minipt.reference import layer_diffs
+
+    model, _ = random_pair
+    state = official_state_dict(model, mc.CRAFT.keymap())
+    state["upconv2.conv.3.weight"] = state["upconv2.conv.3.weight"] * 1.01
+    torch.save(state, tmp_path / "changed.pth")
+    report = layer_diffs(model, tmp_path / "changed.pth", torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(6)), rtol=RTOL)
+    assert report.first_divergence.name == "decoder.1.conv2.out" and report.first_divergence.reference == "upconv2.conv.3"
+    assert all(not row.diverged for row in report.rows[: report.rows.index(report.first_divergence)])
+
+
+def test_layer_diffs_refuses_other_widths(tiny, tmp_path):
+    from minipt.reference import layer_diffs
+
+    torch.save(official_state_dict(tiny, mc.CRAFT.keymap()), tmp_path / "tiny.pth")
+    with pytest.raises(ConfigError, match=r"EasyOCR builds CRAFT only at the widths of craft_mlt_25k"):
+        layer_diffs(tiny, tmp_path / "tiny.pth")

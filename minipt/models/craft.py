@@ -394,6 +394,41 @@ def reference_module():
     return importlib.import_module(f"{_REFERENCE_PACKAGE}.craft")
 
 
+def compare_with_reference(model, path, inputs, rtol):
+    """EasyOCR's CRAFT on the same checkpoint, point by point (``minipt.reference.layer_diffs``). EasyOCR builds
+    CRAFT at its one size (VGG16-BN, fc 1024), so only checkpoints of those widths compare."""
+    from ..reference import images, report
+
+    checkpoint = CRAFT.open_checkpoint(path)
+    found, keymap = infer_config(checkpoint), _keymap()
+    if found.replace(dilation=CRAFTConfig().dilation) != CRAFTConfig():
+        raise ConfigError(f"EasyOCR builds CRAFT only at the widths of craft_mlt_25k; {path} holds {found}")
+    with torch.device("meta"):  # its torchvision VGG16-BN, classifier included, costs nothing there
+        reference = reference_module().CRAFT(pretrained=False, freeze=False)
+    reference.load_state_dict({keymap.canonical(key): checkpoint.get(key) for key in checkpoint.keys()}, strict=True, assign=True)
+    reference.eval()
+    x, label = images(inputs, lambda paths: torch.cat([preprocess(p)[0] for p in paths]))
+    official = {rule.minipt.removesuffix(".{p}"): rule.official.removesuffix(".{p}") for rule in keymap.rules}
+    points = {}
+    for s, widths in enumerate(found.stages):
+        for b in range(len(widths)):
+            block = f"stages.{s}.blocks.{b}"
+            for part in ("conv", "bn"):
+                points[f"{block}.{part}.out"] = (official[f"{block}.{part}"], None)
+            relu = int(official[f"{block}.bn"].rsplit(".", 1)[1]) + 1  # the ReLU after it, in the slice that holds it
+            where = next((f"basenet.slice{n}.{relu}" for n, end in enumerate(_slice_ends(), start=1) if relu < end), None)
+            if where is not None and (s, b) != (4, 1):  # conv5_2's ReLU does not run (see forward_backbone)
+                points[f"{block}.out"] = (where, None)
+    points.update({"fc.fc6.out": ("basenet.slice5.1", None), "fc.fc7.out": ("basenet.slice5.2", None)})
+    for i in range(4):
+        for part in ("conv1", "bn1", "conv2", "bn2"):
+            points[f"decoder.{i}.{part}.out"] = (official[f"decoder.{i}.{part}"], None)
+        points[f"decoder.{i}.out"] = (f"upconv{i + 1}", None)
+    for part in ("conv1", "conv2", "conv3", "conv4", "scores"):
+        points[f"head.{part}.out"] = (official[f"head.{part}"], None)
+    return report(model, "EasyOCR's CRAFT", label, rtol, points, lambda: model(x), reference, lambda: reference(x))
+
+
 # -- the family's one declaration (minipt.registry) ------------------------------------------
 FAMILY = register(
     "craft",
@@ -402,5 +437,6 @@ FAMILY = register(
                              decoder=((8, 8), (8, 8), (8, 4), (4, 4)), head_channels=(4, 4, 4, 4)),
     inputs=lambda cls: ((torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)),), {}),
     signature=("basenet.slice5.1.weight", "EasyOCR's CRAFT text detector"),
+    reference=compare_with_reference,
     reads=Reads("images (batch x channels x height x width)", "1x3x256x256"),
 )
