@@ -122,7 +122,7 @@ def read_boxes(recogniser: CRNN, image, boxes: list[np.ndarray]) -> list[tuple[s
     """(text, confidence) of each box (corners in the image's pixels), read from the grayscale image in one batch."""
     if not boxes:
         return []
-    gray = image_array(image).float().mean(dim=2)  # (H, W); the recogniser reads one channel
+    gray = image_array(image).float() @ torch.tensor([0.299, 0.587, 0.114])  # (H, W) luma, as Pillow's "L"; the recogniser reads one channel
     gray = gray.round().clamp(0, 255).to(torch.uint8)
     height, width = gray.shape
     lines = []
