@@ -180,6 +180,12 @@ def test_an_unfetched_catalogue_name_says_how_to_fetch_it(name, tmp_path, monkey
         assert err == f"minipt {command}: {name} is catalogued but not fetched (no {tmp_path / name}); run `minipt fetch {name}`\n"
 
 
+def test_every_catalogue_name_has_a_row_in_the_weights_guide():
+    rows = [line for line in (Path(__file__).parent.parent / "docs" / "weights.md").read_text().splitlines() if line.startswith("| `")]
+    documented = {row.split("`")[1] for row in rows}
+    assert sorted(set(hub.catalog()) - documented) == []
+
+
 def test_looking_for_pip_leaves_setuptools_importable():
     """Asking whether pip is there must not switch off setuptools' distutils shim (a lookup of "pip" through
     the import system does, on Python < 3.12): torch.compile imports setuptools for its C++ build later."""
