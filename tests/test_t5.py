@@ -243,6 +243,23 @@ def test_beam_search_matches_reference(feed_forward_proj, left, seed):
         assert torch.equal(model.generate(ids, attention_mask=mask, max_new_tokens=8, eos_token_id=stop, pad_token_id=0, **options), expected), (options, stop)
 
 
+@pytest.mark.parametrize("options", [dict(), dict(num_beams=3, length_penalty=0.5), dict(num_beams=2, early_stopping="never")])
+def test_a_decoder_prompt_continues_as_in_transformers(options):
+    """decoder_input_ids: the start token and a few tokens, continued (greedy or beam search) as transformers' generate continues them."""
+    config = hf_config(feed_forward_proj="gated-gelu", vocab_size=30)
+    with tempfile.TemporaryDirectory() as directory:
+        saved(reference_model(config, seed=7), directory)
+        reference = transformers.T5ForConditionalGeneration.from_pretrained(directory).eval()
+        model = T5ForConditionalGeneration.from_pretrained(directory)
+    ids, mask = padded(30, [10, 6, 2], seed=7)
+    prompt = torch.cat([torch.zeros(3, 1, dtype=torch.long), padded(30, [3, 3, 3], seed=8)[0]], dim=1)  # (3, 4), the start token first
+    eos = int(model.generate(ids, attention_mask=mask, decoder_input_ids=prompt, max_new_tokens=1)[0, -1])  # hypotheses finish at several lengths
+    expected = reference.generate(input_ids=ids, attention_mask=mask, decoder_input_ids=prompt, max_new_tokens=7, eos_token_id=eos, pad_token_id=0,
+                                  do_sample=False, **options)
+    ours = model.generate(ids, attention_mask=mask, decoder_input_ids=prompt, max_new_tokens=7, eos_token_id=eos, pad_token_id=0, **options)
+    assert torch.equal(ours, expected) and torch.equal(ours[:, :4], prompt)
+
+
 def test_cached_decoding_equals_full_recomputation(pair):
     _, model, _ = pair
     ids, mask = padded(50, [9, 5])
@@ -322,7 +339,9 @@ def test_max_new_tokens_past_the_limit(pair):
         model.generate(padded(50, [4])[0], max_new_tokens=model.config.n_positions)
 
 
-@pytest.mark.parametrize("options, message", [(dict(num_beams=0), "num_beams"), (dict(num_beams=2, do_sample=True), "do_sample"),
+@pytest.mark.parametrize("options, message", [(dict(num_beams=0), "num_beams must be a positive integer, got 0"),  # transformers: ZeroDivisionError
+                                             (dict(num_beams=51), "num_beams must be at most the vocabulary's 50 tokens"),
+                                             (dict(num_beams=2, do_sample=True), "do_sample"),
                                              (dict(num_beams=2, early_stopping="sometimes"), "early_stopping")])
 def test_bad_beam_search_arguments_are_named(pair, options, message):
     _, model, _ = pair
@@ -330,10 +349,29 @@ def test_bad_beam_search_arguments_are_named(pair, options, message):
         model.generate(padded(50, [4])[0], max_new_tokens=3, **options)
 
 
-def test_relative_attention_fields_that_do_not_fit_the_checkpoint(pair):
+def test_a_decoder_prompt_without_the_start_token(pair):
+    _, model, _ = pair
+    ids = padded(50, [4, 4])[0]
+    with pytest.raises(InputError, match="decoder_input_ids must begin with the decoder start token 0; row 1 begins with 7"):
+        model.generate(ids, decoder_input_ids=torch.tensor([[0, 5], [7, 5]]), max_new_tokens=2)
+    with pytest.raises(InputError, match="decoder_input_ids must begin with the decoder start token 3; row 0"):
+        model.generate(ids, decoder_input_ids=torch.tensor([[0, 5], [3, 5]]), decoder_start_token_id=3, max_new_tokens=2, num_beams=2)
+    with pytest.raises(InputError, match=r"decoder_input_ids must be integer ids of shape \(2, prompt_len\)"):
+        model.generate(ids, decoder_input_ids=torch.tensor([[0, 5]]), max_new_tokens=2)
+
+
+def test_relative_attention_fields_that_do_not_fit_the_checkpoint(pair, tmp_path):
+    import shutil
+
     _, _, directory = pair
     with pytest.raises(ConfigError, match="relative_attention_num_buckets"):
         T5ForConditionalGeneration.from_pretrained(directory, relative_attention_num_buckets=16)
+    shutil.copytree(directory, tmp_path, dirs_exist_ok=True)
+    written = json.loads((tmp_path / "config.json").read_text())
+    for field, value, table in (("relative_attention_num_buckets", 16, "decoder"), ("num_heads", 4, "encoder")):  # a config.json that says so
+        (tmp_path / "config.json").write_text(json.dumps(written | {field: value}))
+        with pytest.raises(ConfigError, match=rf"{field} = {value}, but {table}.block.0.layer.0.SelfAttention.relative_attention_bias.weight has shape \(8, 2\)"):
+            T5ForConditionalGeneration.from_pretrained(tmp_path)
     with pytest.raises(ConfigError, match="relative_attention_max_distance"):
         T5Config(relative_attention_num_buckets=32, relative_attention_max_distance=10)
 

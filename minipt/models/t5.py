@@ -516,6 +516,18 @@ class T5Model(_T5Pretrained):
             raise InputError("the config has neither decoder_start_token_id nor pad_token_id: pass decoder_input_ids (or decoder_start_token_id)")
         return torch.full((input_ids.shape[0], 1), start, dtype=torch.long, device=input_ids.device)
 
+    def check_decoder_prompt(self, decoder_input_ids, start_ids: torch.Tensor) -> torch.Tensor:
+        """``decoder_input_ids`` (B, T), checked to be one integer row per input, each beginning with the start token."""
+        B, start = start_ids.shape[0], int(start_ids[0, 0])
+        if not isinstance(decoder_input_ids, torch.Tensor) or decoder_input_ids.dim() != 2 or decoder_input_ids.is_floating_point() \
+                or decoder_input_ids.shape[0] != B or decoder_input_ids.shape[1] == 0:
+            raise InputError(f"decoder_input_ids must be integer ids of shape ({B}, prompt_len), one row per input, got {_shape(decoder_input_ids)}")
+        missing = (decoder_input_ids[:, 0] != start).nonzero().flatten().tolist()
+        if missing:  # the decoder was trained on sequences that open with it; without it the first logits are off
+            raise InputError(f"decoder_input_ids must begin with the decoder start token {start}; row {missing[0]} begins with "
+                             f"{int(decoder_input_ids[missing[0], 0])}")
+        return decoder_input_ids.to(start_ids.device)
+
     def shift_right(self, labels: torch.Tensor) -> torch.Tensor:
         """The decoder's inputs for ``labels``: the start token, then the labels but the last (-100 read as padding)."""
         shifted = torch.cat([self.start_ids(labels), labels[:, :-1]], dim=1)
@@ -608,6 +620,7 @@ class T5ForConditionalGeneration(T5Model):
         eos_token_id: int | None = _CONFIG_EOS,  # a row stops at this token; None: no row stops early
         pad_token_id: int | None = None,  # what fills a stopped row (None: the config's)
         decoder_start_token_id: int | None = None,  # None: the config's (else pad_token_id)
+        decoder_input_ids: torch.Tensor | None = None,  # (B, T) the decoder's prompt, the start token first; None: the start token alone
         seed: int | None = None,
         generator: torch.Generator | None = None,
         streamer: Streamer | None = None,
@@ -617,7 +630,7 @@ class T5ForConditionalGeneration(T5Model):
         length_penalty: float = 1.0,  # beam search: a finished hypothesis scores sum(log p) / generated_length ** length_penalty
         early_stopping: bool | str = False,  # beam search: True, False or "never", as transformers defines them
     ) -> torch.Tensor | GenerateOutput:
-        """The decoder's sequences, the start token first, ``(B, 1 + new)``, as transformers' ``generate``.
+        """The decoder's sequences, the start token (or the prompt ``decoder_input_ids`` (B, T)) first, ``(B, T + new)``, as transformers' ``generate``.
 
         The encoder runs once; each decoder layer's cross-attention keys and values are computed
         once; then the decoder takes one token per step against a preallocated cache. Greedy unless
@@ -631,13 +644,16 @@ class T5ForConditionalGeneration(T5Model):
         if pad_token_id is None and config.pad_token_id is not None and config.pad_token_id < config.vocab_size:
             pad_token_id = config.pad_token_id
         start_ids = self.start_ids(input_ids, decoder_start_token_id)  # (B, 1)
+        if decoder_input_ids is not None:
+            start_ids = self.check_decoder_prompt(decoder_input_ids, start_ids)  # (B, T)
         new, generator = check_generation(
             start_ids, vocab_size=config.vocab_size, context=config.n_positions, max_new_tokens=max_new_tokens, max_length=max_length,
             do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
             eos_token_id=eos_token_id, pad_token_id=pad_token_id, seed=seed, generator=generator, streamer=streamer,
             output_logits=output_logits, return_dict_in_generate=return_dict_in_generate,
         )
-        check_int("num_beams", num_beams, low=1)
+        if check_int("num_beams", num_beams, low=1) > config.vocab_size:  # each beam must be able to differ from the others
+            raise InputError(f"num_beams must be at most the vocabulary's {config.vocab_size} tokens, got {num_beams}")
         if num_beams > 1:
             check_float("length_penalty", length_penalty)
             check_choice("early_stopping", early_stopping, (True, False, "never"))
@@ -647,9 +663,9 @@ class T5ForConditionalGeneration(T5Model):
                     raise InputError(f"beam search (num_beams={num_beams}) takes no {name} (got {value!r}); minipt's beam search is the deterministic one")
             return self.beam_search(input_ids, attention_mask, start_ids, new, num_beams, length_penalty, early_stopping, eos_token_id, pad_token_id)
         encoder_hidden = self.encode(input_ids, attention_mask).last_hidden_state  # (B, S, C), once
-        cache = self.start_cache(encoder_hidden, 1 + new)
+        cache = self.start_cache(encoder_hidden, start_ids.shape[1] + new)
 
-        def next_logits(tokens: torch.Tensor) -> torch.Tensor:  # the start token (B, 1), then each chosen one
+        def next_logits(tokens: torch.Tensor) -> torch.Tensor:  # the decoder's prompt (B, T), then each chosen token (B, 1)
             out = self.decode(tokens, None, encoder_hidden, attention_mask, cache)
             return self.logits(out.last_hidden_state[:, -1]).float()  # (B, vocab)
 
@@ -663,8 +679,9 @@ class T5ForConditionalGeneration(T5Model):
         """transformers' beam search (``generation.utils._beam_search``), step for step: each step keeps the best
         ``keep`` = max(2, 1 + number of eos ids) x K continuations of the K running beams, continues the K best that did not
         stop, and merges those of the K best that stopped (eos, or the length limit) into the K finished hypotheses,
-        scored sum(log p) / generated_length ** length_penalty. Returns the best finished hypothesis of each row (B, 1 + n)."""
-        B, L = input_ids.shape[0], 1 + new  # L: the longest sequence, start token included
+        scored sum(log p) / generated_length ** length_penalty. Returns the best finished hypothesis of each row (B, P + n),
+        after the decoder's prompt ``start_ids`` (B, P)."""
+        (B, P), L = start_ids.shape, start_ids.shape[1] + new  # L: the longest sequence, the prompt included
         keep = max(2, 1 + (eos_token_id is not None)) * K
         top_k_mask = torch.arange(keep, device=input_ids.device) < K  # (keep,): only the K best may finish
         fill = (pad_token_id or eos_token_id) if eos_token_id is not None else -1  # transformers' filling of unused places
@@ -672,16 +689,16 @@ class T5ForConditionalGeneration(T5Model):
         mask = None if attention_mask is None else attention_mask.repeat_interleave(K, dim=0)
         cache = self.start_cache(encoder_hidden, L)
         running = torch.full((B, K, L), fill, dtype=torch.long, device=input_ids.device)
-        running[:, :, 0] = start_ids
+        running[:, :, :P] = start_ids[:, None]
         running_scores = torch.full((B, K), -1e9, device=input_ids.device)
         running_scores[:, 0] = 0.0  # the K beams start equal: only the first one is expanded
         finished_seqs, finished_scores = running.clone(), torch.full((B, K), -1e9, device=input_ids.device)
-        finished_lengths = torch.zeros(B, K, dtype=torch.long, device=input_ids.device)  # tokens generated, 0: none yet
+        finished_lengths = torch.zeros(B, K, dtype=torch.long, device=input_ids.device)  # the last token's place, 0: none yet
         is_finished = torch.zeros(B, K, dtype=torch.bool, device=input_ids.device)
         can_improve = torch.ones(B, 1, dtype=torch.bool, device=input_ids.device)
         gather = lambda x, index: x.gather(1, index.view(*index.shape, *([1] * (x.dim() - 2))).expand(*index.shape, *x.shape[2:]))  # noqa: E731
-        length = 1
-        tokens = running[:, :, 0].reshape(B * K, 1)
+        length = P  # the place of the next token
+        tokens = running[:, :, :P].reshape(B * K, P)
         while True:
             hidden = self.decode(tokens, None, encoder_hidden, mask, cache).last_hidden_state[:, -1]  # (B K, C)
             log_probs = self.logits(hidden).float().log_softmax(-1).view(B, K, -1) + running_scores[:, :, None]  # (B, K, V)
@@ -699,7 +716,7 @@ class T5ForConditionalGeneration(T5Model):
             reorder = (gather(from_beam, chosen) + torch.arange(B, device=chosen.device)[:, None] * K).flatten()  # (B K,)
             # those of the K best that stopped compete with the finished hypotheses
             just_finished = stops & top_k_mask
-            scores = top_scores / (length**length_penalty)  # length: the tokens generated with this one
+            scores = top_scores / ((length + 1 - P) ** length_penalty)  # the tokens generated with this one
             scores = scores + (is_finished.all(-1, keepdim=True) & (early_stopping is True)).float() * -1e9
             scores = scores + (~can_improve).float() * -1e9 + (~just_finished).float() * -1e9
             merged = torch.cat([finished_scores, scores], dim=1).topk(K)[1]  # (B, K)
@@ -710,7 +727,7 @@ class T5ForConditionalGeneration(T5Model):
             cache.keys, cache.values = cache.keys[:, reorder], cache.values[:, reorder]
             length += 1
             # can a running beam still beat the worst finished hypothesis? (transformers' heuristic)
-            best_length = (L - 1) if early_stopping == "never" and length_penalty > 0.0 else (length - 1)
+            best_length = (L - P) if early_stopping == "never" and length_penalty > 0.0 else (length - P)
             best_running = running_scores[:, :1] / (best_length**length_penalty)
             worst_finished = torch.where(is_finished, finished_scores.min(dim=1, keepdim=True)[0], -1.0e9)
             can_improve = can_improve & (best_running > worst_finished).any(-1, keepdim=True)
