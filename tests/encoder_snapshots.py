@@ -74,15 +74,16 @@ def save_snapshot(family: str, directory: Path) -> Path:
     return directory
 
 
-def tiny_encoder_folder(family, directory: Path) -> Path:
+def tiny_encoder_folder(family, directory: Path, cls=None, **fields) -> Path:
     """A checkpoint of ``family`` (a minipt.registry.Family) with random weights and its tokenizer snapshot beside it:
-    the family's small config, with the tokenizer's vocabulary and room for 64 positions."""
+    the family's small config, with the tokenizer's vocabulary, room for 64 positions and ``fields``, as ``cls``
+    (default: the family's bare encoder)."""
     import dataclasses
 
     from minipt import Tokenizer
 
     save_snapshot(family.model_type, directory)
     tokenizer = Tokenizer.from_pretrained(directory)
-    config = dataclasses.replace(family.tiny(), vocab_size=tokenizer.vocab_size, max_position_embeddings=64)
-    family.classes[0](config).save_pretrained(directory)
+    config = dataclasses.replace(family.tiny(), vocab_size=tokenizer.vocab_size, max_position_embeddings=64, **fields)
+    (cls or family.classes[0])(config).save_pretrained(directory)
     return directory

@@ -207,6 +207,25 @@ def test_classify_texts_as_transformers_pipeline_does(text_classifier, capsys):
     assert lines[1].split()[-1] == ours[0][0][0] and f"{ours[0][0][1]:7.2%}" in lines[1]
 
 
+@pytest.mark.parametrize("family", ENCODERS, ids=lambda family: family.model_type)
+def test_classify_texts_with_each_encoder_familys_classifier(family, tmp_path, capsys):
+    """Each family's sequence classifier with its own tokenizer, as transformers' text-classification pipeline reads it."""
+    from transformers import pipeline
+
+    cls = next(c for c in family.classes if c.__name__.endswith("ForSequenceClassification"))
+    torch.manual_seed(0)
+    folder = tiny_encoder_folder(family, tmp_path, cls, id2label={0: "business", 1: "sport", 2: "tech"})
+    texts = ["Shares fell 3% on Monday.", "Café 🙂 — the naïve   striker scored twice!"]
+    theirs = pipeline("text-classification", model=str(folder), top_k=3, device="cpu")(texts)
+    assert cli.main(["classify", *texts, "--model", str(folder), "--top", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [lines[0], lines[4]] == texts and len(lines) == 8
+    for shown, expected in zip((lines[1:4], lines[5:8]), theirs):
+        assert [line.split()[-1] for line in shown] == [e["label"] for e in expected]
+        assert [float(line.split()[0].rstrip("%")) / 100 for line in shown] == pytest.approx([e["score"] for e in expected], abs=1e-4)
+    assert len({line.split()[-1] for line in lines[1:4]}) == 3  # every label, each once
+
+
 def test_classify_refuses_a_model_that_does_not_classify_texts(text_classifier, encoder_folders, capsys):
     from minipt.models.text_encoder import classify_texts
 
