@@ -12,7 +12,7 @@ the pipeline's: ``add_prefix_space`` (RoBERTa's byte-level BPE, ALBERT's "▁"),
 ``do_lower_case``, ``strip_accents``, ``tokenize_chinese_chars`` (WordPiece) and
 ``keep_accents`` (SentencePiece); ``clean_up_tokenization_spaces`` joins "do n't ." back
 into "don't." when decoding (not for byte-level BPE). The inputs returned are the model's
-``model_input_names``: for RoBERTa, DistilBERT and ALBERT no ``token_type_ids``, as
+``model_input_names``: for RoBERTa, DistilBERT, ALBERT and T5 no ``token_type_ids``, as
 their tokenizers in transformers return none (the family named by ``tokenizer_class``, or
 by the ``model_type`` of a ``config.json`` beside it).
 
@@ -71,13 +71,13 @@ SPECIAL_ROLES = {
 }
 MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")  # what a tokenizer returns unless its model takes fewer
 # transformers' tokenizer classes whose model_input_names hold no token_type_ids, and the class a config.json's model_type implies
-WITHOUT_TOKEN_TYPES = {"RobertaTokenizer", "DistilBertTokenizer", "AlbertTokenizer", "GPT2Tokenizer", "CLIPTokenizer"}
+WITHOUT_TOKEN_TYPES = {"RobertaTokenizer", "DistilBertTokenizer", "AlbertTokenizer", "GPT2Tokenizer", "CLIPTokenizer", "T5Tokenizer"}
 ROBERTA_SPECIAL_TOKENS = {  # transformers' RobertaTokenizer's, added in this order where vocab.json lacks them
     "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>", "pad_token": "<pad>", "cls_token": "<s>", "mask_token": "<mask>",
 }
 TOKENIZER_CLASSES = {
     "bert": "BertTokenizer", "roberta": "RobertaTokenizer", "distilbert": "DistilBertTokenizer", "albert": "AlbertTokenizer", "gpt2": "GPT2Tokenizer",
-    "clip": "CLIPTokenizer", "clip_text_model": "CLIPTokenizer",
+    "clip": "CLIPTokenizer", "clip_text_model": "CLIPTokenizer", "t5": "T5Tokenizer",
 }
 # transformers' CLIPTokenizer's special tokens (bos, eos, unk, pad) and its split of lower-cased text into words: the
 # special tokens, contractions, letter runs, single digits, runs of other non-space characters (spaces are dropped)
