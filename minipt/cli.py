@@ -9,7 +9,7 @@
     minipt classify IMAGE...     top-5 ImageNet classes with EfficientNet-Lite0 (--model)
     minipt zero-shot IMAGE... --labels "a cat,a dog" --model PATH   each label's probability per image with a CLIP model
     minipt fetch NAME|--all      place a catalogued checkpoint under weights/ and verify it
-    minipt generate --model PATH PROMPT   continue a prompt with a GPT-2 checkpoint, streaming tokens
+    minipt generate --model PATH PROMPT   continue a prompt with a GPT-2 checkpoint, or answer it with a T5 one, streaming tokens
 
 Each command is a function ``cmd_<name>(args)``; ``COMMANDS`` lists them with
 their arguments, each with a help line (``minipt COMMAND --help``). Layers,
@@ -306,6 +306,7 @@ ARGUMENT_CHECKS: dict = {
     (None, "top"): _integer("--top", 1),
     (None, "max_new_tokens"): _integer("--max-new-tokens", 1),
     (None, "max_length"): _integer("--max-length", 1),
+    (None, "num_beams"): _integer("--num-beams", 1),
     (None, "seed"): _integer("--seed", 0, 2**64 - 1),  # what a torch.Generator takes
     ("embed", "out"): _output_file("--out", "it"),
     ("attention", "out"): _output_file("--out", "the picture"),
@@ -437,23 +438,56 @@ def cmd_zero_shot(args) -> int:
 
 
 def cmd_generate(args) -> int:
+    from .checkpoint import Checkpoint
+    from .errors import InputError
+    from .hub import resolve
     from .models.gpt2 import GPT2LMHeadModel
+    from .models.t5 import T5Model
     from .nn.sampling import check_sampling
     from .nn.streamer import TextStreamer
+    from .registry import model_class_for
 
     temperature = 1.0 if args.temperature is None else args.temperature  # 0 is refused, as generate refuses it
     check_sampling(temperature, args.top_k, args.top_p, args.repetition_penalty)  # generate's own check, before the model loads
-    model = GPT2LMHeadModel.from_pretrained(args.model)
-    tokenizer = _tokenizer_for(args.model)
-    prompt = tokenizer(args.prompt, padding=False, truncation=False)["input_ids"]  # (1, T)
     sample = any(v is not None for v in (args.temperature, args.top_k, args.top_p))
     max_new_tokens = 50 if args.max_new_tokens is None and args.max_length is None else args.max_new_tokens
+    options = dict(max_new_tokens=max_new_tokens, max_length=args.max_length, do_sample=sample, temperature=temperature, top_k=args.top_k,
+                   top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
+    path = resolve(args.model)
+    with Checkpoint(path) as checkpoint:
+        cls = model_class_for(path, checkpoint)
+    if issubclass(cls, T5Model):
+        return _text_to_text(args, path, cls, options)
+    if args.num_beams != 1:
+        raise InputError(f"--num-beams is for text-to-text models (T5); --model {args.model} is a {cls.__name__} checkpoint, which decodes greedily or samples")
+    model = GPT2LMHeadModel.from_pretrained(path)
+    tokenizer = _tokenizer_for(args.model)
+    prompt = tokenizer(args.prompt, padding=False, truncation=False)["input_ids"]  # (1, T)
     print(args.prompt, end="", flush=True)  # as typed; the streamer prints the rest as it is generated, then a newline
-    model.generate(
-        prompt, max_new_tokens=max_new_tokens, max_length=args.max_length, do_sample=sample, temperature=temperature,
-        top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
-        seed=args.seed, streamer=TextStreamer(tokenizer, skip_prompt=True),
-    )
+    model.generate(prompt, **options, streamer=TextStreamer(tokenizer, skip_prompt=True))
+    return 0
+
+
+def _text_to_text(args, path, cls, options: dict) -> int:
+    """A T5 checkpoint: the prompt is the encoder's input, the decoder's text is printed (streamed, unless by beam search)."""
+    from .demo import tokenizer_beside
+    from .errors import InputError
+    from .models.t5 import T5ForConditionalGeneration
+    from .nn.streamer import TextStreamer
+
+    if cls is not T5ForConditionalGeneration:
+        raise InputError(f"--model {args.model} is a {cls.__name__} checkpoint, which has no language-model head to generate with: "
+                         "give a T5ForConditionalGeneration checkpoint")
+    tokenizer = tokenizer_beside(path)
+    if tokenizer is None:
+        raise InputError(f"--model {args.model} has no tokenizer beside it (tokenizer.json): T5 has no default tokenizer to fall back on")
+    model = T5ForConditionalGeneration.from_pretrained(path).eval()
+    input_ids = tokenizer(args.prompt, padding=False, truncation=False)["input_ids"]  # (1, S), </s> at the end
+    if args.num_beams > 1:  # beam search knows its text only at the end
+        sequences = model.generate(input_ids, **options, num_beams=args.num_beams)
+        print(tokenizer.decode(sequences[0]))
+    else:  # the decoder's start token is its prompt: left out
+        model.generate(input_ids, **options, streamer=TextStreamer(tokenizer, skip_prompt=True))
     return 0
 
 
@@ -566,10 +600,11 @@ COMMANDS: dict = {
     ),
     "generate": (
         cmd_generate,
-        "continue a prompt with a GPT-2 checkpoint, printing tokens as they are generated (greedy unless a sampling option is given)",
+        "continue a prompt with a GPT-2 checkpoint, or answer it with a T5 checkpoint (the prompt is the encoder's input), printing "
+        "tokens as they are generated (greedy unless a sampling option or --num-beams is given)",
         lambda p: (
-            p.add_argument("prompt", help="the text to continue"),
-            p.add_argument("--model", required=True, help="folder or catalogue name of a GPT-2 checkpoint"),
+            p.add_argument("prompt", help="the text to continue (GPT-2) or to answer (T5: the encoder's input)"),
+            p.add_argument("--model", required=True, help="folder or catalogue name of a GPT-2 checkpoint, or of a T5 checkpoint with its tokenizer"),
             p.add_argument("--max-new-tokens", type=int, help="how many tokens to add (default 50 unless --max-length is given)"),
             p.add_argument("--max-length", type=int, help="stop when prompt and new tokens together reach this many tokens (instead of --max-new-tokens)"),
             p.add_argument("--temperature", type=float, help="sample, dividing the logits by this (> 0; without a sampling option the text is greedy)"),
@@ -578,6 +613,7 @@ COMMANDS: dict = {
             p.add_argument("--repetition-penalty", type=float, default=1.0,
                            help="above 1, make tokens already in the text less likely, as transformers does (default 1.0: off)"),
             p.add_argument("--seed", type=int, help="seed of the sampling generator, 0 to 2**64-1"),
+            p.add_argument("--num-beams", type=int, default=1, help="T5: beam search with this many beams, the best text printed at the end (default 1: off)"),
         ),
     ),
 }

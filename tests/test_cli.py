@@ -235,3 +235,64 @@ def test_classify_refuses_a_model_that_does_not_classify_texts(text_classifier, 
         classify_texts(["text", 3], model=text_classifier)
     with pytest.raises(InputError, match="top"):
         classify_texts(["text"], model=text_classifier, top=0)
+
+
+# -- generate with a text-to-text model: a small random T5 with a T5 tokenizer snapshot beside it ---------------------
+@pytest.fixture(scope="module")
+def t5_folder(tmp_path_factory):
+    from t5_snapshot import tiny_t5_folder
+
+    torch.manual_seed(0)  # v1.1's untied head: T5's initialisation of a tiny tied model writes only <pad>
+    return tiny_t5_folder(tmp_path_factory.mktemp("t5"), feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+
+
+@pytest.mark.parametrize("options, argv", [
+    (dict(), []),
+    (dict(do_sample=True, top_k=20, seed=3), ["--top-k", "20", "--seed", "3"]),
+    (dict(num_beams=3), ["--num-beams", "3"]),
+])
+def test_generate_with_t5_prints_the_decoders_text(t5_folder, capsys, options, argv):
+    """The prompt is the encoder's input; what is printed is the decoder's text, as model.generate and the tokenizer give it."""
+    from minipt import Tokenizer
+    from minipt.models.t5 import T5ForConditionalGeneration
+
+    prompt = "translate English to German: The café is open 🙂"
+    tokenizer, model = Tokenizer.from_pretrained(t5_folder), T5ForConditionalGeneration.from_pretrained(t5_folder)
+    sequence = model.generate(tokenizer(prompt, padding=False)["input_ids"], max_new_tokens=8, **options)[0]
+    expected = tokenizer.decode(sequence)
+    assert len(expected.split()) >= 2  # the random model writes a few words before it stops, if it stops
+    assert cli.main(["generate", "--model", str(t5_folder), prompt, "--max-new-tokens", "8", *argv]) == 0
+    assert capsys.readouterr().out == expected + "\n"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--num-beams", "0"], "--num-beams must be a positive integer, got 0"),
+    (["--num-beams", "2", "--top-k", "5"], "beam search (num_beams=2) takes no do_sample"),
+    (["--num-beams", "5000"], "num_beams must be at most the vocabulary's 1100 tokens, got 5000"),
+    (["--max-new-tokens", "512"], "1 prompt tokens + max_new_tokens 512 exceed the context of 512 positions"),
+])
+def test_generate_with_t5_refuses_bad_options_in_one_line(t5_folder, capsys, argv, message):
+    assert cli.main(["generate", "--model", str(t5_folder), "a prompt", *argv]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("minipt generate: ") and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_generate_names_what_a_text_to_text_checkpoint_lacks(t5_folder, tmp_path, capsys):
+    import shutil
+
+    from minipt.models.t5 import T5Model
+
+    bare = shutil.copytree(t5_folder, tmp_path / "bare")
+    T5Model.from_pretrained(t5_folder).save_pretrained(bare)  # config.json now says T5Model: no head
+    assert cli.main(["generate", "--model", str(bare), "a prompt"]) == 1
+    assert "is a T5Model checkpoint, which has no language-model head to generate with" in capsys.readouterr().err
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(t5_folder / name, alone / name)
+    assert cli.main(["generate", "--model", str(alone), "a prompt"]) == 1
+    assert "has no tokenizer beside it (tokenizer.json)" in capsys.readouterr().err
+    gpt2 = next(family for family in registry.families() if family.model_type == "gpt2")
+    gpt2.tiny_model().save_pretrained(tmp_path / "gpt2")
+    assert cli.main(["generate", "--model", str(tmp_path / "gpt2"), "a prompt", "--num-beams", "2"]) == 1
+    assert "--num-beams is for text-to-text models (T5)" in capsys.readouterr().err
