@@ -334,6 +334,19 @@ def test_a_torchvision_vit_given_to_clip(tmp_path):
         openai_config(checkpoint)
 
 
+def test_an_openai_file_whose_architecture_tensors_have_the_wrong_rank(tmp_path):
+    """The architecture is read off these tensors' shapes, so a damaged shape is named before it is read (found by tests/test_fuzz.py)."""
+    text = {**TEXT, "hidden_size": 64, "num_attention_heads": 1, "eos_token_id": 2}
+    reference, _ = reference_clip(tmp_path / "hf", text=text, vision={**VISION, "hidden_size": 64, "num_attention_heads": 1})
+    state = to_openai({k: v for k, v in reference.state_dict().items() if not k.endswith("position_ids")})
+    (tmp_path / "openai").mkdir()
+    torch.save({**state, "token_embedding.weight": state["token_embedding.weight"].flatten(), "text_projection": torch.zeros(())},
+               tmp_path / "openai" / "ViT-tiny.pt")
+    with pytest.raises(KeyMismatchError, match=r"is not an OpenAI-format CLIP: token_embedding.weight has shape \(2560,\), not 2 dimensions; "
+                                               r"text_projection has shape \(\), not 2 dimensions"):
+        CLIPModel.from_pretrained(tmp_path / "openai")
+
+
 # -- the protocol (the registry's shared tests check it too) -------------------------------------------------
 @pytest.mark.parametrize("cls", [CLIPModel, CLIPTextModel, CLIPVisionModel], ids=lambda c: c.__name__)
 def test_save_reload_and_every_backend(cls, tmp_path):

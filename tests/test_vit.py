@@ -343,6 +343,17 @@ def test_position_table_that_is_not_a_square_grid(tmp_path):
         ViTForImageClassification.from_pretrained(tmp_path / "odd.pth", num_attention_heads=2)
 
 
+def test_a_torchvision_file_whose_architecture_tensors_have_the_wrong_rank(tmp_path):
+    """The architecture is read off these tensors' shapes, so a damaged shape is named before it is read (found by tests/test_fuzz.py)."""
+    state = torchvision_model()[0].state_dict()
+    for key, shape, message in [("conv_proj.weight", (16, 48), r"is not a torchvision-format ViT: conv_proj.weight has shape \(16, 48\), not 4 dimensions"),
+                                ("heads.head.weight", (80,), r"is not a torchvision-format ViT: heads.head.weight has shape \(80,\), not 2 dimensions"),
+                                ("encoder.pos_embedding", (1, 0, 16), r"encoder.pos_embedding \(1, 0, 16\) holds 0 patch positions, not a square grid")]:
+        torch.save({**state, key: torch.zeros(shape)}, tmp_path / "damaged.pth")
+        with pytest.raises(KeyMismatchError, match=message):
+            ViTForImageClassification.from_pretrained(tmp_path / "damaged.pth", num_attention_heads=2)
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("hidden_size", 32, r"hidden_size = 32, but vit.embeddings.cls_token has shape \(1, 1, 16\)"),
     ("num_hidden_layers", 3, r"num_hidden_layers = 3, but the checkpoint holds 2"),

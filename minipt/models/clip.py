@@ -62,7 +62,7 @@ from ..nn.output import ModelOutput
 from ..registry import Reads, register
 from ..vision import check_images, normalized_batch
 from .text_encoder import check_token_inputs, run_layers
-from .vit import ViTConfig, _layer_points, interpolate_positions, square_grid
+from .vit import ViTConfig, _layer_points, interpolate_positions, read_shapes, square_grid
 
 CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073])  # the statistics of CLIP's training images
 CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711])
@@ -670,14 +670,11 @@ def openai_config(checkpoint) -> CLIPConfig:
     """An OpenAI-format CLIP's architecture read off its tensors, as open_clip's build_model_from_openai_state_dict
     reads it: widths, depths, the patch and image size (a square grid), the context and vocabulary, heads 64 wide,
     QuickGELU, LayerNorm eps 1e-5, pooling at the highest token id (OpenAI's end-of-text token is the last id)."""
-    shapes = {key.removeprefix("module."): checkpoint.shape(key) for key in checkpoint.keys()}
-    if "visual.layer1.0.conv1.weight" in shapes or "visual.attnpool.positional_embedding" in shapes:
+    if any(key.removeprefix("module.") in ("visual.layer1.0.conv1.weight", "visual.attnpool.positional_embedding") for key in checkpoint.keys()):
         raise ConfigError(f"{checkpoint.path} is an OpenAI CLIP with a ResNet image tower (visual.layer1, visual.attnpool); minipt's CLIP has the ViT tower only")
-    needed = ["visual.conv1.weight", "visual.positional_embedding", "visual.proj", "visual.transformer.resblocks.0.mlp.c_fc.weight",
-              "token_embedding.weight", "positional_embedding", "transformer.resblocks.0.mlp.c_fc.weight", "text_projection"]
-    absent = [key for key in needed if key not in shapes]
-    if absent:
-        raise KeyMismatchError(f"checkpoint {checkpoint.path} is not an OpenAI-format CLIP: it has no {', '.join(absent)}")
+    needed = {"visual.conv1.weight": 4, "visual.positional_embedding": 2, "visual.proj": 2, "visual.transformer.resblocks.0.mlp.c_fc.weight": 2,
+              "token_embedding.weight": 2, "positional_embedding": 2, "transformer.resblocks.0.mlp.c_fc.weight": 2, "text_projection": 2}
+    shapes = read_shapes(checkpoint, needed, "an OpenAI-format CLIP")
     vision_width, channels, patch = shapes["visual.conv1.weight"][:3]
     grid = square_grid(checkpoint.path, "visual.positional_embedding", shapes["visual.positional_embedding"],
                        shapes["visual.positional_embedding"][0] - 1)

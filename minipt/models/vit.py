@@ -474,19 +474,39 @@ def _is_torchvision(checkpoint) -> bool:
 def square_grid(path, key: str, shape, positions: int) -> int:
     """The side of the square patch grid a stored position table holds ``positions`` patch positions of,
     or a KeyMismatchError naming the tensor: no image size fits a table that is not square."""
-    grid = math.isqrt(positions)
-    if grid * grid != positions:
-        raise KeyMismatchError(f"checkpoint {path}: {key} {shape} holds {positions} patch positions, not a square grid, so no image size fits it")
+    grid = math.isqrt(positions) if positions > 0 else 0
+    if grid == 0 or grid * grid != positions:
+        raise KeyMismatchError(f"checkpoint {path}: {key} {shape} holds {max(positions, 0)} patch positions, not a square grid, so no image size fits it")
     return grid
+
+
+def read_shapes(checkpoint, needed: dict, what: str) -> dict[str, tuple]:
+    """The shapes of a config-less checkpoint's tensors by name (a DataParallel ``module.`` prefix dropped), once each
+    tensor the architecture is read from is there (a key of ``needed``, or a tuple of its other names) with the number
+    of dimensions ``needed`` gives it; else a KeyMismatchError naming every one that is not ("is not ``what``")."""
+    shapes = {key.removeprefix("module."): tuple(checkpoint.shape(key)) for key in checkpoint.keys()}
+    absent, misshaped = [], []
+    for names, dims in needed.items():
+        names = (names,) if isinstance(names, str) else names
+        name = next((name for name in names if name in shapes), None)
+        if name is None:
+            absent.append(names[0])
+        elif len(shapes[name]) != dims:
+            misshaped.append(f"{name} has shape {shapes[name]}, not {dims} dimensions")
+    if absent or misshaped:
+        problems = ([f"it has no {', '.join(absent)}"] if absent else []) + misshaped
+        raise KeyMismatchError(f"checkpoint {checkpoint.path} is not {what}: {'; '.join(problems)}")
+    return shapes
+
 
 def torchvision_config(checkpoint) -> ViTConfig:
     """A torchvision ViT's architecture read off its tensors: sizes, depth, the image size from the position table
     (a square grid of patches), heads 64 wide, LayerNorm eps 1e-6."""
-    shapes = {key.removeprefix("module."): checkpoint.shape(key) for key in checkpoint.keys()}
-    needed = ["conv_proj.weight", "class_token", "encoder.pos_embedding", "encoder.layers.encoder_layer_0.mlp.0.weight"]
-    absent = [key for key in needed if key not in shapes and key.replace("mlp.0", "mlp.linear_1") not in shapes]
-    if absent:
-        raise KeyMismatchError(f"checkpoint {checkpoint.path} is not a torchvision-format ViT: it has no {', '.join(absent)}")
+    needed = {"conv_proj.weight": 4, "class_token": 3, "encoder.pos_embedding": 3,
+              ("encoder.layers.encoder_layer_0.mlp.0.weight", "encoder.layers.encoder_layer_0.mlp.linear_1.weight"): 2}
+    if any(key.removeprefix("module.") == "heads.head.weight" for key in checkpoint.keys()):
+        needed["heads.head.weight"] = 2
+    shapes = read_shapes(checkpoint, needed, "a torchvision-format ViT")
     hidden, channels, patch = shapes["conv_proj.weight"][:3]
     grid = square_grid(checkpoint.path, "encoder.pos_embedding", shapes["encoder.pos_embedding"], shapes["encoder.pos_embedding"][1] - 1)
     mlp = shapes.get("encoder.layers.encoder_layer_0.mlp.0.weight") or shapes["encoder.layers.encoder_layer_0.mlp.linear_1.weight"]
