@@ -12,9 +12,13 @@ it with the class that reads it. The snapshots:
   negative or huge size, NaN, unknown names, truncated JSON, not an object).
   A new family is fuzzed as soon as it is declared;
 - official formats ``save_pretrained`` does not write: BERT's
-  ``pytorch_model.bin``, a ``tokenizer.json`` (empty, truncated, bytes
-  flipped, model removed or replaced), a torchvision-format ResNet ``.pth``
-  and g2p-en's ``.npz`` (truncated, bytes flipped).
+  ``pytorch_model.bin``, ``tokenizer.json`` files of the three models the
+  encoder families tokenize with, WordPiece, byte-level BPE (RoBERTa's) and
+  Unigram (ALBERT's) (empty, truncated, bytes flipped, model removed or
+  replaced), a torchvision-format ResNet ``.pth`` and g2p-en's ``.npz``
+  (truncated, bytes flipped); and the formats whose architecture is read off
+  the tensors, without a ``config.json``: a torchvision-format ViT and an
+  OpenAI-format CLIP (their safetensors damaged as above).
 
 The rule: every case ends in a ``MiniptError``, or in a load of a file that is
 still valid: a model that runs on its family's example input, whose config
@@ -57,7 +61,10 @@ class Hang(Exception):
 
 
 # -- the valid snapshots ---------------------------------------------------------
-FORMATS = ("bin", "tokenizer", "pth", "npz")  # official files save_pretrained does not write
+FORMATS = ("bin", "tokenizer", "pth", "npz",  # official files save_pretrained does not write
+           "bpe-tokenizer", "unigram-tokenizer", "vit-torchvision", "clip-openai")
+TOKENIZERS = ("tokenizer", "bpe-tokenizer", "unigram-tokenizer")  # WordPiece (BERT, DistilBERT), byte-level BPE (RoBERTa), Unigram (ALBERT)
+CONFIG_LESS = ("vit-torchvision", "clip-openai")  # architecture read off the tensors
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "cat", "dog", "sat", "on", "mat", "##s", "hello", "world"]
 G2P_SOURCE = """class G2p:
     def __init__(self):
@@ -100,12 +107,11 @@ def make_snapshot(subject: str, directory: Path) -> Path:
 
         torch.save(load_file(directory / "model.safetensors"), directory / "pytorch_model.bin")
         (directory / "model.safetensors").unlink()
-    elif subject == "tokenizer":
-        from tokenizers import Tokenizer, models, pre_tokenizers
-
-        tokenizer = Tokenizer(models.WordPiece({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
-        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        tokenizer.save(str(directory / "tokenizer.json"))
+    elif subject in TOKENIZERS:
+        _tokenizer(subject).save(str(directory / "tokenizer.json"))
+    elif subject in CONFIG_LESS:
+        _config_less(subject).save_pretrained(directory)
+        (directory / "config.json").unlink()  # the official format has none: the loader reads the architecture off the tensors
     elif subject == "pth":
         from minipt.models.resnet import ResNet, ResNetConfig
 
@@ -122,6 +128,52 @@ def make_snapshot(subject: str, directory: Path) -> Path:
     else:
         raise ValueError(f"no snapshot named {subject!r}; known: {', '.join(subjects())}")
     return directory
+
+
+def _tokenizer(subject: str):
+    """A small tokenizers.Tokenizer of the kind ``subject`` names, with its family's special tokens and post-processing."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    if subject == "tokenizer":
+        tokenizer = Tokenizer(models.WordPiece({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
+        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        return tokenizer
+    if subject == "bpe-tokenizer":  # RoBERTa's: the 256 byte symbols, a few merges, <s> ... </s> around each text
+        special = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+        vocab = {token: i for i, token in enumerate(special + sorted(pre_tokenizers.ByteLevel.alphabet()))}
+        merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("c", "a"), ("ca", "t")]
+        vocab.update({a + b: len(vocab) + i for i, (a, b) in enumerate(merges)})
+        tokenizer = Tokenizer(models.BPE(vocab, merges))
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        tokenizer.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    else:  # ALBERT's: SentencePiece's Unigram pieces with their log probabilities, [CLS] ... [SEP]
+        special = ["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"]
+        pieces = [(token, 0.0) for token in special] + [("▁the", -1.0), ("▁cat", -2.0), ("▁", -2.5)] + [(c, -3.0) for c in "acehlost"]
+        tokenizer = Tokenizer(models.Unigram(pieces, unk_id=1))
+        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+        tokenizer.decoder = decoders.Metaspace()
+        tokenizer.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                                 special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tokenizer.add_special_tokens(special)
+    return tokenizer
+
+
+def _config_less(subject: str):
+    """A tiny model whose save_pretrained writes the official config-less layout (heads 64 wide, as those files imply)."""
+    if subject == "vit-torchvision":
+        from minipt.models.vit import ViTConfig, ViTForImageClassification
+
+        return ViTForImageClassification(ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=1, intermediate_size=32, image_size=16,
+                                                   patch_size=8, num_labels=3, layer_norm_eps=1e-6, weights_format="torchvision"))
+    from minipt.models.clip import CLIPConfig, CLIPModel
+
+    text = dict(vocab_size=40, hidden_size=64, intermediate_size=32, num_hidden_layers=2, num_attention_heads=1, max_position_embeddings=8,
+                bos_token_id=38, eos_token_id=2, pad_token_id=1)  # eos_token_id 2: pooled at the highest id, as OpenAI's files
+    vision = dict(hidden_size=64, intermediate_size=32, num_hidden_layers=2, num_attention_heads=1, image_size=16, patch_size=8)
+    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)
+    config.weights_format = "openai"
+    return CLIPModel(config)
 
 
 # -- the kinds of damage -----------------------------------------------------------
@@ -335,9 +387,11 @@ def run_case(subject: str, index: int, seed: int, snapshot: Path, work: Path) ->
                 kind = damage_safetensors(directory / "model.safetensors", rng)
             else:
                 kind = damage_config(directory / "config.json", rng)
+        elif subject in CONFIG_LESS:
+            kind = damage_safetensors(directory / "model.safetensors", rng)
         elif subject == "bin":
             kind = damage_bytes(directory / "pytorch_model.bin", rng, "bin")
-        elif subject == "tokenizer":
+        elif subject in TOKENIZERS:
             kind = damage_tokenizer(directory / "tokenizer.json", rng)
         elif subject == "pth":
             kind = damage_bytes(directory / "resnet.pth", rng, "pth")
@@ -370,10 +424,20 @@ def load_and_run(subject: str, directory: Path) -> None:
         with torch.no_grad():
             model(*args, **kwargs)
         _check_config_matches_file(model, directory)
-    elif subject == "tokenizer":
+    elif subject in TOKENIZERS:
         from minipt.tokenizer import Tokenizer
 
-        Tokenizer.from_pretrained(directory)(["the cat sat", "hello"])
+        Tokenizer.from_pretrained(directory)(["the cat sat", "hello 🙂"])
+    elif subject == "vit-torchvision":
+        from minipt.models.vit import ViTForImageClassification
+
+        with torch.no_grad():
+            ViTForImageClassification.from_pretrained(directory)(torch.zeros(1, 3, 16, 16))
+    elif subject == "clip-openai":
+        from minipt.models.clip import CLIPModel
+
+        with torch.no_grad():
+            CLIPModel.from_pretrained(directory)(torch.tensor([[38, 5, 7, 39]]), torch.zeros(1, 3, 16, 16))
     elif subject == "pth":
         from minipt.models.resnet import ResNet
 
@@ -441,7 +505,7 @@ def main() -> int:
     parser.add_argument("--cases", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", action="append", default=None, metavar="SNAPSHOT",
-                        help="a snapshot to damage (repeatable): a model class as model_type/Class, or bin, tokenizer, pth, npz")
+                        help="a snapshot to damage (repeatable): a model class as model_type/Class, or " + ", ".join(FORMATS))
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     args = parser.parse_args()
     import tempfile
