@@ -56,6 +56,20 @@ def test_config_of_another_architecture(saved, tmp_path):
         BertModel.from_pretrained(tmp_path)
 
 
+@pytest.mark.parametrize("family, module", [("Roberta", "roberta"), ("DistilBert", "distilbert"), ("Albert", "albert")])
+def test_checkpoint_of_another_encoder_family(family, module, tmp_path):
+    """RoBERTa's tensors carry BERT's very names, so config.json is what tells them apart; each BERT class names the class to use."""
+    from minipt.models.bert import BertForMaskedLM, BertForSequenceClassification
+
+    config = getattr(transformers, f"{family}Config")(vocab_size=40, max_position_embeddings=24, **(
+        dict(dim=16, n_layers=1, n_heads=2, hidden_dim=16) if family == "DistilBert" else
+        dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)))
+    getattr(transformers, f"{family}ForSequenceClassification")(config).save_pretrained(tmp_path)
+    for cls in (BertModel, BertForMaskedLM, BertForSequenceClassification):
+        with pytest.raises(ConfigError, match=rf"describes a '{module}' model, not 'bert': load it with minipt.models.{module}.{family}ForSequenceClassification"):
+            cls.from_pretrained(tmp_path)
+
+
 def test_unsupported_config_values():
     with pytest.raises(ConfigError, match="num_attention_heads = 4: expected a divisor of hidden_size 30"):
         BertConfig(hidden_size=30, num_attention_heads=4)
