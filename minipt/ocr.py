@@ -29,6 +29,7 @@ import torch
 from .errors import InputError
 from .models.craft import CANVAS_SIZE, CRAFT, image_array
 from .models.crnn import CRNN, preprocess as crnn_preprocess
+from .vision import pillow
 
 # EasyOCR's defaults (Reader.readtext)
 TEXT_THRESHOLD = 0.7  # a word's region score must peak at least this high
@@ -118,79 +119,173 @@ def _map(values, name: str) -> np.ndarray:
 
 
 # -- boxes -> text -------------------------------------------------------------------
-def read_boxes(recogniser: CRNN, image, boxes: list[np.ndarray]) -> list[tuple[str, float]]:
-    """(text, confidence) of each box (corners in the image's pixels), read from the grayscale image in one batch."""
-    if not boxes:
-        return []
-    gray = image_array(image).float() @ torch.tensor([0.299, 0.587, 0.114])  # (H, W) luma, as Pillow's "L"; the recogniser reads one channel
-    gray = gray.round().clamp(0, 255).to(torch.uint8)
+TILT = 0.1  # a box whose top edge rises or falls more than this per pixel across (about 6 degrees) is cropped turned upright (EasyOCR's slope_ths)
+WIDTH_SPREAD = 1.25  # crops are batched with others at most this much wider, and padded to the widest of their batch
+
+
+def crop(gray: torch.Tensor, box: np.ndarray) -> np.ndarray | None:
+    """The pixels of ``box`` (4, 2) in a grayscale (H, W) uint8 image, with ``MARGIN`` of its height on every side:
+    the axis-aligned rectangle around a level box, or, for a tilted box, the box turned upright (bilinear, as
+    EasyOCR's four_point_transform with OpenCV's warpPerspective). None where nothing of the box lies in the image."""
     height, width = gray.shape
-    lines = []
-    for box in boxes:
-        (x0, y0), (x1, y1) = box.min(axis=0), box.max(axis=0)
+    (x0, y0), (x1, y1) = box.min(axis=0), box.max(axis=0)
+    across, down = box[1] - box[0], box[3] - box[0]  # the top edge (along the text) and the left edge
+    if abs(across[1]) <= TILT * abs(across[0]):
         margin = MARGIN * (y1 - y0)
         top, bottom = max(int(y0 - margin), 0), min(int(math.ceil(y1 + margin)), height)
         left, right = max(int(x0 - margin), 0), min(int(math.ceil(x1 + margin)), width)
         if bottom - top < 1 or right - left < 1:
-            lines.append(None)
-            continue
-        lines.append(crnn_preprocess(gray[top:bottom, left:right].numpy(), recogniser.config.image_height))  # (1, 1, 64, w)
-    widest = max(line.shape[-1] for line in lines if line is not None)
-    batch = torch.cat([torch.cat([line, line[..., -1:].expand(-1, -1, -1, widest - line.shape[-1])], dim=-1)
-                       for line in lines if line is not None])  # each padded with its last column, as EasyOCR pads
+            return None
+        return gray[top:bottom, left:right].numpy()
+    length, tall = np.linalg.norm(across), np.linalg.norm(down)
+    if x1 < 0 or y1 < 0 or x0 > width or y0 > height or length < 1 or tall < 1:
+        return None
+    grow = MARGIN * tall
+    along, normal = across / length, down / tall
+    corners = [box[0] - grow * (along + normal), box[3] + grow * (normal - along),  # PIL's QUAD: top left, bottom left,
+               box[2] + grow * (along + normal), box[1] + grow * (along - normal)]  # bottom right, top right
+    size = (max(int(round(length + 2 * grow)), 1), max(int(round(tall + 2 * grow)), 1))
+    Image = pillow().Image
+    upright = Image.fromarray(gray.numpy()).transform(size, Image.Transform.QUAD, np.concatenate(corners).tolist(),
+                                                      resample=Image.Resampling.BILINEAR, fillcolor=255)
+    return np.array(upright)  # writable: the recogniser's preprocess makes a tensor of it
+
+
+def read_boxes(recogniser: CRNN, image, boxes: list[np.ndarray]) -> list[tuple[str, float]]:
+    """(text, confidence) of each box (corners in the image's pixels), read from the grayscale image.
+
+    The crops, each resized to the recogniser's 64 rows, are read in batches of similar widths, each padded to its
+    widest by repeating its last column (as EasyOCR pads every crop to the widest of all): a long line does not make
+    every short word pay for its width."""
+    if not boxes:
+        return []
+    gray = image_array(image).float() @ torch.tensor([0.299, 0.587, 0.114])  # (H, W) luma, as Pillow's "L"; the recogniser reads one channel
+    gray = gray.round().clamp(0, 255).to(torch.uint8)
+    lines = []
+    for box in boxes:
+        pixels = crop(gray, box)
+        lines.append(None if pixels is None else crnn_preprocess(pixels, recogniser.config.image_height))  # (1, 1, 64, w)
     first = next(recogniser.parameters())
-    with torch.no_grad():
-        logits = recogniser(batch.to(device=first.device, dtype=first.dtype)).float()  # (B, T, classes)
-    texts = recogniser.decode(logits)
-    best, index = logits.softmax(dim=-1).max(dim=-1)  # (B, T)
-    read = iter(zip(texts, best, index))
-    results = []
-    for line in lines:
-        if line is None:
-            results.append(("", 0.0))
-            continue
-        text, probabilities, classes = next(read)
-        kept = probabilities[classes != 0].double()  # the columns that are not the CTC blank
-        confidence = float(kept.prod() ** (2.0 / math.sqrt(len(kept)))) if len(kept) else 0.0
-        results.append((text, confidence))
+    results: list[tuple[str, float]] = [("", 0.0)] * len(boxes)
+    order = sorted((i for i, line in enumerate(lines) if line is not None), key=lambda i: lines[i].shape[-1])
+    while order:
+        narrowest = lines[order[0]].shape[-1]
+        batch = [i for i in order if lines[i].shape[-1] <= WIDTH_SPREAD * narrowest]
+        order = order[len(batch):]
+        widest = lines[batch[-1]].shape[-1]
+        pixels = torch.cat([torch.cat([lines[i], lines[i][..., -1:].expand(-1, -1, -1, widest - lines[i].shape[-1])], dim=-1)
+                            for i in batch])  # (B, 1, 64, widest): each padded with its last column
+        with torch.no_grad():
+            logits = recogniser(pixels.to(device=first.device, dtype=first.dtype)).float()  # (B, T, classes)
+        best, index = logits.softmax(dim=-1).max(dim=-1)  # (B, T)
+        for i, text, probabilities, classes in zip(batch, recogniser.decode(logits), best, index):
+            kept = probabilities[classes != 0].double()  # the columns that are not the CTC blank
+            confidence = float(kept.prod() ** (2.0 / math.sqrt(len(kept)))) if len(kept) else 0.0
+            results[i] = (text, confidence)
     return results
 
 
-def reading_order(boxes: list[np.ndarray]) -> list[int]:
-    """Indices of ``boxes`` in reading order: lines from the top (a box joins a line when its centre lies within
-    half the line's height of the line's centre), each line from the left."""
-    order = sorted(range(len(boxes)), key=lambda i: boxes[i][:, 1].mean())
+def line_groups(boxes: list[np.ndarray]) -> list[list[int]]:
+    """Indices of ``boxes`` grouped into lines of text, the lines from the top, each line's boxes from the left.
+
+    Boxes are taken by the height of their centres. A box joins the line whose axis passes nearest its centre,
+    within half the line's height; else it starts a line. A line's axis runs through the centre of its box nearest
+    across (so a line may bend, as a curved page does) at the line's slope: its boxes' slopes weighted by their
+    widths, a box within ``TILT`` of level counting as level (as ``crop`` takes it) and a box boxed upright because
+    it is nearly square (a short word, which says nothing of the line's direction) not counting. Lines are ordered
+    by where they cross the vertical through the middle of all boxes. Words of one row are one line however far
+    apart: columns are not told apart."""
+    centres = [box.mean(axis=0) for box in boxes]
+    heights = [float(np.linalg.norm(box[3] - box[0])) for box in boxes]
+    widths = [float(np.linalg.norm(box[1] - box[0])) for box in boxes]
+    slopes = [_slope(box) if abs(_slope(box)) > TILT else 0.0 for box in boxes]
+    directed = [0.0 if abs(1 - max(w, h) / (min(w, h) + 1e-5)) <= 0.1 else w for w, h in zip(widths, heights)]  # word_boxes' square test
     lines: list[list[int]] = []
-    for i in order:
-        centre = boxes[i][:, 1].mean()
-        if lines:
-            line = lines[-1]
-            line_centre = np.mean([boxes[j][:, 1].mean() for j in line])
-            line_height = np.mean([np.ptp(boxes[j][:, 1]) for j in line])
-            if abs(centre - line_centre) <= 0.5 * line_height:
-                line.append(i)
-                continue
-        lines.append([i])
-    return [i for line in lines for i in sorted(line, key=lambda j: boxes[j][:, 0].min())]
+
+    def axis(line: list[int], x: float) -> float:  # the height of the line's axis at x
+        weight = sum(directed[j] for j in line)
+        slope = sum(slopes[j] * directed[j] for j in line) / weight if weight else 0.0
+        cx, cy = centres[min(line, key=lambda j: abs(centres[j][0] - x))]
+        return float(cy + slope * (x - cx))
+
+    for i in sorted(range(len(boxes)), key=lambda i: centres[i][1]):
+        (x, y), best = centres[i], None
+        for line in lines:
+            distance = abs(y - axis(line, x))
+            if distance <= 0.5 * np.mean([heights[j] for j in line]) and (best is None or distance < best[0]):
+                best = (distance, line)
+        if best is None:
+            lines.append([i])
+        else:
+            best[1].append(i)
+    middle = float(np.mean([c[0] for c in centres])) if boxes else 0.0
+    lines.sort(key=lambda line: axis(line, middle))
+    return [sorted(line, key=lambda j: boxes[j][:, 0].min()) for line in lines]
+
+
+def _slope(box: np.ndarray) -> float:
+    """How much the top edge of a box (top left to top right corner) falls per pixel across."""
+    dx, dy = box[1] - box[0]
+    return float(dy / dx) if abs(dx) > 1e-9 else 0.0
+
+
+def reading_order(boxes: list[np.ndarray]) -> list[int]:
+    """Indices of ``boxes`` in reading order: the lines of ``line_groups`` from the top, each from the left."""
+    return [i for line in line_groups(boxes) for i in line]
+
+
+@dataclass
+class Line:
+    box: np.ndarray  # (4, 2) the minimum-area rectangle around its words' boxes, clockwise from the top left
+    text: str  # its words' texts joined by spaces
+    confidence: float  # its least sure word's
+    words: list[Word]
+
+
+def lines_of(words: list[Word]) -> list[Line]:
+    """``words`` grouped into lines (``line_groups``), top to bottom, each line's words from the left."""
+    lines = []
+    for group in line_groups([word.box for word in words]):
+        members = [words[i] for i in group]
+        box = min_area_rect(np.concatenate([word.box for word in members]).astype(np.float64))
+        box = np.roll(box, -int(box.sum(axis=1).argmin()), axis=0)  # start at the top left corner
+        lines.append(Line(box, " ".join(word.text for word in members), min(word.confidence for word in members), members))
+    return lines
 
 
 # -- the pipeline ----------------------------------------------------------------------
 @functools.cache
 def _default_models() -> tuple[CRAFT, CRNN]:
-    return CRAFT.from_pretrained("craft_mlt_25k"), CRNN.from_pretrained("easyocr-english-g2")
+    """EasyOCR's English models; the detector fused (BatchNorm folded into its convolutions) and channels-last,
+    the layout oneDNN's convolutions run fastest in."""
+    detector = CRAFT.from_pretrained("craft_mlt_25k").fuse().to(memory_format=torch.channels_last)
+    return detector, CRNN.from_pretrained("easyocr-english-g2").eval()
 
 
 def read_words(image, *, detector: CRAFT | None = None, recogniser: CRNN | None = None, canvas_size: int = CANVAS_SIZE,
                text_threshold: float = TEXT_THRESHOLD, low_text: float = LOW_TEXT, link_threshold: float = LINK_THRESHOLD) -> list[Word]:
-    """The words in one image (a path, a PIL image or an (H, W[, 3]) uint8 array), in reading order.
+    """The words in one image (a path, a PIL image or an (H, W[, 3|4]) uint8 or uint16 array), in reading order.
 
-    Without ``detector`` and ``recogniser``, EasyOCR's English models (craft_mlt_25k, easyocr-english-g2), loaded once."""
+    Without ``detector`` and ``recogniser``, EasyOCR's English models (craft_mlt_25k, easyocr-english-g2), loaded once.
+    An image too small to hold a word (CRAFT's maps of it have fewer than ``MIN_SIZE`` cells) is refused."""
     if detector is None or recogniser is None:
         default_detector, default_recogniser = _default_models()
         detector, recogniser = detector or default_detector, recogniser or default_recogniser
     pixels = image_array(image)  # decoded once: (H, W, 3) uint8
+    height, width = pixels.shape[:2]
+    if height and width:  # an empty image is refused by the detector, by name
+        scale = min(canvas_size, max(height, width)) / max(height, width) if isinstance(canvas_size, int) and canvas_size > 0 else 1.0
+        cells = (int(height * scale) // 2) * (int(width * scale) // 2)
+        if cells < MIN_SIZE:
+            raise InputError(f"a {width}x{height} image is too small to hold a word: CRAFT's score maps of it have {cells} cells "
+                             f"(half its size each way), and a word takes at least {MIN_SIZE}")
     region, affinity, ratio = detector.detect(pixels, canvas_size=canvas_size)
     boxes = [box * (2 / ratio) for box in word_boxes(region, affinity, text_threshold=text_threshold, low_text=low_text,
                                                    link_threshold=link_threshold)]  # map cells are 2 input pixels
     boxes = [boxes[i] for i in reading_order(boxes)]
     return [Word(box, text, confidence) for box, (text, confidence) in zip(boxes, read_boxes(recogniser, pixels, boxes))]
+
+
+def read_lines(image, **options) -> list[Line]:
+    """The lines of text in one image, each with its words (``read_words``, with the same options, grouped by ``lines_of``)."""
+    return lines_of(read_words(image, **options))

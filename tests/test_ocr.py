@@ -97,3 +97,130 @@ def test_blank_and_empty_images(detector):
         ocr.read_words(np.zeros((0, 10), np.uint8), detector=detector, recogniser=recogniser)
     with pytest.raises(InputError, match=r"the region and affinity maps differ in shape: \(4, 4\) and \(4, 5\)"):
         ocr.word_boxes(torch.zeros(4, 4), torch.zeros(4, 5))
+
+
+def test_resizing_in_bands_is_bilinear():
+    """craft.resize_bilinear (a band of rows at a time) gives torch's bilinear resize, rounded, within one grey level."""
+    pixels = torch.randint(0, 256, (191, 384, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    for height, width in ((100, 200), (19, 11), (300, 40)):
+        whole = torch.nn.functional.interpolate(pixels.permute(2, 0, 1)[None].float(), size=(height, width), mode="bilinear")
+        assert (mc.resize_bilinear(pixels, height, width, rows=7) - whole.round()).abs().max() <= 1
+
+
+# -- lines -----------------------------------------------------------------------------------------
+def render(text: str, size: int = 32, angle: float = 0):
+    """Black text in Pillow's default font on white (grayscale), turned ``angle`` degrees anticlockwise."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=size)
+    _, _, right, bottom = font.getbbox(text)
+    image = Image.new("L", (right + 40, bottom + 40), 255)
+    ImageDraw.Draw(image).text((20, 20), text, fill=0, font=font)
+    return image.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True, fillcolor=255)
+
+
+def test_lines_of_a_scanned_page():
+    words = ocr.read_words(photos()["page"])
+    lines = ocr.read_lines(photos()["page"])
+    assert lines[0].text == "Region-based segmentation" and len(lines) == 7
+    assert [word.text for line in lines for word in line.words] == [word.text for word in words]  # the same words, in order
+    assert lines[2].text.startswith("background") and lines[5].text.startswith("histogram")
+    for line in lines:
+        assert line.text == " ".join(word.text for word in line.words)
+        assert line.confidence == min(word.confidence for word in line.words)
+        (x0, y0), (x1, y1) = line.box.min(axis=0), line.box.max(axis=0)
+        for word in line.words:  # each word inside its line's rectangle
+            assert (word.box >= [x0 - 1e-6, y0 - 1e-6]).all() and (word.box <= [x1 + 1e-6, y1 + 1e-6]).all()
+
+
+def test_tilted_words_are_read_upright():
+    """A line turned by 20 and 30 degrees: each word is cropped turned upright and read; cropped level, the
+    same boxes read wrong. The words make one line although the short ones are boxed upright."""
+    for angle in (20, 30):
+        image = np.asarray(render("Words read at an angle", angle=angle))
+        lines = ocr.read_lines(image)
+        assert [line.text for line in lines] == ["Words read at an angle"], angle
+        assert ocr._slope(lines[0].box) == pytest.approx(-math.tan(math.radians(angle)), abs=0.05)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ocr, "TILT", math.inf)  # every box cropped level
+        assert [word.text for word in ocr.read_words(image)] != "Words read at an angle".split()
+
+
+def test_line_groups():
+    def box(x, y, w=40, h=10, slope=0.0):
+        down = np.array([-slope, 1.0]) / math.hypot(1, slope) * h
+        across = np.array([1.0, slope]) / math.hypot(1, slope) * w
+        return np.array([[x, y], [x, y] + across, [x, y] + across + down, [x, y] + down])
+
+    level = [box(60, 31), box(0, 0), box(30, 2), box(0, 30), box(60, -1)]
+    assert ocr.line_groups(level) == [[1, 2, 4], [3, 0]]
+    # two lines falling 0.4 per pixel, 40 pixels apart, each with a short word boxed upright in the middle
+    tilted = [box(0, 0, slope=0.4), box(50, 20, w=10), box(70, 28, slope=0.4), box(0, 40, slope=0.4), box(50, 60, w=10),
+              box(70, 68, slope=0.4)]
+    assert ocr.line_groups(tilted[::-1]) == [[5, 4, 3], [2, 1, 0]]
+    assert ocr.line_groups([]) == []
+
+
+# -- bad input -------------------------------------------------------------------------------------
+def test_an_image_too_small_to_hold_a_word():
+    for shape in ((1, 1), (1, 1, 3), (7, 5)):
+        with pytest.raises(InputError, match=r"a \d+x\d+ image is too small to hold a word: CRAFT's score maps of it have \d cells"):
+            ocr.read_words(np.zeros(shape, np.uint8))
+
+
+def test_a_20000_pixel_wide_image():
+    """An array 20,000 pixels wide is scaled to 2,560 a side in bands of rows (never whole as floats) and its words are
+    found in its own pixels; a file of 20,000 x 6,000 pixels is refused by its size before it is decoded."""
+    wide = np.full((400, 20000), 255, np.uint8)
+    wide[:, :1500] = np.asarray(render("WIDE", size=330).resize((1500, 400)))
+    words = ocr.read_words(wide)
+    assert [word.text for word in words] == ["WIDE"]
+    assert 0 <= words[0].box[:, 0].min() < words[0].box[:, 0].max() <= 1500
+
+
+def test_a_huge_image_file_is_refused_before_decoding(tmp_path):
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    width, height = 20000, 6000  # 120 million grey pixels, each row "filter 0" and zeros: a 120 kB file
+    packer = zlib.compressobj(9)
+    data = b"".join(packer.compress(bytes(width + 1)) for _ in range(height)) + packer.flush()
+    path = tmp_path / "huge.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    with pytest.raises(InputError, match=r"huge.png is 20000x6000 pixels \(120 million\); the text detector reads images up to 100 million"):
+        ocr.read_words(path)
+
+
+def test_a_file_that_is_not_an_image(tmp_path):
+    (tmp_path / "notes.png").write_text("not a picture")
+    with pytest.raises(InputError, match=r"notes.png cannot be decoded as an image \(UnidentifiedImageError"):
+        ocr.read_words(tmp_path / "notes.png")
+    with pytest.raises(InputError, match=r"no such image file"):
+        ocr.read_words(tmp_path / "absent.png")
+
+
+def test_grayscale_rgba_and_16_bit_images(tmp_path):
+    """The same words from 8-bit grayscale, RGB, RGBA with a transparent background (laid over white) and 16-bit
+    grayscale, as arrays and as PNG files; floating-point pixels are refused by name."""
+    from PIL import Image
+
+    gray = np.asarray(render("Reading every format"))
+    expected = [word.text for word in ocr.read_words(gray)]
+    assert expected == ["Reading", "every", "format"]
+    transparent = np.zeros(gray.shape + (4,), np.uint8)
+    transparent[..., 3] = 255 - gray  # black text whose background is see-through (its colour black too)
+    sixteen = gray.astype(np.uint16) * 257
+    images = {"rgb": np.repeat(gray[..., None], 3, axis=2), "rgba": transparent, "16-bit": sixteen}
+    for name, array in images.items():
+        assert [word.text for word in ocr.read_words(array)] == expected, name
+        Image.fromarray(array).save(tmp_path / f"{name}.png")
+        assert Image.open(tmp_path / f"{name}.png").mode == {"rgb": "RGB", "rgba": "RGBA", "16-bit": "I;16"}[name]
+        assert [word.text for word in ocr.read_words(tmp_path / f"{name}.png")] == expected, name
+    with pytest.raises(InputError, match=r"expected an \(H, W\) or \(H, W, 3\) uint8 image array, got shape \(\d+, \d+\) of float32"):
+        ocr.read_words(gray.astype(np.float32))
+    with pytest.raises(InputError, match=r"32-bit floating-point image \(PIL mode F\)"):
+        ocr.read_words(Image.fromarray(gray.astype(np.float32)))

@@ -33,8 +33,10 @@ import importlib
 import importlib.machinery
 import importlib.metadata
 import importlib.util
+import os
 import sys
 import types
+import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -231,11 +233,12 @@ class CRAFT(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
 
     @torch.no_grad()
     def detect(self, image, *, canvas_size: int = CANVAS_SIZE, mag_ratio: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """One image (a path, a PIL image or an (H, W[, 3]) uint8 array) -> its region and affinity maps (H'/2, W'/2)
+        """One image (a path, a PIL image or an (H, W[, 3|4]) uint8 or uint16 array) -> its region and affinity maps (H'/2, W'/2)
         and the ratio from the image's pixels to the network input's (see ``preprocess``)."""
         pixels, ratio = preprocess(image, canvas_size=canvas_size, mag_ratio=mag_ratio)
-        first = next(self.parameters())
-        output = self(pixels.to(device=first.device, dtype=first.dtype))
+        first = next(self.parameters())  # conv1_1's kernel: the input follows its device, dtype and memory format
+        layout = torch.channels_last if first.dim() == 4 and not first.is_contiguous() else torch.contiguous_format
+        output = self(pixels.to(device=first.device, dtype=first.dtype, memory_format=layout))
         return output.region[0], output.affinity[0], ratio
 
     # -- loading and saving ----------------------------------------------------
@@ -343,30 +346,110 @@ def preprocess(image, *, canvas_size: int = CANVAS_SIZE, mag_ratio: float = 1.0)
     target_h, target_w = int(height * ratio), int(width * ratio)
     if target_h < 1 or target_w < 1:
         raise InputError(f"an image of {width}x{height} pixels scaled by {ratio:.4g} has no pixels left")
-    x = pixels.permute(2, 0, 1).float().unsqueeze(0)  # (1, 3, H, W) in 0..255
     if (target_h, target_w) != (height, width):
-        x = F.interpolate(x, size=(target_h, target_w), mode="bilinear", align_corners=False)  # OpenCV's INTER_LINEAR
-        x = x.round().clamp(0, 255)  # whole pixel values, as OpenCV's resize of 8-bit pixels gives them
+        x = resize_bilinear(pixels, target_h, target_w)  # (1, 3, h, w) whole pixel values
+    else:
+        x = pixels.permute(2, 0, 1).float().unsqueeze(0)  # (1, 3, H, W) in 0..255
     pad_h, pad_w = -target_h % SIZE_MULTIPLE, -target_w % SIZE_MULTIPLE
     x = F.pad(x, (0, pad_w, 0, pad_h))  # black canvas, the image at its top left
     x = (x - PIXEL_MEAN) / PIXEL_STD
     return x, ratio
 
 
-def image_array(image) -> torch.Tensor:
-    """A path, a PIL image or an (H, W) / (H, W, 3|4) uint8 array -> (H, W, 3) uint8 RGB tensor."""
-    from ..vision import load_image
+def resize_bilinear(pixels: torch.Tensor, height: int, width: int, rows: int = 64) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (1, 3, height, width) floats holding whole pixel values: OpenCV's INTER_LINEAR (torch's
+    bilinear without antialiasing, align_corners=False), then rounded as OpenCV rounds 8-bit pixels.
 
-    if isinstance(image, torch.Tensor) or type(image).__module__ == "numpy":
-        array = torch.as_tensor(image)
-        if array.dtype != torch.uint8 or array.dim() not in (2, 3) or (array.dim() == 3 and array.shape[2] not in (3, 4)):
-            raise InputError(f"expected an (H, W) or (H, W, 3) uint8 image array, got shape {tuple(array.shape)} of {array.dtype}")
-        if array.dim() == 2:
-            array = array.unsqueeze(2).expand(-1, -1, 3)  # grayscale as RGB, as EasyOCR converts it
-        return array[:, :, :3].contiguous()
+    Done ``rows`` output rows at a time, reading only the two source rows each one needs, so that a 20,000-pixel-wide
+    photo never exists as floats: the memory is that of the uint8 image, the output, and one band of rows."""
+    source_h = pixels.shape[0]
+    scale = source_h / height  # torch's source position of output row i: (i + 0.5) * scale - 0.5, at least 0
+    position = ((torch.arange(height, dtype=torch.float64) + 0.5) * scale - 0.5).clamp(min=0)
+    top = position.floor().long().clamp(max=source_h - 1)
+    bottom = (top + 1).clamp(max=source_h - 1)
+    weight = (position - top).float().view(1, 1, -1, 1)  # of the lower row
+    out = torch.empty(1, 3, height, width)
+    for start in range(0, height, rows):
+        band = slice(start, start + rows)
+        first, last = int(top[band][0]), int(bottom[band][-1]) + 1
+        lines = pixels[first:last].permute(2, 0, 1).unsqueeze(0).float()  # (1, 3, n, W): the source rows of this band
+        lines = F.interpolate(lines, size=(last - first, width), mode="bilinear", align_corners=False)  # along x only
+        upper, lower = lines[:, :, top[band] - first], lines[:, :, bottom[band] - first]
+        out[:, :, band] = upper + (lower - upper) * weight[:, :, band]
+    return out.round_().clamp_(0, 255)
+
+
+MAX_PIXELS = 100_000_000  # the largest image file decoded (3 bytes a pixel); the detector sees at most 2560 pixels a side anyway
+
+
+def image_array(image) -> torch.Tensor:
+    """A path, a PIL image, or an (H, W) / (H, W, 1|3|4) uint8 or uint16 array -> (H, W, 3) uint8 RGB tensor.
+
+    Grayscale is repeated into the three channels (as EasyOCR does); 16-bit values are scaled to 8 bits (/ 257);
+    transparent pixels are laid over white paper, so that dark text on a transparent background stays readable.
+    A file is refused by its size before it is decoded when it holds more than ``MAX_PIXELS`` pixels."""
     import numpy as np
 
-    return torch.from_numpy(np.array(load_image(image), dtype=np.uint8))
+    if isinstance(image, torch.Tensor) or type(image).__module__ == "numpy":
+        array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+        if not array.flags.writeable:  # torch keeps no read-only tensors (nothing here writes to it)
+            array = array.copy()
+    else:
+        array = _decoded(image)
+    if array.dtype == np.uint16:
+        array = ((array.astype(np.uint32) + 128) // 257).astype(np.uint8)  # 65535 -> 255, rounded
+    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+        raise InputError(f"expected an (H, W) or (H, W, 3) uint8 image array, got shape {tuple(array.shape)} of {array.dtype} "
+                         f"(uint16, and a fourth channel of alpha, are read too)")
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.shape[2] == 4:  # over white: rgb * alpha + 255 * (1 - alpha)
+        rgb, alpha = array[:, :, :3].astype(np.uint32), array[:, :, 3:].astype(np.uint32)
+        array = ((rgb * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
+    if array.shape[2] == 1:
+        return torch.from_numpy(np.ascontiguousarray(array)).expand(-1, -1, 3)  # grayscale as RGB, without copying it
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def _decoded(image):
+    """A path or PIL image -> a numpy array image_array reads: uint8 L, RGB or RGBA, or uint16 for 16-bit files."""
+    import numpy as np
+
+    from ..checks import check_path
+    from ..vision import pillow
+
+    Image = pillow().Image
+    if isinstance(image, (str, os.PathLike)):
+        path = check_path("image", image)
+        if path.is_dir():
+            raise InputError(f"{path} is a directory, not an image file")
+        if not path.is_file():
+            raise InputError(f"{path}: no such image file")
+        try:
+            with warnings.catch_warnings():  # Pillow's warning of a large file: its size is checked here, just below
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                opened = Image.open(path)  # reads the header only
+            with opened:
+                width, height = opened.size
+                if width * height > MAX_PIXELS:
+                    raise InputError(f"{path} is {width}x{height} pixels ({width * height / 1e6:.0f} million); the text detector "
+                                     f"reads images up to {MAX_PIXELS / 1e6:.0f} million pixels (scaling them to {CANVAS_SIZE} a side): scale it down first")
+                return _decoded(opened)
+        except InputError:
+            raise
+        except Image.DecompressionBombError as err:
+            raise InputError(f"{path} is too large to decode ({err})") from err
+        except (OSError, SyntaxError, ValueError) as err:
+            raise InputError(f"{path} cannot be decoded as an image ({type(err).__name__}: {err})") from err
+    if not isinstance(image, Image.Image):
+        raise InputError(f"expected an image file path, a PIL image or an (H, W[, 3]) uint8 array, got {type(image).__name__}")
+    if image.mode.startswith("I;16") or image.mode == "I":  # 16-bit grayscale (PNG, TIFF): 0..65535
+        return np.array(image).clip(0, 65535).astype(np.uint16)
+    if image.mode == "F":
+        raise InputError("a 32-bit floating-point image (PIL mode F) has no set range of grey levels: save it with 8 or 16 bits")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        return np.array(image.convert("RGBA"))
+    return np.array(image.convert("L" if image.mode in ("L", "1") else "RGB"))
 
 
 # -- minipt.reference: EasyOCR's own CRAFT -----------------------------------------------
