@@ -142,6 +142,36 @@ def test_bert_and_gpt2_flops_match_transformers_on_cpu_and_meta():
     assert summary(gpt2, ids).total_flops == reference_flops(reference, ids)
 
 
+def test_vit_flops_by_hand_and_as_transformers_counts_them():
+    """The patch embedding is a convolution (one matmul per patch), then BERT's layer over the patches and [CLS]."""
+    from minipt.models.vit import ViTConfig, ViTForImageClassification
+
+    B, H, I, heads, side, patch, labels = 2, 32, 48, 4, 24, 8, 5
+    N = (side // patch) ** 2 + 1  # patches and [CLS]
+    config = dict(hidden_size=H, num_hidden_layers=2, num_attention_heads=heads, intermediate_size=I, image_size=side, patch_size=patch, num_labels=labels)
+    pixels = torch.randn(B, 3, side, side)
+    report = summary(ViTForImageClassification(ViTConfig(**config)), pixels)
+    patches = 2 * B * (N - 1) * (3 * patch * patch) * H
+    layer = 2 * B * N * (4 * H * H + 2 * H * I) + 2 * 2 * B * N * N * H  # projections and feed-forward; q k^T and probs v over all heads
+    assert report.total_flops == patches + 2 * layer + 2 * B * H * labels
+    reference = transformers.ViTForImageClassification(transformers.ViTConfig(**config, attn_implementation="eager")).eval()
+    assert report.total_flops == reference_flops(reference, pixels)
+
+
+def test_clip_flops_as_transformers_counts_them():
+    from minipt.models.clip import CLIPConfig, CLIPModel
+
+    text = dict(vocab_size=40, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=10,
+                bos_token_id=38, eos_token_id=39, pad_token_id=1)
+    vision = dict(hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2, image_size=12, patch_size=4)
+    ids, pixels = torch.randint(2, 38, (3, 7)), torch.randn(2, 3, 12, 12)
+    ours = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=6))
+    theirs = transformers.CLIPModel(transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=6, attn_implementation="eager")).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        theirs(input_ids=ids, pixel_values=pixels)
+    assert summary(ours, (ids, pixels)).total_flops == counter.get_total_flops() > 0
+
+
 def test_meta_and_cpu_give_the_same_rows():
     model = CRNN()
     on_cpu = summary(model, example_inputs(model, "1x1x64x64"))
