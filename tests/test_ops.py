@@ -94,6 +94,45 @@ def test_reference_gradcheck_float64(name):
     assert torch.autograd.gradcheck(function, differentiable)
 
 
+@pytest.mark.parametrize("residual", [False, True])
+def test_layer_norm_backward_cpu_kernel_matches_its_reference(residual):
+    """The CPU kernel (aten's native_layer_norm_backward) gives the reference's three gradients in float32,
+    within float32 rounding of values of their size; float64 runs the reference itself."""
+    from minipt.ops._layer_norm import layer_norm_backward_cpu, layer_norm_backward_reference
+
+    generator = torch.Generator().manual_seed(0)
+    x, grad = (torch.randn(6, 7, 96, generator=generator) for _ in range(2))
+    res = torch.randn(6, 7, 96, generator=generator) if residual else None
+    weight = torch.randn(96, generator=generator)
+    got = layer_norm_backward_cpu(grad, x, res, weight, 1e-5)
+    exact = layer_norm_backward_reference(*(t.double() if t is not None else None for t in (grad, x, res, weight)), 1e-5)
+    for g, e in zip(got, exact):
+        assert g.dtype == torch.float32 and g.shape == e.shape
+        assert (g.double() - e).abs().max() <= 1e-5 * e.abs().max()
+    # the op on the CPU runs it: the same gradients through autograd
+    x.requires_grad_(True)
+    out = ops.layer_norm(x, weight, torch.zeros(96), eps=1e-5) if res is None else ops.add_layer_norm(x, res, weight, torch.zeros(96), eps=1e-5)
+    (x_grad,) = torch.autograd.grad(out, x, grad)
+    assert torch.equal(x_grad, got[0])
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_bias_gelu_backward_cpu_kernel_matches_its_reference(approximate):
+    from minipt.ops._bias_gelu import bias_gelu_backward_cpu, bias_gelu_backward_reference
+
+    generator = torch.Generator().manual_seed(0)
+    x, grad = (3 * torch.randn(6, 7, 64, generator=generator) for _ in range(2))
+    bias = torch.randn(64, generator=generator)
+    got = bias_gelu_backward_cpu(grad, x, bias, approximate)
+    exact = bias_gelu_backward_reference(grad.double(), x.double(), bias.double(), approximate)
+    for g, e in zip(got, exact):
+        assert g.dtype == torch.float32 and g.shape == e.shape
+        assert (g.double() - e).abs().max() <= 1e-5 * e.abs().max()
+    x.requires_grad_(True)
+    (x_grad,) = torch.autograd.grad(ops.bias_gelu(x, bias, approximate=approximate), x, grad)
+    assert torch.equal(x_grad, got[0])
+
+
 def test_attention_reference_matches_the_definition():
     """softmax(q k^T * scale + mask) v with the bottom-right causal mask, and zeros for unseen rows."""
     q, k, v, keep = attention_inputs(torch.float64)

@@ -6,7 +6,8 @@ The feed-forward block's first Linear is run without its bias and this op adds i
 sum x + bias is never written to memory. ``approximate`` is "none" (the exact erf form, BERT) or
 "tanh" (GPT-2's "gelu_new").
 
-- everywhere but CUDA: ``bias_gelu_reference`` (torch's gelu on the sum, in float32 at least);
+- everywhere but CUDA: ``bias_gelu_reference`` (torch's gelu on the sum, in float32 at least); on the
+  CPU, the backward in float32 takes d gelu from aten's one-pass ``gelu_backward``;
 - CUDA: ``_bias_gelu_triton``. The backward, ``minipt::bias_gelu_backward``, is split the same way.
 """
 
@@ -45,8 +46,16 @@ def bias_gelu_backward_reference(grad: Tensor, x: Tensor, bias: Tensor, approxim
     return grad_x.to(x.dtype), grad_x.reshape(-1, x.shape[-1]).sum(0).to(bias.dtype)
 
 
+def bias_gelu_backward_cpu(grad: Tensor, x: Tensor, bias: Tensor, approximate: str) -> tuple[Tensor, Tensor]:
+    """The reference's gradients with d gelu from aten's one-pass CPU kernel ``gelu_backward``."""
+    if not x.dtype == grad.dtype == bias.dtype == torch.float32:
+        return bias_gelu_backward_reference(grad, x, bias, approximate)
+    grad_x = torch.ops.aten.gelu_backward(grad, x + bias, approximate=approximate)
+    return grad_x, grad_x.reshape(-1, x.shape[-1]).sum(0)
+
+
 bias_gelu_backward_op, bias_gelu_backward_triton = register_op(
-    "bias_gelu_backward", bias_gelu_backward_reference, kernel="_bias_gelu_triton.backward",
+    "bias_gelu_backward", bias_gelu_backward_reference, kernel="_bias_gelu_triton.backward", cpu=bias_gelu_backward_cpu,
     fake=lambda grad, x, bias, approximate: (empty_like(x), empty_like(bias)),
 )
 

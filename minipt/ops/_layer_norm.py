@@ -8,7 +8,8 @@ In the second the sum is never written to memory, and the backward rebuilds it f
 residual. Both share one backward op, ``minipt::layer_norm_backward``, which recomputes the
 row statistics instead of saving them.
 
-- everywhere but CUDA: the references below (float32 at least);
+- everywhere but CUDA: the references below (float32 at least); on the CPU, the backward in
+  float32 is aten's one-pass ``native_layer_norm_backward`` (``layer_norm_backward_cpu``);
 - CUDA: ``_layer_norm_triton`` (rows up to ``MAX_ROW`` long; longer rows run the reference).
 """
 
@@ -50,6 +51,19 @@ def layer_norm_backward_reference(
     return grad_s.to(x.dtype), grad_w.to(weight.dtype), grad_b.to(weight.dtype)
 
 
+def layer_norm_backward_cpu(
+    grad: Tensor, x: Tensor, residual: Tensor | None, weight: Tensor, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The reference's gradients from aten's fused CPU kernels: the row statistics recomputed by
+    ``native_layer_norm``, the three gradients in one pass by ``native_layer_norm_backward``."""
+    if not x.dtype == grad.dtype == weight.dtype == torch.float32:
+        return layer_norm_backward_reference(grad, x, residual, weight, eps)
+    s = x if residual is None else x + residual
+    shape = [x.shape[-1]]
+    _, mean, rstd = torch.ops.aten.native_layer_norm(s, shape, None, None, eps)
+    return torch.ops.aten.native_layer_norm_backward(grad, s, shape, mean, rstd, weight, weight, [True, True, True])
+
+
 def _plain_layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
     return layer_norm_reference(x, None, weight, bias, eps)
 
@@ -62,6 +76,7 @@ def _kernel_takes(x, *args) -> bool:
 
 layer_norm_backward_op, layer_norm_backward_triton = register_op(
     "layer_norm_backward", layer_norm_backward_reference, kernel="_layer_norm_triton.backward", kernel_takes=_kernel_takes,
+    cpu=layer_norm_backward_cpu,
     fake=lambda grad, x, residual, weight, eps: (empty_like(x), empty_like(weight), empty_like(weight)),
 )
 

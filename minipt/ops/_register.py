@@ -1,7 +1,8 @@
 """How every minipt op is registered with torch.library, written once.
 
 An op is a ``torch.library.custom_op`` whose body is its plain-torch reference, so the reference
-runs on the CPU and on every device without a kernel; on CUDA (``KERNEL_DEVICE``) a launcher runs
+runs on every device without a kernel (and on the CPU, where the op gives no aten composition of
+its own); on CUDA (``KERNEL_DEVICE``) a launcher runs
 the Triton kernel instead, its module imported at the first launch (``import minipt.ops`` never
 imports triton). A fake implementation tells torch.compile and torch.export the outputs' shapes,
 and an op with a gradient gets a backward that calls its backward op, registered the same way.
@@ -37,6 +38,7 @@ def register_op(
     kernel: str,
     fake: Callable,
     kernel_takes: Callable[..., bool] = no_float64,
+    cpu: Callable | None = None,
     backward: Callable | None = None,
     save_outputs: bool = False,
     non_differentiable: Sequence[int] = (),
@@ -46,6 +48,8 @@ def register_op(
     - ``reference``: the plain-torch implementation, typed (the op's schema is read off its annotations);
     - ``kernel``: ``"<module>.<function>"`` in minipt.ops, the Triton launcher with the reference's
       arguments; ``kernel_takes(*args)`` False runs the reference on CUDA too (float64 by default);
+    - ``cpu``: the CPU implementation where aten has one fused kernel for what the reference writes
+      out in several passes (the same function: checked against the reference in tests/test_ops.py);
     - ``fake``: the outputs' shapes and dtypes from the inputs' (``_layout.empty_like``);
     - ``backward(grads, inputs, outputs)``: the gradient of every input (None where there is none),
       given the gradients of the outputs, the op's inputs and, with ``save_outputs``, its outputs;
@@ -69,6 +73,8 @@ def register_op(
     schema = torch.library.infer_schema(reference, mutates_args=())
     op = torch.library.custom_op(f"minipt::{name}", run_reference, mutates_args=(), schema=schema)
     op.register_kernel(KERNEL_DEVICE)(launcher)
+    if cpu is not None:
+        op.register_kernel("cpu")(lambda *args: contiguous(cpu(*args)))
     op.register_fake(fake)
     if backward is not None:
         _register_backward(op, backward, save_outputs, non_differentiable)
