@@ -12,15 +12,16 @@ from torch import nn
 from .. import ops
 from ..checks import tracing
 from ..errors import ConfigError
-from ..ops import onednn
+from ..ops import cpu
 from .backend import BackendBlock, get_backend
 
 
 class Linear(BackendBlock, nn.Linear):
     """``x W^T + b``: torch.nn.Linear (the same parameters, state dict and initialisation) whose
     matrix multiplies follow the backend. On ``"fused"``, float32 CPU tensors multiply on oneDNN,
-    forward and backward (``minipt.ops.onednn.linear``: on the CPUs measured, about twice as fast
-    as the MKL GEMM behind ``F.linear``; bench/bert.py's training row). Everywhere else, and while
+    forward and backward, where that is measured faster for the layer's shape on this CPU
+    (``minipt.ops.cpu.linear``: about twice as fast as the MKL GEMM behind ``F.linear`` on an
+    AVX-512 host, slower on an AVX2 one; bench/bert.py's training row). Everywhere else, and while
     torch.compile, torch.export or the ONNX exporter trace the model, ``F.linear``."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
@@ -31,7 +32,7 @@ class Linear(BackendBlock, nn.Linear):
         caller (``linear_then_activation``)."""
         bias = self.bias if add_bias else None
         if get_backend(self.backend) == "fused" and not (tracing() or torch.jit.is_tracing()):
-            out = onednn.linear(x, self.weight, bias)
+            out = cpu.linear(x, self.weight, bias)
         else:
             out = F.linear(x, self.weight, bias)
         return out if residual is None else out + residual

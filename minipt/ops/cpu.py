@@ -28,6 +28,12 @@ AVX-512 host, 1.15x on another, and slower on an AVX2 one. The answer is measure
 and shape class (the rows rounded up to a power of two, the weight's shape, the activation), in a
 few milliseconds, when the first copy of that shape is made. ``MINIPT_LINEAR=onednn`` or ``=aten``
 fixes it instead (the tests fix oneDNN's path, to check it where it runs).
+
+The same measured choice serves the two other places that multiply on oneDNN: the ``"fused"``
+backend's Linear in training (``linear``: oneDNN's three unpacked matmuls, forward and backward,
+timed against ``F.linear`` and its backward at the layer's shape, ``training_linear_kernel``), and
+the recurrent layers' products with W_hh at every step (``minipt.ops.recurrent``, through
+``linear_kernel`` at the batch's rows).
 """
 
 from __future__ import annotations
@@ -171,7 +177,7 @@ def linear_kernel(dtype: torch.dtype, rows: int, in_features: int, out_features:
     forced = os.environ.get(LINEAR_ENV, "").strip().lower()
     if forced in ("onednn", "aten"):
         return forced
-    key = (dtype, min(max(16, 1 << max(rows - 1, 1).bit_length()), 4096), in_features, out_features, activation)
+    key = (dtype, _rows_class(rows), in_features, out_features, activation)
     if key not in _linear_choices:
         _linear_choices[key] = _faster_linear(*key)
     return _linear_choices[key]
@@ -201,6 +207,68 @@ def _faster_linear(dtype: torch.dtype, rows: int, in_features: int, out_features
     return "aten" if min(runs["aten"]) * 1.05 < min(runs["onednn"]) else "onednn"
 
 
+_training_choices: dict[tuple, str] = {}  # (rows class, in, out, with gradients) -> "onednn" | "aten"
+
+
+def training_linear_kernel(rows: int, in_features: int, out_features: int, grad: bool = True) -> str:
+    """``"onednn"`` or ``"aten"``: the kernel the ``"fused"`` backend's float32 Linear takes at this shape
+    here (forward and, with ``grad``, backward), measured once per process and shape class."""
+    if not (cpu().onednn and onednn.available(torch.float32)):
+        return "aten"
+    forced = os.environ.get(LINEAR_ENV, "").strip().lower()
+    if forced in ("onednn", "aten"):
+        return forced
+    key = (_rows_class(rows), in_features, out_features, grad)
+    if key not in _training_choices:
+        _training_choices[key] = _faster_training_linear(*key)
+    return _training_choices[key]
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` for the ``"fused"`` backend: on oneDNN (``onednn.linear``) where it
+    is measured faster for this shape, with gradients as with ``F.linear``."""
+    if x.device.type == weight.device.type == "cpu" and x.dtype == weight.dtype == torch.float32:
+        grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+        if training_linear_kernel(x.numel() // max(x.shape[-1], 1), weight.shape[1], weight.shape[0], grad) == "onednn":
+            return onednn.linear(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+def _rows_class(rows: int) -> int:
+    """Rows rounded up to a power of two, from 16 to 4096: one measurement stands for the class."""
+    return min(max(16, 1 << max(rows - 1, 1).bit_length()), 4096)
+
+
+def _faster_training_linear(rows: int, in_features: int, out_features: int, grad: bool) -> str:
+    """Time ``onednn.linear`` against ``F.linear`` on random tensors of this shape, each call followed by its
+    backward where ``grad``: one warm-up each, then three alternated calls each, the fastest of each kept;
+    aten wins by more than 5% (as ``_faster_linear``)."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, in_features, generator=generator).requires_grad_(grad)
+    weight = (torch.randn(out_features, in_features, generator=generator) / in_features ** 0.5).requires_grad_(grad)
+    bias = torch.zeros(out_features, requires_grad=grad)
+    upstream = torch.randn(rows, out_features, generator=generator)
+
+    def step(function):
+        def run():
+            out = function(x, weight, bias)
+            if grad:
+                torch.autograd.grad(out, (x, weight, bias), upstream)
+        return run
+
+    cases = {"onednn": step(onednn.linear), "aten": step(F.linear)}
+    runs: dict[str, list[float]] = {name: [] for name in cases}
+    with torch.enable_grad() if grad else torch.no_grad():
+        for case in cases.values():
+            case()
+        for _ in range(3):
+            for name, case in cases.items():
+                start = time.perf_counter()
+                case()
+                runs[name].append(time.perf_counter() - start)
+    return "aten" if min(runs["aten"]) * 1.05 < min(runs["onednn"]) else "onednn"
+
+
 def implementations(info: CPUInfo | None = None) -> dict[str, dict[str, str]]:
     """For each fast path on the CPU: the implementation it takes in float32 and in bfloat16."""
     info = info or cpu()
@@ -221,7 +289,7 @@ def implementations(info: CPUInfo | None = None) -> dict[str, dict[str, str]]:
         "fuse(): Linear": {"float32": linear(torch.float32), "bfloat16": linear(torch.bfloat16)},
         "fuse(): attention": {"float32": "torch's scaled_dot_product_attention", "bfloat16": "torch's scaled_dot_product_attention"},
         '"fused" backend: Linear (training)': {
-            "float32": "oneDNN matmuls, forward and backward" if packed[torch.float32] else "F.linear (aten)",
+            "float32": _training_choice() if packed[torch.float32] else "F.linear (aten)",
             "bfloat16": "F.linear (aten)" + ("" if native(torch.bfloat16, info) else "; emulated"),
         },
         '"fused" backend: attention, LayerNorm, GELU, gates': {
@@ -229,10 +297,20 @@ def implementations(info: CPUInfo | None = None) -> dict[str, dict[str, str]]:
             "bfloat16": "minipt.ops references, computing in float32",
         },
         "recurrent layers: W_hh products": {
-            "float32": f"oneDNN, W_hh packed once per call (from {onednn.MIN_ROWS} rows)" if packed[torch.float32] else "torch.addmm (aten)",
+            "float32": f"oneDNN (W_hh packed once per call, from {onednn.MIN_ROWS} rows) or torch.addmm, the faster at the batch's rows"
+                       if packed[torch.float32] else "torch.addmm (aten)",
             "bfloat16": "torch.addmm (aten)" + ("" if native(torch.bfloat16, info) else "; emulated"),
         },
     }
+
+
+def _training_choice() -> str:
+    forced = os.environ.get(LINEAR_ENV, "").strip().lower()
+    if forced in ("onednn", "aten"):
+        return f"{forced} for every shape ({LINEAR_ENV})"
+    chosen = [f"{rows}x{n_in}->{n_out}{'' if grad else ' (no grad)'}: {kernel}"
+              for (rows, n_in, n_out, grad), kernel in _training_choices.items()]
+    return "oneDNN's matmuls or F.linear, forward and backward, the faster per shape" + (f" ({', '.join(chosen)})" if chosen else ", measured at first use")
 
 
 def cpu_report(info: CPUInfo | None = None) -> str:
