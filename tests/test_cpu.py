@@ -118,13 +118,33 @@ def test_each_fused_linear_takes_the_kernel_measured_faster_for_its_shape(faster
     assert packed and all(m.onednn == (faster == "onednn") for m in packed)
     shapes = {(rows, n_in, n_out, act) for _, rows, n_in, n_out, act in timed}
     assert len(shapes) == len(timed)  # each shape class timed once: (16->48 qkv, 16->16, 16->32+gelu, 32->16)
-    assert (128, 16, 48, None) in shapes and (128, 16, 32, "gelu") in shapes
+    assert (16, 16, 48, None) in shapes and (16, 16, 32, "gelu") in shapes  # the fewest rows first
+    if faster == "aten":
+        assert (4096, 16, 32, "gelu") in shapes  # slower at the fewest and the most rows: never packed
     model.fuse()
     assert len(timed) == len(shapes)  # a second copy reuses the answers
     ids = torch.randint(0, 50, (2, 5))
     with torch.inference_mode():
         torch.testing.assert_close(fused(ids).last_hidden_state, model(ids).last_hidden_state, rtol=1e-4, atol=1e-5)
     assert f"{faster}" in cpu.cpu_report()
+
+
+@pytest.mark.skipif(not cpu.onednn.available(), reason="oneDNN is not available: every Linear runs F.linear")
+@pytest.mark.usefixtures("measuring")
+def test_a_fused_linear_chooses_its_kernel_by_the_rows_it_is_given(monkeypatch):
+    """As on an AVX2 host: oneDNN's packed matmul faster at a few rows, F.linear at many."""
+    monkeypatch.setattr(cpu, "_faster_linear", lambda dtype, rows, *shape: "onednn" if rows <= 64 else "aten")
+    model = _tiny_bert()
+    fused = model.fuse()
+    packed = [m for m in fused.modules() if isinstance(m, cpu.onednn.PackedLinear)]
+    assert packed and all(m.onednn for m in packed)
+    few, many = torch.randint(0, 50, (2, 5)), torch.randint(0, 50, (40, 5))
+    with torch.inference_mode():
+        for ids in (many, few):
+            torch.testing.assert_close(fused(ids).last_hidden_state, model(ids).last_hidden_state, rtol=1e-4, atol=1e-5)
+    chosen = {(rows, on_onednn) for m in packed for rows, on_onednn in m._chosen.items()}
+    assert {(200, False), (10, True)} <= chosen  # the layers' 200 rows (the 256 class) on F.linear, 10 on oneDNN
+    assert all(on_onednn == (rows <= 64) for rows, on_onednn in chosen)  # the pooler's 40 and 2 rows on oneDNN
 
 
 @pytest.mark.skipif(not cpu.onednn.available(), reason="oneDNN is not available: nothing to time")

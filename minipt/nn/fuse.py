@@ -24,8 +24,10 @@ Q, K, V merge                 an attention block's three projections become one 
                               (``MultiHeadAttention.merge_qkv``)
 packed Linear                 every other Linear runs on a weight prepacked for oneDNN
                               (``minipt.ops.onednn.pack_linear``), or on F.linear where oneDNN
-                              is missing or slower for that shape on this CPU
-                              (``minipt.ops.cpu.linear_kernel``); ``fuse_batch_hint`` on the
+                              is missing or slower for that shape and number of rows on this
+                              CPU (``minipt.ops.cpu.linear_kernel``, asked per row count at run
+                              time: on an AVX2 host oneDNN wins at 16 rows and loses at 4096);
+                              ``fuse_batch_hint`` on the
                               model is the number of rows oneDNN chooses the layout for (any
                               number runs)
 channels-last                 convolution weights in NHWC, the layout oneDNN's convolutions run
@@ -64,8 +66,15 @@ def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
 def _pack(weight: torch.Tensor, bias: torch.Tensor | None, activation: str | None, batch_hint: int | None) -> nn.Module:
     """A packed Linear on oneDNN, or on F.linear where that is faster for this shape here (``minipt.ops.cpu``)."""
     out_features, in_features = weight.shape
-    kernel = linear_kernel(weight.dtype, batch_hint or 128, in_features, out_features, activation)
-    return onednn.pack_linear(weight, bias, activation, batch_hint=batch_hint, use_onednn=kernel == "onednn")
+    dtype = weight.dtype
+
+    def choose(rows: int) -> bool:  # per row count at run time: a fused model meets 16 and 4096 rows alike
+        return linear_kernel(dtype, rows, in_features, out_features, activation) == "onednn"
+
+    if not onednn.available(dtype) or linear_kernel(dtype, 16, in_features, out_features, activation) == "aten" == \
+            linear_kernel(dtype, 4096, in_features, out_features, activation):
+        return onednn.pack_linear(weight, bias, activation, use_onednn=False)  # slower at both ends: never packed
+    return onednn.pack_linear(weight, bias, activation, batch_hint=batch_hint, choose=choose)
 
 
 def _rewrite(module: nn.Module, batch_hint: int | None) -> None:

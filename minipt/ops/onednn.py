@@ -41,7 +41,7 @@ Activations: None, ``"relu"``, ``"gelu"`` (exact, erf), ``"gelu_tanh"`` (tanh ap
 from __future__ import annotations
 
 import os
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -134,13 +134,17 @@ class PackedLinear(nn.Module):
     """``act(x @ W^T + b)`` (or ``x @ W^T + b + residual``) on a weight packed for oneDNN, or on plain
     torch where oneDNN is not available. Built by ``pack_linear``; holds no parameters."""
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, activation: str | None, packed: Tensor | None):
+    def __init__(self, weight: Tensor, bias: Tensor | None, activation: str | None, packed: Tensor | None,
+                 choose: Callable[[int], bool] | None = None):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.activation = activation
-        self.onednn = packed is not None  # which path runs
+        self.onednn = packed is not None  # which path runs (under tracing, and where choose is None)
         # A packed (opaque, oneDNN-layout) tensor is no buffer: it stays out of state_dict and .to().
         self._weight = _Shared(packed if packed is not None else weight)
+        # with a chooser, the plain weight too: inputs of the rows oneDNN is slower at run F.linear
+        self._plain_weight = _Shared(weight) if packed is not None and choose is not None else None
+        self._choose, self._chosen = choose, {}  # rows -> oneDNN or not, asked once per row count
         self.bias = bias
         self._post_op, self._plain = ACTIVATIONS[activation]
 
@@ -153,18 +157,25 @@ class PackedLinear(nn.Module):
         if x.shape[-1] != self.in_features:
             raise InputError(f"input of shape {tuple(x.shape)} to a packed linear layer of {self.in_features} input features")
         rows = x.reshape(-1, self.in_features)  # (N, in)
+        on_onednn, weight = self.onednn, self.weight
+        if self._plain_weight is not None and not tracing():
+            n = rows.shape[0]
+            if n not in self._chosen:
+                self._chosen[n] = self._choose(n)
+            if not self._chosen[n]:
+                on_onednn, weight = False, self._plain_weight.tensor
         if residual is not None:
             if self.activation is not None:
                 raise InputError("a packed linear layer adds a residual only without an activation")
-            if self.onednn:
-                out = torch.ops.minipt.packed_linear_add(rows, residual.reshape(-1, self.out_features), self.weight, self.bias)
+            if on_onednn:
+                out = torch.ops.minipt.packed_linear_add(rows, residual.reshape(-1, self.out_features), weight, self.bias)
             else:
-                out = F.linear(rows, self.weight, self.bias) + residual.reshape(-1, self.out_features)
-        elif self.onednn:
+                out = F.linear(rows, weight, self.bias) + residual.reshape(-1, self.out_features)
+        elif on_onednn:
             attr, algorithm = self._post_op
-            out = torch.ops.minipt.packed_linear(rows, self.weight, self.bias, attr, algorithm, self.out_features)
+            out = torch.ops.minipt.packed_linear(rows, weight, self.bias, attr, algorithm, self.out_features)
         else:
-            out = self._plain(F.linear(rows, self.weight, self.bias))
+            out = self._plain(F.linear(rows, weight, self.bias))
         return out.view(*x.shape[:-1], self.out_features)  # (..., out)
 
     def extra_repr(self) -> str:
@@ -184,10 +195,12 @@ class _Shared:
 
 
 def pack_linear(weight: Tensor, bias: Tensor | None = None, activation: str | None = None, *, batch_hint: int | None = None,
-                use_onednn: bool = True) -> PackedLinear:
+                use_onednn: bool = True, choose: Callable[[int], bool] | None = None) -> PackedLinear:
     """A ``PackedLinear`` computing ``activation(x @ weight^T + bias)``: oneDNN on a packed copy of
     ``weight`` (out, in) when ``use_onednn`` and ``available(weight.dtype)``, plain torch otherwise
-    (``minipt.ops.cpu.linear_kernel`` says which is faster for a shape). The result's dtype is the
+    (``minipt.ops.cpu.linear_kernel`` says which is faster for a shape). ``choose(rows)``, where
+    given, decides per number of input rows whether the packed copy runs them (True) or ``F.linear``
+    on a plain copy kept beside it (False), asked once per row count. The result's dtype is the
     weight's; inputs must have it too."""
     if activation not in ACTIVATIONS:
         raise ConfigError(f"pack_linear supports the activations {list(ACTIVATIONS)}, not {activation!r}")
@@ -196,12 +209,16 @@ def pack_linear(weight: Tensor, bias: Tensor | None = None, activation: str | No
     weight = weight.detach()
     bias = None if bias is None else bias.detach().to(weight.dtype)
     use_onednn = use_onednn and weight.device.type == "cpu" and weight.dtype in DTYPES and available(weight.dtype)
-    return _pack(weight, bias, activation, batch_hint) if use_onednn else PackedLinear(weight.clone(), None if bias is None else bias.clone(), activation, None)
+    if not use_onednn:
+        return PackedLinear(weight.clone(), None if bias is None else bias.clone(), activation, None)
+    return _pack(weight, bias, activation, batch_hint, choose)
 
 
-def _pack(weight: Tensor, bias: Tensor | None, activation: str | None, batch_hint: int | None) -> PackedLinear:
+def _pack(weight: Tensor, bias: Tensor | None, activation: str | None, batch_hint: int | None,
+          choose: Callable[[int], bool] | None = None) -> PackedLinear:
     packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), batch_hint)
-    return PackedLinear(weight, None if bias is None else bias.contiguous().clone(), activation, packed)
+    plain = weight.contiguous().clone() if choose is not None else weight
+    return PackedLinear(plain, None if bias is None else bias.contiguous().clone(), activation, packed, choose)
 
 
 # -- training: oneDNN's matmul with gradients -------------------------------------------

@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, _VF
 
-from . import onednn
+from ..checks import tracing
+from . import cpu, onednn
 from ._gru_gates import gru_gates_backward_op, gru_gates_backward_reference, gru_gates_op, gru_gates_reference
 from ._lstm_gates import lstm_gates_backward_op, lstm_gates_backward_reference, lstm_gates_op, lstm_gates_reference
 from ._register import per_step
@@ -110,8 +111,12 @@ def _time_loop_backward(step_backward: Callable, d_out: Tensor, d_state: State, 
 
 
 def _pack(weight: Tensor, like: Tensor) -> PackedWeight:
-    """``weight`` packed for products with every step of ``like`` (T, B, ...)."""
-    return onednn.pack(weight, like.shape[1], like.shape[0] * like.shape[1])
+    """``weight`` packed for products with every step of ``like`` (T, B, ...), where oneDNN's packed
+    product is the faster at B rows on this CPU (``cpu.linear_kernel``); unpacked (torch.addmm) otherwise."""
+    batch = like.shape[1]
+    if tracing() or cpu.linear_kernel(weight.dtype, batch, weight.shape[1], weight.shape[0]) != "onednn":
+        return PackedWeight(weight, None)
+    return onednn.pack(weight, batch, like.shape[0] * batch)
 
 
 def _weight_grad(d_out: Tensor, inputs: Tensor) -> Tensor:
