@@ -8,6 +8,7 @@
     minipt features IMAGE        feature maps of a CNN stage as a PNG (--model, --stage, --out)
     minipt classify IMAGE...     top-5 ImageNet classes with EfficientNet-Lite0 (--model)
     minipt zero-shot IMAGE... --labels "a cat,a dog" --model PATH   each label's probability per image with a CLIP model
+    minipt ocr IMAGE             the words in a photo, line by line, with their boxes and confidences (--boxes out.png)
     minipt fetch NAME|--all      place a catalogued checkpoint under weights/ and verify it
     minipt generate --model PATH PROMPT   continue a prompt with a GPT-2 checkpoint, or answer it with a T5 one, streaming tokens
 
@@ -312,6 +313,7 @@ ARGUMENT_CHECKS: dict = {
     ("attention", "out"): _output_file("--out", "the picture"),
     ("features", "out"): _output_file("--out", "the picture"),
     ("diff", "plot"): _output_file("--plot", "the picture"),
+    ("ocr", "boxes"): _output_file("--boxes", "the picture"),
     ("zero-shot", "labels"): _text("--labels"),
     ("zero-shot", "templates"): _text("--templates"),
     (None, "texts"): _text("text"),
@@ -332,9 +334,10 @@ INSTALL = {
     "open_clip": "pip install open_clip_torch",
     "easyocr": "pip install easyocr",
     "skimage": "pip install scikit-image",
+    "scipy": 'pip install "minipt[ocr]"',
 }
 # command -> the optional packages it cannot run without (diff's reference package depends on the checkpoint: it says so itself)
-NEEDS = {"attention": ("matplotlib",), "features": ("PIL", "matplotlib")}  # classify needs Pillow for images only: vision.pillow() says so
+NEEDS = {"attention": ("matplotlib",), "features": ("PIL", "matplotlib"), "ocr": ("PIL", "scipy")}  # classify needs Pillow for images only: vision.pillow() says so
 
 
 def _missing(module: str):
@@ -355,7 +358,7 @@ def check_arguments(args) -> None:
             setattr(args, dest, [check(item) for item in value])
         else:
             setattr(args, dest, check(value))
-    needs = NEEDS.get(args.command, ()) + (("matplotlib",) if getattr(args, "plot", None) else ())
+    needs = NEEDS.get(args.command, ()) + (("matplotlib",) if getattr(args, "plot", None) or getattr(args, "boxes", None) else ())
     for module in needs:
         if importlib.util.find_spec(module) is None:
             raise _missing(module)
@@ -434,6 +437,27 @@ def cmd_zero_shot(args) -> int:
         print(image)
         for probability, label in sorted(zip(row, labels), key=lambda pair: -pair[0]):
             print(f"  {probability:7.2%}  {label}")
+    return 0
+
+
+def cmd_ocr(args) -> int:
+    from .ocr import read_lines
+
+    def corners(box) -> str:
+        return " ".join(f"{x:.0f},{y:.0f}" for x, y in box)
+
+    lines = read_lines(args.image)
+    words = [word for line in lines for word in line.words]
+    print(f"{args.image}: {len(words)} words in {len(lines)} lines (confidence, box corners x,y clockwise from the top left, text)")
+    for number, line in enumerate(lines):
+        print(f"line {number}  {line.confidence:.2f}  {corners(line.box)}  {line.text}")
+        for word in line.words:
+            print(f"    {word.confidence:.2f}  {corners(word.box)}  {word.text}")
+    if args.boxes:
+        from .plot import ocr_boxes, save_png
+
+        save_png(ocr_boxes(args.image, words, lines), args.boxes)
+        print(f"wrote {args.boxes}")
     return 0
 
 
@@ -583,6 +607,15 @@ COMMANDS: dict = {
             p.add_argument("--templates", nargs="+", metavar="TEMPLATE", default=["a photo of a {}."],
                            help='captions with {} where the label goes, averaged over (default: "a photo of a {}."); put them after the images'),
             p.add_argument("--tokenizer", help="folder or catalogue name of CLIP's tokenizer (default: the one beside the model, else clip-tokenizer)"),
+        ),
+    ),
+    "ocr": (
+        cmd_ocr,
+        "find and read the words in a photo (EasyOCR's CRAFT detector and English recogniser): each line's and word's "
+        "confidence, box and text, in reading order",
+        lambda p: (
+            p.add_argument("image", help="path of the image (any format Pillow reads; grayscale, 16-bit and transparent ones too)"),
+            p.add_argument("--boxes", help="also draw the boxes and texts over the image into this PNG file"),
         ),
     ),
     "fetch": (

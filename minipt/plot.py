@@ -1,4 +1,5 @@
-"""Pictures of what a model does: attention maps, CNN feature maps, the per-layer diff against a reference.
+"""Pictures of what a model does: attention maps, CNN feature maps, the per-layer diff against a reference,
+the words an OCR pipeline found in an image.
 
 Each function takes plain tensors (or the list ``minipt.reference.layer_diffs``
 returns) and gives back a ``matplotlib.figure.Figure``; ``save_png`` writes one.
@@ -332,4 +333,43 @@ def layer_diff(report: Sequence[tuple[str, float]], tolerance: float = 1e-5, *, 
     ax.set_title(title or f"{sum(above)} of {len(rows)} places above the tolerance{exact}", fontsize=10)
     ax.grid(True, which="major", axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
+    return fig
+
+
+# -- text found in an image -------------------------------------------------------------
+def ocr_boxes(image, words: Sequence, lines: Sequence = (), *, title: str | None = None):
+    """The image with each word's box drawn over it and its text above the box (``minipt.ocr.read_words``'s
+    ``Word``s: anything with ``box`` (4, 2) corners in the image's pixels, ``text`` and ``confidence``), the
+    box's colour going from red (confidence 0) to green (1). ``lines`` (``read_lines``' ``Line``s) are outlined
+    in blue dashes around their words. ``image``: a path, a PIL image or an (H, W[, 3]) array, as read_words takes it."""
+    import numpy as np
+    from matplotlib.patches import Polygon
+
+    from .models.craft import image_array
+
+    pixels = image_array(image).numpy()  # (H, W, 3) uint8
+    height, width = pixels.shape[:2]
+    for name, items in (("words", words), ("lines", lines)):
+        bad = [item for item in items if np.shape(getattr(item, "box", None)) != (4, 2) or not isinstance(getattr(item, "text", None), str)]
+        if bad:
+            raise InputError(f"ocr_boxes' {name} need a box of 4 (x, y) corners and a text each, as minipt.ocr returns them; got {bad[0]!r}")
+    scale = 10 / max(width, height)  # the longer side 10 inches
+    fig = _figure(max(width * scale, 3), max(height * scale, 2) + (0.4 if title else 0.0))
+    ax = fig.add_subplot()
+    ax.imshow(pixels, interpolation="nearest")
+    for line in lines:
+        ax.add_patch(Polygon(np.asarray(line.box), closed=True, fill=False, edgecolor="tab:blue", linestyle="--", linewidth=1))
+    for word in words:
+        box = np.asarray(word.box, dtype=float)
+        sure = min(max(float(word.confidence), 0.0), 1.0)
+        colour = (1 - sure, 0.7 * sure, 0.0)
+        ax.add_patch(Polygon(box, closed=True, fill=False, edgecolor=colour, linewidth=1.5))
+        (x, y), rise = box[0], np.degrees(np.arctan2(box[0][1] - box[1][1], box[1][0] - box[0][0]))  # along the top edge
+        ax.text(x, y - 2, f"{word.text} {sure:.2f}", rotation=rise, rotation_mode="anchor", fontsize=7, color="black",
+                ha="left", va="bottom", bbox=dict(boxstyle="square,pad=0.1", facecolor="white", edgecolor="none", alpha=0.8))
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title or f"{len(words)} words" + (f" in {len(lines)} lines" if lines else ""), fontsize=10)
     return fig

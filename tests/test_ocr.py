@@ -7,6 +7,7 @@ against the text printed on the page.
 import importlib
 import itertools
 import math
+import re
 
 import numpy as np
 import pytest
@@ -224,3 +225,31 @@ def test_grayscale_rgba_and_16_bit_images(tmp_path):
         ocr.read_words(gray.astype(np.float32))
     with pytest.raises(InputError, match=r"32-bit floating-point image \(PIL mode F\)"):
         ocr.read_words(Image.fromarray(gray.astype(np.float32)))
+
+
+# -- minipt ocr ------------------------------------------------------------------------------------
+def test_the_command_line(tmp_path, capsys):
+    """Lines and their words with confidences and corners, the picture of the boxes; each error one line, status 1."""
+    from PIL import Image
+
+    from minipt import cli
+
+    Image.fromarray(photos()["page"]).save(tmp_path / "page.png")
+    assert cli.main(["ocr", str(tmp_path / "page.png"), "--boxes", str(tmp_path / "boxes.png")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r".*page.png: \d+ words in 7 lines \(confidence, box corners .*\)", out[0])
+    assert re.fullmatch(r"line 0  0\.\d\d  (-?\d+,-?\d+ ){4} Region-based segmentation", out[1])
+    assert re.fullmatch(r"    \d\.\d\d  (-?\d+,-?\d+ ){4} Region-based", out[2])
+    assert out[-1] == f"wrote {tmp_path / 'boxes.png'}" and Image.open(tmp_path / "boxes.png").format == "PNG"
+
+    (tmp_path / "notes.png").write_text("not a picture")
+    Image.new("L", (1, 1)).save(tmp_path / "dot.png")
+    for argv, message in [
+        (["ocr", str(tmp_path / "absent.png")], r"absent.png: no such image file"),
+        (["ocr", str(tmp_path / "notes.png")], r"notes.png cannot be decoded as an image"),
+        (["ocr", str(tmp_path / "dot.png")], r"a 1x1 image is too small to hold a word"),
+        (["ocr", str(tmp_path / "page.png"), "--boxes", str(tmp_path / "no" / "boxes.png")], r"--boxes .*cannot write the picture \(no folder"),
+    ]:
+        assert cli.main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and re.match(r"minipt ocr: .*" + message, err), err
