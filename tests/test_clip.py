@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 import torchvision.models.vision_transformer as torchvision_vit  # noqa: E402  (conftest makes it importable)
 from bert_reference import transformers
-from helpers import ATOL, max_diff
+from helpers import ATOL, assert_error_ratio, max_diff
 from minipt.errors import ConfigError, InputError, KeyMismatchError, MiniptError
 from minipt.checkpoint import Checkpoint
 from minipt.models.clip import (CLIP_MEAN, CLIP_STD, CLIPConfig, CLIPModel, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel,
@@ -213,6 +213,66 @@ def test_openai_layout_loads_and_saves_back(tmp_path):
     saved = load_file(model.save_pretrained(tmp_path / "back") / "model.safetensors")
     assert saved.keys() == state.keys() and all(torch.equal(saved[k], state[k]) for k in state)
     assert type(CLIPModel.from_pretrained(tmp_path / "back").config) is CLIPConfig
+
+
+def open_clip_model(seed=0):
+    """open_clip's own CLIP (ViT image tower, QuickGELU, heads 64 wide as OpenAI's) with every weight moved by noise."""
+    open_clip = pytest.importorskip("open_clip", reason="open_clip_torch is in the test extra; without it there is no open_clip to compare with")
+    torch.manual_seed(seed)
+    vision = open_clip.model.CLIPVisionCfg(layers=2, width=64, head_width=64, mlp_ratio=2.0, patch_size=4, image_size=12)
+    text = open_clip.model.CLIPTextCfg(context_length=10, vocab_size=40, width=128, heads=2, layers=2, mlp_ratio=1.5)
+    return randomise(open_clip.model.CLIP(6, vision, text, quick_gelu=True), seed).eval()
+
+
+def block_outputs(model, call) -> list[torch.Tensor]:
+    """The output of every residual block of open_clip's two transformers (image tower first), batch first."""
+    blocks = [*model.visual.transformer.resblocks, *model.transformer.resblocks]
+    seen = []
+    hooks = [block.register_forward_hook(lambda module, args, out: seen.append(out)) for block in blocks]
+    try:
+        call()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+def test_parity_with_open_clips_own_model_and_a_strict_round_trip(tmp_path):
+    """OpenAI's layout as open_clip writes it, read without a config: every block's output and both towers' features against
+    open_clip's CLIP (its nn.MultiheadAttention kernels differ from minipt's, so within twice open_clip's own float32 error
+    against its float64 run: tests/helpers.assert_error_ratio), and minipt's save loaded by open_clip strictly."""
+    reference = open_clip_model()
+    (tmp_path / "open_clip").mkdir()
+    torch.save(reference.state_dict(), tmp_path / "open_clip" / "ViT-tiny.pt")
+    model = CLIPModel.from_pretrained(tmp_path / "open_clip")
+    assert model.config.weights_format == "openai" and model.config.text_config.num_attention_heads == 2
+    ids = torch.zeros(3, 10, dtype=torch.long)  # open_clip's tokenizer pads with 0 after <|endoftext|>, the highest id
+    for row, n in enumerate((4, 10, 2)):
+        ids[row, : n - 1] = torch.randint(1, 38, (n - 1,), generator=torch.Generator().manual_seed(row))
+        ids[row, n - 1] = 39
+    pixels = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(5))
+    double = copy.deepcopy(reference).double()
+    with torch.no_grad():
+        ours = model(ids, pixels, output_hidden_states=True)
+        exact = block_outputs(double, lambda: double(pixels.double(), ids))
+        theirs = block_outputs(reference, lambda: reference(pixels, ids))
+        mine = [*ours.vision_model_output.hidden_states[1:], *ours.text_model_output.hidden_states[1:]]
+        pairs = list(zip(mine, theirs, exact))
+        pairs += [(model.get_image_features(pixels), reference.encode_image(pixels), double.encode_image(pixels.double())),
+                  (model.get_text_features(ids), reference.encode_text(ids), double.encode_text(ids))]
+        image, text, scale = reference(pixels, ids)
+        pairs.append((ours.logits_per_image, scale * image @ text.t(), None))
+    assert len(pairs) == 2 + 2 + 2 + 1
+    for i, (a, b, truth) in enumerate(pairs):
+        assert max_diff(a, b) <= ATOL, i  # also checks the shapes
+        if truth is not None:
+            assert_error_ratio(a, b, truth, what=f"pair {i}")
+    # minipt's save of the same model is OpenAI's layout again: open_clip loads it strictly and computes the same
+    again = open_clip_model(seed=1)
+    again.load_state_dict(load_file(model.save_pretrained(tmp_path / "back") / "model.safetensors"), strict=True)
+    with torch.no_grad():
+        assert max_diff(again.encode_text(ids), reference.encode_text(ids)) == 0
+        assert max_diff(again.encode_image(pixels), reference.encode_image(pixels)) == 0
 
 
 # -- zero-shot and preprocessing ---------------------------------------------------------------
