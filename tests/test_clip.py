@@ -275,6 +275,13 @@ def test_parity_with_open_clips_own_model_and_a_strict_round_trip(tmp_path):
         assert max_diff(again.encode_image(pixels), reference.encode_image(pixels)) == 0
 
 
+def test_imagenet_templates_are_open_clips():
+    open_clip = pytest.importorskip("open_clip", reason="open_clip_torch is in the test extra")
+    from minipt.models.clip import IMAGENET_TEMPLATES
+
+    assert [t.format("cat") for t in IMAGENET_TEMPLATES] == [template("cat") for template in open_clip.zero_shot_metadata.SIMPLE_IMAGENET_TEMPLATES]
+
+
 # -- zero-shot and preprocessing ---------------------------------------------------------------
 def fake_tokenizer(vocab=40, bos=38, eos=39):
     """Captions -> ids of their last 8 letters (below bos), between bos and eos, right-padded with 1: no real vocabulary needed."""

@@ -31,7 +31,8 @@ Two official formats, each through its key map, both ways:
   architecture is read off the tensors as ``build_model_from_openai_state_dict`` does (heads 64 wide).
 
 ``zero_shot`` classifies images by comparing them with captions of each label (prompt ensembling over
-templates; ``minipt zero-shot IMAGE --labels "a cat,a dog" --model PATH`` on the command line);
+templates, OpenAI's seven for ImageNet in ``IMAGENET_TEMPLATES``; ``minipt zero-shot IMAGE --labels "a cat,a dog"
+--model PATH`` on the command line);
 ``CLIPModel.preprocess`` prepares images as CLIP was trained (bicubic resize of the shorter side, centre crop,
 CLIP's own mean and std). The captions' token ids come from CLIP's BPE tokenizer (``minipt fetch clip-tokenizer``,
 read by ``minipt.Tokenizer``).
@@ -583,6 +584,12 @@ def clip_preprocess(images, image_size: int) -> torch.Tensor:
     return normalized_batch(images, resize=image_size, crop=image_size, mean=CLIP_MEAN, std=CLIP_STD)
 
 
+# The seven captions OpenAI chose for ImageNet out of its eighty by a search over subsets (the CLIP repository's
+# prompt-engineering notebook; open_clip's SIMPLE_IMAGENET_TEMPLATES): zero_shot(..., templates=IMAGENET_TEMPLATES).
+IMAGENET_TEMPLATES = ("itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.", "a {} in a video game.",
+                      "art of the {}.", "a photo of the small {}.")
+
+
 @torch.no_grad()
 def zero_shot(images, labels, model: CLIPModel, tokenizer, templates=("a photo of a {}.",)) -> torch.Tensor:
     """Each image's probability of each label: (B, len(labels)), rows summing to 1.
@@ -590,8 +597,8 @@ def zero_shot(images, labels, model: CLIPModel, tokenizer, templates=("a photo o
     ``images``: paths or PIL images (``model.preprocess``) or a ready batch (B, 3, S, S). ``tokenizer(texts)``
     returns a mapping with ``input_ids`` (and ``attention_mask``) for a list of captions (transformers' CLIP
     tokenizer with ``padding=True, return_tensors="pt"``, or minipt's). Each label's text embedding is the mean of
-    its captions' unit embeddings over ``templates`` (``"a photo of a {}."``), made unit length again: the
-    prompt ensembling of CLIP's paper."""
+    its captions' unit embeddings over ``templates`` (``"a photo of a {}."``; ``IMAGENET_TEMPLATES``: OpenAI's seven),
+    made unit length again: the prompt ensembling of CLIP's paper."""
     if not isinstance(model, CLIPModel):
         raise InputError(f"zero_shot needs a CLIPModel, got {type(model).__name__}")
     if isinstance(labels, str) or not labels or not all(isinstance(label, str) for label in labels):
