@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from minipt import cli
+from minipt.errors import InputError
 from minipt.models.bert import BertConfig, BertModel
 from minipt.ops import cpu
 
@@ -104,6 +105,7 @@ def measuring(monkeypatch):
     """fuse() chooses each Linear's kernel by timing it (as outside the tests), from no choice made yet."""
     monkeypatch.delenv("MINIPT_LINEAR", raising=False)
     monkeypatch.setattr(cpu, "_linear_choices", {})
+    monkeypatch.setattr(cpu, "_thread_choices", {})
 
 
 @pytest.mark.skipif(not cpu.onednn.available(), reason="oneDNN is not available: every Linear runs F.linear")
@@ -142,9 +144,43 @@ def test_a_fused_linear_chooses_its_kernel_by_the_rows_it_is_given(monkeypatch):
     with torch.inference_mode():
         for ids in (many, few):
             torch.testing.assert_close(fused(ids).last_hidden_state, model(ids).last_hidden_state, rtol=1e-4, atol=1e-5)
-    chosen = {(rows, on_onednn) for m in packed for rows, on_onednn in m._chosen.items()}
+    chosen = {(rows, on_onednn) for m in packed for rows, (on_onednn, _) in m._chosen.items()}
     assert {(200, False), (10, True)} <= chosen  # the layers' 200 rows (the 256 class) on F.linear, 10 on oneDNN
     assert all(on_onednn == (rows <= 64) for rows, on_onednn in chosen)  # the pooler's 40 and 2 rows on oneDNN
+
+
+@pytest.mark.usefixtures("measuring")
+@pytest.mark.parametrize("one_thread", [True, False])
+def test_a_few_rows_run_on_one_thread_where_that_is_measured_faster(one_thread, monkeypatch):
+    """The thread count is scoped to the product: torch's setting is back after every call, and after a failing one."""
+    monkeypatch.setattr(cpu, "_fewer_threads_faster", lambda kernel, dtype, rows, *shape: int(one_thread and rows <= 8))
+    seen = []  # (rows, threads) of every product
+    product = cpu.onednn.PackedLinear._product
+
+    def recording(self, rows, *args):
+        if self._choose is not None:  # a layer of the copy, not a timed probe
+            seen.append((rows.shape[0], torch.get_num_threads()))
+        return product(self, rows, *args)
+
+    monkeypatch.setattr(cpu.onednn.PackedLinear, "_product", recording)
+    model = _tiny_bert()
+    fused = model.fuse()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.inference_mode():
+            for ids in (torch.randint(0, 50, (1, 3)), torch.randint(0, 50, (4, 8))):
+                torch.testing.assert_close(fused(ids).last_hidden_state, model(ids).last_hidden_state, rtol=1e-4, atol=1e-5)
+                assert torch.get_num_threads() == 2
+            assert {rows for rows, _ in seen} == {1, 3, 4, 32}  # the pooler's rows, the layers' rows
+            assert all(threads == (1 if one_thread and rows <= 8 else 2) for rows, threads in seen)
+            packed = next(m for m in fused.modules() if isinstance(m, cpu.onednn.PackedLinear))
+            with pytest.raises(InputError):
+                packed(torch.randn(2, packed.in_features + 1))
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert ("on 1 thread" in cpu.cpu_report()) == one_thread
 
 
 @pytest.mark.skipif(not cpu.onednn.available(), reason="oneDNN is not available: nothing to time")

@@ -26,8 +26,9 @@ packed Linear                 every other Linear runs on a weight prepacked for 
                               (``minipt.ops.onednn.pack_linear``), or on F.linear where oneDNN
                               is missing or slower for that shape and number of rows on this
                               CPU (``minipt.ops.cpu.linear_kernel``, asked per row count at run
-                              time: on an AVX2 host oneDNN wins at 16 rows and loses at 4096);
-                              ``fuse_batch_hint`` on the
+                              time: on an AVX2 host oneDNN wins at 16 rows and loses at 4096),
+                              on one thread for that call where a few rows run faster so
+                              (``minipt.ops.cpu.linear_threads``); ``fuse_batch_hint`` on the
                               model is the number of rows oneDNN chooses the layout for (any
                               number runs)
 channels-last                 convolution weights in NHWC, the layout oneDNN's convolutions run
@@ -47,7 +48,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..ops import linear_kernel, onednn, warn_if_emulated
+from ..ops import linear_kernel, linear_threads, onednn, warn_if_emulated
 
 DTYPES = (torch.float32, torch.bfloat16)
 
@@ -68,13 +69,13 @@ def _pack(weight: torch.Tensor, bias: torch.Tensor | None, activation: str | Non
     out_features, in_features = weight.shape
     dtype = weight.dtype
 
-    def choose(rows: int) -> bool:  # per row count at run time: a fused model meets 16 and 4096 rows alike
-        return linear_kernel(dtype, rows, in_features, out_features, activation) == "onednn"
+    def choose(rows: int) -> tuple[bool, int]:  # per row count at run time: a fused model meets 1 and 4096 rows alike
+        kernel = linear_kernel(dtype, rows, in_features, out_features, activation) if packed else "aten"
+        return kernel == "onednn", linear_threads(kernel, dtype, rows, in_features, out_features, activation)
 
-    if not onednn.available(dtype) or linear_kernel(dtype, 16, in_features, out_features, activation) == "aten" == \
-            linear_kernel(dtype, 4096, in_features, out_features, activation):
-        return onednn.pack_linear(weight, bias, activation, use_onednn=False)  # slower at both ends: never packed
-    return onednn.pack_linear(weight, bias, activation, batch_hint=batch_hint, choose=choose)
+    # slower at both ends (16 and 4096 rows): never packed
+    packed = onednn.available(dtype) and "onednn" in {linear_kernel(dtype, rows, in_features, out_features, activation) for rows in (16, 4096)}
+    return onednn.pack_linear(weight, bias, activation, batch_hint=batch_hint, use_onednn=packed, choose=choose)
 
 
 def _rewrite(module: nn.Module, batch_hint: int | None) -> None:

@@ -33,7 +33,7 @@ from ._attention import attention
 from ._bias_gelu import bias_gelu
 from ._gru_gates import gru_gates
 from ._layer_norm import add_layer_norm, layer_norm
-from .cpu import cpu_report, linear_kernel, native, warn_if_emulated
+from .cpu import cpu_report, linear_kernel, linear_threads, native, warn_if_emulated
 from ._lstm_gates import lstm_gates
 from .recurrent import (
     gru_gates_reference, gru_layer, lstm_gates_reference, lstm_layer, rnn_layer, rnn_nonlinearity, torch_rnn,
@@ -41,6 +41,6 @@ from .recurrent import (
 
 __all__ = [
     "add_layer_norm", "attention", "bias_gelu", "cpu_report", "gru_gates", "gru_gates_reference", "gru_layer", "layer_norm",
-    "linear_kernel", "lstm_gates", "lstm_gates_reference", "lstm_layer", "native", "rnn_layer", "rnn_nonlinearity", "torch_rnn",
+    "linear_kernel", "linear_threads", "lstm_gates", "lstm_gates_reference", "lstm_layer", "native", "rnn_layer", "rnn_nonlinearity", "torch_rnn",
     "warn_if_emulated",
 ]

@@ -27,7 +27,10 @@ Each Linear of a ``fuse()`` copy takes the faster of oneDNN's packed matmul and 
 AVX-512 host, 1.15x on another, and slower on an AVX2 one. The answer is measured once per process
 and shape class (the rows rounded up to a power of two, the weight's shape, the activation), in a
 few milliseconds, when the first copy of that shape is made. ``MINIPT_LINEAR=onednn`` or ``=aten``
-fixes it instead (the tests fix oneDNN's path, to check it where it runs).
+fixes it instead (the tests fix oneDNN's path, to check it where it runs). At a few rows (up to
+``FEW_ROWS``) the product may also run faster on one thread than on several (``linear_threads``,
+measured the same way): a ``PackedLinear`` then sets one thread for that call only and restores
+torch's setting after it, whatever happens.
 
 The same measured choice serves the two other places that multiply on oneDNN: the ``"fused"``
 backend's Linear in training (``linear``: oneDNN's three unpacked matmuls, forward and backward,
@@ -207,6 +210,47 @@ def _faster_linear(dtype: torch.dtype, rows: int, in_features: int, out_features
     return "aten" if min(runs["aten"]) * 1.05 < min(runs["onednn"]) else "onednn"
 
 
+_thread_choices: dict[tuple, int] = {}  # (kernel, dtype, rows class, in, out, activation) -> 1 or 0 (torch's own)
+FEW_ROWS = 64  # up to this many rows a product may run faster on one thread than on several
+
+
+def linear_threads(kernel: str, dtype: torch.dtype, rows: int, in_features: int, out_features: int,
+                   activation: str | None = None) -> int:
+    """1 where a ``fuse()`` Linear of this shape on ``kernel`` runs faster on one thread than on torch's
+    ``get_num_threads()`` at this many rows (a few rows: waking the other threads costs more than they
+    save, and a descheduled one stalls the product), else 0 (torch's setting). Measured once per
+    process and shape class, like ``linear_kernel``; ``PackedLinear`` scopes it to the one call."""
+    threads = torch.get_num_threads()
+    if threads == 1 or rows > FEW_ROWS or os.environ.get(LINEAR_ENV, "").strip().lower() in ("onednn", "aten"):
+        return 0
+    key = (kernel, dtype, _rows_class(rows), in_features, out_features, activation, threads)
+    if key not in _thread_choices:
+        _thread_choices[key] = _fewer_threads_faster(*key)
+    return _thread_choices[key]
+
+
+def _fewer_threads_faster(kernel: str, dtype: torch.dtype, rows: int, in_features: int, out_features: int,
+                          activation: str | None, threads: int) -> int:
+    """Time the product on ``threads`` threads against one thread, alternated, five calls each after a
+    warm-up; one thread wins by more than 10% (its fastest call against the others')."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, in_features, generator=generator).to(dtype)
+    weight = torch.randn(out_features, in_features, generator=generator).to(dtype) / in_features ** 0.5
+    linear = onednn.pack_linear(weight, None, activation, batch_hint=rows, use_onednn=kernel == "onednn")
+    runs: dict[int, list[float]] = {threads: [], 1: []}
+    with torch.inference_mode():
+        try:
+            for _ in range(6):
+                for n in runs:
+                    torch.set_num_threads(n)
+                    start = time.perf_counter()
+                    linear(x)
+                    runs[n].append(time.perf_counter() - start)
+        finally:
+            torch.set_num_threads(threads)
+    return 1 if min(runs[1][1:]) * 1.10 < min(runs[threads][1:]) else 0
+
+
 _training_choices: dict[tuple, str] = {}  # (rows class, in, out, with gradients) -> "onednn" | "aten"
 
 
@@ -235,8 +279,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 def _rows_class(rows: int) -> int:
-    """Rows rounded up to a power of two, from 16 to 4096: one measurement stands for the class."""
-    return min(max(16, 1 << max(rows - 1, 1).bit_length()), 4096)
+    """Rows rounded up to a power of two, at most 4096: one measurement stands for the class."""
+    return min(1 << max(rows - 1, 0).bit_length(), 4096)
 
 
 def _faster_training_linear(rows: int, in_features: int, out_features: int, grad: bool) -> str:
@@ -280,7 +324,10 @@ def implementations(info: CPUInfo | None = None) -> dict[str, dict[str, str]]:
         elif os.environ.get(LINEAR_ENV, "").strip().lower() in ("onednn", "aten"):
             kernel = f"{os.environ[LINEAR_ENV].strip().lower()} for every shape ({LINEAR_ENV})"
         else:
+            one_thread = {(k, rows, n_in, n_out, act) for (k, d, rows, n_in, n_out, act, _), n in _thread_choices.items()
+                          if d == dtype and n == 1}
             chosen = [f"{rows}x{n_in}->{n_out}{'+' + act if act else ''}: {kernel}"
+                      + (" on 1 thread" if (kernel, rows, n_in, n_out, act) in one_thread else "")
                       for (d, rows, n_in, n_out, act), kernel in _linear_choices.items() if d == dtype]
             kernel = "oneDNN's packed matmul or F.linear, the faster per shape" + (f" ({', '.join(chosen)})" if chosen else ", measured at fuse()")
         return kernel if native(dtype, info) else f"{kernel}; emulated"

@@ -130,12 +130,22 @@ def _(rows, residual, packed, bias):
     return torch.empty_like(residual)
 
 
+def _on_threads(threads: int, function: Callable, *args):
+    """``function(*args)`` with torch set to ``threads`` threads, torch's setting restored after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return function(*args)
+    finally:
+        torch.set_num_threads(before)
+
+
 class PackedLinear(nn.Module):
     """``act(x @ W^T + b)`` (or ``x @ W^T + b + residual``) on a weight packed for oneDNN, or on plain
     torch where oneDNN is not available. Built by ``pack_linear``; holds no parameters."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None, activation: str | None, packed: Tensor | None,
-                 choose: Callable[[int], bool] | None = None):
+                 choose: Callable[[int], tuple[bool, int]] | None = None):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.activation = activation
@@ -143,8 +153,9 @@ class PackedLinear(nn.Module):
         # A packed (opaque, oneDNN-layout) tensor is no buffer: it stays out of state_dict and .to().
         self._weight = _Shared(packed if packed is not None else weight)
         # with a chooser, the plain weight too: inputs of the rows oneDNN is slower at run F.linear
-        self._plain_weight = _Shared(weight) if packed is not None and choose is not None else None
-        self._choose, self._chosen = choose, {}  # rows -> oneDNN or not, asked once per row count
+        self._plain_weight = _Shared(weight) if choose is not None else None
+        # rows -> (on oneDNN, threads: 1, or 0 for torch's setting), asked once per row count
+        self._choose, self._chosen = choose, {}
         self.bias = bias
         self._post_op, self._plain = ACTIVATIONS[activation]
 
@@ -156,27 +167,34 @@ class PackedLinear(nn.Module):
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         if x.shape[-1] != self.in_features:
             raise InputError(f"input of shape {tuple(x.shape)} to a packed linear layer of {self.in_features} input features")
+        if residual is not None and self.activation is not None:
+            raise InputError("a packed linear layer adds a residual only without an activation")
         rows = x.reshape(-1, self.in_features)  # (N, in)
-        on_onednn, weight = self.onednn, self.weight
-        if self._plain_weight is not None and not tracing():
+        residual = None if residual is None else residual.reshape(-1, self.out_features)
+        if self._choose is None or tracing():
+            out = self._product(rows, residual, self.onednn)
+        else:
             n = rows.shape[0]
             if n not in self._chosen:
                 self._chosen[n] = self._choose(n)
-            if not self._chosen[n]:
-                on_onednn, weight = False, self._plain_weight.tensor
-        if residual is not None:
-            if self.activation is not None:
-                raise InputError("a packed linear layer adds a residual only without an activation")
-            if on_onednn:
-                out = torch.ops.minipt.packed_linear_add(rows, residual.reshape(-1, self.out_features), weight, self.bias)
+            on_onednn, threads = self._chosen[n]
+            on_onednn = on_onednn and self.onednn
+            if threads and threads < torch.get_num_threads():
+                out = _on_threads(threads, self._product, rows, residual, on_onednn)
             else:
-                out = F.linear(rows, weight, self.bias) + residual.reshape(-1, self.out_features)
-        elif on_onednn:
-            attr, algorithm = self._post_op
-            out = torch.ops.minipt.packed_linear(rows, weight, self.bias, attr, algorithm, self.out_features)
-        else:
-            out = self._plain(F.linear(rows, weight, self.bias))
+                out = self._product(rows, residual, on_onednn)
         return out.view(*x.shape[:-1], self.out_features)  # (..., out)
+
+    def _product(self, rows: Tensor, residual: Tensor | None, on_onednn: bool) -> Tensor:
+        """(N, in) -> (N, out) on oneDNN's packed weight or F.linear's plain one."""
+        if on_onednn:
+            if residual is not None:
+                return torch.ops.minipt.packed_linear_add(rows, residual, self.weight, self.bias)
+            attr, algorithm = self._post_op
+            return torch.ops.minipt.packed_linear(rows, self.weight, self.bias, attr, algorithm, self.out_features)
+        weight = self.weight if self._plain_weight is None else self._plain_weight.tensor
+        out = self._plain(F.linear(rows, weight, self.bias))
+        return out if residual is None else out + residual
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}, " \
@@ -195,12 +213,13 @@ class _Shared:
 
 
 def pack_linear(weight: Tensor, bias: Tensor | None = None, activation: str | None = None, *, batch_hint: int | None = None,
-                use_onednn: bool = True, choose: Callable[[int], bool] | None = None) -> PackedLinear:
+                use_onednn: bool = True, choose: Callable[[int], tuple[bool, int]] | None = None) -> PackedLinear:
     """A ``PackedLinear`` computing ``activation(x @ weight^T + bias)``: oneDNN on a packed copy of
     ``weight`` (out, in) when ``use_onednn`` and ``available(weight.dtype)``, plain torch otherwise
     (``minipt.ops.cpu.linear_kernel`` says which is faster for a shape). ``choose(rows)``, where
-    given, decides per number of input rows whether the packed copy runs them (True) or ``F.linear``
-    on a plain copy kept beside it (False), asked once per row count. The result's dtype is the
+    given (CPU weights), decides per number of input rows whether the packed copy runs them or
+    ``F.linear`` on a plain copy kept beside it, and on how many threads (1, or 0 for torch's
+    setting): ``(on_onednn, threads)``, asked once per row count. The result's dtype is the
     weight's; inputs must have it too."""
     if activation not in ACTIVATIONS:
         raise ConfigError(f"pack_linear supports the activations {list(ACTIVATIONS)}, not {activation!r}")
@@ -209,15 +228,16 @@ def pack_linear(weight: Tensor, bias: Tensor | None = None, activation: str | No
     weight = weight.detach()
     bias = None if bias is None else bias.detach().to(weight.dtype)
     use_onednn = use_onednn and weight.device.type == "cpu" and weight.dtype in DTYPES and available(weight.dtype)
+    choose = choose if weight.device.type == "cpu" else None
     if not use_onednn:
-        return PackedLinear(weight.clone(), None if bias is None else bias.clone(), activation, None)
+        return PackedLinear(weight.clone(), None if bias is None else bias.clone(), activation, None, choose)
     return _pack(weight, bias, activation, batch_hint, choose)
 
 
 def _pack(weight: Tensor, bias: Tensor | None, activation: str | None, batch_hint: int | None,
-          choose: Callable[[int], bool] | None = None) -> PackedLinear:
+          choose: Callable[[int], tuple[bool, int]] | None = None) -> PackedLinear:
     packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), batch_hint)
-    plain = weight.contiguous().clone() if choose is not None else weight
+    plain = weight.contiguous().clone() if choose is not None else weight  # kept for F.linear beside the packed copy
     return PackedLinear(plain, None if bias is None else bias.contiguous().clone(), activation, packed, choose)
 
 
