@@ -579,6 +579,26 @@ def unit_rows(x):
     return x / x.norm(dim=-1, keepdim=True)
 
 
+def test_inspect_and_diff_commands_on_both_layouts(tmp_path, clip_tokenizer_folder, capsys):
+    """minipt diff on captions (through CLIP's tokenizer) and the demo photo; minipt inspect reads either layout's names and counts FLOPs."""
+    from minipt import cli
+
+    reference, folder = real_vocabulary_clip(tmp_path / "clip")
+    assert cli.main(["diff", str(folder), "--input", "a photo of a cat", "--input", "Café 🙂, naïve"]) == 0
+    out = capsys.readouterr().out
+    assert "against transformers CLIPModel" in out and "input_ids (2, " in out and "pixel_values (1, 3, 12, 12)" in out and "no divergence: all" in out
+    assert cli.main(["inspect", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "CLIPModel from" in out and "FLOPs" in out and "-> text_model.layers.0.attn.q_proj.weight" in out
+    wide, _ = reference_clip(tmp_path / "wide", text={**TEXT, "hidden_size": 64, "num_attention_heads": 1, "eos_token_id": 2},
+                             vision={**VISION, "hidden_size": 64, "num_attention_heads": 1})  # OpenAI's files imply heads 64 wide
+    (tmp_path / "openai").mkdir()
+    torch.save(to_openai({k: v for k, v in wide.state_dict().items() if not k.endswith("position_ids")}), tmp_path / "openai" / "ViT-tiny.pt")
+    assert cli.main(["inspect", str(tmp_path / "openai" / "ViT-tiny.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "visual.transformer.resblocks.0.attn.in_proj_weight (192, 64) -> vision_model.layers.0.attn.k_proj.weight  [split 2/3 along dim 0]" in out
+
+
 def test_zero_shot_command_errors_are_one_line(tmp_path, clip_tokenizer_folder, capsys):
     from minipt import cli
 

@@ -298,6 +298,17 @@ def test_layer_diffs_find_a_planted_change(tmp_path):
     assert layer_diffs(shifted, tmp_path, x).first_divergence.name == "embeddings.out"
 
 
+def test_inspect_and_diff_commands_on_a_transformers_file(tmp_path, capsys):
+    saved(tmp_path, "ViTForImageClassification", hf_config())
+    assert cli.main(["diff", str(tmp_path)]) == 0  # the demo photo, preprocessed as the format says
+    out = capsys.readouterr().out
+    assert "against transformers ViTForImageClassification" in out and "(1, 3, 16, 16)" in out and "no divergence: all" in out
+    assert cli.main(["inspect", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "ViTForImageClassification from" in out and "FLOPs" in out
+    assert "vit.encoder.layer.0.attention.attention.query.weight (16, 16) -> vit.layers.0.attn.q_proj.weight" in out
+
+
 def test_layer_diffs_of_the_classifier(tmp_path):
     saved(tmp_path, "ViTForImageClassification", hf_config())
     report = layer_diffs(ViTForImageClassification.from_pretrained(tmp_path), tmp_path, images(3, 16, 16))

@@ -723,15 +723,31 @@ def _tower_points(ours: str, theirs: str, config, text: bool) -> dict:
     return points
 
 
-def _call(model, inputs) -> dict:
-    """The forward arguments to compare on: a dict keyed by forward's names, or one tensor (ids or images)."""
+def _call(model, inputs, path) -> dict:
+    """The forward arguments to compare on: a dict keyed by forward's names; one tensor (ids or images); or, as
+    ``minipt diff`` gives them, texts (None: the demo sentences) tokenized by the tokenizer beside the checkpoint
+    (else the fetched clip-tokenizer), with the demo photo for CLIPModel's image tower; image paths for CLIPVisionModel."""
+    from ..demo import tokenizer_beside
+    from ..reference import images, texts
+    from ..tokenizer import Tokenizer
+
     names = {CLIPTextModel: ("input_ids",), CLIPVisionModel: ("pixel_values",)}.get(type(model))
     if isinstance(inputs, torch.Tensor) and names is not None:
         return {names[0]: inputs}
     if isinstance(inputs, dict) and inputs:
         return dict(inputs)
-    raise InputError(f"{type(model).__name__} compares on a dict of its forward's arguments (input_ids, attention_mask, pixel_values), "
-                     f"token ids or images as a tensor; got {type(inputs).__name__}")
+    if not (inputs is None or isinstance(inputs, str) or (isinstance(inputs, (list, tuple)) and inputs and all(isinstance(i, str) for i in inputs))):
+        raise InputError(f"{type(model).__name__} compares on a dict of its forward's arguments (input_ids, attention_mask, pixel_values), "
+                         f"token ids or images as a tensor, or a list of {'image paths' if names == ('pixel_values',) else 'texts'}; "
+                         f"got {type(inputs).__name__}")
+    if isinstance(model, CLIPVisionModel):
+        return {"pixel_values": images(inputs, model.preprocess)[0]}
+    tokenizer = tokenizer_beside(path) or Tokenizer.from_pretrained("clip-tokenizer")
+    batch = tokenizer(texts(inputs))
+    call = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if isinstance(model, CLIPModel):
+        call["pixel_values"] = images(None, model.preprocess)[0]
+    return call
 
 
 def compare_with_reference(model, path, inputs, rtol):
@@ -740,7 +756,7 @@ def compare_with_reference(model, path, inputs, rtol):
     projections and the similarity logits."""
     from ..reference import import_reference, report
 
-    call = _call(model, inputs)
+    call = _call(model, inputs, path)
     with Checkpoint(path) as checkpoint:
         if _is_openai(checkpoint):
             raise ConfigError(f"{path} is in OpenAI's layout; the reference comparison reads Hugging Face's (save_pretrained writes it from a loaded model)")
