@@ -91,3 +91,19 @@ def test_attention_probabilities_come_back_when_asked():
         _, probs = layer(x, need_weights=True)
     assert probs.shape == (1, 2, 5, 5)
     torch.testing.assert_close(probs.sum(-1), torch.ones(1, 2, 5))
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta", "distilbert", "albert", "vit", "clip"])
+def test_the_transformer_families_build_their_layers_from_this_one(model_type):
+    """BERT, RoBERTa, DistilBERT, ALBERT, ViT and CLIP differ in embeddings, names and sharing, not in the layer: every
+    attention block of theirs sits in a minipt.nn.EncoderLayer, and ALBERT's shared layer is one module run at several depths."""
+    from minipt import registry
+    from minipt.nn import MultiHeadAttention
+
+    family = next(f for f in registry.families() if f.model_type == model_type)
+    for cls in family.classes:
+        model = family.tiny_model(cls)
+        owners = {name.rpartition(".")[0] for name, module in model.named_modules() if isinstance(module, MultiHeadAttention)}
+        assert owners and all(isinstance(model.get_submodule(owner), EncoderLayer) for owner in owners), (cls.__name__, owners)
+        if model_type == "albert":  # 4 layer steps on 2 shared groups: two layer modules
+            assert len(owners) == model.config.num_hidden_groups * model.config.inner_group_num < model.config.num_hidden_layers
