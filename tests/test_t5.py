@@ -269,6 +269,17 @@ def test_cached_decoding_equals_full_recomputation(pair):
     assert torch.equal(logits.argmax(-1), sequences[:, 1:])
 
 
+def test_the_fused_copy_decodes_as_the_model(pair):
+    """fuse(): self-attention's Q, K, V in one matmul, the activation and the residual adds inside the matmuls; the same tokens."""
+    _, model, _ = pair
+    fused = model.fuse()
+    assert fused.decoder.layers[0].attn.qkv_proj is not None and fused.decoder.layers[0].cross_attn.qkv_proj is None
+    ids, mask = padded(50, [9, 5])
+    for options in (dict(), dict(num_beams=3, length_penalty=0.5), dict(repetition_penalty=3.0)):
+        expected = model.generate(ids, attention_mask=mask, max_new_tokens=8, **options)
+        assert torch.equal(fused.generate(ids, attention_mask=mask, max_new_tokens=8, **options), expected), options
+
+
 def test_sampling_goes_through_the_shared_sampler(pair):
     _, model, _ = pair
     ids, mask = padded(50, [9, 5])

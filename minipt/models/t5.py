@@ -168,16 +168,22 @@ class RelativePositionBias(nn.Module):
 
 # -- the decoder's key/value cache --------------------------------------------------------
 class T5Cache:
-    """The decoder's self-attention keys and values, preallocated ``(layers, B, heads, max_len, d_kv)``, and each
-    layer's cross-attention keys and values over the encoder's output, computed once ``(B, heads, S, d_kv)``."""
+    """The decoder's self-attention keys and values, preallocated ``(layers, B, heads, max_len, d_kv)``, each
+    layer's cross-attention keys and values over the encoder's output, computed once ``(B, heads, S, d_kv)``, and
+    the decoder's relative position bias between every two places, read once ``(1, heads, max_len, max_len)``."""
 
-    def __init__(self, config: T5Config, cross: list[tuple[torch.Tensor, torch.Tensor]], max_len: int):
+    def __init__(self, config: T5Config, cross: list[tuple[torch.Tensor, torch.Tensor]], max_len: int, relative_bias: RelativePositionBias):
         k = cross[0][0]
         shape = (config.num_decoder_layers, k.shape[0], config.num_heads, max_len, config.d_kv)
         self.keys = torch.zeros(shape, dtype=k.dtype, device=k.device)
         self.values = torch.zeros(shape, dtype=k.dtype, device=k.device)
         self.cross = cross
+        self.bias = relative_bias(max_len, max_len)  # depends on key - query only: each step slices its rows
         self.length = 0
+
+    def position_bias(self, new: int) -> torch.Tensor:
+        """The bias of the ``new`` places after those cached over all up to them: (1, heads, new, length + new)."""
+        return self.bias[:, :, self.length : self.length + new, : self.length + new]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new keys/values ``(B, heads, T, d_kv)`` of one layer; return all so far ``(B, heads, length + T, d_kv)``."""
@@ -196,16 +202,26 @@ class T5Attention(BackendBlock, nn.Module):
 
     taps = {"probs": "math", "heads": None}  # as minipt.nn.MultiHeadAttention's (see minipt.probe)
 
-    def __init__(self, config: T5Config, relative_bias: RelativePositionBias | None = None):
+    def __init__(self, config: T5Config, relative_bias: RelativePositionBias | None = None, *, cross: bool = False):
         super().__init__()
         self.num_heads, self.head_dim = config.num_heads, config.d_kv
         inner = config.num_heads * config.d_kv
         self.dropout = config.dropout_rate
+        self.cross = cross  # keys and values from the encoder's output, computed once, not from the input
         self.q_proj = Linear(config.d_model, inner, bias=False)
         self.k_proj = Linear(config.d_model, inner, bias=False)
         self.v_proj = Linear(config.d_model, inner, bias=False)
         self.out_proj = Linear(inner, config.d_model, bias=False)
+        self.qkv_proj: nn.Module | None = None  # self-attention's Q, K and V in one matmul: set by merge_qkv (fuse())
         self.relative_bias = relative_bias  # the stack's table, in its first layer only
+
+    def merge_qkv(self, make_linear) -> None:
+        """Self-attention: Q, K and V in one matmul on the concatenated weight, built by ``make_linear(weight, bias)``
+        (``fuse()`` packs it). Cross-attention keeps its query projection alone: its keys and values are computed once."""
+        if self.cross:
+            return
+        self.qkv_proj = make_linear(torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight]), None)  # (3 inner, C)
+        self.q_proj = self.k_proj = self.v_proj = None
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
@@ -216,17 +232,24 @@ class T5Attention(BackendBlock, nn.Module):
         return self.split_heads(self.k_proj(states)), self.split_heads(self.v_proj(states))
 
     def forward(self, hidden: torch.Tensor, bias: torch.Tensor | None, keys_values: tuple[torch.Tensor, torch.Tensor] | None = None,
-                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, T, C) -> (B, T, C); ``keys_values``: given (cross-attention, a cache), else from ``hidden``."""
+                need_weights: bool = False, *, cache: T5Cache | None = None, index: int = 0,
+                residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, T, C) -> (B, T, C) (``+ residual``, added by the output projection); ``keys_values``: given (cross-attention),
+        else from ``hidden``, joined to the keys and values before them in ``cache`` (decoding: layer ``index``'s)."""
         B, T, _ = hidden.shape
-        q = self.split_heads(self.q_proj(hidden))  # (B, heads, T, d_kv)
-        k, v = self.keys_values(hidden) if keys_values is None else keys_values
+        if self.qkv_proj is not None:  # merged by fuse()
+            q, k, v = (self.split_heads(x) for x in self.qkv_proj(hidden).chunk(3, dim=-1))  # 3 x (B, heads, T, d_kv)
+        else:
+            q = self.split_heads(self.q_proj(hidden))  # (B, heads, T, d_kv)
+            k, v = self.keys_values(hidden) if keys_values is None else keys_values
+        if cache is not None:
+            k, v = cache.update(index, k, v)  # (B, heads, cached + T, d_kv) each
         out, probs = scaled_dot_product_attention(
             q, k, v, bias, dropout=self.dropout if self.training else 0.0, backend=get_backend(self.backend),
             need_weights=need_weights, scale=1.0, site=self,  # T5 folds the scale into its initialisation
         )
         out = tap(self, "heads", out)  # (B, heads, T, d_kv)
-        return self.out_proj(out.transpose(1, 2).reshape(B, T, -1)), probs
+        return self.out_proj(out.transpose(1, 2).reshape(B, T, -1), residual=residual), probs
 
 
 class T5FeedForward(nn.Module):
@@ -241,16 +264,19 @@ class T5FeedForward(nn.Module):
         else:
             self.wi = Linear(config.d_model, config.d_ff, bias=False)
         self.act = activation(config.dense_act_fn)
+        self.linear_act_pairs = (("wi_0" if self.gated else "wi", "act"),)  # fuse(): the activation as a post-op of its matmul
         self.dropout = nn.Dropout(config.dropout_rate)
         self.wo = Linear(config.d_ff, config.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         inner = self.act(self.wi_0(x)) * self.wi_1(x) if self.gated else self.act(self.wi(x))  # (B, T, d_ff)
-        return self.wo(self.dropout(inner))  # (B, T, C)
+        return self.wo(self.dropout(inner), residual=residual)  # (B, T, C) (+ residual)
 
 
 class T5Block(nn.Module):
     """One pre-norm layer: self-attention, cross-attention (decoder only), feed-forward, each added to its input."""
+
+    residual_in_matmul = False  # fuse() sets it: each residual add joins the matmul before it (out_proj, wo)
 
     def __init__(self, config: T5Config, *, decoder: bool, first: bool):
         super().__init__()
@@ -259,7 +285,8 @@ class T5Block(nn.Module):
         self.attn = T5Attention(config, relative_bias)
         if decoder:
             self.cross_norm = RMSNorm(config.d_model, eps=config.layer_norm_epsilon)
-            self.cross_attn = T5Attention(config)
+            self.cross_attn = T5Attention(config, cross=True)
+        self.residual_adds = 3 if decoder else 2  # one per sub-layer
         self.ffn_norm = RMSNorm(config.d_model, eps=config.layer_norm_epsilon)
         self.ffn = T5FeedForward(config)
         self.dropout = nn.Dropout(config.dropout_rate)
@@ -267,13 +294,14 @@ class T5Block(nn.Module):
     def forward(self, hidden, bias, *, cross_keys_values=None, cross_bias=None, cache: T5Cache | None = None, index: int = 0,
                 need_weights: bool = False):
         """(B, T, C) -> (B, T, C), the self-attention's and the cross-attention's probabilities (where asked)."""
-        normed = self.attn_norm(hidden)
-        keys_values = None
-        if cache is not None:
-            keys_values = cache.update(index, *self.attn.keys_values(normed))  # (B, heads, cached + T, d_kv) each
-        attn_out, probs = self.attn(normed, bias, keys_values, need_weights)
-        hidden = hidden + self.dropout(attn_out)
         cross_probs = None
+        if self.residual_in_matmul:  # the same sums (a fused copy runs in eval: no dropout between)
+            hidden, probs = self.attn(self.attn_norm(hidden), bias, None, need_weights, cache=cache, index=index, residual=hidden)
+            if cross_keys_values is not None:
+                hidden, cross_probs = self.cross_attn(self.cross_norm(hidden), cross_bias, cross_keys_values, need_weights, residual=hidden)
+            return self.ffn(self.ffn_norm(hidden), residual=hidden), probs, cross_probs
+        attn_out, probs = self.attn(self.attn_norm(hidden), bias, None, need_weights, cache=cache, index=index)
+        hidden = hidden + self.dropout(attn_out)
         if cross_keys_values is not None:
             cross_out, cross_probs = self.cross_attn(self.cross_norm(hidden), cross_bias, cross_keys_values, need_weights)
             hidden = hidden + self.dropout(cross_out)
@@ -313,7 +341,7 @@ class T5Stack(nn.Module):
         S = past + T
         hidden = self.dropout(embeds)
         # the relative position bias, once for the stack (1, heads, T, S), plus the padding (and, decoding, the future)
-        bias = self.layers[0].attn.relative_bias(T, S, past)
+        bias = cache.position_bias(T) if cache is not None else self.layers[0].attn.relative_bias(T, S, past)
         mask = attention_bias(attention_mask, T, S, causal=self.decoder and T > 1, dtype=hidden.dtype, device=hidden.device)
         if mask is not None:
             bias = (bias + mask).clamp(min=torch.finfo(hidden.dtype).min)
@@ -600,9 +628,20 @@ class T5ForConditionalGeneration(T5Model):
         loss = None if labels is None else F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
         return {"loss": loss, "logits": logits}
 
+    def decoding_logits(self):
+        """``logits`` for the decoding loops, (N, C) -> (N, vocab), one row per sequence. The head's weight (vocab, C) is
+        the largest matrix read at every step; transposed once per generate to (C, vocab), it is multiplied by a few rows
+        about twice as fast by the CPU's matmul as in nn.Linear's layout (bench/t5.py). A fuse()d head keeps its own kernel."""
+        head = self.lm_head
+        if type(head) is not Linear or head.weight.device.type != "cpu" or get_backend(head.backend) == "fused":
+            return self.logits
+        weight_t = head.weight.detach().t().contiguous()  # (C, vocab)
+        scale = self.config.d_model**-0.5 if self.config.scale_decoder_outputs else None
+        return lambda hidden: (hidden if scale is None else hidden * scale) @ weight_t
+
     def start_cache(self, encoder_hidden: torch.Tensor, max_len: int) -> T5Cache:
         """An empty decoder cache for up to ``max_len`` tokens, with the cross-attention keys and values over ``encoder_hidden``."""
-        return T5Cache(self.config, self.decoder.cross_keys_values(encoder_hidden), max_len)
+        return T5Cache(self.config, self.decoder.cross_keys_values(encoder_hidden), max_len, self.decoder.layers[0].attn.relative_bias)
 
     @torch.inference_mode()
     def generate(
@@ -664,10 +703,11 @@ class T5ForConditionalGeneration(T5Model):
             return self.beam_search(input_ids, attention_mask, start_ids, new, num_beams, length_penalty, early_stopping, eos_token_id, pad_token_id)
         encoder_hidden = self.encode(input_ids, attention_mask).last_hidden_state  # (B, S, C), once
         cache = self.start_cache(encoder_hidden, start_ids.shape[1] + new)
+        logits = self.decoding_logits()
 
         def next_logits(tokens: torch.Tensor) -> torch.Tensor:  # the decoder's prompt (B, T), then each chosen token (B, 1)
             out = self.decode(tokens, None, encoder_hidden, attention_mask, cache)
-            return self.logits(out.last_hidden_state[:, -1]).float()  # (B, vocab)
+            return logits(out.last_hidden_state[:, -1]).float()  # (B, vocab)
 
         return generation_loop(
             next_logits, start_ids, new, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -688,6 +728,7 @@ class T5ForConditionalGeneration(T5Model):
         encoder_hidden = self.encode(input_ids, attention_mask).last_hidden_state.repeat_interleave(K, dim=0)  # (B K, S, C), once
         mask = None if attention_mask is None else attention_mask.repeat_interleave(K, dim=0)
         cache = self.start_cache(encoder_hidden, L)
+        logits = self.decoding_logits()
         running = torch.full((B, K, L), fill, dtype=torch.long, device=input_ids.device)
         running[:, :, :P] = start_ids[:, None]
         running_scores = torch.full((B, K), -1e9, device=input_ids.device)
@@ -701,7 +742,7 @@ class T5ForConditionalGeneration(T5Model):
         tokens = running[:, :, :P].reshape(B * K, P)
         while True:
             hidden = self.decode(tokens, None, encoder_hidden, mask, cache).last_hidden_state[:, -1]  # (B K, C)
-            log_probs = self.logits(hidden).float().log_softmax(-1).view(B, K, -1) + running_scores[:, :, None]  # (B, K, V)
+            log_probs = logits(hidden).float().log_softmax(-1).view(B, K, -1) + running_scores[:, :, None]  # (B, K, V)
             V = log_probs.shape[-1]
             top_scores, top_index = log_probs.view(B, K * V).topk(keep)  # (B, keep)
             from_beam, token = top_index // V, top_index % V
