@@ -40,6 +40,7 @@ from minipt.models.bert import BertModel  # noqa: E402
 from minipt.ops import cpu_report, native  # noqa: E402
 from minipt.reference import import_transformers  # noqa: E402
 from timing import Table, medians, print_header, ratio_table, round_robin, self_reported  # noqa: E402
+from timing import gemm_limit as timing_gemm_limit  # noqa: E402
 
 MODEL = "all-MiniLM-L6-v2"
 TARGETS = {"1x16": 0.6, "32x128": 0.9, "8x512": 0.9}
@@ -86,24 +87,8 @@ def model_flops(config, size: int, length: int) -> float:
 
 
 def gemm_limit(config, rows: int, dtype: torch.dtype, repeats: int) -> float:
-    """FLOP/s of the fastest kernel per Linear shape of one layer at ``rows`` rows (aten, oneDNN packed)."""
-    from minipt.ops import onednn
-
-    generator = torch.Generator().manual_seed(0)
-    flops, seconds = 0.0, 0.0
-    for n_in, n_out in sorted(set(linear_shapes(config))):
-        x = torch.randn(rows, n_in, generator=generator).to(dtype)
-        weight = torch.randn(n_out, n_in, generator=generator).to(dtype)
-        cases = {"aten": lambda x=x, w=weight: torch.nn.functional.linear(x, w)}
-        if onednn.available(dtype):
-            packed = onednn.pack_linear(weight, None, batch_hint=rows)
-            cases["onednn"] = lambda x=x, p=packed: p(x)
-        with torch.inference_mode():
-            best = min(t.min for t in round_robin(cases, repeats, warmup=1).values())
-        count = linear_shapes(config).count((n_in, n_out))
-        flops += count * 2 * rows * n_in * n_out
-        seconds += count * best
-    return flops / seconds
+    """FLOP/s of the fastest kernel per Linear shape of one layer at ``rows`` rows (timing.gemm_limit)."""
+    return timing_gemm_limit(linear_shapes(config), rows, dtype, repeats)
 
 
 def mean_pooled(hidden: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,8 @@
   speed drifts (a shared VM, a neighbour's load) then slows every case alike: the ratios
   between cases are what the scripts report and what to trust, more than any one time.
   Each case gets its median and its minimum (on a noisy machine the steadier estimate).
+- ``gemm_limit(shapes, rows)``: the FLOP/s this CPU's fastest matmul reaches on a model's
+  Linear shapes, against which a model's FLOPs per second are read as a fraction.
 - ``Table`` and ``ratio_table``: markdown tables printed row by row (a long run shows
   its progress), the latter with every case's time next to its ratio to a baseline.
 
@@ -165,6 +167,28 @@ def round_robin(cases: dict[str, Callable[[], object]], repeats: int, warmup: in
 def medians(timings: dict[str, Timing]) -> dict[str, float]:
     """Each case's median seconds."""
     return {name: t.median for name, t in timings.items()}
+
+
+def gemm_limit(shapes: Sequence[tuple[int, int]], rows: int, dtype: torch.dtype, repeats: int) -> float:
+    """This CPU's matmul limit for a model's Linears: FLOP/s of the fastest kernel (aten, or oneDNN with prepacked weights)
+    per (in, out) shape of ``shapes`` (repeats counted) at ``rows`` rows, the shapes weighted by their FLOPs."""
+    from minipt.ops import onednn
+
+    generator = torch.Generator().manual_seed(0)
+    flops, seconds = 0.0, 0.0
+    for n_in, n_out in sorted(set(shapes)):
+        x = torch.randn(rows, n_in, generator=generator).to(dtype)
+        weight = torch.randn(n_out, n_in, generator=generator).to(dtype)
+        cases = {"aten": lambda x=x, w=weight: torch.nn.functional.linear(x, w)}
+        if onednn.available(dtype):
+            packed = onednn.pack_linear(weight, None, batch_hint=rows)
+            cases["onednn"] = lambda x=x, p=packed: p(x)
+        with torch.inference_mode():
+            best = min(t.min for t in round_robin(cases, repeats, warmup=1).values())
+        count = list(shapes).count((n_in, n_out))
+        flops += count * 2 * rows * n_in * n_out
+        seconds += count * best
+    return flops / seconds
 
 
 # --- tables -----------------------------------------------------------------------------
