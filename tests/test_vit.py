@@ -280,6 +280,19 @@ def test_preprocess_follows_the_format(tmp_path):
 
 
 # -- the per-layer diff -------------------------------------------------------------------------------
+def test_fine_tuning_stages_and_layer_wise_learning_rates():
+    """The stages the ViT fine-tuning recipe decays the learning rate over, from the patch embedding up to the head."""
+    from minipt import transfer
+
+    model = ViTForImageClassification(ViTConfig.from_dict(hf_config(num_hidden_layers=3).to_dict()))
+    assert transfer.stages(model) == ["patch_embed", "layers.0", "layers.1", "layers.2", "norm", "head"]
+    groups = transfer.param_groups(model, 1e-3, layer_decay=0.65)
+    assert [g["stage"] for g in groups] == transfer.stages(model)
+    assert [g["lr"] for g in groups] == pytest.approx([1e-3 * 0.65**k for k in (5, 4, 3, 2, 1, 0)])
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in model.vit.embeddings.parameters()}  # patches, [CLS], positions
+    assert transfer.reset_classifier(model, 7).classifier.out_features == 7
+
+
 def test_layer_diffs_find_a_planted_change(tmp_path):
     config = hf_config(num_hidden_layers=3)
     saved(tmp_path, "ViTModel", config)
