@@ -70,9 +70,12 @@ def import_transformers():
 
 
 
+PACKAGES = {"open_clip": "open_clip_torch"}  # reference modules whose package is named otherwise
+
+
 def import_reference(module: str, purpose: str):
     if importlib.util.find_spec(module) is None:
-        raise MissingDependencyError(f"comparing {purpose} needs {module} (pip install {module})")
+        raise MissingDependencyError(f"comparing {purpose} needs {module} (pip install {PACKAGES.get(module, module)})")
     if module == "transformers":
         return import_transformers()
     bare_torchvision()

@@ -215,12 +215,12 @@ def test_openai_layout_loads_and_saves_back(tmp_path):
     assert type(CLIPModel.from_pretrained(tmp_path / "back").config) is CLIPConfig
 
 
-def open_clip_model(seed=0):
+def open_clip_model(seed=0, vocab_size=40, context_length=10, mlp_ratios=(2.0, 1.5)):
     """open_clip's own CLIP (ViT image tower, QuickGELU, heads 64 wide as OpenAI's) with every weight moved by noise."""
     open_clip = pytest.importorskip("open_clip", reason="open_clip_torch is in the test extra; without it there is no open_clip to compare with")
     torch.manual_seed(seed)
-    vision = open_clip.model.CLIPVisionCfg(layers=2, width=64, head_width=64, mlp_ratio=2.0, patch_size=4, image_size=12)
-    text = open_clip.model.CLIPTextCfg(context_length=10, vocab_size=40, width=128, heads=2, layers=2, mlp_ratio=1.5)
+    vision = open_clip.model.CLIPVisionCfg(layers=2, width=64, head_width=64, mlp_ratio=mlp_ratios[0], patch_size=4, image_size=12)
+    text = open_clip.model.CLIPTextCfg(context_length=context_length, vocab_size=vocab_size, width=128, heads=2, layers=2, mlp_ratio=mlp_ratios[1])
     return randomise(open_clip.model.CLIP(6, vision, text, quick_gelu=True), seed).eval()
 
 
@@ -597,6 +597,36 @@ def test_inspect_and_diff_commands_on_both_layouts(tmp_path, clip_tokenizer_fold
     assert cli.main(["inspect", str(tmp_path / "openai" / "ViT-tiny.pt")]) == 0
     out = capsys.readouterr().out
     assert "visual.transformer.resblocks.0.attn.in_proj_weight (192, 64) -> vision_model.layers.0.attn.k_proj.weight  [split 2/3 along dim 0]" in out
+
+
+def test_diff_of_an_openai_file_against_open_clip(tmp_path, clip_tokenizer_folder, capsys, monkeypatch):
+    """OpenAI's layout is compared with open_clip's CLIP built from the same file: clean as loaded, and a change planted
+    in one image block is named where it is made."""
+    from minipt import cli
+
+    reference = open_clip_model(vocab_size=49408, context_length=16, mlp_ratios=(4.0, 4.0))  # open_clip's reader assumes 4 x width
+    torch.save(reference.state_dict(), tmp_path / "ViT-tiny.pt")
+    assert cli.main(["diff", str(tmp_path / "ViT-tiny.pt"), "--input", "a photo of a cat", "--input", "Café 🙂, naïve"]) == 0
+    out = capsys.readouterr().out
+    assert "minipt CLIPModel against open_clip CLIP" in out and "no divergence: all" in out
+    model = CLIPModel.from_pretrained(tmp_path / "ViT-tiny.pt")
+    batch = {"input_ids": torch.tensor([[49406, 320, 1125, 539, 320, 2368, 49407]]), "pixel_values": torch.randn(2, 3, 12, 12)}
+    report = layer_diffs(model, tmp_path / "ViT-tiny.pt", batch)
+    names = [row.name for row in report.rows]
+    assert report.first_divergence is None and names[-3:] == ["vision_model.post_norm.out", "visual_projection.out", "similarity.out"]
+    assert len(names) == 2 * 6 + 1 + 1 + 1 + 2 * 6 + 1 + 1 + 1  # six points per block, final norm, projection; pre-norm; logits
+    model.vision_model.layers[1].ffn_norm.eps = 0.1
+    assert layer_diffs(model, tmp_path / "ViT-tiny.pt", batch).first_divergence.name == "vision_model.layers.1.ffn_norm.out"
+    mlp = open_clip_model(mlp_ratios=(2.0, 1.5))
+    torch.save(mlp.state_dict(), tmp_path / "narrow.pt")
+    with pytest.raises(ConfigError, match=r"open_clip cannot build .*narrow.pt \(it assumes feed-forward layers 4 times the width\)"):
+        layer_diffs(CLIPModel.from_pretrained(tmp_path / "narrow.pt"), tmp_path / "narrow.pt", {"input_ids": torch.tensor([[5, 39]]), "pixel_values": batch["pixel_values"]})
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "open_clip" else find_spec(name, *args))
+    with pytest.raises(MiniptError, match=r"comparing a CLIP in OpenAI's layout needs open_clip \(pip install open_clip_torch\)"):
+        layer_diffs(model, tmp_path / "ViT-tiny.pt", batch)
 
 
 def test_zero_shot_command_errors_are_one_line(tmp_path, clip_tokenizer_folder, capsys):

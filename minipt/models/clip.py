@@ -750,16 +750,73 @@ def _call(model, inputs, path) -> dict:
     return call
 
 
+# open_clip's ResidualAttentionBlock (OpenAI's names) computing each value of minipt.nn.EncoderLayer: minipt's point -> its module
+OPEN_CLIP_LAYER = {"attn_norm.out": "ln_1", "attn.out": "attn", "ffn_norm.out": "ln_2", "act.out": "mlp.gelu", "ffn_down.out": "mlp.c_proj", "out": ""}
+
+
+def _open_clip_points(ours: str, theirs: str, layers: int, text: bool) -> dict:
+    first = lambda out: out[0]  # noqa: E731  (torch.nn.MultiheadAttention returns (output, weights))
+    points = {} if text else {f"{ours}pre_norm.out": (f"{theirs}ln_pre", None)}
+    for i in range(layers):
+        block = f"{theirs}transformer.resblocks.{i}"
+        points.update({f"{ours}layers.{i}.{point}": (f"{block}.{name}" if name else block, first if point == "attn.out" else None)
+                       for point, name in OPEN_CLIP_LAYER.items()})
+    if text:
+        points[f"{ours}final_norm.out"] = ("ln_final", None)
+    else:
+        points[f"{ours}post_norm.out"] = (f"{theirs}ln_post", lambda out: out[:, 0])  # open_clip normalises every token, then takes [CLS]
+    return points
+
+
+def _compare_with_open_clip(model, path, call: dict, rtol):
+    """An OpenAI-layout file: open_clip's own CLIP built from it (``build_model_from_openai_state_dict``, then the
+    tensors loaded again in float32, as that function keeps them in float16), compared inside every block of both
+    towers, at the final LayerNorms, the projected features and the logits. open_clip's text tower reads captions
+    of the whole context, padded with 0, and masks causally and nothing else: both sides run on such ids without a
+    padding mask (the pooled end-of-text token sees no padding)."""
+    from ..reference import import_reference, report
+
+    if not isinstance(model, CLIPModel):
+        raise ConfigError(f"{path} is in OpenAI's layout, which open_clip reads as a whole CLIP: compare a CLIPModel loaded from it")
+    open_clip = import_reference("open_clip", "a CLIP in OpenAI's layout")
+    with Checkpoint(path) as checkpoint:
+        state = {key.removeprefix("module."): checkpoint.get(key) for key in checkpoint.keys()}
+    try:
+        reference = open_clip.model.build_model_from_openai_state_dict(dict(state)).float()
+        reference.load_state_dict({k: v for k, v in state.items() if k not in ("input_resolution", "context_length", "vocab_size")})
+    except RuntimeError as err:  # open_clip infers no feed-forward width: it builds 4 x the model width
+        raise ConfigError(f"open_clip cannot build {path} (it assumes feed-forward layers 4 times the width): {str(err).splitlines()[0]}") from None
+    reference.eval()
+    ids, pixels = call.get("input_ids"), call.get("pixel_values")
+    if ids is None or pixels is None:
+        raise InputError("comparing with open_clip needs both input_ids and pixel_values (open_clip's CLIP runs both towers)")
+    config = model.config
+    context = config.text_config.max_position_embeddings
+    if ids.shape[1] > context:
+        raise InputError(f"a caption of {ids.shape[1]} tokens is longer than CLIP's context of {context} (max_position_embeddings)")
+    ids = torch.nn.functional.pad(ids, (0, context - ids.shape[1]))  # open_clip reads the whole context: OpenAI's tokenizer pads with 0
+    points = {**_open_clip_points("text_model.", "", config.text_config.num_hidden_layers, True), "text_projection.out": None,
+              **_open_clip_points("vision_model.", "visual.", config.vision_config.num_hidden_layers, False), "visual_projection.out": None,
+              "similarity.out": None}
+    held = {}
+    extra = {"text_projection.out": lambda: reference.encode_text(ids), "visual_projection.out": lambda: reference.encode_image(pixels),
+             "similarity.out": lambda: held["scale"] * held["image"] @ held["text"].t()}
+    label = f"input_ids {tuple(ids.shape)} (padded with 0, no padding mask), pixel_values {tuple(pixels.shape)}"
+    run_reference = lambda: held.update(zip(("image", "text", "scale"), reference(pixels, ids)))  # noqa: E731
+    return report(model, "open_clip CLIP", label, rtol, points, lambda: model(ids, pixels), reference, run_reference, extra)
+
+
 def compare_with_reference(model, path, inputs, rtol):
     """transformers' CLIPModel / CLIPTextModel / CLIPVisionModel (eager attention) on the same checkpoint, point by
     point (``minipt.reference.layer_diffs``): each tower's embeddings, inside every layer, its final LayerNorm; the
-    projections and the similarity logits."""
+    projections and the similarity logits. A file in OpenAI's layout is compared with open_clip's CLIP instead."""
     from ..reference import import_reference, report
 
     call = _call(model, inputs, path)
     with Checkpoint(path) as checkpoint:
-        if _is_openai(checkpoint):
-            raise ConfigError(f"{path} is in OpenAI's layout; the reference comparison reads Hugging Face's (save_pretrained writes it from a loaded model)")
+        openai = _is_openai(checkpoint)
+    if openai:
+        return _compare_with_open_clip(model, path, call, rtol)
     transformers = import_reference("transformers", "CLIP")
     reference = getattr(transformers, type(model).__name__).from_pretrained(str(path), attn_implementation="eager").eval()
     extra, held = {}, {}
