@@ -19,8 +19,10 @@ Only numpy and scipy (which scikit-image brings) are used for the boxes: no Open
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -166,6 +168,7 @@ def read_boxes(recogniser: CRNN, image, boxes: list[np.ndarray]) -> list[tuple[s
         pixels = crop(gray, box)
         lines.append(None if pixels is None else crnn_preprocess(pixels, recogniser.config.image_height))  # (1, 1, 64, w)
     first = next(recogniser.parameters())
+    threads = recognition_threads(recogniser) if first.device.type == "cpu" else torch.get_num_threads()
     results: list[tuple[str, float]] = [("", 0.0)] * len(boxes)
     order = sorted((i for i, line in enumerate(lines) if line is not None), key=lambda i: lines[i].shape[-1])
     while order:
@@ -175,7 +178,7 @@ def read_boxes(recogniser: CRNN, image, boxes: list[np.ndarray]) -> list[tuple[s
         widest = lines[batch[-1]].shape[-1]
         pixels = torch.cat([torch.cat([lines[i], lines[i][..., -1:].expand(-1, -1, -1, widest - lines[i].shape[-1])], dim=-1)
                             for i in batch])  # (B, 1, 64, widest): each padded with its last column
-        with torch.no_grad():
+        with torch.no_grad(), _threads(threads):
             logits = recogniser(pixels.to(device=first.device, dtype=first.dtype)).float()  # (B, T, classes)
         best, index = logits.softmax(dim=-1).max(dim=-1)  # (B, T)
         for i, text, probabilities, classes in zip(batch, recogniser.decode(logits), best, index):
@@ -227,6 +230,46 @@ def _slope(box: np.ndarray) -> float:
     """How much the top edge of a box (top left to top right corner) falls per pixel across."""
     dx, dy = box[1] - box[0]
     return float(dy / dx) if abs(dx) > 1e-9 else 0.0
+
+
+_thread_choices: dict[tuple, int] = {}  # (recogniser's widths, torch's threads) -> the threads it reads on
+
+
+def recognition_threads(recogniser: CRNN) -> int:
+    """1 where the recogniser reads a typical batch of crops (8 words, 64 x 128 pixels) faster on one thread than
+    on torch's ``get_num_threads()``, else torch's number: measured once per process and recogniser width, as
+    ``minipt.ops.cpu.linear_threads`` measures small products. Its convolutions are small and its LSTM steps
+    through 256-wide matrices one column at a time: each step wakes the other threads, and where the CPU is
+    shared, one descheduled thread stalls every step (on the 2-core machine of docs/benchmarks.md, loaded by
+    other jobs, the scanned page's words took 2.6 s on one thread against 16.5 s on two)."""
+    threads = torch.get_num_threads()
+    key = (recogniser.config.channels, recogniser.config.hidden_size, threads)
+    if threads == 1 or key in _thread_choices:
+        return _thread_choices.get(key, 1)
+    first = next(recogniser.parameters())
+    batch = torch.randn(8, recogniser.config.in_channels, recogniser.config.image_height, 128,
+                        generator=torch.Generator().manual_seed(0)).to(first.dtype)
+    runs: dict[int, list[float]] = {threads: [], 1: []}
+    with torch.no_grad():
+        for _ in range(4):  # the first of each is a warm-up
+            for n in runs:
+                with _threads(n):
+                    start = time.perf_counter()
+                    recogniser(batch)
+                    runs[n].append(time.perf_counter() - start)
+    _thread_choices[key] = 1 if min(runs[1][1:]) * 1.10 < min(runs[threads][1:]) else threads
+    return _thread_choices[key]
+
+
+@contextlib.contextmanager
+def _threads(count: int):
+    """torch set to ``count`` threads inside, its setting restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def reading_order(boxes: list[np.ndarray]) -> list[int]:

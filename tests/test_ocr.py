@@ -253,3 +253,20 @@ def test_the_command_line(tmp_path, capsys):
         assert cli.main(argv) == 1
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and re.match(r"minipt ocr: .*" + message, err), err
+
+
+def test_the_recogniser_s_threads_are_measured_once_and_restored():
+    recogniser = ocr.CRNN.from_pretrained("easyocr-english-g2")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ocr._thread_choices.clear()
+        choice = ocr.recognition_threads(recogniser)
+        assert choice in (1, 2) and torch.get_num_threads() == 2
+        assert list(ocr._thread_choices.values()) == [choice]
+        ocr._thread_choices[next(iter(ocr._thread_choices))] = 1  # as measured where a second thread stalls
+        assert ocr.read_boxes(recogniser, photos()["page"], []) == [] and torch.get_num_threads() == 2
+        words = ocr.read_words(photos()["page"], recogniser=recogniser)
+        assert words[0].text == "Region-based" and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
