@@ -261,6 +261,7 @@ def main(argv=None) -> int:
                 print(f"rapidocr left out: {err} (pip install rapidocr-onnxruntime)", file=sys.stderr)
         else:
             parser.error(f"unknown system {name!r}")
+    variants = [f"minipt+{name}" for name in args.variant]
     for name in args.variant:
         systems[f"minipt+{name}"] = VARIANTS[name]()
 
@@ -292,15 +293,16 @@ def main(argv=None) -> int:
         cells = [f"{totals([scores[name][i] for i in rows])['word_accuracy']:.2f}" for name in systems]
         print(f"| {kind} | {len(rows)} | {sum(scores[next(iter(systems))][i]['words'] for i in rows)} | " + " | ".join(cells) + " |")
 
-    failed = [i for i, _ in enumerate(samples) if any(scores[name][i]["found"] < scores[name][i]["words"] for name in systems)]
+    listed = [name for name in systems if name not in variants]  # the variants are in the tables only
+    failed = [i for i, _ in enumerate(samples) if any(scores[name][i]["found"] < scores[name][i]["words"] for name in listed)]
     print(f"\nImages where a system missed a word ({len(failed)}; found/words and CER per system, then what each read):\n")
     for i in failed[:args.failures]:
         _, sample = samples[i]
         marks = ", ".join(f"{name} {scores[name][i]['found']}/{scores[name][i]['words']} "
-                          f"({scores[name][i]['edits'] / scores[name][i]['chars']:.2f})" for name in systems)
+                          f"({scores[name][i]['edits'] / scores[name][i]['chars']:.2f})" for name in listed)
         print(f"- `{sample.name}`: {marks}")
         print(f"  - truth: `{sample.text}`")
-        for name in systems:
+        for name in listed:
             print(f"  - {name}: `{read[name][sample.name]}`")
     return 0
 
