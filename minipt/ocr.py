@@ -5,16 +5,22 @@
           -> word_boxes: pixels whose region score passes low_text or whose affinity passes link_threshold,
              4-connected components; each component of 10 pixels or more whose region score peaks at
              text_threshold or above is grown by a few pixels and enclosed in its minimum-area rectangle
-          -> each box cropped from the grayscale image (the axis-aligned box around the rectangle, with a margin)
-          -> the recogniser (minipt.models.crnn) on all crops in one batch, each resized to 64 rows and
-             padded to the widest by repeating its last column, as EasyOCR pads
+          -> crop: each box cut from the grayscale image with a margin (the axis-aligned box around a level
+             rectangle; a tilted one turned upright)
+          -> read_boxes: the recogniser (minipt.models.crnn) on the crops, each resized to 64 rows, in batches
+             of similar widths, each crop padded to the widest of its batch by repeating its last column (as
+             EasyOCR pads)
           -> greedy CTC text and EasyOCR's confidence, words in reading order (lines top to bottom, words left to right)
+          -> lines_of: the words grouped into lines (line_groups), each with its rectangle and text
 
-Only numpy and scipy (which scikit-image brings) are used for the boxes: no OpenCV.
+Only numpy and scipy (which scikit-image brings) are used for the boxes, and Pillow for the images: no OpenCV
+(the ``ocr`` extra).
 
-    >>> from minipt.ocr import read_words
+    >>> from minipt.ocr import read_lines, read_words
     >>> for word in read_words("sign.png"):
     ...     print(word.text, round(word.confidence, 2), word.box.tolist())
+    >>> for line in read_lines("page.png"):
+    ...     print(line.text)
 """
 
 from __future__ import annotations
