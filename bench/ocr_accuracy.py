@@ -7,6 +7,8 @@ The set is bench/ocr_set.py's (built into DIR first when DIR holds none). The sy
 - minipt: ``minipt.ocr.read_words`` with its defaults (craft_mlt_25k, easyocr-english-g2);
 - easyocr: EasyOCR's own ``Reader(["en"])`` with its ``readtext`` defaults, on the same two files (given through
   ``model_storage_directory`` with downloads off; EasyOCR checks their md5 sums itself);
+- easyocr-float (only when asked for): the same Reader with ``quantize=False``, its recogniser in float32 as
+  minipt's is;
 - rapidocr: ``rapidocr_onnxruntime.RapidOCR()`` with its defaults: PaddleOCR's PP-OCRv4 detector and recogniser
   and its orientation classifier, from its own wheel, on ONNX Runtime (``pip install rapidocr-onnxruntime``).
 
@@ -107,7 +109,7 @@ def minipt_system(**options):
     return run
 
 
-def easyocr_system():
+def easyocr_system(quantize: bool = True):
     from importlib.metadata import version
 
     from minipt.hub import resolve
@@ -123,7 +125,8 @@ def easyocr_system():
     folder = Path(tempfile.mkdtemp(prefix="easyocr-models-"))  # the Reader wants both files in one folder
     for key, name in (("craft_mlt_25k", "craft_mlt_25k.pth"), ("easyocr-english-g2", "english_g2.pth")):
         os.symlink(resolve(key) / name, folder / name)
-    reader = easyocr.Reader(["en"], gpu=False, model_storage_directory=str(folder), download_enabled=False, verbose=False)
+    reader = easyocr.Reader(["en"], gpu=False, model_storage_directory=str(folder), download_enabled=False, verbose=False,
+                            quantize=quantize)  # on the CPU EasyOCR makes the recogniser's LSTM and Linear int8 unless told not to
 
     def run(path: Path) -> list[tuple[np.ndarray, str]]:
         return [(np.asarray(box, dtype=np.float64), text) for box, text, _ in reader.readtext(str(path))]
@@ -253,6 +256,9 @@ def main(argv=None) -> int:
         elif name == "easyocr":
             systems[name], v = easyocr_system()
             versions.append(v)
+        elif name == "easyocr-float":
+            systems[name], v = easyocr_system(quantize=False)
+            versions.append(v)
         elif name == "rapidocr":
             try:
                 systems[name], v = rapidocr_system()
@@ -265,7 +271,7 @@ def main(argv=None) -> int:
     for name in args.variant:
         systems[f"minipt+{name}"] = VARIANTS[name]()
 
-    print(header(*versions) + "\n")
+    print(header(*dict.fromkeys(versions)) + "\n")
     read = {name: {} for name in systems}
     scores = {name: [] for name in systems}
     for index, (path, sample) in enumerate(samples, start=1):
