@@ -34,6 +34,16 @@ def pillow():
     return PIL
 
 
+def image_file(image: str | os.PathLike) -> Path:
+    """The path of an existing image file, or an ``InputError`` naming what is there instead."""
+    path = check_path("image", image)
+    if path.is_dir():
+        raise InputError(f"{path} is a directory, not an image file")
+    if not path.is_file():
+        raise InputError(f"{path}: no such image file")
+    return path
+
+
 def load_image(image: Any) -> Any:
     """An RGB ``PIL.Image`` from a path (or an image already decoded); grayscale and RGBA are converted."""
     Image = pillow().Image
@@ -41,11 +51,7 @@ def load_image(image: Any) -> Any:
         return image.convert("RGB")
     if not isinstance(image, (str, os.PathLike)):
         raise InputError(f"expected an image file path or a PIL image, got {type(image).__name__}")
-    path = check_path("image", image)
-    if path.is_dir():
-        raise InputError(f"{path} is a directory, not an image file")
-    if not path.is_file():
-        raise InputError(f"{path}: no such image file")
+    path = image_file(image)
     try:
         with Image.open(path) as opened:
             return opened.convert("RGB")  # decodes the whole file

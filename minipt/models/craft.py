@@ -415,16 +415,11 @@ def _decoded(image):
     """A path or PIL image -> a numpy array image_array reads: uint8 L, RGB or RGBA, or uint16 for 16-bit files."""
     import numpy as np
 
-    from ..checks import check_path
-    from ..vision import pillow
+    from ..vision import image_file, pillow
 
     Image = pillow().Image
     if isinstance(image, (str, os.PathLike)):
-        path = check_path("image", image)
-        if path.is_dir():
-            raise InputError(f"{path} is a directory, not an image file")
-        if not path.is_file():
-            raise InputError(f"{path}: no such image file")
+        path = image_file(image)
         try:
             with warnings.catch_warnings():  # Pillow's warning of a large file: its size is checked here, just below
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
