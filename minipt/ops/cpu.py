@@ -321,11 +321,10 @@ def implementations(info: CPUInfo | None = None) -> dict[str, dict[str, str]]:
         elif os.environ.get(LINEAR_ENV, "").strip().lower() in ("onednn", "aten"):
             kernel = f"{os.environ[LINEAR_ENV].strip().lower()} for every shape ({LINEAR_ENV})"
         else:
-            one_thread = {(k, rows, n_in, n_out, act) for (k, d, rows, n_in, n_out, act, _), n in _thread_choices.items()
-                          if d == dtype and n == 1}
             chosen = [f"{rows}x{n_in}->{n_out}{'+' + act if act else ''}: {kernel}"
-                      + (" on 1 thread" if (kernel, rows, n_in, n_out, act) in one_thread else "")
                       for (d, rows, n_in, n_out, act), kernel in _linear_choices.items() if d == dtype]
+            chosen += [f"{rows}x{n_in}->{n_out}{'+' + act if act else ''} on {kernel}: on 1 thread"
+                       for (kernel, d, rows, n_in, n_out, act, _), n in _thread_choices.items() if d == dtype and n == 1]
             kernel = "oneDNN's packed matmul or F.linear, the faster per shape" + (f" ({', '.join(chosen)})" if chosen else ", measured at fuse()")
         return kernel if native(dtype, info) else f"{kernel}; emulated"
 
