@@ -29,8 +29,8 @@ How a reading is scored against the truth of an image (each image's ``lines``):
   Text that the photographs themselves hold (a name tag, a badge) is not in the truth: a system that reads it
   loses precision and CER, not word accuracy.
 
-``--variant NAME`` (repeatable) adds minipt's pipeline with a change made in this script (``VARIANTS``: ``merge``,
-``min-size``, both; ``boxes``, none, as a check), to show what moves its numbers; they change nothing in minipt.
+``--variant NAME`` (repeatable) adds minipt's pipeline with a change made in this script (``VARIANTS``:
+``unjoined``, ``min-size``; ``boxes``, none, as a check), to show what moves its numbers; they change nothing in minipt.
 """
 
 from __future__ import annotations
@@ -161,71 +161,30 @@ def _boxes(path: Path):
     return pixels, [box * (2 / ratio) for box in ocr.word_boxes(region, affinity)]
 
 
-def _level(box: np.ndarray) -> bool:
-    """Whether ``minipt.ocr.crop`` takes a box as level (cropped as it lies, not turned upright)."""
-    from minipt import ocr
-
-    across = box[1] - box[0]
-    return abs(across[1]) <= ocr.TILT * abs(across[0])
-
-
-def _merged_lines(boxes: list[np.ndarray]) -> list[np.ndarray]:
-    """Level boxes joined into runs as EasyOCR's ``group_text_box`` joins them with readtext's defaults: rows of
-    boxes whose centres lie within half the row's mean height, and in a row, neighbours whose heights differ by
-    less than half the run's mean height and whose gap is less than half the box's height, as one upright box."""
-    items = sorted(([*b.min(0), *b.max(0)] for b in boxes), key=lambda r: (r[1] + r[3]) / 2)  # x0, y0, x1, y1
-    rows: list[list] = []
-    for item in items:
-        centre, height = (item[1] + item[3]) / 2, item[3] - item[1]
-        if rows and abs(np.mean([(r[1] + r[3]) / 2 for r in rows[-1]]) - centre) < 0.5 * np.mean([r[3] - r[1] for r in rows[-1]]):
-            rows[-1].append(item)
-        else:
-            rows.append([item])
-    merged = []
-    for row in rows:
-        run: list = []
-        for item in sorted(row, key=lambda r: r[0]):
-            height = item[3] - item[1]
-            if run and abs(np.mean([r[3] - r[1] for r in run]) - height) < 0.5 * np.mean([r[3] - r[1] for r in run]) \
-                    and item[0] - max(r[2] for r in run) < 0.5 * height:
-                run.append(item)
-                continue
-            if run:
-                merged.append(run)
-            run = [item]
-        merged.append(run)
-    out = []
-    for run in merged:
-        x0, y0 = min(r[0] for r in run), min(r[1] for r in run)
-        x1, y1 = max(r[2] for r in run), max(r[3] for r in run)
-        out.append(np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float64))
-    return out
-
-
-def variant(*, merge: bool = False, min_size: int = 0):
-    """minipt's boxes read by minipt's ``read_boxes``, after: ``merge``: level boxes joined into runs
-    (``_merged_lines``), as EasyOCR reads a run of words from one crop; ``min_size``: boxes whose width and height
-    are both under ``min_size`` pixels dropped (EasyOCR's ``min_size``)."""
+def variant(*, joined: bool = True, min_size: int = 0):
+    """minipt's boxes read as ``read_lines`` reads them (``lines_from_boxes``), after: ``joined=False``: each box
+    read from its own crop, in reading order (minipt before it joined runs of boxes as EasyOCR does);
+    ``min_size``: boxes whose width and height are both under ``min_size`` pixels dropped (EasyOCR's ``min_size``)."""
     from minipt import ocr
 
     _, recogniser = ocr._default_models()
 
     def run(path: Path) -> list[tuple[np.ndarray, str]]:
         pixels, boxes = _boxes(path)
-        if merge:
-            boxes = _merged_lines([b for b in boxes if _level(b)]) + [b for b in boxes if not _level(b)]
         if min_size:
             boxes = [b for b in boxes if np.ptp(b[:, 0]) >= min_size or np.ptp(b[:, 1]) >= min_size]
-        return list(zip(boxes, (text for text, _ in ocr.read_boxes(recogniser, pixels, boxes))))
+        if not joined:
+            boxes = [boxes[i] for i in (i for line in ocr.line_groups(boxes) for i in line)]
+            return list(zip(boxes, (text for text, _ in ocr.read_boxes(recogniser, pixels, boxes))))
+        return [(word.box, word.text) for line in ocr.lines_from_boxes(recogniser, pixels, boxes) for word in line.words]
 
     return run
 
 
 VARIANTS = {  # name -> a function building a system
     "boxes": lambda: variant(),  # minipt's own steps through the cached boxes: scores as minipt does
-    "merge": lambda: variant(merge=True),
+    "unjoined": lambda: variant(joined=False),
     "min-size": lambda: variant(min_size=20),
-    "merge+min-size": lambda: variant(merge=True, min_size=20),
 }
 
 

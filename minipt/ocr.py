@@ -5,13 +5,16 @@
           -> word_boxes: pixels whose region score passes low_text or whose affinity passes link_threshold,
              4-connected components; each component of 10 pixels or more whose region score peaks at
              text_threshold or above is grown by a few pixels and enclosed in its minimum-area rectangle
-          -> crop: each box cut from the grayscale image with a margin (the axis-aligned box around a level
-             rectangle; a tilted one turned upright)
+          -> joined_runs: the boxes grouped into lines (line_groups: top to bottom, each left to right), and in
+             each line, neighbouring level boxes of like height and a small gap joined into runs (EasyOCR's
+             group_text_box)
+          -> crop: each run cut from the grayscale image with a margin (the axis-aligned box around level
+             boxes; a tilted one turned upright)
           -> read_boxes: the recogniser (minipt.models.crnn) on the crops, each resized to 64 rows, in batches
              of similar widths, each crop padded to the widest of its batch by repeating its last column (as
-             EasyOCR pads)
-          -> greedy CTC text and EasyOCR's confidence, words in reading order (lines top to bottom, words left to right)
-          -> lines_of: the words grouped into lines (line_groups), each with its rectangle and text
+             EasyOCR pads); greedy CTC text and EasyOCR's confidence
+          -> lines_from_boxes: each run's text split into its boxes' words where it reads one word per box,
+             and the lines, each with its rectangle, text and words
 
 Only numpy and scipy (which scikit-image brings) are used for the boxes, and Pillow for the images: no OpenCV
 (the ``ocr`` extra).
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -232,6 +236,30 @@ def line_groups(boxes: list[np.ndarray]) -> list[list[int]]:
     return [sorted(line, key=lambda j: boxes[j][:, 0].min()) for line in lines]
 
 
+def joined_runs(boxes: list[np.ndarray]) -> list[list[list[int]]]:
+    """Indices of ``boxes``: the lines of ``line_groups``, each a list of runs from the left, each run read from
+    one crop, as EasyOCR's ``group_text_box`` joins boxes before reading. In a line, a level box (within ``TILT``)
+    joins the level run before it where its height differs from the run's mean height by less than half of it and
+    its gap to the run is under half its own height. CRAFT often cuts a word in two boxes ("backg", "round"), and
+    a short word alone in its crop ("a", "=") reads worse than in its phrase. A tilted box is a run of its own."""
+    spans = [(*box.min(axis=0), *box.max(axis=0)) for box in boxes]  # x0, y0, x1, y1
+    level = [abs(_slope(box)) <= TILT for box in boxes]
+    lines = []
+    for line in line_groups(boxes):
+        runs: list[list[int]] = []
+        for i in line:
+            height = spans[i][3] - spans[i][1]
+            run = runs[-1] if runs else []
+            mean_height = float(np.mean([spans[j][3] - spans[j][1] for j in run])) if run else 0.0
+            if run and level[i] and level[run[-1]] and abs(mean_height - height) < 0.5 * mean_height \
+                    and spans[i][0] - max(spans[j][2] for j in run) < 0.5 * height:
+                run.append(i)
+            else:
+                runs.append([i])
+        lines.append(runs)
+    return lines
+
+
 def _slope(box: np.ndarray) -> float:
     """How much the top edge of a box (top left to top right corner) falls per pixel across."""
     dx, dy = box[1] - box[0]
@@ -278,11 +306,6 @@ def _threads(count: int):
         torch.set_num_threads(before)
 
 
-def reading_order(boxes: list[np.ndarray]) -> list[int]:
-    """Indices of ``boxes`` in reading order: the lines of ``line_groups`` from the top, each from the left."""
-    return [i for line in line_groups(boxes) for i in line]
-
-
 @dataclass
 class Line:
     box: np.ndarray  # (4, 2) the minimum-area rectangle around its words' boxes, clockwise from the top left
@@ -291,15 +314,37 @@ class Line:
     words: list[Word]
 
 
-def lines_of(words: list[Word]) -> list[Line]:
-    """``words`` grouped into lines (``line_groups``), top to bottom, each line's words from the left."""
-    lines = []
-    for group in line_groups([word.box for word in words]):
-        members = [words[i] for i in group]
-        box = min_area_rect(np.concatenate([word.box for word in members]).astype(np.float64))
-        box = np.roll(box, -int(box.sum(axis=1).argmin()), axis=0)  # start at the top left corner
-        lines.append(Line(box, " ".join(word.text for word in members), min(word.confidence for word in members), members))
-    return lines
+def _line(words: list[Word]) -> Line:
+    """The line of ``words``, in their order."""
+    box = min_area_rect(np.concatenate([word.box for word in words]).astype(np.float64))
+    box = np.roll(box, -int(box.sum(axis=1).argmin()), axis=0)  # start at the top left corner
+    return Line(box, " ".join(word.text for word in words), min(word.confidence for word in words), words)
+
+
+def lines_from_boxes(recogniser: CRNN, image, boxes: list[np.ndarray]) -> list[Line]:
+    """The lines of text that word ``boxes`` ((4, 2) corners in ``image``'s pixels) hold, from the top, each with
+    its words from the left: the boxes grouped into lines and joined into runs (``joined_runs``), each run read
+    from one crop (``read_boxes``). Where a run reads as many words as it has boxes, each box keeps its word; else
+    the run is one ``Word`` (a word cut in two, or words run together), boxed by the upright rectangle around it."""
+    lines = joined_runs(boxes)
+    runs = [run for line in lines for run in line]
+    run_boxes = []
+    for run in runs:  # a run of several boxes is cropped as the upright rectangle around them
+        corners = np.concatenate([boxes[i] for i in run])
+        (x0, y0), (x1, y1) = corners.min(axis=0), corners.max(axis=0)
+        run_boxes.append(boxes[run[0]] if len(run) == 1 else np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float64))
+    read = iter(zip(runs, run_boxes, read_boxes(recogniser, image, run_boxes)))
+    result = []
+    for line in lines:
+        words = []
+        for run, run_box, (text, confidence) in itertools.islice(read, len(line)):
+            parts = text.split()
+            if len(run) > 1 and len(parts) == len(run):  # as many words read as boxes joined: each box keeps its word
+                words += [Word(boxes[i], part, confidence) for i, part in zip(run, parts)]
+            else:
+                words.append(Word(run_box, " ".join(parts), confidence))
+        result.append(_line(words))
+    return result
 
 
 # -- the pipeline ----------------------------------------------------------------------
@@ -311,9 +356,12 @@ def _default_models() -> tuple[CRAFT, CRNN]:
     return detector, CRNN.from_pretrained("easyocr-english-g2").eval()
 
 
-def read_words(image, *, detector: CRAFT | None = None, recogniser: CRNN | None = None, canvas_size: int = CANVAS_SIZE,
-               text_threshold: float = TEXT_THRESHOLD, low_text: float = LOW_TEXT, link_threshold: float = LINK_THRESHOLD) -> list[Word]:
-    """The words in one image (a path, a PIL image or an (H, W[, 3|4]) uint8 or uint16 array), in reading order.
+def read_lines(image, *, detector: CRAFT | None = None, recogniser: CRNN | None = None, canvas_size: int = CANVAS_SIZE,
+               text_threshold: float = TEXT_THRESHOLD, low_text: float = LOW_TEXT, link_threshold: float = LINK_THRESHOLD) -> list[Line]:
+    """The lines of text in one image (a path, a PIL image or an (H, W[, 3|4]) uint8 or uint16 array), from the
+    top, each with its words from the left.
+
+    The detector's word boxes are read by ``lines_from_boxes``.
 
     Without ``detector`` and ``recogniser``, EasyOCR's English models (craft_mlt_25k, easyocr-english-g2), loaded once.
     An image too small to hold a word (CRAFT's maps of it have fewer than ``MIN_SIZE`` cells) is refused."""
@@ -331,10 +379,9 @@ def read_words(image, *, detector: CRAFT | None = None, recogniser: CRNN | None 
     region, affinity, ratio = detector.detect(pixels, canvas_size=canvas_size)
     boxes = [box * (2 / ratio) for box in word_boxes(region, affinity, text_threshold=text_threshold, low_text=low_text,
                                                    link_threshold=link_threshold)]  # map cells are 2 input pixels
-    boxes = [boxes[i] for i in reading_order(boxes)]
-    return [Word(box, text, confidence) for box, (text, confidence) in zip(boxes, read_boxes(recogniser, pixels, boxes))]
+    return lines_from_boxes(recogniser, pixels, boxes)
 
 
-def read_lines(image, **options) -> list[Line]:
-    """The lines of text in one image, each with its words (``read_words``, with the same options, grouped by ``lines_of``)."""
-    return lines_of(read_words(image, **options))
+def read_words(image, **options) -> list[Word]:
+    """The words in one image, in reading order: those of ``read_lines`` (with the same options), line after line."""
+    return [word for line in read_lines(image, **options) for word in line.words]

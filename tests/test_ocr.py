@@ -83,12 +83,19 @@ def test_min_area_rect_of_a_turned_rectangle():
     np.testing.assert_allclose(ocr.min_area_rect(np.array([[3.0, 4.0], [7.0, 4.0]])), [[3, 4], [7, 4], [7, 4], [3, 4]])  # a line
 
 
-def test_reading_order():
-    def box(x, y, w=20, h=10):
-        return np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], dtype=float)
+def test_joined_runs():
+    """Boxes are joined along a line where they are level, of like height and close, as EasyOCR joins them; never
+    across lines, and a tilted box stays alone."""
+    def box(x, y, w=20, h=10, slope=0.0):
+        return np.array([[x, y], [x + w, y + slope * w], [x + w, y + h + slope * w], [x, y + h]], dtype=float)
 
-    boxes = [box(60, 31), box(0, 0), box(30, 2), box(0, 30), box(60, -1)]
-    assert ocr.reading_order(boxes) == [1, 2, 4, 3, 0]
+    boxes = [box(60, 31), box(0, 0), box(24, 2), box(0, 30), box(47, -1), box(90, -3, h=16), box(114, 0)]
+    # line 1: 1, 2 (gap 4, under half of 10), 4 (gap 3); 5 not (height 16: 6 from the run's 10, not under 5);
+    # 6 joins 5 (height 10: 6 from 16, under 8; gap 4). Line 2: 3, and 0 apart (gap 40)
+    assert ocr.joined_runs(boxes) == [[[1, 2, 4], [5, 6]], [[3], [0]]]
+    assert ocr.joined_runs([box(0, 0), box(24, 0, slope=0.3)]) == [[[0], [1]]]  # the second is cropped turned upright
+    assert ocr.joined_runs([box(0, 0), box(30, 0)]) == [[[0], [1]]]  # a gap of 10: not under half the height
+    assert ocr.joined_runs([]) == []
 
 
 def test_blank_and_empty_images(detector):
