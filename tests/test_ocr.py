@@ -277,3 +277,17 @@ def test_the_recogniser_s_threads_are_measured_once_and_restored():
         assert words[0].text == "Region-based" and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_example_reads_a_page(capsys):
+    """examples/ocr.py --photo: every line of scikit-image's scanned page, through read_lines."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("ocr_example", Path(__file__).parents[1] / "examples" / "ocr.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    assert example.main(["--photo", "skimage"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "skimage:" and len(printed) == 1 + len(ocr.read_lines(photos()["page"]))
+    assert printed[1].endswith("Region-based segmentation")
