@@ -11,12 +11,15 @@ that must move / time) as a fraction of the device's peak, measured in the same 
 large device-to-device copy. Prints one markdown table.
 
 Each case first checks that minipt's output matches the torch alternative (a wrong kernel is
-not timed).
+not timed). The "minipt" column is the Triton kernel (``MINIPT_CUDA_KERNELS=triton`` is set here,
+unless given): the choice ``minipt.ops.cuda`` makes per shape is then printed for the same cases
+(with ``MINIPT_CUDA_KERNELS`` unset, minipt runs whichever of the two it measured faster).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -24,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+os.environ.setdefault("MINIPT_CUDA_KERNELS", "triton")  # the kernels themselves are what this measures
 
 import minipt.ops as ops  # noqa: E402
 from timing import Table, cuda_events, medians, print_header, round_robin  # noqa: E402
@@ -167,6 +171,13 @@ def main() -> None:
                 fraction = f"{moved / (ms * 1e-3) / peak:.2f}" if moved else "-"
                 for name in alternatives:
                     table.row(op, shape, dtype_name, label, f"{ms:.3f}", name, f"{t[name]:.3f}", f"{t[name] / ms:.2f}", fraction)
+    if os.environ["MINIPT_CUDA_KERNELS"] == "triton":  # what minipt chooses on these cases when left to measure
+        del os.environ["MINIPT_CUDA_KERNELS"]
+        for dtype in dtypes:
+            for _, _, mine, _, inputs, grad_outputs, _, _ in cases(dtype):
+                forward_backward(mine, inputs, grad_outputs)()  # each op and its backward op choose once per shape
+        print()
+        print(ops.cuda_report())
 
 
 if __name__ == "__main__":

@@ -387,9 +387,13 @@ def cmd_fetch(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .ops import cpu_report
+    import torch
+
+    from .ops import cpu_report, cuda_report
 
     print(f"minipt {version()}\n{cpu_report()}")
+    if torch.cuda.is_available():
+        print(cuda_report())
     return 0
 
 
@@ -628,7 +632,7 @@ COMMANDS: dict = {
     ),
     "info": (
         cmd_info,
-        "this CPU's capabilities (instruction sets, native bfloat16) and the kernel each fast path takes",
+        "this CPU's capabilities (instruction sets, native bfloat16) and the kernel each fast path takes (and the GPU's choices, where there is one)",
         lambda p: (),
     ),
     "generate": (

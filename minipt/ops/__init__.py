@@ -24,6 +24,9 @@ Every reference computes in ``torch.promote_types(dtype, torch.float32)`` and ca
 is also the float64 ground truth. Each backward is itself an op split the same way. On CUDA,
 float64 inputs run the reference (the kernels compute in float32).
 
+On CUDA each op runs its Triton kernel, or torch's own kernels for the same computation where those
+are measured faster for the shape (``cuda``: measured once per process and shape class).
+
 Triton is imported only when a kernel first runs on CUDA (or, under ``TRITON_INTERPRET=1``,
 when a test runs a launcher such as ``_attention.attention_triton`` on CPU tensors);
 ``import minipt.ops`` does not import it.
@@ -34,13 +37,14 @@ from ._bias_gelu import bias_gelu
 from ._gru_gates import gru_gates
 from ._layer_norm import add_layer_norm, layer_norm
 from .cpu import cpu_report, linear_kernel, linear_threads, native, warn_if_emulated
+from .cuda import report as cuda_report
 from ._lstm_gates import lstm_gates
 from .recurrent import (
     gru_gates_reference, gru_layer, lstm_gates_reference, lstm_layer, rnn_layer, rnn_nonlinearity, torch_rnn,
 )
 
 __all__ = [
-    "add_layer_norm", "attention", "bias_gelu", "cpu_report", "gru_gates", "gru_gates_reference", "gru_layer", "layer_norm",
+    "add_layer_norm", "attention", "bias_gelu", "cpu_report", "cuda_report", "gru_gates", "gru_gates_reference", "gru_layer", "layer_norm",
     "linear_kernel", "linear_threads", "lstm_gates", "lstm_gates_reference", "lstm_layer", "native", "rnn_layer", "rnn_nonlinearity", "torch_rnn",
     "warn_if_emulated",
 ]

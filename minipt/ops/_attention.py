@@ -11,7 +11,8 @@ The op returns the output and each row's log-sum-exp ``lse`` (B, H, T), kept for
 (+inf for a row that sees no key, so that exp(s - lse) is 0 on it).
 
 - everywhere but CUDA: ``attention_reference`` below, which materialises the (T, S) scores;
-- CUDA: the flash-attention kernels in ``_attention_triton``, which never do.
+- CUDA: the flash-attention kernels in ``_attention_triton``, which never do (or the reference, where
+  ``cuda.kernel`` measured it faster and its scores take at most ``SCORES_LIMIT`` bytes).
 The backward, ``minipt::attention_backward``, is split the same way.
 """
 
@@ -80,6 +81,13 @@ def attention_backward_reference(
 
 
 # ---- the op: reference everywhere, Triton on CUDA ----------------------------------------------
+SCORES_LIMIT = 1 << 28  # bytes: on CUDA the reference competes with the flash kernel only where its float32 (T, S) scores fit
+
+
+def _scores_fit(q: Tensor, k: Tensor) -> bool:
+    return q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] * 4 <= SCORES_LIMIT
+
+
 
 
 def _fake(q, k, v, key_padding_mask, causal, scale):
@@ -96,10 +104,11 @@ def _grads(grads, inputs, outputs):
 
 attention_backward_op, attention_backward_triton = register_op(
     "attention_backward", attention_backward_reference, kernel="_attention_triton.backward",
+    torch_takes=lambda grad_out, q, k, *rest: _scores_fit(q, k),
     fake=lambda grad_out, q, k, v, key_padding_mask, out, lse, causal, scale: (empty_like(q), empty_like(k), empty_like(v)),
 )
 attention_op, attention_triton = register_op(
-    "attention", attention_reference, kernel="_attention_triton.forward", fake=_fake,
+    "attention", attention_reference, kernel="_attention_triton.forward", fake=_fake, torch_takes=lambda q, k, *rest: _scores_fit(q, k),
     backward=_grads, save_outputs=True, non_differentiable=(1,),  # lse is kept for the backward only
 )
 

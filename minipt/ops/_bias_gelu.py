@@ -55,7 +55,7 @@ def bias_gelu_backward_cpu(grad: Tensor, x: Tensor, bias: Tensor, approximate: s
 
 
 bias_gelu_backward_op, bias_gelu_backward_triton = register_op(
-    "bias_gelu_backward", bias_gelu_backward_reference, kernel="_bias_gelu_triton.backward", cpu=bias_gelu_backward_cpu,
+    "bias_gelu_backward", bias_gelu_backward_reference, kernel="_bias_gelu_triton.backward", aten=bias_gelu_backward_cpu,
     fake=lambda grad, x, bias, approximate: (empty_like(x), empty_like(bias)),
 )
 

@@ -76,7 +76,7 @@ def _kernel_takes(x, *args) -> bool:
 
 layer_norm_backward_op, layer_norm_backward_triton = register_op(
     "layer_norm_backward", layer_norm_backward_reference, kernel="_layer_norm_triton.backward", kernel_takes=_kernel_takes,
-    cpu=layer_norm_backward_cpu,
+    aten=layer_norm_backward_cpu,
     fake=lambda grad, x, residual, weight, eps: (empty_like(x), empty_like(weight), empty_like(weight)),
 )
 

@@ -2,9 +2,9 @@
 
 An op is a ``torch.library.custom_op`` whose body is its plain-torch reference, so the reference
 runs on every device without a kernel (and on the CPU, where the op gives no aten composition of
-its own); on CUDA (``KERNEL_DEVICE``) a launcher runs
-the Triton kernel instead, its module imported at the first launch (``import minipt.ops`` never
-imports triton). A fake implementation tells torch.compile and torch.export the outputs' shapes,
+its own); on CUDA (``KERNEL_DEVICE``) the op runs the Triton kernel, its module imported at the
+first launch (``import minipt.ops`` never imports triton), or torch's own kernels for the same
+computation where ``cuda.kernel`` measured them faster for the shape. A fake implementation tells torch.compile and torch.export the outputs' shapes,
 and an op with a gradient gets a backward that calls its backward op, registered the same way.
 Every output is contiguous whichever implementation ran (``_layout``).
 
@@ -21,9 +21,11 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from . import cuda
 from ._layout import contiguous
 
 KERNEL_DEVICE = "cuda"  # the one device type with kernels; every other one runs the reference
+ON_CUDA: dict[str, Callable] = {}  # op name -> what it runs on CUDA tensors: the Triton kernel or torch's, chosen
 
 
 def no_float64(*args) -> bool:
@@ -38,7 +40,8 @@ def register_op(
     kernel: str,
     fake: Callable,
     kernel_takes: Callable[..., bool] = no_float64,
-    cpu: Callable | None = None,
+    aten: Callable | None = None,
+    torch_takes: Callable[..., bool] = lambda *args: True,
     backward: Callable | None = None,
     save_outputs: bool = False,
     non_differentiable: Sequence[int] = (),
@@ -48,15 +51,17 @@ def register_op(
     - ``reference``: the plain-torch implementation, typed (the op's schema is read off its annotations);
     - ``kernel``: ``"<module>.<function>"`` in minipt.ops, the Triton launcher with the reference's
       arguments; ``kernel_takes(*args)`` False runs the reference on CUDA too (float64 by default);
-    - ``cpu``: the CPU implementation where aten has one fused kernel for what the reference writes
-      out in several passes (the same function: checked against the reference in tests/test_ops.py);
+    - ``aten``: torch's own fused kernel for what the reference writes out in several passes, where
+      there is one (checked against the reference in tests/test_ops.py): the op's CPU implementation;
+    - on CUDA, torch's version (``aten``, else the reference) competes with the Triton kernel
+      (``cuda.kernel``) where ``torch_takes(*args)`` (False: it would need too much memory);
     - ``fake``: the outputs' shapes and dtypes from the inputs' (``_layout.empty_like``);
     - ``backward(grads, inputs, outputs)``: the gradient of every input (None where there is none),
       given the gradients of the outputs, the op's inputs and, with ``save_outputs``, its outputs;
       the outputs at the indices ``non_differentiable`` get no gradient.
 
-    ``launcher`` is the op's CUDA implementation; the kernel tests call it on CPU tensors under
-    TRITON_INTERPRET=1.
+    ``launcher`` runs the Triton kernel; the kernel tests call it on CPU tensors under
+    TRITON_INTERPRET=1. ``ON_CUDA[name]`` is what the op runs on CUDA tensors (the choice between the two).
     """
     module, function = kernel.split(".")
 
@@ -69,12 +74,21 @@ def register_op(
         kernels = importlib.import_module(f"{__package__}.{module}")  # looked up at every launch: tests reload it
         return contiguous(getattr(kernels, function)(*args))
 
-    run_reference.__name__, launcher.__name__ = f"{name}_reference", f"{name}_triton"
+    def run_torch(*args):
+        return contiguous((aten or reference)(*args))
+
+    def on_cuda(*args):
+        if kernel_takes(*args) and torch_takes(*args) and cuda.kernel(name, args, launcher, run_torch) == "torch":
+            return run_torch(*args)
+        return launcher(*args)
+
+    run_reference.__name__, launcher.__name__, on_cuda.__name__ = f"{name}_reference", f"{name}_triton", f"{name}_cuda"
     schema = torch.library.infer_schema(reference, mutates_args=())
     op = torch.library.custom_op(f"minipt::{name}", run_reference, mutates_args=(), schema=schema)
-    op.register_kernel(KERNEL_DEVICE)(launcher)
-    if cpu is not None:
-        op.register_kernel("cpu")(lambda *args: contiguous(cpu(*args)))
+    op.register_kernel(KERNEL_DEVICE)(on_cuda)
+    ON_CUDA[name] = on_cuda
+    if aten is not None:
+        op.register_kernel("cpu")(lambda *args: contiguous(aten(*args)))
     op.register_fake(fake)
     if backward is not None:
         _register_backward(op, backward, save_outputs, non_differentiable)

@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from . import onednn
+from ._timing import faster
 
 NATIVE_FLAGS = {  # dtype -> CPU flags (x86 /proc/cpuinfo names, ARM Features names) that make it native
     torch.bfloat16: frozenset({"avx512_bf16", "amx_bf16", "bf16"}),
@@ -198,22 +199,7 @@ def _faster_linear(dtype: torch.dtype, rows: int, in_features: int, out_features
     packed = onednn.pack_linear(weight, bias, activation, batch_hint=rows)
     plain = onednn.ACTIVATIONS[activation][1]
     with torch.inference_mode():
-        return _faster({"onednn": lambda: packed(x), "aten": lambda: plain(F.linear(x, weight, bias))}, calls=5)
-
-
-def _faster(cases: dict, calls: int) -> str:
-    """``"onednn"`` or ``"aten"``: each case called once to warm up, then ``calls`` times alternated with the
-    other; each keeps its fastest call (on a shared machine the steadier estimate), and aten wins only by
-    more than 5%."""
-    runs: dict[str, list[float]] = {name: [] for name in cases}
-    for case in cases.values():
-        case()
-    for _ in range(calls):
-        for name, case in cases.items():
-            start = time.perf_counter()
-            case()
-            runs[name].append(time.perf_counter() - start)
-    return "aten" if min(runs["aten"]) * 1.05 < min(runs["onednn"]) else "onednn"
+        return faster({"onednn": lambda: packed(x), "aten": lambda: plain(F.linear(x, weight, bias))}, calls=5, favoured="onednn")
 
 
 _thread_choices: dict[tuple, int] = {}  # (kernel, dtype, rows class, in, out, activation) -> 1 or 0 (torch's own)
@@ -307,7 +293,7 @@ def _faster_training_linear(rows: int, in_features: int, out_features: int, grad
         return run
 
     with torch.enable_grad() if grad else torch.no_grad():
-        return _faster({"onednn": step(onednn.linear), "aten": step(F.linear)}, calls=3)
+        return faster({"onednn": step(onednn.linear), "aten": step(F.linear)}, calls=3, favoured="onednn")
 
 
 def implementations(info: CPUInfo | None = None) -> dict[str, dict[str, str]]:
