@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import os
 import subprocess
 import sys
@@ -39,7 +40,7 @@ from minipt.hub import resolve  # noqa: E402
 from minipt.models.bert import BertModel  # noqa: E402
 from minipt.ops import cpu_report, native  # noqa: E402
 from minipt.reference import import_transformers  # noqa: E402
-from timing import Table, medians, print_header, ratio_table, round_robin, self_reported  # noqa: E402
+from timing import Table, medians, onnx_runtime_session, print_header, ratio_table, round_robin, self_reported  # noqa: E402
 from timing import gemm_limit as timing_gemm_limit  # noqa: E402
 
 MODEL = "all-MiniLM-L6-v2"
@@ -56,9 +57,7 @@ def batch(vocab: int, size: int, length: int) -> dict:
 
 def onnx_session(theirs, directory: str):
     """ONNX Runtime on transformers' model exported by torch.onnx.export (dynamic batch and length), or None."""
-    try:
-        import onnxruntime
-    except ImportError:
+    if importlib.util.find_spec("onnxruntime") is None:
         return None
     inputs = batch(theirs.config.vocab_size, 2, 16)
     path = os.path.join(directory, "bert.onnx")
@@ -66,10 +65,7 @@ def onnx_session(theirs, directory: str):
         warnings.simplefilter("ignore")
         torch.onnx.export(theirs, tuple(inputs.values()), path, input_names=list(inputs), output_names=["last_hidden_state", "pooler_output"],
                           dynamic_shapes=({0: "batch", 1: "length"},) * 3, dynamo=True, verbose=False)
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return onnx_runtime_session(path)
 
 
 def linear_shapes(config) -> list[tuple[int, int]]:

@@ -169,6 +169,21 @@ def medians(timings: dict[str, Timing]) -> dict[str, float]:
     return {name: t.median for name, t in timings.items()}
 
 
+def onnx_runtime_session(path: str):
+    """An ONNX Runtime CPU session on torch's number of threads, with every graph optimisation, whose threads do
+    not spin once a run ends. By default ONNX Runtime's workers spin-wait for the next call; in a run timed in
+    turns they then take the CPU from whatever runs next (on a 2-core machine every torch case beside it measured
+    2-3x slower)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
 def gemm_limit(shapes: Sequence[tuple[int, int]], rows: int, dtype: torch.dtype, repeats: int) -> float:
     """This CPU's matmul limit for a model's Linears: FLOP/s of the fastest kernel (aten, or oneDNN with prepacked weights)
     per (in, out) shape of ``shapes`` (repeats counted) at ``rows`` rows, the shapes weighted by their FLOPs."""

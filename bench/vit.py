@@ -16,6 +16,7 @@ does not depend on the weights' values.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import tempfile
 import warnings
@@ -28,26 +29,21 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 from minipt.models.vit import ViTModel  # noqa: E402
 from minipt.ops import cpu_report  # noqa: E402
 from minipt.reference import import_transformers  # noqa: E402
-from timing import medians, print_header, ratio_table, round_robin  # noqa: E402
+from timing import medians, onnx_runtime_session, print_header, ratio_table, round_robin  # noqa: E402
 
 TARGETS = {"fused": 0.6}  # fuse() against transformers at batch 8, 224 px; and faster than ONNX Runtime
 
 
 def onnx_session(theirs, pixels: torch.Tensor, directory: str):
     """ONNX Runtime on transformers' model exported by torch.onnx.export (dynamic batch), or None."""
-    try:
-        import onnxruntime
-    except ImportError:
+    if importlib.util.find_spec("onnxruntime") is None:
         return None
     path = str(Path(directory) / "vit.onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(theirs, (pixels[:2],), path, input_names=["pixel_values"], output_names=["last_hidden_state"],
                           dynamic_shapes=({0: "batch"},), dynamo=True, verbose=False)
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return onnx_runtime_session(path)
 
 
 def main() -> None:
