@@ -15,7 +15,8 @@ For each image, timed in turns (bench/timing.py's round_robin), 2 threads each:
 - minipt: ``minipt.ocr.read_words(image)`` (the detector fused and channels-last, as it loads by default);
 - minipt unfused: the same with the detector as loaded (BatchNorm separate, contiguous), to show what
   fuse() and channels-last give;
-- RapidOCR: ``RapidOCR()(image)`` (its detector, angle classifier and recogniser), if importable;
+- RapidOCR: ``RapidOCR()(image)`` (its detector, angle classifier and recogniser; ONNX Runtime's threads not spinning
+  after a run, as bench/timing.py's sessions), if importable;
 - each side's box finding alone, for its share of the time: minipt's ``CRAFT.detect`` and ``word_boxes``,
   EasyOCR's ``Reader.detect``.
 
@@ -100,8 +101,22 @@ def rapidocr_engine():
         from rapidocr_onnxruntime import RapidOCR
     except ImportError:
         return None, "RapidOCR not installed (pip install rapidocr-onnxruntime): left out"
+    from rapidocr_onnxruntime.utils import infer_engine
+
     versions = f"rapidocr-onnxruntime {importlib.metadata.version('rapidocr-onnxruntime')}, onnxruntime {importlib.metadata.version('onnxruntime')}"
-    return RapidOCR(intra_op_num_threads=THREADS, inter_op_num_threads=1), versions
+    options = infer_engine.OrtInferSession._init_sess_opts  # RapidOCR takes no session settings beyond threads
+
+    def not_spinning(config):  # ONNX Runtime's threads spin after a run by default, slowing the next case timed (bench/timing.py)
+        session_options = options(config)
+        session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session_options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        return session_options
+
+    infer_engine.OrtInferSession._init_sess_opts = staticmethod(not_spinning)
+    try:
+        return RapidOCR(intra_op_num_threads=THREADS, inter_op_num_threads=1), versions
+    finally:
+        infer_engine.OrtInferSession._init_sess_opts = staticmethod(options)
 
 
 def main(argv=None) -> int:
