@@ -16,6 +16,7 @@ def clock(monkeypatch):
     monkeypatch.setattr(cuda, "_synchronize", lambda: None)
     monkeypatch.setattr(cuda, "_capturing", lambda: False)
     monkeypatch.setattr(cuda, "_choices", {})
+    monkeypatch.setattr(cuda, "_by_shape", {})
     monkeypatch.delenv(cuda.KERNELS_ENV, raising=False)
 
     def candidate(cost, calls):
@@ -33,6 +34,7 @@ def test_the_faster_is_kept_per_shape_class(clock):
     x = torch.zeros(100, 768)
     assert cuda.kernel("layer_norm", (x, None, 1e-5), triton, torch_version) == "torch"
     assert len(triton_calls) == len(torch_calls) == 6  # a warm-up and five timed calls each, alternated
+    assert cuda.kernel("layer_norm", (x, None, 1e-5), triton, torch_version) == "torch" and len(torch_calls) == 6  # the same call
     # the same class (rows 65..128, the same width, dtype and flags) is not measured again
     assert cuda.kernel("layer_norm", (torch.zeros(128, 768), None, 1e-3), triton, torch_version) == "torch"
     assert len(torch_calls) == 6

@@ -32,6 +32,7 @@ KERNELS_ENV = "MINIPT_CUDA_KERNELS"  # "triton" or "torch": every op takes it on
 MARGIN = 0.05  # torch's kernels replace the Triton kernel only when faster by more than this share
 
 _choices: dict[tuple, str] = {}  # (op, shape class) -> "triton" | "torch"
+_by_shape: dict[tuple, str] = {}  # (op, each argument's exact shape and dtype, or value) -> the choice: the per-call lookup
 
 
 def _size_class(size: int) -> int:
@@ -59,6 +60,10 @@ def kernel(name: str, args: Sequence, triton: Callable, torch_version: Callable)
     forced = os.environ.get(KERNELS_ENV, "").strip().lower()
     if forced in ("triton", "torch"):
         return forced
+    exact = (name, *((arg.shape, arg.dtype) if isinstance(arg, torch.Tensor) else arg for arg in args))
+    choice = _by_shape.get(exact)  # a third of shape_class's cost, on every call
+    if choice is not None:
+        return choice
     key = (name, shape_class(args))
     choice = _choices.get(key)
     if choice is None:
@@ -66,6 +71,7 @@ def kernel(name: str, args: Sequence, triton: Callable, torch_version: Callable)
             return "triton"  # timing synchronises the device, which a CUDA graph's capture forbids
         choice = _choices[key] = faster({"triton": lambda: triton(*args), "torch": lambda: torch_version(*args)},
                                         calls=5, favoured="triton", margin=MARGIN, sync=_synchronize)
+    _by_shape[exact] = choice
     return choice
 
 
