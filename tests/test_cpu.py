@@ -11,6 +11,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from minipt import cli
 from minipt.errors import InputError
@@ -144,9 +145,58 @@ def test_a_fused_linear_chooses_its_kernel_by_the_rows_it_is_given(monkeypatch):
     with torch.inference_mode():
         for ids in (many, few):
             torch.testing.assert_close(fused(ids).last_hidden_state, model(ids).last_hidden_state, rtol=1e-4, atol=1e-5)
-    chosen = {(rows, on_onednn) for m in packed for rows, (on_onednn, _) in m._chosen.items()}
-    assert {(200, False), (10, True)} <= chosen  # the layers' 200 rows (the 256 class) on F.linear, 10 on oneDNN
-    assert all(on_onednn == (rows <= 64) for rows, on_onednn in chosen)  # the pooler's 40 and 2 rows on oneDNN
+    chosen = {(rows, kernel) for m in packed for rows, (kernel, _) in m._chosen.items()}
+    assert {(200, "aten"), (10, "onednn")} <= chosen  # the layers' 200 rows (the 256 class) on F.linear, 10 on oneDNN
+    assert all((kernel == "onednn") == (rows <= 64) for rows, kernel in chosen)  # the pooler's 40 and 2 rows on oneDNN
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("blocks", [2, 4])
+def test_a_product_in_blocks_of_outputs_is_f_linear(rows, blocks):
+    generator = torch.Generator().manual_seed(0)
+    x, weight, bias = torch.randn(rows, 24, generator=generator), torch.randn(40, 24, generator=generator), torch.randn(40, generator=generator)
+    for b in (bias, None):
+        torch.testing.assert_close(cpu.onednn.linear_in_blocks(x, weight, b, blocks), F.linear(x, weight, b), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.usefixtures("measuring")
+def test_a_few_rows_may_run_in_blocks_on_the_threads(monkeypatch):
+    """As on a 2-core AVX2 host: a product of a few rows runs fastest in blocks of outputs, one per thread;
+    with more rows, one thread, or outputs that do not divide into the threads' blocks, the blocks are no candidate."""
+    offered = {}  # (rows, out) -> the candidates timed
+
+    def fastest(cases, calls, favoured):
+        offered[len(offered)] = set(cases)
+        return "blocks" if "blocks" in cases else favoured
+
+    monkeypatch.setattr(cpu, "faster", fastest)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with_onednn = {"onednn"} if cpu.cpu().onednn and cpu.onednn.available() else set()
+        assert cpu.linear_kernel(torch.float32, 4, 16, 32) == "blocks" and offered[0] == {"aten", "blocks"} | with_onednn
+        for rows, out in ((4096, 32), (4, 33)):  # many rows; 33 outputs do not divide into two blocks
+            timed = len(offered)
+            assert cpu.linear_kernel(torch.float32, rows, 16, out) != "blocks"
+            assert offered.get(timed, set()) == ({"onednn", "aten"} if with_onednn else set())  # without oneDNN: F.linear, untimed
+        assert cpu.linear_threads("blocks", torch.float32, 4, 16, 32) == 0  # the blocks take all the threads
+        model = _tiny_bert()
+        fused = model.fuse()
+        ids = torch.randint(0, 50, (1, 3))
+        seen = []
+        blocked = cpu.onednn.linear_in_blocks
+        monkeypatch.setattr(cpu.onednn, "linear_in_blocks", lambda *args: seen.append(args[-1]) or blocked(*args))
+        with torch.inference_mode():
+            torch.testing.assert_close(fused(ids).last_hidden_state, model(ids).last_hidden_state, rtol=1e-4, atol=1e-5)
+        assert seen and set(seen) == {2}  # two threads: two blocks
+        torch.set_num_threads(1)  # the blocks do not divide the work any more: F.linear
+        seen.clear()
+        with torch.inference_mode():
+            torch.testing.assert_close(fused(ids).last_hidden_state, model(ids).last_hidden_state, rtol=1e-4, atol=1e-5)
+        assert not seen
+    finally:
+        torch.set_num_threads(before)
+    assert "blocks" in cpu.cpu_report()
 
 
 @pytest.mark.usefixtures("measuring")

@@ -407,7 +407,6 @@ def _check_ids_and_mask(name: str, ids, mask, vocab_size: int, mask_name: str) -
 
 class _T5Pretrained(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
     config_class = T5Config
-    fuse_batch_hint = 1  # fuse(): decoding multiplies one row per sequence at a time
 
     @torch.no_grad()
     def init_weights(self, module: nn.Module) -> None:

@@ -23,9 +23,10 @@ residual into the matmul      blocks with ``residual_in_matmul`` (encoder layer,
 Q, K, V merge                 an attention block's three projections become one (3C, C) matmul
                               (``MultiHeadAttention.merge_qkv``)
 packed Linear                 every other Linear runs on a weight prepacked for oneDNN
-                              (``minipt.ops.onednn.pack_linear``), or on F.linear where oneDNN
-                              is missing or slower for that shape and number of rows on this
-                              CPU (``minipt.ops.cpu.linear_kernel``, asked per row count at run
+                              (``minipt.ops.onednn.pack_linear``), or on F.linear (whole, or
+                              in blocks on the threads at a few rows) where oneDNN is missing or
+                              slower for that shape and number of rows on this CPU
+                              (``minipt.ops.cpu.linear_kernel``, asked per row count at run
                               time: on an AVX2 host oneDNN wins at 16 rows and loses at 4096),
                               on one thread for that call where a few rows run faster so
                               (``minipt.ops.cpu.linear_threads``); ``fuse_batch_hint`` on the
@@ -65,16 +66,18 @@ def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
 
 
 def _pack(weight: torch.Tensor, bias: torch.Tensor | None, activation: str | None, batch_hint: int | None) -> nn.Module:
-    """A packed Linear on oneDNN, or on F.linear where that is faster for this shape here (``minipt.ops.cpu``)."""
+    """A packed Linear on oneDNN, or on F.linear (whole or in blocks) where that is faster for this shape here (``minipt.ops.cpu``)."""
     out_features, in_features = weight.shape
     dtype = weight.dtype
 
-    def choose(rows: int) -> tuple[bool, int]:  # per row count at run time: a fused model meets 1 and 4096 rows alike
-        kernel = linear_kernel(dtype, rows, in_features, out_features, activation) if packed else "aten"
-        return kernel == "onednn", linear_threads(kernel, dtype, rows, in_features, out_features, activation)
+    def choose(rows: int) -> tuple[str, int]:  # per row count at run time: a fused model meets 1 and 4096 rows alike
+        kernel = linear_kernel(dtype, rows, in_features, out_features, activation)
+        kernel = "aten" if kernel == "onednn" and not packed else kernel
+        return kernel, linear_threads(kernel, dtype, rows, in_features, out_features, activation)
 
-    # slower at both ends (16 and 4096 rows): never packed
-    packed = onednn.available(dtype) and "onednn" in {linear_kernel(dtype, rows, in_features, out_features, activation) for rows in (16, 4096)}
+    # slower at both ends (16 and 4096 rows): never packed (unless in blocks won at 16: oneDNN may still win at 2 to 8)
+    at_16, at_4096 = (linear_kernel(dtype, rows, in_features, out_features, activation) for rows in (16, 4096))
+    packed = onednn.available(dtype) and ("onednn" in (at_16, at_4096) or at_16 == "blocks")
     return onednn.pack_linear(weight, bias, activation, batch_hint=batch_hint, use_onednn=packed, choose=choose)
 
 

@@ -22,12 +22,15 @@ float16   x86 AVX512-FP16 or AMX-FP16; ARM FP16 (fphp)     float32 and back, sev
 CPU's capability and the slowdown a short timed probe measured (a float32 and a bfloat16 matrix
 product of the same size), and pointing to ``fuse()`` in float32, the fast path there.
 
-Each Linear of a ``fuse()`` copy takes the faster of oneDNN's packed matmul and aten's
-``F.linear`` for its shape on this CPU (``linear_kernel``): oneDNN ran twice as fast as MKL on one
-AVX-512 host, 1.15x on another, and slower on an AVX2 one. The answer is measured once per process
-and shape class (the rows rounded up to a power of two, the weight's shape, the activation), in a
-few milliseconds, when the first copy of that shape is made. ``MINIPT_LINEAR=onednn`` or ``=aten``
-fixes it instead (the tests fix oneDNN's path, to check it where it runs). At a few rows (up to
+Each Linear of a ``fuse()`` copy takes the fastest of oneDNN's packed matmul, aten's ``F.linear``
+and, at a few rows (up to ``FEW_ROWS``) on several threads, ``F.linear`` in blocks of output
+features on torch's threads (``onednn.linear_in_blocks``) for its shape on this CPU
+(``linear_kernel``): oneDNN ran twice as fast as MKL on one AVX-512 host, 1.15x on another, and
+slower on an AVX2 one, where a product of one row in blocks ran 1.6x as fast as ``F.linear``. The
+answer is measured once per process and shape class (the rows rounded up to a power of two, the
+weight's shape, the activation), in a few milliseconds, when the first copy of that shape is made.
+``MINIPT_LINEAR=onednn``, ``=aten`` or ``=blocks`` fixes it instead (the tests fix oneDNN's path,
+to check it where it runs). At a few rows (up to
 ``FEW_ROWS``) the product may also run faster on one thread than on several (``linear_threads``,
 measured the same way): a ``PackedLinear`` then sets one thread for that call only and restores
 torch's setting after it, whatever happens.
@@ -170,17 +173,22 @@ def warn_if_emulated(dtype: torch.dtype, what: str = "fuse()") -> None:
         f"of float32's; fuse() in float32 is the fast path on this CPU", RuntimeWarning, stacklevel=3)
 
 
-LINEAR_ENV = "MINIPT_LINEAR"  # "onednn" or "aten": every fuse() Linear takes it; unset: the faster, measured
-_linear_choices: dict[tuple, str] = {}  # (dtype, rows, in, out, activation) -> "onednn" | "aten"
+LINEAR_ENV = "MINIPT_LINEAR"  # one of onednn.KERNELS: every fuse() Linear takes it; unset: the fastest, measured
+_linear_choices: dict[tuple, str] = {}  # (dtype, rows, in, out, activation) -> one of onednn.KERNELS
+
+
+def _forced_kernel() -> str | None:
+    forced = os.environ.get(LINEAR_ENV, "").strip().lower()
+    return forced if forced in onednn.KERNELS else None
 
 
 def linear_kernel(dtype: torch.dtype, rows: int, in_features: int, out_features: int, activation: str | None = None) -> str:
-    """``"onednn"`` or ``"aten"``: the kernel a ``fuse()`` Linear of this shape takes here (see the module's doc)."""
-    if not (cpu().onednn and onednn.available(dtype)):
+    """``"onednn"``, ``"aten"`` or ``"blocks"``: the kernel a ``fuse()`` Linear of this shape takes here (see the module's doc)."""
+    forced, with_onednn = _forced_kernel(), cpu().onednn and onednn.available(dtype)
+    if forced:
+        return forced if with_onednn or forced != "onednn" else "aten"
+    if not (with_onednn or _blocks_apply(rows, out_features)):
         return "aten"
-    forced = os.environ.get(LINEAR_ENV, "").strip().lower()
-    if forced in ("onednn", "aten"):
-        return forced
     key = (dtype, _rows_class(rows), in_features, out_features, activation)
     if key not in _linear_choices:
         _linear_choices[key] = _faster_linear(*key)
@@ -188,18 +196,31 @@ def linear_kernel(dtype: torch.dtype, rows: int, in_features: int, out_features:
 
 
 def _faster_linear(dtype: torch.dtype, rows: int, in_features: int, out_features: int, activation: str | None) -> str:
-    """Time oneDNN's packed matmul (with its post-op) against ``F.linear`` and the activation on random
-    tensors of this shape: one warm-up each, then five alternated calls each. Each keeps its fastest
-    call (on a shared machine the steadier estimate); aten wins only by more than 5%, since oneDNN's
-    matmul also takes the residual adds of a fused block."""
+    """Time oneDNN's packed matmul (with its post-op, where oneDNN runs) against ``F.linear`` and the activation,
+    and at up to ``FEW_ROWS`` rows on several threads against ``onednn.linear_in_blocks`` (one block per thread), on random
+    tensors of this shape: one warm-up each, then five alternated calls each. Each keeps its fastest call (on a
+    shared machine the steadier estimate); another wins over oneDNN only by more than 5%, since oneDNN's matmul
+    also takes the residual adds of a fused block."""
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(rows, in_features, generator=generator).to(dtype)
     weight = torch.randn(out_features, in_features, generator=generator).to(dtype) / in_features ** 0.5
     bias = torch.zeros(out_features, dtype=dtype)
-    packed = onednn.pack_linear(weight, bias, activation, batch_hint=rows)
     plain = onednn.ACTIVATIONS[activation][1]
+    cases = {"aten": lambda: plain(F.linear(x, weight, bias))}
+    if cpu().onednn and onednn.available(dtype):
+        packed = onednn.pack_linear(weight, bias, activation, batch_hint=rows)
+        cases["onednn"] = lambda: packed(x)
+    if _blocks_apply(rows, out_features):
+        blocks = torch.get_num_threads()
+        cases["blocks"] = lambda: plain(onednn.linear_in_blocks(x, weight, bias, blocks))
     with torch.inference_mode():
-        return faster({"onednn": lambda: packed(x), "aten": lambda: plain(F.linear(x, weight, bias))}, calls=5, favoured="onednn")
+        return faster(cases, calls=5, favoured="onednn" if "onednn" in cases else "aten")
+
+
+def _blocks_apply(rows: int, out_features: int) -> bool:
+    """Whether ``linear_in_blocks`` is a candidate: a few rows, several threads, the outputs in equal blocks."""
+    threads = torch.get_num_threads()
+    return rows <= FEW_ROWS and threads > 1 and out_features % threads == 0
 
 
 _thread_choices: dict[tuple, int] = {}  # (kernel, dtype, rows class, in, out, activation) -> 1 or 0 (torch's own)
@@ -213,7 +234,7 @@ def linear_threads(kernel: str, dtype: torch.dtype, rows: int, in_features: int,
     save, and a descheduled one stalls the product), else 0 (torch's setting). Measured once per
     process and shape class, like ``linear_kernel``; ``PackedLinear`` scopes it to the one call."""
     threads = torch.get_num_threads()
-    if threads == 1 or rows > FEW_ROWS or os.environ.get(LINEAR_ENV, "").strip().lower() in ("onednn", "aten"):
+    if threads == 1 or rows > FEW_ROWS or kernel == "blocks" or _forced_kernel():  # blocks: a product on all the threads
         return 0
     key = (kernel, dtype, _rows_class(rows), in_features, out_features, activation, threads)
     if key not in _thread_choices:
@@ -252,7 +273,7 @@ def training_linear_kernel(rows: int, in_features: int, out_features: int, grad:
     if not (cpu().onednn and onednn.available(torch.float32)):
         return "aten"
     forced = os.environ.get(LINEAR_ENV, "").strip().lower()
-    if forced in ("onednn", "aten"):
+    if forced in ("onednn", "aten"):  # training has no blocked product
         return forced
     key = (_rows_class(rows), in_features, out_features, grad)
     if key not in _training_choices:
@@ -302,16 +323,17 @@ def implementations(info: CPUInfo | None = None) -> dict[str, dict[str, str]]:
     packed = {dtype: info.onednn and onednn.available(dtype) for dtype in (torch.float32, torch.bfloat16)}
 
     def linear(dtype):
-        if not packed[dtype]:
-            kernel = "F.linear (aten), then the activation"
-        elif os.environ.get(LINEAR_ENV, "").strip().lower() in ("onednn", "aten"):
-            kernel = f"{os.environ[LINEAR_ENV].strip().lower()} for every shape ({LINEAR_ENV})"
+        forced = _forced_kernel()
+        if forced:
+            kernel = f"{'aten' if forced == 'onednn' and not packed[dtype] else forced} for every shape ({LINEAR_ENV})"
         else:
             chosen = [f"{rows}x{n_in}->{n_out}{'+' + act if act else ''}: {kernel}"
                       for (d, rows, n_in, n_out, act), kernel in _linear_choices.items() if d == dtype]
             chosen += [f"{rows}x{n_in}->{n_out}{'+' + act if act else ''} on {kernel}: on 1 thread"
                        for (kernel, d, rows, n_in, n_out, act, _), n in _thread_choices.items() if d == dtype and n == 1]
-            kernel = "oneDNN's packed matmul or F.linear, the faster per shape" + (f" ({', '.join(chosen)})" if chosen else ", measured at fuse()")
+            kernels = "oneDNN's packed matmul, F.linear" if packed[dtype] else "F.linear (aten) then the activation"
+            kernel = f"{kernels} or F.linear in blocks on the threads (a few rows), the fastest per shape" \
+                + (f" ({', '.join(chosen)})" if chosen else ", measured at fuse()")
         return kernel if native(dtype, info) else f"{kernel}; emulated"
 
     return {
