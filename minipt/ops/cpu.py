@@ -50,6 +50,7 @@ import platform
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -175,6 +176,7 @@ def warn_if_emulated(dtype: torch.dtype, what: str = "fuse()") -> None:
 
 LINEAR_ENV = "MINIPT_LINEAR"  # one of onednn.KERNELS: every fuse() Linear takes it; unset: the fastest, measured
 _linear_choices: dict[tuple, str] = {}  # (dtype, rows, in, out, activation) -> one of onednn.KERNELS
+TIMED_WORK = 1 << 30  # multiply-adds of one timed product of many rows: about 16 ms at 130 GFLOP/s
 
 
 def _forced_kernel() -> str | None:
@@ -200,21 +202,48 @@ def _faster_linear(dtype: torch.dtype, rows: int, in_features: int, out_features
     and at up to ``FEW_ROWS`` rows on several threads against ``onednn.linear_in_blocks`` (one block per thread), on random
     tensors of this shape: one warm-up each, then five alternated calls each. Each keeps its fastest call (on a
     shared machine the steadier estimate); another wins over oneDNN only by more than 5%, since oneDNN's matmul
-    also takes the residual adds of a fused block."""
+    also takes the residual adds of a fused block. At a few rows each call multiplies ``_streamed`` copies of the
+    weight, one after the other, as a model's layers do; at many, at most ``TIMED_WORK`` multiply-adds (a language
+    model's head at 4096 rows took 12 s to time: its class is timed at as many rows as that allows)."""
+    if rows > FEW_ROWS:
+        rows = max(2 * FEW_ROWS, min(rows, TIMED_WORK // (in_features * out_features)))
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(rows, in_features, generator=generator).to(dtype)
     weight = torch.randn(out_features, in_features, generator=generator).to(dtype) / in_features ** 0.5
+    weights = [weight] + [weight.clone() for _ in range(_streamed(weight) - 1 if rows <= FEW_ROWS else 0)]
     bias = torch.zeros(out_features, dtype=dtype)
     plain = onednn.ACTIVATIONS[activation][1]
-    cases = {"aten": lambda: plain(F.linear(x, weight, bias))}
+    cases = {"aten": lambda: [plain(F.linear(x, w, bias)) for w in weights]}
     if cpu().onednn and onednn.available(dtype):
-        packed = onednn.pack_linear(weight, bias, activation, batch_hint=rows)
-        cases["onednn"] = lambda: packed(x)
+        packed = [onednn.pack_linear(w, bias, activation, batch_hint=rows) for w in weights]
+        cases["onednn"] = lambda: [p(x) for p in packed]
     if _blocks_apply(rows, out_features):
         blocks = torch.get_num_threads()
-        cases["blocks"] = lambda: plain(onednn.linear_in_blocks(x, weight, bias, blocks))
+        cases["blocks"] = lambda: [plain(onednn.linear_in_blocks(x, w, bias, blocks)) for w in weights]
     with torch.inference_mode():
         return faster(cases, calls=5, favoured="onednn" if "onednn" in cases else "aten")
+
+
+@functools.cache
+def _largest_cache() -> int:
+    """The CPU's largest cache in bytes (sysfs; 32 MiB where it does not say)."""
+    largest = 32 << 20
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            size = (index / "size").read_text().strip()
+            largest = max(largest, int(size[:-1]) << {"K": 10, "M": 20, "G": 30}[size[-1]] if size[-1] in "KMG" else int(size))
+        except (OSError, ValueError, KeyError, IndexError):
+            continue
+    return largest
+
+
+def _streamed(weight: torch.Tensor) -> int:
+    """How many copies of ``weight`` fill twice the largest cache (at most 64): multiplied one after the other, each
+    is read from memory, as a model's weights are at a few rows (each used once per step, the others read in
+    between). Timed on one weight, which stays in the cache, a product of a few rows runs several times faster than
+    in the model, and the kernels rank otherwise: on a 2-core AVX2 host F.linear beat the blocks at one row on a
+    cached 512x512 weight, and lost by 1.6x over a T5 decoder step's weights."""
+    return max(1, min(64, -(-2 * _largest_cache() // (weight.numel() * weight.element_size()))))
 
 
 def _blocks_apply(rows: int, out_features: int) -> bool:
