@@ -106,6 +106,7 @@ def measuring(monkeypatch):
     """fuse() chooses each Linear's kernel by timing it (as outside the tests), from no choice made yet."""
     monkeypatch.delenv("MINIPT_LINEAR", raising=False)
     monkeypatch.setattr(cpu, "_linear_choices", {})
+    monkeypatch.setattr(cpu, "_reused_choices", {})
     monkeypatch.setattr(cpu, "_thread_choices", {})
 
 
@@ -180,6 +181,9 @@ def test_a_few_rows_may_run_in_blocks_on_the_threads(monkeypatch):
             assert cpu.linear_kernel(torch.float32, rows, 16, out) != "blocks"
             assert offered.get(timed, set()) == ({"onednn", "aten"} if with_onednn else set())  # without oneDNN: F.linear, untimed
         assert cpu.linear_threads("blocks", torch.float32, 4, 16, 32) == 0  # the blocks take all the threads
+        timed = len(offered)  # a recurrent layer's W_hh, multiplied at every step: oneDNN or F.linear
+        assert cpu.linear_kernel(torch.float32, 4, 16, 32, reused=True) != "blocks"
+        assert offered.get(timed, set()) == ({"onednn", "aten"} if with_onednn else set())
         model = _tiny_bert()
         fused = model.fuse()
         ids = torch.randint(0, 50, (1, 3))

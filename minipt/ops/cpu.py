@@ -176,6 +176,7 @@ def warn_if_emulated(dtype: torch.dtype, what: str = "fuse()") -> None:
 
 LINEAR_ENV = "MINIPT_LINEAR"  # one of onednn.KERNELS: every fuse() Linear takes it; unset: the fastest, measured
 _linear_choices: dict[tuple, str] = {}  # (dtype, rows, in, out, activation) -> one of onednn.KERNELS
+_reused_choices: dict[tuple, str] = {}  # the same, for a weight multiplied at every step: "onednn" | "aten"
 TIMED_WORK = 1 << 30  # multiply-adds of one timed product of many rows: about 16 ms at 130 GFLOP/s
 
 
@@ -184,9 +185,19 @@ def _forced_kernel() -> str | None:
     return forced if forced in onednn.KERNELS else None
 
 
-def linear_kernel(dtype: torch.dtype, rows: int, in_features: int, out_features: int, activation: str | None = None) -> str:
-    """``"onednn"``, ``"aten"`` or ``"blocks"``: the kernel a ``fuse()`` Linear of this shape takes here (see the module's doc)."""
+def linear_kernel(dtype: torch.dtype, rows: int, in_features: int, out_features: int, activation: str | None = None,
+                  *, reused: bool = False) -> str:
+    """``"onednn"``, ``"aten"`` or ``"blocks"``: the kernel a ``fuse()`` Linear of this shape takes here (see the module's
+    doc). ``reused``: one weight multiplied at every step (a recurrent layer's W_hh, which stays in the cache): only
+    ``"onednn"`` or ``"aten"``, timed on the one weight."""
     forced, with_onednn = _forced_kernel(), cpu().onednn and onednn.available(dtype)
+    if reused:
+        if not with_onednn or forced in ("onednn", "aten"):
+            return forced if with_onednn and forced else "aten"
+        key = (dtype, _rows_class(rows), in_features, out_features, activation)
+        if key not in _reused_choices:
+            _reused_choices[key] = _faster_linear(*key, reused=True)
+        return _reused_choices[key]
     if forced:
         return forced if with_onednn or forced != "onednn" else "aten"
     if not (with_onednn or _blocks_apply(rows, out_features)):
@@ -197,27 +208,29 @@ def linear_kernel(dtype: torch.dtype, rows: int, in_features: int, out_features:
     return _linear_choices[key]
 
 
-def _faster_linear(dtype: torch.dtype, rows: int, in_features: int, out_features: int, activation: str | None) -> str:
+def _faster_linear(dtype: torch.dtype, rows: int, in_features: int, out_features: int, activation: str | None,
+                   reused: bool = False) -> str:
     """Time oneDNN's packed matmul (with its post-op, where oneDNN runs) against ``F.linear`` and the activation,
     and at up to ``FEW_ROWS`` rows on several threads against ``onednn.linear_in_blocks`` (one block per thread), on random
     tensors of this shape: one warm-up each, then five alternated calls each. Each keeps its fastest call (on a
     shared machine the steadier estimate); another wins over oneDNN only by more than 5%, since oneDNN's matmul
     also takes the residual adds of a fused block. At a few rows each call multiplies ``_streamed`` copies of the
     weight, one after the other, as a model's layers do; at many, at most ``TIMED_WORK`` multiply-adds (a language
-    model's head at 4096 rows took 12 s to time: its class is timed at as many rows as that allows)."""
+    model's head at 4096 rows took 12 s to time: its class is timed at as many rows as that allows). ``reused``:
+    oneDNN against F.linear on the one weight, in the cache (``linear_kernel``)."""
     if rows > FEW_ROWS:
         rows = max(2 * FEW_ROWS, min(rows, TIMED_WORK // (in_features * out_features)))
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(rows, in_features, generator=generator).to(dtype)
     weight = torch.randn(out_features, in_features, generator=generator).to(dtype) / in_features ** 0.5
-    weights = [weight] + [weight.clone() for _ in range(_streamed(weight) - 1 if rows <= FEW_ROWS else 0)]
+    weights = [weight] + [weight.clone() for _ in range(_streamed(weight) - 1 if rows <= FEW_ROWS and not reused else 0)]
     bias = torch.zeros(out_features, dtype=dtype)
     plain = onednn.ACTIVATIONS[activation][1]
     cases = {"aten": lambda: [plain(F.linear(x, w, bias)) for w in weights]}
     if cpu().onednn and onednn.available(dtype):
         packed = [onednn.pack_linear(w, bias, activation, batch_hint=rows) for w in weights]
         cases["onednn"] = lambda: [p(x) for p in packed]
-    if _blocks_apply(rows, out_features):
+    if _blocks_apply(rows, out_features) and not reused:
         blocks = torch.get_num_threads()
         cases["blocks"] = lambda: [plain(onednn.linear_in_blocks(x, w, bias, blocks)) for w in weights]
     with torch.inference_mode():

@@ -114,7 +114,7 @@ def _pack(weight: Tensor, like: Tensor) -> PackedWeight:
     """``weight`` packed for products with every step of ``like`` (T, B, ...), where oneDNN's packed
     product is the faster at B rows on this CPU (``cpu.linear_kernel``); unpacked (torch.addmm) otherwise."""
     batch = like.shape[1]
-    if tracing() or cpu.linear_kernel(weight.dtype, batch, weight.shape[1], weight.shape[0]) != "onednn":
+    if tracing() or cpu.linear_kernel(weight.dtype, batch, weight.shape[1], weight.shape[0], reused=True) != "onednn":
         return PackedWeight(weight, None)
     return onednn.pack(weight, batch, like.shape[0] * batch)
 
