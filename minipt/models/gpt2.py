@@ -215,8 +215,6 @@ _STACK_FIELDS = {
 class _GPT2Pretrained(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
     config_class = GPT2Config
 
-    fuse_batch_hint = 1  # fuse(): decoding multiplies one row per sequence at a time
-
     @torch.no_grad()
     def init_weights(self, module: nn.Module) -> None:
         """GPT-2's initialisation: N(0, initializer_range), the residual projections scaled by 1/sqrt(2 n_layer)."""
