@@ -237,6 +237,25 @@ def test_a_few_rows_run_on_one_thread_where_that_is_measured_faster(one_thread, 
     assert ("on 1 thread" in cpu.cpu_report()) == one_thread
 
 
+def test_few_rows_are_timed_over_copies_of_the_weight_and_many_rows_within_a_budget(monkeypatch):
+    """A product of a few rows reads its weight from memory in a model: it is timed over copies filling twice the
+    largest cache, one after the other; a product of many rows is timed at no more than TIMED_WORK multiply-adds."""
+    monkeypatch.setattr(cpu, "_largest_cache", lambda: 1 << 20)
+    products = []  # (rows, id of the weight) of every F.linear the timing runs
+    linear = F.linear
+    monkeypatch.setattr(cpu.F, "linear", lambda x, w, b=None: products.append((x.shape[0], id(w))) or linear(x, w, b))
+    monkeypatch.setattr(cpu, "faster", lambda cases, calls, favoured: [case() for case in cases.values()] and favoured)
+    assert cpu._streamed(torch.empty(64, 64)) == 64 and cpu._streamed(torch.empty(1024, 1024)) == 1  # 16 KiB: 64 copies (the most); 4 MiB: one
+    cpu._faster_linear(torch.float32, 2, 64, 64, None)
+    assert len(products) == 64 and len({w for _, w in products}) == 64 and {rows for rows, _ in products} == {2}
+    products.clear()
+    cpu._faster_linear(torch.float32, 4096, 1024, 1024, None)
+    assert products == [(cpu.TIMED_WORK // (1024 * 1024), products[0][1])]  # one weight, 1024 of the 4096 rows
+    products.clear()
+    cpu._faster_linear(torch.float32, 2, 64, 64, None, reused=True)  # a recurrent W_hh: the one weight, in the cache
+    assert len(products) == 1
+
+
 @pytest.mark.skipif(not cpu.onednn.available(), reason="oneDNN is not available: nothing to time")
 @pytest.mark.usefixtures("measuring")
 def test_the_timed_choice_is_one_of_the_two_and_kept():
