@@ -249,8 +249,17 @@ def test_few_rows_are_timed_over_copies_of_the_weight_and_many_rows_within_a_bud
     cpu._faster_linear(torch.float32, 2, 64, 64, None)
     assert len(products) == 64 and len({w for _, w in products}) == 64 and {rows for rows, _ in products} == {2}
     products.clear()
-    cpu._faster_linear(torch.float32, 4096, 1024, 1024, None)
-    assert products == [(cpu.TIMED_WORK // (1024 * 1024), products[0][1])]  # one weight, 1024 of the 4096 rows
+    monkeypatch.setattr(cpu, "TIMED_WORK", 1 << 30)
+    cpu._faster_linear(torch.float32, 4096, 512, 512, None)
+    assert products == [(4096, products[0][1])]  # one weight, 2^30 multiply-adds allow the 4096 rows
+    products.clear()
+    monkeypatch.setattr(cpu, "TIMED_ROWS", 1024)
+    cpu._faster_linear(torch.float32, 4096, 1024, 2048, None)
+    assert products == [(1024, products[0][1])]  # 512 rows would do: never fewer than TIMED_ROWS
+    products.clear()
+    monkeypatch.setattr(cpu, "TIMED_ROWS", 256)
+    cpu._faster_linear(torch.float32, 4096, 1024, 2048, None)
+    assert products == [(512, products[0][1])]
     products.clear()
     cpu._faster_linear(torch.float32, 2, 64, 64, None, reused=True)  # a recurrent W_hh: the one weight, in the cache
     assert len(products) == 1

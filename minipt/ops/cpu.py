@@ -177,7 +177,8 @@ def warn_if_emulated(dtype: torch.dtype, what: str = "fuse()") -> None:
 LINEAR_ENV = "MINIPT_LINEAR"  # one of onednn.KERNELS: every fuse() Linear takes it; unset: the fastest, measured
 _linear_choices: dict[tuple, str] = {}  # (dtype, rows, in, out, activation) -> one of onednn.KERNELS
 _reused_choices: dict[tuple, str] = {}  # the same, for a weight multiplied at every step: "onednn" | "aten"
-TIMED_WORK = 1 << 30  # multiply-adds of one timed product of many rows: about 16 ms at 130 GFLOP/s
+TIMED_WORK = 1 << 31  # multiply-adds of one timed product of many rows (about 33 ms at 130 GFLOP/s) ...
+TIMED_ROWS = 512  # ... but never fewer rows than this: the kernels rank by rows (a base model's 4096 at 910)
 
 
 def _forced_kernel() -> str | None:
@@ -215,11 +216,11 @@ def _faster_linear(dtype: torch.dtype, rows: int, in_features: int, out_features
     tensors of this shape: one warm-up each, then five alternated calls each. Each keeps its fastest call (on a
     shared machine the steadier estimate); another wins over oneDNN only by more than 5%, since oneDNN's matmul
     also takes the residual adds of a fused block. At a few rows each call multiplies ``_streamed`` copies of the
-    weight, one after the other, as a model's layers do; at many, at most ``TIMED_WORK`` multiply-adds (a language
-    model's head at 4096 rows took 12 s to time: its class is timed at as many rows as that allows). ``reused``:
+    weight, one after the other, as a model's layers do; at many, at most ``TIMED_WORK`` multiply-adds and no fewer
+    than ``TIMED_ROWS`` rows (a language model's head at 4096 rows took 12 s to time). ``reused``:
     oneDNN against F.linear on the one weight, in the cache (``linear_kernel``)."""
-    if rows > FEW_ROWS:
-        rows = max(2 * FEW_ROWS, min(rows, TIMED_WORK // (in_features * out_features)))
+    if rows > TIMED_ROWS:
+        rows = max(TIMED_ROWS, min(rows, TIMED_WORK // (in_features * out_features)))
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(rows, in_features, generator=generator).to(dtype)
     weight = torch.randn(out_features, in_features, generator=generator).to(dtype) / in_features ** 0.5
