@@ -14,7 +14,8 @@
              of similar widths, each crop padded to the widest of its batch by repeating its last column (as
              EasyOCR pads); greedy CTC text and EasyOCR's confidence
           -> lines_from_boxes: each run's text split into its boxes' words where it reads one word per box,
-             and the lines, each with its rectangle, text and words
+             else, for a level run, its box split between the words where the recogniser's columns place the
+             spaces (split_by_columns); and the lines, each with its rectangle, text and words
 
 Only numpy and scipy (which scikit-image brings) are used for the boxes, and Pillow for the images: no OpenCV
 (the ``ocr`` extra).
@@ -135,6 +136,21 @@ TILT = 0.1  # a box whose top edge rises or falls more than this per pixel acros
 WIDTH_SPREAD = 1.25  # crops are batched with others at most this much wider, and padded to the widest of their batch
 
 
+def level(box: np.ndarray) -> bool:
+    """Whether ``box`` (4, 2) is cropped as the axis-aligned rectangle around it: its top edge rises or falls at
+    most ``TILT`` per pixel across."""
+    across = box[1] - box[0]
+    return bool(abs(across[1]) <= TILT * abs(across[0]))
+
+
+def _level_crop(box: np.ndarray, height: int, width: int) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right): the pixels a level box's crop takes from an image of ``height`` x ``width``."""
+    (x0, y0), (x1, y1) = box.min(axis=0), box.max(axis=0)
+    margin = MARGIN * (y1 - y0)
+    return (max(int(y0 - margin), 0), min(int(math.ceil(y1 + margin)), height),
+            max(int(x0 - margin), 0), min(int(math.ceil(x1 + margin)), width))
+
+
 def crop(gray: torch.Tensor, box: np.ndarray) -> np.ndarray | None:
     """The pixels of ``box`` (4, 2) in a grayscale (H, W) uint8 image, with ``MARGIN`` of its height on every side:
     the axis-aligned rectangle around a level box, or, for a tilted box, the box turned upright (bilinear, as
@@ -142,10 +158,8 @@ def crop(gray: torch.Tensor, box: np.ndarray) -> np.ndarray | None:
     height, width = gray.shape
     (x0, y0), (x1, y1) = box.min(axis=0), box.max(axis=0)
     across, down = box[1] - box[0], box[3] - box[0]  # the top edge (along the text) and the left edge
-    if abs(across[1]) <= TILT * abs(across[0]):
-        margin = MARGIN * (y1 - y0)
-        top, bottom = max(int(y0 - margin), 0), min(int(math.ceil(y1 + margin)), height)
-        left, right = max(int(x0 - margin), 0), min(int(math.ceil(x1 + margin)), width)
+    if level(box):
+        top, bottom, left, right = _level_crop(box, height, width)
         if bottom - top < 1 or right - left < 1:
             return None
         return gray[top:bottom, left:right].numpy()
@@ -163,8 +177,23 @@ def crop(gray: torch.Tensor, box: np.ndarray) -> np.ndarray | None:
     return np.array(upright)  # writable: the recogniser's preprocess makes a tensor of it
 
 
+@dataclass
+class Reading:
+    """What the recogniser read in one crop."""
+    text: str
+    confidence: float  # EasyOCR's (see Word)
+    columns: list[tuple[int, str]]  # each character of ``text`` and the recogniser's column it was read at (CRNN.decode_columns)
+    scale: float  # the crop's pixels per pixel of the recogniser's 64-row copy of it: column t is at crop x ~ (4t + 2) * scale
+    left: float  # the image's x at the crop's first pixel (a level crop's; 0 for a tilted one)
+
+
 def read_boxes(recogniser: CRNN, image, boxes: list[np.ndarray]) -> list[tuple[str, float]]:
-    """(text, confidence) of each box (corners in the image's pixels), read from the grayscale image.
+    """(text, confidence) of each box (corners in the image's pixels), read from the grayscale image (``read_crops``)."""
+    return [(reading.text, reading.confidence) for reading in read_crops(recogniser, image, boxes)]
+
+
+def read_crops(recogniser: CRNN, image, boxes: list[np.ndarray]) -> list[Reading]:
+    """What the recogniser reads in each box (corners in the image's pixels), cropped from the grayscale image.
 
     The crops, each resized to the recogniser's 64 rows, are read in batches of similar widths, each padded to its
     widest by repeating its last column (as EasyOCR pads every crop to the widest of all): a long line does not make
@@ -173,13 +202,15 @@ def read_boxes(recogniser: CRNN, image, boxes: list[np.ndarray]) -> list[tuple[s
         return []
     gray = image_array(image).float() @ torch.tensor([0.299, 0.587, 0.114])  # (H, W) luma, as Pillow's "L"; the recogniser reads one channel
     gray = gray.round().clamp(0, 255).to(torch.uint8)
-    lines = []
+    lines, scales = [], []
     for box in boxes:
         pixels = crop(gray, box)
         lines.append(None if pixels is None else crnn_preprocess(pixels, recogniser.config.image_height))  # (1, 1, 64, w)
+        scales.append(1.0 if pixels is None else pixels.shape[1] / lines[-1].shape[-1])
+    lefts = [float(_level_crop(box, *gray.shape)[2]) if level(box) else 0.0 for box in boxes]
     first = next(recogniser.parameters())
     threads = recognition_threads(recogniser) if first.device.type == "cpu" else torch.get_num_threads()
-    results: list[tuple[str, float]] = [("", 0.0)] * len(boxes)
+    results = [Reading("", 0.0, [], scale, left) for scale, left in zip(scales, lefts)]
     order = sorted((i for i, line in enumerate(lines) if line is not None), key=lambda i: lines[i].shape[-1])
     while order:
         narrowest = lines[order[0]].shape[-1]
@@ -191,11 +222,31 @@ def read_boxes(recogniser: CRNN, image, boxes: list[np.ndarray]) -> list[tuple[s
         with torch.no_grad(), _threads(threads):
             logits = recogniser(pixels.to(device=first.device, dtype=first.dtype)).float()  # (B, T, classes)
         best, index = logits.softmax(dim=-1).max(dim=-1)  # (B, T)
-        for i, text, probabilities, classes in zip(batch, recogniser.decode(logits), best, index):
+        for i, columns, probabilities, classes in zip(batch, recogniser.decode_columns(logits), best, index):
             kept = probabilities[classes != 0].double()  # the columns that are not the CTC blank
             confidence = float(kept.prod() ** (2.0 / math.sqrt(len(kept)))) if len(kept) else 0.0
-            results[i] = (text, confidence)
+            results[i] = Reading("".join(char for _, char in columns), confidence, columns, scales[i], lefts[i])
     return results
+
+
+def split_by_columns(box: np.ndarray, reading: Reading) -> list[Word]:
+    """The words of a level ``box`` read as ``reading`` (several words), each boxed by its part of the box: the box is
+    cut halfway between the columns of the last character of a word and the first of the next, placed in the image
+    through the crop. Each word has the reading's confidence."""
+    words, current = [], []  # (first column, last column, text) of each word
+    for column, char in reading.columns + [(-1, " ")]:
+        if char.isspace():
+            if current:
+                words.append((current[0][0], current[-1][0], "".join(c for _, c in current)))
+            current = []
+        else:
+            current.append((column, char))
+    (x0, y0), (x1, y1) = box.min(axis=0), box.max(axis=0)
+    cuts = [float(np.clip(reading.left + (2 * (last + first) + 2) * reading.scale, x0, x1))  # at column (last + first) / 2
+            for (_, last, _), (first, _, _) in zip(words, words[1:])]
+    edges = [float(x0)] + cuts + [float(x1)]
+    return [Word(np.array([[a, y0], [b, y0], [b, y1], [a, y1]], dtype=np.float64), text, reading.confidence)
+            for (_, _, text), a, b in zip(words, edges, edges[1:])]
 
 
 def line_groups(boxes: list[np.ndarray]) -> list[list[int]]:
@@ -324,8 +375,9 @@ def _line(words: list[Word]) -> Line:
 def lines_from_boxes(recogniser: CRNN, image, boxes: list[np.ndarray]) -> list[Line]:
     """The lines of text that word ``boxes`` ((4, 2) corners in ``image``'s pixels) hold, from the top, each with
     its words from the left: the boxes grouped into lines and joined into runs (``joined_runs``), each run read
-    from one crop (``read_boxes``). Where a run reads as many words as it has boxes, each box keeps its word; else
-    the run is one ``Word`` (a word cut in two, or words run together), boxed by the upright rectangle around it."""
+    from one crop (``read_crops``). Where a run reads as many words as it has boxes, each box keeps its word; where
+    a level run (or box) reads more words than that, its box is split between them (``split_by_columns``); else the
+    run is one ``Word`` (a word cut in two), boxed by the upright rectangle around it."""
     lines = joined_runs(boxes)
     runs = [run for line in lines for run in line]
     run_boxes = []
@@ -333,16 +385,18 @@ def lines_from_boxes(recogniser: CRNN, image, boxes: list[np.ndarray]) -> list[L
         corners = np.concatenate([boxes[i] for i in run])
         (x0, y0), (x1, y1) = corners.min(axis=0), corners.max(axis=0)
         run_boxes.append(boxes[run[0]] if len(run) == 1 else np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float64))
-    read = iter(zip(runs, run_boxes, read_boxes(recogniser, image, run_boxes)))
+    read = iter(zip(runs, run_boxes, read_crops(recogniser, image, run_boxes)))
     result = []
     for line in lines:
         words = []
-        for run, run_box, (text, confidence) in itertools.islice(read, len(line)):
-            parts = text.split()
+        for run, run_box, reading in itertools.islice(read, len(line)):
+            parts = reading.text.split()
             if len(run) > 1 and len(parts) == len(run):  # as many words read as boxes joined: each box keeps its word
-                words += [Word(boxes[i], part, confidence) for i, part in zip(run, parts)]
+                words += [Word(boxes[i], part, reading.confidence) for i, part in zip(run, parts)]
+            elif len(parts) > max(len(run), 1) and level(run_box):  # words run together: the box split between them
+                words += split_by_columns(run_box, reading)
             else:
-                words.append(Word(run_box, " ".join(parts), confidence))
+                words.append(Word(run_box, " ".join(parts), reading.confidence))
         result.append(_line(words))
     return result
 

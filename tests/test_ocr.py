@@ -154,6 +154,30 @@ def test_tilted_words_are_read_upright():
         assert [word.text for word in ocr.read_words(image)] != "Words read at an angle".split()
 
 
+def test_words_read_together_in_one_box_get_a_box_each():
+    """One box around three words: the recogniser's columns place the spaces, and the box is cut there, each cut
+    between the boxes the detector gives the words one by one. A tilted box is not cut (one Word, as before)."""
+    image = np.asarray(render("or background here"))
+    height, width = image.shape
+    detected = [word.box for word in ocr.read_words(image)]
+    assert [word.text for word in ocr.read_words(image)] == ["or", "background", "here"]
+    box = np.array([[15, 15], [width - 15, 15], [width - 15, height - 15], [15, height - 15]], dtype=np.float64)
+    recogniser = ocr._default_models()[1]
+    [line] = ocr.lines_from_boxes(recogniser, image, [box])
+    assert [word.text for word in line.words] == ["or", "background", "here"] and line.text == "or background here"
+    edges = [word.box[:, 0] for word in line.words]
+    assert edges[0].min() == 15 and edges[-1].max() == width - 15  # the words fill the box, left to right
+    for left, right, before, after in zip(edges, edges[1:], detected, detected[1:]):
+        assert left.max() == right.min()  # cut once
+        assert before[:, 0].max() - 4 <= left.max() <= after[:, 0].min() + 4  # between the detector's two words
+    for word in line.words:
+        assert (word.box[:, 1].min(), word.box[:, 1].max()) == (15, height - 15) and word.confidence == line.confidence
+    reading = ocr.read_crops(recogniser, image, [box])[0]
+    assert reading.text == "or background here" and "".join(char for _, char in reading.columns) == reading.text
+    tilted = box + np.array([[0, 0], [0, 40], [0, 40], [0, 0]])  # the right edge 40 pixels lower: cropped turned upright
+    assert [len(line.words) for line in ocr.lines_from_boxes(recogniser, image, [tilted])] == [1]
+
+
 def test_line_groups():
     def box(x, y, w=40, h=10, slope=0.0):
         down = np.array([-slope, 1.0]) / math.hypot(1, slope) * h

@@ -160,16 +160,21 @@ class CRNN(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
 
     def decode(self, logits: torch.Tensor) -> list[str]:
         """Greedy CTC decoding: the best class per column, repeats merged, blanks dropped."""
+        return ["".join(char for _, char in row) for row in self.decode_columns(logits)]
+
+    def decode_columns(self, logits: torch.Tensor) -> list[list[tuple[int, str]]]:
+        """``decode``'s characters of each image with the column each was read at (its first, where repeated):
+        column t looks at about pixels 4t to 4t + 3 of the (64-row) image, so the columns place each character."""
         best = logits.argmax(dim=-1)  # (B, T)
-        texts = []
+        rows = []
         for row in best.tolist():
             chars, previous = [], 0
-            for index in row:
+            for column, index in enumerate(row):
                 if index != previous and index != 0:
-                    chars.append(self.config.charset[index - 1])
+                    chars.append((column, self.config.charset[index - 1]))
                 previous = index
-            texts.append("".join(chars))
-        return texts
+            rows.append(chars)
+        return rows
 
     @torch.no_grad()
     def read(self, images) -> list[str]:
