@@ -19,8 +19,8 @@ float16   x86 AVX512-FP16 or AMX-FP16; ARM FP16 (fphp)     float32 and back, sev
 ========  ===============================================  ======================================
 
 ``fuse(torch.bfloat16)`` on a CPU where bfloat16 is emulated warns once per process, naming the
-CPU's capability and the slowdown a short timed probe measured (a float32 and a bfloat16 matrix
-product of the same size), and pointing to ``fuse()`` in float32, the fast path there.
+CPU's capability and the slowdown a short timed probe measured (``F.linear`` in float32 and in
+bfloat16 on the same sizes), and pointing to ``fuse()`` in float32, the fast path there.
 
 Each Linear of a ``fuse()`` copy takes the fastest of oneDNN's packed matmul, aten's ``F.linear``
 and, at a few rows (up to ``FEW_ROWS``) on several threads, ``F.linear`` in blocks of output
