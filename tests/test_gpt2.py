@@ -576,6 +576,30 @@ def test_cli_generate_streams_the_greedy_continuation(tmp_path, capsys):
 
 
 # -- fuse(): the inference copy on packed oneDNN matmuls --------------------------------
+def test_fused_products_in_blocks_decode_as_the_model(monkeypatch):
+    """Every product of the fused copy in blocks of outputs on two threads (as a CPU may choose for a few rows): the
+    same greedy tokens, at batch 1 and on a left-padded batch."""
+    from minipt.ops import onednn
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=64, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)).eval()
+    monkeypatch.setenv("MINIPT_LINEAR", "blocks")
+    fused = model.fuse()
+    blocked = []
+    in_blocks = onednn.linear_in_blocks
+    monkeypatch.setattr(onednn, "linear_in_blocks", lambda *args: blocked.append(args[-1]) or in_blocks(*args))
+    ids = torch.randint(1, 300, (2, 9))
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1, 1], [1] * 9])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert torch.equal(fused.generate(ids[1:], max_new_tokens=12), model.generate(ids[1:], max_new_tokens=12))
+        assert torch.equal(fused.generate(ids, attention_mask=mask, max_new_tokens=12), model.generate(ids, attention_mask=mask, max_new_tokens=12))
+    finally:
+        torch.set_num_threads(threads)
+    assert blocked and set(blocked) == {2}
+
+
 def test_fused_model_computes_the_same_function(tmp_path):
     import copy
 

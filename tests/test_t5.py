@@ -24,6 +24,7 @@ from minipt import ConfigError, InputError, MiniptError
 from minipt.models.t5 import (T5Config, T5DecoderStep, T5EncoderForDecoding, T5EncoderModel, T5ForConditionalGeneration, T5Model,
                              relative_position_bucket)
 from minipt.nn import RMSNorm
+from minipt.ops import onednn
 from minipt.reference import import_transformers
 
 transformers = import_transformers()
@@ -269,15 +270,27 @@ def test_cached_decoding_equals_full_recomputation(pair):
     assert torch.equal(logits.argmax(-1), sequences[:, 1:])
 
 
-def test_the_fused_copy_decodes_as_the_model(pair):
-    """fuse(): self-attention's Q, K, V in one matmul, the activation and the residual adds inside the matmuls; the same tokens."""
+@pytest.mark.parametrize("kernel", ["onednn", "blocks"])
+def test_the_fused_copy_decodes_as_the_model(pair, kernel, monkeypatch):
+    """fuse(): self-attention's Q, K, V in one matmul, the activation and the residual adds inside the matmuls; the same
+    tokens, with every product on oneDNN, or in blocks of outputs on two threads (as a CPU may choose for a few rows)."""
     _, model, _ = pair
+    monkeypatch.setenv("MINIPT_LINEAR", kernel)
     fused = model.fuse()
     assert fused.decoder.layers[0].attn.qkv_proj is not None and fused.decoder.layers[0].cross_attn.qkv_proj is None
     ids, mask = padded(50, [9, 5])
-    for options in (dict(), dict(num_beams=3, length_penalty=0.5), dict(repetition_penalty=3.0)):
-        expected = model.generate(ids, attention_mask=mask, max_new_tokens=8, **options)
-        assert torch.equal(fused.generate(ids, attention_mask=mask, max_new_tokens=8, **options), expected), options
+    blocked = []
+    in_blocks = onednn.linear_in_blocks
+    monkeypatch.setattr(onednn, "linear_in_blocks", lambda *args: blocked.append(args[-1]) or in_blocks(*args))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for options in (dict(), dict(num_beams=3, length_penalty=0.5), dict(repetition_penalty=3.0)):
+            expected = model.generate(ids, attention_mask=mask, max_new_tokens=8, **options)
+            assert torch.equal(fused.generate(ids, attention_mask=mask, max_new_tokens=8, **options), expected), options
+    finally:
+        torch.set_num_threads(threads)
+    assert bool(blocked) == (kernel == "blocks")
 
 
 def test_sampling_goes_through_the_shared_sampler(pair):
