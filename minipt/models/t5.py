@@ -177,7 +177,7 @@ class T5Cache:
         shape = (config.num_decoder_layers, k.shape[0], config.num_heads, max_len, config.d_kv)
         self.keys = torch.zeros(shape, dtype=k.dtype, device=k.device)
         self.values = torch.zeros(shape, dtype=k.dtype, device=k.device)
-        self.cross = cross
+        self.cross = [(k.contiguous(), v.contiguous()) for k, v in cross]  # read at every step: copied out of the heads' view once
         self.bias = relative_bias(max_len, max_len)  # depends on key - query only: each step slices its rows
         self.length = 0
 
