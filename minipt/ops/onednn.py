@@ -258,7 +258,7 @@ def pack_linear(weight: Tensor, bias: Tensor | None = None, activation: str | No
     use_onednn = use_onednn and weight.device.type == "cpu" and weight.dtype in DTYPES and available(weight.dtype)
     choose = choose if weight.device.type == "cpu" else None
     if not use_onednn:
-        return PackedLinear(weight.clone(), None if bias is None else bias.clone(), activation, None, choose)
+        return PackedLinear(weight.clone(memory_format=torch.contiguous_format), None if bias is None else bias.clone(), activation, None, choose)
     return _pack(weight, bias, activation, batch_hint, choose)
 
 
