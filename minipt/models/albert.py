@@ -30,7 +30,7 @@ from torch import nn
 from ..config import Config, count, epsilon, flag, one_of, probability, real, require, token_id
 from ..errors import ConfigError
 from ..keymap import KeyMap
-from ..nn import Linear
+from ..nn import Dropout, Linear
 from ..nn.layers import ACTIVATIONS
 from ..nn.tap import tap
 from ..registry import register
@@ -225,7 +225,7 @@ class AlbertForSequenceClassification(SequenceClassifier, _AlbertPretrained):
     transfer_head = ("classifier", "num_labels")  # the head module and the config field of its size (also minipt.transfer's)
 
     def __init__(self, config: AlbertConfig):  # the head reads the pooler's output (SequenceClassifier.classify), which the checkpoint must hold
-        super().__init__(config, AlbertModel(config), dropout=nn.Dropout(config.classifier_dropout_prob), classifier=Linear(config.hidden_size, config.num_labels))
+        super().__init__(config, AlbertModel(config), dropout=Dropout(config.classifier_dropout_prob), classifier=Linear(config.hidden_size, config.num_labels))
 
     @classmethod
     def keymap(cls, config: AlbertConfig | None = None) -> KeyMap:

@@ -20,7 +20,7 @@ from ..checkpoint import Pretrained
 from ..config import Config, count, epsilon, flag, minipt_only, one_of, probability, real, require, token_id
 from ..errors import ConfigError, InputError
 from ..keymap import KeyMap
-from ..nn import LayerNorm, Linear, activation, attention_bias, linear_then_activation
+from ..nn import Dropout, LayerNorm, Linear, activation, attention_bias, linear_then_activation
 from ..nn.encoder import EncoderLayer
 from ..nn.layers import ACTIVATIONS
 from ..nn.output import ModelOutput
@@ -111,7 +111,7 @@ class BertEmbeddings(nn.Module):
         self.position = nn.Embedding(config.max_position_embeddings, width)
         self.token_type = nn.Embedding(config.type_vocab_size, width)
         self.norm = LayerNorm(width, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (T,)
@@ -258,7 +258,7 @@ class BertForSequenceClassification(SequenceClassifier, _BertPretrained):
 
     def __init__(self, config: BertConfig):  # the head reads the pooler's output (SequenceClassifier.classify), which the checkpoint must hold
         dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        super().__init__(config, BertModel(config), dropout=nn.Dropout(dropout), classifier=Linear(config.hidden_size, config.num_labels))
+        super().__init__(config, BertModel(config), dropout=Dropout(dropout), classifier=Linear(config.hidden_size, config.num_labels))
 
     @classmethod
     def keymap(cls, config: BertConfig | None = None) -> KeyMap:

@@ -32,7 +32,7 @@ from ..checks import check_ids
 from ..config import Config, count, probability, require
 from ..errors import InputError
 from ..keymap import KeyMap
-from ..nn import LSTM, Linear
+from ..nn import Dropout, LSTM, Linear
 from ..registry import Reads, register
 from ..nn.backend import ChoosesBackend
 from ..nn.fuse import InferenceCopy
@@ -81,7 +81,7 @@ class CharLM(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
             dropout=config.dropout if config.num_layers > 1 else 0.0,
             batch_first=True,
         )
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.head = Linear(config.hidden_size, config.vocab_size)
         self.set_backend(config.backend)
 

@@ -29,7 +29,7 @@ from ..checkpoint import Pretrained
 from ..config import Config, count, flag, one_of, probability, real, require, token_id
 from ..errors import InputError
 from ..keymap import KeyMap
-from ..nn import LayerNorm, Linear, activation, attention_bias, linear_then_activation
+from ..nn import Dropout, LayerNorm, Linear, activation, attention_bias, linear_then_activation
 from ..nn.backend import ChoosesBackend
 from ..nn.encoder import EncoderLayer
 from ..nn.fuse import InferenceCopy
@@ -120,7 +120,7 @@ class DistilBertEmbeddings(nn.Module):
         self.token = nn.Embedding(config.vocab_size, config.dim, padding_idx=config.padding_idx)
         self.position = nn.Embedding(config.max_position_embeddings, config.dim)
         self.norm = LayerNorm(config.dim, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (T,)
@@ -226,7 +226,7 @@ class DistilBertForSequenceClassification(SequenceClassifier, _DistilBertPretrai
         super().__init__(
             config, DistilBertModel(config), pre_classifier=Linear(config.dim, config.dim),
             act=activation("relu"),  # ReLU whatever config.activation says, as in transformers
-            dropout=nn.Dropout(config.seq_classif_dropout), classifier=Linear(config.dim, config.num_labels),
+            dropout=Dropout(config.seq_classif_dropout), classifier=Linear(config.dim, config.num_labels),
         )
 
     def classify(self, out: DistilBertOutput) -> torch.Tensor:

@@ -39,7 +39,7 @@ from ..checkpoint import Checkpoint, Pretrained, load_weights, model_keys
 from ..config import Config, count, epsilon, probability, real, require
 from ..errors import ConfigError, KeyMismatchError
 from ..keymap import KeyMap
-from ..nn import Linear
+from ..nn import Dropout, Linear
 from ..nn.conv import Conv2dSame, ConvBNAct, drop_path
 from ..vision import check_images, image_batch
 from ..registry import Reads, register
@@ -205,7 +205,7 @@ class EfficientNet(HasClassifier, Pretrained, ChoosesBackend, InferenceCopy, nn.
         self.blocks = nn.ModuleList(blocks)  # one flat list, numbered like the official checkpoint
         self.head = conv_bn_act(stages[-1].out_channels, config.head_channels, 1, 1, config)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.classifier = Linear(config.head_channels, config.num_classes) if config.num_classes else nn.Identity()
         self.num_features = config.head_channels  # channels of the feature map forward_features returns
         self.set_backend(config.backend)

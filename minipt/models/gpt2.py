@@ -27,7 +27,7 @@ from ..checks import check_ids, tracing
 from ..config import Config, count, epsilon, first_stop_id, flag, one_of, probability, real, require, token_id
 from ..errors import ConfigError, InputError
 from ..keymap import TRANSPOSE, KeyMap
-from ..nn import LayerNorm, Linear, activation, attention_bias, get_backend, linear_then_activation, scaled_dot_product_attention
+from ..nn import Dropout, LayerNorm, Linear, activation, attention_bias, get_backend, linear_then_activation, scaled_dot_product_attention
 from ..nn.layers import ACTIVATIONS
 from ..nn.tap import tap
 from ..registry import Reads, register
@@ -173,7 +173,7 @@ class GPT2Block(nn.Module):
         self.ffn_up = Linear(config.n_embd, config.n_inner)
         self.act = activation(config.activation_function)
         self.ffn_down = Linear(config.n_inner, config.n_embd)
-        self.dropout = nn.Dropout(config.resid_pdrop)
+        self.dropout = Dropout(config.resid_pdrop)
 
     def forward(self, hidden: torch.Tensor, bias: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
         if self.residual_in_matmul:  # the same sums (a fused copy runs in eval: no dropout between)
@@ -237,7 +237,7 @@ class GPT2Model(_GPT2Pretrained):
         self.config = config
         self.token = nn.Embedding(config.vocab_size, config.n_embd)
         self.position = nn.Embedding(config.n_positions, config.n_embd)
-        self.dropout = nn.Dropout(config.embd_pdrop)
+        self.dropout = Dropout(config.embd_pdrop)
         self.layers = nn.ModuleList(GPT2Block(config, i) for i in range(config.n_layer))
         self.final_norm = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.apply(self.init_weights)

@@ -21,7 +21,7 @@ from torch import nn
 from ..checkpoint import Pretrained
 from ..config import count, require, token_id
 from ..keymap import KeyMap
-from ..nn import Linear
+from ..nn import Dropout, Linear
 from ..nn.backend import ChoosesBackend
 from ..nn.fuse import InferenceCopy
 from ..registry import register
@@ -160,7 +160,7 @@ class RobertaForSequenceClassification(SequenceClassifier, _RobertaPretrained):
 
     def __init__(self, config: RobertaConfig):
         dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        super().__init__(config, RobertaModel(config.replace(add_pooling_layer=False)), dropout=nn.Dropout(dropout),
+        super().__init__(config, RobertaModel(config.replace(add_pooling_layer=False)), dropout=Dropout(dropout),
                          pre_classifier=Linear(config.hidden_size, config.hidden_size), classifier=Linear(config.hidden_size, config.num_labels))
 
     def classify(self, out: BertOutput) -> torch.Tensor:

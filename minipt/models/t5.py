@@ -55,7 +55,7 @@ from ..checks import check_choice, check_float, check_ids, check_int
 from ..config import Config, count, epsilon, first_stop_id, flag, probability, real, require, text, token_id
 from ..errors import ConfigError, InputError
 from ..keymap import KeyMap
-from ..nn import Linear, RMSNorm, activation, attention_bias, get_backend, scaled_dot_product_attention
+from ..nn import Dropout, Linear, RMSNorm, activation, attention_bias, get_backend, scaled_dot_product_attention
 from ..nn.backend import BackendBlock, ChoosesBackend
 from ..nn.fuse import InferenceCopy
 from ..nn.layers import ACTIVATIONS
@@ -265,7 +265,7 @@ class T5FeedForward(nn.Module):
             self.wi = Linear(config.d_model, config.d_ff, bias=False)
         self.act = activation(config.dense_act_fn)
         self.linear_act_pairs = (("wi_0" if self.gated else "wi", "act"),)  # fuse(): the activation as a post-op of its matmul
-        self.dropout = nn.Dropout(config.dropout_rate)
+        self.dropout = Dropout(config.dropout_rate)
         self.wo = Linear(config.d_ff, config.d_model, bias=False)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
@@ -289,7 +289,7 @@ class T5Block(nn.Module):
         self.residual_adds = 3 if decoder else 2  # one per sub-layer
         self.ffn_norm = RMSNorm(config.d_model, eps=config.layer_norm_epsilon)
         self.ffn = T5FeedForward(config)
-        self.dropout = nn.Dropout(config.dropout_rate)
+        self.dropout = Dropout(config.dropout_rate)
 
     def forward(self, hidden, bias, *, cross_keys_values=None, cross_bias=None, cache: T5Cache | None = None, index: int = 0,
                 need_weights: bool = False):
@@ -324,7 +324,7 @@ class T5Stack(nn.Module):
         super().__init__()
         self.decoder = decoder
         depth = config.num_decoder_layers if decoder else config.num_layers
-        self.dropout = nn.Dropout(config.dropout_rate)
+        self.dropout = Dropout(config.dropout_rate)
         self.layers = nn.ModuleList(T5Block(config, decoder=decoder, first=i == 0) for i in range(depth))
         self.final_norm = RMSNorm(config.d_model, eps=config.layer_norm_epsilon)
 

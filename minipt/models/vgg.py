@@ -39,7 +39,7 @@ from ..checkpoint import Checkpoint, Pretrained
 from ..config import Config, count, flag, probability, require
 from ..errors import ConfigError, InputError, KeyMismatchError
 from ..keymap import KeyMap
-from ..nn import Linear
+from ..nn import Dropout, Linear
 from ..nn.backend import ChoosesBackend
 from ..nn.conv import conv3x3
 from ..nn.fuse import InferenceCopy
@@ -147,10 +147,10 @@ class PreLogits(nn.Module):
         super().__init__()
         self.fc1 = Linear(in_features, hidden_size)
         self.act1 = nn.ReLU(inplace=True)
-        self.drop1 = nn.Dropout(dropout)
+        self.drop1 = Dropout(dropout)
         self.fc2 = Linear(hidden_size, hidden_size)
         self.act2 = nn.ReLU(inplace=True)
-        self.drop2 = nn.Dropout(dropout)
+        self.drop2 = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden = self.drop1(self.act1(self.fc1(x)))
@@ -391,8 +391,8 @@ def reference_model(config: VGGConfig) -> nn.Module:
         reference = tv.VGG(tv.make_layers(layout, config.batch_norm), num_classes=max(config.num_classes, 1), init_weights=False, dropout=config.dropout)
         reference.avgpool = nn.AdaptiveAvgPool2d((config.pool_size, config.pool_size))
         reference.classifier = nn.Sequential(
-            nn.Linear(flat, config.hidden_size), nn.ReLU(True), nn.Dropout(config.dropout),
-            nn.Linear(config.hidden_size, config.hidden_size), nn.ReLU(True), nn.Dropout(config.dropout),
+            nn.Linear(flat, config.hidden_size), nn.ReLU(True), Dropout(config.dropout),
+            nn.Linear(config.hidden_size, config.hidden_size), nn.ReLU(True), Dropout(config.dropout),
             nn.Linear(config.hidden_size, config.num_classes) if config.num_classes else nn.Identity(),  # headless: no classifier.6
         )
     return reference

@@ -39,7 +39,7 @@ from ..checkpoint import CONFIG, Checkpoint, Pretrained
 from ..config import Config, count, epsilon, flag, minipt_only, one_of, probability, real, require
 from ..errors import ConfigError, InputError, KeyMismatchError
 from ..keymap import KeyMap, Split
-from ..nn import LayerNorm, Linear, activation
+from ..nn import Dropout, LayerNorm, Linear, activation
 from ..nn.backend import ChoosesBackend
 from ..nn.encoder import EncoderLayer
 from ..nn.fuse import InferenceCopy
@@ -166,7 +166,7 @@ class ViTEmbeddings(nn.Module):
         self.patch = nn.Conv2d(config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.position = nn.Parameter(torch.zeros(1, config.grid**2 + 1, config.hidden_size))  # [CLS] first, then the grid row by row
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, images: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
         B, _, H, W = images.shape

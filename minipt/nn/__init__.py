@@ -3,6 +3,7 @@
 from .attention import MultiHeadAttention, attention_bias, scaled_dot_product_attention
 from .backend import BACKENDS, get_backend, set_backend, use_backend
 from .conv import Conv2dSame, ConvBNAct, conv1x1, conv3x3, drop_path
+from .dropout import Dropout, dropout
 from .encoder import EncoderLayer
 from .layers import GELU, LayerNorm, Linear, RMSNorm, activation, linear_then_activation
 from .rnn import GRU, LSTM, RNN
@@ -13,6 +14,7 @@ __all__ = [
     "BACKENDS",
     "Conv2dSame",
     "ConvBNAct",
+    "Dropout",
     "EncoderLayer",
     "GELU",
     "GenerateOutput",
@@ -34,6 +36,7 @@ __all__ = [
     "conv1x1",
     "conv3x3",
     "drop_path",
+    "dropout",
     "get_backend",
     "linear_then_activation",
     "scaled_dot_product_attention",

@@ -24,6 +24,7 @@ from .. import ops
 from ..checks import tracing
 from ..errors import ConfigError, InputError
 from .backend import BackendBlock, get_backend
+from .dropout import dropout as apply_dropout
 from .layers import Linear
 from .tap import tap
 
@@ -91,7 +92,9 @@ def scaled_dot_product_attention(
 
     ``fused`` runs ``minipt.ops.attention`` (with ``causal``) when the bias only masks padded keys
     ((B, 1, 1, S), as ``attention_bias`` builds it for a padding mask, or causal on top of it) or is
-    None; with attention dropout or any other mask it runs ``torch``.
+    None; with attention dropout or any other mask it runs ``torch``. With attention dropout on the CPU
+    every backend runs the math path (torch's CPU attention with dropout is this math too), its mask from
+    ``minipt.nn.dropout``.
     """
     T, S = q.shape[-2], k.shape[-2]
     if backend == "fused" and not need_weights and dropout == 0.0:
@@ -105,7 +108,7 @@ def scaled_dot_product_attention(
     attends = None  # (B, 1|heads, T, 1): 0 for query rows that may look at no key
     if bias is not None:
         attends = (bias > torch.finfo(bias.dtype).min).any(-1, keepdim=True)
-    if backend == "math" or need_weights:
+    if backend == "math" or need_weights or (dropout > 0.0 and q.device.type == "cpu"):
         scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
         scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (B, heads, T, S)
         if bias is not None:
@@ -114,7 +117,7 @@ def scaled_dot_product_attention(
         if attends is not None:
             attn_probs = attn_probs * attends
         attn_probs = tap(site, "probs", attn_probs)  # (B, heads, T, S)
-        out = torch.matmul(F.dropout(attn_probs, dropout, training=dropout > 0), v)  # (B, heads, T, D)
+        out = torch.matmul(apply_dropout(attn_probs, dropout), v)  # (B, heads, T, D)
         return out, attn_probs
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=scale)  # (B, heads, T, D)
     if attends is not None:

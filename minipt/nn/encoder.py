@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .attention import MultiHeadAttention
+from .dropout import Dropout
 from .layers import LayerNorm, Linear, activation, linear_then_activation
 
 __all__ = ["EncoderLayer"]
@@ -56,7 +57,7 @@ class EncoderLayer(nn.Module):
         self.act = activation(act)
         self.ffn_down = Linear(intermediate_size, dim)
         self.ffn_norm = LayerNorm(dim, eps=eps)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def feed_forward(self, hidden: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """``ffn_down(act(ffn_up(hidden)))`` (``+ residual``): (B, T, C) -> (B, T, intermediate) inside -> (B, T, C)."""

@@ -1,0 +1,124 @@
+"""minipt.nn.dropout: the counter-hash masks (the hash against its equations in Python integers, the
+keep rate and independence as a binomial's, reproducible under torch.manual_seed), and dropout's values
+and gradients against the mask it drew."""
+
+import pytest
+import torch
+from torch import nn
+
+from minipt.errors import ConfigError
+from minipt.nn import Dropout, dropout
+from minipt.nn.dropout import _ROUND_1, _ROUND_2, _WEYL, _ScaledByMask, keep_mask, uniform_int32
+
+MASK = (1 << 32) - 1
+
+
+def hash_in_python(index: int, key0: int, key1: int) -> int:
+    """The hash with Python integers reduced modulo 2^32 (logical shifts), as a signed int32."""
+    x = (index * (_WEYL & MASK) + key0) & MASK
+    x ^= x >> 16
+    x = (x * (_ROUND_1 & MASK)) & MASK
+    x ^= key1 & MASK
+    x ^= x >> 15
+    x = (x * (_ROUND_2 & MASK)) & MASK
+    return x - (1 << 32) if x >= 1 << 31 else x
+
+
+@pytest.mark.parametrize("keys", [(0, 0), (123456789, -987654321), (-(1 << 31), (1 << 31) - 1)])
+def test_hash_wraps_as_its_equations_say(keys):
+    numel = 70_001  # more than one vectorised block, and a tail
+    values = uniform_int32(numel, torch.tensor(keys, dtype=torch.int32))
+    for index in (0, 1, 2, 7, 255, 65_535, 65_536, 69_999, 70_000):
+        assert int(values[index]) == hash_in_python(index, *keys), index
+
+
+def binomial_bound(n: int, p: float, sigmas: float = 5.0) -> float:
+    return sigmas * (p * (1 - p) / n) ** 0.5
+
+
+@pytest.mark.parametrize("p", [0.01, 0.1, 0.5, 0.9])
+def test_keep_rate_is_one_minus_p(p):
+    n = 2_000_000
+    kept = keep_mask((n,), p).double().mean().item()
+    assert abs(kept - (1 - p)) < binomial_bound(n, 1 - p)
+
+
+def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    return torch.corrcoef(torch.stack([a.double(), b.double()]))[0, 1].item()
+
+
+def test_draws_are_uncorrelated_across_elements_and_calls():
+    n = 1_000_000
+    first, second = keep_mask((n,), 0.3), keep_mask((n,), 0.3)
+    bound = 5 / n ** 0.5  # a correlation's standard deviation is about 1/sqrt(n)
+    assert abs(correlation(first, second)) < bound
+    for lag in (1, 2, 128, 1 << 16):  # neighbours, and a row or a head apart
+        assert abs(correlation(first[:-lag], first[lag:])) < bound, lag
+    assert not torch.equal(first, second)
+
+
+def test_masks_follow_torch_manual_seed():
+    torch.manual_seed(7)
+    a = keep_mask((4, 5, 6), 0.5)
+    torch.manual_seed(7)
+    b = keep_mask((4, 5, 6), 0.5)
+    assert a.shape == (4, 5, 6) and a.dtype == torch.bool
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_dropout_zeroes_dropped_and_scales_kept(dtype):
+    x = torch.randn(8, 16, 32, dtype=dtype)
+    torch.manual_seed(3)
+    out = dropout(x, 0.25)
+    torch.manual_seed(3)
+    keep = keep_mask(x.shape, 0.25)
+    assert out.dtype == dtype
+    assert torch.equal(out[~keep], torch.zeros_like(out[~keep]))
+    torch.testing.assert_close(out[keep], x[keep] * (1 / 0.75), rtol=0, atol=0)
+
+
+def test_gradient_is_the_same_mask_and_scale():
+    x = torch.randn(6, 7, dtype=torch.float64, requires_grad=True)
+    keep = keep_mask(x.shape, 0.4)
+    assert torch.autograd.gradcheck(lambda t: _ScaledByMask.apply(t, keep, 1 / 0.6), (x,))
+    upstream = torch.randn(6, 7, dtype=torch.float64)
+    torch.manual_seed(11)
+    dropout(x, 0.4).backward(upstream)
+    torch.manual_seed(11)
+    torch.testing.assert_close(x.grad, upstream * keep_mask(x.shape, 0.4) / 0.6, rtol=0, atol=0)
+
+
+def test_evaluation_and_edge_probabilities():
+    x = torch.randn(3, 4)
+    assert dropout(x, 0.5, training=False) is x
+    assert dropout(x, 0.0) is x
+    assert torch.equal(dropout(x, 1.0), torch.zeros_like(x))
+    for p in (-0.1, 1.5):
+        with pytest.raises(ConfigError, match="between 0 and 1"):
+            dropout(x, p)
+
+
+def test_module_is_a_torch_dropout():
+    layer = Dropout(0.2)
+    assert isinstance(layer, nn.Dropout) and layer.p == 0.2 and not dict(layer.state_dict())
+    x = torch.ones(1000, 100)
+    out = layer(x)
+    assert abs((out == 0).double().mean().item() - 0.2) < binomial_bound(x.numel(), 0.2)
+    assert torch.equal(layer.eval()(x), x)
+
+
+def test_models_train_with_it_reproducibly():
+    from minipt.models.bert import BertConfig, BertModel
+
+    model = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=32, hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.3)).train()
+    assert all(type(m) is Dropout for m in model.modules() if isinstance(m, nn.Dropout))
+    ids = torch.randint(0, 50, (2, 9))
+    torch.manual_seed(5)
+    first = model(ids).last_hidden_state
+    torch.manual_seed(5)
+    again = model(ids).last_hidden_state
+    torch.manual_seed(6)
+    other = model(ids).last_hidden_state
+    assert torch.equal(first, again) and not torch.allclose(first, other)
