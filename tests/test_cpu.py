@@ -120,17 +120,49 @@ def test_each_fused_linear_takes_the_kernel_measured_faster_for_its_shape(faster
     fused = model.fuse()
     packed = [m for m in fused.modules() if isinstance(m, cpu.onednn.PackedLinear)]
     assert packed and all(m.onednn == (faster == "onednn") for m in packed)
-    shapes = {(rows, n_in, n_out, act) for _, rows, n_in, n_out, act in timed}
+    shapes = {(rows, n_in, n_out, act, residual) for _, rows, n_in, n_out, act, residual in timed}
     assert len(shapes) == len(timed)  # each shape class timed once: (16->48 qkv, 16->16, 16->32+gelu, 32->16)
-    assert (16, 16, 48, None) in shapes and (16, 16, 32, "gelu") in shapes  # the fewest rows first
+    assert (16, 16, 48, None, False) in shapes and (16, 16, 32, "gelu", False) in shapes  # the fewest rows first
     if faster == "aten":
-        assert (4096, 16, 32, "gelu") in shapes  # slower at the fewest and the most rows: never packed
+        assert (4096, 16, 32, "gelu", False) in shapes  # slower at the fewest and the most rows: never packed
     model.fuse()
     assert len(timed) == len(shapes)  # a second copy reuses the answers
     ids = torch.randint(0, 50, (2, 5))
     with torch.inference_mode():
         torch.testing.assert_close(fused(ids).last_hidden_state, model(ids).last_hidden_state, rtol=1e-4, atol=1e-5)
+    assert {residual for *_, residual in timed} == {False, True}  # the products that add the residual, timed adding it
     assert f"{faster}" in cpu.cpu_report()
+
+
+@pytest.mark.parametrize("rows", [2, 600])
+@pytest.mark.parametrize("activation", [None, "gelu"])
+def test_every_timed_candidate_computes_the_product_the_layer_runs(rows, activation, monkeypatch):
+    """The kernels are timed on what the layer computes: its activation, or the residual it adds."""
+
+    def timed_outputs(residual: bool) -> dict[str, torch.Tensor]:
+        results = {}
+
+        def run_each(cases, calls, favoured):
+            results.update({name: torch.cat(case()) for name, case in cases.items()})
+            return favoured
+
+        monkeypatch.setattr(cpu, "faster", run_each)
+        assert cpu._faster_linear(torch.float32, rows, 64, 128, activation, residual) == "aten"  # F.linear is favoured
+        return results
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        plain = timed_outputs(False)
+        added = timed_outputs(True) if activation is None else None  # a residual is added only without an activation
+    finally:
+        torch.set_num_threads(before)
+    assert set(plain) == {"aten"} | ({"onednn"} if cpu.cpu().onednn and cpu.onednn.available() else set()) | ({"blocks"} if rows <= cpu.FEW_ROWS else set())
+    for results in (plain, added or {}):
+        for name, out in results.items():
+            torch.testing.assert_close(out, results["aten"], rtol=1e-4, atol=1e-4, msg=name)
+    if added is not None:
+        assert set(added) == set(plain) and not torch.allclose(added["aten"], plain["aten"])
 
 
 @pytest.mark.skipif(not cpu.onednn.available(), reason="oneDNN is not available: every Linear runs F.linear")
@@ -146,7 +178,7 @@ def test_a_fused_linear_chooses_its_kernel_by_the_rows_it_is_given(monkeypatch):
     with torch.inference_mode():
         for ids in (many, few):
             torch.testing.assert_close(fused(ids).last_hidden_state, model(ids).last_hidden_state, rtol=1e-4, atol=1e-5)
-    chosen = {(rows, kernel) for m in packed for rows, (kernel, _) in m._chosen.items()}
+    chosen = {(rows, kernel) for m in packed for (rows, _), (kernel, _) in m._chosen.items()}
     assert {(200, "aten"), (10, "onednn")} <= chosen  # the layers' 200 rows (the 256 class) on F.linear, 10 on oneDNN
     assert all((kernel == "onednn") == (rows <= 64) for rows, kernel in chosen)  # the pooler's 40 and 2 rows on oneDNN
 
@@ -269,7 +301,7 @@ def test_few_rows_are_timed_over_copies_of_the_weight_and_many_rows_within_a_bud
 @pytest.mark.usefixtures("measuring")
 def test_the_timed_choice_is_one_of_the_two_and_kept():
     assert cpu.linear_kernel(torch.float32, 100, 64, 256, "gelu") in ("onednn", "aten")
-    assert list(cpu._linear_choices) == [(torch.float32, 128, 64, 256, "gelu")]  # 100 rows: the 128 class
+    assert list(cpu._linear_choices) == [(torch.float32, 128, 64, 256, "gelu", False)]  # 100 rows: the 128 class
 
 
 def test_a_fixed_kernel_is_taken_for_every_shape(monkeypatch):

@@ -70,8 +70,8 @@ def _pack(weight: torch.Tensor, bias: torch.Tensor | None, activation: str | Non
     out_features, in_features = weight.shape
     dtype = weight.dtype
 
-    def choose(rows: int) -> tuple[str, int]:  # per row count at run time: a fused model meets 1 and 4096 rows alike
-        kernel = linear_kernel(dtype, rows, in_features, out_features, activation)
+    def choose(rows: int, residual: bool) -> tuple[str, int]:  # per row count at run time: a fused model meets 1 and 4096 rows alike
+        kernel = linear_kernel(dtype, rows, in_features, out_features, activation, residual=residual)
         kernel = "aten" if kernel == "onednn" and not packed else kernel
         return kernel, linear_threads(kernel, dtype, rows, in_features, out_features, activation)
 

@@ -28,7 +28,9 @@ features on torch's threads (``onednn.linear_in_blocks``) for its shape on this 
 (``linear_kernel``): oneDNN ran twice as fast as MKL on one AVX-512 host, 1.15x on another, and
 slower on an AVX2 one, where a product of one row in blocks ran 1.6x as fast as ``F.linear``. The
 answer is measured once per process and shape class (the rows rounded up to a power of two, the
-weight's shape, the activation), in a few milliseconds, when the first copy of that shape is made.
+weight's shape, the activation, whether a residual is added), in a few milliseconds, when the first
+copy of that shape is made; ``F.linear``, what the unfused model runs, keeps a class unless another
+kernel is more than 5% faster.
 ``MINIPT_LINEAR=onednn``, ``=aten`` or ``=blocks`` fixes it instead (the tests fix oneDNN's path,
 to check it where it runs). At a few rows (up to
 ``FEW_ROWS``) the product may also run faster on one thread than on several (``linear_threads``,
@@ -177,7 +179,7 @@ def warn_if_emulated(dtype: torch.dtype, what: str = "fuse()") -> None:
 
 
 LINEAR_ENV = "MINIPT_LINEAR"  # one of onednn.KERNELS: every fuse() Linear takes it; unset: the fastest, measured
-_linear_choices: dict[tuple, str] = {}  # (dtype, rows, in, out, activation) -> one of onednn.KERNELS
+_linear_choices: dict[tuple, str] = {}  # (dtype, rows, in, out, activation, residual) -> one of onednn.KERNELS
 _reused_choices: dict[tuple, str] = {}  # the same, for a weight multiplied at every step: "onednn" | "aten"
 TIMED_WORK = 1 << 31  # multiply-adds of one timed product of many rows (about 33 ms at 130 GFLOP/s) ...
 TIMED_ROWS = 512  # ... but never fewer rows than this: the kernels rank by rows (a base model's 4096 at 910)
@@ -189,9 +191,10 @@ def _forced_kernel() -> str | None:
 
 
 def linear_kernel(dtype: torch.dtype, rows: int, in_features: int, out_features: int, activation: str | None = None,
-                  *, reused: bool = False) -> str:
+                  *, reused: bool = False, residual: bool = False) -> str:
     """``"onednn"``, ``"aten"`` or ``"blocks"``: the kernel a ``fuse()`` Linear of this shape takes here (see the module's
-    doc). ``reused``: one weight multiplied at every step (a recurrent layer's W_hh, which stays in the cache): only
+    doc). ``residual``: the product adds a residual (oneDNN in its epilogue, the others after it), and is timed so.
+    ``reused``: one weight multiplied at every step (a recurrent layer's W_hh, which stays in the cache): only
     ``"onednn"`` or ``"aten"``, timed on the one weight."""
     forced, with_onednn = _forced_kernel(), cpu().onednn and onednn.available(dtype)
     if reused:
@@ -205,19 +208,20 @@ def linear_kernel(dtype: torch.dtype, rows: int, in_features: int, out_features:
         return forced if with_onednn or forced != "onednn" else "aten"
     if not (with_onednn or _blocks_apply(rows, out_features)):
         return "aten"
-    key = (dtype, _rows_class(rows), in_features, out_features, activation)
+    key = (dtype, _rows_class(rows), in_features, out_features, activation, residual)
     if key not in _linear_choices:
         _linear_choices[key] = _faster_linear(*key)
     return _linear_choices[key]
 
 
 def _faster_linear(dtype: torch.dtype, rows: int, in_features: int, out_features: int, activation: str | None,
-                   reused: bool = False) -> str:
+                   residual: bool = False, reused: bool = False) -> str:
     """Time oneDNN's packed matmul (with its post-op, where oneDNN runs) against ``F.linear`` and the activation,
     and at up to ``FEW_ROWS`` rows on several threads against ``onednn.linear_in_blocks`` (one block per thread), on random
-    tensors of this shape: one warm-up each, then five alternated calls each. Each keeps its fastest call (on a
-    shared machine the steadier estimate); another wins over oneDNN only by more than 5%, since oneDNN's matmul
-    also takes the residual adds of a fused block. At a few rows each call multiplies ``_streamed`` copies of the
+    tensors of this shape (adding a residual where the layer does): one warm-up each, then five alternated calls each.
+    Each keeps its fastest call (on a shared machine the steadier estimate); oneDNN or the blocks win over F.linear,
+    what the unfused model runs, only by more than 5%, so that a choice within the timing's noise does not make a
+    fused copy slower than its model. At a few rows each call multiplies ``_streamed`` copies of the
     weight, one after the other, as a model's layers do; at many, at most ``TIMED_WORK`` multiply-adds and no fewer
     than ``TIMED_ROWS`` rows (a language model's head at 4096 rows took 12 s to time). ``reused``:
     oneDNN against F.linear on the one weight, in the cache (``linear_kernel``)."""
@@ -228,16 +232,21 @@ def _faster_linear(dtype: torch.dtype, rows: int, in_features: int, out_features
     weight = torch.randn(out_features, in_features, generator=generator).to(dtype) / in_features ** 0.5
     weights = [weight] + [weight.clone() for _ in range(_streamed(weight) - 1 if rows <= FEW_ROWS and not reused else 0)]
     bias = torch.zeros(out_features, dtype=dtype)
+    added = torch.randn(rows, out_features, generator=generator).to(dtype) if residual else None  # (rows, out)
     plain = onednn.ACTIVATIONS[activation][1]
-    cases = {"aten": lambda: [plain(F.linear(x, w, bias)) for w in weights]}
+
+    def then_add(out: torch.Tensor) -> torch.Tensor:
+        return out if added is None else out + added
+
+    cases = {"aten": lambda: [then_add(plain(F.linear(x, w, bias))) for w in weights]}
     if cpu().onednn and onednn.available(dtype):
         packed = [onednn.pack_linear(w, bias, activation, batch_hint=rows) for w in weights]
-        cases["onednn"] = lambda: [p(x) for p in packed]
+        cases["onednn"] = lambda: [p(x, residual=added) for p in packed]
     if _blocks_apply(rows, out_features) and not reused:
         blocks = torch.get_num_threads()
-        cases["blocks"] = lambda: [plain(onednn.linear_in_blocks(x, w, bias, blocks)) for w in weights]
+        cases["blocks"] = lambda: [then_add(plain(onednn.linear_in_blocks(x, w, bias, blocks))) for w in weights]
     with torch.inference_mode():
-        return faster(cases, calls=5, favoured="onednn" if "onednn" in cases else "aten")
+        return faster(cases, calls=5, favoured="aten")
 
 
 @functools.cache
@@ -344,9 +353,9 @@ def _rows_class(rows: int) -> int:
 def _faster_training_linear(rows: int, in_features: int, out_features: int, grad: bool) -> str:
     """Time ``onednn.linear`` against ``F.linear`` on random tensors of this shape, each call followed by its
     backward where ``grad``: one warm-up each, then three alternated calls each, the fastest of each kept;
-    oneDNN wins by more than 5%. Here nothing is folded into oneDNN's product, and aten is what the other
-    backends run: on a 2-core AVX2 host, favouring oneDNN (as ``_faster_linear`` does) chose it for every
-    product of a MiniLM training step, 10% slower there than aten's."""
+    oneDNN wins by more than 5%: nothing is folded into its product here, and aten is what the other backends
+    run (on a 2-core AVX2 host F.linear's forward and backward took 0.70-0.80 of oneDNN's time at MiniLM's
+    2048-row training shapes)."""
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(rows, in_features, generator=generator).requires_grad_(grad)
     weight = (torch.randn(out_features, in_features, generator=generator) / in_features ** 0.5).requires_grad_(grad)
@@ -374,8 +383,8 @@ def implementations(info: CPUInfo | None = None) -> dict[str, dict[str, str]]:
         if forced:
             kernel = f"{'aten' if forced == 'onednn' and not packed[dtype] else forced} for every shape ({LINEAR_ENV})"
         else:
-            chosen = [f"{rows}x{n_in}->{n_out}{'+' + act if act else ''}: {kernel}"
-                      for (d, rows, n_in, n_out, act), kernel in _linear_choices.items() if d == dtype]
+            chosen = [f"{rows}x{n_in}->{n_out}{'+' + act if act else ''}{'+residual' if residual else ''}: {kernel}"
+                      for (d, rows, n_in, n_out, act, residual), kernel in _linear_choices.items() if d == dtype]
             chosen += [f"{rows}x{n_in}->{n_out}{'+' + act if act else ''} on {kernel}: on 1 thread"
                        for (kernel, d, rows, n_in, n_out, act, _), n in _thread_choices.items() if d == dtype and n == 1]
             kernels = "oneDNN's packed matmul, F.linear" if packed[dtype] else "F.linear (aten) then the activation"

@@ -197,10 +197,10 @@ class PackedLinear(nn.Module):
         if self._choose is None or tracing():
             out = self._product(rows, residual, "onednn" if self.onednn else "aten")
         else:
-            n = rows.shape[0]
-            if n not in self._chosen:
-                self._chosen[n] = self._choose(n)
-            kernel, threads = self._chosen[n]
+            case = (rows.shape[0], residual is not None)
+            if case not in self._chosen:
+                self._chosen[case] = self._choose(*case)
+            kernel, threads = self._chosen[case]
             if kernel == "onednn" and not self.onednn:
                 kernel = "aten"
             if threads and threads < torch.get_num_threads():
@@ -241,13 +241,14 @@ class _Shared:
 
 
 def pack_linear(weight: Tensor, bias: Tensor | None = None, activation: str | None = None, *, batch_hint: int | None = None,
-                use_onednn: bool = True, choose: Callable[[int], tuple[str, int]] | None = None) -> PackedLinear:
+                use_onednn: bool = True, choose: Callable[[int, bool], tuple[str, int]] | None = None) -> PackedLinear:
     """A ``PackedLinear`` computing ``activation(x @ weight^T + bias)``: oneDNN on a packed copy of
     ``weight`` (out, in) when ``use_onednn`` and ``available(weight.dtype)``, plain torch otherwise
-    (``minipt.ops.cpu.linear_kernel`` says which is faster for a shape). ``choose(rows)``, where
-    given (CPU weights), decides per number of input rows whether the packed copy runs them, or
-    ``F.linear`` or ``linear_in_blocks`` on a plain copy kept beside it, and on how many threads (1,
-    or 0 for torch's setting): ``(kernel, threads)``, asked once per row count. The result's dtype is the
+    (``minipt.ops.cpu.linear_kernel`` says which is faster for a shape). ``choose(rows, residual)``,
+    where given (CPU weights), decides per number of input rows, with or without a residual to add,
+    whether the packed copy runs them, or ``F.linear`` or ``linear_in_blocks`` on a plain copy kept
+    beside it, and on how many threads (1, or 0 for torch's setting): ``(kernel, threads)``, asked once
+    per case. The result's dtype is the
     weight's; inputs must have it too."""
     if activation not in ACTIVATIONS:
         raise ConfigError(f"pack_linear supports the activations {list(ACTIVATIONS)}, not {activation!r}")
