@@ -9,10 +9,14 @@ folder. Everything is measured in this one run, the systems of a case timed in
 turns (bench/timing.py), medians; the ratio is minipt / transformers (sdpa,
 float32), below 1 meaning minipt is faster:
 
+- ``minipt``: the model ``from_pretrained`` gives, unfused (inference and the
+  training step);
 - ``fused``: inference with the ``fuse()`` copy (prepacked oneDNN weights,
   float32) at batch x length 32x128 and 8x512;
 - ``fused bf16``: ``fuse(torch.bfloat16)`` at 32x128, with the lowest cosine,
-  over the batch, between its mean-pooled embeddings and float32's;
+  over the batch, between its mean-pooled embeddings and float32's; timed in
+  its own round with transformers (its ratio there, times transformers' ms in
+  the main round: emulated, its slow calls disturbed the others');
 - ``train 16x128``: a training step (forward, backward, SGD update, dropout
   on) of the model on the ``"fused"`` backend against transformers' in train
   mode.
@@ -36,7 +40,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 
 from minipt import registry  # noqa: E402
 from minipt.reference import import_transformers  # noqa: E402
-from timing import medians, print_header, ratio_table, round_robin  # noqa: E402
+from timing import medians, medians_apart, print_header, ratio_table, round_robin  # noqa: E402
 
 BASE = {  # family -> (transformers' config class, base-size fields)
     "roberta": ("RobertaConfig", dict(vocab_size=50265, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1)),
@@ -81,12 +85,12 @@ def measure(transformers, model_type: str, repeats: int, quick: bool) -> list[tu
         vocab = save_random(transformers, model_type, folder)
         ours = ours_class.from_pretrained(folder).eval()
         theirs = transformers.AutoModel.from_pretrained(folder, attn_implementation="sdpa").eval()
-        models = {"transformers": theirs, "fused": ours.fuse(), "fused bf16": ours.fuse(torch.bfloat16)}
+        models = {"transformers": theirs, "minipt": ours, "fused": ours.fuse(), "fused bf16": ours.fuse(torch.bfloat16)}
         for size, length in ((32, 128), (8, 512)):
             inputs = batch(vocab, size, length)
             cases = {name: (lambda m=model: m(**inputs)) for name, model in models.items() if name != "fused bf16" or length == 128}
             with torch.inference_mode():
-                seconds = medians(round_robin(cases, 2 if quick else repeats, warmup=1))
+                seconds = medians_apart(cases, [name for name in cases if name == "fused bf16"], "transformers", 2 if quick else repeats)
                 cosine = None
                 if "fused bf16" in cases:
                     cosine = float(torch.nn.functional.cosine_similarity(
@@ -97,6 +101,7 @@ def measure(transformers, model_type: str, repeats: int, quick: bool) -> list[tu
         gc.collect()
 
         training = {"transformers": transformers.AutoModel.from_pretrained(folder, attn_implementation="sdpa").train(),
+                    "minipt": ours_class.from_pretrained(folder).train(),
                     "fused": ours_class.from_pretrained(folder, backend="fused").train()}
         inputs = batch(vocab, 16, 128)
         optimizers = {name: torch.optim.SGD(model.parameters(), lr=1e-4) for name, model in training.items()}
@@ -134,7 +139,7 @@ def main() -> None:
     print("base-size random weights; ms, and in brackets the ratio to transformers (sdpa, float32); targets: "
           + "; ".join(f"{system} {case} <= {limit}" for system, cases in TARGETS.items() for case, limit in cases.items())
           + f", bf16 cosine >= {MIN_COSINE}\n")
-    row = ratio_table("family, case", "transformers", ["fused", "fused bf16"], ["bf16 cosine (min)", "targets"])
+    row = ratio_table("family, case", "transformers", ["minipt", "fused", "fused bf16"], ["bf16 cosine (min)", "targets"])
     for model_type in families:
         for case, seconds, cosine in measure(transformers, model_type, args.repeats, args.quick):
             verdicts = [f"{system} {'met' if seconds[system] / seconds['transformers'] <= cases[case] else 'missed'}"

@@ -169,6 +169,21 @@ def medians(timings: dict[str, Timing]) -> dict[str, float]:
     return {name: t.median for name, t in timings.items()}
 
 
+def medians_apart(cases: dict[str, Callable[[], object]], apart: Sequence[str], baseline: str, repeats: int,
+                  warmup: int = 1) -> dict[str, float]:
+    """Median seconds of ``cases`` timed in turns, except those named in ``apart``: each of these is timed in
+    its own round with ``baseline`` and reported as its ratio to the baseline in that round times the
+    baseline's median in the main round. A case many times slower than the others (bfloat16 where the
+    CPU emulates it: 5-37 s a call against 0.8-5 s) disturbed the timings of whatever ran beside it: on a
+    2-core AVX2 host DistilBERT-base's fuse() copy measured 1.34 of transformers' time at 8x512 beside it,
+    1.01 without it."""
+    main = medians(round_robin({name: fn for name, fn in cases.items() if name not in apart}, repeats, warmup))
+    for name in apart:
+        alone = medians(round_robin({baseline: cases[baseline], name: cases[name]}, repeats, warmup))
+        main[name] = alone[name] / alone[baseline] * main[baseline]
+    return main
+
+
 def onnx_runtime_session(path: str):
     """An ONNX Runtime CPU session on torch's number of threads, with every graph optimisation, whose threads do
     not spin once a run ends. By default ONNX Runtime's workers spin-wait for the next call; in a run timed in

@@ -29,7 +29,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 from minipt.models.vit import ViTModel  # noqa: E402
 from minipt.ops import cpu_report  # noqa: E402
 from minipt.reference import import_transformers  # noqa: E402
-from timing import medians, onnx_runtime_session, print_header, ratio_table, round_robin  # noqa: E402
+from timing import medians_apart, onnx_runtime_session, print_header, ratio_table  # noqa: E402
 
 TARGETS = {"fused": 0.6}  # fuse() against transformers at batch 8, 224 px; and faster than ONNX Runtime
 
@@ -71,7 +71,7 @@ def main() -> None:
         if session is not None:
             cases["onnxruntime"] = lambda: session.run(["last_hidden_state"], {"pixel_values": pixels.numpy()})
         with torch.inference_mode():
-            seconds = medians(round_robin(cases, 2 if args.quick else args.repeats, warmup=1))
+            seconds = medians_apart(cases, ["fused bf16"], "transformers", 2 if args.quick else args.repeats)  # bf16 in its own round
             cls = {name: models[name](pixels).last_hidden_state[:, 0].float() for name in ("minipt", "fused bf16")}
     cosine = float(torch.nn.functional.cosine_similarity(cls["fused bf16"], cls["minipt"], dim=-1).min())
     print(f"ViT-B/16, batch {args.batch}, 224 px, random weights; ms, and in brackets the ratio to transformers "
