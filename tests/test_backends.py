@@ -2,7 +2,7 @@
 
 Each family is found through ``minipt.registry``; what "fused" must call is read off the blocks the
 model holds (attention -> ``minipt::attention``, LayerNorm -> ``minipt::layer_norm`` or
-``add_layer_norm``, GELU -> ``minipt::bias_gelu``, minipt's Linear -> oneDNN's matmul where oneDNN
+``add_layer_norm``, GELU -> ``minipt::bias_gelu`` where it has its kernel (CUDA), minipt's Linear -> oneDNN's matmul where oneDNN
 runs, LSTM/GRU -> ``minipt.ops.lstm_layer``/``gru_layer``, whose time loop calls the gate ops where they
 have a kernel and their references directly elsewhere: ``minipt.ops._register.per_step``), so a block
 that silently falls back to torch is caught.
@@ -43,7 +43,7 @@ def expected_ops(model) -> set[str]:
     wanted = set()
     if kinds & {"MultiHeadAttention", "CausalSelfAttention"}:
         wanted.add("minipt::attention")
-    if "GELU" in kinds:
+    if "GELU" in kinds and minipt.ops.gelu_takes_bias(next(model.parameters()).device):  # on the CPU: F.gelu after the biased product
         wanted.add("minipt::bias_gelu")
     if "LSTM" in kinds:
         wanted.add("minipt.ops.lstm_layer")

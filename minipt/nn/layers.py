@@ -103,11 +103,11 @@ class GELU(BackendBlock, nn.Module):
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """gelu(x), or gelu(x + bias) for a bias (N,) the Linear before left out (``linear_then_activation``)."""
         backend = get_backend(self.backend)
-        if backend == "fused":
+        if backend == "fused" and ops.gelu_takes_bias(x.device):  # elsewhere the op would be the lines below
             return ops.bias_gelu(x, bias if bias is not None else x.new_zeros(x.shape[-1]), self.approximate)
         if bias is not None:
             x = x + bias
-        if backend == "torch":
+        if backend != "math":
             return F.gelu(x, approximate=self.approximate)
         if self.approximate == "tanh":
             return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
@@ -138,9 +138,10 @@ ACTIVATIONS = {
 
 
 def linear_then_activation(linear: nn.Linear, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``act(linear(x))``. A GELU on the ``fused`` backend takes the Linear's bias itself, so that
-    the biased pre-activation is never written to memory (``minipt.ops.bias_gelu``)."""
-    if isinstance(act, GELU) and linear.bias is not None and get_backend(act.backend) == "fused":
+    """``act(linear(x))``. A GELU on the ``fused`` backend takes the Linear's bias itself where
+    ``minipt.ops.bias_gelu`` has its kernel (``ops.gelu_takes_bias``), so that the biased
+    pre-activation is never written to memory; on the CPU the matmul adds the bias."""
+    if isinstance(act, GELU) and linear.bias is not None and get_backend(act.backend) == "fused" and ops.gelu_takes_bias(x.device):
         product = linear(x, add_bias=False) if isinstance(linear, Linear) else F.linear(x, linear.weight)
         return act(product, linear.bias)
     return act(linear(x))

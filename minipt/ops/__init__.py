@@ -34,6 +34,7 @@ when a test runs a launcher such as ``_attention.attention_triton`` on CPU tenso
 
 from ._attention import attention
 from ._bias_gelu import bias_gelu
+from ._bias_gelu import takes_bias as gelu_takes_bias
 from ._gru_gates import gru_gates
 from ._layer_norm import add_layer_norm, layer_norm
 from .cpu import cpu_report, linear_kernel, linear_threads, native, warn_if_emulated
@@ -44,7 +45,7 @@ from .recurrent import (
 )
 
 __all__ = [
-    "add_layer_norm", "attention", "bias_gelu", "cpu_report", "cuda_report", "gru_gates", "gru_gates_reference", "gru_layer", "layer_norm",
+    "add_layer_norm", "attention", "bias_gelu", "cpu_report", "cuda_report", "gelu_takes_bias", "gru_gates", "gru_gates_reference", "gru_layer", "layer_norm",
     "linear_kernel", "linear_threads", "lstm_gates", "lstm_gates_reference", "lstm_layer", "native", "rnn_layer", "rnn_nonlinearity", "torch_rnn",
     "warn_if_emulated",
 ]

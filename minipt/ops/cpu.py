@@ -399,9 +399,13 @@ def implementations(info: CPUInfo | None = None) -> dict[str, dict[str, str]]:
             "float32": _training_choice() if packed[torch.float32] else "F.linear (aten)",
             "bfloat16": "F.linear (aten)" + ("" if native(torch.bfloat16, info) else "; emulated"),
         },
-        '"fused" backend: attention, LayerNorm, GELU, gates': {
+        '"fused" backend: attention, LayerNorm, gates': {
             "float32": "minipt.ops references (plain torch; Triton kernels are for CUDA)",
             "bfloat16": "minipt.ops references, computing in float32",
+        },
+        '"fused" backend: GELU after a Linear': {
+            "float32": "F.gelu on the Linear's product with its bias (minipt.ops.bias_gelu is for CUDA)",
+            "bfloat16": "F.gelu on the Linear's product with its bias",
         },
         "recurrent layers: W_hh products": {
             "float32": f"oneDNN (W_hh packed once per call, from {onednn.MIN_ROWS} rows) or torch.addmm, the faster at the batch's rows"
