@@ -132,7 +132,7 @@ def training_row(path, transformers, repeats: int, quick: bool):
 
         return run
 
-    t = medians(round_robin({name: step(name) for name in models}, 2 if quick else max(3, repeats // 2), warmup=2))
+    t = medians(round_robin({name: step(name) for name in models}, 2 if quick else max(5, repeats), warmup=2))
     return ("train 16x128", t, 16 * 128, None, None, None)
 
 
