@@ -2,11 +2,11 @@
 others scaled by ``1 / (1 - p)``, so that the expected output is the input; in evaluation, the identity.
 
 On the CPU the keep-or-drop draws come from a counter-based hash, as CUDA's dropout takes them from
-Philox: element ``i`` keeps its value where ``hash(i, key) >= threshold``, the key drawn once per call from
-torch's generator (``torch.manual_seed`` makes the masks reproducible; they are not torch's masks). The
+Philox: element ``i`` keeps its value where ``hash(i, keys) >= threshold``, two int32 keys drawn per call
+from torch's generator (``torch.manual_seed`` makes the masks reproducible; they are not torch's masks). The
 hash is a dozen whole-tensor integer operations that run on all the threads, where torch's CPU dropout
 draws one number at a time from one generator: on a 2-core AVX2 host a BERT-base attention dropout of
-16 x 12 x 128 x 128 probabilities took 24 ms with ``F.dropout`` and 10 ms here, and dropout had been
+16 x 12 x 128 x 128 probabilities took 24-25 ms with ``F.dropout`` and 7-10 ms here, and dropout had been
 15-19% of a MiniLM training step (bench/bert.py). Elsewhere (CUDA, tensors of 2^31 elements or more),
 ``F.dropout``.
 """
