@@ -78,6 +78,31 @@ def test_packed_linear_adds_a_residual():
         onednn.pack_linear(weight, bias, "gelu")(x, residual=residual)
 
 
+@pytest.mark.parametrize("activation", list(onednn.ACTIVATIONS))
+def test_the_plain_path_writes_over_its_product_with_gradients_still_right(activation):
+    """F.linear's product is written over by the activation and by the residual (a large new tensor costs fresh pages):
+    the values are F.linear's then the activation's, and the gradients (GELU's and tanh's read what was replaced) too."""
+    generator = torch.Generator().manual_seed(2)
+    x, weight, bias = torch.randn(4, 6, generator=generator), torch.randn(5, 6, generator=generator), torch.randn(5, generator=generator)
+    plain = {None: lambda y: y, "relu": F.relu, "gelu": F.gelu, "gelu_tanh": lambda y: F.gelu(y, approximate="tanh"), "tanh": torch.tanh}[activation]
+    packed = onednn.pack_linear(weight, bias, activation, use_onednn=False)
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(x), plain(F.linear(x, weight, bias)), rtol=0, atol=0)
+    x.requires_grad_(True)
+    got = packed(x)
+    (grad,) = torch.autograd.grad(got.pow(2).sum(), x)
+    exact = x.detach().double().requires_grad_(True)
+    expected = plain(F.linear(exact, weight.double(), bias.double()))
+    (expected_grad,) = torch.autograd.grad(expected.pow(2).sum(), exact)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-4, atol=1e-5)
+    if activation is None:
+        residual = torch.randn(4, 5, generator=generator)
+        with torch.inference_mode():
+            torch.testing.assert_close(packed(x, residual=residual), F.linear(x, weight, bias) + residual, rtol=0, atol=0)
+        torch.testing.assert_close(packed(x, residual=residual), F.linear(x, weight, bias) + residual, rtol=0, atol=0)
+
+
 def test_gelu_post_op_is_the_exact_erf_form():
     """oneDNN's "gelu" post-op with algorithm "none" is erf-GELU; tanh-GELU differs by ~5e-4 here."""
     x = torch.linspace(-4, 4, 801).view(-1, 1)
