@@ -105,9 +105,11 @@ def scaled_dot_product_attention(
             return ops.attention(q, k, v, keep, causal=causal, scale=scale), None
     if causal and bias is None and T > 1:
         bias = attention_bias(None, T, S, causal=True, dtype=q.dtype, device=q.device)
-    attends = None  # (B, 1|heads, T, 1): 0 for query rows that may look at no key
+    attends = None  # (B, 1|heads, T, 1): 0 for query rows that may look at no key; None where every row may look
     if bias is not None:
-        attends = (bias > torch.finfo(bias.dtype).min).any(-1, keepdim=True)
+        attends = bias.amax(-1, keepdim=True) > torch.finfo(bias.dtype).min
+        if q.device.type == "cpu" and not tracing() and bool(attends.all()):
+            attends = None  # T5's position bias (1, heads, T, S) at every layer: a pass over the output saved
     if backend == "math" or need_weights or (dropout > 0.0 and q.device.type == "cpu"):
         scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
         scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (B, heads, T, S)
