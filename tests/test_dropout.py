@@ -1,6 +1,8 @@
-"""minipt.nn.dropout: the counter-hash masks (the hash against its equations in Python integers, the
-keep rate and independence as a binomial's, reproducible under torch.manual_seed), and dropout's values
-and gradients against the mask it drew."""
+"""minipt.nn.dropout: the counter-hash masks (the hash against its equations in Python integers, two draws
+from each hash, the keep rate and independence as a binomial's, reproducible under torch.manual_seed), and
+dropout's values and gradients against the mask it drew."""
+
+import sys
 
 import pytest
 import torch
@@ -21,6 +23,7 @@ def hash_in_python(index: int, key0: int, key1: int) -> int:
     x ^= key1 & MASK
     x ^= x >> 15
     x = (x * (_ROUND_2 & MASK)) & MASK
+    x ^= x >> 16
     return x - (1 << 32) if x >= 1 << 31 else x
 
 
@@ -30,6 +33,30 @@ def test_hash_wraps_as_its_equations_say(keys):
     values = uniform_int32(numel, torch.tensor(keys, dtype=torch.int32))
     for index in (0, 1, 2, 7, 255, 65_535, 65_536, 69_999, 70_000):
         assert int(values[index]) == hash_in_python(index, *keys), index
+
+
+@pytest.mark.parametrize("p", [0.3, 0.9])
+def test_each_hash_gives_the_draws_of_two_elements(p):
+    """Element i's draw is one 16-bit half of the hash of counter i // 2 (as the bytes of an int32 lie in memory),
+    read as an int16 and kept where it is at least p in 16-bit steps; an odd count uses the first half of the last."""
+    mask = keep_mask((1001,), p, generator=torch.Generator().manual_seed(5))
+    keys = torch.randint(-(1 << 31), (1 << 31) - 1, (2,), dtype=torch.int32, generator=torch.Generator().manual_seed(5)).tolist()
+    threshold = round(p * (1 << 16)) - (1 << 15)
+    for index in (0, 1, 2, 3, 511, 512, 998, 999, 1000):
+        word = hash_in_python(index // 2, *keys) & MASK
+        low, high = word & 0xFFFF, word >> 16
+        first, second = (low, high) if sys.byteorder == "little" else (high, low)
+        half = first if index % 2 == 0 else second
+        draw = half - (1 << 16) if half >= 1 << 15 else half
+        assert bool(mask[index]) == (draw >= threshold), index
+
+
+def test_p_is_taken_in_steps_of_two_to_the_minus_16():
+    """Within 2^-17 of 1 nothing is kept (an int16 threshold of 2^15 would wrap to keep everything); below 2^-17 all is."""
+    n = 1_000_000
+    assert not keep_mask((n,), 1 - 2.0**-18).any()
+    assert keep_mask((n,), 2.0**-18).all()
+    assert 0 < keep_mask((n,), 1 - 2.0**-15).sum() < 90  # one draw in 2^15 kept: about 31 here
 
 
 def binomial_bound(n: int, p: float, sigmas: float = 5.0) -> float:

@@ -2,13 +2,15 @@
 others scaled by ``1 / (1 - p)``, so that the expected output is the input; in evaluation, the identity.
 
 On the CPU the keep-or-drop draws come from a counter-based hash, as CUDA's dropout takes them from
-Philox: element ``i`` keeps its value where ``hash(i, keys) >= threshold``, two int32 keys drawn per call
-from torch's generator (``torch.manual_seed`` makes the masks reproducible; they are not torch's masks). The
-hash is a dozen whole-tensor integer operations that run on all the threads, where torch's CPU dropout
-draws one number at a time from one generator: on a 2-core AVX2 host a BERT-base attention dropout of
-16 x 12 x 128 x 128 probabilities took 24-25 ms with ``F.dropout`` and 7-10 ms here, and dropout had been
-15-19% of a MiniLM training step (bench/bert.py). Elsewhere (CUDA, tensors of 2^31 elements or more),
-``F.dropout``.
+Philox: a 32-bit hash of counter ``j`` and two int32 keys drawn per call from torch's generator gives the
+draws of elements ``2j`` and ``2j + 1``, its two 16-bit halves, and an element keeps its value where its
+draw is at least ``p`` in 16-bit steps (``p`` is rounded to a multiple of 2^-16, at most 7.6e-6 away).
+``torch.manual_seed`` makes the masks reproducible; they are not torch's masks. The hash is fifteen
+whole-tensor integer operations over half as many counters as elements, on all the threads, where torch's
+CPU dropout draws one number at a time from one generator: on a 2-core AVX2 host a BERT-base attention
+dropout of 16 x 12 x 128 x 128 probabilities took 24-25 ms with ``F.dropout``, 7-10 ms with one 32-bit
+draw per element and 4.3-4.5 ms with one per two, and dropout had been 15-19% of a MiniLM training step
+(bench/bert.py). Elsewhere (CUDA, tensors of 2^31 elements or more), ``F.dropout``.
 """
 
 from __future__ import annotations
@@ -19,17 +21,18 @@ from torch import nn
 
 from ..errors import ConfigError
 
-# The hash: a Weyl step spreads the counter, then two xorshift-multiply rounds (the multipliers of
-# Wellons' "lowbias32") mix every input bit into the high bits, which the comparison reads. A second
-# key is xored in between the rounds, so that two calls' masks are not shifted copies of each other.
-# The constants are the 32-bit values written as signed int32; int32 multiplies wrap modulo 2^32.
+# The hash: a Weyl step spreads the counter, then Wellons' "lowbias32" (two xorshift-multiply rounds and a
+# last xorshift) mixes every input bit into every output bit, high and low halves alike, which are read as
+# two draws. A second key is xored in between the rounds, so that two calls' masks are not shifted copies
+# of each other. The constants are the 32-bit values written as signed int32; int32 multiplies wrap
+# modulo 2^32.
 _WEYL = -1640531527  # 0x9E3779B9
 _ROUND_1 = 0x7FEB352D
 _ROUND_2 = -2073254261  # 0x846CA68B
 
 
 def uniform_int32(numel: int, keys: torch.Tensor) -> torch.Tensor:
-    """(numel,) int32 values spread uniformly over all 2^32, a hash of each element's index and the two
+    """(numel,) int32 values spread uniformly over all 2^32, a hash of each counter 0..numel-1 and the two
     int32 ``keys`` (on the device of the result). Every step writes into ``x`` or one scratch tensor."""
     x = torch.arange(numel, dtype=torch.int32, device=keys.device)
     scratch = torch.empty_like(x)
@@ -42,18 +45,23 @@ def uniform_int32(numel: int, keys: torch.Tensor) -> torch.Tensor:
     xorshift(16)
     x.mul_(_ROUND_1).bitwise_xor_(keys[1])
     xorshift(15)
-    return x.mul_(_ROUND_2)
+    x.mul_(_ROUND_2)
+    xorshift(16)
+    return x
 
 
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu",
               generator: torch.Generator | None = None) -> torch.Tensor:
-    """A bool tensor of ``shape``, each element True with probability ``1 - p`` (to 2^-32), independently."""
+    """A bool tensor of ``shape``, each element True with probability ``1 - p`` (``p`` to 2^-16), independently."""
     numel = 1
     for size in shape:
         numel *= size
     keys = torch.randint(-(1 << 31), (1 << 31) - 1, (2,), dtype=torch.int32, generator=generator).to(device)
-    threshold = round(p * (1 << 32)) - (1 << 31)  # P(a uniform int32 >= threshold) = 1 - p
-    return (uniform_int32(numel, keys) >= threshold).view(shape)
+    threshold = round(p * (1 << 16)) - (1 << 15)  # P(a uniform int16 >= threshold) = 1 - p, p in 16-bit steps
+    if threshold >= 1 << 15:  # p within 2^-17 of 1: nothing kept (an int16 compared with 2^15 would wrap it)
+        return torch.zeros(shape, dtype=torch.bool, device=device)
+    draws = uniform_int32((numel + 1) // 2, keys).view(torch.int16)[:numel]  # each counter's two halves: (numel,)
+    return (draws >= threshold).view(shape)
 
 
 class _ScaledByMask(torch.autograd.Function):
