@@ -163,7 +163,7 @@ class RelativePositionBias(nn.Module):
         query = torch.arange(query_len, device=device)[:, None] + past  # (T, 1)
         key = torch.arange(key_len, device=device)[None, :]  # (1, S)
         bucket = relative_position_bucket(key - query, bidirectional=self.bidirectional, num_buckets=self.weight.shape[0], max_distance=self.max_distance)
-        return F.embedding(bucket, self.weight).permute(2, 0, 1).unsqueeze(0)  # (1, heads, T, S)
+        return F.embedding(bucket, self.weight).permute(2, 0, 1).unsqueeze(0).contiguous()  # (1, heads, T, S), each row of keys contiguous
 
 
 # -- the decoder's key/value cache --------------------------------------------------------
