@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import OpCounter
 from minipt import cli
 from minipt.errors import InputError
 from minipt.models.bert import BertConfig, BertModel
@@ -312,3 +313,21 @@ def test_a_fixed_kernel_is_taken_for_every_shape(monkeypatch):
     assert cpu.linear_kernel(torch.float32, 128, 16, 16) == "aten"
     fused = _tiny_bert().fuse()
     assert not any(m.onednn for m in fused.modules() if isinstance(m, cpu.onednn.PackedLinear))
+
+
+@pytest.mark.skipif(not cpu.onednn.available(), reason="oneDNN is not available: no packed products")
+def test_eager_products_call_the_kernel_and_watched_ones_minipts_op(monkeypatch):
+    """Eager calls skip the registered op's dispatch; under a dispatch mode (FlopCounterMode, OpCounter) it is minipt's op that runs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    monkeypatch.setenv("MINIPT_LINEAR", "onednn")
+    fused = _tiny_bert().fuse()
+    ids = torch.randint(0, 50, (2, 5))
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as trace:
+        eager = fused(ids).last_hidden_state
+    names = {event.key for event in trace.key_averages()}
+    assert "mkldnn::_linear_pointwise" in names and not any(name.startswith("minipt::packed_linear") for name in names)
+    with torch.inference_mode(), OpCounter() as ops_run:
+        watched = fused(ids).last_hidden_state
+    assert ops_run["minipt.packed_linear.default"] > 0 and ops_run["mkldnn._linear_pointwise.default"] == 0, dict(ops_run)
+    torch.testing.assert_close(watched, eager, rtol=0, atol=0)  # the same kernel either way
