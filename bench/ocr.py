@@ -12,15 +12,19 @@ For each image, timed in turns (bench/timing.py's round_robin), 2 threads each:
 
 - EasyOCR: ``Reader(['en'], gpu=False).readtext(image)`` with craft_mlt_25k and english_g2.pth,
   the files minipt fetches (its defaults: the recogniser quantised to int8 on the CPU);
-- minipt: ``minipt.ocr.read_words(image)`` (the detector fused and channels-last, as it loads by default);
-- minipt unfused: the same with the detector as loaded (BatchNorm separate, contiguous), to show what
+- minipt: ``minipt.ocr.read_words(image)`` (the detector fused and channels-last, as it loads by default, in
+  ``minipt.ops.detector_dtype()``: bfloat16 where the CPU has bfloat16 instructions, else float32);
+- minipt, detector float32: where that default is bfloat16, the same with the detector fused in float32;
+  bench/ocr_accuracy.py ``--variant float32-detector`` / ``bfloat16-detector`` scores what each reads;
+- minipt unfused: the same with the detector as loaded (float32, BatchNorm separate, contiguous), to show what
   fuse() and channels-last give;
 - RapidOCR: ``RapidOCR()(image)`` (its detector, angle classifier and recogniser; ONNX Runtime's threads not spinning
   after a run, as bench/timing.py's sessions), if importable;
 - each side's box finding alone, for its share of the time: minipt's ``CRAFT.detect`` and ``word_boxes``,
   EasyOCR's ``Reader.detect``.
 
-Target: minipt's time per image at most 0.5 of EasyOCR's (the ratio of the summed medians). While it runs,
+Target: minipt's time per image at most 0.5 of EasyOCR's (the ratio of the summed medians), judged for the default
+pipeline and, where it runs, the float32 detector. While it runs,
 /tmp/bench/busy exists, so that others on the machine hold back heavy work.
 """
 
@@ -41,6 +45,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 from minipt import ocr  # noqa: E402
 from minipt.hub import resolve  # noqa: E402
 from minipt.models.craft import CRAFT  # noqa: E402
+from minipt.ops import detector_dtype  # noqa: E402
 from timing import Table, print_header, round_robin  # noqa: E402
 
 THREADS = 2
@@ -126,13 +131,15 @@ def main(argv=None) -> int:
     torch.set_num_threads(THREADS)
     reader, easyocr_version = easyocr_reader()
     rapid, rapid_version = rapidocr_engine()
-    detector, recogniser = ocr._default_models()  # what read_words uses: the detector fused and channels-last
+    detector, recogniser = ocr._default_models()  # what read_words uses: the detector fused and channels-last, in detector_dtype()
     plain = CRAFT.from_pretrained("craft_mlt_25k").eval()
+    float32 = None if detector_dtype() == torch.float32 else CRAFT.from_pretrained("craft_mlt_25k").fuse().to(memory_format=torch.channels_last)
     print_header(easyocr_version, rapid_version)
     print("Milliseconds per image (median of the rounds), in brackets the ratio to EasyOCR's Reader; box finding's share of "
           "each side's own time in the last two columns.\n")
-    columns = ["image", "minipt words", "EasyOCR Reader ms", "minipt ms", "minipt, detector unfused ms", "RapidOCR ms",
-               "minipt: boxes' share", "EasyOCR: boxes' share"]
+    columns = ["image", "minipt words", "EasyOCR Reader ms", "minipt ms", "minipt, detector unfused ms"]
+    columns += ["minipt, detector float32 ms"] if float32 is not None else []
+    columns += ["RapidOCR ms", "minipt: boxes' share", "EasyOCR: boxes' share"]
     table = Table(columns, right=range(1, len(columns)))
     totals: dict[str, float] = {}
     for name, image in images().items():
@@ -143,6 +150,8 @@ def main(argv=None) -> int:
             "minipt boxes": lambda: ocr.word_boxes(*detector.detect(image)[:2]),
             "easyocr boxes": lambda: reader.detect(image),
         }
+        if float32 is not None:
+            cases["minipt float32"] = lambda: ocr.read_words(image, detector=float32, recogniser=recogniser)
         if rapid is not None:
             cases["rapidocr"] = lambda: rapid(image)
         with torch.inference_mode():
@@ -151,22 +160,26 @@ def main(argv=None) -> int:
         for case, value in seconds.items():
             totals[case] = totals.get(case, 0.0) + value
         words = len(ocr.read_words(image))
-        table.row(*row(f"{name} ({image.shape[1]}x{image.shape[0]})", words, seconds))
-    table.row(*row("**all images**", "", totals))
-    ratio = totals["minipt"] / totals["easyocr"]
-    verdict = "met" if ratio <= 0.5 else f"missed: {ratio / 0.5:.2f}x the time allowed"
-    print(f"\nminipt / EasyOCR Reader over all images: {ratio:.2f} (target <= 0.50: {verdict})")
+        table.row(*row(f"{name} ({image.shape[1]}x{image.shape[0]})", words, seconds, float32 is not None))
+    table.row(*row("**all images**", "", totals, float32 is not None))
+    for case, label in (("minipt", f"minipt (detector {str(detector_dtype()).removeprefix('torch.')})"),
+                        ("minipt float32", "minipt, detector float32")):
+        if case in totals:
+            ratio = totals[case] / totals["easyocr"]
+            verdict = "met" if ratio <= 0.5 else f"missed: {ratio / 0.5:.2f}x the time allowed"
+            print(f"\n{label} / EasyOCR Reader over all images: {ratio:.2f} (target <= 0.50: {verdict})")
     return 0
 
 
-def row(label: str, words, seconds: dict[str, float]) -> list[str]:
+def row(label: str, words, seconds: dict[str, float], with_float32: bool) -> list[str]:
     base = seconds["easyocr"]
 
     def cell(case):
         return "-" if case not in seconds else f"{seconds[case] * 1e3:.0f} ({seconds[case] / base:.2f})"
 
-    return [label, str(words), f"{base * 1e3:.0f}", cell("minipt"), cell("minipt unfused"), cell("rapidocr"),
-            f"{seconds['minipt boxes'] / seconds['minipt']:.0%}", f"{seconds['easyocr boxes'] / base:.0%}"]
+    cells = [label, str(words), f"{base * 1e3:.0f}", cell("minipt"), cell("minipt unfused")]
+    cells += [cell("minipt float32")] if with_float32 else []
+    return cells + [cell("rapidocr"), f"{seconds['minipt boxes'] / seconds['minipt']:.0%}", f"{seconds['easyocr boxes'] / base:.0%}"]
 
 
 if __name__ == "__main__":

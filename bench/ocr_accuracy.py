@@ -4,7 +4,7 @@
 
 The set is bench/ocr_set.py's (built into DIR first when DIR holds none). The systems:
 
-- minipt: ``minipt.ocr.read_words`` with its defaults (craft_mlt_25k, easyocr-english-g2);
+- minipt: ``minipt.ocr.read_words`` with its defaults (craft_mlt_25k in ``minipt.ops.detector_dtype()``, easyocr-english-g2);
 - easyocr: EasyOCR's own ``Reader(["en"])`` with its ``readtext`` defaults, on the same two files (given through
   ``model_storage_directory`` with downloads off; EasyOCR checks their md5 sums itself);
 - easyocr-float (only when asked for): the same Reader with ``quantize=False``, its recogniser in float32 as
@@ -30,7 +30,8 @@ How a reading is scored against the truth of an image (each image's ``lines``):
   loses precision and CER, not word accuracy.
 
 ``--variant NAME`` (repeatable) adds minipt's pipeline with a change made in this script (``VARIANTS``:
-``unjoined``, ``min-size``; ``boxes``, none, as a check), to show what moves its numbers; they change nothing in minipt.
+``unjoined``, ``min-size``, ``float32-detector``, ``bfloat16-detector``; ``boxes``, none, as a check), to show what moves its numbers; they change
+nothing in minipt.
 """
 
 from __future__ import annotations
@@ -181,10 +182,24 @@ def variant(*, joined: bool = True, min_size: int = 0):
     return run
 
 
+def fused_detector(dtype_name: str):
+    """minipt's pipeline with the detector fused in ``dtype_name`` (``CRAFT.fuse(dtype)``, channels-last) on every CPU, where
+    its default takes ``minipt.ops.detector_dtype()``: bfloat16 where the CPU has bfloat16 instructions (AVX512-BF16,
+    AMX; about half float32's time there), float32 elsewhere (where bfloat16 is emulated and several times slower)."""
+    import torch
+
+    from minipt.models.craft import CRAFT
+
+    detector = CRAFT.from_pretrained("craft_mlt_25k").fuse(getattr(torch, dtype_name)).to(memory_format=torch.channels_last)
+    return minipt_system(detector=detector)
+
+
 VARIANTS = {  # name -> a function building a system
     "boxes": lambda: variant(),  # minipt's own steps through the cached boxes: scores as minipt does
     "unjoined": lambda: variant(joined=False),
     "min-size": lambda: variant(min_size=20),
+    "float32-detector": lambda: fused_detector("float32"),
+    "bfloat16-detector": lambda: fused_detector("bfloat16"),
 }
 
 

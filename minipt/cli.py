@@ -450,7 +450,14 @@ def cmd_ocr(args) -> int:
     def corners(box) -> str:
         return " ".join(f"{x:.0f},{y:.0f}" for x, y in box)
 
-    lines = read_lines(args.image)
+    detector = None
+    if args.dtype:  # else read_lines' default: the detector in minipt.ops.detector_dtype()
+        import torch
+
+        from .models.craft import CRAFT
+
+        detector = CRAFT.from_pretrained("craft_mlt_25k").fuse(getattr(torch, args.dtype)).to(memory_format=torch.channels_last)
+    lines = read_lines(args.image, detector=detector)
     words = [word for line in lines for word in line.words]
     print(f"{args.image}: {len(words)} words in {len(lines)} lines (confidence, box corners x,y clockwise from the top left, text)")
     for number, line in enumerate(lines):
@@ -620,6 +627,8 @@ COMMANDS: dict = {
         lambda p: (
             p.add_argument("image", help="path of the image (any format Pillow reads; grayscale, 16-bit and transparent ones too)"),
             p.add_argument("--boxes", help="also draw the boxes and texts over the image into this PNG file"),
+            p.add_argument("--dtype", choices=("float32", "bfloat16"),
+                           help="the detector's dtype (default: bfloat16 where this CPU computes it natively, else float32; `minipt info` says which)"),
         ),
     ),
     "fetch": (

@@ -42,6 +42,7 @@ import torch
 from .errors import InputError
 from .models.craft import CANVAS_SIZE, CRAFT, image_array
 from .models.crnn import CRNN, preprocess as crnn_preprocess
+from .ops import detector_dtype
 from .vision import pillow
 
 # EasyOCR's defaults (Reader.readtext)
@@ -404,9 +405,10 @@ def lines_from_boxes(recogniser: CRNN, image, boxes: list[np.ndarray]) -> list[L
 # -- the pipeline ----------------------------------------------------------------------
 @functools.cache
 def _default_models() -> tuple[CRAFT, CRNN]:
-    """EasyOCR's English models; the detector fused (BatchNorm folded into its convolutions) and channels-last,
-    the layout oneDNN's convolutions run fastest in."""
-    detector = CRAFT.from_pretrained("craft_mlt_25k").fuse().to(memory_format=torch.channels_last)
+    """EasyOCR's English models; the detector fused (BatchNorm folded into its convolutions) in the dtype this CPU
+    runs it fastest in without reading worse (``minipt.ops.detector_dtype``: bfloat16 where native, else float32)
+    and channels-last, the layout oneDNN's convolutions run fastest in. The recogniser reads in float32."""
+    detector = CRAFT.from_pretrained("craft_mlt_25k").fuse(detector_dtype()).to(memory_format=torch.channels_last)
     return detector, CRNN.from_pretrained("easyocr-english-g2").eval()
 
 
@@ -417,7 +419,9 @@ def read_lines(image, *, detector: CRAFT | None = None, recogniser: CRNN | None 
 
     The detector's word boxes are read by ``lines_from_boxes``.
 
-    Without ``detector`` and ``recogniser``, EasyOCR's English models (craft_mlt_25k, easyocr-english-g2), loaded once.
+    Without ``detector`` and ``recogniser``, EasyOCR's English models (craft_mlt_25k, easyocr-english-g2), loaded once,
+    the detector in bfloat16 where the CPU computes it natively (``minipt.ops.detector_dtype``); for float32 on every
+    CPU, pass ``detector=CRAFT.from_pretrained("craft_mlt_25k").fuse().to(memory_format=torch.channels_last)``.
     An image too small to hold a word (CRAFT's maps of it have fewer than ``MIN_SIZE`` cells) is refused."""
     if detector is None or recogniser is None:
         default_detector, default_recogniser = _default_models()

@@ -48,6 +48,13 @@ def test_native_dtypes_and_onednn_level_follow_the_flags(name):
     assert bool(emulated) is not (bf16 and fp16), emulated  # the report says which dtypes are emulated
 
 
+@pytest.mark.parametrize("name", list(CPUS))
+def test_the_ocr_detector_runs_in_bfloat16_only_where_it_is_native(name):
+    native_bf16 = CPUS[name][3]
+    assert cpu.detector_dtype(info(name)) == (torch.bfloat16 if native_bf16 else torch.float32)
+    assert f"minipt.ocr's default detector: {'bfloat16' if native_bf16 else 'float32'}" in cpu.cpu_report(info(name))
+
+
 def test_the_report_names_every_fast_path_for_both_dtypes():
     report = cpu.cpu_report()
     for path, choice in cpu.implementations().items():

@@ -8,6 +8,7 @@ import importlib
 import itertools
 import math
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -70,6 +71,26 @@ def test_reads_the_words_of_a_scanned_page():
     assert all((word.box >= -1).all() and (word.box[:, 0] <= 385).all() and (word.box[:, 1] <= 192).all() for word in words)
     sure = [word.text for word in words if word.confidence > 0.95]
     assert sum(text in truth for text in sure) >= 0.85 * len(sure), sure  # the code line and split words ("backg", "round") are not in it
+
+
+def test_the_default_detector_takes_the_cpus_dtype_and_either_reads_the_page_alike():
+    """bfloat16 where the CPU computes it natively, else float32 (minipt.ops.detector_dtype); the page's words and
+    boxes are the same with the detector in either dtype (emulated bfloat16 too, slower)."""
+    from minipt.ops import detector_dtype
+
+    detector, _ = ocr._default_models()
+    assert next(detector.parameters()).dtype == detector_dtype()
+    page = photos()["page"]
+    read = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        fused = mc.CRAFT.from_pretrained("craft_mlt_25k").fuse(dtype).to(memory_format=torch.channels_last)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # fuse(torch.bfloat16) says where bfloat16 is emulated
+            read[dtype] = ocr.read_words(page, detector=fused)
+    texts = {dtype: [word.text for word in words] for dtype, words in read.items()}
+    assert texts[torch.float32] == texts[torch.bfloat16] and len(texts[torch.float32]) >= 40
+    for single, half in zip(read[torch.float32], read[torch.bfloat16]):
+        np.testing.assert_allclose(half.box, single.box, atol=3)  # pixels
 
 
 def test_min_area_rect_of_a_turned_rectangle():
@@ -272,6 +293,9 @@ def test_the_command_line(tmp_path, capsys):
     assert re.fullmatch(r"line 0  0\.\d\d  (-?\d+,-?\d+ ){4} Region-based segmentation", out[1])
     assert re.fullmatch(r"    \d\.\d\d  (-?\d+,-?\d+ ){4} Region-based", out[2])
     assert out[-1] == f"wrote {tmp_path / 'boxes.png'}" and Image.open(tmp_path / "boxes.png").format == "PNG"
+    assert cli.main(["ocr", str(tmp_path / "page.png"), "--dtype", "float32"]) == 0  # the detector in float32 on any CPU
+    single = capsys.readouterr().out.splitlines()
+    assert single[0] == out[0] and single[1].endswith("Region-based segmentation")  # the same words and lines
 
     (tmp_path / "notes.png").write_text("not a picture")
     Image.new("L", (1, 1)).save(tmp_path / "dot.png")

@@ -37,7 +37,7 @@ from ._bias_gelu import bias_gelu
 from ._bias_gelu import takes_bias as gelu_takes_bias
 from ._gru_gates import gru_gates
 from ._layer_norm import add_layer_norm, layer_norm
-from .cpu import cpu_report, linear_kernel, linear_threads, native, warn_if_emulated
+from .cpu import cpu_report, detector_dtype, linear_kernel, linear_threads, native, warn_if_emulated
 from .cuda import report as cuda_report
 from ._lstm_gates import lstm_gates
 from .recurrent import (
@@ -46,6 +46,6 @@ from .recurrent import (
 
 __all__ = [
     "add_layer_norm", "attention", "bias_gelu", "cpu_report", "cuda_report", "gelu_takes_bias", "gru_gates", "gru_gates_reference", "gru_layer", "layer_norm",
-    "linear_kernel", "linear_threads", "lstm_gates", "lstm_gates_reference", "lstm_layer", "native", "rnn_layer", "rnn_nonlinearity", "torch_rnn",
+    "detector_dtype", "linear_kernel", "linear_threads", "lstm_gates", "lstm_gates_reference", "lstm_layer", "native", "rnn_layer", "rnn_nonlinearity", "torch_rnn",
     "warn_if_emulated",
 ]

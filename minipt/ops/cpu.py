@@ -142,6 +142,15 @@ def native(dtype: torch.dtype, info: CPUInfo | None = None) -> bool:
     return info.onednn_isa in NATIVE_ISA[dtype] if x86 else True
 
 
+def detector_dtype(info: CPUInfo | None = None) -> torch.dtype:
+    """The dtype ``minipt.ocr``'s default text detector (CRAFT, ``fuse(dtype)``) runs in here: bfloat16 where the CPU
+    computes it in hardware, float32 elsewhere. On a 2-core AVX512-BF16 EPYC the bfloat16 detector took 0.49 of
+    float32's time on a 1152 x 573 page, and the pipeline read bench/ocr_set.py's set as well (word accuracy 0.735
+    against 0.731, CER 0.174 against 0.169: docs/benchmarks.md, OCR accuracy); where bfloat16 is emulated it is
+    several times slower."""
+    return torch.bfloat16 if native(torch.bfloat16, info) else torch.float32
+
+
 @functools.cache
 def slowdown(dtype: torch.dtype) -> float:
     """How many times longer a Linear's product, ``F.linear`` of (256, 512) rows with a (512, 512) weight, takes in
@@ -441,4 +450,6 @@ def cpu_report(info: CPUInfo | None = None) -> str:
     ]
     for path, choice in implementations(info).items():
         lines.append(f"  {path}: {choice['float32']} | {choice['bfloat16']}")
+    lines.append(f"  minipt.ocr's default detector: {str(detector_dtype(info)).removeprefix('torch.')}"
+                 f" ({'bfloat16 is native here' if native(torch.bfloat16, info) else 'bfloat16 would be emulated here'})")
     return "\n".join(lines)
