@@ -338,3 +338,29 @@ def test_eager_products_call_the_kernel_and_watched_ones_minipts_op(monkeypatch)
         watched = fused(ids).last_hidden_state
     assert ops_run["minipt.packed_linear.default"] > 0 and ops_run["mkldnn._linear_pointwise.default"] == 0, dict(ops_run)
     torch.testing.assert_close(watched, eager, rtol=0, atol=0)  # the same kernel either way
+
+
+def test_a_failed_onednn_probe_is_reported_with_its_reason(monkeypatch):
+    """A torch whose private oneDNN ops changed turns minipt's oneDNN paths off; minipt info says why."""
+    monkeypatch.setattr(cpu.onednn, "_probed", {})
+    monkeypatch.delenv("MINIPT_ONEDNN", raising=False)
+
+    def changed(*args, **kwargs):
+        raise AttributeError("'_OpNamespace' 'mkldnn' object has no attribute '_linear_pointwise'")
+
+    monkeypatch.setattr(cpu.onednn, "_pack", changed)
+    assert not cpu.onednn.available(torch.float32)
+    assert cpu.onednn.unavailable_because(torch.float32).startswith("AttributeError: '_OpNamespace' 'mkldnn' object has no attribute")
+    answers = info("AVX512-BF16 (EPYC Genoa)")
+    if torch.backends.mkldnn.is_available():
+        assert "its float32 path off: AttributeError" in cpu.cpu_report(answers)
+    monkeypatch.setenv("MINIPT_ONEDNN", "0")
+    assert cpu.onednn.unavailable_because(torch.float32) == "MINIPT_ONEDNN=0"
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+def test_a_passing_onednn_probe_reports_nothing(monkeypatch):
+    monkeypatch.setattr(cpu.onednn, "_probed", {})
+    monkeypatch.delenv("MINIPT_ONEDNN", raising=False)
+    assert cpu.onednn.unavailable_because(torch.float32) is None and cpu.onednn.available(torch.float32)
+    assert "float32 path off" not in cpu.cpu_report(info("AVX512-BF16 (EPYC Genoa)"))  # (bfloat16's depends on this CPU)

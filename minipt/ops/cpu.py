@@ -433,6 +433,16 @@ def _training_choice() -> str:
     return "oneDNN's matmuls or F.linear, forward and backward, the faster per shape" + (f" ({', '.join(chosen)})" if chosen else ", measured at first use")
 
 
+def _onednn_failures(info: CPUInfo) -> dict[str, str]:
+    """dtype name -> why minipt's oneDNN path is off for it, where oneDNN itself is on (the probe's finding)."""
+    if not info.onednn:
+        return {}
+    reasons = {str(dtype).removeprefix("torch."): onednn.unavailable_because(dtype) for dtype in (torch.float32, torch.bfloat16)}
+    if not native(torch.bfloat16, info) and reasons["bfloat16"] == "oneDNN reports no bfloat16 support on this CPU":
+        del reasons["bfloat16"]  # the line above already says bfloat16 is emulated
+    return {dtype: why for dtype, why in reasons.items() if why is not None}
+
+
 def cpu_report(info: CPUInfo | None = None) -> str:
     """The CPU and the implementation each fast path takes, as text (``minipt info`` prints it)."""
     info = info or cpu()
@@ -442,7 +452,8 @@ def cpu_report(info: CPUInfo | None = None) -> str:
         f"  instruction sets: {' '.join(flags) or 'none of the ones minipt looks for'}",
         f"  torch {torch.__version__}, kernel capability {info.capability}, {torch.get_num_threads()} threads",
         f"  oneDNN: {'level ' + info.onednn_isa if info.onednn else 'off'}"
-        + (f" (capped by ONEDNN_MAX_CPU_ISA={info.isa_cap})" if info.isa_cap else ""),
+        + (f" (capped by ONEDNN_MAX_CPU_ISA={info.isa_cap})" if info.isa_cap else "")
+        + "".join(f"; its {dtype} path off: {why}" for dtype, why in _onednn_failures(info).items()),
         f"  native bfloat16: {'yes' if native(torch.bfloat16, info) else 'no (emulated)'}; "
         f"native float16: {'yes' if native(torch.float16, info) else 'no (emulated)'}",
         "",

@@ -72,18 +72,23 @@ ACTIVATIONS = {
 DTYPES = (torch.float32, torch.bfloat16)
 ENV_SWITCH = "MINIPT_ONEDNN"  # "0" turns the oneDNN paths off (the fallbacks run)
 MIN_ROWS = 64  # rows multiplied in all (steps x batch) below which packing W_hh costs more than it saves
-_probed: dict[torch.dtype, bool] = {}  # dtype -> whether oneDNN's path runs and is right
+_probed: dict[torch.dtype, str | None] = {}  # dtype -> why oneDNN's path does not run or is wrong, None where it is fine
 
 
 def probe(dtype: torch.dtype = torch.float32) -> bool:
     """Whether oneDNN's linear exists, runs, and matches plain torch on a tiny input, for every
     activation and the residual add on a packed weight and on a plain one, in ``dtype``. Runs the
-    check now (``available`` caches it)."""
+    check now (``available`` caches it; ``unavailable_because`` says why it failed)."""
+    return _probe_failure(dtype) is None
+
+
+def _probe_failure(dtype: torch.dtype) -> str | None:
+    """None where ``probe`` passes, else what failed, in words."""
     try:
         if not torch.backends.mkldnn.is_available():
-            return False
+            return "torch was built without oneDNN (torch.backends.mkldnn.is_available() is False)"
         if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            return False
+            return "oneDNN reports no bfloat16 support on this CPU"
         generator = torch.Generator().manual_seed(0)
         x = torch.randn(3, 2, 5, generator=generator)  # a leading batch dimension, odd sizes
         weight, bias, residual = (torch.randn(shape, generator=generator) for shape in ((4, 5), (4,), (3, 2, 4)))
@@ -93,22 +98,30 @@ def probe(dtype: torch.dtype = torch.float32) -> bool:
             packed = _pack(weight.to(dtype), bias.to(dtype), name, batch_hint=6)
             got = packed(x.to(dtype)).double()
             if got.shape != (3, 2, 4) or not torch.allclose(got, plain(expected_linear.clone()), atol=tolerance, rtol=tolerance):
-                return False
+                return f"the packed matmul with activation {name} differs from plain torch"
         got = _pack(weight.to(dtype), bias.to(dtype), None, batch_hint=6)(x.to(dtype), residual=residual.to(dtype)).double()
         if not torch.allclose(got, expected_linear + residual.double(), atol=tolerance, rtol=tolerance):
-            return False
+            return "the packed matmul with a residual add differs from plain torch"
         got = _matmul_t(x.to(dtype).reshape(6, 5), weight.to(dtype), bias.to(dtype)).double()  # unpacked, as linear() runs it
-        return bool(torch.allclose(got, expected_linear.reshape(6, 4), atol=tolerance, rtol=tolerance))
-    except (AttributeError, RuntimeError, NotImplementedError, TypeError):  # missing or changed private ops
-        return False
+        if not torch.allclose(got, expected_linear.reshape(6, 4), atol=tolerance, rtol=tolerance):
+            return "the unpacked matmul differs from plain torch"
+        return None
+    except (AttributeError, RuntimeError, NotImplementedError, TypeError) as error:  # missing or changed private ops
+        return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'no message'}"
 
 
 def available(dtype: torch.dtype = torch.float32) -> bool:
     """``probe(dtype)``, run once per dtype on first use; False without probing under ``MINIPT_ONEDNN=0``."""
+    return unavailable_because(dtype) is None
+
+
+def unavailable_because(dtype: torch.dtype = torch.float32) -> str | None:
+    """Why minipt's oneDNN paths are off for ``dtype`` (``MINIPT_ONEDNN=0``, or what the probe found), or None where
+    they run. ``minipt info`` prints it: a torch whose private oneDNN ops changed turns them off, and says so."""
     if os.environ.get(ENV_SWITCH, "1") == "0":
-        return False
+        return f"{ENV_SWITCH}=0"
     if dtype not in _probed:
-        _probed[dtype] = probe(dtype)
+        _probed[dtype] = _probe_failure(dtype)
     return _probed[dtype]
 
 
