@@ -133,7 +133,7 @@ def main(argv=None) -> int:
     rapid, rapid_version = rapidocr_engine()
     detector, recogniser = ocr._default_models()  # what read_words uses: the detector fused and channels-last, in detector_dtype()
     plain = CRAFT.from_pretrained("craft_mlt_25k").eval()
-    float32 = None if detector_dtype() == torch.float32 else CRAFT.from_pretrained("craft_mlt_25k").fuse().to(memory_format=torch.channels_last)
+    float32 = None if detector_dtype() == torch.float32 else ocr.load_detector(torch.float32)
     print_header(easyocr_version, rapid_version)
     print("Milliseconds per image (median of the rounds), in brackets the ratio to EasyOCR's Reader; box finding's share of "
           "each side's own time in the last two columns.\n")

@@ -183,15 +183,14 @@ def variant(*, joined: bool = True, min_size: int = 0):
 
 
 def fused_detector(dtype_name: str):
-    """minipt's pipeline with the detector fused in ``dtype_name`` (``CRAFT.fuse(dtype)``, channels-last) on every CPU, where
+    """minipt's pipeline with the detector in ``dtype_name`` (``minipt.ocr.load_detector``) on every CPU, where
     its default takes ``minipt.ops.detector_dtype()``: bfloat16 where the CPU has bfloat16 instructions (AVX512-BF16,
     AMX; about half float32's time there), float32 elsewhere (where bfloat16 is emulated and several times slower)."""
     import torch
 
-    from minipt.models.craft import CRAFT
+    from minipt import ocr
 
-    detector = CRAFT.from_pretrained("craft_mlt_25k").fuse(getattr(torch, dtype_name)).to(memory_format=torch.channels_last)
-    return minipt_system(detector=detector)
+    return minipt_system(detector=ocr.load_detector(getattr(torch, dtype_name)))
 
 
 VARIANTS = {  # name -> a function building a system

@@ -445,7 +445,7 @@ def cmd_zero_shot(args) -> int:
 
 
 def cmd_ocr(args) -> int:
-    from .ocr import read_lines
+    from .ocr import load_detector, read_lines
 
     def corners(box) -> str:
         return " ".join(f"{x:.0f},{y:.0f}" for x, y in box)
@@ -454,9 +454,7 @@ def cmd_ocr(args) -> int:
     if args.dtype:  # else read_lines' default: the detector in minipt.ops.detector_dtype()
         import torch
 
-        from .models.craft import CRAFT
-
-        detector = CRAFT.from_pretrained("craft_mlt_25k").fuse(getattr(torch, args.dtype)).to(memory_format=torch.channels_last)
+        detector = load_detector(getattr(torch, args.dtype))
     lines = read_lines(args.image, detector=detector)
     words = [word for line in lines for word in line.words]
     print(f"{args.image}: {len(words)} words in {len(lines)} lines (confidence, box corners x,y clockwise from the top left, text)")

@@ -403,13 +403,17 @@ def lines_from_boxes(recogniser: CRNN, image, boxes: list[np.ndarray]) -> list[L
 
 
 # -- the pipeline ----------------------------------------------------------------------
+def load_detector(dtype: torch.dtype | None = None) -> CRAFT:
+    """EasyOCR's detector (craft_mlt_25k) as the pipeline runs it: fused (BatchNorm folded into its convolutions)
+    in ``dtype`` and channels-last, the layout oneDNN's convolutions run fastest in. ``dtype`` None: the one this CPU
+    runs it fastest in without reading worse (``minipt.ops.detector_dtype``: bfloat16 where native, else float32)."""
+    return CRAFT.from_pretrained("craft_mlt_25k").fuse(dtype or detector_dtype()).to(memory_format=torch.channels_last)
+
+
 @functools.cache
 def _default_models() -> tuple[CRAFT, CRNN]:
-    """EasyOCR's English models; the detector fused (BatchNorm folded into its convolutions) in the dtype this CPU
-    runs it fastest in without reading worse (``minipt.ops.detector_dtype``: bfloat16 where native, else float32)
-    and channels-last, the layout oneDNN's convolutions run fastest in. The recogniser reads in float32."""
-    detector = CRAFT.from_pretrained("craft_mlt_25k").fuse(detector_dtype()).to(memory_format=torch.channels_last)
-    return detector, CRNN.from_pretrained("easyocr-english-g2").eval()
+    """EasyOCR's English models: the detector as ``load_detector()`` gives it; the recogniser reads in float32."""
+    return load_detector(), CRNN.from_pretrained("easyocr-english-g2").eval()
 
 
 def read_lines(image, *, detector: CRAFT | None = None, recogniser: CRNN | None = None, canvas_size: int = CANVAS_SIZE,
@@ -421,7 +425,7 @@ def read_lines(image, *, detector: CRAFT | None = None, recogniser: CRNN | None 
 
     Without ``detector`` and ``recogniser``, EasyOCR's English models (craft_mlt_25k, easyocr-english-g2), loaded once,
     the detector in bfloat16 where the CPU computes it natively (``minipt.ops.detector_dtype``); for float32 on every
-    CPU, pass ``detector=CRAFT.from_pretrained("craft_mlt_25k").fuse().to(memory_format=torch.channels_last)``.
+    CPU, pass ``detector=load_detector(torch.float32)``.
     An image too small to hold a word (CRAFT's maps of it have fewer than ``MIN_SIZE`` cells) is refused."""
     if detector is None or recogniser is None:
         default_detector, default_recogniser = _default_models()

@@ -83,10 +83,9 @@ def test_the_default_detector_takes_the_cpus_dtype_and_either_reads_the_page_ali
     page = photos()["page"]
     read = {}
     for dtype in (torch.float32, torch.bfloat16):
-        fused = mc.CRAFT.from_pretrained("craft_mlt_25k").fuse(dtype).to(memory_format=torch.channels_last)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # fuse(torch.bfloat16) says where bfloat16 is emulated
-            read[dtype] = ocr.read_words(page, detector=fused)
+            read[dtype] = ocr.read_words(page, detector=ocr.load_detector(dtype))
     texts = {dtype: [word.text for word in words] for dtype, words in read.items()}
     assert texts[torch.float32] == texts[torch.bfloat16] and len(texts[torch.float32]) >= 40
     for single, half in zip(read[torch.float32], read[torch.bfloat16]):
