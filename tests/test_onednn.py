@@ -47,10 +47,10 @@ def test_linear_matches_f_linear(fresh_probe, monkeypatch, switch, batch, inputs
 def test_probe_runs_once_and_lazily(fresh_probe, monkeypatch):
     assert onednn._probed == {}
     calls = []
-    real = onednn.probe
-    monkeypatch.setattr(onednn, "probe", lambda dtype=torch.float32: calls.append(1) or real(dtype))
+    real = onednn._probe_failure
+    monkeypatch.setattr(onednn, "_probe_failure", lambda dtype: calls.append(1) or real(dtype))
     assert onednn.available() and onednn.available()
-    assert calls == [1] and onednn._probed == {torch.float32: True}
+    assert calls == [1] and onednn._probed == {torch.float32: None}  # no failure found
 
 
 def test_env_switch_turns_it_off_without_probing(fresh_probe, monkeypatch):
@@ -64,18 +64,36 @@ def _raise(*args, **kwargs):
     raise RuntimeError("no such kernel")
 
 
+class _Zeros:
+    """An op with the overloads of mkldnn._linear_pointwise that answers zeros of the right shape."""
+
+    @staticmethod
+    def default(rows, packed, bias, *args):
+        return rows.new_zeros(rows.shape[0], 4)  # the probe's weight has 4 outputs
+
+    @staticmethod
+    def binary(rows, residual, packed, bias, *args):
+        return torch.zeros_like(residual)
+
+    def __call__(self, rows, packed, bias, *args):
+        return self.default(rows, packed, bias)
+
+
+_zeros = _Zeros()
+
+
 @pytest.mark.parametrize(
-    "breakage",
+    "breakage, reason",
     [
-        lambda mp: mp.setattr(torch.backends.mkldnn, "is_available", lambda: False),  # a build without oneDNN
-        lambda mp: mp.setattr(torch.ops.mkldnn, "_reorder_linear_weight", _raise),  # an op that fails
-        lambda mp: mp.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *a: torch.zeros(1, 2)),  # a wrong answer
+        (lambda mp: mp.setattr(torch.backends.mkldnn, "is_available", lambda: False), "built without oneDNN"),
+        (lambda mp: mp.setattr(torch.ops.mkldnn, "_reorder_linear_weight", _raise), "RuntimeError: no such kernel"),  # an op that fails
+        (lambda mp: mp.setattr(torch.ops.mkldnn, "_linear_pointwise", _zeros), "differs from plain torch"),  # a wrong answer
     ],
     ids=["not-built", "op-fails", "wrong-answer"],
 )
-def test_probe_failure_selects_the_fallback(fresh_probe, monkeypatch, breakage):
+def test_probe_failure_selects_the_fallback(fresh_probe, monkeypatch, breakage, reason):
     breakage(monkeypatch)
-    assert not onednn.available()
+    assert not onednn.available() and reason in onednn.unavailable_because()
     weight, x = torch.randn(5, 3), torch.randn(2, 3)
     packed = onednn.pack(weight, 2, 2)
     assert packed.packed is None
