@@ -32,7 +32,7 @@ def tiny(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny")
     for family in registry.families():
         family.tiny_model().save_pretrained(root / family.model_type)
-    for name, model in (("bert-text", BertModel(dataclasses.replace(registry.families()[0].tiny(), vocab_size=VOCAB))),
+    for name, model in (("bert-text", BertModel(dataclasses.replace(_family("bert").tiny(), vocab_size=VOCAB))),
                         ("gpt2-text", GPT2LMHeadModel(dataclasses.replace(_family("gpt2").tiny(), vocab_size=VOCAB)))):
         model.save_pretrained(root / name)
         build_bpe_files(read_tiktoken(tiny_tiktoken([b"he", b"ll", b"hell", b"hello", b" w", b" wo", b"or"])), {ENDOFTEXT: VOCAB - 1}, root / name)

@@ -17,7 +17,7 @@ import tempfile
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from minipt import ConfigError, InputError, MiniptError
@@ -224,7 +224,9 @@ def test_greedy_generation_matches_reference(feed_forward_proj, layers, left, se
     # random weights tend to repeat one token; a repetition penalty moves every row through several positions and tokens
     expected = reference.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False, repetition_penalty=3.0)
     assert torch.equal(model.generate(ids, attention_mask=mask, max_new_tokens=12, repetition_penalty=3.0), expected)
-    assert len(expected.unique()) > 3
+    # an example counts only where the reference moved through several tokens (some random weights keep to three even
+    # under the penalty): hypothesis then draws another, and fails the health check if too few do
+    assume(len(expected.unique()) > 3)
 
 
 @settings(max_examples=2, deadline=None)
