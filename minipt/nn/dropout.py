@@ -7,10 +7,10 @@ draws of elements ``2j`` and ``2j + 1``, its two 16-bit halves, and an element k
 draw is at least ``p`` in 16-bit steps (``p`` is rounded to a multiple of 2^-16, at most 7.6e-6 away).
 ``torch.manual_seed`` makes the masks reproducible; they are not torch's masks. The hash is fifteen
 whole-tensor integer operations over half as many counters as elements, on all the threads, where torch's
-CPU dropout draws one number at a time from one generator: on a 2-core AVX2 host a BERT-base attention
-dropout of 16 x 12 x 128 x 128 probabilities took 24-25 ms with ``F.dropout``, 7-10 ms with one 32-bit
-draw per element and 4.3-4.5 ms with one per two, and dropout had been 15-19% of a MiniLM training step
-(bench/bert.py). Elsewhere (CUDA, tensors of 2^31 elements or more), ``F.dropout``.
+CPU dropout draws one number at a time from one generator: a BERT-base attention dropout of 16 x 12 x 128
+x 128 probabilities took 24-25 ms with ``F.dropout``, 9.4-9.9 ms with one 32-bit draw per element and
+4.3-4.5 ms with one per two (a 2-core AVX512-BF16 EPYC; capped to AVX2 kernels, 24-25, 10.7-12.4 and
+4.7-5.1 ms), and dropout had been 15-19% of a MiniLM training step on an AVX2-only one (bench/bert.py). Elsewhere (CUDA, tensors of 2^31 elements or more), ``F.dropout``.
 """
 
 from __future__ import annotations
