@@ -32,8 +32,9 @@ cached, so an optimizer's in-place update is always seen), float32 only; it fall
 ``F.linear`` like ``pack_linear``. The forward product and the input's gradient run on oneDNN;
 the weight's gradient dy^T x runs on aten's ``mm``, which reads both operands transposed in
 place, where oneDNN's matmul would first copy them transposed (DistilBERT-base's
-2048 x 3072 activations: 16 ms a copy; with the copies oneDNN took 1.2-1.5x aten's time for
-that product at every BERT-base shape, 2 cores, AVX-512).
+2048 x 3072 activations: 16 ms a copy; with the copies oneDNN took 1.06-1.22x aten's time for
+that product at BERT-base's three shapes on a 2-core AVX512-BF16 EPYC, 1.10-1.38x with both
+capped to AVX2 kernels).
 
 ``pack`` / ``linear_packed`` / ``linear_add`` serve the recurrent layers' fused path, which
 multiplies the same weight W_hh by a small (batch, H) matrix at every time step: the weight is
