@@ -51,10 +51,14 @@ def _field(default, expected: Callable[[Any], str | None], *, optional: bool = F
     return field(default=default, metadata=metadata)
 
 
+INT64_END = 1 << 63  # torch takes sizes, strides and ids as int64: a count reaching it cannot be passed on
+
+
 def count(default: int | None, *, minimum: int = 1, optional: bool = False, minipt_only: bool = False):
-    """A size or a number of things: an int >= ``minimum`` (1 unless said)."""
+    """A size or a number of things: an int >= ``minimum`` (1 unless said) and below 2^63 (an int64)."""
     what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-    return _field(default, lambda v: None if _is_int(v) and v >= minimum else what, optional=optional, minipt_only=minipt_only)
+    ok = lambda v: _is_int(v) and minimum <= v < INT64_END  # noqa: E731
+    return _field(default, lambda v: None if ok(v) else what + " below 2^63", optional=optional, minipt_only=minipt_only)
 
 
 def token_id(default: int | None):

@@ -13,6 +13,7 @@ normalisation), which ``craft.preprocess`` must reproduce.
 """
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -239,6 +240,19 @@ def test_a_file_with_a_tensor_missing_or_a_config_against_it(tiny, tmp_path):
         mc.CRAFT.from_pretrained(tmp_path / "whole.pth", fc_channels=32)
     with pytest.raises(ConfigError, match=r"stages = .*: expected five stages of 2, 2, 3, 3, 2 conv widths"):
         mc.CRAFTConfig(stages=mv.LAYOUTS["D"])
+
+
+def test_a_dilation_beyond_int64_is_refused_by_name(tiny, tmp_path):
+    """fc6's dilation is in config.json but in no tensor's shape: past 2^63 torch's conv2d would fail with a TypeError
+    at the first forward (a case the loader fuzz found), so the config refuses it."""
+    with pytest.raises(ConfigError, match=r"CRAFTConfig.dilation = 9223372036854775808: expected a positive integer below 2\^63"):
+        mc.CRAFTConfig(dilation=1 << 63)
+    assert mc.CRAFTConfig(dilation=(1 << 63) - 1).dilation == (1 << 63) - 1
+    tiny.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "dilation": 1 << 64}))
+    with pytest.raises(ConfigError, match=r"dilation = 18446744073709551616: expected a positive integer below 2\^63"):
+        mc.CRAFT.from_pretrained(tmp_path)
 
 
 @pytest.mark.parametrize(
