@@ -391,6 +391,21 @@ def test_a_checkpoint_missing_a_tower(tmp_path):
     assert isinstance(CLIPTextModel.from_pretrained(folder), CLIPTextModel)  # the tower it holds still loads
 
 
+def test_a_vision_tower_whose_image_size_does_not_fit_its_positions(tmp_path):
+    """A tower loaded on its own checks its config against its tensors as CLIPModel checks each tower: an image size
+    that makes another number of positions is refused before the model is built (the loader fuzz found 10^12 px
+    failing with a TypeError inside torch.zeros)."""
+    _, folder = reference_clip(tmp_path, text=TEXT, vision=VISION)
+    tower = CLIPVisionModel.from_pretrained(folder)
+    tower.save_pretrained(tmp_path / "tower")
+    written = json.loads((tmp_path / "tower" / "config.json").read_text())
+    for image_size in (24, 10**12):
+        (tmp_path / "tower" / "config.json").write_text(json.dumps(written | {"image_size": image_size}))
+        with pytest.raises(ConfigError, match=rf"the config of CLIPVisionModel does not match .*: image_size = {image_size} and patch_size = 4 make "
+                                              r"\d+ positions, but embeddings.position_embedding.weight has shape \(10, 8\)"):
+            CLIPVisionModel.from_pretrained(tmp_path / "tower")
+
+
 def test_a_torchvision_vit_given_to_clip(tmp_path):
     vit = torchvision_vit.VisionTransformer(image_size=16, patch_size=8, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=16, num_classes=3)
     (tmp_path / "vit").mkdir()

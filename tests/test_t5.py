@@ -400,6 +400,13 @@ def test_relative_attention_fields_that_do_not_fit_the_checkpoint(pair, tmp_path
             T5ForConditionalGeneration.from_pretrained(tmp_path)
     with pytest.raises(ConfigError, match="relative_attention_max_distance"):
         T5Config(relative_attention_num_buckets=32, relative_attention_max_distance=10)
+    # d_kv is in no tensor's shape alone: heads x d_kv against the query projection, before the model is built
+    # (2^61 x 8 heads would not fit an int64; the loader fuzz found the TypeError it raised while building)
+    for d_kv in (5, 1 << 61):
+        (tmp_path / "config.json").write_text(json.dumps(written | {"d_kv": d_kv}))
+        with pytest.raises(ConfigError, match=rf"num_heads = 2 x d_kv = {d_kv} make {2 * d_kv} rows, but "
+                                              r"encoder.block.0.layer.0.SelfAttention.q.weight has shape \(12, 16\)"):
+            T5ForConditionalGeneration.from_pretrained(tmp_path)
 
 
 def test_an_encoder_only_file_given_to_the_generator(tmp_path):

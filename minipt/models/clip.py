@@ -322,6 +322,11 @@ class _CLIPTower(_CLIPPretrained):
         return super().load_config(path, checkpoint, **overrides)
 
     @classmethod
+    def check_config(cls, config, checkpoint) -> None:
+        """The tower's sizes against its tensors, the vision tower's position count included, before anything is built."""
+        _check_tower(cls, config, checkpoint, cls.keymap(config), "", owner=cls.__name__)
+
+    @classmethod
     def keymap(cls, config=None) -> KeyMap:
         """Hugging Face's names of the tower <-> minipt's: a tower file's own, or a full CLIP file's (under the
         tower's prefix, the other tower and the projections ignored)."""
@@ -551,8 +556,10 @@ class CLIPModel(_CLIPPretrained):
         super().check_config(config, checkpoint)
 
 
-def _check_tower(tower: type, config, checkpoint, keymap: KeyMap, prefix: str) -> None:
-    """``tower.checkpoint_fields`` against the tensors a CLIPModel ``keymap`` gives the tower under ``prefix``."""
+def _check_tower(tower: type, config, checkpoint, keymap: KeyMap, prefix: str, owner: str = "CLIPModel") -> None:
+    """``tower.checkpoint_fields`` (and the vision tower's position count) against the tensors ``keymap`` gives the
+    tower under ``prefix``: a CLIPModel's towers, or a tower loaded on its own (``owner``, its fields unprefixed)."""
+    field = f"{tower._tower_key}." if owner == "CLIPModel" else ""
     problems = []
     found: dict[str, tuple[str, tuple]] = {}
     for file_key in checkpoint.keys():
@@ -564,17 +571,17 @@ def _check_tower(tower: type, config, checkpoint, keymap: KeyMap, prefix: str) -
         if isinstance(where, str):
             held = len({key[len(where):].split(".")[0] for key in found if key.startswith(where)})
             if value != held:
-                problems.append(f"{tower._tower_key}.{name} = {value!r}, but the checkpoint holds {held}")
+                problems.append(f"{field}{name} = {value!r}, but the checkpoint holds {held}")
         elif where[0] in found:
             file_key, shape = found[where[0]]
             if len(shape) <= where[1] or shape[where[1]] != value:
-                problems.append(f"{tower._tower_key}.{name} = {value!r}, but {file_key} has shape {checkpoint.shape(file_key)}")
+                problems.append(f"{field}{name} = {value!r}, but {file_key} has shape {checkpoint.shape(file_key)}")
     position = found.get("embeddings.position")
     if tower is CLIPVisionModel and position is not None and position[1][0] != config.grid**2 + 1:
-        problems.append(f"vision_config.image_size = {config.image_size} and patch_size = {config.patch_size} make {config.grid**2 + 1} positions, "
+        problems.append(f"{field}image_size = {config.image_size} and patch_size = {config.patch_size} make {config.grid**2 + 1} positions, "
                         f"but {position[0]} has shape {checkpoint.shape(position[0])}")
     if problems:
-        raise ConfigError(f"the config of CLIPModel does not match the checkpoint {checkpoint.path}: " + "; ".join(problems))
+        raise ConfigError(f"the config of {owner} does not match the checkpoint {checkpoint.path}: " + "; ".join(problems))
 
 
 # -- preprocessing and zero-shot classification ---------------------------------------------------

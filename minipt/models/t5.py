@@ -408,6 +408,16 @@ def _check_ids_and_mask(name: str, ids, mask, vocab_size: int, mask_name: str) -
 class _T5Pretrained(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
     config_class = T5Config
 
+    @classmethod
+    def check_config(cls, config: T5Config, checkpoint) -> None:
+        """The fields against the tensors (``checkpoint_fields``), and heads x d_kv against the first query projection's
+        rows: d_kv is in no tensor's shape alone, and a product past int64 could not even build the model."""
+        super().check_config(config, checkpoint)
+        key = "encoder.block.0.layer.0.SelfAttention.q.weight"
+        if key in checkpoint.keys() and checkpoint.shape(key)[0] != config.num_heads * config.d_kv:
+            raise ConfigError(f"the config of {cls.__name__} does not match the checkpoint {checkpoint.path}: num_heads = {config.num_heads} "
+                              f"x d_kv = {config.d_kv} make {config.num_heads * config.d_kv} rows, but {key} has shape {checkpoint.shape(key)}")
+
     @torch.no_grad()
     def init_weights(self, module: nn.Module) -> None:
         """T5's initialisation (mesh-tensorflow's, as transformers): each projection's std from its fan-in; the scale
