@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable
 
@@ -106,9 +107,14 @@ def minipt_only(default: Any):
 
 def first_stop_id(values: dict) -> dict:
     """``values`` with an ``eos_token_id`` list (transformers' several stop ids) read as its first id,
-    which a generating model's ``prepare`` stops on."""
-    if isinstance(values.get("eos_token_id"), list):
-        values["eos_token_id"] = values["eos_token_id"][0] if values["eos_token_id"] else None
+    which a generating model's ``prepare`` stops on. A list of several different ids warns: generation
+    will not stop on the others."""
+    stops = values.get("eos_token_id")
+    if isinstance(stops, list):
+        if len(set(map(repr, stops))) > 1:
+            warnings.warn(f"config.json lists several stop ids (eos_token_id = {stops!r}); minipt's generation stops on the "
+                          f"first, {stops[0]!r}, only, and saves that one", UserWarning, stacklevel=4)
+        values["eos_token_id"] = stops[0] if stops else None
     return values
 
 

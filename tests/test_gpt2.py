@@ -617,3 +617,16 @@ def test_fused_model_computes_the_same_function(tmp_path):
         bf16 = model.fuse(torch.bfloat16)(ids, mask).logits.float()
         assert torch.nn.functional.cosine_similarity(bf16.flatten(1), exact.float().flatten(1)).min() > 0.99
     assert_inference_only(model, fused, tmp_path)
+
+
+def test_a_list_of_stop_ids_reads_as_its_first_and_warns_when_others_are_lost():
+    """transformers allows several stop ids; minipt's generation stops on one: a list of one id is that id, silently,
+    and a list of several different ids warns that the others are not stop ids here."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert GPT2Config.from_dict({"model_type": "gpt2", "vocab_size": 40, "eos_token_id": [7]}).eos_token_id == 7
+        assert GPT2Config.from_dict({"model_type": "gpt2", "vocab_size": 40, "eos_token_id": []}).eos_token_id is None
+    with pytest.warns(UserWarning, match=r"several stop ids \(eos_token_id = \[7, 9\]\); minipt's generation stops on the first, 7, only"):
+        assert GPT2Config.from_dict({"model_type": "gpt2", "vocab_size": 40, "eos_token_id": [7, 9]}).eos_token_id == 7
