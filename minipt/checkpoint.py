@@ -575,10 +575,23 @@ class Pretrained:
         path = resolve(name_or_path)
         with cls.open_checkpoint(path, mmap=mmap) as checkpoint:
             config = cls.load_config(path, checkpoint, **config_overrides)
-            with torch.device("meta"):
-                model = cls(config)
+            model = cls._build_unfilled(config, path)
             load_weights(model, checkpoint, cls.keymap(config), dtype=dtype, device=device, init_missing=tuple(init_missing))
         return model.eval()
+
+    @classmethod
+    def _build_unfilled(cls, config, path: Path):
+        """The model for ``config`` on the meta device (no memory), for the loader to fill. The config has passed its
+        checks and agrees with the checkpoint's shapes; a size it derives that no tensor holds (a width multiplier, a
+        product of counts) can still be out of torch's range, which is refused here naming the file, not left to
+        fail inside torch."""
+        try:
+            with torch.device("meta"):
+                return cls(config)
+        except (TypeError, OverflowError, ValueError, RuntimeError) as error:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ConfigError(f"torch cannot build the {cls.__name__} that the config for {path} describes ({reason}): "
+                              "one of its sizes is out of range") from error
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``model.safetensors`` with the official key names, then ``config.json``.

@@ -9,6 +9,8 @@ as an explicit pad before the convolution, BatchNorm, ReLU6), so the two agree
 to float32 rounding: max abs difference <= 1e-5 relative to the largest value.
 """
 
+import json
+
 import pytest
 import torch
 
@@ -269,3 +271,15 @@ def test_preprocess_method_uses_the_models_config(lite0, tmp_path):
     x = lite0.preprocess([path])
     assert x.shape == (1, 3, lite0.config.crop, lite0.config.crop)
     assert torch.equal(x, en.preprocess([path], lite0.config))
+
+
+def test_a_width_that_makes_sizes_torch_cannot_hold(tmp_path):
+    """The width multiplier scales channel counts that no tensor is checked against before the model is built: one
+    that takes them past int64 is refused naming the file and the class, where torch's TypeError escaped before
+    (found by the loader fuzz)."""
+    config = en.EfficientNetConfig(stages=(en.Stage(1, 3, 1, 1, 8, 8),), stem_channels=8, head_channels=16, num_classes=3)
+    folder = en.EfficientNet(config).save_pretrained(tmp_path / "tiny")
+    written = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(written | {"width": 1e19}))
+    with pytest.raises(ConfigError, match=r"torch cannot build the EfficientNet that the config for .*tiny describes \(.*\): one of its sizes is out of range"):
+        en.EfficientNet.from_pretrained(folder)
