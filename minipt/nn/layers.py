@@ -18,10 +18,10 @@ from .backend import BackendBlock, get_backend
 
 class Linear(BackendBlock, nn.Linear):
     """``x W^T + b``: torch.nn.Linear (the same parameters, state dict and initialisation) whose
-    matrix multiplies follow the backend. On ``"fused"``, float32 CPU tensors multiply on oneDNN,
-    forward and backward, where that is measured faster for the layer's shape on this CPU
-    (``minipt.ops.cpu.linear``: about twice as fast as the MKL GEMM behind ``F.linear`` on an
-    AVX-512 host, slower on an AVX2 one; bench/bert.py's training row). Everywhere else, and while
+    matrix multiplies follow the backend. On ``"fused"``, float32 CPU tensors take their product and
+    the input's gradient on oneDNN (the weight's gradient on aten) where that is measured faster for
+    the layer's shape on this CPU (``minipt.ops.cpu.linear``: 1.1-2x the MKL GEMM behind ``F.linear``
+    on AVX-512 hosts, slower on an AVX2 one; bench/bert.py's training row). Everywhere else, and while
     torch.compile, torch.export or the ONNX exporter trace the model, ``F.linear``."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
