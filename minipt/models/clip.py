@@ -559,7 +559,7 @@ class CLIPModel(_CLIPPretrained):
 def _check_tower(tower: type, config, checkpoint, keymap: KeyMap, prefix: str, owner: str = "CLIPModel") -> None:
     """``tower.checkpoint_fields`` (and the vision tower's position count) against the tensors ``keymap`` gives the
     tower under ``prefix``: a CLIPModel's towers, or a tower loaded on its own (``owner``, its fields unprefixed)."""
-    field = f"{tower._tower_key}." if owner == "CLIPModel" else ""
+    named = f"{tower._tower_key}." if owner == "CLIPModel" else ""  # how a field is named in the message
     problems = []
     found: dict[str, tuple[str, tuple]] = {}
     for file_key in checkpoint.keys():
@@ -571,14 +571,14 @@ def _check_tower(tower: type, config, checkpoint, keymap: KeyMap, prefix: str, o
         if isinstance(where, str):
             held = len({key[len(where):].split(".")[0] for key in found if key.startswith(where)})
             if value != held:
-                problems.append(f"{field}{name} = {value!r}, but the checkpoint holds {held}")
+                problems.append(f"{named}{name} = {value!r}, but the checkpoint holds {held}")
         elif where[0] in found:
             file_key, shape = found[where[0]]
             if len(shape) <= where[1] or shape[where[1]] != value:
-                problems.append(f"{field}{name} = {value!r}, but {file_key} has shape {checkpoint.shape(file_key)}")
+                problems.append(f"{named}{name} = {value!r}, but {file_key} has shape {checkpoint.shape(file_key)}")
     position = found.get("embeddings.position")
     if tower is CLIPVisionModel and position is not None and position[1][0] != config.grid**2 + 1:
-        problems.append(f"{field}image_size = {config.image_size} and patch_size = {config.patch_size} make {config.grid**2 + 1} positions, "
+        problems.append(f"{named}image_size = {config.image_size} and patch_size = {config.patch_size} make {config.grid**2 + 1} positions, "
                         f"but {position[0]} has shape {checkpoint.shape(position[0])}")
     if problems:
         raise ConfigError(f"the config of {owner} does not match the checkpoint {checkpoint.path}: " + "; ".join(problems))
