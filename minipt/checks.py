@@ -31,8 +31,14 @@ def tracing() -> bool:
     return compiler.is_compiling() or (hasattr(compiler, "is_exporting") and compiler.is_exporting())
 
 
+ID_DTYPES = (torch.int64, torch.int32)  # what torch's embedding lookups take
+
+
 def check_ids(name: str, ids: torch.Tensor, size: int) -> None:
-    """Every id in ``ids`` indexes a table of ``size`` entries, or an ``InputError`` names the first bad value."""
+    """``ids`` are int64 (or int32) and each indexes a table of ``size`` entries, or an ``InputError`` names the
+    dtype or the first bad value."""
+    if ids.dtype not in ID_DTYPES:
+        raise InputError(f"{name} must hold int64 (or int32) ids, got {ids.dtype}: convert them with .long()")
     if ids.numel() == 0 or tracing() or ids.is_meta:  # a meta tensor has shapes only (minipt.summary runs on them)
         return
     low, high = torch.aminmax(ids)
@@ -40,6 +46,20 @@ def check_ids(name: str, ids: torch.Tensor, size: int) -> None:
     if low < 0 or high >= size:
         bad = low if low < 0 else high
         raise InputError(f"{name} holds {bad}, outside the table of {size} entries (valid: 0..{size - 1})")
+
+
+def check_mask_values(name: str, mask: torch.Tensor) -> None:
+    """A padding mask holds 0 and 1 (or True and False) only, or an ``InputError`` names the first other value."""
+    if mask.dtype == torch.bool or mask.numel() == 0 or tracing() or mask.is_meta:
+        return
+    other = mask[(mask != 0) & (mask != 1)]
+    if other.numel():
+        raise InputError(f"{name} must hold 0 and 1 (1 = a real token), found {other[0].item()!r}")
+
+
+def floating_dtype(module: torch.nn.Module) -> torch.dtype | None:
+    """The dtype of ``module``'s first floating-point parameter: the dtype it computes in (None without one)."""
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
 
 
 # -- public arguments: one set of checks, one wording --------------------------

@@ -40,7 +40,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from .checks import check_int
+from .checks import check_int, floating_dtype
 from .errors import InputError, MiniptError
 
 
@@ -408,7 +408,4 @@ def _shapes(input_size: Any) -> list[tuple[int, ...]]:
 
 
 def _float_dtype_of(model: nn.Module) -> torch.dtype:
-    for tensor in model.parameters():
-        if tensor.is_floating_point():
-            return tensor.dtype
-    return torch.get_default_dtype()
+    return floating_dtype(model) or torch.get_default_dtype()

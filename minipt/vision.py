@@ -103,8 +103,9 @@ def normalized_batch(images: Sequence[Any], *, resize: int = 256, crop: int = 22
     return (pixels - mean[:, None, None]) / std[:, None, None]
 
 
-def check_images(x: Any, channels: int, owner: str) -> None:
-    """Raise an InputError unless ``x`` is an image batch (B, channels, H, W)."""
+def check_images(x: Any, channels: int, owner: str, dtype: torch.dtype | None = None) -> None:
+    """Raise an InputError unless ``x`` is an image batch (B, channels, H, W), floating point, in ``dtype`` where given
+    (the model's: a float64 batch, numpy's default, into a float32 model)."""
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise InputError(f"{owner} expects images shaped (batch, {channels}, height, width); got {shape}")
@@ -117,3 +118,5 @@ def check_images(x: Any, channels: int, owner: str) -> None:
         raise InputError(f"{owner} got images of shape {tuple(x.shape)}: height and width must be at least 1 pixel")
     if not x.is_floating_point():
         raise InputError(f"{owner} expects floating-point images, got {x.dtype} (convert pixels with .float() and normalise them)")
+    if dtype is not None and x.dtype != dtype:
+        raise InputError(f"{owner} computes in {dtype}; got images of {x.dtype} (convert them with .to({dtype}))")

@@ -455,3 +455,42 @@ def test_cli_error_in_a_real_process(tmp_path):
     assert done.returncode == 1 and done.stdout == ""
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == [f"minipt inspect: {tmp_path / 'missing'}: no such file or directory, and not a catalogued name or a hub repo id"]
+
+
+def _model_classes():
+    from minipt import registry
+
+    return {f"{family.model_type}/{cls.__name__}": (family, cls) for family in registry.families() for cls in family.classes}
+
+
+@pytest.mark.parametrize("subject", sorted(_model_classes()))
+def test_a_first_input_of_another_dtype_is_refused_by_name(subject):
+    """Token ids of a dtype torch's embedding does not take (uint8, bool), and images of another float dtype than the
+    model's (numpy's float64): an InputError naming the dtype, where torch's RuntimeError from deep inside escaped
+    (an input fuzz over every family found them)."""
+    family, cls = _model_classes()[subject]
+    torch.manual_seed(0)
+    model = family.tiny_model(cls).eval()
+    args, kwargs = family.inputs(cls)
+    first = args[0]
+    if first.is_floating_point():
+        wrong, message = [first.double(), first.half()], r"computes in torch.float32; got images of torch.float(64|16) \(convert them with .to\(torch.float32\)\)"
+    else:
+        wrong, message = [first.to(torch.uint8), first.bool()], r"(int64 \(or int32\)|integer) .*ids.*torch.(uint8|bool)"
+    for bad in wrong:
+        with torch.no_grad(), pytest.raises(InputError, match=message):
+            model(bad, *args[1:], **kwargs)
+
+
+def test_a_text_encoder_without_input_ids_and_gpt2_with_a_mask_of_other_values():
+    from minipt import registry
+
+    families = {family.model_type: family for family in registry.families()}
+    bert = families["bert"].tiny_model()
+    with pytest.raises(InputError, match=r"needs input_ids, the token ids \(batch, seq_len\); got None"):
+        bert(None)
+    gpt2_family = families["gpt2"]
+    gpt2 = gpt2_family.tiny_model().eval()
+    (ids, mask), kwargs = gpt2_family.inputs(type(gpt2))
+    with pytest.raises(InputError, match=r"attention_mask must hold 0 and 1 \(1 = a real token\), found 1000000"):
+        gpt2(ids, mask * 1_000_000, **kwargs)

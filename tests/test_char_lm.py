@@ -161,8 +161,8 @@ def test_bad_configs_are_named(tmp_path):
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda m: m(torch.zeros(5, dtype=torch.long)), r"shape \(B, T\), got \(5,\)"),
-        (lambda m: m(torch.zeros(1, 3)), r"integer byte ids"),
+        (lambda m: m(torch.zeros(5, dtype=torch.long)), r"shape \(B, T\), got torch.int64 \(5,\)"),
+        (lambda m: m(torch.zeros(1, 3)), r"int64 \(or int32\) byte ids of shape \(B, T\), got torch.float32 \(1, 3\)"),
         (lambda m: m(torch.full((1, 3), 256)), r"CharLM ids holds 256, outside the table of 256 entries \(valid: 0..255\)"),
         (lambda m: m(torch.zeros(1, 0, dtype=torch.long)), "empty sequence"),
         (lambda m: m(torch.zeros(1, 3, dtype=torch.long), (torch.zeros(2, 1, 32),)), r"state must be the LSTM's \(h, c\)"),

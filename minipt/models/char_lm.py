@@ -95,8 +95,8 @@ class CharLM(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
         """``InputError`` naming the first of forward's arguments that does not fit this model."""
         config = self.config
         if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype not in (torch.int32, torch.int64):
-            shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
-            raise InputError(f"CharLM expects integer byte ids of shape (B, T), got {shape}")
+            shape = f"{ids.dtype} {tuple(ids.shape)}" if isinstance(ids, torch.Tensor) else type(ids).__name__
+            raise InputError(f"CharLM expects int64 (or int32) byte ids of shape (B, T), got {shape}")
         if ids.shape[1] == 0:
             raise InputError("CharLM got an empty sequence (T = 0)")
         if state is not None:

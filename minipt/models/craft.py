@@ -52,6 +52,7 @@ from ..nn.backend import ChoosesBackend
 from ..nn.conv import conv1x1, conv3x3
 from ..nn.fuse import InferenceCopy
 from ..registry import Reads, register
+from ..checks import floating_dtype
 from ..vision import check_images
 from .vgg import VGG, VGGConfig, flat_layout, make_stages
 
@@ -193,7 +194,7 @@ class CRAFT(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
 
     def check_inputs(self, x: torch.Tensor) -> None:
         """Raise an InputError unless ``x`` is a batch of floating-point images (B, in_channels, H, W) of at least 16x16."""
-        check_images(x, self.config.in_channels, "CRAFT")
+        check_images(x, self.config.in_channels, "CRAFT", floating_dtype(self))
         smallest = self.config.smallest_image
         if x.shape[2] < smallest or x.shape[3] < smallest:
             raise InputError(

@@ -34,6 +34,7 @@ from ..keymap import KeyMap
 from ..nn import LSTM, Linear
 from ..nn.conv import conv3x3
 from ..registry import Reads, register
+from ..checks import floating_dtype
 from ..vision import pillow
 from ..nn.backend import ChoosesBackend
 from ..nn.fuse import InferenceCopy
@@ -150,6 +151,9 @@ class CRNN(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
             raise InputError(f"CRNN needs images at least 8 pixels wide (one output column per 4 pixels), got width {width}")
         if not images.is_floating_point():
             raise InputError(f"CRNN expects float images normalised to [-1, 1], got dtype {images.dtype}; see preprocess()")
+        dtype = floating_dtype(self)
+        if images.dtype != dtype:
+            raise InputError(f"CRNN computes in {dtype}; got images of {images.dtype} (convert them with .to({dtype}))")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Per-column class scores (B, T, num_classes) for images (B, 1, 64, W) in [-1, 1]."""

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import Pretrained
-from ..checks import check_ids, tracing
+from ..checks import check_ids, check_mask_values, tracing
 from ..config import Config, count, epsilon, first_stop_id, flag, one_of, probability, real, require, token_id
 from ..errors import ConfigError, InputError
 from ..keymap import TRANSPOSE, KeyMap
@@ -296,6 +296,8 @@ class GPT2Model(_GPT2Pretrained):
         check_ids("input_ids", input_ids, config.vocab_size)
         if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != (B, past + T)):
             raise InputError(f"attention_mask must cover the cached and the new tokens, shape ({B}, {past + T}); got {_shape(attention_mask)}")
+        if attention_mask is not None:
+            check_mask_values("attention_mask", attention_mask)  # positions are counted from it
         if position_ids is not None:
             if not isinstance(position_ids, torch.Tensor) or position_ids.dim() != 2 or position_ids.shape[-1] != T or position_ids.shape[0] not in (1, B):
                 raise InputError(f"position_ids must have shape ({B}, {T}), got {_shape(position_ids)}")

@@ -87,6 +87,8 @@ def check_token_inputs(
     """Raise an InputError naming the first of a text encoder's inputs that does not fit the model."""
     if token_type_ids is not None and type_vocab_size is None:
         raise InputError(f"token_type_ids given, but {family} has no token types: pass input_ids and attention_mask only")
+    if input_ids is None:
+        raise InputError(f"{family} needs input_ids, the token ids (batch, seq_len); got None")
     for name, value in (("input_ids", input_ids), ("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
         if value is not None and not isinstance(value, torch.Tensor):
             raise InputError(f"{name} must be a tensor, got {type(value).__name__} (the tokenizer returns tensors with return_tensors='pt')")

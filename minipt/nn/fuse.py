@@ -48,6 +48,7 @@ import copy
 import torch
 from torch import nn
 
+from ..checks import floating_dtype
 from ..errors import ConfigError
 from ..ops import linear_kernel, linear_threads, onednn, warn_if_emulated
 
@@ -106,10 +107,6 @@ def _rewrite(module: nn.Module, batch_hint: int | None) -> None:
             child.weight.data = child.weight.data.contiguous(memory_format=torch.channels_last)
 
 
-def _dtype_of(module: nn.Module) -> torch.dtype | None:
-    return next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
-
-
 def _inputs_to(dtype: torch.dtype):
     def cast(value):
         return value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
@@ -137,7 +134,7 @@ class InferenceCopy:
         if dtype is not None and all(p.device.type == "cpu" for p in self.parameters()):
             warn_if_emulated(dtype)  # bfloat16 on a CPU without bfloat16 instructions: slower than float32
         fused = copy.deepcopy(self).eval().requires_grad_(False)
-        if dtype is not None and dtype != _dtype_of(self):
+        if dtype is not None and dtype != floating_dtype(self):
             fused = fused.to(dtype)
             fused.register_forward_pre_hook(_inputs_to(dtype), with_kwargs=True)  # float inputs (pixels) follow the weights
         with torch.no_grad():
