@@ -177,6 +177,10 @@ class Tokenizer:
             pipeline = read_json(file)  # raises itself for a file that is empty, not JSON or not an object
             if "model" not in pipeline:
                 raise CheckpointError(f"{file} has no \"model\" entry (WordPiece, BPE, ...): not a tokenizers tokenizer file")
+            model = pipeline["model"]
+            if isinstance(model, dict) and model.get("type") == "WordPiece" and isinstance(model.get("vocab"), dict) \
+                    and model.get("unk_token", "[UNK]") not in model["vocab"]:  # tokenizers loads it, then fails on each unknown word
+                raise CheckpointError(f"{file}: the WordPiece model's unknown-word token {model.get('unk_token', '[UNK]')!r} is not in its vocabulary")
             try:
                 backend = Backend.from_str(json.dumps(_configured(pipeline, settings)))
             except Exception as err:  # the tokenizers library raises a bare Exception for every kind of bad file

@@ -667,3 +667,13 @@ def test_zero_shot_command_errors_are_one_line(tmp_path, clip_tokenizer_folder, 
         assert cli.main(argv) == 1, name
         err = capsys.readouterr().err
         assert err.startswith("minipt zero-shot: ") and message in err and "Traceback" not in err and err.count("\n") == 1, (name, err)
+
+
+def test_a_tower_with_an_initializer_range_of_zero_builds():
+    """A tower's own initializer_range of 0 was read as missing and looked up in a full CLIP's text_config, which a
+    tower's config does not have (an AttributeError the loader fuzz found)."""
+    from minipt.models.clip import CLIPTextConfig
+
+    model = CLIPTextModel(CLIPTextConfig(**TEXT, initializer_range=0.0))
+    projections = [p for name, p in model.named_parameters() if name.endswith("proj.weight")]  # N(0, 0): zeros
+    assert len(projections) == 8 and all(float(p.abs().max()) == 0.0 for p in projections)

@@ -151,3 +151,17 @@ def test_bad_conversions_are_named(ours):
         ours.convert_tokens_to_ids(["a", 1])
     with pytest.raises(InputError, match="convert_tokens_to_ids takes a token"):
         ours.convert_tokens_to_ids(5)
+
+
+def test_a_wordpiece_file_whose_unknown_token_is_not_in_its_vocabulary(tmp_path):
+    """tokenizers loads such a file and fails with a bare Exception on the first word it does not know (the loader
+    fuzz found it): the file is refused when it is read, naming the token."""
+    import json
+
+    from minipt.errors import CheckpointError
+
+    pipeline = json.loads((minilm_path() / "tokenizer.json").read_text())
+    del pipeline["model"]["vocab"]["[UNK]"]
+    (tmp_path / "tokenizer.json").write_text(json.dumps(pipeline))
+    with pytest.raises(CheckpointError, match=r"tokenizer.json: the WordPiece model's unknown-word token '\[UNK\]' is not in its vocabulary"):
+        Tokenizer.from_pretrained(tmp_path)

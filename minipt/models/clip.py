@@ -291,7 +291,8 @@ class _CLIPPretrained(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
 
     def init_weights(self, module: nn.Module) -> None:
         """N(0, initializer_range) weights, zero biases, unit LayerNorms; the tables and the [CLS] vector normal too."""
-        std = getattr(self.config, "initializer_range", None) or self.config.text_config.initializer_range
+        config = self.config  # a tower's config has the field; a full CLIP's keeps it in each tower's (the text tower's read)
+        std = config.initializer_range if hasattr(config, "initializer_range") else config.text_config.initializer_range
         init_normal_(module, std)
         if isinstance(module, nn.Conv2d):
             nn.init.normal_(module.weight, 0.0, std)
