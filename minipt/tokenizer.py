@@ -118,6 +118,21 @@ def _special_token(role: str) -> tuple[property, property]:
     return property(token, set_token, doc=f"The {role} token's text (None: none); settable."), property(token_id, set_token_id)
 
 
+def _template_tokens_without_entry(processor) -> list[str]:
+    """The special tokens a ``TemplateProcessing`` post-processor (alone or inside a ``Sequence``) places in its
+    single or pair template without defining them in its ``special_tokens``."""
+    if not isinstance(processor, dict):
+        return []
+    if processor.get("type") == "Sequence":
+        return [token for inner in processor.get("processors") or [] for token in _template_tokens_without_entry(inner)]
+    if processor.get("type") != "TemplateProcessing":
+        return []
+    defined = processor.get("special_tokens") if isinstance(processor.get("special_tokens"), dict) else {}
+    used = [piece["SpecialToken"].get("id") for key in ("single", "pair") for piece in processor.get(key) or []
+            if isinstance(piece, dict) and isinstance(piece.get("SpecialToken"), dict)]
+    return list(dict.fromkeys(token for token in used if token not in defined))
+
+
 class Tokenizer:
     def __init__(
         self, backend, *, model_max_length: int | None = None, special_tokens: dict | None = None, name: str = "", padding_side: str = "right",
@@ -181,6 +196,10 @@ class Tokenizer:
             if isinstance(model, dict) and model.get("type") == "WordPiece" and isinstance(model.get("vocab"), dict) \
                     and model.get("unk_token", "[UNK]") not in model["vocab"]:  # tokenizers loads it, then fails on each unknown word
                 raise CheckpointError(f"{file}: the WordPiece model's unknown-word token {model.get('unk_token', '[UNK]')!r} is not in its vocabulary")
+            missing = _template_tokens_without_entry(pipeline.get("post_processor"))
+            if missing:  # tokenizers loads such a template, then panics (aborting the call) at the first encode
+                raise CheckpointError(f"{file}: the post-processor's template uses {', '.join(map(repr, missing))}, "
+                                      "which its special_tokens do not define")
             try:
                 backend = Backend.from_str(json.dumps(_configured(pipeline, settings)))
             except Exception as err:  # the tokenizers library raises a bare Exception for every kind of bad file

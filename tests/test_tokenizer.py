@@ -165,3 +165,17 @@ def test_a_wordpiece_file_whose_unknown_token_is_not_in_its_vocabulary(tmp_path)
     (tmp_path / "tokenizer.json").write_text(json.dumps(pipeline))
     with pytest.raises(CheckpointError, match=r"tokenizer.json: the WordPiece model's unknown-word token '\[UNK\]' is not in its vocabulary"):
         Tokenizer.from_pretrained(tmp_path)
+
+
+def test_a_template_that_uses_a_special_token_it_does_not_define(tmp_path):
+    """tokenizers loads such a post-processor and panics at the first encode, a PanicException that no `except
+    Exception` catches (the loader fuzz found it): the file is refused when it is read, naming the token."""
+    import json
+
+    from minipt.errors import CheckpointError
+
+    pipeline = json.loads((minilm_path() / "tokenizer.json").read_text())
+    del pipeline["post_processor"]["special_tokens"]["[SEP]"]
+    (tmp_path / "tokenizer.json").write_text(json.dumps(pipeline))
+    with pytest.raises(CheckpointError, match=r"tokenizer.json: the post-processor's template uses '\[SEP\]', which its special_tokens do not define"):
+        Tokenizer.from_pretrained(tmp_path)
