@@ -443,7 +443,8 @@ def _iterable(value) -> bool:
 @contextmanager
 def _unicode_named(texts: list[str], pairs: list[str]) -> Iterator[None]:
     """Turn the tokenizers library's TypeError for text it cannot write as UTF-8 (a lone surrogate)
-    into an InputError naming the text and the position."""
+    into an InputError naming the text and the position, and its bare Exception for a text its model cannot
+    encode into an InputError saying why."""
     try:
         yield
     except TypeError as err:
@@ -454,6 +455,8 @@ def _unicode_named(texts: list[str], pairs: list[str]) -> Iterator[None]:
                 except UnicodeEncodeError as bad:
                     raise InputError(f"{argument}[{i}] is not valid Unicode: {bad.reason} at position {bad.start} ({item[bad.start:bad.end]!r})") from err
         raise
+    except Exception as err:  # the library's bare Exception: a text its model cannot encode (a Unigram without unk_id meeting an unknown character)
+        raise InputError(f"the tokenizer cannot encode these texts: {err}") from err
 
 
 def _token_text(value) -> str | None:

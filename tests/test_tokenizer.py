@@ -179,3 +179,20 @@ def test_a_template_that_uses_a_special_token_it_does_not_define(tmp_path):
     (tmp_path / "tokenizer.json").write_text(json.dumps(pipeline))
     with pytest.raises(CheckpointError, match=r"tokenizer.json: the post-processor's template uses '\[SEP\]', which its special_tokens do not define"):
         Tokenizer.from_pretrained(tmp_path)
+
+
+def test_a_unigram_without_an_unknown_id_meeting_an_unknown_character(tmp_path):
+    """Such a file is valid until a text holds a character outside its vocabulary; tokenizers then raises a bare
+    Exception (the loader fuzz found it): an InputError saying why."""
+    import json
+
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import models
+
+    backend = Backend(models.Unigram([("a", -1.0), ("b", -2.0)], unk_id=None))
+    (tmp_path / "tokenizer.json").write_text(backend.to_str())
+    tokenizer = Tokenizer.from_pretrained(tmp_path)
+    assert tokenizer(["ab"])["input_ids"].tolist() == [[0, 1]]
+    with pytest.raises(InputError, match=r"the tokenizer cannot encode these texts: Encountered an unknown token but `unk_id` is missing"):
+        tokenizer(["abc"])
+    json.loads((tmp_path / "tokenizer.json").read_text())  # the file itself stays a valid tokenizer.json
