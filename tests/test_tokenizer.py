@@ -153,31 +153,25 @@ def test_bad_conversions_are_named(ours):
         ours.convert_tokens_to_ids(5)
 
 
-def test_a_wordpiece_file_whose_unknown_token_is_not_in_its_vocabulary(tmp_path):
-    """tokenizers loads such a file and fails with a bare Exception on the first word it does not know (the loader
-    fuzz found it): the file is refused when it is read, naming the token."""
+@pytest.mark.parametrize("damage, message", [
+    (lambda pipeline: pipeline["model"]["vocab"].pop("[UNK]"),
+     r"the WordPiece model's unknown-word token '\[UNK\]' is not in its vocabulary"),
+    (lambda pipeline: pipeline["post_processor"]["special_tokens"].pop("[SEP]"),
+     r"the post-processor's template uses '\[SEP\]', which its special_tokens do not define"),
+])
+def test_a_file_that_tokenizers_loads_but_cannot_encode_with(tmp_path, damage, message):
+    """tokenizers loads a WordPiece file without its unknown-word token, and a template post-processor that uses a
+    special token it does not define, then fails at the first encode: a bare Exception at the first unknown word,
+    a PanicException (which no `except Exception` catches) at any text. The loader fuzz found both: each file is
+    refused when it is read, naming the token."""
     import json
 
     from minipt.errors import CheckpointError
 
     pipeline = json.loads((minilm_path() / "tokenizer.json").read_text())
-    del pipeline["model"]["vocab"]["[UNK]"]
+    damage(pipeline)
     (tmp_path / "tokenizer.json").write_text(json.dumps(pipeline))
-    with pytest.raises(CheckpointError, match=r"tokenizer.json: the WordPiece model's unknown-word token '\[UNK\]' is not in its vocabulary"):
-        Tokenizer.from_pretrained(tmp_path)
-
-
-def test_a_template_that_uses_a_special_token_it_does_not_define(tmp_path):
-    """tokenizers loads such a post-processor and panics at the first encode, a PanicException that no `except
-    Exception` catches (the loader fuzz found it): the file is refused when it is read, naming the token."""
-    import json
-
-    from minipt.errors import CheckpointError
-
-    pipeline = json.loads((minilm_path() / "tokenizer.json").read_text())
-    del pipeline["post_processor"]["special_tokens"]["[SEP]"]
-    (tmp_path / "tokenizer.json").write_text(json.dumps(pipeline))
-    with pytest.raises(CheckpointError, match=r"tokenizer.json: the post-processor's template uses '\[SEP\]', which its special_tokens do not define"):
+    with pytest.raises(CheckpointError, match=r"tokenizer.json: " + message):
         Tokenizer.from_pretrained(tmp_path)
 
 
