@@ -315,7 +315,7 @@ def match(checkpoint: Checkpoint, keymap: KeyMap, expected: dict[str, tuple], ow
     Keys under the module names in ``init_missing`` may be absent (a new head to train).
     """
     sources: dict[str, str | torch.Tensor] = {}
-    unexpected, wrong_shape, duplicate, missing = [], [], [], []
+    unexpected, wrong_shape, duplicate, missing, missing_keys = [], [], [], [], []
     fresh = tuple(name + "." for name in init_missing)
     for row in keymap.table(list(expected), checkpoint.keys()):  # every file key classified, then the missing ones
         key, file_key = row.minipt, row.file_key
@@ -333,9 +333,33 @@ def match(checkpoint: Checkpoint, keymap: KeyMap, expected: dict[str, tuple], ow
                 sources[key] = default
             else:
                 missing.append(f"{row.official or f'(no official name for {key})'} {keymap.official_shape(key, expected[key])}")
+                missing_keys.append(key)
     if missing or unexpected or wrong_shape or duplicate:
-        raise KeyMismatchError(_mismatch_message(checkpoint.path, owner, missing, unexpected, wrong_shape, duplicate))
+        message = _mismatch_message(checkpoint.path, owner, missing, unexpected, wrong_shape, duplicate)
+        modules = _whole_modules(missing_keys, expected)
+        if modules and not (unexpected or wrong_shape or duplicate):
+            message += f"\n  to start them afresh (a new head on a pre-trained encoder): init_missing={tuple(init_missing) + tuple(modules)!r}"
+        raise KeyMismatchError(message)
     return sources
+
+
+def _whole_modules(missing: list[str], expected) -> list[str]:
+    """The largest submodules all of whose tensors are among the ``missing`` minipt keys (``bert.pooler``, not each of
+    its tensors): what ``init_missing`` names to start them afresh."""
+    missing_set, modules = set(missing), []
+
+    def whole(module: str) -> bool:
+        return bool(module) and all(k in missing_set for k in expected if k.startswith(module + "."))
+
+    for key in missing:
+        module = key.rpartition(".")[0]
+        if not whole(module):
+            continue  # a module the file fills in part: not one to start afresh
+        while whole(module.rpartition(".")[0]):
+            module = module.rpartition(".")[0]
+        if module not in modules:
+            modules.append(module)
+    return modules
 
 
 def _mismatch_message(path, owner, missing, unexpected, wrong_shape, duplicate) -> str:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from bert_reference import randomize, transformers
 from helpers import ATOL, max_diff
 from minipt import registry, transfer
-from minipt.errors import ConfigError, InputError
+from minipt.errors import ConfigError, InputError, KeyMismatchError
 from minipt.models.albert import AlbertConfig, AlbertForMaskedLM, AlbertForSequenceClassification, AlbertModel
 from minipt.models.bert import BertModel
 from minipt.nn import EncoderLayer, use_backend
@@ -404,7 +404,15 @@ def test_inputs_are_checked_and_named():
         masked_lm(ids, mask, labels=ids[:, :4])
 
 
-def test_the_classifier_needs_the_pooler(tmp_path):
-    saved("AlbertForMaskedLM", hf_config(), tmp_path)  # transformers' masked-LM model has no pooler
-    with pytest.raises(ConfigError, match="sequence classification needs the pooler, and the checkpoint has none"):
+def test_the_classifier_on_a_file_without_a_pooler(tmp_path):
+    """transformers' masked-LM model has no pooler; the classifier reads one: it is named missing, with the
+    init_missing that starts it afresh (as transformers does, silently)."""
+    config = hf_config()
+    reference = saved("AlbertForMaskedLM", config, tmp_path)
+    with pytest.raises(KeyMismatchError, match=r"(?s)missing \(2\):.*albert\.pooler\.weight.*init_missing=\('classifier', 'albert\.pooler'\)"):
         AlbertForSequenceClassification.from_pretrained(tmp_path, init_missing=("classifier",))
+    model = AlbertForSequenceClassification.from_pretrained(tmp_path, init_missing=("classifier", "albert.pooler"))
+    batch = batch_of(config)
+    with torch.no_grad():
+        assert max_diff(model.albert(**batch).last_hidden_state, reference.albert(**batch).last_hidden_state) <= ATOL
+        assert model(**batch).logits.shape == (batch["input_ids"].shape[0], config.num_labels)

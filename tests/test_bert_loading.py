@@ -222,3 +222,29 @@ def test_catalogue_name_resolves_and_is_verified(tmp_path, monkeypatch):
 def test_unknown_name_is_not_found():
     with pytest.raises(CheckpointNotFoundError, match="no-such-model"):
         resolve("no-such-model")
+
+
+def test_a_pretraining_checkpoint_under_a_new_classifier(tmp_path):
+    """bert-base-uncased's layout (BertForPreTraining: the pooler, the masked-LM and next-sentence heads): the
+    classifier fine-tuned from it loads the encoder and pooler and ignores the pre-training heads, as transformers does."""
+    config = tiny_hf_config()
+    reference = randomize(transformers.BertForPreTraining(config)).eval()
+    reference.save_pretrained(tmp_path)
+    model = BertForSequenceClassification.from_pretrained(tmp_path, num_labels=3, init_missing=("classifier",))
+    assert_same_outputs(model.bert, reference.bert, config)
+    assert model.num_classes == 3
+
+
+def test_a_masked_lm_checkpoint_under_a_new_classifier_needs_a_fresh_pooler(tmp_path):
+    """transformers' BertForMaskedLM saves no pooler, which the classifier reads: the loader names it missing and
+    says which init_missing starts it afresh (transformers does so with a warning)."""
+    config = tiny_hf_config()
+    reference = randomize(transformers.BertForMaskedLM(config)).eval()
+    reference.save_pretrained(tmp_path)
+    with pytest.raises(KeyMismatchError, match=r"(?s)bert\.pooler\.dense\.weight .*init_missing=\('classifier', 'bert\.pooler'\)"):
+        BertForSequenceClassification.from_pretrained(tmp_path, num_labels=3, init_missing=("classifier",))
+    model = BertForSequenceClassification.from_pretrained(tmp_path, num_labels=3, init_missing=("classifier", "bert.pooler"))
+    batch = random_batch(config)
+    with torch.no_grad():
+        assert max_diff(model.bert(**batch).last_hidden_state, reference.bert(**batch).last_hidden_state) <= ATOL
+        assert model(**batch).logits.shape == (batch["input_ids"].shape[0], 3)

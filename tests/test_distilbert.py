@@ -178,8 +178,9 @@ def test_transformers_saves_load_with_and_without_the_prefix(tmp_path):
             assert max_diff(DistilBertModel.from_pretrained(tmp_path / path)(**inputs).last_hidden_state, encoder) <= ATOL, path
         assert max_diff(DistilBertForMaskedLM.from_pretrained(tmp_path / "mlm")(**inputs).logits, mlm(**inputs).logits) <= ATOL
         assert max_diff(DistilBertForSequenceClassification.from_pretrained(tmp_path / "classifier")(**inputs).logits, classifier(**inputs).logits) <= ATOL
-        fresh_head = DistilBertForSequenceClassification.from_pretrained(tmp_path / "bare", init_missing=("pre_classifier", "classifier"))
-        assert max_diff(fresh_head.distilbert(**inputs).last_hidden_state, encoder) <= ATOL and fresh_head.num_classes == 3
+        for path in ("bare", "mlm"):  # a new head on the bare encoder, or on distilbert-base-uncased's masked-LM file (its head ignored)
+            fresh_head = DistilBertForSequenceClassification.from_pretrained(tmp_path / path, init_missing=("pre_classifier", "classifier"))
+            assert max_diff(fresh_head.distilbert(**inputs).last_hidden_state, encoder) <= ATOL and fresh_head.num_classes == 3, path
 
 
 def test_hub_style_files_load(tmp_path):

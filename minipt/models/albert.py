@@ -218,13 +218,14 @@ class AlbertForSequenceClassification(SequenceClassifier, _AlbertPretrained):
     """
 
     base_model_prefix = "albert"
-    _pooler_key = "albert.pooler.dense.weight"
     checkpoint_fields = {**UNDER_ALBERT, "num_labels": ("classifier.weight", 0)}
     transfer_stages = {"embeddings": ("albert.embeddings", "albert.encoder.mapping_in"), "groups.{i}": "albert.encoder.groups.{i}",
                        "pooler": "albert.pooler", "head": "classifier"}
     transfer_head = ("classifier", "num_labels")  # the head module and the config field of its size (also minipt.transfer's)
 
-    def __init__(self, config: AlbertConfig):  # the head reads the pooler's output (SequenceClassifier.classify), which the checkpoint must hold
+    # The head reads the pooler's output (SequenceClassifier.classify): the pooler is always built, and a file without one
+    # (transformers' masked-LM save) loads with init_missing=("albert.pooler", "classifier").
+    def __init__(self, config: AlbertConfig):
         super().__init__(config, AlbertModel(config), dropout=Dropout(config.classifier_dropout_prob), classifier=Linear(config.hidden_size, config.num_labels))
 
     @classmethod

@@ -251,19 +251,21 @@ class BertForSequenceClassification(SequenceClassifier, _BertPretrained):
     """
 
     base_model_prefix = "bert"
-    _pooler_key = "bert.pooler.dense.weight"
     checkpoint_fields = {**UNDER_BERT, "num_labels": ("classifier.weight", 0)}
     transfer_stages = {"embeddings": "bert.embeddings", "layers.{i}": "bert.layers.{i}", "pooler": "bert.pooler", "head": "classifier"}
     transfer_head = ("classifier", "num_labels")  # the head module and the config field of its size (also minipt.transfer's)
 
-    def __init__(self, config: BertConfig):  # the head reads the pooler's output (SequenceClassifier.classify), which the checkpoint must hold
+    # The head reads the pooler's output (SequenceClassifier.classify): the pooler is always built, and a file without one
+    # (a masked-LM save) loads with init_missing=("bert.pooler", "classifier"), as transformers starts a fresh one.
+    def __init__(self, config: BertConfig):
         dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
         super().__init__(config, BertModel(config), dropout=Dropout(dropout), classifier=Linear(config.hidden_size, config.num_labels))
 
     @classmethod
     def keymap(cls, config: BertConfig | None = None) -> KeyMap:
-        """Hugging Face's names <-> minipt's; a bare encoder's file (no bert. prefix) loads too, under a new head."""
-        return cls.head_keymap(_encoder_keymap(), [("classifier.{p}", "classifier.{p}")], renames=_ENCODER_WITHOUT_PREFIX + _LEGACY_NAMES)
+        """Hugging Face's names <-> minipt's; a bare encoder's or a pre-trained model's file loads too, under a new head."""
+        return cls.head_keymap(_encoder_keymap(), [("classifier.{p}", "classifier.{p}")], renames=_ENCODER_WITHOUT_PREFIX + _LEGACY_NAMES,
+                               ignore=["cls.{*}"])  # the pre-training heads of bert-base-uncased and the like
 
 
 # -- the official names ------------------------------------------------------------

@@ -235,9 +235,9 @@ class DistilBertForSequenceClassification(SequenceClassifier, _DistilBertPretrai
 
     @classmethod
     def keymap(cls, config: DistilBertConfig | None = None) -> KeyMap:
-        """Hugging Face's names <-> minipt's; a bare encoder's file (no distilbert. prefix) loads too, under a new head."""
+        """Hugging Face's names <-> minipt's; a bare encoder's or a pre-trained model's file loads too, under a new head."""
         return cls.head_keymap(_encoder_keymap(), [("pre_classifier.{p}", "pre_classifier.{p}"), ("classifier.{p}", "classifier.{p}")],
-                               renames=_ENCODER_WITHOUT_PREFIX)
+                               renames=_ENCODER_WITHOUT_PREFIX, ignore=[f"{name}.{{*}}" for name in _MLM_HEAD])  # distilbert-base-uncased's masked-LM head
 
 
 # -- the official names ------------------------------------------------------------
