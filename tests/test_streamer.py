@@ -118,3 +118,43 @@ def test_end_is_called_when_generate_fails():
     with pytest.raises(RuntimeError, match="the model broke"):
         model.generate(model.encode("ab")[None], max_new_tokens=3, streamer=streamer)
     assert [tuple(t.shape) for t in streamer] == [(1, 2)]  # the prompt, then end(): an iterator does not wait for ever
+
+
+def tiny_generators():
+    """A char LM, a GPT-2 and a T5 of a few parameters, minipt's own (no reference needed)."""
+    from minipt.models.gpt2 import GPT2Config, GPT2LMHeadModel
+    from minipt.models.t5 import T5Config, T5ForConditionalGeneration
+
+    return {"char_lm": CharLM(CharLMConfig(embed_size=8, hidden_size=16, num_layers=1, dropout=0.0)).eval(),
+            "gpt2": GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=32, n_embd=16, n_layer=1, n_head=2)).eval(),
+            "t5": T5ForConditionalGeneration(T5Config(vocab_size=50, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)).eval()}
+
+
+@pytest.mark.parametrize("model_name, streamer_class, arguments", [
+    ("char_lm", TokenIteratorStreamer, dict(max_new_tokens=-1)),
+    ("char_lm", TextIteratorStreamer, dict(input_ids=torch.ones(2, 3, dtype=torch.long))),  # the streamer's put refuses a batch
+    ("gpt2", TokenIteratorStreamer, dict(max_new_tokens=0)),
+    ("gpt2", TokenIteratorStreamer, dict(top_p=2.0)),
+    ("gpt2", TokenIteratorStreamer, dict(num_return_sequences=2)),  # not an argument of generate: Python's TypeError
+    ("t5", TokenIteratorStreamer, dict(num_beams=2)),  # beam search takes no streamer
+])
+def test_end_is_called_when_an_argument_is_refused(model_name, streamer_class, arguments):
+    """A consumer iterating the streamer in another thread must not wait for ever when generate refuses an
+    argument before the first token: the streamer is ended once. (timeout=0: an iterator left without end()
+    raises queue.Empty here instead of blocking.)"""
+    model = tiny_generators()[model_name]
+    streamer = streamer_class(model.decode, timeout=0) if streamer_class is TextIteratorStreamer else streamer_class(timeout=0)
+    arguments = {"input_ids": torch.ones(1, 3, dtype=torch.long), **arguments}
+    with pytest.raises((InputError, TypeError)):
+        model.generate(streamer=streamer, **arguments)
+    list(streamer)  # ends at once: end() was called
+    assert streamer._queue.empty()  # and only once: a second end would stop the next generate's consumer at once
+
+
+@pytest.mark.parametrize("model_name", ["char_lm", "gpt2", "t5"])
+def test_end_is_called_once_when_generate_succeeds(model_name):
+    model = tiny_generators()[model_name]
+    streamer = TokenIteratorStreamer(skip_prompt=True, timeout=0)
+    out = model.generate(torch.ones(1, 3, dtype=torch.long), max_new_tokens=4, eos_token_id=None, streamer=streamer)
+    assert torch.equal(torch.stack(list(streamer), dim=1), out[:, -4:])
+    assert streamer._queue.empty()

@@ -37,7 +37,7 @@ from ..registry import Reads, register
 from ..nn.backend import ChoosesBackend
 from ..nn.fuse import InferenceCopy
 from ..nn.sampling import GenerateOutput, check_generation, generation_loop
-from ..nn.streamer import Streamer
+from ..nn.streamer import Streamer, ends_streamer
 
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (num_layers, B, hidden_size)
 
@@ -135,6 +135,7 @@ class CharLM(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
         return [cls.decode(row) for row in ids]
 
     # -- generation --------------------------------------------------------------
+    @ends_streamer
     @torch.inference_mode()
     def generate(
         self,

@@ -36,7 +36,7 @@ from ..nn.fuse import InferenceCopy
 from ..nn.init import init_normal_
 from ..nn.output import ModelOutput
 from ..nn.sampling import GenerateOutput, check_generation, generation_loop
-from ..nn.streamer import Streamer
+from ..nn.streamer import Streamer, ends_streamer
 
 
 @dataclass
@@ -387,6 +387,7 @@ class GPT2LMHeadModel(_GPT2Pretrained):
         self.transformer.check_inputs(input_ids, attention_mask, past_key_values, use_cache, position_ids)
         _check_labels(labels, input_ids)
 
+    @ends_streamer
     @torch.inference_mode()
     def generate(
         self,

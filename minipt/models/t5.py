@@ -61,7 +61,7 @@ from ..nn.fuse import InferenceCopy
 from ..nn.layers import ACTIVATIONS
 from ..nn.output import ModelOutput
 from ..nn.sampling import GenerateOutput, check_generation, generation_loop
-from ..nn.streamer import Streamer
+from ..nn.streamer import Streamer, ends_streamer
 from ..nn.tap import tap
 from ..registry import Reads, register
 
@@ -652,6 +652,7 @@ class T5ForConditionalGeneration(T5Model):
         """An empty decoder cache for up to ``max_len`` tokens, with the cross-attention keys and values over ``encoder_hidden``."""
         return T5Cache(self.config, self.decoder.cross_keys_values(encoder_hidden), max_len, self.decoder.layers[0].attn.relative_bias)
 
+    @ends_streamer
     @torch.inference_mode()
     def generate(
         self,

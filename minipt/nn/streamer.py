@@ -5,7 +5,8 @@ transformers' streamers:
 
     streamer.put(input_ids)   once, with the prompt                 (B, T)
     streamer.put(tokens)      after each step, with the new tokens  (B,)
-    streamer.end()            once, when generation stops (also when it fails)
+    streamer.end()            once, when generation stops (also when it fails, even
+                              on a refused argument before the first token: ends_streamer)
 
 Three streamers come with minipt:
 
@@ -18,6 +19,8 @@ Any object with ``put`` and ``end`` methods works as well.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import queue
 import sys
 from typing import Callable, Iterator, TextIO
@@ -27,7 +30,7 @@ import torch
 from ..checks import check_bool, check_float
 from ..errors import InputError
 
-__all__ = ["Streamer", "TextStreamer", "TextIteratorStreamer", "TokenIteratorStreamer", "check_streamer"]
+__all__ = ["Streamer", "TextStreamer", "TextIteratorStreamer", "TokenIteratorStreamer", "check_streamer", "ends_streamer"]
 
 _PARTIAL = "\ufffd"  # what a decoder shows for a character whose bytes are not all there yet
 
@@ -52,6 +55,58 @@ def check_streamer(streamer) -> None:
             f"streamer must have put(token_ids) and end() methods (a minipt.nn.streamer.TextStreamer, for one); "
             f"{type(streamer).__name__} lacks {' and '.join(lacking)}"
         )
+
+
+def ends_streamer(generate: Callable) -> Callable:
+    """Decorates a model's ``generate``: its ``streamer`` is ended exactly once however the call ends.
+
+    A refused argument (a bad ``max_new_tokens``, a batch given to a one-sequence streamer) raises before
+    the first token; without an ``end()`` a consumer iterating a ``TextIteratorStreamer`` in another thread
+    would wait for ever. The streamer reaches ``generate`` wrapped so that a second ``end()`` does nothing.
+    """
+    signature = inspect.signature(generate)
+
+    @functools.wraps(generate)
+    def generate_then_end(*args, **kwargs):
+        streamer = kwargs.get("streamer")
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError:  # an argument generate does not take: Python's own error, once the streamer is ended
+            _end(streamer)
+            raise
+        streamer = bound.arguments.get("streamer")
+        if streamer is None or not callable(getattr(streamer, "put", None)) or not callable(getattr(streamer, "end", None)):
+            return generate(*args, **kwargs)  # nothing to end, or check_streamer names what it lacks
+        once = bound.arguments["streamer"] = _EndsOnce(streamer)
+        try:
+            return generate(*bound.args, **bound.kwargs)
+        finally:
+            once.end()
+
+    return generate_then_end
+
+
+def _end(streamer) -> None:
+    if callable(getattr(streamer, "end", None)):
+        streamer.end()
+
+
+class _EndsOnce(Streamer):
+    """A streamer passed on, whose ``end()`` reaches it once."""
+
+    def __init__(self, streamer):
+        self.streamer, self.ended = streamer, False
+
+    def put(self, token_ids: torch.Tensor) -> None:
+        self.streamer.put(token_ids)
+
+    def end(self) -> None:
+        if not self.ended:
+            self.ended = True
+            self.streamer.end()
+
+    def __repr__(self) -> str:
+        return repr(self.streamer)
 
 
 class TextStreamer(Streamer):
