@@ -41,7 +41,7 @@ class _TextClassifierLogits(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         additive = (1.0 - attention_mask.to(torch.float32)) * torch.finfo(torch.float32).min  # (B, T): 0 keep, lowest mask
-        return self.model(input_ids, additive).logits  # (B, num_labels)
+        return self.model(input_ids, additive[:, None, None, :]).logits  # (B, 1, 1, T), an additive mask; (B, num_labels)
 
 
 class _CLIPFeatures(nn.Module):

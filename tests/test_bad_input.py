@@ -494,3 +494,33 @@ def test_a_text_encoder_without_input_ids_and_gpt2_with_a_mask_of_other_values()
     (ids, mask), kwargs = gpt2_family.inputs(type(gpt2))
     with pytest.raises(InputError, match=r"attention_mask must hold 0 and 1 \(1 = a real token\), found 1000000"):
         gpt2(ids, mask * 1_000_000, **kwargs)
+
+
+def _classes_with_a_padding_mask():
+    import inspect
+
+    return {subject: (family, cls) for subject, (family, cls) in _model_classes().items()
+            if "attention_mask" in inspect.signature(cls.forward).parameters}
+
+
+@pytest.mark.parametrize("subject", sorted(_classes_with_a_padding_mask()))
+def test_a_float_padding_mask_means_what_its_integer_mask_means(subject):
+    """A (B, T) mask of 0.0 and 1.0 is a padding mask, as transformers reads it; it was taken for an additive
+    bias (adding 1 to the real tokens' scores, masking nothing): silently other numbers. Values other than 0
+    and 1 are refused by name."""
+    import inspect
+
+    family, cls = _classes_with_a_padding_mask()[subject]
+    torch.manual_seed(0)
+    model = family.tiny_model(cls).eval()
+    args, kwargs = family.inputs(cls)
+    where = list(inspect.signature(cls.forward).parameters).index("attention_mask") - 1  # its place after self
+    mask = args[where].clone()
+    mask[0, 0] = 0  # the first row left-padded by one token
+    call = lambda m: model(*args[:where], m, *args[where + 1 :], **kwargs)  # noqa: E731
+    with torch.no_grad():
+        expected = [t for t in call(mask).to_tuple() if isinstance(t, torch.Tensor)]
+        produced = [t for t in call(mask.float()).to_tuple() if isinstance(t, torch.Tensor)]
+        assert len(produced) == len(expected) >= 1 and all(torch.equal(a, b) for a, b in zip(produced, expected))
+        with pytest.raises(InputError, match=r"attention_mask must hold 0 and 1 \(1 = a real token\), found 0.5"):
+            call(torch.full(mask.shape, 0.5))

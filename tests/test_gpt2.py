@@ -630,3 +630,28 @@ def test_a_list_of_stop_ids_reads_as_its_first_and_warns_when_others_are_lost():
         assert GPT2Config.from_dict({"model_type": "gpt2", "vocab_size": 40, "eos_token_id": []}).eos_token_id is None
     with pytest.warns(UserWarning, match=r"several stop ids \(eos_token_id = \[7, 9\]\); minipt's generation stops on the first, 7, only"):
         assert GPT2Config.from_dict({"model_type": "gpt2", "vocab_size": 40, "eos_token_id": [7, 9]}).eos_token_id == 7
+
+
+def test_without_a_mask_the_padding_is_read_off_a_pad_id_as_transformers_does(pair):
+    """transformers builds the mask from input_ids != pad_token_id when the pad id is not eos; so does minipt."""
+    reference, model, _ = pair
+    input_ids, attention_mask = left_padded(97, [6, 3, 5], seed=4)
+    pad = 11
+    input_ids = input_ids.masked_fill(attention_mask == 0, pad)
+    assert not bool((input_ids[attention_mask == 1] == pad).any())  # the pad id stands only on the padding
+    expected = reference.generate(input_ids, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=pad)
+    assert torch.equal(model.generate(input_ids, max_new_tokens=12, eos_token_id=None, pad_token_id=pad), expected)
+    assert torch.equal(model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=12, eos_token_id=None), expected)
+
+
+def test_a_float_padding_mask_is_a_padding_mask(pair):
+    """A (B, T) mask of 0.0/1.0 means what 0/1 means (as in transformers), in forward and generate; other values are refused."""
+    _, model, _ = pair
+    input_ids, attention_mask = left_padded(97, [6, 3], seed=5)
+    with torch.no_grad():
+        assert torch.equal(model(input_ids, attention_mask.float()).logits, model(input_ids, attention_mask).logits)
+    assert torch.equal(model.generate(input_ids, attention_mask=attention_mask.float(), max_new_tokens=5),
+                       model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=5))
+    for bad in (torch.full(input_ids.shape, 0.5), torch.full(input_ids.shape, 2)):  # no 0 in them: "nothing padded" must not skip the check
+        with pytest.raises(InputError, match="attention_mask must hold 0 and 1"):
+            model.generate(input_ids, attention_mask=bad, max_new_tokens=2)

@@ -400,7 +400,7 @@ class GPT2LMHeadModel(_GPT2Pretrained):
         top_k: int | None = None,
         top_p: float | None = None,
         repetition_penalty: float = 1.0,  # > 1 makes tokens already in the row less likely (1.0 = off)
-        attention_mask: torch.Tensor | None = None,  # (B, T): 0 on the left padding
+        attention_mask: torch.Tensor | None = None,  # (B, T): 0 on the left padding; None: where pad_token_id (not eos) stands
         eos_token_id: int | None = _CONFIG_EOS,  # a row stops at this token; None: no row stops early
         pad_token_id: int | None = None,  # what fills a stopped row (None: the config's, else eos)
         seed: int | None = None,
@@ -421,7 +421,9 @@ class GPT2LMHeadModel(_GPT2Pretrained):
         model never produces, so no row stops, and ``pad_token_id`` falls back to
         the config's only when the vocabulary holds it. ``repetition_penalty`` follows
         transformers: it counts every id of the row so far, prompt and generated,
-        except the left padding. With ``return_dict_in_generate`` a
+        except the left padding. Without ``attention_mask``, a ``pad_token_id`` other
+        than eos standing in the prompts marks their padding, as in transformers.
+        With ``return_dict_in_generate`` a
         ``GenerateOutput`` comes back: ``sequences``, and with ``output_logits``
         the logits each new token was chosen from.
         """
@@ -437,9 +439,12 @@ class GPT2LMHeadModel(_GPT2Pretrained):
             output_logits=output_logits, return_dict_in_generate=return_dict_in_generate,
         )
         B, T = input_ids.shape
+        if attention_mask is None and pad_token_id is not None and pad_token_id != eos_token_id and bool((input_ids == pad_token_id).any()):
+            attention_mask = (input_ids != pad_token_id).long()  # as transformers: the padding read off a pad id that is not eos
         if attention_mask is not None:
             if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
                 raise InputError(f"attention_mask has shape {_shape(attention_mask)}, input_ids {tuple(input_ids.shape)}")
+            check_mask_values("attention_mask", attention_mask)
             if not bool(attention_mask[:, -1].bool().all()):
                 raise InputError("the prompts must be left-padded: every row's last token must be real (attention_mask 1)")
         cache = self.allocate_cache(B, T + new)

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import Pretrained
-from ..checks import check_choice, check_float, check_ids, check_int
+from ..checks import check_choice, check_float, check_ids, check_int, check_mask_values
 from ..config import Config, count, epsilon, first_stop_id, flag, probability, real, require, text, token_id
 from ..errors import ConfigError, InputError
 from ..keymap import KeyMap
@@ -403,6 +403,8 @@ def _check_ids_and_mask(name: str, ids, mask, vocab_size: int, mask_name: str) -
     check_ids(name, ids, vocab_size)
     if mask is not None and (not isinstance(mask, torch.Tensor) or mask.shape != ids.shape):
         raise InputError(f"{mask_name} must have the shape of {name} {tuple(ids.shape)}, got {_shape(mask)}")
+    if mask is not None:
+        check_mask_values(mask_name, mask)
 
 
 class _T5Pretrained(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):

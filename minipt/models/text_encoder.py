@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checks import check_ids
+from ..checks import check_ids, check_mask_values
 from ..checkpoint import Checkpoint
 from ..config import require
 from ..errors import ConfigError, InputError
@@ -104,8 +104,10 @@ def check_token_inputs(
         if token_type_ids.shape != input_ids.shape:
             raise InputError(f"token_type_ids has shape {tuple(token_type_ids.shape)}, input_ids {tuple(input_ids.shape)}")
         check_ids("token_type_ids", token_type_ids, type_vocab_size)
-    if attention_mask is not None and not attention_mask.is_floating_point() and attention_mask.shape != input_ids.shape:
-        raise InputError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(input_ids.shape)}")
+    if attention_mask is not None and (attention_mask.dim() == 2 or not attention_mask.is_floating_point()):  # a padding mask
+        if attention_mask.shape != input_ids.shape:
+            raise InputError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(input_ids.shape)}")
+        check_mask_values("attention_mask", attention_mask)
 
 
 def _shape(labels) -> object:

@@ -41,15 +41,17 @@ def attention_bias(
     """An additive mask broadcastable to ``(B, heads, T, S)``, or None when nothing is masked.
 
     ``attention_mask`` is either a padding mask ``(B, S)`` of bools or 0/1
-    integers (True/1 = a real token, the tokenizer's convention), or an
-    additive float mask broadcastable to ``(B, heads, T, S)`` (0 = attend,
-    -inf or very negative = masked). ``causal`` masks keys after each query,
-    aligned bottom-right so that it stays right when keys include a cache.
+    integers or floats (True/1 = a real token, the tokenizer's convention; a
+    two-dimensional mask is read so whatever its dtype, as transformers reads
+    it), or an additive float mask of 3 or 4 dimensions broadcastable to
+    ``(B, heads, T, S)`` (0 = attend, -inf or very negative = masked).
+    ``causal`` masks keys after each query, aligned bottom-right so that it
+    stays right when keys include a cache.
     """
     lowest = torch.finfo(dtype).min
     bias = None
     if attention_mask is not None:
-        if attention_mask.is_floating_point():
+        if attention_mask.is_floating_point() and attention_mask.dim() != 2:
             bias = attention_mask.to(dtype).clamp(min=lowest)  # -inf would make fully masked rows NaN
             while bias.dim() < 4:
                 bias = bias.unsqueeze(1)  # (B, S) -> (B, 1, 1, S)
