@@ -432,6 +432,21 @@ def test_bad_inputs_are_named(pair):
         T5Config(feed_forward_proj="gated-nothing")
     with pytest.raises(MiniptError, match="top_k"):
         model.generate(ids, top_k=0, do_sample=True)
+    for start, message in (("0", "got str '0'"), (1.0, "got float 1.0"), (-1, r"in \[0, \d+\], got -1")):
+        with pytest.raises(InputError, match=f"decoder_start_token_id must be a token id.*{message}"):
+            model.generate(ids, decoder_start_token_id=start, max_new_tokens=2)
+    with pytest.raises(InputError, match="decoder_input_ids holds 1000, outside the table"):  # not "input_ids holds"
+        model.generate(ids, decoder_input_ids=torch.tensor([[0, 1000], [0, 1]]), max_new_tokens=2)
+
+
+def test_an_empty_batch(pair):
+    """No rows in, no rows out (torch's reshape of 0 elements failed inside attention and beam search)."""
+    _, model, _ = pair
+    empty = torch.zeros(0, 4, dtype=torch.long)
+    with torch.no_grad():
+        assert model(empty, decoder_input_ids=torch.zeros(0, 2, dtype=torch.long)).logits.shape == (0, 2, model.config.vocab_size)
+    assert model.generate(empty, max_new_tokens=3).shape[0] == 0
+    assert model.generate(empty, max_new_tokens=3, num_beams=2).shape[0] == 0
 
 
 # -- reference points, probes, transfer stages ---------------------------------------------

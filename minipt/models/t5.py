@@ -249,7 +249,7 @@ class T5Attention(BackendBlock, nn.Module):
             need_weights=need_weights, scale=1.0, site=self,  # T5 folds the scale into its initialisation
         )
         out = tap(self, "heads", out)  # (B, heads, T, d_kv)
-        return self.out_proj(out.transpose(1, 2).reshape(B, T, -1), residual=residual), probs
+        return self.out_proj(out.transpose(1, 2).reshape(B, T, out.shape[1] * out.shape[3]), residual=residual), probs  # (B, T, heads d_kv)
 
 
 class T5FeedForward(nn.Module):
@@ -550,17 +550,21 @@ class T5Model(_T5Pretrained):
 
     def start_ids(self, input_ids: torch.Tensor, start: int | None = None) -> torch.Tensor:
         """The decoder's first input, one row per row of ``input_ids``: (B, 1) of ``start`` (default: the config's start token)."""
-        start = self.config.start_token if start is None else start
+        start = self.config.start_token if start is None else check_int("decoder_start_token_id", start, low=0, high=self.config.vocab_size - 1, noun="a token id")
         if start is None:
             raise InputError("the config has neither decoder_start_token_id nor pad_token_id: pass decoder_input_ids (or decoder_start_token_id)")
         return torch.full((input_ids.shape[0], 1), start, dtype=torch.long, device=input_ids.device)
 
     def check_decoder_prompt(self, decoder_input_ids, start_ids: torch.Tensor) -> torch.Tensor:
         """``decoder_input_ids`` (B, T), checked to be one integer row per input, each beginning with the start token."""
-        B, start = start_ids.shape[0], int(start_ids[0, 0])
+        B = start_ids.shape[0]
         if not isinstance(decoder_input_ids, torch.Tensor) or decoder_input_ids.dim() != 2 or decoder_input_ids.is_floating_point() \
                 or decoder_input_ids.shape[0] != B or decoder_input_ids.shape[1] == 0:
             raise InputError(f"decoder_input_ids must be integer ids of shape ({B}, prompt_len), one row per input, got {_shape(decoder_input_ids)}")
+        check_ids("decoder_input_ids", decoder_input_ids, self.config.vocab_size)
+        if B == 0:
+            return decoder_input_ids.to(start_ids.device)
+        start = int(start_ids[0, 0])
         missing = (decoder_input_ids[:, 0] != start).nonzero().flatten().tolist()
         if missing:  # the decoder was trained on sequences that open with it; without it the first logits are off
             raise InputError(f"decoder_input_ids must begin with the decoder start token {start}; row {missing[0]} begins with "
@@ -734,6 +738,8 @@ class T5ForConditionalGeneration(T5Model):
         scored sum(log p) / generated_length ** length_penalty. Returns the best finished hypothesis of each row (B, P + n),
         after the decoder's prompt ``start_ids`` (B, P)."""
         (B, P), L = start_ids.shape, start_ids.shape[1] + new  # L: the longest sequence, the prompt included
+        if B == 0:
+            return start_ids  # an empty batch: no hypotheses to search
         keep = max(2, 1 + (eos_token_id is not None)) * K
         top_k_mask = torch.arange(keep, device=input_ids.device) < K  # (keep,): only the K best may finish
         fill = (pad_token_id or eos_token_id) if eos_token_id is not None else -1  # transformers' filling of unused places
@@ -754,7 +760,7 @@ class T5ForConditionalGeneration(T5Model):
         tokens = running[:, :, :P].reshape(B * K, P)
         while True:
             hidden = self.decode(tokens, None, encoder_hidden, mask, cache).last_hidden_state[:, -1]  # (B K, C)
-            log_probs = logits(hidden).float().log_softmax(-1).view(B, K, -1) + running_scores[:, :, None]  # (B, K, V)
+            log_probs = logits(hidden).float().log_softmax(-1).view(B, K, self.config.vocab_size) + running_scores[:, :, None]  # (B, K, V)
             V = log_probs.shape[-1]
             top_scores, top_index = log_probs.view(B, K * V).topk(keep)  # (B, keep)
             from_beam, token = top_index // V, top_index % V
