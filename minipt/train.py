@@ -109,9 +109,23 @@ def fit(
     (one more copy of the weights, taken at each improvement). A run resumed from
     a path without ``checkpoint_dir`` falls back on the ``best.safetensors`` beside it.
 
+    ``scheduler`` steps after every optimiser step and must schedule ``optimizer``;
+    ``ReduceLROnPlateau``, which steps on a metric, is stepped by the caller (in
+    ``evaluate``). A loader with its own ``torch.Generator`` (``DataLoader(...,
+    generator=g)``) has that generator's state saved in ``last.safetensors``, so a
+    resumed run draws the same batches as an uninterrupted one.
+
     Arguments are checked before any work: a ``checkpoint_dir`` that is a file or
     cannot be created raises ``SaveError``; the folder is created at the start.
+    An epoch in which the loader gives no batch raises ``TrainingError``.
     """
+    if not isinstance(model, nn.Module):
+        raise InputError(f"fit trains a torch.nn.Module, got {type(model).__name__} {model!r:.80}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise InputError(f"optimizer must be a torch.optim.Optimizer over the model's parameters, got {type(optimizer).__name__}")
+    if not hasattr(train_loader, "__iter__") or isinstance(train_loader, (str, bytes, dict)):
+        raise InputError(f"train_loader must be an iterable of batches (a DataLoader, a list), got {type(train_loader).__name__} {train_loader!r:.80}")
+    _check_scheduler(scheduler, optimizer)
     check_trainable(model)
     check_param_groups(_unwrap(model), optimizer)
     epochs = check_int("epochs", epochs, low=1)
@@ -140,8 +154,12 @@ def fit(
 
     history: list[Epoch] = []
     best, since_best = float("-inf"), 0
+    loader_generators = _loader_generators(train_loader)
     if resume_path is not None:
-        history, best, since_best = _load_checkpoint(resume_path, model, optimizer, scheduler, check=_resumed)
+        history, best, since_best, loader_states = _load_checkpoint(resume_path, model, optimizer, scheduler, everything=True,
+                                                                    check=lambda path, fields: _resumed(path, fields, len(loader_generators)))
+        for generator, generator_state in zip(loader_generators, loader_states):
+            generator.set_state(generator_state)
     keep_best = restore_best and evaluate is not None
     best_in_memory = None  # restore_best without a folder: a CPU copy of the best weights
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
@@ -184,6 +202,9 @@ def fit(
                 bar.close()
         if skipped and not steps:
             raise TrainingError(f"epoch {epoch}: all {skipped} steps had a non-finite loss or gradient; nothing was trained")
+        if not steps:
+            raise TrainingError(f"epoch {epoch}: train_loader gave no batch; nothing was trained"
+                                + (" (a generator is used up after one pass: pass a DataLoader or a list)" if epoch > 1 or history else ""))
         score = None
         if evaluate is not None:
             model.eval()
@@ -198,7 +219,8 @@ def fit(
         elif score is not None:
             since_best += 1
         if folder is not None and main:
-            extra = {"history": [asdict(e) for e in history], "best": best, "since_best": since_best}
+            extra = {"history": [asdict(e) for e in history], "best": best, "since_best": since_best,
+                     "loader_generators": [g.get_state() for g in loader_generators]}
             # best before last: a run killed between the two resumes from the previous last
             # and redoes this epoch, never pairing a new best score with the old best weights
             if improved:
@@ -217,6 +239,8 @@ def fit(
             torch.distributed.barrier()  # rank 0 has written best.safetensors
         if (folder / BEST).is_file():
             load_checkpoint(folder / BEST, model)
+        elif resume_path is not None and resume_path.name == LAST and (resume_path.parent / BEST).is_file():
+            load_checkpoint(resume_path.parent / BEST, model)  # resumed into a new folder, and no better epoch since
     elif keep_best and resume_path is not None and resume_path.name == LAST and (resume_path.parent / BEST).is_file():
         load_checkpoint(resume_path.parent / BEST, model)  # resumed without a folder, and no better epoch since
     model.eval()
@@ -233,6 +257,9 @@ def _check_loss_value(value: Any) -> None:
     check_tensor("loss(model, batch)", value, kind="floating")
     if value.numel() != 1:
         raise TrainingError(f"loss(model, batch) must return a scalar, got a tensor of shape {tuple(value.shape)}")
+    if not value.requires_grad:
+        raise TrainingError("loss(model, batch) returned a loss with no gradient to follow: it was computed under torch.no_grad() or "
+                            "inference_mode, or from no trainable parameter")
 
 
 def _check_step(value: torch.Tensor, parameters: list[torch.Tensor], model: nn.Module) -> tuple[float, str | None]:
@@ -288,8 +315,32 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def _resumed(path: Path, state: dict) -> tuple[list[Epoch], float, int]:
-    """The history, best score and epochs since the best that fit stored in a checkpoint's fields ``state``."""
+def _check_scheduler(scheduler, optimizer: torch.optim.Optimizer) -> None:
+    if scheduler is None:
+        return
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        raise InputError("ReduceLROnPlateau steps on a metric, which fit does not pass it: call scheduler.step(metric) in "
+                         "evaluate and leave scheduler out of fit (fit steps a scheduler after every optimiser step)")
+    if not callable(getattr(scheduler, "step", None)) or not callable(getattr(scheduler, "state_dict", None)):
+        raise InputError(f"scheduler must be a torch.optim.lr_scheduler scheduler (step(), state_dict()), got {type(scheduler).__name__} {scheduler!r:.80}")
+    if getattr(scheduler, "optimizer", optimizer) is not optimizer:
+        raise InputError("scheduler schedules another optimizer than the one fit steps: build it on this optimizer")
+
+
+def _loader_generators(loader) -> list[torch.Generator]:
+    """The ``torch.Generator`` objects a loader draws its order and workers' seeds from, when it has its own
+    (``DataLoader(..., generator=g)``, a sampler with one); the global generator is saved with the RNG states."""
+    found: list[torch.Generator] = []
+    for owner in (loader, getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
+        generator = getattr(owner, "generator", None)
+        if isinstance(generator, torch.Generator) and all(generator is not g for g in found):
+            found.append(generator)
+    return found
+
+
+def _resumed(path: Path, state: dict, loader_generators: int) -> tuple[list[Epoch], float, int, list[torch.Tensor]]:
+    """The history, best score and epochs since the best that fit stored in a checkpoint's fields ``state``, and the
+    states of the ``loader_generators`` generators of the loader (``_loader_generators``)."""
     kinds = {"epoch": int, "train_loss": float, "score": (float, type(None)), "seconds": float, "skipped": int}
     history = state.get("history")
     if not isinstance(history, list):
@@ -307,7 +358,13 @@ def _resumed(path: Path, state: dict) -> tuple[list[Epoch], float, int]:
         raise CheckpointError(f"{path}: 'best' must be a number and 'since_best' a count, got {best!r:.40} and {since_best!r:.40}")
     if state["epoch"] != len(epochs):
         raise CheckpointError(f"{path}: written after epoch {state['epoch']} but its history has {len(epochs)} epochs")
-    return epochs, float(best), since_best
+    saved = state.get("loader_generators", [])
+    if not isinstance(saved, list) or not all(isinstance(s, torch.Tensor) and s.dtype == torch.uint8 for s in saved):
+        raise CheckpointError(f"{path}: 'loader_generators' must be a list of generator states, got {saved!r:.80}")
+    if len(saved) != loader_generators:
+        raise TrainingError(f"{path} holds the state of {len(saved)} loader generator(s); this train_loader has {loader_generators}: "
+                            "resume with a loader built as before (DataLoader(..., generator=...) or not)")
+    return epochs, float(best), since_best, saved
 
 
 def _is_kind(value: Any, kind) -> bool:
@@ -425,9 +482,11 @@ def load_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None) -> d
     return _load_checkpoint(path, model, optimizer, scheduler)
 
 
-def _load_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, check: Callable[[Path, dict], Any] | None = None) -> Any:
+def _load_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, check: Callable[[Path, dict], Any] | None = None,
+                     everything: bool = False) -> Any:
     """``load_checkpoint``, where ``check(path, fields)`` (fit's, on its history) also runs before anything is
-    loaded; returns what ``check`` returns, or the fields."""
+    loaded; returns what ``check`` returns, or the fields. ``everything`` (fit's resume): a scheduler's state in
+    the file with no scheduler to take it is an error, not dropped."""
     path = Path(path)
     skeleton, tensors = _read_checkpoint(path)
     model = _unwrap(model)
@@ -441,6 +500,9 @@ def _load_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, che
     problems += [f"{k}: checkpoint {tuple(state[k].shape)}, model {tuple(v.shape)}" for k, v in ours.items() if k in state and state[k].shape != v.shape]
     if problems:
         raise TrainingError(f"{path} does not fit this {type(model).__name__}: " + "; ".join(problems[:8]) + (f" ... ({len(problems)} in all)" if len(problems) > 8 else ""))
+    if everything and scheduler is None and "scheduler" in skeleton:
+        raise TrainingError(f"{path} was written with the scheduler {skeleton['scheduler']}: pass one built as before to resume "
+                            "its schedule (resuming without it would drop the schedule)")
     for what, obj in (("optimizer", optimizer), ("scheduler", scheduler)):
         if obj is None:
             continue

@@ -133,3 +133,96 @@ def test_save_checkpoint_names_what_it_cannot_store(tmp_path):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(TrainingError, match="cannot store a object"):
         save_checkpoint(tmp_path / "x.safetensors", model, optimizer, epoch=1, extra={"odd": object()})
+
+
+def test_fit_names_bad_arguments_before_any_step(tmp_path):
+    from minipt.errors import InputError
+
+    model = Tiny()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = DataLoader(_data(), batch_size=8)
+    step = lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1])  # noqa: E731
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    other = torch.optim.SGD(Tiny().parameters(), lr=0.1)
+    for arguments, error, message in [
+        (dict(model=None), InputError, "fit trains a torch.nn.Module, got NoneType"),
+        (dict(optimizer=None), InputError, "optimizer must be a torch.optim.Optimizer"),
+        (dict(optimizer=list(model.parameters())), InputError, "optimizer must be a torch.optim.Optimizer .*, got list$"),
+        (dict(train_loader=5), InputError, "train_loader must be an iterable of batches"),
+        (dict(scheduler="cosine"), InputError, "scheduler must be a torch.optim.lr_scheduler scheduler"),
+        (dict(scheduler=torch.optim.lr_scheduler.StepLR(other, 1)), InputError, "schedules another optimizer"),
+        (dict(scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)), InputError, r"ReduceLROnPlateau steps on a metric"),
+    ]:
+        call = {"model": model, "optimizer": optimizer, "train_loader": loader, **arguments}
+        with pytest.raises(error, match=message):
+            fit(call.pop("model"), call.pop("optimizer"), call.pop("train_loader"), loss=step, epochs=1, progress=False, **call)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # nothing was trained
+
+
+def test_an_epoch_without_batches_or_gradients_is_an_error(tmp_path):
+    model = Tiny()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    step = lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1])  # noqa: E731
+    with pytest.raises(TrainingError, match="epoch 1: train_loader gave no batch; nothing was trained"):
+        fit(model, optimizer, [], loss=step, epochs=3, progress=False, checkpoint_dir=tmp_path)
+    assert not (tmp_path / LAST).exists()
+    once = (batch for batch in DataLoader(_data(), batch_size=8))  # a generator: used up after one epoch
+    with pytest.raises(TrainingError, match=r"epoch 2: train_loader gave no batch.*a generator is used up after one pass"):
+        fit(model, optimizer, once, loss=step, epochs=3, progress=False)
+
+    def no_gradient(m, b):
+        with torch.no_grad():
+            return step(m, b)
+
+    with pytest.raises(TrainingError, match="no gradient to follow: it was computed under torch.no_grad"):
+        fit(model, optimizer, DataLoader(_data(), batch_size=8), loss=no_gradient, epochs=1, progress=False)
+
+
+def test_resume_with_the_loaders_own_generator_and_without_the_scheduler(tmp_path):
+    """A DataLoader with its own torch.Generator draws its order from it, not from the global RNG: its state is
+    saved, so the resumed run is bitwise the uninterrupted one. A checkpoint with a schedule needs its scheduler."""
+    def run(folder, epochs, resume=False, scheduled=True):
+        torch.manual_seed(0)
+        model = Tiny()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 3) if scheduled else None
+        loader = DataLoader(_data(), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(7))
+        fit(model, optimizer, loader, loss=lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]), epochs=epochs,
+            scheduler=scheduler, checkpoint_dir=folder, resume=resume, progress=False)
+        return model
+
+    straight = run(tmp_path / "straight", 3)
+    run(tmp_path / "stopped", 1)
+    resumed = run(tmp_path / "stopped", 3, resume=True)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(TrainingError, match="written with the scheduler StepLR: pass one built as before"):
+        run(tmp_path / "stopped", 4, resume=True, scheduled=False)
+
+
+def test_restore_best_after_resuming_into_another_folder(tmp_path):
+    """Resumed from a/last.safetensors into a new checkpoint_dir, with no better epoch since: the best weights are
+    a/best.safetensors', not the last epoch's."""
+    scores = iter([0.9, 0.5, 0.4])
+    model = Tiny()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = DataLoader(_data(), batch_size=8)
+    arguments = dict(loss=lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]), evaluate=lambda m: next(scores), progress=False)
+    fit(model, optimizer, loader, epochs=1, checkpoint_dir=tmp_path / "a", **arguments)
+    best = {k: v.clone() for k, v in model.state_dict().items()}
+    history = fit(model, optimizer, loader, epochs=3, resume=tmp_path / "a" / LAST, checkpoint_dir=tmp_path / "b", **arguments)
+    assert [e.score for e in history] == [0.9, 0.5, 0.4] and not (tmp_path / "b" / BEST).exists()
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, best[key]), key
+
+
+def test_a_frozen_model_pickles_whole():
+    import io
+
+    model = Tiny()
+    transfer.freeze(model, "body")
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False).train()
+    assert not loaded.linear.training and not loaded.norm.training and loaded.head.training  # still held in eval
