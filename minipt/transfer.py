@@ -32,7 +32,7 @@ all agree with what the forward pass does.
 
 from __future__ import annotations
 
-import types
+import functools
 from collections import namedtuple
 from contextvars import ContextVar
 from typing import Iterable
@@ -169,7 +169,7 @@ def _frozen_train(self: nn.Module, mode: bool = True) -> nn.Module:
 
 def _hold_in_eval(module: nn.Module) -> None:
     for sub in module.modules():
-        sub.train = types.MethodType(_frozen_train, sub)
+        sub.train = functools.partial(_frozen_train, sub)  # a partial of a module function pickles (torch.save(model)); a bound method would not
     module.eval()
 
 
@@ -214,6 +214,9 @@ def reset_classifier(model: nn.Module, num_classes: int | None = None, **config_
         if size_field not in {f for f in type(config).__dataclass_fields__}:
             raise TrainingError(f"{type(model).__name__}'s number of classes follows its config; pass the field that decides it (such as charset=...)")
         config_fields[size_field] = check_int("num_classes", num_classes, low=1)
+        names = config_fields.get("id2label")
+        if isinstance(names, dict) and len(names) != num_classes:
+            raise TrainingError(f"reset_classifier to {num_classes} classes got id2label with {len(names)} names; give one name per class")
     if not config_fields:
         raise TrainingError("reset_classifier needs num_classes (or the config field that sets the head's size)")
     if "id2label" in type(config).__dataclass_fields__ and "id2label" not in config_fields:

@@ -244,6 +244,16 @@ def test_reset_classifier_drops_the_old_label_names():
     assert model.config.num_labels == 5 and model.config.id2label is None
 
 
+def test_reset_classifier_names_and_counts_agree():
+    import numpy as np
+
+    model = _bert()
+    with pytest.raises(TrainingError, match="reset_classifier to 4 classes got id2label with 2 names"):
+        transfer.reset_classifier(model, 4, id2label={0: "a", 1: "b"})
+    model.reset_classifier(np.int64(4))  # a count from numpy
+    assert model.classifier.out_features == model.config.num_labels == 4
+
+
 def test_reset_classifier_of_crnn_takes_a_charset():
     model = CRNN(CRNNConfig(channels=(4, 8, 8, 16), hidden_size=8, charset="abc"))
     transfer.reset_classifier(model, charset="0123456789")
@@ -259,6 +269,26 @@ def test_labels_outside_the_head():
         transfer.check_labels(model, [0, 4, 1])
     with pytest.raises(TrainingError, match="from -1"):
         transfer.check_labels(model, [-1, 0])
+
+
+def test_the_loss_names_labels_it_cannot_take():
+    """In forward, before cross-entropy's IndexError (a device assert on a GPU): a class id outside the head, labels
+    of another shape; -100 is skipped, as by transformers' loss."""
+    from minipt.errors import InputError
+
+    model = _bert().eval()
+    ids = torch.randint(1, 50, (3, 4))
+    assert model(ids, labels=torch.tensor([0, -100, 2])).loss.isfinite()
+    with pytest.raises(InputError, match=r"labels hold 3, outside the head's 3 classes \(0..2; -100 is skipped\); reset_classifier\(4\)"):
+        model(ids, labels=torch.tensor([0, 3, 1]))
+    with pytest.raises(InputError, match=r"labels hold -1, outside the head's 3 classes \(0..2; -100 is skipped\)$"):
+        model(ids, labels=torch.tensor([0, -1, 1]))
+    with pytest.raises(InputError, match=r"must be 3 integer class ids, one per sequence; got torch.int64 \(3, 4\)"):
+        model(ids, labels=ids)
+    with pytest.raises(InputError, match=r"multi-label classification must have the logits' shape \(3, 3\)"):
+        model(ids, labels=torch.ones(3))
+    with pytest.raises(InputError, match=r"regression must hold 2 target\(s\) per sequence"):
+        _bert(num_labels=2, problem_type="regression")(ids, labels=torch.ones(3))
 
 
 # -- optimiser groups -----------------------------------------------------------------

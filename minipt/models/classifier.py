@@ -15,6 +15,7 @@ through its own checks, so ``save_pretrained`` writes what the model now is and
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -43,6 +44,8 @@ class HasClassifier:
         """Replace the head by a freshly initialised one for ``num_classes`` classes, and say so in the config."""
         path, field = self.transfer_head
         lowest = 0 if self.headless else 1
+        if isinstance(num_classes, np.integer):
+            num_classes = int(num_classes)  # a count from numpy (np.unique(labels).size) is a count
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < lowest:
             what = "an integer >= 0 (0: no head, as timm)" if self.headless else "a positive integer"
             raise TrainingError(f"{type(self).__name__}.reset_classifier takes {field} as {what}, got {num_classes!r}")

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checks import check_ids, check_mask_values
+from ..checks import check_ids, check_mask_values, tracing
 from ..checkpoint import Checkpoint
 from ..config import require
 from ..errors import ConfigError, InputError
@@ -150,11 +150,31 @@ def classification_loss(problem_type: str | None, num_labels: int, logits: torch
     problem = problem_type
     if problem is None:
         problem = "regression" if num_labels == 1 else "single_label_classification" if not labels.is_floating_point() else "multi_label_classification"
+    _check_labels_for(problem, num_labels, logits, labels)
     if problem == "regression":
         return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).view(-1)) if num_labels == 1 else F.mse_loss(logits, labels)
     if problem == "single_label_classification":
         return F.cross_entropy(logits, labels.view(-1))
     return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+def _check_labels_for(problem: str, num_labels: int, logits: torch.Tensor, labels: torch.Tensor) -> None:
+    """``InputError`` for labels the loss of ``problem`` cannot take: naming the shape or the class id, not torch's
+    IndexError from inside cross-entropy (a device assert on a GPU)."""
+    B = logits.shape[0]
+    if problem == "single_label_classification":
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool or labels.numel() != B:
+            raise InputError(f"labels for single-label classification must be {B} integer class ids, one per sequence; got {labels.dtype} {tuple(labels.shape)}")
+        if not tracing() and labels.numel():
+            outside = labels[((labels < 0) | (labels >= num_labels)) & (labels != -100)]
+            if outside.numel():
+                more = f"; reset_classifier({int(labels.max()) + 1}) for more classes" if int(outside[0]) >= num_labels else ""
+                raise InputError(f"labels hold {int(outside[0])}, outside the head's {num_labels} classes (0..{num_labels - 1}; -100 is skipped){more}")
+    elif problem == "regression":
+        if labels.numel() != B * num_labels:
+            raise InputError(f"labels for regression must hold {num_labels} target(s) per sequence, ({B}, {num_labels}); got {tuple(labels.shape)}")
+    elif labels.shape != logits.shape:
+        raise InputError(f"labels for multi-label classification must have the logits' shape {tuple(logits.shape)} (0/1 per class); got {tuple(labels.shape)}")
 
 
 # Outputs read as transformers' do: out.logits, out["logits"], out[0] (the loss when labels were given), out.to_tuple().
