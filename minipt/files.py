@@ -94,8 +94,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside ``path`` to write in full; on success it is flushed to disk, given the
     permissions a new file gets under the umask, and renamed over ``path``, so readers see the old file
     or the new one and never part of one. On any failure the temporary file is removed and ``path`` is
-    untouched. A missing folder or a path that cannot be written raises ``SaveError`` naming it."""
+    untouched. A missing folder or a path that cannot be written raises ``SaveError`` naming it.
+
+    A symbolic link keeps being one: the file it points to is replaced. A path that is not a regular
+    file (``/dev/null``, ``/dev/stdout``, a named pipe) is written through, not renamed over: a rename
+    would put a plain file in the place of the device or the pipe."""
     path = Path(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    if path.exists() and not path.is_file() and not path.is_dir():
+        try:
+            yield path
+        except OSError as err:  # /dev/full: no space left
+            raise SaveError(f"cannot write {path}: {err.strerror or err}") from err
+        return
     try:
         fd, name = tempfile.mkstemp(dir=path.parent, prefix=TEMPORARY_PREFIX + path.name + ".")
     except OSError as err:

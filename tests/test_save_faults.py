@@ -313,3 +313,30 @@ def test_an_npz_member_whose_header_claims_more_than_it_holds_is_refused(tmp_pat
         archive.writestr("w.npy", _npy_header("|O", (2,)) + bytes(16))
     with pytest.raises(CheckpointError, match="holds objects other than arrays"):
         Checkpoint(tmp_path / "objects.npz")
+
+
+def test_a_symbolic_link_stays_one_and_its_target_is_replaced(tmp_path):
+    from minipt.files import write_bytes
+
+    (tmp_path / "real.bin").write_bytes(b"old")
+    (tmp_path / "link.bin").symlink_to("real.bin")
+    write_bytes(tmp_path / "link.bin", b"new")
+    assert (tmp_path / "link.bin").is_symlink() and (tmp_path / "real.bin").read_bytes() == b"new"
+    assert not any(p.name.startswith(TEMPORARY_PREFIX) for p in tmp_path.iterdir())
+
+
+def test_a_named_pipe_is_written_through_not_replaced(tmp_path):
+    """A rename over a device or a pipe would put a plain file in its place (as root, even over /dev/null): such
+    a path is written through. The reader is opened first, without blocking, so a wrong rename fails the test
+    instead of hanging it."""
+    from minipt.files import write_bytes
+
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    reader = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        write_bytes(pipe, b"through the pipe")
+        assert stat.S_ISFIFO(os.lstat(pipe).st_mode)
+        assert os.read(reader, 100) == b"through the pipe"
+    finally:
+        os.close(reader)
