@@ -688,6 +688,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(message: str) -> str:
+    """A message of several lines (a key mismatch lists its keys) as the one line an error gets on stderr."""
+    parts = [part.strip() for part in message.splitlines() if part.strip()]
+    line = parts[0] if parts else ""
+    for part in parts[1:]:
+        line += (" " if line.endswith(":") else "; ") + part
+    return line
+
+
 def main(argv: list[str] | None = None) -> int:
     from .errors import MiniptError
 
@@ -698,7 +707,11 @@ def main(argv: list[str] | None = None) -> int:
         check_arguments(args)
         return args.function(args) or 0
     except MiniptError as err:
-        print(f"minipt {args.command}: {err}", file=sys.stderr)
+        print(f"minipt {args.command}: {_one_line(str(err))}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # the reader went away (minipt inspect ... | head): stop quietly, as Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's flush at exit would fail on the closed pipe again
         return 1
     except ImportError as err:  # an optional package missing below the command: said as above; any other is a bug, shown in full
         missing = _missing_package(err)

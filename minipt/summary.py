@@ -328,7 +328,8 @@ def _reads(model: nn.Module):
 
 
 def example_inputs(model: nn.Module, size: str | tuple[int, ...] | None = None) -> Any:
-    """Inputs of ``size`` for one of minipt's models, on its device: zeros as ids, zeros as pixels.
+    """Inputs of ``size`` for one of minipt's models, on its device: zeros as ids, zeros as pixels. The ids
+    end with the end-of-text token where the model's text config has one (CLIP's text tower pools there).
 
     ``size`` is ``"BxT"`` for token models and ``"BxCxHxW"`` for image models;
     None gives the family's default (its declaration's ``reads``, ``minipt.registry.Reads``).
@@ -348,6 +349,10 @@ def example_inputs(model: nn.Module, size: str | tuple[int, ...] | None = None) 
     if dims == 4:
         return _allocate(torch.zeros, shape, device=device)
     ids = _allocate(torch.zeros, shape, dtype=torch.long, device=device)
+    text = getattr(getattr(model, "config", None), "text_config", getattr(model, "config", None))
+    eos, vocab = getattr(text, "eos_token_id", None), getattr(text, "vocab_size", 0)
+    if isinstance(eos, int) and 0 <= eos < vocab and ids.shape[-1]:
+        ids[..., -1] = eos
     return ids if reads.count == 1 else tuple(ids.clone() for _ in range(reads.count))
 
 

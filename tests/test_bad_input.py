@@ -524,3 +524,22 @@ def test_a_float_padding_mask_means_what_its_integer_mask_means(subject):
         assert len(produced) == len(expected) >= 1 and all(torch.equal(a, b) for a, b in zip(produced, expected))
         with pytest.raises(InputError, match=r"attention_mask must hold 0 and 1 \(1 = a real token\), found 0.5"):
             call(torch.full(mask.shape, 0.5))
+
+
+@pytest.mark.parametrize("subject", sorted(s for s, (f, c) in _model_classes().items() if not f.inputs(c)[0][0].is_floating_point()))
+def test_sequences_of_no_tokens_are_named_in_every_family(subject):
+    """Token ids of shape (B, 0) (an empty text tokenised without special tokens: GPT-2 adds none) are an InputError,
+    or give outputs where the family defines them (the char LM's state); GPT-2's attention failed inside torch."""
+    from minipt.errors import MiniptError
+
+    family, cls = _model_classes()[subject]
+    torch.manual_seed(0)
+    model = family.tiny_model(cls).eval()
+    args, kwargs = family.inputs(cls)
+    first = args[0]
+    emptied = [torch.zeros(a.shape[0], 0, dtype=a.dtype) if isinstance(a, torch.Tensor) and a.shape == first.shape else a for a in args]
+    try:
+        with torch.no_grad():
+            model(*emptied, **kwargs)
+    except MiniptError as error:
+        assert "(2, 0)" in str(error) or "no tokens" in str(error) or "empty" in str(error), str(error)

@@ -677,3 +677,15 @@ def test_a_tower_with_an_initializer_range_of_zero_builds():
     model = CLIPTextModel(CLIPTextConfig(**TEXT, initializer_range=0.0))
     projections = [p for name, p in model.named_parameters() if name.endswith("proj.weight")]  # N(0, 0): zeros
     assert len(projections) == 8 and all(float(p.abs().max()) == 0.0 for p in projections)
+
+
+def test_a_caption_without_its_end_of_text_token_is_named():
+    """The text tower pools at the end-of-text token; a caption without one (another tokenizer's ids) pooled at
+    position 0, the start token, which sees only itself under the causal mask: every such caption gave the same
+    features and zero-shot said 50/50 silently."""
+    from minipt.models.clip import tiny_config
+
+    model = CLIPTextModel(tiny_config().text_config).eval()
+    ids = torch.tensor([[48, 5, 17, 49, 1], [48, 30, 2, 44, 9]])  # the second has no 49
+    with pytest.raises(InputError, match=r"caption 1 holds no end-of-text token \(id 49\), where CLIP's text tower pools"):
+        model(ids)

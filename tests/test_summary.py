@@ -165,6 +165,7 @@ def test_clip_flops_as_transformers_counts_them():
                 bos_token_id=38, eos_token_id=39, pad_token_id=1)
     vision = dict(hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2, image_size=12, patch_size=4)
     ids, pixels = torch.randint(2, 38, (3, 7)), torch.randn(2, 3, 12, 12)
+    ids[:, -1] = 39  # each caption ends with its end-of-text token, where the text tower pools
     ours = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=6))
     theirs = transformers.CLIPModel(transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=6, attn_implementation="eager")).eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:

@@ -61,7 +61,7 @@ from ..nn.init import init_normal_
 from ..nn.layers import ACTIVATIONS
 from ..nn.output import ModelOutput
 from ..registry import Reads, register
-from ..checks import floating_dtype
+from ..checks import floating_dtype, tracing
 from ..vision import check_images, normalized_batch
 from .text_encoder import check_token_inputs, run_layers
 from .vit import ViTConfig, _layer_points, interpolate_positions, read_shapes, square_grid
@@ -386,6 +386,11 @@ class CLIPTextModel(_CLIPTower):
                              "(max_position_embeddings); truncate it")
         check_token_inputs(input_ids, attention_mask, vocab_size=config.vocab_size, max_length=config.max_position_embeddings,
                            type_vocab_size=None, family="CLIP")
+        if config.eos_token_id != LEGACY_EOS_TOKEN_ID and not tracing() and not input_ids.is_meta and input_ids.numel():
+            without = (~(input_ids == config.eos_token_id).any(dim=-1)).nonzero().flatten().tolist()
+            if without:  # it would pool at position 0, the start token, which sees only itself: every such caption the same
+                raise InputError(f"caption {without[0]} holds no end-of-text token (id {config.eos_token_id}), where CLIP's text tower "
+                                 "pools; tokenize with CLIP's tokenizer (minipt fetch clip-tokenizer), which ends every caption with it")
 
 
 class CLIPVisionModel(_CLIPTower):
@@ -614,6 +619,12 @@ def zero_shot(images, labels, model: CLIPModel, tokenizer, templates=("a photo o
         raise InputError(f"labels must be a non-empty list of strings, got {labels!r}")
     if isinstance(templates, str) or not templates or not all(isinstance(t, str) and "{}" in t for t in templates):
         raise InputError(f"templates must be a non-empty list of strings each holding '{{}}' for the label, got {templates!r}")
+    for template in templates:
+        try:
+            template.format("label")
+        except (IndexError, KeyError, ValueError) as err:  # "{} and {}", "{} {x}", "{} {": str.format's refusals
+            raise InputError(f"template {template!r} must hold one '{{}}' for the label and no other braces (double them: '{{{{'): "
+                             f"{type(err).__name__}: {err}") from None
     pixel_values = images if isinstance(images, torch.Tensor) else model.preprocess(images)
     image_embeds = unit(model.get_image_features(pixel_values))  # (B, D)
     per_template = []

@@ -281,6 +281,8 @@ class GPT2Model(_GPT2Pretrained):
         if cache is not None and not isinstance(cache, KVCache):
             raise InputError(f"past_key_values must be a minipt KVCache (model.allocate_cache), not {type(cache).__name__}")
         B, T = input_ids.shape
+        if T == 0:  # an empty batch (B = 0) is fine; a step of no tokens has no next-token logits to give
+            raise InputError(f"input_ids of shape {tuple(input_ids.shape)} hold sequences of no tokens; each needs at least one")
         past = cache.length if cache is not None else 0
         if past + T > config.n_positions:
             raise InputError(f"{past} cached + {T} new tokens exceed the context of {config.n_positions} positions; shorten the input")
