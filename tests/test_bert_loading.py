@@ -248,3 +248,21 @@ def test_a_masked_lm_checkpoint_under_a_new_classifier_needs_a_fresh_pooler(tmp_
     with torch.no_grad():
         assert max_diff(model.bert(**batch).last_hidden_state, reference.bert(**batch).last_hidden_state) <= ATOL
         assert model(**batch).logits.shape == (batch["input_ids"].shape[0], 3)
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert", "albert"])
+def test_the_bare_encoder_of_a_fine_tuned_classifier(tmp_path, family):
+    """A checkpoint of a sequence classifier loads as the bare encoder, its head ignored, as transformers does
+    (minipt attention and embed take such checkpoints)."""
+    import importlib
+
+    prefix = {"bert": "Bert", "roberta": "Roberta", "distilbert": "DistilBert", "albert": "Albert"}[family]
+    sizes = dict(dim=32, n_layers=2, n_heads=2, hidden_dim=64) if family == "distilbert" else \
+        dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, embedding_size=16)
+    config = transformers.AutoConfig.for_model(family, vocab_size=120, max_position_embeddings=64, num_labels=3, **sizes)
+    reference = randomize(getattr(transformers, prefix + "ForSequenceClassification")(config)).eval()
+    reference.save_pretrained(tmp_path)
+    model = getattr(importlib.import_module(f"minipt.models.{family}"), prefix + "Model").from_pretrained(tmp_path)
+    ids = torch.randint(3, 120, (2, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert max_diff(model(ids).last_hidden_state, getattr(reference, reference.base_model_prefix)(ids).last_hidden_state) <= ATOL

@@ -197,8 +197,8 @@ class BertModel(_BertPretrained):
     @classmethod
     def keymap(cls, config: BertConfig | None = None) -> KeyMap:
         """Hugging Face's names <-> minipt's, for the encoder and pooler (with or without the bert. prefix)."""
-        # Pre-training heads (cls.*) in a checkpoint are known and not used by the bare encoder.
-        return _encoder_keymap() + KeyMap([], ignore=["cls.{*}"], optional_prefix="bert.")
+        # Pre-training heads (cls.*) and a fine-tuned classifier in a checkpoint are known and not used by the bare encoder.
+        return _encoder_keymap() + KeyMap([], ignore=["cls.{*}", "classifier.{*}"], optional_prefix="bert.")
 
 
 class MaskedLMHead(nn.Module):

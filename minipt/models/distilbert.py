@@ -182,7 +182,7 @@ class DistilBertModel(_DistilBertPretrained):
     def keymap(cls, config: DistilBertConfig | None = None) -> KeyMap:
         """Hugging Face's names <-> minipt's, for the encoder (with or without the distilbert. prefix)."""
         # The masked-LM head of pre-training checkpoints (distilbert-base-uncased) is known and not used by the bare encoder.
-        return _encoder_keymap() + KeyMap([], ignore=[f"{name}.{{*}}" for name in _MLM_HEAD], optional_prefix="distilbert.")
+        return _encoder_keymap() + KeyMap([], ignore=[f"{name}.{{*}}" for name in (*_MLM_HEAD, "pre_classifier", "classifier")], optional_prefix="distilbert.")
 
 
 class DistilBertForMaskedLM(MaskedLanguageModel, _DistilBertPretrained):

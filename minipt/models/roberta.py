@@ -114,8 +114,8 @@ class RobertaModel(_RobertaPretrained):
     @classmethod
     def keymap(cls, config: RobertaConfig | None = None) -> KeyMap:
         """Hugging Face's names <-> minipt's, for the encoder and pooler (with or without the roberta. prefix)."""
-        # The masked-LM head of pre-training checkpoints (roberta-base's lm_head.*) is known and not used here.
-        return _encoder_keymap() + KeyMap([], ignore=["lm_head.{*}"], optional_prefix="roberta.")
+        # The masked-LM head of pre-training checkpoints (roberta-base's lm_head.*) and a fine-tuned classifier are known and not used here.
+        return _encoder_keymap() + KeyMap([], ignore=["lm_head.{*}", "classifier.{*}"], optional_prefix="roberta.")
 
 
 class RobertaForMaskedLM(MaskedLanguageModel, _RobertaPretrained):
