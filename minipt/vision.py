@@ -45,18 +45,36 @@ def image_file(image: str | os.PathLike) -> Path:
 
 
 def load_image(image: Any) -> Any:
-    """An RGB ``PIL.Image`` from a path (or an image already decoded); grayscale and RGBA are converted."""
+    """An RGB ``PIL.Image`` from a path (or an image already decoded); grayscale and RGBA are converted, and
+    16-bit grayscale (PNG, TIFF) is scaled to 8 bits (65535 -> 255), as the OCR pipeline reads it: Pillow's
+    own conversion clips it at 255, a white picture."""
     Image = pillow().Image
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return to_rgb(image)
     if not isinstance(image, (str, os.PathLike)):
         raise InputError(f"expected an image file path or a PIL image, got {type(image).__name__}")
     path = image_file(image)
     try:
         with Image.open(path) as opened:
-            return opened.convert("RGB")  # decodes the whole file
+            return to_rgb(opened)  # decodes the whole file
+    except InputError:
+        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise InputError(f"{path} cannot be decoded as an image ({type(err).__name__}: {err})") from err
+
+
+def to_rgb(image: Any) -> Any:
+    """A decoded ``PIL.Image`` as 8-bit RGB; a 32-bit floating-point one (mode F) has no set range of grey levels
+    and is refused."""
+    import numpy as np
+
+    Image = pillow().Image
+    if image.mode.startswith("I;16") or image.mode == "I":  # 16-bit grayscale: 0..65535
+        levels = np.array(image).clip(0, 65535).astype(np.uint32)
+        image = Image.fromarray(((levels + 128) // 257).astype(np.uint8), "L")  # 65535 -> 255, rounded
+    elif image.mode == "F":
+        raise InputError("a 32-bit floating-point image (PIL mode F) has no set range of grey levels: save it with 8 or 16 bits")
+    return image.convert("RGB")
 
 
 def resize_shorter_side(image: Any, size: int) -> Any:

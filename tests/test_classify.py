@@ -64,6 +64,26 @@ def test_preprocessing(lite0):
     assert torch.allclose(batch[0, :, 100, 100], torch.tensor([128 / 128, 0.0, -127 / 128]))
 
 
+def test_a_16_bit_photo_reads_as_its_8_bit_self(lite0, tmp_path):
+    """16-bit grayscale (PNG, TIFF) scaled to 8 bits, as the OCR pipeline reads it; Pillow's convert("RGB") clipped
+    it at 255 (a white picture, classified as something else). A float image (mode F) has no set range: named."""
+    import numpy as np
+    from PIL import Image
+
+    from minipt.errors import InputError
+    from minipt.vision import load_image
+
+    gray = np.asarray(Image.open(photo("skimage", "data", "camera.png")).convert("L"))
+    Image.fromarray(gray).save(tmp_path / "8.png")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "16.png")
+    assert Image.open(tmp_path / "16.png").mode.startswith("I")
+    assert np.array_equal(np.asarray(load_image(tmp_path / "16.png")), np.asarray(load_image(tmp_path / "8.png")))
+    assert en.classify([tmp_path / "16.png"], model=lite0, top=1) == en.classify([tmp_path / "8.png"], model=lite0, top=1)
+    Image.fromarray(gray.astype(np.float32) / 255).save(tmp_path / "float.tif")
+    with pytest.raises(InputError, match="32-bit floating-point image"):
+        load_image(tmp_path / "float.tif")
+
+
 def test_imagenet_classes_are_torchvisions():
     spec = importlib.util.spec_from_file_location("make_imagenet_classes", REPO / "bench" / "make_imagenet_classes.py")
     generator = importlib.util.module_from_spec(spec)
