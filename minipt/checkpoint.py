@@ -94,6 +94,24 @@ def weight_files(path: Path) -> list[Path]:
     )
 
 
+# What a file given as a checkpoint may be instead, by its first bytes: named in the error, not "objects other than tensors".
+_OTHER_FORMATS = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image", b"II*\x00": "a TIFF image",
+                  b"MM\x00*": "a TIFF image", b"{": "JSON text (a config?)", b"%PDF": "a PDF document"}
+
+
+def _check_torch_file(file: Path) -> None:
+    """``CheckpointError`` unless ``file`` begins as torch.save writes: a zip archive, or (the legacy format) a pickle."""
+    try:
+        with open(file, "rb") as opened:
+            head = opened.read(8)
+    except OSError as err:
+        raise CheckpointError(f"cannot read {file}: {err.strerror or err}") from None
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80" or not head:
+        return  # a zip archive or a pickle (torch.load names an empty file as truncated)
+    what = next((name for magic, name in _OTHER_FORMATS.items() if head.lstrip().startswith(magic)), None)
+    raise CheckpointError(f"{file} is not a checkpoint: " + (f"it is {what}" if what else f"torch.save writes a zip archive or a pickle, and it begins with {head!r}"))
+
+
 class Checkpoint:
     """The tensors of a checkpoint: names and shapes up front, data read on demand.
 
@@ -151,6 +169,7 @@ class Checkpoint:
             raise CheckpointError(f"{file} is truncated or corrupted ({err}); it is not a readable safetensors file") from err
 
     def _open_pickle(self, file: Path) -> None:
+        _check_torch_file(file)
         try:
             try:
                 state = torch.load(file, map_location="cpu", weights_only=True, mmap=self.mmap)

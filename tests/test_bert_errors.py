@@ -135,6 +135,20 @@ def test_truncated_pytorch_bin(saved, tmp_path):
         BertModel.from_pretrained(target)
 
 
+@pytest.mark.parametrize("content, said", [
+    (b"\x89PNG\r\n\x1a\n" + bytes(32), "it is a PNG image"),
+    (b'{"model_type": "bert"}', r"it is JSON text \(a config\?\)"),
+    (b"hello, world", r"torch.save writes a zip archive or a pickle, and it begins with b'hello, w'"),
+])
+def test_a_file_that_is_no_torch_checkpoint_is_named_for_what_it_is(saved, tmp_path, content, said):
+    """Not "holds objects other than tensors; minipt only loads with weights_only=True", which sent users looking
+    for pickled objects in a photo or a config."""
+    target = _copy_config(saved, tmp_path)
+    (target / "pytorch_model.bin").write_bytes(content)
+    with pytest.raises(CheckpointError, match=rf"pytorch_model\.bin is not a checkpoint: {said}"):
+        BertModel.from_pretrained(target)
+
+
 def test_config_that_is_not_json(saved, tmp_path):
     (tmp_path / "model.safetensors").symlink_to(saved / "model.safetensors")
     (tmp_path / "config.json").write_text("{not json")
