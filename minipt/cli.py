@@ -496,8 +496,17 @@ def cmd_generate(args) -> int:
     model = GPT2LMHeadModel.from_pretrained(path)
     tokenizer = _tokenizer_for(args.model)
     prompt = tokenizer(args.prompt, padding=False, truncation=False)["input_ids"]  # (1, T)
-    print(args.prompt, end="", flush=True)  # as typed; the streamer prints the rest as it is generated, then a newline
-    model.generate(prompt, **options, streamer=TextStreamer(tokenizer, skip_prompt=True))
+
+    class TypedPromptStreamer(TextStreamer):
+        """The prompt as typed, printed once generate has taken it (after its checks: nothing for a refused
+        argument), then the new text as it is generated, then a newline."""
+
+        def put(self, token_ids) -> None:
+            if self._at_prompt:
+                print(args.prompt, end="", flush=True)
+            super().put(token_ids)
+
+    model.generate(prompt, **options, streamer=TypedPromptStreamer(tokenizer, skip_prompt=True))
     return 0
 
 
