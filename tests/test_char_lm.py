@@ -204,3 +204,11 @@ def test_training_example_runs(tmp_path):
     assert float_row[1].strip() == "float32" and int8_row[1].strip().startswith("int8")
     assert float(int8_row[5]) < float(float_row[5])  # int8 weights take less space
     assert abs(float(int8_row[2]) - float(float_row[2])) < 0.5  # and predict nearly as well
+
+
+def test_several_samples_per_prompt():
+    model = CharLM(CharLMConfig(embed_size=8, hidden_size=16, num_layers=1, dropout=0.0)).eval()
+    prompt = model.encode("ab")[None]
+    out = model.generate(prompt, max_new_tokens=12, do_sample=True, num_return_sequences=3, seed=0)
+    assert out.shape == (3, 14) and torch.equal(out[:, :2], prompt.expand(3, -1))
+    assert len({tuple(row) for row in out[:, 2:].tolist()}) > 1

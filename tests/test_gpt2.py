@@ -655,3 +655,19 @@ def test_a_float_padding_mask_is_a_padding_mask(pair):
     for bad in (torch.full(input_ids.shape, 0.5), torch.full(input_ids.shape, 2)):  # no 0 in them: "nothing padded" must not skip the check
         with pytest.raises(InputError, match="attention_mask must hold 0 and 1"):
             model.generate(input_ids, attention_mask=bad, max_new_tokens=2)
+
+
+def test_several_samples_per_prompt(pair):
+    """num_return_sequences: n samples of each prompt, rows i n .. i n + n - 1 for prompt i (transformers' order);
+    greedy decoding has one sequence per prompt and says so, as transformers does."""
+    _, model, _ = pair
+    input_ids, attention_mask = left_padded(97, [6, 3], seed=6)
+    out = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=8, do_sample=True, num_return_sequences=3,
+                         eos_token_id=None, seed=0)
+    assert out.shape == (6, 14)
+    assert torch.equal(out[:, :6], input_ids.repeat_interleave(3, dim=0))
+    assert len({tuple(row) for row in out[:3, 6:].tolist()}) > 1  # three different samples of the first prompt
+    with pytest.raises(InputError, match="greedy decoding gives one sequence per prompt; num_return_sequences=2 needs do_sample=True"):
+        model.generate(input_ids, attention_mask=attention_mask, num_return_sequences=2)
+    with pytest.raises(InputError, match="num_return_sequences must be a positive integer"):
+        model.generate(input_ids, attention_mask=attention_mask, do_sample=True, num_return_sequences=0)

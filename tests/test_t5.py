@@ -246,6 +246,25 @@ def test_beam_search_matches_reference(feed_forward_proj, left, seed):
         assert torch.equal(model.generate(ids, attention_mask=mask, max_new_tokens=8, eos_token_id=stop, pad_token_id=0, **options), expected), (options, stop)
 
 
+def test_several_sequences_per_input_as_in_transformers(pair):
+    """num_return_sequences: the n best hypotheses of beam search, token for token as transformers returns them
+    (rows i n .. i n + n - 1 for input i); n samples of each input; greedy decoding has one, as in transformers."""
+    reference, model, _ = pair
+    ids, mask = padded(50, [9, 5, 3], seed=6)
+    eos = int(model.generate(ids, attention_mask=mask, max_new_tokens=1)[1, 1])  # hypotheses of different lengths
+    for n, beams in ((2, 3), (3, 3), (4, 5)):
+        options = dict(attention_mask=mask, max_new_tokens=7, eos_token_id=eos, pad_token_id=0, num_beams=beams, num_return_sequences=n)
+        expected = reference.generate(input_ids=ids, **options)
+        produced = model.generate(ids, **options)
+        assert produced.shape[0] == 3 * n and torch.equal(produced, expected), (n, beams)
+    sampled = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=True, num_return_sequences=4, seed=0)
+    assert sampled.shape == (12, 7) and len({tuple(row) for row in sampled[:4].tolist()}) > 1  # four samples of the first input
+    with pytest.raises(InputError, match="greedy decoding gives one sequence per prompt"):
+        model.generate(ids, num_return_sequences=2)
+    with pytest.raises(InputError, match=r"num_return_sequences \(4\) must be at most num_beams \(3\)"):
+        model.generate(ids, num_beams=3, num_return_sequences=4)
+
+
 @pytest.mark.parametrize("options", [dict(), dict(num_beams=3, length_penalty=0.5), dict(num_beams=2, early_stopping="never")])
 def test_a_decoder_prompt_continues_as_in_transformers(options):
     """decoder_input_ids: the start token and a few tokens, continued (greedy or beam search) as transformers' generate continues them."""

@@ -35,7 +35,7 @@ from ..nn.backend import BackendBlock, ChoosesBackend
 from ..nn.fuse import InferenceCopy
 from ..nn.init import init_normal_
 from ..nn.output import ModelOutput
-from ..nn.sampling import GenerateOutput, check_generation, generation_loop
+from ..nn.sampling import GenerateOutput, check_generation, check_return_sequences, generation_loop
 from ..nn.streamer import Streamer, ends_streamer
 
 
@@ -410,6 +410,7 @@ class GPT2LMHeadModel(_GPT2Pretrained):
         streamer: Streamer | None = None,  # put(prompt), put(each new (B,) token batch), end(): minipt.nn.streamer
         output_logits: bool = False,
         return_dict_in_generate: bool = False,
+        num_return_sequences: int = 1,  # samples per prompt (do_sample): rows i n .. i n + n - 1 are prompt i's
     ) -> torch.Tensor | GenerateOutput:
         """Prompts followed by the generated tokens, ``(B, T + new)``, as transformers' ``generate``.
 
@@ -440,7 +441,7 @@ class GPT2LMHeadModel(_GPT2Pretrained):
             eos_token_id=eos_token_id, pad_token_id=pad_token_id, seed=seed, generator=generator, streamer=streamer,
             output_logits=output_logits, return_dict_in_generate=return_dict_in_generate,
         )
-        B, T = input_ids.shape
+        n = check_return_sequences(num_return_sequences, do_sample)
         if attention_mask is None and pad_token_id is not None and pad_token_id != eos_token_id and bool((input_ids == pad_token_id).any()):
             attention_mask = (input_ids != pad_token_id).long()  # as transformers: the padding read off a pad id that is not eos
         if attention_mask is not None:
@@ -449,6 +450,10 @@ class GPT2LMHeadModel(_GPT2Pretrained):
             check_mask_values("attention_mask", attention_mask)
             if not bool(attention_mask[:, -1].bool().all()):
                 raise InputError("the prompts must be left-padded: every row's last token must be real (attention_mask 1)")
+        if n > 1:  # each prompt n times, side by side: (B n, T)
+            input_ids = input_ids.repeat_interleave(n, dim=0)
+            attention_mask = None if attention_mask is None else attention_mask.repeat_interleave(n, dim=0)
+        B, T = input_ids.shape
         cache = self.allocate_cache(B, T + new)
         # the padding mask of the whole run: the prompt's, then 1 for every generated token
         mask = None

@@ -60,7 +60,7 @@ from ..nn.backend import BackendBlock, ChoosesBackend
 from ..nn.fuse import InferenceCopy
 from ..nn.layers import ACTIVATIONS
 from ..nn.output import ModelOutput
-from ..nn.sampling import GenerateOutput, check_generation, generation_loop
+from ..nn.sampling import GenerateOutput, check_generation, check_return_sequences, generation_loop
 from ..nn.streamer import Streamer, ends_streamer
 from ..nn.tap import tap
 from ..registry import Reads, register
@@ -681,6 +681,7 @@ class T5ForConditionalGeneration(T5Model):
         streamer: Streamer | None = None,
         output_logits: bool = False,
         return_dict_in_generate: bool = False,
+        num_return_sequences: int = 1,  # sequences per prompt: samples (do_sample), or the best hypotheses of beam search
         num_beams: int = 1,  # > 1: beam search (``beam_search``), deterministic
         length_penalty: float = 1.0,  # beam search: a finished hypothesis scores sum(log p) / generated_length ** length_penalty
         early_stopping: bool | str = False,  # beam search: True, False or "never", as transformers defines them
@@ -709,6 +710,7 @@ class T5ForConditionalGeneration(T5Model):
         )
         if check_int("num_beams", num_beams, low=1) > config.vocab_size:  # each beam must be able to differ from the others
             raise InputError(f"num_beams must be at most the vocabulary's {config.vocab_size} tokens, got {num_beams}")
+        n = check_return_sequences(num_return_sequences, do_sample, num_beams)
         if num_beams > 1:
             check_float("length_penalty", length_penalty)
             check_choice("early_stopping", early_stopping, (True, False, "never"))
@@ -716,7 +718,10 @@ class T5ForConditionalGeneration(T5Model):
                                        ("output_logits", output_logits, False), ("return_dict_in_generate", return_dict_in_generate, False)):
                 if value != plain:
                     raise InputError(f"beam search (num_beams={num_beams}) takes no {name} (got {value!r}); minipt's beam search is the deterministic one")
-            return self.beam_search(input_ids, attention_mask, start_ids, new, num_beams, length_penalty, early_stopping, eos_token_id, pad_token_id)
+            return self.beam_search(input_ids, attention_mask, start_ids, new, num_beams, length_penalty, early_stopping, eos_token_id, pad_token_id, n)
+        if n > 1:  # each input n times, side by side: (B n, S) and the decoder's prompts (B n, T)
+            input_ids, start_ids = input_ids.repeat_interleave(n, dim=0), start_ids.repeat_interleave(n, dim=0)
+            attention_mask = None if attention_mask is None else attention_mask.repeat_interleave(n, dim=0)
         encoder_hidden = self.encode(input_ids, attention_mask).last_hidden_state  # (B, S, C), once
         cache = self.start_cache(encoder_hidden, start_ids.shape[1] + new)
         logits = self.decoding_logits()
@@ -731,12 +736,13 @@ class T5ForConditionalGeneration(T5Model):
             generator=generator, streamer=streamer, output_logits=output_logits, return_dict_in_generate=return_dict_in_generate,
         )
 
-    def beam_search(self, input_ids, attention_mask, start_ids, new: int, K: int, length_penalty: float, early_stopping, eos_token_id, pad_token_id):
+    def beam_search(self, input_ids, attention_mask, start_ids, new: int, K: int, length_penalty: float, early_stopping, eos_token_id, pad_token_id,
+                    num_return_sequences: int = 1):
         """transformers' beam search (``generation.utils._beam_search``), step for step: each step keeps the best
         ``keep`` = max(2, 1 + number of eos ids) x K continuations of the K running beams, continues the K best that did not
         stop, and merges those of the K best that stopped (eos, or the length limit) into the K finished hypotheses,
         scored sum(log p) / generated_length ** length_penalty. Returns the best finished hypothesis of each row (B, P + n),
-        after the decoder's prompt ``start_ids`` (B, P)."""
+        after the decoder's prompt ``start_ids`` (B, P); with ``num_return_sequences`` n, the n best of each row, (B n, P + n')."""
         (B, P), L = start_ids.shape, start_ids.shape[1] + new  # L: the longest sequence, the prompt included
         if B == 0:
             return start_ids  # an empty batch: no hypotheses to search
@@ -793,7 +799,8 @@ class T5ForConditionalGeneration(T5Model):
             if not (bool(can_improve.any()) and not (bool(is_finished.all()) and early_stopping is True) and not bool(stops.all())):
                 break
             tokens = running[:, :, length - 1].reshape(B * K, 1)
-        return finished_seqs[:, 0, : 1 + int(finished_lengths[:, 0].max())]  # (B, 1 + longest best)
+        n = num_return_sequences  # the hypotheses are kept best first
+        return finished_seqs[:, :n, : 1 + int(finished_lengths[:, :n].max())].flatten(0, 1)  # (B n, 1 + longest of them)
 
     @classmethod
     def keymap(cls, config: T5Config | None = None) -> KeyMap:

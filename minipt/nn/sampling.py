@@ -28,7 +28,7 @@ from .streamer import check_streamer
 
 __all__ = [
     "choose_next_token", "check_sampling", "apply_repetition_penalty",
-    "DEFAULT_MAX_NEW_TOKENS", "GenerateOutput", "check_generation", "generation_loop",
+    "DEFAULT_MAX_NEW_TOKENS", "GenerateOutput", "check_generation", "check_return_sequences", "generation_loop",
 ]
 DEFAULT_MAX_NEW_TOKENS = 20  # generate's length when neither max_new_tokens nor max_length is given
 
@@ -137,6 +137,18 @@ class GenerateOutput(ModelOutput):
 
     sequences: torch.Tensor  # (B, T + new): the prompts and what was generated
     logits: tuple[torch.Tensor, ...] | None = None  # with output_logits: each step's (B, vocab), before any processing
+
+
+def check_return_sequences(num_return_sequences, do_sample: bool, num_beams: int = 1) -> int:
+    """How many sequences ``generate`` returns per prompt, as transformers allows it: several samples of each
+    prompt (rows ``i * n .. i * n + n - 1`` are prompt ``i``'s), or the ``n`` best of beam search's hypotheses;
+    greedy decoding has one."""
+    n = check_int("num_return_sequences", num_return_sequences, low=1)
+    if n > 1 and not do_sample and num_beams == 1:
+        raise InputError(f"greedy decoding gives one sequence per prompt; num_return_sequences={n} needs do_sample=True (or beam search with num_beams >= {n})")
+    if num_beams > 1 and n > num_beams:
+        raise InputError(f"num_return_sequences ({n}) must be at most num_beams ({num_beams}): beam search keeps num_beams hypotheses per prompt")
+    return n
 
 
 def check_generation(
