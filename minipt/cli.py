@@ -260,7 +260,9 @@ def _output_file(option: str, what: str):
         from .errors import InputError
 
         folder = os.path.dirname(path) or "."
-        if os.path.isdir(path):
+        if not path:
+            reason = "no file named"
+        elif os.path.isdir(path):
             reason = "it is a folder"
         elif not os.path.isdir(folder):
             reason = f"no folder {folder}"
@@ -268,7 +270,7 @@ def _output_file(option: str, what: str):
             reason = f"the folder {folder} is not writable"
         else:
             return path
-        raise InputError(f"{option} {path}: cannot write {what} ({reason})")
+        raise InputError(f"{option} {path or repr(path)}: cannot write {what} ({reason})")
 
     return check
 
