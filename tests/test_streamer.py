@@ -158,3 +158,11 @@ def test_end_is_called_once_when_generate_succeeds(model_name):
     out = model.generate(torch.ones(1, 3, dtype=torch.long), max_new_tokens=4, eos_token_id=None, streamer=streamer)
     assert torch.equal(torch.stack(list(streamer), dim=1), out[:, -4:])
     assert streamer._queue.empty()
+
+
+def test_a_refused_generate_prints_nothing(capsys):
+    """generate ends its streamer also when it refuses an argument; a TextStreamer then has no line to end."""
+    model = tiny_generators()["char_lm"]
+    with pytest.raises(InputError):
+        model.generate(model.encode("ab")[None], max_new_tokens=0, streamer=TextStreamer(model))
+    assert capsys.readouterr().out == ""

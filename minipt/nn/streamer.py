@@ -156,6 +156,8 @@ class TextStreamer(Streamer):
 
     def on_text(self, text: str, stream_end: bool = False) -> None:
         """Where the text goes: printed at once (override to send it elsewhere)."""
+        if stream_end and not text and self._at_prompt:
+            return  # generate ended before its first put (a refused argument): no line was begun, none to end
         print(text, end="\n" if stream_end else "", flush=True, file=self.file if self.file is not None else sys.stdout)
 
 
