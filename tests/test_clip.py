@@ -602,6 +602,14 @@ def test_inspect_and_diff_commands_on_both_layouts(tmp_path, clip_tokenizer_fold
     assert cli.main(["diff", str(folder), "--input", "a photo of a cat", "--input", "Café 🙂, naïve"]) == 0
     out = capsys.readouterr().out
     assert "against transformers CLIPModel" in out and "input_ids (2, " in out and "pixel_values (1, 3, 12, 12)" in out and "no divergence: all" in out
+    from PIL import Image
+
+    photos = [str(tmp_path / "a.png"), str(tmp_path / "b.png")]  # files among the inputs are photos, not captions
+    for name, colour in zip(photos, ("red", "blue")):
+        Image.new("RGB", (20, 16), colour).save(name)
+    assert cli.main(["diff", str(folder), "--input", photos[0], "--input", "a photo of a cat", "--input", photos[1]]) == 0
+    out = capsys.readouterr().out
+    assert "input_ids (1, " in out and "pixel_values (2, 3, 12, 12)" in out and "no divergence: all" in out
     assert cli.main(["inspect", str(folder)]) == 0
     out = capsys.readouterr().out
     assert "CLIPModel from" in out and "FLOPs" in out and "-> text_model.layers.0.attn.q_proj.weight" in out

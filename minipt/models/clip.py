@@ -42,6 +42,7 @@ read by ``minipt.Tokenizer``).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -746,7 +747,8 @@ def _tower_points(ours: str, theirs: str, config, text: bool) -> dict:
 def _call(model, inputs, path) -> dict:
     """The forward arguments to compare on: a dict keyed by forward's names; one tensor (ids or images); or, as
     ``minipt diff`` gives them, texts (None: the demo sentences) tokenized by the tokenizer beside the checkpoint
-    (else the fetched clip-tokenizer), with the demo photo for CLIPModel's image tower; image paths for CLIPVisionModel."""
+    (else the fetched clip-tokenizer), with the demo photo for CLIPModel's image tower; image paths for CLIPVisionModel.
+    Given to CLIPModel, inputs that are files are its photos and the others its captions."""
     from ..demo import tokenizer_beside
     from ..reference import images, texts
     from ..tokenizer import Tokenizer
@@ -762,11 +764,14 @@ def _call(model, inputs, path) -> dict:
                          f"got {type(inputs).__name__}")
     if isinstance(model, CLIPVisionModel):
         return {"pixel_values": images(inputs, model.preprocess)[0]}
+    given = [inputs] if isinstance(inputs, str) else list(inputs or [])
+    photos = [item for item in given if isinstance(model, CLIPModel) and os.path.isfile(item)]
+    captions = [item for item in given if item not in photos]
     tokenizer = tokenizer_beside(path) or Tokenizer.from_pretrained("clip-tokenizer")
-    batch = tokenizer(texts(inputs))
+    batch = tokenizer(texts(captions or None))
     call = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     if isinstance(model, CLIPModel):
-        call["pixel_values"] = images(None, model.preprocess)[0]
+        call["pixel_values"] = images(photos or None, model.preprocess)[0]
     return call
 
 
