@@ -40,6 +40,8 @@ class Reads:
     what: str  # "token ids (batch x tokens)", said when a size does not fit
     default: str | Callable[[Any], str]  # the size used when none is given, or a function of the model giving it
     count: int = 1  # positional inputs of that size (G2P reads letters and as many phonemes)
+    # inputs a model also needs beside the sized ones, as keywords: (model, batch) -> {name: tensor} (CLIPModel: its images)
+    beside: Callable[[Any, int], dict] | None = None
 
     def default_size(self, model) -> str:
         return self.default(model) if callable(self.default) else self.default

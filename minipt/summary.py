@@ -367,17 +367,29 @@ def _inputs_of_size(model: nn.Module, input_size: Any = None) -> Any:
     if input_size is None:
         if reads is None:
             raise InputError(f"no default inputs for {type(model).__name__}; pass example_inputs (tensors) or input_size (shapes) to summary")
-        return example_inputs(model)
+        return _with_inputs_beside(model, reads, example_inputs(model))
     shapes = _shapes(input_size)
     if reads is not None:
         if len(shapes) == 1:
-            return example_inputs(model, shapes[0])
+            return _with_inputs_beside(model, reads, example_inputs(model, shapes[0]))
         if len(shapes) == reads.count:  # one size per input (G2P: the letters, and the phonemes read so far)
             return tuple(example_inputs(model, shape)[0] for shape in shapes)
         raise InputError(f"{type(model).__name__} reads {reads.what}: one input size such as {reads.default_size(model)}, not {len(shapes)}")
     device, dtype = _device_of(model), _float_dtype_of(model)
     inputs = tuple(_allocate(torch.randn, shape, device=device, dtype=dtype) for shape in shapes)
     return inputs[0] if len(inputs) == 1 else inputs
+
+
+def _with_inputs_beside(model: nn.Module, reads, inputs: Any) -> Any:
+    """``inputs`` (one tensor) with what the family's ``reads.beside`` adds as keywords (CLIPModel's images beside its
+    captions), as the keyword inputs of one call; ``inputs`` alone where it adds nothing."""
+    import inspect
+
+    beside = reads.beside(model, inputs.shape[0]) if reads.beside is not None and isinstance(inputs, torch.Tensor) else {}
+    if not beside:
+        return inputs
+    first = next(iter(inspect.signature(model.forward).parameters))
+    return {first: inputs, **beside}
 
 
 def _allocate(make, shape: tuple[int, ...], **options) -> torch.Tensor:

@@ -331,3 +331,16 @@ def test_every_family_says_what_it_reads_and_summary_runs_on_its_default_size(fa
             size = "1x8"
         table = summary(model, input_size=size)
         assert table.rows and table.total_params == sum(p.numel() for p in model.parameters())
+
+
+def test_a_clip_model_runs_both_towers_by_default():
+    """From a size alone (minipt inspect), a CLIPModel gets blank images of its tower's size beside the captions, so
+    the image tower's FLOPs are counted too (it showed none)."""
+    from minipt.models.clip import CLIPModel, tiny_config
+
+    report = summary(CLIPModel(tiny_config()))
+    rows = {row.name: row for row in report.rows}
+    assert rows["vision_model"].flops > 0 and rows["text_model"].flops > 0
+    assert report.inputs == {"input_ids": (1, 12), "pixel_values": (1, 3, 16, 16)}
+    sized = summary(CLIPModel(tiny_config()), input_size="2x5")
+    assert sized.inputs == {"input_ids": (2, 5), "pixel_values": (2, 3, 16, 16)}

@@ -888,6 +888,16 @@ def example_inputs(cls) -> tuple[tuple, dict]:
     return (input_ids, pixel_values, attention_mask), {}
 
 
+def images_beside_captions(model, batch: int) -> dict:
+    """What minipt.summary gives a CLIPModel beside its captions: as many blank images of its tower's size, so that
+    both towers run and their FLOPs are counted."""
+    if not isinstance(model, CLIPModel):
+        return {}
+    vision, anchor = model.config.vision_config, next(model.parameters())
+    size = (batch, vision.num_channels, vision.image_size, vision.image_size)
+    return {"pixel_values": torch.zeros(size, dtype=anchor.dtype, device=anchor.device)}
+
+
 def default_size(model) -> str:
     """What minipt.summary feeds a model by default: a caption of the full context, or one image."""
     if isinstance(model, CLIPVisionModel):
@@ -900,4 +910,4 @@ def default_size(model) -> str:
 FAMILY = register("clip", (CLIPModel, CLIPTextModel, CLIPVisionModel), tiny=tiny_config, inputs=example_inputs,
                   signature=(_OPENAI_SIGNATURE, "an OpenAI-format CLIP"), reference=compare_with_reference,
                   reads=Reads("token ids (batch x tokens) for the text tower, images (batch x channels x height x width) "
-                              "for the image tower", default_size))
+                              "for the image tower", default_size, beside=images_beside_captions))
