@@ -188,6 +188,7 @@ class Tokenizer:
         special_map = read_json(directory / SPECIAL_TOKENS_MAP, default={})
         settings = settings | {k: v for k, v in special_map.items() if k.endswith("_token")}  # as transformers reads an older snapshot
         file = directory / TOKENIZER_FILE
+        kind = _tokenizer_class(settings, directory)  # transformers' class the files are for, where they say
         if file.is_file():
             pipeline = read_json(file)  # raises itself for a file that is empty, not JSON or not an object
             if "model" not in pipeline:
@@ -200,19 +201,22 @@ class Tokenizer:
             if missing:  # tokenizers loads such a template, then panics (aborting the call) at the first encode
                 raise CheckpointError(f"{file}: the post-processor's template uses {', '.join(map(repr, missing))}, "
                                       "which its special_tokens do not define")
+            # transformers' T5 tokenizer leaves a tokenizer.json's "▁" step as it is whatever add_prefix_space says
+            applied = {k: v for k, v in settings.items() if k != "add_prefix_space"} if kind == "T5Tokenizer" else settings
             try:
-                backend = Backend.from_str(json.dumps(_configured(pipeline, settings)))
+                backend = Backend.from_str(json.dumps(_configured(pipeline, applied)))
             except Exception as err:  # the tokenizers library raises a bare Exception for every kind of bad file
                 raise CheckpointError(f"{file} is not a valid tokenizers tokenizer file: {err}") from err
         elif (directory / BPE_VOCAB).is_file() and (directory / BPE_MERGES).is_file():
             if _is_clip(settings, directory):  # CLIP's files: "</w>" word ends, its normalisation and split
-                settings = CLIP_SPECIAL_TOKENS | settings
+                settings, kind = CLIP_SPECIAL_TOKENS | settings, "CLIPTokenizer"
                 backend = _clip_bpe(directory, settings)
-            elif _tokenizer_class(settings, directory) == "RobertaTokenizer":  # RoBERTa's files: GPT-2's BPE, its own special tokens
+            elif kind == "RobertaTokenizer":  # RoBERTa's files: GPT-2's BPE, its own special tokens
                 settings = ROBERTA_SPECIAL_TOKENS | settings
                 backend = _byte_level_bpe(directory, settings)
-            else:
-                backend = _byte_level_bpe(directory)
+            else:  # GPT-2's files (a folder without a config is GPT-2's: no token types, as its tokenizer returns)
+                kind = kind or "GPT2Tokenizer"
+                backend = _byte_level_bpe(directory, add_prefix_space=settings.get("add_prefix_space") is True)
                 if backend.token_to_id(ENDOFTEXT) is not None:  # GPT-2's files: bos = eos = unk = <|endoftext|>
                     settings = {f"{role}_token": ENDOFTEXT for role in ("bos", "eos", "unk")} | settings
         else:
@@ -226,7 +230,7 @@ class Tokenizer:
         side = settings.get("padding_side", "right")
         if side not in PADDING_SIDES or not isinstance(side, str):
             raise CheckpointError(f"{directory / TOKENIZER_CONFIG}: padding_side is {side!r}, expected 'right' or 'left'")
-        names = settings["model_input_names"] if "model_input_names" in settings else _model_input_names(_tokenizer_class(settings, directory))
+        names = settings["model_input_names"] if "model_input_names" in settings else _model_input_names(kind)
         try:
             names = _input_names(names)
         except InputError as err:
@@ -252,7 +256,13 @@ class Tokenizer:
 
     @property
     def vocab_size(self) -> int:
+        """Every id the tokenizer gives, its added tokens included: what transformers calls ``len(tokenizer)`` (its
+        ``vocab_size`` leaves the added tokens out)."""
         return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def __len__(self) -> int:
+        """As transformers' ``len(tokenizer)``: every id, added tokens included (``vocab_size``)."""
+        return self.vocab_size
 
     def __call__(
         self,
@@ -353,8 +363,9 @@ class Tokenizer:
                 rows[i] = row + padding if self.padding_side == "right" else padding + row
 
     def tokenize(self, text: str) -> list[str]:
-        """The tokens of one text, without special tokens."""
+        """The tokens of one text, without special tokens (all of them: never truncated, as transformers' tokenize)."""
         check_str("text", text, empty=True)
+        self.backend.no_truncation()  # a call before may have left the backend truncating
         with _unicode_named([text], []):
             return self.backend.encode(text, add_special_tokens=False).tokens
 
@@ -537,10 +548,11 @@ def _kind(single: bool) -> str:
     return "one string" if single else "a list"
 
 
-def _byte_level_bpe(directory: Path, roberta: dict | None = None):
+def _byte_level_bpe(directory: Path, roberta: dict | None = None, *, add_prefix_space: bool = False):
     """A ``tokenizers`` backend for GPT-2-style files: bytes mapped to printable characters, then BPE merges.
     ``roberta``: the settings of RoBERTa's tokenizer over the same files (its special tokens, ``add_prefix_space``),
-    which puts <s> ... </s> around a text and </s></s> between a pair, as transformers' RobertaTokenizer does."""
+    which puts <s> ... </s> around a text and </s></s> between a pair, as transformers' RobertaTokenizer does.
+    ``add_prefix_space``: GPT-2's setting, a space put before the first word."""
     from tokenizers import Tokenizer as Backend
     from tokenizers import decoders, models, pre_tokenizers, processors
 
@@ -550,7 +562,7 @@ def _byte_level_bpe(directory: Path, roberta: dict | None = None):
         raise CheckpointError(f"{directory}: {BPE_VOCAB}/{BPE_MERGES} cannot be read as a BPE vocabulary ({err})") from err
     backend = Backend(bpe)
     # GPT-2's split: contractions, letter runs, digit runs, punctuation, whitespace; a space stays with the next word
-    prefix_space = roberta is not None and roberta.get("add_prefix_space") is True
+    prefix_space = add_prefix_space or (roberta is not None and roberta.get("add_prefix_space") is True)
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=prefix_space)
     backend.decoder = decoders.ByteLevel()  # printable characters back to the bytes, so decode round-trips
     if roberta is not None:

@@ -224,3 +224,22 @@ def test_real_gpt2_left_padding_matches_transformers(gpt2_folder):
     reference.pad_token = reference.eos_token
     ours, theirs = tok(TEXTS), reference(TEXTS, padding=True, return_tensors="pt")
     assert torch.equal(ours["input_ids"], theirs["input_ids"]) and torch.equal(ours["attention_mask"], theirs["attention_mask"])
+
+
+def test_gpt2s_files_give_what_gpt2_takes_and_honour_add_prefix_space(gpt2_folder, tmp_path):
+    """vocab.json + merges.txt without a config are GPT-2's: input_ids and attention_mask only, as GPT2Tokenizer
+    returns (token_type_ids made model(**tok(texts)) fail); add_prefix_space in a config applies as in transformers."""
+    import json
+    import shutil
+
+    transformers = import_transformers()
+    tok = Tokenizer.from_pretrained(gpt2_folder)
+    assert set(tok(["Hello world"])) == {"input_ids", "attention_mask"} and len(tok) == 50257
+    folder = tmp_path / "gpt2"
+    shutil.copytree(gpt2_folder, folder)
+    (folder / "tokenizer_config.json").write_text(json.dumps({"add_prefix_space": True}))
+    reference = transformers.GPT2TokenizerFast.from_pretrained(str(folder))
+    prefixed = Tokenizer.from_pretrained(folder)
+    for text in ("Hello World", "a b"):
+        assert prefixed(text, padding=False, return_tensors=None)["input_ids"] == reference(text)["input_ids"], text
+    assert prefixed.tokenize("Hello")[0] == "ĠHello"

@@ -80,3 +80,15 @@ def test_inputs_follow_the_model_type_without_a_tokenizer_class(snapshot, tmp_pa
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     (folder / "config.json").write_text(json.dumps({"model_type": "t5"}))
     assert set(Tokenizer.from_pretrained(folder)("a", "b")) == {"input_ids", "attention_mask"}  # T5 takes no token types
+
+
+def test_add_prefix_space_leaves_t5s_word_boundaries(snapshot, tmp_path, pair):
+    """transformers' T5 tokenizer keeps a tokenizer.json's "▁" step whatever add_prefix_space says; minipt turned
+    the step off (prepend_scheme "never"), which joined every word to the one before it."""
+    folder = shutil.copytree(snapshot, tmp_path / "t5")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "add_prefix_space": False}))
+    ours, theirs = Tokenizer.from_pretrained(folder), transformers.AutoTokenizer.from_pretrained(str(folder))
+    for text in ("Hello World", "a b c"):
+        assert ours(text, return_tensors=None)["input_ids"] == theirs(text)["input_ids"], text
+        assert ours.decode(ours(text, return_tensors=None)["input_ids"]) == text

@@ -190,3 +190,13 @@ def test_a_unigram_without_an_unknown_id_meeting_an_unknown_character(tmp_path):
     with pytest.raises(InputError, match=r"the tokenizer cannot encode these texts: Encountered an unknown token but `unk_id` is missing"):
         tokenizer(["abc"])
     json.loads((tmp_path / "tokenizer.json").read_text())  # the file itself stays a valid tokenizer.json
+
+
+def test_tokenize_is_never_truncated_by_an_earlier_call(fresh, theirs):
+    """A call that truncates set the shared backend's truncation, which tokenize() kept: every later tokenize() was
+    cut at that length (after a plain call, at model_max_length)."""
+    text = "hello world " * 300
+    fresh(["short"], max_length=5)
+    assert fresh.tokenize(text) == theirs.tokenize(text) and len(fresh.tokenize(text)) == 600
+    fresh(["short"])
+    assert len(fresh.tokenize(text)) == 600
