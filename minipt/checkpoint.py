@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, CheckpointNotFoundError, ConfigError, InputError, KeyMismatchError, MiniptError, SaveError
-from .checks import check_bool, check_device, check_dtype, check_path
+from .checks import check_bool, check_device, check_dtype, check_path, is_quantized
 from .files import atomic_path, make_directory, read_json, write_json
 from .hub import resolve
 from .keymap import KeyMap
@@ -651,6 +651,9 @@ class Pretrained:
                 "and cannot be saved in the official format; "
                 "save the model before fuse()"
             )
+        if is_quantized(self):
+            raise ConfigError(f"an int8 {type(self).__name__} (torchao tensors) has no official format to be saved in: "
+                              "save the float model, and quantise it after loading (minipt.quantize.quantize_int8)")
         directory = make_directory(check_path("directory", directory), "directory")
         save_safetensors(official_state_dict(self, self.keymap(self.config)), directory / SAFETENSORS)
         write_json(directory / CONFIG, {"architectures": [type(self).__name__], **self.config.to_dict()})

@@ -57,6 +57,14 @@ def check_mask_values(name: str, mask: torch.Tensor) -> None:
         raise InputError(f"{name} must hold 0 and 1 (1 = a real token), found {other[0].item()!r}")
 
 
+def is_quantized(model: torch.nn.Module) -> bool:
+    """True if any weight is quantised (int8) and cannot be trained: a torchao tensor (``minipt.quantize``)
+    or a module of torch.ao's older quantised kernels."""
+    return any(type(p).__module__.startswith("torchao.") for p in model.parameters()) or any(
+        type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.nn.quantized")) for m in model.modules()
+    )
+
+
 def floating_dtype(module: torch.nn.Module) -> torch.dtype | None:
     """The dtype of ``module``'s first floating-point parameter: the dtype it computes in (None without one)."""
     return next((p.dtype for p in module.parameters() if p.is_floating_point()), None)

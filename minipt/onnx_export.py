@@ -94,9 +94,26 @@ def export_onnx(model: nn.Module, path, *, batch: int = 2, length: int = 16, ima
     The weights go inside the file, written atomically (readers see the old file or the new one).
     Past ONNX's 2 GB limit the exporter puts them in ``<name>.data`` and names that file inside the
     graph, so it exports into a scratch folder beside ``path`` under the final name, then moves the
-    weights' file into place before the graph. ``SaveError`` when ``path`` cannot be written."""
+    weights' file into place before the graph. ``SaveError`` when ``path`` cannot be written. The model is
+    left in the mode it was in. Export the model itself: a ``fuse()`` copy's packed oneDNN weights and an int8
+    model's torchao tensors have no ONNX operators (ONNX Runtime fuses and quantises the graph on its own)."""
+    from .transfer import is_quantized
+
+    if getattr(model, "fused", False) or is_quantized(model):
+        what = "a fuse() copy (packed oneDNN weights)" if getattr(model, "fused", False) else "an int8 model (torchao tensors)"
+        raise InputError(f"export_onnx takes the model itself, not {what}: ONNX has no operators for it; "
+                         "export the float model (ONNX Runtime optimises and quantises the graph on its own)")
     path = Path(path)
-    module, example, names, dynamic, outputs = _graph(model.eval(), batch, length, image_size)
+    training = model.training
+    try:
+        module, example, names, dynamic, outputs = _graph(model.eval(), batch, length, image_size)
+        _write_onnx(module, example, names, dynamic, outputs, path)
+    finally:
+        model.train(training)
+    return path
+
+
+def _write_onnx(module, example, names, dynamic, outputs, path: Path) -> None:
     try:
         scratch = Path(tempfile.mkdtemp(prefix=TEMPORARY_PREFIX, dir=path.parent))
         try:
@@ -113,4 +130,3 @@ def export_onnx(model: nn.Module, path, *, batch: int = 2, length: int = 16, ima
         raise
     except OSError as err:
         raise SaveError(f"cannot write {path}: {err.strerror or err}") from err
-    return path

@@ -61,6 +61,9 @@ def quantize_int8(model: nn.Module, *, lstm: bool = True) -> nn.Module:
         raise InputError("int8 quantisation starts from float32 weights: call model.float() first")
     if is_quantized(model):
         raise InputError(f"{type(model).__name__} is already quantised to int8: quantise the float model")
+    if getattr(model, "fused", False):  # its packed weights are no Linear modules: nothing would be quantised
+        raise InputError(f"this {type(model).__name__} is a fuse() copy, whose packed weights int8 quantisation cannot reach: "
+                         "quantise the model itself (fuse() or quantise, not both)")
     ao = _torchao()
     quantized = _swap_linears(copy.deepcopy(model).eval())
     # set_inductor_config=False: leave torch.compile's global settings as the user has them
@@ -157,6 +160,9 @@ def size_bytes(model: nn.Module) -> int:
     """Bytes of the model's state dict as ``torch.save`` writes it (int8 weights and their scales included)."""
     if not isinstance(model, nn.Module):
         raise InputError(f"size_bytes takes a torch.nn.Module, got {type(model).__name__}")
+    if getattr(model, "fused", False):
+        raise InputError(f"size_bytes measures a model's state dict, and a fuse() copy's packed weights are outside it: measure the "
+                         f"{type(model).__name__} it came from")
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

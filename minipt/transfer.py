@@ -40,7 +40,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from .checks import check_choice, check_float, check_int, check_str
+from .checks import check_choice, check_float, check_int, check_str, is_quantized
 from .errors import InputError, StageError, TrainingError
 from .nn.backend import BackendBlock
 
@@ -353,14 +353,6 @@ def trainable_parameters(model: nn.Module) -> int:
 
 
 # -- quantised models ------------------------------------------------------------------
-def is_quantized(model: nn.Module) -> bool:
-    """True if any weight is quantised (int8) and cannot be trained: a torchao tensor (``minipt.quantize``)
-    or a module of torch.ao's older quantised kernels."""
-    return any(type(p).__module__.startswith("torchao.") for p in model.parameters()) or any(
-        type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.nn.quantized")) for m in model.modules()
-    )
-
-
 def _refuse_quantized(model: nn.Module, what: str) -> None:
     if is_quantized(model):
         raise TrainingError(

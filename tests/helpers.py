@@ -105,7 +105,9 @@ def randomise_batch_norm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Modu
 
 def assert_inference_only(model, fused, tmp_path) -> None:
     """What every ``fuse()`` copy (minipt.nn.fuse.InferenceCopy) refuses: gradients, training,
-    saving, another fuse(), and a dtype other than float32 or bfloat16."""
+    saving, another fuse(), a dtype other than float32 or bfloat16, a state dict (its packed weights are
+    no parameters) and a move to another dtype or device (they would stay behind); a move to where it is
+    already is nothing."""
     import pytest
 
     from minipt.errors import ConfigError
@@ -120,6 +122,12 @@ def assert_inference_only(model, fused, tmp_path) -> None:
         model.fuse(torch.float16)
     with pytest.raises(ConfigError, match="fused already"):
         fused.fuse(torch.bfloat16)
+    with pytest.raises(ConfigError, match="holds packed weights that a state dict does not reach"):
+        fused.load_state_dict(fused.state_dict())
+    for move in (lambda m: m.double(), lambda m: m.to("meta"), lambda m: m.half()):
+        with pytest.raises(ConfigError, match="is fixed to the dtype and device it was fused for"):
+            move(fused)
+    assert fused.to("cpu") is fused and fused.float() is fused
 
 
 class OpCounter(TorchDispatchMode):

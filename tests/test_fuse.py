@@ -88,6 +88,19 @@ def test_residual_adds_run_inside_the_matmuls(family, cls):
 
 
 @pytest.mark.usefixtures("fresh_compiler")
+def test_a_fused_copy_compiles_where_the_products_are_chosen_per_shape(monkeypatch):
+    """Without MINIPT_LINEAR (as users run it) each packed Linear chooses oneDNN or F.linear per shape; the F.linear
+    path asked torch.get_num_threads(), which torch.compile(fullgraph=True) cannot trace."""
+    monkeypatch.delenv("MINIPT_LINEAR", raising=False)
+    family = next(f for f in registry.families() if f.model_type == "bert")
+    cls = family.classes[0]
+    fused = _model(family, cls).fuse()
+    args, kwargs = family.inputs(cls)
+    for got, expected in zip(_outputs(torch.compile(fused, fullgraph=True), args, kwargs), _outputs(fused, args, kwargs)):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.usefixtures("fresh_compiler")
 @pytest.mark.parametrize("family", registry.families(), ids=lambda f: f.model_type)
 def test_a_fused_copy_compiles(family):
     """torch.compile of the inference copy: the packed matmuls are minipt ops inductor calls as they are."""

@@ -27,10 +27,10 @@ IMAGES = [cls.__name__ for cls in CLASSIFIERS if cls.__name__ not in TEXT]
 
 @pytest.mark.parametrize("name", TEXT)
 def test_text_classifiers_with_padding_and_other_sizes(name, tmp_path):
-    model = TINY[name][0]()
+    model = TINY[name][0]().eval()
     vocab = model.config.vocab_size
     session = ort.InferenceSession(str(export_onnx(model, tmp_path / "text.onnx", length=16)))
-    assert not model.training  # the export leaves the model as it found it, in eval mode
+    assert not model.training  # the export leaves the model as it found it
     for batch, length in ((2, 16), (3, 9)):  # batch and length are dynamic
         ids = torch.randint(0, vocab, (batch, length))
         mask = torch.ones(batch, length, dtype=torch.long)
@@ -52,7 +52,7 @@ def test_both_kinds_are_found():
 
 @pytest.mark.parametrize("name", IMAGES)
 def test_image_classifiers(name, tmp_path):
-    model = TINY[name][0]()
+    model = TINY[name][0]().eval()
     session = ort.InferenceSession(str(export_onnx(model, tmp_path / f"{name}.onnx", image_size=32)))
     images = torch.randn(3, 3, 32, 32)
     (logits,) = session.run(None, {"x": images.numpy()})
@@ -64,6 +64,18 @@ def test_image_classifiers(name, tmp_path):
 def test_other_models_are_named():
     with pytest.raises(InputError, match="not CharLM"):
         export_onnx(TINY["CharLM"][0](), "unused.onnx")
+
+
+def test_the_model_itself_is_exported_and_left_in_its_mode(tmp_path):
+    """A fuse() copy has no ONNX operators for its packed weights (torch's ConversionError deep in the exporter):
+    refused by name. Exporting switched the caller's model to eval mode and left it there."""
+    model = TINY["BertForSequenceClassification"][0]()
+    with pytest.raises(InputError, match="export_onnx takes the model itself, not a fuse\\(\\) copy"):
+        export_onnx(model.fuse(), tmp_path / "fused.onnx")
+    assert not (tmp_path / "fused.onnx").exists()
+    model.train()
+    export_onnx(model, tmp_path / "bert.onnx")
+    assert model.training and all(m.training for m in model.modules())
 
 
 def test_clip_text_and_image_features(tmp_path):

@@ -94,6 +94,25 @@ def test_bad_models_are_refused():
         quantize_int8(quantize_int8(model.float()))
 
 
+def test_fuse_or_quantise_not_both_and_no_official_file_of_int8(tmp_path):
+    """A fuse() copy's packed weights are no Linear modules: quantising it changed nothing while size_bytes said it
+    shrank. An int8 model's torchao tensors fuse() cannot pack, and no official format holds them: each refused."""
+    from minipt.errors import ConfigError
+
+    model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                                     intermediate_size=32, max_position_embeddings=16, num_labels=2)).eval()
+    with pytest.raises(InputError, match="is a fuse\\(\\) copy, whose packed weights int8 quantisation cannot reach"):
+        quantize_int8(model.fuse())
+    with pytest.raises(InputError, match="size_bytes measures a model's state dict"):
+        size_bytes(model.fuse())
+    quantized = quantize_int8(model)
+    with pytest.raises(ConfigError, match="quantised to int8 \\(torchao tensors\\), which fuse\\(\\) cannot pack"):
+        quantized.fuse()
+    with pytest.raises(ConfigError, match="has no official format to be saved in: save the float model"):
+        quantized.save_pretrained(tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
 def test_without_torchao_the_error_says_how_to_install_it():
     script = (
         "import sys; sys.modules['torchao'] = None\n"  # import torchao now raises ImportError

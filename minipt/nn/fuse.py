@@ -48,7 +48,7 @@ import copy
 import torch
 from torch import nn
 
-from ..checks import floating_dtype
+from ..checks import floating_dtype, is_quantized
 from ..errors import ConfigError
 from ..ops import linear_kernel, linear_threads, onednn, warn_if_emulated
 
@@ -131,6 +131,9 @@ class InferenceCopy:
             raise ConfigError(f"fuse() computes in {' or '.join(map(str, DTYPES))}, not {dtype}")
         if self.fused:
             raise ConfigError(f"this {type(self).__name__} is fused already; call fuse() on the model it came from")
+        if is_quantized(self):
+            raise ConfigError(f"this {type(self).__name__} is quantised to int8 (torchao tensors), which fuse() cannot pack: "
+                              "fuse() the float model, or quantise it, not both")
         if dtype is not None and all(p.device.type == "cpu" for p in self.parameters()):
             warn_if_emulated(dtype)  # bfloat16 on a CPU without bfloat16 instructions: slower than float32
         fused = copy.deepcopy(self).eval().requires_grad_(False)
@@ -143,6 +146,21 @@ class InferenceCopy:
             if isinstance(module, InferenceCopy):
                 module.fused = True  # a model inside a model (the BertModel of a head) too
         return fused
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if self.fused:  # the packed weights are no parameters: a state dict would reach some tensors and not the products
+            raise ConfigError(f"a fused {type(self).__name__} holds packed weights that a state dict does not reach: "
+                              "load the weights into the model, then fuse() it again")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _apply(self, fn, recurse: bool = True):
+        if self.fused:  # .to(), .half(), .double(), .cuda(), .to("meta"): the packed weights would stay as they are
+            probe = next(self.parameters(), None)
+            moved = None if probe is None else fn(probe)
+            if moved is not None and (moved.dtype != probe.dtype or moved.device != probe.device):
+                raise ConfigError(f"a fused {type(self).__name__} is fixed to the dtype and device it was fused for ({probe.dtype}, "
+                                  f"{probe.device}): convert the model (model.to(...)), then fuse() it")
+        return super()._apply(fn, recurse)
 
     def train(self, mode: bool = True):
         if mode and self.fused:

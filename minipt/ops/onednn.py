@@ -260,8 +260,8 @@ class PackedLinear(nn.Module):
             attr, algorithm = self._post_op
             return ops.packed_linear(rows, self.weight, self.bias, attr, algorithm, self.out_features)
         weight = self.weight if self._plain_weight is None else self._plain_weight.tensor
-        blocks = torch.get_num_threads()
-        if kernel == "blocks" and blocks > 1 and self.out_features % blocks == 0:
+        blocks = torch.get_num_threads() if kernel == "blocks" else 1  # never asked while tracing: torch.compile cannot trace it
+        if blocks > 1 and self.out_features % blocks == 0:
             out = self._plain(linear_in_blocks(rows, weight, self.bias, blocks))
         else:
             out = self._plain(F.linear(rows, weight, self.bias))
