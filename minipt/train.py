@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checks import check_bool, check_choice, check_int, check_path, check_tensor
+from .checks import check_bool, check_choice, check_float, check_int, check_path, check_tensor
 from .errors import CheckpointError, InputError, SaveError, TrainingError
 from .files import atomic_path, make_directory
 from .transfer import check_param_groups, check_trainable
@@ -88,6 +88,7 @@ def fit(
     max_steps: int | None = None,
     progress: bool = True,
     nonfinite: str = "stop",
+    max_grad_norm: float | None = None,
 ) -> list[Epoch]:
     """Train ``model`` for up to ``epochs`` epochs; returns one ``Epoch`` per epoch trained (resumed ones included).
 
@@ -102,6 +103,9 @@ def fit(
     last one is that of the previous epoch. ``"skip"`` drops the step (no optimiser or
     scheduler step) and counts it in ``Epoch.skipped``; an epoch whose every step is
     skipped raises. Under ``torch.distributed`` all processes stop or skip together.
+
+    ``max_grad_norm``: the gradients are scaled down to this total norm before each step
+    (``torch.nn.utils.clip_grad_norm_``; 1.0 is the usual choice for fine-tuning Transformers).
 
     ``restore_best`` (needs ``evaluate``; without it nothing is restored) puts the
     weights of the best-scoring epoch back at the end: from ``best.safetensors``
@@ -134,6 +138,9 @@ def fit(
     restore_best = check_bool("restore_best", restore_best)
     progress = check_bool("progress", progress)
     nonfinite = check_choice("nonfinite", nonfinite, ("stop", "skip"))
+    max_grad_norm = check_float("max_grad_norm", max_grad_norm, low=0, optional=True)
+    if max_grad_norm == 0:
+        raise InputError("max_grad_norm must be above 0 (it scales the gradients to that norm), or None for no clipping")
     _check_callable("loss", loss)
     if evaluate is not None:
         _check_callable("evaluate", evaluate)
@@ -189,6 +196,8 @@ def fit(
                         )
                     skipped += 1
                     continue
+                if max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
                 optimizer.step()
                 if scheduler is not None:
                     scheduler.step()

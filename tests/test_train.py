@@ -226,3 +226,29 @@ def test_a_frozen_model_pickles_whole():
     buffer.seek(0)
     loaded = torch.load(buffer, weights_only=False).train()
     assert not loaded.linear.training and not loaded.norm.training and loaded.head.training  # still held in eval
+
+
+def test_gradients_are_clipped_to_max_grad_norm():
+    """max_grad_norm scales the gradients to that total norm before each step, as clip_grad_norm_ does by hand."""
+    from minipt.errors import InputError
+
+    loader = DataLoader(_data(), batch_size=8)
+    step = lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]) * 100  # noqa: E731  (gradients far above the limit)
+    torch.manual_seed(0)
+    clipped = Tiny()
+    by_hand = Tiny()
+    by_hand.load_state_dict(clipped.state_dict())
+    clipped.dropout.p = by_hand.dropout.p = 0.0  # the same steps without random numbers to keep in step
+    fit(clipped, torch.optim.SGD(clipped.parameters(), lr=0.1), loader, loss=step, epochs=1, max_steps=2, max_grad_norm=0.5, progress=False)
+    optimizer = torch.optim.SGD(by_hand.parameters(), lr=0.1)
+    by_hand.train()
+    for _, batch in zip(range(2), loader):
+        optimizer.zero_grad()
+        step(by_hand, batch).backward()
+        assert torch.nn.utils.clip_grad_norm_(by_hand.parameters(), 0.5) > 0.5  # clipping is at work
+        optimizer.step()
+    for (name, a), b in zip(clipped.state_dict().items(), by_hand.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    for bad in (0, -1.0, "1"):
+        with pytest.raises(InputError, match="max_grad_norm"):
+            fit(clipped, torch.optim.SGD(clipped.parameters(), lr=0.1), loader, loss=step, epochs=1, max_grad_norm=bad, progress=False)
