@@ -396,7 +396,9 @@ class Tokenizer:
         return {i for i, token in added.items() if getattr(token, "special", False)} | {i for i in self._special_ids.values() if i is not None}
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
-        """Text of one sequence of token ids (a list, or a 1-D tensor or array)."""
+        """Text of one sequence of token ids (a list, or a 1-D tensor or array). Special tokens ([CLS], </s>, padding)
+        are left out unless ``skip_special_tokens=False``: the text of what a model read or wrote. (transformers keeps
+        them by default; pass ``skip_special_tokens=False`` for its output.)"""
         text = self.backend.decode(self._check_ids(ids), skip_special_tokens=check_bool("skip_special_tokens", skip_special_tokens))
         suffix = getattr(getattr(self.backend, "model", None), "end_of_word_suffix", None)
         if suffix:  # CLIP's "</w>" word ends: spaces again, as transformers' CLIPTokenizer decodes
