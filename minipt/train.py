@@ -243,15 +243,14 @@ def fit(
             break
     if best_in_memory is not None:
         _unwrap(model).load_state_dict(best_in_memory)
-    elif keep_best and folder is not None:
-        if _distributed():
+    elif keep_best:
+        if folder is not None and _distributed():
             torch.distributed.barrier()  # rank 0 has written best.safetensors
-        if (folder / BEST).is_file():
-            load_checkpoint(folder / BEST, model)
-        elif resume_path is not None and resume_path.name == LAST and (resume_path.parent / BEST).is_file():
-            load_checkpoint(resume_path.parent / BEST, model)  # resumed into a new folder, and no better epoch since
-    elif keep_best and resume_path is not None and resume_path.name == LAST and (resume_path.parent / BEST).is_file():
-        load_checkpoint(resume_path.parent / BEST, model)  # resumed without a folder, and no better epoch since
+        # this run's best, else (no better epoch since a resume, into this folder, another or none) the resumed run's
+        beside_resumed = resume_path.parent / BEST if resume_path is not None and resume_path.name == LAST else None
+        best_file = next((f for f in (None if folder is None else folder / BEST, beside_resumed) if f is not None and f.is_file()), None)
+        if best_file is not None:
+            load_checkpoint(best_file, model)
     model.eval()
     return history
 
