@@ -64,17 +64,23 @@ def load_image(image: Any) -> Any:
 
 
 def to_rgb(image: Any) -> Any:
-    """A decoded ``PIL.Image`` as 8-bit RGB; a 32-bit floating-point one (mode F) has no set range of grey levels
-    and is refused."""
+    """A decoded ``PIL.Image`` as 8-bit RGB (``eight_bit``, then Pillow's conversion)."""
+    return eight_bit(image).convert("RGB")
+
+
+def eight_bit(image: Any) -> Any:
+    """A decoded ``PIL.Image`` whose grey levels Pillow's conversions keep: 16-bit grayscale (PNG, TIFF; Pillow's
+    convert would clip it at 255, a white picture) scaled to 8 bits, 65535 -> 255, as the OCR pipeline reads it;
+    other modes as they are. A 32-bit floating-point image (mode F) has no set range of grey levels: refused."""
     import numpy as np
 
     Image = pillow().Image
     if image.mode.startswith("I;16") or image.mode == "I":  # 16-bit grayscale: 0..65535
         levels = np.array(image).clip(0, 65535).astype(np.uint32)
-        image = Image.fromarray(((levels + 128) // 257).astype(np.uint8), "L")  # 65535 -> 255, rounded
-    elif image.mode == "F":
+        return Image.fromarray(((levels + 128) // 257).astype(np.uint8), "L")  # 65535 -> 255, rounded
+    if image.mode == "F":
         raise InputError("a 32-bit floating-point image (PIL mode F) has no set range of grey levels: save it with 8 or 16 bits")
-    return image.convert("RGB")
+    return image
 
 
 def resize_shorter_side(image: Any, size: int) -> Any:

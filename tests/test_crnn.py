@@ -202,3 +202,15 @@ def test_without_pillow_reading_an_image_names_the_package(monkeypatch):
         monkeypatch.setitem(sys.modules, name, None)  # as if Pillow were not installed
     with pytest.raises(MissingDependencyError, match=r"needs Pillow \(PIL\): pip install pillow"):
         preprocess(torch.zeros(64, 100, dtype=torch.uint8))
+
+
+def test_a_16_bit_line_reads_as_its_8_bit_self(model, tmp_path):
+    """Pillow's convert("L") clips 16-bit grey levels at 255: the line became white and read as ''."""
+    import numpy as np
+
+    line = np.asarray(render("Hello World 2024"))
+    sixteen = Image.fromarray(line.astype(np.uint16) * 257)
+    sixteen.save(tmp_path / "line16.png")
+    assert Image.open(tmp_path / "line16.png").mode.startswith("I")
+    assert torch.equal(preprocess(sixteen), preprocess(Image.fromarray(line)))
+    assert read_text(tmp_path / "line16.png") == "Hello World 2024"

@@ -35,7 +35,7 @@ from ..nn import LSTM, Linear
 from ..nn.conv import conv3x3
 from ..registry import Reads, register
 from ..checks import floating_dtype
-from ..vision import pillow
+from ..vision import eight_bit, pillow
 from ..nn.backend import ChoosesBackend
 from ..nn.fuse import InferenceCopy
 
@@ -266,7 +266,7 @@ def preprocess(image, height: int = 64) -> torch.Tensor:
         image = Image.fromarray(array.numpy())
     elif not isinstance(image, Image.Image):
         raise InputError(f"preprocess expects a PIL image, a path or a 2-D uint8 array, got {type(image).__name__}")
-    gray = image.convert("L")
+    gray = eight_bit(image).convert("L")  # 16-bit lines scaled, not clipped to white
     w, h = gray.size
     if w == 0 or h == 0:
         raise InputError(f"empty image ({w}x{h} pixels)")
