@@ -578,6 +578,8 @@ class Pretrained:
                 file_key, shape = found[where[0]]
                 if len(shape) <= where[1] or shape[where[1]] != value:
                     problems.append(f"{name} = {value!r}, but {file_key} has shape {checkpoint.shape(file_key)}")
+                    if name == getattr(cls, "transfer_head", (None, None))[1]:  # the head's size: a new task, most likely
+                        problems[-1] += f" (for a new head of {value}: load the file as it is, then reset_classifier({value}))"
         if problems:
             raise ConfigError(f"the config of {cls.__name__} does not match the checkpoint {checkpoint.path}: " + "; ".join(problems))
 

@@ -161,6 +161,19 @@ def test_transformers_loads_minipt_saves_strictly(tmp_path, cls_name):
     assert written["model_type"] == "vit" and written["architectures"] == [cls_name] and "weights_format" not in written
 
 
+def test_another_number_of_labels_says_how_to_get_a_new_head(tmp_path):
+    """A classifier's file asked for other labels: the ConfigError names the way to a new head, which then trains."""
+    from minipt.errors import ConfigError
+
+    saved(tmp_path, "ViTForImageClassification", hf_config())
+    with pytest.raises(ConfigError, match=r"num_labels = 10, but classifier.weight has shape \(3, 16\) \(for a new head of 10: "
+                                          r"load the file as it is, then reset_classifier\(10\)\)"):
+        ViTForImageClassification.from_pretrained(tmp_path, num_labels=10, init_missing=("classifier",))
+    model = ViTForImageClassification.from_pretrained(tmp_path)
+    model.reset_classifier(10)
+    assert model(images(3, 16, 16)).logits.shape == (2, 10)
+
+
 def test_classifier_without_a_head(tmp_path):
     """reset_classifier(0): the logits are the [CLS] features, as transformers' num_labels = 0; saved, transformers builds it back."""
     saved(tmp_path / "theirs", "ViTForImageClassification", hf_config())
