@@ -117,9 +117,14 @@ class capture(Mapping):
     ``edit`` maps names or patterns to a function of the value (returning a tensor
     of the same shape) or to a tensor that replaces it; an edited value flows on
     through the model, and is what is recorded. ``detach`` (default) records
-    values without their autograd history; ``detach=False`` keeps it, for
-    gradients with respect to an intermediate. Inside the block, ``seen`` maps
-    each recorded name to its latest value.
+    copies of the values without their autograd history; ``detach=False``
+    records the very tensors the model goes on with, for gradients with
+    respect to an intermediate (``torch.autograd.grad(out.sum(), seen[name])``;
+    per-step recurrent states are stacked, so gradients reach them only
+    through their history). Inside the block, ``seen`` maps each recorded name
+    to its latest value. A glob pattern (``"*"``) takes the values the modules'
+    backends compute; a name (or a pattern matching nothing else) that only the
+    ``"math"`` backend writes out is a ``ConfigError`` on another backend.
     """
 
     def __init__(self, model: nn.Module, *patterns: str, edit: dict[str, Edit] | None = None, detach: bool = True):
@@ -130,7 +135,11 @@ class capture(Mapping):
         if edit is not None and not isinstance(edit, Mapping):
             raise InputError(f"edit must map names or patterns to edits ({{'layers.0.out': fn}}), got {type(edit).__name__}")
         points = {name: (module, tap, backend) for name, module, tap, backend in _points(model)}
-        self._wanted = _match(patterns, points, "capture")
+        self._wanted: set[str] = set()
+        for pattern in patterns:  # a glob takes what the backends compute here, where it matches any such value
+            found = _match((pattern,), points, "capture")
+            here = {name for name in found if points[name][2] is None or get_backend(points[name][0].backend) == points[name][2]}
+            self._wanted |= here if here and pattern not in points else found
         self._edits: dict[str, Edit] = {}
         for pattern, change in (edit or {}).items():
             if not (callable(change) or isinstance(change, torch.Tensor)):
@@ -199,11 +208,10 @@ class capture(Mapping):
         if name in self._edits:
             value = self._edit(name, value, step)
         if name in self._wanted:
-            kept = value.detach() if self.detach else value
-            if step is None:
-                self._values.setdefault(name, []).append(kept.clone())
+            if step is None:  # a copy, or (detach=False) the tensor itself, which the rest of the graph uses
+                self._values.setdefault(name, []).append(value.detach().clone() if self.detach else value)
             else:
-                self._record_step(name, kept, *step)
+                self._record_step(name, value.detach() if self.detach else value, *step)
         return value
 
     def _edit(self, name: str, value: torch.Tensor, step) -> torch.Tensor:
@@ -214,9 +222,10 @@ class capture(Mapping):
             new = change(value, step=step[0])
         else:
             new = change(value)
-        if not isinstance(new, torch.Tensor) or new.shape != value.shape:
-            got = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
-            raise InputError(f"the edit of {name} must give a tensor of the value's shape {tuple(value.shape)}, got {got}")
+        if not isinstance(new, torch.Tensor) or new.shape != value.shape or new.dtype != value.dtype or new.device != value.device:
+            got = f"{tuple(new.shape)} {new.dtype} on {new.device}" if isinstance(new, torch.Tensor) else type(new).__name__
+            raise InputError(f"the edit of {name} must give a tensor of the value's shape, dtype and device "
+                             f"{tuple(value.shape)} {value.dtype} on {value.device}, got {got}")
         self._edited.add(name)
         return new
 
@@ -230,6 +239,13 @@ class capture(Mapping):
     # -- reading -------------------------------------------------------------------
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.history(name)[-1]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._values
+
+    def get(self, name: str, default=None):
+        """The latest value recorded under ``name``, else ``default`` (a Mapping's get)."""
+        return self._values[name][-1] if name in self._values else default
 
     def history(self, name: str) -> list[torch.Tensor]:
         """Every value recorded under ``name``, in the order computed (one per module call or layer call)."""

@@ -191,13 +191,11 @@ def layer_diffs(model: nn.Module, source, inputs: Any = None, *, rtol: float = 1
         return layer_diffs(model.encoder, source, inputs, rtol=rtol)  # a pipeline (SentenceEncoder): its model
     if family is None or family.reference is None:
         raise ConfigError(f"minipt has no reference comparison for {type(model).__name__}")
+    from .summary import evaluating
+
     path = resolve(source)
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         return family.reference(model, path, inputs, rtol)
-    finally:
-        model.train(was_training)
 
 
 

@@ -233,20 +233,29 @@ def count_flops(model: nn.Module, example_inputs: Any) -> int:
     return counter.get_total_flops()
 
 
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode inside the block; afterwards every module is back in its own mode (a model in training
+    with frozen stages held in eval, ``minipt.transfer``, keeps them so)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 def _run(model: nn.Module, args: tuple, kwargs: dict, counter) -> None:
     """One forward pass as for inference (eval mode: no dropout, BatchNorm's running statistics), under ``counter``."""
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad(), _countable(model), counter:
+        with evaluating(model), torch.no_grad(), _countable(model), counter:
             model(*args, **kwargs)
     except MiniptError:
         raise
     except Exception as err:  # a module that does not take these inputs: name them beside what it said
         inputs = ", ".join(f"{name} {tuple(shape)}" for name, shape in _input_shapes(model, args, kwargs).items()) or "no tensors"
         raise InputError(f"{type(model).__name__} cannot run on the inputs given ({inputs}): {type(err).__name__}: {str(err).splitlines()[0]}") from err
-    finally:
-        model.train(was_training)
 
 
 # -- inputs ----------------------------------------------------------------------

@@ -289,9 +289,12 @@ def test_unknown_names_and_bad_edits_are_refused():
         probe.capture(model, "layers.0.atn.probs")
     with pytest.raises(InputError, match="expected a function of the value or a tensor"):
         probe.capture(model, edit={"layers.0.out": 3})
-    with pytest.raises(InputError, match=r"the edit of layers\.0\.out must give a tensor of the value's shape \(2, 7, 16\), got \(16,\)"):
-        with probe.capture(model, edit={"layers.0.out": lambda x: x[0, 0]}), torch.no_grad():
-            model(**bert_batch())
+    for change, got in ((lambda x: x[0, 0], r"\(16,\) torch.float32 on cpu"), (lambda x: x.double(), r"\(2, 7, 16\) torch.float64"),
+                        (lambda x: x.to("meta"), r"\(2, 7, 16\) torch.float32 on meta")):  # not a crash inside the next matmul
+        with pytest.raises(InputError, match=rf"the edit of layers\.0\.out must give a tensor of the value's shape, dtype and device "
+                                             rf"\(2, 7, 16\) torch.float32 on cpu, got {got}"):
+            with probe.capture(model, edit={"layers.0.out": change}), torch.no_grad():
+                model(**bert_batch())
     with pytest.raises(InputError, match=r"the edits of layers\.0\.out never applied"):
         with probe.capture(model, edit={"layers.0.out": lambda x: x}):
             pass  # the model never ran
@@ -299,6 +302,22 @@ def test_unknown_names_and_bad_edits_are_refused():
         pass
     with pytest.raises(InputError, match="never computed"):
         seen["layers.0.out"]
+    assert "layers.0.out" not in seen and seen.get("layers.0.out", 7) == 7  # a Mapping's membership and get
+
+
+def test_a_glob_takes_what_the_backend_computes_and_detach_false_gives_gradients():
+    """"*" on the default backend records every value it computes (the math-only attention probabilities left out,
+    where asking for them by name is a ConfigError); with detach=False the recorded tensors are the graph's own."""
+    model = tiny_bert()
+    with probe.capture(model, "*") as seen, torch.no_grad():
+        model(**bert_batch())
+    assert "layers.0.out" in seen and "layers.0.attn.probs" not in seen
+    with pytest.raises(ConfigError, match="exist only on the 'math' backend"):
+        probe.capture(model, "layers.*.attn.probs")
+    with probe.capture(model, "layers.0.out", "embeddings.out", detach=False) as seen:
+        out = model(**bert_batch()).last_hidden_state
+    (grad,) = torch.autograd.grad(out.sum(), seen["layers.0.out"])
+    assert grad.shape == seen["layers.0.out"].shape and grad.abs().sum() > 0
 
 
 # -- the real all-MiniLM-L6-v2 -------------------------------------------------------------

@@ -344,3 +344,17 @@ def test_a_clip_model_runs_both_towers_by_default():
     assert report.inputs == {"input_ids": (1, 12), "pixel_values": (1, 3, 16, 16)}
     sized = summary(CLIPModel(tiny_config()), input_size="2x5")
     assert sized.inputs == {"input_ids": (2, 5), "pixel_values": (2, 3, 16, 16)}
+
+
+def test_every_module_keeps_its_mode():
+    """summary runs in eval mode, then puts every module back in its own mode: a model training with frozen
+    stages (BatchNorm held in eval) kept only its top-level flag, and each BatchNorm came back training."""
+    from minipt import transfer
+    from minipt.models.resnet import ResNet, ResNetConfig
+
+    model = ResNet(ResNetConfig("basic", (1, 1, 1, 1), num_classes=5)).train()
+    transfer.freeze_up_to(model, "stages.1")
+    modes = {name: module.training for name, module in model.named_modules()}
+    assert not all(modes.values()) and any(modes.values())
+    summary(model, input_size="1x3x32x32")
+    assert {name: module.training for name, module in model.named_modules()} == modes
