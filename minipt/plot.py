@@ -79,12 +79,16 @@ def attention_maps(
     the first layer; None: all; ``heads="mean"``: the heads' average). One layer's heads fill a grid four wide; several layers give one
     row per layer.
     """
-    if isinstance(probs, torch.Tensor):
-        probs = (probs,)
+    probs = (probs,) if isinstance(probs, torch.Tensor) else list(probs) if hasattr(probs, "__iter__") else probs
     if not probs or not all(isinstance(p, torch.Tensor) and p.dim() == 4 and p.shape[-1] == p.shape[-2] for p in probs):
         raise InputError("attention_maps expects attention probabilities shaped (batch, heads, T, T), one tensor per layer")
     batch, num_heads, T, _ = probs[0].shape
+    other = next((i for i, p in enumerate(probs) if p.shape[:3] != probs[0].shape[:3]), None)
+    if other is not None:
+        raise InputError(f"attention_maps draws layers of one batch: layer {other} has shape {tuple(probs[other].shape)}, layer 0 {tuple(probs[0].shape)}")
     check_int("sequence", sequence, low=0, high=batch - 1)
+    if isinstance(tokens, str) or not hasattr(tokens, "__iter__"):
+        raise InputError(f"tokens must be the {T} token labels of the sequence (a list of strings), got {type(tokens).__name__}")
     tokens = list(tokens)
     if len(tokens) != T:
         raise InputError(f"{len(tokens)} tokens for attention over {T} positions; give one label per position")
@@ -254,6 +258,8 @@ def feature_maps(maps: torch.Tensor, *, channels: int | Sequence[int] = 15, imag
         raise InputError(f"feature_maps expects one image's maps shaped (C, H, W) or (1, C, H, W), got {shape}")
     maps = maps.detach().float().cpu().reshape(maps.shape[-3:])  # (C, H, W)
     C = maps.shape[0]
+    if C == 0 or maps.shape[1] == 0 or maps.shape[2] == 0:
+        raise InputError(f"feature_maps got maps of shape {tuple(maps.shape)}: no channel or no pixel to draw")
     if isinstance(channels, int):
         check_int("channels", channels, low=1)
         chosen = maps.mean((1, 2)).argsort(descending=True)[: min(channels, C)].tolist()
@@ -281,14 +287,22 @@ def feature_maps(maps: torch.Tensor, *, channels: int | Sequence[int] = 15, imag
 
 
 def _picture(image):
-    """An (H, W, 3) array for imshow."""
+    """An (H, W, 3) array for imshow, from a path, a PIL image, an (H, W[, 3]) array or a (3|1, H, W) / (H, W) tensor."""
     import numpy as np
 
+    from .vision import load_image
+
+    if isinstance(image, (str, os.PathLike)):
+        image = load_image(image)
     if isinstance(image, torch.Tensor):
         if image.dim() == 3 and image.shape[0] in (1, 3):
             image = image.permute(1, 2, 0)  # (H, W, C)
-        return image.detach().cpu().clamp(0, 255).to(torch.uint8).numpy()
-    return np.asarray(image)
+        picture = image.detach().cpu().clamp(0, 255).to(torch.uint8).numpy()
+    else:
+        picture = np.asarray(image)
+    if picture.ndim not in (2, 3) or (picture.ndim == 3 and picture.shape[2] not in (1, 3, 4)) or picture.dtype == object:
+        raise InputError(f"image must be a picture: a path, a PIL image, an (H, W, 3) array or a (3, H, W) tensor; got shape {picture.shape}")
+    return picture
 
 
 # -- per-layer differences -------------------------------------------------------------
@@ -310,8 +324,12 @@ def layer_diff(report: Sequence[tuple[str, float]], tolerance: float = 1e-5, *, 
     if not rows or not all(isinstance(r, (tuple, list)) and len(r) == 2 and isinstance(r[0], str) and isinstance(r[1], (int, float)) for r in rows):
         raise InputError("layer_diff expects a non-empty list of (place, max abs difference) pairs, as minipt.reference.layer_diffs returns")
     places, diffs = [r[0] for r in rows], [float(r[1]) for r in rows]
-    if any(not math.isfinite(d) or d < 0 for d in diffs):
-        raise InputError(f"differences must be finite and non-negative, got {diffs}")
+    if any(d < 0 for d in diffs):
+        raise InputError(f"differences must be non-negative, got {diffs}")
+    broken = [i for i, d in enumerate(diffs) if not math.isfinite(d)]  # NaN or inf: where a picture is wanted most
+    finite = [d for d in diffs if math.isfinite(d)]
+    top = max(finite + [tolerance]) * 10
+    diffs = [d if math.isfinite(d) else top for d in diffs]  # drawn at the top, marked
     positive = [d for d in diffs if d > 0]
     floor = min(positive + [tolerance]) / 10
     fig = _figure(min(16.0, max(4.0, 0.6 * len(rows) + 1.5)), 4.2 if len(rows) > 20 else 3.2)  # many places: narrow, labels upright
@@ -323,6 +341,8 @@ def layer_diff(report: Sequence[tuple[str, float]], tolerance: float = 1e-5, *, 
     zeros = [i for i, d in zip(x, diffs) if d == 0]
     if zeros:
         ax.scatter(zeros, [floor] * len(zeros), facecolors="none", edgecolors="tab:blue", zorder=2, label="exactly 0")
+    if broken:
+        ax.scatter(broken, [top] * len(broken), marker="x", color="black", s=60, zorder=3, label="not finite (NaN or inf)")
     ax.axhline(tolerance, color="tab:red", linestyle="--", linewidth=1, label=f"tolerance {tolerance:g}")
     ax.set_yscale("log")
     ax.set_ylim(max(floor / 2, sys.float_info.min), min(max(diffs + [tolerance]) * 5, sys.float_info.max))  # inside float64's range

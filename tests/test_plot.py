@@ -58,6 +58,11 @@ def test_attention_maps_bad_input():
         attention_maps(probs, list("abcd"), heads=[-1])
     with pytest.raises(InputError, match="shaped \\(batch, heads, T, T\\)"):
         attention_maps(torch.rand(2, 4, 4), list("abcd"))
+    with pytest.raises(InputError, match=r"layer 1 has shape \(1, 3, 4, 4\), layer 0 \(1, 2, 4, 4\)"):
+        attention_maps([probs[0], torch.rand(1, 3, 4, 4)], list("abcd"))
+    with pytest.raises(InputError, match="tokens must be the 4 token labels"):
+        attention_maps(probs, None)
+    assert attention_maps(iter(probs), list("abcd")) is not None  # any iterable of layers
 
 
 def test_feature_maps(tmp_path):
@@ -73,6 +78,11 @@ def test_feature_maps(tmp_path):
         feature_maps(maps, channels=[6])
     with pytest.raises(InputError, match="one image's maps"):
         feature_maps(torch.zeros(2, 6, 8, 8))
+    with pytest.raises(InputError, match=r"maps of shape \(0, 8, 8\): no channel or no pixel"):
+        feature_maps(torch.zeros(0, 8, 8))
+    with pytest.raises(InputError, match=r"image must be a picture.*got shape \(2, 7, 7\)"):
+        feature_maps(maps, image=torch.zeros(2, 7, 7))
+    assert panels(feature_maps(maps, channels=1, image=str(CHELSEA)))[0].get_title() == "input"  # a path is read
 
 
 def test_layer_diff(tmp_path):
@@ -84,9 +94,12 @@ def test_layer_diff(tmp_path):
     assert any(line.get_ydata()[0] == 1e-5 for line in ax.get_lines())  # the tolerance line
     save_png(fig, tmp_path / "diff.png")
     written(tmp_path / "diff.png", low=2_000)
-    for bad in ([], [("layer 1", float("nan"))], [("layer 1",)], "layer 1"):
+    for bad in ([], [("layer 1", -1.0)], [("layer 1",)], "layer 1"):
         with pytest.raises(InputError):
             layer_diff(bad)
+    # a point that went NaN or inf (a diff that blew up) is drawn, marked at the top: when a picture is wanted most
+    ax = layer_diff([("layer 1", 1e-6), ("layer 2", float("nan")), ("layer 3", float("inf"))]).axes[0]
+    assert "not finite (NaN or inf)" in [t.get_text() for t in ax.get_legend().get_texts()]
 
 
 def test_save_png_names_an_unwritable_path(tmp_path):
