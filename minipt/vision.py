@@ -110,13 +110,27 @@ def to_tensor(image: Any) -> torch.Tensor:
 def image_batch(images: Sequence[Any], *, resize: int, crop: int) -> torch.Tensor:
     """Decode, resize the shorter side to ``resize``, centre-crop ``crop`` x ``crop``: (B, 3, crop, crop) in 0..255."""
     resize, crop = check_int("resize", resize, low=1, high=MAX_SIDE), check_int("crop", crop, low=1, high=MAX_SIDE)
+    return torch.stack([to_tensor(center_crop(resize_shorter_side(load_image(image), resize), crop)) for image in _image_list(images)])
+
+
+def squeezed_batch(images: Sequence[Any], *, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Each image resized whole to ``size`` x ``size`` (bilinear; the aspect ratio is not kept, nothing is cropped),
+    scaled to 0..1 and normalised per channel: (B, 3, size, size), as transformers' image processor for ViT does."""
+    size = check_int("size", size, low=1, high=MAX_SIDE)
+    bilinear = pillow().Image.Resampling.BILINEAR
+    pixels = torch.stack([to_tensor(load_image(image).resize((size, size), bilinear)) for image in _image_list(images)]) / 255.0
+    return (pixels - mean[:, None, None]) / std[:, None, None]
+
+
+def _image_list(images: Any) -> list:
+    """One image (a path or a PIL image) or a non-empty list of them, as a list."""
     if isinstance(images, (str, os.PathLike)) or type(images).__module__.startswith("PIL."):  # one image
         images = [images]
     if not hasattr(images, "__len__") or not hasattr(images, "__iter__"):
         raise InputError(f"images must be a path, a PIL image or a list of them, got {type(images).__name__}")
     if len(images) == 0:
         raise InputError("no images given")
-    return torch.stack([to_tensor(center_crop(resize_shorter_side(load_image(image), resize), crop)) for image in images])
+    return list(images)
 
 
 def normalized_batch(images: Sequence[Any], *, resize: int = 256, crop: int = 224,

@@ -292,6 +292,20 @@ def test_preprocess_follows_the_format(tmp_path):
     assert torch.allclose(tv.preprocess(white), expected[None, :, None, None].expand(1, 3, 16, 16))
 
 
+def test_hugging_face_checkpoints_see_photos_as_transformers_prepares_them():
+    """transformers' ViTImageProcessor resizes the whole photo to the square (bilinear, nothing cropped); minipt cropped
+    the centre of non-square photos, up to 1.66 apart in normalised pixels. Now within one grey level (1/127.5)."""
+    from skimage import data
+
+    PIL = pytest.importorskip("PIL.Image")
+    model = ViTForImageClassification(ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8))
+    processor = transformers.ViTImageProcessor()
+    for photo in (data.chelsea(), data.coffee(), data.astronaut()):
+        image = PIL.fromarray(photo)
+        expected = processor(images=image, return_tensors="pt")["pixel_values"]
+        assert (model.preprocess(image) - expected).abs().max() <= 1 / 127.5 + 1e-6
+
+
 # -- the per-layer diff -------------------------------------------------------------------------------
 def test_fine_tuning_stages_and_layer_wise_learning_rates():
     """The stages the ViT fine-tuning recipe decays the learning rate over, from the patch embedding up to the head."""

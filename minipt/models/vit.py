@@ -48,7 +48,7 @@ from ..nn.layers import ACTIVATIONS
 from ..nn.output import ModelOutput
 from ..registry import Reads, register
 from ..checks import floating_dtype
-from ..vision import check_images, normalized_batch
+from ..vision import check_images, normalized_batch, squeezed_batch
 from .classifier import HasClassifier
 
 from .text_encoder import PROBLEM_TYPES, ClassLabels, classification_loss, run_layers
@@ -246,12 +246,12 @@ class _ViTPretrained(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
     def preprocess(self, images) -> torch.Tensor:
         """Image paths (or PIL images) -> (B, 3, image_size, image_size), normalised as the checkpoint's format was trained:
         torchvision's (shorter side to image_size * 256/224, centre crop, ImageNet mean and std) or Hugging Face's
-        (shorter side to image_size, centre crop, mean = std = 0.5)."""
+        (transformers' ViTImageProcessor: the whole image resized to image_size square, bilinear, mean = std = 0.5)."""
         size = self.config.image_size
         if self.config.weights_format == "torchvision":
             return normalized_batch(images, resize=size * 256 // 224, crop=size)
         half = torch.full((3,), 0.5)
-        return normalized_batch(images, resize=size, crop=size, mean=half, std=half)
+        return squeezed_batch(images, size=size, mean=half, std=half)
 
     # -- loading and saving ----------------------------------------------------
     @classmethod
