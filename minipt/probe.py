@@ -185,7 +185,7 @@ class capture(Mapping):
     # -- recording and editing ------------------------------------------------------
     def _module_hook(self, name: str):
         def hook(module, args, output):
-            if threading.get_ident() != self._thread:  # another thread's run of the same model
+            if not _same_thread(self._thread):  # another thread's run of the same model
                 return None
             value, rebuild = _main_value(output)
             if not isinstance(value, torch.Tensor):
@@ -197,7 +197,7 @@ class capture(Mapping):
 
     def _tapped(self, site, tap: str, value: torch.Tensor, step) -> torch.Tensor:
         prefix = self._sites.get(site)
-        if prefix is None or threading.get_ident() != self._thread:
+        if prefix is None or not _same_thread(self._thread):
             return value
         name = f"{prefix}.{tap}" if prefix else tap
         if name not in self._wanted and name not in self._edits:
@@ -267,6 +267,12 @@ class capture(Mapping):
 
     def __repr__(self) -> str:
         return f"<capture of {len(self._wanted)} names, {len(self._values)} recorded>"
+
+
+def _same_thread(opened_by: int | None) -> bool:
+    """Whether this run belongs to the capture opened on thread ``opened_by``. While torch.compile traces the model
+    (in the thread that runs it) the answer is yes: dynamo cannot trace the thread's id."""
+    return torch.compiler.is_compiling() or threading.get_ident() == opened_by
 
 
 def _main_value(output) -> tuple[Any, Callable[[torch.Tensor], Any]]:

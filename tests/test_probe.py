@@ -335,3 +335,18 @@ def test_attention_maps_and_a_head_ablation_on_minilm():
         no_attention = encoder.encode(sentences)
     assert (vectors[0] @ vectors[1]).item() > 0.6
     assert (no_attention - vectors).abs().max().item() > 1e-2
+
+
+@pytest.mark.usefixtures("fresh_compiler")
+def test_a_capture_sees_a_model_compiled_with_fullgraph():
+    """The hooks' thread check (threading.get_ident) stopped dynamo's fullgraph trace; while torch.compile traces,
+    the run belongs to the thread that runs it. Values are recorded and edits applied as without compile."""
+    model = tiny_bert()
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    with probe.capture(model, "layers.0.out") as eager, torch.no_grad():
+        expected = model(**bert_batch()).last_hidden_state
+    with probe.capture(model, "layers.0.out", edit={"layers.1.out": lambda v: v * 0}) as seen, torch.no_grad():
+        out = compiled(**bert_batch()).last_hidden_state
+    assert torch.allclose(seen["layers.0.out"], eager["layers.0.out"], atol=1e-6) and not torch.allclose(out, expected)
+    with torch.no_grad():
+        assert torch.allclose(compiled(**bert_batch()).last_hidden_state, expected, atol=1e-6)  # the capture is gone
