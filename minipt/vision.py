@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .checks import check_int, check_path
+from .checks import check_choice, check_int, check_path
 from .errors import InputError, MissingDependencyError
 
 
@@ -83,12 +83,16 @@ def eight_bit(image: Any) -> Any:
     return image
 
 
-def resize_shorter_side(image: Any, size: int) -> Any:
-    """Scale so that the shorter side is ``size`` pixels (bicubic), keeping the aspect ratio."""
+def resize_shorter_side(image: Any, size: int, resample: str = "bicubic") -> Any:
+    """Scale so that the shorter side is ``size`` pixels, keeping the aspect ratio as torchvision's Resize does (the
+    longer side truncated: int(size * long / short)); ``resample``: "bicubic" (CLIP, timm's EfficientNet) or
+    "bilinear" (torchvision's weights)."""
     size = check_int("size", size, low=1, high=MAX_SIDE)
     width, height = image.size
-    scale = size / min(width, height)
-    return image.resize((max(size, round(width * scale)), max(size, round(height * scale))), pillow().Image.Resampling.BICUBIC)
+    short, long = min(width, height), max(width, height)
+    other = max(size, int(size * long / short))
+    new = (size, other) if width <= height else (other, size)
+    return image.resize(new, getattr(pillow().Image.Resampling, check_choice("resample", resample, ("bicubic", "bilinear")).upper()))
 
 
 def center_crop(image: Any, size: int) -> Any:
@@ -107,10 +111,10 @@ def to_tensor(image: Any) -> torch.Tensor:
     return pixels.permute(2, 0, 1).contiguous()  # (3, H, W)
 
 
-def image_batch(images: Sequence[Any], *, resize: int, crop: int) -> torch.Tensor:
+def image_batch(images: Sequence[Any], *, resize: int, crop: int, resample: str = "bicubic") -> torch.Tensor:
     """Decode, resize the shorter side to ``resize``, centre-crop ``crop`` x ``crop``: (B, 3, crop, crop) in 0..255."""
     resize, crop = check_int("resize", resize, low=1, high=MAX_SIDE), check_int("crop", crop, low=1, high=MAX_SIDE)
-    return torch.stack([to_tensor(center_crop(resize_shorter_side(load_image(image), resize), crop)) for image in _image_list(images)])
+    return torch.stack([to_tensor(center_crop(resize_shorter_side(load_image(image), resize, resample), crop)) for image in _image_list(images)])
 
 
 def squeezed_batch(images: Sequence[Any], *, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -133,11 +137,11 @@ def _image_list(images: Any) -> list:
     return list(images)
 
 
-def normalized_batch(images: Sequence[Any], *, resize: int = 256, crop: int = 224,
+def normalized_batch(images: Sequence[Any], *, resize: int = 256, crop: int = 224, resample: str = "bilinear",
                      mean: torch.Tensor = IMAGENET_MEAN, std: torch.Tensor = IMAGENET_STD) -> torch.Tensor:
     """``image_batch`` scaled to 0..1 and normalised per channel: (B, 3, crop, crop). The defaults are how
-    torchvision prepares ImageNet inputs (shorter side 256, centre crop 224, ImageNet mean and std)."""
-    pixels = image_batch(images, resize=resize, crop=crop) / 255.0  # (B, 3, crop, crop) in 0..1
+    torchvision's weights prepare ImageNet inputs (shorter side 256, bilinear, centre crop 224, ImageNet mean and std)."""
+    pixels = image_batch(images, resize=resize, crop=crop, resample=resample) / 255.0  # (B, 3, crop, crop) in 0..1
     return (pixels - mean[:, None, None]) / std[:, None, None]
 
 

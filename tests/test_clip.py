@@ -697,3 +697,18 @@ def test_a_caption_without_its_end_of_text_token_is_named():
     ids = torch.tensor([[48, 5, 17, 49, 1], [48, 30, 2, 44, 9]])  # the second has no 49
     with pytest.raises(InputError, match=r"caption 1 holds no end-of-text token \(id 49\), where CLIP's text tower pools"):
         model(ids)
+
+
+def test_photos_are_prepared_as_transformers_clip_processor_does():
+    """Shorter side to the image size (bicubic, the longer side truncated as torchvision's Resize does), centre crop,
+    CLIP's mean and std: within one grey level of CLIPImageProcessor (it rounded the longer side: 0.78 apart on chelsea)."""
+    from PIL import Image
+    from skimage import data
+
+    from minipt.models.clip import clip_preprocess
+
+    processor = transformers.CLIPImageProcessor()
+    for photo in (data.chelsea(), data.coffee(), data.astronaut()):
+        image = Image.fromarray(photo)
+        expected = processor(images=image, return_tensors="pt")["pixel_values"]
+        assert (clip_preprocess([image], 224) - expected).abs().max() <= 1 / 255 / 0.26 + 1e-6  # one level over CLIP's smallest std

@@ -331,12 +331,15 @@ def test_bad_config():
 
 
 def test_preprocess_is_torchvisions(tmp_path):
-    """resize 256, centre crop 224, 0..1, ImageNet mean/std: what torchvision's transforms give (bicubic, as minipt.vision)."""
+    """resize 256, centre crop 224, 0..1, ImageNet mean/std: what the transforms of torchvision's weights give
+    (ResNet50_Weights.IMAGENET1K_V1.transforms(): bilinear, the longer side truncated), on a photo whose longer
+    side 256 * 451 / 300 = 384.85 rounds otherwise (minipt resized bicubic and rounded: pixels up to 0.77 apart)."""
     from PIL import Image
     from torchvision import transforms
+    from torchvision.transforms._presets import ImageClassification
 
     generator = torch.Generator().manual_seed(3)
-    pixels = torch.randint(0, 256, (300, 280, 3), dtype=torch.uint8, generator=generator).numpy()
+    pixels = torch.randint(0, 256, (300, 451, 3), dtype=torch.uint8, generator=generator).numpy()
     image = Image.fromarray(pixels)
     path = tmp_path / "photo.png"
     image.save(path)
@@ -344,10 +347,11 @@ def test_preprocess_is_torchvisions(tmp_path):
     x = model.preprocess([path])
     assert x.shape == (1, 3, 224, 224) and x.dtype == torch.float32
     reference = transforms.Compose([
-        transforms.Resize(256, transforms.InterpolationMode.BICUBIC), transforms.CenterCrop(224), transforms.ToTensor(),
+        transforms.Resize(256, transforms.InterpolationMode.BILINEAR), transforms.CenterCrop(224), transforms.ToTensor(),
         transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
     ])(image)
     assert (x[0] - reference).abs().max() < 1e-5  # the same PIL resampling and arithmetic
+    assert (x[0] - ImageClassification(crop_size=224, resize_size=256)(image)).abs().max() < 1e-5
 
 
 def test_shared_conv_pieces_keep_the_keys():

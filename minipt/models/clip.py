@@ -596,7 +596,7 @@ def _check_tower(tower: type, config, checkpoint, keymap: KeyMap, prefix: str, o
 def clip_preprocess(images, image_size: int) -> torch.Tensor:
     """Image paths (or PIL images) -> (B, 3, image_size, image_size): the shorter side resized to ``image_size``
     (bicubic), the centre square cut out, normalised with CLIP's mean and std."""
-    return normalized_batch(images, resize=image_size, crop=image_size, mean=CLIP_MEAN, std=CLIP_STD)
+    return normalized_batch(images, resize=image_size, crop=image_size, resample="bicubic", mean=CLIP_MEAN, std=CLIP_STD)
 
 
 # The seven captions OpenAI chose for ImageNet out of its eighty by a search over subsets (the CLIP repository's
