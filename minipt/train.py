@@ -40,6 +40,8 @@ Checkpointing FSDP-sharded models is not handled here (use torch.distributed.che
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import math
 import numbers
@@ -89,6 +91,7 @@ def fit(
     progress: bool = True,
     nonfinite: str = "stop",
     max_grad_norm: float | None = None,
+    accumulate: int = 1,
 ) -> list[Epoch]:
     """Train ``model`` for up to ``epochs`` epochs; returns one ``Epoch`` per epoch trained (resumed ones included).
 
@@ -106,6 +109,13 @@ def fit(
 
     ``max_grad_norm``: the gradients are scaled down to this total norm before each step
     (``torch.nn.utils.clip_grad_norm_``; 1.0 is the usual choice for fine-tuning Transformers).
+
+    ``accumulate``: batches per optimiser step. Their gradients are averaged, so
+    ``accumulate=4`` over batches of 8 steps as one batch of 32 would (for a loss that
+    is a mean over the batch); an epoch's last step averages the batches left. Under
+    DDP the gradients are synchronised once per step (``no_sync`` on the others; FSDP2:
+    ``set_requires_gradient_sync``). ``max_steps``, the scheduler, the loss in the
+    history and the non-finite checks count optimiser steps.
 
     ``restore_best`` (needs ``evaluate``; without it nothing is restored) puts the
     weights of the best-scoring epoch back at the end: from ``best.safetensors``
@@ -135,6 +145,7 @@ def fit(
     epochs = check_int("epochs", epochs, low=1)
     patience = check_int("patience", patience, low=1, optional=True)
     max_steps = check_int("max_steps", max_steps, low=1, optional=True)
+    accumulate = check_int("accumulate", accumulate, low=1)
     restore_best = check_bool("restore_best", restore_best)
     progress = check_bool("progress", progress)
     nonfinite = check_choice("nonfinite", nonfinite, ("stop", "skip"))
@@ -179,14 +190,20 @@ def fit(
             sampler.set_epoch(epoch)
         model.train()
         total, steps, skipped = 0.0, 0, 0
-        bar = _progress(train_loader, f"epoch {epoch}/{epochs}", progress and main, max_steps)
+        bar = _progress(train_loader, f"epoch {epoch}/{epochs}", progress and main,
+                        None if max_steps is None else max_steps * accumulate)
         try:
-            for step, batch in enumerate(bar, start=1):
+            batches = iter(bar)
+            for step in itertools.count(1):
                 optimizer.zero_grad(set_to_none=True)
-                value = loss(model, batch)
-                _check_loss_value(value)
-                value.backward()
-                loss_value, problem = _check_step(value, parameters, model)
+                summed, micro = _accumulated_backward(model, loss, batches, accumulate)
+                if not micro:
+                    break  # the loader is used up
+                if micro > 1:
+                    for p in parameters:  # the mean of the micro-batches' gradients, however many the last group held
+                        if p.grad is not None:
+                            p.grad.div_(micro)
+                loss_value, problem = _check_step(summed / micro, parameters, model)
                 if problem is not None:
                     optimizer.zero_grad(set_to_none=True)
                     if nonfinite == "stop":
@@ -256,6 +273,44 @@ def fit(
 
 
 # -- arguments and per-step checks ---------------------------------------------------
+def _accumulated_backward(model: nn.Module, loss: Callable, batches, accumulate: int) -> tuple[torch.Tensor | None, int]:
+    """Backward through up to ``accumulate`` batches of ``batches``: the sum of their losses (detached) and how many
+    there were. A batch is fetched before the previous one's backward, so the last of a group, and only it,
+    synchronises the gradients of a wrapped model (DDP, FSDP2), also when the loader ends the group early."""
+    summed, micro = None, 0
+    following = next(batches, _END)
+    while following is not _END and micro < accumulate:
+        batch, micro = following, micro + 1
+        following = next(batches, _END) if micro < accumulate else _END
+        with _gradient_sync(model, following is _END):  # DDP decides in the forward pass
+            value = loss(model, batch)
+            _check_loss_value(value)
+            value.backward()
+        summed = value.detach().reshape(()) if summed is None else summed + value.detach().reshape(())
+    return summed, micro
+
+
+_END = object()
+
+
+@contextlib.contextmanager
+def _gradient_sync(model: nn.Module, last: bool):
+    """Where the gradients of a micro-batch are reduced across processes: only at a group's last backward."""
+    if last:
+        yield
+    elif isinstance(model, nn.parallel.DistributedDataParallel):
+        with model.no_sync():
+            yield
+    elif hasattr(model, "set_requires_gradient_sync"):  # FSDP2 (fully_shard)
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
 def _check_callable(name: str, value: Any) -> None:
     if not callable(value):
         raise InputError(f"{name} must be a function, got {type(value).__name__} {value!r:.80}")

@@ -72,12 +72,36 @@ def test_fsdp(process_group):
         torch.testing.assert_close(grad, expected[key], atol=1e-6, rtol=0)
 
 
+def test_ddp_synchronises_once_per_accumulated_step(process_group):
+    """fit(accumulate=3) over 7 batches steps 3 times (3 + 3 + 1 batches); DDP reduces the gradients at each
+    step's last backward only, the others under no_sync."""
+    from minipt.train import fit
+
+    model, plain, batch = _models_and_batch()
+    wrapped = torch.nn.parallel.DistributedDataParallel(model)
+    reductions = []
+
+    def counting(state, bucket):
+        reductions.append(bucket.index())
+        future = torch.futures.Future()
+        future.set_result(bucket.buffer())  # one process: the sum is the buffer itself
+        return future
+
+    wrapped.register_comm_hook(None, counting)
+    batches = [{k: v[i % 4:i % 4 + 1] for k, v in batch.items()} for i in range(7)]
+    fit(wrapped, torch.optim.SGD(wrapped.parameters(), lr=0.1), batches, loss=lambda m, b: m(**b).loss, epochs=1,
+        accumulate=3, progress=False)
+    buckets = len(set(reductions))
+    assert buckets >= 1 and len(reductions) == 3 * buckets, reductions
+
+
 # -- two processes: the same weights as one process with the same global batch ------------
 GLOBAL_BATCH, WORLD = 8, 2
 
 
-def _tiny_run(world: int, rank: int, kind: str):
-    """Two epochs of fit() on a tiny BERT classifier, ``world`` processes sharing each global batch of 8."""
+def _tiny_run(world: int, rank: int, kind: str, accumulate: int = 1):
+    """Two epochs of fit() on a tiny BERT classifier, ``world`` processes sharing each global batch of 8,
+    each in ``accumulate`` batches."""
     from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
     from minipt.train import fit
@@ -94,31 +118,33 @@ def _tiny_run(world: int, rank: int, kind: str):
         fully_shard(model)
     # DistributedSampler without shuffling deals rank r the samples r, r + world, ...: together one global batch.
     sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
-    loader = DataLoader(data, batch_size=GLOBAL_BATCH // world, sampler=sampler)
+    loader = DataLoader(data, batch_size=GLOBAL_BATCH // world // accumulate, sampler=sampler)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
-    fit(model, optimizer, loader, loss=lambda m, b: m(input_ids=b[0], labels=b[1]).loss, epochs=2, progress=False)
+    fit(model, optimizer, loader, loss=lambda m, b: m(input_ids=b[0], labels=b[1]).loss, epochs=2, progress=False,
+        accumulate=accumulate)
     state = model.module.state_dict() if kind == "ddp" else model.state_dict()
     return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone() for k, v in state.items()}
 
 
-def _worker(rank: int, port: int, kind: str, out: str):
+def _worker(rank: int, port: int, kind: str, out: str, accumulate: int):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
-        state = _tiny_run(WORLD, rank, kind)
+        state = _tiny_run(WORLD, rank, kind, accumulate)
         if rank == 0:
             torch.save(state, out)
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("kind", ["ddp", "fsdp"])
-def test_two_processes_train_like_one(kind, tmp_path):
+@pytest.mark.parametrize("kind, accumulate", [("ddp", 1), ("fsdp", 1), ("ddp", 2), ("fsdp", 2)])
+def test_two_processes_train_like_one(kind, accumulate, tmp_path):
+    """Also with fit(accumulate=2): two batches of 2 per process and step, the gradients synchronised once."""
     import torch.multiprocessing as mp
 
     out = tmp_path / "weights.pt"
-    mp.spawn(_worker, args=(_free_port(), kind, str(out)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(_free_port(), kind, str(out), accumulate), nprocs=WORLD, join=True)
     distributed = torch.load(out, weights_only=True)
     single = _tiny_run(1, 0, "single")
     assert distributed.keys() == single.keys()

@@ -252,3 +252,36 @@ def test_gradients_are_clipped_to_max_grad_norm():
     for bad in (0, -1.0, "1"):
         with pytest.raises(InputError, match="max_grad_norm"):
             fit(clipped, torch.optim.SGD(clipped.parameters(), lr=0.1), loader, loss=step, epochs=1, max_grad_norm=bad, progress=False)
+
+
+def test_accumulated_batches_step_as_one_large_batch():
+    """accumulate=k averages k batches' gradients per step: batches of 8 in groups of 4 train as batches of 32,
+    and an epoch's last, shorter group as one batch of what is left (here 16 samples)."""
+    from minipt.errors import InputError
+
+    x, y = _data().tensors  # 48 samples
+
+    def trained(batches, **kwargs):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))  # no BatchNorm: a batch's split changes nothing
+        history = fit(model, torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9), batches,
+                      loss=lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]), epochs=2, progress=False, **kwargs)
+        return model, history
+
+    small = [(x[i:i + 8], y[i:i + 8]) for i in range(0, 48, 8)]
+    large = [(x[:32], y[:32]), (x[32:], y[32:])]
+    accumulated, accumulated_history = trained(small, accumulate=4)
+    whole, whole_history = trained(large)
+    for (name, a), b in zip(accumulated.state_dict().items(), whole.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6, msg=name)
+    initial = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    assert not torch.allclose(whole[0].weight, initial[0].weight)  # it trained: the comparison means something
+    assert [round(e.train_loss, 5) for e in accumulated_history] == [round(e.train_loss, 5) for e in whole_history]
+    # max_steps counts optimiser steps
+    capped, _ = trained(small, accumulate=4, max_steps=1)
+    once, _ = trained(large[:1])
+    for a, b in zip(capped.state_dict().values(), once.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+    for bad in (0, -2, 1.5, "2"):
+        with pytest.raises(InputError, match="accumulate"):
+            trained(small, accumulate=bad)
