@@ -274,6 +274,10 @@ class Tokenizer:
         max_length: int | None = None,
         add_special_tokens: bool = True,
         return_tensors: str | None = "pt",
+        padding_side: str | None = None,
+        pad_to_multiple_of: int | None = None,
+        return_attention_mask: bool | None = None,
+        return_token_type_ids: bool | None = None,
     ) -> dict:
         """Encode one text or a batch (optionally paired with a second batch) into the model's inputs
         (``model_input_names``: input_ids, attention_mask and, for models that take them, token_type_ids).
@@ -282,6 +286,10 @@ class Tokenizer:
         "max_length" to ``max_length``, False not at all. ``truncation`` cuts
         to ``max_length`` (default: the model's limit from tokenizer_config.json),
         the longer of a pair first. ``return_tensors``: "pt", "np" or None (lists).
+        ``padding_side`` ("right"/"left") overrides the tokenizer's for this call;
+        ``pad_to_multiple_of`` rounds the padded length up to a multiple of it.
+        ``return_attention_mask``/``return_token_type_ids``: True or False adds or
+        leaves out that input whatever ``model_input_names`` says (as transformers).
         A padding token is needed only where a row is shorter than the others
         (or than ``max_length``): one text, or texts of one length, need none.
 
@@ -304,6 +312,12 @@ class Tokenizer:
         check_bool("truncation", truncation)
         check_bool("add_special_tokens", add_special_tokens)
         check_choice("return_tensors", return_tensors, RETURN_TENSORS)
+        side = self.padding_side if padding_side is None else check_choice("padding_side", padding_side, PADDING_SIDES)
+        multiple = check_int("pad_to_multiple_of", pad_to_multiple_of, low=1, high=MAX_PADDED_LENGTH, optional=True)
+        names = set(self.model_input_names)
+        for name, wanted in (("attention_mask", return_attention_mask), ("token_type_ids", return_token_type_ids)):
+            if wanted is not None:
+                names = names | {name} if check_bool(f"return_{name}", wanted) else names - {name}
         limit = self.model_max_length if max_length is None else check_int("max_length", max_length, low=1, high=sys.maxsize)  # the tokenizers library's usize
         if truncation and limit is not None:
             specials = self.backend.num_special_tokens_to_add(text_pair is not None) if add_special_tokens else 0
@@ -316,19 +330,25 @@ class Tokenizer:
             raise InputError("padding='max_length' needs max_length")
         if padding == "max_length" and limit > MAX_PADDED_LENGTH:
             raise InputError(f"padding='max_length' would make every text {limit:,} ids long; at most {MAX_PADDED_LENGTH:,} (or pad to the longest: padding=True)")
+        if multiple is not None and padding is not False and truncation and limit is not None and limit % multiple:
+            raise InputError(f"max_length {limit} (the truncation length) is not a multiple of pad_to_multiple_of {multiple}")
         self.backend.no_padding()  # padded below, and only where a row is short
         with _unicode_named(texts, pairs):
             encodings = self.backend.encode_batch(inputs, add_special_tokens=add_special_tokens)
         every = {"input_ids": [e.ids for e in encodings], "attention_mask": [e.attention_mask for e in encodings], "token_type_ids": [e.type_ids for e in encodings]}
-        batch = {key: every[key] for key in MODEL_INPUT_NAMES if key in self.model_input_names}
+        batch = {key: every[key] for key in MODEL_INPUT_NAMES if key in names}
+        width = None
         if padding is not False:
-            self._pad(batch, limit if padding == "max_length" else max(map(len, batch["input_ids"]), default=0))
+            width = limit if padding == "max_length" else max(map(len, batch["input_ids"]), default=0)
+            if multiple is not None:
+                width = -(-width // multiple) * multiple
+            self._pad(batch, width, side)
         if return_tensors is None:
             return {k: v[0] for k, v in batch.items()} if single else batch
         lengths = {len(ids) for ids in batch["input_ids"]}
         if len(lengths) > 1:
             raise InputError(f"sequences have different lengths {sorted(lengths)}; pass padding=True to make a tensor")
-        width = len(batch["input_ids"][0]) if texts else limit if padding == "max_length" else 0  # an empty batch: (0, width)
+        width = len(batch["input_ids"][0]) if texts else width or 0  # an empty batch: (0, width)
         if return_tensors == "pt":
             return {k: torch.tensor(v, dtype=torch.long).reshape(len(v), width) for k, v in batch.items()}
         import numpy as np
@@ -348,8 +368,8 @@ class Tokenizer:
         write_json(directory / TOKENIZER_CONFIG, settings)
         return directory
 
-    def _pad(self, batch: dict, width: int) -> None:
-        """Pad every row of ``batch`` shorter than ``width`` on ``padding_side``: ids with the padding token, the masks with 0."""
+    def _pad(self, batch: dict, width: int, side: str) -> None:
+        """Pad every row of ``batch`` shorter than ``width`` on ``side``: ids with the padding token, the masks with 0."""
         if all(len(ids) >= width for ids in batch["input_ids"]):
             return
         if self.pad_token_id is None:
@@ -360,7 +380,7 @@ class Tokenizer:
             fill = fills[key]
             for i, row in enumerate(rows):
                 padding = [fill] * (width - len(row))
-                rows[i] = row + padding if self.padding_side == "right" else padding + row
+                rows[i] = row + padding if side == "right" else padding + row
 
     def tokenize(self, text: str) -> list[str]:
         """The tokens of one text, without special tokens (all of them: never truncated, as transformers' tokenize)."""

@@ -136,6 +136,22 @@ def test_equal_to_transformers_gpt2_tokenizer(gpt2_folder):
         assert tok.decode(ids, skip_special_tokens=False) == reference.decode(ids)
 
 
+def test_token_types_only_when_asked(gpt2_folder):
+    """GPT-2's tokenizer returns no token_type_ids unless asked, then zeros; as transformers' does, also left-padded."""
+    transformers = import_transformers()
+    reference = transformers.GPT2TokenizerFast.from_pretrained(str(gpt2_folder))
+    reference.pad_token = reference.eos_token
+    tok = Tokenizer.from_pretrained(gpt2_folder)
+    tok.pad_token = tok.eos_token
+    texts = ["Hello world", "a longer line of text"]
+    for options in ({}, {"return_token_type_ids": True, "padding_side": "left"}, {"return_attention_mask": False}):
+        ours, theirs = tok(texts, **options), reference(texts, padding=True, return_tensors="pt", **options)
+        assert ours.keys() == theirs.keys(), options
+        for key in ours:
+            assert ours[key].tolist() == theirs[key].tolist(), (options, key)
+    assert "token_type_ids" not in tok(texts)
+
+
 def test_decode_splits_inside_a_character_only_in_the_middle(gpt2_folder):
     tok = Tokenizer.from_pretrained(gpt2_folder)
     ids = tok("🙂", padding=False, return_tensors=None)["input_ids"]

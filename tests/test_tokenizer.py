@@ -200,3 +200,32 @@ def test_tokenize_is_never_truncated_by_an_earlier_call(fresh, theirs):
     assert fresh.tokenize(text) == theirs.tokenize(text) and len(fresh.tokenize(text)) == 600
     fresh(["short"])
     assert len(fresh.tokenize(text)) == 600
+
+
+@pytest.mark.parametrize("options", [
+    {"padding_side": "left"},
+    {"pad_to_multiple_of": 8},
+    {"padding": "max_length", "max_length": 12, "pad_to_multiple_of": 4},
+    {"return_attention_mask": False},
+    {"return_token_type_ids": False},
+    {"padding_side": "left", "pad_to_multiple_of": 4, "return_token_type_ids": False},
+], ids=lambda o: ",".join(o))
+def test_per_call_padding_and_returned_inputs(ours, theirs, options):
+    """padding_side, pad_to_multiple_of, return_attention_mask and return_token_type_ids as transformers takes them
+    per call; the tokenizer's own padding side is left as it was."""
+    padding = options.get("padding", True)
+    rest = {k: v for k, v in options.items() if k != "padding"}
+    a, b = ours(TEXTS, PAIRS, **options), theirs(TEXTS, PAIRS, padding=padding, truncation=True, return_tensors="pt", **rest)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert ours.padding_side == "right"
+
+
+def test_per_call_options_are_checked(ours):
+    for options, message in [({"padding_side": "top"}, "padding_side"), ({"pad_to_multiple_of": 0}, "pad_to_multiple_of"),
+                             ({"return_attention_mask": 1}, "return_attention_mask"),
+                             ({"max_length": 10, "pad_to_multiple_of": 8}, "not a multiple of pad_to_multiple_of 8")]:
+        with pytest.raises(InputError, match=message):
+            ours(TEXTS, **options)
+
