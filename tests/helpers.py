@@ -23,6 +23,7 @@ Two kinds of float32 comparison, chosen by what is compared:
 from __future__ import annotations
 
 import collections
+import io
 from typing import Sequence, Union
 
 import torch
@@ -128,6 +129,13 @@ def assert_inference_only(model, fused, tmp_path) -> None:
         with pytest.raises(ConfigError, match="is fixed to the dtype and device it was fused for"):
             move(fused)
     assert fused.to("cpu") is fused and fused.float() is fused
+    with pytest.raises(ConfigError, match="cannot be pickled.*fuse\\(\\) it after loading"):
+        torch.save(fused, io.BytesIO())
+    import copy
+
+    twin = copy.deepcopy(fused)  # deepcopy still works, the copy refusing what the original refuses
+    assert twin.fused and twin is not fused
+    torch.save(model.state_dict(), io.BytesIO())  # what the message advises
 
 
 class OpCounter(TorchDispatchMode):

@@ -162,6 +162,19 @@ class InferenceCopy:
                                   f"{probe.device}): convert the model (model.to(...)), then fuse() it")
         return super()._apply(fn, recurse)
 
+    def __reduce_ex__(self, protocol):
+        if self.fused:  # pickle, torch.save: oneDNN's packed weights have no storage to write, the products are closures
+            raise ConfigError(f"a fused {type(self).__name__} cannot be pickled (torch.save): its packed weights are made for this "
+                              "CPU; save the model (save_pretrained, or torch.save of its state_dict) and fuse() it after loading")
+        return super().__reduce_ex__(protocol)
+
+    def __deepcopy__(self, memo):
+        """What copy.deepcopy does without this method (a fused copy's own __reduce_ex__ refuses pickling)."""
+        clone = type(self).__new__(type(self))
+        memo[id(self)] = clone
+        clone.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        return clone
+
     def train(self, mode: bool = True):
         if mode and self.fused:
             raise ConfigError(f"a fused {type(self).__name__} is an inference copy (packed weights, no gradients); train the model before fuse()")
