@@ -235,6 +235,22 @@ def test_a_pretraining_checkpoint_under_a_new_classifier(tmp_path):
     assert model.num_classes == 3
 
 
+def test_a_pretraining_checkpoint_as_a_masked_lm_has_no_pooler(tmp_path):
+    """BertForMaskedLM, as transformers builds it, has no pooler (its loss never reads one, and DDP refuses a
+    parameter without a gradient): bert-base-uncased's pooler and next-sentence head are ignored, the logits equal."""
+    config = tiny_hf_config()
+    reference = randomize(transformers.BertForPreTraining(config)).eval()
+    reference.save_pretrained(tmp_path)
+    model = BertForMaskedLM.from_pretrained(tmp_path).eval()
+    assert model.bert.pooler is None and not any("pooler" in name for name in model.state_dict())
+    ids = torch.randint(0, config.vocab_size, (2, 7))
+    assert max_diff(model(ids).logits, reference(ids).prediction_logits) < ATOL
+    ids[0, 3] = -100
+    labels = torch.where(torch.rand(2, 7) < 0.5, ids.clamp(min=0), torch.full_like(ids, -100))
+    model.train()(ids.clamp(min=0), labels=labels).loss.backward()
+    assert all(p.grad is not None for p in model.parameters())  # every parameter trains: DDP needs no find_unused_parameters
+
+
 def test_a_masked_lm_checkpoint_under_a_new_classifier_needs_a_fresh_pooler(tmp_path):
     """transformers' BertForMaskedLM saves no pooler, which the classifier reads: the loader names it missing and
     says which init_missing starts it afresh (transformers does so with a warning)."""

@@ -220,25 +220,26 @@ class MaskedLMHead(nn.Module):
 
 
 class BertForMaskedLM(MaskedLanguageModel, _BertPretrained):
-    """BERT with the masked-language-model head: logits over the vocabulary at every position."""
+    """BERT with the masked-language-model head: logits over the vocabulary at every position (no pooler, as in
+    transformers: the loss never reads it, and DDP refuses a parameter without a gradient)."""
 
     base_model_prefix = "bert"
     # Tied, the decoder's weight is the token embedding, and its bias is stored once, as cls.predictions.bias.
     official_head = {"dense": "cls.predictions.transform.dense", "norm": "cls.predictions.transform.LayerNorm",
                      "decoder": "cls.predictions.decoder", "bias": "cls.predictions.bias"}
-    _pooler_key = "bert.pooler.dense.weight"
     checkpoint_fields = UNDER_BERT
     # the decoder's weight is the token embedding: it counts in (and freezes with) "embeddings"
-    transfer_stages = {"embeddings": "bert.embeddings", "layers.{i}": "bert.layers.{i}", "pooler": "bert.pooler", "head": "head"}
+    transfer_stages = {"embeddings": "bert.embeddings", "layers.{i}": "bert.layers.{i}", "head": "head"}
 
     def __init__(self, config: BertConfig):
-        super().__init__(config, BertModel(config), MaskedLMHead(config))
+        super().__init__(config, BertModel(config.replace(add_pooling_layer=False)), MaskedLMHead(config))
 
     @classmethod
     def keymap(cls, config: BertConfig | None = None) -> KeyMap:
         """Hugging Face's names <-> minipt's; the decoder's rows depend on ``config.tie_word_embeddings`` (default: tied)."""
         return cls.masked_lm_keymap(config or BertConfig(), _encoder_keymap(), renames=_ENCODER_WITHOUT_PREFIX + _LEGACY_NAMES,
-                                    ignore=["cls.seq_relationship.{*}"])  # the next-sentence head of pre-training checkpoints
+                                    # pre-training checkpoints (bert-base-uncased): the next-sentence head and the pooler
+                                    ignore=["cls.seq_relationship.{*}", "bert.pooler.{*}"])
 
 
 class BertForSequenceClassification(SequenceClassifier, _BertPretrained):
