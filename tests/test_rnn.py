@@ -503,3 +503,57 @@ def test_generation_step_by_step_equals_whole_sequence(backend):
         expected, exact = flat_outputs(reference(x)), flat_outputs(copy.deepcopy(reference).double()(x.double()))
     assert_matches_torch_nn(backend, whole, expected, exact, "whole sequence")
     assert_error_ratio([torch.cat(steps), *state], expected, exact, what="step by step", **GATES)
+
+
+@pytest.mark.parametrize("backend", ["torch", "math", "fused"])
+@pytest.mark.parametrize("kind, bias, edit, name", [
+    ("LSTM", True, "prune", "bias_hh_l0"),
+    ("RNN", False, "prune", "weight_ih_l0"),  # without biases a reordered list swaps W_ih and W_hh
+    ("GRU", True, "prune", "weight_hh_l1"),
+    ("LSTM", True, "weight_norm", "weight_hh_l0"),
+    ("GRU", False, "orthogonal", "weight_hh_l1"),
+])
+def test_pruned_and_parametrized_weights_reach_every_backend(backend, kind, bias, edit, name):
+    """torch.nn.utils.prune and parametrizations replace a weight under its name (the original moves to
+    ``*_orig`` or ``parametrizations.*``): every backend computes with the edited weight, as torch.nn does."""
+    from torch.nn.utils import parametrizations, prune
+
+    torch.manual_seed(0)
+    reference = getattr(torch.nn, kind)(5, 5, num_layers=2, bias=bias)
+    ours = getattr(minipt.nn, kind)(5, 5, num_layers=2, bias=bias)
+    ours.load_state_dict(reference.state_dict())
+    for module in (reference, ours):
+        torch.manual_seed(1)
+        if edit == "prune":
+            prune.l1_unstructured(module, name, amount=0.5)
+        else:
+            getattr(parametrizations, edit)(module, name)
+    x = torch.randn(4, 3, 5)
+    expected = reference(x)[0]
+    expected.sum().backward()
+    with minipt.nn.use_backend(backend):
+        got = ours(x)[0]
+    got.sum().backward()
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    for (key, a), b in zip(ours.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-5, msg=key)
+
+
+@pytest.mark.parametrize("backend", ["torch", "math", "fused"])
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+def test_under_autocast_as_torch_nn(kind, backend):
+    """Under CPU autocast a bfloat16 input (a Linear's output there) meets float32 weights: no dtype error,
+    a bfloat16 output near torch.nn's (bfloat16 rounding: within 2 ulps at the output's magnitude)."""
+    torch.manual_seed(0)
+    reference = getattr(torch.nn, kind)(4, 4)
+    ours = getattr(minipt.nn, kind)(4, 4)
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(3, 2, 4).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16), use_backend(backend):
+        got, expected = ours(x)[0], reference(x)[0]
+    assert got.dtype == expected.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), expected.float(), atol=2 * 2**-8, rtol=0)
+    from minipt.errors import InputError
+
+    with pytest.raises(InputError, match="input dtype torch.bfloat16 differs"):
+        ours(x)  # outside autocast the mismatch is named, as before

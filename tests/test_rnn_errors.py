@@ -104,6 +104,8 @@ def test_state_dict_of_another_module():
         ours.load_state_dict(torch.nn.LSTM(4, 6, 2, bidirectional=True).state_dict())
     with pytest.raises(KeyMismatchError, match=r"weight_hr_l0 \(3, 6\)"):
         ours.load_state_dict(torch.nn.LSTM(4, 6, 2, proj_size=3).state_dict())
+    with pytest.raises(KeyMismatchError, match=r"not tensors: weight_ih_l0 \(list\)"):
+        ours.load_state_dict(ours.state_dict() | {"weight_ih_l0": [[0.0] * 4] * 24})
 
 
 def test_state_dict_non_strict_still_checks_shapes():

@@ -111,6 +111,7 @@ class _RNNBase(BackendBlock, nn.Module):
         gate_size = _GATES[mode] * hidden_size
         out_size = proj_size or hidden_size
         factory = {"device": device, "dtype": dtype}
+        names = []
         for layer in range(num_layers):
             layer_input = input_size if layer == 0 else out_size * self.num_directions
             for suffix in self._suffixes(layer):
@@ -121,6 +122,10 @@ class _RNNBase(BackendBlock, nn.Module):
                     shapes.append((f"weight_hr{suffix}", (proj_size, hidden_size)))
                 for param_name, shape in shapes:
                     self.register_parameter(param_name, nn.Parameter(torch.empty(shape, **factory)))
+                    names.append(param_name)
+        # fixed here, as in torch.nn: pruning and parametrizations replace a parameter under its name, and the
+        # kernel must read the attribute (the masked weight) in this order, not whatever named_parameters lists then
+        self._weight_names = tuple(names)
         self.reset_parameters()
 
     @property
@@ -151,7 +156,12 @@ class _RNNBase(BackendBlock, nn.Module):
 
     @property
     def _flat_weights_names(self) -> List[str]:
-        return [name for name, _ in self.named_parameters(recurse=False)]
+        return list(self._weight_names)
+
+    @property
+    def _flat_weights(self) -> List[Tensor]:
+        """The weights in torch.nn's order, as the kernel sees them (pruned or parametrized ones included)."""
+        return [getattr(self, name) for name in self._weight_names]
 
     @property
     def all_weights(self) -> List[List[nn.Parameter]]:
@@ -239,7 +249,7 @@ class _RNNBase(BackendBlock, nn.Module):
         """The ``torch`` backend: torch's recurrent kernel on this module's parameters, which are in the
         layout it expects (per layer and direction w_ih, w_hh, b_ih, b_hh, w_hr), as torch.nn calls it.
         ``x`` is (T, B, I) time-major, or a PackedSequence's data with its ``batch_sizes``."""
-        weights = [getattr(self, weight) for weight in self._flat_weights_names]
+        weights = self._flat_weights
         return torch_rnn(self.mode, x, batch_sizes, hx, weights, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional)
 
     def _lstm_kernel_cannot_be_traced(self, x: Tensor) -> bool:
@@ -267,7 +277,7 @@ class _RNNBase(BackendBlock, nn.Module):
         if x.shape[-1] != self.input_size:
             raise InputError(f"{name} was built for input_size={self.input_size} features, got input with {x.shape[-1]} (shape {shape})")
         weight = self.weight_ih_l0
-        if x.dtype != weight.dtype:
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):  # under autocast, as torch.nn: cast
             raise InputError(f"{name}: input dtype {x.dtype} differs from the parameters' {weight.dtype}; convert one of them")
         if x.device != weight.device:
             raise InputError(f"{name}: input is on {x.device}, the parameters on {weight.device}")
@@ -341,6 +351,9 @@ class _RNNBase(BackendBlock, nn.Module):
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """torch.nn's ``load_state_dict``, with one clear error naming every missing, unexpected and mis-shaped key."""
         own = {name: tuple(p.shape) for name, p in self.state_dict().items()}
+        not_tensors = [f"{key} ({type(value).__name__})" for key, value in state_dict.items() if not isinstance(value, Tensor)]
+        if not_tensors:
+            raise KeyMismatchError(f"state dict for {self!r} holds values that are not tensors: {', '.join(not_tensors[:8])}")
         missing = [f"{key} {shape}" for key, shape in own.items() if key not in state_dict]
         unexpected = [f"{key} {tuple(value.shape)}" for key, value in state_dict.items() if key not in own]
         wrong_shape = [
