@@ -32,10 +32,16 @@ type, optimiser state of the wrong shape) is refused with a ``CheckpointError``
 or ``TrainingError`` naming the file and the problem, before anything is loaded.
 
 Under ``torch.distributed`` (DDP), every process runs ``fit`` on its shard
-(``DistributedSampler.set_epoch`` is called each epoch), evaluates the same
-held-out data, so all stop together, and only rank 0 writes checkpoints.
-A non-finite loss or gradient on any process stops or skips the step on all.
-Checkpointing FSDP-sharded models is not handled here (use torch.distributed.checkpoint).
+(``DistributedSampler.set_epoch`` is called each epoch); the score is the mean of
+the processes' ``evaluate`` (the same held-out data, or each its own shard), so all
+stop together, and the history's loss is the mean over processes (the global
+batch's). Only rank 0 writes checkpoints, with every process's random generators,
+so each resumes its own streams; no process goes on before the files are whole.
+A non-finite loss or gradient on any process stops or skips the step on all. A
+DDP wrapper trains the parameters that were trainable when it was built: freezing
+or unfreezing a stage between two ``fit`` calls needs a new wrapper, and ``fit``
+says so. FSDP-sharded models train, but without ``checkpoint_dir`` or ``resume``
+(refused: use torch.distributed.checkpoint).
 """
 
 from __future__ import annotations
@@ -59,7 +65,7 @@ from torch import nn
 from .checks import check_bool, check_choice, check_float, check_int, check_path, check_tensor
 from .errors import CheckpointError, InputError, SaveError, TrainingError
 from .files import atomic_path, make_directory
-from .transfer import check_param_groups, check_trainable
+from .transfer import check_param_groups, check_trainable, unwrapped
 
 FORMAT = "minipt.train/1"
 LAST, BEST = "last.safetensors", "best.safetensors"
@@ -141,6 +147,7 @@ def fit(
         raise InputError(f"train_loader must be an iterable of batches (a DataLoader, a list), got {type(train_loader).__name__} {train_loader!r:.80}")
     _check_scheduler(scheduler, optimizer)
     check_trainable(model)
+    _check_ddp_parameters(model)
     check_param_groups(_unwrap(model), optimizer)
     epochs = check_int("epochs", epochs, low=1)
     patience = check_int("patience", patience, low=1, optional=True)
@@ -166,6 +173,8 @@ def fit(
         resume_path = folder / LAST if resume else None
     else:
         raise InputError(f"resume must be True, False or a checkpoint's path, got {type(resume).__name__} {resume!r:.80}")
+    if folder is not None or resume_path is not None:
+        _refuse_sharded(model, "checkpoint_dir" if folder is not None else "resume")
     main = not _distributed() or torch.distributed.get_rank() == 0
     if folder is not None and main:
         make_directory(folder, "checkpoint_dir")  # now: a path that cannot take checkpoints fails before training
@@ -236,6 +245,10 @@ def fit(
             model.eval()
             with torch.no_grad():
                 score = _score(evaluate(model), epoch)
+            if _distributed():  # the mean over processes: all stop together, also where each scores its own shard
+                mean = torch.tensor([score], dtype=torch.float64)
+                torch.distributed.all_reduce(mean)
+                score = mean.item() / torch.distributed.get_world_size()
         history.append(Epoch(epoch, total / max(steps, 1), score, time.perf_counter() - start, skipped))
         improved = score is not None and score > best
         if improved:
@@ -244,14 +257,30 @@ def fit(
                 best_in_memory = {k: v.detach().to("cpu", copy=True) for k, v in _unwrap(model).state_dict().items()}
         elif score is not None:
             since_best += 1
+        processes = _process_states(loader_generators) if folder is not None else None
+        failure = None
         if folder is not None and main:
             extra = {"history": [asdict(e) for e in history], "best": best, "since_best": since_best,
                      "loader_generators": [g.get_state() for g in loader_generators]}
-            # best before last: a run killed between the two resumes from the previous last
-            # and redoes this epoch, never pairing a new best score with the old best weights
-            if improved:
-                save_checkpoint(folder / BEST, model, epoch=epoch, extra=extra)
-            save_checkpoint(folder / LAST, model, optimizer, scheduler, epoch=epoch, extra=extra)
+            if processes is not None:
+                extra["processes"] = processes
+            try:
+                # best before last: a run killed between the two resumes from the previous last
+                # and redoes this epoch, never pairing a new best score with the old best weights
+                if improved:
+                    save_checkpoint(folder / BEST, model, epoch=epoch, extra=extra)
+                save_checkpoint(folder / LAST, model, optimizer, scheduler, epoch=epoch, extra=extra)
+            except BaseException as err:  # noqa: B036  (every process must hear of it, then it is raised)
+                failure = err
+        if folder is not None and _distributed():
+            # a barrier that carries rank 0's outcome: no process goes on (or returns, and resumes) before the
+            # checkpoint is whole, and none waits for ever on a rank 0 that could not write it
+            failed = torch.tensor([float(failure is not None)])
+            torch.distributed.all_reduce(failed)
+            if failure is None and failed.item():
+                raise TrainingError(f"epoch {epoch}: process 0 could not write the checkpoint in {folder} (its error says why)")
+        if failure is not None:
+            raise failure
         if progress and main:
             shown = f", score {score:.4f}" if score is not None else ""
             shown += f", {skipped} step(s) skipped (non-finite)" if skipped else ""
@@ -334,11 +363,14 @@ def _check_step(value: torch.Tensor, parameters: list[torch.Tensor], model: nn.M
         norm = norm.full_tensor()
     numbers = torch.stack([value.detach().reshape(()).float(), norm.detach().float().to(value.device)])
     bad = (~torch.isfinite(numbers)).any().float().reshape(1)
+    shared = torch.cat([bad, numbers[:1].nan_to_num(0.0, 0.0, 0.0)])
     if _distributed():
-        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)  # all processes skip or stop together
-    loss_value, norm_value, anywhere = torch.cat([numbers, bad]).tolist()
+        # one all-reduce: whether any process went non-finite (all skip or stop together), and the sum of the
+        # processes' losses, whose mean is the loss of the global batch (the history's)
+        torch.distributed.all_reduce(shared)
+    loss_value, norm_value, anywhere, summed = torch.cat([numbers, shared]).tolist()
     if not anywhere:
-        return loss_value, None
+        return (summed / torch.distributed.get_world_size() if _distributed() else loss_value), None
     if not math.isfinite(loss_value):
         return loss_value, f"the loss is {loss_value}"
     if not math.isfinite(norm_value):
@@ -375,7 +407,31 @@ def _distributed() -> bool:
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    return unwrapped(model)
+
+
+def _refuse_sharded(model: nn.Module, what: str) -> None:
+    """fit's checkpoints hold whole tensors; FSDP's parameters are shards (DTensors)."""
+    if any(hasattr(p, "full_tensor") for p in model.parameters()):
+        raise TrainingError(f"{what}: the model's parameters are sharded (FSDP), and minipt's checkpoints hold whole tensors; "
+                            "save a sharded model with torch.distributed.checkpoint, or train it without checkpoint_dir/resume")
+
+
+def _check_ddp_parameters(model: nn.Module) -> None:
+    """DDP synchronises the gradients of the parameters that were trainable when it first trained (when it was
+    built, to be exact); a stage frozen or unfrozen since would train apart on each process, silently."""
+    if not isinstance(model, nn.parallel.DistributedDataParallel):
+        return
+    trainable = frozenset(name for name, p in model.module.named_parameters() if p.requires_grad)
+    first = getattr(model, "_minipt_trainable", None)
+    if first is None:
+        model._minipt_trainable = trainable
+    elif first != trainable:
+        changed = sorted(trainable - first) or sorted(first - trainable)
+        raise TrainingError(f"the model's trainable parameters changed since this DistributedDataParallel first trained ({len(changed)} "
+                            f"now {'trainable' if trainable - first else 'frozen'}: {', '.join(changed[:4])}); DDP synchronises the "
+                            "gradients of the parameters trainable when it was built: wrap the model in a new DistributedDataParallel "
+                            "after freezing or unfreezing")
 
 
 def _check_scheduler(scheduler, optimizer: torch.optim.Optimizer) -> None:
@@ -388,6 +444,17 @@ def _check_scheduler(scheduler, optimizer: torch.optim.Optimizer) -> None:
         raise InputError(f"scheduler must be a torch.optim.lr_scheduler scheduler (step(), state_dict()), got {type(scheduler).__name__} {scheduler!r:.80}")
     if getattr(scheduler, "optimizer", optimizer) is not optimizer:
         raise InputError("scheduler schedules another optimizer than the one fit steps: build it on this optimizer")
+
+
+def _process_states(loader_generators: list[torch.Generator]) -> list[dict] | None:
+    """Under torch.distributed with several processes, each one's random generators and loader generators
+    (gathered on every process, written by rank 0), so each resumes its own streams; None otherwise."""
+    if not _distributed() or torch.distributed.get_world_size() == 1:
+        return None
+    mine = {"rng": _rng_state(), "loader_generators": [g.get_state() for g in loader_generators]}
+    everyone: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(everyone, mine)
+    return everyone
 
 
 def _loader_generators(loader) -> list[torch.Generator]:
@@ -422,12 +489,33 @@ def _resumed(path: Path, state: dict, loader_generators: int) -> tuple[list[Epoc
     if state["epoch"] != len(epochs):
         raise CheckpointError(f"{path}: written after epoch {state['epoch']} but its history has {len(epochs)} epochs")
     saved = state.get("loader_generators", [])
+    processes = state.get("processes")
+    if processes is not None and _distributed() and torch.distributed.get_world_size() == _count(path, processes):
+        # written by as many processes as resume it: each continues its own streams (other counts: rank 0's)
+        saved = processes[torch.distributed.get_rank()].get("loader_generators") if isinstance(processes[torch.distributed.get_rank()], dict) else None
     if not isinstance(saved, list) or not all(isinstance(s, torch.Tensor) and s.dtype == torch.uint8 for s in saved):
         raise CheckpointError(f"{path}: 'loader_generators' must be a list of generator states, got {saved!r:.80}")
     if len(saved) != loader_generators:
         raise TrainingError(f"{path} holds the state of {len(saved)} loader generator(s); this train_loader has {loader_generators}: "
                             "resume with a loader built as before (DataLoader(..., generator=...) or not)")
     return epochs, float(best), since_best, saved
+
+
+def _count(path: Path, processes: Any) -> int:
+    if not isinstance(processes, list) or not processes:
+        raise CheckpointError(f"{path}: 'processes' must be a list of each process's generator states, got {processes!r:.80}")
+    return len(processes)
+
+
+def _rank_rng(path: Path, extra: dict) -> dict | None:
+    """This process's random generators' state where the checkpoint holds one per process, for as many processes."""
+    processes = extra.get("processes")
+    if processes is None or not _distributed() or torch.distributed.get_world_size() != _count(path, processes):
+        return None
+    mine = processes[torch.distributed.get_rank()]
+    if not isinstance(mine, dict) or not isinstance(mine.get("rng"), dict):
+        raise CheckpointError(f"{path}: process {torch.distributed.get_rank()}'s generator states are damaged: {mine!r:.80}")
+    return mine["rng"]
 
 
 def _is_kind(value: Any, kind) -> bool:
@@ -508,6 +596,7 @@ def save_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, *, e
     from safetensors.torch import save_file
 
     model = _unwrap(model)
+    _refuse_sharded(model, "save_checkpoint")
     tensors: dict[str, torch.Tensor] = {}
     skeleton = {
         "format": FORMAT,
@@ -551,8 +640,9 @@ def _load_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, che
     loaded; returns what ``check`` returns, or the fields. ``everything`` (fit's resume): a scheduler's state in
     the file with no scheduler to take it is an error, not dropped."""
     path = Path(path)
-    skeleton, tensors = _read_checkpoint(path)
     model = _unwrap(model)
+    _refuse_sharded(model, "load_checkpoint")
+    skeleton, tensors = _read_checkpoint(path)
     if skeleton["model"] != type(model).__name__:
         raise TrainingError(f"{path} is a checkpoint of a {skeleton['model']}, not of this {type(model).__name__}")
     state = _join(skeleton["model_state"], tensors, path, "model_state")
@@ -585,6 +675,8 @@ def _load_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, che
         raise CheckpointError(f"{path}: extra is a {type(extra).__name__}, not a dict")
     fields = {"epoch": skeleton["epoch"], **extra}
     checked = check(path, fields) if check is not None else fields
+    if optimizer is not None and everything:
+        rng = _rank_rng(path, extra) or rng
     if optimizer is not None:  # the last check, since it sets the generators: undone if the state is damaged
         before = _rng_state()
         try:

@@ -48,6 +48,19 @@ BN_MODES = ("eval", "train")
 
 
 # -- the declared stages ---------------------------------------------------------
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The model inside torch's wrappers: DistributedDataParallel (``.module``) and torch.compile (``._orig_mod``)."""
+    if not isinstance(model, nn.Module):
+        raise InputError(f"expected a model (a torch.nn.Module), got {type(model).__name__} {model!r:.80}")
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
+
+
 def _declared(model: nn.Module) -> dict:
     found = getattr(model, "transfer_stages", None)
     if not isinstance(found, dict) or not found:
@@ -83,6 +96,7 @@ def _module(model: nn.Module, path: str) -> nn.Module | None:
 
 def stage_parameters(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
     """Stage name -> its (parameter name, parameter) pairs; every parameter of the model in exactly one stage."""
+    model = unwrapped(model)
     stage_of = {}
     for stage, modules in _resolve(model).items():
         for module in modules:
@@ -102,6 +116,7 @@ def stage_parameters(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter
 
 def stages(model: nn.Module) -> list[str]:
     """The model's stage names, input first: ``["embeddings", "layers.0", ..., "pooler", "head"]``."""
+    model = unwrapped(model)
     return list(_resolve(model))
 
 
@@ -122,6 +137,7 @@ def freeze(model: nn.Module, *names: str, bn: str = "eval") -> nn.Module:
     dropout as in evaluation, whatever ``model.train()`` says later;
     ``bn="train"`` lets them follow the model's mode.
     """
+    given, model = model, unwrapped(model)  # returned as given (a DDP or compiled wrapper too)
     check_choice("bn", bn, BN_MODES)
     _refuse_quantized(model, "freeze")
     resolved, params = _resolve(model), stage_parameters(model)
@@ -133,11 +149,12 @@ def freeze(model: nn.Module, *names: str, bn: str = "eval") -> nn.Module:
                 _hold_in_eval(module)
             else:
                 _release(module, model.training)
-    return model
+    return given
 
 
 def unfreeze(model: nn.Module, *names: str) -> nn.Module:
     """Train the named stages again (all stages if none are named), in the model's current mode."""
+    given, model = model, unwrapped(model)  # returned as given (a DDP or compiled wrapper too)
     _refuse_quantized(model, "unfreeze")
     resolved, params = _resolve(model), stage_parameters(model)
     for name in _check_names(model, names) if names else list(resolved):
@@ -145,7 +162,7 @@ def unfreeze(model: nn.Module, *names: str) -> nn.Module:
             param.requires_grad_(True)
         for module in resolved[name]:
             _release(module, model.training)
-    return model
+    return given
 
 
 def freeze_up_to(model: nn.Module, name: str, *, bn: str = "eval") -> nn.Module:
@@ -153,6 +170,7 @@ def freeze_up_to(model: nn.Module, name: str, *, bn: str = "eval") -> nn.Module:
 
     Calling it again with a lower stage unfreezes the stages in between (gradual unfreezing).
     """
+    given, model = model, unwrapped(model)  # returned as given (a DDP or compiled wrapper too)
     check_choice("bn", bn, BN_MODES)
     _check_names(model, [name])
     order = stages(model)
@@ -160,7 +178,7 @@ def freeze_up_to(model: nn.Module, name: str, *, bn: str = "eval") -> nn.Module:
     freeze(model, *order[:cut], bn=bn)
     if cut < len(order):
         unfreeze(model, *order[cut:])
-    return model
+    return given
 
 
 def _frozen_train(self: nn.Module, mode: bool = True) -> nn.Module:
@@ -196,6 +214,7 @@ def reset_classifier(model: nn.Module, num_classes: int | None = None, **config_
     its own checks. A head whose size follows another field is re-sized through that field:
     ``reset_classifier(crnn, charset="0123456789")``.
     """
+    given, model = model, unwrapped(model)  # returned as given (a DDP or compiled wrapper too)
     _refuse_quantized(model, "reset_classifier")
     own = getattr(type(model), "reset_classifier", None)
     if callable(own) and num_classes is not None and not config_fields and id(model) not in _delegated.get():
@@ -204,7 +223,7 @@ def reset_classifier(model: nn.Module, num_classes: int | None = None, **config_
             own(model, num_classes)
         finally:
             _delegated.reset(token)
-        return model
+        return given
     declared = getattr(model, "transfer_head", None)
     if declared is None:
         raise TrainingError(f"{type(model).__name__} declares no task head to replace (its output is not a set of classes)")
@@ -235,10 +254,11 @@ def reset_classifier(model: nn.Module, num_classes: int | None = None, **config_
     parent, _, attr = path.rpartition(".")
     setattr(_module(model, parent) if parent else model, attr, new)
     model.config = config
-    return model
+    return given
 
 
 def num_classes(model: nn.Module) -> int:
+    model = unwrapped(model)
     declared = getattr(model, "transfer_head", None)
     if declared is None:
         raise TrainingError(f"{type(model).__name__} declares no classification head")
@@ -247,6 +267,7 @@ def num_classes(model: nn.Module) -> int:
 
 def check_labels(model: nn.Module, labels) -> None:
     """Refuse labels the head cannot predict (before training, not as an index error deep in the loss)."""
+    model = unwrapped(model)
     try:
         labels = torch.as_tensor(labels)
     except (TypeError, ValueError, RuntimeError) as err:
@@ -273,6 +294,7 @@ def param_groups(model: nn.Module, lr: float, *, layer_decay: float = 1.0, weigh
     down to the input (Clark et al., 2020; layer_decay=1 is one rate for all).
     Each group carries its stage's name under ``"stage"``.
     """
+    model = unwrapped(model)
     _refuse_quantized(model, "param_groups")
     lr = check_float("lr", lr, low=0)
     layer_decay = check_float("layer_decay", layer_decay, low=0, high=1, low_open=True)
@@ -295,11 +317,19 @@ def param_groups(model: nn.Module, lr: float, *, layer_decay: float = 1.0, weigh
 
 def check_param_groups(model: nn.Module, groups_or_optimizer) -> None:
     """Every trainable parameter of the model in the optimiser exactly once, and nothing from elsewhere."""
-    groups = groups_or_optimizer.param_groups if isinstance(groups_or_optimizer, torch.optim.Optimizer) else list(groups_or_optimizer)
+    model = unwrapped(model)
+    if isinstance(groups_or_optimizer, torch.optim.Optimizer):
+        groups = groups_or_optimizer.param_groups
+    elif isinstance(groups_or_optimizer, (list, tuple)):
+        groups = list(groups_or_optimizer)
+    else:
+        raise InputError(f"expected an optimiser or a list of its groups, got {type(groups_or_optimizer).__name__} {groups_or_optimizer!r:.80}")
     names = {id(p): n for n, p in model.named_parameters()}
     seen: dict[int, int] = {}
     foreign = 0
     for group in groups:
+        if isinstance(group, dict) and "params" not in group or not isinstance(group, (dict, torch.Tensor)):
+            raise InputError(f"an optimiser group is a dict with 'params' (or a parameter), got {group!r:.80}")
         params = group["params"] if isinstance(group, dict) else [group]
         for param in [params] if isinstance(params, torch.Tensor) else params:
             seen[id(param)] = seen.get(id(param), 0) + 1
@@ -338,6 +368,7 @@ def stage_table(model: nn.Module) -> StageTable:
 
     (``minipt.summary.summary`` is the other table: every module's output shape, parameters and FLOPs.)
     """
+    model = unwrapped(model)
     resolved = _resolve(model)
     rows = StageTable()
     for stage, params in stage_parameters(model).items():
@@ -349,6 +380,7 @@ def stage_table(model: nn.Module) -> StageTable:
 
 
 def trainable_parameters(model: nn.Module) -> int:
+    model = unwrapped(model)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
@@ -363,12 +395,14 @@ def _refuse_quantized(model: nn.Module, what: str) -> None:
 
 def check_trainable(model: nn.Module) -> None:
     """Refuse a model that cannot be trained: quantised, or with every parameter frozen."""
+    model = unwrapped(model)
     _refuse_quantized(model, "training")
     if not any(p.requires_grad for p in model.parameters()):
         raise TrainingError(f"every parameter of {type(model).__name__} is frozen: nothing to train")
 
 
 __all__ = [
+    "unwrapped",
     "check_labels",
     "check_param_groups",
     "check_trainable",

@@ -6,6 +6,7 @@ numbers, so their gradients agree to 1e-6 absolute.
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 
@@ -129,7 +130,7 @@ def _tiny_run(world: int, rank: int, kind: str, accumulate: int = 1):
 def _worker(rank: int, port: int, kind: str, out: str, accumulate: int):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=120))  # a lost peer fails, never hangs
     try:
         state = _tiny_run(WORLD, rank, kind, accumulate)
         if rank == 0:
@@ -155,3 +156,94 @@ def test_two_processes_train_like_one(kind, accumulate, tmp_path):
         torch.testing.assert_close(distributed[key], value, atol=1e-5, rtol=1e-5, msg=key)
         moved += not torch.equal(value, initial.state_dict()[key])
     assert moved > len(single) // 2  # training changed the weights, so the comparison means something
+
+
+# -- resuming on two processes, each with its own dropout stream --------------------------
+def _resume_worker(rank: int, port: int, folder: str, out: str):
+    """Three epochs straight, and two then one resumed (after scrambling every generator): the same weights on
+    each process, though each draws its own dropout masks (seeded per rank)."""
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+    from minipt.train import fit
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=120))  # a lost peer fails, never hangs
+    try:
+        config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                            num_labels=3, max_position_embeddings=16, hidden_dropout_prob=0.3)
+        g = torch.Generator().manual_seed(1)
+        data = TensorDataset(torch.randint(0, 50, (16, 8), generator=g), torch.randint(0, 3, (16,), generator=g))
+
+        def run(epochs, resume, model=None, optimizer=None):
+            if model is None:
+                torch.manual_seed(0)
+                model = torch.nn.parallel.DistributedDataParallel(BertForSequenceClassification(config))
+                optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+            torch.manual_seed(100 + rank)  # each process its own dropout stream
+            loader = DataLoader(data, batch_size=4, sampler=DistributedSampler(data, WORLD, rank, shuffle=True, seed=3))
+            history = fit(model, optimizer, loader, loss=lambda m, b: m(input_ids=b[0], labels=b[1]).loss, epochs=epochs,
+                          checkpoint_dir=f"{folder}/{'resumed' if resume is not None else 'straight'}", resume=bool(resume),
+                          progress=False)
+            return model, optimizer, history
+
+        straight, _, history = run(3, None)
+        model, optimizer, _ = run(2, False)
+        torch.manual_seed(12345)  # resuming must put back each process's own generators
+        resumed, _, resumed_history = run(3, True, model, optimizer)
+        same = all(torch.equal(a, b) for a, b in zip(straight.module.state_dict().values(), resumed.module.state_dict().values()))
+        report = torch.tensor([float(same), history[-1].train_loss, resumed_history[-1].train_loss])
+        reports = [torch.zeros(3) for _ in range(WORLD)]
+        dist.all_gather(reports, report)
+        if rank == 0:
+            torch.save(torch.stack(reports), out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_resume_each_their_own_random_streams(tmp_path):
+    """fit's checkpoint holds every process's generators: resumed on two processes with per-rank seeds, the
+    weights equal an uninterrupted run's bit for bit on both, and every process reports the same (global) loss."""
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "reports.pt"
+    mp.spawn(_resume_worker, args=(_free_port(), str(tmp_path), str(out)), nprocs=WORLD, join=True)
+    reports = torch.load(out, weights_only=True)
+    assert reports[:, 0].tolist() == [1.0, 1.0]  # resumed == straight on each process
+    assert reports[0, 1] == reports[1, 1] and reports[0, 2] == reports[1, 2]  # the loss of the global batch, not rank 0's
+
+
+def test_ddp_refuses_to_train_what_it_does_not_synchronise(process_group):
+    """A stage unfrozen after wrapping would train apart on each process: the second fit names it."""
+    from minipt import transfer
+    from minipt.errors import TrainingError
+    from minipt.train import fit
+
+    model, _, batch = _models_and_batch()
+    transfer.freeze_up_to(model, "layers.0")
+    wrapped = torch.nn.parallel.DistributedDataParallel(model)
+    step = lambda m, b: m(**b).loss  # noqa: E731
+    fit(wrapped, torch.optim.SGD(transfer.param_groups(wrapped, lr=0.1)), [batch], loss=step, epochs=1, progress=False)
+    transfer.unfreeze(wrapped, "layers.0")
+    with pytest.raises(TrainingError, match=r"trainable parameters changed.*now trainable: bert\.layers\.0.*new DistributedDataParallel"):
+        fit(wrapped, torch.optim.SGD(transfer.param_groups(wrapped, lr=0.1)), [batch], loss=step, epochs=1, progress=False)
+    rewrapped = torch.nn.parallel.DistributedDataParallel(model)
+    fit(rewrapped, torch.optim.SGD(transfer.param_groups(rewrapped, lr=0.1)), [batch], loss=step, epochs=1, progress=False)
+
+
+def test_fsdp_checkpoints_are_refused_before_training(process_group, tmp_path):
+    from minipt.errors import TrainingError
+    from minipt.train import fit, load_checkpoint, save_checkpoint
+
+    model, plain, batch = _models_and_batch()
+    save_checkpoint(tmp_path / "plain.safetensors", plain, epoch=1)
+    fully_shard(model)
+    trained = []
+    step = lambda m, b: trained.append(1) or m(**b).loss  # noqa: E731
+    with pytest.raises(TrainingError, match="checkpoint_dir: the model's parameters are sharded.*torch.distributed.checkpoint"):
+        fit(model, torch.optim.SGD(model.parameters(), lr=0.1), [batch], loss=step, epochs=1, checkpoint_dir=tmp_path / "run", progress=False)
+    assert not trained
+    with pytest.raises(TrainingError, match="save_checkpoint: the model's parameters are sharded"):
+        save_checkpoint(tmp_path / "sharded.safetensors", model, epoch=1)
+    with pytest.raises(TrainingError, match="load_checkpoint: the model's parameters are sharded"):
+        load_checkpoint(tmp_path / "plain.safetensors", model)

@@ -285,3 +285,15 @@ def test_accumulated_batches_step_as_one_large_batch():
     for bad in (0, -2, 1.5, "2"):
         with pytest.raises(InputError, match="accumulate"):
             trained(small, accumulate=bad)
+
+
+def test_checkpoints_of_a_compiled_model_load_into_the_plain_one(tmp_path):
+    """torch.compile's wrapper is looked through: the checkpoint names the model's class and its keys."""
+    torch.manual_seed(0)
+    model = Tiny()
+    save_checkpoint(tmp_path / "compiled.safetensors", torch.compile(model), epoch=1)
+    plain = Tiny()
+    load_checkpoint(tmp_path / "compiled.safetensors", plain)
+    for a, b in zip(model.state_dict().values(), plain.state_dict().values()):
+        assert torch.equal(a, b)
+    load_checkpoint(tmp_path / "compiled.safetensors", torch.compile(Tiny()))

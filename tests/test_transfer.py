@@ -342,3 +342,25 @@ def test_a_quantised_model_cannot_train():
     for call in (lambda: transfer.param_groups(model, 1e-3), lambda: transfer.freeze(model, "head"), lambda: transfer.check_trainable(model)):
         with pytest.raises(TrainingError, match="quantised .* train the float model and quantise it afterwards"):
             call()
+
+
+def test_wrapped_models_are_unwrapped_and_returned_as_given():
+    """transfer's functions take a torch.compile wrapper (and DDP's, in test_distributed.py) as the model."""
+    model = ResNet(ResNetConfig("basic", (1, 1, 1, 1), num_classes=3))
+    compiled = torch.compile(model)  # nothing compiles until it is called
+    assert transfer.stages(compiled) == transfer.stages(model)
+    assert transfer.freeze(compiled, "stem") is compiled and not model.stem.conv.weight.requires_grad
+    groups = transfer.param_groups(compiled, lr=0.1)
+    transfer.check_param_groups(compiled, groups)
+    assert [row.stage for row in transfer.stage_table(compiled)] == transfer.stages(model)
+    assert transfer.unfreeze(compiled) is compiled and model.stem.conv.weight.requires_grad
+
+
+def test_bad_models_and_groups_are_named():
+    model = ResNet(ResNetConfig("basic", (1, 1, 1, 1), num_classes=3))
+    for call in (lambda: transfer.param_groups(None, lr=0.1), lambda: transfer.freeze(None), lambda: transfer.stages("resnet")):
+        with pytest.raises(InputError, match="expected a model"):
+            call()
+    for groups, message in [(5, "an optimiser or a list of its groups"), ([{"lr": 1}], "a dict with 'params'"), ([3], "a dict with 'params'")]:
+        with pytest.raises(InputError, match=message):
+            transfer.check_param_groups(model, groups)
