@@ -215,13 +215,13 @@ def test_openai_layout_loads_and_saves_back(tmp_path):
     assert type(CLIPModel.from_pretrained(tmp_path / "back").config) is CLIPConfig
 
 
-def open_clip_model(seed=0, vocab_size=40, context_length=10, mlp_ratios=(2.0, 1.5)):
+def open_clip_model(seed=0, vocab_size=40, context_length=10, mlp_ratios=(2.0, 1.5), quick_gelu=True, width=64, head_width=64, layers=2):
     """open_clip's own CLIP (ViT image tower, QuickGELU, heads 64 wide as OpenAI's) with every weight moved by noise."""
     open_clip = pytest.importorskip("open_clip", reason="open_clip_torch is in the test extra; without it there is no open_clip to compare with")
     torch.manual_seed(seed)
-    vision = open_clip.model.CLIPVisionCfg(layers=2, width=64, head_width=64, mlp_ratio=mlp_ratios[0], patch_size=4, image_size=12)
-    text = open_clip.model.CLIPTextCfg(context_length=context_length, vocab_size=vocab_size, width=128, heads=2, layers=2, mlp_ratio=mlp_ratios[1])
-    return randomise(open_clip.model.CLIP(6, vision, text, quick_gelu=True), seed).eval()
+    vision = open_clip.model.CLIPVisionCfg(layers=layers, width=width, head_width=head_width, mlp_ratio=mlp_ratios[0], patch_size=4, image_size=12)
+    text = open_clip.model.CLIPTextCfg(context_length=context_length, vocab_size=vocab_size, width=128, heads=2, layers=layers, mlp_ratio=mlp_ratios[1])
+    return randomise(open_clip.model.CLIP(6, vision, text, quick_gelu=quick_gelu), seed).eval()
 
 
 def block_outputs(model, call) -> list[torch.Tensor]:
@@ -244,7 +244,8 @@ def test_parity_with_open_clips_own_model_and_a_strict_round_trip(tmp_path):
     reference = open_clip_model()
     (tmp_path / "open_clip").mkdir()
     torch.save(reference.state_dict(), tmp_path / "open_clip" / "ViT-tiny.pt")
-    model = CLIPModel.from_pretrained(tmp_path / "open_clip")
+    with pytest.warns(UserWarning, match="QuickGELU assumed.*hidden_act='gelu'"):  # open_clip's file may be either
+        model = CLIPModel.from_pretrained(tmp_path / "open_clip")
     assert model.config.weights_format == "openai" and model.config.text_config.num_attention_heads == 2
     ids = torch.zeros(3, 10, dtype=torch.long)  # open_clip's tokenizer pads with 0 after <|endoftext|>, the highest id
     for row, n in enumerate((4, 10, 2)):
@@ -273,6 +274,27 @@ def test_parity_with_open_clips_own_model_and_a_strict_round_trip(tmp_path):
     with torch.no_grad():
         assert max_diff(again.encode_text(ids), reference.encode_text(ids)) == 0
         assert max_diff(again.encode_image(pixels), reference.encode_image(pixels)) == 0
+
+
+@pytest.mark.parametrize("quick_gelu, width, head_width", [(False, 64, 64), (True, 1280, 80)], ids=["laion-gelu", "vit-h-heads"])
+def test_open_clips_gelu_towers_and_wide_heads(tmp_path, quick_gelu, width, head_width):
+    """What open_clip's files do not store: the activation (its LAION-trained models use the exact GELU, passed as
+    hidden_act='gelu') and the heads of its widest image towers (ViT-H/14: 1280 wide, 16 heads of 80)."""
+    reference = open_clip_model(quick_gelu=quick_gelu, width=width, head_width=head_width, layers=1)
+    torch.save(reference.state_dict(), tmp_path / "open_clip.pt")
+    act = "quick_gelu" if quick_gelu else "gelu"
+    model = CLIPModel.from_pretrained(tmp_path / "open_clip.pt", hidden_act=act)
+    assert model.config.vision_config.num_attention_heads == width // head_width
+    assert model.config.text_config.hidden_act == model.config.vision_config.hidden_act == act
+    ids = torch.tensor([[5, 7, 39] + [0] * 7, [3, 39] + [0] * 8])  # open_clip's context: 10 ids, 39 the end of text
+    pixels = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        for ours, theirs in ((model.get_image_features(pixels), reference.encode_image(pixels)),
+                             (model.get_text_features(ids), reference.encode_text(ids))):
+            assert max_diff(ours, theirs) <= 1e-4 * max(1.0, theirs.abs().max().item())
+    if not quick_gelu:
+        with pytest.raises(ConfigError, match="hidden_act is for OpenAI-layout files"):
+            CLIPModel.from_pretrained(reference_clip(tmp_path / "hf", text=TEXT, vision=VISION)[1], hidden_act="gelu")
 
 
 def test_imagenet_templates_are_open_clips():

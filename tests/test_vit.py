@@ -241,19 +241,26 @@ def test_torchvision_parity_and_round_trip(tmp_path, sizes):
 
 
 def test_torchvision_file_without_a_config(tmp_path, capsys):
-    """Found by its class_token; the head count comes from torchvision's 64-wide heads, or must be passed."""
-    reference, values = torchvision_model(hidden_dim=64, num_heads=1, mlp_dim=32)
+    """Found by its class_token; the head count is that of torchvision's builder of its width (vit_b: 768 wide,
+    12 heads; vit_l and vit_h: 16 heads), or must be passed: vit_h_14's 1280 are 16 heads 80 wide, not 20 of 64."""
+    reference, values = torchvision_model(hidden_dim=768, num_heads=12, num_layers=1, mlp_dim=32)
     torch.save(reference.state_dict(), tmp_path / "vit.pth")
     assert model_class_for(tmp_path / "vit.pth", Checkpoint(tmp_path / "vit.pth")) is ViTForImageClassification  # with its head
     model = ViTForImageClassification.from_pretrained(tmp_path / "vit.pth")
-    assert model.config.num_attention_heads == 1
+    assert model.config.num_attention_heads == 12
+    x = images(3, 16, 16)
+    with torch.no_grad():
+        assert max_diff(model(x).logits, reference(x)) <= ATOL
     assert cli.main(["inspect", str(tmp_path / "vit.pth")]) == 0
     shown = capsys.readouterr().out
-    assert "ViTForImageClassification from" in shown and "heads.head.weight (5, 64) -> classifier.weight" in shown
-    assert "self_attention.in_proj_weight (192, 64) -> vit.layers.0.attn.k_proj.weight  [split 2/3 along dim 0]" in shown
-    reference, _ = torchvision_model()  # hidden 16: no count follows from the width
+    assert "ViTForImageClassification from" in shown and "heads.head.weight (5, 768) -> classifier.weight" in shown
+    assert "self_attention.in_proj_weight (2304, 768) -> vit.layers.0.attn.k_proj.weight  [split 2/3 along dim 0]" in shown
+    huge, _ = torchvision_model(hidden_dim=1280, num_heads=16, num_layers=1, mlp_dim=8, image_size=8, patch_size=8)
+    torch.save(huge.state_dict(), tmp_path / "h.pth")
+    assert ViTForImageClassification.from_pretrained(tmp_path / "h.pth").config.num_attention_heads == 16  # vit_h_14's
+    reference, _ = torchvision_model()  # hidden 16: no builder of that width
     torch.save({"module." + key: value for key, value in reference.state_dict().items()}, tmp_path / "ddp.pth")
-    with pytest.raises(ConfigError, match=r"hidden size 16, not a multiple of torchvision's head width 64.*pass num_attention_heads="):
+    with pytest.raises(ConfigError, match=r"hidden size 16, none of torchvision's builders' \(768: 12 heads.*pass num_attention_heads="):
         ViTForImageClassification.from_pretrained(tmp_path / "ddp.pth")
     assert ViTForImageClassification.from_pretrained(tmp_path / "ddp.pth", num_attention_heads=2).num_classes == 5
 

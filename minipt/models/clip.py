@@ -69,7 +69,12 @@ from .vit import ViTConfig, _layer_points, interpolate_positions, read_shapes, s
 
 CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073])  # the statistics of CLIP's training images
 CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711])
-OPENAI_HEAD_WIDTH = 64  # OpenAI's and open_clip's files store no head count: their heads are 64 wide
+# OpenAI's and open_clip's files store no head count: 64 wide, but open_clip's ViT-H/14, g/14 and bigG/14 image towers
+# (widths 1280, 1408, 1664) have 16 heads of 80, 88 and 104
+OPENAI_HEAD_WIDTH = 64
+OPEN_CLIP_VISION_HEADS = {1280: 16, 1408: 16, 1664: 16}
+# integers OpenAI's own files carry (its JIT archives' attributes): present, the towers are OpenAI's, with QuickGELU
+_OPENAI_INTEGERS = ("input_resolution", "context_length", "vocab_size")
 LEGACY_EOS_TOKEN_ID = 2  # what configs said before transformers fixed CLIP's eos_token_id: pool at the highest id
 FORMATS = ("huggingface", "openai")
 
@@ -548,6 +553,31 @@ class CLIPModel(_CLIPPretrained):
         return config
 
     @classmethod
+    def load_config(cls, path: Path, checkpoint, **overrides) -> CLIPConfig:
+        """``hidden_act`` ("quick_gelu" or "gelu") sets both towers' activation of an OpenAI-layout file, which does not
+        store it: OpenAI's weights use QuickGELU (the default, certain where the file carries OpenAI's integers),
+        open_clip's own (LAION-trained ViT-B-32, ViT-H-14, ...) the exact GELU; a file that may be either warns."""
+        act = overrides.pop("hidden_act", None)
+        directory = path if path.is_dir() else path.parent
+        openai_layout = _is_openai(checkpoint) and not (directory / CONFIG).is_file()
+        if act is not None and not openai_layout:
+            raise ConfigError(f"hidden_act is for OpenAI-layout files, which do not store it; {path} has a config.json, whose "
+                              "text_config and vision_config say it")
+        config = super().load_config(path, checkpoint, **overrides)
+        if not openai_layout:
+            return config
+        if act is None and not any(key.removeprefix("module.") in _OPENAI_INTEGERS for key in checkpoint.keys()):
+            import warnings
+
+            warnings.warn(f"{path}: an OpenAI-layout CLIP without OpenAI's own integers: its activation is not stored; "
+                          "QuickGELU assumed (OpenAI's weights, and open_clip's '-quickgelu' models); open_clip's own "
+                          "LAION-trained weights use GELU: pass hidden_act='gelu'", stacklevel=4)
+        if act is not None:
+            config = config.replace(text_config=config.text_config.replace(hidden_act=act),
+                                    vision_config=config.vision_config.replace(hidden_act=act))
+        return config
+
+    @classmethod
     def check_config(cls, config: CLIPConfig, checkpoint) -> None:
         """Each tower's sizes against the tensors, as the towers check them, before anything is built."""
         keymap = cls.keymap(config)
@@ -685,7 +715,7 @@ def _openai_keymap() -> KeyMap:
             ("text_projection", "text_projection.weight", TRANSPOSE),
             ("logit_scale", "similarity.logit_scale"),
         ],
-        ignore=["input_resolution", "context_length", "vocab_size"],  # integers OpenAI's JIT archives carry
+        ignore=list(_OPENAI_INTEGERS),  # integers OpenAI's JIT archives carry
         optional_prefix="module.",
     )
 
@@ -696,8 +726,9 @@ def _is_openai(checkpoint) -> bool:
 
 def openai_config(checkpoint) -> CLIPConfig:
     """An OpenAI-format CLIP's architecture read off its tensors, as open_clip's build_model_from_openai_state_dict
-    reads it: widths, depths, the patch and image size (a square grid), the context and vocabulary, heads 64 wide,
-    QuickGELU, LayerNorm eps 1e-5, pooling at the highest token id (OpenAI's end-of-text token is the last id)."""
+    reads it: widths, depths, the patch and image size (a square grid), the context and vocabulary, heads 64 wide
+    (open_clip's widest image towers: OPEN_CLIP_VISION_HEADS), QuickGELU, LayerNorm eps 1e-5, pooling at the highest
+    token id (OpenAI's end-of-text token is the last id)."""
     if any(key.removeprefix("module.") in ("visual.layer1.0.conv1.weight", "visual.attnpool.positional_embedding") for key in checkpoint.keys()):
         raise ConfigError(f"{checkpoint.path} is an OpenAI CLIP with a ResNet image tower (visual.layer1, visual.attnpool); minipt's CLIP has the ViT tower only")
     needed = {"visual.conv1.weight": 4, "visual.positional_embedding": 2, "visual.proj": 2, "visual.transformer.resblocks.0.mlp.c_fc.weight": 2,
@@ -712,14 +743,15 @@ def openai_config(checkpoint) -> CLIPConfig:
         return len({key[len(prefix):].split(".")[0] for key in shapes if key.startswith(prefix)})
 
     for width, what in ((vision_width, "visual.conv1.weight"), (text_width, "token_embedding.weight")):
-        if width % OPENAI_HEAD_WIDTH:
+        if width % OPENAI_HEAD_WIDTH and not (what.startswith("visual") and width in OPEN_CLIP_VISION_HEADS):
             raise ConfigError(f"{checkpoint.path}: {what} gives a width of {width}, not a multiple of OpenAI's head width {OPENAI_HEAD_WIDTH}: "
                               "the file does not store the number of heads")
     text = dict(vocab_size=vocab, hidden_size=text_width, intermediate_size=shapes["transformer.resblocks.0.mlp.c_fc.weight"][0],
                 num_hidden_layers=depth("transformer.resblocks."), num_attention_heads=text_width // OPENAI_HEAD_WIDTH,
                 max_position_embeddings=shapes["positional_embedding"][0], bos_token_id=vocab - 2, eos_token_id=LEGACY_EOS_TOKEN_ID, pad_token_id=1)
     vision = dict(hidden_size=vision_width, intermediate_size=shapes["visual.transformer.resblocks.0.mlp.c_fc.weight"][0],
-                  num_hidden_layers=depth("visual.transformer.resblocks."), num_attention_heads=vision_width // OPENAI_HEAD_WIDTH,
+                  num_hidden_layers=depth("visual.transformer.resblocks."),
+                  num_attention_heads=OPEN_CLIP_VISION_HEADS.get(vision_width, vision_width // OPENAI_HEAD_WIDTH),
                   num_channels=channels, image_size=grid * patch, patch_size=patch)
     try:
         return CLIPConfig(text_config=CLIPTextConfig(**text), vision_config=CLIPVisionConfig(**vision),

@@ -54,7 +54,8 @@ from .classifier import HasClassifier
 from .text_encoder import PROBLEM_TYPES, ClassLabels, classification_loss, run_layers
 
 FORMATS = ("huggingface", "torchvision")
-TORCHVISION_HEAD_WIDTH = 64  # every torchvision ViT's attention heads are 64 wide (its files do not store the count)
+# torchvision's files do not store the number of heads; its builders' (vit_b_16/32, vit_l_16/32, vit_h_14) by width
+TORCHVISION_HEADS = {768: 12, 1024: 16, 1280: 16}
 
 
 # -- configuration -------------------------------------------------------------
@@ -271,9 +272,10 @@ class _ViTPretrained(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
         directory = path if path.is_dir() else path.parent
         if _is_torchvision(checkpoint) and not (directory / CONFIG).is_file() and "num_attention_heads" not in overrides:
             hidden = next(checkpoint.shape(key) for key in checkpoint.keys() if key.removeprefix("module.") == _TV_SIGNATURE)[-1]
-            if hidden % TORCHVISION_HEAD_WIDTH:
-                raise ConfigError(f"{path} is a torchvision ViT of hidden size {hidden}, not a multiple of torchvision's head width "
-                                  f"{TORCHVISION_HEAD_WIDTH}: its files do not store the number of heads; pass num_attention_heads=")
+            if hidden not in TORCHVISION_HEADS:
+                builders = ", ".join(f"{width}: {heads} heads" for width, heads in TORCHVISION_HEADS.items())
+                raise ConfigError(f"{path} is a torchvision ViT of hidden size {hidden}, none of torchvision's builders' ({builders}), "
+                                  "and its files do not store the number of heads; pass num_attention_heads=")
         return super().load_config(path, checkpoint, **overrides)
 
     @classmethod
@@ -502,7 +504,7 @@ def read_shapes(checkpoint, needed: dict, what: str) -> dict[str, tuple]:
 
 def torchvision_config(checkpoint) -> ViTConfig:
     """A torchvision ViT's architecture read off its tensors: sizes, depth, the image size from the position table
-    (a square grid of patches), heads 64 wide, LayerNorm eps 1e-6."""
+    (a square grid of patches), the heads of torchvision's builder of that width, LayerNorm eps 1e-6."""
     needed = {"conv_proj.weight": 4, "class_token": 3, "encoder.pos_embedding": 3,
               ("encoder.layers.encoder_layer_0.mlp.0.weight", "encoder.layers.encoder_layer_0.mlp.linear_1.weight"): 2}
     if any(key.removeprefix("module.") == "heads.head.weight" for key in checkpoint.keys()):
@@ -512,7 +514,7 @@ def torchvision_config(checkpoint) -> ViTConfig:
     grid = square_grid(checkpoint.path, "encoder.pos_embedding", shapes["encoder.pos_embedding"], shapes["encoder.pos_embedding"][1] - 1)
     mlp = shapes.get("encoder.layers.encoder_layer_0.mlp.0.weight") or shapes["encoder.layers.encoder_layer_0.mlp.linear_1.weight"]
     layers = {key.split(".")[2] for key in shapes if key.startswith("encoder.layers.encoder_layer_")}
-    values = dict(hidden_size=hidden, num_hidden_layers=len(layers), num_attention_heads=max(1, hidden // TORCHVISION_HEAD_WIDTH),
+    values = dict(hidden_size=hidden, num_hidden_layers=len(layers), num_attention_heads=TORCHVISION_HEADS.get(hidden, 1),
                   intermediate_size=mlp[0], layer_norm_eps=1e-6, image_size=grid * patch, patch_size=patch, num_channels=channels,
                   num_labels=shapes["heads.head.weight"][0] if "heads.head.weight" in shapes else 0, weights_format="torchvision")
     try:
