@@ -43,6 +43,7 @@ from .keymap import KeyMap
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PYTORCH_BIN = "pytorch_model.bin"
+PYTORCH_BIN_INDEX = "pytorch_model.bin.index.json"
 CONFIG = "config.json"
 _SHOWN = 12  # entries per kind of problem in a key mismatch error
 # An .npz may declare at most this many bytes of arrays per byte of archive (or _NPZ_SMALL in all): weights
@@ -71,16 +72,9 @@ def weight_files(path: Path) -> list[Path]:
         return [path]
     if (path / SAFETENSORS).is_file():
         return [path / SAFETENSORS]
-    if (path / SAFETENSORS_INDEX).is_file():
-        index_path = path / SAFETENSORS_INDEX
-        try:
-            weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
-            names = sorted(set(weight_map.values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
-            raise CheckpointError(f"{index_path} is not a readable index of weight files (a JSON object with a weight_map of file names): {type(err).__name__}: {err}") from None
-        if not names or not all(isinstance(n, str) and n and "/" not in n and "\\" not in n and n not in (".", "..") for n in names):
-            raise CheckpointError(f"{index_path}: weight_map must name files in {path}, found {names[:5]}")
-        return [path / name for name in names]
+    for index in (SAFETENSORS_INDEX, PYTORCH_BIN_INDEX):  # sharded: transformers' safetensors, and its older .bin shards
+        if (path / index).is_file() and not (index == PYTORCH_BIN_INDEX and (path / PYTORCH_BIN).is_file()):
+            return _indexed_files(path, path / index)
     if (path / PYTORCH_BIN).is_file():
         return [path / PYTORCH_BIN]
     # a folder holding one weights file under another name (torchvision's resnet50-0676ba61.pth, ...); hidden files
@@ -89,9 +83,21 @@ def weight_files(path: Path) -> list[Path]:
     if len(single) == 1:
         return single
     raise CheckpointNotFoundError(
-        f"{path} holds no weights: expected {SAFETENSORS}, {SAFETENSORS_INDEX}, {PYTORCH_BIN} or a single weights file"
+        f"{path} holds no weights: expected {SAFETENSORS}, {SAFETENSORS_INDEX}, {PYTORCH_BIN}, {PYTORCH_BIN_INDEX} or a single weights file"
         + (f" (found several: {', '.join(f.name for f in single)})" if single else "")
     )
+
+
+def _indexed_files(path: Path, index_path: Path) -> list[Path]:
+    """The shards an index's weight_map names, each once."""
+    try:
+        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
+        raise CheckpointError(f"{index_path} is not a readable index of weight files (a JSON object with a weight_map of file names): {type(err).__name__}: {err}") from None
+    if not names or not all(isinstance(n, str) and n and "/" not in n and "\\" not in n and n not in (".", "..") for n in names):
+        raise CheckpointError(f"{index_path}: weight_map must name files in {path}, found {names[:5]}")
+    return [path / name for name in names]
 
 
 # What a file given as a checkpoint may be instead, by its first bytes: named in the error, not "objects other than tensors".
@@ -127,6 +133,7 @@ class Checkpoint:
         self.mmap = check_bool("mmap", mmap)
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._where: dict[str, Any] = {}  # key -> safetensors handle or reader, or the loaded state dict
+        self._file: dict[str, Path] = {}  # key -> the file that holds it (a key in two shards is refused)
         for file in weight_files(self.path):
             if file.suffix == ".safetensors":
                 self._open_safetensors(file)
@@ -161,11 +168,12 @@ class Checkpoint:
                 handle = safe_open(reader.same_file(), framework="pt")
                 reader.read_header()
             for key in handle.keys():
-                self._shapes[key] = tuple(handle.get_slice(key).get_shape())
-                self._where[key] = reader or handle
+                self._add(key, tuple(handle.get_slice(key).get_shape()), reader or handle, file)
         except Exception as err:  # safetensors raises SafetensorError from Rust for every kind of damage
             if reader is not None:
                 reader.close()
+            if isinstance(err, MiniptError):  # a key in two shards
+                raise
             raise CheckpointError(f"{file} is truncated or corrupted ({err}); it is not a readable safetensors file") from err
 
     def _open_pickle(self, file: Path) -> None:
@@ -189,8 +197,7 @@ class Checkpoint:
         for key, value in state.items():
             if not isinstance(value, torch.Tensor):
                 raise CheckpointError(f"{file}: entry {key!r} is a {type(value).__name__}, not a tensor")
-            self._shapes[key] = tuple(value.shape)
-            self._where[key] = state
+            self._add(key, tuple(value.shape), state, file)
 
     def _open_npz(self, file: Path) -> None:
         try:
@@ -202,8 +209,13 @@ class Checkpoint:
                 raise CheckpointError(f"{file} holds objects other than arrays; minipt only loads numeric arrays") from err
             raise CheckpointError(f"{file} is truncated or corrupted ({type(err).__name__}: {err})") from err
         for key, value in state.items():
-            self._shapes[key] = tuple(value.shape)
-            self._where[key] = state
+            self._add(key, tuple(value.shape), state, file)
+
+    def _add(self, key: str, shape: tuple[int, ...], source: Any, file: Path) -> None:
+        if key in self._file:
+            raise KeyMismatchError(f"checkpoint {self.path}: {key} is in two of its files, {self._file[key].name} and {file.name}; "
+                                   "which one is meant is not clear")
+        self._shapes[key], self._where[key], self._file[key] = shape, source, file
 
     def keys(self) -> list[str]:
         return list(self._shapes)
@@ -408,6 +420,13 @@ def load_weights(
     The submodules named in ``init_missing`` (say ``("classifier",)`` for a new
     head) may be absent from the checkpoint; they are freshly initialised.
     """
+    for name in init_missing:
+        try:
+            model.get_submodule(name)
+        except AttributeError:
+            children = ", ".join(n for n, _ in model.named_children())
+            raise InputError(f"init_missing names {name!r}, which is no submodule of {type(model).__name__} (its modules: {children}; "
+                             "deeper ones by dotted path, as in its state dict)") from None
     targets = _model_tensors(model)
     sources = match(checkpoint, keymap, {k: tuple(t.shape) for k, t in targets.items()}, type(model).__name__, init_missing)
     state, read = {}, {}  # read: file key -> its minipt tensors not yet placed (a split tensor is read once)
@@ -430,10 +449,12 @@ def load_weights(
     for name in init_missing:
         module = model.get_submodule(name)
         if any(t.is_meta for t in module.state_dict().values()):
+            loaded = {k: t.detach() for k, t in module.state_dict().items() if not t.is_meta}  # what the file filled (to_empty swaps .data)
             module.to_empty(device=device or "cpu")
             module.apply(getattr(model, "init_weights", _reset_parameters))
             if dtype is not None:
                 module.to(dtype)
+            module.load_state_dict(loaded, strict=False, assign=True)  # only what the file lacks starts afresh
     if hasattr(model, "tie_weights"):
         model.tie_weights()  # assign=True replaced the tied parameter; share it again
     left_on_meta = [name for name, t in model.state_dict(keep_vars=True).items() if t.is_meta]
@@ -613,6 +634,9 @@ class Pretrained:
                 raise InputError(f"{cls.__name__}.from_pretrained got dtype={dtype!r} and torch_dtype={torch_dtype!r}; pass one (they are the same argument)")
             dtype = torch_dtype
         dtype, device = check_dtype(dtype), check_device(device)
+        if isinstance(init_missing, str) or not isinstance(init_missing, (tuple, list)) or not all(isinstance(n, str) for n in init_missing):
+            hint = f" (one module: init_missing=({init_missing!r},))" if isinstance(init_missing, str) else ""
+            raise InputError(f"init_missing must be a tuple of module names, got {type(init_missing).__name__} {init_missing!r:.80}{hint}")
         if name_or_path is None:
             if cls.default_checkpoint is None:
                 raise CheckpointNotFoundError(f"{cls.__name__}.from_pretrained needs a path, catalogue name or hub repo id")

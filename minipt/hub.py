@@ -38,12 +38,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .errors import CheckpointError, CheckpointNotFoundError
+from .errors import CheckpointError, CheckpointNotFoundError, InputError
 from .files import TEMPORARY_PREFIX, atomic_path
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _SOURCE_WEIGHTS = _PACKAGE_DIR.parent / "weights"  # present in a source checkout
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_LEGACY_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*$")  # the hub's first models, without an owner: gpt2, bert-base-uncased, t5-small
 # What is taken from a hub repo: configs, tokenizer files and safetensors weights;
 # pytorch_model.bin only when a repo has no safetensors.
 _HUB_PATTERNS = ["*.json", "*.txt", "*.safetensors"]
@@ -181,12 +182,15 @@ def verify(directory: Path, name: str, entry: dict) -> None:
 
 def resolve(name_or_path: str | os.PathLike) -> Path:
     """A local file or directory holding the checkpoint ``name_or_path`` names."""
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise InputError(f"a checkpoint is named by a path, a catalogued name or a hub repo id (a string), got "
+                         f"{type(name_or_path).__name__} {name_or_path!r:.80}")
     path = Path(name_or_path).expanduser()
     if path.exists():
-        for key, entry in catalog().items():  # a catalogued snapshot named by its path is verified too
+        for key, entry in catalog().items():  # a catalogued snapshot named by its path, or a file in it, is verified too
             snapshot = weights_dir() / key
-            if snapshot.exists() and snapshot.samefile(path):
-                verify(path, key, entry)
+            if snapshot.exists() and _inside(path, snapshot):
+                verify(snapshot, key, entry)
         return path
     name = str(name_or_path)
     found = catalog_entry(name)
@@ -198,12 +202,20 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
             return snapshot
         if name != entry.get("hub"):  # a short name means the fetched snapshot; a hub repo id may come from the hub
             raise CheckpointNotFoundError(f"{key} is catalogued but not fetched (no {snapshot}); run `minipt fetch {key}`")
-    if _REPO_ID.match(name) and not name.startswith((".", "/")):
-        return _from_hub(name)
+    if (_REPO_ID.match(name) or _LEGACY_REPO_ID.match(name)) and not name.startswith((".", "/")):
+        return _from_hub(name, local_hint="/" not in name)
     raise CheckpointNotFoundError(f"{name_or_path}: no such file or directory, and not a catalogued name or a hub repo id")
 
 
-def _from_hub(repo_id: str) -> Path:
+def _inside(path: Path, folder: Path) -> bool:
+    """``path`` is ``folder`` or lies in it, as written or with links followed (a snapshot's files may be links)."""
+    for a, b in ((Path(os.path.abspath(path)), Path(os.path.abspath(folder))), (path.resolve(), folder.resolve())):
+        if a == b or b in a.parents:
+            return True
+    return False
+
+
+def _from_hub(repo_id: str, local_hint: bool = False) -> Path:
     from huggingface_hub import snapshot_download  # imported here: it costs import time
 
     try:
@@ -213,7 +225,8 @@ def _from_hub(repo_id: str) -> Path:
     except Exception as err:  # the hub raises many kinds; all mean "not available here"
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
         hint = " (HF_HUB_OFFLINE is set and the hub cache holds no snapshot of it)" if offline else ""
-        raise CheckpointNotFoundError(f"{repo_id}: could not get it from the Hugging Face hub{hint}: {type(err).__name__}: {err}") from err
+        local = "no such file or directory, not a catalogued name, and " if local_hint else ""
+        raise CheckpointNotFoundError(f"{repo_id}: {local}could not get it from the Hugging Face hub{hint}: {type(err).__name__}: {err}") from err
     return folder
 
 

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from bert_reference import MINILM, minilm_path, random_batch, randomize, tiny_hf_config, transformers
 from helpers import ATOL, max_diff  # minipt and transformers run the same sdpa kernels here
 from minipt.checkpoint import Checkpoint
-from minipt.errors import CheckpointError, CheckpointNotFoundError, ConfigError, KeyMismatchError
+from minipt.errors import CheckpointError, CheckpointNotFoundError, ConfigError, InputError, KeyMismatchError
 from minipt.hub import resolve
 from minipt.models.bert import BertForMaskedLM, BertForSequenceClassification, BertModel
 
@@ -184,9 +184,14 @@ def test_hub_repo_id_through_the_offline_cache(tmp_path, tiny):
     write_checkpoint(repo / "snapshots" / revision, config, state)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(revision)
+    legacy = tmp_path / "hub" / "models--tiny-bert-uncased"  # the hub's first models have no owner (gpt2, bert-base-uncased)
+    write_checkpoint(legacy / "snapshots" / revision, config, state)
+    (legacy / "refs").mkdir()
+    (legacy / "refs" / "main").write_text(revision)
     script = (
         "import torch; from minipt.models.bert import BertModel\n"
         "m = BertModel.from_pretrained('minipt-test/tiny-bert')\n"
+        "assert torch.equal(BertModel.from_pretrained('tiny-bert-uncased').embeddings.token.weight, m.embeddings.token.weight)\n"
         "print(m.embeddings.token.weight.sum().item())\n"
         "from minipt.hub import resolve\n"
         "try:\n    resolve('minipt-test/not-cached')\nexcept Exception as e:\n    print(type(e).__name__, e)\n"
@@ -217,11 +222,49 @@ def test_catalogue_name_resolves_and_is_verified(tmp_path, monkeypatch):
         resolve(MINILM)
     with pytest.raises(CheckpointError, match="does not match the catalogue"):
         BertModel.from_pretrained(snapshot)  # named by its path, a catalogued snapshot is verified too
+    with pytest.raises(CheckpointError, match="does not match the catalogue"):
+        BertModel.from_pretrained(snapshot / "model.safetensors")  # and by the path of a file in it
 
 
 def test_unknown_name_is_not_found():
-    with pytest.raises(CheckpointNotFoundError, match="no-such-model"):
+    with pytest.raises(CheckpointNotFoundError, match="no-such-model: no such file or directory, not a catalogued name, and could not"):
         resolve("no-such-model")
+    with pytest.raises(InputError, match="got int 3"):
+        BertModel.from_pretrained(3)
+
+
+def test_sharded_pytorch_bin(tmp_path, tiny):
+    """transformers 4's sharded .bin layout (pytorch_model.bin.index.json and its shards), and a key that two shards
+    hold, which is refused by name whichever the index points at."""
+    config, reference, state = tiny
+    keys = sorted(state)
+    halves = {"pytorch_model-00001-of-00002.bin": keys[: len(keys) // 2], "pytorch_model-00002-of-00002.bin": keys[len(keys) // 2 :]}
+    (tmp_path / "config.json").write_text(config.to_json_string())
+    for name, part in halves.items():
+        torch.save({k: state[k] for k in part}, tmp_path / name)
+    index = {"metadata": {}, "weight_map": {k: name for name, part in halves.items() for k in part}}
+    (tmp_path / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    assert_same_outputs(BertModel.from_pretrained(tmp_path), reference, config)
+    doubled = keys[0]
+    torch.save({k: state[k] for k in halves["pytorch_model-00002-of-00002.bin"]} | {doubled: state[doubled] + 1}, tmp_path / "pytorch_model-00002-of-00002.bin")
+    with pytest.raises(KeyMismatchError, match=f"{doubled} is in two of its files, pytorch_model-00001-of-00002.bin and pytorch_model-00002"):
+        BertModel.from_pretrained(tmp_path)
+
+
+def test_init_missing_starts_afresh_only_what_the_file_lacks(tmp_path, tiny):
+    """A module named in init_missing that the file fills in part keeps what the file holds; bad names are named."""
+    config, reference, state = tiny
+    lost = "encoder.layer.1.output.dense.bias"
+    write_checkpoint(tmp_path, config, {k: v for k, v in state.items() if k != lost})
+    for name in ("layers.1", "layers.1.ffn_down", "layers"):
+        model = BertModel.from_pretrained(tmp_path, init_missing=(name,))
+        assert torch.equal(model.layers[1].ffn_down.weight, state["encoder.layer.1.output.dense.weight"]), name
+        assert torch.equal(model.layers[0].ffn_down.bias, state["encoder.layer.0.output.dense.bias"]), name
+        assert torch.equal(model.layers[1].ffn_down.bias, torch.zeros_like(model.layers[1].ffn_down.bias)), name  # BERT's init
+    with pytest.raises(InputError, match=r"init_missing must be a tuple of module names, got str 'pooler' \(one module: init_missing=\('pooler',\)\)"):
+        BertModel.from_pretrained(tmp_path, init_missing="pooler")
+    with pytest.raises(InputError, match="init_missing names 'poler', which is no submodule of BertModel"):
+        BertModel.from_pretrained(tmp_path, init_missing=("poler",))
 
 
 def test_a_pretraining_checkpoint_under_a_new_classifier(tmp_path):

@@ -428,6 +428,21 @@ def test_relative_attention_fields_that_do_not_fit_the_checkpoint(pair, tmp_path
             T5ForConditionalGeneration.from_pretrained(tmp_path)
 
 
+def test_transformers_encoder_only_save_loads(tmp_path):
+    """transformers' T5EncoderModel writes is_encoder_decoder: false into its config; the encoder loads it, exactly."""
+    config = transformers.T5Config(vocab_size=50, d_model=16, d_kv=6, d_ff=24, num_layers=1, num_heads=2, feed_forward_proj="gated-gelu")
+    torch.manual_seed(0)
+    reference = transformers.T5EncoderModel(config).eval()
+    reference.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["is_encoder_decoder"] is False
+    ids, mask = padded(50, [7, 4])
+    with torch.no_grad():
+        encoded = T5EncoderModel.from_pretrained(tmp_path)(ids, mask).last_hidden_state
+        assert (encoded - reference(input_ids=ids, attention_mask=mask).last_hidden_state).abs().max().item() <= ATOL
+    with pytest.raises(ConfigError, match="encoder only.*T5EncoderModel"):
+        T5ForConditionalGeneration.from_pretrained(tmp_path)
+
+
 def test_an_encoder_only_file_given_to_the_generator(tmp_path):
     T5EncoderModel(T5Config(vocab_size=50, d_model=16, d_kv=6, d_ff=24, num_layers=1, num_heads=2)).save_pretrained(tmp_path)
     with pytest.raises(ConfigError, match="encoder only.*T5EncoderModel"):

@@ -89,7 +89,7 @@ class T5Config(Config):
     decoder_start_token_id: int | None = token_id(0)  # None: pad_token_id
     pad_token_id: int | None = token_id(0)
     eos_token_id: int | None = token_id(1)
-    is_encoder_decoder: bool = flag(True)
+    is_encoder_decoder: bool = flag(True)  # false in what transformers' T5EncoderModel saves; the weights decide what loads
 
     model_type = "t5"
 
@@ -105,7 +105,6 @@ class T5Config(Config):
         require(self.relative_attention_num_buckets >= 4, "relative_attention_num_buckets", self.relative_attention_num_buckets, "at least 4")
         require(self.relative_attention_max_distance > self.relative_attention_num_buckets // 2, "relative_attention_max_distance",
                 self.relative_attention_max_distance, f"more than relative_attention_num_buckets / 2 = {self.relative_attention_num_buckets // 2}")
-        require(self.is_encoder_decoder, "is_encoder_decoder", self.is_encoder_decoder, "true (T5 is an encoder-decoder)")
 
     @property
     def is_gated_act(self) -> bool:
