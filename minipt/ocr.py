@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .checks import check_float, check_int
 from .errors import InputError
 from .models.craft import CANVAS_SIZE, CRAFT, image_array
 from .models.crnn import CRNN, preprocess as crnn_preprocess
@@ -66,6 +67,9 @@ def word_boxes(region, affinity, *, text_threshold: float = TEXT_THRESHOLD, low_
     """Word rectangles (each (4, 2) corners (x, y), clockwise from the top left) on the maps' own grid."""
     from scipy import ndimage
 
+    text_threshold, low_text, link_threshold = (check_float(name, value, low=0, high=1) for name, value in (
+        ("text_threshold", text_threshold), ("low_text", low_text), ("link_threshold", link_threshold)))
+    min_size = check_int("min_size", min_size, low=1)
     region, affinity = _map(region, "region"), _map(affinity, "affinity")
     if region.shape != affinity.shape:
         raise InputError(f"the region and affinity maps differ in shape: {region.shape} and {affinity.shape}")
@@ -427,13 +431,19 @@ def read_lines(image, *, detector: CRAFT | None = None, recogniser: CRNN | None 
     the detector in bfloat16 where the CPU computes it natively (``minipt.ops.detector_dtype``); for float32 on every
     CPU, pass ``detector=load_detector(torch.float32)``.
     An image too small to hold a word (CRAFT's maps of it have fewer than ``MIN_SIZE`` cells) is refused."""
+    for name, value, kind in (("detector", detector, CRAFT), ("recogniser", recogniser, CRNN)):
+        if value is not None and not isinstance(value, kind):
+            raise InputError(f"{name} must be a {kind.__name__} model ({kind.__name__}.from_pretrained(...)), got {type(value).__name__}" + ("" if isinstance(value, torch.nn.Module) else f" {value!r:.60}"))
+    canvas_size = check_int("canvas_size", canvas_size, low=1)
+    text_threshold, low_text, link_threshold = (check_float(name, value, low=0, high=1) for name, value in (
+        ("text_threshold", text_threshold), ("low_text", low_text), ("link_threshold", link_threshold)))
     if detector is None or recogniser is None:
         default_detector, default_recogniser = _default_models()
         detector, recogniser = detector or default_detector, recogniser or default_recogniser
     pixels = image_array(image)  # decoded once: (H, W, 3) uint8
     height, width = pixels.shape[:2]
     if height and width:  # an empty image is refused by the detector, by name
-        scale = min(canvas_size, max(height, width)) / max(height, width) if isinstance(canvas_size, int) and canvas_size > 0 else 1.0
+        scale = min(canvas_size, max(height, width)) / max(height, width)
         cells = (int(height * scale) // 2) * (int(width * scale) // 2)
         if cells < MIN_SIZE:
             raise InputError(f"a {width}x{height} image is too small to hold a word: CRAFT's score maps of it have {cells} cells "

@@ -29,6 +29,7 @@ def pillow():
         import PIL.Image
         import PIL.ImageDraw
         import PIL.ImageFont
+        import PIL.ImageOps
     except ImportError as err:
         raise MissingDependencyError("reading and drawing images needs Pillow (PIL): pip install pillow") from err
     return PIL
@@ -61,6 +62,35 @@ def load_image(image: Any) -> Any:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise InputError(f"{path} cannot be decoded as an image ({type(err).__name__}: {err})") from err
+
+
+def upright(image: Any) -> Any:
+    """A decoded ``PIL.Image`` turned as its EXIF orientation tag says (a phone's photo, as viewers show it; OpenCV's
+    imread, which EasyOCR reads with, turns it too); an image that cannot be read (closed) is an ``InputError``."""
+    ImageOps = pillow().ImageOps
+    try:
+        image.load()
+        return ImageOps.exif_transpose(image) if image.getexif().get(0x0112, 1) != 1 else image
+    except (AssertionError, ValueError, OSError) as err:  # Pillow asserts on a closed image's missing data
+        raise InputError(f"the PIL image cannot be read ({type(err).__name__}: {str(err) or 'closed?'})") from err
+
+
+def opaque(image: Any) -> Any:
+    """A decoded ``PIL.Image`` with transparency laid over white (text on a transparent background reads as on paper);
+    others as they are."""
+    import numpy as np
+
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        return pillow().Image.fromarray(over_white(np.asarray(image.convert("RGBA"))), "RGB")
+    return image
+
+
+def over_white(rgba):
+    """An (H, W, 4) uint8 array laid over white paper: (H, W, 3) uint8, rgb * alpha + 255 * (1 - alpha), rounded."""
+    import numpy as np
+
+    rgb, alpha = rgba[:, :, :3].astype(np.uint32), rgba[:, :, 3:].astype(np.uint32)
+    return ((rgb * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
 
 
 def to_rgb(image: Any) -> Any:

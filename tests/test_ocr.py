@@ -278,6 +278,67 @@ def test_grayscale_rgba_and_16_bit_images(tmp_path):
         ocr.read_words(Image.fromarray(gray.astype(np.float32)))
 
 
+def test_the_recogniser_reads_transparency_and_orientation_as_the_pipeline(tmp_path):
+    """read_text (one line, CRNN.read) lays a transparent background over white and turns a photo as its EXIF
+    orientation says, as read_lines does: the same text both ways, as arrays, PIL images and files."""
+    from PIL import Image
+
+    from minipt.models.crnn import english_g2
+
+    line = render("Hello World 2024")
+    gray = np.asarray(line.crop((10, 10, line.size[0] - 10, line.size[1] - 10)))  # a line's crop, as read_lines cuts it
+    assert english_g2().read(Image.fromarray(gray)) == ["Hello World 2024"]
+    transparent = np.zeros(gray.shape + (4,), np.uint8)
+    transparent[..., 3] = 255 - gray  # black text on a see-through black background
+    Image.fromarray(transparent).save(tmp_path / "line.png")
+    turned = Image.fromarray(gray).rotate(90, expand=True)  # stored on its side, the tag says to turn it back
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turn 90 degrees clockwise to view (a phone held upright)
+    turned.convert("RGB").save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    for image in (tmp_path / "line.png", Image.open(tmp_path / "line.png"), tmp_path / "phone.jpg"):
+        assert english_g2().read(image) == ["Hello World 2024"], image
+    assert [line.text for line in ocr.read_lines(tmp_path / "phone.jpg")] == ["Hello World 2024"]
+
+
+def test_bad_options_and_models_are_named(tmp_path):
+    """Thresholds outside [0, 1], a canvas that is no positive integer or too large, swapped models, a closed or
+    truncated image: an InputError naming it, before any model runs."""
+    from PIL import Image
+
+    from minipt.models.crnn import english_g2
+
+    gray = np.asarray(render("Hello"))
+    for options, message in [({"text_threshold": "0.7"}, "text_threshold must be a real number"), ({"low_text": float("nan")}, "low_text must be finite"),
+                             ({"link_threshold": -1}, r"link_threshold must be in \[0, 1\]"), ({"canvas_size": True}, "canvas_size must be an integer"),
+                             ({"detector": english_g2()}, "detector must be a CRAFT model"), ({"recogniser": "english_g2"}, "recogniser must be a CRNN model")]:
+        with pytest.raises(InputError, match=message):
+            ocr.read_lines(gray, **options)
+    with pytest.raises(InputError, match=r"scale a \d+x\d+ image to .* more than the detector reads"):
+        mc.preprocess(gray, canvas_size=2**20, mag_ratio=1e4)
+    closed = Image.fromarray(gray)
+    Image.fromarray(gray).save(tmp_path / "line.png")
+    opened = Image.open(tmp_path / "line.png")
+    opened.close()
+    with pytest.raises(InputError, match="the PIL image cannot be read"):
+        ocr.read_lines(opened)
+    (tmp_path / "cut.png").write_bytes((tmp_path / "line.png").read_bytes()[:200])
+    with pytest.raises(InputError, match="cut.png"):
+        english_g2().read(tmp_path / "cut.png")
+    assert closed.size  # (an image never opened from a file stays readable)
+
+
+def test_a_detector_left_in_training_mode_detects_as_in_eval(detector):
+    """detect() is inference: BatchNorm on one image's statistics would miss lines; the mode is restored after."""
+    image = np.asarray(render("Hello World 2024"))
+    expected = detector.detect(image)[0]
+    detector.train()
+    try:
+        assert torch.equal(detector.detect(image)[0], expected)
+        assert detector.training and all(m.training for m in detector.modules())
+    finally:
+        detector.eval()
+
+
 # -- minipt ocr ------------------------------------------------------------------------------------
 def test_the_command_line(tmp_path, capsys):
     """Lines and their words with confidences and corners, the picture of the boxes; each error one line, status 1."""

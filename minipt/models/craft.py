@@ -52,8 +52,9 @@ from ..nn.backend import ChoosesBackend
 from ..nn.conv import conv1x1, conv3x3
 from ..nn.fuse import InferenceCopy
 from ..registry import Reads, register
-from ..checks import floating_dtype
-from ..vision import check_images
+from ..summary import evaluating
+from ..checks import check_float, check_int, floating_dtype
+from ..vision import check_images, over_white
 from .vgg import VGG, VGGConfig, flat_layout, make_stages
 
 # VGG16-BN's convolution widths stage by stage (torchvision's layout "D") without conv5_3, which CRAFT drops
@@ -239,7 +240,9 @@ class CRAFT(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
         pixels, ratio = preprocess(image, canvas_size=canvas_size, mag_ratio=mag_ratio)
         first = next(self.parameters())  # conv1_1's kernel: the input follows its device, dtype and memory format
         layout = torch.channels_last if first.dim() == 4 and not first.is_contiguous() else torch.contiguous_format
-        output = self(pixels.to(device=first.device, dtype=first.dtype, memory_format=layout))
+        # inference whatever mode the model was left in (BatchNorm on one image's statistics misses lines)
+        with evaluating(self), torch.no_grad():
+            output = self(pixels.to(device=first.device, dtype=first.dtype, memory_format=layout))
         return output.region[0], output.affinity[0], ratio
 
     # -- loading and saving ----------------------------------------------------
@@ -341,12 +344,15 @@ def preprocess(image, *, canvas_size: int = CANVAS_SIZE, mag_ratio: float = 1.0)
     height, width = pixels.shape[:2]
     if height == 0 or width == 0:
         raise InputError(f"CRAFT got an empty image ({width}x{height} pixels)")
-    if not (isinstance(canvas_size, int) and canvas_size >= 1) or not (isinstance(mag_ratio, (int, float)) and mag_ratio > 0):
-        raise InputError(f"canvas_size must be a positive integer and mag_ratio a positive number, got {canvas_size!r} and {mag_ratio!r}")
+    canvas_size = check_int("canvas_size", canvas_size, low=1)
+    mag_ratio = check_float("mag_ratio", mag_ratio, low=0, low_open=True)
     ratio = min(mag_ratio * max(height, width), canvas_size) / max(height, width)
     target_h, target_w = int(height * ratio), int(width * ratio)
     if target_h < 1 or target_w < 1:
         raise InputError(f"an image of {width}x{height} pixels scaled by {ratio:.4g} has no pixels left")
+    if target_h * target_w > MAX_PIXELS:
+        raise InputError(f"canvas_size {canvas_size} and mag_ratio {mag_ratio:g} scale a {width}x{height} image to {target_w}x{target_h} "
+                         f"pixels, more than the detector reads ({MAX_PIXELS / 1e6:.0f} million); EasyOCR's canvas is {CANVAS_SIZE}")
     if (target_h, target_w) != (height, width):
         x = resize_bilinear(pixels, target_h, target_w)  # (1, 3, h, w) whole pixel values
     else:
@@ -404,9 +410,8 @@ def image_array(image) -> torch.Tensor:
                          f"(uint16, and a fourth channel of alpha, are read too)")
     if array.ndim == 2:
         array = array[:, :, None]
-    if array.shape[2] == 4:  # over white: rgb * alpha + 255 * (1 - alpha)
-        rgb, alpha = array[:, :, :3].astype(np.uint32), array[:, :, 3:].astype(np.uint32)
-        array = ((rgb * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
+    if array.shape[2] == 4:
+        array = over_white(array)
     if array.shape[2] == 1:
         return torch.from_numpy(np.ascontiguousarray(array)).expand(-1, -1, 3)  # grayscale as RGB, without copying it
     return torch.from_numpy(np.ascontiguousarray(array))
@@ -416,7 +421,7 @@ def _decoded(image):
     """A path or PIL image -> a numpy array image_array reads: uint8 L, RGB or RGBA, or uint16 for 16-bit files."""
     import numpy as np
 
-    from ..vision import image_file, pillow
+    from ..vision import image_file, pillow, upright
 
     Image = pillow().Image
     if isinstance(image, (str, os.PathLike)):
@@ -439,6 +444,7 @@ def _decoded(image):
             raise InputError(f"{path} cannot be decoded as an image ({type(err).__name__}: {err})") from err
     if not isinstance(image, Image.Image):
         raise InputError(f"expected an image file path, a PIL image or an (H, W[, 3]) uint8 array, got {type(image).__name__}")
+    image = upright(image)
     if image.mode.startswith("I;16") or image.mode == "I":  # 16-bit grayscale (PNG, TIFF): 0..65535
         return np.array(image).clip(0, 65535).astype(np.uint16)
     if image.mode == "F":

@@ -35,7 +35,7 @@ from ..nn import LSTM, Linear
 from ..nn.conv import conv3x3
 from ..registry import Reads, register
 from ..checks import floating_dtype
-from ..vision import eight_bit, pillow
+from ..vision import eight_bit, image_file, opaque, pillow, upright
 from ..nn.backend import ChoosesBackend
 from ..nn.fuse import InferenceCopy
 
@@ -256,9 +256,14 @@ def preprocess(image, height: int = 64) -> torch.Tensor:
     Image = pillow().Image
 
     if isinstance(image, (str, os.PathLike)):
-        if not Path(image).is_file():
-            raise InputError(f"{image}: no such image file")
-        image = Image.open(image)
+        path = image_file(image)
+        try:
+            with Image.open(path) as opened:
+                image = upright(opened).copy()  # decoded whole, the file closed
+        except InputError as err:  # read, but not decodable (truncated)
+            raise InputError(f"{path}: {err}") from err
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            raise InputError(f"{path} cannot be decoded as an image ({type(err).__name__}: {err})") from err
     elif isinstance(image, torch.Tensor) or type(image).__module__ == "numpy":
         array = torch.as_tensor(image)
         if array.dim() != 2 or array.dtype != torch.uint8:
@@ -266,7 +271,8 @@ def preprocess(image, height: int = 64) -> torch.Tensor:
         image = Image.fromarray(array.numpy())
     elif not isinstance(image, Image.Image):
         raise InputError(f"preprocess expects a PIL image, a path or a 2-D uint8 array, got {type(image).__name__}")
-    gray = eight_bit(image).convert("L")  # 16-bit lines scaled, not clipped to white
+    # 16-bit lines scaled, not clipped to white; transparency over white (as read_lines reads it), turned as EXIF says
+    gray = opaque(eight_bit(upright(image))).convert("L")
     w, h = gray.size
     if w == 0 or h == 0:
         raise InputError(f"empty image ({w}x{h} pixels)")
