@@ -261,7 +261,9 @@ def line_groups(boxes: list[np.ndarray]) -> list[list[int]]:
     within half the line's height; else it starts a line. A line's axis runs through the centre of its box nearest
     across (so a line may bend, as a curved page does) at the line's slope: its boxes' slopes weighted by their
     widths, a box within ``TILT`` of level counting as level (as ``crop`` takes it) and a box boxed upright because
-    it is nearly square (a short word, which says nothing of the line's direction) not counting. Lines are ordered
+    it is nearly square (a short word, which says nothing of the line's direction) not counting. A line all of whose
+    boxes lie on another line's axis then joins that line (one box may start a line before its line's boxes are
+    seen: a short word higher than its rising line, a box more tilted than its line). Lines are ordered
     by where they cross the vertical through the middle of all boxes. Words of one row are one line however far
     apart: columns are not told apart."""
     centres = [box.mean(axis=0) for box in boxes]
@@ -287,6 +289,20 @@ def line_groups(boxes: list[np.ndarray]) -> list[list[int]]:
             lines.append([i])
         else:
             best[1].append(i)
+    # Taken from the top, a box may start a line before the boxes of its own line are seen: a word higher than its
+    # line (the last word of a rising line) or tilted more than it (an axis that misses its neighbours). A line whose
+    # every box lies on another line's axis, by that line's own boxes, joins it; the shortest lines first.
+    joined = True
+    while joined and len(lines) > 1:
+        joined = False
+        for short in sorted(lines, key=len):
+            into = next((line for line in lines if line is not short and all(
+                abs(centres[i][1] - axis(line, centres[i][0])) <= 0.5 * np.mean([heights[j] for j in line]) for i in short)), None)
+            if into is not None:
+                into.extend(short)
+                lines.remove(short)
+                joined = True
+                break
     middle = float(np.mean([c[0] for c in centres])) if boxes else 0.0
     lines.sort(key=lambda line: axis(line, middle))
     return [sorted(line, key=lambda j: boxes[j][:, 0].min()) for line in lines]

@@ -211,6 +211,26 @@ def test_line_groups():
               box(70, 68, slope=0.4)]
     assert ocr.line_groups(tilted[::-1]) == [[5, 4, 3], [2, 1, 0]]
     assert ocr.line_groups([]) == []
+    # a box a little higher and more tilted than its level line is taken first: its axis misses its neighbours, which
+    # start a line of their own, and it joins them after
+    sloped = [box(0, 100), box(50, 100), box(100, 100), box(150, 99, slope=0.15), box(0, 130), box(50, 130)]
+    assert ocr.line_groups(sloped) == [[0, 1, 2, 3], [4, 5]]
+    # a rising line (0.25 up per pixel) whose last word is short and boxed upright: highest, it is taken first
+    rising = [box(0, 100, slope=-0.25), box(50, 87, slope=-0.25), box(100, 72, w=10)]
+    assert ocr.line_groups(rising) == [[0, 1, 2]]
+
+
+def test_lines_of_rotated_text_stay_whole():
+    """Three lines turned 15 degrees (rising to the right): each read whole, its short last word included."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    texts = ["Rotated sample words", "another line below it", "and a third one"]
+    font = ImageFont.load_default(size=28)
+    page = Image.new("L", (max(int(font.getbbox(t)[2]) for t in texts) + 40, 44 * 3 + 40), 255)
+    for row, text in enumerate(texts):
+        ImageDraw.Draw(page).text((20, 20 + 44 * row), text, fill=0, font=font)
+    turned = page.rotate(15, resample=Image.Resampling.BICUBIC, expand=True, fillcolor=255)
+    assert [line.text for line in ocr.read_lines(np.asarray(turned))] == texts
 
 
 # -- bad input -------------------------------------------------------------------------------------
