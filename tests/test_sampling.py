@@ -166,3 +166,24 @@ def test_the_char_lm_takes_the_penalty():
     assert torch.equal(model.generate(prompt, max_new_tokens=12), model.generate(prompt, max_new_tokens=12, repetition_penalty=1.0))
     with pytest.raises(InputError, match="repetition_penalty"):
         model.generate(prompt, max_new_tokens=3, repetition_penalty=0)
+
+
+def test_generated_ids_feed_a_computation_with_gradients():
+    """generate() runs without gradients but not in inference mode: its ids (and encode()'s sentence vectors) go
+    into a forward pass that is trained, as when a model scores its own samples."""
+    from minipt.models.char_lm import CharLM, CharLMConfig
+    from minipt.models.gpt2 import GPT2Config, GPT2LMHeadModel
+    from minipt.models.t5 import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    char_lm = CharLM(CharLMConfig(embed_size=8, hidden_size=16, num_layers=1, dropout=0.0)).eval()
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=40, n_positions=32, n_embd=16, n_layer=1, n_head=2)).eval()
+    t5 = T5ForConditionalGeneration(T5Config(vocab_size=40, d_model=16, d_kv=8, d_ff=24, num_layers=1, num_heads=2)).eval()
+    prompt = torch.tensor([[5, 6, 7]])
+    for model, out in ((char_lm, char_lm.generate(char_lm.encode("The ")[None], max_new_tokens=4)),
+                       (gpt2, gpt2.generate(prompt, max_new_tokens=4)),
+                       (t5, t5.generate(prompt, max_new_tokens=4))):
+        assert not out.is_inference()
+        logits = model(out)[0] if model is char_lm else model(out).logits if model is gpt2 else model(prompt, decoder_input_ids=out).logits
+        logits.float().logsumexp(-1).mean().backward()  # inference tensors cannot be saved for backward
+        assert any(p.grad is not None for p in model.parameters()), type(model).__name__

@@ -179,3 +179,12 @@ def test_a_checkpoint_of_another_model_is_named(tmp_path):
     message = rf"holds a {gpt2.classes[0].__name__} checkpoint; SentenceEncoder pools the token vectors of a text encoder \(albert, bert, distilbert, roberta\)"
     with pytest.raises(ConfigError, match=message):
         SentenceEncoder.from_pretrained(tmp_path / "gpt2")
+
+
+def test_encoded_sentences_train_a_head(encoder):
+    """encode() runs without gradients but not in inference mode: its vectors are features a head trains on."""
+    vectors = encoder.encode(["a sentence", "another one"])
+    assert not vectors.is_inference()
+    head = torch.nn.Linear(vectors.shape[-1], 2)
+    torch.nn.functional.cross_entropy(head(vectors), torch.tensor([0, 1])).backward()
+    assert head.weight.grad is not None

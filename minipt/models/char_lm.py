@@ -136,7 +136,7 @@ class CharLM(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
 
     # -- generation --------------------------------------------------------------
     @ends_streamer
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: what it returns may enter a computation with gradients
     def generate(
         self,
         input_ids: torch.Tensor,  # (B, T) byte ids: model.encode(text)[None] for one text

@@ -390,7 +390,7 @@ class GPT2LMHeadModel(_GPT2Pretrained):
         _check_labels(labels, input_ids)
 
     @ends_streamer
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: what it returns may enter a computation with gradients
     def generate(
         self,
         input_ids: torch.Tensor,  # (B, T) prompts, left-padded to one length

@@ -133,7 +133,7 @@ class SentenceEncoder(nn.Module):
         normalize = self.normalize if normalize is None else normalize
         return F.normalize(sentence, p=2, dim=-1) if normalize else sentence
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: what it returns may enter a computation with gradients
     def encode(self, sentences: str | Sequence[str], *, batch_size: int = 32, normalize: bool | None = None) -> torch.Tensor:
         """Embed sentences: (N, H) float32 on the CPU (a single string gives (H,)).
 

@@ -658,7 +658,7 @@ class T5ForConditionalGeneration(T5Model):
         return T5Cache(self.config, self.decoder.cross_keys_values(encoder_hidden), max_len, self.decoder.layers[0].attn.relative_bias)
 
     @ends_streamer
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: what it returns may enter a computation with gradients
     def generate(
         self,
         input_ids: torch.Tensor,  # (B, S) the encoder's inputs, padded (on either side) to one length

@@ -212,7 +212,7 @@ def check_generation(
     return new, generator
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: what it returns may enter a computation with gradients
 def generation_loop(
     next_logits: Callable[[torch.Tensor], torch.Tensor],
     input_ids: torch.Tensor,
