@@ -65,8 +65,9 @@ def test_reference_pronunciations():
     assert phonemize("hello") == "HH EH1 L OW0".split()
 
 
-@pytest.mark.parametrize("word", WORDS + ["pytorch", "minipt", "grapheme", "x", "qwertyuiopasdfghjklzxcvbnm"])
+@pytest.mark.parametrize("word", WORDS + ["pytorch", "minipt", "grapheme", "x", "qwertyuiopasdfghjklzxcvbnm", "don't", "rock-n-roll"])
 def test_words_match_g2p_ens_own_decoder(model, reference, word):
+    """Apostrophes and hyphens inside a word are <unk>, as g2p-en's predict reads them."""
     assert model.phonemize(word) == reference.predict(word.lower())
 
 
@@ -137,13 +138,34 @@ def test_teacher_forcing_equals_step_by_step(arrays, model):
     assert_error_ratio(torch.stack(steps, dim=1), expected, exact, what="step by step")
 
 
+@torch.no_grad()
+def test_padded_batches_need_their_lengths(model):
+    """Words of several lengths padded into one batch (pad_sequence): with letter_lengths each row's logits are its
+    own word's alone; without them the padding would run through the encoder, so it is refused."""
+    words = ["hello", "activationist", "a"]
+    phonemes = model.config.phonemes
+    letters = [model.encode_letters(w) for w in words]
+    targets = [torch.tensor([phonemes.index(p) for p in ["<s>"] + phonemize(w)]) for w in words]
+    letter_ids = nn.utils.rnn.pad_sequence(letters, batch_first=True, padding_value=model.letter_index["<pad>"])
+    phoneme_ids = nn.utils.rnn.pad_sequence(targets, batch_first=True)
+    lengths = torch.tensor([len(x) for x in letters])
+    batched = model(letter_ids, phoneme_ids, letter_lengths=lengths)
+    for row, (x, y) in enumerate(zip(letters, targets)):
+        torch.testing.assert_close(batched[row, : len(y)], model(x[None], y[None])[0], atol=1e-5, rtol=1e-5)
+    with pytest.raises(InputError, match="letter_ids hold padding.*pass letter_lengths"):
+        model(letter_ids, phoneme_ids)
+    with pytest.raises(InputError, match=r"letter_lengths must lie in \[1, 14\]"):
+        model(letter_ids, phoneme_ids, letter_lengths=lengths + 20)
+
+
 def test_official_names_round_trip(model, arrays):
     state = official_state_dict(model, G2P.keymap())
     assert set(state) == set(arrays)
     assert all(torch.equal(state[k], arrays[k]) for k in arrays)
 
 
-@pytest.mark.parametrize("word, message", [("don't", r"\"'\""), ("R2D2", r"'2'"), ("", "non-empty"), ("café", "é"), (None, "non-empty")])
+@pytest.mark.parametrize("word, message", [("R2D2", r"'2'"), ("", "non-empty"), ("café", "é"), (None, "non-empty"),
+                                           ("İstanbul", r"\['İ'\]")])  # the character typed, not lower()'s dot
 def test_words_with_unknown_characters_are_refused(model, word, message):
     with pytest.raises(InputError, match=message):
         model.phonemize(word)

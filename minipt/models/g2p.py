@@ -38,6 +38,8 @@ from ..nn.backend import ChoosesBackend
 from ..nn.fuse import InferenceCopy
 
 BOS, EOS = "<s>", "</s>"
+PAD, UNK = "<pad>", "<unk>"
+WORD_MARKS = "'-"  # inside a word, read as <unk> as g2p-en does
 
 
 @dataclass
@@ -90,19 +92,24 @@ class G2P(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
         self.set_backend(config.backend)
 
     def encode_letters(self, word: str) -> torch.Tensor:
-        """Letter ids of one word followed by </s>: (T + 1,)."""
+        """Letter ids of one word followed by </s>: (T + 1,). An apostrophe or a hyphen inside a word ("o'clock",
+        "rock-n-roll") is <unk>, as g2p-en's own predict() reads it; other characters are refused by name."""
         if not isinstance(word, str) or not word:
             raise InputError(f"G2P expects a non-empty word, got {word!r}")
-        letters = word.lower()
-        unknown = sorted({ch for ch in letters if ch not in self.letter_index})
+        unknown = sorted({ch for ch in word if ch not in WORD_MARKS and any(c not in self.letter_index for c in ch.lower())})
         if unknown:
             known = "".join(g for g in self.config.graphemes if not g.startswith("<"))
-            raise InputError(f"G2P cannot spell {word!r}: characters {unknown} are not among its letters {known!r}")
-        return torch.tensor([self.letter_index[ch] for ch in letters] + [self.letter_index[EOS]])
+            raise InputError(f"G2P cannot spell {word!r}: characters {unknown} are not among its letters {known!r} (or ' and -)")
+        unk = self.letter_index.get(UNK)
+        return torch.tensor([self.letter_index.get(ch, unk) for ch in word.lower()] + [self.letter_index[EOS]])
 
-    def encode(self, letter_ids: torch.Tensor) -> torch.Tensor:
-        """The encoder's final hidden state (1, B, hidden) for letter ids (B, T)."""
-        _, hidden = self.encoder(self.letter_embedding(letter_ids))  # (1, B, hidden)
+    def encode(self, letter_ids: torch.Tensor, letter_lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """The encoder's final hidden state (1, B, hidden) for letter ids (B, T); ``letter_lengths`` (B,): how many
+        ids of each row are letters (and </s>), the rest padding, which the encoder then never reads."""
+        embedded = self.letter_embedding(letter_ids)  # (B, T, embed)
+        if letter_lengths is not None:
+            embedded = nn.utils.rnn.pack_padded_sequence(embedded, letter_lengths.cpu(), batch_first=True, enforce_sorted=False)
+        _, hidden = self.encoder(embedded)  # (1, B, hidden)
         return hidden
 
     def decode_step(self, phoneme_ids: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,8 +134,9 @@ class G2P(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
             out.append(phonemes[previous.item()])
         return out
 
-    def check_inputs(self, letter_ids: torch.Tensor, phoneme_ids: torch.Tensor) -> None:
-        """Raise an InputError unless both are integer id batches (B, T) of the same B, every id inside its vocabulary."""
+    def check_inputs(self, letter_ids: torch.Tensor, phoneme_ids: torch.Tensor, letter_lengths: torch.Tensor | None = None) -> None:
+        """Raise an InputError unless both are integer id batches (B, T) of the same B, every id inside its vocabulary,
+        and padded letters come with their lengths."""
         for name, ids, vocab in (("letter_ids", letter_ids, self.config.graphemes), ("phoneme_ids", phoneme_ids, self.config.phonemes)):
             if not isinstance(ids, torch.Tensor):
                 raise InputError(f"G2P.forward expects {name} as a tensor of integer ids (B, T), got {type(ids).__name__}")
@@ -139,11 +147,22 @@ class G2P(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
             check_ids(f"G2P.forward: {name}", ids, len(vocab))
         if letter_ids.shape[0] != phoneme_ids.shape[0]:
             raise InputError(f"G2P.forward: {letter_ids.shape[0]} letter sequences but {phoneme_ids.shape[0]} phoneme sequences")
+        pad = self.letter_index.get(PAD)
+        if letter_lengths is None:
+            if pad is not None and bool((letter_ids == pad).any()):
+                raise InputError("G2P.forward: letter_ids hold padding (<pad>); pass letter_lengths, or the encoder reads the "
+                                 "padding into its final state (a word's encoding would change with its batch)")
+            return
+        if not isinstance(letter_lengths, torch.Tensor) or letter_lengths.shape != (letter_ids.shape[0],) or letter_lengths.is_floating_point():
+            raise InputError(f"G2P.forward: letter_lengths must be integer lengths (B,) = ({letter_ids.shape[0]},), got {letter_lengths!r:.80}")
+        if len(letter_lengths) and not bool(((letter_lengths >= 1) & (letter_lengths <= letter_ids.shape[1])).all()):
+            raise InputError(f"G2P.forward: letter_lengths must lie in [1, {letter_ids.shape[1]}], got {letter_lengths.tolist()}")
 
-    def forward(self, letter_ids: torch.Tensor, phoneme_ids: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits (B, S, P): letters (B, T) with </s>, decoder inputs (B, S) starting with <s>."""
-        self.check_inputs(letter_ids, phoneme_ids)
-        hidden = self.encode(letter_ids)
+    def forward(self, letter_ids: torch.Tensor, phoneme_ids: torch.Tensor, letter_lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher-forced logits (B, S, P): letters (B, T) with </s>, decoder inputs (B, S) starting with <s>;
+        ``letter_lengths`` (B,) where the letters are padded (``pad_sequence``), which the encoder then skips."""
+        self.check_inputs(letter_ids, phoneme_ids, letter_lengths)
+        hidden = self.encode(letter_ids, letter_lengths)
         output, _ = self.decoder(self.phoneme_embedding(phoneme_ids), hidden)  # (B, S, hidden)
         return self.classifier(output)
 
