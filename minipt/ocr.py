@@ -397,8 +397,9 @@ def lines_from_boxes(recogniser: CRNN, image, boxes: list[np.ndarray]) -> list[L
     """The lines of text that word ``boxes`` ((4, 2) corners in ``image``'s pixels) hold, from the top, each with
     its words from the left: the boxes grouped into lines and joined into runs (``joined_runs``), each run read
     from one crop (``read_crops``). Where a run reads as many words as it has boxes, each box keeps its word; where
-    a level run (or box) reads more words than that, its box is split between them (``split_by_columns``); else the
-    run is one ``Word`` (a word cut in two), boxed by the upright rectangle around it."""
+    a level run (or box) reads several words otherwise (more words than boxes: words run together; fewer: a word
+    CRAFT cut in two beside another), its box is split between them (``split_by_columns``); else the run is one
+    ``Word``, boxed by the upright rectangle around it (a word cut in two, or a tilted run)."""
     lines = joined_runs(boxes)
     runs = [run for line in lines for run in line]
     run_boxes = []
@@ -414,7 +415,7 @@ def lines_from_boxes(recogniser: CRNN, image, boxes: list[np.ndarray]) -> list[L
             parts = reading.text.split()
             if len(run) > 1 and len(parts) == len(run):  # as many words read as boxes joined: each box keeps its word
                 words += [Word(boxes[i], part, reading.confidence) for i, part in zip(run, parts)]
-            elif len(parts) > max(len(run), 1) and level(run_box):  # words run together: the box split between them
+            elif len(parts) > 1 and level(run_box):  # words run together, or a word cut in two beside another: split
                 words += split_by_columns(run_box, reading)
             else:
                 words.append(Word(run_box, " ".join(parts), reading.confidence))

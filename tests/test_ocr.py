@@ -68,6 +68,7 @@ def test_reads_the_words_of_a_scanned_page():
         assert texts.index(first) < texts.index(second)  # lines top to bottom
     assert texts.index("markers") < texts.index("coins") < texts.index("and")  # words left to right
     assert all(0.0 <= word.confidence <= 1.0 and word.box.shape == (4, 2) for word in words)
+    assert not [text for text in texts if " " in text]  # a word is one word ("or" beside "backg" + "round": two)
     assert all((word.box >= -1).all() and (word.box[:, 0] <= 385).all() and (word.box[:, 1] <= 192).all() for word in words)
     sure = [word.text for word in words if word.confidence > 0.95]
     assert sum(text in truth for text in sure) >= 0.85 * len(sure), sure  # the code line and split words ("backg", "round") are not in it
