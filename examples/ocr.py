@@ -36,8 +36,10 @@ def main(argv=None) -> int:
     parser.add_argument("--photo", action="append", default=[], help="a photo or page to find and read every line of "
                         "(repeatable; 'skimage' is scikit-image's scanned page)")
     args = parser.parse_args(argv)
-    model = CRNN.from_pretrained(args.weights)
+    if args.size is not None and args.size < 1:
+        parser.error(f"--size must be a positive font size, got {args.size}")
     try:
+        model = CRNN.from_pretrained(args.weights)
         if args.photo:
             from minipt.ocr import read_lines
 

@@ -253,8 +253,9 @@ def _count(module) -> int:
 
 
 # -- what is checked before a command runs -------------------------------------------
-def _output_file(option: str, what: str):
-    """A check that a file can be written at the path given: not a folder, in a folder that exists and is writable."""
+def _output_file(option: str, what: str, suffix: str | None = None):
+    """A check that a file can be written at the path given: not a folder, in a folder that exists and is writable,
+    and named with ``suffix`` where the file has one format (a picture is a PNG file)."""
 
     def check(path: str) -> str:
         from .errors import InputError
@@ -268,6 +269,8 @@ def _output_file(option: str, what: str):
             reason = f"no folder {folder}"
         elif not os.access(folder, os.W_OK | os.X_OK):
             reason = f"the folder {folder} is not writable"
+        elif suffix is not None and not path.lower().endswith(suffix):
+            reason = f"it is written as a {suffix[1:].upper()} file: name it {suffix}"
         else:
             return path
         raise InputError(f"{option} {path or repr(path)}: cannot write {what} ({reason})")
@@ -312,10 +315,10 @@ ARGUMENT_CHECKS: dict = {
     (None, "num_beams"): _integer("--num-beams", 1),
     (None, "seed"): _integer("--seed", 0, 2**64 - 1),  # what a torch.Generator takes
     ("embed", "out"): _output_file("--out", "it"),
-    ("attention", "out"): _output_file("--out", "the picture"),
-    ("features", "out"): _output_file("--out", "the picture"),
-    ("diff", "plot"): _output_file("--plot", "the picture"),
-    ("ocr", "boxes"): _output_file("--boxes", "the picture"),
+    ("attention", "out"): _output_file("--out", "the picture", ".png"),
+    ("features", "out"): _output_file("--out", "the picture", ".png"),
+    ("diff", "plot"): _output_file("--plot", "the picture", ".png"),
+    ("ocr", "boxes"): _output_file("--boxes", "the picture", ".png"),
     ("zero-shot", "labels"): _text("--labels"),
     ("zero-shot", "templates"): _text("--templates"),
     (None, "texts"): _text("text"),

@@ -226,7 +226,7 @@ def _from_hub(repo_id: str, local_hint: bool = False) -> Path:
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
         hint = " (HF_HUB_OFFLINE is set and the hub cache holds no snapshot of it)" if offline else ""
         local = "no such file or directory, not a catalogued name, and " if local_hint else ""
-        raise CheckpointNotFoundError(f"{repo_id}: {local}could not get it from the Hugging Face hub{hint}: {type(err).__name__}: {err}") from err
+        raise CheckpointNotFoundError(f"{repo_id}: {local}could not get it from the Hugging Face hub{hint}: {type(err).__name__}: {' '.join(str(err).split())}") from err
     return folder
 
 

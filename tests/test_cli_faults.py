@@ -153,6 +153,10 @@ def test_output_paths_are_checked_before_the_work(tiny, tmp_path, capsys):
         for out, reason in ((tmp_path, "it is a folder"), (tmp_path / "no" / "x.png", f"no folder {tmp_path / 'no'}")):
             line = one_line(capsys, [arg.format(out=out) for arg in argv])
             assert f"{option} {out}: cannot write" in line and reason in line, line
+    for argv, option in ((["attention", missing_model, "hi", "--out", "{out}"], "--out"), (["diff", missing_model, "--plot", "{out}"], "--plot"),
+                         (["ocr", "page.png", "--boxes", "{out}"], "--boxes")):
+        line = one_line(capsys, [arg.format(out=tmp_path / "picture.jpg") for arg in argv])  # a picture is written as PNG
+        assert f"{option} {tmp_path / 'picture.jpg'}: cannot write the picture (it is written as a PNG file: name it .png)" in line, line
     if os.geteuid() != 0:  # root writes anywhere
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
