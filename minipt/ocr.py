@@ -197,6 +197,10 @@ def read_boxes(recogniser: CRNN, image, boxes: list[np.ndarray]) -> list[tuple[s
     return [(reading.text, reading.confidence) for reading in read_crops(recogniser, image, boxes)]
 
 
+LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R 601 weights of R, G, B, as Pillow's convert("L")
+GRAY_BAND = 256  # rows converted to grey at a time
+
+
 def read_crops(recogniser: CRNN, image, boxes: list[np.ndarray]) -> list[Reading]:
     """What the recogniser reads in each box (corners in the image's pixels), cropped from the grayscale image.
 
@@ -205,8 +209,10 @@ def read_crops(recogniser: CRNN, image, boxes: list[np.ndarray]) -> list[Reading
     every short word pay for its width."""
     if not boxes:
         return []
-    gray = image_array(image).float() @ torch.tensor([0.299, 0.587, 0.114])  # (H, W) luma, as Pillow's "L"; the recogniser reads one channel
-    gray = gray.round().clamp(0, 255).to(torch.uint8)
+    rgb = image_array(image)  # (H, W, 3) uint8
+    gray = torch.empty(rgb.shape[:2], dtype=torch.uint8)  # (H, W) luma, as Pillow's "L"; the recogniser reads one channel
+    for top in range(0, rgb.shape[0], GRAY_BAND):  # in bands of rows: floats for a band, not the whole image
+        gray[top:top + GRAY_BAND] = (rgb[top:top + GRAY_BAND].float() @ LUMA).round().clamp(0, 255).to(torch.uint8)
     lines, scales = [], []
     for box in boxes:
         pixels = crop(gray, box)
