@@ -202,7 +202,8 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
             return snapshot
         if name != entry.get("hub"):  # a short name means the fetched snapshot; a hub repo id may come from the hub
             raise CheckpointNotFoundError(f"{key} is catalogued but not fetched (no {snapshot}); run `minipt fetch {key}`")
-    if (_REPO_ID.match(name) or _LEGACY_REPO_ID.match(name)) and not name.startswith((".", "/")):
+    looks_like_a_file = name.lower().endswith((".safetensors", ".bin", ".pt", ".pth", ".npz", ".json", ".png", ".jpg"))
+    if (_REPO_ID.match(name) or _LEGACY_REPO_ID.match(name) and not looks_like_a_file) and not name.startswith((".", "/")):
         return _from_hub(name, local_hint="/" not in name)
     raise CheckpointNotFoundError(f"{name_or_path}: no such file or directory, and not a catalogued name or a hub repo id")
 

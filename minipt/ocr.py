@@ -268,7 +268,7 @@ def line_groups(boxes: list[np.ndarray]) -> list[list[int]]:
     across (so a line may bend, as a curved page does) at the line's slope: its boxes' slopes weighted by their
     widths, a box within ``TILT`` of level counting as level (as ``crop`` takes it) and a box boxed upright because
     it is nearly square (a short word, which says nothing of the line's direction) not counting. A line all of whose
-    boxes lie on another line's axis then joins that line (one box may start a line before its line's boxes are
+    boxes lie on the axis of another line of as many boxes or more then joins it (one box may start a line before its line's boxes are
     seen: a short word higher than its rising line, a box more tilted than its line). Lines are ordered
     by where they cross the vertical through the middle of all boxes. Words of one row are one line however far
     apart: columns are not told apart."""
@@ -302,7 +302,7 @@ def line_groups(boxes: list[np.ndarray]) -> list[list[int]]:
     while joined and len(lines) > 1:
         joined = False
         for short in sorted(lines, key=len):
-            into = next((line for line in lines if line is not short and all(
+            into = next((line for line in lines if line is not short and len(line) >= len(short) and all(
                 abs(centres[i][1] - axis(line, centres[i][0])) <= 0.5 * np.mean([heights[j] for j in line]) for i in short)), None)
             if into is not None:
                 into.extend(short)

@@ -287,7 +287,8 @@ class Tokenizer:
         to ``max_length`` (default: the model's limit from tokenizer_config.json),
         the longer of a pair first. ``return_tensors``: "pt", "np" or None (lists).
         ``padding_side`` ("right"/"left") overrides the tokenizer's for this call;
-        ``pad_to_multiple_of`` rounds the padded length up to a multiple of it.
+        ``pad_to_multiple_of`` rounds the padded length up to a multiple of it (never past the
+        length it truncates at: ``model_max_length`` where ``max_length`` is not given).
         ``return_attention_mask``/``return_token_type_ids``: True or False adds or
         leaves out that input whatever ``model_input_names`` says (as transformers).
         A padding token is needed only where a row is shorter than the others
@@ -330,7 +331,7 @@ class Tokenizer:
             raise InputError("padding='max_length' needs max_length")
         if padding == "max_length" and limit > MAX_PADDED_LENGTH:
             raise InputError(f"padding='max_length' would make every text {limit:,} ids long; at most {MAX_PADDED_LENGTH:,} (or pad to the longest: padding=True)")
-        if multiple is not None and padding is not False and truncation and limit is not None and limit % multiple:
+        if multiple is not None and padding is not False and truncation and max_length is not None and limit % multiple:
             raise InputError(f"max_length {limit} (the truncation length) is not a multiple of pad_to_multiple_of {multiple}")
         self.backend.no_padding()  # padded below, and only where a row is short
         with _unicode_named(texts, pairs):
@@ -340,8 +341,10 @@ class Tokenizer:
         width = None
         if padding is not False:
             width = limit if padding == "max_length" else max(map(len, batch["input_ids"]), default=0)
-            if multiple is not None:
+            if multiple is not None:  # rounded up, but never past the model's limit it truncates at (CLIP's 77)
                 width = -(-width // multiple) * multiple
+                if truncation and limit is not None and width > limit:
+                    width = limit
             self._pad(batch, width, side)
         if return_tensors is None:
             return {k: v[0] for k, v in batch.items()} if single else batch

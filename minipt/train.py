@@ -38,9 +38,12 @@ stop together, and the history's loss is the mean over processes (the global
 batch's). Only rank 0 writes checkpoints, with every process's random generators,
 so each resumes its own streams; no process goes on before the files are whole.
 A non-finite loss or gradient on any process stops or skips the step on all. A
-DDP wrapper trains the parameters that were trainable when it was built: freezing
-or unfreezing a stage between two ``fit`` calls needs a new wrapper, and ``fit``
-says so. FSDP-sharded models train, but without ``checkpoint_dir`` or ``resume``
+DDP wrapper trains the parameters that were trainable when it was built: freeze
+or unfreeze before wrapping; ``fit`` refuses a wrapper whose trainable parameters
+changed since it first trained (a change between wrapping and the first ``fit``
+it cannot see). With ``accumulate`` > 1, a wrapped model's loader without a
+length is read one batch ahead (a loader that refills one buffer in place must
+copy its batches). FSDP-sharded models train, but without ``checkpoint_dir`` or ``resume``
 (refused: use torch.distributed.checkpoint).
 """
 
@@ -203,9 +206,12 @@ def fit(
                         None if max_steps is None else max_steps * accumulate)
         try:
             batches = iter(bar)
+            length, consumed = (len(train_loader) if hasattr(train_loader, "__len__") else None), 0
             for step in itertools.count(1):
                 optimizer.zero_grad(set_to_none=True)
-                summed, micro = _accumulated_backward(model, loss, batches, accumulate)
+                left = None if length is None else length - consumed
+                summed, micro = _accumulated_backward(model, loss, batches, accumulate, left)
+                consumed += micro
                 if not micro:
                     break  # the loader is used up
                 if micro > 1:
@@ -246,7 +252,7 @@ def fit(
             with torch.no_grad():
                 score = _score(evaluate(model), epoch)
             if _distributed():  # the mean over processes: all stop together, also where each scores its own shard
-                mean = torch.tensor([score], dtype=torch.float64)
+                mean = torch.tensor([score], dtype=torch.float64, device=_collective_device(parameters))
                 torch.distributed.all_reduce(mean)
                 score = mean.item() / torch.distributed.get_world_size()
         history.append(Epoch(epoch, total / max(steps, 1), score, time.perf_counter() - start, skipped))
@@ -275,7 +281,7 @@ def fit(
         if folder is not None and _distributed():
             # a barrier that carries rank 0's outcome: no process goes on (or returns, and resumes) before the
             # checkpoint is whole, and none waits for ever on a rank 0 that could not write it
-            failed = torch.tensor([float(failure is not None)])
+            failed = torch.tensor([float(failure is not None)], device=_collective_device(parameters))
             torch.distributed.all_reduce(failed)
             if failure is None and failed.item():
                 raise TrainingError(f"epoch {epoch}: process 0 could not write the checkpoint in {folder} (its error says why)")
@@ -302,23 +308,38 @@ def fit(
 
 
 # -- arguments and per-step checks ---------------------------------------------------
-def _accumulated_backward(model: nn.Module, loss: Callable, batches, accumulate: int) -> tuple[torch.Tensor | None, int]:
+def _accumulated_backward(model: nn.Module, loss: Callable, batches, accumulate: int, left: int | None) -> tuple[torch.Tensor | None, int]:
     """Backward through up to ``accumulate`` batches of ``batches``: the sum of their losses (detached) and how many
-    there were. A batch is fetched before the previous one's backward, so the last of a group, and only it,
-    synchronises the gradients of a wrapped model (DDP, FSDP2), also when the loader ends the group early."""
+    there were. Only a group's last backward synchronises the gradients of a wrapped model (DDP, FSDP2), which must
+    be known before its forward pass: from the loader's length (``left``: batches left in the epoch) where it has
+    one; else, for a wrapped model only, by fetching the next batch before this one's forward."""
+    wrapped = isinstance(model, nn.parallel.DistributedDataParallel) or hasattr(model, "set_requires_gradient_sync")
+    group = accumulate if left is None else max(1, min(accumulate, left))
     summed, micro = None, 0
     following = next(batches, _END)
-    while following is not _END and micro < accumulate:
+    while following is not _END and micro < group:
         batch, micro = following, micro + 1
-        following = next(batches, _END) if micro < accumulate else _END
-        with _gradient_sync(model, following is _END):  # DDP decides in the forward pass
+        if micro == group:
+            following, last = _END, True
+        elif left is None and wrapped:
+            following = next(batches, _END)  # a loader without a length: is there another batch in this group?
+            last = following is _END
+        else:
+            following, last = _NEXT, False
+        with _gradient_sync(model, last):  # DDP decides in the forward pass
             value = loss(model, batch)
             _check_loss_value(value)
             value.backward()
         summed = value.detach().reshape(()) if summed is None else summed + value.detach().reshape(())
+        if following is _NEXT:
+            following = next(batches, _END)
+            if following is _END and wrapped:
+                raise TrainingError(f"train_loader ended {group - micro} batch(es) before its len() said, inside a group of "
+                                    f"accumulate={accumulate}: the group's gradients were never synchronised across processes")
     return summed, micro
 
 
+_NEXT = object()
 _END = object()
 
 
@@ -408,6 +429,11 @@ def _distributed() -> bool:
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return unwrapped(model)
+
+
+def _collective_device(parameters: list[torch.Tensor]) -> torch.device:
+    """Where a tensor all-reduced across processes lives: the parameters' device (NCCL reduces CUDA tensors only)."""
+    return parameters[0].device if parameters else torch.device("cpu")
 
 
 def _refuse_sharded(model: nn.Module, what: str) -> None:

@@ -320,8 +320,8 @@ def check_param_groups(model: nn.Module, groups_or_optimizer) -> None:
     model = unwrapped(model)
     if isinstance(groups_or_optimizer, torch.optim.Optimizer):
         groups = groups_or_optimizer.param_groups
-    elif isinstance(groups_or_optimizer, (list, tuple)):
-        groups = list(groups_or_optimizer)
+    elif hasattr(groups_or_optimizer, "__iter__") and not isinstance(groups_or_optimizer, (str, bytes, dict, torch.Tensor)):
+        groups = list(groups_or_optimizer)  # a list of groups, or of parameters (model.parameters()), as torch.optim takes
     else:
         raise InputError(f"expected an optimiser or a list of its groups, got {type(groups_or_optimizer).__name__} {groups_or_optimizer!r:.80}")
     names = {id(p): n for n, p in model.named_parameters()}

@@ -167,6 +167,9 @@ def test_a_photo_of_a_cat(clip_folder):
     assert batch["input_ids"].tolist() == [[49406, 320, 1125, 539, 320, 2368, 49407], [49406, 320, 1929, 49407, 49407, 49407, 49407]]
     assert batch["attention_mask"].tolist() == [[1] * 7, [1] * 4 + [0] * 3]
     assert tok.tokenize("A photo!") == ["a</w>", "photo</w>", "!</w>"]
+    # padded to a multiple of 8, never past the 77 positions it truncates at (77 is no multiple of 8)
+    assert tok(["a photo of a cat", "a dog"], pad_to_multiple_of=8)["input_ids"].shape == (2, 8)
+    assert tok(["word " * 100], pad_to_multiple_of=8)["input_ids"].shape == (1, 77)
 
 
 def transformers_tokenizers(folder):

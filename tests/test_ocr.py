@@ -219,6 +219,9 @@ def test_line_groups():
     # a rising line (0.25 up per pixel) whose last word is short and boxed upright: highest, it is taken first
     rising = [box(0, 100, slope=-0.25), box(50, 87, slope=-0.25), box(100, 72, w=10)]
     assert ocr.line_groups(rising) == [[0, 1, 2]]
+    # but a line never joins a line of fewer boxes, whose one tilted box's axis, carried far, may pass through it
+    heading = [box(0, 15, h=20), box(70, 15, h=20), box(140, 15, h=20), box(600, 85, w=200, h=30, slope=0.15)]
+    assert ocr.line_groups(heading) == [[0, 1, 2], [3]]
 
 
 def test_lines_of_rotated_text_stay_whole():

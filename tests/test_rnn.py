@@ -539,6 +539,16 @@ def test_pruned_and_parametrized_weights_reach_every_backend(backend, kind, bias
         torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-5, msg=key)
 
 
+def test_a_module_pickled_before_its_weight_names_were_kept_still_runs():
+    lstm = minipt.nn.LSTM(3, 4)
+    state = lstm.__getstate__()
+    del state["_weight_names"]  # what an older minipt pickled
+    old = minipt.nn.LSTM.__new__(minipt.nn.LSTM)
+    old.__setstate__(state)
+    x = torch.randn(2, 1, 3)
+    assert torch.equal(old(x)[0], lstm(x)[0])
+
+
 @pytest.mark.parametrize("backend", ["torch", "math", "fused"])
 @pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
 def test_under_autocast_as_torch_nn(kind, backend):

@@ -287,6 +287,26 @@ def test_accumulated_batches_step_as_one_large_batch():
             trained(small, accumulate=bad)
 
 
+def test_accumulation_reads_each_batch_before_the_next_is_fetched():
+    """A loader that refills one buffer in place (pinned-memory pipelines do): with accumulate=2 the loss still sees
+    every batch, since a plain model's (or a loader with a length's) next batch is fetched after its backward."""
+    class Refilling:
+        def __iter__(self):
+            buffer = torch.zeros(2, 4)
+            for k in range(4):
+                yield buffer.fill_(k)
+
+    seen = []
+    model = nn.Linear(4, 1)
+
+    def step(m, batch):
+        seen.append(batch[0, 0].item())
+        return m(batch).pow(2).mean()
+
+    fit(model, torch.optim.SGD(model.parameters(), lr=0.0), Refilling(), loss=step, epochs=1, accumulate=2, progress=False)
+    assert seen == [0.0, 1.0, 2.0, 3.0]
+
+
 def test_checkpoints_of_a_compiled_model_load_into_the_plain_one(tmp_path):
     """torch.compile's wrapper is looked through: the checkpoint names the model's class and its keys."""
     torch.manual_seed(0)

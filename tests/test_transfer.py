@@ -361,6 +361,7 @@ def test_bad_models_and_groups_are_named():
     for call in (lambda: transfer.param_groups(None, lr=0.1), lambda: transfer.freeze(None), lambda: transfer.stages("resnet")):
         with pytest.raises(InputError, match="expected a model"):
             call()
+    transfer.check_param_groups(model, model.parameters())  # an iterable of parameters, as torch.optim takes
     for groups, message in [(5, "an optimiser or a list of its groups"), ([{"lr": 1}], "a dict with 'params'"), ([3], "a dict with 'params'")]:
         with pytest.raises(InputError, match=message):
             transfer.check_param_groups(model, groups)

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import Checkpoint, Pretrained
-from ..checks import check_ids
+from ..checks import check_ids, tracing
 from ..config import Config, count, require
 from ..errors import CheckpointError, InputError
 from ..keymap import KeyMap
@@ -100,6 +100,8 @@ class G2P(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
         if unknown:
             known = "".join(g for g in self.config.graphemes if not g.startswith("<"))
             raise InputError(f"G2P cannot spell {word!r}: characters {unknown} are not among its letters {known!r} (or ' and -)")
+        if all(ch in WORD_MARKS for ch in word):
+            raise InputError(f"G2P cannot spell {word!r}: it holds no letter")
         unk = self.letter_index.get(UNK)
         return torch.tensor([self.letter_index.get(ch, unk) for ch in word.lower()] + [self.letter_index[EOS]])
 
@@ -136,7 +138,7 @@ class G2P(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
 
     def check_inputs(self, letter_ids: torch.Tensor, phoneme_ids: torch.Tensor, letter_lengths: torch.Tensor | None = None) -> None:
         """Raise an InputError unless both are integer id batches (B, T) of the same B, every id inside its vocabulary,
-        and padded letters come with their lengths."""
+        and ``letter_lengths``, where given, are lengths of those rows."""
         for name, ids, vocab in (("letter_ids", letter_ids, self.config.graphemes), ("phoneme_ids", phoneme_ids, self.config.phonemes)):
             if not isinstance(ids, torch.Tensor):
                 raise InputError(f"G2P.forward expects {name} as a tensor of integer ids (B, T), got {type(ids).__name__}")
@@ -147,20 +149,17 @@ class G2P(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
             check_ids(f"G2P.forward: {name}", ids, len(vocab))
         if letter_ids.shape[0] != phoneme_ids.shape[0]:
             raise InputError(f"G2P.forward: {letter_ids.shape[0]} letter sequences but {phoneme_ids.shape[0]} phoneme sequences")
-        pad = self.letter_index.get(PAD)
-        if letter_lengths is None:
-            if pad is not None and bool((letter_ids == pad).any()):
-                raise InputError("G2P.forward: letter_ids hold padding (<pad>); pass letter_lengths, or the encoder reads the "
-                                 "padding into its final state (a word's encoding would change with its batch)")
+        if letter_lengths is None:  # every id is read, <pad> too: a padded batch needs its lengths
             return
         if not isinstance(letter_lengths, torch.Tensor) or letter_lengths.shape != (letter_ids.shape[0],) or letter_lengths.is_floating_point():
             raise InputError(f"G2P.forward: letter_lengths must be integer lengths (B,) = ({letter_ids.shape[0]},), got {letter_lengths!r:.80}")
-        if len(letter_lengths) and not bool(((letter_lengths >= 1) & (letter_lengths <= letter_ids.shape[1])).all()):
+        if len(letter_lengths) and not tracing() and not bool(((letter_lengths >= 1) & (letter_lengths <= letter_ids.shape[1])).all()):
             raise InputError(f"G2P.forward: letter_lengths must lie in [1, {letter_ids.shape[1]}], got {letter_lengths.tolist()}")
 
     def forward(self, letter_ids: torch.Tensor, phoneme_ids: torch.Tensor, letter_lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced logits (B, S, P): letters (B, T) with </s>, decoder inputs (B, S) starting with <s>;
-        ``letter_lengths`` (B,) where the letters are padded (``pad_sequence``), which the encoder then skips."""
+        ``letter_lengths`` (B,) where the letters are padded (``pad_sequence``), which the encoder then skips; without
+        them every id is read, <pad> included, so a word's encoding would change with its batch."""
         self.check_inputs(letter_ids, phoneme_ids, letter_lengths)
         hidden = self.encode(letter_ids, letter_lengths)
         output, _ = self.decoder(self.phoneme_embedding(phoneme_ids), hidden)  # (B, S, hidden)
@@ -295,7 +294,7 @@ def compare_with_reference(model, path, inputs, rtol):
 # -- the family's one declaration (minipt.registry) ------------------------------------------
 def _example_inputs(cls):
     generator = torch.Generator().manual_seed(1)
-    return (torch.randint(0, 5, (2, 3), generator=generator), torch.randint(0, 6, (2, 2), generator=generator)), {}
+    return (torch.randint(1, 5, (2, 3), generator=generator), torch.randint(0, 6, (2, 2), generator=generator)), {}
 
 
 FAMILY = register(

@@ -154,6 +154,11 @@ class _RNNBase(BackendBlock, nn.Module):
     def flatten_parameters(self) -> None:
         """Nothing to do (torch.nn packs weights for cuDNN here); kept so code written for torch.nn runs unchanged."""
 
+    def __setstate__(self, state) -> None:
+        super().__setstate__(state)
+        if "_weight_names" not in self.__dict__:  # pickled before the names were fixed at construction
+            self._weight_names = tuple(name for name, _ in self.named_parameters(recurse=False))
+
     @property
     def _flat_weights_names(self) -> List[str]:
         return list(self._weight_names)
