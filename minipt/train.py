@@ -151,7 +151,7 @@ def fit(
     _check_scheduler(scheduler, optimizer)
     check_trainable(model)
     _check_ddp_parameters(model)
-    check_param_groups(_unwrap(model), optimizer)
+    check_param_groups(unwrapped(model), optimizer)
     epochs = check_int("epochs", epochs, low=1)
     patience = check_int("patience", patience, low=1, optional=True)
     max_steps = check_int("max_steps", max_steps, low=1, optional=True)
@@ -260,7 +260,7 @@ def fit(
         if improved:
             best, since_best = score, 0
             if keep_best and folder is None:
-                best_in_memory = {k: v.detach().to("cpu", copy=True) for k, v in _unwrap(model).state_dict().items()}
+                best_in_memory = {k: v.detach().to("cpu", copy=True) for k, v in unwrapped(model).state_dict().items()}
         elif score is not None:
             since_best += 1
         processes = _process_states(loader_generators) if folder is not None else None
@@ -294,7 +294,7 @@ def fit(
         if patience is not None and since_best >= patience:
             break
     if best_in_memory is not None:
-        _unwrap(model).load_state_dict(best_in_memory)
+        unwrapped(model).load_state_dict(best_in_memory)
     elif keep_best:
         if folder is not None and _distributed():
             torch.distributed.barrier()  # rank 0 has written best.safetensors
@@ -395,7 +395,7 @@ def _check_step(value: torch.Tensor, parameters: list[torch.Tensor], model: nn.M
     if not math.isfinite(loss_value):
         return loss_value, f"the loss is {loss_value}"
     if not math.isfinite(norm_value):
-        names = {id(p): n for n, p in _unwrap(model).named_parameters()}
+        names = {id(p): n for n, p in unwrapped(model).named_parameters()}
         first = next((names.get(id(p), "?") for p in parameters if p.grad is not None and not hasattr(p.grad, "full_tensor")
                       and not bool(torch.isfinite(p.grad).all())), None)
         return loss_value, f"the gradient norm is {norm_value}" + (f" (first non-finite gradient: {first})" if first else "")
@@ -425,10 +425,6 @@ def _progress(loader, description: str, show: bool, total: int | None):
 
 def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return unwrapped(model)
 
 
 def _collective_device(parameters: list[torch.Tensor]) -> torch.device:
@@ -621,7 +617,7 @@ def save_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, *, e
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    model = _unwrap(model)
+    model = unwrapped(model)
     _refuse_sharded(model, "save_checkpoint")
     tensors: dict[str, torch.Tensor] = {}
     skeleton = {
@@ -666,7 +662,7 @@ def _load_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, che
     loaded; returns what ``check`` returns, or the fields. ``everything`` (fit's resume): a scheduler's state in
     the file with no scheduler to take it is an error, not dropped."""
     path = Path(path)
-    model = _unwrap(model)
+    model = unwrapped(model)
     _refuse_sharded(model, "load_checkpoint")
     skeleton, tensors = _read_checkpoint(path)
     if skeleton["model"] != type(model).__name__:
