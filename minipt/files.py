@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,7 +47,7 @@ def read_json(path: Path, expected: type = dict, *, default: Any = _ABSENT, what
 
 
 # -- writing: every file minipt writes goes through atomic_path ---------------
-TEMPORARY_PREFIX = ".minipt-partial-"  # loaders skip files named so; a killed writer leaves at most one
+TEMPORARY_PREFIX = ".minipt-partial-"  # loaders skip files named so; the next save removes a killed writer's
 
 
 def _umask() -> int:
@@ -108,8 +110,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         except OSError as err:  # /dev/full: no space left
             raise SaveError(f"cannot write {path}: {err.strerror or err}") from err
         return
+    mine = f"{TEMPORARY_PREFIX}{path.name}.{_HOST}."  # + the writer's pid: whose it is, checked by the next writer
+    _remove_orphans(path.parent, mine)
     try:
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=TEMPORARY_PREFIX + path.name + ".")
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f"{mine}{os.getpid()}.")
     except OSError as err:
         raise SaveError(f"cannot write {path}: {err.strerror or err}") from None
     os.close(fd)
@@ -126,6 +130,28 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             raise SaveError(f"cannot write {path}: {err.strerror or err}") from err
         raise
     _fsync_directory(path.parent)
+
+
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+
+
+def _remove_orphans(folder: Path, prefix: str) -> None:
+    """Delete the temporary files of earlier writers of the same file on this machine whose process is gone
+    (killed mid-save: each left a file the size of what it wrote). Another machine's, or a live writer's, stay."""
+    try:
+        found = [entry for entry in os.scandir(folder) if entry.name.startswith(prefix)]
+    except OSError:
+        return
+    for entry in found:
+        pid = entry.name[len(prefix):].split(".")[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)  # signal 0: does the process exist?
+        except ProcessLookupError:
+            Path(entry.path).unlink(missing_ok=True)
+        except (PermissionError, OverflowError, OSError):
+            continue  # alive under another user, or not a pid: not ours to remove
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

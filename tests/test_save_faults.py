@@ -109,7 +109,25 @@ def test_a_save_killed_at_any_point_leaves_the_old_or_the_new_model(tmp_path):
         saver.join()
         completed += saves.value
         assert _which(type(old).from_pretrained(tmp_path), old, new) in (0, 1)
+        # each killed writer leaves at most its own temporary file per target; the next save removes the dead ones
+        assert len([name for name in _temporaries(tmp_path) if name.startswith(TEMPORARY_PREFIX)]) <= 2
     assert completed > 0
+    old.save_pretrained(tmp_path)
+    assert not [name for name in _temporaries(tmp_path) if name.startswith(TEMPORARY_PREFIX)]
+
+
+def test_a_live_writers_temporary_file_is_left_alone(tmp_path):
+    """Only the temporary files of writers on this machine whose process is gone are removed by the next save."""
+    import minipt.files as files
+
+    target = tmp_path / "x.bin"
+    live = tmp_path / f"{TEMPORARY_PREFIX}x.bin.{files._HOST}.{os.getppid()}.abc"  # the parent process: alive
+    elsewhere = tmp_path / f"{TEMPORARY_PREFIX}x.bin.another-host.1.abc"
+    other_file = tmp_path / f"{TEMPORARY_PREFIX}y.bin.{files._HOST}.999999999.abc"
+    for name in (live, elsewhere, other_file):
+        name.write_bytes(b"partial")
+    files.write_bytes(target, b"whole")
+    assert target.read_bytes() == b"whole" and live.exists() and elsewhere.exists() and other_file.exists()
 
 
 def test_a_full_disk_leaves_the_previous_files_and_no_temporary_ones(tmp_path):
