@@ -215,6 +215,10 @@ class _RNNBase(BackendBlock, nn.Module):
             out, final = self._torch_kernel(data, input.batch_sizes if packed else None, hx)  # packed in, packed out
         else:
             x = self._pad(input.data, mask) if packed else x
+            # as autocast runs torch's kernels: its CPU list lowers lstm and rnn_tanh/relu to its dtype, not gru
+            if x.dtype == torch.float32 and self.mode != "GRU" and torch.is_autocast_enabled(x.device.type):
+                lowered = torch.get_autocast_dtype(x.device.type)
+                x, hx = x.to(lowered), tuple(s.to(lowered) for s in hx)
             out, final = self._layers(math_layer if backend == "math" else fused_layer, x, hx, mask)  # (T, B, D * H_out)
             out = out[mask.squeeze(2)] if packed else out
 
