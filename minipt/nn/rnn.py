@@ -60,6 +60,14 @@ from .rnn_fused import fused_layer
 _GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
 
 
+def _autocast_on(device_type: str) -> bool:
+    """Whether autocast is on for this device type (the meta device, which minipt.summary runs on, has none)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # "unknown device type for autocast"
+        return False
+
+
 class _RNNBase(BackendBlock, nn.Module):
     """What RNN, LSTM and GRU share: torch.nn's parameters, argument checks, layers and directions."""
 
@@ -216,7 +224,7 @@ class _RNNBase(BackendBlock, nn.Module):
         else:
             x = self._pad(input.data, mask) if packed else x
             # as autocast runs torch's kernels: its CPU list lowers lstm and rnn_tanh/relu to its dtype, not gru
-            if x.dtype == torch.float32 and self.mode != "GRU" and torch.is_autocast_enabled(x.device.type):
+            if x.dtype == torch.float32 and self.mode != "GRU" and _autocast_on(x.device.type):
                 lowered = torch.get_autocast_dtype(x.device.type)
                 x, hx = x.to(lowered), tuple(s.to(lowered) for s in hx)
             out, final = self._layers(math_layer if backend == "math" else fused_layer, x, hx, mask)  # (T, B, D * H_out)
@@ -286,7 +294,7 @@ class _RNNBase(BackendBlock, nn.Module):
         if x.shape[-1] != self.input_size:
             raise InputError(f"{name} was built for input_size={self.input_size} features, got input with {x.shape[-1]} (shape {shape})")
         weight = self.weight_ih_l0
-        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):  # under autocast, as torch.nn: cast
+        if x.dtype != weight.dtype and not _autocast_on(x.device.type):  # under autocast, as torch.nn: cast
             raise InputError(f"{name}: input dtype {x.dtype} differs from the parameters' {weight.dtype}; convert one of them")
         if x.device != weight.device:
             raise InputError(f"{name}: input is on {x.device}, the parameters on {weight.device}")
