@@ -96,6 +96,24 @@ def test_ddp_synchronises_once_per_accumulated_step(process_group):
     assert buckets >= 1 and len(reductions) == 3 * buckets, reductions
 
 
+def _spawn(worker, args: tuple, limit: float = 300.0) -> None:
+    """``worker(rank, *args)`` on WORLD processes; they must all end within ``limit`` seconds. torch's spawn waits
+    for ever on a process that never ends (gloo's teardown has been seen to hang after the work was done): such
+    processes are killed and the test fails, naming it, rather than holding up the whole suite."""
+    import time
+
+    import torch.multiprocessing as mp
+
+    context = mp.spawn(worker, args=args, nprocs=WORLD, join=False)
+    deadline = time.monotonic() + limit
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            alive = [p.pid for p in context.processes if p.is_alive()]
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"{worker.__name__}: processes {alive} still running after {limit:.0f} s (killed)")
+
+
 # -- two processes: the same weights as one process with the same global batch ------------
 GLOBAL_BATCH, WORLD = 8, 2
 
@@ -135,6 +153,7 @@ def _worker(rank: int, port: int, kind: str, out: str, accumulate: int):
         state = _tiny_run(WORLD, rank, kind, accumulate)
         if rank == 0:
             torch.save(state, out)
+        dist.barrier()  # both done before either tears its process group down
     finally:
         dist.destroy_process_group()
 
@@ -142,10 +161,8 @@ def _worker(rank: int, port: int, kind: str, out: str, accumulate: int):
 @pytest.mark.parametrize("kind, accumulate", [("ddp", 1), ("fsdp", 2)])  # DDP with accumulate: the hook count above
 def test_two_processes_train_like_one(kind, accumulate, tmp_path):
     """Also with fit(accumulate=2): two batches of 2 per process and step, the gradients synchronised once."""
-    import torch.multiprocessing as mp
-
     out = tmp_path / "weights.pt"
-    mp.spawn(_worker, args=(_free_port(), kind, str(out), accumulate), nprocs=WORLD, join=True)
+    _spawn(_worker, (_free_port(), kind, str(out), accumulate))
     distributed = torch.load(out, weights_only=True)
     single = _tiny_run(1, 0, "single")
     assert distributed.keys() == single.keys()
@@ -197,6 +214,7 @@ def _resume_worker(rank: int, port: int, folder: str, out: str):
         dist.all_gather(reports, report)
         if rank == 0:
             torch.save(torch.stack(reports), out)
+        dist.barrier()  # both done before either tears its process group down
     finally:
         dist.destroy_process_group()
 
@@ -204,10 +222,8 @@ def _resume_worker(rank: int, port: int, folder: str, out: str):
 def test_two_processes_resume_each_their_own_random_streams(tmp_path):
     """fit's checkpoint holds every process's generators: resumed on two processes with per-rank seeds, the
     weights equal an uninterrupted run's bit for bit on both, and every process reports the same (global) loss."""
-    import torch.multiprocessing as mp
-
     out = tmp_path / "reports.pt"
-    mp.spawn(_resume_worker, args=(_free_port(), str(tmp_path), str(out)), nprocs=WORLD, join=True)
+    _spawn(_resume_worker, (_free_port(), str(tmp_path), str(out)))
     reports = torch.load(out, weights_only=True)
     assert reports[:, 0].tolist() == [1.0, 1.0]  # resumed == straight on each process
     assert reports[0, 1] == reports[1, 1] and reports[0, 2] == reports[1, 2]  # the loss of the global batch, not rank 0's
