@@ -62,13 +62,18 @@ class Word:
 
 
 # -- score maps -> boxes ------------------------------------------------------------
+def _thresholds(text_threshold, low_text, link_threshold) -> tuple[float, float, float]:
+    """The three map thresholds, each a number in [0, 1] (checked before any model runs)."""
+    return tuple(check_float(name, value, low=0, high=1) for name, value in (
+        ("text_threshold", text_threshold), ("low_text", low_text), ("link_threshold", link_threshold)))
+
+
 def word_boxes(region, affinity, *, text_threshold: float = TEXT_THRESHOLD, low_text: float = LOW_TEXT,
                link_threshold: float = LINK_THRESHOLD, min_size: int = MIN_SIZE) -> list[np.ndarray]:
     """Word rectangles (each (4, 2) corners (x, y), clockwise from the top left) on the maps' own grid."""
     from scipy import ndimage
 
-    text_threshold, low_text, link_threshold = (check_float(name, value, low=0, high=1) for name, value in (
-        ("text_threshold", text_threshold), ("low_text", low_text), ("link_threshold", link_threshold)))
+    text_threshold, low_text, link_threshold = _thresholds(text_threshold, low_text, link_threshold)
     min_size = check_int("min_size", min_size, low=1)
     region, affinity = _map(region, "region"), _map(affinity, "affinity")
     if region.shape != affinity.shape:
@@ -458,8 +463,7 @@ def read_lines(image, *, detector: CRAFT | None = None, recogniser: CRNN | None 
         if value is not None and not isinstance(value, kind):
             raise InputError(f"{name} must be a {kind.__name__} model ({kind.__name__}.from_pretrained(...)), got {type(value).__name__}" + ("" if isinstance(value, torch.nn.Module) else f" {value!r:.60}"))
     canvas_size = check_int("canvas_size", canvas_size, low=1)
-    text_threshold, low_text, link_threshold = (check_float(name, value, low=0, high=1) for name, value in (
-        ("text_threshold", text_threshold), ("low_text", low_text), ("link_threshold", link_threshold)))
+    text_threshold, low_text, link_threshold = _thresholds(text_threshold, low_text, link_threshold)
     if detector is None or recogniser is None:
         default_detector, default_recogniser = _default_models()
         detector, recogniser = detector or default_detector, recogniser or default_recogniser

@@ -54,12 +54,18 @@ def load_image(image: Any) -> Any:
         return to_rgb(image)
     if not isinstance(image, (str, os.PathLike)):
         raise InputError(f"expected an image file path or a PIL image, got {type(image).__name__}")
+    return to_rgb(decoded(image))
+
+
+def decoded(image: str | os.PathLike) -> Any:
+    """The ``PIL.Image`` in an image file, decoded whole (the file closed), or an ``InputError`` naming the file and
+    what is wrong with it (missing, a folder, not an image, truncated)."""
+    Image = pillow().Image
     path = image_file(image)
     try:
         with Image.open(path) as opened:
-            return to_rgb(opened)  # decodes the whole file
-    except InputError:
-        raise
+            opened.load()
+            return opened.copy()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise InputError(f"{path} cannot be decoded as an image ({type(err).__name__}: {err})") from err
 
@@ -80,9 +86,14 @@ def opaque(image: Any) -> Any:
     others as they are."""
     import numpy as np
 
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+    if see_through(image):
         return pillow().Image.fromarray(over_white(np.asarray(image.convert("RGBA"))), "RGB")
     return image
+
+
+def see_through(image: Any) -> bool:
+    """Whether a ``PIL.Image`` has transparency: an alpha channel, or a palette or colour marked transparent."""
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
 
 
 def over_white(rgba):

@@ -421,7 +421,7 @@ def _decoded(image):
     """A path or PIL image -> a numpy array image_array reads: uint8 L, RGB or RGBA, or uint16 for 16-bit files."""
     import numpy as np
 
-    from ..vision import image_file, pillow, upright
+    from ..vision import image_file, pillow, see_through, upright
 
     Image = pillow().Image
     if isinstance(image, (str, os.PathLike)):
@@ -449,7 +449,7 @@ def _decoded(image):
         return np.array(image).clip(0, 65535).astype(np.uint16)
     if image.mode == "F":
         raise InputError("a 32-bit floating-point image (PIL mode F) has no set range of grey levels: save it with 8 or 16 bits")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+    if see_through(image):
         return np.array(image.convert("RGBA"))
     return np.array(image.convert("L" if image.mode in ("L", "1") else "RGB"))
 

@@ -22,7 +22,6 @@ import math
 import os
 import string
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -35,7 +34,7 @@ from ..nn import LSTM, Linear
 from ..nn.conv import conv3x3
 from ..registry import Reads, register
 from ..checks import floating_dtype
-from ..vision import eight_bit, image_file, opaque, pillow, upright
+from ..vision import decoded, eight_bit, opaque, pillow, upright
 from ..nn.backend import ChoosesBackend
 from ..nn.fuse import InferenceCopy
 
@@ -256,14 +255,7 @@ def preprocess(image, height: int = 64) -> torch.Tensor:
     Image = pillow().Image
 
     if isinstance(image, (str, os.PathLike)):
-        path = image_file(image)
-        try:
-            with Image.open(path) as opened:
-                image = upright(opened).copy()  # decoded whole, the file closed
-        except InputError as err:  # read, but not decodable (truncated)
-            raise InputError(f"{path}: {err}") from err
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-            raise InputError(f"{path} cannot be decoded as an image ({type(err).__name__}: {err})") from err
+        image = decoded(image)
     elif isinstance(image, torch.Tensor) or type(image).__module__ == "numpy":
         array = torch.as_tensor(image)
         if array.dim() != 2 or array.dtype != torch.uint8:
