@@ -263,3 +263,24 @@ def test_fsdp_checkpoints_are_refused_before_training(process_group, tmp_path):
         save_checkpoint(tmp_path / "sharded.safetensors", model, epoch=1)
     with pytest.raises(TrainingError, match="load_checkpoint: the model's parameters are sharded"):
         load_checkpoint(tmp_path / "plain.safetensors", model)
+
+
+def test_a_loader_shorter_than_its_len_inside_a_ddp_group_is_named(process_group):
+    """With accumulate, a wrapped model's group ends where len() says; a loader that ends earlier would leave the
+    group's gradients unsynchronised across processes, so fit stops, naming it."""
+    from minipt.errors import TrainingError
+    from minipt.train import fit
+
+    model, _, batch = _models_and_batch()
+    wrapped = torch.nn.parallel.DistributedDataParallel(model)
+
+    class Shorter:
+        def __len__(self):
+            return 4
+
+        def __iter__(self):
+            return iter([batch] * 3)
+
+    with pytest.raises(TrainingError, match=r"train_loader ended 1 batch\(es\) before its len\(\) said, inside a group of accumulate=2"):
+        fit(wrapped, torch.optim.SGD(wrapped.parameters(), lr=0.1), Shorter(), loss=lambda m, b: m(**b).loss, epochs=1,
+            accumulate=2, progress=False)

@@ -156,6 +156,8 @@ def test_padded_batches_need_their_lengths(model):
     assert (unpacked[2, :2] - model(letters[2][None], targets[2][None])[0]).abs().max() > 1e-3
     with pytest.raises(InputError, match=r"letter_lengths must lie in \[1, 14\]"):
         model(letter_ids, phoneme_ids, letter_lengths=lengths + 20)
+    with pytest.raises(InputError, match=r"letter_lengths must be integer lengths \(B,\) = \(3,\)"):
+        model(letter_ids, phoneme_ids, letter_lengths=lengths.float())
 
 
 def test_official_names_round_trip(model, arrays):
