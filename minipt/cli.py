@@ -439,7 +439,7 @@ def cmd_zero_shot(args) -> int:
         cls = model_class_for(path, checkpoint)
     if cls is not CLIPModel:
         raise InputError(f"--model {args.model} holds a {cls.__name__} checkpoint; zero-shot classification needs a CLIP model (CLIPModel: both towers)")
-    model = CLIPModel.from_pretrained(path).eval()
+    model = CLIPModel.from_pretrained(path, **({"hidden_act": args.hidden_act} if args.hidden_act else {})).eval()
     tokenizer = Tokenizer.from_pretrained(args.tokenizer) if args.tokenizer else tokenizer_beside(path) or Tokenizer.from_pretrained("clip-tokenizer")
     probabilities = zero_shot(args.images, labels, model, tokenizer, templates=args.templates)  # (images, labels)
     for image, row in zip(args.images, probabilities.tolist()):
@@ -630,6 +630,9 @@ COMMANDS: dict = {
             p.add_argument("--templates", nargs="+", metavar="TEMPLATE", default=["a photo of a {}."],
                            help='captions with {} where the label goes, averaged over (default: "a photo of a {}."); put them after the images'),
             p.add_argument("--tokenizer", help="folder or catalogue name of CLIP's tokenizer (default: the one beside the model, else clip-tokenizer)"),
+            p.add_argument("--hidden-act", choices=("quick_gelu", "gelu"),
+                           help="the activation of an OpenAI-layout file, which does not store it: quick_gelu (OpenAI's weights, "
+                                "the default) or gelu (open_clip's LAION-trained weights)"),
         ),
     ),
     "ocr": (

@@ -46,15 +46,17 @@ def image_file(image: str | os.PathLike) -> Path:
 
 
 def load_image(image: Any) -> Any:
-    """An RGB ``PIL.Image`` from a path (or an image already decoded); grayscale and RGBA are converted, and
-    16-bit grayscale (PNG, TIFF) is scaled to 8 bits (65535 -> 255), as the OCR pipeline reads it: Pillow's
-    own conversion clips it at 255, a white picture."""
+    """An RGB ``PIL.Image`` from a path (or an image already decoded), turned upright as its EXIF orientation says (a
+    phone's photo as viewers show it, as transformers' ``load_image`` and the OCR pipeline read it; torchvision's and
+    open_clip's loaders read the pixels as stored); grayscale and RGBA are converted, and 16-bit grayscale (PNG, TIFF)
+    is scaled to 8 bits (65535 -> 255), as the OCR pipeline reads it: Pillow's own conversion clips it at 255, a white
+    picture."""
     Image = pillow().Image
     if isinstance(image, Image.Image):
-        return to_rgb(image)
+        return to_rgb(upright(image))
     if not isinstance(image, (str, os.PathLike)):
         raise InputError(f"expected an image file path or a PIL image, got {type(image).__name__}")
-    return to_rgb(decoded(image))
+    return to_rgb(upright(decoded(image)))
 
 
 def decoded(image: str | os.PathLike) -> Any:
@@ -112,13 +114,17 @@ def to_rgb(image: Any) -> Any:
 def eight_bit(image: Any) -> Any:
     """A decoded ``PIL.Image`` whose grey levels Pillow's conversions keep: 16-bit grayscale (PNG, TIFF; Pillow's
     convert would clip it at 255, a white picture) scaled to 8 bits, 65535 -> 255, as the OCR pipeline reads it;
-    other modes as they are. A 32-bit floating-point image (mode F) has no set range of grey levels: refused."""
+    other modes as they are. A 32-bit integer image (mode I: ``Image.fromarray`` of int32, some TIFFs) is read as 8-bit
+    levels when none is above 255, as 16-bit ones otherwise. A 32-bit floating-point image (mode F) has no set range
+    of grey levels: refused."""
     import numpy as np
 
     Image = pillow().Image
-    if image.mode.startswith("I;16") or image.mode == "I":  # 16-bit grayscale: 0..65535
+    if image.mode.startswith("I;16") or image.mode == "I":
         levels = np.array(image).clip(0, 65535).astype(np.uint32)
-        return Image.fromarray(((levels + 128) // 257).astype(np.uint8), "L")  # 65535 -> 255, rounded
+        if image.mode == "I" and levels.size and levels.max() <= 255:  # 32-bit integers holding 8-bit levels
+            return Image.fromarray(levels.astype(np.uint8), "L")
+        return Image.fromarray(((levels + 128) // 257).astype(np.uint8), "L")  # 16-bit grayscale: 65535 -> 255, rounded
     if image.mode == "F":
         raise InputError("a 32-bit floating-point image (PIL mode F) has no set range of grey levels: save it with 8 or 16 bits")
     return image
@@ -132,15 +138,28 @@ def resize_shorter_side(image: Any, size: int, resample: str = "bicubic") -> Any
     width, height = image.size
     short, long = min(width, height), max(width, height)
     other = max(size, int(size * long / short))
+    if other > MAX_SIDE:
+        raise InputError(f"an image of {width}x{height} pixels resized to {size} pixels on its shorter side would be "
+                         f"{other} pixels long (at most {MAX_SIDE}): crop the strip first")
     new = (size, other) if width <= height else (other, size)
     return image.resize(new, getattr(pillow().Image.Resampling, check_choice("resample", resample, ("bicubic", "bilinear")).upper()))
 
 
-def center_crop(image: Any, size: int) -> Any:
-    """The centre ``size`` x ``size`` square (padded with black where the image is smaller)."""
+CROP_OFFSETS = ("round", "floor")
+
+
+def center_crop(image: Any, size: int, offset: str = "round") -> Any:
+    """The centre ``size`` x ``size`` square (padded with black where the image is smaller). Where the margin is odd
+    the square sits half a pixel off centre: ``offset="round"`` places it as torchvision's CenterCrop (and timm's and
+    open_clip's preprocessing) does, ``round(margin / 2)``; ``"floor"`` as transformers' image processors do,
+    ``margin // 2``."""
     size = check_int("size", size, low=1, high=MAX_SIDE)
     width, height = image.size
-    left, top = (width - size) // 2, (height - size) // 2
+    if check_choice("offset", offset, CROP_OFFSETS) == "round":  # torchvision pads a smaller image by (size - side) // 2 before
+        half = lambda margin: int(round(margin / 2)) if margin >= 0 else -(-margin // 2)  # noqa: E731
+    else:
+        half = lambda margin: margin // 2  # noqa: E731
+    left, top = half(width - size), half(height - size)
     return image.crop((left, top, left + size, top + size))
 
 
@@ -152,18 +171,23 @@ def to_tensor(image: Any) -> torch.Tensor:
     return pixels.permute(2, 0, 1).contiguous()  # (3, H, W)
 
 
-def image_batch(images: Sequence[Any], *, resize: int, crop: int, resample: str = "bicubic") -> torch.Tensor:
-    """Decode, resize the shorter side to ``resize``, centre-crop ``crop`` x ``crop``: (B, 3, crop, crop) in 0..255."""
+def image_batch(images: Sequence[Any], *, resize: int, crop: int, resample: str = "bicubic", offset: str = "round") -> torch.Tensor:
+    """Decode, resize the shorter side to ``resize``, centre-crop ``crop`` x ``crop`` (``offset``: see ``center_crop``):
+    (B, 3, crop, crop) in 0..255."""
     resize, crop = check_int("resize", resize, low=1, high=MAX_SIDE), check_int("crop", crop, low=1, high=MAX_SIDE)
-    return torch.stack([to_tensor(center_crop(resize_shorter_side(load_image(image), resize, resample), crop)) for image in _image_list(images)])
+    return torch.stack([to_tensor(center_crop(resize_shorter_side(load_image(image), resize, resample), crop, offset))
+                        for image in _image_list(images)])
 
 
-def squeezed_batch(images: Sequence[Any], *, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Each image resized whole to ``size`` x ``size`` (bilinear; the aspect ratio is not kept, nothing is cropped),
-    scaled to 0..1 and normalised per channel: (B, 3, size, size), as transformers' image processor for ViT does."""
-    size = check_int("size", size, low=1, high=MAX_SIDE)
-    bilinear = pillow().Image.Resampling.BILINEAR
-    pixels = torch.stack([to_tensor(load_image(image).resize((size, size), bilinear)) for image in _image_list(images)]) / 255.0
+def squeezed_batch(images: Sequence[Any], *, size: int | tuple[int, int], mean: torch.Tensor, std: torch.Tensor,
+                   resample: str = "bilinear", scale: float = 1 / 255) -> torch.Tensor:
+    """Each image resized whole to ``size`` (a side, or (height, width); the aspect ratio is not kept, nothing is
+    cropped), its 0..255 pixels multiplied by ``scale`` and normalised per channel: (B, 3, height, width), as
+    transformers' image processor for ViT does."""
+    height, width = (size, size) if isinstance(size, int) else size
+    height, width = check_int("height", height, low=1, high=MAX_SIDE), check_int("width", width, low=1, high=MAX_SIDE)
+    method = getattr(pillow().Image.Resampling, check_choice("resample", resample, ("bicubic", "bilinear")).upper())
+    pixels = torch.stack([to_tensor(load_image(image).resize((width, height), method)) for image in _image_list(images)]) * scale
     return (pixels - mean[:, None, None]) / std[:, None, None]
 
 
@@ -179,10 +203,10 @@ def _image_list(images: Any) -> list:
 
 
 def normalized_batch(images: Sequence[Any], *, resize: int = 256, crop: int = 224, resample: str = "bilinear",
-                     mean: torch.Tensor = IMAGENET_MEAN, std: torch.Tensor = IMAGENET_STD) -> torch.Tensor:
+                     mean: torch.Tensor = IMAGENET_MEAN, std: torch.Tensor = IMAGENET_STD, offset: str = "round") -> torch.Tensor:
     """``image_batch`` scaled to 0..1 and normalised per channel: (B, 3, crop, crop). The defaults are how
     torchvision's weights prepare ImageNet inputs (shorter side 256, bilinear, centre crop 224, ImageNet mean and std)."""
-    pixels = image_batch(images, resize=resize, crop=crop, resample=resample) / 255.0  # (B, 3, crop, crop) in 0..1
+    pixels = image_batch(images, resize=resize, crop=crop, resample=resample, offset=offset) / 255.0  # (B, 3, crop, crop) in 0..1
     return (pixels - mean[:, None, None]) / std[:, None, None]
 
 

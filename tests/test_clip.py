@@ -734,3 +734,57 @@ def test_photos_are_prepared_as_transformers_clip_processor_does():
         image = Image.fromarray(photo)
         expected = processor(images=image, return_tensors="pt")["pixel_values"]
         assert (clip_preprocess([image], 224) - expected).abs().max() <= 1 / 255 / 0.26 + 1e-6  # one level over CLIP's smallest std
+
+
+def test_the_centre_crop_sits_where_each_layouts_reference_puts_it(tmp_path):
+    """Where the resized image's margin is 3 mod 4, open_clip's preprocess (torchvision's CenterCrop) and transformers'
+    CLIPImageProcessor cut squares one pixel apart; minipt cut transformers' for both layouts (2.46 apart in
+    normalised pixels from open_clip's on a 640 x 427 photo)."""
+    from PIL import Image
+
+    open_clip = pytest.importorskip("open_clip", reason="open_clip_torch is in the test extra")
+    image = Image.fromarray(torch.randint(0, 256, (30, 49, 3), generator=torch.Generator().manual_seed(3), dtype=torch.uint8).numpy())
+    (tmp_path / "open_clip").mkdir()
+    torch.save(open_clip_model().state_dict(), tmp_path / "open_clip" / "ViT-tiny.pt")
+    with pytest.warns(UserWarning, match="QuickGELU assumed"):
+        openai = CLIPModel.from_pretrained(tmp_path / "open_clip")  # 12 x 12 images: 30 x 49 resized to 12 x 19, margin 7
+    theirs = open_clip.transform.image_transform(12, is_train=False)(image)
+    assert max_diff(openai.preprocess([image])[0], theirs) <= 1e-5
+    processor = transformers.CLIPImageProcessor(size={"shortest_edge": 12}, crop_size={"height": 12, "width": 12})
+    hugging_face = CLIPVisionModel(CLIPVisionConfig(image_size=12, patch_size=4))
+    expected = processor(images=[image], return_tensors="pt")["pixel_values"]
+    assert max_diff(hugging_face.preprocess([image]), expected) <= 1.01 / (255 * CLIP_STD.min().item())
+    assert max_diff(openai.preprocess([image]), expected) > 0.5  # a column apart
+
+
+def test_zero_shot_command_runs_open_clips_gelu_weights(tmp_path, clip_tokenizer_folder, capsys):
+    """open_clip's LAION-trained weights use GELU and their OpenAI-layout file does not say so: the command had no way to
+    ask for it and printed QuickGELU's probabilities; --hidden-act gelu gives what open_clip computes."""
+    from minipt import cli
+
+    reference = open_clip_model(vocab_size=49408, context_length=16, quick_gelu=False)
+    (tmp_path / "open_clip").mkdir()
+    torch.save(reference.state_dict(), tmp_path / "open_clip" / "ViT-tiny.pt")
+    images = saved_images(tmp_path)
+    labels = ["a cat", "a dog", "a red boat"]
+    from minipt.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_pretrained(clip_tokenizer_folder)
+    open_clip = pytest.importorskip("open_clip")
+    from PIL import Image
+
+    pixels = torch.stack([open_clip.transform.image_transform(12, is_train=False)(Image.open(p)) for p in images])
+    ids = tokenizer([f"a photo of {label}." for label in labels], padding="max_length", max_length=16, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        image, text, scale = reference(pixels, ids)
+        expected = (scale * image @ text.t()).softmax(-1)
+    arguments = ["zero-shot", *map(str, images), "--labels", ",".join(labels), "--model", str(tmp_path / "open_clip"),
+                 "--templates", "a photo of {}.", "--tokenizer", str(clip_tokenizer_folder)]
+    with pytest.warns(UserWarning, match=r"--hidden-act gelu"):
+        assert cli.main(arguments) == 0
+    quick = printed_probabilities(capsys.readouterr().out)
+    assert cli.main([*arguments, "--hidden-act", "gelu"]) == 0
+    table = printed_probabilities(capsys.readouterr().out)
+    for row, path in zip(expected.tolist(), images):
+        assert all(abs(table[str(path)][label] - p) <= 0.00005 + 1e-9 for label, p in zip(labels, row)), (table, row)
+    assert any(abs(quick[str(path)][label] - p) > 0.0002 for row, path in zip(expected.tolist(), images) for label, p in zip(labels, row))

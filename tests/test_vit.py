@@ -446,3 +446,64 @@ def test_checkpoints_of_other_families_are_named(tmp_path):
     for cls in CLASSES.values():
         with pytest.raises(ConfigError, match=r"has no config.json, which .* needs; it looks like a torchvision-format ResNet"):
             cls.from_pretrained(tmp_path / "resnet.pth")
+
+
+def test_torchvision_weights_are_prepared_as_their_transforms():
+    """Each torchvision ViT weight's own transforms (resize, interpolation, crop) against what preprocess does for a
+    file of that architecture: the ImageNet weights of vit_l_16 resize to 242, the SWAG ones to the crop's size,
+    bicubic; minipt resized every one to 256 / 224 of the crop, bilinear (up to 2.9 apart in normalised pixels)."""
+    from minipt.models.vit import torchvision_resize
+
+    checked = 0
+    for builder, architecture in (("vit_b_16", (768, 16)), ("vit_b_32", (768, 32)), ("vit_l_16", (1024, 16)),
+                                  ("vit_l_32", (1024, 32)), ("vit_h_14", (1280, 14))):
+        for weights in torchvision_vit.__dict__[f"{builder.upper().replace('VIT', 'ViT')}_Weights"]:
+            transforms = weights.transforms()
+            image_size = transforms.crop_size[0]
+            config = ViTConfig(hidden_size=architecture[0], num_attention_heads=16, patch_size=architecture[1], image_size=image_size)
+            resize, resample = torchvision_resize(config)
+            if "SWAG_LINEAR" in weights.name and builder != "vit_h_14":  # the ImageNet weights' shapes: preprocess(resize=224, resample="bicubic")
+                assert (resize, resample) != (transforms.resize_size[0], transforms.interpolation.value)
+                continue
+            assert (resize, resample) == (transforms.resize_size[0], transforms.interpolation.value), weights
+            checked += 1
+    assert checked == 8  # 10 weights, the 2 SWAG "linear" ones of the ImageNet shapes aside
+
+
+def test_torchvision_preprocess_is_the_weights_transforms_on_a_photo(tmp_path):
+    from PIL import Image
+
+    image = Image.fromarray(torch.randint(0, 256, (427, 640, 3), generator=torch.Generator().manual_seed(1), dtype=torch.uint8).numpy())
+    with torch.device("meta"):
+        large = ViTForImageClassification(ViTConfig(hidden_size=1024, num_hidden_layers=1, num_attention_heads=16, intermediate_size=8,
+                                                    num_labels=3, weights_format="torchvision"))
+    expected = torchvision_vit.ViT_L_16_Weights.IMAGENET1K_V1.transforms()(image)
+    assert max_diff(large.preprocess(image)[0], expected) < 1e-5
+    swag = torchvision_vit.ViT_L_16_Weights.IMAGENET1K_SWAG_LINEAR_V1.transforms()(image)
+    assert max_diff(large.preprocess(image, resize=224, resample="bicubic")[0], swag) < 1e-5
+
+
+def test_a_folders_preprocessor_config_is_followed_and_saved(tmp_path):
+    """A fine-tuned ViT whose preprocessor_config.json says ImageNet statistics and bicubic: transformers'
+    AutoImageProcessor follows it, minipt squeezed with mean = std = 0.5 (1.06 apart). Now the file's settings are
+    used (within the two libraries' bicubic rounding), written back by save_pretrained, and a setting minipt does
+    not follow is named when images are prepared, not when weights load."""
+    from PIL import Image
+
+    folder = tmp_path / "vit"
+    transformers.ViTForImageClassification(transformers.ViTConfig(**hf_config().to_dict())).save_pretrained(folder)
+    settings = {"image_processor_type": "ViTImageProcessor", "do_resize": True, "size": {"height": 16, "width": 16}, "resample": 3,
+                "do_normalize": True, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225], "do_rescale": True,
+                "rescale_factor": 1 / 255}
+    (folder / "preprocessor_config.json").write_text(json.dumps(settings))
+    image = Image.fromarray(torch.randint(0, 256, (30, 45, 3), generator=torch.Generator().manual_seed(2), dtype=torch.uint8).numpy())
+    expected = transformers.AutoImageProcessor.from_pretrained(folder)(images=image, return_tensors="pt")["pixel_values"]
+    model = ViTForImageClassification.from_pretrained(folder)
+    assert max_diff(model.preprocess(image), expected) <= 2.01 / (255 * 0.224)  # bicubic rounding; the 0.5 statistics were 1.06 apart
+    again = ViTForImageClassification.from_pretrained(model.save_pretrained(tmp_path / "again"))
+    assert json.loads((tmp_path / "again" / "preprocessor_config.json").read_text()) == settings
+    assert torch.equal(again.preprocess(image), model.preprocess(image))
+    (folder / "preprocessor_config.json").write_text(json.dumps(settings | {"image_processor_type": "DeiTImageProcessor", "do_center_crop": True}))
+    model = ViTForImageClassification.from_pretrained(folder)  # the weights load
+    with pytest.raises(InputError, match="preprocessor_config.json .*follows ViTImageProcessor, not 'DeiTImageProcessor'"):
+        model.preprocess(image)

@@ -447,6 +447,7 @@ class CLIPVisionModel(_CLIPTower):
                              "resize them (preprocess does), or pass interpolate_pos_encoding=True")
 
     def preprocess(self, images) -> torch.Tensor:
+        """Image paths (or PIL images) -> (B, 3, image_size, image_size) as transformers' CLIPImageProcessor prepares them."""
         return clip_preprocess(images, self.config.image_size)
 
 
@@ -528,8 +529,9 @@ class CLIPModel(_CLIPPretrained):
         return self.visual_projection(self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding).pooler_output)
 
     def preprocess(self, images) -> torch.Tensor:
-        """Image paths (or PIL images) -> (B, 3, image_size, image_size) as CLIP was trained on them."""
-        return clip_preprocess(images, self.config.vision_config.image_size)
+        """Image paths (or PIL images) -> (B, 3, image_size, image_size) as CLIP was trained on them, placed as the
+        checkpoint's format does (open_clip's preprocess for OpenAI's layout, transformers' CLIPImageProcessor otherwise)."""
+        return clip_preprocess(images, self.config.vision_config.image_size, self.config.weights_format)
 
     # -- loading and saving ----------------------------------------------------
     @classmethod
@@ -571,7 +573,7 @@ class CLIPModel(_CLIPPretrained):
 
             warnings.warn(f"{path}: an OpenAI-layout CLIP without OpenAI's own integers: its activation is not stored; "
                           "QuickGELU assumed (OpenAI's weights, and open_clip's '-quickgelu' models); open_clip's own "
-                          "LAION-trained weights use GELU: pass hidden_act='gelu'", stacklevel=4)
+                          "LAION-trained weights use GELU: pass hidden_act='gelu' (minipt zero-shot --hidden-act gelu)", stacklevel=4)
         if act is not None:
             config = config.replace(text_config=config.text_config.replace(hidden_act=act),
                                     vision_config=config.vision_config.replace(hidden_act=act))
@@ -623,10 +625,12 @@ def _check_tower(tower: type, config, checkpoint, keymap: KeyMap, prefix: str, o
 
 
 # -- preprocessing and zero-shot classification ---------------------------------------------------
-def clip_preprocess(images, image_size: int) -> torch.Tensor:
+def clip_preprocess(images, image_size: int, weights_format: str = "huggingface") -> torch.Tensor:
     """Image paths (or PIL images) -> (B, 3, image_size, image_size): the shorter side resized to ``image_size``
-    (bicubic), the centre square cut out, normalised with CLIP's mean and std."""
-    return normalized_batch(images, resize=image_size, crop=image_size, resample="bicubic", mean=CLIP_MEAN, std=CLIP_STD)
+    (bicubic), the centre square cut out, normalised with CLIP's mean and std. Where the margin is odd the square
+    sits as open_clip places it (``round``) for OpenAI's layout, as transformers does (``floor``) for Hugging Face's."""
+    offset = "round" if weights_format == "openai" else "floor"
+    return normalized_batch(images, resize=image_size, crop=image_size, resample="bicubic", mean=CLIP_MEAN, std=CLIP_STD, offset=offset)
 
 
 # The seven captions OpenAI chose for ImageNet out of its eighty by a search over subsets (the CLIP repository's

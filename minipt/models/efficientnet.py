@@ -131,8 +131,9 @@ class EfficientNetConfig(Config):
 
     @property
     def resize(self) -> int:
-        """Shorter side before the centre crop: the crop keeps 87.5% of it (256 for 224)."""
-        return round(self.resolution / 0.875)
+        """Shorter side before the centre crop, as the original's evaluation crops: 32 pixels more than the crop
+        (TensorFlow's CROP_PADDING; 256 for 224, 272 for Lite1's 240, 332 for Lite4's 300)."""
+        return self.resolution + 32
 
 
 # width, depth, resolution, dropout of the Lite family (TensorFlow's efficientnet_lite_builder)

@@ -17,8 +17,9 @@ Two official formats, each through its key map, both ways:
   of width 64), and the builders ``vit_b_16(weights=...)`` ... build or load them.
 
 The format a model was loaded from is kept (``config.weights_format``, read off the tensors) and decides
-what ``save_pretrained`` writes and how ``preprocess`` normalises: mean = std = 0.5 for Hugging Face's
-checkpoints, the ImageNet statistics for torchvision's.
+what ``save_pretrained`` writes and how ``preprocess`` prepares images: as the folder's
+``preprocessor_config.json`` says for Hugging Face's checkpoints (transformers' ViTImageProcessor; mean =
+std = 0.5 without one), as the transforms of torchvision's weights for its files.
 
 ``interpolate_pos_encoding=True`` runs at another image size, the patch grid of the position table
 resized by bicubic interpolation as transformers does (``interpolate_positions``); without it an image
@@ -36,6 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import CONFIG, Checkpoint, Pretrained
+from ..files import read_json, write_json
+from ..hub import resolve
 from ..config import Config, count, epsilon, flag, minipt_only, one_of, probability, real, require
 from ..errors import ConfigError, InputError, KeyMismatchError
 from ..keymap import KeyMap, Split
@@ -86,6 +89,8 @@ class ViTConfig(ClassLabels, Config):
     # minipt's own, not written to config.json: decided by the checkpoint
     add_pooling_layer: bool = flag(True, minipt_only=True)  # ViTModel's optional pooler (tanh(W h_[CLS]))
     weights_format: str = one_of("huggingface", FORMATS, minipt_only=True)  # which official names save_pretrained writes
+    # the folder's preprocessor_config.json (transformers' ViTImageProcessor fields), as read; None: that class's defaults
+    image_processor: dict | None = minipt_only(None)
 
     model_type = "vit"
 
@@ -244,15 +249,26 @@ class _ViTPretrained(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
             raise InputError(f"{owner}'s position table is for {config.image_size}x{config.image_size} images (image_size), got {H}x{W}; "
                              "pass interpolate_pos_encoding=True to run at another size")
 
-    def preprocess(self, images) -> torch.Tensor:
-        """Image paths (or PIL images) -> (B, 3, image_size, image_size), normalised as the checkpoint's format was trained:
-        torchvision's (shorter side to image_size * 256/224, centre crop, ImageNet mean and std) or Hugging Face's
-        (transformers' ViTImageProcessor: the whole image resized to image_size square, bilinear, mean = std = 0.5)."""
+    def preprocess(self, images, *, resize: int | None = None, resample: str | None = None) -> torch.Tensor:
+        """Image paths (or PIL images) -> (B, 3, image_size, image_size), normalised as the checkpoint's format was trained.
+
+        torchvision's: the shorter side resized, the centre cropped, ImageNet mean and std, as the weights' own transforms
+        (``torchvision_resize``: 256 bilinear for ``vit_b_16``/``vit_b_32``/``vit_l_32``, 242 for ``vit_l_16``, the
+        crop's size bicubic for the SWAG weights at 384, 512 and 518 and for ``vit_h_14``). The SWAG "linear" weights
+        of ``vit_b_16`` and ``vit_l_16`` have the ImageNet weights' shapes and need ``resize=224, resample="bicubic"``.
+
+        Hugging Face's: as transformers' ViTImageProcessor with the folder's ``preprocessor_config.json`` (its size,
+        resampling, mean and std; without the file the whole image resized to image_size square, bilinear, mean =
+        std = 0.5)."""
         size = self.config.image_size
         if self.config.weights_format == "torchvision":
-            return normalized_batch(images, resize=size * 256 // 224, crop=size)
-        half = torch.full((3,), 0.5)
-        return squeezed_batch(images, size=size, mean=half, std=half)
+            default_resize, default_resample = torchvision_resize(self.config)
+            return normalized_batch(images, resize=resize or default_resize, crop=size, resample=resample or default_resample)
+        if resize is not None:
+            raise InputError("resize= is for torchvision's ViT weights; a Hugging Face folder's preprocessor_config.json says its size")
+        processing = processor_settings(self.config)
+        return squeezed_batch(images, size=processing["size"], mean=processing["mean"], std=processing["std"],
+                              resample=resample or processing["resample"], scale=processing["scale"])
 
     # -- loading and saving ----------------------------------------------------
     @classmethod
@@ -277,6 +293,22 @@ class _ViTPretrained(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
                 raise ConfigError(f"{path} is a torchvision ViT of hidden size {hidden}, none of torchvision's builders' ({builders}), "
                                   "and its files do not store the number of heads; pass num_attention_heads=")
         return super().load_config(path, checkpoint, **overrides)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path=None, **kwargs):
+        """``Pretrained.from_pretrained``, with the folder's ``preprocessor_config.json`` (if any) kept for ``preprocess``."""
+        model = super().from_pretrained(name_or_path, **kwargs)
+        if model.config.weights_format == "huggingface":
+            path = resolve(cls.default_checkpoint if name_or_path is None else name_or_path)
+            model.config.image_processor = read_processor(path if path.is_dir() else path.parent)
+        return model
+
+    def save_pretrained(self, directory) -> Path:
+        """``Pretrained.save_pretrained``, and the ``preprocessor_config.json`` the model was loaded with, if any."""
+        directory = super().save_pretrained(directory)
+        if self.config.image_processor is not None and self.config.weights_format == "huggingface":
+            write_json(directory / PROCESSOR, self.config.image_processor)
+        return directory
 
     @classmethod
     def adapt_config(cls, config: ViTConfig, checkpoint) -> ViTConfig:
@@ -521,6 +553,61 @@ def torchvision_config(checkpoint) -> ViTConfig:
         return ViTConfig(**values)
     except ConfigError as err:
         raise KeyMismatchError(f"checkpoint {checkpoint.path} does not describe a ViT minipt can build: {err}") from None
+
+
+# -- preprocessing as each format's weights were trained ---------------------------------
+PROCESSOR = "preprocessor_config.json"
+PIL_RESAMPLE = {2: "bilinear", 3: "bicubic"}  # Pillow's codes, as processor files store them; the others are not offered
+
+
+def torchvision_resize(config: ViTConfig) -> tuple[int, str]:
+    """The shorter side and resampling of the transforms of torchvision's weights of this architecture: the ImageNet
+    weights resize to 256 bilinear (``vit_l_16``: 242), the SWAG weights (every ``vit_h_14``, and any image size but
+    224) to the crop's size, bicubic."""
+    if config.image_size != 224 or config.hidden_size == 1280:
+        return config.image_size, "bicubic"
+    if (config.hidden_size, config.patch_size) == (1024, 16):
+        return 242, "bilinear"
+    return 256, "bilinear"
+
+
+def read_processor(directory: Path) -> dict | None:
+    """The folder's ``preprocessor_config.json`` as it is, or None where there is none."""
+    return read_json(directory / PROCESSOR, default=None, what="an object (transformers' image processor settings)")
+
+
+def processor_settings(config: ViTConfig) -> dict:
+    """What ``preprocess`` does for a Hugging Face checkpoint: transformers' ViTImageProcessor with the fields of
+    ``config.image_processor`` (its defaults where absent); a field minipt does not follow is an InputError naming it."""
+    found = dict(config.image_processor or {})
+    where = f"{PROCESSOR} ({found.get('image_processor_type', 'no image_processor_type')})"
+    kind = found.get("image_processor_type", "ViTImageProcessor")
+    if kind not in ("ViTImageProcessor", "ViTImageProcessorFast", "ViTFeatureExtractor"):
+        raise InputError(f"{where}: minipt's ViT preprocess follows ViTImageProcessor, not {kind!r}; prepare the pixels as it does")
+    for unsupported in ("do_center_crop", "do_pad", "do_convert_rgb_to_bgr"):
+        if found.get(unsupported):
+            raise InputError(f"{where} sets {unsupported}, which ViTImageProcessor does not do; prepare the pixels as {kind} does")
+    size = found.get("size", {"height": config.image_size, "width": config.image_size})
+    if isinstance(size, int):
+        size = {"height": size, "width": size}
+    if not isinstance(size, dict) or set(size) != {"height", "width"}:
+        raise InputError(f"{where}: size = {size!r}; minipt's ViT preprocess resizes to {{'height': H, 'width': W}}")
+    if not found.get("do_resize", True):
+        raise InputError(f"{where} sets do_resize false: the images must already have the model's size; give their pixels to the model")
+    resample = found.get("resample", 2)
+    if resample not in PIL_RESAMPLE:
+        raise InputError(f"{where}: resample = {resample!r}; minipt resizes with {', '.join(f'{code} ({name})' for code, name in PIL_RESAMPLE.items())}")
+
+    def channels(name: str, default: float) -> torch.Tensor:
+        value = found.get(name, default) if found.get("do_normalize", True) else {"image_mean": 0.0, "image_std": 1.0}[name]
+        value = [value] * 3 if isinstance(value, (int, float)) else value
+        if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, (int, float)) for v in value)):
+            raise InputError(f"{where}: {name} = {value!r}; expected three numbers (R, G, B)")
+        return torch.tensor(value, dtype=torch.float32)
+
+    scale = found.get("rescale_factor", 1 / 255) if found.get("do_rescale", True) else 1.0
+    return {"size": (size["height"], size["width"]), "resample": PIL_RESAMPLE[resample],
+            "mean": channels("image_mean", 0.5), "std": channels("image_std", 0.5), "scale": scale}
 
 
 # -- torchvision's builders --------------------------------------------------------
