@@ -166,3 +166,29 @@ def test_a_refused_generate_prints_nothing(capsys):
     with pytest.raises(InputError):
         model.generate(model.encode("ab")[None], max_new_tokens=0, streamer=TextStreamer(model))
     assert capsys.readouterr().out == ""
+
+
+def test_a_tokenizer_that_cleans_up_spaces_streams_its_decoded_text(tmp_path):
+    """clean_up_tokenization_spaces joins "The ," into "The," once the comma comes, after the space was printed:
+    TextStreamer printed "The  said" for "The, said." Now the text from the second-to-last space waits, and every
+    stream of random pieces equals decode, line for line."""
+    import io
+    import random
+
+    from t5_snapshot import tiny_t5_folder
+
+    tokenizer = Tokenizer.from_pretrained(tiny_t5_folder(tmp_path / "t5"))
+    tokenizer.clean_up_tokenization_spaces = True  # as a tokenizer_config.json saying so sets it
+    pieces = ["▁The", "▁", ",", "▁said", ".", "'", "▁'", "s", "▁n", "'", "t", "▁?", "!", "▁I", "m"]
+    vocabulary = [i for i in tokenizer.convert_tokens_to_ids(pieces) if i != tokenizer.unk_token_id]
+    assert len(vocabulary) >= 8
+    rng = random.Random(0)
+    for trial in range(200):
+        ids = [rng.choice(vocabulary) for _ in range(rng.randint(1, 12))]
+        out = io.StringIO()
+        streamer = TextStreamer(tokenizer, skip_prompt=True, file=out)
+        streamer.put(torch.tensor([[0]]))
+        for i in ids:
+            streamer.put(torch.tensor([i]))
+        streamer.end()
+        assert out.getvalue() == tokenizer.decode(ids) + "\n", (trial, tokenizer.convert_ids_to_tokens(ids))

@@ -118,7 +118,10 @@ class TextStreamer(Streamer):
     ``skip_special_tokens``). A character whose bytes span several tokens is
     held back until its last byte arrives (the decoder shows it as U+FFFD
     until then). The text is printed to ``file`` (default: standard output),
-    a newline after the end.
+    a newline after the end. A tokenizer that cleans up spaces when it decodes
+    (``clean_up_tokenization_spaces``: "Hello ," -> "Hello,") can still remove
+    one of the last two spaces once the next token comes, so with one the
+    text from the second-to-last space on waits for the next token or the end.
     """
 
     def __init__(self, decode, *, skip_prompt: bool = False, file: TextIO | None = None, **decode_kwargs):
@@ -126,6 +129,8 @@ class TextStreamer(Streamer):
         if not callable(decode):
             raise InputError(f"TextStreamer needs a decode function (ids -> text) or an object with a decode method, got {type(decode).__name__}")
         self.decode: Callable[..., str] = decode
+        # "do n't", " ' ": decoding more ids can still join the last two spaces of the text into what follows
+        self._cleans_up = decode_kwargs.get("clean_up_tokenization_spaces", getattr(getattr(decode, "__self__", None), "clean_up_tokenization_spaces", False)) is True
         self.skip_prompt = check_bool("skip_prompt", skip_prompt)
         self.decode_kwargs = decode_kwargs
         self.file = file
@@ -145,6 +150,8 @@ class TextStreamer(Streamer):
             self._ids, self._shown = [], 0
             return
         settled = text.rstrip(_PARTIAL)  # hold back a character whose bytes are still arriving
+        if self._cleans_up:
+            settled = _before_last_two_spaces(settled)
         if len(settled) > self._shown:
             self.on_text(settled[self._shown :])
             self._shown = len(settled)
@@ -159,6 +166,17 @@ class TextStreamer(Streamer):
         if stream_end and not text and self._at_prompt:
             return  # generate ended before its first put (a refused argument): no line was begun, none to end
         print(text, end="\n" if stream_end else "", flush=True, file=self.file if self.file is not None else sys.stdout)
+
+
+def _before_last_two_spaces(text: str) -> str:
+    """``text`` up to (not including) its second-to-last whitespace character; "" when it has fewer than two."""
+    found = 0
+    for i in range(len(text) - 1, -1, -1):
+        if text[i].isspace():
+            found += 1
+            if found == 2:
+                return text[:i]
+    return ""
 
 
 class TextIteratorStreamer(TextStreamer):
