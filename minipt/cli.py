@@ -481,15 +481,18 @@ def cmd_generate(args) -> int:
     from .hub import resolve
     from .models.gpt2 import GPT2LMHeadModel
     from .models.t5 import T5Model
-    from .nn.sampling import check_sampling
+    from .nn.sampling import DEFAULT_TOP_K, check_sampling
     from .nn.streamer import TextStreamer
     from .registry import model_class_for
 
     temperature = 1.0 if args.temperature is None else args.temperature  # 0 is refused, as generate refuses it
     check_sampling(temperature, args.top_k, args.top_p, args.repetition_penalty)  # generate's own check, before the model loads
     sample = any(v is not None for v in (args.temperature, args.top_k, args.top_p))
+    if args.seed is not None and not sample:
+        raise InputError("--seed seeds sampling, and no sampling option (--temperature, --top-k, --top-p) was given: the text would be greedy, the same for every seed")
     max_new_tokens = 50 if args.max_new_tokens is None and args.max_length is None else args.max_new_tokens
-    options = dict(max_new_tokens=max_new_tokens, max_length=args.max_length, do_sample=sample, temperature=temperature, top_k=args.top_k,
+    options = dict(max_new_tokens=max_new_tokens, max_length=args.max_length, do_sample=sample, temperature=temperature,
+                   top_k=DEFAULT_TOP_K if args.top_k is None else args.top_k,
                    top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
     path = resolve(args.model)
     with Checkpoint(path) as checkpoint:
@@ -667,9 +670,10 @@ COMMANDS: dict = {
             p.add_argument("prompt", help="the text to continue (GPT-2) or to answer (T5: the encoder's input)"),
             p.add_argument("--model", required=True, help="folder or catalogue name of a GPT-2 checkpoint, or of a T5 checkpoint with its tokenizer"),
             p.add_argument("--max-new-tokens", type=int, help="how many tokens to add (default 50 unless --max-length is given)"),
-            p.add_argument("--max-length", type=int, help="stop when prompt and new tokens together reach this many tokens (instead of --max-new-tokens)"),
+            p.add_argument("--max-length", type=int, help="GPT-2: stop when prompt and new tokens together reach this many tokens; T5: when the decoder's "
+                                                             "start token and new tokens do (instead of --max-new-tokens)"),
             p.add_argument("--temperature", type=float, help="sample, dividing the logits by this (> 0; without a sampling option the text is greedy)"),
-            p.add_argument("--top-k", type=int, help="sample among the k most likely tokens"),
+            p.add_argument("--top-k", type=int, help="sample among the k most likely tokens (when sampling: 50 unless given, transformers' default; 0: all)"),
             p.add_argument("--top-p", type=float, help="sample among the most likely tokens holding this much probability"),
             p.add_argument("--repetition-penalty", type=float, default=1.0,
                            help="above 1, make tokens already in the text less likely, as transformers does (default 1.0: off)"),

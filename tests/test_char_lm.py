@@ -168,7 +168,7 @@ def test_bad_configs_are_named(tmp_path):
         (lambda m: m(torch.zeros(1, 3, dtype=torch.long), (torch.zeros(2, 1, 32),)), r"state must be the LSTM's \(h, c\)"),
         (lambda m: m(torch.zeros(1, 3, dtype=torch.long), (torch.zeros(2, 2, 32), torch.zeros(2, 2, 32))), r"\(num_layers, B, hidden_size\) = \(2, 1, 32\)"),
         (lambda m: m.generate(torch.zeros(1, 2, dtype=torch.long), temperature=-1), "temperature must be > 0"),
-        (lambda m: m.generate(torch.zeros(1, 2, dtype=torch.long), top_k=0), "top_k must be a positive integer"),
+        (lambda m: m.generate(torch.zeros(1, 2, dtype=torch.long), top_k=-1), "top_k must be a non-negative integer"),
         (lambda m: m.generate(torch.zeros(1, 2, dtype=torch.long), max_new_tokens=-1), "max_new_tokens must be a positive integer"),
         (lambda m: m.generate(torch.zeros(1, 2, dtype=torch.long), max_new_tokens=3, max_length=9), "not both"),
         (lambda m: m.generate(torch.full((1, 2), 300), max_new_tokens=3), "input_ids holds 300"),

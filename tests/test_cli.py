@@ -269,7 +269,7 @@ def test_generate_with_t5_prints_the_decoders_text(t5_folder, capsys, options, a
     (["--num-beams", "0"], "--num-beams must be a positive integer, got 0"),
     (["--num-beams", "2", "--top-k", "5"], "beam search (num_beams=2) takes no do_sample"),
     (["--num-beams", "5000"], "num_beams must be at most the vocabulary's 1100 tokens, got 5000"),
-    (["--max-new-tokens", "512"], "1 prompt tokens + max_new_tokens 512 exceed the context of 512 positions"),
+    (["--seed", "3"], "--seed seeds sampling, and no sampling option"),
 ])
 def test_generate_with_t5_refuses_bad_options_in_one_line(t5_folder, capsys, argv, message):
     assert cli.main(["generate", "--model", str(t5_folder), "a prompt", *argv]) == 1

@@ -463,10 +463,36 @@ def test_top_p_outside_the_unit_interval(pair, top_p):
         model.generate(torch.zeros(1, 3, dtype=torch.long), max_new_tokens=2, do_sample=True, top_p=top_p)
 
 
-def test_top_k_below_one(pair):
+def test_top_k_below_zero(pair):
     _, model, _ = pair
-    with pytest.raises(InputError, match="top_k must be a positive integer"):
-        model.generate(torch.zeros(1, 3, dtype=torch.long), max_new_tokens=2, do_sample=True, top_k=0)
+    with pytest.raises(InputError, match="top_k must be a non-negative integer"):
+        model.generate(torch.zeros(1, 3, dtype=torch.long), max_new_tokens=2, do_sample=True, top_k=-1)
+
+
+def test_sampling_by_default_as_transformers_samples(pair):
+    """transformers samples among the 50 most likely tokens unless told otherwise; minipt sampled from the whole
+    vocabulary, so the same seed drew other tokens. Same generator state, same tokens."""
+    reference, model, _ = pair
+    prompt = torch.tensor([[5, 11, 42], [1, 2, 3]])
+    torch.manual_seed(4)
+    expected = reference.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12, do_sample=True, temperature=3.0,
+                                  eos_token_id=None, pad_token_id=0)
+    torch.manual_seed(4)
+    assert torch.equal(model.generate(prompt, max_new_tokens=12, do_sample=True, temperature=3.0, eos_token_id=None), expected)
+
+
+def test_beam_search_and_other_unknown_arguments_are_named(pair):
+    """GPT-2's generate has no num_beams: Python's bare TypeError came out of the argument binding."""
+    _, model, _ = pair
+    with pytest.raises(InputError, match=r"GPT2LMHeadModel.generate: got an unexpected keyword argument 'num_beams' \(beam search is T5's"):
+        model.generate(torch.zeros(1, 3, dtype=torch.long), num_beams=2)
+    with pytest.raises(InputError, match="GPT2LMHeadModel.generate: .*'max_tokens'"):
+        model.generate(torch.zeros(1, 3, dtype=torch.long), max_tokens=2)
+
+
+def test_an_empty_batch_is_as_long_as_any_row_could_be(pair):
+    _, model, _ = pair
+    assert model.generate(torch.zeros(0, 5, dtype=torch.long), max_new_tokens=3).shape == (0, 8)
 
 
 def test_cache_of_another_batch_size_or_length(pair):

@@ -101,7 +101,6 @@ BAD = [
     ("temperature", math.nan),
     ("temperature", True),
     ("temperature", "1.0"),
-    ("top_k", 0),
     ("top_k", -3),
     ("top_k", True),
     ("top_k", 2.0),
@@ -136,8 +135,50 @@ def test_zero_temperature_only_where_it_means_greedy():
     check_sampling(0.0, zero_temperature_is_greedy=True)
     with pytest.raises(InputError, match=r"temperature must be >= 0"):
         check_sampling(-0.5, zero_temperature_is_greedy=True)
-    with pytest.raises(InputError, match=r"top_k must be an integer in \[1, 10\]"):
-        check_sampling(top_k=11, vocab_size=10)
+
+
+
+def test_top_k_as_transformers_reads_it():
+    """0 (and None) is no top-k filter, and more than the vocabulary is all of it, as transformers' TopKLogitsWarper
+    reads top_k; generate samples with its default, 50 (minipt sampled from the whole vocabulary: 94 distinct
+    tokens of 97 over 300 seeds where transformers drew from 50)."""
+    import inspect
+
+    from minipt.models.char_lm import CharLM
+    from minipt.models.gpt2 import GPT2LMHeadModel
+    from minipt.models.t5 import T5ForConditionalGeneration
+    from minipt.nn.sampling import DEFAULT_TOP_K
+
+    transformers = import_transformers()
+    assert DEFAULT_TOP_K == transformers.GenerationConfig._get_default_generation_params()["top_k"] == 50  # unless a generation_config.json says
+    for model in (GPT2LMHeadModel, T5ForConditionalGeneration, CharLM):
+        assert inspect.signature(model.generate).parameters["top_k"].default == DEFAULT_TOP_K, model
+    logits = random_logits(V=30)
+    for top_k in (0, None, 30, 31, 1000):
+        seeded = lambda k: choose_next_token(logits, top_k=k, generator=torch.Generator().manual_seed(3))  # noqa: E731
+        assert torch.equal(seeded(top_k), seeded(None)), top_k
+    warper = transformers.TopKLogitsWarper(top_k=1000)
+    assert torch.equal(warper(None, logits), logits)  # transformers keeps the whole vocabulary too
+
+
+def test_logits_no_token_can_be_drawn_from_are_named():
+    """A temperature or repetition penalty so small that the logits overflow, and a model's NaN or +inf logits,
+    reached torch.multinomial's RuntimeError ("probability tensor contains either inf, nan or element < 0")."""
+    logits = random_logits()
+    with pytest.raises(InputError, match=r"temperature=1e-45 is so small that logits / temperature overflow float32"):
+        choose_next_token(logits, temperature=1e-45)
+    with pytest.raises(InputError, match=r"repetition_penalty=1e-39 .* overflow float32"):
+        choose_next_token(logits.abs() + 1, repetition_penalty=1e-39, input_ids=torch.zeros(4, 1, dtype=torch.long))
+    for bad in (math.nan, math.inf):
+        broken = logits.clone()
+        broken[2, 7] = bad
+        with pytest.raises(InputError, match=r"the logits of rows \[2\] hold NaN, \+inf or only -inf"):
+            choose_next_token(broken)
+    masked = logits.clone()
+    masked[1] = -math.inf
+    with pytest.raises(InputError, match=r"rows \[1\]"):
+        choose_next_token(masked)
+    assert choose_next_token(logits, temperature=1e-30).shape == (4,)  # small, but finite: the argmax, drawn
 
 
 def test_bad_logits_and_missing_ids_are_named():

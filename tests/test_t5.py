@@ -378,16 +378,26 @@ def test_a_decoder_step_writes_only_its_own_place(pair):
 
 
 # -- bad input -------------------------------------------------------------------------
-def test_max_new_tokens_past_the_limit(pair):
-    _, model, _ = pair
-    with pytest.raises(InputError, match="max_new_tokens"):
-        model.generate(padded(50, [4])[0], max_new_tokens=model.config.n_positions)
+def test_generation_past_the_preallocated_places(pair, tmp_path):
+    """Relative positions set no limit: transformers generates 521 tokens where minipt refused more than n_positions
+    (512) decoder places. The cache now starts at n_positions places and doubles; past them each step computes its
+    rows of the position bias. Greedy, repetition-penalised and beam search, token for token, with 8 places."""
+    reference, _, directory = pair
+    model = T5ForConditionalGeneration.from_pretrained(directory, n_positions=8)
+    ids, mask = padded(50, [6, 3])
+    for options in (dict(), dict(repetition_penalty=3.0), dict(num_beams=3)):
+        expected = reference.generate(input_ids=ids, attention_mask=mask, max_new_tokens=30, eos_token_id=None, pad_token_id=0, **options)
+        assert expected.shape[1] == 31
+        assert torch.equal(model.generate(ids, attention_mask=mask, max_new_tokens=30, eos_token_id=None, **options), expected), options
 
 
 @pytest.mark.parametrize("options, message", [(dict(num_beams=0), "num_beams must be a positive integer, got 0"),  # transformers: ZeroDivisionError
                                              (dict(num_beams=51), "num_beams must be at most the vocabulary's 50 tokens"),
                                              (dict(num_beams=2, do_sample=True), "do_sample"),
-                                             (dict(num_beams=2, early_stopping="sometimes"), "early_stopping")])
+                                             (dict(num_beams=2, early_stopping="sometimes"), "early_stopping"),
+                                             (dict(early_stopping="yes"), "early_stopping"),  # checked without beams too (accepted before)
+                                             (dict(length_penalty=float("nan")), "length_penalty must be finite"),
+                                             (dict(length_penalty="long"), "length_penalty must be a real number")])
 def test_bad_beam_search_arguments_are_named(pair, options, message):
     _, model, _ = pair
     with pytest.raises(InputError, match=message):
@@ -465,7 +475,7 @@ def test_bad_inputs_are_named(pair):
     with pytest.raises(ConfigError, match="feed_forward_proj"):
         T5Config(feed_forward_proj="gated-nothing")
     with pytest.raises(MiniptError, match="top_k"):
-        model.generate(ids, top_k=0, do_sample=True)
+        model.generate(ids, top_k=-1, do_sample=True)
     for start, message in (("0", "got str '0'"), (1.0, "got float 1.0"), (-1, r"in \[0, \d+\], got -1")):
         with pytest.raises(InputError, match=f"decoder_start_token_id must be a token id.*{message}"):
             model.generate(ids, decoder_start_token_id=start, max_new_tokens=2)
@@ -479,8 +489,9 @@ def test_an_empty_batch(pair):
     empty = torch.zeros(0, 4, dtype=torch.long)
     with torch.no_grad():
         assert model(empty, decoder_input_ids=torch.zeros(0, 2, dtype=torch.long)).logits.shape == (0, 2, model.config.vocab_size)
-    assert model.generate(empty, max_new_tokens=3).shape[0] == 0
-    assert model.generate(empty, max_new_tokens=3, num_beams=2).shape[0] == 0
+    assert model.generate(empty, max_new_tokens=3).shape == (0, 4)  # the start token and 3: as long as any row could be
+    assert model.generate(empty, max_new_tokens=3, num_beams=2).shape == (0, 4)
+    assert model.generate(empty, max_new_tokens=3, return_dict_in_generate=True, output_logits=True).sequences.shape == (0, 4)
 
 
 # -- reference points, probes, transfer stages ---------------------------------------------

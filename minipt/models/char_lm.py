@@ -36,7 +36,7 @@ from ..nn import Dropout, LSTM, Linear
 from ..registry import Reads, register
 from ..nn.backend import ChoosesBackend
 from ..nn.fuse import InferenceCopy
-from ..nn.sampling import GenerateOutput, check_generation, check_return_sequences, generation_loop
+from ..nn.sampling import DEFAULT_TOP_K, GenerateOutput, check_generation, check_return_sequences, generation_loop
 from ..nn.streamer import Streamer, ends_streamer
 
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (num_layers, B, hidden_size)
@@ -145,7 +145,7 @@ class CharLM(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
         max_length: int | None = None,
         do_sample: bool = False,
         temperature: float = 1.0,
-        top_k: int | None = None,
+        top_k: int | None = DEFAULT_TOP_K,  # when sampling: the k most likely tokens, transformers' default 50 (0 or None: all)
         top_p: float | None = None,
         repetition_penalty: float = 1.0,  # > 1 makes bytes already in the row less likely (1.0 = off)
         eos_token_id: int | None = None,  # a row stops at this byte (b"\n"[0] stops at the end of a line; None: never)

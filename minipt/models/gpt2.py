@@ -35,7 +35,7 @@ from ..nn.backend import BackendBlock, ChoosesBackend
 from ..nn.fuse import InferenceCopy
 from ..nn.init import init_normal_
 from ..nn.output import ModelOutput
-from ..nn.sampling import GenerateOutput, check_generation, check_return_sequences, generation_loop
+from ..nn.sampling import DEFAULT_TOP_K, GenerateOutput, check_generation, check_return_sequences, generation_loop
 from ..nn.streamer import Streamer, ends_streamer
 
 
@@ -399,7 +399,7 @@ class GPT2LMHeadModel(_GPT2Pretrained):
         max_length: int | None = None,
         do_sample: bool = False,
         temperature: float = 1.0,
-        top_k: int | None = None,
+        top_k: int | None = DEFAULT_TOP_K,  # when sampling: the k most likely tokens, transformers' default 50 (0 or None: all)
         top_p: float | None = None,
         repetition_penalty: float = 1.0,  # > 1 makes tokens already in the row less likely (1.0 = off)
         attention_mask: torch.Tensor | None = None,  # (B, T): 0 on the left padding; None: where pad_token_id (not eos) stands

@@ -60,7 +60,7 @@ from ..nn.backend import BackendBlock, ChoosesBackend
 from ..nn.fuse import InferenceCopy
 from ..nn.layers import ACTIVATIONS
 from ..nn.output import ModelOutput
-from ..nn.sampling import GenerateOutput, check_generation, check_return_sequences, generation_loop
+from ..nn.sampling import DEFAULT_TOP_K, GenerateOutput, check_generation, check_return_sequences, generation_loop
 from ..nn.streamer import Streamer, ends_streamer
 from ..nn.tap import tap
 from ..registry import Reads, register
@@ -85,7 +85,7 @@ class T5Config(Config):
     feed_forward_proj: str = text("relu")  # "relu" (v1.0), "gated-gelu" (v1.1, Flan-T5), or "[gated-]<activation>"
     tie_word_embeddings: bool = flag(True)  # the official meaning: the head is the shared embedding (and the output is scaled)
     scale_decoder_outputs: bool | None = None  # transformers 5.x's key; None: as tie_word_embeddings
-    n_positions: int = count(512)  # the longest generation, in decoder tokens (relative positions set no limit of their own)
+    n_positions: int = count(512)  # decoder places generate preallocates (relative positions set no limit: a longer generation grows them)
     decoder_start_token_id: int | None = token_id(0)  # None: pad_token_id
     pad_token_id: int | None = token_id(0)
     eos_token_id: int | None = token_id(1)
@@ -167,9 +167,10 @@ class RelativePositionBias(nn.Module):
 
 # -- the decoder's key/value cache --------------------------------------------------------
 class T5Cache:
-    """The decoder's self-attention keys and values, preallocated ``(layers, B, heads, max_len, d_kv)``, each
-    layer's cross-attention keys and values over the encoder's output, computed once ``(B, heads, S, d_kv)``, and
-    the decoder's relative position bias between every two places, read once ``(1, heads, max_len, max_len)``."""
+    """The decoder's self-attention keys and values, preallocated ``(layers, B, heads, max_len, d_kv)`` and doubled
+    when a longer generation needs more places, each layer's cross-attention keys and values over the encoder's
+    output, computed once ``(B, heads, S, d_kv)``, and the decoder's relative position bias between every two of the
+    first ``max_len`` places, read once ``(1, heads, max_len, max_len)`` (past them, each step's rows are computed)."""
 
     def __init__(self, config: T5Config, cross: list[tuple[torch.Tensor, torch.Tensor]], max_len: int, relative_bias: RelativePositionBias):
         k = cross[0][0]
@@ -177,12 +178,20 @@ class T5Cache:
         self.keys = torch.zeros(shape, dtype=k.dtype, device=k.device)
         self.values = torch.zeros(shape, dtype=k.dtype, device=k.device)
         self.cross = [(k.contiguous(), v.contiguous()) for k, v in cross]  # read at every step: copied out of the heads' view once
+        self.relative_bias = relative_bias
         self.bias = relative_bias(max_len, max_len)  # depends on key - query only: each step slices its rows
         self.length = 0
 
     def position_bias(self, new: int) -> torch.Tensor:
         """The bias of the ``new`` places after those cached over all up to them: (1, heads, new, length + new)."""
-        return self.bias[:, :, self.length : self.length + new, : self.length + new]
+        end = self.length + new
+        if end > self.keys.shape[3]:  # a generation longer than preallocated: twice the places (the cached ones copied once)
+            grown = max(end, 2 * self.keys.shape[3])
+            more = (0, 0, 0, grown - self.keys.shape[3])  # (d_kv, places) padding of the last two dimensions
+            self.keys, self.values = F.pad(self.keys, more), F.pad(self.values, more)
+        if end > self.bias.shape[2]:
+            return self.relative_bias(new, end, self.length)
+        return self.bias[:, :, self.length : end, :end]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new keys/values ``(B, heads, T, d_kv)`` of one layer; return all so far ``(B, heads, length + T, d_kv)``."""
@@ -668,7 +677,7 @@ class T5ForConditionalGeneration(T5Model):
         max_length: int | None = None,
         do_sample: bool = False,
         temperature: float = 1.0,
-        top_k: int | None = None,
+        top_k: int | None = DEFAULT_TOP_K,  # when sampling: the k most likely tokens, transformers' default 50 (0 or None: all)
         top_p: float | None = None,
         repetition_penalty: float = 1.0,
         eos_token_id: int | None = _CONFIG_EOS,  # a row stops at this token; None: no row stops early
@@ -702,7 +711,7 @@ class T5ForConditionalGeneration(T5Model):
         if decoder_input_ids is not None:
             start_ids = self.check_decoder_prompt(decoder_input_ids, start_ids)  # (B, T)
         new, generator = check_generation(
-            start_ids, vocab_size=config.vocab_size, context=config.n_positions, max_new_tokens=max_new_tokens, max_length=max_length,
+            start_ids, vocab_size=config.vocab_size, max_new_tokens=max_new_tokens, max_length=max_length,  # no context: relative positions
             do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
             eos_token_id=eos_token_id, pad_token_id=pad_token_id, seed=seed, generator=generator, streamer=streamer,
             output_logits=output_logits, return_dict_in_generate=return_dict_in_generate,
@@ -710,9 +719,9 @@ class T5ForConditionalGeneration(T5Model):
         if check_int("num_beams", num_beams, low=1) > config.vocab_size:  # each beam must be able to differ from the others
             raise InputError(f"num_beams must be at most the vocabulary's {config.vocab_size} tokens, got {num_beams}")
         n = check_return_sequences(num_return_sequences, do_sample, num_beams)
+        check_float("length_penalty", length_penalty)  # beam search's, checked whatever num_beams is, as every argument
+        check_choice("early_stopping", early_stopping, (True, False, "never"))
         if num_beams > 1:
-            check_float("length_penalty", length_penalty)
-            check_choice("early_stopping", early_stopping, (True, False, "never"))
             for name, value, plain in (("do_sample", do_sample, False), ("repetition_penalty", repetition_penalty, 1.0), ("streamer", streamer, None),
                                        ("output_logits", output_logits, False), ("return_dict_in_generate", return_dict_in_generate, False)):
                 if value != plain:
@@ -722,7 +731,7 @@ class T5ForConditionalGeneration(T5Model):
             input_ids, start_ids = input_ids.repeat_interleave(n, dim=0), start_ids.repeat_interleave(n, dim=0)
             attention_mask = None if attention_mask is None else attention_mask.repeat_interleave(n, dim=0)
         encoder_hidden = self.encode(input_ids, attention_mask).last_hidden_state  # (B, S, C), once
-        cache = self.start_cache(encoder_hidden, start_ids.shape[1] + new)
+        cache = self.start_cache(encoder_hidden, min(start_ids.shape[1] + new, max(config.n_positions, start_ids.shape[1] + 1)))
         logits = self.decoding_logits()
 
         def next_logits(tokens: torch.Tensor) -> torch.Tensor:  # the decoder's prompt (B, T), then each chosen token (B, 1)
@@ -743,14 +752,14 @@ class T5ForConditionalGeneration(T5Model):
         scored sum(log p) / generated_length ** length_penalty. Returns the best finished hypothesis of each row (B, P + n),
         after the decoder's prompt ``start_ids`` (B, P); with ``num_return_sequences`` n, the n best of each row, (B n, P + n')."""
         (B, P), L = start_ids.shape, start_ids.shape[1] + new  # L: the longest sequence, the prompt included
-        if B == 0:
-            return start_ids  # an empty batch: no hypotheses to search
+        if B == 0:  # an empty batch: no hypotheses to search, every row as long as the longest generation
+            return start_ids.new_zeros(0, L)
         keep = max(2, 1 + (eos_token_id is not None)) * K
         top_k_mask = torch.arange(keep, device=input_ids.device) < K  # (keep,): only the K best may finish
         fill = (pad_token_id or eos_token_id) if eos_token_id is not None else -1  # transformers' filling of unused places
         encoder_hidden = self.encode(input_ids, attention_mask).last_hidden_state.repeat_interleave(K, dim=0)  # (B K, S, C), once
         mask = None if attention_mask is None else attention_mask.repeat_interleave(K, dim=0)
-        cache = self.start_cache(encoder_hidden, L)
+        cache = self.start_cache(encoder_hidden, min(L, max(self.config.n_positions, P + 1)))
         logits = self.decoding_logits()
         running = torch.full((B, K, L), fill, dtype=torch.long, device=input_ids.device)
         running[:, :, :P] = start_ids[:, None]

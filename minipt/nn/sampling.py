@@ -28,9 +28,10 @@ from .streamer import check_streamer
 
 __all__ = [
     "choose_next_token", "check_sampling", "apply_repetition_penalty",
-    "DEFAULT_MAX_NEW_TOKENS", "GenerateOutput", "check_generation", "check_return_sequences", "generation_loop",
+    "DEFAULT_MAX_NEW_TOKENS", "DEFAULT_TOP_K", "GenerateOutput", "check_generation", "check_return_sequences", "generation_loop",
 ]
 DEFAULT_MAX_NEW_TOKENS = 20  # generate's length when neither max_new_tokens nor max_length is given
+DEFAULT_TOP_K = 50  # generate's top_k when sampling, transformers' default (GenerationConfig); 0 or None: the whole vocabulary
 
 
 def check_sampling(
@@ -40,18 +41,17 @@ def check_sampling(
     repetition_penalty=1.0,
     generator=None,
     *,
-    vocab_size: int | None = None,
     zero_temperature_is_greedy: bool = False,
 ) -> None:
     """Raise ``InputError`` naming the first argument that is not a valid sampling setting.
 
     ``temperature``: a finite real > 0 (or exactly 0 where ``zero_temperature_is_greedy``);
-    ``top_k``: a positive integer (at most ``vocab_size`` when given) or None;
+    ``top_k``: an integer >= 0 or None (0 and None: no top-k filter; more than the vocabulary: all of it);
     ``top_p``: a real in (0, 1] or None; ``repetition_penalty``: a finite real > 0 (1.0 = off);
     ``generator``: a ``torch.Generator`` or None. Bools and strings are never numbers here.
     """
     check_float("temperature", temperature, low=0, low_open=not zero_temperature_is_greedy)
-    check_int("top_k", top_k, low=1, high=vocab_size, optional=True)
+    check_int("top_k", top_k, low=0, optional=True)
     check_float("top_p", top_p, low=0, high=1, low_open=True, optional=True)
     check_float("repetition_penalty", repetition_penalty, low=0, low_open=True)
     if generator is not None and not isinstance(generator, torch.Generator):
@@ -93,9 +93,10 @@ def choose_next_token(
 
     ``do_sample=False``: the most likely token (argmax; temperature, top-k and
     top-p change nothing). Otherwise a draw from ``softmax(logits / temperature)``
-    restricted to the ``top_k`` most likely tokens and then to the smallest set of
-    most likely tokens whose probability reaches ``top_p`` (the most likely token
-    always stays). ``repetition_penalty`` != 1 needs ``input_ids`` (B, T), the ids
+    restricted to the ``top_k`` most likely tokens (0 or None: no limit) and then to
+    the smallest set of most likely tokens whose probability reaches ``top_p`` (the
+    most likely token always stays). ``generate`` samples with transformers' default
+    ``top_k=50`` (``DEFAULT_TOP_K``); here it is given explicitly. ``repetition_penalty`` != 1 needs ``input_ids`` (B, T), the ids
     so far (``attention_mask`` (B, T): 0 on padding, which is not penalised).
     ``generator`` makes the draw reproducible.
     """
@@ -104,6 +105,7 @@ def choose_next_token(
     check_tensor("logits", logits, kind="floating", ndim=2)
     if logits.shape[-1] == 0:
         raise InputError(f"logits must be a float tensor of shape (batch, vocab) with vocab >= 1, got {tuple(logits.shape)}")
+    given = logits
     if repetition_penalty != 1:
         if input_ids is None:
             raise InputError("repetition_penalty needs input_ids, the (batch, seq_len) ids generated so far")
@@ -117,7 +119,9 @@ def choose_next_token(
     if not do_sample:
         return logits.argmax(-1)
     logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
+    if not bool(torch.isfinite(logits.amax(-1)).all()):  # a NaN, +inf or a row of -inf: multinomial's RuntimeError otherwise
+        raise InputError(_not_finite(given, temperature, repetition_penalty))
+    if top_k and top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[:, -1:]  # (B, 1): the k-th largest
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1:
@@ -128,6 +132,17 @@ def choose_next_token(
         sorted_logits = sorted_logits.masked_fill(before >= top_p, float("-inf"))  # the top token always stays
         logits = logits.scatter(-1, order, sorted_logits)
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+
+
+def _not_finite(logits: torch.Tensor, temperature: float, repetition_penalty: float) -> str:
+    """Why the logits (as given, before the repetition penalty) a sample is drawn from are not a distribution."""
+    top = logits.float().amax(-1)  # (B,): NaN where a row holds one
+    rows = (~torch.isfinite(top)).nonzero().flatten().tolist()[:5]
+    if rows:
+        return f"the logits of rows {rows} hold NaN, +inf or only -inf: no token can be sampled from them (is the model's output finite?)"
+    if repetition_penalty != 1:
+        return f"repetition_penalty={repetition_penalty!r} or temperature={temperature!r} makes the logits overflow float32 (a logit divided by it is infinite)"
+    return f"temperature={temperature!r} is so small that logits / temperature overflow float32; use do_sample=False for the most likely token"
 
 
 # -- generate: the checks and the loop both language models share ------------------------
@@ -241,6 +256,11 @@ def generation_loop(
     except where ``attention_mask`` (B, T) marks left padding.
     """
     B, T = input_ids.shape
+    if B == 0:  # an empty batch: nothing to run, every row as long as the longest generation
+        if streamer is not None:
+            streamer.end()
+        sequences = input_ids.new_zeros(0, T + new_tokens)
+        return GenerateOutput(sequences, () if output_logits else None) if return_dict_in_generate else sequences
     pad_token_id = eos_token_id if pad_token_id is None else pad_token_id
     finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
     seen = seen_mask = None  # the ids so far, kept only for the repetition penalty

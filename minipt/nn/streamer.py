@@ -71,9 +71,11 @@ def ends_streamer(generate: Callable) -> Callable:
         streamer = kwargs.get("streamer")
         try:
             bound = signature.bind(*args, **kwargs)
-        except TypeError:  # an argument generate does not take: Python's own error, once the streamer is ended
+        except TypeError as err:  # an argument generate does not take: named, once the streamer is ended
             _end(streamer)
-            raise
+            owner = type(args[0]).__name__ if args else generate.__qualname__.split(".")[0]
+            hint = " (beam search is T5's: minipt's other language models decode greedily or sample)" if "num_beams" in str(err) else ""
+            raise InputError(f"{owner}.generate: {err}{hint}") from None
         streamer = bound.arguments.get("streamer")
         if streamer is None or not callable(getattr(streamer, "put", None)) or not callable(getattr(streamer, "end", None)):
             return generate(*args, **kwargs)  # nothing to end, or check_streamer names what it lacks
