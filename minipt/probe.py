@@ -130,6 +130,12 @@ class capture(Mapping):
     def __init__(self, model: nn.Module, *patterns: str, edit: dict[str, Edit] | None = None, detach: bool = True):
         if not isinstance(model, nn.Module):
             raise InputError(f"capture looks inside a torch module, got {type(model).__name__}")
+        fused = next((name for name, module in model.named_modules() if getattr(module, "fused", False)), None)
+        if fused is not None:  # its points hold other values under the same names: refused rather than read as the model's
+            where = f" (at {fused!r})" if fused else ""
+            raise ConfigError(f"{type(model).__name__} is or holds a fuse() copy{where}: fuse() adds residuals and activations inside the "
+                              "matmuls and folds BatchNorm into convolutions, so its points would hold other values under the model's "
+                              "names; capture the model itself (model.set_backend('fused') runs the fast kernels with every point kept)")
         self.model = model
         self.detach = check_bool("detach", detach)
         if edit is not None and not isinstance(edit, Mapping):

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from .checks import check_int, floating_dtype
-from .errors import InputError, MiniptError
+from .errors import ConfigError, InputError, MiniptError
 
 
 FLOPS_COLUMN = "FLOPs (2xMACs)"  # not torchinfo's "Mult-Adds", which counts each multiply-add once
@@ -118,6 +118,7 @@ def summary(model: nn.Module, example_inputs: Any = None, *, input_size: Any = N
 
     if not isinstance(model, nn.Module):
         raise InputError(f"summary expects a torch.nn.Module, got {type(model).__name__}")
+    _refuse_fused(model, "summary")
     if example_inputs is not None and input_size is not None:
         raise InputError("summary takes example_inputs or input_size, not both")
     depth = check_int("depth", depth, low=0, optional=True)
@@ -168,21 +169,24 @@ def summary(model: nn.Module, example_inputs: Any = None, *, input_size: Any = N
 
 
 def _rows(model, first_call, calls, shapes, flops) -> list[Row]:
-    """The module tree, each module's children sorted by when data first reached them."""
+    """The module tree, each module's children sorted by when data first reached them. A module never called itself
+    (a ModuleList, a stage whose blocks its parent calls one by one) counts what the modules inside it count."""
 
     def order(name: str, _module: nn.Module) -> float:  # when data first reached it or a module inside it
         return min((i for n, i in first_call.items() if n == name or n.startswith(name + ".")), default=float("inf"))
 
-    def visit(name: str, module: nn.Module, depth: int) -> Iterator[Row]:
+    def visit(name: str, module: nn.Module, depth: int) -> tuple[list[Row], int]:
         children = [(f"{name}.{child}" if name else child, sub) for child, sub in module.named_children()]
-        own = flops.get(name)
-        if own is None:  # never called itself (a ModuleList): the sum of its children
-            own = sum(flops.get(child, 0) for child, _ in children)
-        yield Row(name, type(module).__name__, depth, shapes.get(name), sum(p.numel() for p in module.parameters()), own, calls.get(name, 0))
+        below, inside = [], 0
         for child, sub in sorted(children, key=lambda c: order(*c)):  # stable: never-called modules keep their place at the end
-            yield from visit(child, sub, depth + 1)
+            rows, total = visit(child, sub, depth + 1)
+            below += rows
+            inside += total
+        own = flops.get(name, inside)
+        row = Row(name, type(module).__name__, depth, shapes.get(name), sum(p.numel() for p in module.parameters()), own, calls.get(name, 0))
+        return [row, *below], own
 
-    return list(visit("", model, 0))
+    return visit("", model, 0)[0]
 
 
 def _tied(model: nn.Module) -> list[tuple[str, ...]]:
@@ -228,9 +232,20 @@ def count_flops(model: nn.Module, example_inputs: Any) -> int:
     """Forward FLOPs (2 per multiply-add) of one call in eval mode, counted on the whole model (``summary``'s total without its rows)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    _refuse_fused(model, "count_flops")
     counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS)
     _run(model, *_as_call(example_inputs, _device_of(model)), counter)
     return counter.get_total_flops()
+
+
+def _refuse_fused(model: nn.Module, what: str) -> None:
+    """A ``fuse()`` copy's packed weights are no parameters and its oneDNN products no ops FlopCounterMode counts (0
+    FLOPs; the first call also counts the kernel choice's timing runs): its counts would be wrong, so it is refused."""
+    fused = next((name for name, module in model.named_modules() if getattr(module, "fused", False)), None)
+    if fused is not None:
+        where = f" (at {fused!r})" if fused else ""
+        raise ConfigError(f"{what} counts a model's parameters and FLOPs; {type(model).__name__} is or holds a fuse() copy{where}, whose packed "
+                          "weights are no parameters and whose oneDNN products torch's FLOP counter does not see: count the model before fuse()")
 
 
 @contextmanager

@@ -350,3 +350,13 @@ def test_a_capture_sees_a_model_compiled_with_fullgraph():
     assert torch.allclose(seen["layers.0.out"], eager["layers.0.out"], atol=1e-6) and not torch.allclose(out, expected)
     with torch.no_grad():
         assert torch.allclose(compiled(**bert_batch()).last_hidden_state, expected, atol=1e-6)  # the capture is gone
+
+
+def test_a_fused_copy_is_refused_by_name():
+    """fuse() adds residuals and activations inside its matmuls: on the copy, layers.0.attn.out held the residual sum
+    and ffn_up.out the GELU's output, under the model's names, with no word."""
+    model = BertModel(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64)).eval()
+    with pytest.raises(ConfigError, match=r"BertModel is or holds a fuse\(\) copy: .*capture the model itself"):
+        probe.capture(model.fuse(), "layers.0.attn.out")
+    with pytest.raises(ConfigError, match=r"holds a fuse\(\) copy \(at '0'\)"):
+        probe.capture(nn.Sequential(model.fuse()), "*")

@@ -358,3 +358,37 @@ def test_every_module_keeps_its_mode():
     assert not all(modes.values()) and any(modes.values())
     summary(model, input_size="1x3x32x32")
     assert {name: module.training for name, module in model.named_modules()} == modes
+
+
+def test_a_module_its_parent_calls_piece_by_piece_counts_what_is_inside_it():
+    """CRAFT's stages are called block by block: their rows showed 0 FLOPs and the top-level rows added up to 3.8M of
+    7.35M (12.8G of 46.6G on the real detector). Every row now holds what the modules inside it count, and the
+    children of the model add up to the total."""
+    from minipt.models.craft import CRAFT
+    from minipt.registry import family_of
+
+    with torch.device("meta"):
+        model = CRAFT(family_of(CRAFT).tiny())
+    report = summary(model, torch.zeros(1, 3, 64, 64, device="meta"), depth=None)
+    rows = {row.name: row for row in report.rows}
+    assert sum(row.flops for row in report.rows if row.depth == 1) == report.total_flops
+    assert sum(row.flops for row in report.rows if row.kind == "Conv2d") == report.total_flops
+    for row in report.rows:
+        children = [r for r in report.rows if r.depth == row.depth + 1 and r.name.startswith(row.name + ".") and "." not in r.name[len(row.name) + 1:]]
+        if children and row.calls == 0:
+            assert row.flops == sum(child.flops for child in children), row.name
+    assert rows["stages.1"].flops > 0
+
+
+def test_a_fused_copy_is_refused_by_name():
+    """A fuse() copy's packed weights are no parameters and its oneDNN products count 0 FLOPs (the first call counted
+    the kernel choice's timing runs instead: 23.4G for MiniLM's 0.69G): summary and count_flops name it."""
+    from minipt.errors import ConfigError
+
+    model = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)).eval()
+    ids = torch.randint(0, 50, (1, 8))
+    with pytest.raises(ConfigError, match="BertModel is or holds a fuse\\(\\) copy.*count the model before fuse\\(\\)"):
+        summary(model.fuse(), ids)
+    with pytest.raises(ConfigError, match=r"count_flops .* holds a fuse\(\) copy \(at '0'\)"):
+        count_flops(nn.Sequential(model.fuse()), ids)
+    assert count_flops(model, ids) > 0
