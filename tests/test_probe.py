@@ -360,3 +360,37 @@ def test_a_fused_copy_is_refused_by_name():
         probe.capture(model.fuse(), "layers.0.attn.out")
     with pytest.raises(ConfigError, match=r"holds a fuse\(\) copy \(at '0'\)"):
         probe.capture(nn.Sequential(model.fuse()), "*")
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_recurrent_taps_of_a_packed_batch_are_in_the_callers_order(bidirectional):
+    """A batch packed with enforce_sorted=False runs in length order: layers.0.h showed the packing's rows (row 0 was
+    the user's sequence 1), the steps after a sequence ended held states computed on padding, and an edit of row 0
+    changed sequence 1. Now each row is the caller's sequence, an ended one's row holds its last state, as torch's
+    LSTM on that sequence alone gives, and an edit of row 0 changes sequence 0 only."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    torch.manual_seed(0)
+    lstm = minipt.nn.LSTM(3, 4, batch_first=True, bidirectional=bidirectional).eval()
+    reference = torch.nn.LSTM(3, 4, batch_first=True, bidirectional=bidirectional).eval()
+    reference.load_state_dict(lstm.state_dict())
+    minipt.nn.set_backend("math", module=lstm)
+    x, lengths = torch.randn(3, 5, 3), torch.tensor([2, 5, 4])
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    with probe.capture(lstm, "layers.0.h", "layers.0.c") as seen, torch.no_grad():
+        lstm(packed)
+    h, c = seen["layers.0.h"], seen["layers.0.c"]  # (T, B, H)
+    assert h.shape == (5, 3, 4)
+    with torch.no_grad():
+        for row, n in enumerate(lengths.tolist()):
+            alone, (_, c_last) = reference(x[row : row + 1, :n])  # (1, n, D H)
+            assert torch.allclose(h[:n, row], alone[0, :, :4], atol=1e-6), row
+            assert torch.allclose(h[n:, row], alone[0, n - 1, :4].expand(5 - n, 4), atol=1e-6), row  # held after its end
+            assert torch.allclose(c[n - 1, row], c_last[0, 0], atol=1e-6), row
+    zero_row_0 = lambda state: state.index_fill(0, torch.tensor([0]), 0.0)  # noqa: E731
+    with torch.no_grad():
+        plain = pad_packed_sequence(lstm(packed)[0], batch_first=True)[0]
+        with probe.capture(lstm, edit={"layers.0.h": zero_row_0}):
+            edited = pad_packed_sequence(lstm(packed)[0], batch_first=True)[0]
+    changed = [not torch.equal(plain[row], edited[row]) for row in range(3)]
+    assert changed == [True, False, False]

@@ -227,7 +227,8 @@ class _RNNBase(BackendBlock, nn.Module):
             if x.dtype == torch.float32 and self.mode != "GRU" and _autocast_on(x.device.type):
                 lowered = torch.get_autocast_dtype(x.device.type)
                 x, hx = x.to(lowered), tuple(s.to(lowered) for s in hx)
-            out, final = self._layers(math_layer if backend == "math" else fused_layer, x, hx, mask)  # (T, B, D * H_out)
+            order = None if unsorted_indices is None else (unsorted_indices, sorted_indices)  # taps show the caller's rows
+            out, final = self._layers(math_layer if backend == "math" else fused_layer, x, hx, mask, order)  # (T, B, D * H_out)
             out = out[mask.squeeze(2)] if packed else out
 
         if packed:
@@ -241,8 +242,9 @@ class _RNNBase(BackendBlock, nn.Module):
             final = tuple(s.squeeze(1) for s in final)
         return output, (final if self.mode == "LSTM" else final[0])
 
-    def _layers(self, layer_fn, x: Tensor, hx: Tuple[Tensor, ...], mask: Optional[Tensor]):
-        """The ``math`` and ``fused`` backends: ``layer_fn`` per layer and direction, dropout between layers."""
+    def _layers(self, layer_fn, x: Tensor, hx: Tuple[Tensor, ...], mask: Optional[Tensor], order: Optional[tuple] = None):
+        """The ``math`` and ``fused`` backends: ``layer_fn`` per layer and direction, dropout between layers; ``order``:
+        a packing's (unsorted_indices, sorted_indices), for the taps to show the caller's batch order."""
         finals: List[List[Tensor]] = [[] for _ in hx]
         for layer in range(self.num_layers):
             outputs = []
@@ -251,7 +253,7 @@ class _RNNBase(BackendBlock, nn.Module):
                 state = tuple(s[index] for s in hx)
                 args = (self.mode, x, state, self._layer_weights(layer, direction), mask, direction == 1)
                 if layer_fn is math_layer:  # the cells, one step at a time: each step's state can be tapped
-                    out, state = layer_fn(*args, site=(self, self._tap_prefix(layer, direction)))
+                    out, state = layer_fn(*args, site=(self, self._tap_prefix(layer, direction), order))
                 else:
                     out, state = layer_fn(*args)
                 outputs.append(out)

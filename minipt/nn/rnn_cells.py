@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops import gru_gates_reference, lstm_gates_reference, rnn_nonlinearity
-from .tap import tap
+from .tap import listening, tap
 
 
 def rnn_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], nonlinearity: str = "tanh") -> Tensor:
@@ -85,8 +85,11 @@ def math_layer(
     ``mode`` is ``"LSTM"``, ``"GRU"``, ``"RNN_TANH"`` or ``"RNN_RELU"``; ``weights`` is
     ``(w_ih, w_hh, b_ih, b_hh, w_hr)``; ``mask`` (T, B, 1) marks the steps that belong to
     each sequence of a packed batch. Returns the outputs (T, B, H_out) and the final state
-    (``(h,)`` or ``(h, c)``). ``site`` = (module, ``"layers.{k}"``) names the tap points of
-    every step's new state, ``layers.{k}.h`` and ``.c`` (see ``minipt.nn.tap``).
+    (``(h,)`` or ``(h, c)``). ``site`` = (module, ``"layers.{k}"``, order) names the tap points
+    of every step's new state, ``layers.{k}.h`` and ``.c`` (see ``minipt.nn.tap``): a
+    capture sees the state the step leaves (an ended sequence's held state), its rows in
+    the caller's batch order where ``order`` = (unsorted_indices, sorted_indices) of a
+    packing that sorted them.
     """
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
     steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
@@ -98,11 +101,20 @@ def math_layer(
             new = (gru_cell(x[t], state[0], w_ih, w_hh, b_ih, b_hh),)
         else:
             new = (rnn_cell(x[t], state[0], w_ih, w_hh, b_ih, b_hh, "tanh" if mode == "RNN_TANH" else "relu"),)
-        if site is not None:
-            new = tuple(tap(site[0], f"{site[1]}.{kind}", s, step=(t, x.shape[0])) for kind, s in zip("hc", new))
-        outputs[t] = new[0]
         if mask is not None:  # a sequence of a packed batch that has ended (or not begun) keeps its state
-            outputs[t] = new[0].masked_fill(~mask[t], 0.0)  # and outputs zeros, as padding
             new = tuple(torch.where(mask[t], n, s) for n, s in zip(new, state))
+        if site is not None and listening():
+            new = tuple(_tapped(site, kind, s, (t, x.shape[0])) for kind, s in zip("hc", new))
+        outputs[t] = new[0] if mask is None else new[0].masked_fill(~mask[t], 0.0)  # padding steps output zeros
         state = new
     return torch.stack(outputs), state
+
+
+def _tapped(site: tuple, kind: str, state: Tensor, step: tuple[int, int]) -> Tensor:
+    """One step's state (B, H) through the tap ``{site[1]}.{kind}``, shown in the caller's batch order."""
+    order = site[2] if len(site) > 2 else None
+    if order is None:
+        return tap(site[0], f"{site[1]}.{kind}", state, step=step)
+    shown = state.index_select(0, order[0])  # the packing's rows -> the caller's
+    edited = tap(site[0], f"{site[1]}.{kind}", shown, step=step)
+    return state if edited is shown else edited.index_select(0, order[1])  # an edit, back into the packing's order

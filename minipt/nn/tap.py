@@ -21,6 +21,11 @@ from torch import Tensor, nn
 _listeners: list[Callable] = []
 
 
+def listening() -> bool:
+    """Whether a capture is open (a caller that must reorder a value before tapping it checks first)."""
+    return bool(_listeners)
+
+
 def tap(site: Optional[nn.Module], name: str, value: Tensor, step: Optional[tuple[int, int]] = None) -> Tensor:
     """``value``, or what an open capture makes of it. ``site`` is the module the value belongs to;
     ``step`` = (t, T) marks the t-th of T time steps of a recurrent layer."""
