@@ -33,6 +33,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .checks import check_float
 from .errors import ConfigError, InputError, MissingDependencyError
 
 
@@ -80,6 +81,19 @@ def import_reference(module: str, purpose: str):
         return import_transformers()
     bare_torchvision()
     return importlib.import_module(module)
+
+
+def transformers_reference(reference_class, path, **kwargs):
+    """transformers' ``reference_class`` loaded from ``path`` (eager attention, eval mode), every weight from the file:
+    one it would initialise at random (a head the checkpoint lacks) is a ConfigError naming it, as the comparison
+    would report a difference the model does not have."""
+    reference, info = reference_class.from_pretrained(str(path), attn_implementation="eager", output_loading_info=True, **kwargs)
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        raise ConfigError(f"{path} lacks {len(missing)} of transformers' {reference_class.__name__} weights ({', '.join(missing[:3])}"
+                          f"{', ...' if len(missing) > 3 else ''}), which transformers would initialise at random: compare with a "
+                          "checkpoint that holds them (save_pretrained this model and compare with that folder)")
+    return reference.eval()
 
 
 # -- the report ------------------------------------------------------------------------
@@ -191,9 +205,16 @@ def layer_diffs(model: nn.Module, source, inputs: Any = None, *, rtol: float = 1
         return layer_diffs(model.encoder, source, inputs, rtol=rtol)  # a pipeline (SentenceEncoder): its model
     if family is None or family.reference is None:
         raise ConfigError(f"minipt has no reference comparison for {type(model).__name__}")
+    rtol = check_float("rtol", rtol, low=0)
+    from .checkpoint import Checkpoint
+    from .registry import model_class_for
     from .summary import evaluating
 
     path = resolve(source)
+    with Checkpoint(path) as checkpoint:
+        held = family_of(model_class_for(path, checkpoint))
+    if held is not None and held is not family:
+        raise ConfigError(f"{source} holds a checkpoint of the {held.model_type!r} family; {type(model).__name__} is compared with one of its own family's ({family.model_type!r})")
     with evaluating(model):
         return family.reference(model, path, inputs, rtol)
 

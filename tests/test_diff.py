@@ -320,3 +320,26 @@ def test_cli_diff_any_family(tmp_path, capsys):
     assert re.search(r"^  lstm\.layers\.1\.h +\S+ +\S+$", capsys.readouterr().out, flags=re.M)
     assert cli.main(["diff", str(tmp_path / "lm"), "--input", "one", "--input", "two"]) == 1
     assert "compares a CharLM on one --input, got 2" in capsys.readouterr().err
+
+
+def test_a_checkpoint_without_the_models_head_or_of_another_family_is_refused(tmp_path):
+    """transformers initialises a head the checkpoint lacks at random: a BertForSequenceClassification compared with a
+    base encoder's file reported classifier.out diverging (a masked-LM head at relative 1.47), and a checkpoint of
+    another family reached transformers' bare OSError. Both are named now, as is an rtol that is no tolerance."""
+    from minipt.models.bert import BertConfig, BertForSequenceClassification, BertModel
+    from minipt.models.resnet import resnet18
+
+    config = BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    encoder = BertModel(config).save_pretrained(tmp_path / "encoder")
+    classifier = BertForSequenceClassification(config.replace(num_labels=3)).eval()
+    ids = torch.randint(1, 60, (2, 6))
+    with pytest.raises(ConfigError, match=r"encoder lacks 2 of transformers' BertForSequenceClassification weights \(classifier.bias, "
+                                          r"classifier.weight\), which transformers would initialise at random"):
+        layer_diffs(classifier, encoder, ids)
+    assert_clean(layer_diffs(classifier, classifier.save_pretrained(tmp_path / "classifier"), ids))
+    image_model = resnet18(num_classes=3).save_pretrained(tmp_path / "resnet")
+    with pytest.raises(ConfigError, match=r"holds a checkpoint of the 'resnet' family; BertModel is compared with one of its own family's \('bert'\)"):
+        layer_diffs(BertModel(config), image_model, ids)
+    for rtol, message in ((-1.0, "rtol must be >= 0"), (float("nan"), "rtol must be finite"), ("1e-4", "rtol must be a real number")):
+        with pytest.raises(InputError, match=message):
+            layer_diffs(classifier, tmp_path / "classifier", ids, rtol=rtol)

@@ -275,7 +275,7 @@ def compare_with_reference(model, path, inputs, rtol):
     after every layer call (``encoder.depth.{s}.out`` against transformers' ``hidden_states[s + 1]``), and inside
     each shared layer, at its last call, the attention maps, heads, projections, norms and feed-forward values.
     """
-    from ..reference import import_reference, report, token_batch
+    from ..reference import import_reference, report, token_batch, transformers_reference
 
     transformers = import_reference("transformers", "ALBERT")
     batch, label = token_batch(inputs, path)
@@ -287,7 +287,7 @@ def compare_with_reference(model, path, inputs, rtol):
         cls, ours, theirs, head = transformers.AlbertModel, "", "", {}
     encoder = model.albert if ours else model
     kwargs = {"add_pooling_layer": encoder.pooler is not None} if cls is transformers.AlbertModel else {}
-    reference = cls.from_pretrained(str(path), attn_implementation="eager", **kwargs).eval()
+    reference = transformers_reference(cls, path, **kwargs)
     config = encoder.config
     steps = config.layer_steps
     last_call = {layer: step for step, layer in enumerate(steps)}

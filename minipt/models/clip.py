@@ -871,7 +871,7 @@ def compare_with_reference(model, path, inputs, rtol):
     """transformers' CLIPModel / CLIPTextModel / CLIPVisionModel (eager attention) on the same checkpoint, point by
     point (``minipt.reference.layer_diffs``): each tower's embeddings, inside every layer, its final LayerNorm; the
     projections and the similarity logits. A file in OpenAI's layout is compared with open_clip's CLIP instead."""
-    from ..reference import import_reference, report
+    from ..reference import import_reference, report, transformers_reference
 
     call = _call(model, inputs, path)
     with Checkpoint(path) as checkpoint:
@@ -879,7 +879,7 @@ def compare_with_reference(model, path, inputs, rtol):
     if openai:
         return _compare_with_open_clip(model, path, call, rtol)
     transformers = import_reference("transformers", "CLIP")
-    reference = getattr(transformers, type(model).__name__).from_pretrained(str(path), attn_implementation="eager").eval()
+    reference = transformers_reference(getattr(transformers, type(model).__name__), path)
     extra, held = {}, {}
     if isinstance(model, CLIPModel):
         points = {}

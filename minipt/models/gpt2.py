@@ -515,7 +515,7 @@ def _stack_keymap() -> KeyMap:
 def compare_with_reference(model, path, inputs, rtol):
     """transformers' GPT2Model / GPT2LMHeadModel (eager attention) on the same checkpoint, point by point (``minipt.reference.layer_diffs``)."""
     from ..demo import tokenizer_beside
-    from ..reference import batch_input_ids, heads, import_reference, report, texts
+    from ..reference import batch_input_ids, heads, import_reference, report, texts, transformers_reference
 
     transformers = import_reference("transformers", "GPT-2")
     config = model.config
@@ -539,7 +539,7 @@ def compare_with_reference(model, path, inputs, rtol):
         label = f"{len(rows)} texts cut to their shortest, {shortest} tokens"
     lm = isinstance(model, GPT2LMHeadModel)
     cls = transformers.GPT2LMHeadModel if lm else transformers.GPT2Model
-    reference = cls.from_pretrained(str(path), attn_implementation="eager").eval()
+    reference = transformers_reference(cls, path)
     p = "transformer." if lm else ""
     points = {f"{p}token.out": (f"{p}wte", None), f"{p}position.out": (f"{p}wpe", None)}
     for i in range(config.n_layer):

@@ -963,7 +963,7 @@ def compare_with_reference(model, path, inputs, rtol):
     ``inputs``: token ids (B, S), a tokenised batch (input_ids, attention_mask), or texts through the tokenizer beside the
     checkpoint; None: random ids (2, 12), seed 0, where it has none. The decoder reads the inputs' first tokens, shifted right."""
     from ..demo import tokenizer_beside
-    from ..reference import import_reference, report, texts
+    from ..reference import import_reference, report, texts, transformers_reference
 
     transformers = import_reference("transformers", "T5")
     config = model.config
@@ -983,7 +983,7 @@ def compare_with_reference(model, path, inputs, rtol):
     if not isinstance(ids, torch.Tensor):
         raise InputError(f"a tokenised batch holds input_ids (a tensor); got the keys {sorted(batch)}")
     cls = getattr(transformers, type(model).__name__)
-    reference = cls.from_pretrained(str(path), attn_implementation="eager").eval()
+    reference = transformers_reference(cls, path)
     points = _stack_points("encoder", config.num_layers, config.num_heads, decoder=False)
     if isinstance(model, T5EncoderModel):
         return report(model, f"transformers {cls.__name__}", label, rtol, points, lambda: model(ids, mask), reference,

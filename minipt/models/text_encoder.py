@@ -420,7 +420,7 @@ def compare_encoder(model, path, inputs, rtol, *, family: str, layers: str, laye
     of the same name (eager attention) on the same checkpoint, compared at the embeddings, inside every layer
     (``layer_points``, transformers' layers under ``layers``: ``"encoder.layer"``), at the pooler where the
     reference has one, and at the head's points (``heads``: each minipt class -> its head's points)."""
-    from ..reference import import_reference, report, token_batch
+    from ..reference import import_reference, report, token_batch, transformers_reference
 
     transformers = import_reference("transformers", family)
     batch, label = token_batch(inputs, path)
@@ -430,7 +430,7 @@ def compare_encoder(model, path, inputs, rtol, *, family: str, layers: str, laye
     pooler = getattr(encoder, "pooler", None)
     kwargs = {"add_pooling_layer": pooler is not None} if encoder is model and hasattr(encoder, "pooler") else {}
     reference_class = getattr(transformers, cls.__name__)
-    reference = reference_class.from_pretrained(str(path), attn_implementation="eager", **kwargs).eval()
+    reference = transformers_reference(reference_class, path, **kwargs)
     points = {f"{prefix}embeddings.out": (f"{prefix}embeddings", None)}
     for i in range(len(encoder.layers)):
         points.update(layer_points(f"{prefix}layers.{i}.", f"{prefix}{layers}.{i}.", layer_names, num_heads))

@@ -671,11 +671,11 @@ def compare_with_reference(model, path, inputs, rtol):
         points = {f"{prefix}embeddings.out": ("encoder.dropout", None)}
         final, head = "encoder.ln", "heads.head"
     else:
-        from ..reference import import_reference
+        from ..reference import import_reference, transformers_reference
 
         transformers = import_reference("transformers", "ViT")
         kwargs = {"add_pooling_layer": model.pooler is not None} if isinstance(model, ViTModel) else {}
-        reference = getattr(transformers, type(model).__name__).from_pretrained(str(path), attn_implementation="eager", **kwargs).eval()
+        reference = transformers_reference(getattr(transformers, type(model).__name__), path, **kwargs)
         layers, names, theirs = "layers.", REFERENCE_LAYER, prefix
         points = {f"{prefix}embeddings.out": (f"{theirs}embeddings", None)}
         final, head = f"{theirs}layernorm", "classifier"
