@@ -28,7 +28,15 @@ from .errors import InputError, MissingDependencyError
 from .files import atomic_path
 
 
+MAX_PIXELS = 100_000_000  # the largest picture drawn (at 100 dots per inch): 400 MB of RGBA, a 10,000-pixel square
+
+
 def _figure(width: float, height: float):
+    """A matplotlib Figure of ``width`` x ``height`` inches; one past ``MAX_PIXELS`` is an InputError (drawing it
+    would take minutes and gigabytes)."""
+    if width * height * 100 * 100 > MAX_PIXELS:
+        raise InputError(f"the picture would be {width * 100:,.0f} x {height * 100:,.0f} pixels (at most {MAX_PIXELS:,} in all): draw "
+                         "fewer panels (attention_maps(layers=..., heads=...); minipt attention --layer/--heads)")
     try:
         from matplotlib.figure import Figure
     except ImportError as err:
@@ -105,7 +113,7 @@ def attention_maps(
             panels += [(f"layer {layer}, head {h}", maps[h]) for h in head_ids]
     columns = min(4, len(panels)) if len(layer_ids) == 1 else len(head_ids)
     rows = math.ceil(len(panels) / columns)
-    cell = max(2.4, 0.16 * T + 0.9)  # room for the token labels
+    cell = min(max(2.4, 0.16 * T + 0.9), 6.0)  # room for the token labels (past 24 tokens fewer labels, no larger panels)
     fig = _figure(cell * columns + 0.8, cell * rows)
     axes = fig.subplots(rows, columns, squeeze=False)
     labels_small = T > 24  # long inputs: fewer, smaller labels

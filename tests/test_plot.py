@@ -245,3 +245,21 @@ def test_cross_attention_bad_input():
         cross_attention(probs, list("abcd"), list("xyz"), layers=[1])
     with pytest.raises(InputError, match="one tensor per decoder layer"):
         cross_attention((torch.rand(1, 2, 3, 4), torch.rand(1, 2, 3, 5)), list("abcd"), list("xyz"))
+
+
+def test_long_inputs_draw_panels_of_a_bounded_size():
+    """Panels grew 0.16 inch per token: one layer's heads at 512 tokens made a 33,208 x 24,846-pixel figure (3.1 GiB)
+    and `minipt attention` ran for minutes. Past 24 tokens the labels thin out and the panels stop growing; a
+    picture past MAX_PIXELS is refused, naming how to draw fewer panels."""
+    pytest.importorskip("matplotlib")
+    from minipt.plot import MAX_PIXELS
+
+    T = 512
+    probs = [torch.full((1, 12, T, T), 1.0 / T)]
+    figure = attention_maps(probs, [f"t{i}" for i in range(T)])
+    width, height = figure.get_size_inches()
+    assert width * height * 100 * 100 <= MAX_PIXELS and width <= 4 * 6.0 + 0.8 and height <= 3 * 6.0
+    many = [torch.full((1, 16, 64, 64), 1.0 / 64)] * 40  # 40 layers x 16 heads: 16 panels of 6 inches across, 40 down
+    with pytest.raises(InputError, match=r"the picture would be .* pixels .*: draw fewer panels \(attention_maps\(layers=..., heads=...\)"):
+        attention_maps(many, [f"t{i}" for i in range(64)])
+    assert attention_maps(many, [f"t{i}" for i in range(64)], layers=[0, 39], heads=[0, 1]) is not None
