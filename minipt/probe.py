@@ -172,8 +172,9 @@ class capture(Mapping):
         if self._thread is not None:
             raise InputError("this capture is already open; open a new capture(...) for another block")
         self._thread = threading.get_ident()
+        self._values, self._steps, self._edited = {}, {}, set()  # a capture opened again records this block's values only
         for name, module in self._hooked.items():
-            self._handles.append(module.register_forward_hook(self._module_hook(name)))
+            self._handles.append(module.register_forward_hook(self._module_hook(name), prepend=True))  # before outer captures' hooks
         tap_points._listeners.append(self._tapped)
         return self
 

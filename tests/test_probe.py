@@ -394,3 +394,25 @@ def test_recurrent_taps_of_a_packed_batch_are_in_the_callers_order(bidirectional
             edited = pad_packed_sequence(lstm(packed)[0], batch_first=True)[0]
     changed = [not torch.equal(plain[row], edited[row]) for row in range(3)]
     assert changed == [True, False, False]
+
+
+def test_a_capture_opened_again_and_captures_inside_captures():
+    """A capture opened a second time kept the first block's values and took their edits as applied; an outer
+    capture recorded the value from before an inner capture's edit, while the model went on with the edited one."""
+    model = tiny_bert()
+    batch = bert_batch()
+    again = probe.capture(model, "layers.0.out", edit={"layers.1.out": lambda x: x * 2})
+    with again, torch.no_grad():
+        model(**batch)
+    assert len(again.history("layers.0.out")) == 1
+    with pytest.raises(InputError, match="the edits of layers.1.out never applied"):
+        with again:
+            pass  # the model is not run
+    with again, torch.no_grad():
+        model(**batch)
+    assert len(again.history("layers.0.out")) == 1  # this block's value only
+    with torch.no_grad(), probe.capture(model, "layers.0.out", "layers.0.attn.heads") as outer:
+        with probe.capture(model, "layers.0.out", "layers.0.attn.heads", edit={"layers.0.out": lambda x: x + 1,
+                                                                              "layers.0.attn.heads": lambda x: x * 0}) as inner:
+            model(**batch)
+    assert torch.equal(outer["layers.0.out"], inner["layers.0.out"]) and float(outer["layers.0.attn.heads"].abs().max()) == 0.0

@@ -31,6 +31,6 @@ def tap(site: Optional[nn.Module], name: str, value: Tensor, step: Optional[tupl
     ``step`` = (t, T) marks the t-th of T time steps of a recurrent layer."""
     if not _listeners:
         return value
-    for listener in _listeners:
+    for listener in reversed(_listeners):  # the innermost capture first: an outer one sees the value its edit made
         value = listener(site, name, value, step)
     return value
