@@ -21,6 +21,7 @@ outputs ``text_embeds`` and ``image_embeds``, the projected features
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -30,8 +31,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .checks import check_int
 from .errors import InputError, SaveError
 from .files import TEMPORARY_PREFIX, atomic_path
+from .nn.backend import blocks, get_backend, use_backend
 
 
 class _TextClassifierLogits(nn.Module):
@@ -60,12 +63,14 @@ def _clip_graph(model: nn.Module, batch: int, length: int):
     ids = torch.randint(0, text.vocab_size, (batch, length))
     mask = torch.ones(batch, length, dtype=torch.long)
     mask[0, length // 2 :] = 0  # padding in the example, so the graph masks
+    if text.eos_token_id is not None and text.eos_token_id < text.vocab_size:  # each caption ends where the tower pools, as CLIP's tokenizer ends it
+        ids[:, -1], ids[0, length // 2 - 1] = text.eos_token_id, text.eos_token_id
     pixels = torch.randn(batch + 1, vision.num_channels, vision.image_size, vision.image_size)  # another count than the captions'
     dynamic = {"input_ids": {0: "text_batch", 1: "length"}, "attention_mask": {0: "text_batch", 1: "length"}, "pixel_values": {0: "image_batch"}}
     return _CLIPFeatures(model).eval(), (ids, mask, pixels), list(dynamic), dynamic, ["text_embeds", "image_embeds"]
 
 
-def _graph(model: nn.Module, batch: int, length: int, image_size: int):
+def _graph(model: nn.Module, batch: int, length: int, image_size: int | None):
     """The module to export, example inputs, their names and dynamic dimensions, and the outputs' names."""
     from .models.classifier import HasClassifier
     from .models.clip import CLIPModel
@@ -84,12 +89,20 @@ def _graph(model: nn.Module, batch: int, length: int, image_size: int):
         names = ["input_ids", "attention_mask"]
         return _TextClassifierLogits(model).eval(), (ids, mask), names, {name: {0: "batch", 1: "length"} for name in names}, ["logits"]
     channels = getattr(model.config, "in_channels", 3)
+    image_size = image_size or int(family.reads.default_size(model).split("x")[-1])  # the model's own (ViT: config.image_size)
     return model, (torch.randn(batch, channels, image_size, image_size),), ["x"], {"x": {0: "batch"}}, ["logits"]
 
 
-def export_onnx(model: nn.Module, path, *, batch: int = 2, length: int = 16, image_size: int = 224) -> Path:
+def export_onnx(model: nn.Module, path, *, batch: int = 2, length: int = 16, image_size: int | None = None) -> Path:
     """Write ``model`` (in eval mode) as an ONNX file whose one output, ``logits``, is the model's (a CLIPModel's
     two: ``text_embeds`` and ``image_embeds``).
+
+    ``batch``, ``length`` and ``image_size`` (None: the model's own, ``config.image_size`` or 224) size the example
+    the graph is traced on; the batch and the length stay dynamic in the file. A size of 1 is traced as 2 (torch.export
+    fixes a dimension it meets at 1: ALBERT's graph then ran at that length only). The model is run on them once
+    first, so an input it refuses (a length past its positions) is named as its own error. The graph computes in
+    float32 (ONNX Runtime's CPU kernels have no float64 GELU or bfloat16 sums): a model of another dtype is refused;
+    blocks on the ``"fused"`` backend are exported on ``"torch"`` (the same function, in ONNX's operators).
 
     The weights go inside the file, written atomically (readers see the old file or the new one).
     Past ONNX's 2 GB limit the exporter puts them in ``<name>.data`` and names that file inside the
@@ -103,11 +116,25 @@ def export_onnx(model: nn.Module, path, *, batch: int = 2, length: int = 16, ima
         what = "a fuse() copy (packed oneDNN weights)" if getattr(model, "fused", False) else "an int8 model (torchao tensors)"
         raise InputError(f"export_onnx takes the model itself, not {what}: ONNX has no operators for it; "
                          "export the float model (ONNX Runtime optimises and quantises the graph on its own)")
+    batch, length = max(2, check_int("batch", batch, low=1)), max(2, check_int("length", length, low=1))
+    image_size = check_int("image_size", image_size, low=1, optional=True)
+    dtypes = sorted({str(p.dtype) for p in model.parameters() if p.is_floating_point()} - {"torch.float32"})
+    if dtypes:
+        raise InputError(f"export_onnx writes a float32 graph; {type(model).__name__} holds {', '.join(dtypes)} weights "
+                         "(ONNX Runtime's CPU kernels lack some of their operators): export model.float()")
     path = Path(path)
     training = model.training
+    fused = any(get_backend(block.backend) == "fused" for block in blocks(model))
     try:
-        module, example, names, dynamic, outputs = _graph(model.eval(), batch, length, image_size)
-        _write_onnx(module, example, names, dynamic, outputs, path)
+        with use_backend("torch", model) if fused else contextlib.nullcontext():
+            module, example, names, dynamic, outputs = _graph(model.eval(), batch, length, image_size)
+            try:
+                with torch.no_grad():
+                    module(*example)  # the model's own checks, on the example, before torch.export wraps what they raise
+            except InputError as err:
+                shapes = ", ".join(f"{name} {tuple(x.shape)}" for name, x in zip(names, example))
+                raise InputError(f"export_onnx's example inputs ({shapes}; batch=, length=, image_size= size them): {err}") from None
+            _write_onnx(module, example, names, dynamic, outputs, path)
     finally:
         model.train(training)
     return path

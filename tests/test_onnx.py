@@ -96,3 +96,50 @@ def test_clip_text_and_image_features(tmp_path):
         with torch.no_grad():
             _close(text_embeds, model.get_text_features(ids, mask))
             _close(image_embeds, model.get_image_features(pixels))
+
+
+def test_an_example_of_one_token_still_exports_a_dynamic_length(tmp_path):
+    """torch.export fixes a dimension it meets at 1: ALBERT exported at length=1 declared a dynamic length, and
+    onnxruntime failed at any other ("broadcast ... 3 by 21"). The example is traced at 2 at least."""
+    model = TINY["AlbertForSequenceClassification"][0]().eval()
+    session = ort.InferenceSession(str(export_onnx(model, tmp_path / "albert.onnx", batch=1, length=1)))
+    for batch, length in ((1, 1), (3, 7)):
+        ids = torch.randint(0, model.config.vocab_size, (batch, length))
+        mask = torch.ones(batch, length, dtype=torch.long)
+        (logits,) = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+        with torch.no_grad():
+            _close(logits, model(ids, mask).logits)
+
+
+def test_arguments_and_examples_the_model_refuses_are_named(tmp_path):
+    """Bad sizes reached randint's TypeError or torch.export's errors; the default image size was 224 whatever the
+    model's; float64 and bfloat16 models wrote files onnxruntime could not load; the "fused" backend's minipt ops
+    had no ONNX conversion."""
+    from minipt.models.bert import BertConfig, BertForSequenceClassification
+    from minipt.models.vit import ViTConfig, ViTForImageClassification
+
+    bert = TINY["BertForSequenceClassification"][0]().eval()
+    for name, value, message in (("batch", 0, "batch must be a positive integer, got 0"), ("length", -1, "length must be a positive integer"),
+                                 ("batch", "2", "batch must be an integer, got str '2'"), ("image_size", 0, "image_size must be a positive integer or None")):
+        with pytest.raises(InputError, match=message):
+            export_onnx(bert, tmp_path / "bad.onnx", **{name: value})
+    short = BertForSequenceClassification(BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+                                                     max_position_embeddings=8)).eval()
+    with pytest.raises(InputError, match=r"export_onnx's example inputs \(input_ids \(2, 16\), .*length=.*: sequence length 16 exceeds the position table"):
+        export_onnx(short, tmp_path / "short.onnx")
+    export_onnx(short, tmp_path / "short.onnx", length=8)
+    for dtype in (torch.float64, torch.bfloat16):
+        with pytest.raises(InputError, match=f"export_onnx writes a float32 graph; BertForSequenceClassification holds {dtype} weights"):
+            export_onnx(TINY["BertForSequenceClassification"][0]().to(dtype), tmp_path / "wide.onnx")
+    vit = ViTForImageClassification(ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8, image_size=32,
+                                              patch_size=8, num_labels=3)).eval()
+    session = ort.InferenceSession(str(export_onnx(vit, tmp_path / "vit.onnx")))  # at its own 32 x 32
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        _close(session.run(None, {"x": images.numpy()})[0], vit(images).logits)
+    bert.set_backend("fused")
+    session = ort.InferenceSession(str(export_onnx(bert, tmp_path / "fused_backend.onnx")))
+    assert {block.backend for block in bert.modules() if hasattr(block, "backend")} == {"fused"}  # restored
+    ids, mask = torch.randint(0, bert.config.vocab_size, (2, 5)), torch.ones(2, 5, dtype=torch.long)
+    with torch.no_grad():
+        _close(session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0], bert(ids, mask).logits)
