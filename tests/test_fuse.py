@@ -113,3 +113,32 @@ def test_a_fused_copy_compiles(family):
     assert convolutions_only or any(isinstance(m, onednn.PackedLinear) and m.onednn for m in fused.modules()) or not onednn.available()
     for got, expected in zip(compiled, eager):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_changes_inside_a_fused_copy_are_refused():
+    """The copy refused train(), .to() and pickling at its top only: requires_grad_(True) was accepted and backward
+    reached 13 of 41 weights (the packed ones are no parameters), a layer's .train() turned dropout on inside the
+    inference copy, and a layer's .double() failed inside torch. Each is named now, on the copy and on a deep copy
+    of it (which checks its own modules)."""
+    from minipt.errors import ConfigError
+    from minipt.models.bert import BertConfig, BertForSequenceClassification
+
+    model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                                     intermediate_size=32, max_position_embeddings=20, hidden_dropout_prob=0.5)).eval()
+    ids = torch.randint(0, 50, (2, 6))
+    with pytest.raises(ConfigError, match="computes no gradients"):
+        model.fuse().requires_grad_(True)
+    changes = {"bert.layers.0 inside a fused BertForSequenceClassification was put in training mode": lambda f: f.bert.layers[0].train(),
+               "bert.layers inside a fused .* was put in training mode": lambda f: f.bert.layers.train(),
+               "were set to require gradients": lambda f: f.bert.layers[1].requires_grad_(True),
+               "was moved to another dtype or device": lambda f: f.bert.layers[0].double()}
+    for message, change in changes.items():
+        for fused in (model.fuse(), copy.deepcopy(model.fuse())):
+            expected = fused(ids).logits
+            change(fused)
+            with pytest.raises(ConfigError, match=message):
+                fused(ids)
+    fused = model.fuse()
+    twin = copy.deepcopy(fused)
+    fused.bert.layers.train()
+    assert torch.equal(twin(ids).logits, expected)  # the deep copy checks its own modules, not the original's

@@ -117,6 +117,24 @@ def _inputs_to(dtype: torch.dtype):
     return hook
 
 
+def _unchanged_inside(fused: nn.Module, args) -> None:
+    """A forward pre-hook for a fuse() copy: refuses to run once a module inside it was changed past what the copy's
+    own guards see (``fused.bert.layers.train()`` turning dropout on, ``requires_grad_`` or ``.double()`` of one
+    layer): a few microseconds a call, over the modules and parameters listed when it was fused (a deep copy's own)."""
+    modules, parameters, kinds = fused._fused_contents
+    if any(m.training for m in modules):
+        names = {id(m): name for name, m in fused.named_modules()}
+        changed = next(names.get(id(m), "?") or "the model" for m in modules if m.training)
+        raise ConfigError(f"{changed} inside a fused {type(fused).__name__} was put in training mode; a fuse() copy is for inference "
+                          "(dropout off, no gradients): train the model before fuse()")
+    if any(p.requires_grad for p in parameters):
+        raise ConfigError(f"parameters inside a fused {type(fused).__name__} were set to require gradients; its packed weights are no "
+                          "parameters, so gradients would reach some weights only: train the model before fuse()")
+    if any((p.dtype, p.device) != kind for p, kind in zip(parameters, kinds)):
+        raise ConfigError(f"a module inside a fused {type(fused).__name__} was moved to another dtype or device; the copy is fixed to "
+                          "those it was fused for: convert the model, then fuse() it")
+
+
 class InferenceCopy:
     """Mixed into every model: ``fuse(dtype=None)`` returns its inference copy, which refuses ``train()``
     (``Pretrained.save_pretrained`` refuses it too)."""
@@ -142,10 +160,20 @@ class InferenceCopy:
             fused.register_forward_pre_hook(_inputs_to(dtype), with_kwargs=True)  # float inputs (pixels) follow the weights
         with torch.no_grad():
             _rewrite(fused, self.fuse_batch_hint)
+        fused.eval()  # the modules the rewrite made too
         for module in fused.modules():
             if isinstance(module, InferenceCopy):
                 module.fused = True  # a model inside a model (the BertModel of a head) too
+        parameters = list(fused.parameters())
+        fused._fused_contents = (list(fused.modules()), parameters, [(p.dtype, p.device) for p in parameters])
+        fused.register_forward_pre_hook(_unchanged_inside)
         return fused
+
+    def requires_grad_(self, requires_grad: bool = True):
+        if requires_grad and self.fused:  # the packed weights are no parameters: gradients would reach some weights only
+            raise ConfigError(f"a fused {type(self).__name__} computes no gradients (its packed weights are no parameters); "
+                              "train the model before fuse()")
+        return super().requires_grad_(requires_grad)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         if self.fused:  # the packed weights are no parameters: a state dict would reach some tensors and not the products
