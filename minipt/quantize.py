@@ -61,14 +61,27 @@ def quantize_int8(model: nn.Module, *, lstm: bool = True) -> nn.Module:
         raise InputError("int8 quantisation starts from float32 weights: call model.float() first")
     if is_quantized(model):
         raise InputError(f"{type(model).__name__} is already quantised to int8: quantise the float model")
-    if getattr(model, "fused", False):  # its packed weights are no Linear modules: nothing would be quantised
-        raise InputError(f"this {type(model).__name__} is a fuse() copy, whose packed weights int8 quantisation cannot reach: "
+    fused = _fused_inside(model)
+    if fused is not None:  # its packed weights are no Linear modules: nothing would be quantised
+        raise InputError(f"{type(model).__name__} is or holds a fuse() copy{fused}, whose packed weights int8 quantisation cannot reach: "
                          "quantise the model itself (fuse() or quantise, not both)")
+    from .nn import LSTM, Linear
+
+    kinds = (Linear, nn.Linear, LSTM) if lstm else (Linear, nn.Linear)
+    if not any(isinstance(module, kinds) for module in model.modules()):
+        raise InputError(f"{type(model).__name__} has no {'Linear or LSTM' if lstm else 'Linear'} layer, which int8 quantisation "
+                         "reaches (convolutions, GRU and RNN layers stay float): there is nothing to quantise")
     ao = _torchao()
     quantized = _swap_linears(copy.deepcopy(model).eval())
     # set_inductor_config=False: leave torch.compile's global settings as the user has them
     ao.quantize_(quantized, ao.Int8DynamicActivationInt8WeightConfig(set_inductor_config=False))
     return _quantize_lstms(quantized, ao) if lstm else quantized
+
+
+def _fused_inside(model: nn.Module) -> str | None:
+    """Where a fuse() copy sits in ``model`` (" (at 'encoder')", "" for the model itself), or None."""
+    name = next((name for name, module in model.named_modules() if getattr(module, "fused", False)), None)
+    return None if name is None else (f" (at {name!r})" if name else "")
 
 
 @contextmanager
@@ -160,9 +173,10 @@ def size_bytes(model: nn.Module) -> int:
     """Bytes of the model's state dict as ``torch.save`` writes it (int8 weights and their scales included)."""
     if not isinstance(model, nn.Module):
         raise InputError(f"size_bytes takes a torch.nn.Module, got {type(model).__name__}")
-    if getattr(model, "fused", False):
-        raise InputError(f"size_bytes measures a model's state dict, and a fuse() copy's packed weights are outside it: measure the "
-                         f"{type(model).__name__} it came from")
+    fused = _fused_inside(model)
+    if fused is not None:
+        raise InputError(f"size_bytes measures a model's state dict, and a fuse() copy's packed weights are outside it{fused}: measure the "
+                         "model it came from")
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

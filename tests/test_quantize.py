@@ -43,10 +43,11 @@ def test_bert_linear_layers():
 def test_every_declared_model_quantises_and_stays_close(family, cls):
     model = family.tiny_model(cls)
     args, kwargs = family.inputs(cls)
-    quantized = quantize_int8(model)
-    if not any(isinstance(m, torch.nn.Linear) for m in model.modules()):  # convolutions only (CRAFT): int8 covers Linear and LSTM
-        assert not transfer.is_quantized(quantized) and not quantized.training
+    if not any(isinstance(m, (torch.nn.Linear, minipt.nn.LSTM)) for m in model.modules()):  # convolutions, GRU (CRAFT, G2P): nothing to quantise
+        with pytest.raises(InputError, match=f"{cls.__name__} has no Linear or LSTM layer, which int8 quantisation reaches"):
+            quantize_int8(model)
         return
+    quantized = quantize_int8(model)
     assert transfer.is_quantized(quantized)
     with torch.no_grad():
         ours, theirs = (torch.cat([t.flatten().float() for t in tree_leaves(m(*args, **kwargs)) if t.is_floating_point()]) for m in (quantized, model))
@@ -101,8 +102,12 @@ def test_fuse_or_quantise_not_both_and_no_official_file_of_int8(tmp_path):
 
     model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                                      intermediate_size=32, max_position_embeddings=16, num_labels=2)).eval()
-    with pytest.raises(InputError, match="is a fuse\\(\\) copy, whose packed weights int8 quantisation cannot reach"):
+    with pytest.raises(InputError, match="is or holds a fuse\\(\\) copy, whose packed weights int8 quantisation cannot reach"):
         quantize_int8(model.fuse())
+    with pytest.raises(InputError, match="holds a fuse\\(\\) copy \\(at '0'\\)"):  # inside a pipeline: int8 weights nowhere, without a word
+        quantize_int8(torch.nn.Sequential(model.fuse()))
+    with pytest.raises(InputError, match="packed weights are outside it \\(at '0'\\)"):
+        size_bytes(torch.nn.Sequential(model.fuse()))
     with pytest.raises(InputError, match="size_bytes measures a model's state dict"):
         size_bytes(model.fuse())
     quantized = quantize_int8(model)
@@ -133,3 +138,27 @@ def test_importing_torchao_prints_nothing():
     script = "from minipt.quantize import quantize_int8; import torch; quantize_int8(torch.nn.Linear(4, 4))"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert done.stdout == done.stderr == ""
+
+
+def test_an_int8_model_keeps_its_dtype_and_is_saved_by_its_state_dict(tmp_path):
+    """q.double() was accepted and torchao's kernel then asserted on float64 inputs (half/bfloat16 ran with float32
+    scales); torch.save(q) failed inside torchao's pickling. Both are named; the state dict round trip named there works."""
+    import copy
+
+    from minipt.errors import ConfigError
+
+    model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                                     intermediate_size=32, max_position_embeddings=16, num_labels=2)).eval()
+    quantized = quantize_int8(model)
+    for move in (lambda q: q.double(), lambda q: q.half(), lambda q: q.to(torch.bfloat16)):
+        with pytest.raises(ConfigError, match="computes in float32 around its int8 weights"):
+            move(copy.deepcopy(quantized))
+    quantized.to("cpu")  # where it is: fine
+    with pytest.raises(ConfigError, match=r"cannot be pickled whole .*torch.save\(model.state_dict\(\), path\)"):
+        torch.save(quantized, tmp_path / "whole.pt")
+    torch.save(quantized.state_dict(), tmp_path / "int8.pt")
+    again = quantize_int8(model)
+    again.load_state_dict(torch.load(tmp_path / "int8.pt", weights_only=True))
+    ids = torch.randint(0, 50, (2, 5))
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, quantized(ids).logits)

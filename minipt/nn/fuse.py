@@ -188,12 +188,21 @@ class InferenceCopy:
             if moved is not None and (moved.dtype != probe.dtype or moved.device != probe.device):
                 raise ConfigError(f"a fused {type(self).__name__} is fixed to the dtype and device it was fused for ({probe.dtype}, "
                                   f"{probe.device}): convert the model (model.to(...)), then fuse() it")
+        elif is_quantized(self):  # torchao's int8 tensors keep float32 scales, and its kernels take float32 inputs only
+            probe = next((p for p in self.parameters() if p.is_floating_point() and not type(p).__module__.startswith("torchao.")), None)
+            moved = None if probe is None else fn(probe)
+            if moved is not None and moved.dtype != probe.dtype:
+                raise ConfigError(f"an int8 {type(self).__name__} computes in float32 around its int8 weights (torchao's kernels take "
+                                  "float32 only): it stays in float32; quantise a float32 model")
         return super()._apply(fn, recurse)
 
     def __reduce_ex__(self, protocol):
         if self.fused:  # pickle, torch.save: oneDNN's packed weights have no storage to write, the products are closures
             raise ConfigError(f"a fused {type(self).__name__} cannot be pickled (torch.save): its packed weights are made for this "
                               "CPU; save the model (save_pretrained, or torch.save of its state_dict) and fuse() it after loading")
+        if is_quantized(self):  # torchao's tensors fail inside pickle (AttributeError on a functools.partial)
+            raise ConfigError(f"an int8 {type(self).__name__} cannot be pickled whole (torchao's tensors fail to): save "
+                              "torch.save(model.state_dict(), path), and load it with quantize_int8(the float model).load_state_dict(...)")
         return super().__reduce_ex__(protocol)
 
     def __deepcopy__(self, memo):
