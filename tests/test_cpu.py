@@ -364,3 +364,24 @@ def test_a_passing_onednn_probe_reports_nothing(monkeypatch):
     monkeypatch.delenv("MINIPT_ONEDNN", raising=False)
     assert cpu.onednn.unavailable_because(torch.float32) is None and cpu.onednn.available(torch.float32)
     assert "float32 path off" not in cpu.cpu_report(info("AVX512-BF16 (EPYC Genoa)"))  # (bfloat16's depends on this CPU)
+
+
+def test_a_misspelt_switch_is_named(monkeypatch):
+    """MINIPT_LINEAR=onednnn measured the kernels instead and MINIPT_ONEDNN=false left oneDNN on, without a word."""
+    from minipt.errors import ConfigError
+    from minipt.ops import onednn
+
+    for value in ("onednnn", "F.linear", "off"):
+        monkeypatch.setenv("MINIPT_LINEAR", value)
+        with pytest.raises(ConfigError, match=f"MINIPT_LINEAR='{value}': expected one of onednn, aten, blocks"):
+            cpu._forced_kernel()
+    monkeypatch.setenv("MINIPT_LINEAR", " ATEN ")
+    assert cpu._forced_kernel() == "aten"
+    monkeypatch.delenv("MINIPT_LINEAR")
+    assert cpu._forced_kernel() is None
+    for value, off in (("0", True), ("false", True), ("OFF", True), ("1", False), ("yes", False), ("", False)):
+        monkeypatch.setenv("MINIPT_ONEDNN", value)
+        assert onednn.switched_off() is off, value
+    monkeypatch.setenv("MINIPT_ONEDNN", "disable")
+    with pytest.raises(ConfigError, match="MINIPT_ONEDNN='disable': expected 0 \\(oneDNN off\\) or 1"):
+        onednn.unavailable_because()

@@ -146,7 +146,8 @@ class InferenceCopy:
         """An inference copy for the CPU (eval mode, no gradients), computing in ``dtype`` (float32 or
         bfloat16; None: the model's own). See ``minipt.nn.fuse`` for what it changes."""
         if dtype is not None and dtype not in DTYPES:
-            raise ConfigError(f"fuse() computes in {' or '.join(map(str, DTYPES))}, not {dtype}")
+            other = f"; for {dtype} convert the model first: model.to({dtype}).fuse() computes in the model's own dtype" if isinstance(dtype, torch.dtype) and dtype.is_floating_point else ""
+            raise ConfigError(f"fuse(dtype) casts to {' or '.join(map(str, DTYPES))} (the dtypes oneDNN packs its fast products for), not {dtype!r}{other}")
         if self.fused:
             raise ConfigError(f"this {type(self).__name__} is fused already; call fuse() on the model it came from")
         if is_quantized(self):

@@ -57,6 +57,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
 from . import onednn
 from ._timing import faster
 
@@ -125,7 +126,7 @@ def cpu() -> CPUInfo:
         model=model,
         capability=torch.backends.cpu.get_cpu_capability(),
         flags=flags,
-        onednn=torch.backends.mkldnn.is_available() and os.environ.get(onednn.ENV_SWITCH, "1") != "0",
+        onednn=torch.backends.mkldnn.is_available() and not onednn.switched_off(),
         isa_cap=os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().lower() or None,
     )
 
@@ -195,8 +196,12 @@ TIMED_ROWS = 512  # ... but never fewer rows than this: the kernels rank by rows
 
 
 def _forced_kernel() -> str | None:
+    """The kernel ``MINIPT_LINEAR`` forces (one of ``onednn.KERNELS``), None where it is unset; another value is a
+    ConfigError naming it (a misspelt choice measured the kernels instead, without a word)."""
     forced = os.environ.get(LINEAR_ENV, "").strip().lower()
-    return forced if forced in onednn.KERNELS else None
+    if forced and forced not in onednn.KERNELS:
+        raise ConfigError(f"{LINEAR_ENV}={os.environ[LINEAR_ENV]!r}: expected one of {', '.join(onednn.KERNELS)} (or unset: the fastest, measured)")
+    return forced or None
 
 
 def linear_kernel(dtype: torch.dtype, rows: int, in_features: int, out_features: int, activation: str | None = None,

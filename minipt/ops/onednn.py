@@ -120,11 +120,23 @@ def available(dtype: torch.dtype = torch.float32) -> bool:
     return unavailable_because(dtype) is None
 
 
+_OFF, _ON = ("0", "false", "no", "off"), ("", "1", "true", "yes", "on")
+
+
+def switched_off() -> bool:
+    """Whether ``MINIPT_ONEDNN`` turns the oneDNN paths off (0, false, no, off; unset, 1, true, yes, on leave them on);
+    any other value is a ConfigError naming it, not a silent "on"."""
+    value = os.environ.get(ENV_SWITCH, "").strip().lower()
+    if value not in _OFF + _ON:
+        raise ConfigError(f"{ENV_SWITCH}={os.environ[ENV_SWITCH]!r}: expected 0 (oneDNN off) or 1 (on, the default); also false/no/off, true/yes/on")
+    return value in _OFF
+
+
 def unavailable_because(dtype: torch.dtype = torch.float32) -> str | None:
     """Why minipt's oneDNN paths are off for ``dtype`` (``MINIPT_ONEDNN=0``, or what the probe found), or None where
     they run. ``minipt info`` prints it: a torch whose private oneDNN ops changed turns them off, and says so."""
-    if os.environ.get(ENV_SWITCH, "1") == "0":
-        return f"{ENV_SWITCH}=0"
+    if switched_off():
+        return f"{ENV_SWITCH}={os.environ[ENV_SWITCH]}"
     if dtype not in _probed:
         _probed[dtype] = _probe_failure(dtype)
     return _probed[dtype]
