@@ -213,8 +213,10 @@ def layer_diffs(model: nn.Module, source, inputs: Any = None, *, rtol: float = 1
     path = resolve(source)
     with Checkpoint(path) as checkpoint:
         held = family_of(model_class_for(path, checkpoint))
-    if held is not None and held is not family:
-        raise ConfigError(f"{source} holds a checkpoint of the {held.model_type!r} family; {type(model).__name__} is compared with one of its own family's ({family.model_type!r})")
+        if held is not None and held is not family:
+            raise ConfigError(f"{source} holds a checkpoint of the {held.model_type!r} family; {type(model).__name__} is compared with one of its own family's ({family.model_type!r})")
+        if callable(getattr(type(model), "check_config", None)) and getattr(model, "config", None) is not None:
+            type(model).check_config(model.config, checkpoint)  # sizes and depth against the file's, each named (a 3-layer model and a 6-layer file)
     with evaluating(model):
         return family.reference(model, path, inputs, rtol)
 

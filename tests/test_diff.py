@@ -343,3 +343,16 @@ def test_a_checkpoint_without_the_models_head_or_of_another_family_is_refused(tm
     for rtol, message in ((-1.0, "rtol must be >= 0"), (float("nan"), "rtol must be finite"), ("1e-4", "rtol must be a real number")):
         with pytest.raises(InputError, match=message):
             layer_diffs(classifier, tmp_path / "classifier", ids, rtol=rtol)
+
+
+def test_a_model_of_other_sizes_than_the_checkpoint_is_named(tmp_path):
+    """A BERT cut to fewer layers than its checkpoint's was compared point by point and blamed pooler.out; the sizes
+    the checkpoint fixes are checked first now, each named."""
+    from minipt.models.bert import BertConfig, BertModel
+
+    config = BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
+    folder = BertModel(config).save_pretrained(tmp_path / "two_layers")
+    with pytest.raises(ConfigError, match=r"num_hidden_layers = 1, but the checkpoint holds 2"):
+        layer_diffs(BertModel(config.replace(num_hidden_layers=1)), folder, torch.randint(1, 60, (1, 5)))
+    with pytest.raises(ConfigError, match=r"intermediate_size = 24, but"):
+        layer_diffs(BertModel(config.replace(intermediate_size=24)), folder, torch.randint(1, 60, (1, 5)))
