@@ -118,8 +118,8 @@ def test_a_fused_copy_compiles(family):
 def test_changes_inside_a_fused_copy_are_refused():
     """The copy refused train(), .to() and pickling at its top only: requires_grad_(True) was accepted and backward
     reached 13 of 41 weights (the packed ones are no parameters), a layer's .train() turned dropout on inside the
-    inference copy, and a layer's .double() failed inside torch. Each is named now, on the copy and on a deep copy
-    of it (which checks its own modules)."""
+    inference copy (and generate, which calls the inner model, ran with it), and a layer's .double() failed inside
+    torch. Each is refused when asked, on the copy and on a deep copy of it."""
     from minipt.errors import ConfigError
     from minipt.models.bert import BertConfig, BertForSequenceClassification
 
@@ -128,17 +128,28 @@ def test_changes_inside_a_fused_copy_are_refused():
     ids = torch.randint(0, 50, (2, 6))
     with pytest.raises(ConfigError, match="computes no gradients"):
         model.fuse().requires_grad_(True)
-    changes = {"bert.layers.0 inside a fused BertForSequenceClassification was put in training mode": lambda f: f.bert.layers[0].train(),
-               "bert.layers inside a fused .* was put in training mode": lambda f: f.bert.layers.train(),
-               "were set to require gradients": lambda f: f.bert.layers[1].requires_grad_(True),
-               "was moved to another dtype or device": lambda f: f.bert.layers[0].double()}
+    changes = {r"bert.layers.0 inside a fused BertForSequenceClassification is part of an inference copy": lambda f: f.bert.layers[0].train(),
+               r"bert.layers inside a fused .* is part of an inference copy": lambda f: f.bert.layers.train(),
+               r"bert.layers.1 inside a fused .* computes no gradients": lambda f: f.bert.layers[1].requires_grad_(True),
+               r"bert.layers.0 inside a fused .* is fixed to the dtype and device it was fused for": lambda f: f.bert.layers[0].double()}
     for message, change in changes.items():
         for fused in (model.fuse(), copy.deepcopy(model.fuse())):
             expected = fused(ids).logits
-            change(fused)
             with pytest.raises(ConfigError, match=message):
-                fused(ids)
+                change(fused)
+            assert torch.equal(fused(ids).logits, expected) and not any(m.training for m in fused.modules())
     fused = model.fuse()
-    twin = copy.deepcopy(fused)
-    fused.bert.layers.train()
-    assert torch.equal(twin(ids).logits, expected)  # the deep copy checks its own modules, not the original's
+    fused.bert.layers.eval().requires_grad_(False)  # what an inference copy already is: allowed
+    fused.bert.to(memory_format=torch.channels_last)  # no dtype or device: allowed
+
+
+def test_generate_of_a_fused_copy_cannot_be_put_in_training():
+    """generate calls the inner model, not the copy's forward: a check made there would not see dropout turned on."""
+    from minipt.errors import ConfigError
+    from minipt.models.gpt2 import GPT2Config, GPT2LMHeadModel
+
+    fused = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=32, n_embd=16, n_layer=1, n_head=2, resid_pdrop=0.5)).eval().fuse()
+    with pytest.raises(ConfigError, match="transformer.layers inside a fused GPT2LMHeadModel is part of an inference copy"):
+        fused.transformer.layers.train()
+    first = fused.generate(torch.ones(1, 3, dtype=torch.long), max_new_tokens=4)
+    assert torch.equal(fused.generate(torch.ones(1, 3, dtype=torch.long), max_new_tokens=4), first)

@@ -394,6 +394,15 @@ def test_recurrent_taps_of_a_packed_batch_are_in_the_callers_order(bidirectional
             edited = pad_packed_sequence(lstm(packed)[0], batch_first=True)[0]
     changed = [not torch.equal(plain[row], edited[row]) for row in range(3)]
     assert changed == [True, False, False]
+    # an edit at every step reaches each sequence at its own steps only: the final states are those of each sequence
+    # run alone with the same edit (it reached the held state of ended sequences, and a reverse one's initial state)
+    shift = lambda state: state + 1  # noqa: E731
+    for point in ("layers.0.h", "layers.0.reverse.h") if bidirectional else ("layers.0.h",):
+        with torch.no_grad(), probe.capture(lstm, edit={point: shift}):
+            _, (h_n, _) = lstm(packed)
+            for row, n in enumerate(lengths.tolist()):
+                _, (alone, _) = lstm(x[row : row + 1, :n])
+                assert torch.allclose(h_n[:, row], alone[:, 0], atol=1e-6), (point, row)
 
 
 def test_a_capture_opened_again_and_captures_inside_captures():

@@ -44,6 +44,8 @@ model, then fuse it), and ``fuse()`` of a fused model is refused too.
 from __future__ import annotations
 
 import copy
+import functools
+import types
 
 import torch
 from torch import nn
@@ -117,22 +119,39 @@ def _inputs_to(dtype: torch.dtype):
     return hook
 
 
-def _unchanged_inside(fused: nn.Module, args) -> None:
-    """A forward pre-hook for a fuse() copy: refuses to run once a module inside it was changed past what the copy's
-    own guards see (``fused.bert.layers.train()`` turning dropout on, ``requires_grad_`` or ``.double()`` of one
-    layer): a few microseconds a call, over the modules and parameters listed when it was fused (a deep copy's own)."""
-    modules, parameters, kinds = fused._fused_contents
-    if any(m.training for m in modules):
-        names = {id(m): name for name, m in fused.named_modules()}
-        changed = next(names.get(id(m), "?") or "the model" for m in modules if m.training)
-        raise ConfigError(f"{changed} inside a fused {type(fused).__name__} was put in training mode; a fuse() copy is for inference "
-                          "(dropout off, no gradients): train the model before fuse()")
-    if any(p.requires_grad for p in parameters):
-        raise ConfigError(f"parameters inside a fused {type(fused).__name__} were set to require gradients; its packed weights are no "
-                          "parameters, so gradients would reach some weights only: train the model before fuse()")
-    if any((p.dtype, p.device) != kind for p, kind in zip(parameters, kinds)):
-        raise ConfigError(f"a module inside a fused {type(fused).__name__} was moved to another dtype or device; the copy is fixed to "
-                          "those it was fused for: convert the model, then fuse() it")
+def _seal(fused: nn.Module) -> None:
+    """Every module inside a fuse() copy refuses what would change it past the copy's own guards, when it is asked
+    (``fused.bert.layers.train()`` turning dropout on, ``requires_grad_(True)`` of one layer, its ``.double()``):
+    each module's ``train``, ``requires_grad_`` and ``_apply`` are replaced on the instance, so the copy's calls cost
+    nothing more (``generate``, ``get_image_features`` and the like reach the modules without the copy's forward)."""
+    owner = type(fused).__name__
+    for name, module in fused.named_modules():
+        if name:  # the copy itself: InferenceCopy's own methods
+            module.train = types.MethodType(functools.partial(_sealed_train, what=f"{name} inside a fused {owner}"), module)
+            module.requires_grad_ = types.MethodType(functools.partial(_sealed_requires_grad, what=f"{name} inside a fused {owner}"), module)
+            module._apply = types.MethodType(functools.partial(_sealed_apply, what=f"{name} inside a fused {owner}"), module)
+
+
+def _sealed_train(module: nn.Module, mode: bool = True, *, what: str):
+    if mode:
+        raise ConfigError(f"{what} is part of an inference copy (dropout off, no gradients): train the model before fuse()")
+    return type(module).train(module, False)
+
+
+def _sealed_requires_grad(module: nn.Module, requires_grad: bool = True, *, what: str):
+    if requires_grad:
+        raise ConfigError(f"{what} computes no gradients (the copy's packed weights are no parameters, so gradients would "
+                          "reach some weights only): train the model before fuse()")
+    return type(module).requires_grad_(module, False)
+
+
+def _sealed_apply(module: nn.Module, fn, recurse: bool = True, *, what: str):
+    probe = next(module.parameters(), None)
+    moved = None if probe is None else fn(probe)
+    if moved is not None and (moved.dtype != probe.dtype or moved.device != probe.device):
+        raise ConfigError(f"{what} is fixed to the dtype and device it was fused for ({probe.dtype}, {probe.device}): convert the "
+                          "model (model.to(...)), then fuse() it")
+    return type(module)._apply(module, fn, recurse)
 
 
 class InferenceCopy:
@@ -165,9 +184,7 @@ class InferenceCopy:
         for module in fused.modules():
             if isinstance(module, InferenceCopy):
                 module.fused = True  # a model inside a model (the BertModel of a head) too
-        parameters = list(fused.parameters())
-        fused._fused_contents = (list(fused.modules()), parameters, [(p.dtype, p.device) for p in parameters])
-        fused.register_forward_pre_hook(_unchanged_inside)
+        _seal(fused)
         return fused
 
     def requires_grad_(self, requires_grad: bool = True):

@@ -104,7 +104,9 @@ def math_layer(
         if mask is not None:  # a sequence of a packed batch that has ended (or not begun) keeps its state
             new = tuple(torch.where(mask[t], n, s) for n, s in zip(new, state))
         if site is not None and listening():
-            new = tuple(_tapped(site, kind, s, (t, x.shape[0])) for kind, s in zip("hc", new))
+            tapped = tuple(_tapped(site, kind, s, (t, x.shape[0])) for kind, s in zip("hc", new))
+            # an edit reaches the sequences that have step t; the others keep their state (recorded as it is)
+            new = tapped if mask is None else tuple(torch.where(mask[t], e, s) for e, s in zip(tapped, state))
         outputs[t] = new[0] if mask is None else new[0].masked_fill(~mask[t], 0.0)  # padding steps output zeros
         state = new
     return torch.stack(outputs), state
