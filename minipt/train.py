@@ -50,6 +50,7 @@ copy its batches). FSDP-sharded models train, but without ``checkpoint_dir`` or 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import itertools
 import json
 import math
@@ -57,6 +58,7 @@ import numbers
 import os
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -105,7 +107,10 @@ def fit(
     """Train ``model`` for up to ``epochs`` epochs; returns one ``Epoch`` per epoch trained (resumed ones included).
 
     ``loss(model, batch)`` returns the scalar loss of a batch. ``resume``: True
-    continues from ``checkpoint_dir/last.safetensors``, a path from that file.
+    continues from ``checkpoint_dir/last.safetensors``, a path from that file: the run
+    as it was, with the checkpoint's optimiser settings (a learning rate or weight
+    decay given otherwise is named in a warning) for the same trainable parameters
+    (others, such as another stage frozen, are a ``TrainingError``).
     ``max_steps`` caps the optimiser steps per epoch (quick runs). An exception
     from ``loss`` or ``evaluate`` propagates as it is; checkpoints already written stay.
 
@@ -113,8 +118,8 @@ def fit(
     ``"stop"`` (default) raises a ``TrainingError`` naming the epoch, the step and
     the value; nothing of that step is applied and no checkpoint is written, so the
     last one is that of the previous epoch. ``"skip"`` drops the step (no optimiser or
-    scheduler step) and counts it in ``Epoch.skipped``; an epoch whose every step is
-    skipped raises. Under ``torch.distributed`` all processes stop or skip together.
+    scheduler step; BatchNorm's running statistics as they were before it) and counts it
+    in ``Epoch.skipped``; an epoch whose every step is skipped raises. Under ``torch.distributed`` all processes stop or skip together.
 
     ``max_grad_norm``: the gradients are scaled down to this total norm before each step
     (``torch.nn.utils.clip_grad_norm_``; 1.0 is the usual choice for fine-tuning Transformers).
@@ -149,6 +154,10 @@ def fit(
     if not hasattr(train_loader, "__iter__") or isinstance(train_loader, (str, bytes, dict)):
         raise InputError(f"train_loader must be an iterable of batches (a DataLoader, a list), got {type(train_loader).__name__} {train_loader!r:.80}")
     _check_scheduler(scheduler, optimizer)
+    step = inspect.signature(optimizer.step).parameters.get("closure")
+    if step is not None and step.default is inspect.Parameter.empty:
+        raise InputError(f"{type(optimizer).__name__} steps with a closure that recomputes the loss (torch's LBFGS); fit calls "
+                         "optimizer.step() once per batch: use an optimiser without one (SGD, AdamW), or write the loop for it")
     check_trainable(model)
     _check_ddp_parameters(model)
     check_param_groups(unwrapped(model), optimizer)
@@ -193,6 +202,8 @@ def fit(
     keep_best = restore_best and evaluate is not None
     best_in_memory = None  # restore_best without a folder: a CPU copy of the best weights
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    # BatchNorm's running statistics change in the forward pass, before a step is known to be finite: kept to be put back
+    statistics = [b for m in unwrapped(model).modules() if isinstance(m, nn.modules.batchnorm._NormBase) for b in m.buffers(recurse=False)]
     for epoch in range(len(history) + 1, epochs + 1):
         if patience is not None and since_best >= patience:
             break  # a resumed run that had already stopped
@@ -206,10 +217,11 @@ def fit(
                         None if max_steps is None else max_steps * accumulate)
         try:
             batches = iter(bar)
-            length, consumed = (len(train_loader) if hasattr(train_loader, "__len__") else None), 0
+            length, consumed = _length(train_loader), 0
             for step in itertools.count(1):
                 optimizer.zero_grad(set_to_none=True)
                 left = None if length is None else length - consumed
+                kept = [b.clone() for b in statistics]
                 summed, micro = _accumulated_backward(model, loss, batches, accumulate, left)
                 consumed += micro
                 if not micro:
@@ -221,6 +233,9 @@ def fit(
                 loss_value, problem = _check_step(summed / micro, parameters, model)
                 if problem is not None:
                     optimizer.zero_grad(set_to_none=True)
+                    with torch.no_grad():
+                        for buffer, before in zip(statistics, kept):  # the step's NaN batch statistics are not kept either
+                            buffer.copy_(before)
                     if nonfinite == "stop":
                         raise TrainingError(
                             f"epoch {epoch}, step {step}: {problem}; the step was not applied and no checkpoint "
@@ -330,7 +345,8 @@ def _accumulated_backward(model: nn.Module, loss: Callable, batches, accumulate:
             value = loss(model, batch)
             _check_loss_value(value)
             value.backward()
-        summed = value.detach().reshape(()) if summed is None else summed + value.detach().reshape(())
+        value = value.detach().reshape(()).double()  # summed in float64: a bfloat16 model's losses lose no digits in the sum
+        summed = value if summed is None else summed + value
         if following is _NEXT:
             following = next(batches, _END)
             if following is _END and wrapped:
@@ -403,10 +419,16 @@ def _check_step(value: torch.Tensor, parameters: list[torch.Tensor], model: nn.M
 
 
 def _score(value: Any, epoch: int) -> float:
-    try:
-        score = float(value)
-    except (TypeError, ValueError, RuntimeError):
-        raise TrainingError(f"epoch {epoch}: evaluate(model) must return a number, got {type(value).__name__} {value!r:.80}") from None
+    """``evaluate``'s return as a float: a real number, or a tensor or array of one element (not a bool or a string)."""
+    if isinstance(value, torch.Tensor):
+        number = value.numel() == 1 and value.dtype != torch.bool and not value.is_complex()
+    elif isinstance(value, np.ndarray):
+        number = value.size == 1 and (np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating))
+    else:
+        number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not number:
+        raise TrainingError(f"epoch {epoch}: evaluate(model) must return a number, got {type(value).__name__} {value!r:.80} (higher is better)")
+    score = float(value.item() if hasattr(value, "item") else value)
     if not math.isfinite(score):
         raise TrainingError(f"epoch {epoch}: evaluate(model) returned {score}; no checkpoint was written")
     return score
@@ -417,10 +439,19 @@ def _progress(loader, description: str, show: bool, total: int | None):
         return loader
     from tqdm.auto import tqdm
 
-    length = len(loader) if hasattr(loader, "__len__") else None
+    length = _length(loader)
     if total is not None and length is not None:
         length = min(total, length)
     return tqdm(loader, desc=description, total=length, leave=False, dynamic_ncols=True)
+
+
+def _length(loader) -> int | None:
+    """The loader's number of batches, or None where it has none (a generator; a DataLoader over an IterableDataset,
+    whose len() raises TypeError)."""
+    try:
+        return len(loader) if hasattr(loader, "__len__") else None
+    except TypeError:
+        return None
 
 
 def _distributed() -> bool:
@@ -619,6 +650,7 @@ def save_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, *, e
 
     model = unwrapped(model)
     _refuse_sharded(model, "save_checkpoint")
+    check_trainable(model)  # an int8 model: named, where safetensors failed on torchao's storage
     tensors: dict[str, torch.Tensor] = {}
     skeleton = {
         "format": FORMAT,
@@ -630,6 +662,7 @@ def save_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, *, e
     if optimizer is not None:
         skeleton["optimizer"] = type(optimizer).__name__
         skeleton["optimizer_state"] = _split(optimizer.state_dict(), "optimizer", tensors)
+        skeleton["optimizer_parameters"] = _group_names(optimizer, model)  # which parameter each state entry is for
         skeleton["rng"] = _split(_rng_state(), "rng", tensors)
     if scheduler is not None:
         skeleton["scheduler"] = type(scheduler).__name__
@@ -688,6 +721,7 @@ def _load_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, che
     if optimizer is not None:
         saved = _join(skeleton["optimizer_state"], tensors, path, "optimizer_state")
         _check_optimizer_state(path, saved, optimizer, model)
+        _check_group_names(path, skeleton.get("optimizer_parameters"), _group_names(optimizer, model))
         rng = _join(skeleton["rng"], tensors, path, "rng")
     if scheduler is not None:
         scheduled = _join(skeleton["scheduler_state"], tensors, path, "scheduler_state")
@@ -708,6 +742,7 @@ def _load_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, che
             raise CheckpointError(f"{path}: the random number generators' state is damaged ({type(err).__name__}: {err})") from None
     model.load_state_dict(state)
     if optimizer is not None:
+        _warn_settings_replaced(path, saved, optimizer)
         optimizer.load_state_dict(saved)
     if scheduler is not None:
         scheduler.load_state_dict(scheduled)
@@ -786,6 +821,56 @@ def _check_optimizer_state(path: Path, saved: Any, optimizer: torch.optim.Optimi
                     f"{path}: the optimiser's {key!r} for parameter {names.get(id(param), index)} has shape "
                     f"{tuple(value.shape)}, the parameter {tuple(param.shape)}"
                 )
+
+
+def _group_names(optimizer: torch.optim.Optimizer, model: nn.Module) -> list[list[str]]:
+    """Each optimiser group's parameters by their names in the model (a parameter from elsewhere: "?")."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [[names.get(id(p), "?") for p in group["params"]] for group in optimizer.param_groups]
+
+
+def _check_group_names(path: Path, saved: Any, current: list[list[str]]) -> None:
+    """The checkpoint's optimiser state was for the same parameters, group by group (files written before it was
+    recorded are not checked): another stage frozen on resume keeps the group sizes but gives one stage's moments
+    and learning rate to another's weights."""
+    if saved is None:
+        return
+    if not isinstance(saved, list) or not all(isinstance(g, list) and all(isinstance(n, str) for n in g) for g in saved):
+        raise CheckpointError(f"{path}: optimizer_parameters is not a list of groups of parameter names")
+    for number, (then, now) in enumerate(zip(saved, current)):
+        if then != now:
+            first = next((f"{a} then, {b} now" for a, b in zip(then, now) if a != b), f"{len(then)} parameters then, {len(now)} now")
+            raise TrainingError(f"{path}: the optimiser's group {number} was for other parameters ({first}): the trainable stages "
+                                "differ from the run that wrote it (freeze and unfreeze as then, or start a new run from its weights)")
+
+
+def _warn_settings_replaced(path: Path, saved: dict, optimizer: torch.optim.Optimizer) -> None:
+    """A resumed optimiser takes the checkpoint's settings (torch's load_state_dict): say so where the one given
+    was built with others (a new learning rate, weight decay, betas), which would otherwise be dropped in silence."""
+    changed = []
+    for number, (then, now) in enumerate(zip(saved["param_groups"], optimizer.param_groups)):
+        for key, value in now.items():
+            if key in ("params", "lr") or key not in then:
+                continue
+            if key == "initial_lr" or (isinstance(value, (numbers.Real, tuple, list)) and not isinstance(value, bool)):
+                if _differs(then[key], value):
+                    changed.append(f"group {number} {key} {then[key]!r} (given {value!r})")
+        if "initial_lr" not in now and "initial_lr" not in then and _differs(then.get("lr"), now.get("lr")):
+            changed.append(f"group {number} lr {then.get('lr')!r} (given {now.get('lr')!r})")
+    if changed:
+        warnings.warn(f"{path}: resuming continues the run as it was, with its optimiser settings: {'; '.join(changed[:4])}"
+                      f"{' ...' if len(changed) > 4 else ''}; to train on with other settings, start a new run from its weights",
+                      UserWarning, stacklevel=4)
+
+
+def _differs(a: Any, b: Any) -> bool:
+    a = a.tolist() if isinstance(a, torch.Tensor) else a
+    b = b.tolist() if isinstance(b, torch.Tensor) else b
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) != len(b) or any(_differs(x, y) for x, y in zip(a, b))
+    if isinstance(a, numbers.Real) and isinstance(b, numbers.Real):
+        return not math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
+    return a != b
 
 
 def _check_kinds(path: Path, what: str, saved: Any, current: dict) -> None:

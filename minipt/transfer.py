@@ -300,7 +300,7 @@ def param_groups(model: nn.Module, lr: float, *, layer_decay: float = 1.0, weigh
     layer_decay = check_float("layer_decay", layer_decay, low=0, high=1, low_open=True)
     weight_decay = check_float("weight_decay", weight_decay, low=0, optional=True)
     by_stage = stage_parameters(model)
-    order = list(by_stage)
+    order = [stage for stage, named in by_stage.items() if named]  # a stage without parameters (a removed head) is no depth
     groups = []
     for depth, stage in enumerate(reversed(order)):
         params = [p for _, p in by_stage[stage] if p.requires_grad]

@@ -317,3 +317,96 @@ def test_checkpoints_of_a_compiled_model_load_into_the_plain_one(tmp_path):
     for a, b in zip(model.state_dict().values(), plain.state_dict().values()):
         assert torch.equal(a, b)
     load_checkpoint(tmp_path / "compiled.safetensors", torch.compile(Tiny()))
+
+
+def test_resuming_with_other_trainable_stages_or_settings(tmp_path):
+    """Freezing another stage of the same size on resume kept the group sizes, so one stage's moments and learning
+    rate went to another's weights in silence; a new learning rate was dropped in silence (the checkpoint's wins,
+    as torch's load_state_dict has it: now said)."""
+    import warnings
+
+    class Twin(nn.Module):
+        transfer_stages = {"first": "a", "second": "b", "head": "head"}
+
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.head = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 3)  # first and second alike
+
+        def forward(self, x):
+            return self.head(torch.relu(self.b(torch.relu(self.a(x)))))
+
+    def run(folder, frozen, lr, resume):
+        torch.manual_seed(0)
+        model = Twin()
+        transfer.freeze(model, frozen)
+        optimizer = torch.optim.AdamW(transfer.param_groups(model, lr))
+        return fit(model, optimizer, DataLoader(_data(), batch_size=8), loss=lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]),
+                   epochs=2 if resume else 1, checkpoint_dir=folder, resume=resume, progress=False)
+
+    run(tmp_path, "first", 1e-2, False)
+    with pytest.raises(TrainingError, match=r"group 0 was for other parameters \(b.weight then, a.weight now\)"):
+        run(tmp_path, "second", 1e-2, True)
+    with pytest.warns(UserWarning, match=r"resuming continues the run as it was, with its optimiser settings: group 0 lr 0.01 \(given 0.5\)"):
+        run(tmp_path, "first", 0.5, True)
+    run(tmp_path / "again", "first", 1e-2, False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run(tmp_path / "again", "first", 1e-2, True)  # the same run resumed: nothing to say
+    assert len(_run(tmp_path / "scheduled", epochs=2)[2]) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a scheduled run's lr moved; its initial lr is the same: no warning
+        _run(tmp_path / "scheduled", epochs=3, resume=True)
+
+
+def test_a_skipped_step_leaves_the_batch_statistics_as_they_were():
+    """The forward pass updates BatchNorm's running statistics before the step is known to be non-finite: a skipped
+    NaN batch left them NaN, and every evaluation after it."""
+    torch.manual_seed(0)
+    model = Tiny()
+    x, y = _data().tensors
+    batches = [(x[:8], y[:8]), (torch.full((8, 4), float("nan")), y[8:16]), (x[16:24], y[16:24])]
+    history = fit(model, torch.optim.SGD(model.parameters(), lr=0.1), batches, epochs=1, nonfinite="skip", progress=False,
+                  loss=lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]))
+    assert history[0].skipped == 1
+    assert torch.isfinite(model.norm.running_mean).all() and torch.isfinite(model.norm.running_var).all()
+    assert int(model.norm.num_batches_tracked) == 2
+
+
+def test_loaders_scores_and_optimisers_fit_cannot_use_are_named(tmp_path):
+    """A DataLoader over an IterableDataset raised len()'s bare TypeError; a score given as a string or a bool was
+    taken as a number; LBFGS failed at its first step for want of a closure; an int8 model's checkpoint failed in
+    safetensors."""
+    from torch.utils.data import IterableDataset
+
+    from minipt.errors import InputError
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            x, y = _data().tensors
+            return iter(zip(x.split(8), y.split(8)))
+
+    model = Tiny()
+    train = lambda **kw: fit(model, kw.pop("optimizer", torch.optim.SGD(model.parameters(), lr=0.1)), kw.pop("loader", [(x, y)]),  # noqa: E731
+                             epochs=1, progress=kw.pop("progress", False), loss=lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]), **kw)
+    x, y = _data().tensors
+    for progress in (False, True):
+        assert train(loader=DataLoader(Stream(), batch_size=None), progress=progress)[0].train_loss > 0
+    for bad in ("0.75", True, torch.tensor([True]), torch.ones(2)):
+        with pytest.raises(TrainingError, match="evaluate\\(model\\) must return a number"):
+            train(evaluate=lambda m, bad=bad: bad)
+    import numpy as np
+
+    for good in (0.5, np.float32(0.5), np.array([0.5]), torch.tensor([[0.5]]), 1):
+        assert train(evaluate=lambda m, good=good: good)[0].score == 0.5 if good != 1 else 1.0
+    with pytest.raises(InputError, match="LBFGS steps with a closure"):
+        train(optimizer=torch.optim.LBFGS(model.parameters()))
+
+
+def test_the_history_of_a_bfloat16_model_sums_its_losses_exactly():
+    """The losses of the batches of one step were summed in the model's dtype: 256 bfloat16 losses of 1.1015625
+    averaged to 1.031."""
+    model = nn.Linear(4, 3).to(torch.bfloat16)
+    batch = (torch.ones(1, 4, dtype=torch.bfloat16), torch.tensor([0]))
+    loss = lambda m, b: torch.full((), 1.1015625, dtype=torch.bfloat16) + 0 * m(b[0]).sum()  # noqa: E731
+    history = fit(model, torch.optim.SGD(model.parameters(), lr=0.0), [batch] * 256, epochs=1, accumulate=256, progress=False, loss=loss)
+    assert history[0].train_loss == 1.1015625
