@@ -178,6 +178,15 @@ class Tokenizer:
     def padding_side(self, side: str) -> None:
         self._padding_side = check_choice("padding_side", side, PADDING_SIDES)
 
+    @property
+    def truncation_side(self) -> str:
+        """Which end truncation cuts: "right" (the default: a text's end) or "left" (its start, as a config may say)."""
+        return getattr(self, "_truncation_side", "right")
+
+    @truncation_side.setter
+    def truncation_side(self, side: str) -> None:
+        self._truncation_side = check_choice("truncation_side", side, PADDING_SIDES)
+
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike) -> "Tokenizer":
         from tokenizers import Tokenizer as Backend  # imported here: keeps `import minipt` light
@@ -201,12 +210,23 @@ class Tokenizer:
             if missing:  # tokenizers loads such a template, then panics (aborting the call) at the first encode
                 raise CheckpointError(f"{file}: the post-processor's template uses {', '.join(map(repr, missing))}, "
                                       "which its special_tokens do not define")
+            if isinstance(model, dict) and model.get("type") == "BPE" and isinstance(model.get("vocab"), dict) and isinstance(model.get("merges"), list):
+                _check_merges(model["vocab"], [m.split(" ", 1) if isinstance(m, str) else m for m in model["merges"]], file,
+                              model.get("continuing_subword_prefix") or "")
             # transformers' T5 tokenizer leaves a tokenizer.json's "▁" step as it is whatever add_prefix_space says
             applied = {k: v for k, v in settings.items() if k != "add_prefix_space"} if kind == "T5Tokenizer" else settings
             try:
                 backend = Backend.from_str(json.dumps(_configured(pipeline, applied)))
             except Exception as err:  # the tokenizers library raises a bare Exception for every kind of bad file
                 raise CheckpointError(f"{file} is not a valid tokenizers tokenizer file: {err}") from err
+            except BaseException as err:  # a Rust panic (merges making a token the vocabulary lacks): pyo3's PanicException
+                if isinstance(err, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+                    raise
+                raise CheckpointError(f"{file} is not a valid tokenizers tokenizer file: the library failed reading it ({err})") from None
+            outside = _template_ids_outside(pipeline.get("post_processor"), backend.get_vocab_size(with_added_tokens=True))
+            if outside:
+                raise CheckpointError(f"{file}: the post-processor's template puts {', '.join(outside)}, outside the vocabulary of "
+                                      f"{backend.get_vocab_size(with_added_tokens=True)} ids")
         elif (directory / BPE_VOCAB).is_file() and (directory / BPE_MERGES).is_file():
             if _is_clip(settings, directory):  # CLIP's files: "</w>" word ends, its normalisation and split
                 settings, kind = CLIP_SPECIAL_TOKENS | settings, "CLIPTokenizer"
@@ -217,19 +237,34 @@ class Tokenizer:
             else:  # GPT-2's files (a folder without a config is GPT-2's: no token types, as its tokenizer returns)
                 kind = kind or "GPT2Tokenizer"
                 backend = _byte_level_bpe(directory, add_prefix_space=settings.get("add_prefix_space") is True)
-                if backend.token_to_id(ENDOFTEXT) is not None:  # GPT-2's files: bos = eos = unk = <|endoftext|>
-                    settings = {f"{role}_token": ENDOFTEXT for role in ("bos", "eos", "unk")} | settings
         else:
             raise CheckpointNotFoundError(f"{directory} has no {TOKENIZER_FILE}, nor a byte-level BPE vocabulary ({BPE_VOCAB} + {BPE_MERGES})")
+        if kind == "GPT2Tokenizer" and backend.token_to_id(ENDOFTEXT) is not None:  # GPT-2's: bos = eos = unk = <|endoftext|>
+            settings = {f"{role}_token": ENDOFTEXT for role in ("bos", "eos", "unk")} | settings
+            if settings.get("add_bos_token") is True and not file.is_file():  # GPT2Tokenizer over vocab.json + merges.txt puts
+                # <|endoftext|> before each text then (a tokenizer.json's own post-processor decides, in transformers too)
+                bos = _token_text(settings["bos_token"])
+                _put_bos_first(backend, bos, file if file.is_file() else directory / TOKENIZER_CONFIG)
+        # the file's own padding and truncation directions, where tokenizer_config.json does not say (as transformers)
+        blocks = pipeline if file.is_file() else {}
+        sides = {f"{what}_side": blocks[what].get("direction", "Right").lower() for what in ("padding", "truncation")
+                 if isinstance(blocks.get(what), dict) and isinstance(blocks[what].get("direction"), str)}
+        settings = sides | settings
         backend.no_padding()  # the file may carry its own settings; each call sets them
         backend.no_truncation()
         max_length = settings.get("model_max_length")
         if not isinstance(max_length, int) or max_length > 1_000_000:  # HF writes 1e30 for "no limit"
             max_length = None
         special = {k: _token_text(v) for k, v in settings.items() if k.endswith("_token") and _token_text(v) is not None}
+        absent = [token for token in dict.fromkeys(special.values()) if backend.token_to_id(token) is None]
+        if absent:  # a special token the vocabulary lacks: added after it, as transformers adds it
+            from tokenizers import AddedToken
+
+            backend.add_special_tokens([AddedToken(token, special=True) for token in absent])
+        for what in ("padding_side", "truncation_side"):
+            if not isinstance(settings.get(what, "right"), str) or settings.get(what, "right") not in PADDING_SIDES:
+                raise CheckpointError(f"{directory / TOKENIZER_CONFIG}: {what} is {settings[what]!r}, expected 'right' or 'left'")
         side = settings.get("padding_side", "right")
-        if side not in PADDING_SIDES or not isinstance(side, str):
-            raise CheckpointError(f"{directory / TOKENIZER_CONFIG}: padding_side is {side!r}, expected 'right' or 'left'")
         names = settings["model_input_names"] if "model_input_names" in settings else _model_input_names(kind)
         try:
             names = _input_names(names)
@@ -238,8 +273,13 @@ class Tokenizer:
         clean_up = settings.get("clean_up_tokenization_spaces", False)
         if not isinstance(clean_up, bool):
             raise CheckpointError(f"{directory / TOKENIZER_CONFIG}: clean_up_tokenization_spaces is {clean_up!r}, expected true or false")
-        return cls(backend, model_max_length=max_length, special_tokens=special, name=str(name_or_path), padding_side=side, model_input_names=names,
-                   clean_up_tokenization_spaces=clean_up)
+        tokenizer = cls(backend, model_max_length=max_length, special_tokens=special, name=str(name_or_path), padding_side=side,
+                        model_input_names=names, clean_up_tokenization_spaces=clean_up)
+        tokenizer.truncation_side = settings.get("truncation_side", "right")
+        for role in SPECIAL_ROLES:  # "pad_token": null says there is none (no stand-in of the usual spelling)
+            if f"{role}_token" in settings and settings[f"{role}_token"] is None:
+                tokenizer._special_ids[role] = None
+        return tokenizer
 
     def _special_id(self, field: str, *candidates: str) -> int | None:
         for token in (self.special_tokens.get(field), *candidates):
@@ -302,6 +342,8 @@ class Tokenizer:
         """
         texts, single = as_texts("text", text)
         inputs, pairs = texts, []
+        if text_pair == "" and single:
+            text_pair = None  # one text with an empty pair is one text, as transformers reads it (in a batch, pairs stay pairs)
         if text_pair is not None:
             pairs, single_pair = as_texts("text_pair", text_pair)
             if single != single_pair:
@@ -324,7 +366,7 @@ class Tokenizer:
             specials = self.backend.num_special_tokens_to_add(text_pair is not None) if add_special_tokens else 0
             if limit < specials:
                 raise InputError(f"max_length {limit} leaves no room for the {specials} special tokens each {'pair' if text_pair is not None else 'text'} gets")
-            self.backend.enable_truncation(limit, strategy="longest_first")
+            self.backend.enable_truncation(limit, strategy="longest_first", direction=self.truncation_side)
         else:
             self.backend.no_truncation()
         if padding == "max_length" and limit is None:
@@ -363,7 +405,8 @@ class Tokenizer:
         directory = make_directory(check_path("directory", directory), "directory")
         with atomic_path(directory / TOKENIZER_FILE) as temporary:
             self.backend.save(str(temporary))
-        settings = {**self.special_tokens, **({"model_max_length": self.model_max_length} if self.model_max_length else {}), "padding_side": self.padding_side}
+        settings = {**self.special_tokens, **({"model_max_length": self.model_max_length} if self.model_max_length else {}), "padding_side": self.padding_side,
+                    "truncation_side": self.truncation_side}
         if set(self.model_input_names) != set(MODEL_INPUT_NAMES):
             settings["model_input_names"] = list(self.model_input_names)
         if self.clean_up_tokenization_spaces:
@@ -582,16 +625,27 @@ def _byte_level_bpe(directory: Path, roberta: dict | None = None, *, add_prefix_
     from tokenizers import decoders, models, pre_tokenizers, processors
 
     try:
-        bpe = models.BPE.from_file(str(directory / BPE_VOCAB), str(directory / BPE_MERGES))
+        vocab, merges = models.BPE.read_file(str(directory / BPE_VOCAB), str(directory / BPE_MERGES))
     except Exception as err:  # tokenizers raises plain Exceptions from Rust
         raise CheckpointError(f"{directory}: {BPE_VOCAB}/{BPE_MERGES} cannot be read as a BPE vocabulary ({err})") from err
-    backend = Backend(bpe)
+    _check_merges(vocab, merges, directory / BPE_MERGES)
+    backend = Backend(models.BPE(vocab, merges))
     # GPT-2's split: contractions, letter runs, digit runs, punctuation, whitespace; a space stays with the next word
     prefix_space = add_prefix_space or (roberta is not None and roberta.get("add_prefix_space") is True)
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=prefix_space)
     backend.decoder = decoders.ByteLevel()  # printable characters back to the bytes, so decode round-trips
     if roberta is not None:
-        backend.add_special_tokens(list(dict.fromkeys(_token_text(roberta[role]) for role in ROBERTA_SPECIAL_TOKENS)))  # new ones after the vocabulary
+        from tokenizers import AddedToken
+
+        bad = [role for role in ROBERTA_SPECIAL_TOKENS if _token_text(roberta.get(role)) is None]
+        if bad:
+            raise CheckpointError(f"{directory}: RoBERTa's {', '.join(bad)} is {roberta[bad[0]]!r:.40} in its config, not a token")
+        added = {}
+        for role in ROBERTA_SPECIAL_TOKENS:  # with the flags the config gives (<mask> takes the space before it: lstrip)
+            value = roberta[role]
+            flags = {flag: value[flag] for flag in ("lstrip", "rstrip", "single_word", "normalized") if isinstance(value, dict) and isinstance(value.get(flag), bool)}
+            added.setdefault(_token_text(value), AddedToken(_token_text(value), special=True, **flags))
+        backend.add_special_tokens(list(added.values()))  # new ones after the vocabulary
         sep, cls = _token_text(roberta["sep_token"]), _token_text(roberta["cls_token"])
         backend.post_processor = processors.RobertaProcessing((sep, backend.token_to_id(sep)), (cls, backend.token_to_id(cls)), add_prefix_space=prefix_space)
     else:
@@ -599,6 +653,41 @@ def _byte_level_bpe(directory: Path, roberta: dict | None = None, *, add_prefix_
     if roberta is None and backend.token_to_id(ENDOFTEXT) is not None:
         backend.add_special_tokens([ENDOFTEXT])  # "<|endoftext|>" in text is the one token, never split
     return backend
+
+
+def _check_merges(vocab: dict, merges: list, where: Path, prefix: str = "") -> None:
+    """Every BPE merge makes a token of the vocabulary: one that does not makes the tokenizers library panic (a Rust
+    abort, not an exception) at the first text that needs it. ``prefix``: the model's continuing_subword_prefix, which
+    a merge drops from its second part."""
+    for number, pair in enumerate(merges):
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(part, str) for part in pair)):
+            raise CheckpointError(f"{where}: merge {number} is {pair!r:.60}, not a pair of tokens")
+        joined = pair[0] + (pair[1][len(prefix):] if prefix and pair[1].startswith(prefix) else pair[1])
+        if joined not in vocab or pair[0] not in vocab or pair[1] not in vocab:
+            absent = next(t for t in (pair[0], pair[1], joined) if t not in vocab)
+            raise CheckpointError(f"{where}: merge {number} ({pair[0]!r} + {pair[1]!r}) needs {absent!r}, which the vocabulary lacks")
+
+
+def _put_bos_first(backend, bos: str | None, where: Path) -> None:
+    """``add_bos_token``: every text begins with ``bos`` (a pair: each side), as transformers' GPT2Tokenizer does."""
+    from tokenizers import processors
+
+    if bos is None or backend.token_to_id(bos) is None:
+        raise CheckpointError(f"{where}: add_bos_token is true but the bos_token {bos!r} is not in the vocabulary")
+    backend.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B:1", special_tokens=[(bos, backend.token_to_id(bos))])
+
+
+def _template_ids_outside(processor, size: int) -> list[str]:
+    """The special tokens a ``TemplateProcessing`` post-processor (alone or in a ``Sequence``) defines with ids past the
+    vocabulary's ``size`` ("'[CLS]' = 999999"): tokenizers puts them in every encoding, which no model can embed."""
+    if not isinstance(processor, dict):
+        return []
+    if processor.get("type") == "Sequence":
+        return [found for inner in processor.get("processors") or [] for found in _template_ids_outside(inner, size)]
+    if processor.get("type") != "TemplateProcessing" or not isinstance(processor.get("special_tokens"), dict):
+        return []
+    return [f"{token!r} = {i}" for token, entry in processor["special_tokens"].items() if isinstance(entry, dict)
+            for i in entry.get("ids") or [] if isinstance(i, int) and not 0 <= i < size]
 
 
 def _is_clip(settings: dict, directory: Path) -> bool:

@@ -259,3 +259,44 @@ def test_gpt2s_files_give_what_gpt2_takes_and_honour_add_prefix_space(gpt2_folde
     for text in ("Hello World", "a b"):
         assert prefixed(text, padding=False, return_tensors=None)["input_ids"] == reference(text)["input_ids"], text
     assert prefixed.tokenize("Hello")[0] == "ĠHello"
+
+
+def test_the_hubs_gpt2_folder_and_its_settings(gpt2_folder, tmp_path):
+    """gpt2 on the hub: tokenizer.json beside vocab.json/merges.txt, a tokenizer_config.json of model_max_length alone
+    and config.json's model_type: minipt's bos/eos/unk were None there (the README's tok.pad_token = tok.eos_token then
+    set none). add_bos_token: true put no <|endoftext|> first. RoBERTa's <mask> with lstrip took the space before it
+    as a token of its own. Each as transformers reads the same files."""
+    import json
+    import shutil
+
+    transformers = import_transformers()
+    hub_layout = tmp_path / "gpt2"
+    transformers.GPT2TokenizerFast.from_pretrained(str(gpt2_folder)).save_pretrained(str(hub_layout))
+    (hub_layout / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 1024}))
+    for extra in ("special_tokens_map.json",):
+        (hub_layout / extra).unlink(missing_ok=True)
+    (hub_layout / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    ours, theirs = Tokenizer.from_pretrained(hub_layout), transformers.AutoTokenizer.from_pretrained(str(hub_layout))
+    assert ours.eos_token == ours.bos_token == ours.unk_token == theirs.eos_token == ENDOFTEXT
+    ours.pad_token, theirs.pad_token = ours.eos_token, theirs.eos_token
+    assert ours(["Hello, my name is", "The"], return_tensors=None)["input_ids"] == theirs(["Hello, my name is", "The"], padding=True)["input_ids"]
+    with_bos = tmp_path / "with_bos"
+    shutil.copytree(hub_layout, with_bos)
+    (with_bos / "tokenizer.json").unlink()  # the two files alone: a tokenizer.json's post-processor decides instead
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(gpt2_folder / name, with_bos / name)
+    (with_bos / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 1024, "add_bos_token": True}))
+    ours, theirs = Tokenizer.from_pretrained(with_bos), transformers.AutoTokenizer.from_pretrained(str(with_bos))
+    assert ours("Hello world", return_tensors=None)["input_ids"] == theirs("Hello world")["input_ids"] == [50256, 15496, 995]
+    roberta = tmp_path / "roberta"
+    roberta.mkdir()
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(gpt2_folder / name, roberta / name)
+    (roberta / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "RobertaTokenizer"}))
+    (roberta / "special_tokens_map.json").write_text(json.dumps({
+        "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>", "pad_token": "<pad>", "cls_token": "<s>",
+        "mask_token": {"content": "<mask>", "lstrip": True, "normalized": False, "rstrip": False, "single_word": False}}))
+    ours, theirs = Tokenizer.from_pretrained(roberta), transformers.AutoTokenizer.from_pretrained(str(roberta))
+    text = "The capital of France is <mask>."
+    assert ours(text, return_tensors=None)["input_ids"] == theirs(text)["input_ids"]
+    assert 220 not in ours(text, return_tensors=None)["input_ids"]  # no lone space before <mask>

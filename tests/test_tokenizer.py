@@ -229,3 +229,82 @@ def test_per_call_options_are_checked(ours):
         with pytest.raises(InputError, match=message):
             ours(TEXTS, **options)
 
+
+
+def _copy(source, folder, config: dict | None = None, files=None, **json_files):
+    """A copy of a tokenizer folder with tokenizer_config.json updated by ``config`` and other JSON files written."""
+    import json
+    import shutil
+
+    folder.mkdir(parents=True)
+    for file in files or [p.name for p in source.iterdir() if p.is_file() and p.suffix in (".json", ".txt")]:
+        shutil.copy(source / file, folder / file)
+    settings = json.loads((folder / "tokenizer_config.json").read_text()) if (folder / "tokenizer_config.json").exists() else {}
+    (folder / "tokenizer_config.json").write_text(json.dumps(settings | (config or {})))
+    for name, value in json_files.items():
+        (folder / f"{name}.json").write_text(json.dumps(value))
+    return folder
+
+
+def _same_ids(folder, *calls):
+    ours, theirs = Tokenizer.from_pretrained(folder), transformers.AutoTokenizer.from_pretrained(str(folder))
+    for args, kwargs in calls:
+        assert ours(*args, return_tensors=None, **kwargs)["input_ids"] == theirs(*args, **kwargs)["input_ids"], (args, kwargs)
+    return ours, theirs
+
+
+def test_settings_of_the_files_that_were_ignored(tmp_path):
+    """truncation_side "left" (tokenizer_config.json, or tokenizer.json's own truncation and padding directions) cut the
+    text's end; a special token the vocabulary lacks was replaced by the usual spelling ([PAD]) where transformers adds
+    it, and one set to null was replaced too; an empty text_pair of one text made [SEP] [SEP]. Ids as transformers'."""
+    import json
+
+    long = "one two three four five six seven eight"
+    left = _copy(minilm_path(), tmp_path / "left", {"truncation_side": "left"})
+    ours, _ = _same_ids(left, ((long,), {"max_length": 6, "truncation": True}), ((long, "nine ten"), {"max_length": 8, "truncation": True}))
+    assert ours.truncation_side == "left"
+    assert json.loads((ours.save_pretrained(tmp_path / "saved") / "tokenizer_config.json").read_text())["truncation_side"] == "left"
+    pipeline = json.loads((minilm_path() / "tokenizer.json").read_text())
+    pipeline["truncation"] = {"direction": "Left", "max_length": 512, "strategy": "LongestFirst", "stride": 0}
+    pipeline["padding"] = {"strategy": "BatchLongest", "direction": "Left", "pad_to_multiple_of": None, "pad_id": 0, "pad_type_id": 0, "pad_token": "[PAD]"}
+    in_file = _copy(minilm_path(), tmp_path / "in_file", files=["vocab.txt", "tokenizer_config.json"], tokenizer=pipeline)
+    ours, _ = _same_ids(in_file, ((long,), {"max_length": 6, "truncation": True}), (([long, "a"],), {"padding": True}))
+    assert (ours.padding_side, ours.truncation_side) == ("left", "left")
+    files = ["tokenizer.json", "tokenizer_config.json", "vocab.txt"]  # no special_tokens_map.json, which would name [PAD] over it
+    new_pad = _copy(minilm_path(), tmp_path / "new_pad", {"pad_token": "<newpad>"}, files=files)
+    ours, theirs = _same_ids(new_pad, ((["a b c", "a"],), {"padding": True}))
+    assert ours.pad_token_id == theirs.pad_token_id == 30522 and len(ours) == len(theirs) == 30523
+    no_pad = _copy(minilm_path(), tmp_path / "no_pad", {"pad_token": None}, files=files)
+    assert Tokenizer.from_pretrained(no_pad).pad_token is None
+    with pytest.raises(InputError, match="has no padding token"):
+        Tokenizer.from_pretrained(no_pad)(["a b c", "a"])
+    ours, theirs = Tokenizer.from_pretrained(minilm_path()), transformers.AutoTokenizer.from_pretrained(str(minilm_path()))
+    assert ours("a question", "", return_tensors=None) == dict(theirs("a question", ""))
+    assert ours(["q"], [""], return_tensors=None)["input_ids"] == theirs(["q"], [""])["input_ids"]  # in a batch, a pair stays a pair
+
+
+def test_files_the_tokenizers_library_fails_on_are_named(tmp_path):
+    """Merges that make a token the vocabulary lacks made the Rust library panic (a BaseException, past every except
+    Exception); a template putting an id outside the vocabulary loaded, and decode then refused minipt's own ids."""
+    import json
+
+    from minipt.errors import CheckpointError
+
+    pipeline = json.loads((minilm_path() / "tokenizer.json").read_text())
+    pipeline["post_processor"] = {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                                  "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                                  "special_tokens": {"[CLS]": {"id": "[CLS]", "ids": [999999], "tokens": ["[CLS]"]}}}
+    outside = _copy(minilm_path(), tmp_path / "outside", files=["tokenizer_config.json"], tokenizer=pipeline)
+    with pytest.raises(CheckpointError, match=r"template puts '\[CLS\]' = 999999, outside the vocabulary of 30522 ids"):
+        Tokenizer.from_pretrained(outside)
+    bpe = {"version": "1.0", "model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": ["a b"]}, "pre_tokenizer": None}
+    folder = tmp_path / "merges"
+    folder.mkdir()
+    (folder / "tokenizer.json").write_text(json.dumps(bpe))
+    with pytest.raises(CheckpointError, match=r"merge 0 \('a' \+ 'b'\) needs 'ab', which the vocabulary lacks"):
+        Tokenizer.from_pretrained(folder)
+    (folder / "tokenizer.json").unlink()
+    (folder / "vocab.json").write_text(json.dumps({"a": 0, "b": 1}))
+    (folder / "merges.txt").write_text("#version: 0.2\na b\n")
+    with pytest.raises(CheckpointError, match=r"merges.txt: merge 0 \('a' \+ 'b'\) needs 'ab'"):
+        Tokenizer.from_pretrained(folder)
