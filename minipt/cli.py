@@ -408,9 +408,17 @@ def cmd_classify(args) -> int:
     from .models.text_encoder import SequenceClassifier, classify_texts
     from .registry import model_class_for
 
+    from .files import read_json
+    from .registry import family_of
+
     path = resolve(args.model)
-    if issubclass(model_class_for(path, Checkpoint(path)), SequenceClassifier):  # a text classifier: the inputs are texts
+    with Checkpoint(path) as checkpoint:
+        family = family_of(model_class_for(path, checkpoint))
+    regression = False
+    if family is not None and any(issubclass(cls, SequenceClassifier) for cls in family.classes):  # a text family: the inputs are texts
         results = classify_texts(args.inputs, model=path, top=args.top)
+        config = read_json((path if path.is_dir() else path.parent) / "config.json", default={})
+        regression = config.get("problem_type") == "regression"  # a score, not a probability
     else:
         from .models.efficientnet import classify
 
@@ -418,7 +426,7 @@ def cmd_classify(args) -> int:
     for given, classes in zip(args.inputs, results):
         print(given)
         for name, probability in classes:
-            print(f"  {probability:7.2%}  {name}")
+            print(f"  {probability:9.4f}  {name}" if regression else f"  {probability:7.2%}  {name}")
     return 0
 
 

@@ -325,3 +325,32 @@ def test_the_bare_encoder_of_a_fine_tuned_classifier(tmp_path, family):
     ids = torch.randint(3, 120, (2, 6), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert max_diff(model(ids).last_hidden_state, getattr(reference, reference.base_model_prefix)(ids).last_hidden_state) <= ATOL
+
+
+def test_what_transformers_files_carry_and_what_a_head_keeps(tmp_path):
+    """transformers loads files with an embeddings.token_type_ids buffer into all four families, minipt only into
+    ALBERT; num_labels equal to the file's head dropped its label names; a masked-LM head's labels were checked for
+    shape only (float labels or ids past the vocabulary reached torch's RuntimeError and IndexError)."""
+    import safetensors.torch
+
+    from minipt.errors import InputError
+    from minipt.models.bert import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel
+
+    config = BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                        id2label={0: "neg", 1: "neu", 2: "pos"})
+    folder = BertForSequenceClassification(config).save_pretrained(tmp_path / "clf")
+    weights = safetensors.torch.load_file(folder / "model.safetensors")
+    weights["bert.embeddings.token_type_ids"] = torch.zeros(1, 512, dtype=torch.long)
+    safetensors.torch.save_file(weights, folder / "model.safetensors")
+    BertModel.from_pretrained(folder)
+    assert BertForSequenceClassification.from_pretrained(folder, num_labels=3).config.id2label == {0: "neg", 1: "neu", 2: "pos"}
+    encoder = BertModel.from_pretrained(folder).save_pretrained(tmp_path / "encoder")  # the same names, without the head
+    (encoder / "config.json").write_text((folder / "config.json").read_text().replace('"BertForSequenceClassification"', '"BertModel"'))
+    assert BertForSequenceClassification.from_pretrained(encoder, num_labels=2, init_missing=("classifier",)).config.id2label is None
+    mlm = BertForMaskedLM(config).eval()
+    ids = torch.randint(0, 60, (2, 5))
+    for labels, message in ((ids.float(), "labels must be integer token ids"), (torch.full((2, 5), 60), "labels holds 60, not a token id in \\[0, 59\\]"),
+                            (torch.full((2, 5), -5), "labels holds -5")):
+        with pytest.raises(InputError, match=message):
+            mlm(ids, labels=labels)
+    assert mlm(ids, labels=torch.where(ids > 30, ids, torch.full_like(ids, -100))).loss is not None

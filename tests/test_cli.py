@@ -237,6 +237,44 @@ def test_classify_refuses_a_model_that_does_not_classify_texts(text_classifier, 
         classify_texts(["text"], model=text_classifier, top=0)
 
 
+def test_classify_as_the_pipeline_scores_each_problem_type(text_classifier, tmp_path, capsys):
+    """classify applied a softmax to a multi-label head (0.335 where the pipeline gives 0.953 per label) and a sigmoid
+    to a regression head's score (printed as 95.27% for 3.0025); a classifier whose config.json lacks "architectures"
+    went down the image path ("describes a 'bert' model, not 'efficientnet-lite'")."""
+    import json
+    import shutil
+
+    from transformers import pipeline
+
+    from minipt.models.text_encoder import classify_texts
+
+    texts = ["A wonderful film.", "Terrible service, never again!"]
+    for problem, labels in (("multi_label_classification", 3), ("regression", 1)):
+        folder = shutil.copytree(text_classifier, tmp_path / problem)
+        config = json.loads((folder / "config.json").read_text())
+        if labels == 1:
+            config = {k: v for k, v in config.items() if k not in ("id2label", "label2id")} | {"num_labels": 1}
+            import safetensors.torch
+
+            weights = safetensors.torch.load_file(folder / "model.safetensors")
+            weights["classifier.weight"], weights["classifier.bias"] = weights["classifier.weight"][:1] * 40, weights["classifier.bias"][:1] + 3
+            safetensors.torch.save_file(weights, folder / "model.safetensors")
+        (folder / "config.json").write_text(json.dumps(config | {"problem_type": problem}))
+        theirs = pipeline("text-classification", model=str(folder), top_k=labels, device="cpu")(texts)
+        ours = classify_texts(texts, model=folder, top=labels)
+        for row, expected in zip(ours, theirs):
+            assert [label for label, _ in row] == [e["label"] for e in expected]
+            assert np.allclose([p for _, p in row], [e["score"] for e in expected], atol=1e-5), (problem, row, expected)
+        assert cli.main(["classify", texts[0], "--model", str(folder), "--top", str(labels)]) == 0
+        shown = capsys.readouterr().out.splitlines()[1]
+        assert shown.split()[0] == (f"{ours[0][0][1]:.4f}" if labels == 1 else f"{ours[0][0][1]:.2%}")
+    bare = shutil.copytree(text_classifier, tmp_path / "no_architectures")
+    config = json.loads((bare / "config.json").read_text())
+    (bare / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "architectures"}))
+    assert cli.main(["classify", texts[0], "--model", str(bare), "--top", "2"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[-1] in ("negative", "neutral", "positive")
+
+
 # -- generate with a text-to-text model: a small random T5 with a T5 tokenizer snapshot beside it ---------------------
 @pytest.fixture(scope="module")
 def t5_folder(tmp_path_factory):

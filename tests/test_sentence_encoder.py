@@ -188,3 +188,53 @@ def test_encoded_sentences_train_a_head(encoder):
     head = torch.nn.Linear(vectors.shape[-1], 2)
     torch.nn.functional.cross_entropy(head(vectors), torch.tensor([0, 1])).backward()
     assert head.weight.grad is not None
+
+
+def test_snapshot_settings_that_were_ignored(encoder_folders, tmp_path):
+    """do_lower_case (vectors up to 0.80 apart on RoBERTa's cased tokenizer), sentence-transformers 6's
+    "pooling_mode": "mean" (refused as selecting no mode), the Transformer module's own folder (refused as holding no
+    weights), a Dense module after the pooling (skipped: (2, 384) vectors where the snapshot gives (2, 128)): each as
+    sentence-transformers reads it, or named."""
+    lower = as_pipeline(encoder_folders["roberta"], tmp_path / "lower", "mean", True)
+    (lower / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": MAX_SEQ_LENGTH, "do_lower_case": True}))
+    ours = SentenceEncoder.from_pretrained(lower)
+    assert rel_diff(ours.encode(TEXTS), sentence_transformers_encode(lower)) < ATOL
+    assert torch.equal(ours.encode("Hello World"), ours.encode("hello world"))
+    assert json.loads((ours.save_pretrained(tmp_path / "again") / "sentence_bert_config.json").read_text())["do_lower_case"] is True
+    new_style = as_pipeline(encoder_folders["albert"], tmp_path / "new_style", "mean", False)
+    (new_style / "1_Pooling" / "config.json").write_text(json.dumps({"embedding_dimension": 32, "pooling_mode": "mean"}))
+    assert SentenceEncoder.from_pretrained(new_style).pooling == "mean"
+    for mode in ("weightedmean", "lasttoken"):
+        (new_style / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": mode}))
+        with pytest.raises(ConfigError, match=f"pooling_mode '{mode}' is not supported"):
+            SentenceEncoder.from_pretrained(new_style)
+    (new_style / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_weightedmean_tokens": True}))
+    with pytest.raises(ConfigError, match="selects pooling_mode_weightedmean_tokens, which minipt does not pool by"):
+        SentenceEncoder.from_pretrained(new_style)
+    nested = tmp_path / "nested"
+    shutil.copytree(encoder_folders["distilbert"], nested / "0_Transformer")
+    (nested / "modules.json").write_text(json.dumps([{"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"},
+                                                     {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (nested / "1_Pooling").mkdir()
+    (nested / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True}))
+    assert rel_diff(SentenceEncoder.from_pretrained(nested).encode(TEXTS), sentence_transformers_encode(nested)) < ATOL
+    dense = as_pipeline(encoder_folders["distilbert"], tmp_path / "dense", "mean", True)
+    modules = json.loads((dense / "modules.json").read_text())
+    (dense / "modules.json").write_text(json.dumps(modules[:2] + [{"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}]))
+    with pytest.raises(ConfigError, match="has sentence_transformers.models.Dense, which SentenceEncoder does not run"):
+        SentenceEncoder.from_pretrained(dense)
+
+
+def test_a_distilbert_folder_with_berts_tokenizer_embeds_and_classifies(encoder_folders, tmp_path):
+    """A BertTokenizer (tokenizer_class) beside DistilBERT returns token_type_ids, which DistilBERT refuses: encode,
+    classify_texts and the CLI failed where sentence-transformers and transformers' pipeline work."""
+    from minipt.models.distilbert import DistilBertForSequenceClassification
+    from minipt.models.text_encoder import classify_texts
+
+    folder = shutil.copytree(encoder_folders["distilbert"], tmp_path / "distilbert")
+    settings = json.loads((folder / "tokenizer_config.json").read_text()) if (folder / "tokenizer_config.json").exists() else {}
+    (folder / "tokenizer_config.json").write_text(json.dumps(settings | {"tokenizer_class": "BertTokenizer"}))
+    assert "token_type_ids" in Tokenizer.from_pretrained(folder)("a text")
+    assert rel_diff(SentenceEncoder.from_pretrained(folder).encode(TEXTS), sentence_transformers_encode(folder)) < ATOL
+    classifier = DistilBertForSequenceClassification.from_pretrained(folder, num_labels=2, init_missing=("pre_classifier", "classifier"))
+    assert len(classify_texts(TEXTS[:4], model=classifier, tokenizer=Tokenizer.from_pretrained(folder))) == 4

@@ -288,7 +288,7 @@ def _encoder_keymap() -> KeyMap:
     return KeyMap(
         [*embedding_rules(), *layer_rules("encoder.layer.{i}", "layers.{i}", _LAYER_PARTS), ("pooler.dense.{p}", "pooler.dense.{p}")],
         renames=_LEGACY_NAMES,
-        ignore=["embeddings.position_ids"],  # a buffer (0, 1, 2, ...) that older files carry
+        ignore=["embeddings.position_ids", "embeddings.token_type_ids"],  # buffers (0, 1, 2, ... and zeros) that older files carry
     )
 
 

@@ -254,7 +254,7 @@ _LAYER_PARTS = {"attention.q_lin": "attn.q_proj", "attention.k_lin": "attn.k_pro
 def _encoder_keymap() -> KeyMap:
     """Hugging Face's DistilBertModel names -> minipt's (the classes' keymap() build on it)."""
     rules = [*embedding_rules(token_types=False), *layer_rules("transformer.layer.{i}", "layers.{i}", _LAYER_PARTS)]
-    return KeyMap(rules, ignore=["embeddings.position_ids"])  # a buffer (0, 1, 2, ...) that older files carry
+    return KeyMap(rules, ignore=["embeddings.position_ids", "embeddings.token_type_ids"])  # buffers (0, 1, 2, ... and zeros) that older files carry
 
 
 # -- minipt.reference: where the reference implementation computes the same values ----------

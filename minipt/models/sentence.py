@@ -32,7 +32,7 @@ from ..files import make_directory, read_json, write_json
 from ..hub import resolve
 from ..registry import families, family_of, model_class_for
 from ..tokenizer import Tokenizer, as_texts
-from .text_encoder import TextEncoder
+from .text_encoder import TextEncoder, model_inputs
 
 # pooling mode -> its flag in a sentence-transformers Pooling config
 POOLING_FLAGS = {
@@ -42,6 +42,7 @@ POOLING_FLAGS = {
     "mean_sqrt_len": "pooling_mode_mean_sqrt_len_tokens",
 }
 POOLING_MODES = tuple(POOLING_FLAGS)
+KNOWN_MODULES = ("Transformer", "Pooling", "Normalize")  # the sentence-transformers modules SentenceEncoder runs
 
 
 def pool(token_vectors: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
@@ -60,9 +61,12 @@ class SentenceEncoder(nn.Module):
     """A text encoder's bare model (``BertModel``, ``RobertaModel``, ``DistilBertModel``, ``AlbertModel``), its
     tokenizer, and the pooling of its token vectors into one (unit) vector per sentence."""
 
-    def __init__(self, encoder: nn.Module, tokenizer: Tokenizer, *, pooling: str = "mean", normalize: bool = True, max_seq_length: int | None = None):
-        """``max_seq_length``: the truncation length (None: the longest input the encoder takes)."""
+    def __init__(self, encoder: nn.Module, tokenizer: Tokenizer, *, pooling: str = "mean", normalize: bool = True, max_seq_length: int | None = None,
+                 do_lower_case: bool = False):
+        """``max_seq_length``: the truncation length (None: the longest input the encoder takes); ``do_lower_case``:
+        texts are lower-cased before the tokenizer reads them (sentence_bert_config.json's setting)."""
         super().__init__()
+        self.do_lower_case = do_lower_case
         if pooling not in POOLING_MODES:
             raise ConfigError(f"pooling {pooling!r} is not supported; supported: {', '.join(POOLING_MODES)}")
         self.encoder = encoder
@@ -88,16 +92,25 @@ class SentenceEncoder(nn.Module):
         if not isinstance(modules, list) or not all(isinstance(m, dict) and isinstance(m.get("type"), str) and isinstance(m.get("path", ""), str) for m in modules):
             raise ConfigError(f"{path / 'modules.json'} must be a list of objects with a 'type' and a 'path', found {str(modules)[:80]}")
         kinds = {m["type"].rsplit(".", 1)[-1]: m for m in modules}
+        unknown = [m["type"] for m in modules if m["type"].rsplit(".", 1)[-1] not in KNOWN_MODULES]
+        if unknown:  # a Dense projection after the pooling (LaBSE, distiluse-*): leaving it out gives other vectors
+            raise ConfigError(f"{path / 'modules.json'} has {', '.join(unknown)}, which SentenceEncoder does not run (it runs "
+                              f"{', '.join(KNOWN_MODULES)}): its vectors would not be the snapshot's")
         pooling = "mean"
         if "Pooling" in kinds:
             pooling = _pooling_mode(read_json(path / kinds["Pooling"].get("path", "") / "config.json", default={}))
         normalize = "Normalize" in kinds
-        settings = read_json(path / "sentence_bert_config.json", default={})
-        encoder = encoder_class(path).from_pretrained(path, dtype=dtype, device=device)
-        tokenizer = Tokenizer.from_pretrained(path)
+        # the encoder's own folder (0_Transformer/ in some snapshots, the root in most), with its sentence settings
+        where = path / kinds["Transformer"].get("path", "") if "Transformer" in kinds else path
+        settings = read_json(where / "sentence_bert_config.json", default=None) or read_json(path / "sentence_bert_config.json", default={})
+        encoder = encoder_class(where).from_pretrained(where, dtype=dtype, device=device)
+        tokenizer = Tokenizer.from_pretrained(where)
         longest = encoder.config.longest_input
         max_seq_length = settings.get("max_seq_length") or min(longest, tokenizer.model_max_length or longest)  # sentence-transformers' default
-        return cls(encoder, tokenizer, pooling=pooling, normalize=normalize, max_seq_length=max_seq_length).eval()
+        lower = settings.get("do_lower_case", False)
+        if not isinstance(lower, bool):
+            raise ConfigError(f"{where / 'sentence_bert_config.json'}: do_lower_case is {lower!r}, expected true or false")
+        return cls(encoder, tokenizer, pooling=pooling, normalize=normalize, max_seq_length=max_seq_length, do_lower_case=lower).eval()
 
     def save_pretrained(self, directory) -> Path:
         """Write the sentence-transformers layout: the encoder's checkpoint, the tokenizer and the pipeline files, each atomically."""
@@ -114,7 +127,7 @@ class SentenceEncoder(nn.Module):
         for path, value in (
             ("modules.json", modules),
             ("1_Pooling/config.json", pooling),
-            ("sentence_bert_config.json", {"max_seq_length": self.max_seq_length, "do_lower_case": False}),
+            ("sentence_bert_config.json", {"max_seq_length": self.max_seq_length, "do_lower_case": self.do_lower_case}),
         ):
             write_json(directory / path, value)
         return directory
@@ -150,7 +163,8 @@ class SentenceEncoder(nn.Module):
         out = [None] * len(sentences)
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            batch = self.tokenizer([sentences[i] for i in chunk], max_length=self.max_seq_length)
+            texts = [sentences[i].lower() if self.do_lower_case else sentences[i] for i in chunk]
+            batch = model_inputs(self.encoder, self.tokenizer, texts, max_length=self.max_seq_length)
             vectors = self(**{k: v.to(device) for k, v in batch.items()}, normalize=normalize).float().cpu()
             for i, vector in zip(chunk, vectors):
                 out[i] = vector
@@ -171,7 +185,17 @@ def encoder_class(path) -> type:
 
 
 def _pooling_mode(config: dict) -> str:
+    """The one pooling a Pooling config selects: sentence-transformers 6's ``"pooling_mode": "mean"``, or the older
+    ``pooling_mode_*_tokens`` flags; a mode minipt does not pool by (weightedmean, lasttoken) is named."""
+    if isinstance(config.get("pooling_mode"), str):
+        mode = {"mean_sqrt_len_tokens": "mean_sqrt_len"}.get(config["pooling_mode"], config["pooling_mode"])
+        if mode not in POOLING_MODES:
+            raise ConfigError(f"pooling config {config}: pooling_mode {config['pooling_mode']!r} is not supported; minipt pools by {', '.join(POOLING_MODES)}")
+        return mode
     chosen = [mode for mode, flag in POOLING_FLAGS.items() if config.get(flag)]
+    others = sorted(key for key, value in config.items() if key.startswith("pooling_mode_") and value is True and key not in POOLING_FLAGS.values())
+    if others:
+        raise ConfigError(f"pooling config {config} selects {', '.join(others)}, which minipt does not pool by; supported: {', '.join(POOLING_MODES)}")
     if len(chosen) != 1:
         raise ConfigError(f"pooling config {config} selects {chosen or 'no'} mode; minipt supports exactly one of {POOLING_MODES}")
     return chosen[0]

@@ -20,6 +20,8 @@ steps here are the same for all of them, so each is written once:
 
 from __future__ import annotations
 
+import inspect
+
 from dataclasses import dataclass, field
 from typing import ClassVar, Iterable
 
@@ -45,7 +47,8 @@ class ClassLabels:
 
     ``id2label`` names classes 0..n-1 and then sets ``num_labels``; a config written back gives
     ``id2label`` and ``label2id`` (or only ``num_labels`` when the labels have no names), and a new
-    head (``num_labels`` passed when loading) forgets the names the file had."""
+    head (``num_labels`` passed when loading, another number than the file's labels) forgets the names the file
+    had; the same number keeps them, as transformers does."""
 
     def check_labels(self) -> None:
         if self.id2label is None:
@@ -61,7 +64,9 @@ class ClassLabels:
     @classmethod
     def from_dict(cls, values: dict, *, source=None, **overrides):
         if "num_labels" in overrides and isinstance(values, dict):
-            values = {k: v for k, v in values.items() if k not in ("id2label", "label2id")}  # the new head decides
+            named = values.get("id2label")
+            if not (isinstance(named, dict) and len(named) == overrides["num_labels"]):  # a new head decides; the same keeps its names
+                values = {k: v for k, v in values.items() if k not in ("id2label", "label2id")}
         return super().from_dict(values, source=source, **overrides)
 
     def to_dict(self) -> dict:
@@ -114,10 +119,19 @@ def _shape(labels) -> object:
     return tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
 
 
-def check_token_labels(labels, input_ids: torch.Tensor) -> None:
-    """An MLM head's ``labels``: the shape of ``input_ids``, -100 where nothing is predicted."""
+def check_token_labels(labels, input_ids: torch.Tensor, vocab_size: int | None = None) -> None:
+    """An MLM head's ``labels``: integer token ids (below ``vocab_size`` where given) of the shape of ``input_ids``,
+    -100 where nothing is predicted."""
     if labels is not None and (not isinstance(labels, torch.Tensor) or labels.shape != input_ids.shape):
         raise InputError(f"labels must have the shape of input_ids {tuple(input_ids.shape)} (-100 where nothing is predicted), got {_shape(labels)}")
+    if labels is None or tracing():
+        return
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise InputError(f"labels must be integer token ids (-100 where nothing is predicted), got {labels.dtype}")
+    if vocab_size is not None and labels.numel():
+        bad = labels[(labels != -100) & ((labels < 0) | (labels >= vocab_size))]
+        if bad.numel():
+            raise InputError(f"labels holds {int(bad[0])}, not a token id in [0, {vocab_size - 1}] nor -100 (nothing predicted)")
 
 
 def check_sequence_labels(labels, input_ids: torch.Tensor) -> None:
@@ -271,7 +285,7 @@ class MaskedLanguageModel(_EncoderWithHead):
     def check_inputs(self, input_ids, attention_mask=None, token_type_ids=None, labels=None) -> None:
         """The encoder's checks (its ``check_inputs``), and ``labels`` shaped like ``input_ids``."""
         self.base_model.check_inputs(input_ids, attention_mask, token_type_ids)
-        check_token_labels(labels, input_ids)
+        check_token_labels(labels, input_ids, self.config.vocab_size)
 
     @classmethod
     def masked_lm_keymap(cls, config, encoder: KeyMap, *, renames=(), ignore=()) -> KeyMap:
@@ -321,7 +335,10 @@ def classify_texts(texts, *, model, tokenizer=None, top: int = 5) -> list[list[t
     """The ``top`` labels of each text as (label, probability), most probable first, from the sequence classifier
     of any text encoder family: a folder, catalogued name or hub repo id with its tokenizer saved beside it, or a
     loaded classifier and its ``tokenizer``. Labels are the config's ``id2label`` (``LABEL_i`` where it has none);
-    probabilities are a softmax over the classes, or a sigmoid for a one-output head, as transformers' pipeline."""
+    scores as transformers' pipeline gives them: a softmax over the classes, a sigmoid per label for a multi-label
+    head (``problem_type``) or a one-output head, the output itself for a regression head. Texts are cut at the
+    model's longest input where the tokenizer names no limit; inputs the model does not take (token types a BERT
+    tokenizer makes for DistilBERT) are left out."""
     from ..checks import check_int, check_str
     from ..hub import resolve
     from ..registry import model_class_for
@@ -334,7 +351,14 @@ def classify_texts(texts, *, model, tokenizer=None, top: int = 5) -> list[list[t
     texts = [check_str(f"texts[{i}]", text) for i, text in enumerate(texts)]
     if not isinstance(model, SequenceClassifier):
         path = resolve(model)
-        cls = model_class_for(path, Checkpoint(path))  # names and shapes only
+        with Checkpoint(path) as checkpoint:  # names and shapes only
+            cls = model_class_for(path, checkpoint)
+            if not issubclass(cls, SequenceClassifier):  # a config without "architectures": the file's head says
+                from ..registry import family_of
+
+                heads = [c for c in getattr(family_of(cls), "classes", ()) if issubclass(c, SequenceClassifier)]
+                if heads and any(key.split(".")[0] in ("classifier", "pre_classifier") for key in checkpoint.keys()):
+                    cls = heads[0]
         if not issubclass(cls, SequenceClassifier):
             raise ConfigError(f"{path} holds a {cls.__name__} checkpoint; classifying texts needs a sequence classifier "
                               "(BertForSequenceClassification, RobertaForSequenceClassification, ...)")
@@ -343,10 +367,28 @@ def classify_texts(texts, *, model, tokenizer=None, top: int = 5) -> list[list[t
         raise InputError("classify_texts with a loaded model needs its tokenizer (tokenizer=...)")
     labels = model.config.id2label or {i: f"LABEL_{i}" for i in range(model.config.num_labels)}
     with torch.inference_mode():
-        logits = model.eval()(**tokenizer(texts)).logits.float()  # (B, num_labels)
-    probabilities = logits.sigmoid() if logits.shape[-1] == 1 else logits.softmax(-1)
+        logits = model.eval()(**model_inputs(model, tokenizer, texts)).logits.float()  # (B, num_labels)
+    kind = model.config.problem_type
+    if kind == "regression":
+        probabilities = logits
+    elif kind == "multi_label_classification" or logits.shape[-1] == 1:
+        probabilities = logits.sigmoid()
+    else:
+        probabilities = logits.softmax(-1)
     best = probabilities.topk(min(top, logits.shape[-1]), dim=-1)
     return [[(labels[int(i)], float(p)) for p, i in zip(row_p, row_i)] for row_p, row_i in zip(best.values, best.indices)]
+
+
+def model_inputs(model: nn.Module, tokenizer, texts: list[str], **options) -> dict:
+    """``tokenizer(texts)`` as ``model`` takes it: cut at its longest input where the tokenizer names no limit, and
+    without the inputs its forward has no argument for (token types from a BERT tokenizer beside DistilBERT)."""
+    if getattr(tokenizer, "model_max_length", None) is None and "max_length" not in options:
+        options["max_length"] = model.config.longest_input
+    encoded = tokenizer(texts, **options)
+    taken = set(inspect.signature(model.forward).parameters)
+    if getattr(model.config, "type_vocab_size", None) is None:  # a family without token types (DistilBERT) refuses them
+        taken.discard("token_type_ids")
+    return {name: value for name, value in encoded.items() if name in taken}
 
 
 # minipt.summary / minipt inspect: 128 tokens, or as many as the position table holds (a tiny config's may hold fewer)
