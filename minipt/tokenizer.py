@@ -72,6 +72,7 @@ SPECIAL_ROLES = {
 MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")  # what a tokenizer returns unless its model takes fewer
 # transformers' tokenizer classes whose model_input_names hold no token_type_ids, and the class a config.json's model_type implies
 WITHOUT_TOKEN_TYPES = {"RobertaTokenizer", "DistilBertTokenizer", "AlbertTokenizer", "GPT2Tokenizer", "CLIPTokenizer", "T5Tokenizer"}
+ADDED_ORDER = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")  # transformers adds absent special tokens in this order
 ROBERTA_SPECIAL_TOKENS = {  # transformers' RobertaTokenizer's, added in this order where vocab.json lacks them
     "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>", "pad_token": "<pad>", "cls_token": "<s>", "mask_token": "<mask>",
 }
@@ -256,7 +257,8 @@ class Tokenizer:
         if not isinstance(max_length, int) or max_length > 1_000_000:  # HF writes 1e30 for "no limit"
             max_length = None
         special = {k: _token_text(v) for k, v in settings.items() if k.endswith("_token") and _token_text(v) is not None}
-        absent = [token for token in dict.fromkeys(special.values()) if backend.token_to_id(token) is None]
+        ordered = [special[f"{role}_token"] for role in ADDED_ORDER if f"{role}_token" in special] + list(special.values())
+        absent = [token for token in dict.fromkeys(ordered) if backend.token_to_id(token) is None]  # in transformers' order
         if absent:  # a special token the vocabulary lacks: added after it, as transformers adds it
             from tokenizers import AddedToken
 
@@ -342,7 +344,7 @@ class Tokenizer:
         """
         texts, single = as_texts("text", text)
         inputs, pairs = texts, []
-        if text_pair == "" and single:
+        if isinstance(text_pair, str) and text_pair == "" and single:
             text_pair = None  # one text with an empty pair is one text, as transformers reads it (in a batch, pairs stay pairs)
         if text_pair is not None:
             pairs, single_pair = as_texts("text_pair", text_pair)
@@ -407,6 +409,9 @@ class Tokenizer:
             self.backend.save(str(temporary))
         settings = {**self.special_tokens, **({"model_max_length": self.model_max_length} if self.model_max_length else {}), "padding_side": self.padding_side,
                     "truncation_side": self.truncation_side}
+        for role, spellings in SPECIAL_ROLES.items():  # a role set to none, which reading would otherwise give the usual spelling
+            if self._special_ids[role] is None and self._special_id(f"{role}_token", *spellings) is not None:
+                settings[f"{role}_token"] = None
         if set(self.model_input_names) != set(MODEL_INPUT_NAMES):
             settings["model_input_names"] = list(self.model_input_names)
         if self.clean_up_tokenization_spaces:
@@ -662,7 +667,7 @@ def _check_merges(vocab: dict, merges: list, where: Path, prefix: str = "") -> N
     for number, pair in enumerate(merges):
         if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(part, str) for part in pair)):
             raise CheckpointError(f"{where}: merge {number} is {pair!r:.60}, not a pair of tokens")
-        joined = pair[0] + (pair[1][len(prefix):] if prefix and pair[1].startswith(prefix) else pair[1])
+        joined = pair[0] + pair[1][len(prefix):]  # the library drops the prefix's length from the second part
         if joined not in vocab or pair[0] not in vocab or pair[1] not in vocab:
             absent = next(t for t in (pair[0], pair[1], joined) if t not in vocab)
             raise CheckpointError(f"{where}: merge {number} ({pair[0]!r} + {pair[1]!r}) needs {absent!r}, which the vocabulary lacks")

@@ -67,7 +67,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checks import check_bool, check_choice, check_float, check_int, check_path, check_tensor
+from .checks import check_bool, check_choice, check_float, check_int, check_path, check_tensor, is_quantized
 from .errors import CheckpointError, InputError, SaveError, TrainingError
 from .files import atomic_path, make_directory
 from .transfer import check_param_groups, check_trainable, unwrapped
@@ -108,9 +108,10 @@ def fit(
 
     ``loss(model, batch)`` returns the scalar loss of a batch. ``resume``: True
     continues from ``checkpoint_dir/last.safetensors``, a path from that file: the run
-    as it was, with the checkpoint's optimiser settings (a learning rate or weight
-    decay given otherwise is named in a warning) for the same trainable parameters
-    (others, such as another stage frozen, are a ``TrainingError``).
+    as it was, with the checkpoint's optimiser settings and learning rates (a weight
+    decay, betas or scheduled initial rate given otherwise is named in a warning) for
+    the same trainable parameters (others, such as another stage frozen, are a
+    ``TrainingError``).
     ``max_steps`` caps the optimiser steps per epoch (quick runs). An exception
     from ``loss`` or ``evaluate`` propagates as it is; checkpoints already written stay.
 
@@ -650,7 +651,9 @@ def save_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, *, e
 
     model = unwrapped(model)
     _refuse_sharded(model, "save_checkpoint")
-    check_trainable(model)  # an int8 model: named, where safetensors failed on torchao's storage
+    if is_quantized(model):  # named, where safetensors failed on torchao's storage
+        raise TrainingError(f"{type(model).__name__} is quantised (int8 torchao tensors): save_checkpoint writes float models; "
+                            "save the float model, and quantise it after loading")
     tensors: dict[str, torch.Tensor] = {}
     skeleton = {
         "format": FORMAT,
@@ -845,18 +848,19 @@ def _check_group_names(path: Path, saved: Any, current: list[list[str]]) -> None
 
 
 def _warn_settings_replaced(path: Path, saved: dict, optimizer: torch.optim.Optimizer) -> None:
-    """A resumed optimiser takes the checkpoint's settings (torch's load_state_dict): say so where the one given
-    was built with others (a new learning rate, weight decay, betas), which would otherwise be dropped in silence."""
+    """A resumed optimiser takes the checkpoint's settings (torch's load_state_dict): say so where the one given was
+    built with others (weight decay, eps, betas, a scheduled run's initial learning rate), which would otherwise be
+    dropped in silence. The current learning rate, and the momentum or betas a cyclic schedule moves, change during
+    a run by design (a schedule, ReduceLROnPlateau in evaluate): not compared."""
     changed = []
     for number, (then, now) in enumerate(zip(saved["param_groups"], optimizer.param_groups)):
+        cycled = {"momentum", "betas"} if "max_momentum" in now or "base_momentum" in now else set()
         for key, value in now.items():
-            if key in ("params", "lr") or key not in then:
+            if key in ("params", "lr") or key in cycled or key not in then:
                 continue
             if key == "initial_lr" or (isinstance(value, (numbers.Real, tuple, list)) and not isinstance(value, bool)):
                 if _differs(then[key], value):
                     changed.append(f"group {number} {key} {then[key]!r} (given {value!r})")
-        if "initial_lr" not in now and "initial_lr" not in then and _differs(then.get("lr"), now.get("lr")):
-            changed.append(f"group {number} lr {then.get('lr')!r} (given {now.get('lr')!r})")
     if changed:
         warnings.warn(f"{path}: resuming continues the run as it was, with its optimiser settings: {'; '.join(changed[:4])}"
                       f"{' ...' if len(changed) > 4 else ''}; to train on with other settings, start a new run from its weights",

@@ -238,3 +238,10 @@ def test_a_distilbert_folder_with_berts_tokenizer_embeds_and_classifies(encoder_
     assert rel_diff(SentenceEncoder.from_pretrained(folder).encode(TEXTS), sentence_transformers_encode(folder)) < ATOL
     classifier = DistilBertForSequenceClassification.from_pretrained(folder, num_labels=2, init_missing=("pre_classifier", "classifier"))
     assert len(classify_texts(TEXTS[:4], model=classifier, tokenizer=Tokenizer.from_pretrained(folder))) == 4
+
+
+def test_a_compiled_encoder_still_gets_its_inputs(encoder):
+    """The inputs were chosen by the forward's signature, and a compiled model's is (*args, **kwargs): none was kept."""
+    compiled = SentenceEncoder(torch.compile(encoder.encoder, backend="eager"), encoder.tokenizer, pooling=encoder.pooling,
+                               normalize=encoder.normalize, max_seq_length=encoder.max_seq_length)
+    assert torch.allclose(compiled.encode(["hello world", "a second text"]), encoder.encode(["hello world", "a second text"]), atol=1e-6)

@@ -308,3 +308,19 @@ def test_files_the_tokenizers_library_fails_on_are_named(tmp_path):
     (folder / "merges.txt").write_text("#version: 0.2\na b\n")
     with pytest.raises(CheckpointError, match=r"merges.txt: merge 0 \('a' \+ 'b'\) needs 'ab'"):
         Tokenizer.from_pretrained(folder)
+
+
+def test_absent_special_tokens_and_pairs_given_as_arrays(tmp_path):
+    """Several special tokens the vocabulary lacks are added in transformers' order (bos, eos, unk, sep, pad, cls,
+    mask), not the config's; a role set to null stays unset after a save; a text_pair given as an array of strings
+    is compared with "" no more (numpy's ambiguous truth value)."""
+    files = ["tokenizer.json", "tokenizer_config.json", "vocab.txt"]
+    absent = _copy(minilm_path(), tmp_path / "absent", {"pad_token": "<newpad>", "mask_token": "<newmask>", "bos_token": "<newbos>"}, files=files)
+    ours, theirs = Tokenizer.from_pretrained(absent), transformers.AutoTokenizer.from_pretrained(str(absent))
+    for role in ("pad", "mask", "bos"):
+        assert getattr(ours, f"{role}_token_id") == getattr(theirs, f"{role}_token_id"), role
+    no_pad = Tokenizer.from_pretrained(_copy(minilm_path(), tmp_path / "no_pad", {"pad_token": None}, files=files))
+    assert Tokenizer.from_pretrained(no_pad.save_pretrained(tmp_path / "saved")).pad_token_id is None
+    texts, pairs = np.array(["a question", "another"]), np.array(["an answer", ""])
+    reference = transformers.AutoTokenizer.from_pretrained(str(minilm_path()))
+    assert Tokenizer.from_pretrained(minilm_path())(list(texts), pairs, return_tensors=None)["input_ids"] == reference(list(texts), list(pairs), padding=True)["input_ids"]

@@ -335,23 +335,24 @@ def test_resuming_with_other_trainable_stages_or_settings(tmp_path):
         def forward(self, x):
             return self.head(torch.relu(self.b(torch.relu(self.a(x)))))
 
-    def run(folder, frozen, lr, resume):
+    def run(folder, frozen, decay, resume, cycle=False):
         torch.manual_seed(0)
         model = Twin()
         transfer.freeze(model, frozen)
-        optimizer = torch.optim.AdamW(transfer.param_groups(model, lr))
+        optimizer = torch.optim.AdamW(transfer.param_groups(model, 1e-2, weight_decay=decay))
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=20) if cycle else None  # moves betas each step
         return fit(model, optimizer, DataLoader(_data(), batch_size=8), loss=lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]),
-                   epochs=2 if resume else 1, checkpoint_dir=folder, resume=resume, progress=False)
+                   epochs=2 if resume else 1, checkpoint_dir=folder, resume=resume, progress=False, scheduler=schedule)
 
-    run(tmp_path, "first", 1e-2, False)
+    run(tmp_path, "first", 0.01, False)
     with pytest.raises(TrainingError, match=r"group 0 was for other parameters \(b.weight then, a.weight now\)"):
-        run(tmp_path, "second", 1e-2, True)
-    with pytest.warns(UserWarning, match=r"resuming continues the run as it was, with its optimiser settings: group 0 lr 0.01 \(given 0.5\)"):
+        run(tmp_path, "second", 0.01, True)
+    with pytest.warns(UserWarning, match=r"resuming continues the run as it was, with its optimiser settings: group 0 weight_decay 0.01 \(given 0.5\)"):
         run(tmp_path, "first", 0.5, True)
-    run(tmp_path / "again", "first", 1e-2, False)
+    run(tmp_path / "again", "first", 0.01, False, cycle=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        run(tmp_path / "again", "first", 1e-2, True)  # the same run resumed: nothing to say
+        run(tmp_path / "again", "first", 0.01, True, cycle=True)  # the same run resumed: nothing to say (the cycle moved lr and betas)
     assert len(_run(tmp_path / "scheduled", epochs=2)[2]) == 2
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a scheduled run's lr moved; its initial lr is the same: no warning
@@ -410,3 +411,9 @@ def test_the_history_of_a_bfloat16_model_sums_its_losses_exactly():
     loss = lambda m, b: torch.full((), 1.1015625, dtype=torch.bfloat16) + 0 * m(b[0]).sum()  # noqa: E731
     history = fit(model, torch.optim.SGD(model.parameters(), lr=0.0), [batch] * 256, epochs=1, accumulate=256, progress=False, loss=loss)
     assert history[0].train_loss == 1.1015625
+
+
+def test_a_frozen_model_is_saved_as_it_is(tmp_path):
+    """save_checkpoint of an inference model (every parameter frozen) writes its weights; only int8 ones are refused."""
+    model = Tiny().requires_grad_(False)
+    load_checkpoint(save_checkpoint(tmp_path / "frozen.safetensors", model, epoch=0), Tiny())

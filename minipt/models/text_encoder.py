@@ -384,11 +384,16 @@ def model_inputs(model: nn.Module, tokenizer, texts: list[str], **options) -> di
     without the inputs its forward has no argument for (token types from a BERT tokenizer beside DistilBERT)."""
     if getattr(tokenizer, "model_max_length", None) is None and "max_length" not in options:
         options["max_length"] = model.config.longest_input
+    from ..transfer import unwrapped
+
     encoded = tokenizer(texts, **options)
-    taken = set(inspect.signature(model.forward).parameters)
+    model = unwrapped(model)  # a compiled or DDP-wrapped model's forward takes (*args, **kwargs)
     if getattr(model.config, "type_vocab_size", None) is None:  # a family without token types (DistilBERT) refuses them
-        taken.discard("token_type_ids")
-    return {name: value for name, value in encoded.items() if name in taken}
+        encoded.pop("token_type_ids", None)
+    parameters = inspect.signature(model.forward).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return encoded
+    return {name: value for name, value in encoded.items() if name in parameters}
 
 
 # minipt.summary / minipt inspect: 128 tokens, or as many as the position table holds (a tiny config's may hold fewer)
