@@ -348,7 +348,7 @@ def classify_texts(texts, *, model, tokenizer=None, top: int = 5) -> list[list[t
     texts = [texts] if isinstance(texts, str) else texts
     if not isinstance(texts, (list, tuple)) or not texts:
         raise InputError(f"texts must be a string or a non-empty list of strings, got {type(texts).__name__ if texts else texts!r}")
-    texts = [check_str(f"texts[{i}]", text) for i, text in enumerate(texts)]
+    texts = [check_str(f"texts[{i}]", text, empty=True) for i, text in enumerate(texts)]  # "" is a text, as the pipeline reads it
     if not isinstance(model, SequenceClassifier):
         path = resolve(model)
         with Checkpoint(path) as checkpoint:  # names and shapes only
