@@ -278,6 +278,7 @@ class Tokenizer:
         tokenizer = cls(backend, model_max_length=max_length, special_tokens=special, name=str(name_or_path), padding_side=side,
                         model_input_names=names, clean_up_tokenization_spaces=clean_up)
         tokenizer.truncation_side = settings.get("truncation_side", "right")
+        tokenizer.tokenizer_class = kind  # transformers' class the files are for ("BertTokenizer"), or None; save_pretrained writes it
         for role in SPECIAL_ROLES:  # "pad_token": null says there is none (no stand-in of the usual spelling)
             if f"{role}_token" in settings and settings[f"{role}_token"] is None:
                 tokenizer._special_ids[role] = None
@@ -412,8 +413,9 @@ class Tokenizer:
         for role, spellings in SPECIAL_ROLES.items():  # a role set to none, which reading would otherwise give the usual spelling
             if self._special_ids[role] is None and self._special_id(f"{role}_token", *spellings) is not None:
                 settings[f"{role}_token"] = None
-        if set(self.model_input_names) != set(MODEL_INPUT_NAMES):
-            settings["model_input_names"] = list(self.model_input_names)
+        settings["model_input_names"] = list(self.model_input_names)  # transformers reads it too (BERT's token types)
+        if getattr(self, "tokenizer_class", None):  # which of transformers' classes reads the files (CLIP's "</w>" decoding)
+            settings["tokenizer_class"] = self.tokenizer_class
         if self.clean_up_tokenization_spaces:
             settings["clean_up_tokenization_spaces"] = True
         write_json(directory / TOKENIZER_CONFIG, settings)

@@ -324,3 +324,13 @@ def test_absent_special_tokens_and_pairs_given_as_arrays(tmp_path):
     texts, pairs = np.array(["a question", "another"]), np.array(["an answer", ""])
     reference = transformers.AutoTokenizer.from_pretrained(str(minilm_path()))
     assert Tokenizer.from_pretrained(minilm_path())(list(texts), pairs, return_tensors=None)["input_ids"] == reference(list(texts), list(pairs), padding=True)["input_ids"]
+
+
+def test_a_saved_tokenizer_reads_in_transformers_as_the_original(tmp_path):
+    """minipt's save wrote no tokenizer_class and no model_input_names: transformers read a saved BERT tokenizer as its
+    generic backend without token types (and a saved CLIP one decoded "a</w>photo</w>...")."""
+    saved = Tokenizer.from_pretrained(minilm_path()).save_pretrained(tmp_path / "bert")
+    theirs = transformers.AutoTokenizer.from_pretrained(str(saved))
+    assert type(theirs).__name__.startswith("BertTokenizer")
+    assert dict(theirs(["a question", "an answer"], padding=True)) == dict(
+        transformers.AutoTokenizer.from_pretrained(str(minilm_path()))(["a question", "an answer"], padding=True))
