@@ -146,12 +146,18 @@ def _sealed_requires_grad(module: nn.Module, requires_grad: bool = True, *, what
 
 
 def _sealed_apply(module: nn.Module, fn, recurse: bool = True, *, what: str):
+    _refuse_move(module, fn, what)
+    return type(module)._apply(module, fn, recurse)
+
+
+def _refuse_move(module: nn.Module, fn, what: str) -> None:
+    """A ConfigError where ``fn`` (what ``.to()``, ``.double()``, ``.cuda()`` apply) would change the dtype or device of
+    a fused module's parameters: its packed weights would stay as they are."""
     probe = next(module.parameters(), None)
     moved = None if probe is None else fn(probe)
     if moved is not None and (moved.dtype != probe.dtype or moved.device != probe.device):
         raise ConfigError(f"{what} is fixed to the dtype and device it was fused for ({probe.dtype}, {probe.device}): convert the "
                           "model (model.to(...)), then fuse() it")
-    return type(module)._apply(module, fn, recurse)
 
 
 class InferenceCopy:
@@ -201,11 +207,7 @@ class InferenceCopy:
 
     def _apply(self, fn, recurse: bool = True):
         if self.fused:  # .to(), .half(), .double(), .cuda(), .to("meta"): the packed weights would stay as they are
-            probe = next(self.parameters(), None)
-            moved = None if probe is None else fn(probe)
-            if moved is not None and (moved.dtype != probe.dtype or moved.device != probe.device):
-                raise ConfigError(f"a fused {type(self).__name__} is fixed to the dtype and device it was fused for ({probe.dtype}, "
-                                  f"{probe.device}): convert the model (model.to(...)), then fuse() it")
+            _refuse_move(self, fn, f"a fused {type(self).__name__}")
         elif is_quantized(self):  # torchao's int8 tensors keep float32 scales, and its kernels take float32 inputs only
             probe = next((p for p in self.parameters() if p.is_floating_point() and not type(p).__module__.startswith("torchao.")), None)
             moved = None if probe is None else fn(probe)
