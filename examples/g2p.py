@@ -18,7 +18,10 @@ def main(argv=None) -> int:
     parser.add_argument("words", nargs="*", default=["activationist", "hello", "recurrent", "phoneme"])
     parser.add_argument("--weights", default="g2p-en", help="catalogue name or folder holding checkpoint20.npz and g2p.py")
     args = parser.parse_args(argv)
-    model = G2P.from_pretrained(args.weights)
+    try:
+        model = G2P.from_pretrained(args.weights)
+    except MiniptError as err:
+        parser.error(f"--weights {args.weights}: {err}")
     status = 0
     for word in args.words:
         try:

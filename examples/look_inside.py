@@ -119,6 +119,11 @@ def main(argv=None) -> int:
     parser.add_argument("--layer", type=int, default=2, help="the BERT layer whose heads are silenced one by one, counted from 0 (layers.N)")
     parser.add_argument("--steps", type=int, default=300, help="training steps of the LSTM when runs/char_lm does not exist")
     args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error(f"--steps must be a positive integer, got {args.steps}")
+    layers = SentenceEncoder.from_pretrained("all-MiniLM-L6-v2").encoder.config.num_hidden_layers
+    if not 0 <= args.layer < layers:
+        parser.error(f"--layer must be a layer of all-MiniLM-L6-v2, 0 to {layers - 1}, got {args.layer}")
     torch.set_num_threads(min(2, torch.get_num_threads()))
     attention(args.layer)
     cell_state(args.steps)

@@ -27,7 +27,10 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from minipt.models.char_lm import CharLM, CharLMConfig
+sys.path.insert(0, str(Path(__file__).parent))
+from options import check_options, given_or  # noqa: E402
+
+from minipt.models.char_lm import CharLM, CharLMConfig  # noqa: E402
 from minipt.quantize import quantize_int8, size_bytes
 
 CORPUS = "test/test_data/lee_background.cor"
@@ -140,9 +143,11 @@ def main(argv=None) -> int:
     parser.add_argument("--top-k", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     args = parser.parse_args(argv)
-    steps = args.steps or (400 if args.quick else 2000)
-    seq_len = args.seq_len or (96 if args.quick else 128)
-    lr = args.lr or (1e-2 if args.quick else 4e-3)
+    check_options(parser, args, counts=("steps", "batch_size", "seq_len", "hidden_size", "num_layers", "eval_every", "sample_length", "threads"),
+                  naturals=("top_k",), rates=("lr", "temperature"), out=args.out)
+    steps = given_or(args.steps, 400 if args.quick else 2000)
+    seq_len = given_or(args.seq_len, 96 if args.quick else 128)
+    lr = given_or(args.lr, 1e-2 if args.quick else 4e-3)
     # A small LSTM multiplies small matrices at every time step; there one thread is
     # faster than two, which spend the step synchronising (and stall when the CPU is shared).
     torch.set_num_threads(args.threads)
@@ -155,8 +160,8 @@ def main(argv=None) -> int:
     print(f"corpus: {path.name} ({len(data):,} bytes; {len(train):,} train, {len(held_out):,} held out)")
 
     config = CharLMConfig(
-        hidden_size=args.hidden_size or (256 if args.quick else 384),
-        num_layers=args.num_layers or (1 if args.quick else 2),
+        hidden_size=given_or(args.hidden_size, 256 if args.quick else 384),
+        num_layers=given_or(args.num_layers, 1 if args.quick else 2),
         dropout=0.0 if args.quick else 0.1,
     )
     model = CharLM(config)

@@ -27,7 +27,10 @@ from pathlib import Path
 
 import torch
 
-from minipt import Tokenizer
+sys.path.insert(0, str(Path(__file__).parent))
+from options import check_options, given_or  # noqa: E402
+
+from minipt import Tokenizer  # noqa: E402
 from minipt.hub import resolve
 from minipt.models.gpt2 import GPT2Config, GPT2LMHeadModel
 from minipt.tokenizer import BPE_MERGES, BPE_VOCAB, ENDOFTEXT
@@ -98,10 +101,12 @@ def main(argv=None) -> int:
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--top-k", type=int, default=40)
     args = parser.parse_args(argv)
-    steps = args.steps or (150 if args.quick else 1500)
-    batch_size = args.batch_size or (8 if args.quick else 16)
-    seq_len = args.seq_len or (64 if args.quick else 128)
-    lr = args.lr or (2e-3 if args.quick else 6e-4)
+    check_options(parser, args, counts=("steps", "batch_size", "seq_len", "n_layer", "n_embd", "eval_every", "sample_length"),
+                  naturals=("top_k",), rates=("lr", "temperature"), out=args.out)
+    steps = given_or(args.steps, 150 if args.quick else 1500)
+    batch_size = given_or(args.batch_size, 8 if args.quick else 16)
+    seq_len = given_or(args.seq_len, 64 if args.quick else 128)
+    lr = given_or(args.lr, 2e-3 if args.quick else 6e-4)
     torch.manual_seed(args.seed)
 
     tokenizer = Tokenizer.from_pretrained(args.tokenizer)
@@ -111,12 +116,12 @@ def main(argv=None) -> int:
     train, held_out = data[:split], data[split:]
     print(f"corpus: {path.name} ({len(data):,} GPT-2 tokens; {len(train):,} train, {len(held_out):,} held out)")
 
-    n_embd = args.n_embd or (128 if args.quick else 384)
+    n_embd = given_or(args.n_embd, 128 if args.quick else 384)
     config = GPT2Config(
         vocab_size=tokenizer.vocab_size,
         n_positions=max(256, seq_len),
         n_embd=n_embd,
-        n_layer=args.n_layer or (2 if args.quick else 6),
+        n_layer=given_or(args.n_layer, 2 if args.quick else 6),
         n_head=max(1, n_embd // 64),
         resid_pdrop=0.0 if args.quick else 0.1,
         embd_pdrop=0.0 if args.quick else 0.1,

@@ -185,6 +185,8 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise InputError(f"a checkpoint is named by a path, a catalogued name or a hub repo id (a string), got "
                          f"{type(name_or_path).__name__} {name_or_path!r:.80}")
+    if not str(name_or_path).strip():  # Path("") is the current folder: an unset shell variable would load whatever is there
+        raise CheckpointNotFoundError(f"{name_or_path!r} names no checkpoint: give a path, a catalogued name or a hub repo id")
     path = Path(name_or_path).expanduser()
     if path.exists():
         for key, entry in catalog().items():  # a catalogued snapshot named by its path, or a file in it, is verified too
@@ -242,7 +244,7 @@ def fetch(name: str) -> Path:
     """
     found = catalog_entry(name)
     if found is None:
-        raise CheckpointNotFoundError(f"{name} is not in the catalogue; known: {', '.join(catalog())}")
+        raise CheckpointNotFoundError(f"{name!r} is not in the catalogue; known: {', '.join(catalog())}")
     key, entry = found
     target = weights_dir() / key
     if entry.get("build"):

@@ -439,7 +439,7 @@ def test_cli_classify_bad_model_and_images(capsys, bad_files):
 
 
 def test_cli_fetch_unknown_name(capsys):
-    assert "nosuchname is not in the catalogue; known: " in one_line_error(capsys, "fetch", "nosuchname")
+    assert "'nosuchname' is not in the catalogue; known: " in one_line_error(capsys, "fetch", "nosuchname")
     assert "name a catalogued checkpoint or pass --all" in one_line_error(capsys, "fetch")
 
 

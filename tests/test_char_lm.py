@@ -212,3 +212,19 @@ def test_several_samples_per_prompt():
     out = model.generate(prompt, max_new_tokens=12, do_sample=True, num_return_sequences=3, seed=0)
     assert out.shape == (3, 14) and torch.equal(out[:, :2], prompt.expand(3, -1))
     assert len({tuple(row) for row in out[:, 2:].tolist()}) > 1
+
+
+def test_training_example_checks_its_options_before_training(tmp_path, capsys):
+    """--steps 0 trained the --quick default of 400 steps (an explicit 0 read as "not given"), --temperature 0 failed with
+    a traceback after the whole run, and --out onto a file too: each is a usage error before any work now."""
+    spec = importlib.util.spec_from_file_location("train_char_lm", Path(__file__).parent.parent / "examples" / "train_char_lm.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    (tmp_path / "a_file").write_text("")
+    for argv, message in ((["--steps", "0"], "--steps must be a positive integer, got 0"), (["--hidden-size", "0"], "--hidden-size must be"),
+                          (["--temperature", "0"], "--temperature must be > 0"), (["--top-k", "-1"], "--top-k must be a non-negative"),
+                          (["--out", str(tmp_path / "a_file")], "is a file: the run writes a folder there")):
+        with pytest.raises(SystemExit) as stopped:
+            example.main(["--quick", *argv])
+        assert stopped.value.code == 2 and message in capsys.readouterr().err, argv
+    assert not (tmp_path / "a_file.d").exists()

@@ -188,3 +188,14 @@ def test_features_with_more_channels_than_the_stage_has_shows_and_says_them_all(
     assert cli.main(["features", str(tiny / "photo.png"), "--model", str(tiny / "resnet"), "--stage", "0", "--channels", "5000", "--out", str(out)]) == 0
     counted = re.search(r"stage 0: (\d+) channels of \d+x\d+, the (\d+) most active", capsys.readouterr().out)
     assert counted and counted[1] == counted[2] and int(counted[1]) < 5000 and out.stat().st_size > 0
+
+
+def test_an_empty_model_path_is_refused_not_read_as_the_current_folder(tmp_path, monkeypatch, capsys):
+    """Path("") is ".": `minipt inspect ""` (an unset shell variable) inspected whatever checkpoint the current folder held."""
+    from minipt import cli
+    from minipt.models.resnet import resnet18
+
+    resnet18(num_classes=3).save_pretrained(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["inspect", ""]) == 1
+    assert "minipt inspect: '' names no checkpoint" in capsys.readouterr().err
