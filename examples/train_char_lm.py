@@ -127,7 +127,7 @@ def plot(losses: list[float], evals: list[tuple[int, float]], path: Path) -> Non
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a small model and few steps: a couple of minutes on 2 cores")
+    parser.add_argument("--quick", action="store_true", help="a small model and few steps: about a minute on 2 cores")
     parser.add_argument("--steps", type=int, help="training steps (default 400 with --quick, else 2000)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seq-len", type=int, help="bytes per training window (default 96 with --quick, else 128)")
