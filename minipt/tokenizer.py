@@ -268,6 +268,9 @@ class Tokenizer:
                 raise CheckpointError(f"{directory / TOKENIZER_CONFIG}: {what} is {settings[what]!r}, expected 'right' or 'left'")
         side = settings.get("padding_side", "right")
         names = settings["model_input_names"] if "model_input_names" in settings else _model_input_names(kind)
+        model_type = read_json(directory / CONFIG, default={}).get("model_type")
+        if "model_input_names" not in settings and isinstance(model_type, str) and TOKENIZER_CLASSES.get(model_type) in WITHOUT_TOKEN_TYPES:
+            names = tuple(name for name in names if name != "token_type_ids")  # the model beside takes none (BERT's files beside DistilBERT)
         try:
             names = _input_names(names)
         except InputError as err:
@@ -413,9 +416,11 @@ class Tokenizer:
         for role, spellings in SPECIAL_ROLES.items():  # a role set to none, which reading would otherwise give the usual spelling
             if self._special_ids[role] is None and self._special_id(f"{role}_token", *spellings) is not None:
                 settings[f"{role}_token"] = None
-        settings["model_input_names"] = list(self.model_input_names)  # transformers reads it too (BERT's token types)
-        if getattr(self, "tokenizer_class", None):  # which of transformers' classes reads the files (CLIP's "</w>" decoding)
-            settings["tokenizer_class"] = self.tokenizer_class
+        kind = getattr(self, "tokenizer_class", None)
+        if kind:  # which of transformers' classes reads the files (BERT's token types, CLIP's "</w>" decoding)
+            settings["tokenizer_class"] = kind
+        if self.model_input_names != _model_input_names(kind):
+            settings["model_input_names"] = list(self.model_input_names)
         if self.clean_up_tokenization_spaces:
             settings["clean_up_tokenization_spaces"] = True
         write_json(directory / TOKENIZER_CONFIG, settings)

@@ -233,7 +233,7 @@ def test_a_distilbert_folder_with_berts_tokenizer_embeds_and_classifies(encoder_
 
     folder = shutil.copytree(encoder_folders["distilbert"], tmp_path / "distilbert")
     settings = json.loads((folder / "tokenizer_config.json").read_text()) if (folder / "tokenizer_config.json").exists() else {}
-    (folder / "tokenizer_config.json").write_text(json.dumps(settings | {"tokenizer_class": "BertTokenizer"}))
+    (folder / "tokenizer_config.json").write_text(json.dumps(settings | {"tokenizer_class": "BertTokenizer", "model_input_names": ["input_ids", "token_type_ids", "attention_mask"]}))
     assert "token_type_ids" in Tokenizer.from_pretrained(folder)("a text")
     assert rel_diff(SentenceEncoder.from_pretrained(folder).encode(TEXTS), sentence_transformers_encode(folder)) < ATOL
     classifier = DistilBertForSequenceClassification.from_pretrained(folder, num_labels=2, init_missing=("pre_classifier", "classifier"))
