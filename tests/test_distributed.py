@@ -96,6 +96,16 @@ def test_ddp_synchronises_once_per_accumulated_step(process_group):
     assert buckets >= 1 and len(reductions) == 3 * buckets, reductions
 
 
+def _leave() -> None:
+    """A worker whose work is done and written, past its last barrier, ends its process at once: gloo's teardown (and
+    the interpreter's exit after it) has been seen to hang for minutes on a loaded machine after the work was done."""
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def _spawn(worker, args: tuple, limit: float = 300.0) -> None:
     """``worker(rank, *args)`` on WORLD processes; they must all end within ``limit`` seconds. torch's spawn waits
     for ever on a process that never ends (gloo's teardown has been seen to hang after the work was done): such
@@ -154,8 +164,10 @@ def _worker(rank: int, port: int, kind: str, out: str, accumulate: int):
         if rank == 0:
             torch.save(state, out)
         dist.barrier()  # both done before either tears its process group down
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    _leave()
 
 
 @pytest.mark.parametrize("kind, accumulate", [("ddp", 1), ("fsdp", 2)])  # DDP with accumulate: the hook count above
@@ -215,8 +227,10 @@ def _resume_worker(rank: int, port: int, folder: str, out: str):
         if rank == 0:
             torch.save(torch.stack(reports), out)
         dist.barrier()  # both done before either tears its process group down
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    _leave()
 
 
 def test_two_processes_resume_each_their_own_random_streams(tmp_path):
