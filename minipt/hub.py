@@ -205,8 +205,8 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
         if name != entry.get("hub"):  # a short name means the fetched snapshot; a hub repo id may come from the hub
             raise CheckpointNotFoundError(f"{key} is catalogued but not fetched (no {snapshot}); run `minipt fetch {key}`")
     looks_like_a_file = name.lower().endswith((".safetensors", ".bin", ".pt", ".pth", ".npz", ".json", ".png", ".jpg"))
-    if (_REPO_ID.match(name) or _LEGACY_REPO_ID.match(name) and not looks_like_a_file) and not name.startswith((".", "/")):
-        return _from_hub(name, local_hint="/" not in name)
+    if (_REPO_ID.match(name) or _LEGACY_REPO_ID.match(name)) and not looks_like_a_file and not name.startswith((".", "/")):
+        return _from_hub(name)
     raise CheckpointNotFoundError(f"{name_or_path}: no such file or directory, and not a catalogued name or a hub repo id")
 
 
@@ -218,7 +218,8 @@ def _inside(path: Path, folder: Path) -> bool:
     return False
 
 
-def _from_hub(repo_id: str, local_hint: bool = False) -> Path:
+def _from_hub(repo_id: str) -> Path:
+    """A hub snapshot of ``repo_id``, a name that is no local path (runs/gpt2 may be a folder not made yet as well as a repo id)."""
     from huggingface_hub import snapshot_download  # imported here: it costs import time
 
     try:
@@ -228,8 +229,7 @@ def _from_hub(repo_id: str, local_hint: bool = False) -> Path:
     except Exception as err:  # the hub raises many kinds; all mean "not available here"
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
         hint = " (HF_HUB_OFFLINE is set and the hub cache holds no snapshot of it)" if offline else ""
-        local = "no such file or directory, not a catalogued name, and " if local_hint else ""
-        raise CheckpointNotFoundError(f"{repo_id}: {local}could not get it from the Hugging Face hub{hint}: {type(err).__name__}: {' '.join(str(err).split())}") from err
+        raise CheckpointNotFoundError(f"{repo_id}: no such file or directory, not a catalogued name, and could not get it from the Hugging Face hub{hint}: {type(err).__name__}: {' '.join(str(err).split())}") from err
     return folder
 
 

@@ -229,6 +229,11 @@ def test_catalogue_name_resolves_and_is_verified(tmp_path, monkeypatch):
 def test_unknown_name_is_not_found():
     with pytest.raises(CheckpointNotFoundError, match="no-such-model: no such file or directory, not a catalogued name, and could not"):
         resolve("no-such-model")
+    with pytest.raises(CheckpointNotFoundError, match="runs/gpt2: no such file or directory, not a catalogued name, and could not"):
+        resolve("runs/gpt2")  # a folder not made yet, which could be a repo id too
+    for mistyped in ("runs/model.safetensors", "weights/model.bin"):  # files are never hub repo ids
+        with pytest.raises(CheckpointNotFoundError, match=f"{mistyped}: no such file or directory, and not a catalogued name or a hub repo id"):
+            resolve(mistyped)
     with pytest.raises(InputError, match="got int 3"):
         BertModel.from_pretrained(3)
 

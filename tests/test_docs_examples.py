@@ -161,3 +161,35 @@ def test_every_sketch_and_given_entry_names_a_block():
     present = {(name, heading) for name in PAGES for heading, _, _, _ in blocks(name)}
     assert {(name, heading) for name, heading, _ in SKETCHES} <= present
     assert set(GIVEN) <= present, set(GIVEN) - present
+
+
+def github_anchors(text: str) -> set[str]:
+    """The fragment each heading of a Markdown page gets on GitHub: lower case, punctuation other than - and _ dropped,
+    spaces made hyphens, a repeated one numbered (-1, -2, ...)."""
+    anchors: set[str] = set()
+    inside_code = False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            inside_code = not inside_code
+        match = None if inside_code else re.match(r"#+ (.+)$", line)
+        if match:
+            slug = re.sub(r"[^\w\- ]", "", match[1].strip().lower().replace("`", "")).replace(" ", "-")
+            anchor, n = slug, 0
+            while anchor in anchors:
+                n += 1
+                anchor = f"{slug}-{n}"
+            anchors.add(anchor)
+    return anchors
+
+
+def test_every_link_between_pages_reaches_its_file_and_heading():
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    broken = []
+    for source in pages:
+        for target, fragment in re.findall(r"\]\((?!https?:)([^)#\s]*)(?:#([^)\s]+))?\)", source.read_text()):
+            linked = (source.parent / target).resolve() if target else source
+            if not linked.exists():
+                broken.append(f"{source.name}: {target} does not exist")
+            elif fragment and linked.suffix == ".md" and fragment not in github_anchors(linked.read_text()):
+                broken.append(f"{source.name}: {target or source.name}#{fragment} names no heading")
+    assert not broken, broken
