@@ -666,6 +666,7 @@ def save_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, *, e
         skeleton["optimizer"] = type(optimizer).__name__
         skeleton["optimizer_state"] = _split(optimizer.state_dict(), "optimizer", tensors)
         skeleton["optimizer_parameters"] = _group_names(optimizer, model)  # which parameter each state entry is for
+        skeleton["trainable"] = _trainable(model)  # which stages trained: an optimiser over model.parameters() does not say
         skeleton["rng"] = _split(_rng_state(), "rng", tensors)
     if scheduler is not None:
         skeleton["scheduler"] = type(scheduler).__name__
@@ -725,6 +726,7 @@ def _load_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, che
         saved = _join(skeleton["optimizer_state"], tensors, path, "optimizer_state")
         _check_optimizer_state(path, saved, optimizer, model)
         _check_group_names(path, skeleton.get("optimizer_parameters"), _group_names(optimizer, model))
+        _check_trainable(path, skeleton.get("trainable"), _trainable(model))
         rng = _join(skeleton["rng"], tensors, path, "rng")
     if scheduler is not None:
         scheduled = _join(skeleton["scheduler_state"], tensors, path, "scheduler_state")
@@ -753,7 +755,7 @@ def _load_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, che
 
 
 _FIELDS = {"format": str, "model": str, "epoch": int, "extra": (dict, list), "model_state": (dict, list),
-           "optimizer": str, "optimizer_state": (dict, list), "rng": (dict, list),
+           "trainable": list, "optimizer": str, "optimizer_state": (dict, list), "rng": (dict, list),
            "scheduler": str, "scheduler_state": (dict, list)}
 _REQUIRED = ("format", "model", "epoch", "extra", "model_state")
 
@@ -845,6 +847,25 @@ def _check_group_names(path: Path, saved: Any, current: list[list[str]]) -> None
             first = next((f"{a} then, {b} now" for a, b in zip(then, now) if a != b), f"{len(then)} parameters then, {len(now)} now")
             raise TrainingError(f"{path}: the optimiser's group {number} was for other parameters ({first}): the trainable stages "
                                 "differ from the run that wrote it (freeze and unfreeze as then, or start a new run from its weights)")
+
+
+def _trainable(model: nn.Module) -> list[str]:
+    return [name for name, param in model.named_parameters() if param.requires_grad]
+
+
+def _check_trainable(path: Path, saved: Any, current: list[str]) -> None:
+    """The same parameters train as in the run that wrote the checkpoint (files written before it was recorded are
+    not checked): with one optimiser group over ``model.parameters()`` the group names agree whatever is frozen."""
+    if saved is None:
+        return
+    if not isinstance(saved, list) or not all(isinstance(n, str) for n in saved):
+        raise CheckpointError(f"{path}: trainable is not a list of parameter names")
+    if saved != current:
+        then, now = set(saved), set(current)
+        differences = [f"{n} frozen now" for n in saved if n not in now] + [f"{n} trainable now" for n in current if n not in then]
+        listed = "; ".join(differences[:4]) + (f" ... ({len(differences)} in all)" if len(differences) > 4 else "")
+        raise TrainingError(f"{path}: {len(saved)} parameters trained in the run that wrote it, {len(current)} are trainable now "
+                            f"({listed or 'in another order'}): freeze and unfreeze as then, or start a new run from its weights")
 
 
 def _warn_settings_replaced(path: Path, saved: dict, optimizer: torch.optim.Optimizer) -> None:

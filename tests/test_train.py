@@ -359,6 +359,26 @@ def test_resuming_with_other_trainable_stages_or_settings(tmp_path):
         _run(tmp_path / "scheduled", epochs=3, resume=True)
 
 
+def test_resuming_with_other_stages_frozen_under_one_optimiser_group(tmp_path):
+    """An optimiser over model.parameters() holds frozen and trainable parameters alike, so its group names agree
+    whatever is frozen: the trainable set is recorded and compared."""
+    def run(folder, frozen, resume):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 3))
+        for index in frozen:
+            model[index].requires_grad_(False)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        return fit(model, optimizer, DataLoader(_data(), batch_size=8), loss=lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]),
+                   epochs=2 if resume else 1, checkpoint_dir=folder, resume=resume, progress=False)
+
+    run(tmp_path, [0], False)
+    with pytest.raises(TrainingError, match=r"2 parameters trained in the run that wrote it, 4 are trainable now \(0.weight trainable now; 0.bias trainable now\)"):
+        run(tmp_path, [], True)
+    with pytest.raises(TrainingError, match=r"2 are trainable now \(2.weight frozen now; 2.bias frozen now; 0.weight trainable now"):
+        run(tmp_path, [2], True)
+    run(tmp_path, [0], True)  # frozen as then: resumes
+
+
 def test_a_skipped_step_leaves_the_batch_statistics_as_they_were():
     """The forward pass updates BatchNorm's running statistics before the step is known to be non-finite: a skipped
     NaN batch left them NaN, and every evaluation after it."""
