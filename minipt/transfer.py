@@ -217,10 +217,10 @@ def reset_classifier(model: nn.Module, num_classes: int | None = None, **config_
     given, model = model, unwrapped(model)  # returned as given (a DDP or compiled wrapper too)
     _refuse_quantized(model, "reset_classifier")
     own = getattr(type(model), "reset_classifier", None)
-    if callable(own) and num_classes is not None and not config_fields and id(model) not in _delegated.get():
+    if callable(own) and num_classes is not None and id(model) not in _delegated.get():
         token = _delegated.set(_delegated.get() | {id(model)})
         try:
-            own(model, num_classes)
+            own(model, num_classes, **config_fields)
         finally:
             _delegated.reset(token)
         return given

@@ -125,6 +125,23 @@ def test_image_classifier_without_a_head(cls, tmp_path):
     assert model.get_classifier().in_features == model.num_features and model(x).shape == (2, 5)
 
 
+@pytest.mark.parametrize("cls", [c for c in CLASSIFIERS if "id2label" in c.config_class.__dataclass_fields__], ids=lambda c: c.__name__)
+def test_reset_classifier_with_label_names_builds_a_head_where_there_is_none(cls):
+    """transfer.reset_classifier with config fields on a headless model read a Linear's in_features off nn.Identity."""
+    from minipt import transfer
+
+    model, _, _ = tiny(cls)
+    names = {0: "neg", 1: "pos"}
+    if model.headless:
+        model.reset_classifier(0)
+        assert isinstance(model.get_classifier(), nn.Identity)
+        with pytest.raises(TrainingError, match=r"to 0 classes \(no head\) got id2label"):
+            transfer.reset_classifier(model, 0, id2label=names)
+    transfer.reset_classifier(model, 2, id2label=names)
+    assert model.get_classifier().out_features == 2 and model.config.id2label == names
+    assert getattr(model.config, cls.transfer_head[1]) == 2
+
+
 @pytest.mark.parametrize("cls", CLASSIFIERS, ids=lambda c: c.__name__)
 @pytest.mark.parametrize("value", [-1, 1.5, True, "3", None])
 def test_reset_classifier_names_a_bad_size(cls, value):

@@ -40,8 +40,9 @@ class HasClassifier:
         path = self.transfer_head[0]
         return path if name_only else self.get_submodule(path)
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the head by a freshly initialised one for ``num_classes`` classes, and say so in the config."""
+    def reset_classifier(self, num_classes: int, **config_fields) -> None:
+        """Replace the head by a freshly initialised one for ``num_classes`` classes, and say so in the config
+        (with ``config_fields`` such as ``id2label``, checked by the config as ``transfer.reset_classifier`` does)."""
         path, field = self.transfer_head
         lowest = 0 if self.headless else 1
         if isinstance(num_classes, np.integer):
@@ -52,8 +53,11 @@ class HasClassifier:
         if transfer.is_quantized(self):
             raise TrainingError(f"{type(self).__name__} is quantised (int8 weights, packed for inference); reset_classifier needs the float model")
         if num_classes == 0:
+            if config_fields.get("id2label"):
+                raise TrainingError(f"{type(self).__name__}.reset_classifier to 0 classes (no head) got id2label; give no names")
+            config = self.config.replace(**{**config_fields, field: 0})  # checked before the head goes
             setattr(self, path, nn.Identity())
-            self.config = self.config.replace(**{field: 0})
+            self.config = config
             return
         if isinstance(self.get_classifier(), nn.Identity):  # no head yet: one of the right input width, to be replaced
             anchor = next(self.parameters())
@@ -61,7 +65,7 @@ class HasClassifier:
             placeholder = Linear(width, 1, device=anchor.device, dtype=anchor.dtype)
             placeholder.backend = self.config.backend
             setattr(self, path, placeholder)
-        transfer.reset_classifier(self, num_classes)
+        transfer.reset_classifier(self, num_classes, **config_fields)
 
     def check_features(self, features: torch.Tensor) -> None:
         """The input of ``forward_head``: an unpooled feature map (B, num_features, H, W), as ``forward_features`` gives."""
