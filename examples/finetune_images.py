@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).parent))
+from options import check_options, chosen  # noqa: E402
 from transfer_common import Result, plot, run, start_distributed, stop_distributed, table, train_loader  # noqa: E402
 
 from minipt import transfer  # noqa: E402
@@ -102,13 +103,14 @@ WAYS = {  # way -> (learning rate of the top stage, layer decay)
     "ViT from scratch": (1e-3, 1.0),
 }
 MODELS = {"efficientnet": [way for way in WAYS if way != "ViT from scratch"], "vit": ["ViT from scratch"]}  # --model -> default ways
-NAMES = {"from scratch": "from scratch (ResNet-18)", "ViT from scratch": "from scratch (ViT, 6 layers, width 256)"}
+PATCH = 8  # the ViT's patch side
+NAMES = {"from scratch": "from scratch (ResNet-18)", "ViT from scratch": f"from scratch (ViT, 6 layers, width 256, {PATCH}x{PATCH} patches)"}
 
 
 def build(way: str, num_classes: int, device, image_size: int):
     if way == "ViT from scratch":
         torch.manual_seed(0)
-        config = ViTConfig(image_size=image_size, patch_size=8, hidden_size=256, num_hidden_layers=6, num_attention_heads=8,
+        config = ViTConfig(image_size=image_size, patch_size=PATCH, hidden_size=256, num_hidden_layers=6, num_attention_heads=8,
                            intermediate_size=512, num_labels=num_classes)
         return ViTForImageClassification(config).to(device)
     if way == "from scratch":
@@ -137,10 +139,14 @@ def main(argv=None) -> list[Result]:
     parser.add_argument("--ways", default=None, help="comma-separated subset of: " + ", ".join(WAYS) + " (default: --model's)")
     parser.add_argument("--out", default="runs/finetune_images")
     args = parser.parse_args(argv)
+    check_options(parser, args, counts=("epochs", "train_size", "test_size", "image_size", "max_steps", "batch_size"), out=args.out)
+    ways = chosen(parser, "--ways", args.ways, WAYS) if args.ways else MODELS[args.model]
     defaults = dict(train_size=1500, test_size=500, image_size=64, epochs=2) if args.quick else dict(train_size=10000, test_size=2000, image_size=96, epochs=5)
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if "ViT from scratch" in ways and args.image_size % PATCH:
+        parser.error(f"--image-size {args.image_size}: the ViT reads {PATCH}x{PATCH} patches; give a multiple of {PATCH}")
 
     rank, world, device = start_distributed()
     train_images, train_labels, test_images, test_labels = fashion_mnist() if args.data == "fashion-mnist" else mnist5k()
@@ -149,9 +155,7 @@ def main(argv=None) -> list[Result]:
     if rank == 0:
         print(f"{args.data}: {len(train)} training and {len(test)} held-out images at {args.image_size} px; {world} process(es)")
     results = []
-    for way in (args.ways.split(",") if args.ways else MODELS[args.model]):
-        if way not in WAYS:
-            sys.exit(f"unknown way {way!r}; known: {', '.join(WAYS)}")
+    for way in ways:
         torch.manual_seed(0)
         model = build(way, 10, device, args.image_size)
         lr, decay = WAYS[way]

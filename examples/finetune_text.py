@@ -50,6 +50,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).parent))
+from options import check_options, chosen  # noqa: E402
 from transfer_common import Result, accuracy, plot, run, start_distributed, stop_distributed, table, train_loader  # noqa: E402
 
 from minipt import transfer  # noqa: E402
@@ -62,6 +63,7 @@ from minipt.quantize import quantize_int8, size_bytes  # noqa: E402
 from minipt.tokenizer import Tokenizer  # noqa: E402
 
 CHECKPOINT = "all-MiniLM-L6-v2"
+POSITIONS = 512  # its max_position_embeddings: the longest input it reads
 
 
 def bbc_news() -> tuple[list[str], list[int], list[str]]:
@@ -163,15 +165,15 @@ def main(argv=None) -> list[Result]:
                         + " (default: all four for --model bert, else full fine-tuning,from scratch)")
     parser.add_argument("--out", default="runs/finetune_text")
     args = parser.parse_args(argv)
+    check_options(parser, args, counts=("epochs", "train_size", "test_size", "max_length", "max_steps", "batch_size"), out=args.out)
+    if args.max_length is not None and not 2 <= args.max_length <= POSITIONS:
+        parser.error(f"--max-length {args.max_length}: MiniLM reads 2 ([CLS] and [SEP]) to {POSITIONS} tokens")
     quick = dict(train_size=320, test_size=160, max_length=128, epochs=2) if args.quick else dict(max_length=256, epochs=3)
     quick["ways"] = ",".join(WAYS) if args.model == "bert" else "full fine-tuning,from scratch"
     for key, value in quick.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    ways = args.ways.split(",")
-    for way in ways:
-        if way not in WAYS:
-            sys.exit(f"unknown way {way!r}; known: {', '.join(WAYS)}")
+    ways = chosen(parser, "--ways", args.ways, WAYS)
 
     rank, world, device = start_distributed()
     torch.manual_seed(0)

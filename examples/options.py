@@ -33,3 +33,15 @@ def check_options(parser: argparse.ArgumentParser, args: argparse.Namespace, *, 
 def given_or(value, default):
     """The option's value where it was given (0 too), else the default."""
     return default if value is None else value
+
+
+def chosen(parser: argparse.ArgumentParser, option: str, value: str, known) -> list[str]:
+    """The comma-separated names of ``value`` (spaces around each ignored), each one of ``known`` and given once:
+    a usage error naming the first that is not, before any work."""
+    names = [name.strip() for name in value.split(",")]
+    for name in names:
+        if name not in known:
+            parser.error(f"{option}: unknown {name!r}; known: {', '.join(known)}")
+    if len(set(names)) < len(names):
+        parser.error(f"{option}: {value!r} names one twice")
+    return names

@@ -2,6 +2,7 @@
 random weights), finetune_images.py and train_t5_g2p.py."""
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -59,9 +60,36 @@ def test_the_vit_from_scratch_row_runs_the_image_protocol(tmp_path, monkeypatch)
     monkeypatch.setattr(example, "fashion_mnist", fake)
     (result,) = example.main(["--model", "vit", "--train-size", "32", "--test-size", "16", "--image-size", "32", "--epochs", "1",
                               "--max-steps", "2", "--batch-size", "8", "--out", str(tmp_path)])
-    assert result.name == "from scratch (ViT, 6 layers, width 256)" and result.trainable == 3_219_722  # 4 x 4 patches at 32 px
+    assert result.name == "from scratch (ViT, 6 layers, width 256, 8x8 patches)" and result.trainable == 3_219_722  # 4 x 4 patches at 32 px
     assert len(result.losses) == 1 and 0 < result.losses[0] < 10
     assert "| from scratch (ViT" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.parametrize("name, argv, message", [
+    ("finetune_images", ["--train-size", "-5"], "--train-size must be a positive integer, got -5"),  # a slice kept all but 5
+    ("finetune_images", ["--test-size", "0"], "--test-size must be a positive integer, got 0"),
+    ("finetune_images", ["--image-size", "0"], "--image-size must be a positive integer, got 0"),
+    ("finetune_images", ["--model", "vit", "--image-size", "60"], "--image-size 60: the ViT reads 8x8 patches; give a multiple of 8"),
+    ("finetune_images", ["--ways", "feature extraction,nope"], "--ways: unknown 'nope'; known: feature extraction,"),
+    ("finetune_text", ["--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
+    ("finetune_text", ["--max-length", "600"], r"--max-length 600: MiniLM reads 2 \(\[CLS\] and \[SEP\]\) to 512 tokens"),
+    ("finetune_text", ["--ways", "from scratch,from scratch"], "--ways: 'from scratch,from scratch' names one twice"),
+])
+def test_fine_tuning_examples_refuse_bad_options_before_any_work(name, argv, message, capsys, monkeypatch):
+    example = _example(name)
+    monkeypatch.setattr(example, "start_distributed", lambda: pytest.fail("the options are checked before any work"))
+    with pytest.raises(SystemExit) as stopped:
+        example.main(argv)
+    assert stopped.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_the_ways_may_have_spaces_after_their_commas():
+    import argparse
+
+    options = _example("options")
+    assert options.chosen(argparse.ArgumentParser(), "--ways", "feature extraction, full fine-tuning", ["full fine-tuning", "feature extraction"]) == [
+        "feature extraction", "full fine-tuning"]
 
 
 def test_t5_g2p_trains_two_students_of_one_size_and_scores_g2p_en(tmp_path):
