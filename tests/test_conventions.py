@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 
@@ -176,3 +177,36 @@ def test_top_classes_needs_imagenet_logits():
 
     with pytest.raises(InputError, match=r"logits of shape \(batch, 1000\), got \(2, 1280\)"):
         top_classes(torch.zeros(2, 1280))
+
+
+# -- freezing ---------------------------------------------------------------------------
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_a_model_frozen_whole_computes_as_in_evaluation_under_train(cls):
+    """Every dropout and BatchNorm belongs to a stage, so freezing every stage holds all of them (T5's stacks
+    applied a dropout outside every stage)."""
+    from minipt import transfer
+
+    model, args, kwargs = tiny(cls)
+    for module in model.modules():  # make any dropout that is left out visible
+        if isinstance(module, nn.Dropout) or type(module).__name__ == "Dropout":
+            module.p = 0.5
+    for name, module in model.named_modules():
+        for attribute in ("dropout", "attention_dropout", "dropout_rate"):
+            if isinstance(getattr(module, attribute, None), float) and name:
+                setattr(module, attribute, 0.5)
+    transfer.freeze(model, *transfer.stages(model))  # first: frozen weights may take other kernels (G2P's GRU)
+    with torch.no_grad():
+        expected = model.eval()(*args, **kwargs)
+        got = model.train()(*args, **kwargs)
+    torch.testing.assert_close(tensors(got), tensors(expected), rtol=0, atol=0)
+
+
+def tensors(out) -> list[torch.Tensor]:
+    """The tensors of a model's output, whatever its kind (a tensor, a tuple, an output dataclass)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if dataclasses.is_dataclass(out):
+        out = [getattr(out, field.name) for field in dataclasses.fields(out)]
+    elif isinstance(out, dict):
+        out = list(out.values())
+    return [t for value in out if value is not None for t in tensors(value)] if isinstance(out, (list, tuple)) else []

@@ -220,7 +220,7 @@ class AlbertForSequenceClassification(SequenceClassifier, _AlbertPretrained):
     base_model_prefix = "albert"
     checkpoint_fields = {**UNDER_ALBERT, "num_labels": ("classifier.weight", 0)}
     transfer_stages = {"embeddings": ("albert.embeddings", "albert.encoder.mapping_in"), "groups.{i}": "albert.encoder.groups.{i}",
-                       "pooler": "albert.pooler", "head": "classifier"}
+                       "pooler": "albert.pooler", "head": ("dropout", "classifier")}
     transfer_head = ("classifier", "num_labels")  # the head module and the config field of its size (also minipt.transfer's)
 
     # The head reads the pooler's output (SequenceClassifier.classify): the pooler is always built, and a file without one

@@ -253,7 +253,7 @@ class BertForSequenceClassification(SequenceClassifier, _BertPretrained):
 
     base_model_prefix = "bert"
     checkpoint_fields = {**UNDER_BERT, "num_labels": ("classifier.weight", 0)}
-    transfer_stages = {"embeddings": "bert.embeddings", "layers.{i}": "bert.layers.{i}", "pooler": "bert.pooler", "head": "classifier"}
+    transfer_stages = {"embeddings": "bert.embeddings", "layers.{i}": "bert.layers.{i}", "pooler": "bert.pooler", "head": ("dropout", "classifier")}
     transfer_head = ("classifier", "num_labels")  # the head module and the config field of its size (also minipt.transfer's)
 
     # The head reads the pooler's output (SequenceClassifier.classify): the pooler is always built, and a file without one

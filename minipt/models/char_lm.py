@@ -65,7 +65,7 @@ class CharLM(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
         "num_layers": "lstm.weight_ih_l",
     }
     # The LSTM's layers share one module (torch.nn.LSTM's layout), so they form one stage; no task head to replace.
-    transfer_stages = {"embedding": "embedding", "lstm": "lstm", "head": "head"}  # see minipt.transfer
+    transfer_stages = {"embedding": "embedding", "lstm": "lstm", "head": ("dropout", "head")}  # see minipt.transfer
     # An LSTM has no context to bound generate, as GPT-2's n_positions does: this cap does (64 KiB of text
     # per call). Asking for more is an InputError before any step runs; set it on a model to go further.
     max_generate_tokens: int = 65536

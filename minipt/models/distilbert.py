@@ -218,7 +218,7 @@ class DistilBertForSequenceClassification(SequenceClassifier, _DistilBertPretrai
     base_model_prefix = "distilbert"
     reads_pooler = False  # DistilBERT has no pooler: classify reads [CLS]
     checkpoint_fields = {**UNDER_DISTILBERT, "num_labels": ("classifier.weight", 0)}
-    transfer_stages = {"embeddings": "distilbert.embeddings", "layers.{i}": "distilbert.layers.{i}", "head": ("pre_classifier", "classifier")}
+    transfer_stages = {"embeddings": "distilbert.embeddings", "layers.{i}": "distilbert.layers.{i}", "head": ("dropout", "pre_classifier", "classifier")}
     transfer_head = ("classifier", "num_labels")  # the head module and the config field of its size (also minipt.transfer's)
     linear_act_pairs = (("pre_classifier", "act"),)  # fuse(): ReLU as a post-op of pre_classifier's matmul
 

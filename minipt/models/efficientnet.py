@@ -222,7 +222,7 @@ class EfficientNet(HasClassifier, Pretrained, ChoosesBackend, InferenceCopy, nn.
         for index, stage in enumerate(self.config.scaled_stages()):
             stages[f"stages.{index}"] = tuple(f"blocks.{b}" for b in range(first, first + stage.repeats))
             first += stage.repeats
-        return {**stages, "head": "head", "classifier": "classifier"}
+        return {**stages, "head": "head", "classifier": ("dropout", "classifier")}  # the dropout before the classifier is its
 
     def check_inputs(self, x: torch.Tensor) -> None:
         """Raise an InputError unless ``x`` is a batch of floating-point RGB images (B, 3, H, W)."""

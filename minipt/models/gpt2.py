@@ -230,7 +230,7 @@ class GPT2Model(_GPT2Pretrained):
     """The GPT-2 decoder stack: ``model(input_ids, attention_mask, past_key_values, use_cache) -> GPT2Output``."""
 
     checkpoint_fields = _STACK_FIELDS
-    transfer_stages = {"embeddings": ("token", "position"), "layers.{i}": "layers.{i}", "final_norm": "final_norm"}  # see minipt.transfer
+    transfer_stages = {"embeddings": ("token", "position", "dropout"), "layers.{i}": "layers.{i}", "final_norm": "final_norm"}  # see minipt.transfer
 
     def __init__(self, config: GPT2Config):
         super().__init__()
@@ -368,7 +368,7 @@ class GPT2LMHeadModel(_GPT2Pretrained):
     @property
     def transfer_stages(self) -> dict:
         """See minipt.transfer; a tied lm_head is the token embedding, so it has no stage of its own."""
-        stages = {"embeddings": ("transformer.token", "transformer.position"), "layers.{i}": "transformer.layers.{i}", "final_norm": "transformer.final_norm"}
+        stages = {"embeddings": ("transformer.token", "transformer.position", "transformer.dropout"), "layers.{i}": "transformer.layers.{i}", "final_norm": "transformer.final_norm"}
         return stages if self.config.tie_word_embeddings else {**stages, "head": "lm_head"}
 
     def allocate_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:

@@ -155,7 +155,7 @@ class RobertaForSequenceClassification(SequenceClassifier, _RobertaPretrained):
     base_model_prefix = "roberta"
     reads_pooler = False  # RobertaModel under a head has none: classify reads <s>
     checkpoint_fields = {**UNDER_ROBERTA, "num_labels": ("classifier.weight", 0)}
-    transfer_stages = {"embeddings": "roberta.embeddings", "layers.{i}": "roberta.layers.{i}", "head": ("pre_classifier", "classifier")}
+    transfer_stages = {"embeddings": "roberta.embeddings", "layers.{i}": "roberta.layers.{i}", "head": ("dropout", "pre_classifier", "classifier")}
     transfer_head = ("classifier", "num_labels")  # the head module and the config field of its size (also minipt.transfer's)
 
     def __init__(self, config: RobertaConfig):

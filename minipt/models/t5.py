@@ -332,9 +332,10 @@ class T5Stack(nn.Module):
         super().__init__()
         self.decoder = decoder
         depth = config.num_decoder_layers if decoder else config.num_layers
-        self.dropout = Dropout(config.dropout_rate)
+        self.input_dropout = Dropout(config.dropout_rate)  # two modules, one rate: each is held with its own stage when frozen
         self.layers = nn.ModuleList(T5Block(config, decoder=decoder, first=i == 0) for i in range(depth))
         self.final_norm = RMSNorm(config.d_model, eps=config.layer_norm_epsilon)
+        self.output_dropout = Dropout(config.dropout_rate)
 
     def cross_keys_values(self, encoder_hidden: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Each layer's cross-attention keys and values over the encoder's output: (B, heads, S, d_kv) each."""
@@ -347,7 +348,7 @@ class T5Stack(nn.Module):
         B, T, _ = embeds.shape
         past = cache.length if cache is not None else 0
         S = past + T
-        hidden = self.dropout(embeds)
+        hidden = self.input_dropout(embeds)
         # the relative position bias, once for the stack (1, heads, T, S), plus the padding (and, decoding, the future)
         bias = cache.position_bias(T) if cache is not None else self.layers[0].attn.relative_bias(T, S, past)
         mask = attention_bias(attention_mask, T, S, causal=self.decoder and T > 1, dtype=hidden.dtype, device=hidden.device)
@@ -366,7 +367,7 @@ class T5Stack(nn.Module):
             all_cross.append(cross_probs)
         if cache is not None:
             cache.length += T
-        hidden = self.dropout(self.final_norm(hidden))
+        hidden = self.output_dropout(self.final_norm(hidden))
         all_hidden[-1] = hidden  # as transformers: the last entry is the normed output
         return StackOutput(hidden, tuple(all_hidden) if output_hidden_states else None, tuple(all_attn) if output_attentions else None,
                            tuple(all_cross) if output_attentions and self.decoder else None)
@@ -470,7 +471,8 @@ class T5EncoderModel(_T5Pretrained):
     """The T5 encoder alone (sentence encoders, the text towers of image generators): ``model(input_ids, attention_mask)``."""
 
     checkpoint_fields = _ENCODER_FIELDS
-    transfer_stages = {"shared": "shared", "encoder.layers.{i}": "encoder.layers.{i}", "encoder.final_norm": "encoder.final_norm"}  # see minipt.transfer
+    transfer_stages = {"shared": ("shared", "encoder.input_dropout"), "encoder.layers.{i}": "encoder.layers.{i}",
+                       "encoder.final_norm": ("encoder.final_norm", "encoder.output_dropout")}  # see minipt.transfer: T5Model's
 
     def __init__(self, config: T5Config):
         super().__init__()
@@ -520,9 +522,12 @@ class T5Model(_T5Pretrained):
 
     @property
     def transfer_stages(self) -> dict:
-        """See minipt.transfer: the shared embedding, each layer of each stack, the final norms (and an untied head)."""
-        return {"shared": "shared", "encoder.layers.{i}": "encoder.layers.{i}", "encoder.final_norm": "encoder.final_norm",
-                "decoder.layers.{i}": "decoder.layers.{i}", "decoder.final_norm": "decoder.final_norm"}
+        """See minipt.transfer: the shared embedding, each layer of each stack, the final norms (and an untied head).
+        Each stack's dropout on the embedding goes with the embedding, and the one after its final norm with that norm:
+        a frozen stage holds them in evaluation, as BERT's embeddings stage holds its dropout."""
+        return {"shared": ("shared", "encoder.input_dropout", "decoder.input_dropout"), "encoder.layers.{i}": "encoder.layers.{i}",
+                "encoder.final_norm": ("encoder.final_norm", "encoder.output_dropout"), "decoder.layers.{i}": "decoder.layers.{i}",
+                "decoder.final_norm": ("decoder.final_norm", "decoder.output_dropout")}
 
     @classmethod
     def adapt_config(cls, config: T5Config, checkpoint) -> T5Config:
