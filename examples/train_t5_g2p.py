@@ -47,14 +47,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from minipt.hub import resolve
-from minipt.models.g2p import G2P, VOCAB_FILE, read_vocabularies
-from minipt.models.t5 import T5Config, T5ForConditionalGeneration
-from minipt.nn import GRU, Linear
-from minipt.train import fit
+sys.path.insert(0, str(Path(__file__).parent))
+from options import check_options, chosen, given_or  # noqa: E402
+
+from minipt.hub import resolve  # noqa: E402
+from minipt.models.g2p import G2P, VOCAB_FILE, read_vocabularies  # noqa: E402
+from minipt.models.t5 import T5Config, T5ForConditionalGeneration  # noqa: E402
+from minipt.nn import GRU, Linear  # noqa: E402
+from minipt.train import fit  # noqa: E402
 
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
-QUICK = dict(train_size=6000, test_size=500, valid_size=300, epochs=4, d_model=128, layers=2)
+FULL = dict(train_size=60_000, test_size=2000, valid_size=1000, epochs=8, d_model=192, layers=3)  # each option not given
+QUICK = dict(train_size=6000, test_size=500, valid_size=300, epochs=4, d_model=128, layers=2)  # the same, with --quick
 
 
 # -- the words ------------------------------------------------------------------------
@@ -296,12 +300,15 @@ def g2p_en_result(test_words) -> Result:
 
 # -- the report -----------------------------------------------------------------------
 def table(results: list[Result], test_size: int, train_size: int) -> str:
-    lines = [f"Greedy decoding of the same {test_size:,} held-out CMUdict words; the two trained models saw {train_size:,} words.", "",
+    trained = sum(r.train_seconds is not None for r in results)
+    saw = {0: "", 1: f"; the trained model saw {train_size:,} words", 2: f"; the two trained models saw {train_size:,} words"}[trained]
+    lines = [f"Greedy decoding of the same {test_size:,} held-out CMUdict words{saw}.", "",
              "| model | parameters | training (s) | decoding (s) | phoneme error rate | word error rate |", "|---|---:|---:|---:|---:|---:|"]
     for r in results:
-        trained = "-" if r.train_seconds is None else f"{r.train_seconds:.0f}"
-        lines.append(f"| {r.name} | {r.parameters:,} | {trained} | {r.decode_seconds:.1f} | {r.per:.3f} | {r.wer:.3f} |")
-    lines += ["", "g2p-en was trained on CMUdict: the held-out words here may be among its training words, so its row is no held-out score."]
+        seconds = "-" if r.train_seconds is None else f"{r.train_seconds:.0f}"
+        lines.append(f"| {r.name} | {r.parameters:,} | {seconds} | {r.decode_seconds:.1f} | {r.per:.3f} | {r.wer:.3f} |")
+    if trained < len(results):  # g2p-en's row
+        lines += ["", "g2p-en was trained on CMUdict: the held-out words here may be among its training words, so its row is no held-out score."]
     return "\n".join(lines)
 
 
@@ -339,32 +346,30 @@ def cross_attention_picture(model: T5ForConditionalGeneration, vocab: Vocabulary
 def main(argv=None) -> list[Result]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"a few minutes on 2 cores: {QUICK}")
-    parser.add_argument("--train-size", type=int, default=60_000, help="training words (at most all but the held-out ones)")
-    parser.add_argument("--test-size", type=int, default=2000)
-    parser.add_argument("--valid-size", type=int, default=1000)
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--train-size", type=int, default=None, help=f"training words (at most all but the held-out ones; default {FULL['train_size']:,})")
+    parser.add_argument("--test-size", type=int, default=None, help=f"default {FULL['test_size']}")
+    parser.add_argument("--valid-size", type=int, default=None, help=f"default {FULL['valid_size']}")
+    parser.add_argument("--epochs", type=int, default=None, help=f"default {FULL['epochs']}")
     parser.add_argument("--max-steps", type=int, default=None, help="optimiser steps per epoch at most")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--d-model", type=int, default=192, help="the T5's width (heads of 32, feed-forward 4x)")
-    parser.add_argument("--layers", type=int, default=3, help="the T5's encoder layers, and as many decoder layers")
+    parser.add_argument("--d-model", type=int, default=None, help=f"the T5's width (heads of 32, feed-forward 4x; default {FULL['d_model']})")
+    parser.add_argument("--layers", type=int, default=None, help=f"the T5's encoder layers, and as many decoder layers (default {FULL['layers']})")
     parser.add_argument("--dropout", type=float, default=0.0, help="the T5's dropout (the GRU has none)")
     parser.add_argument("--models", default="t5,gru,g2p-en", help="which rows: t5, gru, g2p-en (comma-separated)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default="runs/t5_g2p")
     args = parser.parse_args(argv)
-    if args.quick:
-        defaults = {a.dest: a.default for a in parser._actions}
-        for key, value in QUICK.items():
-            if getattr(args, key) == defaults[key]:
-                setattr(args, key, value)
+    check_options(parser, args, counts=("train_size", "test_size", "valid_size", "epochs", "max_steps", "batch_size", "d_model", "layers", "threads"),
+                  rates=("lr",), out=args.out)
+    if not 0 <= args.dropout < 1:
+        parser.error(f"--dropout {args.dropout}: give a probability from 0 up to (not including) 1")
+    for key, value in (QUICK if args.quick else FULL).items():  # an option given keeps its value, a default's equal too
+        setattr(args, key, given_or(getattr(args, key), value))
     if args.threads:
         torch.set_num_threads(args.threads)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = sorted(set(models) - {"t5", "gru", "g2p-en"})
-    if unknown:
-        parser.error(f"--models: unknown {unknown}; choose from t5, gru, g2p-en")
+    models = chosen(parser, "--models", args.models, ("t5", "gru", "g2p-en"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -74,10 +74,17 @@ def test_the_vit_from_scratch_row_runs_the_image_protocol(tmp_path, monkeypatch)
     ("finetune_text", ["--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
     ("finetune_text", ["--max-length", "600"], r"--max-length 600: MiniLM reads 2 \(\[CLS\] and \[SEP\]\) to 512 tokens"),
     ("finetune_text", ["--ways", "from scratch,from scratch"], "--ways: 'from scratch,from scratch' names one twice"),
+    ("train_t5_g2p", ["--test-size", "0"], "--test-size must be a positive integer, got 0"),  # trained both, then divided by 0
+    ("train_t5_g2p", ["--train-size", "-5"], "--train-size must be a positive integer, got -5"),
+    ("train_t5_g2p", ["--models", ","], "--models: unknown ''; known: t5, gru, g2p-en"),  # trained nothing, printed an empty table
+    ("train_t5_g2p", ["--lr", "-1"], "--lr must be > 0, got -1.0"),
+    ("train_t5_g2p", ["--dropout", "1"], r"--dropout 1.0: give a probability from 0 up to \(not including\) 1"),
 ])
 def test_fine_tuning_examples_refuse_bad_options_before_any_work(name, argv, message, capsys, monkeypatch):
     example = _example(name)
-    monkeypatch.setattr(example, "start_distributed", lambda: pytest.fail("the options are checked before any work"))
+    for work in ("start_distributed", "g2p_en_phonemes"):  # each example's first work
+        if hasattr(example, work):
+            monkeypatch.setattr(example, work, lambda: pytest.fail("the options are checked before any work"))
     with pytest.raises(SystemExit) as stopped:
         example.main(argv)
     assert stopped.value.code == 2
@@ -90,6 +97,32 @@ def test_the_ways_may_have_spaces_after_their_commas():
     options = _example("options")
     assert options.chosen(argparse.ArgumentParser(), "--ways", "feature extraction, full fine-tuning", ["full fine-tuning", "feature extraction"]) == [
         "feature extraction", "full fine-tuning"]
+
+
+def test_t5_g2p_quick_keeps_the_options_given(monkeypatch):
+    """--quick replaced an option given with the full run's default value (--quick --epochs 8 ran 4 epochs)."""
+    example = _example("train_t5_g2p")
+    seen = {}
+
+    def stop(words, test_size, valid_size, train_size, seed):
+        seen.update(test_size=test_size, valid_size=valid_size, train_size=train_size)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(example, "g2p_en_phonemes", lambda: [])
+    monkeypatch.setattr(example, "cmu_words", lambda phonemes: [])
+    monkeypatch.setattr(example, "split", stop)
+    with pytest.raises(KeyboardInterrupt):
+        example.main(["--quick", "--train-size", "60000", "--test-size", "2000"])
+    assert seen == {"test_size": 2000, "valid_size": example.QUICK["valid_size"], "train_size": 60000}
+
+
+def test_t5_g2p_table_describes_the_rows_it_has():
+    example = _example("train_t5_g2p")
+    t5 = example.Result("T5", 10, 1.0, 0.1, 0.5, 0.5)
+    only = example.table([t5], 24, 64)
+    assert "the trained model saw 64 words" in only and "g2p-en" not in only
+    both = example.table([t5, t5, example.Result("g2p-en", 10, None, 0.1, 0.1, 0.1)], 24, 64)
+    assert "the two trained models saw 64 words" in both and "g2p-en was trained on CMUdict" in both
 
 
 def test_t5_g2p_trains_two_students_of_one_size_and_scores_g2p_en(tmp_path):
