@@ -209,6 +209,25 @@ def test_an_official_v1_1_file_has_its_own_head_and_no_scaling(tmp_path):
     assert not info["missing_keys"] and not info["unexpected_keys"] and torch.equal(again.lm_head.weight, tensors["lm_head.weight"])
 
 
+def test_a_v1_0_file_holding_its_tied_head_stays_tied(tmp_path):
+    """An old pytorch_model.bin of t5-small writes lm_head.weight beside shared.weight, equal: tied, as transformers
+    ties it (untied, fine-tuning drifted from transformers' and the file was written back as another model)."""
+    from safetensors.torch import load_file, save_file
+
+    saved(reference_model(hf_config(feed_forward_proj="relu")), tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    tensors["lm_head.weight"] = tensors["shared.weight"].clone()
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.pop("scale_decoder_outputs", None)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    model = T5ForConditionalGeneration.from_pretrained(tmp_path)
+    reference = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path)
+    assert reference.lm_head.weight.data_ptr() == reference.shared.weight.data_ptr()
+    assert model.lm_head.weight is model.shared.weight and model.config.tie_word_embeddings and model.config.scale_decoder_outputs
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in reference.parameters())
+
+
 # -- generation -----------------------------------------------------------------------
 @settings(max_examples=4, deadline=None)
 @given(feed_forward_proj=st.sampled_from(["relu", "gated-gelu"]), layers=st.integers(1, 2), left=st.booleans(), seed=st.integers(0, 1000))

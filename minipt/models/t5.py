@@ -531,11 +531,14 @@ class T5Model(_T5Pretrained):
 
     @classmethod
     def adapt_config(cls, config: T5Config, checkpoint) -> T5Config:
-        """A file without decoder tensors is an encoder's; one holding its own ``lm_head.weight`` has an untied head."""
+        """A file without decoder tensors is an encoder's; one holding its own ``lm_head.weight`` (not a copy of the
+        shared embedding) has an untied head."""
         keys = checkpoint.keys()
         if not any(k.startswith("decoder.") for k in keys):
             raise ConfigError(f"{checkpoint.path} holds a T5 encoder only (no decoder.* tensors): load it with T5EncoderModel, not {cls.__name__}")
         if "lm_head.weight" in keys and config.tie_word_embeddings:  # transformers 5.x writes tie_word_embeddings true even then
+            if "shared.weight" in keys and torch.equal(checkpoint.get("lm_head.weight"), checkpoint.get("shared.weight")):
+                return config  # the tied head written out (an old pytorch_model.bin): tied, as transformers ties it
             config = config.replace(tie_word_embeddings=False, scale_decoder_outputs=config.scale_decoder_outputs)
         return config
 
