@@ -50,7 +50,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from ..checks import check_bool, tracing
 from ..errors import ConfigError, InputError, KeyMismatchError
-from ..ops import torch_rnn
+from ..ops import cpu, torch_rnn
 from .backend import BackendBlock, get_backend
 from .rnn_cells import math_layer
 from .rnn_fused import fused_layer
@@ -217,7 +217,7 @@ class _RNNBase(BackendBlock, nn.Module):
         hx = self._initial_state(hx, data, x_shape[1], batched, sorted_indices)  # tuple of (L*D, B, *) tensors
 
         backend = get_backend(self.backend)
-        if backend == "torch" and self._lstm_kernel_cannot_be_traced(data):
+        if backend == "torch" and (self._lstm_kernel_cannot_be_traced(data) or self._lstm_kernel_cannot_lower(data)):
             backend = "math"
         if backend == "torch":
             out, final = self._torch_kernel(data, input.batch_sizes if packed else None, hx)  # packed in, packed out
@@ -288,6 +288,13 @@ class _RNNBase(BackendBlock, nn.Module):
             and not x.requires_grad
             and any(p.requires_grad for p in self.parameters())
         )
+
+    def _lstm_kernel_cannot_lower(self, x: Tensor) -> bool:
+        """Whether autocast would send a float32 LSTM to a oneDNN kernel this CPU cannot build (``cpu.torch_lstm_runs``):
+        torch.nn.LSTM raises there; the ``torch`` backend computes the same lowered equations with the cells."""
+        if self.mode != "LSTM" or x.device.type != "cpu" or x.dtype != torch.float32 or not _autocast_on("cpu"):
+            return False
+        return not cpu.torch_lstm_runs(torch.get_autocast_dtype("cpu"))
 
     def _input_shape_text(self) -> str:
         return f"(batch, seq_len, {self.input_size})" if self.batch_first else f"(seq_len, batch, {self.input_size})"

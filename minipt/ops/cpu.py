@@ -143,6 +143,13 @@ def native(dtype: torch.dtype, info: CPUInfo | None = None) -> bool:
     return info.onednn_isa in NATIVE_ISA[dtype] if x86 else True
 
 
+def torch_lstm_runs(dtype: torch.dtype, info: CPUInfo | None = None) -> bool:
+    """Whether torch's own LSTM kernel runs under CPU autocast to ``dtype``: there it takes oneDNN's LSTM,
+    which builds no reduced-precision primitive on a CPU without it in hardware ("could not create a
+    primitive descriptor": bfloat16 on an AVX2 CPU, float16 on most), where minipt's cells compute it."""
+    return native(dtype, info)
+
+
 def detector_dtype(info: CPUInfo | None = None) -> torch.dtype:
     """The dtype ``minipt.ocr``'s default text detector (CRAFT, ``fuse(dtype)``) runs in here: bfloat16 where the CPU
     computes it in hardware, float32 elsewhere. On a 2-core AVX512-BF16 EPYC the bfloat16 detector took 0.49 of
