@@ -6,6 +6,11 @@
   its input on the fly (one scale per token): torchao's
   ``Int8DynamicActivationInt8WeightConfig``, so the matrix product itself runs
   in int8;
+  On an x86 CPU without VNNI (AVX2 or AVX-512 before Cascade Lake; most AMD
+  EPYC before Zen 4), whose int8 products add pairs in 16 bits and saturate,
+  the Linear layers keep int8 weights and turn them back into float32 for
+  ``F.linear`` instead (torchao's ``Int8WeightOnlyConfig``): the same 4x
+  smaller weights and accuracy, at float32's speed (``minipt info`` says which);
 - every ``LSTM`` (with ``lstm=True``) keeps its weight matrices in int8 (one
   scale per row: torchao's ``Int8WeightOnlyConfig`` applied to the
   parameters) and turns them back into float32 for each call, so that the
@@ -45,6 +50,7 @@ from torch import nn
 
 from .checks import check_bool
 from .errors import InputError, MissingDependencyError
+from .ops import cpu
 from .transfer import is_quantized
 
 INSTALL = 'pip install "minipt[quantize]" -c .ci/constraints.txt (or pip install torchao)'
@@ -74,7 +80,10 @@ def quantize_int8(model: nn.Module, *, lstm: bool = True) -> nn.Module:
     ao = _torchao()
     quantized = _swap_linears(copy.deepcopy(model).eval())
     # set_inductor_config=False: leave torch.compile's global settings as the user has them
-    ao.quantize_(quantized, ao.Int8DynamicActivationInt8WeightConfig(set_inductor_config=False))
+    if cpu.int8_products_exact():
+        ao.quantize_(quantized, ao.Int8DynamicActivationInt8WeightConfig(set_inductor_config=False))
+    else:  # int8 products that saturate would move the outputs by tens of percent, in silence
+        ao.quantize_(quantized, ao.Int8WeightOnlyConfig(set_inductor_config=False))
     return _quantize_lstms(quantized, ao) if lstm else quantized
 
 

@@ -23,7 +23,8 @@ X86 = {"sse4_1", "avx", "avx2", "fma"}
 AVX512 = X86 | {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"}
 CPUS = {  # name -> (flags, ONEDNN_MAX_CPU_ISA, oneDNN level, native bfloat16, native float16)
     "AVX2 (EPYC Rome)": (X86, None, "avx2", False, False),
-    "AVX-512, no BF16 (Skylake)": (AVX512, None, "avx512_core_vnni", False, False),
+    "AVX-512, no VNNI (Skylake-SP)": (AVX512 - {"avx512_vnni"}, None, "avx512_core", False, False),
+    "AVX-512, no BF16 (Cascade Lake)": (AVX512, None, "avx512_core_vnni", False, False),
     "AVX512-BF16 (EPYC Genoa)": (AVX512 | {"avx512_bf16"}, None, "avx512_core_bf16", True, False),
     "AMX (Sapphire Rapids)": (AVX512 | {"avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16"}, None, "avx512_core_amx", True, True),
     "AVX512-BF16 capped at AVX2": (AVX512 | {"avx512_bf16"}, "avx2", "avx2", False, False),
@@ -46,6 +47,16 @@ def test_native_dtypes_and_onednn_level_follow_the_flags(name):
     assert cpu.native(torch.float32, answers) and cpu.native(torch.float64, answers)
     emulated = [line for line in cpu.cpu_report(answers).splitlines() if "emulated" in line]
     assert bool(emulated) is not (bf16 and fp16), emulated  # the report says which dtypes are emulated
+
+
+@pytest.mark.parametrize("name", list(CPUS))
+def test_int8_products_count_as_exact_from_vnni_up(name):
+    """Below VNNI, oneDNN's x86 int8 kernels add u8 x s8 pairs in 16 bits and saturate: quantize_int8 then keeps
+    its products in float32."""
+    level = CPUS[name][2]
+    exact = cpu.int8_products_exact(info(name))
+    assert exact is (level in ("avx512_core_vnni", "avx512_core_bf16", "avx512_core_amx") or level == "generic")
+    assert ("int8 products of each token's int8 input" if exact else "this CPU's int8 products saturate") in cpu.cpu_report(info(name))
 
 
 @pytest.mark.parametrize("name", list(CPUS))

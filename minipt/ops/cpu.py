@@ -143,6 +143,18 @@ def native(dtype: torch.dtype, info: CPUInfo | None = None) -> bool:
     return info.onednn_isa in NATIVE_ISA[dtype] if x86 else True
 
 
+INT8_ISA = ("avx512_core_amx", "avx512_core_fp16", "avx512_core_bf16", "avx512_core_vnni")  # x86: VNNI's dot products
+
+
+def int8_products_exact(info: CPUInfo | None = None) -> bool:
+    """Whether int8 x int8 matrix products (torch._int_mm, oneDNN) are exact here. Below VNNI, oneDNN's x86
+    kernels add pairs of u8 x s8 products in 16 bits, which saturate (vpmaddubsw): a quantised BERT's logits
+    moved 15-40% where they move 1% with VNNI. ARM's dot products accumulate in 32 bits."""
+    info = info or cpu()
+    x86 = "sse4_1" in info.flags or "avx2" in info.flags
+    return info.onednn_isa in INT8_ISA if x86 else True
+
+
 def torch_lstm_runs(dtype: torch.dtype, info: CPUInfo | None = None) -> bool:
     """Whether torch's own LSTM kernel runs under CPU autocast to ``dtype``: there it takes oneDNN's LSTM,
     which builds no reduced-precision primitive on a CPU without it in hardware ("could not create a
@@ -427,6 +439,11 @@ def implementations(info: CPUInfo | None = None) -> dict[str, dict[str, str]]:
         '"fused" backend: GELU after a Linear': {
             "float32": "F.gelu on the Linear's product with its bias (minipt.ops.bias_gelu is for CUDA)",
             "bfloat16": "F.gelu on the Linear's product with its bias",
+        },
+        "quantize_int8(): Linear": {
+            "float32": "int8 weights and int8 products of each token's int8 input (torchao, dynamic)" if int8_products_exact(info)
+                       else "int8 weights turned back to float32 for F.linear (torchao, weight-only): this CPU's int8 products saturate",
+            "bfloat16": "-",
         },
         "recurrent layers: W_hh products": {
             "float32": f"oneDNN (W_hh packed once per call, from {onednn.MIN_ROWS} rows) or torch.addmm, the faster at the batch's rows"
