@@ -84,7 +84,23 @@ def quantize_int8(model: nn.Module, *, lstm: bool = True) -> nn.Module:
         ao.quantize_(quantized, ao.Int8DynamicActivationInt8WeightConfig(set_inductor_config=False))
     else:  # int8 products that saturate would move the outputs by tens of percent, in silence
         ao.quantize_(quantized, ao.Int8WeightOnlyConfig(set_inductor_config=False))
-    return _quantize_lstms(quantized, ao) if lstm else quantized
+    quantized = _quantize_lstms(quantized, ao) if lstm else quantized
+    quantized.register_load_state_dict_pre_hook(_int8_from_another_cpu)
+    return quantized
+
+
+def _int8_from_another_cpu(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """A state dict saved where the int8 products differ (``cpu.int8_products_exact``: dynamic there, weight-only
+    here, or the reverse) holds the same int8 weights and scales: they load, computed as this CPU computes them,
+    where torchao's copy_ refused them over their metadata."""
+    params = dict(module.named_parameters(prefix=prefix.rstrip(".")) if prefix else module.named_parameters())
+    for key, saved in list(state_dict.items()):
+        target = params.get(key)
+        wanted = getattr(target, "act_quant_kwargs", None)
+        if type(saved).__name__ != "Int8Tensor" or type(target) is not type(saved) or getattr(saved, "act_quant_kwargs", None) == wanted:
+            continue
+        state_dict[key] = type(saved)(saved.qdata, saved.scale, saved.block_size, saved.dtype, zero_point=saved.zero_point,
+                                      act_quant_kwargs=wanted, reduce_range=getattr(target, "reduce_range", False))
 
 
 def _fused_inside(model: nn.Module) -> str | None:

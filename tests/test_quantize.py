@@ -56,6 +56,31 @@ def test_without_exact_int8_products_the_weights_stay_int8_and_the_products_floa
     assert size_bytes(quantized) < 0.7 * size_bytes(model)
 
 
+@pytest.mark.parametrize("saved_exact", [True, False])
+def test_an_int8_state_dict_loads_on_a_cpu_that_multiplies_otherwise(monkeypatch, saved_exact):
+    """Saved where the products run in int8 and loaded where they cannot (or the reverse): the same int8 weights,
+    computed as the loading CPU computes them (torchao's copy_ refused them over their metadata)."""
+    from minipt.ops import cpu
+
+    def model():
+        return BertForSequenceClassification(BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=1, num_attention_heads=4, intermediate_size=128, num_labels=3)).eval()
+
+    torch.manual_seed(0)
+    float_model = model()
+    monkeypatch.setattr(cpu, "int8_products_exact", lambda info=None: saved_exact)
+    state = quantize_int8(float_model).state_dict()
+    monkeypatch.setattr(cpu, "int8_products_exact", lambda info=None: not saved_exact)
+    torch.manual_seed(1)
+    here = quantize_int8(model())  # other random weights, replaced by the file's
+    assert not here.load_state_dict(state).missing_keys
+    linear = here.bert.layers[0].ffn_up
+    assert (linear.weight.act_quant_kwargs is None) is saved_exact  # this CPU's way of multiplying
+    assert torch.equal(linear.weight.qdata, state["bert.layers.0.ffn_up.weight"].qdata)
+    ids = torch.randint(0, 100, (2, 12))
+    with torch.no_grad():
+        assert _relative_error(here(ids).logits, float_model(ids).logits) < 0.05
+
+
 @pytest.mark.parametrize("family, cls", [(f, c) for f in registry.families() for c in f.classes], ids=lambda x: getattr(x, "__name__", ""))
 def test_every_declared_model_quantises_and_stays_close(family, cls):
     model = family.tiny_model(cls)
