@@ -292,7 +292,11 @@ def param_groups(model: nn.Module, lr: float, *, layer_decay: float = 1.0, weigh
 
     The last stage gets ``lr``, the one below ``lr * layer_decay``, and so on
     down to the input (Clark et al., 2020; layer_decay=1 is one rate for all).
-    Each group carries its stage's name under ``"stage"``.
+    A model of parallel towers (CLIP: ``transfer_towers``, the stage-name
+    prefixes of each) counts each tower's depth down its own path from the
+    output: the top of the text tower gets the rate of the top of the image
+    tower, not one below the whole image tower's. Each group carries its
+    stage's name under ``"stage"``.
     """
     model = unwrapped(model)
     _refuse_quantized(model, "param_groups")
@@ -302,7 +306,8 @@ def param_groups(model: nn.Module, lr: float, *, layer_decay: float = 1.0, weigh
     by_stage = stage_parameters(model)
     order = [stage for stage, named in by_stage.items() if named]  # a stage without parameters (a removed head) is no depth
     groups = []
-    for depth, stage in enumerate(reversed(order)):
+    for stage in reversed(order):
+        depth = _depth(order, stage, getattr(model, "transfer_towers", ()))
         params = [p for _, p in by_stage[stage] if p.requires_grad]
         if params:
             group = {"params": params, "lr": lr * layer_decay**depth, "stage": stage}
@@ -313,6 +318,20 @@ def param_groups(model: nn.Module, lr: float, *, layer_decay: float = 1.0, weigh
         raise TrainingError(f"every parameter of {type(model).__name__} is frozen: nothing to train")
     check_param_groups(model, groups[::-1])
     return groups[::-1]  # input first, like stages()
+
+
+def _depth(order: list[str], stage: str, towers: tuple[str, ...]) -> int:
+    """How many stages lie above ``stage`` on its path to the output: every later stage, except those of a
+    parallel tower (a stage outside the towers lies below all of them: the deepest tower counts)."""
+    def tower(name: str) -> str | None:
+        return next((prefix for prefix in towers if name.startswith(prefix)), None)
+
+    later = order[order.index(stage) + 1:]
+    own = tower(stage)
+    if own is not None:
+        return sum(tower(name) in (own, None) for name in later)
+    shared = sum(tower(name) is None for name in later)
+    return shared + max((sum(tower(name) == prefix for name in later) for prefix in towers), default=0)
 
 
 def check_param_groups(model: nn.Module, groups_or_optimizer) -> None:

@@ -111,7 +111,8 @@ def test_param_groups_of_every_class(name):
     transfer.freeze(model, order[0])
     groups = transfer.param_groups(model, 1e-3, layer_decay=0.5)
     assert [g["stage"] for g in groups] == order[1:]
-    assert [g["lr"] for g in groups] == pytest.approx([1e-3 * 0.5**k for k in reversed(range(len(order) - 1))])
+    if not getattr(model, "transfer_towers", ()):  # parallel towers (CLIP) count each one's depth: the test below
+        assert [g["lr"] for g in groups] == pytest.approx([1e-3 * 0.5**k for k in reversed(range(len(order) - 1))])
     transfer.check_param_groups(model, torch.optim.AdamW(groups))
 
 
@@ -303,6 +304,19 @@ def test_param_groups_decay_from_the_head_down():
     assert sorted(grouped) == sorted(trainable) and len(grouped) == len(set(grouped))
     optimizer = torch.optim.AdamW(groups)
     transfer.check_param_groups(model, optimizer)
+
+
+def test_param_groups_count_each_tower_of_clip_from_the_projections_down():
+    """The text tower sat below the whole image tower: its top layer trained slower than the image embeddings."""
+    from minipt.models.clip import CLIPConfig, CLIPModel
+
+    tower = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
+    model = CLIPModel(CLIPConfig(text_config=dict(tower, vocab_size=50, max_position_embeddings=8, eos_token_id=2),
+                                 vision_config=dict(tower, image_size=16, patch_size=8), projection_dim=8))
+    rates = {g["stage"]: g["lr"] for g in transfer.param_groups(model, 1.0, layer_decay=0.5)}
+    assert rates["projections"] == 1.0
+    for prefix, top in (("text_model.", "final_norm"), ("vision_model.", "post_norm")):
+        assert [rates[prefix + stage] for stage in ("embeddings", "layers.0", "layers.1", top)] == [0.0625, 0.125, 0.25, 0.5]
 
 
 def test_optimiser_groups_that_miss_or_repeat_a_parameter():

@@ -465,6 +465,7 @@ class CLIPModel(_CLIPPretrained):
                        "text_model.final_norm": "text_model.final_norm", "vision_model.embeddings": ("vision_model.embeddings", "vision_model.pre_norm"),
                        "vision_model.layers.{i}": "vision_model.layers.{i}", "vision_model.post_norm": "vision_model.post_norm",
                        "projections": ("text_projection", "visual_projection", "similarity")}
+    transfer_towers = ("text_model.", "vision_model.")  # side by side: each one's depth counts from the projections down
 
     def __init__(self, config: CLIPConfig):
         super().__init__()
