@@ -254,6 +254,11 @@ def reset_classifier(model: nn.Module, num_classes: int | None = None, **config_
     parent, _, attr = path.rpartition(".")
     setattr(_module(model, parent) if parent else model, attr, new)
     model.config = config
+    for modules in _resolve(model).values():  # a fresh head trains: its stage's dropout no longer holds as frozen
+        if any(module is new for module in modules):
+            for module in modules:
+                if is_held_in_eval(module) and next(module.parameters(), None) is None:
+                    _release(module, model.training)
     return given
 
 

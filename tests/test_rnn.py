@@ -572,6 +572,11 @@ def test_under_autocast_as_torch_nn(kind, backend, dtype):
                 expected = copy.deepcopy(reference).to(dtype)(given.to(dtype))[0]
         assert got.dtype == expected.dtype == (torch.float32 if kind == "GRU" and given.dtype == torch.float32 else dtype)
         torch.testing.assert_close(got.float(), expected.float(), atol=2 * torch.finfo(dtype).eps, rtol=0)
+    packed = pack_padded_sequence(x.float(), torch.tensor([3, 2]))  # a packed float32 sequence: an LSTM keeps float32, as torch.nn
+    with torch.autocast("cpu", dtype=dtype), use_backend(backend):
+        got, expected = ours(packed)[0].data, reference(packed)[0].data
+    assert got.dtype == expected.dtype == (dtype if kind == "RNN" else torch.float32)
+    torch.testing.assert_close(got.float(), expected.float(), atol=4 * torch.finfo(dtype).eps, rtol=0)
     from minipt.errors import InputError
 
     with pytest.raises(InputError, match=f"input dtype {dtype} differs"):

@@ -319,6 +319,19 @@ def test_param_groups_count_each_tower_of_clip_from_the_projections_down():
         assert [rates[prefix + stage] for stage in ("embeddings", "layers.0", "layers.1", top)] == [0.0625, 0.125, 0.25, 0.5]
 
 
+def test_a_fresh_head_on_a_frozen_model_trains_with_its_dropout():
+    """The dropout before the classifier belongs to the head's stage: freezing the whole model held it, and the new
+    head of a linear probe then trained without it."""
+    model = _bert()
+    transfer.freeze(model)
+    transfer.reset_classifier(model, 4)
+    model.train()
+    assert model.dropout.training and not transfer.is_held_in_eval(model.dropout)
+    assert not model.bert.layers[0].training  # the frozen encoder stays held
+    head = next(row for row in transfer.stage_table(model) if row.stage == "head")
+    assert head.mode == "train" and head.frozen == 0 and all(p.requires_grad for p in model.classifier.parameters())
+
+
 def test_optimiser_groups_that_miss_or_repeat_a_parameter():
     model = _bert()
     params = list(model.parameters())

@@ -39,6 +39,7 @@ as torch decomposes its kernel, except for one torch bug worked around in
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from typing import List, Optional, Tuple
@@ -217,18 +218,21 @@ class _RNNBase(BackendBlock, nn.Module):
         hx = self._initial_state(hx, data, x_shape[1], batched, sorted_indices)  # tuple of (L*D, B, *) tensors
 
         backend = get_backend(self.backend)
-        if backend == "torch" and (self._lstm_kernel_cannot_be_traced(data) or self._lstm_kernel_cannot_lower(data)):
+        if backend == "torch" and (self._lstm_kernel_cannot_be_traced(data) or (not packed and self._lstm_kernel_cannot_lower(data))):
             backend = "math"
         if backend == "torch":
             out, final = self._torch_kernel(data, input.batch_sizes if packed else None, hx)  # packed in, packed out
         else:
             x = self._pad(input.data, mask) if packed else x
-            # as autocast runs torch's kernels: its CPU list lowers lstm and rnn_tanh/relu to its dtype, not gru
-            if x.dtype == torch.float32 and self.mode != "GRU" and _autocast_on(x.device.type):
+            # as autocast runs torch's kernels: its CPU list lowers lstm and rnn_tanh/relu to its dtype, not gru, and
+            # not lstm on a packed sequence, which torch.nn returns in float32 (computed here in float32: autocast off)
+            packed_lstm = packed and self.mode == "LSTM"
+            if x.dtype == torch.float32 and self.mode != "GRU" and not packed_lstm and _autocast_on(x.device.type):
                 lowered = torch.get_autocast_dtype(x.device.type)
                 x, hx = x.to(lowered), tuple(s.to(lowered) for s in hx)
             order = None if unsorted_indices is None else (unsorted_indices, sorted_indices)  # taps show the caller's rows
-            out, final = self._layers(math_layer if backend == "math" else fused_layer, x, hx, mask, order)  # (T, B, D * H_out)
+            with torch.autocast(x.device.type, enabled=False) if packed_lstm and _autocast_on(x.device.type) else contextlib.nullcontext():
+                out, final = self._layers(math_layer if backend == "math" else fused_layer, x, hx, mask, order)  # (T, B, D * H_out)
             out = out[mask.squeeze(2)] if packed else out
 
         if packed:
@@ -290,7 +294,7 @@ class _RNNBase(BackendBlock, nn.Module):
         )
 
     def _lstm_kernel_cannot_lower(self, x: Tensor) -> bool:
-        """Whether autocast would send a float32 LSTM to a oneDNN kernel this CPU cannot build (``cpu.torch_lstm_runs``):
+        """Whether autocast would send a float32 LSTM (not packed) to a oneDNN kernel this CPU cannot build (``cpu.torch_lstm_runs``):
         torch.nn.LSTM raises there; the ``torch`` backend computes the same lowered equations with the cells."""
         if self.mode != "LSTM" or x.device.type != "cpu" or x.dtype != torch.float32 or not _autocast_on("cpu"):
             return False
