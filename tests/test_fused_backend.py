@@ -118,6 +118,43 @@ def test_fused_attention_uses_the_op_for_padding_masks_only(monkeypatch):
     assert len(calls) == 2
 
 
+def test_fused_attention_keeps_an_additive_mask_of_the_padding_shape(monkeypatch):
+    """A (B, 1, 1, S) or causal (B, 1, T, S) bias was read as a padding mask (kept where above the lowest float):
+    a -1e4 mask or a soft bias was dropped, a user's 4-D causal mask cut to its last row."""
+    calls = []
+    monkeypatch.setattr(ops, "attention", lambda *a, **k: calls.append(1) or ops._attention.attention(*a, **k))
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 5, 8), torch.randn(2, 3, 5, 8)
+    keep = torch.tensor([[True] * 5, [True, True, False, False, False]])
+    classic = (1.0 - keep.float())[:, None, None, :] * -1e4  # transformers' old extended mask
+    soft = torch.randn(2, 1, 1, 5)
+    own_causal = torch.randn(2, 1, 5, 5).triu(1) * -1e9
+    for bias, causal in ((classic, False), (soft, False), (own_causal, True)):
+        expected, _ = scaled_dot_product_attention(q, k, v, bias, causal=causal, backend="math")
+        out, _ = scaled_dot_product_attention(q, k, v, bias, causal=causal, backend="fused")
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    assert not calls  # none of them is the padding mask the op takes
+    scaled_dot_product_attention(q, k, v, attention_bias(keep, 5, 5, causal=True), causal=True, backend="fused")
+    assert len(calls) == 1  # padding with causal on top still takes it
+
+
+def test_additive_masks_of_the_wrong_shape_are_named():
+    from minipt.errors import ConfigError, InputError
+    from minipt.models.bert import BertConfig
+
+    model = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=4, intermediate_size=32)).eval()
+    ids = torch.randint(0, 50, (2, 6))
+    for mask in (torch.zeros(2, 1, 1, 5), torch.zeros(3, 1, 1, 6), torch.zeros(2, 3, 6, 6), torch.zeros(2, 6)[None, None, None]):
+        with pytest.raises(InputError, match=r"attention_mask of shape .* is neither a padding mask \(2, 6\) nor an additive mask broadcastable to"):
+            model(ids, mask)
+    model(ids, torch.zeros(1, 4, 6, 6))  # broadcastable over the batch, one mask per head
+    with pytest.raises(InputError, match=r"broadcastable to \(batch, heads, 6, 6\) with all 6 keys, got \(2, 1, 1, 5\)"):
+        attention_bias(torch.zeros(2, 1, 1, 5), 6, 6)
+    for heads in (0, -4, 2.0):
+        with pytest.raises(ConfigError, match=f"num_heads must be a positive integer, got {heads}"):
+            MultiHeadAttention(32, heads)
+
+
 @pytest.fixture(scope="module")
 def minilm():
     return BertModel.from_pretrained(minilm_path()).eval()

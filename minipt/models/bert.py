@@ -192,7 +192,7 @@ class BertModel(_BertPretrained):
         """Raise an InputError naming the first argument of ``forward`` that does not fit this model (at most ``config.longest_input`` tokens)."""
         config = self.config
         check_token_inputs(input_ids, attention_mask, token_type_ids, vocab_size=config.vocab_size, max_length=config.longest_input,
-                           type_vocab_size=config.type_vocab_size, family=self._family)
+                           type_vocab_size=config.type_vocab_size, family=self._family, num_heads=config.num_attention_heads)
 
     @classmethod
     def keymap(cls, config: BertConfig | None = None) -> KeyMap:

@@ -88,6 +88,7 @@ def check_token_inputs(
     max_length: int,  # the most tokens a sequence may hold (the position table, less any offset)
     type_vocab_size: int | None,  # None: the family has no token types, and token_type_ids is refused
     family: str,
+    num_heads: int | None = None,  # a 4-D additive mask holds 1 or this many heads
 ) -> None:
     """Raise an InputError naming the first of a text encoder's inputs that does not fit the model."""
     if token_type_ids is not None and type_vocab_size is None:
@@ -113,6 +114,13 @@ def check_token_inputs(
         if attention_mask.shape != input_ids.shape:
             raise InputError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(input_ids.shape)}")
         check_mask_values("attention_mask", attention_mask)
+    elif attention_mask is not None:  # an additive float mask, broadcast to (batch, heads, T, T)
+        B, shape = input_ids.shape[0], tuple(attention_mask.shape)
+        wanted = (B, T, T) if attention_mask.dim() == 3 else (B, num_heads or "heads", T, T)
+        fits = attention_mask.dim() in (3, 4) and all(n in (1, w) or not isinstance(w, int) for n, w in zip(shape, wanted))
+        if not fits or shape[-1] != T:
+            raise InputError(f"attention_mask of shape {shape} is neither a padding mask {tuple(input_ids.shape)} nor an additive mask "
+                             f"broadcastable to {wanted} (1 where it repeats; the key dimension {T} in full)")
 
 
 def _shape(labels) -> object:

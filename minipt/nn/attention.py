@@ -52,6 +52,10 @@ def attention_bias(
     bias = None
     if attention_mask is not None:
         if attention_mask.is_floating_point() and attention_mask.dim() != 2:
+            shape = tuple(attention_mask.shape)
+            if attention_mask.dim() > 4 or shape[-1] != key_len or shape[-2] not in (1, query_len):
+                raise InputError(f"an additive attention mask must be broadcastable to (batch, heads, {query_len}, {key_len}) "
+                                 f"with all {key_len} keys, got {shape}")
             bias = attention_mask.to(dtype).clamp(min=lowest)  # -inf would make fully masked rows NaN
             while bias.dim() < 4:
                 bias = bias.unsqueeze(1)  # (B, S) -> (B, 1, 1, S)
@@ -69,6 +73,13 @@ def attention_bias(
         causal_bias = torch.zeros(query_len, key_len, dtype=dtype, device=device).masked_fill(future, lowest)
         bias = causal_bias if bias is None else (bias + causal_bias).clamp(min=lowest)  # (B, 1, T, S)
     return bias
+
+
+def _masks_padding_only(bias: torch.Tensor, keep: torch.Tensor, T: int, S: int, causal: bool) -> bool:
+    """Whether ``bias`` is what ``attention_bias`` builds from the padding mask ``keep`` (B, S) (with ``causal``), so
+    the op's key mask says all of it: not a user's additive mask (-1e4, a soft bias) of the same shape."""
+    built = attention_bias(keep, T, S, causal=causal, dtype=bias.dtype, device=bias.device)
+    return bool((bias == 0).all()) if built is None else torch.equal(bias, built.expand_as(bias))
 
 
 def scaled_dot_product_attention(
@@ -102,9 +113,10 @@ def scaled_dot_product_attention(
     if backend == "fused" and not need_weights and dropout == 0.0:
         if bias is None or (causal and bias.dim() == 2):  # (T, S): the causal mask alone
             return ops.attention(q, k, v, causal=causal, scale=scale), None
-        if bias.dim() == 4 and bias.shape[1] == 1 and bias.shape[0] == q.shape[0] and bias.shape[2] == (T if causal else 1):
+        if bias.dim() == 4 and bias.shape[1] == 1 and bias.shape[0] == q.shape[0] and bias.shape[2] == (T if causal else 1) and not tracing():
             keep = bias[:, 0, -1, :] > torch.finfo(bias.dtype).min  # (B, S): True = a real key (the last query sees every past key)
-            return ops.attention(q, k, v, keep, causal=causal, scale=scale), None
+            if _masks_padding_only(bias, keep, T, S, causal):
+                return ops.attention(q, k, v, keep, causal=causal, scale=scale), None
     if causal and bias is None and T > 1:
         bias = attention_bias(None, T, S, causal=True, dtype=q.dtype, device=q.device)
     attends = None  # (B, 1|heads, T, 1): 0 for query rows that may look at no key; None where every row may look
@@ -138,6 +150,8 @@ class MultiHeadAttention(BackendBlock, nn.Module):
 
     def __init__(self, dim: int, num_heads: int, *, dropout: float = 0.0, bias: bool = True):
         super().__init__()
+        if not isinstance(num_heads, int) or isinstance(num_heads, bool) or num_heads < 1:
+            raise ConfigError(f"num_heads must be a positive integer, got {num_heads!r}")
         if dim % num_heads != 0:
             raise ConfigError(f"hidden size {dim} is not a multiple of the number of heads {num_heads}")
         self.num_heads = num_heads
