@@ -446,14 +446,16 @@ def load_weights(
             tensor = tensor.to(device)
         state[key] = tensor
     model.load_state_dict(state, strict=False, assign=True)
+    floats = [t.dtype for t in state.values() if t.is_floating_point()]
+    fresh_dtype = dtype or (max(set(floats), key=floats.count) if floats else None)  # a new head computes in the file's dtype
     for name in init_missing:
         module = model.get_submodule(name)
         if any(t.is_meta for t in module.state_dict().values()):
             loaded = {k: t.detach() for k, t in module.state_dict().items() if not t.is_meta}  # what the file filled (to_empty swaps .data)
             module.to_empty(device=device or "cpu")
             module.apply(getattr(model, "init_weights", _reset_parameters))
-            if dtype is not None:
-                module.to(dtype)
+            if fresh_dtype is not None:
+                module.to(fresh_dtype)
             module.load_state_dict(loaded, strict=False, assign=True)  # only what the file lacks starts afresh
     if hasattr(model, "tie_weights"):
         model.tie_weights()  # assign=True replaced the tied parameter; share it again

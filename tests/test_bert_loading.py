@@ -272,6 +272,18 @@ def test_init_missing_starts_afresh_only_what_the_file_lacks(tmp_path, tiny):
         BertModel.from_pretrained(tmp_path, init_missing=("poler",))
 
 
+def test_a_new_head_on_a_half_precision_file_takes_its_dtype(tmp_path, tiny):
+    """Built in float32 beside the file's float16 tensors, the head failed inside torch at the first forward."""
+    from minipt.models.bert import BertForSequenceClassification
+
+    config, reference, state = tiny
+    write_checkpoint(tmp_path, config, {k: v.half() for k, v in state.items()})
+    model = BertForSequenceClassification.from_pretrained(tmp_path, num_labels=3, init_missing=("classifier",))
+    assert {p.dtype for p in model.parameters()} == {torch.float16}
+    assert model(torch.tensor([[1, 2, 3]])).logits.dtype == torch.float16
+    assert BertForSequenceClassification.from_pretrained(tmp_path, num_labels=3, init_missing=("classifier",), dtype=torch.float32).classifier.weight.dtype == torch.float32
+
+
 def test_a_pretraining_checkpoint_under_a_new_classifier(tmp_path):
     """bert-base-uncased's layout (BertForPreTraining: the pooler, the masked-LM and next-sentence heads): the
     classifier fine-tuned from it loads the encoder and pooler and ignores the pre-training heads, as transformers does."""

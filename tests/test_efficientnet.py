@@ -80,6 +80,32 @@ def test_same_padding_is_tensorflows():
     assert torch.equal(y, expected)
 
 
+@pytest.mark.parametrize("kernel", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_same_padding_matches_timm_for_every_kernel_and_stride(kernel, stride):
+    """An even kernel at stride 1 was padded symmetrically by (k - 1) // 2: one pixel short (7x7 -> 6x6)."""
+    from timm.layers import Conv2dSame as TimmConv2dSame
+
+    torch.manual_seed(0)
+    ours = Conv2dSame(3, 4, kernel, stride)
+    theirs = TimmConv2dSame(3, 4, kernel, stride, bias=False)
+    theirs.load_state_dict(ours.state_dict())
+    for size in ((7, 7), (8, 9), (1, 1), (2, 3)):
+        x = torch.randn(2, 3, *size)
+        with torch.no_grad():
+            got, expected = ours(x), theirs(x)
+        assert got.shape[-2:] == tuple(-(-n // stride) for n in size)
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+
+
+def test_a_path_dropped_always_is_zeros():
+    from minipt.nn.conv import drop_path
+
+    assert torch.equal(drop_path(torch.ones(4, 2, 1, 1), 1.0, training=True), torch.zeros(4, 2, 1, 1))  # was 0/0: NaN
+    with pytest.raises(ConfigError, match="kernel must be a positive integer, got 0"):
+        Conv2dSame(3, 4, 0)
+
+
 @pytest.mark.parametrize("name, repeats, widths", [
     ("lite0", [1, 2, 2, 3, 3, 4, 1], [16, 24, 40, 80, 112, 192, 320]),
     ("lite4", [1, 4, 4, 6, 6, 8, 1], [24, 32, 56, 112, 160, 272, 448]),

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
+
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1, groups: int = 1, *, bias: bool = False) -> nn.Conv2d:
     """3x3 convolution padded by 1 (same size at stride 1); no bias by default, as a BatchNorm usually follows."""
@@ -27,11 +29,14 @@ class Conv2dSame(nn.Conv2d):
     """A convolution padded like TensorFlow's "same": output size ceil(input / stride), extra pixel bottom/right."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1):
-        # With stride 1 (and an odd kernel) "same" is symmetric and fixed; with stride 2 it depends on the input size.
-        super().__init__(in_channels, out_channels, kernel, stride, padding=(kernel - 1) // 2 if stride == 1 else 0, groups=groups, bias=False)
+        # With stride 1 and an odd kernel "same" is symmetric and fixed; otherwise it depends on the input size.
+        if not isinstance(kernel, int) or isinstance(kernel, bool) or kernel < 1:
+            raise ConfigError(f"Conv2dSame's kernel must be a positive integer, got {kernel!r}")
+        fixed = stride == 1 and kernel % 2 == 1
+        super().__init__(in_channels, out_channels, kernel, stride, padding=(kernel - 1) // 2 if fixed else 0, groups=groups, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stride != (1, 1):
+        if self.stride != (1, 1) or self.kernel_size[0] % 2 == 0 or self.kernel_size[1] % 2 == 0:
             pads = []
             for size, kernel, stride in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
                 total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
@@ -60,4 +65,4 @@ def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
     if not training or rate == 0.0:
         return x
     keep = torch.empty(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device).bernoulli_(1 - rate)  # (B, 1, 1, 1)
-    return x * keep / (1 - rate)
+    return x * keep / (1 - rate) if rate < 1 else x * keep  # rate 1: every branch dropped (zeros, not 0/0)
