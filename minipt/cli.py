@@ -189,8 +189,10 @@ def cmd_attention(args) -> int:
     tokens = [tokenizer.backend.id_to_token(i) for i in batch["input_ids"][0].tolist()]
     heads = "mean" if args.heads == "mean" else _numbers(args.heads, "--heads")
     save_png(attention_maps(out.attentions, tokens, layers=_numbers(args.layer, "--layer"), heads=heads), args.out)
-    given = len(tokenizer([args.text], truncation=False)["input_ids"][0])
-    cut = f" (the text's first {len(tokens)} of {given}: the model reads at most {len(tokens)})" if given > len(tokens) else ""
+    whole = len(tokenizer([args.text], truncation=False)["input_ids"][0])
+    specials = whole - len(tokenizer([args.text], truncation=False, add_special_tokens=False)["input_ids"][0])
+    cut = (f" (the text's first {len(tokens) - specials} of {whole - specials} tokens: the tokenizer cuts at {len(tokens)} "
+           "with its special tokens)") if whole > len(tokens) else ""
     print(f"wrote {args.out}: attention of {len(tokens)} tokens{cut}, layer(s) {args.layer or 'all'}, heads {args.heads or 'all'}")
     return 0
 

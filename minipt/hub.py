@@ -204,6 +204,7 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
             return snapshot
         if name != entry.get("hub"):  # a short name means the fetched snapshot; a hub repo id may come from the hub
             raise CheckpointNotFoundError(f"{key} is catalogued but not fetched (no {snapshot}); run `minipt fetch {key}`")
+        return _from_hub(name, f"catalogued as {key} but not fetched (no {snapshot}; `minipt fetch {key}` places it)")
     looks_like_a_file = name.lower().endswith((".safetensors", ".bin", ".pt", ".pth", ".npz", ".json", ".png", ".jpg"))
     if (_REPO_ID.match(name) or _LEGACY_REPO_ID.match(name)) and not looks_like_a_file and not name.startswith((".", "/")):
         return _from_hub(name)
@@ -218,8 +219,9 @@ def _inside(path: Path, folder: Path) -> bool:
     return False
 
 
-def _from_hub(repo_id: str) -> Path:
-    """A hub snapshot of ``repo_id``, a name that is no local path (runs/gpt2 may be a folder not made yet as well as a repo id)."""
+def _from_hub(repo_id: str, here: str = "no such file or directory, not a catalogued name") -> Path:
+    """A hub snapshot of ``repo_id``, a name that is no local path (runs/gpt2 may be a folder not made yet as well as a
+    repo id); ``here`` says what was looked for locally, for the error."""
     from huggingface_hub import snapshot_download  # imported here: it costs import time
 
     try:
@@ -229,7 +231,7 @@ def _from_hub(repo_id: str) -> Path:
     except Exception as err:  # the hub raises many kinds; all mean "not available here"
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
         hint = " (HF_HUB_OFFLINE is set and the hub cache holds no snapshot of it)" if offline else ""
-        raise CheckpointNotFoundError(f"{repo_id}: no such file or directory, not a catalogued name, and could not get it from the Hugging Face hub{hint}: {type(err).__name__}: {' '.join(str(err).split())}") from err
+        raise CheckpointNotFoundError(f"{repo_id}: {here}, and could not get it from the Hugging Face hub{hint}: {type(err).__name__}: {' '.join(str(err).split())}") from err
     return folder
 
 

@@ -208,6 +208,11 @@ def test_catalogue_name_resolves_and_is_verified(tmp_path, monkeypatch):
     real = minilm_path()
     assert resolve(MINILM) == real
     assert resolve("sentence-transformers/all-MiniLM-L6-v2") == real  # the hub id of a catalogued checkpoint
+    with monkeypatch.context() as unfetched:  # not fetched, and the hub out of reach: the catalogue entry is named
+        unfetched.setenv("MINIPT_WEIGHTS", str(tmp_path / "empty"))
+        with pytest.raises(CheckpointNotFoundError, match=rf"sentence-transformers/all-MiniLM-L6-v2: catalogued as {MINILM} but not fetched "
+                                                          rf"\(no .*; `minipt fetch {MINILM}` places it\), and could not get it from the Hugging Face hub"):
+            resolve("sentence-transformers/all-MiniLM-L6-v2")
     # a snapshot whose config.json differs from the catalogued one is refused, naming the file
     snapshot = tmp_path / MINILM
     snapshot.mkdir()

@@ -128,7 +128,7 @@ def test_attention_command(tmp_path, capsys):
 def test_attention_command_says_where_it_cut_a_long_text(tmp_path, capsys):
     out = tmp_path / "attn.png"
     assert cli.main(["attention", str(minilm_path()), " ".join(["word"] * 600), "--layer", "0", "--heads", "mean", "--out", str(out)]) == 0
-    assert "attention of 512 tokens (the text's first 512 of 602: the model reads at most 512)" in capsys.readouterr().out
+    assert "attention of 512 tokens (the text's first 510 of 600 tokens: the tokenizer cuts at 512 with its special tokens)" in capsys.readouterr().out
     written(out)
 
 

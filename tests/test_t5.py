@@ -228,6 +228,23 @@ def test_a_v1_0_file_holding_its_tied_head_stays_tied(tmp_path):
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in reference.parameters())
 
 
+def test_a_model_pickled_with_one_dropout_per_stack_still_runs(tmp_path):
+    """Each stack held one dropout module before the stages took them apart: a whole-model pickle of then loads."""
+    import pickle
+
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration(T5Config(vocab_size=40, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4)).eval()
+    ids = torch.tensor([[5, 6, 7, 1]])
+    with torch.no_grad():
+        expected = model(ids, decoder_input_ids=ids).logits
+    for stack in (model.encoder, model.decoder):  # as the modules were then
+        stack._modules = {"dropout": stack._modules.pop("input_dropout"), **{k: v for k, v in stack._modules.items() if k != "output_dropout"}}
+    again = pickle.loads(pickle.dumps(model))
+    assert list(again.encoder._modules) == ["input_dropout", "layers", "final_norm", "output_dropout"]
+    with torch.no_grad():
+        assert torch.equal(again(ids, decoder_input_ids=ids).logits, expected)
+
+
 # -- generation -----------------------------------------------------------------------
 @settings(max_examples=4, deadline=None)
 @given(feed_forward_proj=st.sampled_from(["relu", "gated-gelu"]), layers=st.integers(1, 2), left=st.booleans(), seed=st.integers(0, 1000))

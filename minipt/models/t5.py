@@ -337,6 +337,12 @@ class T5Stack(nn.Module):
         self.final_norm = RMSNorm(config.d_model, eps=config.layer_norm_epsilon)
         self.output_dropout = Dropout(config.dropout_rate)
 
+    def __setstate__(self, state) -> None:
+        super().__setstate__(state)
+        old = self._modules.pop("dropout", None)  # pickled when one module dropped before the layers and after the norm
+        if old is not None:
+            self._modules = {"input_dropout": old, **self._modules, "output_dropout": Dropout(old.p).train(old.training)}
+
     def cross_keys_values(self, encoder_hidden: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Each layer's cross-attention keys and values over the encoder's output: (B, heads, S, d_kv) each."""
         return [layer.cross_attn.keys_values(encoder_hidden) for layer in self.layers]
