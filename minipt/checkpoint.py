@@ -428,6 +428,7 @@ def load_weights(
             raise InputError(f"init_missing names {name!r}, which is no submodule of {type(model).__name__} (its modules: {children}; "
                              "deeper ones by dotted path, as in its state dict)") from None
     targets = _model_tensors(model)
+    keep_float32 = set(getattr(model, "keep_in_float32", ()))  # modules whose weights stay float32 when the rest loads in float16
     sources = match(checkpoint, keymap, {k: tuple(t.shape) for k, t in targets.items()}, type(model).__name__, init_missing)
     state, read = {}, {}  # read: file key -> its minipt tensors not yet placed (a split tensor is read once)
     for key, file_key in sources.items():
@@ -440,8 +441,11 @@ def load_weights(
             if not read[file_key]:
                 del read[file_key]
         tensor = _fit_kind(tensor, targets[key], checkpoint.path, file_key)
-        if dtype is not None and tensor.is_floating_point():
-            tensor = tensor.to(dtype)
+        wanted = dtype
+        if (dtype or tensor.dtype) == torch.float16 and key.split(".")[-2:-1] and key.split(".")[-2] in keep_float32:
+            wanted = torch.float32  # float16's range is too narrow for it (T5's wo, as transformers keeps it)
+        if wanted is not None and tensor.is_floating_point():
+            tensor = tensor.to(wanted)
         if device is not None:
             tensor = tensor.to(device)
         state[key] = tensor

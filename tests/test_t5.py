@@ -228,6 +228,27 @@ def test_a_v1_0_file_holding_its_tied_head_stays_tied(tmp_path):
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in reference.parameters())
 
 
+def test_in_float16_the_feed_forward_output_stays_float32_as_in_transformers(tmp_path):
+    """An activation past float16's range (as T5 v1.1 and Flan-T5 have) made the logits NaN; transformers keeps wo in
+    float32 and clamps the sums: finite, and near float64."""
+    reference = reference_model(hf_config(feed_forward_proj="gated-gelu", tie_word_embeddings=False))
+    with torch.no_grad():
+        reference.encoder.block[0].layer[1].DenseReluDense.wo.weight.mul_(3e4)  # an output of ~1e5 at the first layer
+    saved(reference, tmp_path)
+    ids, mask = padded(50, [7, 4])
+    decoder = ids[:, :3]
+    exact = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.float64).eval()
+    theirs = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.float16).eval()
+    ours = T5ForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.float16)
+    assert ours.encoder.layers[0].ffn.wo.weight.dtype == torch.float32 and ours.shared.weight.dtype == torch.float16
+    with torch.no_grad():
+        target = exact(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder).logits
+        got = ours(ids, mask, decoder).logits
+        expected = theirs(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder).logits
+    assert torch.isfinite(got).all() and torch.isfinite(expected).all()
+    assert max_diff(got.double(), target) <= 2 * max(max_diff(expected.double(), target), 1e-3 * target.abs().max())
+
+
 def test_a_model_pickled_with_one_dropout_per_stack_still_runs(tmp_path):
     """Each stack held one dropout module before the stages took them apart: a whole-model pickle of then loads."""
     import pickle

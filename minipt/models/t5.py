@@ -278,6 +278,8 @@ class T5FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         inner = self.act(self.wi_0(x)) * self.wi_1(x) if self.gated else self.act(self.wi(x))  # (B, T, d_ff)
+        if inner.dtype != self.wo.weight.dtype:  # wo kept in float32 beside float16 (T5's keep_in_float32): its sums overflow
+            inner = inner.to(self.wo.weight.dtype)
         return self.wo(self.dropout(inner), residual=residual)  # (B, T, C) (+ residual)
 
 
@@ -305,16 +307,27 @@ class T5Block(nn.Module):
         cross_probs = None
         if self.residual_in_matmul:  # the same sums (a fused copy runs in eval: no dropout between)
             hidden, probs = self.attn(self.attn_norm(hidden), bias, None, need_weights, cache=cache, index=index, residual=hidden)
+            hidden = _finite(hidden)
             if cross_keys_values is not None:
                 hidden, cross_probs = self.cross_attn(self.cross_norm(hidden), cross_bias, cross_keys_values, need_weights, residual=hidden)
-            return self.ffn(self.ffn_norm(hidden), residual=hidden), probs, cross_probs
+                hidden = _finite(hidden)
+            return _finite(self.ffn(self.ffn_norm(hidden), residual=hidden)), probs, cross_probs
         attn_out, probs = self.attn(self.attn_norm(hidden), bias, None, need_weights, cache=cache, index=index)
-        hidden = hidden + self.dropout(attn_out)
+        hidden = _finite(hidden + self.dropout(attn_out))
         if cross_keys_values is not None:
             cross_out, cross_probs = self.cross_attn(self.cross_norm(hidden), cross_bias, cross_keys_values, need_weights)
-            hidden = hidden + self.dropout(cross_out)
-        hidden = hidden + self.dropout(self.ffn(self.ffn_norm(hidden)))
+            hidden = _finite(hidden + self.dropout(cross_out))
+        hidden = _finite(hidden + self.dropout(self.ffn(self.ffn_norm(hidden))))
         return hidden, probs, cross_probs
+
+
+def _finite(hidden: torch.Tensor) -> torch.Tensor:
+    """float16 sums past its range clamped back inside it, as transformers' T5 does after each sub-layer; other dtypes as they are."""
+    if hidden.dtype != torch.float16:
+        return hidden
+    limit = torch.finfo(torch.float16).max
+    bound = torch.where(torch.isinf(hidden).any(), limit - 1000, limit)
+    return hidden.clamp(-bound, bound)
 
 
 @dataclass
@@ -424,6 +437,7 @@ def _check_ids_and_mask(name: str, ids, mask, vocab_size: int, mask_name: str) -
 
 class _T5Pretrained(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
     config_class = T5Config
+    keep_in_float32 = ("wo",)  # loaded in float16, the feed-forward's output projection stays float32 (as transformers keeps it)
 
     @classmethod
     def check_config(cls, config: T5Config, checkpoint) -> None:
