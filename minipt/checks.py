@@ -31,6 +31,14 @@ def tracing() -> bool:
     return compiler.is_compiling() or (hasattr(compiler, "is_exporting") and compiler.is_exporting())
 
 
+def autocast_on(device_type: str) -> bool:
+    """Whether autocast is on for this device type (the meta device, which minipt.summary runs on, has none)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # "unknown device type for autocast"
+        return False
+
+
 ID_DTYPES = (torch.int64, torch.int32)  # what torch's embedding lookups take
 
 

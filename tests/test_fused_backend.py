@@ -155,6 +155,26 @@ def test_additive_masks_of_the_wrong_shape_are_named():
             MultiHeadAttention(32, heads)
 
 
+@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert", "albert"])
+def test_post_ln_encoders_run_on_fused_under_autocast(family):
+    """add_layer_norm met a bfloat16 matmul output beside float32 weights and refused, naming the caller's tensors."""
+    from minipt import registry
+
+    found = next(f for f in registry.families() if f.model_type == family)
+    cls = next(c for c in found.classes if c.__name__.endswith("ForSequenceClassification"))
+    torch.manual_seed(0)
+    model = found.tiny_model(cls).train()
+    args, kwargs = found.inputs(cls)
+    outputs = {}
+    for backend in ("torch", "fused"):
+        torch.manual_seed(1)  # the same dropout masks
+        with torch.autocast("cpu", dtype=torch.bfloat16), use_backend(backend):
+            outputs[backend] = model(*args, **kwargs).logits
+    outputs["fused"].float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    torch.testing.assert_close(outputs["fused"].float(), outputs["torch"].float(), atol=0.05, rtol=0.05)  # bfloat16 products
+
+
 @pytest.fixture(scope="module")
 def minilm():
     return BertModel.from_pretrained(minilm_path()).eval()

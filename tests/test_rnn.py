@@ -572,6 +572,12 @@ def test_under_autocast_as_torch_nn(kind, backend, dtype):
                 expected = copy.deepcopy(reference).to(dtype)(given.to(dtype))[0]
         assert got.dtype == expected.dtype == (torch.float32 if kind == "GRU" and given.dtype == torch.float32 else dtype)
         torch.testing.assert_close(got.float(), expected.float(), atol=2 * torch.finfo(dtype).eps, rtol=0)
+    deep = getattr(minipt.nn, kind)(4, 4, num_layers=2)
+    deep.backend = backend
+    with torch.autocast("cpu", dtype=dtype), use_backend(backend):  # training under autocast: the fused path's own backward,
+        loss = deep(x.float().requires_grad_())[0].float().square().sum()
+    loss.backward()  # outside autocast, as its documentation has it
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in deep.parameters())
     packed = pack_padded_sequence(x.float(), torch.tensor([3, 2]))  # a packed float32 sequence: an LSTM keeps float32, as torch.nn
     with torch.autocast("cpu", dtype=dtype), use_backend(backend):
         got, expected = ours(packed)[0].data, reference(packed)[0].data

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ..checks import tracing
+from ..checks import autocast_on, tracing
 from ..errors import ConfigError
 from ..ops import cpu
 from .backend import BackendBlock, get_backend
@@ -51,9 +51,13 @@ class LayerNorm(BackendBlock, nn.Module):
         """LN(x), or LN(x + residual): a post-LN block's residual step, one op on ``fused``."""
         backend = get_backend(self.backend)
         if backend == "fused":
+            weight, bias = self.weight, self.bias
+            if autocast_on(x.device.type):  # autocast runs layer_norm in float32 (its fp32 list), as F.layer_norm under it
+                x, weight, bias = x.float(), weight.float(), bias.float()
+                residual = None if residual is None else residual.float()
             if residual is None:
-                return ops.layer_norm(x, self.weight, self.bias, self.eps)
-            return ops.add_layer_norm(x, residual, self.weight, self.bias, self.eps)
+                return ops.layer_norm(x, weight, bias, self.eps)
+            return ops.add_layer_norm(x, residual, weight, bias, self.eps)
         if residual is not None:
             x = x + residual
         if backend == "torch":

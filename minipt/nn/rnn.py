@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from ..checks import check_bool, tracing
+from ..checks import autocast_on, check_bool, tracing
 from ..errors import ConfigError, InputError, KeyMismatchError
 from ..ops import cpu, torch_rnn
 from .backend import BackendBlock, get_backend
@@ -59,14 +59,6 @@ from .rnn_fused import fused_layer
 
 # -- the modules -----------------------------------------------------------------------------------
 _GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
-
-
-def _autocast_on(device_type: str) -> bool:
-    """Whether autocast is on for this device type (the meta device, which minipt.summary runs on, has none)."""
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except RuntimeError:  # "unknown device type for autocast"
-        return False
 
 
 class _RNNBase(BackendBlock, nn.Module):
@@ -227,12 +219,18 @@ class _RNNBase(BackendBlock, nn.Module):
             # as autocast runs torch's kernels: its CPU list lowers lstm and rnn_tanh/relu to its dtype, not gru, and
             # not lstm on a packed sequence, which torch.nn returns in float32 (computed here in float32: autocast off)
             packed_lstm = packed and self.mode == "LSTM"
-            if x.dtype == torch.float32 and self.mode != "GRU" and not packed_lstm and _autocast_on(x.device.type):
+            if x.dtype == torch.float32 and self.mode != "GRU" and not packed_lstm and autocast_on(x.device.type):
                 lowered = torch.get_autocast_dtype(x.device.type)
                 x, hx = x.to(lowered), tuple(s.to(lowered) for s in hx)
             order = None if unsorted_indices is None else (unsorted_indices, sorted_indices)  # taps show the caller's rows
-            with torch.autocast(x.device.type, enabled=False) if packed_lstm and _autocast_on(x.device.type) else contextlib.nullcontext():
-                out, final = self._layers(math_layer if backend == "math" else fused_layer, x, hx, mask, order)  # (T, B, D * H_out)
+            # under autocast the layers run with it off, the weights (and states) cast to the input's dtype as autocast
+            # would cast them: a hand-written backward runs without autocast, and would meet float32 weights there
+            autocast = autocast_on(x.device.type)
+            cast = x.dtype if autocast and x.dtype != self.weight_ih_l0.dtype else None
+            if cast is not None:
+                hx = tuple(s.to(cast) for s in hx)
+            with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
+                out, final = self._layers(math_layer if backend == "math" else fused_layer, x, hx, mask, order, cast)  # (T, B, D * H_out)
             out = out[mask.squeeze(2)] if packed else out
 
         if packed:
@@ -246,16 +244,21 @@ class _RNNBase(BackendBlock, nn.Module):
             final = tuple(s.squeeze(1) for s in final)
         return output, (final if self.mode == "LSTM" else final[0])
 
-    def _layers(self, layer_fn, x: Tensor, hx: Tuple[Tensor, ...], mask: Optional[Tensor], order: Optional[tuple] = None):
+    def _layers(self, layer_fn, x: Tensor, hx: Tuple[Tensor, ...], mask: Optional[Tensor], order: Optional[tuple] = None,
+                cast: Optional[torch.dtype] = None):
         """The ``math`` and ``fused`` backends: ``layer_fn`` per layer and direction, dropout between layers; ``order``:
-        a packing's (unsorted_indices, sorted_indices), for the taps to show the caller's batch order."""
+        a packing's (unsorted_indices, sorted_indices), for the taps to show the caller's batch order; ``cast``: the
+        dtype the weights take for the products (autocast's), where it is not theirs."""
         finals: List[List[Tensor]] = [[] for _ in hx]
         for layer in range(self.num_layers):
             outputs = []
             for direction in range(self.num_directions):
                 index = layer * self.num_directions + direction
                 state = tuple(s[index] for s in hx)
-                args = (self.mode, x, state, self._layer_weights(layer, direction), mask, direction == 1)
+                weights = self._layer_weights(layer, direction)
+                if cast is not None:
+                    weights = tuple(None if w is None else w.to(cast) for w in weights)
+                args = (self.mode, x, state, weights, mask, direction == 1)
                 if layer_fn is math_layer:  # the cells, one step at a time: each step's state can be tapped
                     out, state = layer_fn(*args, site=(self, self._tap_prefix(layer, direction), order))
                 else:
@@ -296,7 +299,7 @@ class _RNNBase(BackendBlock, nn.Module):
     def _lstm_kernel_cannot_lower(self, x: Tensor) -> bool:
         """Whether autocast would send a float32 LSTM (not packed) to a oneDNN kernel this CPU cannot build (``cpu.torch_lstm_runs``):
         torch.nn.LSTM raises there; the ``torch`` backend computes the same lowered equations with the cells."""
-        if self.mode != "LSTM" or x.device.type != "cpu" or x.dtype != torch.float32 or not _autocast_on("cpu"):
+        if self.mode != "LSTM" or x.device.type != "cpu" or x.dtype != torch.float32 or not autocast_on("cpu"):
             return False
         return not cpu.torch_lstm_runs(torch.get_autocast_dtype("cpu"))
 
@@ -307,7 +310,7 @@ class _RNNBase(BackendBlock, nn.Module):
         if x.shape[-1] != self.input_size:
             raise InputError(f"{name} was built for input_size={self.input_size} features, got input with {x.shape[-1]} (shape {shape})")
         weight = self.weight_ih_l0
-        if x.dtype != weight.dtype and not _autocast_on(x.device.type):  # under autocast, as torch.nn: cast
+        if x.dtype != weight.dtype and not autocast_on(x.device.type):  # under autocast, as torch.nn: cast
             raise InputError(f"{name}: input dtype {x.dtype} differs from the parameters' {weight.dtype}; convert one of them")
         if x.device != weight.device:
             raise InputError(f"{name}: input is on {x.device}, the parameters on {weight.device}")
