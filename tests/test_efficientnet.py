@@ -106,6 +106,11 @@ def test_a_path_dropped_always_is_zeros():
         Conv2dSame(3, 4, 0)
 
 
+def test_a_width_multiplier_past_any_model_is_named():
+    with pytest.raises(ConfigError, match=r"width = 1e\+30: expected a channel multiplier giving at most 65536 channels"):
+        en.EfficientNetConfig(width=1e30)  # was an overflow inside torch.empty
+
+
 @pytest.mark.parametrize("name, repeats, widths", [
     ("lite0", [1, 2, 2, 3, 3, 4, 1], [16, 24, 40, 80, 112, 192, 320]),
     ("lite4", [1, 4, 4, 6, 6, 8, 1], [24, 32, 56, 112, 160, 272, 448]),
