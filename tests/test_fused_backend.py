@@ -5,6 +5,7 @@ test_ops_kernels.py).
 
 from __future__ import annotations
 
+import re
 import copy
 
 import pytest
@@ -148,11 +149,38 @@ def test_additive_masks_of_the_wrong_shape_are_named():
         with pytest.raises(InputError, match=r"attention_mask of shape .* is neither a padding mask \(2, 6\) nor an additive mask broadcastable to"):
             model(ids, mask)
     model(ids, torch.zeros(1, 4, 6, 6))  # broadcastable over the batch, one mask per head
-    with pytest.raises(InputError, match=r"broadcastable to \(batch, heads, 6, 6\) with all 6 keys, got \(2, 1, 1, 5\)"):
-        attention_bias(torch.zeros(2, 1, 1, 5), 6, 6)
+    model(ids, torch.zeros(2, 1, 1, 1))  # and over the keys, as transformers takes it
+    for mask in (torch.zeros(2, 1, 1, 5), torch.zeros(6), torch.zeros(())):  # 1-D and 0-D: an IndexError in the check itself
+        with pytest.raises(InputError, match=rf"has 3 or 4 dimensions broadcastable to \(batch, heads, 6, 6\), got {re.escape(str(tuple(mask.shape)))}"):
+            attention_bias(mask, 6, 6)
     for heads in (0, -4, 2.0):
         with pytest.raises(ConfigError, match=f"num_heads must be a positive integer, got {heads}"):
             MultiHeadAttention(32, heads)
+
+
+def test_fused_layer_norm_under_autocast_returns_what_the_torch_path_returns():
+    """It cast everything to float32: a bfloat16 model under autocast gave float32 on fused, bfloat16 elsewhere."""
+    from minipt.nn import LayerNorm
+
+    x, residual = torch.randn(2, 8).bfloat16(), torch.randn(2, 8)
+    for norm, args in ((LayerNorm(8).bfloat16(), (x,)), (LayerNorm(8).bfloat16(), (x, residual.bfloat16())),  # a bfloat16 model
+                       (LayerNorm(8), (x,)), (LayerNorm(8), (x, residual))):  # a float32 model: a Linear's bfloat16 output, its residual
+        dtypes = {}
+        for backend in ("torch", "fused"):
+            with torch.autocast("cpu", dtype=torch.bfloat16), use_backend(backend):
+                dtypes[backend] = norm(*args).dtype
+        assert dtypes["fused"] == dtypes["torch"], (args, dtypes)
+
+
+def test_a_model_on_the_meta_device_runs_the_fused_attention_with_a_mask():
+    """minipt.summary runs models on meta tensors: the padding check compared values that are not there."""
+    from minipt.models.gpt2 import GPT2Config, GPT2Model
+
+    with torch.device("meta"):
+        model = GPT2Model(GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2))
+        ids, mask = torch.zeros(2, 5, dtype=torch.long), torch.ones(2, 5, dtype=torch.long)
+    with use_backend("fused"):
+        assert model(ids, mask).last_hidden_state.shape == (2, 5, 16)
 
 
 @pytest.mark.parametrize("family", ["bert", "roberta", "distilbert", "albert"])

@@ -583,6 +583,11 @@ def test_under_autocast_as_torch_nn(kind, backend, dtype):
         got, expected = ours(packed)[0].data, reference(packed)[0].data
     assert got.dtype == expected.dtype == (dtype if kind == "RNN" else torch.float32)
     torch.testing.assert_close(got.float(), expected.float(), atol=4 * torch.finfo(dtype).eps, rtol=0)
+    if kind == "LSTM":  # with proj_size torch lowers a packed LSTM after all
+        projected, theirs = minipt.nn.LSTM(4, 4, proj_size=2), torch.nn.LSTM(4, 4, proj_size=2)
+        theirs.load_state_dict(projected.state_dict())
+        with torch.autocast("cpu", dtype=dtype), use_backend(backend):
+            assert projected(packed)[0].data.dtype == theirs(packed)[0].data.dtype == dtype
     from minipt.errors import InputError
 
     with pytest.raises(InputError, match=f"input dtype {dtype} differs"):

@@ -118,9 +118,9 @@ def check_token_inputs(
         B, shape = input_ids.shape[0], tuple(attention_mask.shape)
         wanted = (B, T, T) if attention_mask.dim() == 3 else (B, num_heads or "heads", T, T)
         fits = attention_mask.dim() in (3, 4) and all(n in (1, w) or not isinstance(w, int) for n, w in zip(shape, wanted))
-        if not fits or shape[-1] != T:
+        if not fits:
             raise InputError(f"attention_mask of shape {shape} is neither a padding mask {tuple(input_ids.shape)} nor an additive mask "
-                             f"broadcastable to {wanted} (1 where it repeats; the key dimension {T} in full)")
+                             f"broadcastable to {wanted} (1 where it repeats)")
 
 
 def _shape(labels) -> object:

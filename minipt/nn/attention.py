@@ -53,9 +53,9 @@ def attention_bias(
     if attention_mask is not None:
         if attention_mask.is_floating_point() and attention_mask.dim() != 2:
             shape = tuple(attention_mask.shape)
-            if attention_mask.dim() > 4 or shape[-1] != key_len or shape[-2] not in (1, query_len):
-                raise InputError(f"an additive attention mask must be broadcastable to (batch, heads, {query_len}, {key_len}) "
-                                 f"with all {key_len} keys, got {shape}")
+            if attention_mask.dim() not in (3, 4) or shape[-1] not in (1, key_len) or shape[-2] not in (1, query_len):
+                raise InputError(f"an additive attention mask has 3 or 4 dimensions broadcastable to (batch, heads, {query_len}, "
+                                 f"{key_len}), got {shape}")
             bias = attention_mask.to(dtype).clamp(min=lowest)  # -inf would make fully masked rows NaN
             while bias.dim() < 4:
                 bias = bias.unsqueeze(1)  # (B, S) -> (B, 1, 1, S)
@@ -78,6 +78,8 @@ def attention_bias(
 def _masks_padding_only(bias: torch.Tensor, keep: torch.Tensor, T: int, S: int, causal: bool) -> bool:
     """Whether ``bias`` is what ``attention_bias`` builds from the padding mask ``keep`` (B, S) (with ``causal``), so
     the op's key mask says all of it: not a user's additive mask (-1e4, a soft bias) of the same shape."""
+    if bias.is_meta:  # shapes only (minipt.summary): no values to compare, so the general path
+        return False
     built = attention_bias(keep, T, S, causal=causal, dtype=bias.dtype, device=bias.device)
     return bool((bias == 0).all()) if built is None else torch.equal(bias, built.expand_as(bias))
 

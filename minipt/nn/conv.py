@@ -7,6 +7,7 @@ key maps refer to, so moving a model onto these pieces changes no state-dict key
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -30,13 +31,22 @@ class Conv2dSame(nn.Conv2d):
 
     def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1):
         # With stride 1 and an odd kernel "same" is symmetric and fixed; otherwise it depends on the input size.
-        if not isinstance(kernel, int) or isinstance(kernel, bool) or kernel < 1:
+        if not isinstance(kernel, numbers.Integral) or isinstance(kernel, bool) or kernel < 1:
             raise ConfigError(f"Conv2dSame's kernel must be a positive integer, got {kernel!r}")
+        kernel = int(kernel)
         fixed = stride == 1 and kernel % 2 == 1
         super().__init__(in_channels, out_channels, kernel, stride, padding=(kernel - 1) // 2 if fixed else 0, groups=groups, bias=False)
 
+    def __setstate__(self, state) -> None:
+        super().__setstate__(state)
+        if self._dynamic():
+            self.padding = (0, 0)  # pickled when an even kernel at stride 1 was padded by (k - 1) // 2 here
+
+    def _dynamic(self) -> bool:
+        return self.stride != (1, 1) or self.kernel_size[0] % 2 == 0 or self.kernel_size[1] % 2 == 0
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stride != (1, 1) or self.kernel_size[0] % 2 == 0 or self.kernel_size[1] % 2 == 0:
+        if self._dynamic():
             pads = []
             for size, kernel, stride in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
                 total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)

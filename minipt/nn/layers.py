@@ -52,9 +52,10 @@ class LayerNorm(BackendBlock, nn.Module):
         backend = get_backend(self.backend)
         if backend == "fused":
             weight, bias = self.weight, self.bias
-            if autocast_on(x.device.type):  # autocast runs layer_norm in float32 (its fp32 list), as F.layer_norm under it
-                x, weight, bias = x.float(), weight.float(), bias.float()
-                residual = None if residual is None else residual.float()
+            if autocast_on(x.device.type):  # the dtypes the torch path computes in: the sum's (x + residual), the weights cast to it
+                common = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+                x, weight, bias = x.to(common), weight.to(common), bias.to(common)
+                residual = None if residual is None else residual.to(common)
             if residual is None:
                 return ops.layer_norm(x, weight, bias, self.eps)
             return ops.add_layer_norm(x, residual, weight, bias, self.eps)

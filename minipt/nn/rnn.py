@@ -218,7 +218,7 @@ class _RNNBase(BackendBlock, nn.Module):
             x = self._pad(input.data, mask) if packed else x
             # as autocast runs torch's kernels: its CPU list lowers lstm and rnn_tanh/relu to its dtype, not gru, and
             # not lstm on a packed sequence, which torch.nn returns in float32 (computed here in float32: autocast off)
-            packed_lstm = packed and self.mode == "LSTM"
+            packed_lstm = packed and self.mode == "LSTM" and not self.proj_size  # with proj_size torch lowers it too
             if x.dtype == torch.float32 and self.mode != "GRU" and not packed_lstm and autocast_on(x.device.type):
                 lowered = torch.get_autocast_dtype(x.device.type)
                 x, hx = x.to(lowered), tuple(s.to(lowered) for s in hx)
