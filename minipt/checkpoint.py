@@ -28,6 +28,7 @@ import json
 import math
 import os
 import struct
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +40,14 @@ from .checks import check_bool, check_device, check_dtype, check_path, is_quanti
 from .files import atomic_path, make_directory, read_json, write_json
 from .hub import resolve
 from .keymap import KeyMap
+from .nn.sampling import generation_options
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PYTORCH_BIN = "pytorch_model.bin"
 PYTORCH_BIN_INDEX = "pytorch_model.bin.index.json"
 CONFIG = "config.json"
+GENERATION_CONFIG = "generation_config.json"  # transformers' defaults for generate, beside config.json
 _SHOWN = 12  # entries per kind of problem in a key mismatch error
 # An .npz may declare at most this many bytes of arrays per byte of archive (or _NPZ_SMALL in all): weights
 # barely compress (np.savez stores them, savez_compressed gains ~10% on floats), while deflate can expand
@@ -652,6 +655,13 @@ class Pretrained:
             config = cls.load_config(path, checkpoint, **config_overrides)
             model = cls._build_unfilled(config, path)
             load_weights(model, checkpoint, cls.keymap(config), dtype=dtype, device=device, init_missing=tuple(init_missing))
+        generation = (path if path.is_dir() else path.parent) / GENERATION_CONFIG
+        if callable(getattr(cls, "generate", None)) and generation.is_file():  # generate's defaults, as transformers reads them
+            model.generation_config = read_json(generation, what="an object of generation options", error=ConfigError)
+            _, ignored = generation_options(cls.generate, model.generation_config)
+            if ignored:
+                warnings.warn(f"{generation} sets {', '.join(ignored)}, which {cls.__name__}.generate does not take: its outputs "
+                              "may differ from transformers' generate on this folder", UserWarning, stacklevel=2)
         return model.eval()
 
     @classmethod
@@ -688,5 +698,7 @@ class Pretrained:
                               "save the float model, and quantise it after loading (minipt.quantize.quantize_int8)")
         directory = make_directory(check_path("directory", directory), "directory")
         save_safetensors(official_state_dict(self, self.keymap(self.config)), directory / SAFETENSORS)
+        if getattr(self, "generation_config", None):
+            write_json(directory / GENERATION_CONFIG, self.generation_config)  # as read: generate's defaults for the next reader
         write_json(directory / CONFIG, {"architectures": [type(self).__name__], **self.config.to_dict()})
         return directory

@@ -194,6 +194,33 @@ def test_greedy_generation_stops_each_row_at_eos_like_reference(pair):
             assert (row[step:] == eos).all()
 
 
+def test_generation_config_json_sets_generates_defaults_as_in_transformers(pair, tmp_path):
+    """generate read its defaults from config.json only: a generation_config.json stopping at another token (or
+    setting a length) stopped elsewhere than transformers' generate on the same folder."""
+    import json
+    import shutil
+    import warnings
+
+    reference, model, directory = pair
+    folder = shutil.copytree(directory, tmp_path / "gpt2")
+    input_ids, attention_mask = left_padded(97, [6, 3], seed=2)
+    free = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=12, eos_token_id=None)[:, 6:]
+    eos = free[0, 3].item()  # a token the first row produces
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [eos], "max_new_tokens": 12, "bos_token_id": 0}))
+    theirs = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every option in the file is one generate takes
+        ours = GPT2LMHeadModel.from_pretrained(folder)
+    expected = theirs.generate(input_ids, attention_mask=attention_mask, pad_token_id=eos)
+    assert torch.equal(ours.generate(input_ids, attention_mask=attention_mask), expected)
+    assert ours.generate(input_ids, attention_mask=attention_mask, max_length=8).shape[1] == 8  # a call's length replaces the file's
+    saved = ours.save_pretrained(tmp_path / "again")
+    assert json.loads((saved / "generation_config.json").read_text())["eos_token_id"] == [eos]
+    (folder / "generation_config.json").write_text(json.dumps({"no_repeat_ngram_size": 3}))
+    with pytest.warns(UserWarning, match=r"generation_config.json sets no_repeat_ngram_size, which GPT2LMHeadModel.generate does not take"):
+        GPT2LMHeadModel.from_pretrained(folder)
+
+
 @pytest.mark.parametrize("penalty", [1.3, 0.8])
 def test_greedy_generation_with_a_repetition_penalty_matches_reference(pair, penalty):
     reference, model, _ = pair
@@ -415,6 +442,7 @@ def test_the_default_stop_is_the_configs_eos_as_in_transformers(pair):
     eos = free[0, 4].item()  # a token the first row produces: with it as the config's eos, that row stops by step 4
     reference, model = copy.deepcopy(reference), copy.deepcopy(model)
     reference.generation_config.eos_token_id = reference.config.eos_token_id = model.config.eos_token_id = eos
+    model.generation_config = {**model.generation_config, "eos_token_id": eos}  # the folder's generation_config.json, as read
     expected = reference.generate(input_ids, attention_mask=attention_mask, max_new_tokens=30, do_sample=False, pad_token_id=eos)
     produced = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=30)
     assert torch.equal(produced, expected)

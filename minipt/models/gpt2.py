@@ -35,7 +35,7 @@ from ..nn.backend import BackendBlock, ChoosesBackend
 from ..nn.fuse import InferenceCopy
 from ..nn.init import init_normal_
 from ..nn.output import ModelOutput
-from ..nn.sampling import DEFAULT_TOP_K, GenerateOutput, check_generation, check_return_sequences, generation_loop
+from ..nn.sampling import DEFAULT_TOP_K, GenerateOutput, check_generation, check_return_sequences, generation_loop, with_generation_config
 from ..nn.streamer import Streamer, ends_streamer
 
 
@@ -389,6 +389,7 @@ class GPT2LMHeadModel(_GPT2Pretrained):
         self.transformer.check_inputs(input_ids, attention_mask, past_key_values, use_cache, position_ids)
         _check_labels(labels, input_ids)
 
+    @with_generation_config  # generation_config.json's defaults, as transformers takes them
     @ends_streamer
     @torch.no_grad()  # not inference_mode: what it returns may enter a computation with gradients
     def generate(

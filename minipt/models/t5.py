@@ -60,7 +60,7 @@ from ..nn.backend import BackendBlock, ChoosesBackend
 from ..nn.fuse import InferenceCopy
 from ..nn.layers import ACTIVATIONS
 from ..nn.output import ModelOutput
-from ..nn.sampling import DEFAULT_TOP_K, GenerateOutput, check_generation, check_return_sequences, generation_loop
+from ..nn.sampling import DEFAULT_TOP_K, GenerateOutput, check_generation, check_return_sequences, generation_loop, with_generation_config
 from ..nn.streamer import Streamer, ends_streamer
 from ..nn.tap import tap
 from ..registry import Reads, register
@@ -694,6 +694,7 @@ class T5ForConditionalGeneration(T5Model):
         """An empty decoder cache for up to ``max_len`` tokens, with the cross-attention keys and values over ``encoder_hidden``."""
         return T5Cache(self.config, self.decoder.cross_keys_values(encoder_hidden), max_len, self.decoder.layers[0].attn.relative_bias)
 
+    @with_generation_config  # generation_config.json's defaults, as transformers takes them
     @ends_streamer
     @torch.no_grad()  # not inference_mode: what it returns may enter a computation with gradients
     def generate(

@@ -16,6 +16,8 @@ by GPT-2 and the char LM: the model only says how to get the next logits.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -32,6 +34,45 @@ __all__ = [
 ]
 DEFAULT_MAX_NEW_TOKENS = 20  # generate's length when neither max_new_tokens nor max_length is given
 DEFAULT_TOP_K = 50  # generate's top_k when sampling, transformers' default (GenerationConfig); 0 or None: the whole vocabulary
+
+
+NOT_GENERATION_OPTIONS = ("input_ids", "attention_mask", "decoder_input_ids", "streamer", "generator", "seed")  # per call, never a default
+
+
+_TRANSFORMERS_DEFAULTS = {"use_cache": True, "typical_p": 1.0, "num_beam_groups": 1, "length_penalty": 1.0, "temperature": 1.0, "top_p": 1.0,
+                          "top_k": 50, "repetition_penalty": 1.0, "num_beams": 1, "num_return_sequences": 1, "max_length": 20}
+
+
+def generation_options(generate: Callable, values: dict) -> tuple[dict, list[str]]:
+    """The entries of a ``generation_config.json`` that ``generate`` takes (a one-element eos list as its id), and
+    the names of the options it sets that ``generate`` has no argument for."""
+    parameters = inspect.signature(generate).parameters
+    taken, other = {}, []
+    for key, value in values.items():
+        if key in parameters and key not in NOT_GENERATION_OPTIONS:
+            taken[key] = value[0] if key == "eos_token_id" and isinstance(value, list) and len(value) == 1 else value
+        elif not key.startswith("_") and key not in ("transformers_version", "bos_token_id") and value not in (None, False, 0) \
+                and _TRANSFORMERS_DEFAULTS.get(key, object()) != value:
+            other.append(key)  # an option that changes what transformers generates
+    return taken, other
+
+
+def with_generation_config(generate: Callable) -> Callable:
+    """``generate`` whose defaults come from the model's ``generation_config`` (the ``generation_config.json`` beside
+    its weights, as transformers reads it) for each option the call does not give; a call's max_new_tokens or
+    max_length replaces both of the file's."""
+    @functools.wraps(generate)
+    def with_defaults(self, *args, **kwargs):
+        defaults, _ = generation_options(generate, getattr(self, "generation_config", None) or {})
+        vocab_size = getattr(getattr(self, "config", None), "vocab_size", None)
+        for key in ("eos_token_id", "pad_token_id"):  # an id past the vocabulary (GPT-2's 50256 on a small one): the config's rule
+            if isinstance(defaults.get(key), int) and vocab_size is not None and not 0 <= defaults[key] < vocab_size:
+                del defaults[key]
+        if "max_new_tokens" in kwargs or "max_length" in kwargs:
+            defaults.pop("max_new_tokens", None)
+            defaults.pop("max_length", None)
+        return generate(self, *args, **{**defaults, **kwargs})
+    return with_defaults
 
 
 def check_sampling(
