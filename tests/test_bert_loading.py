@@ -369,6 +369,13 @@ def test_what_transformers_files_carry_and_what_a_head_keeps(tmp_path):
     encoder = BertModel.from_pretrained(folder).save_pretrained(tmp_path / "encoder")  # the same names, without the head
     (encoder / "config.json").write_text((folder / "config.json").read_text().replace('"BertForSequenceClassification"', '"BertModel"'))
     assert BertForSequenceClassification.from_pretrained(encoder, num_labels=2, init_missing=("classifier",)).config.id2label is None
+    # transformers' fine-tuning call passes both maps; label2id reads as transformers' config gives it
+    names = {0: "a", 1: "b"}
+    both = BertForSequenceClassification.from_pretrained(encoder, num_labels=2, id2label=names, label2id={"a": 0, "b": 1}, init_missing=("classifier",))
+    assert both.config.id2label == names and both.config.label2id == {"a": 0, "b": 1}
+    assert BertForSequenceClassification.from_pretrained(encoder, num_labels=2, init_missing=("classifier",)).config.label2id == {"LABEL_0": 0, "LABEL_1": 1}
+    with pytest.raises(ConfigError, match=r"label2id \{'a': 1\} must be the inverse of id2label"):
+        BertForSequenceClassification.from_pretrained(encoder, num_labels=2, id2label=names, label2id={"a": 1}, init_missing=("classifier",))
     mlm = BertForMaskedLM(config).eval()
     ids = torch.randint(0, 60, (2, 5))
     for labels, message in ((ids.float(), "labels must be integer token ids"), (torch.full((2, 5), 60), "labels holds 60, not a token id in \\[0, 59\\]"),

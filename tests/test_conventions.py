@@ -210,3 +210,15 @@ def tensors(out) -> list[torch.Tensor]:
     elif isinstance(out, dict):
         out = list(out.values())
     return [t for value in out if value is not None for t in tensors(value)] if isinstance(out, (list, tuple)) else []
+
+
+@pytest.mark.parametrize("cls", [c for c in CLASSES if "labels" in __import__("inspect").signature(c.forward).parameters
+                                 and c.__name__ != "T5Model"], ids=lambda c: c.__name__)  # T5Model: labels shift into decoder inputs, no loss
+def test_int32_labels_give_the_int64_loss(cls):
+    """Class ids from numpy are often int32: torch's cross_entropy refused them deep inside the loss."""
+    model, args, kwargs = tiny(cls)
+    model.eval()
+    with torch.no_grad():
+        logits = model(*args, **kwargs).logits
+        labels = torch.randint(0, 2, logits.shape[:1] if logits.dim() == 2 else logits.shape[:2], dtype=torch.int32)
+        assert torch.equal(model(*args, **kwargs, labels=labels).loss, model(*args, **kwargs, labels=labels.long()).loss)

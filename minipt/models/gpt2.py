@@ -381,7 +381,7 @@ class GPT2LMHeadModel(_GPT2Pretrained):
         logits = self.lm_head(out.last_hidden_state)  # (B, T, vocab)
         loss = None
         if labels is not None:  # position t predicts token t + 1
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten().long(), ignore_index=-100)
         return GPT2LMOutput(loss, logits=logits, past_key_values=out.past_key_values)
 
     def check_inputs(self, input_ids, attention_mask=None, past_key_values=None, use_cache=False, position_ids=None, labels=None) -> None:

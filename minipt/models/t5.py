@@ -676,7 +676,7 @@ class T5ForConditionalGeneration(T5Model):
 
     def head(self, decoder_hidden: torch.Tensor, labels) -> dict:
         logits = self.logits(decoder_hidden)
-        loss = None if labels is None else F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        loss = None if labels is None else F.cross_entropy(logits.flatten(0, 1), labels.flatten().long(), ignore_index=-100)
         return {"loss": loss, "logits": logits}
 
     def decoding_logits(self):

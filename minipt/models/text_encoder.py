@@ -61,8 +61,24 @@ class ClassLabels:
         require(labels is not None and sorted(labels) == list(range(len(labels))), "id2label", self.id2label, "keys 0..num_labels-1")
         self.id2label, self.num_labels = labels, len(labels)
 
+    @property
+    def label2id(self) -> dict[str, int]:
+        """Class index by label name, as transformers' config gives it (``LABEL_i`` where the labels have no names)."""
+        names = self.id2label or {i: f"LABEL_{i}" for i in range(self.num_labels)}
+        return {label: i for i, label in names.items()}
+
     @classmethod
     def from_dict(cls, values: dict, *, source=None, **overrides):
+        if "label2id" in overrides:  # transformers' fine-tuning call passes both maps: the second must invert the first
+            label2id = overrides.pop("label2id")
+            id2label = overrides.get("id2label")
+            try:
+                inverse = {label: int(i) for i, label in id2label.items()}
+                agrees = {k: int(v) for k, v in label2id.items()} == inverse
+            except (AttributeError, TypeError, ValueError):
+                agrees = False
+            if not agrees:
+                raise ConfigError(f"label2id {label2id!r:.120} must be the inverse of id2label {id2label!r:.120}: pass id2label (label2id follows)")
         if "num_labels" in overrides and isinstance(values, dict):
             named = values.get("id2label")
             if not (isinstance(named, dict) and len(named) == overrides["num_labels"]):  # a new head decides; the same keeps its names
@@ -162,7 +178,7 @@ def run_layers(layers: Iterable[nn.Module], hidden: torch.Tensor, bias: torch.Te
 
 def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
     """Cross-entropy over the vocabulary at the positions whose label is not -100; None without labels."""
-    return None if labels is None else F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+    return None if labels is None else F.cross_entropy(logits.flatten(0, 1), labels.flatten().long(), ignore_index=-100)
 
 
 def classification_loss(problem_type: str | None, num_labels: int, logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
@@ -176,7 +192,7 @@ def classification_loss(problem_type: str | None, num_labels: int, logits: torch
     if problem == "regression":
         return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).view(-1)) if num_labels == 1 else F.mse_loss(logits, labels)
     if problem == "single_label_classification":
-        return F.cross_entropy(logits, labels.view(-1))
+        return F.cross_entropy(logits, labels.view(-1).long())  # int32 class ids (from numpy) as int64, which cross_entropy takes
     return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
