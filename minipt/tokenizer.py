@@ -134,6 +134,20 @@ def _template_tokens_without_entry(processor) -> list[str]:
     return list(dict.fromkeys(token for token in used if token not in defined))
 
 
+class Encoding(dict):
+    """What a tokenizer call returns: a dict of the model's inputs (``model(**batch)``) that also reads them as
+    attributes (``batch.input_ids``) and moves its tensors with ``batch.to(device)``, as transformers' BatchEncoding."""
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"the encoding holds {', '.join(self) or 'nothing'}, not {name!r}") from None
+
+    def to(self, device) -> "Encoding":
+        return Encoding({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.items()})
+
+
 class Tokenizer:
     def __init__(
         self, backend, *, model_max_length: int | None = None, special_tokens: dict | None = None, name: str = "", padding_side: str = "right",
@@ -324,7 +338,7 @@ class Tokenizer:
         pad_to_multiple_of: int | None = None,
         return_attention_mask: bool | None = None,
         return_token_type_ids: bool | None = None,
-    ) -> dict:
+    ) -> "Encoding":
         """Encode one text or a batch (optionally paired with a second batch) into the model's inputs
         (``model_input_names``: input_ids, attention_mask and, for models that take them, token_type_ids).
 
@@ -395,16 +409,16 @@ class Tokenizer:
                     width = limit
             self._pad(batch, width, side)
         if return_tensors is None:
-            return {k: v[0] for k, v in batch.items()} if single else batch
+            return Encoding({k: v[0] for k, v in batch.items()} if single else batch)
         lengths = {len(ids) for ids in batch["input_ids"]}
         if len(lengths) > 1:
             raise InputError(f"sequences have different lengths {sorted(lengths)}; pass padding=True to make a tensor")
         width = len(batch["input_ids"][0]) if texts else width or 0  # an empty batch: (0, width)
         if return_tensors == "pt":
-            return {k: torch.tensor(v, dtype=torch.long).reshape(len(v), width) for k, v in batch.items()}
+            return Encoding({k: torch.tensor(v, dtype=torch.long).reshape(len(v), width) for k, v in batch.items()})
         import numpy as np
 
-        return {k: np.asarray(v, dtype=np.int64).reshape(len(v), width) for k, v in batch.items()}
+        return Encoding({k: np.asarray(v, dtype=np.int64).reshape(len(v), width) for k, v in batch.items()})
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``tokenizer.json`` and ``tokenizer_config.json`` (the length limit and special tokens), each atomically."""

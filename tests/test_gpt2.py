@@ -725,3 +725,16 @@ def test_several_samples_per_prompt(pair):
         model.generate(input_ids, attention_mask=attention_mask, num_return_sequences=2)
     with pytest.raises(InputError, match="num_return_sequences must be a positive integer"):
         model.generate(input_ids, attention_mask=attention_mask, do_sample=True, num_return_sequences=0)
+
+
+def test_configs_answer_to_transformers_common_names():
+    """Code ported from transformers reads config.hidden_size and friends, which transformers maps onto every config."""
+    from minipt.models.distilbert import DistilBertConfig
+    from minipt.models.t5 import T5Config
+
+    for ours, theirs in ((GPT2Config(n_embd=48, n_layer=3, n_head=4, n_positions=64), transformers.GPT2Config(n_embd=48, n_layer=3, n_head=4, n_positions=64)),
+                         (T5Config(d_model=48, num_layers=3, num_heads=4), transformers.T5Config(d_model=48, num_layers=3, num_heads=4)),
+                         (DistilBertConfig(dim=48, n_layers=3, n_heads=4, hidden_dim=96), transformers.DistilBertConfig(dim=48, n_layers=3, n_heads=4, hidden_dim=96))):
+        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings"):
+            if hasattr(theirs, name):
+                assert getattr(ours, name) == getattr(theirs, name), (type(ours).__name__, name)

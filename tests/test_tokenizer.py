@@ -334,3 +334,18 @@ def test_a_saved_tokenizer_reads_in_transformers_as_the_original(tmp_path):
     assert type(theirs).__name__.startswith("BertTokenizer")
     assert dict(theirs(["a question", "an answer"], padding=True)) == dict(
         transformers.AutoTokenizer.from_pretrained(str(minilm_path()))(["a question", "an answer"], padding=True))
+
+
+def test_an_encoding_reads_as_attributes_and_moves_as_transformers_batch_encoding():
+    import pickle
+
+    from bert_reference import minilm_path
+
+    tok = Tokenizer.from_pretrained(minilm_path())
+    batch = tok(["hello world", "hi"])
+    assert isinstance(batch, dict) and batch.input_ids is batch["input_ids"]
+    moved = batch.to("cpu")
+    assert torch.equal(moved.attention_mask, batch["attention_mask"]) and type(moved) is type(batch)
+    assert pickle.loads(pickle.dumps(batch)).input_ids.shape == (2, 4)
+    with pytest.raises(AttributeError, match="the encoding holds input_ids, attention_mask, token_type_ids, not 'labels'"):
+        batch.labels

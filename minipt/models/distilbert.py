@@ -82,6 +82,9 @@ class DistilBertConfig(ClassLabels, Config):
     def hidden_act(self) -> str:
         return self.activation
 
+    num_hidden_layers = property(lambda self: self.n_layers)
+    num_attention_heads = property(lambda self: self.n_heads)
+
     @property
     def longest_input(self) -> int:
         """The longest input, in tokens: one position each (as BertConfig's)."""

@@ -76,6 +76,12 @@ class GPT2Config(Config):
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
+    # the common names transformers maps onto these fields (its attribute_map), read-only
+    hidden_size = property(lambda self: self.n_embd)
+    num_hidden_layers = property(lambda self: self.n_layer)
+    num_attention_heads = property(lambda self: self.n_head)
+    max_position_embeddings = property(lambda self: self.n_positions)
+
     def in_vocab(self, token: int | None) -> int | None:
         """``token`` when the vocabulary holds it, else None: a special id past the vocabulary is one no model output can be."""
         return token if token is not None and token < self.vocab_size else None

@@ -106,6 +106,11 @@ class T5Config(Config):
         require(self.relative_attention_max_distance > self.relative_attention_num_buckets // 2, "relative_attention_max_distance",
                 self.relative_attention_max_distance, f"more than relative_attention_num_buckets / 2 = {self.relative_attention_num_buckets // 2}")
 
+    # the common names transformers maps onto these fields (its attribute_map), read-only
+    hidden_size = property(lambda self: self.d_model)
+    num_hidden_layers = property(lambda self: self.num_layers)
+    num_attention_heads = property(lambda self: self.num_heads)
+
     @property
     def is_gated_act(self) -> bool:
         return self.feed_forward_proj.startswith("gated-")
