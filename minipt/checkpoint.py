@@ -659,6 +659,10 @@ class Pretrained:
         if callable(getattr(cls, "generate", None)) and generation.is_file():  # generate's defaults, as transformers reads them
             model.generation_config = read_json(generation, what="an object of generation options", error=ConfigError)
             _, ignored = generation_options(cls.generate, model.generation_config)
+            stops = model.generation_config.get("eos_token_id")
+            if isinstance(stops, list) and len(set(map(repr, stops))) > 1:
+                warnings.warn(f"{generation} lists several stop ids (eos_token_id = {stops!r}); minipt's generate stops on the first, "
+                              f"{stops[0]!r}, only", UserWarning, stacklevel=2)
             if ignored:
                 warnings.warn(f"{generation} sets {', '.join(ignored)}, which {cls.__name__}.generate does not take: its outputs "
                               "may differ from transformers' generate on this folder", UserWarning, stacklevel=2)

@@ -549,7 +549,7 @@ def _text_to_text(args, path, cls, options: dict) -> int:
         sequences = model.generate(input_ids, **options, num_beams=args.num_beams)
         print(tokenizer.decode(sequences[0]))
     else:  # the decoder's start token is its prompt: left out
-        model.generate(input_ids, **options, streamer=TextStreamer(tokenizer, skip_prompt=True))
+        model.generate(input_ids, **options, num_beams=1, streamer=TextStreamer(tokenizer, skip_prompt=True))  # not the folder's beams
     return 0
 
 

@@ -52,6 +52,7 @@ import torch
 
 from .checks import check_bool, check_choice, check_int, check_path, check_str
 from .errors import CheckpointError, CheckpointNotFoundError, InputError
+from .ops._register import register_dict_pytree
 from .bpe import BPE_MERGES, BPE_VOCAB, build_bpe_files, bytes_to_unicode, read_tiktoken, tiktoken_to_bpe  # noqa: F401 (re-exported)
 from .bpe import CLIP_TOKENIZER_CONFIG, END_OF_WORD
 from .files import atomic_path, make_directory, read_json, write_json
@@ -134,6 +135,7 @@ def _template_tokens_without_entry(processor) -> list[str]:
     return list(dict.fromkeys(token for token in used if token not in defined))
 
 
+@register_dict_pytree
 class Encoding(dict):
     """What a tokenizer call returns: a dict of the model's inputs (``model(**batch)``) that also reads them as
     attributes (``batch.input_ids``) and moves its tensors with ``batch.to(device)``, as transformers' BatchEncoding."""
@@ -145,6 +147,8 @@ class Encoding(dict):
             raise AttributeError(f"the encoding holds {', '.join(self) or 'nothing'}, not {name!r}") from None
 
     def to(self, device) -> "Encoding":
+        if isinstance(device, torch.dtype):  # ids past 2048 do not survive float16: as BatchEncoding, a device only
+            raise InputError(f"Encoding.to takes a device, not the dtype {device}: token ids stay integers")
         return Encoding({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.items()})
 
 

@@ -303,6 +303,17 @@ def test_generate_with_t5_prints_the_decoders_text(t5_folder, capsys, options, a
     assert capsys.readouterr().out == expected + "\n"
 
 
+def test_generate_streams_a_t5_whose_folder_asks_for_beams(t5_folder, tmp_path, capsys):
+    """generation_config.json's num_beams reached the streaming call, which beam search refuses: --num-beams decides."""
+    import json
+    import shutil
+
+    folder = shutil.copytree(t5_folder, tmp_path / "beams")
+    (folder / "generation_config.json").write_text(json.dumps({"num_beams": 4, "decoder_start_token_id": 0}))
+    assert cli.main(["generate", "--model", str(folder), "hello", "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.strip()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--num-beams", "0"], "--num-beams must be a positive integer, got 0"),
     (["--num-beams", "2", "--top-k", "5"], "beam search (num_beams=2) takes no do_sample"),

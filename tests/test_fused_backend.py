@@ -149,7 +149,9 @@ def test_additive_masks_of_the_wrong_shape_are_named():
         with pytest.raises(InputError, match=r"attention_mask of shape .* is neither a padding mask \(2, 6\) nor an additive mask broadcastable to"):
             model(ids, mask)
     model(ids, torch.zeros(1, 4, 6, 6))  # broadcastable over the batch, one mask per head
-    model(ids, torch.zeros(2, 1, 1, 1))  # and over the keys, as transformers takes it
+    for backend in ("torch", "fused"):  # and over the keys, as transformers takes it (fused read a padding mask of 1 key)
+        with use_backend(backend):
+            model(ids, torch.zeros(2, 1, 1, 1))
     for mask in (torch.zeros(2, 1, 1, 5), torch.zeros(6), torch.zeros(())):  # 1-D and 0-D: an IndexError in the check itself
         with pytest.raises(InputError, match=rf"has 3 or 4 dimensions broadcastable to \(batch, heads, 6, 6\), got {re.escape(str(tuple(mask.shape)))}"):
             attention_bias(mask, 6, 6)

@@ -216,6 +216,11 @@ def test_generation_config_json_sets_generates_defaults_as_in_transformers(pair,
     assert ours.generate(input_ids, attention_mask=attention_mask, max_length=8).shape[1] == 8  # a call's length replaces the file's
     saved = ours.save_pretrained(tmp_path / "again")
     assert json.loads((saved / "generation_config.json").read_text())["eos_token_id"] == [eos]
+    (folder / "generation_config.json").write_text(json.dumps({"max_new_tokens": 3, "max_length": 30, "temperature": None}))
+    assert GPT2LMHeadModel.from_pretrained(folder).generate(input_ids).shape[1] == 6 + 3  # its max_new_tokens wins; null is unset
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [eos, 1]}))
+    with pytest.warns(UserWarning, match=r"lists several stop ids .*stops on the first"):
+        assert GPT2LMHeadModel.from_pretrained(folder).generate(input_ids[:1], max_new_tokens=12)[0, -1].item() == eos
     (folder / "generation_config.json").write_text(json.dumps({"no_repeat_ngram_size": 3}))
     with pytest.warns(UserWarning, match=r"generation_config.json sets no_repeat_ngram_size, which GPT2LMHeadModel.generate does not take"):
         GPT2LMHeadModel.from_pretrained(folder)

@@ -349,3 +349,10 @@ def test_an_encoding_reads_as_attributes_and_moves_as_transformers_batch_encodin
     assert pickle.loads(pickle.dumps(batch)).input_ids.shape == (2, 4)
     with pytest.raises(AttributeError, match="the encoding holds input_ids, attention_mask, token_type_ids, not 'labels'"):
         batch.labels
+    with pytest.raises(InputError, match="Encoding.to takes a device, not the dtype torch.float16"):
+        batch.to(torch.float16)
+    from minipt.models.bert import BertModel
+
+    model = BertModel.from_pretrained(minilm_path()).eval()
+    exported = torch.export.export(model, (), kwargs=batch)  # a pytree as a dict is: export sees its tensors
+    assert torch.equal(exported.module()(**batch).last_hidden_state, model(**batch).last_hidden_state)

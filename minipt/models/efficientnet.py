@@ -93,7 +93,7 @@ class EfficientNetConfig(Config):
         require(isinstance(self.stages, tuple) and len(self.stages) > 0 and all(map(stage_ok, self.stages)), "stages", self.stages,
                 "a non-empty tuple of Stage(repeats, kernel, stride 1 or 2, expand, in_channels, out_channels) of positive integers")
         require(self.num_blocks <= 1000, "depth", self.depth, f"a repeat multiplier giving at most 1000 blocks (gives {self.num_blocks})")
-        widest = max(stage.out_channels for stage in self.scaled_stages())
+        widest = max(max(stage.out_channels, stage.in_channels * stage.expand) for stage in self.scaled_stages())  # the expanded width too
         require(widest <= 65536, "width", self.width, f"a channel multiplier giving at most 65536 channels (gives {widest})")
 
     @classmethod

@@ -115,7 +115,8 @@ def scaled_dot_product_attention(
     if backend == "fused" and not need_weights and dropout == 0.0:
         if bias is None or (causal and bias.dim() == 2):  # (T, S): the causal mask alone
             return ops.attention(q, k, v, causal=causal, scale=scale), None
-        if bias.dim() == 4 and bias.shape[1] == 1 and bias.shape[0] == q.shape[0] and bias.shape[2] == (T if causal else 1) and not tracing():
+        if bias.dim() == 4 and bias.shape[1] == 1 and bias.shape[0] == q.shape[0] and bias.shape[2] == (T if causal else 1) \
+                and bias.shape[3] == S and not tracing():
             keep = bias[:, 0, -1, :] > torch.finfo(bias.dtype).min  # (B, S): True = a real key (the last query sees every past key)
             if _masks_padding_only(bias, keep, T, S, causal):
                 return ops.attention(q, k, v, keep, causal=causal, scale=scale), None

@@ -52,8 +52,9 @@ class LayerNorm(BackendBlock, nn.Module):
         backend = get_backend(self.backend)
         if backend == "fused":
             weight, bias = self.weight, self.bias
-            if autocast_on(x.device.type):  # the dtypes the torch path computes in: the sum's (x + residual), the weights cast to it
-                common = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+            if autocast_on(x.device.type):  # the dtype the torch path computes in: CUDA autocast runs layer_norm in float32;
+                # the CPU's has no rule for it: the sum's dtype (x + residual), the weights cast to it
+                common = torch.float32 if x.device.type == "cuda" else x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
                 x, weight, bias = x.to(common), weight.to(common), bias.to(common)
                 residual = None if residual is None else residual.to(common)
             if residual is None:

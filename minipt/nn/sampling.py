@@ -49,8 +49,10 @@ def generation_options(generate: Callable, values: dict) -> tuple[dict, list[str
     parameters = inspect.signature(generate).parameters
     taken, other = {}, []
     for key, value in values.items():
+        if value is None and key != "eos_token_id":  # unset, as transformers reads null (a null eos: no stop)
+            continue
         if key in parameters and key not in NOT_GENERATION_OPTIONS:
-            taken[key] = value[0] if key == "eos_token_id" and isinstance(value, list) and len(value) == 1 else value
+            taken[key] = value[0] if key == "eos_token_id" and isinstance(value, list) and value else value
         elif not key.startswith("_") and key not in ("transformers_version", "bos_token_id") and value not in (None, False, 0) \
                 and _TRANSFORMERS_DEFAULTS.get(key, object()) != value:
             other.append(key)  # an option that changes what transformers generates
@@ -70,6 +72,8 @@ def with_generation_config(generate: Callable) -> Callable:
                 del defaults[key]
         if "max_new_tokens" in kwargs or "max_length" in kwargs:
             defaults.pop("max_new_tokens", None)
+            defaults.pop("max_length", None)
+        elif "max_new_tokens" in defaults:  # the file's max_new_tokens wins over its max_length, as in transformers
             defaults.pop("max_length", None)
         return generate(self, *args, **{**defaults, **kwargs})
     return with_defaults

@@ -122,3 +122,18 @@ def per_step(op, reference: Callable, device: torch.device) -> Callable:
     saves the custom-op dispatch per call (about 8 us in torch 2.13), which is 10-15% of batch-1
     recurrent generation on CPU (bench/rnn.py, columns ``fused`` and ``fused-op``)."""
     return op if device.type == KERNEL_DEVICE else reference
+
+
+def register_dict_pytree(cls: type) -> type:
+    """A dict subclass as a pytree node, flattened as a dict is (its values, keyed by name), so torch.export and
+    torch.compile see the tensors inside (the tokenizer's Encoding, passed as ``kwargs=batch``)."""
+    from torch.utils import _pytree
+
+    _pytree.register_pytree_node(
+        cls,
+        lambda mapping: (list(mapping.values()), list(mapping.keys())),
+        lambda values, keys: cls(zip(keys, values)),
+        serialized_type_name=f"{cls.__module__}.{cls.__qualname__}",
+        flatten_with_keys_fn=lambda mapping: ([(_pytree.MappingKey(k), v) for k, v in mapping.items()], list(mapping.keys())),
+    )
+    return cls
