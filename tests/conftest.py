@@ -7,12 +7,23 @@ for it too), so ``from torchvision.models.resnet import resnet50`` works as the
 test reference.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
-import pytest
-import torch
+# torch.compile's compiled code is cached on disk, by default in one folder shared by every process of the
+# machine (/tmp/torchinductor_<user>): code compiled by another minipt or another torch there was loaded by
+# these tests and aborted the process. Each test process compiles into a folder of its own, as on a clean
+# machine, removed when it ends.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="minipt-tests-inductor-")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
-from minipt.reference import bare_torchvision
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from minipt.reference import bare_torchvision  # noqa: E402
 
 bare_torchvision()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the network
