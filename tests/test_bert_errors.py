@@ -189,6 +189,8 @@ def test_mask_of_the_wrong_shape(model):
     ids = torch.zeros(2, 5, dtype=torch.long)
     with pytest.raises(InputError, match=r"attention_mask has shape \(2, 4\), input_ids \(2, 5\)"):
         model(ids, attention_mask=torch.ones(2, 4, dtype=torch.long))
+    with pytest.raises(InputError, match=r"a 4-D mask must be an additive float mask .* not torch.bool"):
+        model(ids, attention_mask=torch.ones(2, 1, 5, 5, dtype=torch.bool))
 
 
 def test_unknown_backend(model):

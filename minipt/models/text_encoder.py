@@ -128,7 +128,9 @@ def check_token_inputs(
         check_ids("token_type_ids", token_type_ids, type_vocab_size)
     if attention_mask is not None and (attention_mask.dim() == 2 or not attention_mask.is_floating_point()):  # a padding mask
         if attention_mask.shape != input_ids.shape:
-            raise InputError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(input_ids.shape)}")
+            more = (f"; a {attention_mask.dim()}-D mask must be an additive float mask (0 where attended, a large negative where not), "
+                    f"not {attention_mask.dtype}" if attention_mask.dim() != 2 else "")
+            raise InputError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(input_ids.shape)}{more}")
         check_mask_values("attention_mask", attention_mask)
     elif attention_mask is not None:  # an additive float mask, broadcast to (batch, heads, T, T)
         B, shape = input_ids.shape[0], tuple(attention_mask.shape)
