@@ -44,6 +44,7 @@ from .errors import InputError
 from .models.craft import CANVAS_SIZE, CRAFT, image_array
 from .models.crnn import CRNN, preprocess as crnn_preprocess
 from .ops import detector_dtype
+from .summary import evaluating
 from .vision import pillow
 
 # EasyOCR's defaults (Reader.readtext)
@@ -235,7 +236,7 @@ def read_crops(recogniser: CRNN, image, boxes: list[np.ndarray]) -> list[Reading
         widest = lines[batch[-1]].shape[-1]
         pixels = torch.cat([torch.cat([lines[i], lines[i][..., -1:].expand(-1, -1, -1, widest - lines[i].shape[-1])], dim=-1)
                             for i in batch])  # (B, 1, 64, widest): each padded with its last column
-        with torch.no_grad(), _threads(threads):
+        with evaluating(recogniser), torch.no_grad(), _threads(threads):  # BatchNorm's running statistics, kept as they are
             logits = recogniser(pixels.to(device=first.device, dtype=first.dtype)).float()  # (B, T, classes)
         best, index = logits.softmax(dim=-1).max(dim=-1)  # (B, T)
         for i, columns, probabilities, classes in zip(batch, recogniser.decode_columns(logits), best, index):

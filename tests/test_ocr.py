@@ -296,6 +296,10 @@ def test_grayscale_rgba_and_16_bit_images(tmp_path):
         Image.fromarray(array).save(tmp_path / f"{name}.png")
         assert Image.open(tmp_path / f"{name}.png").mode == {"rgb": "RGB", "rgba": "RGBA", "16-bit": "I;16"}[name]
         assert [word.text for word in ocr.read_words(tmp_path / f"{name}.png")] == expected, name
+    int32 = Image.fromarray(gray.astype(np.int32))  # mode I (as some TIFFs open) holding 8-bit levels: read as 8-bit
+    assert int32.mode == "I"
+    assert [word.text for word in ocr.read_words(int32)] == expected
+    assert int(mc.image_array(int32).max()) == int(gray.max())  # as the --boxes picture draws it
     with pytest.raises(InputError, match=r"expected an \(H, W\) or \(H, W, 3\) uint8 image array, got shape \(\d+, \d+\) of float32"):
         ocr.read_words(gray.astype(np.float32))
     with pytest.raises(InputError, match=r"32-bit floating-point image \(PIL mode F\)"):
@@ -361,6 +365,24 @@ def test_a_detector_left_in_training_mode_detects_as_in_eval(detector):
         assert detector.training and all(m.training for m in detector.modules())
     finally:
         detector.eval()
+
+
+def test_a_recogniser_left_in_training_mode_reads_as_in_eval():
+    """read_lines and CRNN.read are inference: a recogniser in training mode (just fine-tuned) reads with its
+    BatchNorms' running statistics, which stay as they were, and is left in training mode."""
+    from minipt.models.crnn import english_g2
+
+    recogniser = english_g2()
+    crop = render("Let us first determine markers")
+    image = np.asarray(crop)
+    expected = [(line.text, line.confidence) for line in ocr.read_lines(image, recogniser=recogniser)]
+    read = recogniser.read(crop)
+    statistics = {name: buffer.clone() for name, buffer in recogniser.named_buffers()}
+    recogniser.train()
+    assert [(line.text, line.confidence) for line in ocr.read_lines(image, recogniser=recogniser)] == expected
+    assert recogniser.read(crop) == read
+    assert all(torch.equal(buffer, statistics[name]) for name, buffer in recogniser.named_buffers())
+    assert all(module.training for module in recogniser.modules())
 
 
 # -- minipt ocr ------------------------------------------------------------------------------------

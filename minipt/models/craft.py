@@ -418,10 +418,10 @@ def image_array(image) -> torch.Tensor:
 
 
 def _decoded(image):
-    """A path or PIL image -> a numpy array image_array reads: uint8 L, RGB or RGBA, or uint16 for 16-bit files."""
+    """A path or PIL image -> a numpy array image_array reads: uint8 L, RGB or RGBA."""
     import numpy as np
 
-    from ..vision import image_file, pillow, see_through, upright
+    from ..vision import eight_bit, image_file, pillow, see_through, upright
 
     Image = pillow().Image
     if isinstance(image, (str, os.PathLike)):
@@ -445,10 +445,7 @@ def _decoded(image):
     if not isinstance(image, Image.Image):
         raise InputError(f"expected an image file path, a PIL image or an (H, W[, 3]) uint8 array, got {type(image).__name__}")
     image = upright(image)
-    if image.mode.startswith("I;16") or image.mode == "I":  # 16-bit grayscale (PNG, TIFF): 0..65535
-        return np.array(image).clip(0, 65535).astype(np.uint16)
-    if image.mode == "F":
-        raise InputError("a 32-bit floating-point image (PIL mode F) has no set range of grey levels: save it with 8 or 16 bits")
+    image = eight_bit(image)  # 16-bit grayscale scaled to 8 bits; 32-bit integers holding 8-bit levels as they are
     if see_through(image):
         return np.array(image.convert("RGBA"))
     return np.array(image.convert("L" if image.mode in ("L", "1") else "RGB"))

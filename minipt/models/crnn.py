@@ -37,6 +37,7 @@ from ..checks import floating_dtype
 from ..vision import decoded, eight_bit, opaque, pillow, upright
 from ..nn.backend import ChoosesBackend
 from ..nn.fuse import InferenceCopy
+from ..summary import evaluating
 
 # EasyOCR's English character set, in the order of the classifier's outputs 1..96
 # (output 0 is the CTC blank): digits, ASCII punctuation, space, euro sign, letters.
@@ -181,13 +182,16 @@ class CRNN(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
 
     @torch.no_grad()
     def read(self, images) -> list[str]:
-        """Text of each image: PIL images, paths or a preprocessed (B, 1, 64, W) tensor."""
+        """Text of each image: PIL images, paths or a preprocessed (B, 1, 64, W) tensor; read in eval mode (BatchNorm's
+        running statistics, no dropout), the model left in the mode it was in."""
         if not isinstance(images, torch.Tensor):
             images = images if isinstance(images, (list, tuple)) else [images]
             if not images:
                 raise InputError("CRNN.read got no images")
-            return [self.decode(self(preprocess(image, self.config.image_height)))[0] for image in images]
-        return self.decode(self(images))
+            with evaluating(self):
+                return [self.decode(self(preprocess(image, self.config.image_height)))[0] for image in images]
+        with evaluating(self):
+            return self.decode(self(images))
 
     # -- official weights --------------------------------------------------
     @classmethod
