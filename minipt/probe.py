@@ -118,8 +118,9 @@ class capture(Mapping):
     of the same shape) or to a tensor that replaces it; an edited value flows on
     through the model, and is what is recorded. ``detach`` (default) records
     copies of the values without their autograd history; ``detach=False``
-    records the very tensors the model goes on with, for gradients with
-    respect to an intermediate (``torch.autograd.grad(out.sum(), seen[name])``;
+    records the tensors with their history and lets the model go on with a
+    copy of each (an in-place op after the point, a ReLU, leaves the record as
+    it was computed), for gradients with respect to an intermediate (``torch.autograd.grad(out.sum(), seen[name])``;
     per-step recurrent states are stacked, so gradients reach them only
     through their history). Inside the block, ``seen`` maps each recorded name
     to its latest value. A glob pattern (``"*"``) takes the values the modules'
@@ -215,16 +216,18 @@ class capture(Mapping):
         if name in self._edits:
             value = self._edit(name, value, step)
         if name in self._wanted:
-            if step is None:  # a copy, or (detach=False) the tensor itself, which the rest of the graph uses
+            if step is None:  # a copy, or (detach=False) the tensor itself, in the graph that reaches the output
                 self._values.setdefault(name, []).append(value.detach().clone() if self.detach else value)
             else:
                 self._record_step(name, value.detach() if self.detach else value, *step)
+            if not self.detach:  # the model goes on with a copy: an in-place op after it (a ReLU) leaves the record as it was
+                return value.clone()
         return value
 
     def _edit(self, name: str, value: torch.Tensor, step) -> torch.Tensor:
         change = self._edits[name]
         if isinstance(change, torch.Tensor):
-            new = change.to(value.dtype).to(value.device)
+            new = change.to(device=value.device, dtype=value.dtype, copy=True)  # an in-place op after it leaves the caller's as it is
         elif step is not None and self._takes_step[name]:
             new = change(value, step=step[0])
         else:

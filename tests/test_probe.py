@@ -184,6 +184,28 @@ def test_detach_false_keeps_the_graph():
     assert grad.abs().sum() > 0
 
 
+def test_detach_false_records_values_before_an_in_place_relu_and_gradients_through_them():
+    """In a ResNet (in-place ReLUs) detach=False records each BatchNorm output as computed, negative values kept, and
+    the gradient with respect to it is zero where the ReLU cut it; a tensor given as an edit is left as it was."""
+    torch.manual_seed(0)
+    model = ResNet(ResNetConfig(block="basic", layers=(1, 1, 1, 1), num_classes=5)).eval()
+    image = torch.randn(1, 3, 32, 32)
+    with probe.capture(model, "stem.bn.out") as plain, torch.no_grad():
+        expected = model(image)
+    with probe.capture(model, "stem.bn.out", detach=False) as seen:
+        out = model(image)
+    assert torch.equal(out, expected)
+    bn = seen["stem.bn.out"]
+    assert torch.equal(bn, plain["stem.bn.out"]) and bool((bn < 0).any())
+    (grad,) = torch.autograd.grad(out.sum(), bn)
+    assert bool((grad[bn < 0] == 0).all()) and grad.abs().sum() > 0
+    patch = plain["stem.bn.out"].clone()
+    kept = patch.clone()
+    with probe.capture(model, edit={"stem.bn.out": patch}), torch.no_grad():
+        assert torch.equal(model(image), expected)
+    assert torch.equal(patch, kept)
+
+
 # -- nothing installed outside the block ---------------------------------------------------
 def hooks(model: nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
