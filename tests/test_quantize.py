@@ -160,6 +160,22 @@ def test_fuse_or_quantise_not_both_and_no_official_file_of_int8(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_an_int8_model_is_not_counted():
+    """torch's FLOP counter does not see torchao's int8 products: summary and count_flops on an int8 model counted
+    only the attention (6,400 FLOPs of a tiny BERT's 89,344); each names it."""
+    from minipt.errors import ConfigError
+    from minipt.summary import count_flops, summary
+
+    model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                                     intermediate_size=32, max_position_embeddings=16, num_labels=2)).eval()
+    ids = torch.randint(0, 50, (1, 8))
+    quantized = quantize_int8(model)
+    for count in (summary, count_flops):
+        with pytest.raises(ConfigError, match="holds int8 weights.*count the float model before quantize_int8"):
+            count(quantized, ids)
+    assert count_flops(model, ids) > 0
+
+
 def test_without_torchao_the_error_says_how_to_install_it():
     script = (
         "import sys; sys.modules['torchao'] = None\n"  # import torchao now raises ImportError
