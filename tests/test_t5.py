@@ -567,6 +567,28 @@ def test_layer_diffs_names_a_planted_change_in_one_decoder_layer(pair):
     assert planted.first_divergence.name == "decoder.layers.1.cross_attn.out"
 
 
+def test_layer_diffs_runs_the_decoder_inputs_given(pair):
+    """A batch's decoder_input_ids and decoder_attention_mask (or labels, shifted right) are what both decoders read,
+    not the inputs' first tokens; a key the comparison does not read is named."""
+    from minipt.reference import layer_diffs
+
+    _, _, directory = pair
+    model = T5ForConditionalGeneration.from_pretrained(directory)
+    ids, mask = padded(50, [10, 7])
+    decoder_ids, decoder_mask = torch.tensor([[0, 7, 9], [0, 11, 13]]), torch.tensor([[1, 1, 1], [1, 1, 0]])
+    seen, forward = [], model.forward
+    model.forward = lambda *args, **kwargs: (seen.append(args[2:4]), forward(*args, **kwargs))[1]
+    batch = {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": decoder_ids, "decoder_attention_mask": decoder_mask}
+    assert layer_diffs(model, directory, batch, rtol=1e-5).first_divergence is None
+    assert seen and all(torch.equal(d, decoder_ids) and torch.equal(m, decoder_mask) for d, m in seen)
+    seen.clear()
+    labels = torch.tensor([[5, 6, 1], [8, 1, -100]])
+    assert layer_diffs(model, directory, {"input_ids": ids, "labels": labels}, rtol=1e-5).first_divergence is None
+    assert all(torch.equal(d, model.shift_right(labels)) for d, _ in seen)
+    with pytest.raises(InputError, match="the batch also holds token_type_ids"):
+        layer_diffs(model, directory, {"input_ids": ids, "token_type_ids": ids}, rtol=1e-5)
+
+
 def test_probe_reads_the_attention_blocks(pair):
     from minipt.probe import capture
 

@@ -994,8 +994,10 @@ def compare_with_reference(model, path, inputs, rtol):
     """transformers' T5EncoderModel / T5Model / T5ForConditionalGeneration (eager attention) on the same checkpoint, point
     by point (``minipt.reference.layer_diffs``): inside every encoder layer, then every decoder layer, then the head.
 
-    ``inputs``: token ids (B, S), a tokenised batch (input_ids, attention_mask), or texts through the tokenizer beside the
-    checkpoint; None: random ids (2, 12), seed 0, where it has none. The decoder reads the inputs' first tokens, shifted right."""
+    ``inputs``: token ids (B, S), a tokenised batch (input_ids, attention_mask; decoder_input_ids and
+    decoder_attention_mask, or labels, for the decoder), or texts through the tokenizer beside the checkpoint; None:
+    random ids (2, 12), seed 0, where it has none. Without decoder inputs (or labels) the decoder reads the inputs' first
+    8 tokens, shifted right."""
     from ..demo import tokenizer_beside
     from ..reference import import_reference, report, texts, transformers_reference
 
@@ -1016,18 +1018,25 @@ def compare_with_reference(model, path, inputs, rtol):
     ids, mask = batch.get("input_ids"), batch.get("attention_mask")
     if not isinstance(ids, torch.Tensor):
         raise InputError(f"a tokenised batch holds input_ids (a tensor); got the keys {sorted(batch)}")
+    known = {"input_ids", "attention_mask"} | (set() if isinstance(model, T5EncoderModel) else {"decoder_input_ids", "decoder_attention_mask", "labels"})
+    if set(batch) - known:
+        raise InputError(f"{type(model).__name__}'s comparison reads {', '.join(sorted(known))}; the batch also holds "
+                         f"{', '.join(sorted(set(batch) - known))}")
     cls = getattr(transformers, type(model).__name__)
     reference = transformers_reference(cls, path)
     points = _stack_points("encoder", config.num_layers, config.num_heads, decoder=False)
     if isinstance(model, T5EncoderModel):
         return report(model, f"transformers {cls.__name__}", label, rtol, points, lambda: model(ids, mask), reference,
                       lambda: reference(input_ids=ids, attention_mask=mask))
-    decoder_ids = model.shift_right(ids[:, :8])  # (B, <= 8)
+    decoder_ids, decoder_mask, labels = batch.get("decoder_input_ids"), batch.get("decoder_attention_mask"), batch.get("labels")
+    if decoder_ids is None:  # the labels shifted right, as forward reads them; else the inputs' first tokens
+        decoder_ids = model.shift_right(labels if isinstance(labels, torch.Tensor) else ids[:, :8])  # (B, T)
+    model.check_inputs(ids, mask, decoder_ids, decoder_mask, None)
     points.update(_stack_points("decoder", config.num_decoder_layers, config.num_heads, decoder=True))
     if isinstance(model, T5ForConditionalGeneration):
         points["lm_head.out"] = ("lm_head", None)
-    return report(model, f"transformers {cls.__name__}", label, rtol, points, lambda: model(ids, mask, decoder_ids), reference,
-                  lambda: reference(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids))
+    return report(model, f"transformers {cls.__name__}", label, rtol, points, lambda: model(ids, mask, decoder_ids, decoder_mask), reference,
+                  lambda: reference(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids, decoder_attention_mask=decoder_mask))
 
 
 # -- the family's one declaration (minipt.registry) ------------------------------------------
