@@ -131,29 +131,43 @@ def summary(model: nn.Module, example_inputs: Any = None, *, input_size: Any = N
     first_call: dict[str, int] = {}
     calls: dict[str, int] = {}
     shapes: dict[str, tuple[int, ...] | None] = {}
+    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS)
+    # Each FLOP goes to every running module and every module that holds one of them in the tree: a module a parent
+    # calls outside its own parent's call (T5's decoder stack computes each cross-attention's keys and values once)
+    # counts in the rows above it in the table, not only in the calls that ran it.
+    running: list[str] = []
+    flops: dict[str, int] = {}
+    counted = [0]
+
+    def settle() -> None:  # the FLOPs since the last module boundary, to the modules running then
+        total = counter.get_total_flops()
+        if total > counted[0]:
+            holders = {".".join(parts[:i]) for parts in (name.split(".") if name else [] for name in running) for i in range(len(parts) + 1)}
+            for name in holders:
+                flops[name] = flops.get(name, 0) + total - counted[0]
+            counted[0] = total
 
     def before(module, _inputs):
+        settle()
         name = names[module]
         first_call.setdefault(name, len(first_call))
         calls[name] = calls.get(name, 0) + 1
+        running.append(name)
 
     def after(module, _inputs, output):
+        settle()
+        running.pop()
         shapes.setdefault(names[module], _first_shape(output))
 
     handles = []
     for module in names:
         handles.append(module.register_forward_pre_hook(before))
-        handles.append(module.register_forward_hook(after))
-    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS)
+        handles.append(module.register_forward_hook(after, always_call=True))
     try:
         _run(model, args, kwargs, counter)
     finally:
         for handle in handles:
             handle.remove()
-
-    # FlopCounterMode names a module by the model's class, then its path: "BertModel.layers.0.attn".
-    root = type(model).__name__
-    flops = {name[len(root) + 1 :] if name != root else "": sum(counts.values()) for name, counts in counter.get_flop_counts().items() if name != "Global"}
     rows = _rows(model, first_call, calls, shapes, flops)
     unique = {id(p): p for p in model.parameters()}.values()
     return Summary(

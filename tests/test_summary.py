@@ -392,3 +392,22 @@ def test_a_fused_copy_is_refused_by_name():
     with pytest.raises(ConfigError, match=r"count_flops .* holds a fuse\(\) copy \(at '0'\)"):
         count_flops(nn.Sequential(model.fuse()), ids)
     assert count_flops(model, ids) > 0
+
+
+def test_every_row_counts_the_flops_of_the_modules_inside_it():
+    """A row's FLOPs include those of every module inside it, also one its parent calls outside its own call (T5's
+    decoder stack computes each layer's cross-attention keys and values once: they counted in no layer's row), and
+    the model's row is the total; on a tiny model of every registered class."""
+    from minipt import registry
+
+    for family in registry.families():
+        for cls in family.classes:
+            torch.manual_seed(0)
+            model = family.tiny_model(cls)
+            args, kwargs = family.inputs(cls)
+            report = summary(model, (*args, kwargs) if kwargs else args, depth=None)
+            assert report.rows[0].flops == report.total_flops > 0, cls.__name__
+            for row in report.rows:
+                prefix = row.name + "." if row.name else ""
+                children = [r for r in report.rows if r.depth == row.depth + 1 and r.name.startswith(prefix)]
+                assert sum(child.flops for child in children) <= row.flops, (cls.__name__, row.name)
