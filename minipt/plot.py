@@ -316,16 +316,18 @@ def _picture(image):
 # -- per-layer differences -------------------------------------------------------------
 def layer_diff(report: Sequence[tuple[str, float]], tolerance: float = 1e-5, *, title: str | None = None):
     """The difference at each place on a log scale, with the tolerance line: a ``minipt.reference.DiffReport``
-    (the relative differences against its tolerance; points whose shapes differ are left out) or a list of
-    (place, max abs difference) pairs.
+    (the relative differences against its tolerance; points whose shapes differ are drawn at the top, marked, and
+    counted above it) or a list of (place, max abs difference) pairs.
 
     Exact zeros, which a log scale cannot show, sit on the bottom edge, drawn as open circles.
     """
     ylabel = "max abs difference"
     tolerance = check_float("tolerance", tolerance, low=0, low_open=True)
+    reshaped: set[str] = set()  # the places whose shapes differ (a DiffReport's)
     if hasattr(report, "rows") and hasattr(report, "rtol"):
         ylabel, tolerance = "difference / largest reference value", report.rtol
-        report = [(row.name, row.relative) for row in report.rows if row.shapes is None]
+        reshaped = {row.name for row in report.rows if row.shapes is not None}
+        report = [(row.name, math.inf if row.shapes is not None else row.relative) for row in report.rows]
     if isinstance(report, (str, bytes)) or not hasattr(report, "__iter__") or getattr(report, "ndim", 1) == 0:
         raise InputError(f"layer_diff expects a minipt.reference.DiffReport or a list of (place, max abs difference) pairs, got {type(report).__name__}")
     rows = list(report)
@@ -334,7 +336,8 @@ def layer_diff(report: Sequence[tuple[str, float]], tolerance: float = 1e-5, *, 
     places, diffs = [r[0] for r in rows], [float(r[1]) for r in rows]
     if any(d < 0 for d in diffs):
         raise InputError(f"differences must be non-negative, got {diffs}")
-    broken = [i for i, d in enumerate(diffs) if not math.isfinite(d)]  # NaN or inf: where a picture is wanted most
+    broken = [i for i, d in enumerate(diffs) if not math.isfinite(d) and places[i] not in reshaped]  # NaN or inf: where a picture is wanted most
+    other_shape = [i for i, place in enumerate(places) if place in reshaped]
     finite = [d for d in diffs if math.isfinite(d)]
     top = max(finite + [tolerance]) * 10
     diffs = [d if math.isfinite(d) else top for d in diffs]  # drawn at the top, marked
@@ -351,6 +354,8 @@ def layer_diff(report: Sequence[tuple[str, float]], tolerance: float = 1e-5, *, 
         ax.scatter(zeros, [floor] * len(zeros), facecolors="none", edgecolors="tab:blue", zorder=2, label="exactly 0")
     if broken:
         ax.scatter(broken, [top] * len(broken), marker="x", color="black", s=60, zorder=3, label="not finite (NaN or inf)")
+    if other_shape:
+        ax.scatter(other_shape, [top] * len(other_shape), marker="s", color="black", s=40, zorder=3, label="another shape")
     ax.axhline(tolerance, color="tab:red", linestyle="--", linewidth=1, label=f"tolerance {tolerance:g}")
     ax.set_yscale("log")
     ax.set_ylim(max(floor / 2, sys.float_info.min), min(max(diffs + [tolerance]) * 5, sys.float_info.max))  # inside float64's range

@@ -4,6 +4,7 @@ size, one-line errors for bad input, and a clear error without matplotlib."""
 from __future__ import annotations
 
 import importlib.util
+import math
 import sys
 from pathlib import Path
 
@@ -100,6 +101,16 @@ def test_layer_diff(tmp_path):
     # a point that went NaN or inf (a diff that blew up) is drawn, marked at the top: when a picture is wanted most
     ax = layer_diff([("layer 1", 1e-6), ("layer 2", float("nan")), ("layer 3", float("inf"))]).axes[0]
     assert "not finite (NaN or inf)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    # a DiffReport's point whose shape differs (a stride moved) is drawn and counted, not left out
+    from minipt.reference import DiffReport, DiffRow
+
+    diverged = DiffReport("minipt ResNet", "torchvision ResNet", "x", 1e-5, [
+        DiffRow("stem.out", "stem", 0.0, 0.0), DiffRow("stages.2.0.conv1.out", "layer3.0.conv1", math.inf, math.inf, ((1, 8, 4, 4), (1, 8, 2, 2)), True),
+        DiffRow("head.out", "fc", 1e-7, 1e-7)])
+    ax = layer_diff(diverged).axes[0]
+    assert ax.get_title() == "1 of 3 places above the tolerance, 1 exactly equal"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["stem.out", "stages.2.0.conv1.out", "head.out"]
+    assert "another shape" in [t.get_text() for t in ax.get_legend().get_texts()]
 
 
 def test_save_png_names_an_unwritable_path(tmp_path):
