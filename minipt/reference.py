@@ -193,7 +193,7 @@ def layer_diffs(model: nn.Module, source, inputs: Any = None, *, rtol: float = 1
     catalogue name) on the same input, at every point the two share, in data-flow order.
 
     ``inputs``: for text models a list of texts (or a tokenised batch / id tensor (B, T); GPT-2's rows unpadded), for image models image paths
-    (or a ready batch), for CRNN a line of text to render (or an image path or batch), for G2P a word; None runs
+    (or a ready batch, also as {"pixel_values": batch}), for CRNN a line of text to render (or an image path or batch), for G2P a word; None runs
     each family's default (its ``compare_with_reference``). ``rtol`` bounds the difference relative to the reference's
     largest value at each point. The model runs on the "math" backend (its own choice is restored after).
     """
@@ -300,6 +300,11 @@ def heads(num_heads: int):
 def images(inputs, prepare) -> tuple[torch.Tensor, str]:
     import os
 
+    if isinstance(inputs, dict):  # a processor's batch: {"pixel_values": (B, 3, H, W)}
+        values = list(inputs.values())
+        if len(values) != 1 or not isinstance(values[0], torch.Tensor):
+            raise InputError(f"an image model's batch holds one tensor of images (pixel_values); got the keys {sorted(map(str, inputs))}")
+        inputs = values[0]
     if isinstance(inputs, torch.Tensor):
         return inputs, f"images of shape {tuple(inputs.shape)}"
     from .demo import demo_photo
