@@ -149,3 +149,53 @@ def test_models_train_with_it_reproducibly():
     torch.manual_seed(6)
     other = model(ids).last_hidden_state
     assert torch.equal(first, again) and not torch.allclose(first, other)
+
+
+def dropout_sites(model: nn.Module, *args, **kwargs) -> list[tuple[float, tuple[int, ...]]]:
+    """(p, shape) of every dropout module applied with p > 0 in one training-mode forward pass, sorted."""
+    sites = []
+    hooks = [m.register_forward_hook(lambda m, args, out: sites.append((m.p, tuple(out.shape))))
+             for m in model.modules() if isinstance(m, nn.Dropout) and m.p > 0]
+    try:
+        model.train()(*args, **kwargs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return sorted(sites)
+
+
+def test_each_family_drops_out_where_transformers_does(tmp_path):
+    """The hidden dropouts a training step applies, and their sizes, are transformers': DistilBERT drops the
+    feed-forward output only, ALBERT the attention output only (its AlbertLayer never applies the dropout it holds),
+    CLIP no branch output (config.dropout is read by no layer); BERT and ViT drop both branches."""
+    from bert_reference import transformers
+
+    from minipt.models.albert import AlbertModel
+    from minipt.models.bert import BertModel
+    from minipt.models.clip import CLIPModel
+    from minipt.models.distilbert import DistilBertModel
+    from minipt.models.vit import ViTModel
+
+    ids = torch.randint(3, 37, (2, 6))
+    ids[:, -1] = 39  # CLIP's end-of-text token, where its text tower pools
+    text = dict(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24, max_position_embeddings=16)
+    cases = [
+        ("BertModel", BertModel, transformers.BertConfig(**text, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.0), (ids,)),
+        ("DistilBertModel", DistilBertModel, transformers.DistilBertConfig(vocab_size=40, dim=16, n_layers=2, n_heads=2, hidden_dim=24,
+                                                                            max_position_embeddings=16, dropout=0.1, attention_dropout=0.0), (ids,)),
+        ("AlbertModel", AlbertModel, transformers.AlbertConfig(**text, embedding_size=8, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.0), (ids,)),
+        ("ViTModel", ViTModel, transformers.ViTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24, image_size=8,
+                                                      patch_size=4, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.0), (torch.randn(2, 3, 8, 8),)),
+        ("CLIPModel", CLIPModel, transformers.CLIPConfig(
+            text_config=dict(vocab_size=40, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=8,
+                             bos_token_id=37, eos_token_id=39, pad_token_id=1, dropout=0.1),
+            vision_config=dict(hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2, image_size=8, patch_size=4, dropout=0.1),
+            projection_dim=8), (ids, torch.randn(2, 3, 8, 8))),
+    ]
+    for name, cls, config, inputs in cases:
+        reference = getattr(transformers, name)._from_config(config, attn_implementation="eager")
+        reference.save_pretrained(tmp_path / name)
+        ours = cls.from_pretrained(tmp_path / name)
+        theirs = dropout_sites(reference, *inputs)
+        assert dropout_sites(ours, *inputs) == theirs, name
+        assert name == "CLIPModel" or theirs, name  # a check that sees dropouts

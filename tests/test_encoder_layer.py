@@ -107,3 +107,14 @@ def test_the_transformer_families_build_their_layers_from_this_one(model_type):
         assert owners and all(isinstance(model.get_submodule(owner), EncoderLayer) for owner in owners), (cls.__name__, owners)
         if model_type == "albert":  # 4 layer steps on 2 shared groups: two layer modules
             assert len(owners) == model.config.num_hidden_groups * model.config.inner_group_num < model.config.num_hidden_layers
+
+
+def test_a_layer_pickled_with_one_dropout_for_both_branches_still_runs():
+    """A layer pickled before the feed-forward branch had its own dropout gets one of the same rate, in the same mode."""
+    import pickle
+
+    layer = EncoderLayer(16, 2, 32, dropout=0.3).train()
+    del layer.ffn_dropout  # as such a layer was pickled
+    loaded = pickle.loads(pickle.dumps(layer))
+    assert loaded.ffn_dropout.p == 0.3 and loaded.ffn_dropout.training
+    assert loaded.eval()(torch.randn(2, 5, 16))[0].shape == (2, 5, 16)

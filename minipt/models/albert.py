@@ -30,11 +30,11 @@ from torch import nn
 from ..config import Config, count, epsilon, flag, one_of, probability, real, require, token_id
 from ..errors import ConfigError
 from ..keymap import KeyMap
-from ..nn import Dropout, Linear
+from ..nn import Dropout, EncoderLayer, Linear
 from ..nn.layers import ACTIVATIONS
 from ..nn.tap import tap
 from ..registry import register
-from .bert import BertConfig, BertEmbeddings, BertModel, BertOutput, BertPooler, MaskedLMHead, _BertPretrained, encoder_layer
+from .bert import BertConfig, BertEmbeddings, BertModel, BertOutput, BertPooler, MaskedLMHead, _BertPretrained
 from .text_encoder import (PROBLEM_TYPES, READS_TOKENS, ClassLabels, MaskedLanguageModel, SequenceClassifier, embedding_fields, embedding_rules, example_token_inputs,
                            fields_under, layer_points, layer_rules, run_layers)
 
@@ -103,6 +103,15 @@ class AlbertEmbeddings(BertEmbeddings):
 
     def __init__(self, config: AlbertConfig):
         super().__init__(config, width=config.embedding_size)
+
+
+def encoder_layer(config: AlbertConfig) -> EncoderLayer:
+    """One encoder layer of ALBERT's sizes: BERT's post-LN layer, dropout on the attention branch's output only
+    (transformers' AlbertLayer holds a dropout for its feed-forward output that it never applies)."""
+    return EncoderLayer(
+        config.hidden_size, config.num_attention_heads, config.intermediate_size, act=config.hidden_act, eps=config.layer_norm_eps,
+        dropout=config.hidden_dropout_prob, ffn_dropout=0.0, attention_dropout=config.attention_probs_dropout_prob,
+    )
 
 
 class AlbertEncoder(nn.Module):

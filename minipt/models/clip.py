@@ -215,7 +215,7 @@ torch.export.register_dataclass(CLIPOutput)
 def encoder_layer(config: CLIPTextConfig | CLIPVisionConfig) -> EncoderLayer:
     """One pre-LN encoder layer of a tower's sizes, with the tower's activation (QuickGELU for OpenAI's models)."""
     return EncoderLayer(config.hidden_size, config.num_attention_heads, config.intermediate_size, act=config.hidden_act,
-                        eps=config.layer_norm_eps, dropout=config.dropout, attention_dropout=config.attention_dropout,
+                        eps=config.layer_norm_eps, attention_dropout=config.attention_dropout,  # config.dropout: read by no layer, as in transformers
                         norm_first=True, causal=isinstance(config, CLIPTextConfig))  # the text tower reads left to right
 
 

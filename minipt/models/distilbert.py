@@ -131,10 +131,11 @@ class DistilBertEmbeddings(nn.Module):
 
 
 def encoder_layer(config: DistilBertConfig) -> EncoderLayer:
-    """One encoder layer of DistilBERT's sizes (BERT's post-LN layer under other config names)."""
+    """One encoder layer of DistilBERT's sizes (BERT's post-LN layer under other config names); dropout on the
+    feed-forward branch's output only, as DistilBERT's TransformerBlock drops."""
     return EncoderLayer(
         config.dim, config.n_heads, config.hidden_dim, act=config.activation, eps=config.layer_norm_eps,
-        dropout=config.dropout, attention_dropout=config.attention_dropout,
+        dropout=0.0, ffn_dropout=config.dropout, attention_dropout=config.attention_dropout,  # as transformers: no dropout on the attention's output
     )
 
 

@@ -43,10 +43,11 @@ class EncoderLayer(nn.Module):
         *,
         act: str = "gelu",  # a name minipt.nn.activation knows
         eps: float = 1e-12,  # of both LayerNorms
-        dropout: float = 0.0,  # on each branch's output
+        dropout: float = 0.0,  # on each branch's output (the feed-forward one's: ffn_dropout where given)
         attention_dropout: float = 0.0,  # on the attention probabilities
         norm_first: bool = False,
         causal: bool = False,  # each position attends only to itself and earlier ones (CLIP's text tower)
+        ffn_dropout: float | None = None,  # on the feed-forward branch's output, where it differs (DistilBERT, ALBERT)
     ):
         super().__init__()
         self.norm_first = norm_first
@@ -57,7 +58,14 @@ class EncoderLayer(nn.Module):
         self.act = activation(act)
         self.ffn_down = Linear(intermediate_size, dim)
         self.ffn_norm = LayerNorm(dim, eps=eps)
-        self.dropout = Dropout(dropout)
+        self.dropout = Dropout(dropout)  # on the attention branch's output
+        self.ffn_dropout = Dropout(dropout if ffn_dropout is None else ffn_dropout)
+
+    def __setstate__(self, state) -> None:
+        super().__setstate__(state)
+        if "ffn_dropout" not in self._modules:  # pickled when one dropout served both branches
+            old = self._modules["dropout"]
+            self._modules["ffn_dropout"] = Dropout(old.p).train(old.training)
 
     def feed_forward(self, hidden: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """``ffn_down(act(ffn_up(hidden)))`` (``+ residual``): (B, T, C) -> (B, T, intermediate) inside -> (B, T, C)."""
@@ -74,9 +82,9 @@ class EncoderLayer(nn.Module):
         if self.norm_first:
             attn_out, attn_probs = self.attn(self.attn_norm(hidden), bias, need_weights, causal=self.causal)
             hidden = hidden + self.dropout(attn_out)  # (B, T, C)
-            hidden = hidden + self.dropout(self.feed_forward(self.ffn_norm(hidden)))
+            hidden = hidden + self.ffn_dropout(self.feed_forward(self.ffn_norm(hidden)))
             return hidden, attn_probs
         attn_out, attn_probs = self.attn(hidden, bias, need_weights, causal=self.causal)
         hidden = self.attn_norm(self.dropout(attn_out), residual=hidden)  # LN(hidden + attn_out): (B, T, C)
-        hidden = self.ffn_norm(self.dropout(self.feed_forward(hidden)), residual=hidden)
+        hidden = self.ffn_norm(self.ffn_dropout(self.feed_forward(hidden)), residual=hidden)
         return hidden, attn_probs
