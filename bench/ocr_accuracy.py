@@ -30,7 +30,7 @@ How a reading is scored against the truth of an image (each image's ``lines``):
   loses precision and CER, not word accuracy.
 
 ``--variant NAME`` (repeatable) adds minipt's pipeline with a change made in this script (``VARIANTS``:
-``unjoined``, ``min-size``, ``float32-detector``, ``bfloat16-detector``; ``boxes``, none, as a check), to show what moves its numbers; they change
+``unjoined``, ``min-size``, ``float32-detector``, ``bfloat16-detector``, ``easyocr-resize``; ``boxes``, none, as a check), to show what moves its numbers; they change
 nothing in minipt.
 """
 
@@ -193,12 +193,50 @@ def fused_detector(dtype_name: str):
     return minipt_system(detector=ocr.load_detector(getattr(torch, dtype_name)))
 
 
+def easyocr_crop_resize(pixels, height: int = 64):
+    """A (H, W) uint8 crop -> (1, 1, height, W') as EasyOCR's recogniser resizes it, in two steps: bilinear (OpenCV's
+    INTER_LINEAR, which EasyOCR asks for with Pillow's LANCZOS constant, 1) to ``height`` rows and the width
+    truncated, then Pillow's bicubic to the width rounded up; within one grey level of EasyOCR's. minipt's
+    ``crnn.preprocess`` resizes once, bicubic."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    pixels = torch.as_tensor(np.asarray(pixels))
+    h, w = pixels.shape
+    first = (max(1, int(height * w / h)), height) if w >= h else (height, max(1, int(height * h / w)))  # (width, rows)
+    resized = F.interpolate(pixels.float()[None, None], size=first[::-1], mode="bilinear", align_corners=False)
+    gray = Image.fromarray(resized[0, 0].round().clamp(0, 255).to(torch.uint8).numpy())
+    width = max(8, math.ceil(height * first[0] / first[1]))
+    gray = gray.resize((width, height), Image.BICUBIC)
+    return (torch.from_numpy(np.asarray(gray).copy()).float().view(1, 1, height, width) / 255 - 0.5) / 0.5
+
+
+def easyocr_resize():
+    """minipt's pipeline with every crop resized as EasyOCR resizes it (``easyocr_crop_resize``)."""
+    from minipt import ocr
+
+    inner = variant()
+
+    def run(path: Path):
+        original, ocr.crnn_preprocess = ocr.crnn_preprocess, easyocr_crop_resize
+        try:
+            return inner(path)
+        finally:
+            ocr.crnn_preprocess = original
+
+    return run
+
+
 VARIANTS = {  # name -> a function building a system
     "boxes": lambda: variant(),  # minipt's own steps through the cached boxes: scores as minipt does
     "unjoined": lambda: variant(joined=False),
     "min-size": lambda: variant(min_size=20),
     "float32-detector": lambda: fused_detector("float32"),
     "bfloat16-detector": lambda: fused_detector("bfloat16"),
+    "easyocr-resize": easyocr_resize,
 }
 
 

@@ -253,8 +253,9 @@ _KEYMAP = KeyMap(
 def preprocess(image, height: int = 64) -> torch.Tensor:
     """A PIL image, a path, or a 2-D uint8 array/tensor -> (1, 1, height, W) floats in [-1, 1].
 
-    The line is converted to grayscale and resized to ``height`` rows keeping its
-    aspect ratio (bicubic, as EasyOCR does), then scaled ``(x / 255 - 0.5) / 0.5``.
+    The line is converted to grayscale and resized to ``height`` rows keeping its aspect ratio (bicubic; EasyOCR
+    resizes bilinear, then bicubic to the width rounded up, which reads bench/ocr_set.py's images slightly worse: see
+    docs/benchmarks.md), then scaled ``(x / 255 - 0.5) / 0.5``.
     """
     Image = pillow().Image
 
