@@ -118,3 +118,21 @@ def test_a_layer_pickled_with_one_dropout_for_both_branches_still_runs():
     loaded = pickle.loads(pickle.dumps(layer))
     assert loaded.ffn_dropout.p == 0.3 and loaded.ffn_dropout.training
     assert loaded.eval()(torch.randn(2, 5, 16))[0].shape == (2, 5, 16)
+
+
+@pytest.mark.parametrize("backend", ["math", "torch", "fused"])
+def test_a_causal_layer_given_a_padding_bias_stays_causal(backend):
+    """EncoderLayer(causal=True) given attention_bias(mask, T, T) (padding only, as the module docstring builds it)
+    computes what it computes on attention_bias(mask, T, T, causal=True): a later token changes no earlier position."""
+    torch.manual_seed(0)
+    layer = EncoderLayer(16, 2, 32, norm_first=True, causal=True).eval()
+    x = torch.randn(2, 5, 16)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]])
+    with torch.no_grad(), use_backend(backend, module=layer):
+        expected = layer(x, attention_bias(mask, 5, 5, causal=True))[0]
+        got = layer(x, attention_bias(mask, 5, 5))[0]
+        changed = x.clone()
+        changed[:, 3] = torch.randn(2, 16)
+        later = layer(changed, attention_bias(mask, 5, 5))[0]
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert torch.equal(later[:, :3], got[:, :3])

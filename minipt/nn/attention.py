@@ -101,7 +101,8 @@ def scaled_dot_product_attention(
 
     ``causal=True`` says that ``bias`` is ``attention_bias(mask, T, S, causal=True)`` (the future
     masked, aligned bottom-right, and padded keys if a mask was given), or None when nothing needs
-    masking beyond the future. On the math path the probabilities pass the tap point ``probs`` of
+    masking beyond the future; a bias of one query row (a padding mask's, (B, 1, 1, S)) gets the
+    future's mask added here. On the math path the probabilities pass the tap point ``probs`` of
     ``site`` (the calling module; see ``minipt.nn.tap``), so a capture can read or edit them before
     they weight ``v``.
 
@@ -112,6 +113,8 @@ def scaled_dot_product_attention(
     ``minipt.nn.dropout``.
     """
     T, S = q.shape[-2], k.shape[-2]
+    if causal and bias is not None and T > 1 and bias.dim() >= 2 and bias.shape[-2] == 1:  # padding only: the future too
+        bias = (bias + attention_bias(None, T, S, causal=True, dtype=bias.dtype, device=bias.device)).clamp(min=torch.finfo(bias.dtype).min)
     if backend == "fused" and not need_weights and dropout == 0.0:
         if bias is None or (causal and bias.dim() == 2):  # (T, S): the causal mask alone
             return ops.attention(q, k, v, causal=causal, scale=scale), None
@@ -180,7 +183,7 @@ class MultiHeadAttention(BackendBlock, nn.Module):
         bias: torch.Tensor | None = None,  # from attention_bias(): (B|1, 1, T, T)
         need_weights: bool = False,
         residual: torch.Tensor | None = None,  # (B, T, C), added to the output projection's result
-        causal: bool = False,  # each position attends to itself and those before it (``bias`` includes that mask)
+        causal: bool = False,  # each position attends to itself and those before it (added to a padding-only ``bias``)
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, C = hidden.shape
         split_heads = lambda x: x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # noqa: E731
