@@ -146,6 +146,25 @@ def test_layer_norm_is_a_state_dict_drop_in_for_torch():
     ours.load_state_dict(theirs.state_dict())
 
 
+@pytest.mark.parametrize("backend", ["math", "torch", "fused"])
+def test_norms_refuse_an_input_of_another_width(backend):
+    """An input ending in 1 broadcast against the weight into the bias everywhere (math) or a torch error (torch), as
+    RMSNorm did on every backend; a residual of another shape broadcast on two backends and was refused on one."""
+    from minipt.errors import InputError
+    from minipt.nn import RMSNorm
+
+    norm = LayerNorm(16)
+    with use_backend(backend, module=norm):
+        for x in (torch.randn(2, 5, 1), torch.randn(2, 5, 8), torch.tensor(1.0)):
+            with pytest.raises(InputError, match=r"LayerNorm\(16\) normalises a last dimension of 16, got an input of shape"):
+                norm(x)
+        with pytest.raises(InputError, match=r"residual must have the input's shape \(2, 5, 16\), got \(2, 1, 16\)"):
+            norm(torch.randn(2, 5, 16), residual=torch.randn(2, 1, 16))
+        assert norm(torch.randn(2, 5, 16)).shape == (2, 5, 16)
+    with pytest.raises(InputError, match=r"RMSNorm\(16\) normalises a last dimension of 16, got an input of shape \(2, 5, 1\)"):
+        RMSNorm(16)(torch.randn(2, 5, 1))
+
+
 def test_backend_switch():
     assert get_backend() == "torch"
     with use_backend("math"):

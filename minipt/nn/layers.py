@@ -11,7 +11,7 @@ from torch import nn
 
 from .. import ops
 from ..checks import autocast_on, tracing
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..ops import cpu
 from .backend import BackendBlock, get_backend
 
@@ -38,6 +38,18 @@ class Linear(BackendBlock, nn.Linear):
         return out if residual is None else out + residual
 
 
+def _check_normalised(norm: nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None) -> None:
+    """An InputError unless ``x`` (and ``residual``, of its shape) ends in the norm's width: a last dimension of 1
+    would broadcast against the weight into a tensor of the bias."""
+    width = norm.weight.shape[0]
+    if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.shape[-1] != width:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise InputError(f"{type(norm).__name__}({width}) normalises a last dimension of {width}, got an input of shape {got}")
+    if residual is not None and (not isinstance(residual, torch.Tensor) or residual.shape != x.shape):
+        got = tuple(residual.shape) if isinstance(residual, torch.Tensor) else type(residual).__name__
+        raise InputError(f"{type(norm).__name__}'s residual must have the input's shape {tuple(x.shape)}, got {got}")
+
+
 class LayerNorm(BackendBlock, nn.Module):
     """Layer normalisation (Ba et al., 2016) over the last dimension: state-dict compatible with torch.nn.LayerNorm."""
 
@@ -49,6 +61,7 @@ class LayerNorm(BackendBlock, nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """LN(x), or LN(x + residual): a post-LN block's residual step, one op on ``fused``."""
+        _check_normalised(self, x, residual)
         backend = get_backend(self.backend)
         if backend == "fused":
             weight, bias = self.weight, self.bias
@@ -87,6 +100,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_normalised(self, x)
         variance = x.float().pow(2).mean(-1, keepdim=True)  # (..., 1), float32
         x = x * torch.rsqrt(variance + self.eps)
         if self.weight.dtype in (torch.float16, torch.bfloat16):
