@@ -592,6 +592,11 @@ def test_check_inputs_names_the_bad_argument(pair):
         model.check_inputs(ids, attention_mask=[[1]])
     with pytest.raises(InputError, match=r"labels must be integer ids shaped as input_ids \(2, 4\)"):
         model(ids, labels=ids[:, :3])
+    with pytest.raises(InputError, match=r"labels must be integer ids .* got torch.bool"):
+        model(ids, labels=ids.bool())
+    for bad in (-5, model.config.vocab_size):  # an IndexError inside cross_entropy before
+        with pytest.raises(InputError, match=rf"labels holds {bad}, not a token id in \[0, {model.config.vocab_size - 1}\] nor -100"):
+            model(ids, labels=torch.full_like(ids, bad))
     with pytest.raises(InputError, match="position_ids must have shape"):
         model.transformer.check_inputs(ids, position_ids=torch.zeros(4, dtype=torch.long))
 

@@ -24,6 +24,7 @@ from torch import nn
 
 from ..checkpoint import Pretrained
 from ..checks import check_ids, check_mask_values, tracing
+from .text_encoder import check_token_labels
 from ..config import Config, count, epsilon, first_stop_id, flag, one_of, probability, real, require, token_id
 from ..errors import ConfigError, InputError
 from ..keymap import TRANSPOSE, KeyMap
@@ -317,10 +318,12 @@ class GPT2Model(_GPT2Pretrained):
         return _stack_keymap() + KeyMap([], ignore=["lm_head.weight"], optional_prefix="transformer.")
 
 
-def _check_labels(labels, input_ids: torch.Tensor) -> None:
-    if labels is not None and (not isinstance(labels, torch.Tensor) or labels.shape != input_ids.shape or labels.is_floating_point()):
+def _check_labels(labels, input_ids: torch.Tensor, vocab_size: int) -> None:
+    if labels is not None and (not isinstance(labels, torch.Tensor) or labels.shape != input_ids.shape or labels.is_floating_point()
+                               or labels.is_complex() or labels.dtype == torch.bool):
         found = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
         raise InputError(f"labels must be integer ids shaped as input_ids {tuple(input_ids.shape)} (-100 where no loss is taken), got {found}")
+    check_token_labels(labels, input_ids, vocab_size)  # each a token id or -100
 
 
 def _shape(value) -> str:
@@ -383,7 +386,7 @@ class GPT2LMHeadModel(_GPT2Pretrained):
     def forward(self, input_ids, attention_mask=None, past_key_values=None, use_cache=False, position_ids=None, labels=None) -> GPT2LMOutput:
         """``labels`` (B, T): the input ids themselves (shifted here), -100 where no loss is taken."""
         out = self.transformer(input_ids, attention_mask, past_key_values, use_cache, position_ids)  # checks all but labels
-        _check_labels(labels, input_ids)
+        _check_labels(labels, input_ids, self.config.vocab_size)
         logits = self.lm_head(out.last_hidden_state)  # (B, T, vocab)
         loss = None
         if labels is not None:  # position t predicts token t + 1
@@ -393,7 +396,7 @@ class GPT2LMHeadModel(_GPT2Pretrained):
     def check_inputs(self, input_ids, attention_mask=None, past_key_values=None, use_cache=False, position_ids=None, labels=None) -> None:
         """``GPT2Model.check_inputs``, and ``labels``: integer ids shaped as ``input_ids``."""
         self.transformer.check_inputs(input_ids, attention_mask, past_key_values, use_cache, position_ids)
-        _check_labels(labels, input_ids)
+        _check_labels(labels, input_ids, self.config.vocab_size)
 
     @with_generation_config  # generation_config.json's defaults, as transformers takes them
     @ends_streamer
