@@ -410,11 +410,18 @@ def trainable_parameters(model: nn.Module) -> int:
 
 # -- quantised models ------------------------------------------------------------------
 def _refuse_quantized(model: nn.Module, what: str) -> None:
+    """Refuse the copies made for inference only: an int8 model, a ``fuse()`` copy (its packed weights outside its
+    parameters: unfreezing it would train its norms and embeddings alone)."""
     if is_quantized(model):
         raise TrainingError(
             f"{type(model).__name__} is quantised (int8 weights, packed for inference); {what} needs a float model: "
             "train the float model and quantise it afterwards"
         )
+    fused = next((name for name, module in model.named_modules() if getattr(module, "fused", False)), None)
+    if fused is not None:
+        where = f" (at {fused!r})" if fused else ""
+        raise TrainingError(f"{type(model).__name__} is or holds a fuse() copy{where}, made for inference: its packed weights are no "
+                            f"parameters and do not train; {what} needs the model itself: train it and fuse() afterwards")
 
 
 def check_trainable(model: nn.Module) -> None:

@@ -141,6 +141,17 @@ def test_changes_inside_a_fused_copy_are_refused():
     fused = model.fuse()
     fused.bert.layers.eval().requires_grad_(False)  # what an inference copy already is: allowed
     fused.bert.to(memory_format=torch.channels_last)  # no dtype or device: allowed
+    # minipt.transfer set requires_grad on each parameter past the copy's refusal: 13 parameters trained, the rest not
+    from minipt import transfer
+    from minipt.errors import TrainingError
+    from minipt.train import fit
+
+    for step in (transfer.unfreeze, transfer.freeze, lambda f: transfer.param_groups(f, lr=1e-3),
+                 lambda f: fit(f, torch.optim.SGD(f.parameters(), lr=0.1), [(ids, torch.tensor([0, 1]))],
+                               loss=lambda m, batch: m(batch[0], labels=batch[1]).loss, epochs=1)):
+        with pytest.raises(TrainingError, match=r"is or holds a fuse\(\) copy, made for inference"):
+            step(fused)
+    assert not any(p.requires_grad for p in fused.parameters())
 
 
 def test_generate_of_a_fused_copy_cannot_be_put_in_training():
