@@ -271,15 +271,24 @@ def num_classes(model: nn.Module) -> int:
 
 
 def check_labels(model: nn.Module, labels) -> None:
-    """Refuse labels the head cannot predict (before training, not as an index error deep in the loss)."""
+    """Refuse labels the head cannot predict (before training, not as an index error deep in the loss): class numbers
+    of a single-label head, -100 (skipped by the loss) allowed. A head whose config names another problem
+    (``problem_type`` regression or multi-label, or a one-output head or float labels where it names none, as
+    transformers reads it) takes targets its own loss checks, batch by batch."""
     model = unwrapped(model)
     try:
         labels = torch.as_tensor(labels)
     except (TypeError, ValueError, RuntimeError) as err:
         raise InputError(f"labels must be class numbers (a tensor, array or list of integers), got {type(labels).__name__}: {err}") from None
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "problem_type"):
+        problem = config.problem_type
+        if problem in ("regression", "multi_label_classification") or (problem is None and (num_classes(model) == 1 or labels.is_floating_point())):
+            return
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise InputError(f"labels must be integer class numbers, got dtype {labels.dtype}")
     classes = num_classes(model)
+    labels = labels[labels != -100]  # skipped by the loss
     if labels.numel() == 0:
         return
     low, high = int(labels.min()), int(labels.max())

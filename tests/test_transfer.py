@@ -270,6 +270,17 @@ def test_labels_outside_the_head():
         transfer.check_labels(model, [0, 4, 1])
     with pytest.raises(TrainingError, match="from -1"):
         transfer.check_labels(model, [-1, 0])
+    transfer.check_labels(model, [0, -100, 2])  # -100: skipped by the loss, as the model's own check allows
+    with pytest.raises(TrainingError, match=r"labels run from 0 to 3"):
+        transfer.check_labels(model, [0, -100, 3])
+    # the targets of another problem: the model's loss takes them (and checks each batch); so does check_labels
+    from minipt.models.bert import BertConfig, BertForSequenceClassification
+
+    for problem, num_labels, targets in (("multi_label_classification", 3, [[0.0, 1.0, 1.0]]), ("regression", 2, [[0.3, -1.2]]), (None, 1, [0.3])):
+        head = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                                        intermediate_size=32, num_labels=num_labels, problem_type=problem))
+        assert head(torch.randint(1, 50, (1, 4)), labels=torch.tensor(targets)).loss.isfinite()
+        transfer.check_labels(head, targets)
 
 
 def test_the_loss_names_labels_it_cannot_take():
