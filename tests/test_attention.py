@@ -181,3 +181,24 @@ def test_backend_switch():
         set_backend("torch")
     with pytest.raises(ConfigError):
         set_backend(None)
+
+
+def test_self_attention_names_inputs_it_cannot_take():
+    """A padding mask or a bool mask passed as the bias (torch.finfo's TypeError before), a bias over other keys (a
+    broadcast error inside torch), unbatched input or input of another width: each an InputError naming it."""
+    from minipt.errors import InputError
+    from minipt.nn import EncoderLayer
+
+    mha, layer = MultiHeadAttention(16, 2).eval(), EncoderLayer(16, 2, 32).eval()
+    x = torch.randn(2, 5, 16)
+    for module in (mha, layer):
+        for bias in (torch.ones(2, 5, dtype=torch.long), torch.ones(2, 1, 1, 5, dtype=torch.bool)):
+            with pytest.raises(InputError, match=r"additive float mask .* got torch\.(int64|bool): attention_bias\(mask, T, T\) builds it"):
+                module(x, bias)
+        with pytest.raises(InputError, match=r"bias of shape \(2, 1, 1, 4\) does not broadcast to .* \(2, 2, 5, 5\)"):
+            module(x, torch.zeros(2, 1, 1, 4))
+        for bad in (x[0], torch.randn(2, 5, 8)):
+            with pytest.raises(InputError, match=r"self-attention of width 16 takes hidden states \(batch, seq_len, 16\)"):
+                module(bad)
+        assert module(x, attention_bias(torch.tensor([[1, 1, 1, 0, 0], [1] * 5]), 5, 5))[0].shape == (2, 5, 16)
+        assert module(x, torch.zeros(2, 2, 5, 5))[0].shape == (2, 5, 16)  # one bias per head

@@ -147,6 +147,24 @@ def scaled_dot_product_attention(
     return out, None
 
 
+def _check_attention_inputs(hidden, bias, dim: int, num_heads: int) -> None:
+    """An InputError naming what self-attention cannot take: input that is not (B, T, dim), a bias that is no
+    additive float mask broadcastable to (B, heads, T, T) (a padding mask goes through attention_bias first)."""
+    if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3 or hidden.shape[-1] != dim:
+        got = tuple(hidden.shape) if isinstance(hidden, torch.Tensor) else type(hidden).__name__
+        raise InputError(f"self-attention of width {dim} takes hidden states (batch, seq_len, {dim}), got {got}")
+    if bias is None:
+        return
+    B, T = hidden.shape[:2]
+    if not isinstance(bias, torch.Tensor) or not bias.is_floating_point():
+        got = bias.dtype if isinstance(bias, torch.Tensor) else type(bias).__name__
+        raise InputError(f"the attention bias is an additive float mask (0 where attended, a large negative where not), got {got}: "
+                         f"attention_bias(mask, T, T) builds it from a padding mask")
+    wanted = (B, num_heads, T, T)
+    if bias.dim() > 4 or any(n not in (1, w) for n, w in zip(bias.shape[::-1], wanted[::-1])):
+        raise InputError(f"the attention bias of shape {tuple(bias.shape)} does not broadcast to (batch, heads, queries, keys) {wanted}")
+
+
 class MultiHeadAttention(BackendBlock, nn.Module):
     """Self-attention with ``num_heads`` heads: project to Q, K, V, attend per head, project back."""
 
@@ -185,6 +203,7 @@ class MultiHeadAttention(BackendBlock, nn.Module):
         residual: torch.Tensor | None = None,  # (B, T, C), added to the output projection's result
         causal: bool = False,  # each position attends to itself and those before it (added to a padding-only ``bias``)
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        _check_attention_inputs(hidden, bias, self.num_heads * self.head_dim, self.num_heads)
         B, T, C = hidden.shape
         split_heads = lambda x: x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # noqa: E731
         if self.qkv_proj is not None:  # merged by fuse()
