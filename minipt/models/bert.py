@@ -192,7 +192,8 @@ class BertModel(_BertPretrained):
         """Raise an InputError naming the first argument of ``forward`` that does not fit this model (at most ``config.longest_input`` tokens)."""
         config = self.config
         check_token_inputs(input_ids, attention_mask, token_type_ids, vocab_size=config.vocab_size, max_length=config.longest_input,
-                           type_vocab_size=config.type_vocab_size, family=self._family, num_heads=config.num_attention_heads)
+                           type_vocab_size=config.type_vocab_size, family=self._family, num_heads=config.num_attention_heads,
+                           device=self.embeddings.token.weight.device)
 
     @classmethod
     def keymap(cls, config: BertConfig | None = None) -> KeyMap:

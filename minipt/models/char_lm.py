@@ -104,7 +104,7 @@ class CharLM(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
             if not (isinstance(state, (tuple, list)) and len(state) == 2 and all(isinstance(s, torch.Tensor) and tuple(s.shape) == expected for s in state)):
                 found = [tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__ for s in state] if isinstance(state, (tuple, list)) else type(state).__name__
                 raise InputError(f"state must be the LSTM's (h, c), each of shape (num_layers, B, hidden_size) = {expected}; got {found}")
-        check_ids("CharLM ids", ids, config.vocab_size)
+        check_ids("CharLM ids", ids, config.vocab_size, device=self.embedding.weight.device)
 
     # -- text in and out, as a tokenizer ---------------------------------------------
     @staticmethod

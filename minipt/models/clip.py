@@ -391,7 +391,8 @@ class CLIPTextModel(_CLIPTower):
             raise InputError(f"a caption of {input_ids.shape[1]} tokens is longer than CLIP's context of {config.max_position_embeddings} "
                              "(max_position_embeddings); truncate it")
         check_token_inputs(input_ids, attention_mask, vocab_size=config.vocab_size, max_length=config.max_position_embeddings,
-                           type_vocab_size=None, family="CLIP", num_heads=config.num_attention_heads)
+                           type_vocab_size=None, family="CLIP", num_heads=config.num_attention_heads,
+                           device=self.embeddings.token.weight.device)
         if config.eos_token_id != LEGACY_EOS_TOKEN_ID and not tracing() and not input_ids.is_meta and input_ids.numel():
             without = (~(input_ids == config.eos_token_id).any(dim=-1)).nonzero().flatten().tolist()
             if without:  # it would pool at position 0, the start token, which sees only itself: every such caption the same

@@ -180,7 +180,7 @@ class DistilBertModel(_DistilBertPretrained):
         """Raise an InputError naming the first argument of ``forward`` that does not fit this model."""
         config = self.config
         check_token_inputs(input_ids, attention_mask, token_type_ids, vocab_size=config.vocab_size, max_length=config.max_position_embeddings,
-                           type_vocab_size=None, family="DistilBERT", num_heads=config.n_heads)
+                           type_vocab_size=None, family="DistilBERT", num_heads=config.n_heads, device=self.embeddings.token.weight.device)
 
     @classmethod
     def keymap(cls, config: DistilBertConfig | None = None) -> KeyMap:

@@ -146,7 +146,7 @@ class G2P(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
                 raise InputError(f"G2P.forward expects {name} as integer ids (B, T), got shape {tuple(ids.shape)} of {ids.dtype}")
             if ids.shape[1] == 0:  # an empty batch (B = 0) is fine
                 raise InputError(f"G2P.forward: {name} of shape {tuple(ids.shape)} hold sequences of no tokens; each needs at least one (</s> or <s>)")
-            check_ids(f"G2P.forward: {name}", ids, len(vocab))
+            check_ids(f"G2P.forward: {name}", ids, len(vocab), device=self.letter_embedding.weight.device)
         if letter_ids.shape[0] != phoneme_ids.shape[0]:
             raise InputError(f"G2P.forward: {letter_ids.shape[0]} letter sequences but {phoneme_ids.shape[0]} phoneme sequences")
         if letter_lengths is None:  # every id is read, <pad> too: a padded batch needs its lengths

@@ -302,7 +302,7 @@ class GPT2Model(_GPT2Pretrained):
                 raise InputError(f"the cache was allocated for batch size {cache.batch_size}, input_ids has {B} sequences")
             if past + T > cache.max_len:
                 raise InputError(f"the cache holds {cache.max_len} positions: {past} cached + {T} new tokens do not fit")
-        check_ids("input_ids", input_ids, config.vocab_size)
+        check_ids("input_ids", input_ids, config.vocab_size, device=self.token.weight.device)
         if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != (B, past + T)):
             raise InputError(f"attention_mask must cover the cached and the new tokens, shape ({B}, {past + T}); got {_shape(attention_mask)}")
         if attention_mask is not None:

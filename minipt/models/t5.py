@@ -430,10 +430,10 @@ def _shape(value) -> str:
     return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
 
 
-def _check_ids_and_mask(name: str, ids, mask, vocab_size: int, mask_name: str) -> None:
+def _check_ids_and_mask(name: str, ids, mask, vocab_size: int, mask_name: str, device: torch.device | None = None) -> None:
     if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.is_floating_point() or ids.shape[1] == 0:
         raise InputError(f"{name} must be integer token ids of shape (batch, seq_len), got {_shape(ids) if not isinstance(ids, torch.Tensor) else f'{ids.dtype} {tuple(ids.shape)}'}")
-    check_ids(name, ids, vocab_size)
+    check_ids(name, ids, vocab_size, device=device)
     if mask is not None and (not isinstance(mask, torch.Tensor) or mask.shape != ids.shape):
         raise InputError(f"{mask_name} must have the shape of {name} {tuple(ids.shape)}, got {_shape(mask)}")
     if mask is not None:
@@ -514,7 +514,7 @@ class T5EncoderModel(_T5Pretrained):
 
     def check_inputs(self, input_ids, attention_mask=None) -> None:
         """InputError naming the first argument of ``forward`` that does not fit: ids outside the vocabulary, a mask of another shape."""
-        _check_ids_and_mask("input_ids", input_ids, attention_mask, self.config.vocab_size, "attention_mask")
+        _check_ids_and_mask("input_ids", input_ids, attention_mask, self.config.vocab_size, "attention_mask", device=self.shared.weight.device)
 
     @classmethod
     def keymap(cls, config: T5Config | None = None) -> KeyMap:
@@ -620,7 +620,7 @@ class T5Model(_T5Pretrained):
     def check_inputs(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None, labels=None) -> None:
         """InputError naming the first argument of ``forward`` that does not fit this model."""
         config = self.config
-        _check_ids_and_mask("input_ids", input_ids, attention_mask, config.vocab_size, "attention_mask")
+        _check_ids_and_mask("input_ids", input_ids, attention_mask, config.vocab_size, "attention_mask", device=self.shared.weight.device)
         if labels is not None:
             if not self.has_head:
                 raise InputError("labels are for T5ForConditionalGeneration; T5Model has no head to take a loss from")
@@ -628,7 +628,7 @@ class T5Model(_T5Pretrained):
                 raise InputError(f"labels must be integer ids (batch {input_ids.shape[0]}, target_len) (-100 where no loss is taken), got {_shape(labels)}")
             check_ids("labels", labels.masked_fill(labels == -100, 0), config.vocab_size)
         if decoder_input_ids is not None:
-            _check_ids_and_mask("decoder_input_ids", decoder_input_ids, decoder_attention_mask, config.vocab_size, "decoder_attention_mask")
+            _check_ids_and_mask("decoder_input_ids", decoder_input_ids, decoder_attention_mask, config.vocab_size, "decoder_attention_mask", device=self.shared.weight.device)
             if decoder_input_ids.shape[0] != input_ids.shape[0]:
                 raise InputError(f"decoder_input_ids has {decoder_input_ids.shape[0]} rows, input_ids {input_ids.shape[0]}")
             if labels is not None and labels.shape != decoder_input_ids.shape:

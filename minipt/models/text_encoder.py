@@ -105,6 +105,7 @@ def check_token_inputs(
     type_vocab_size: int | None,  # None: the family has no token types, and token_type_ids is refused
     family: str,
     num_heads: int | None = None,  # a 4-D additive mask holds 1 or this many heads
+    device: torch.device | None = None,  # the model's: the inputs must be there
 ) -> None:
     """Raise an InputError naming the first of a text encoder's inputs that does not fit the model."""
     if token_type_ids is not None and type_vocab_size is None:
@@ -121,7 +122,10 @@ def check_token_inputs(
         raise InputError(f"input_ids of shape {tuple(input_ids.shape)} hold sequences of no tokens; each needs at least one")
     if T > max_length:
         raise InputError(f"sequence length {T} exceeds the position table ({max_length} positions); truncate the input")
-    check_ids("input_ids", input_ids, vocab_size)
+    check_ids("input_ids", input_ids, vocab_size, device=device)
+    for name, value in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+        if value is not None and device is not None and value.device != device:
+            raise InputError(f"{name} is on {value.device}, the model on {device}: move it with .to({str(device)!r})")
     if token_type_ids is not None:
         if token_type_ids.shape != input_ids.shape:
             raise InputError(f"token_type_ids has shape {tuple(token_type_ids.shape)}, input_ids {tuple(input_ids.shape)}")
