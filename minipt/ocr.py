@@ -451,7 +451,8 @@ def _default_models() -> tuple[CRAFT, CRNN]:
 
 def read_lines(image, *, detector: CRAFT | None = None, recogniser: CRNN | None = None, canvas_size: int = CANVAS_SIZE,
                text_threshold: float = TEXT_THRESHOLD, low_text: float = LOW_TEXT, link_threshold: float = LINK_THRESHOLD) -> list[Line]:
-    """The lines of text in one image (a path, a PIL image or an (H, W[, 3|4]) uint8 or uint16 array), from the
+    """The lines of text in one image (a path, a PIL image or an (H, W[, 3|4]) uint8 or uint16 array, its channels
+    RGB(A): OpenCV's ``cv2.imread`` gives BGR, ``[..., ::-1]`` turns it, where EasyOCR takes BGR arrays), from the
     top, each with its words from the left.
 
     The detector's word boxes are read by ``lines_from_boxes``.
