@@ -149,20 +149,28 @@ def scaled_dot_product_attention(
 
 def _check_attention_inputs(hidden, bias, dim: int, num_heads: int) -> None:
     """An InputError naming what self-attention cannot take: input that is not (B, T, dim), a bias that is no
-    additive float mask broadcastable to (B, heads, T, T) (a padding mask goes through attention_bias first)."""
+    additive float mask broadcastable to (B, heads, T, T) (a padding mask goes through attention_bias first).
+    (Written for speed: it runs at every layer.)"""
+    try:
+        shape = hidden.shape
+        fits = len(shape) == 3 and shape[2] == dim
+        if fits and bias is not None:
+            B, T = shape[0], shape[1]
+            fits = bias.is_floating_point() and bias.dim() <= 4 and all(
+                n == 1 or n == w for n, w in zip(reversed(bias.shape), (T, T, num_heads, B)))
+    except AttributeError:  # not a tensor
+        fits = False
+    if fits:
+        return
     if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3 or hidden.shape[-1] != dim:
         got = tuple(hidden.shape) if isinstance(hidden, torch.Tensor) else type(hidden).__name__
         raise InputError(f"self-attention of width {dim} takes hidden states (batch, seq_len, {dim}), got {got}")
-    if bias is None:
-        return
     B, T = hidden.shape[:2]
     if not isinstance(bias, torch.Tensor) or not bias.is_floating_point():
         got = bias.dtype if isinstance(bias, torch.Tensor) else type(bias).__name__
         raise InputError(f"the attention bias is an additive float mask (0 where attended, a large negative where not), got {got}: "
                          f"attention_bias(mask, T, T) builds it from a padding mask")
-    wanted = (B, num_heads, T, T)
-    if bias.dim() > 4 or any(n not in (1, w) for n, w in zip(bias.shape[::-1], wanted[::-1])):
-        raise InputError(f"the attention bias of shape {tuple(bias.shape)} does not broadcast to (batch, heads, queries, keys) {wanted}")
+    raise InputError(f"the attention bias of shape {tuple(bias.shape)} does not broadcast to (batch, heads, queries, keys) {(B, num_heads, T, T)}")
 
 
 class MultiHeadAttention(BackendBlock, nn.Module):

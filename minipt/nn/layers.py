@@ -40,12 +40,17 @@ class Linear(BackendBlock, nn.Linear):
 
 def _check_normalised(norm: nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None) -> None:
     """An InputError unless ``x`` (and ``residual``, of its shape) ends in the norm's width: a last dimension of 1
-    would broadcast against the weight into a tensor of the bias."""
-    width = norm.weight.shape[0]
-    if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.shape[-1] != width:
-        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise InputError(f"{type(norm).__name__}({width}) normalises a last dimension of {width}, got an input of shape {got}")
-    if residual is not None and (not isinstance(residual, torch.Tensor) or residual.shape != x.shape):
+    would broadcast against the weight into a tensor of the bias. (Written for speed: it runs at every norm.)"""
+    try:
+        shape = x.shape
+        fits = shape[-1:] == norm._parameters["weight"].shape and (residual is None or residual.shape == shape)
+    except AttributeError:  # not a tensor
+        fits = False
+    if not fits:
+        width = norm.weight.shape[0]
+        if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.shape[-1] != width:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise InputError(f"{type(norm).__name__}({width}) normalises a last dimension of {width}, got an input of shape {got}")
         got = tuple(residual.shape) if isinstance(residual, torch.Tensor) else type(residual).__name__
         raise InputError(f"{type(norm).__name__}'s residual must have the input's shape {tuple(x.shape)}, got {got}")
 
