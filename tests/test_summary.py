@@ -411,3 +411,21 @@ def test_every_row_counts_the_flops_of_the_modules_inside_it():
                 prefix = row.name + "." if row.name else ""
                 children = [r for r in report.rows if r.depth == row.depth + 1 and r.name.startswith(prefix)]
                 assert sum(child.flops for child in children) <= row.flops, (cls.__name__, row.name)
+
+
+def test_every_text_model_counts_the_same_on_the_meta_device():
+    """A text model built on the meta device counts what it counts on the CPU, on its family's example inputs (padding
+    masks included: BERT's and T5's attention read the mask's values, which meta tensors do not have)."""
+    from minipt import registry
+
+    for family in registry.families():
+        for cls in family.classes:
+            args, kwargs = family.inputs(cls)
+            if args[0].is_floating_point():  # images
+                continue
+            inputs = (*args, kwargs) if kwargs else args
+            torch.manual_seed(0)
+            expected = summary(family.tiny_model(cls), inputs).total_flops
+            with torch.device("meta"):
+                model = family.tiny_model(cls)
+            assert summary(model, inputs).total_flops == expected > 0, cls.__name__

@@ -63,7 +63,7 @@ def attention_bias(
             if attention_mask.dim() != 2 or attention_mask.shape[-1] != key_len:
                 raise InputError(f"padding mask must have shape (batch, {key_len}), got {tuple(attention_mask.shape)}")
             keep = attention_mask.bool()
-            if not causal and not tracing() and bool(keep.all()):
+            if not causal and not tracing() and not keep.is_meta and bool(keep.all()):
                 return None  # nothing to mask: lets sdpa use its fastest kernel
             bias = torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, lowest)
             bias = bias[:, None, None, :]  # (B, 1, 1, S)
