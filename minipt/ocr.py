@@ -368,7 +368,7 @@ def recognition_threads(recogniser: CRNN) -> int:
     batch = torch.randn(8, recogniser.config.in_channels, recogniser.config.image_height, 128,
                         generator=torch.Generator().manual_seed(0)).to(first.dtype)
     runs: dict[int, list[float]] = {threads: [], 1: []}
-    with torch.no_grad():
+    with evaluating(recogniser), torch.no_grad():  # a recogniser in training mode keeps its BatchNorms' statistics
         for _ in range(4):  # the first of each is a warm-up
             for n in runs:
                 with _threads(n):

@@ -369,7 +369,8 @@ def test_a_detector_left_in_training_mode_detects_as_in_eval(detector):
 
 def test_a_recogniser_left_in_training_mode_reads_as_in_eval():
     """read_lines and CRNN.read are inference: a recogniser in training mode (just fine-tuned) reads with its
-    BatchNorms' running statistics, which stay as they were, and is left in training mode."""
+    BatchNorms' running statistics, which stay as they were (the timing of its threads, on more than one, too), and
+    is left in training mode."""
     from minipt.models.crnn import english_g2
 
     recogniser = english_g2()
@@ -378,11 +379,20 @@ def test_a_recogniser_left_in_training_mode_reads_as_in_eval():
     expected = [(line.text, line.confidence) for line in ocr.read_lines(image, recogniser=recogniser)]
     read = recogniser.read(crop)
     statistics = {name: buffer.clone() for name, buffer in recogniser.named_buffers()}
-    recogniser.train()
-    assert [(line.text, line.confidence) for line in ocr.read_lines(image, recogniser=recogniser)] == expected
-    assert recogniser.read(crop) == read
-    assert all(torch.equal(buffer, statistics[name]) for name, buffer in recogniser.named_buffers())
-    assert all(module.training for module in recogniser.modules())
+    threads, choices = torch.get_num_threads(), dict(ocr._thread_choices)
+    try:
+        torch.set_num_threads(2)
+        ocr._thread_choices.clear()  # measured again, in training mode, on two threads
+        recogniser.train()
+        assert [(line.text, line.confidence) for line in ocr.read_lines(image, recogniser=recogniser)] == expected
+        assert recogniser.read(crop) == read
+        assert all(torch.equal(buffer, statistics[name]) for name, buffer in recogniser.named_buffers())
+        assert all(module.training for module in recogniser.modules())
+    finally:
+        recogniser.eval()
+        torch.set_num_threads(threads)
+        ocr._thread_choices.clear()
+        ocr._thread_choices.update(choices)
 
 
 # -- minipt ocr ------------------------------------------------------------------------------------
