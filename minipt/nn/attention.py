@@ -156,7 +156,7 @@ def _check_attention_inputs(hidden, bias, dim: int, num_heads: int) -> None:
         fits = len(shape) == 3 and shape[2] == dim
         if fits and bias is not None:
             B, T = shape[0], shape[1]
-            fits = bias.is_floating_point() and bias.dim() <= 4 and all(
+            fits = bias.is_floating_point() and 2 <= bias.dim() <= 4 and all(
                 n == 1 or n == w for n, w in zip(reversed(bias.shape), (T, T, num_heads, B)))
     except AttributeError:  # not a tensor
         fits = False
@@ -170,7 +170,8 @@ def _check_attention_inputs(hidden, bias, dim: int, num_heads: int) -> None:
         got = bias.dtype if isinstance(bias, torch.Tensor) else type(bias).__name__
         raise InputError(f"the attention bias is an additive float mask (0 where attended, a large negative where not), got {got}: "
                          f"attention_bias(mask, T, T) builds it from a padding mask")
-    raise InputError(f"the attention bias of shape {tuple(bias.shape)} does not broadcast to (batch, heads, queries, keys) {(B, num_heads, T, T)}")
+    raise InputError(f"the attention bias of shape {tuple(bias.shape)} does not broadcast to (batch, heads, queries, keys) {(B, num_heads, T, T)} "
+                     f"from 2 to 4 dimensions")
 
 
 class MultiHeadAttention(BackendBlock, nn.Module):
