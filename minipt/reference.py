@@ -30,6 +30,8 @@ import types
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
@@ -282,7 +284,8 @@ def token_batch(inputs, path) -> tuple[dict, str]:
 
     if isinstance(inputs, torch.Tensor):  # token ids (B, T), no padding
         return {"input_ids": inputs}, f"token ids of shape {tuple(inputs.shape)}"
-    if isinstance(inputs, dict):
+    if isinstance(inputs, Mapping):  # a dict, transformers' BatchEncoding
+        inputs = dict(inputs)
         return inputs, f"a batch of shape {tuple(batch_input_ids(inputs).shape)}"
     tokenizer = tokenizer_beside(path)
     if tokenizer is None:
@@ -300,7 +303,7 @@ def heads(num_heads: int):
 def images(inputs, prepare) -> tuple[torch.Tensor, str]:
     import os
 
-    if isinstance(inputs, dict):  # a processor's batch: {"pixel_values": (B, 3, H, W)}
+    if isinstance(inputs, Mapping):  # a processor's batch (a dict, transformers' BatchFeature): {"pixel_values": (B, 3, H, W)}
         values = list(inputs.values())
         if len(values) != 1 or not isinstance(values[0], torch.Tensor):
             raise InputError(f"an image model's batch holds one tensor of images (pixel_values); got the keys {sorted(map(str, inputs))}")

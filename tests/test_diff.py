@@ -212,6 +212,8 @@ def test_text_models_compare_on_an_id_tensor_and_a_batch(model_type, tmp_path):
     assert "on token ids of shape (2, 7)" in str(report)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     assert [row.max_abs for row in layer_diffs(model, tmp_path, batch).rows] == [row.max_abs for row in report.rows]
+    encoding = import_transformers().BatchEncoding(batch)  # a tokenizer's batch: a Mapping, not a dict
+    assert [row.max_abs for row in layer_diffs(model, tmp_path, encoding).rows] == [row.max_abs for row in report.rows]
     with pytest.raises(InputError, match=r"a tokenised batch holds input_ids \(a tensor\); got the keys \['ids'\]"):
         layer_diffs(model, tmp_path, {"ids": ids})
     if model_type == "gpt2":  # transformers' GPT-2 forward counts positions from 0 on every row: padded rows would differ

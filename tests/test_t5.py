@@ -585,6 +585,10 @@ def test_layer_diffs_runs_the_decoder_inputs_given(pair):
     labels = torch.tensor([[5, 6, 1], [8, 1, -100]])
     assert layer_diffs(model, directory, {"input_ids": ids, "labels": labels}, rtol=1e-5).first_divergence is None
     assert all(torch.equal(d, model.shift_right(labels)) for d, _ in seen)
+    from bert_reference import transformers
+
+    encoding = transformers.BatchEncoding({"input_ids": ids, "attention_mask": mask})  # a tokenizer's batch: not a dict
+    assert layer_diffs(model, directory, encoding, rtol=1e-5).first_divergence is None
     with pytest.raises(InputError, match="the batch also holds token_type_ids"):
         layer_diffs(model, directory, {"input_ids": ids, "token_type_ids": ids}, rtol=1e-5)
 

@@ -228,6 +228,7 @@ def test_torchvision_parity_and_round_trip(tmp_path, sizes):
         assert max_diff(model.forward_features(x), encoded["tokens"]) <= ATOL
     assert layer_diffs(model, tmp_path / "vit.pth", x).first_divergence is None
     assert layer_diffs(model, tmp_path / "vit.pth", {"pixel_values": x}).first_divergence is None  # a processor's batch
+    assert layer_diffs(model, tmp_path / "vit.pth", transformers.BatchFeature({"pixel_values": x})).first_divergence is None  # not a dict
     with pytest.raises(InputError, match=r"holds one tensor of images \(pixel_values\); got the keys \['mask', 'pixel_values'\]"):
         layer_diffs(model, tmp_path / "vit.pth", {"pixel_values": x, "mask": x})
 

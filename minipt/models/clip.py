@@ -46,6 +46,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -794,7 +796,7 @@ def _call(model, inputs, path) -> dict:
     names = {CLIPTextModel: ("input_ids",), CLIPVisionModel: ("pixel_values",)}.get(type(model))
     if isinstance(inputs, torch.Tensor) and names is not None:
         return {names[0]: inputs}
-    if isinstance(inputs, dict) and inputs:
+    if isinstance(inputs, Mapping) and inputs:  # a dict, transformers' BatchEncoding or BatchFeature
         return dict(inputs)
     if not (inputs is None or isinstance(inputs, str) or (isinstance(inputs, (list, tuple)) and inputs and all(isinstance(i, str) for i in inputs))):
         raise InputError(f"{type(model).__name__} compares on a dict of its forward's arguments (input_ids, attention_mask, pixel_values), "

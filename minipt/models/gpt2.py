@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -529,7 +531,7 @@ def compare_with_reference(model, path, inputs, rtol):
 
     transformers = import_reference("transformers", "GPT-2")
     config = model.config
-    if isinstance(inputs, dict):  # a tokenised batch: its ids, when no row is padded
+    if isinstance(inputs, Mapping):  # a tokenised batch: its ids, when no row is padded
         mask = inputs.get("attention_mask")
         if isinstance(mask, torch.Tensor) and not bool(mask.bool().all()):
             raise InputError("GPT-2 compares on rows without padding (transformers' forward does not count positions from the mask); pass texts or unpadded ids")

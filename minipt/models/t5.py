@@ -46,6 +46,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -1003,7 +1005,7 @@ def compare_with_reference(model, path, inputs, rtol):
 
     transformers = import_reference("transformers", "T5")
     config = model.config
-    if isinstance(inputs, dict):
+    if isinstance(inputs, Mapping):  # a dict, transformers' BatchEncoding
         batch, label = inputs, "a tokenised batch"
     elif isinstance(inputs, torch.Tensor):
         batch, label = {"input_ids": inputs}, f"token ids of shape {tuple(inputs.shape)}"
