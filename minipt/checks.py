@@ -42,13 +42,19 @@ def autocast_on(device_type: str) -> bool:
 ID_DTYPES = (torch.int64, torch.int32)  # what torch's embedding lookups take
 
 
+def check_on_device(name: str, value: torch.Tensor | None, device: torch.device | None) -> None:
+    """An ``InputError`` unless ``value`` (where given) is on ``device`` (the model's, where given): meta ids into a
+    table on the CPU give an output of no data, silently; other devices, torch's errors from deep inside."""
+    if value is not None and device is not None and value.device != device:
+        raise InputError(f"{name} is a tensor on {value.device}, the model on {device}: move it with .to({str(device)!r})")
+
+
 def check_ids(name: str, ids: torch.Tensor, size: int, device: torch.device | None = None) -> None:
     """``ids`` are int64 (or int32) and each indexes a table of ``size`` entries (on ``device``, where given), or an
     ``InputError`` names the dtype, the device or the first bad value."""
     if ids.dtype not in ID_DTYPES:
         raise InputError(f"{name} must hold int64 (or int32) ids, got {ids.dtype}: convert them with .long()")
-    if device is not None and ids.device != device:  # meta ids into a table on the CPU: an output of no data, silently
-        raise InputError(f"{name} are on {ids.device}, the model on {device}: move them with .to({str(device)!r})")
+    check_on_device(name, ids, device)
     if ids.numel() == 0 or tracing() or ids.is_meta:  # a meta tensor has shapes only (minipt.summary runs on them)
         return
     low, high = torch.aminmax(ids)

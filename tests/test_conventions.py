@@ -68,8 +68,33 @@ def test_ids_on_another_device_are_named(cls):
     data, the others failed inside torch; each names the two devices."""
     model, args, kwargs = tiny(cls)
     moved = (args[0].to("meta"), *args[1:])
-    with pytest.raises(InputError, match=r"are on meta, the model on cpu: move them with \.to\('cpu'\)"):
+    with pytest.raises(InputError, match=r"is a tensor on meta, the model on cpu: move it with \.to\('cpu'\)"):
         model(*moved, **kwargs)
+
+
+def test_masks_positions_and_labels_on_another_device_are_named():
+    """GPT-2's meta position_ids gave NaN logits on the CPU without a word; masks and labels on the meta device
+    failed inside torch (Tensor.item() on meta, a device mismatch): each is named."""
+    from minipt.models.bert import BertConfig, BertModel
+    from minipt.models.gpt2 import GPT2Config, GPT2LMHeadModel
+    from minipt.models.t5 import T5Config, T5ForConditionalGeneration
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=32, n_embd=24, n_layer=1, n_head=3, bos_token_id=0, eos_token_id=0)).eval()
+    t5 = T5ForConditionalGeneration(T5Config(vocab_size=50, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4)).eval()
+    bert = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24)).eval()
+    ids = torch.randint(1, 50, (2, 6))
+    meta = lambda x: x.to("meta")  # noqa: E731
+    calls = {"attention_mask": [lambda: gpt2(ids, attention_mask=meta(torch.ones_like(ids))), lambda: t5(ids, meta(torch.ones_like(ids)), ids),
+                                lambda: bert(ids, attention_mask=meta(torch.ones_like(ids)))],
+             "position_ids": [lambda: gpt2(ids, position_ids=meta(torch.arange(6)[None].expand(2, 6)))],
+             "labels": [lambda: gpt2(ids, labels=meta(ids)), lambda: t5(ids, labels=meta(ids))],
+             "decoder_attention_mask": [lambda: t5(ids, decoder_input_ids=ids, decoder_attention_mask=meta(torch.ones_like(ids)))],
+             "decoder_input_ids": [lambda: t5.generate(ids, decoder_input_ids=meta(ids[:, :1]), max_new_tokens=2)],
+             "token_type_ids": [lambda: bert(ids, token_type_ids=meta(torch.zeros_like(ids)))]}
+    for name, runs in calls.items():
+        for run in runs:
+            with pytest.raises(InputError, match=rf"^{name} is a tensor on meta, the model on cpu"):
+                run()
 
 
 def test_head_checks_include_the_labels():

@@ -429,3 +429,7 @@ def test_every_text_model_counts_the_same_on_the_meta_device():
             with torch.device("meta"):
                 model = family.tiny_model(cls)
             assert summary(model, inputs).total_flops == expected > 0, cls.__name__
+    with torch.device("meta"):  # labels too: their values are not read on meta
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2))
+    ids = torch.randint(0, 50, (2, 6))
+    assert summary(model, {"input_ids": ids, "labels": ids}).total_flops > 0

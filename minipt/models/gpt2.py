@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import Pretrained
-from ..checks import check_ids, check_mask_values, tracing
+from ..checks import check_on_device, check_ids, check_mask_values, tracing
 from .text_encoder import check_token_labels
 from ..config import Config, count, epsilon, first_stop_id, flag, one_of, probability, real, require, token_id
 from ..errors import ConfigError, InputError
@@ -308,11 +308,12 @@ class GPT2Model(_GPT2Pretrained):
         if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != (B, past + T)):
             raise InputError(f"attention_mask must cover the cached and the new tokens, shape ({B}, {past + T}); got {_shape(attention_mask)}")
         if attention_mask is not None:
+            check_on_device("attention_mask", attention_mask, self.token.weight.device)
             check_mask_values("attention_mask", attention_mask)  # positions are counted from it
         if position_ids is not None:
             if not isinstance(position_ids, torch.Tensor) or position_ids.dim() != 2 or position_ids.shape[-1] != T or position_ids.shape[0] not in (1, B):
                 raise InputError(f"position_ids must have shape ({B}, {T}), got {_shape(position_ids)}")
-            check_ids("position_ids", position_ids, config.n_positions)
+            check_ids("position_ids", position_ids, config.n_positions, device=self.token.weight.device)
 
     @classmethod
     def keymap(cls, config: GPT2Config | None = None) -> KeyMap:
@@ -321,6 +322,8 @@ class GPT2Model(_GPT2Pretrained):
 
 
 def _check_labels(labels, input_ids: torch.Tensor, vocab_size: int) -> None:
+    if isinstance(labels, torch.Tensor):
+        check_on_device("labels", labels, input_ids.device)
     if labels is not None and (not isinstance(labels, torch.Tensor) or labels.shape != input_ids.shape or labels.is_floating_point()
                                or labels.is_complex() or labels.dtype == torch.bool):
         found = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__

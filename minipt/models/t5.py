@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import Pretrained
-from ..checks import check_choice, check_float, check_ids, check_int, check_mask_values
+from ..checks import check_choice, check_float, check_ids, check_int, check_mask_values, check_on_device
 from ..config import Config, count, epsilon, first_stop_id, flag, probability, real, require, text, token_id
 from ..errors import ConfigError, InputError
 from ..keymap import KeyMap
@@ -439,6 +439,7 @@ def _check_ids_and_mask(name: str, ids, mask, vocab_size: int, mask_name: str, d
     if mask is not None and (not isinstance(mask, torch.Tensor) or mask.shape != ids.shape):
         raise InputError(f"{mask_name} must have the shape of {name} {tuple(ids.shape)}, got {_shape(mask)}")
     if mask is not None:
+        check_on_device(mask_name, mask, device)
         check_mask_values(mask_name, mask)
 
 
@@ -604,7 +605,7 @@ class T5Model(_T5Pretrained):
         if not isinstance(decoder_input_ids, torch.Tensor) or decoder_input_ids.dim() != 2 or decoder_input_ids.is_floating_point() \
                 or decoder_input_ids.shape[0] != B or decoder_input_ids.shape[1] == 0:
             raise InputError(f"decoder_input_ids must be integer ids of shape ({B}, prompt_len), one row per input, got {_shape(decoder_input_ids)}")
-        check_ids("decoder_input_ids", decoder_input_ids, self.config.vocab_size)
+        check_ids("decoder_input_ids", decoder_input_ids, self.config.vocab_size, device=self.shared.weight.device)
         if B == 0:
             return decoder_input_ids.to(start_ids.device)
         start = int(start_ids[0, 0])
@@ -628,7 +629,7 @@ class T5Model(_T5Pretrained):
                 raise InputError("labels are for T5ForConditionalGeneration; T5Model has no head to take a loss from")
             if not isinstance(labels, torch.Tensor) or labels.dim() != 2 or labels.is_floating_point() or labels.shape[0] != input_ids.shape[0]:
                 raise InputError(f"labels must be integer ids (batch {input_ids.shape[0]}, target_len) (-100 where no loss is taken), got {_shape(labels)}")
-            check_ids("labels", labels.masked_fill(labels == -100, 0), config.vocab_size)
+            check_ids("labels", labels.masked_fill(labels == -100, 0), config.vocab_size, device=self.shared.weight.device)
         if decoder_input_ids is not None:
             _check_ids_and_mask("decoder_input_ids", decoder_input_ids, decoder_attention_mask, config.vocab_size, "decoder_attention_mask", device=self.shared.weight.device)
             if decoder_input_ids.shape[0] != input_ids.shape[0]:
@@ -639,6 +640,7 @@ class T5Model(_T5Pretrained):
             length = labels.shape[1] if labels is not None else 1
             if not isinstance(decoder_attention_mask, torch.Tensor) or decoder_attention_mask.shape != (input_ids.shape[0], length):
                 raise InputError(f"decoder_attention_mask must have the shape of the decoder's inputs {(input_ids.shape[0], length)}, got {_shape(decoder_attention_mask)}")
+            check_on_device("decoder_attention_mask", decoder_attention_mask, self.shared.weight.device)
 
     has_head = False
 

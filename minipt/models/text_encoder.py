@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checks import check_ids, check_mask_values, tracing
+from ..checks import check_on_device, check_ids, check_mask_values, tracing
 from ..checkpoint import Checkpoint
 from ..config import require
 from ..errors import ConfigError, InputError
@@ -123,9 +123,8 @@ def check_token_inputs(
     if T > max_length:
         raise InputError(f"sequence length {T} exceeds the position table ({max_length} positions); truncate the input")
     check_ids("input_ids", input_ids, vocab_size, device=device)
-    for name, value in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
-        if value is not None and device is not None and value.device != device:
-            raise InputError(f"{name} is on {value.device}, the model on {device}: move it with .to({str(device)!r})")
+    check_on_device("attention_mask", attention_mask, device)
+    check_on_device("token_type_ids", token_type_ids, device)
     if token_type_ids is not None:
         if token_type_ids.shape != input_ids.shape:
             raise InputError(f"token_type_ids has shape {tuple(token_type_ids.shape)}, input_ids {tuple(input_ids.shape)}")
@@ -158,7 +157,7 @@ def check_token_labels(labels, input_ids: torch.Tensor, vocab_size: int | None =
         return
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise InputError(f"labels must be integer token ids (-100 where nothing is predicted), got {labels.dtype}")
-    if vocab_size is not None and labels.numel():
+    if vocab_size is not None and labels.numel() and not labels.is_meta:  # a meta tensor has shapes only (minipt.summary)
         bad = labels[(labels != -100) & ((labels < 0) | (labels >= vocab_size))]
         if bad.numel():
             raise InputError(f"labels holds {int(bad[0])}, not a token id in [0, {vocab_size - 1}] nor -100 (nothing predicted)")
