@@ -73,6 +73,30 @@ def test_fsdp(process_group):
         torch.testing.assert_close(grad, expected[key], atol=1e-6, rtol=0)
 
 
+def test_fsdp_t5_sharded_layer_by_layer(process_group):
+    """Each T5 block sharded on its own (transformers' T5Block is the unit it splits at): the relative position bias
+    and the cross-attention's keys and values are computed inside the blocks' calls, where their weights are whole
+    (computed in the stacks, they met sharded weights: aten.embedding got mixed Tensor and DTensor)."""
+    from minipt.models.t5 import T5Config, T5ForConditionalGeneration
+
+    config = T5Config(vocab_size=40, d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2, dropout_rate=0.0)
+    torch.manual_seed(0)
+    model, plain = T5ForConditionalGeneration(config), T5ForConditionalGeneration(config)
+    plain.load_state_dict(model.state_dict())
+    for layer in [*model.encoder.layers, *model.decoder.layers]:
+        fully_shard(layer)
+    fully_shard(model)
+    batch = {"input_ids": torch.randint(2, 40, (4, 6)), "attention_mask": torch.tensor([[1] * 6] * 3 + [[1] * 4 + [0] * 2]),
+             "labels": torch.randint(2, 40, (4, 5))}
+    loss, plain_loss = model(**batch).loss, plain(**batch).loss
+    loss.backward()
+    plain_loss.backward()
+    assert abs(loss.item() - plain_loss.item()) < 1e-6
+    expected = _grads(plain)
+    for key, param in model.named_parameters():
+        torch.testing.assert_close(param.grad.full_tensor(), expected[key], atol=1e-6, rtol=0)
+
+
 def test_ddp_synchronises_once_per_accumulated_step(process_group):
     """fit(accumulate=3) over 7 batches steps 3 times (3 + 3 + 1 batches); DDP reduces the gradients at each
     step's last backward only, the others under no_sync."""

@@ -248,15 +248,16 @@ class T5Attention(BackendBlock, nn.Module):
 
     def forward(self, hidden: torch.Tensor, bias: torch.Tensor | None, keys_values: tuple[torch.Tensor, torch.Tensor] | None = None,
                 need_weights: bool = False, *, cache: T5Cache | None = None, index: int = 0,
-                residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, T, C) -> (B, T, C) (``+ residual``, added by the output projection); ``keys_values``: given (cross-attention),
-        else from ``hidden``, joined to the keys and values before them in ``cache`` (decoding: layer ``index``'s)."""
+                residual: torch.Tensor | None = None, states: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, T, C) -> (B, T, C) (``+ residual``, added by the output projection); ``keys_values``: given (cross-attention,
+        computed once), else from ``states`` (cross-attention: the encoder's output (B, S, C)) or ``hidden``, joined to the
+        keys and values before them in ``cache`` (decoding: layer ``index``'s)."""
         B, T, _ = hidden.shape
         if self.qkv_proj is not None:  # merged by fuse()
             q, k, v = (self.split_heads(x) for x in self.qkv_proj(hidden).chunk(3, dim=-1))  # 3 x (B, heads, T, d_kv)
         else:
             q = self.split_heads(self.q_proj(hidden))  # (B, heads, T, d_kv)
-            k, v = self.keys_values(hidden) if keys_values is None else keys_values
+            k, v = self.keys_values(hidden if states is None else states) if keys_values is None else keys_values
         if cache is not None:
             k, v = cache.update(index, k, v)  # (B, heads, cached + T, d_kv) each
         out, probs = scaled_dot_product_attention(
@@ -308,24 +309,36 @@ class T5Block(nn.Module):
         self.ffn = T5FeedForward(config)
         self.dropout = Dropout(config.dropout_rate)
 
-    def forward(self, hidden, bias, *, cross_keys_values=None, cross_bias=None, cache: T5Cache | None = None, index: int = 0,
-                need_weights: bool = False):
-        """(B, T, C) -> (B, T, C), the self-attention's and the cross-attention's probabilities (where asked)."""
+    def forward(self, hidden, bias, *, position: tuple[int, int, int] | None = None, cross_states=None, cross_keys_values=None,
+                cross_bias=None, cache: T5Cache | None = None, index: int = 0, need_weights: bool = False):
+        """(B, T, C) -> (B, T, C), the self-attention's and the cross-attention's probabilities (where asked), and the
+        self-attention's bias, for the layers after it.
+
+        The stack's first layer, given ``position`` (T queries, S keys, the first query at ``past``), computes the stack's
+        relative position bias (1, heads, T, S) and adds ``bias`` (the mask) to it, as transformers' first block does; a
+        decoder layer given ``cross_states`` (the encoder's output) computes its cross-attention's keys and values, else
+        reads ``cross_keys_values`` (computed once, decoding). Both inside the layer's call, where a layer sharded on its
+        own (FSDP2's ``fully_shard``) holds its whole weights."""
+        if position is not None:
+            position_bias = self.attn.relative_bias(*position)
+            bias = position_bias if bias is None else (position_bias + bias).clamp(min=torch.finfo(hidden.dtype).min)
+        cross = cross_keys_values is not None or cross_states is not None
         cross_probs = None
         if self.residual_in_matmul:  # the same sums (a fused copy runs in eval: no dropout between)
             hidden, probs = self.attn(self.attn_norm(hidden), bias, None, need_weights, cache=cache, index=index, residual=hidden)
             hidden = _finite(hidden)
-            if cross_keys_values is not None:
-                hidden, cross_probs = self.cross_attn(self.cross_norm(hidden), cross_bias, cross_keys_values, need_weights, residual=hidden)
+            if cross:
+                hidden, cross_probs = self.cross_attn(self.cross_norm(hidden), cross_bias, cross_keys_values, need_weights, residual=hidden,
+                                                      states=cross_states)
                 hidden = _finite(hidden)
-            return _finite(self.ffn(self.ffn_norm(hidden), residual=hidden)), probs, cross_probs
+            return _finite(self.ffn(self.ffn_norm(hidden), residual=hidden)), probs, cross_probs, bias
         attn_out, probs = self.attn(self.attn_norm(hidden), bias, None, need_weights, cache=cache, index=index)
         hidden = _finite(hidden + self.dropout(attn_out))
-        if cross_keys_values is not None:
-            cross_out, cross_probs = self.cross_attn(self.cross_norm(hidden), cross_bias, cross_keys_values, need_weights)
+        if cross:
+            cross_out, cross_probs = self.cross_attn(self.cross_norm(hidden), cross_bias, cross_keys_values, need_weights, states=cross_states)
             hidden = _finite(hidden + self.dropout(cross_out))
         hidden = _finite(hidden + self.dropout(self.ffn(self.ffn_norm(hidden))))
-        return hidden, probs, cross_probs
+        return hidden, probs, cross_probs, bias
 
 
 def _finite(hidden: torch.Tensor) -> torch.Tensor:
@@ -375,19 +388,24 @@ class T5Stack(nn.Module):
         past = cache.length if cache is not None else 0
         S = past + T
         hidden = self.input_dropout(embeds)
-        # the relative position bias, once for the stack (1, heads, T, S), plus the padding (and, decoding, the future)
-        bias = cache.position_bias(T) if cache is not None else self.layers[0].attn.relative_bias(T, S, past)
-        mask = attention_bias(attention_mask, T, S, causal=self.decoder and T > 1, dtype=hidden.dtype, device=hidden.device)
-        if mask is not None:
-            bias = (bias + mask).clamp(min=torch.finfo(hidden.dtype).min)
+        # the padding (and, in the decoder, the future), to which the relative position bias is added once for the stack:
+        # by the first layer (1, heads, T, S), or read off the cache
+        bias = attention_bias(attention_mask, T, S, causal=self.decoder and T > 1, dtype=hidden.dtype, device=hidden.device)
+        position = (T, S, past)
+        if cache is not None:
+            bias = cache.position_bias(T) if bias is None else (cache.position_bias(T) + bias).clamp(min=torch.finfo(hidden.dtype).min)
+            position = None
         cross, cross_bias = None, None
         if self.decoder:
-            cross = cache.cross if cache is not None else self.cross_keys_values(encoder_hidden)
-            cross_bias = attention_bias(encoder_mask, T, cross[0][0].shape[2], dtype=hidden.dtype, device=hidden.device)  # (B, 1, 1, S_enc)
+            cross = cache.cross if cache is not None else None  # else each layer's from encoder_hidden, in its own call
+            S_enc = encoder_hidden.shape[1] if cross is None else cross[0][0].shape[2]
+            cross_bias = attention_bias(encoder_mask, T, S_enc, dtype=hidden.dtype, device=hidden.device)  # (B, 1, 1, S_enc)
         all_hidden, all_attn, all_cross = [hidden], [], []
         for i, layer in enumerate(self.layers):
-            hidden, probs, cross_probs = layer(hidden, bias, cross_keys_values=None if cross is None else cross[i], cross_bias=cross_bias,
-                                               cache=cache, index=i, need_weights=output_attentions)
+            hidden, probs, cross_probs, bias = layer(
+                hidden, bias, position=position if i == 0 else None, cross_keys_values=None if cross is None else cross[i],
+                cross_states=encoder_hidden if self.decoder and cross is None else None, cross_bias=cross_bias, cache=cache, index=i,
+                need_weights=output_attentions)
             all_hidden.append(hidden)
             all_attn.append(probs)
             all_cross.append(cross_probs)
@@ -932,7 +950,7 @@ class T5DecoderStep(nn.Module):
         cross_bias = attention_bias(attention_mask, 1, S, dtype=hidden.dtype, device=hidden.device)  # (B, 1, 1, S)
         cache = _WrittenAt(self_keys, self_values, places == position)
         for i, layer in enumerate(layers):
-            hidden, _, _ = layer(hidden, bias, cross_keys_values=(cross_keys[i], cross_values[i]), cross_bias=cross_bias, cache=cache, index=i)
+            hidden, _, _, _ = layer(hidden, bias, cross_keys_values=(cross_keys[i], cross_values[i]), cross_bias=cross_bias, cache=cache, index=i)
         logits = self.lm_head(self.decoder.final_norm(hidden)[:, 0] * self.output_scale)  # (B, vocab)
         return logits, torch.stack(cache.new_keys), torch.stack(cache.new_values)
 
