@@ -700,6 +700,11 @@ class Pretrained:
         if is_quantized(self):
             raise ConfigError(f"an int8 {type(self).__name__} (torchao tensors) has no official format to be saved in: "
                               "save the float model, and quantise it after loading (minipt.quantize.quantize_int8)")
+        if any(hasattr(p, "full_tensor") for p in self.parameters()):  # FSDP2's DTensors: each process holds shards
+            raise ConfigError(f"{type(self).__name__}'s parameters are sharded (FSDP's fully_shard), and the official format holds whole "
+                              "tensors: gather them on every process with torch.distributed.checkpoint.state_dict.get_model_state_dict(model, "
+                              "options=StateDictOptions(full_state_dict=True, cpu_offload=True)), load that into an unsharded model on one "
+                              "process and save it there, or save the shards with torch.distributed.checkpoint")
         directory = make_directory(check_path("directory", directory), "directory")
         save_safetensors(official_state_dict(self, self.keymap(self.config)), directory / SAFETENSORS)
         if getattr(self, "generation_config", None):
