@@ -161,6 +161,7 @@ def fit(
                          "optimizer.step() once per batch: use an optimiser without one (SGD, AdamW), or write the loop for it")
     check_trainable(model)
     _check_ddp_parameters(model)
+    _check_partly_sharded(model)
     check_param_groups(unwrapped(model), optimizer)
     epochs = check_int("epochs", epochs, low=1)
     patience = check_int("patience", patience, low=1, optional=True)
@@ -471,16 +472,34 @@ def _refuse_sharded(model: nn.Module, what: str) -> None:
                             "save a sharded model with torch.distributed.checkpoint, or train it without checkpoint_dir/resume")
 
 
+def _check_partly_sharded(model: nn.Module) -> None:
+    """FSDP synchronises the gradients of the parameters it shards; trainable parameters outside every fully_shard
+    (the root left unsharded: CLIP's 0-d logit_scale, which fully_shard refuses) would train apart on each process."""
+    trainable = [(name, hasattr(p, "full_tensor")) for name, p in unwrapped(model).named_parameters() if p.requires_grad]
+    plain = [name for name, sharded in trainable if not sharded]
+    if plain and len(plain) < len(trainable):
+        raise TrainingError(f"{len(trainable) - len(plain)} trainable parameters are sharded (FSDP's fully_shard) and {len(plain)} are not "
+                            f"({', '.join(plain[:4])}): FSDP synchronises only the sharded ones' gradients, and the others would train "
+                            "apart on each process; shard the modules that hold them too (fully_shard(model) last), or freeze them")
+
+
 def _check_ddp_parameters(model: nn.Module) -> None:
     """DDP synchronises the gradients of the parameters that were trainable when it first trained (when it was
     built, to be exact); a stage frozen or unfrozen since would train apart on each process, silently."""
     if not isinstance(model, nn.parallel.DistributedDataParallel):
         return
-    trainable = frozenset(name for name, p in model.module.named_parameters() if p.requires_grad)
+    parameters = {name: id(p) for name, p in model.module.named_parameters() if p.requires_grad}
+    trainable = frozenset(parameters)
     first = getattr(model, "_minipt_trainable", None)
     if first is None:
-        model._minipt_trainable = trainable
-    elif first != trainable:
+        model._minipt_trainable, model._minipt_parameters = trainable, parameters
+        return
+    replaced = sorted(name for name, at in parameters.items() if name in first and getattr(model, "_minipt_parameters", parameters)[name] != at)
+    if replaced:  # a new head (reset_classifier) under the old names: DDP synchronises the old tensors
+        raise TrainingError(f"parameters were replaced since this DistributedDataParallel first trained ({', '.join(replaced[:4])}); DDP "
+                            "synchronises the tensors it was built with: wrap the model in a new DistributedDataParallel after "
+                            "replacing a head (or reset it before wrapping)")
+    if first != trainable:
         changed = sorted(trainable - first) or sorted(first - trainable)
         raise TrainingError(f"the model's trainable parameters changed since this DistributedDataParallel first trained ({len(changed)} "
                             f"now {'trainable' if trainable - first else 'frozen'}: {', '.join(changed[:4])}); DDP synchronises the "

@@ -48,6 +48,17 @@ BN_MODES = ("eval", "train")
 
 
 # -- the declared stages ---------------------------------------------------------
+def _inside_ddp(model: nn.Module) -> bool:
+    """Whether ``model`` is a DistributedDataParallel wrapper, or one compiled."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            return True
+        inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return False
+        model = inner
+
+
 def unwrapped(model: nn.Module) -> nn.Module:
     """The model inside torch's wrappers: DistributedDataParallel (``.module``) and torch.compile (``._orig_mod``)."""
     if not isinstance(model, nn.Module):
@@ -214,7 +225,11 @@ def reset_classifier(model: nn.Module, num_classes: int | None = None, **config_
     its own checks. A head whose size follows another field is re-sized through that field:
     ``reset_classifier(crnn, charset="0123456789")``.
     """
-    given, model = model, unwrapped(model)  # returned as given (a DDP or compiled wrapper too)
+    given, model = model, unwrapped(model)  # returned as given (a compiled wrapper too)
+    if _inside_ddp(given):
+        raise TrainingError("reset_classifier replaces the head's parameters, and DistributedDataParallel synchronises those it was "
+                            "built with (the new head would train apart on each process, or stop DDP): reset the head of the model "
+                            "before wrapping it (reset_classifier(ddp.module, ...), then a new DistributedDataParallel)")
     _refuse_quantized(model, "reset_classifier")
     own = getattr(type(model), "reset_classifier", None)
     if callable(own) and num_classes is not None and id(model) not in _delegated.get():

@@ -285,6 +285,41 @@ def test_ddp_refuses_to_train_what_it_does_not_synchronise(process_group):
     fit(rewrapped, torch.optim.SGD(transfer.param_groups(rewrapped, lr=0.1)), [batch], loss=step, epochs=1, progress=False)
 
 
+def test_ddp_refuses_a_head_replaced_under_it(process_group):
+    """reset_classifier swaps in parameters DDP never registered, under the old names: DDP stopped with a reduction
+    error, or (find_unused_parameters) trained each process's new head apart. reset_classifier on the wrapper and a
+    second fit after a reset on the model inside are refused, naming what to do."""
+    from minipt import transfer
+    from minipt.errors import TrainingError
+    from minipt.train import fit
+
+    model, _, batch = _models_and_batch()
+    wrapped = torch.nn.parallel.DistributedDataParallel(model)
+    with pytest.raises(TrainingError, match=r"reset the head of the model before wrapping it"):
+        transfer.reset_classifier(wrapped, 5)
+    assert model.config.num_labels == 3
+    step = lambda m, b: m(**b).loss  # noqa: E731
+    fit(wrapped, torch.optim.SGD(wrapped.parameters(), lr=0.1), [batch], loss=step, epochs=1, progress=False)
+    transfer.reset_classifier(model, 3)  # the model inside: a new head of the same shape, under the same names
+    with pytest.raises(TrainingError, match=r"parameters were replaced .*classifier\.weight.*new DistributedDataParallel"):
+        fit(wrapped, torch.optim.SGD(wrapped.parameters(), lr=0.1), [batch], loss=step, epochs=1, progress=False)
+    rewrapped = torch.nn.parallel.DistributedDataParallel(model)
+    fit(rewrapped, torch.optim.SGD(rewrapped.parameters(), lr=0.1), [batch], loss=step, epochs=1, progress=False)
+
+
+def test_fit_refuses_a_model_sharded_in_part(process_group):
+    """Layers sharded and the root not (CLIP's 0-d logit_scale makes fully_shard refuse its root): the root's
+    parameters would train apart on each process, and fit failed inside torch's norm of mixed Tensor and DTensor."""
+    from minipt.errors import TrainingError
+    from minipt.train import fit
+
+    model, _, batch = _models_and_batch()
+    for layer in model.bert.layers:
+        fully_shard(layer)
+    with pytest.raises(TrainingError, match=r"trainable parameters are sharded .* and \d+ are not \(bert\.embeddings"):
+        fit(model, torch.optim.SGD(model.parameters(), lr=0.1), [batch], loss=lambda m, b: m(**b).loss, epochs=1, progress=False)
+
+
 def test_fsdp_checkpoints_are_refused_before_training(process_group, tmp_path):
     from minipt.errors import TrainingError
     from minipt.train import fit, load_checkpoint, save_checkpoint
@@ -301,6 +336,11 @@ def test_fsdp_checkpoints_are_refused_before_training(process_group, tmp_path):
         save_checkpoint(tmp_path / "sharded.safetensors", model, epoch=1)
     with pytest.raises(TrainingError, match="load_checkpoint: the model's parameters are sharded"):
         load_checkpoint(tmp_path / "plain.safetensors", model)
+    from minipt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"parameters are sharded \(FSDP's fully_shard\), and the official format holds whole tensors"):
+        model.save_pretrained(tmp_path / "official")  # a RuntimeError on an invalid python storage, inside torch, before
+    assert not (tmp_path / "official").exists()
 
 
 def test_a_loader_shorter_than_its_len_inside_a_ddp_group_is_named(process_group):
