@@ -73,6 +73,12 @@ def check_mask_values(name: str, mask: torch.Tensor) -> None:
         raise InputError(f"{name} must hold 0 and 1 (1 = a real token), found {other[0].item()!r}")
 
 
+def fused_inside(model: torch.nn.Module) -> str | None:
+    """Where a ``fuse()`` copy sits in ``model``, for a message: " (at 'encoder')", "" for the model itself; None without one."""
+    name = next((name for name, module in model.named_modules() if getattr(module, "fused", False)), None)
+    return None if name is None else (f" (at {name!r})" if name else "")
+
+
 def is_quantized(model: torch.nn.Module) -> bool:
     """True if any weight is quantised (int8) and cannot be trained: a torchao tensor (``minipt.quantize``)
     or a module of torch.ao's older quantised kernels."""

@@ -60,7 +60,7 @@ from typing import Any, Callable, Iterator, Union
 import torch
 from torch import nn
 
-from .checks import check_bool
+from .checks import check_bool, fused_inside
 from .errors import ConfigError, InputError
 from .nn import tap as tap_points
 from .nn.backend import get_backend
@@ -131,9 +131,8 @@ class capture(Mapping):
     def __init__(self, model: nn.Module, *patterns: str, edit: dict[str, Edit] | None = None, detach: bool = True):
         if not isinstance(model, nn.Module):
             raise InputError(f"capture looks inside a torch module, got {type(model).__name__}")
-        fused = next((name for name, module in model.named_modules() if getattr(module, "fused", False)), None)
-        if fused is not None:  # its points hold other values under the same names: refused rather than read as the model's
-            where = f" (at {fused!r})" if fused else ""
+        where = fused_inside(model)
+        if where is not None:  # its points hold other values under the same names: refused rather than read as the model's
             raise ConfigError(f"{type(model).__name__} is or holds a fuse() copy{where}: fuse() adds residuals and activations inside the "
                               "matmuls and folds BatchNorm into convolutions, so its points would hold other values under the model's "
                               "names; capture the model itself (model.set_backend('fused') runs the fast kernels with every point kept)")

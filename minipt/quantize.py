@@ -48,7 +48,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .checks import check_bool
+from .checks import check_bool, fused_inside
 from .errors import InputError, MissingDependencyError
 from .ops import cpu
 from .transfer import is_quantized
@@ -67,7 +67,7 @@ def quantize_int8(model: nn.Module, *, lstm: bool = True) -> nn.Module:
         raise InputError("int8 quantisation starts from float32 weights: call model.float() first")
     if is_quantized(model):
         raise InputError(f"{type(model).__name__} is already quantised to int8: quantise the float model")
-    fused = _fused_inside(model)
+    fused = fused_inside(model)
     if fused is not None:  # its packed weights are no Linear modules: nothing would be quantised
         raise InputError(f"{type(model).__name__} is or holds a fuse() copy{fused}, whose packed weights int8 quantisation cannot reach: "
                          "quantise the model itself (fuse() or quantise, not both)")
@@ -101,12 +101,6 @@ def _int8_from_another_cpu(module: nn.Module, state_dict: dict, prefix: str, *ar
             continue
         state_dict[key] = type(saved)(saved.qdata, saved.scale, saved.block_size, saved.dtype, zero_point=saved.zero_point,
                                       act_quant_kwargs=wanted, reduce_range=getattr(target, "reduce_range", False))
-
-
-def _fused_inside(model: nn.Module) -> str | None:
-    """Where a fuse() copy sits in ``model`` (" (at 'encoder')", "" for the model itself), or None."""
-    name = next((name for name, module in model.named_modules() if getattr(module, "fused", False)), None)
-    return None if name is None else (f" (at {name!r})" if name else "")
 
 
 @contextmanager
@@ -198,7 +192,7 @@ def size_bytes(model: nn.Module) -> int:
     """Bytes of the model's state dict as ``torch.save`` writes it (int8 weights and their scales included)."""
     if not isinstance(model, nn.Module):
         raise InputError(f"size_bytes takes a torch.nn.Module, got {type(model).__name__}")
-    fused = _fused_inside(model)
+    fused = fused_inside(model)
     if fused is not None:
         raise InputError(f"size_bytes measures a model's state dict, and a fuse() copy's packed weights are outside it{fused}: measure the "
                          "model it came from")

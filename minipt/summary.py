@@ -40,7 +40,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from .checks import check_int, floating_dtype, is_quantized
+from .checks import check_int, floating_dtype, fused_inside, is_quantized
 from .errors import ConfigError, InputError, MiniptError
 
 
@@ -256,9 +256,8 @@ def _refuse_fused(model: nn.Module, what: str) -> None:
     """A ``fuse()`` copy's packed weights are no parameters and its oneDNN products no ops FlopCounterMode counts (0
     FLOPs; the first call also counts the kernel choice's timing runs): its counts would be wrong, so it is refused, as
     is an int8 model (``quantize_int8``), whose torchao products the counter does not see either."""
-    fused = next((name for name, module in model.named_modules() if getattr(module, "fused", False)), None)
-    if fused is not None:
-        where = f" (at {fused!r})" if fused else ""
+    where = fused_inside(model)
+    if where is not None:
         raise ConfigError(f"{what} counts a model's parameters and FLOPs; {type(model).__name__} is or holds a fuse() copy{where}, whose packed "
                           "weights are no parameters and whose oneDNN products torch's FLOP counter does not see: count the model before fuse()")
     if is_quantized(model):

@@ -40,7 +40,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from .checks import check_choice, check_float, check_int, check_str, is_quantized
+from .checks import check_choice, check_float, check_int, check_str, fused_inside, is_quantized
 from .errors import InputError, StageError, TrainingError
 from .nn.backend import BackendBlock
 
@@ -441,9 +441,8 @@ def _refuse_quantized(model: nn.Module, what: str) -> None:
             f"{type(model).__name__} is quantised (int8 weights, packed for inference); {what} needs a float model: "
             "train the float model and quantise it afterwards"
         )
-    fused = next((name for name, module in model.named_modules() if getattr(module, "fused", False)), None)
-    if fused is not None:
-        where = f" (at {fused!r})" if fused else ""
+    where = fused_inside(model)
+    if where is not None:
         raise TrainingError(f"{type(model).__name__} is or holds a fuse() copy{where}, made for inference: its packed weights are no "
                             f"parameters and do not train; {what} needs the model itself: train it and fuse() afterwards")
 
