@@ -73,10 +73,12 @@ def test_fsdp(process_group):
         torch.testing.assert_close(grad, expected[key], atol=1e-6, rtol=0)
 
 
-def test_fsdp_t5_sharded_layer_by_layer(process_group):
-    """Each T5 block sharded on its own (transformers' T5Block is the unit it splits at): the relative position bias
-    and the cross-attention's keys and values are computed inside the blocks' calls, where their weights are whole
-    (computed in the stacks, they met sharded weights: aten.embedding got mixed Tensor and DTensor)."""
+@pytest.mark.parametrize("unit", ["block", "attention"])
+def test_fsdp_t5_sharded_layer_by_layer(process_group, unit):
+    """Each T5 block (transformers' T5Block is the unit it splits at), or each attention module, sharded on its own:
+    the relative position bias and the cross-attention's keys and values are computed inside the calls of the modules
+    that hold their weights (computed in the stacks, they met sharded weights: aten.embedding got mixed Tensor and
+    DTensor)."""
     from minipt.models.t5 import T5Config, T5ForConditionalGeneration
 
     config = T5Config(vocab_size=40, d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2, dropout_rate=0.0)
@@ -84,7 +86,12 @@ def test_fsdp_t5_sharded_layer_by_layer(process_group):
     model, plain = T5ForConditionalGeneration(config), T5ForConditionalGeneration(config)
     plain.load_state_dict(model.state_dict())
     for layer in [*model.encoder.layers, *model.decoder.layers]:
-        fully_shard(layer)
+        if unit == "block":
+            fully_shard(layer)
+        else:
+            for attention in (layer.attn, getattr(layer, "cross_attn", None)):
+                if attention is not None:
+                    fully_shard(attention)
     fully_shard(model)
     batch = {"input_ids": torch.randint(2, 40, (4, 6)), "attention_mask": torch.tensor([[1] * 6] * 3 + [[1] * 4 + [0] * 2]),
              "labels": torch.randint(2, 40, (4, 5))}
@@ -305,6 +312,12 @@ def test_ddp_refuses_a_head_replaced_under_it(process_group):
         fit(wrapped, torch.optim.SGD(wrapped.parameters(), lr=0.1), [batch], loss=step, epochs=1, progress=False)
     rewrapped = torch.nn.parallel.DistributedDataParallel(model)
     fit(rewrapped, torch.optim.SGD(rewrapped.parameters(), lr=0.1), [batch], loss=step, epochs=1, progress=False)
+    compiled = torch.compile(rewrapped, backend="eager")  # the same DDP under torch.compile's wrapper: seen through
+    with pytest.raises(TrainingError, match=r"reset the head of the model before wrapping it"):
+        transfer.reset_classifier(compiled, 5)
+    transfer.reset_classifier(model, 3)
+    with pytest.raises(TrainingError, match=r"parameters were replaced"):
+        fit(compiled, torch.optim.SGD(compiled.parameters(), lr=0.1), [batch], loss=step, epochs=1, progress=False)
 
 
 def test_fit_refuses_a_model_sharded_in_part(process_group):

@@ -247,11 +247,18 @@ class T5Attention(BackendBlock, nn.Module):
         return self.split_heads(self.k_proj(states)), self.split_heads(self.v_proj(states))
 
     def forward(self, hidden: torch.Tensor, bias: torch.Tensor | None, keys_values: tuple[torch.Tensor, torch.Tensor] | None = None,
-                need_weights: bool = False, *, cache: T5Cache | None = None, index: int = 0,
-                residual: torch.Tensor | None = None, states: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, T, C) -> (B, T, C) (``+ residual``, added by the output projection); ``keys_values``: given (cross-attention,
-        computed once), else from ``states`` (cross-attention: the encoder's output (B, S, C)) or ``hidden``, joined to the
-        keys and values before them in ``cache`` (decoding: layer ``index``'s)."""
+                need_weights: bool = False, *, cache: T5Cache | None = None, index: int = 0, residual: torch.Tensor | None = None,
+                states: torch.Tensor | None = None, position: tuple[int, int, int] | None = None):
+        """(B, T, C) -> (B, T, C) (``+ residual``, added by the output projection), the probabilities (where asked) and
+        the bias attended with. ``keys_values``: given (cross-attention, computed once), else from ``states``
+        (cross-attention: the encoder's output (B, S, C)) or ``hidden``, joined to the keys and values before them in
+        ``cache`` (decoding: layer ``index``'s). The stack's first self-attention, given ``position`` (T queries, S keys,
+        the first query at ``past``), computes the stack's relative position bias (1, heads, T, S) and adds ``bias``
+        (the mask) to it, as transformers' does: inside its own call, where a module sharded on its own (FSDP2's
+        ``fully_shard``) holds its whole weights."""
+        if position is not None:
+            position_bias = self.relative_bias(*position)
+            bias = position_bias if bias is None else (position_bias + bias).clamp(min=torch.finfo(hidden.dtype).min)
         B, T, _ = hidden.shape
         if self.qkv_proj is not None:  # merged by fuse()
             q, k, v = (self.split_heads(x) for x in self.qkv_proj(hidden).chunk(3, dim=-1))  # 3 x (B, heads, T, d_kv)
@@ -265,7 +272,7 @@ class T5Attention(BackendBlock, nn.Module):
             need_weights=need_weights, scale=1.0, site=self,  # T5 folds the scale into its initialisation
         )
         out = tap(self, "heads", out)  # (B, heads, T, d_kv)
-        return self.out_proj(out.transpose(1, 2).reshape(B, T, out.shape[1] * out.shape[3]), residual=residual), probs  # (B, T, heads d_kv)
+        return self.out_proj(out.transpose(1, 2).reshape(B, T, out.shape[1] * out.shape[3]), residual=residual), probs, bias  # (B, T, C)
 
 
 class T5FeedForward(nn.Module):
@@ -314,28 +321,25 @@ class T5Block(nn.Module):
         """(B, T, C) -> (B, T, C), the self-attention's and the cross-attention's probabilities (where asked), and the
         self-attention's bias, for the layers after it.
 
-        The stack's first layer, given ``position`` (T queries, S keys, the first query at ``past``), computes the stack's
-        relative position bias (1, heads, T, S) and adds ``bias`` (the mask) to it, as transformers' first block does; a
-        decoder layer given ``cross_states`` (the encoder's output) computes its cross-attention's keys and values, else
-        reads ``cross_keys_values`` (computed once, decoding). Both inside the layer's call, where a layer sharded on its
-        own (FSDP2's ``fully_shard``) holds its whole weights."""
-        if position is not None:
-            position_bias = self.attn.relative_bias(*position)
-            bias = position_bias if bias is None else (position_bias + bias).clamp(min=torch.finfo(hidden.dtype).min)
+        The stack's first layer, given ``position``, has its self-attention compute the stack's relative position bias
+        (``T5Attention``); a decoder layer given ``cross_states`` (the encoder's output) has its cross-attention compute
+        its keys and values, else reads ``cross_keys_values`` (computed once, decoding): each inside the call of the
+        module that holds the weights, as a module sharded on its own (FSDP2's ``fully_shard``) needs."""
         cross = cross_keys_values is not None or cross_states is not None
         cross_probs = None
         if self.residual_in_matmul:  # the same sums (a fused copy runs in eval: no dropout between)
-            hidden, probs = self.attn(self.attn_norm(hidden), bias, None, need_weights, cache=cache, index=index, residual=hidden)
+            hidden, probs, bias = self.attn(self.attn_norm(hidden), bias, None, need_weights, cache=cache, index=index, residual=hidden,
+                                            position=position)
             hidden = _finite(hidden)
             if cross:
-                hidden, cross_probs = self.cross_attn(self.cross_norm(hidden), cross_bias, cross_keys_values, need_weights, residual=hidden,
-                                                      states=cross_states)
+                hidden, cross_probs, _ = self.cross_attn(self.cross_norm(hidden), cross_bias, cross_keys_values, need_weights, residual=hidden,
+                                                         states=cross_states)
                 hidden = _finite(hidden)
             return _finite(self.ffn(self.ffn_norm(hidden), residual=hidden)), probs, cross_probs, bias
-        attn_out, probs = self.attn(self.attn_norm(hidden), bias, None, need_weights, cache=cache, index=index)
+        attn_out, probs, bias = self.attn(self.attn_norm(hidden), bias, None, need_weights, cache=cache, index=index, position=position)
         hidden = _finite(hidden + self.dropout(attn_out))
         if cross:
-            cross_out, cross_probs = self.cross_attn(self.cross_norm(hidden), cross_bias, cross_keys_values, need_weights, states=cross_states)
+            cross_out, cross_probs, _ = self.cross_attn(self.cross_norm(hidden), cross_bias, cross_keys_values, need_weights, states=cross_states)
             hidden = _finite(hidden + self.dropout(cross_out))
         hidden = _finite(hidden + self.dropout(self.ffn(self.ffn_norm(hidden))))
         return hidden, probs, cross_probs, bias
