@@ -70,7 +70,7 @@ from torch import nn
 from .checks import check_bool, check_choice, check_float, check_int, check_path, check_tensor, is_quantized
 from .errors import CheckpointError, InputError, SaveError, TrainingError
 from .files import atomic_path, make_directory
-from .transfer import check_param_groups, check_trainable, unwrapped
+from .transfer import check_param_groups, check_trainable, ddp_wrapper, unwrapped
 
 FORMAT = "minipt.train/1"
 LAST, BEST = "last.safetensors", "best.safetensors"
@@ -330,7 +330,7 @@ def _accumulated_backward(model: nn.Module, loss: Callable, batches, accumulate:
     there were. Only a group's last backward synchronises the gradients of a wrapped model (DDP, FSDP2), which must
     be known before its forward pass: from the loader's length (``left``: batches left in the epoch) where it has
     one; else, for a wrapped model only, by fetching the next batch before this one's forward."""
-    wrapped = isinstance(model, nn.parallel.DistributedDataParallel) or hasattr(model, "set_requires_gradient_sync")
+    wrapped = ddp_wrapper(model) is not None or hasattr(model, "set_requires_gradient_sync")
     group = accumulate if left is None else max(1, min(accumulate, left))
     summed, micro = None, 0
     following = next(batches, _END)
@@ -364,10 +364,11 @@ _END = object()
 @contextlib.contextmanager
 def _gradient_sync(model: nn.Module, last: bool):
     """Where the gradients of a micro-batch are reduced across processes: only at a group's last backward."""
+    ddp = ddp_wrapper(model)
     if last:
         yield
-    elif isinstance(model, nn.parallel.DistributedDataParallel):
-        with model.no_sync():
+    elif ddp is not None:
+        with ddp.no_sync():
             yield
     elif hasattr(model, "set_requires_gradient_sync"):  # FSDP2 (fully_shard)
         model.set_requires_gradient_sync(False)
@@ -486,7 +487,8 @@ def _check_partly_sharded(model: nn.Module) -> None:
 def _check_ddp_parameters(model: nn.Module) -> None:
     """DDP synchronises the gradients of the parameters that were trainable when it first trained (when it was
     built, to be exact); a stage frozen or unfrozen since would train apart on each process, silently."""
-    if not isinstance(model, nn.parallel.DistributedDataParallel):
+    model = ddp_wrapper(model)  # or the one inside torch.compile's wrapper
+    if model is None:
         return
     parameters = {name: id(p) for name, p in model.module.named_parameters() if p.requires_grad}
     trainable = frozenset(parameters)

@@ -48,14 +48,14 @@ BN_MODES = ("eval", "train")
 
 
 # -- the declared stages ---------------------------------------------------------
-def _inside_ddp(model: nn.Module) -> bool:
-    """Whether ``model`` is a DistributedDataParallel wrapper, or one compiled."""
+def ddp_wrapper(model: nn.Module) -> nn.parallel.DistributedDataParallel | None:
+    """The DistributedDataParallel wrapper ``model`` is, or holds under torch.compile's wrapper; None without one."""
     while True:
         if isinstance(model, nn.parallel.DistributedDataParallel):
-            return True
+            return model
         inner = getattr(model, "_orig_mod", None)
         if not isinstance(inner, nn.Module):
-            return False
+            return None
         model = inner
 
 
@@ -226,7 +226,7 @@ def reset_classifier(model: nn.Module, num_classes: int | None = None, **config_
     ``reset_classifier(crnn, charset="0123456789")``.
     """
     given, model = model, unwrapped(model)  # returned as given (a compiled wrapper too)
-    if _inside_ddp(given):
+    if ddp_wrapper(given) is not None:
         raise TrainingError("reset_classifier replaces the head's parameters, and DistributedDataParallel synchronises those it was "
                             "built with (the new head would train apart on each process, or stop DDP): reset the head of the model "
                             "before wrapping it (reset_classifier(ddp.module, ...), then a new DistributedDataParallel)")
