@@ -155,7 +155,7 @@ def test_norms_refuse_an_input_of_another_width(backend):
 
     norm = LayerNorm(16)
     with use_backend(backend, module=norm):
-        for x in (torch.randn(2, 5, 1), torch.randn(2, 5, 8), torch.tensor(1.0)):
+        for x in (torch.randn(2, 5, 1), torch.randn(2, 5, 8), torch.tensor(1.0), torch.randn(2, 5, 16).numpy()):
             with pytest.raises(InputError, match=r"LayerNorm\(16\) normalises a last dimension of 16, got an input of shape"):
                 norm(x)
         with pytest.raises(InputError, match=r"residual must have the input's shape \(2, 5, 16\), got \(2, 1, 16\)"):
@@ -163,6 +163,12 @@ def test_norms_refuse_an_input_of_another_width(backend):
         assert norm(torch.randn(2, 5, 16)).shape == (2, 5, 16)
     with pytest.raises(InputError, match=r"RMSNorm\(16\) normalises a last dimension of 16, got an input of shape \(2, 5, 1\)"):
         RMSNorm(16)(torch.randn(2, 5, 1))
+    # a weight pruned or parametrised is no entry of _parameters: the check reads the module's attribute
+    import torch.nn.utils.prune as prune
+
+    for module in (LayerNorm(16), RMSNorm(16)):
+        prune.l1_unstructured(module, "weight", amount=0.5)
+        assert module(torch.randn(2, 5, 16)).shape == (2, 5, 16)
 
 
 def test_backend_switch():
@@ -199,7 +205,7 @@ def test_self_attention_names_inputs_it_cannot_take():
             module(x, torch.zeros(2, 1, 1, 4))
         with pytest.raises(InputError, match=r"bias of shape \(5,\) does not broadcast to .* from 2 to 4 dimensions"):
             module(x, torch.zeros(5))  # sdpa's IndexError on two backends, and no future masked on math
-        for bad in (x[0], torch.randn(2, 5, 8)):
+        for bad in (x[0], torch.randn(2, 5, 8), x.numpy()):
             with pytest.raises(InputError, match=r"self-attention of width 16 takes hidden states \(batch, seq_len, 16\)"):
                 module(bad)
         assert module(x, attention_bias(torch.tensor([[1, 1, 1, 0, 0], [1] * 5]), 5, 5))[0].shape == (2, 5, 16)

@@ -151,15 +151,11 @@ def _check_attention_inputs(hidden, bias, dim: int, num_heads: int) -> None:
     """An InputError naming what self-attention cannot take: input that is not (B, T, dim), a bias that is no
     additive float mask broadcastable to (B, heads, T, T) (a padding mask goes through attention_bias first).
     (Written for speed: it runs at every layer.)"""
-    try:
-        shape = hidden.shape
-        fits = len(shape) == 3 and shape[2] == dim
-        if fits and bias is not None:
-            B, T = shape[0], shape[1]
-            fits = bias.is_floating_point() and 2 <= bias.dim() <= 4 and all(
-                n == 1 or n == w for n, w in zip(reversed(bias.shape), (T, T, num_heads, B)))
-    except AttributeError:  # not a tensor
-        fits = False
+    fits = isinstance(hidden, torch.Tensor) and hidden.dim() == 3 and hidden.shape[2] == dim
+    if fits and bias is not None:
+        B, T = hidden.shape[0], hidden.shape[1]
+        fits = isinstance(bias, torch.Tensor) and bias.is_floating_point() and 2 <= bias.dim() <= 4 and all(
+            n == 1 or n == w for n, w in zip(reversed(bias.shape), (T, T, num_heads, B)))
     if fits:
         return
     if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3 or hidden.shape[-1] != dim:

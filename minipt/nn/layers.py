@@ -41,11 +41,11 @@ class Linear(BackendBlock, nn.Linear):
 def _check_normalised(norm: nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None) -> None:
     """An InputError unless ``x`` (and ``residual``, of its shape) ends in the norm's width: a last dimension of 1
     would broadcast against the weight into a tensor of the bias. (Written for speed: it runs at every norm.)"""
-    try:
-        shape = x.shape
-        fits = shape[-1:] == norm._parameters["weight"].shape and (residual is None or residual.shape == shape)
-    except AttributeError:  # not a tensor
-        fits = False
+    weight = norm._parameters.get("weight")
+    if weight is None:  # pruned or parametrised (torch.nn.utils.prune, parametrize): an attribute computed from others
+        weight = norm.weight
+    fits = isinstance(x, torch.Tensor) and x.shape[-1:] == weight.shape and (
+        residual is None or (isinstance(residual, torch.Tensor) and residual.shape == x.shape))
     if not fits:
         width = norm.weight.shape[0]
         if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.shape[-1] != width:
