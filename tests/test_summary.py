@@ -15,7 +15,7 @@ from minipt import cli
 from minipt.checkpoint import Checkpoint
 from minipt.errors import InputError
 from minipt.hub import resolve
-from minipt.models.bert import BertConfig, BertForMaskedLM, BertModel
+from minipt.models.bert import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel
 from minipt.models.char_lm import CharLM, CharLMConfig
 from minipt.models.crnn import CRNN
 from minipt.models.efficientnet import EfficientNet, EfficientNetConfig
@@ -433,3 +433,8 @@ def test_every_text_model_counts_the_same_on_the_meta_device():
         model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2))
     ids = torch.randint(0, 50, (2, 6))
     assert summary(model, {"input_ids": ids, "labels": ids}).total_flops > 0
+    assert summary(model, {"input_ids": ids[:, :1], "attention_mask": torch.ones(2, 1, dtype=torch.long)}).total_flops > 0  # one token
+    with torch.device("meta"):
+        classifier = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                                              intermediate_size=32, num_labels=3))
+    assert summary(classifier, {"input_ids": ids, "labels": torch.tensor([0, 2])}).total_flops > 0

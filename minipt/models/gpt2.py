@@ -344,7 +344,7 @@ def _positions(attention_mask: torch.Tensor | None, past: int, T: int, device) -
 
 
 def _causal_bias(attention_mask, T: int, S: int, dtype, device) -> torch.Tensor | None:
-    if T == 1 and (attention_mask is None or (not tracing() and bool(attention_mask.all()))):
+    if T == 1 and (attention_mask is None or (not tracing() and not attention_mask.is_meta and bool(attention_mask.all()))):
         return None  # one new token sees every cached one: nothing to mask
     # the causal part is aligned bottom-right: the T new queries are the last T of the S keys
     return attention_bias(attention_mask, T, S, causal=True, dtype=dtype, device=device)

@@ -208,7 +208,7 @@ def _check_labels_for(problem: str, num_labels: int, logits: torch.Tensor, label
     if problem == "single_label_classification":
         if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool or labels.numel() != B:
             raise InputError(f"labels for single-label classification must be {B} integer class ids, one per sequence; got {labels.dtype} {tuple(labels.shape)}")
-        if not tracing() and labels.numel():
+        if not tracing() and labels.numel() and not labels.is_meta:  # a meta tensor has shapes only (minipt.summary)
             outside = labels[((labels < 0) | (labels >= num_labels)) & (labels != -100)]
             if outside.numel():
                 more = f"; reset_classifier({int(labels.max()) + 1}) for more classes" if int(outside[0]) >= num_labels else ""
