@@ -175,8 +175,8 @@ def medians_apart(cases: dict[str, Callable[[], object]], apart: Sequence[str], 
     its own round with ``baseline`` and reported as its ratio to the baseline in that round times the
     baseline's median in the main round. A case many times slower than the others (bfloat16 where the
     CPU emulates it: 5-37 s a call against 0.8-5 s) disturbed the timings of whatever ran beside it: on a
-    2-core AVX2 host DistilBERT-base's fuse() copy measured 1.34 of transformers' time at 8x512 beside it,
-    1.01 without it."""
+    2-core AVX2 host DistilBERT-base's fuse() copy measured 1.19 of transformers' time at 32x128 beside it,
+    1.05-1.07 with it timed apart (docs/benchmarks.md, encoder families on the AVX2-only host)."""
     main = medians(round_robin({name: fn for name, fn in cases.items() if name not in apart}, repeats, warmup))
     for name in apart:
         alone = medians(round_robin({baseline: cases[baseline], name: cases[name]}, repeats, warmup))
