@@ -60,6 +60,7 @@ def main(argv=None) -> int:
 
     torch.manual_seed(0)
     reference = transformers.GPT2LMHeadModel(transformers.GPT2Config(**SMALL, attn_implementation="sdpa")).eval()
+    reference.generation_config.eos_token_id = None  # every row runs the full length, as minipt's eos_token_id=None
     ours = GPT2LMHeadModel(GPT2Config(**SMALL)).eval()
     ours.load_state_dict(_minipt_state(reference, ours), strict=False)  # the same weights in both (lm_head is tied)
     weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())  # the tied matrix counted once
@@ -120,8 +121,8 @@ def main(argv=None) -> int:
 def _generate(model, name: str, prompt, n: int, outputs: dict):
     if name.startswith("transformers"):
         extra = {"cache_implementation": "static"} if name.endswith("compiled") else {}
-        return lambda: outputs.update({name: model.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0, **extra)})
-    return lambda: outputs.update({name: model.generate(prompt, max_new_tokens=n, eos_token_id=None)})  # n tokens, as min_new_tokens forces there
+        return lambda: outputs.update({name: model.generate(prompt, max_new_tokens=n, do_sample=False, pad_token_id=0, **extra)})
+    return lambda: outputs.update({name: model.generate(prompt, max_new_tokens=n, eos_token_id=None)})  # n tokens on both sides: no stop token
 
 
 def _minipt_state(reference, ours) -> dict:

@@ -25,6 +25,9 @@ def imagenet_categories() -> list[str]:
 
 
 if __name__ == "__main__":
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # no options: --help says what it writes
     names = imagenet_categories()
     assert len(names) == 1000 and all("\n" not in n for n in names), len(names)
     OUT.write_text("\n".join(names) + "\n")

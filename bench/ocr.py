@@ -24,8 +24,7 @@ For each image, timed in turns (bench/timing.py's round_robin), 2 threads each:
   EasyOCR's ``Reader.detect``.
 
 Target: minipt's time per image at most 0.5 of EasyOCR's (the ratio of the summed medians), judged for the default
-pipeline and, where it runs, the float32 detector. While it runs,
-/tmp/bench/busy exists, so that others on the machine hold back heavy work.
+pipeline and, where it runs, the float32 detector.
 """
 
 from __future__ import annotations
@@ -125,7 +124,7 @@ def rapidocr_engine():
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--repeats", type=int, default=5, help="rounds of every case per image (default 5)")
     args = parser.parse_args(argv)
     torch.set_num_threads(THREADS)

@@ -10,8 +10,8 @@ memory-bound ops (everything but attention) the table also gives the achieved ba
 that must move / time) as a fraction of the device's peak, measured in the same run with a
 large device-to-device copy. Prints one markdown table.
 
-Each case first checks that minipt's output matches the torch alternative (a wrong kernel is
-not timed). The "minipt" column is the Triton kernel (``MINIPT_CUDA_KERNELS=triton`` is set here,
+Each case first checks that minipt's output and the gradients of its inputs match the torch
+alternative's (a wrong kernel is not timed); ratios are minipt / torch, below 1 is faster. The "minipt" column is the Triton kernel (``MINIPT_CUDA_KERNELS=triton`` is set here,
 unless given): the choice ``minipt.ops.cuda`` makes per shape is then printed for the same cases
 (with ``MINIPT_CUDA_KERNELS`` unset, minipt runs whichever of the two it measured faster).
 """
@@ -84,6 +84,18 @@ def check_close(name, mine, theirs, dtype):
         err = (a.float() - b.float()).abs().max().item() / max(b.float().abs().max().item(), 1e-6)
         if err > tol:
             raise SystemExit(f"{name}: minipt and torch differ by {err:.3g} (relative to the largest value)")
+
+
+def check_gradients(name, mine, theirs, inputs, grad_outputs, dtype):
+    """minipt's backward against the torch alternative's: the gradients of every input, as check_close compares."""
+    forward_backward(mine, inputs, grad_outputs)()
+    ours = [None if t.grad is None else t.grad.clone() for t in inputs]
+    forward_backward(theirs, inputs, grad_outputs)()
+    for i, (a, t) in enumerate(zip(ours, inputs)):
+        if (a is None) != (t.grad is None):
+            raise SystemExit(f"{name}: input {i} has a gradient from {'torch' if a is None else 'minipt'} only")
+        if a is not None:
+            check_close(f"{name}, the gradient of input {i}", a, t.grad, dtype)
 
 
 def cases(dtype):
@@ -159,18 +171,20 @@ def main() -> None:
     dtypes = [torch.float16] if args.quick else [torch.float16, torch.bfloat16]
     peak = peak_bandwidth(repeats)
     print_header(f"triton {triton.__version__}", f"measured copy bandwidth {peak / 1e9:.0f} GB/s")
-    table = Table(["op", "shape", "dtype", "pass", "minipt ms", "torch alternative", "torch ms", "torch / minipt", "minipt bandwidth / peak"])
+    table = Table(["op", "shape", "dtype", "pass", "minipt ms", "torch alternative", "torch ms", "minipt / torch", "minipt bandwidth / peak"])
     for dtype in dtypes:
         for op, shape, mine, alternatives, inputs, grad_outputs, bytes_fwd, bytes_fwd_bwd in cases(dtype):
+            reference = next(iter(alternatives.values()))
             with torch.no_grad():
-                check_close(f"{op} {shape}", mine(), next(iter(alternatives.values()))(), dtype)
+                check_close(f"{op} {shape}", mine(), reference(), dtype)
+            check_gradients(f"{op} {shape}", mine, reference, inputs, grad_outputs, dtype)  # the fwd+bwd rows time the backward kernels too
             dtype_name = str(dtype).removeprefix("torch.")
             for label, moved in (("fwd", bytes_fwd), ("fwd+bwd", bytes_fwd_bwd)):
                 t = measure({"minipt": mine, **alternatives}, label, inputs, grad_outputs, repeats)
                 ms = t["minipt"]
                 fraction = f"{moved / (ms * 1e-3) / peak:.2f}" if moved else "-"
                 for name in alternatives:
-                    table.row(op, shape, dtype_name, label, f"{ms:.3f}", name, f"{t[name]:.3f}", f"{t[name] / ms:.2f}", fraction)
+                    table.row(op, shape, dtype_name, label, f"{ms:.3f}", name, f"{t[name]:.3f}", f"{ms / t[name]:.2f}", fraction)
     if os.environ["MINIPT_CUDA_KERNELS"] == "triton":  # what minipt chooses on these cases when left to measure
         del os.environ["MINIPT_CUDA_KERNELS"]
         for dtype in dtypes:
