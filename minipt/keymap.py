@@ -12,6 +12,9 @@ file may hold:
 - ``ignore``: tensors deliberately not loaded (buffers, heads the model lacks);
 - ``tied``: tensors that repeat another one (an output layer tied to the
   input embedding); accepted on load, never written;
+- ``written_twice``: tensors the official format writes under a second name
+  too (one parameter under two names, RoBERTa's untied ``lm_head.bias`` and
+  ``lm_head.decoder.bias``); accepted on load as ``tied`` ones, and written;
 - ``optional_prefix``: a prefix some files put before every key;
 - ``defaults``: tensors a format may lack, with the value they take then
   (BatchNorm's ``num_batches_tracked``, absent from files saved before
@@ -146,13 +149,15 @@ class KeyMap:
         renames: Iterable[tuple[str, str]] = (),
         ignore: Iterable[str] = (),
         tied: Iterable[tuple[str, str]] = (),
+        written_twice: Iterable[tuple[str, str]] = (),
         optional_prefix: str = "",
         defaults: dict[str, torch.Tensor] | None = None,
     ):
         self.rules: list[Rule] = [r if isinstance(r, Rule) else Rule(*r) for r in rules]
         self.renames = [(legacy, official) for legacy, official in renames]
         self.ignore = list(ignore)
-        self.tied = dict(tied)  # official key -> the official key it repeats
+        self.written_twice = dict(written_twice)  # official key -> the official key it repeats, written too
+        self.tied = {**dict(tied), **self.written_twice}  # official key -> the official key it repeats
         self.optional_prefix = optional_prefix
         self._renames = [(_compile(legacy), official) for legacy, official in self.renames]
         self._ignore = [_compile(p) for p in self.ignore]
@@ -166,7 +171,8 @@ class KeyMap:
             [rule.prefixed(official, minipt) for rule in self.rules],
             renames=[(official + a, official + b) for a, b in self.renames],
             ignore=[official + p for p in self.ignore],
-            tied={official + k: official + v for k, v in self.tied.items()},
+            tied={official + k: official + v for k, v in self.tied.items() if k not in self.written_twice},
+            written_twice={official + k: official + v for k, v in self.written_twice.items()},
             defaults={official + k: v for k, v in self.defaults.items()},
         )
 
@@ -176,6 +182,7 @@ class KeyMap:
             renames=self.renames + other.renames,
             ignore=self.ignore + other.ignore,
             tied={**self.tied, **other.tied},
+            written_twice={**self.written_twice, **other.written_twice},
             optional_prefix=self.optional_prefix or other.optional_prefix,
             defaults={**self.defaults, **other.defaults},
         )
@@ -270,6 +277,9 @@ class KeyMap:
                     state[official] = transform.join([tensors[part] for part in parts])
             else:
                 state[official] = transform.to_official(tensor) if transform is not None else tensor
+        for repeat, source in self.written_twice.items():
+            if source in state:
+                state[repeat] = state[source]
         return state
 
     def _model_row(self, minipt_key: str) -> KeyRow:

@@ -197,3 +197,14 @@ def test_split_missing_and_partial_models(tmp_path):
     del model.layers[0]["attn"].k_proj
     with pytest.raises(KeyMismatchError, match=r"layers.0.attn.q_proj.weight is a part of blocks.0.in_proj_weight, .* Layers has no layers.0.attn.k_proj.weight"):
         official_state_dict(model, SPLIT_MAP)
+
+
+def test_a_tensor_written_twice():
+    """written_twice: a second official name of one tensor, written on save (transformers expects it) and, on load,
+    accepted as a repeat that loads nothing; kept through prefixed() and +."""
+    km = KeyMap([("head.decoder.bias", "decoder.bias")], written_twice=[("head.bias", "head.decoder.bias")]).prefixed("lm.", "")
+    km = km + KeyMap([("other", "other")])
+    bias = torch.arange(3.0)
+    state = km.official_tensors({"decoder.bias": bias, "other": bias}, "Model")
+    assert set(state) == {"lm.head.decoder.bias", "lm.head.bias", "other"} and torch.equal(state["lm.head.bias"], bias)
+    assert km.to_minipt("lm.head.bias") is None and km.is_ignored("lm.head.bias")  # read as a repeat, not a second source

@@ -200,15 +200,20 @@ def test_save_pretrained_loads_strictly_in_transformers(tmp_path, cls_name):
 
 def test_untied_decoder_round_trip(tmp_path):
     """Untied, transformers keeps lm_head.bias beside the decoder's own bias and never uses it: minipt reads the decoder's
-    and writes no lm_head.bias, which transformers then reports missing and leaves at zero; the outputs are the same."""
+    (also where the unused one differs) and writes lm_head.bias as its copy, so that transformers loads strictly."""
     config = hf_config(tie_word_embeddings=False)
     original = saved(tmp_path / "official", "RobertaForMaskedLM", config)
     RobertaForMaskedLM.from_pretrained(tmp_path / "official").save_pretrained(tmp_path / "minipt")
     reloaded, info = transformers.RobertaForMaskedLM.from_pretrained(str(tmp_path / "minipt"), output_loading_info=True)
-    assert set(info["missing_keys"]) == {"lm_head.bias"} and not info["unexpected_keys"], info
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
     inputs = roberta_batch(config)
     with torch.no_grad():
         assert max_diff(reloaded.eval()(**inputs).logits, original(**inputs).logits) <= ATOL
+        original.lm_head.bias.fill_(5.0)  # a fine-tuned file: its unused bias no longer the decoder's
+    original.save_pretrained(tmp_path / "trained")
+    with torch.no_grad():
+        ours = RobertaForMaskedLM.from_pretrained(tmp_path / "trained").eval()
+        assert max_diff(ours(inputs["input_ids"], inputs["attention_mask"]).logits, original(**inputs).logits) <= ATOL
 
 
 def test_checkpoints_with_and_without_the_roberta_prefix(tmp_path):

@@ -280,7 +280,7 @@ class _EncoderWithHead:
     @classmethod
     def head_keymap(cls, encoder: KeyMap, rules: list, **names) -> KeyMap:
         """The family's encoder names (``encoder``, a bare model's key map) under ``base_model_prefix``, then the
-        head's ``rules``; ``names``: the rest of the head's ``KeyMap`` (renames, ignore, tied)."""
+        head's ``rules``; ``names``: the rest of the head's ``KeyMap`` (renames, ignore, tied, written_twice)."""
         prefix = cls.base_model_prefix + "."
         return encoder.prefixed(prefix, prefix) + KeyMap(rules, **names)
 
@@ -321,9 +321,9 @@ class MaskedLanguageModel(_EncoderWithHead):
         """``head_keymap`` with the head's official names (``official_head``); the decoder's rows depend on
         ``config.tie_word_embeddings``."""
         head, names = cls.head_name, cls.official_head
-        decoder, tied = tied_decoder(config.tie_word_embeddings, names["decoder"], head, cls.base_model_prefix + ".", bias=names.get("bias"))
+        decoder, tied, twice = tied_decoder(config.tie_word_embeddings, names["decoder"], head, cls.base_model_prefix + ".", bias=names.get("bias"))
         rules = [(names["dense"] + ".{p}", head + ".dense.{p}"), (names["norm"] + ".{p}", head + ".norm.{p}"), *decoder]
-        return cls.head_keymap(encoder, rules, renames=renames, ignore=ignore, tied=tied)
+        return cls.head_keymap(encoder, rules, renames=renames, ignore=ignore, tied=tied, written_twice=twice)
 
 
 class SequenceClassifier(HasClassifier, _EncoderWithHead):
@@ -463,20 +463,21 @@ def layer_rules(official: str, ours: str, parts: dict[str, str]) -> list[tuple[s
     return [(f"{official}.{theirs}.{{p}}", f"{ours}.{mine}.{{p}}") for theirs, mine in parts.items()]
 
 
-def tied_decoder(tied: bool, decoder: str, head: str, prefix: str, bias: str | None = None) -> tuple[list, list]:
+def tied_decoder(tied: bool, decoder: str, head: str, prefix: str, bias: str | None = None) -> tuple[list, list, list]:
     """The official names of a masked-LM decoder (``decoder``, its module's name in the files) as key-map data:
-    (rules for ``head``'s ``decoder``, the ``tied`` pairs).
+    (rules for ``head``'s ``decoder``, the ``tied`` pairs, the ``written_twice`` pairs).
 
     Tied, the decoder's weight is the token table (``{prefix}embeddings.word_embeddings.weight``) and is not
     written; a family whose head keeps the decoder's bias under a name of its own (``bias``: BERT's
     ``cls.predictions.bias``) stores it there, and its files may repeat it under the decoder's name. Untied, the
-    decoder has its own weight and bias, and ``bias`` then goes unused."""
+    decoder has its own weight and bias, which are read; transformers' head then keeps ``bias`` as a parameter of
+    its own that it never uses, and expects it in the file: it is written as a copy of the decoder's."""
     if not tied:
-        return [(f"{decoder}.{{p}}", f"{head}.decoder.{{p}}")], [] if bias is None else [(bias, f"{decoder}.bias")]
+        return [(f"{decoder}.{{p}}", f"{head}.decoder.{{p}}")], [], [] if bias is None else [(bias, f"{decoder}.bias")]
     table = [(f"{decoder}.weight", f"{prefix}embeddings.word_embeddings.weight")]
     if bias is None:
-        return [(f"{decoder}.bias", f"{head}.decoder.bias")], table
-    return [(bias, f"{head}.decoder.bias")], table + [(f"{decoder}.bias", bias)]
+        return [(f"{decoder}.bias", f"{head}.decoder.bias")], table, []
+    return [(bias, f"{head}.decoder.bias")], table + [(f"{decoder}.bias", bias)], []
 
 
 # -- minipt.reference: where transformers computes the same values ------------------------------
