@@ -301,6 +301,14 @@ def test_checkpoint_of_another_architecture(tmp_path):
         mr.ResNet.from_pretrained(tmp_path / "effnet.pth")
     with pytest.raises(KeyMismatchError, match="not a torchvision-format ResNet"):
         mr.resnet18(weights=tmp_path / "effnet.pth")
+    from minipt.models.vgg import VGG, VGGConfig
+
+    from minipt.checkpoint import official_state_dict
+
+    vgg = VGG(VGGConfig(stages=((8,), (8,)), hidden_size=16, pool_size=1, num_classes=3))
+    torch.save(official_state_dict(vgg, vgg.keymap(vgg.config)), tmp_path / "vgg.pth")  # torchvision's VGG: a family minipt has, named
+    with pytest.raises(KeyMismatchError, match=r"not a torchvision-format ResNet.*load it with minipt\.models\.vgg\.VGG"):
+        mr.ResNet.from_pretrained(tmp_path / "vgg.pth")
 
 
 @pytest.mark.parametrize(

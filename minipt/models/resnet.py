@@ -35,7 +35,7 @@ from ..nn import Linear
 from ..nn.conv import conv1x1, conv3x3
 from ..checks import floating_dtype
 from ..vision import check_images, normalized_batch
-from ..registry import Reads, register
+from ..registry import Reads, describe, register
 from .classifier import HasClassifier
 from ..nn.backend import ChoosesBackend
 from ..nn.fuse import InferenceCopy
@@ -309,7 +309,8 @@ def infer_config(checkpoint: Checkpoint) -> ResNetConfig:
     absent = [key for key in needed if key not in shapes]
     if absent:
         first = ", ".join(f"{k} {s}" for k, s in list(shapes.items())[:5])
-        raise KeyMismatchError(f"checkpoint {checkpoint.path} is not a torchvision-format ResNet: it has no {', '.join(absent)} (its first keys: {first})")
+        raise KeyMismatchError(f"checkpoint {checkpoint.path} is not a torchvision-format ResNet: it has no {', '.join(absent)} (its first keys: "
+                               f"{first}); {describe(checkpoint.path, checkpoint)}")
     odd = [f"{key} {shapes[key]}" for key in needed if len(shapes[key]) < 2 or min(shapes[key]) < 1]
     if odd:
         raise KeyMismatchError(f"checkpoint {checkpoint.path} does not describe a ResNet: {', '.join(odd)} is not a weight matrix or kernel")
