@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import struct
 import warnings
 from pathlib import Path
@@ -70,8 +71,15 @@ def read_config(directory: Path) -> dict[str, Any]:
 
 
 def weight_files(path: Path) -> list[Path]:
-    """The weight files of a checkpoint directory (or the file itself)."""
+    """The weight files of a checkpoint directory (or the file itself; a sharded checkpoint's index: its shards)."""
     if path.is_file():
+        if path.name.endswith(".index.json"):  # transformers' index of shards: read through it
+            return _indexed_files(path.parent, path)
+        shard = re.fullmatch(r"(.+)-\d+-of-\d+\.(safetensors|bin)", path.name)
+        index = shard and path.parent / f"{shard[1]}.{shard[2]}.index.json"
+        if index and index.is_file():
+            raise CheckpointError(f"{path} is one shard of a sharded checkpoint (its index is {index.name}): pass the folder, {path.parent}, "
+                                  "or the index")
         return [path]
     if (path / SAFETENSORS).is_file():
         return [path / SAFETENSORS]

@@ -134,6 +134,9 @@ def test_sharded_safetensors(tmp_path, tiny):
     index = {"metadata": {}, "weight_map": {k: name for name, part in halves.items() for k in part}}
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
     assert_same_outputs(BertModel.from_pretrained(tmp_path), reference, config)
+    assert_same_outputs(BertModel.from_pretrained(tmp_path / "model.safetensors.index.json"), reference, config)  # the index: its shards
+    with pytest.raises(CheckpointError, match=r"model-00001-of-00002.safetensors is one shard of a sharded checkpoint .*pass the folder"):
+        BertModel.from_pretrained(tmp_path / "model-00001-of-00002.safetensors")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
