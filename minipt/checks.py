@@ -87,6 +87,11 @@ def is_quantized(model: torch.nn.Module) -> bool:
     )
 
 
+def parameter_device(module: torch.nn.Module) -> torch.device | None:
+    """The device of ``module``'s first parameter: where it computes (None without one)."""
+    return next((p.device for p in module.parameters()), None)
+
+
 def floating_dtype(module: torch.nn.Module) -> torch.dtype | None:
     """The dtype of ``module``'s first floating-point parameter: the dtype it computes in (None without one)."""
     return next((p.dtype for p in module.parameters() if p.is_floating_point()), None)

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .checks import check_choice, check_int, check_path
+from .checks import check_choice, check_int, check_on_device, check_path
 from .errors import InputError, MissingDependencyError
 
 
@@ -210,9 +210,9 @@ def normalized_batch(images: Sequence[Any], *, resize: int = 256, crop: int = 22
     return (pixels - mean[:, None, None]) / std[:, None, None]
 
 
-def check_images(x: Any, channels: int, owner: str, dtype: torch.dtype | None = None) -> None:
+def check_images(x: Any, channels: int, owner: str, dtype: torch.dtype | None = None, device: torch.device | None = None) -> None:
     """Raise an InputError unless ``x`` is an image batch (B, channels, H, W), floating point, in ``dtype`` where given
-    (the model's: a float64 batch, numpy's default, into a float32 model)."""
+    (the model's: a float64 batch, numpy's default, into a float32 model), on ``device`` where given (the model's)."""
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise InputError(f"{owner} expects images shaped (batch, {channels}, height, width); got {shape}")
@@ -227,3 +227,4 @@ def check_images(x: Any, channels: int, owner: str, dtype: torch.dtype | None = 
         raise InputError(f"{owner} expects floating-point images, got {x.dtype} (convert pixels with .float() and normalise them)")
     if dtype is not None and x.dtype != dtype:
         raise InputError(f"{owner} computes in {dtype}; got images of {x.dtype} (convert them with .to({dtype}))")
+    check_on_device(f"{owner}'s input", x, device)

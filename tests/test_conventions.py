@@ -59,13 +59,10 @@ def test_check_inputs_refuses_what_forward_refuses(cls):
     assert str(checked.value) == str(ran.value)
 
 
-TOKEN_CLASSES = [cls for cls in CLASSES if not tiny(cls)[1][0].is_floating_point()]
-
-
-@pytest.mark.parametrize("cls", TOKEN_CLASSES, ids=lambda c: c.__name__)
-def test_ids_on_another_device_are_named(cls):
-    """Token ids on the meta device given to a model on the CPU: CharLM and G2P returned numbers computed from no
-    data, the others failed inside torch; each names the two devices."""
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_inputs_on_another_device_are_named(cls):
+    """Token ids or images on the meta device given to a model on the CPU: CharLM and G2P returned numbers computed
+    from no data, the others failed inside torch; each names the two devices."""
     model, args, kwargs = tiny(cls)
     moved = (args[0].to("meta"), *args[1:])
     with pytest.raises(InputError, match=r"is a tensor on meta, the model on cpu: move it with \.to\('cpu'\)"):

@@ -64,7 +64,7 @@ from ..nn.init import init_normal_
 from ..nn.layers import ACTIVATIONS
 from ..nn.output import ModelOutput
 from ..registry import Reads, register
-from ..checks import floating_dtype, tracing
+from ..checks import floating_dtype, parameter_device, tracing
 from ..vision import check_images, normalized_batch
 from .text_encoder import check_token_inputs, run_layers
 from .vit import ViTConfig, _layer_points, interpolate_positions, read_shapes, square_grid
@@ -440,7 +440,7 @@ class CLIPVisionModel(_CLIPTower):
         """Raise an InputError unless ``pixel_values`` is a batch of ``image_size`` x ``image_size`` images, or with
         ``interpolate_pos_encoding`` of images whose sides are multiples of ``patch_size``."""
         config, owner = self.config, type(self).__name__
-        check_images(pixel_values, config.num_channels, owner, floating_dtype(self))
+        check_images(pixel_values, config.num_channels, owner, floating_dtype(self), parameter_device(self))
         H, W = pixel_values.shape[-2:]
         if interpolate_pos_encoding and (H % config.patch_size or W % config.patch_size):
             raise InputError(f"{owner} cuts images into {config.patch_size}x{config.patch_size} patches (patch_size); "

@@ -53,7 +53,7 @@ from ..nn.conv import conv1x1, conv3x3
 from ..nn.fuse import InferenceCopy
 from ..registry import Reads, register
 from ..summary import evaluating
-from ..checks import check_float, check_int, floating_dtype
+from ..checks import check_float, check_int, floating_dtype, parameter_device
 from ..vision import check_images, over_white
 from .vgg import VGG, VGGConfig, flat_layout, make_stages
 
@@ -195,7 +195,7 @@ class CRAFT(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
 
     def check_inputs(self, x: torch.Tensor) -> None:
         """Raise an InputError unless ``x`` is a batch of floating-point images (B, in_channels, H, W) of at least 16x16."""
-        check_images(x, self.config.in_channels, "CRAFT", floating_dtype(self))
+        check_images(x, self.config.in_channels, "CRAFT", floating_dtype(self), parameter_device(self))
         smallest = self.config.smallest_image
         if x.shape[2] < smallest or x.shape[3] < smallest:
             raise InputError(

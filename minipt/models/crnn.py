@@ -33,7 +33,7 @@ from ..keymap import KeyMap
 from ..nn import LSTM, Linear
 from ..nn.conv import conv3x3
 from ..registry import Reads, register
-from ..checks import floating_dtype
+from ..checks import check_on_device, floating_dtype, parameter_device
 from ..vision import decoded, eight_bit, opaque, pillow, upright
 from ..nn.backend import ChoosesBackend
 from ..nn.fuse import InferenceCopy
@@ -151,6 +151,7 @@ class CRNN(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
             raise InputError(f"CRNN needs images at least 8 pixels wide (one output column per 4 pixels), got width {width}")
         if not images.is_floating_point():
             raise InputError(f"CRNN expects float images normalised to [-1, 1], got dtype {images.dtype}; see preprocess()")
+        check_on_device("CRNN's input", images, parameter_device(self))
         dtype = floating_dtype(self)
         if images.dtype != dtype:
             raise InputError(f"CRNN computes in {dtype}; got images of {images.dtype} (convert them with .to({dtype}))")

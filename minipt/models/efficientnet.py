@@ -41,7 +41,7 @@ from ..errors import ConfigError, KeyMismatchError
 from ..keymap import KeyMap
 from ..nn import Dropout, Linear
 from ..nn.conv import Conv2dSame, ConvBNAct, drop_path
-from ..checks import floating_dtype
+from ..checks import floating_dtype, parameter_device
 from ..vision import check_images, image_batch
 from ..registry import Reads, register
 from .classifier import HasClassifier
@@ -228,7 +228,7 @@ class EfficientNet(HasClassifier, Pretrained, ChoosesBackend, InferenceCopy, nn.
 
     def check_inputs(self, x: torch.Tensor) -> None:
         """Raise an InputError unless ``x`` is a batch of floating-point RGB images (B, 3, H, W)."""
-        check_images(x, 3, "EfficientNet", floating_dtype(self))
+        check_images(x, 3, "EfficientNet", floating_dtype(self), parameter_device(self))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The feature map after the head convolution, not pooled: (B, 3, H, W) normalised pixels -> (B, 1280, H/32, W/32)."""

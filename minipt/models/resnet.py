@@ -33,7 +33,7 @@ from ..errors import ConfigError, KeyMismatchError
 from ..keymap import KeyMap
 from ..nn import Linear
 from ..nn.conv import conv1x1, conv3x3
-from ..checks import floating_dtype
+from ..checks import floating_dtype, parameter_device
 from ..vision import check_images, normalized_batch
 from ..registry import Reads, describe, register
 from .classifier import HasClassifier
@@ -231,7 +231,7 @@ class ResNet(HasClassifier, Pretrained, ChoosesBackend, InferenceCopy, nn.Module
 
     def check_inputs(self, x: torch.Tensor) -> None:
         """Raise an InputError unless ``x`` is a batch of floating-point images (B, in_channels, H, W)."""
-        check_images(x, self.config.in_channels, "ResNet", floating_dtype(self))
+        check_images(x, self.config.in_channels, "ResNet", floating_dtype(self), parameter_device(self))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last stage's feature map, not pooled: (B, C, H, W) -> (B, num_features, H/32, W/32)."""

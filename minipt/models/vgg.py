@@ -44,7 +44,7 @@ from ..nn.backend import ChoosesBackend
 from ..nn.conv import conv3x3
 from ..nn.fuse import InferenceCopy
 from ..registry import Reads, describe, register
-from ..checks import floating_dtype
+from ..checks import floating_dtype, parameter_device
 from ..vision import check_images, normalized_batch
 from .classifier import HasClassifier
 
@@ -196,7 +196,7 @@ class VGG(HasClassifier, Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
     def check_inputs(self, x: torch.Tensor) -> None:
         """Raise an InputError unless ``x`` is a batch of floating-point images (B, in_channels, H, W) that
         survive every stage's halving."""
-        check_images(x, self.config.in_channels, "VGG", floating_dtype(self))
+        check_images(x, self.config.in_channels, "VGG", floating_dtype(self), parameter_device(self))
         smallest = self.config.smallest_image
         if x.shape[2] < smallest or x.shape[3] < smallest:
             raise InputError(

@@ -50,7 +50,7 @@ from ..nn.init import init_normal_
 from ..nn.layers import ACTIVATIONS
 from ..nn.output import ModelOutput
 from ..registry import Reads, register
-from ..checks import floating_dtype
+from ..checks import floating_dtype, parameter_device
 from ..vision import check_images, normalized_batch, squeezed_batch
 from .classifier import HasClassifier
 
@@ -240,7 +240,7 @@ class _ViTPretrained(Pretrained, ChoosesBackend, InferenceCopy, nn.Module):
         """Raise an InputError unless ``pixel_values`` is a batch of images (B, num_channels, H, W) this model reads:
         sides a multiple of ``patch_size``, and ``image_size`` unless ``interpolate_pos_encoding``."""
         config, owner = self.config, type(self).__name__
-        check_images(pixel_values, config.num_channels, owner, floating_dtype(self))
+        check_images(pixel_values, config.num_channels, owner, floating_dtype(self), parameter_device(self))
         H, W = pixel_values.shape[-2:]
         if H % config.patch_size or W % config.patch_size:
             raise InputError(f"{owner} cuts images into {config.patch_size}x{config.patch_size} patches (patch_size); "
