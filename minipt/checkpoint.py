@@ -77,7 +77,7 @@ def weight_files(path: Path) -> list[Path]:
             return _indexed_files(path.parent, path)
         shard = re.fullmatch(r"(.+)-\d+-of-\d+\.(safetensors|bin)", path.name)
         index = shard and path.parent / f"{shard[1]}.{shard[2]}.index.json"
-        if index and index.is_file():
+        if index and index.is_file() and any(f != path for f in _indexed_files(path.parent, index)):  # one shard of several
             raise CheckpointError(f"{path} is one shard of a sharded checkpoint (its index is {index.name}): pass the folder, {path.parent}, "
                                   "or the index")
         return [path]

@@ -137,6 +137,12 @@ def test_sharded_safetensors(tmp_path, tiny):
     assert_same_outputs(BertModel.from_pretrained(tmp_path / "model.safetensors.index.json"), reference, config)  # the index: its shards
     with pytest.raises(CheckpointError, match=r"model-00001-of-00002.safetensors is one shard of a sharded checkpoint .*pass the folder"):
         BertModel.from_pretrained(tmp_path / "model-00001-of-00002.safetensors")
+    whole = tmp_path / "whole"  # one shard of one, its index beside it: the file is the whole checkpoint
+    whole.mkdir()
+    (whole / "config.json").write_text(config.to_json_string())
+    save_file(state, str(whole / "model-00001-of-00001.safetensors"), metadata={"format": "pt"})
+    (whole / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": dict.fromkeys(state, "model-00001-of-00001.safetensors")}))
+    assert_same_outputs(BertModel.from_pretrained(whole / "model-00001-of-00001.safetensors"), reference, config)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])

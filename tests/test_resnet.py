@@ -309,6 +309,11 @@ def test_checkpoint_of_another_architecture(tmp_path):
     torch.save(official_state_dict(vgg, vgg.keymap(vgg.config)), tmp_path / "vgg.pth")  # torchvision's VGG: a family minipt has, named
     with pytest.raises(KeyMismatchError, match=r"not a torchvision-format ResNet.*load it with minipt\.models\.vgg\.VGG"):
         mr.ResNet.from_pretrained(tmp_path / "vgg.pth")
+    damaged = torchvision_resnet.resnet18().state_dict()
+    del damaged["conv1.weight"]  # a ResNet missing a tensor: no hint that sends it back to ResNet
+    torch.save(damaged, tmp_path / "damaged.pth")
+    with pytest.raises(KeyMismatchError, match=r"it has no conv1\.weight \(its first keys: [^;]*\)$"):
+        mr.ResNet.from_pretrained(tmp_path / "damaged.pth")
 
 
 @pytest.mark.parametrize(

@@ -314,8 +314,10 @@ def infer_config(checkpoint: Checkpoint) -> CRAFTConfig:
         from ..registry import describe
 
         listed = ", ".join(absent[:4]) + (f" and {len(absent) - 4} more" if len(absent) > 4 else "")
+        signed = any(keymap.canonical(key) == "basenet.slice5.1.weight" for key in checkpoint.keys())  # a damaged CRAFT: no hint
+        other = "" if signed else f"; {describe(checkpoint.path, checkpoint)}"
         raise KeyMismatchError(f"checkpoint {checkpoint.path} is not a CRAFT text detector in EasyOCR's format: it has no 4-d kernel "
-                               f"{listed}; {describe(checkpoint.path, checkpoint)}")
+                               f"{listed}{other}")
     out = lambda key: shapes[key][0]  # noqa: E731
     values = dict(
         stages=tuple(tuple(out(f"stages.{s}.blocks.{b}.conv.weight") for b in range(n)) for s, n in enumerate(CONVS_PER_STAGE)),

@@ -309,8 +309,9 @@ def infer_config(checkpoint: Checkpoint) -> ResNetConfig:
     absent = [key for key in needed if key not in shapes]
     if absent:
         first = ", ".join(f"{k} {s}" for k, s in list(shapes.items())[:5])
+        other = "" if "layer1.0.conv1.weight" in shapes else f"; {describe(checkpoint.path, checkpoint)}"  # a damaged ResNet: no hint
         raise KeyMismatchError(f"checkpoint {checkpoint.path} is not a torchvision-format ResNet: it has no {', '.join(absent)} (its first keys: "
-                               f"{first}); {describe(checkpoint.path, checkpoint)}")
+                               f"{first}){other}")
     odd = [f"{key} {shapes[key]}" for key in needed if len(shapes[key]) < 2 or min(shapes[key]) < 1]
     if odd:
         raise KeyMismatchError(f"checkpoint {checkpoint.path} does not describe a ResNet: {', '.join(odd)} is not a weight matrix or kernel")
