@@ -150,7 +150,7 @@ def freeze(model: nn.Module, *names: str, bn: str = "eval") -> nn.Module:
     """
     given, model = model, unwrapped(model)  # returned as given (a DDP or compiled wrapper too)
     check_choice("bn", bn, BN_MODES)
-    _refuse_quantized(model, "freeze")
+    _refuse_inference_copies(model, "freeze")
     resolved, params = _resolve(model), stage_parameters(model)
     for name in _check_names(model, names) if names else list(resolved):
         for _, param in params[name]:
@@ -166,7 +166,7 @@ def freeze(model: nn.Module, *names: str, bn: str = "eval") -> nn.Module:
 def unfreeze(model: nn.Module, *names: str) -> nn.Module:
     """Train the named stages again (all stages if none are named), in the model's current mode."""
     given, model = model, unwrapped(model)  # returned as given (a DDP or compiled wrapper too)
-    _refuse_quantized(model, "unfreeze")
+    _refuse_inference_copies(model, "unfreeze")
     resolved, params = _resolve(model), stage_parameters(model)
     for name in _check_names(model, names) if names else list(resolved):
         for _, param in params[name]:  # by stage, not module: a tied weight follows the first stage that holds it
@@ -230,7 +230,7 @@ def reset_classifier(model: nn.Module, num_classes: int | None = None, **config_
         raise TrainingError("reset_classifier replaces the head's parameters, and DistributedDataParallel synchronises those it was "
                             "built with (the new head would train apart on each process, or stop DDP): reset the head of the model "
                             "before wrapping it (reset_classifier(ddp.module, ...), then a new DistributedDataParallel)")
-    _refuse_quantized(model, "reset_classifier")
+    _refuse_inference_copies(model, "reset_classifier")
     own = getattr(type(model), "reset_classifier", None)
     if callable(own) and num_classes is not None and id(model) not in _delegated.get():
         token = _delegated.set(_delegated.get() | {id(model)})
@@ -328,7 +328,7 @@ def param_groups(model: nn.Module, lr: float, *, layer_decay: float = 1.0, weigh
     stage's name under ``"stage"``.
     """
     model = unwrapped(model)
-    _refuse_quantized(model, "param_groups")
+    _refuse_inference_copies(model, "param_groups")
     lr = check_float("lr", lr, low=0)
     layer_decay = check_float("layer_decay", layer_decay, low=0, high=1, low_open=True)
     weight_decay = check_float("weight_decay", weight_decay, low=0, optional=True)
@@ -433,7 +433,7 @@ def trainable_parameters(model: nn.Module) -> int:
 
 
 # -- quantised models ------------------------------------------------------------------
-def _refuse_quantized(model: nn.Module, what: str) -> None:
+def _refuse_inference_copies(model: nn.Module, what: str) -> None:
     """Refuse the copies made for inference only: an int8 model, a ``fuse()`` copy (its packed weights outside its
     parameters: unfreezing it would train its norms and embeddings alone)."""
     if is_quantized(model):
@@ -450,7 +450,7 @@ def _refuse_quantized(model: nn.Module, what: str) -> None:
 def check_trainable(model: nn.Module) -> None:
     """Refuse a model that cannot be trained: quantised, or with every parameter frozen."""
     model = unwrapped(model)
-    _refuse_quantized(model, "training")
+    _refuse_inference_copies(model, "training")
     if not any(p.requires_grad for p in model.parameters()):
         raise TrainingError(f"every parameter of {type(model).__name__} is frozen: nothing to train")
 
